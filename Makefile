@@ -1,0 +1,55 @@
+# loom: the two quick-start commands.
+#   make plan   installs missing Debian packages (when root), configures, builds, prints a plan
+#   make test   the same set-up, then every test (ctest)
+# Variables: MODEL, CLUSTER, GPUS, BATCH for `make plan`; BUILD (build dir); JOBS.
+
+BUILD ?= build
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+MODEL ?= gpt3-175b
+CLUSTER ?= dgx-a100
+GPUS ?= 1024
+BATCH ?= 1536
+TP ?= 8
+PP ?= 16
+
+# Every Debian package the project builds, tests or runs with.
+DEBS := cmake ninja-build g++ clang libclang-rt-14-dev \
+        nlohmann-json3-dev libcli11-dev libfmt-dev libboost-graph-dev catch2 libbenchmark-dev \
+        libopenmpi-dev openmpi-bin \
+        python3 python3-matplotlib python3-nbconvert python3-ipykernel jupyter-nbconvert
+
+NVCC := $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
+CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Release $(if $(NVCC),-DCMAKE_CUDA_COMPILER=$(NVCC)) $(EXTRA_CMAKE_FLAGS)
+
+.PHONY: deps configure build plan test clean
+
+deps:
+	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done | tr '\n' ' '); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "loom: installing $$missing"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	  else \
+	    echo "loom: missing Debian packages; run as root:"; \
+	    echo "  apt-get install -y --no-install-recommends $$missing"; exit 1; \
+	  fi; \
+	fi
+
+$(BUILD)/build.ninja: | deps
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+
+configure: deps $(BUILD)/build.ninja
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+plan: build
+	./$(BUILD)/loom predict --model $(MODEL) --cluster $(CLUSTER) --gpus $(GPUS) --global-batch $(BATCH) \
+	  --tp $(TP) --pp $(PP) --zero 1 --schedule interleaved --vpp 2 --recompute selective --sp
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -LE gpu
+
+clean:
+	rm -rf $(BUILD)

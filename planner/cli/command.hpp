@@ -1,0 +1,14 @@
+// Each subcommand registers itself on the CLI11 app and leaves a `run` to call after a
+// successful parse. run() returns the exit code: 0 done, 2 bad input (one line on stderr).
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace loom::cli {
+
+using Run = std::function<int()>;
+
+void add_predict(CLI::App& app, Run& run);
+
+}  // namespace loom::cli

@@ -1,0 +1,88 @@
+#include "planner/cli/report.hpp"
+
+#include <fmt/format.h>
+
+#include "sim/spec_json.hpp"
+
+namespace loom::cli {
+
+namespace {
+double gib(int64_t b) { return static_cast<double>(b) / 1073741824.0; }
+}  // namespace
+
+std::string describe_config(const Estimate& e) {
+  const auto& p = e.parallel;
+  std::string s = fmt::format("dp {}  tp {}  pp {}  zero {}  micro-batch {} ({} per replica)  {}", p.dp, p.tp,
+                              p.pp, p.zero, p.micro_batch, e.micro_batches, to_string(p.schedule));
+  if (p.vpp > 1) s += fmt::format(" vpp {}", p.vpp);
+  s += fmt::format("  recompute {}  sp {}", to_string(p.recompute), p.sp ? "on" : "off");
+  if (p.order != "tp-dp-pp") s += "  order " + p.order;
+  return s;
+}
+
+std::string memory_table(const Estimate& e) {
+  const auto& m = e.memory;
+  const auto& st = e.stages[e.peak_stage];
+  std::string s = fmt::format("memory per GPU (stage {} of {}, the largest)      GiB\n", e.peak_stage, e.stages.size());
+  auto row = [&](const char* name, int64_t b, const std::string& note = "") {
+    s += fmt::format("  {:<38}{:>9.2f}{}\n", name, gib(b), note.empty() ? "" : "  " + note);
+  };
+  row("weights", m.weights, fmt::format("{} params on this GPU", st.params));
+  row("gradients", m.grads, to_string(e.train.grad_dtype));
+  row("optimizer state", m.optimizer, e.parallel.zero >= 1 ? fmt::format("sharded over dp {}", e.parallel.dp) : "");
+  row("activations", m.activations, fmt::format("{} chunk(s) of {} layers in flight", st.in_flight,
+                                                st.layers / std::max<int64_t>(1, e.parallel.vpp)));
+  row("logits and loss", m.logits);
+  row("communication buffers", m.comm_buffers);
+  row("cuBLAS workspace", m.workspace);
+  row("runtime (CUDA context, NCCL, allocator)", m.runtime);
+  s += fmt::format("  {:<38}{:>9.2f}  of {:.2f} ({:.2f} usable): {}\n", "peak", gib(m.peak()), gib(e.capacity_bytes),
+                   gib(e.usable_bytes), e.fits ? "fits" : "DOES NOT FIT");
+  return s;
+}
+
+std::string time_table(const Estimate& e) {
+  const auto& t = e.time;
+  std::string s = "time per step                                   seconds      %\n";
+  auto row = [&](const char* name, double v) {
+    s += fmt::format("  {:<38}{:>11.4f}{:>7.1f}\n", name, v, e.step_time_s > 0 ? 100 * v / e.step_time_s : 0);
+  };
+  row("compute", t.compute_s);
+  row("tensor-parallel comm (exposed)", t.tp_comm_s);
+  row("data-parallel comm (exposed)", t.dp_comm_s);
+  row("pipeline p2p (exposed)", t.pp_comm_s);
+  row("pipeline bubble", t.bubble_s);
+  row("optimizer step", t.optimizer_s);
+  row("step", e.step_time_s);
+  return s;
+}
+
+std::string throughput_line(const Estimate& e) {
+  return fmt::format("throughput  {:.0f} tokens/s  {:.1f} TFLOP/s per GPU  MFU {:.1f}%\n", e.tokens_per_s,
+                     e.tflops_per_gpu, 100 * e.mfu);
+}
+
+std::string full_report(const Estimate& e, const ClusterSpec& c) {
+  std::string s = fmt::format("{} ({} params) on {} x {} ({}), global batch {} x {} tokens, {}\n", e.model,
+                              e.params, e.gpus, c.name, c.gpu.name, e.train.global_batch, e.train.seq,
+                              to_string(e.train.dtype));
+  s += "config  " + describe_config(e) + "\n\n";
+  s += memory_table(e) + "\n" + time_table(e) + "\n" + throughput_line(e);
+  s += fmt::format("flops per step: model {:.4g}, hardware {:.4g}\n", static_cast<double>(e.flops_model),
+                   static_cast<double>(e.flops_hardware));
+  s += fmt::format("bytes sent per GPU per step: tp {:.3g}  dp {:.3g}  pp {:.3g}\n", static_cast<double>(e.comm.tp),
+                   static_cast<double>(e.comm.dp), static_cast<double>(e.comm.pp));
+  if (e.parallel.dp > 1) {
+    s += fmt::format("dp gradient sync alternatives: ring all-reduce {:.4f} s", e.dp_alternatives.ring_all_reduce_s);
+    if (e.parallel.grad_compression > 1)
+      s += fmt::format(", compressed {}x {:.4f} s", e.parallel.grad_compression, e.dp_alternatives.compressed_ring_s);
+    if (e.parallel.ps_servers > 0)
+      s += fmt::format(", parameter server ({} servers) {:.4f} s", e.parallel.ps_servers,
+                       e.dp_alternatives.parameter_server_s);
+    s += "\n";
+  }
+  if (!e.fits) s += "does not fit: " + e.reason + "\n";
+  return s;
+}
+
+}  // namespace loom::cli

@@ -1,0 +1,38 @@
+// NCCL ring collectives: bytes each rank sends and the time on a group's links.
+// Bus-bandwidth factors from nccl-tests doc/PERFORMANCE.md
+// (../shared/data/published/13_nccl_busbw_definitions.csv): all-reduce 2(n-1)/n,
+// all-gather and reduce-scatter (n-1)/n of the full buffer S. Time = S * factor / busbw plus
+// one latency per ring step (all-reduce 2(n-1) steps, all-gather/reduce-scatter n-1).
+#pragma once
+#include <cstdint>
+
+#include "sim/topology.hpp"
+
+namespace loom {
+
+enum class Collective { all_reduce, all_gather, reduce_scatter };
+
+// Bytes one rank sends for a collective over a buffer of `bytes` (the full, unsharded size).
+// The ring splits the buffer in n chunks of ceil(S/n) bytes; reduce-scatter and all-gather
+// send n-1 chunks, all-reduce (one of each) 2(n-1).
+inline int64_t collective_send_bytes(Collective c, int64_t bytes, int64_t n) {
+  if (n <= 1) return 0;
+  const int64_t chunk = (bytes + n - 1) / n;
+  return (c == Collective::all_reduce ? 2 : 1) * (n - 1) * chunk;
+}
+
+inline double collective_time_s(Collective c, double bytes, const GroupLinks& g) {
+  const int64_t n = g.size;
+  if (n <= 1 || bytes <= 0) return 0;
+  const double steps = (c == Collective::all_reduce ? 2.0 : 1.0) * static_cast<double>(n - 1);
+  const double factor = steps / static_cast<double>(n);
+  return bytes * factor / g.busbw_bytes_per_s + steps * g.latency_s;
+}
+
+// Point-to-point send of `bytes` between neighbouring pipeline stages.
+inline double p2p_time_s(double bytes, const GroupLinks& g) {
+  if (g.size <= 1 || bytes <= 0) return 0;
+  return bytes / g.busbw_bytes_per_s + g.latency_s;
+}
+
+}  // namespace loom

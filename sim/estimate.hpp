@@ -1,0 +1,86 @@
+// What the cost model says about one configuration (DESIGN.md, "Estimate"); the executor
+// reports what it measured in the same vocabulary, so `loom compare` is a field-by-field diff.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sim/model_math.hpp"
+#include "sim/specs.hpp"
+
+namespace loom {
+
+struct MemoryBytes {
+  int64_t weights = 0;
+  int64_t grads = 0;
+  int64_t optimizer = 0;
+  int64_t activations = 0;   // micro-batches in flight, after recompute and SP
+  int64_t logits = 0;        // logits and cross-entropy buffers (last stage)
+  int64_t comm_buffers = 0;  // SP gather, PP send/recv, ZeRO-3 gathered layers
+  int64_t workspace = 0;     // cuBLAS/cuBLASLt workspace
+  int64_t runtime = 0;       // CUDA context, NCCL communicators, allocator rounding
+  int64_t other() const { return logits + comm_buffers + workspace + runtime; }
+  int64_t peak() const { return weights + grads + optimizer + activations + other(); }
+};
+
+struct CommBytes {           // bytes each GPU sends per step
+  int64_t tp = 0;
+  int64_t dp = 0;
+  int64_t pp = 0;
+};
+
+struct TimeBreakdown {       // exposed time only; they add up to the step time
+  double compute_s = 0;
+  double tp_comm_s = 0;
+  double dp_comm_s = 0;
+  double pp_comm_s = 0;
+  double bubble_s = 0;
+  double optimizer_s = 0;
+  double total_s() const { return compute_s + tp_comm_s + dp_comm_s + pp_comm_s + bubble_s + optimizer_s; }
+};
+
+// One pipeline stage (one GPU of it).
+struct StageEstimate {
+  int64_t index = 0;
+  int64_t layers = 0;              // transformer layers on this stage (all its chunks)
+  int64_t params = 0;              // parameters this GPU holds before ZeRO sharding
+  int64_t in_flight = 0;           // micro-batch chunks whose activations are held at peak
+  MemoryBytes memory;
+  FlopCount flops = 0;             // hardware FLOPs this GPU runs per step
+  CommBytes comm;
+  // Per micro-batch on this stage (all of its chunks):
+  double forward_s = 0, backward_s = 0, recompute_s = 0, tp_comm_s = 0;
+  double dp_comm_exposed_s = 0;    // per step
+  double optimizer_s = 0;          // per step
+  double micro_batch_s() const { return forward_s + backward_s + recompute_s + tp_comm_s; }
+};
+
+// The data-parallel alternatives the seeds describe, priced for the same gradients.
+struct DpAlternatives {
+  double ring_all_reduce_s = 0;
+  double parameter_server_s = 0;  // 0 when no servers are configured
+  double compressed_ring_s = 0;   // ring with the configured compression ratio
+};
+
+struct Estimate {
+  std::string model, cluster;
+  int64_t params = 0;
+  int64_t gpus = 0;
+  ParallelConfig parallel;
+  TrainSpec train;
+  int64_t micro_batches = 0;       // per DP replica per step
+  double step_time_s = 0, tokens_per_s = 0, tflops_per_gpu = 0, mfu = 0;
+  FlopCount flops_model = 0, flops_hardware = 0;
+  MemoryBytes memory;              // the stage with the largest peak
+  int64_t peak_stage = 0;
+  int64_t capacity_bytes = 0;      // GPU memory
+  int64_t usable_bytes = 0;        // less the planning headroom
+  CommBytes comm;                  // the largest per field over stages
+  TimeBreakdown time;
+  DpAlternatives dp_alternatives;
+  std::vector<StageEstimate> stages;
+  bool fits = false;
+  std::string reason;
+};
+
+}  // namespace loom

@@ -1,0 +1,75 @@
+// Strict reading of one JSON object (STYLE.md: unknown keys are errors, as in Calculon).
+// Every accessor records the first broken rule as "<where>: <json-pointer>: <rule>" and
+// later calls become no-ops, so a loader reads top to bottom and checks `error()` once.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "sim/expected.hpp"
+
+namespace loom {
+
+// Parses text as JSON; an error names `where` and the parser's position.
+Expected<nlohmann::json> parse_json_text(const std::string& text, const std::string& where);
+// Reads a whole file and parses it.
+Expected<nlohmann::json> read_json_file(const std::string& path);
+Expected<std::string> read_text_file(const std::string& path);
+// Writes through a temporary file and a rename, so a crash never leaves half a file.
+Status write_text_file_atomic(const std::string& path, const std::string& text);
+
+class ObjectReader {
+ public:
+  // `where` names the file or flag; `pointer` is the JSON pointer of this object ("" = root).
+  // A reader must be an object; if `j` is not, the first access records that.
+  ObjectReader(const nlohmann::json& j, std::string where, std::string pointer = "");
+  // A reader for member `key` of `parent`, sharing the parent's error slot.
+  ObjectReader(ObjectReader& parent, const std::string& key, const nlohmann::json& j);
+
+  bool failed() const { return error_->has_value(); }
+  const std::optional<Error>& error() const { return *error_; }
+  void fail(const std::string& key, const std::string& rule);
+  void fail_here(const std::string& rule);
+
+  // Required members. `min` is the smallest allowed value (sizes: 1).
+  void integer(const std::string& key, int64_t& out, int64_t min = 1);
+  void number(const std::string& key, double& out, double min, bool min_exclusive);
+  void boolean(const std::string& key, bool& out);
+  void string(const std::string& key, std::string& out, bool allow_empty = false);
+  // One of `names`; out gets its index.
+  void choice(const std::string& key, const std::vector<std::string>& names, int& out);
+  // Optional members: nothing happens when the key is absent.
+  void opt_integer(const std::string& key, int64_t& out, int64_t min = 1);
+  void opt_number(const std::string& key, double& out, double min, bool min_exclusive);
+  void opt_boolean(const std::string& key, bool& out);
+  void opt_string(const std::string& key, std::string& out);
+  void opt_choice(const std::string& key, const std::vector<std::string>& names, int& out);
+  bool has(const std::string& key) const;
+  // Marks a key as used without reading it (a Hugging Face null, say).
+  void skip(const std::string& key) { read_.insert(key); }
+  // A nested object; returns nullptr (and records the error) if absent or not an object.
+  const nlohmann::json* object(const std::string& key);
+  const nlohmann::json* opt_object(const std::string& key);
+  std::string child_pointer(const std::string& key) const { return pointer_ + "/" + key; }
+  const std::string& where() const { return where_; }
+  // Members never read: unknown keys. reject_unknown_keys() makes the first one an error;
+  // unread_keys() lists them (Hugging Face configs: listed once on stderr, not errors).
+  std::vector<std::string> unread_keys() const;
+  void reject_unknown_keys();
+
+ private:
+  const nlohmann::json* member(const std::string& key, bool required);
+  const nlohmann::json& j_;
+  std::string where_;
+  std::string pointer_;
+  std::set<std::string> read_;
+  std::optional<Error> own_error_;
+  std::optional<Error>* error_;
+};
+
+}  // namespace loom

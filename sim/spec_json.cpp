@@ -1,0 +1,355 @@
+#include "sim/spec_json.hpp"
+
+#include <algorithm>
+
+#include "sim/json_reader.hpp"
+
+namespace loom {
+
+const std::vector<std::string>& family_names() {
+  static const std::vector<std::string> n{"gpt", "llama"};
+  return n;
+}
+const std::vector<std::string>& dtype_names() {
+  static const std::vector<std::string> n{"bf16", "fp32"};
+  return n;
+}
+const std::vector<std::string>& recompute_names() {
+  static const std::vector<std::string> n{"none", "selective", "full"};
+  return n;
+}
+const std::vector<std::string>& schedule_names() {
+  static const std::vector<std::string> n{"gpipe", "1f1b", "interleaved"};
+  return n;
+}
+const std::vector<std::string>& attention_names() {
+  static const std::vector<std::string> n{"fused", "unfused"};
+  return n;
+}
+const std::vector<std::string>& dp_comm_names() {
+  static const std::vector<std::string> n{"ring", "ps"};
+  return n;
+}
+std::string to_string(Family f) { return family_names()[static_cast<int>(f)]; }
+std::string to_string(Dtype d) { return dtype_names()[static_cast<int>(d)]; }
+std::string to_string(Recompute r) { return recompute_names()[static_cast<int>(r)]; }
+std::string to_string(Schedule s) { return schedule_names()[static_cast<int>(s)]; }
+std::string to_string(Attention a) { return attention_names()[static_cast<int>(a)]; }
+std::string to_string(DpComm d) { return dp_comm_names()[static_cast<int>(d)]; }
+
+template <class E>
+static void read_enum(ObjectReader& r, const std::string& key, const std::vector<std::string>& names,
+                      E& out, bool required) {
+  int idx = static_cast<int>(out);
+  if (required) r.choice(key, names, idx);
+  else r.opt_choice(key, names, idx);
+  out = static_cast<E>(idx);
+}
+
+Status check_model(const ModelSpec& m, const std::string& where) {
+  if (m.hidden % m.heads != 0)
+    return make_error(where, "/heads: must divide hidden (" + std::to_string(m.hidden) + " % " +
+                                 std::to_string(m.heads) + " != 0)");
+  if (m.heads % m.kv_heads != 0)
+    return make_error(where, "/kv_heads: must divide heads (" + std::to_string(m.heads) + " % " +
+                                 std::to_string(m.kv_heads) + " != 0)");
+  if (m.kv_heads > m.heads) return make_error(where, "/kv_heads: must be <= heads");
+  return ok_status();
+}
+
+Expected<ModelSpec> model_from_json(const nlohmann::json& j, const std::string& where,
+                                    std::vector<std::string>* ignored_keys) {
+  if (j.is_object() && j.contains("model_type")) return model_from_hf_config(j, where, ignored_keys);
+  ModelSpec m;
+  ObjectReader r(j, where);
+  r.string("name", m.name);
+  read_enum(r, "family", family_names(), m.family, true);
+  r.integer("layers", m.layers);
+  r.integer("hidden", m.hidden);
+  r.integer("heads", m.heads);
+  m.kv_heads = m.heads;
+  r.opt_integer("kv_heads", m.kv_heads);
+  r.integer("ffn_hidden", m.ffn_hidden);
+  r.integer("vocab", m.vocab);
+  r.integer("seq_len", m.seq_len);
+  r.boolean("tied_embeddings", m.tied_embeddings);
+  r.boolean("dropout", m.dropout);
+  r.opt_number("norm_eps", m.norm_eps, 0, true);
+  r.opt_number("published_params", m.published_params, 0, false);
+  r.opt_number("published_params_precision", m.published_params_precision, 0, false);
+  r.opt_string("source", m.source);
+  r.reject_unknown_keys();
+  if (r.failed()) return *r.error();
+  auto st = check_model(m, where);
+  if (!st) return st.error();
+  return m;
+}
+
+// Hugging Face transformers config.json: GPT-2 names or Llama/Mistral/Qwen names, chosen
+// by model_type (transformers' GPT2Config / LlamaConfig / MistralConfig / Qwen2Config).
+Expected<ModelSpec> model_from_hf_config(const nlohmann::json& j, const std::string& where,
+                                         std::vector<std::string>* ignored_keys) {
+  ModelSpec m;
+  ObjectReader r(j, where);
+  std::string type;
+  r.string("model_type", type);
+  if (r.failed()) return *r.error();
+  m.name = type;
+  r.opt_string("_name_or_path", m.name);
+  if (m.name.empty()) m.name = type;
+  if (type == "gpt2") {
+    m.family = Family::gpt;
+    r.integer("n_layer", m.layers);
+    r.integer("n_embd", m.hidden);
+    r.integer("n_head", m.heads);
+    m.kv_heads = m.heads;
+    r.integer("n_positions", m.seq_len);
+    r.integer("vocab_size", m.vocab);
+    m.ffn_hidden = 4 * m.hidden;  // GPT2Config: n_inner null means 4 * n_embd
+    if (r.has("n_inner") && !j.at("n_inner").is_null()) r.integer("n_inner", m.ffn_hidden);
+    else r.skip("n_inner");
+    m.tied_embeddings = true;
+    r.opt_boolean("tie_word_embeddings", m.tied_embeddings);
+    double pdrop = 0;
+    r.opt_number("resid_pdrop", pdrop, 0, false);
+    m.dropout = pdrop > 0;
+    r.opt_number("layer_norm_epsilon", m.norm_eps, 0, true);
+  } else if (type == "llama" || type == "mistral" || type == "qwen2") {
+    m.family = Family::llama;
+    r.integer("num_hidden_layers", m.layers);
+    r.integer("hidden_size", m.hidden);
+    r.integer("num_attention_heads", m.heads);
+    m.kv_heads = m.heads;
+    r.opt_integer("num_key_value_heads", m.kv_heads);
+    r.integer("intermediate_size", m.ffn_hidden);
+    r.integer("vocab_size", m.vocab);
+    r.integer("max_position_embeddings", m.seq_len);
+    m.tied_embeddings = false;  // LlamaConfig's default
+    r.opt_boolean("tie_word_embeddings", m.tied_embeddings);
+    std::string act = "silu";
+    r.opt_string("hidden_act", act);
+    if (act != "silu" && act != "swish") r.fail("hidden_act", "must be \"silu\" (SwiGLU) for a llama-family model");
+    double pdrop = 0;
+    r.opt_number("attention_dropout", pdrop, 0, false);
+    m.dropout = pdrop > 0;
+    r.opt_number("rms_norm_eps", m.norm_eps, 0, true);
+    if (r.has("head_dim") && j.at("head_dim").is_number_integer() && m.heads > 0) {
+      int64_t hd = 0;
+      r.integer("head_dim", hd);
+      if (!r.failed() && hd * m.heads != m.hidden) r.fail("head_dim", "must equal hidden_size / num_attention_heads");
+    }
+  } else {
+    r.fail("model_type", "must be one of gpt2, llama, mistral, qwen2 (got \"" + type + "\")");
+  }
+  if (r.failed()) return *r.error();
+  if (ignored_keys) {
+    auto unread = r.unread_keys();
+    ignored_keys->insert(ignored_keys->end(), unread.begin(), unread.end());
+  }
+  auto st = check_model(m, where);
+  if (!st) return st.error();
+  return m;
+}
+
+static void read_fabric(ObjectReader& parent, const std::string& key, FabricSpec& f) {
+  auto* j = parent.object(key);
+  if (!j) return;
+  ObjectReader r(parent, key, *j);
+  r.string("kind", f.kind);
+  if (r.failed()) return;
+  bool none = f.kind == "none";
+  int64_t min_int = none ? 0 : 1;
+  r.number("link_bytes_per_s", f.link_bytes_per_s, 0, !none);
+  r.number("busbw_bytes_per_s", f.busbw_bytes_per_s, 0, !none);
+  r.number("latency_s", f.latency_s, 0, false);
+  r.integer("nics_per_node", f.nics_per_node, key == "inter_node" ? min_int : 0);
+  r.string("source", f.source);
+  if (!r.failed() && f.busbw_bytes_per_s > f.link_bytes_per_s)
+    r.fail("busbw_bytes_per_s", "must be <= link_bytes_per_s");
+  r.reject_unknown_keys();
+}
+
+Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::string& where) {
+  ClusterSpec c;
+  ObjectReader r(j, where);
+  r.string("name", c.name);
+  r.string("source", c.source);
+  if (auto* g = r.object("gpu")) {
+    ObjectReader gr(r, "gpu", *g);
+    gr.string("name", c.gpu.name);
+    gr.integer("memory_bytes", c.gpu.memory_bytes);
+    gr.number("peak_flops_bf16", c.gpu.peak_flops_bf16, 0, true);
+    gr.number("peak_flops_fp32", c.gpu.peak_flops_fp32, 0, true);
+    gr.number("hbm_bytes_per_s", c.gpu.hbm_bytes_per_s, 0, true);
+    gr.string("source", c.gpu.source);
+    gr.reject_unknown_keys();
+  }
+  r.integer("gpus_per_node", c.gpus_per_node);
+  r.integer("max_nodes", c.max_nodes);
+  c.nodes = c.max_nodes;
+  r.opt_integer("nodes", c.nodes);
+  c.gpus = c.nodes * c.gpus_per_node;
+  r.opt_integer("gpus", c.gpus);
+  read_fabric(r, "intra_node", c.intra_node);
+  read_fabric(r, "inter_node", c.inter_node);
+  if (auto* e = r.object("efficiency")) {
+    ObjectReader er(r, "efficiency", *e);
+    er.number("gemm", c.efficiency.gemm, 0, true);
+    er.number("gemm_half_size_flops", c.efficiency.gemm_half_size_flops, 0, false);
+    er.number("attention", c.efficiency.attention, 0, true);
+    er.number("memory_bound", c.efficiency.memory_bound, 0, true);
+    er.number("kernel_launch_s", c.efficiency.kernel_launch_s, 0, false);
+    er.string("source", c.efficiency.source);
+    for (auto [k, v] : {std::pair{"gemm", c.efficiency.gemm}, {"attention", c.efficiency.attention},
+                        {"memory_bound", c.efficiency.memory_bound}})
+      if (!er.failed() && v > 1) er.fail(k, "must be a fraction <= 1");
+    er.reject_unknown_keys();
+  }
+  if (auto* m = r.object("runtime_memory")) {
+    ObjectReader mr(r, "runtime_memory", *m);
+    auto& rm = c.runtime_memory;
+    mr.integer("cuda_context_bytes", rm.cuda_context_bytes, 0);
+    mr.integer("workspace_bytes", rm.workspace_bytes, 0);
+    mr.integer("nccl_bytes_per_communicator", rm.nccl_bytes_per_communicator, 0);
+    mr.number("allocator_fragmentation", rm.allocator_fragmentation, 0, false);
+    mr.number("memory_headroom", rm.memory_headroom, 0, false);
+    mr.string("source", rm.source);
+    if (!mr.failed() && rm.allocator_fragmentation >= 1) mr.fail("allocator_fragmentation", "must be < 1");
+    if (!mr.failed() && rm.memory_headroom >= 1) mr.fail("memory_headroom", "must be < 1");
+    mr.reject_unknown_keys();
+  }
+  r.reject_unknown_keys();
+  if (r.failed()) return *r.error();
+  if (c.nodes > c.max_nodes)
+    return make_error(where, "/nodes: must be <= max_nodes (" + std::to_string(c.max_nodes) + ")");
+  if (c.gpus > c.nodes * c.gpus_per_node || c.gpus <= (c.nodes - 1) * c.gpus_per_node)
+    return make_error(where, "/gpus: must fill nodes: (nodes-1)*gpus_per_node < gpus <= nodes*gpus_per_node");
+  if (c.gpus_per_node > 1 && c.intra_node.kind == "none")
+    return make_error(where, "/intra_node/kind: must not be \"none\" with more than one GPU per node");
+  if (c.max_nodes > 1 && c.inter_node.kind == "none")
+    return make_error(where, "/inter_node/kind: must not be \"none\" with more than one node");
+  return c;
+}
+
+Expected<TrainSpec> train_from_json(const nlohmann::json& j, const std::string& where) {
+  TrainSpec t;
+  ObjectReader r(j, where);
+  r.integer("global_batch", t.global_batch);
+  r.integer("seq", t.seq);
+  read_enum(r, "dtype", dtype_names(), t.dtype, true);
+  read_enum(r, "grad_dtype", dtype_names(), t.grad_dtype, true);
+  read_enum(r, "attention", attention_names(), t.attention, true);
+  r.integer("dp_bucket_bytes", t.dp_bucket_bytes);
+  r.reject_unknown_keys();
+  if (r.failed()) return *r.error();
+  return t;
+}
+
+Expected<ParallelConfig> parallel_from_json(const nlohmann::json& j, const std::string& where) {
+  ParallelConfig p;
+  ObjectReader r(j, where);
+  r.integer("dp", p.dp);
+  r.integer("tp", p.tp);
+  r.integer("pp", p.pp);
+  int64_t zero = 0;
+  r.integer("zero", zero, 0);
+  if (!r.failed() && zero > 3) r.fail("zero", "must be 0, 1, 2 or 3");
+  p.zero = static_cast<int>(zero);
+  r.integer("micro_batch", p.micro_batch);
+  r.boolean("sp", p.sp);
+  read_enum(r, "recompute", recompute_names(), p.recompute, true);
+  read_enum(r, "schedule", schedule_names(), p.schedule, true);
+  r.integer("vpp", p.vpp);
+  r.string("order", p.order);
+  read_enum(r, "dp_comm", dp_comm_names(), p.dp_comm, true);
+  r.integer("ps_servers", p.ps_servers, 0);
+  r.number("grad_compression", p.grad_compression, 1, false);
+  r.reject_unknown_keys();
+  if (r.failed()) return *r.error();
+  return p;
+}
+
+nlohmann::json to_json(const ModelSpec& m) {
+  return {{"name", m.name},
+          {"family", to_string(m.family)},
+          {"layers", m.layers},
+          {"hidden", m.hidden},
+          {"heads", m.heads},
+          {"kv_heads", m.kv_heads},
+          {"ffn_hidden", m.ffn_hidden},
+          {"vocab", m.vocab},
+          {"seq_len", m.seq_len},
+          {"tied_embeddings", m.tied_embeddings},
+          {"dropout", m.dropout},
+          {"norm_eps", m.norm_eps},
+          {"published_params", m.published_params},
+          {"published_params_precision", m.published_params_precision},
+          {"source", m.source}};
+}
+
+static nlohmann::json fabric_json(const FabricSpec& f) {
+  return {{"kind", f.kind},
+          {"link_bytes_per_s", f.link_bytes_per_s},
+          {"busbw_bytes_per_s", f.busbw_bytes_per_s},
+          {"latency_s", f.latency_s},
+          {"nics_per_node", f.nics_per_node},
+          {"source", f.source}};
+}
+
+nlohmann::json to_json(const ClusterSpec& c) {
+  const auto& e = c.efficiency;
+  const auto& rm = c.runtime_memory;
+  return {{"name", c.name},
+          {"source", c.source},
+          {"gpu",
+           {{"name", c.gpu.name},
+            {"memory_bytes", c.gpu.memory_bytes},
+            {"peak_flops_bf16", c.gpu.peak_flops_bf16},
+            {"peak_flops_fp32", c.gpu.peak_flops_fp32},
+            {"hbm_bytes_per_s", c.gpu.hbm_bytes_per_s},
+            {"source", c.gpu.source}}},
+          {"gpus_per_node", c.gpus_per_node},
+          {"max_nodes", c.max_nodes},
+          {"nodes", c.nodes},
+          {"gpus", c.gpus},
+          {"intra_node", fabric_json(c.intra_node)},
+          {"inter_node", fabric_json(c.inter_node)},
+          {"efficiency",
+           {{"gemm", e.gemm},
+            {"gemm_half_size_flops", e.gemm_half_size_flops},
+            {"attention", e.attention},
+            {"memory_bound", e.memory_bound},
+            {"kernel_launch_s", e.kernel_launch_s},
+            {"source", e.source}}},
+          {"runtime_memory",
+           {{"cuda_context_bytes", rm.cuda_context_bytes},
+            {"workspace_bytes", rm.workspace_bytes},
+            {"nccl_bytes_per_communicator", rm.nccl_bytes_per_communicator},
+            {"allocator_fragmentation", rm.allocator_fragmentation},
+            {"memory_headroom", rm.memory_headroom},
+            {"source", rm.source}}}};
+}
+
+nlohmann::json to_json(const TrainSpec& t) {
+  return {{"global_batch", t.global_batch}, {"seq", t.seq},
+          {"dtype", to_string(t.dtype)},    {"grad_dtype", to_string(t.grad_dtype)},
+          {"attention", to_string(t.attention)}, {"dp_bucket_bytes", t.dp_bucket_bytes}};
+}
+
+nlohmann::json to_json(const ParallelConfig& p) {
+  return {{"dp", p.dp},
+          {"tp", p.tp},
+          {"pp", p.pp},
+          {"zero", p.zero},
+          {"micro_batch", p.micro_batch},
+          {"sp", p.sp},
+          {"recompute", to_string(p.recompute)},
+          {"schedule", to_string(p.schedule)},
+          {"vpp", p.vpp},
+          {"order", p.order},
+          {"dp_comm", to_string(p.dp_comm)},
+          {"ps_servers", p.ps_servers},
+          {"grad_compression", p.grad_compression}};
+}
+
+}  // namespace loom

@@ -1,0 +1,46 @@
+// Strict JSON load and save of the four inputs. Loaders take the parsed document and a
+// `where` (file or flag) used in error lines: "<where>: <json pointer>: <rule>".
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+#include "sim/expected.hpp"
+#include "sim/specs.hpp"
+
+namespace loom {
+
+// Names of enum values as they appear in JSON and on the command line.
+const std::vector<std::string>& family_names();
+const std::vector<std::string>& dtype_names();
+const std::vector<std::string>& recompute_names();
+const std::vector<std::string>& schedule_names();
+const std::vector<std::string>& attention_names();
+const std::vector<std::string>& dp_comm_names();
+std::string to_string(Family f);
+std::string to_string(Dtype d);
+std::string to_string(Recompute r);
+std::string to_string(Schedule s);
+std::string to_string(Attention a);
+std::string to_string(DpComm d);
+
+// A loom model file, or a Hugging Face config.json (recognised by "model_type"). Keys of a
+// Hugging Face config that loom does not use are appended to `ignored_keys`.
+Expected<ModelSpec> model_from_json(const nlohmann::json& j, const std::string& where,
+                                    std::vector<std::string>* ignored_keys = nullptr);
+Expected<ModelSpec> model_from_hf_config(const nlohmann::json& j, const std::string& where,
+                                         std::vector<std::string>* ignored_keys);
+Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::string& where);
+Expected<TrainSpec> train_from_json(const nlohmann::json& j, const std::string& where);
+Expected<ParallelConfig> parallel_from_json(const nlohmann::json& j, const std::string& where);
+
+nlohmann::json to_json(const ModelSpec& m);
+nlohmann::json to_json(const ClusterSpec& c);
+nlohmann::json to_json(const TrainSpec& t);
+nlohmann::json to_json(const ParallelConfig& p);
+
+// Per-model checks that need no configuration: heads divide hidden, kv_heads divide heads.
+Status check_model(const ModelSpec& m, const std::string& where);
+
+}  // namespace loom

@@ -1,0 +1,125 @@
+// The four inputs of every loom computation (DESIGN.md, "Core types"): what is trained
+// (ModelSpec), on what (ClusterSpec), how much (TrainSpec) and how it is split
+// (ParallelConfig). Plain data; loading, saving and validation live in spec_json.hpp and
+// validate.hpp.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace loom {
+
+enum class Family { gpt, llama };  // gpt: learned positions, LayerNorm, GELU, biases;
+                                   // llama: RoPE, RMSNorm, SwiGLU, no biases.
+
+struct ModelSpec {
+  std::string name;
+  Family family = Family::gpt;
+  int64_t layers = 0;
+  int64_t hidden = 0;
+  int64_t heads = 0;
+  int64_t kv_heads = 0;      // == heads for multi-head attention; fewer for GQA
+  int64_t ffn_hidden = 0;    // MLP inner size (SwiGLU: size of gate and of up)
+  int64_t vocab = 0;
+  int64_t seq_len = 0;       // context length; also the learned position table size (gpt)
+  bool tied_embeddings = true;
+  bool dropout = false;      // dropout after attention softmax, attention and MLP (GPT-2/3)
+  double norm_eps = 1e-5;
+  // Published parameter count and the precision it was published at (e.g. 174.6e9 given to
+  // 0.1e9): the zoo test checks loom's own count against it.
+  double published_params = 0;
+  double published_params_precision = 0;
+  std::string source;
+
+  int64_t head_dim() const { return hidden / heads; }
+  int64_t kv_dim() const { return kv_heads * head_dim(); }
+};
+
+enum class Dtype { bf16, fp32 };
+inline int64_t dtype_bytes(Dtype d) { return d == Dtype::bf16 ? 2 : 4; }
+
+struct GpuSpec {
+  std::string name;
+  int64_t memory_bytes = 0;
+  double peak_flops_bf16 = 0;  // dense tensor-core peak, FLOP/s
+  double peak_flops_fp32 = 0;  // FP32 peak used for fp32 plans, FLOP/s
+  double hbm_bytes_per_s = 0;
+  std::string source;
+};
+
+struct FabricSpec {            // one level of the interconnect
+  std::string kind;            // "nvswitch", "pcie", "infiniband", "ethernet", "none"
+  double link_bytes_per_s = 0; // line rate per GPU (intra) or per NIC (inter), one direction
+  double busbw_bytes_per_s = 0;// achievable NCCL ring bus bandwidth over that link
+  double latency_s = 0;        // per ring step
+  int64_t nics_per_node = 0;   // inter-node only
+  std::string source;
+};
+
+// Efficiencies the time model multiplies peaks with until `loom calibrate` measures them.
+struct EfficiencySpec {
+  double gemm = 0;             // fraction of peak FLOP/s a large GEMM reaches
+  double gemm_half_size_flops = 0;  // GEMM size (FLOPs) at which it reaches half of `gemm`
+  double attention = 0;        // fused attention kernel, fraction of peak
+  double memory_bound = 0;     // fraction of HBM bandwidth elementwise kernels reach
+  double kernel_launch_s = 0;  // per kernel
+  std::string source;
+};
+
+// Memory that is not model state or activations: what estimators leave out and users OOM on.
+struct RuntimeMemorySpec {
+  int64_t cuda_context_bytes = 0;
+  int64_t workspace_bytes = 0;             // cuBLAS/cuBLASLt workspace per stream
+  int64_t nccl_bytes_per_communicator = 0; // NCCL's internal buffers per communicator
+  double allocator_fragmentation = 0;      // fraction of allocated bytes lost to rounding
+  double memory_headroom = 0;              // fraction of GPU memory kept free when planning
+  std::string source;
+};
+
+struct ClusterSpec {
+  std::string name;
+  GpuSpec gpu;
+  int64_t gpus_per_node = 0;
+  int64_t max_nodes = 0;
+  int64_t nodes = 0;           // nodes in use: ceil(gpus / gpus_per_node)
+  int64_t gpus = 0;            // GPUs in use: set by --gpus (default: every GPU of max_nodes)
+  FabricSpec intra_node;
+  FabricSpec inter_node;
+  EfficiencySpec efficiency;
+  RuntimeMemorySpec runtime_memory;
+  std::string source;
+};
+
+enum class Attention { fused, unfused };  // fused: flash-style, no s^2 tensor stored
+
+struct TrainSpec {
+  int64_t global_batch = 0;    // sequences per optimizer step
+  int64_t seq = 0;             // tokens per sequence
+  Dtype dtype = Dtype::bf16;   // compute and weight dtype
+  Dtype grad_dtype = Dtype::bf16;
+  Attention attention = Attention::fused;
+  int64_t dp_bucket_bytes = 0; // gradient bucket size for DP overlap
+};
+
+enum class Recompute { none, selective, full };
+enum class Schedule { gpipe, one_f_one_b, interleaved };
+enum class DpComm { ring, parameter_server };
+
+struct ParallelConfig {
+  int64_t dp = 1;
+  int64_t tp = 1;
+  int64_t pp = 1;
+  int zero = 0;                // 0-3; 3 = FSDP full shard
+  int64_t micro_batch = 1;
+  bool sp = false;             // sequence parallel (needs tp > 1)
+  Recompute recompute = Recompute::none;
+  Schedule schedule = Schedule::one_f_one_b;
+  int64_t vpp = 1;             // virtual stages per rank (interleaved only)
+  std::string order = "tp-dp-pp";  // innermost first, as Megatron-core's order string
+  DpComm dp_comm = DpComm::ring;
+  int64_t ps_servers = 0;      // parameter-server layout only
+  double grad_compression = 1; // original / sent bytes of DP gradient traffic (>= 1)
+
+  int64_t gpus() const { return dp * tp * pp; }
+};
+
+}  // namespace loom
