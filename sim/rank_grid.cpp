@@ -35,6 +35,12 @@ int64_t RankGrid::rank(const Coords& c) const {
   return r;
 }
 
+int64_t RankGrid::stride(Dim d) const {
+  int64_t s = 1;
+  for (int i = 0; i < 3 && order_[i] != d; ++i) s *= size(order_[i]);
+  return s;
+}
+
 Coords RankGrid::coords(int64_t rank) const {
   Coords c;
   for (int i = 0; i < 3; ++i) {

@@ -29,6 +29,8 @@ class RankGrid {
   int64_t world() const { return sizes_[0] * sizes_[1] * sizes_[2]; }
   const std::array<Dim, 3>& order() const { return order_; }
   int64_t rank(const Coords& c) const;
+  // Distance in ranks between neighbours along `d`: the product of the sizes inside it.
+  int64_t stride(Dim d) const;
   Coords coords(int64_t rank) const;
   // The ranks of the group of kind `d` that `rank` belongs to, in coordinate order.
   std::vector<int64_t> group(Dim d, int64_t rank) const;

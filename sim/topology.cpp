@@ -13,12 +13,18 @@ Topology::Topology(const ClusterSpec& c)
                         c.inter_node.latency_s};
   for (int64_t i = 0; i < gpus_; ++i) {
     const int64_t sw = gpus_ + node_of(i);
-    gpu_up_.push_back(boost::add_edge(i, sw, intra, g_).first);
-    gpu_down_.push_back(boost::add_edge(sw, i, intra, g_).first);
+    boost::add_edge(i, sw, intra, g_);
+    boost::add_edge(sw, i, intra, g_);
   }
   for (int64_t n = 0; n < nodes_; ++n) {
-    node_up_.push_back(boost::add_edge(gpus_ + n, core, inter, g_).first);
-    node_down_.push_back(boost::add_edge(core, gpus_ + n, inter, g_).first);
+    boost::add_edge(gpus_ + n, core, inter, g_);
+    boost::add_edge(core, gpus_ + n, inter, g_);
+  }
+  bytes_per_s_.assign(2 * (gpus_ + nodes_), 0);
+  latency_s_.assign(2 * (gpus_ + nodes_), 0);
+  for (auto [it, end] = boost::edges(g_); it != end; ++it) {
+    bytes_per_s_[edge_index(*it)] = g_[*it].bytes_per_s;
+    latency_s_[edge_index(*it)] = g_[*it].latency_s;
   }
 }
 
@@ -32,70 +38,65 @@ size_t Topology::edge_index(const Edge& e) const {
   return 2 * gpus_ + 2 * (t - gpus_) + 1;                                 // core -> switch
 }
 
-int Topology::path(int64_t a, int64_t b, Edge out[4]) const {
-  if (node_of(a) == node_of(b)) {
-    out[0] = gpu_up_[a];
-    out[1] = gpu_down_[b];
+int Topology::path(int64_t a, int64_t b, uint32_t out[4]) const {
+  const int64_t na = node_of(a), nb = node_of(b);
+  out[0] = static_cast<uint32_t>(2 * a);  // gpu a -> its switch
+  if (na == nb) {
+    out[1] = static_cast<uint32_t>(2 * b + 1);  // switch -> gpu b
     return 2;
   }
-  out[0] = gpu_up_[a];
-  out[1] = node_up_[node_of(a)];
-  out[2] = node_down_[node_of(b)];
-  out[3] = gpu_down_[b];
+  out[1] = static_cast<uint32_t>(2 * gpus_ + 2 * na);      // switch a -> core
+  out[2] = static_cast<uint32_t>(2 * gpus_ + 2 * nb + 1);  // core -> switch b
+  out[3] = static_cast<uint32_t>(2 * b + 1);
   return 4;
 }
 
-GroupLinks Topology::price(const std::vector<std::pair<int64_t, int64_t>>& sends,
-                           const std::vector<std::vector<int64_t>>& groups) const {
+GroupLinks Topology::price(const RankGrid& grid, Dim d, bool ring) const {
   GroupLinks out;
-  if (groups.empty() || groups.front().size() <= 1) return out;
-  out.size = static_cast<int64_t>(groups.front().size());
+  const int64_t n = grid.size(d);
+  if (n <= 1) return out;
+  out.size = n;
   std::vector<uint32_t> load(2 * (gpus_ + nodes_), 0);
-  Edge p[4];
-  for (auto [a, b] : sends) {
-    int n = path(a, b, p);
-    for (int i = 0; i < n; ++i) ++load[edge_index(p[i])];
-  }
+  uint32_t p[4];
+  // Ranks r = inner + stride * (c + n * outer), c the coordinate along d.
+  const int64_t stride = grid.stride(d), outers = grid.world() / (stride * n);
+  for (int64_t outer = 0; outer < outers; ++outer)
+    for (int64_t c = 0; c < n; ++c) {
+      if (c + 1 == n && !ring) continue;
+      const int64_t base = stride * (c + n * outer);
+      const int64_t step = c + 1 < n ? stride : -(n - 1) * stride;
+      for (int64_t r = base; r < base + stride; ++r) {
+        const int k = path(r, r + step, p);
+        for (int i = 0; i < k; ++i) ++load[p[i]];
+      }
+    }
+  // The slowest link any ring crosses sets the pace of every group (they run in lockstep).
   double bw = std::numeric_limits<double>::infinity();
   double lat = 0;
-  for (auto [a, b] : sends) {
-    int n = path(a, b, p);
-    for (int i = 0; i < n; ++i) {
-      const auto& props = g_[p[i]];
-      bw = std::min(bw, props.bytes_per_s / load[edge_index(p[i])]);
-      lat = std::max(lat, props.latency_s);
-    }
+  for (size_t e = 0; e < load.size(); ++e) {
+    if (load[e] == 0) continue;
+    bw = std::min(bw, bytes_per_s_[e] / load[e]);
+    lat = std::max(lat, latency_s_[e]);
   }
-  for (const auto& grp : groups) {
-    // Distinct nodes: members are sorted by rank only for some orders, so count them.
-    std::vector<int64_t> nodes;
-    for (auto r : grp) nodes.push_back(node_of(r));
-    std::sort(nodes.begin(), nodes.end());
-    int64_t distinct = std::unique(nodes.begin(), nodes.end()) - nodes.begin();
-    out.nodes_spanned = std::max(out.nodes_spanned, distinct);
+  // A group is an arithmetic progression of ranks with the dimension's stride: with a stride
+  // of a node or more every member is on its own node; with less it covers every node
+  // between its first and last member.
+  if (stride >= gpus_per_node_) {
+    out.nodes_spanned = n;
+  } else {
+    for (int64_t outer = 0; outer < outers; ++outer)
+      for (int64_t first = stride * n * outer; first < stride * n * outer + stride; ++first)
+        out.nodes_spanned = std::max(out.nodes_spanned, node_of(first + (n - 1) * stride) - node_of(first) + 1);
   }
   out.busbw_bytes_per_s = bw;
   out.latency_s = lat;
   return out;
 }
 
-GroupLinks Topology::ring(const RankGrid& grid, Dim d) const {
-  auto groups = grid.all_groups(d);
-  std::vector<std::pair<int64_t, int64_t>> sends;
-  for (auto grp : groups) {
-    if (grp.size() <= 1) continue;
-    std::sort(grp.begin(), grp.end());  // NCCL orders the ring to cross nodes as little as it can
-    for (size_t i = 0; i < grp.size(); ++i) sends.emplace_back(grp[i], grp[(i + 1) % grp.size()]);
-  }
-  return price(sends, groups);
-}
+// Rank r runs on GPU r; NCCL orders a ring by GPU so it crosses each node boundary once, which
+// for a group of ranks r0 + i * stride is coordinate order: r sends to the next coordinate.
+GroupLinks Topology::ring(const RankGrid& grid, Dim d) const { return price(grid, d, true); }
 
-GroupLinks Topology::pipeline_p2p(const RankGrid& grid) const {
-  auto groups = grid.all_groups(Dim::pp);
-  std::vector<std::pair<int64_t, int64_t>> sends;
-  for (const auto& grp : groups)
-    for (size_t i = 0; i + 1 < grp.size(); ++i) sends.emplace_back(grp[i], grp[i + 1]);
-  return price(sends, groups);
-}
+GroupLinks Topology::pipeline_p2p(const RankGrid& grid) const { return price(grid, Dim::pp, false); }
 
 }  // namespace loom

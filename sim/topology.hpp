@@ -29,7 +29,9 @@ class Topology {
  public:
   explicit Topology(const ClusterSpec& c);
   int64_t gpus() const { return gpus_; }
-  int64_t node_of(int64_t gpu) const { return gpu / gpus_per_node_; }
+  int64_t node_of(int64_t gpu) const {  // 32-bit division: ranks fit, and it is 3x faster
+    return static_cast<uint32_t>(gpu) / static_cast<uint32_t>(gpus_per_node_);
+  }
   // Ring collectives of every group of kind `d` at once (rank r runs on GPU r).
   GroupLinks ring(const RankGrid& grid, Dim d) const;
   // Point-to-point between consecutive pipeline stages, every pair at once.
@@ -43,15 +45,18 @@ class Topology {
   using Graph = boost::adjacency_list<boost::vecS, boost::vecS, boost::directedS,
                                       boost::no_property, LinkProps>;
   using Edge = Graph::edge_descriptor;
-  // The directed links a message from GPU a to GPU b crosses.
-  int path(int64_t a, int64_t b, Edge out[4]) const;
-  GroupLinks price(const std::vector<std::pair<int64_t, int64_t>>& sends,
-                   const std::vector<std::vector<int64_t>>& groups) const;
+  // The directed links (as edge indices) a message from GPU a to GPU b crosses.
+  int path(int64_t a, int64_t b, uint32_t out[4]) const;
+  // Prices, all at once, every rank's send to its next neighbour along `d` (and, for a ring,
+  // the last one's back to the first).
+  GroupLinks price(const RankGrid& grid, Dim d, bool ring) const;
   size_t edge_index(const Edge& e) const;
 
   Graph g_;
   int64_t gpus_ = 0, gpus_per_node_ = 1, nodes_ = 1;
-  std::vector<Edge> gpu_up_, gpu_down_, node_up_, node_down_;
+  // The graph's link properties flattened by edge index (gpu up, gpu down per GPU, then node
+  // up, node down per node), so pricing a group reads arrays rather than walking the graph.
+  std::vector<double> bytes_per_s_, latency_s_;
 };
 
 }  // namespace loom

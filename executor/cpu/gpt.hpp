@@ -4,9 +4,8 @@
 // gradients use the same layout. The class is a template on the scalar type only so that tests
 // can run the identical code in double for finite-difference checks; `Gpt` is the fp32 model.
 //
-// family gpt:   x = wte[tok] + wpe[t]; per layer: x += proj(attn(LN1(x))); x +=
-// fc2(gelu(fc(LN2(x))))
-//               with biases on every linear; logits = LNf(x) @ head^T.
+// family gpt:   x = wte[tok] + wpe[t]; per layer: x += o(attn(LN1(x)));
+//               x += proj(gelu(fc(LN2(x)))), biases on every linear; logits = LNf(x) @ head^T.
 // family llama: x = wte[tok]; per layer: x += o(attn(rope(q), rope(k), v)(RMS1(x)));
 //               x += down(silu(gate(RMS2(x))) * up(RMS2(x))), no biases; logits = RMSf(x) @ head^T.
 // head is wte itself when spec.tied_embeddings. Dropout is ignored (treated as 0).

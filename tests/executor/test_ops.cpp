@@ -226,7 +226,8 @@ TEST_CASE("rope backward matches finite differences", "[ops][rope][grad]") {
 
 TEST_CASE("attention backward matches finite differences, MHA and GQA", "[ops][attention][grad]") {
   const int64_t B = 2, T = 5, d = 3;
-  for (const auto& [H, Hkv] : {std::pair<int64_t, int64_t>{2, 2}, {4, 2}, {4, 1}}) {
+  for (const auto& heads : {std::pair<int64_t, int64_t>{2, 2}, {4, 2}, {4, 1}}) {
+    const int64_t H = heads.first, Hkv = heads.second;  // plain copies: lambdas capture them
     Vec q = random_vector(B * T * H * d, 71), k = random_vector(B * T * Hkv * d, 72),
         v = random_vector(B * T * Hkv * d, 73);
     Vec out = zeros(B * T * H * d), att = zeros(B * H * T * T);

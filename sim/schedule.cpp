@@ -1,0 +1,82 @@
+#include "sim/schedule.hpp"
+
+#include <algorithm>
+
+namespace loom {
+
+int64_t warmup_slots(Schedule s, int64_t pp, int64_t vpp, int64_t rank, int64_t m) {
+  switch (s) {
+    case Schedule::gpipe: return m * vpp;
+    case Schedule::one_f_one_b: return std::min(pp - rank - 1, m);
+    case Schedule::interleaved: return std::min((pp - rank - 1) * 2 + (vpp - 1) * pp, m * vpp);
+  }
+  return m * vpp;
+}
+
+// Megatron-core's schedule table: micro-batches in groups of pp; within a group every chunk
+// runs the group's micro-batches before the next chunk starts (the last group takes the
+// rest). Backward visits the chunks in reverse. With m a multiple of pp (which Megatron-LM
+// and validate_config require) this is get_model_chunk_id and
+// get_microbatch_id_in_model_chunk: chunk = (k mod pp v) / pp, micro-batch = (k / pp v) pp + k mod pp.
+Slot interleaved_slot(int64_t k, int64_t pp, int64_t vpp, int64_t m, Phase phase) {
+  const int64_t group_start = (k / (pp * vpp)) * pp;
+  const int64_t group = std::min(pp, m - group_start);  // the last group may be short
+  const int64_t in_group = k - group_start * vpp;
+  int64_t chunk = in_group / group;
+  const int64_t mb = group_start + in_group % group;
+  if (phase == Phase::backward) chunk = vpp - 1 - chunk;
+  return {static_cast<int32_t>(mb), static_cast<int32_t>(chunk), phase};
+}
+
+namespace {
+
+Slot slot_of(Schedule s, int64_t k, int64_t pp, int64_t vpp, int64_t m, Phase phase) {
+  if (s == Schedule::interleaved) return interleaved_slot(k, pp, vpp, m, phase);
+  return {static_cast<int32_t>(k % m), static_cast<int32_t>(k / m), phase};  // vpp = 1: chunk 0
+}
+
+std::vector<Slot> gpipe_rank(int64_t vpp, int64_t m) {
+  std::vector<Slot> out;
+  out.reserve(2 * m * vpp);
+  for (int64_t c = 0; c < vpp; ++c)
+    for (int64_t b = 0; b < m; ++b) out.push_back({static_cast<int32_t>(b), static_cast<int32_t>(c), Phase::forward});
+  for (int64_t c = vpp - 1; c >= 0; --c)
+    for (int64_t b = 0; b < m; ++b) out.push_back({static_cast<int32_t>(b), static_cast<int32_t>(c), Phase::backward});
+  return out;
+}
+
+// Warm-up forwards, steady one-forward-one-backward, cool-down backwards.
+std::vector<Slot> one_f_one_b_rank(Schedule s, int64_t pp, int64_t vpp, int64_t rank, int64_t m) {
+  const int64_t total = m * vpp;
+  const int64_t warmup = warmup_slots(s, pp, vpp, rank, m);
+  std::vector<Slot> out;
+  out.reserve(2 * total);
+  for (int64_t k = 0; k < warmup; ++k) out.push_back(slot_of(s, k, pp, vpp, m, Phase::forward));
+  for (int64_t k = 0; k < total - warmup; ++k) {
+    out.push_back(slot_of(s, k + warmup, pp, vpp, m, Phase::forward));
+    out.push_back(slot_of(s, k, pp, vpp, m, Phase::backward));
+  }
+  for (int64_t k = std::max<int64_t>(0, total - warmup); k < total; ++k)
+    out.push_back(slot_of(s, k, pp, vpp, m, Phase::backward));
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::vector<Slot>> make_schedule(Schedule s, int64_t pp, int64_t vpp, int64_t m) {
+  std::vector<std::vector<Slot>> out(pp);
+  for (int64_t r = 0; r < pp; ++r)
+    out[r] = s == Schedule::gpipe ? gpipe_rank(vpp, m) : one_f_one_b_rank(s, pp, vpp, r, m);
+  return out;
+}
+
+int64_t peak_in_flight(const std::vector<Slot>& slots) {
+  int64_t now = 0, peak = 0;
+  for (const Slot& x : slots) {
+    now += x.phase == Phase::forward ? 1 : -1;
+    peak = std::max(peak, now);
+  }
+  return peak;
+}
+
+}  // namespace loom

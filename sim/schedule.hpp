@@ -1,0 +1,45 @@
+// Pipeline schedules as data (STYLE.md habit 5): for each pipeline rank, the ordered list of
+// (micro-batch, chunk, phase) slots its compute stream runs in one training step. The event
+// simulator, the CPU executor and the CUDA executor all walk these tables, so a schedule is
+// defined once. Orders follow Megatron-LM (megatron/core/pipeline_parallel/schedules.py):
+//   gpipe:       every forward (chunk-major, then micro-batch), then every backward reversed.
+//   1f1b:        forward_backward_pipelining_without_interleaving: warm-up of
+//                min(pp - rank - 1, m) forwards, then one forward + one backward in steady
+//                state, then the remaining backwards.
+//   interleaved: forward_backward_pipelining_with_interleaving: m*v virtual micro-batches
+//                visited in groups of pp per chunk; warm-up of
+//                min((pp - rank - 1) * 2 + (v - 1) * pp, m * v) forwards, then 1F1B.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "sim/specs.hpp"
+
+namespace loom {
+
+enum class Phase : uint8_t { forward, backward };
+
+struct Slot {
+  int32_t micro_batch = 0;  // 0 .. m-1
+  int32_t chunk = 0;        // model chunk (virtual stage) on this rank, 0 .. v-1
+  Phase phase = Phase::forward;
+  bool operator==(const Slot&) const = default;
+};
+
+// One table per pipeline rank, [rank][k]: every (micro-batch, chunk) appears once as a
+// forward and once as a backward, the forward first. vpp must be 1 unless the schedule is
+// interleaved (gpipe accepts any vpp: every chunk's forwards, then every backward).
+std::vector<std::vector<Slot>> make_schedule(Schedule s, int64_t pp, int64_t vpp, int64_t micro_batches);
+
+// Forward slots of the interleaved schedule's virtual micro-batch k (Megatron-LM's
+// get_model_chunk_id / get_microbatch_id_in_model_chunk, in groups of pp micro-batches).
+Slot interleaved_slot(int64_t k, int64_t pp, int64_t vpp, int64_t micro_batches, Phase phase);
+
+// Warm-up forwards of `rank` before its first backward (Megatron-LM's num_warmup_microbatches).
+int64_t warmup_slots(Schedule s, int64_t pp, int64_t vpp, int64_t rank, int64_t micro_batches);
+
+// The most (micro-batch, chunk) activations a rank holds at once when it runs `slots` in
+// order: +1 at each forward, -1 at each backward. Equals in_flight_chunks() of the cost model.
+int64_t peak_in_flight(const std::vector<Slot>& slots);
+
+}  // namespace loom

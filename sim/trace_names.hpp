@@ -1,0 +1,67 @@
+// The names of trace tracks and events, shared by the simulator's predicted trace and the
+// executors' measured traces (DESIGN.md: "predicted and measured traces use the same track
+// and event names so they can be laid side by side"). Chrome trace event format: one process
+// per rank (pid = global rank), one thread per stream (tid below), complete events ("X").
+//
+//   process name     "rank 12 (dp 0, pp 1, tp 4)"
+//   threads          "compute" (tid 0), "tp" (1), "dp" (2), "pp" (3)
+//   compute stream   "F mb3 c0", "B mb3 c0", "R mb3 c0" (recompute before that backward), "optimizer"
+//   tp stream        "tp allreduce" (sequence parallel: "tp reduce_scatter+all_gather")
+//   dp stream        "dp allreduce bucket 2", "dp reduce_scatter bucket 2",
+//                    "dp all_gather params" (ZeRO-1/2 after the optimizer),
+//                    "dp all_gather F mb3 c0" / "dp all_gather B mb3 c0" (ZeRO-3),
+//                    "dp push_pull" (parameter server)
+//   pp stream        "pp send F mb3", "pp recv F mb3", "pp send B mb3", "pp recv B mb3"
+//   args             micro_batch, chunk, layers, bytes (whichever apply)
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace loom::trace_names {
+
+enum class Stream : uint8_t { compute = 0, tp = 1, dp = 2, pp = 3 };
+inline constexpr int kStreams = 4;
+inline const char* stream_name(Stream s) {
+  switch (s) {
+    case Stream::compute: return "compute";
+    case Stream::tp: return "tp";
+    case Stream::dp: return "dp";
+    case Stream::pp: return "pp";
+  }
+  return "?";
+}
+inline int tid(Stream s) { return static_cast<int>(s); }
+
+inline std::string process_name(int64_t rank, int64_t dp, int64_t pp, int64_t tp) {
+  return "rank " + std::to_string(rank) + " (dp " + std::to_string(dp) + ", pp " + std::to_string(pp) + ", tp " +
+         std::to_string(tp) + ")";
+}
+
+inline std::string mb_chunk(int64_t micro_batch, int64_t chunk) {
+  return "mb" + std::to_string(micro_batch) + " c" + std::to_string(chunk);
+}
+inline std::string forward(int64_t micro_batch, int64_t chunk) { return "F " + mb_chunk(micro_batch, chunk); }
+inline std::string backward(int64_t micro_batch, int64_t chunk) { return "B " + mb_chunk(micro_batch, chunk); }
+inline std::string recompute(int64_t micro_batch, int64_t chunk) { return "R " + mb_chunk(micro_batch, chunk); }
+inline constexpr const char* kOptimizer = "optimizer";
+
+inline constexpr const char* kTpAllReduce = "tp allreduce";
+inline constexpr const char* kTpSequenceParallel = "tp reduce_scatter+all_gather";
+
+inline std::string dp_bucket(const char* collective, int64_t bucket) {  // "allreduce", "reduce_scatter"
+  return std::string("dp ") + collective + " bucket " + std::to_string(bucket);
+}
+inline constexpr const char* kDpGatherParams = "dp all_gather params";
+inline std::string dp_gather(bool forward, int64_t micro_batch, int64_t chunk) {
+  return std::string("dp all_gather ") + (forward ? "F " : "B ") + mb_chunk(micro_batch, chunk);
+}
+inline constexpr const char* kDpPushPull = "dp push_pull";
+
+inline std::string pp_send(bool forward, int64_t micro_batch) {
+  return std::string("pp send ") + (forward ? "F" : "B") + " mb" + std::to_string(micro_batch);
+}
+inline std::string pp_recv(bool forward, int64_t micro_batch) {
+  return std::string("pp recv ") + (forward ? "F" : "B") + " mb" + std::to_string(micro_batch);
+}
+
+}  // namespace loom::trace_names
