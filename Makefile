@@ -18,10 +18,14 @@ DEBS := cmake ninja-build g++ clang libclang-rt-14-dev \
         libopenmpi-dev openmpi-bin \
         python3 python3-matplotlib python3-nbconvert python3-ipykernel jupyter-nbconvert
 
+FUZZ_BUILD ?= build-fuzz
 NVCC := $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
-CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Release $(if $(NVCC),-DCMAKE_CUDA_COMPILER=$(NVCC)) $(EXTRA_CMAKE_FLAGS)
+CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Release $(if $(NVCC),-DCMAKE_CUDA_COMPILER=$(NVCC)) \
+               -DLOOM_FUZZ_BIN=$(abspath $(FUZZ_BUILD))/tests/fuzz/loom_fuzz $(EXTRA_CMAKE_FLAGS)
+# The fuzz tree: clang, libFuzzer, ASan and UBSan on every object; only loom_fuzz is built.
+FUZZ_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DLOOM_FUZZ=ON
 
-.PHONY: deps configure build plan test clean
+.PHONY: deps configure build fuzz-build plan test clean
 
 deps:
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done | tr '\n' ' '); \
@@ -44,12 +48,18 @@ configure: deps $(BUILD)/build.ninja
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
+$(FUZZ_BUILD)/build.ninja: | deps
+	cmake -S . -B $(FUZZ_BUILD) $(FUZZ_FLAGS) >/dev/null
+
+fuzz-build: deps $(FUZZ_BUILD)/build.ninja
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target loom_fuzz
+
 plan: build
 	./$(BUILD)/loom predict --model $(MODEL) --cluster $(CLUSTER) --gpus $(GPUS) --global-batch $(BATCH) \
 	  --tp $(TP) --pp $(PP) --zero 1 --schedule interleaved --vpp 2 --recompute selective --sp
 
-test: build
+test: build fuzz-build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -LE gpu
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(FUZZ_BUILD)

@@ -75,6 +75,7 @@ Expected<ModelSpec> model_from_json(const nlohmann::json& j, const std::string& 
   r.boolean("tied_embeddings", m.tied_embeddings);
   r.boolean("dropout", m.dropout);
   r.opt_number("norm_eps", m.norm_eps, 0, true);
+  r.opt_number("rope_theta", m.rope_theta, 0, true);
   r.opt_number("published_params", m.published_params, 0, false);
   r.opt_number("published_params_precision", m.published_params_precision, 0, false);
   r.opt_string("source", m.source);
@@ -133,6 +134,7 @@ Expected<ModelSpec> model_from_hf_config(const nlohmann::json& j, const std::str
     r.opt_number("attention_dropout", pdrop, 0, false);
     m.dropout = pdrop > 0;
     r.opt_number("rms_norm_eps", m.norm_eps, 0, true);
+    r.opt_number("rope_theta", m.rope_theta, 0, true);
     if (r.has("head_dim") && j.at("head_dim").is_number_integer() && m.heads > 0) {
       int64_t hd = 0;
       r.integer("head_dim", hd);
@@ -282,6 +284,7 @@ nlohmann::json to_json(const ModelSpec& m) {
           {"tied_embeddings", m.tied_embeddings},
           {"dropout", m.dropout},
           {"norm_eps", m.norm_eps},
+          {"rope_theta", m.rope_theta},
           {"published_params", m.published_params},
           {"published_params_precision", m.published_params_precision},
           {"source", m.source}};

@@ -24,6 +24,7 @@ struct ModelSpec {
   bool tied_embeddings = true;
   bool dropout = false;      // dropout after attention softmax, attention and MLP (GPT-2/3)
   double norm_eps = 1e-5;
+  double rope_theta = 10000;  // RoPE base (llama family); Llama 3 uses 500000
   // Published parameter count and the precision it was published at (e.g. 174.6e9 given to
   // 0.1e9): the zoo test checks loom's own count against it.
   double published_params = 0;

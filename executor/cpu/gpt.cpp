@@ -19,13 +19,9 @@
 
 namespace loom::cpu {
 
-double default_rope_theta(const ModelSpec& spec) {
-  std::string name = spec.name;
-  std::transform(name.begin(), name.end(), name.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  const bool llama3 = name.rfind("llama3", 0) == 0 || name.rfind("llama-3", 0) == 0;
-  return llama3 ? kRopeThetaLlama3 : kRopeThetaDefault;
-}
+// The model says its RoPE base (ModelSpec::rope_theta, from the zoo file or the Hugging Face
+// config's rope_theta); no guessing from names.
+double default_rope_theta(const ModelSpec& spec) { return spec.rope_theta; }
 
 Status validate_for_cpu_model(const ModelSpec& spec, const GptOptions& options) {
   const auto positive = [](int64_t v) { return v > 0; };
