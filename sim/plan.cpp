@@ -130,14 +130,13 @@ Expected<Plan> plan_from_json(const nlohmann::json& j, const std::string& where)
   if (r.failed()) return *r.error();
   Plan plan;
   // Sub-documents report their fields under the plan's pointer ("plan.json: /model/...").
-  auto m = model_from_json(*mj, where + ": /model");
+  auto m = model_from_json(*mj, where, nullptr, "/model");
   if (!m) return m.error();
-  if (mj->contains("model_type")) return make_error(where, "/model: must be a loom model, not a Hugging Face config");
-  auto c = cluster_from_json(*cj, where + ": /cluster");
+  auto c = cluster_from_json(*cj, where, "/cluster");
   if (!c) return c.error();
-  auto t = train_from_json(*tj, where + ": /train");
+  auto t = train_from_json(*tj, where, "/train");
   if (!t) return t.error();
-  auto p = parallel_from_json(*pj, where + ": /parallel");
+  auto p = parallel_from_json(*pj, where, "/parallel");
   if (!p) return p.error();
   plan.model = *m;
   plan.cluster = *c;

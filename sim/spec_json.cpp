@@ -46,22 +46,23 @@ static void read_enum(ObjectReader& r, const std::string& key, const std::vector
   out = static_cast<E>(idx);
 }
 
-Status check_model(const ModelSpec& m, const std::string& where) {
+Status check_model(const ModelSpec& m, const std::string& where_, const std::string& pointer) {
+  const std::string where = where_ + ": " + pointer;
   if (m.hidden % m.heads != 0)
-    return make_error(where, "/heads: must divide hidden (" + std::to_string(m.hidden) + " % " +
-                                 std::to_string(m.heads) + " != 0)");
+    return Error{where + "/heads: must divide hidden (" + std::to_string(m.hidden) + " % " +
+                                 std::to_string(m.heads) + " != 0)"};
   if (m.heads % m.kv_heads != 0)
-    return make_error(where, "/kv_heads: must divide heads (" + std::to_string(m.heads) + " % " +
-                                 std::to_string(m.kv_heads) + " != 0)");
-  if (m.kv_heads > m.heads) return make_error(where, "/kv_heads: must be <= heads");
+    return Error{where + "/kv_heads: must divide heads (" + std::to_string(m.heads) + " % " +
+                                 std::to_string(m.kv_heads) + " != 0)"};
+  if (m.kv_heads > m.heads) return Error{where + "/kv_heads: must be <= heads"};
   return ok_status();
 }
 
 Expected<ModelSpec> model_from_json(const nlohmann::json& j, const std::string& where,
-                                    std::vector<std::string>* ignored_keys) {
-  if (j.is_object() && j.contains("model_type")) return model_from_hf_config(j, where, ignored_keys);
+                                    std::vector<std::string>* ignored_keys, const std::string& pointer) {
+  if (j.is_object() && j.contains("model_type") && pointer.empty()) return model_from_hf_config(j, where, ignored_keys);
   ModelSpec m;
-  ObjectReader r(j, where);
+  ObjectReader r(j, where, pointer);
   r.string("name", m.name);
   read_enum(r, "family", family_names(), m.family, true);
   r.integer("layers", m.layers);
@@ -81,7 +82,7 @@ Expected<ModelSpec> model_from_json(const nlohmann::json& j, const std::string& 
   r.opt_string("source", m.source);
   r.reject_unknown_keys();
   if (r.failed()) return *r.error();
-  auto st = check_model(m, where);
+  auto st = check_model(m, where, pointer);
   if (!st) return st.error();
   return m;
 }
@@ -171,9 +172,10 @@ static void read_fabric(ObjectReader& parent, const std::string& key, FabricSpec
   r.reject_unknown_keys();
 }
 
-Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::string& where) {
+Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::string& where,
+                                        const std::string& pointer) {
   ClusterSpec c;
-  ObjectReader r(j, where);
+  ObjectReader r(j, where, pointer);
   r.string("name", c.name);
   r.string("source", c.source);
   if (auto* g = r.object("gpu")) {
@@ -223,19 +225,19 @@ Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::stri
   r.reject_unknown_keys();
   if (r.failed()) return *r.error();
   if (c.nodes > c.max_nodes)
-    return make_error(where, "/nodes: must be <= max_nodes (" + std::to_string(c.max_nodes) + ")");
+    return make_error(where, pointer + "/nodes: must be <= max_nodes (" + std::to_string(c.max_nodes) + ")");
   if (c.gpus > c.nodes * c.gpus_per_node || c.gpus <= (c.nodes - 1) * c.gpus_per_node)
-    return make_error(where, "/gpus: must fill nodes: (nodes-1)*gpus_per_node < gpus <= nodes*gpus_per_node");
+    return make_error(where, pointer + "/gpus: must fill nodes: (nodes-1)*gpus_per_node < gpus <= nodes*gpus_per_node");
   if (c.gpus_per_node > 1 && c.intra_node.kind == "none")
-    return make_error(where, "/intra_node/kind: must not be \"none\" with more than one GPU per node");
+    return make_error(where, pointer + "/intra_node/kind: must not be \"none\" with more than one GPU per node");
   if (c.max_nodes > 1 && c.inter_node.kind == "none")
-    return make_error(where, "/inter_node/kind: must not be \"none\" with more than one node");
+    return make_error(where, pointer + "/inter_node/kind: must not be \"none\" with more than one node");
   return c;
 }
 
-Expected<TrainSpec> train_from_json(const nlohmann::json& j, const std::string& where) {
+Expected<TrainSpec> train_from_json(const nlohmann::json& j, const std::string& where, const std::string& pointer) {
   TrainSpec t;
-  ObjectReader r(j, where);
+  ObjectReader r(j, where, pointer);
   r.integer("global_batch", t.global_batch);
   r.integer("seq", t.seq);
   read_enum(r, "dtype", dtype_names(), t.dtype, true);
@@ -247,9 +249,10 @@ Expected<TrainSpec> train_from_json(const nlohmann::json& j, const std::string& 
   return t;
 }
 
-Expected<ParallelConfig> parallel_from_json(const nlohmann::json& j, const std::string& where) {
+Expected<ParallelConfig> parallel_from_json(const nlohmann::json& j, const std::string& where,
+                                            const std::string& pointer) {
   ParallelConfig p;
-  ObjectReader r(j, where);
+  ObjectReader r(j, where, pointer);
   r.integer("dp", p.dp);
   r.integer("tp", p.tp);
   r.integer("pp", p.pp);

@@ -27,13 +27,19 @@ std::string to_string(DpComm d);
 
 // A loom model file, or a Hugging Face config.json (recognised by "model_type"). Keys of a
 // Hugging Face config that loom does not use are appended to `ignored_keys`.
+// `pointer` is where the object sits inside `where` ("/model" inside a plan file), so error
+// lines read "plan.json: /model/layers: must be >= 1".
 Expected<ModelSpec> model_from_json(const nlohmann::json& j, const std::string& where,
-                                    std::vector<std::string>* ignored_keys = nullptr);
+                                    std::vector<std::string>* ignored_keys = nullptr,
+                                    const std::string& pointer = "");
 Expected<ModelSpec> model_from_hf_config(const nlohmann::json& j, const std::string& where,
                                          std::vector<std::string>* ignored_keys);
-Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::string& where);
-Expected<TrainSpec> train_from_json(const nlohmann::json& j, const std::string& where);
-Expected<ParallelConfig> parallel_from_json(const nlohmann::json& j, const std::string& where);
+Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::string& where,
+                                        const std::string& pointer = "");
+Expected<TrainSpec> train_from_json(const nlohmann::json& j, const std::string& where,
+                                    const std::string& pointer = "");
+Expected<ParallelConfig> parallel_from_json(const nlohmann::json& j, const std::string& where,
+                                            const std::string& pointer = "");
 
 nlohmann::json to_json(const ModelSpec& m);
 nlohmann::json to_json(const ClusterSpec& c);
@@ -41,6 +47,6 @@ nlohmann::json to_json(const TrainSpec& t);
 nlohmann::json to_json(const ParallelConfig& p);
 
 // Per-model checks that need no configuration: heads divide hidden, kv_heads divide heads.
-Status check_model(const ModelSpec& m, const std::string& where);
+Status check_model(const ModelSpec& m, const std::string& where, const std::string& pointer = "");
 
 }  // namespace loom

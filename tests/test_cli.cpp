@@ -171,3 +171,34 @@ TEST_CASE("a Hugging Face config.json is a model; unused keys are listed once") 
   REQUIRE(l.code == 0);
   CHECK(nlohmann::json::parse(l.out)["params"] == 8'030'261'248);
 }
+
+TEST_CASE("plan file rules name the file and the JSON pointer inside it") {
+  auto path = temp_file("plan_ok.json", "");
+  REQUIRE(run_loom(kBase + "--tp 8 --pp 16 -o " + path).code == 0);
+  auto plan = nlohmann::json::parse(slurp(path));
+  {
+    auto j = plan;
+    j["parallel"]["tp"] = 0;
+    expect_rejected("predict --plan " + temp_file("p1.json", j.dump()), "p1.json: /parallel/tp: must be >= 1");
+  }
+  {
+    auto j = plan;
+    j["model"]["layers"] = 97;
+    expect_rejected("predict --plan " + temp_file("p2.json", j.dump()), "p2.json: /parallel/pp: pp x vpp must divide layers");
+  }
+  {
+    auto j = plan;
+    j["layout"]["layers"][0]["stage"] = 3;
+    expect_rejected("predict --plan " + temp_file("p3.json", j.dump()), "p3.json: /layout: does not match");
+  }
+  {
+    auto j = plan;
+    j["train"]["global_batch"] = 1001;
+    expect_rejected("predict --plan " + temp_file("p4.json", j.dump()), "p4.json: /train/global_batch: must be a multiple");
+  }
+  {
+    auto j = plan;
+    j["cluster"]["gpu"]["hbm_bytes_per_s"] = "fast";
+    expect_rejected("predict --plan " + temp_file("p5.json", j.dump()), "p5.json: /cluster/gpu/hbm_bytes_per_s: must be a number");
+  }
+}
