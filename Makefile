@@ -1,7 +1,7 @@
 # loom: the two quick-start commands.
 #   make plan   installs missing Debian packages (when root), configures, builds, prints a plan
 #   make test   the same set-up, then every test (ctest)
-# Variables: MODEL, CLUSTER, GPUS, BATCH for `make plan`; BUILD (build dir); JOBS.
+# Variables: MODEL, CLUSTER, GPUS, BATCH (and SEQ, default the model's) for `make plan`; BUILD (build dir); JOBS.
 
 BUILD ?= build
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
@@ -9,8 +9,7 @@ MODEL ?= gpt3-175b
 CLUSTER ?= dgx-a100
 GPUS ?= 1024
 BATCH ?= 1536
-TP ?= 8
-PP ?= 16
+SEQ ?=
 
 # Every Debian package the project builds, tests or runs with.
 DEBS := cmake ninja-build g++ clang libclang-rt-14-dev \
@@ -25,7 +24,7 @@ CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Release $(if $(NVCC),-DCMAKE_CUDA_COM
 # The fuzz tree: clang, libFuzzer, ASan and UBSan on every object; only loom_fuzz is built.
 FUZZ_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DLOOM_FUZZ=ON
 
-.PHONY: deps configure build fuzz-build plan test clean
+.PHONY: deps configure build fuzz-build plan test gpu-test clean
 
 deps:
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done | tr '\n' ' '); \
@@ -55,11 +54,14 @@ fuzz-build: deps $(FUZZ_BUILD)/build.ninja
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target loom_fuzz
 
 plan: build
-	./$(BUILD)/loom predict --model $(MODEL) --cluster $(CLUSTER) --gpus $(GPUS) --global-batch $(BATCH) \
-	  --tp $(TP) --pp $(PP) --zero 1 --schedule interleaved --vpp 2 --recompute selective --sp
+	./$(BUILD)/loom plan --model $(MODEL) --cluster $(CLUSTER) --gpus $(GPUS) --global-batch $(BATCH) $(if $(SEQ),--seq $(SEQ))
 
 test: build fuzz-build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -LE gpu
+
+# On a machine with an NVIDIA GPU: CUDA build, GPU kernel tests, loom vs PyTorch GPT-2 throughput.
+gpu-test:
+	executor/cuda/gpu_test.sh
 
 clean:
 	rm -rf $(BUILD) $(FUZZ_BUILD)

@@ -165,13 +165,16 @@ PerMicroBatch stage_micro_batch(const ModelSpec& m, const TrainSpec& tr, const P
   // Tensor-parallel traffic in halves: an all-reduce is a reduce-scatter plus an all-gather
   // (what SP runs instead), so both move the same bytes. Per layer: 2 all-reduces forward,
   // 2 backward, 2 more for a full recompute. Vocab-parallel embedding: an all-reduce (SP: a
-  // reduce-scatter). Output layer: its input gradient all-reduced (SP: all-gather forward,
+  // reduce-scatter forward and, as its gradient, an all-gather backward). Output layer: its input gradient all-reduced (SP: all-gather forward,
   // reduce-scatter backward).
   const double Vr = static_cast<double>(vocab_per_rank(m.vocab, p.tp));
   int64_t halves = st.layers * 2 * (4 + (p.recompute == Recompute::full ? 2 : 0));
+  // SP keeps the norm outputs sequence-sharded, so backward gathers both again before the
+  // weight-gradient GEMMs that need them (Korthikanti et al. 2022, Sec. 4.2.2): 2 more halves.
+  if (p.sp) halves += st.layers * 2;
   if (st.first) {
     out.fwd += op.memory(2 * e * T * h);  // embedding gather (+ positions)
-    halves += p.sp ? 1 : 2;
+    halves += 2;  // all-reduce; SP: reduce-scatter forward, its all-gather in backward
   }
   if (st.last) {
     // Final norm, logits GEMM (forward; backward twice), fused softmax cross-entropy reading
@@ -255,27 +258,32 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& links
     s.memory.grads = state.grads;
     s.memory.optimizer = state.optimizer;
 
-    // Activations of the chunks in flight, plus one layer's full activations while a full
-    // recompute rebuilds it in backward.
+    // Activations of the chunks in flight, plus what a recompute rebuilds for one layer in
+    // backward: a full recompute the layer's activations less the input it already holds, a
+    // selective one the attention core (the CPU executor measures both to the byte).
     s.in_flight = in_flight_chunks(p.schedule, p.pp, p.vpp, i, mb);
     s.memory.activations = s.in_flight * layers_chunk * act.total();
-    if (p.recompute == Recompute::full) s.memory.activations += act_full.total();
+    if (p.recompute != Recompute::none) s.memory.activations += act_full.total() - act.total();
     const int64_t mask = m.dropout ? 1 : 0;
     const int64_t per_mb_extra = (first ? mask * T * h / rep : 0)  // embedding dropout mask
-                                 + (last ? e * T * h / rep + 2 * (m.family == Family::gpt ? 2 : 1) * 4 * T / rep  // final norm input + stats
+                                 + (last ? e * T * h / rep + (m.family == Family::gpt ? 2 : 1) * 4 * T / rep  // final norm input + stats (one norm)
                                                + e * T * h         // output layer input (gathered)
                                          : 0);
     const int64_t stage_mbs = p.schedule == Schedule::gpipe ? mb : std::min<int64_t>(p.pp - i, mb);
     s.memory.activations += stage_mbs * per_mb_extra;
-    // Logits (e) and the fp32 cross-entropy buffer (4) per token and vocab row: one micro-batch
-    // at a time, except GPipe, which runs every forward before the first backward.
-    if (last) s.memory.logits = (p.schedule == Schedule::gpipe ? mb : 1) * (e + 4) * T * Vr;
-    // Communication buffers: the SP all-gather output (b s h), PP send and receive buffers
-    // (b s h / t each, Megatron's scatter-gather), ZeRO-3's gathered current and prefetched layer.
+    // Logits (e, consumed by the cross-entropy) and the fp32 probabilities (4) the cross-entropy
+    // keeps for backward, per token and vocab row: one micro-batch holds them at a time, except
+    // GPipe, which runs every forward (and keeps every probability buffer) before the first backward.
+    if (last) s.memory.logits = (e + (p.schedule == Schedule::gpipe ? mb : 1) * 4) * T * Vr;
+    // Communication buffers: the SP all-gather output (b s h), PP send and receive buffers (the
+    // tensor each tp rank holds, as Megatron-core sends it: b s h, or its b s h / t sequence shard
+    // with SP), ZeRO-3's gathered current and prefetched layer, and under ZeRO-2/3 one layer's
+    // full gradient waiting for its reduce-scatter.
     if (p.sp) s.memory.comm_buffers += e * T * h;
-    if (p.pp > 1) s.memory.comm_buffers += 2 * e * T * h / p.tp;
+    if (p.pp > 1) s.memory.comm_buffers += 2 * e * T * h / rep;
     if (p.zero >= 3 && p.dp > 1)
       s.memory.comm_buffers += 2 * e * std::max({layer_rank, embed_rank, out_rank});
+    if (p.zero >= 2 && p.dp > 1) s.memory.comm_buffers += g * std::max({layer_rank, embed_rank, out_rank});
     s.memory.workspace = c.runtime_memory.workspace_bytes;
     const int64_t communicators = (p.tp > 1) + (p.dp > 1) + (p.pp > 1);
     const int64_t allocated = s.memory.weights + s.memory.grads + s.memory.optimizer + s.memory.activations +
@@ -299,11 +307,21 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& links
     s.recompute_s = per_mb[i].recompute;
     s.tp_comm_s = per_mb[i].tp;
     s.comm.tp = per_mb[i].tp_bytes * mb;
+    // With SP each tp rank sees only its token rows, so the gradients of the parameters it
+    // replicates (norms, row-parallel biases, positions) are partial sums: one all-reduce over
+    // tp per step (Megatron's allreduce of sequence-parallel parameter gradients).
+    if (p.sp && p.tp > 1) {
+      int64_t replicated = layers_stage * lp.replicated;
+      if (first && m.family == Family::gpt) replicated += m.seq_len * h;
+      if (last) replicated += final_norm_params(m);
+      s.comm.tp += collective_send_bytes(Collective::all_reduce, g * replicated, p.tp);
+      s.tp_grad_sync_s = collective_time_s(Collective::all_reduce, static_cast<double>(g * replicated), links.tp);
+    }
 
-    // Pipeline: each chunk sends its output forward and its input gradient backward,
-    // b s h / t per micro-batch (scatter-gather), except the model's ends.
+    // Pipeline: each chunk sends its output forward and its input gradient backward, the
+    // tensor each tp rank holds (b s h; b s h / t with SP) per micro-batch, except the model's ends.
     if (p.pp > 1) {
-      const int64_t msg = e * T * h / p.tp;
+      const int64_t msg = e * T * h / rep;
       const int64_t sends = 2 * p.vpp - (last ? 1 : 0) - (first ? 1 : 0);
       s.comm.pp = sends * mb * msg;
     }
@@ -398,12 +416,12 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& links
   const StageEstimate& ss = est.stages[slow];
   const double v = static_cast<double>(p.vpp);
   est.time.compute_s = mb * (ss.forward_s + ss.backward_s + ss.recompute_s);
-  est.time.tp_comm_s = mb * ss.tp_comm_s;
+  est.time.tp_comm_s = mb * ss.tp_comm_s + ss.tp_grad_sync_s;
   est.time.bubble_s = (sum_mb - ss.micro_batch_s()) / v;
   if (p.pp > 1) {
     // Each micro-batch chunk waits for its activations and its gradients on the critical
     // path: (m v + p - 1) forward and backward transfers.
-    const double msg = static_cast<double>(e * T * h / p.tp);
+    const double msg = static_cast<double>(e * T * h / (p.sp ? p.tp : 1));
     est.time.pp_comm_s = static_cast<double>(mb * p.vpp + p.pp - 1) * 2 * p2p_time_s(msg, links.pp);
   }
   for (const auto& s : est.stages) {

@@ -50,6 +50,7 @@ struct StageEstimate {
   CommBytes comm;
   // Per micro-batch on this stage (all of its chunks):
   double forward_s = 0, backward_s = 0, recompute_s = 0, tp_comm_s = 0;
+  double tp_grad_sync_s = 0;       // per step: SP's all-reduce of replicated parameters' gradients
   double dp_comm_exposed_s = 0;    // per step
   double optimizer_s = 0;          // per step
   double micro_batch_s() const { return forward_s + backward_s + recompute_s + tp_comm_s; }
@@ -70,6 +71,7 @@ struct Estimate {
   TrainSpec train;
   int64_t micro_batches = 0;       // per DP replica per step
   double step_time_s = 0, tokens_per_s = 0, tflops_per_gpu = 0, mfu = 0;
+  double simulated_step_time_s = 0;  // the event simulator's step (loom plan --refine); 0: not run
   FlopCount flops_model = 0, flops_hardware = 0;
   MemoryBytes memory;              // the stage with the largest peak
   int64_t peak_stage = 0;

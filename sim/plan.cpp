@@ -70,6 +70,8 @@ nlohmann::json estimate_to_json(const Estimate& e) {
           {"dtype", to_string(e.train.dtype)},
           {"grad_dtype", to_string(e.train.grad_dtype)},
           {"step_time_s", e.step_time_s},
+          {"simulated_step_time_s",
+           e.simulated_step_time_s > 0 ? nlohmann::json(e.simulated_step_time_s) : nlohmann::json(nullptr)},
           {"tokens_per_s", e.tokens_per_s},
           {"tflops_per_gpu", e.tflops_per_gpu},
           {"mfu", e.mfu},

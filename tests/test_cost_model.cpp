@@ -130,8 +130,12 @@ TEST_CASE("GPT-3 175B on 1024 A100s (Narayanan et al. Table 1 configuration)") {
   // (52% of peak). A prediction far from that is a broken model, not a tuning question.
   CHECK(e.tflops_per_gpu > 100);
   CHECK(e.tflops_per_gpu < 250);
-  // Bytes each GPU sends per step are exact: first stage, 6 layers, SP pairs of b s h bf16.
+  // Bytes each GPU sends per step are exact. A middle stage, 6 layers, SP: per layer and
+  // micro-batch 4 reduce-scatter + all-gather pairs of b s h bf16 (2 forward, 2 backward) and
+  // the backward re-gather of both norm outputs; once per step the all-reduce of the
+  // replicated parameters' gradients (2 LayerNorms and 2 row-parallel biases: 6h per layer).
   const int64_t S = 2 * 1 * 2048 * 12288;
   const int64_t half = 7 * ((S + 7) / 8);  // reduce-scatter or all-gather over 8
-  CHECK(e.stages[1].comm.tp == 192 * 6 * 2 * 4 * half);  // a middle stage: layers only
+  const int64_t replicated = 2 * 6 * 6 * 12288;
+  CHECK(e.stages[1].comm.tp == 192 * 6 * (2 * 4 + 2) * half + 2 * 7 * ((replicated + 7) / 8));
 }

@@ -10,5 +10,10 @@ namespace loom::cli {
 using Run = std::function<int()>;
 
 void add_predict(CLI::App& app, Run& run);
+void add_plan(CLI::App& app, Run& run);
+void add_export(CLI::App& app, Run& run);
+void add_simulate(CLI::App& app, Run& run);
+void add_execute(CLI::App& app, Run& run);
+void add_compare(CLI::App& app, Run& run);
 
 }  // namespace loom::cli

@@ -9,6 +9,11 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   loom::cli::Run run;
   loom::cli::add_predict(app, run);
+  loom::cli::add_plan(app, run);
+  loom::cli::add_export(app, run);
+  loom::cli::add_simulate(app, run);
+  loom::cli::add_execute(app, run);
+  loom::cli::add_compare(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -1,0 +1,87 @@
+#include "executor/comm.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace loom::exec {
+
+namespace {
+
+int64_t chunk_len(int64_t n, int g) { return (n + g - 1) / g; }
+int64_t chunk_begin(int64_t n, int g, int i) { return std::min<int64_t>(n, i * chunk_len(n, g)); }
+int64_t chunk_end(int64_t n, int g, int i) { return std::min<int64_t>(n, (i + 1) * chunk_len(n, g)); }
+int mod(int a, int g) { return ((a % g) + g) % g; }
+
+// Tags of collectives, one per group kind, apart from pipeline p2p tags (>= 1000). Two ranks share
+// at most one group of each kind, and every member issues the group's collectives in the same
+// order, so FIFO matching per (peer, tag) pairs them correctly.
+int collective_tag(GroupKind k) { return 10 + static_cast<int>(k); }
+
+}  // namespace
+
+// Ring reduce-scatter (Patarasuk & Yuan 2009): in step k, rank i sends chunk (i-k-1) to its right
+// neighbour and adds chunk (i-k-2) received from its left one; after g-1 steps chunk i is
+// complete. Each chunk is summed in one fixed order (starting at rank i+1), so the result is the
+// same bits on every run.
+template <class T>
+Status Comm::ring_reduce_scatter(const Group& g, T* data, int64_t n, ReduceOp op, const char* what) {
+  const int G = g.size(), i = g.index;
+  if (G <= 1) return ok_status();
+  const int right = g.ranks[mod(i + 1, G)], left = g.ranks[mod(i - 1, G)];
+  staging_.resize(static_cast<size_t>(chunk_len(n, G)) * sizeof(T));
+  T* in = reinterpret_cast<T*>(staging_.data());
+  for (int k = 0; k < G - 1; ++k) {
+    const int s = mod(i - k - 1, G), r = mod(i - k - 2, G);
+    const int64_t sb = chunk_begin(n, G, s), sn = chunk_end(n, G, s) - sb;
+    const int64_t rb = chunk_begin(n, G, r), rn = chunk_end(n, G, r) - rb;
+    auto st = exchange(right, data + sb, sn * static_cast<int64_t>(sizeof(T)), left, in,
+                       rn * static_cast<int64_t>(sizeof(T)), collective_tag(g.kind),
+                       std::string(what) + " on the " + group_name(g.kind) + " group");
+    if (!st) return st;
+    counters_.add(g.kind, what, sn * static_cast<int64_t>(sizeof(T)));
+    T* acc = data + rb;
+    if (op == ReduceOp::sum) {
+      for (int64_t j = 0; j < rn; ++j) acc[j] = in[j] + acc[j];
+    } else {
+      for (int64_t j = 0; j < rn; ++j) acc[j] = std::max(in[j], acc[j]);
+    }
+  }
+  return ok_status();
+}
+
+// Ring all-gather: in step k, rank i forwards chunk (i-k) and receives chunk (i-k-1).
+template <class T>
+Status Comm::ring_all_gather(const Group& g, T* data, int64_t n, const char* what) {
+  const int G = g.size(), i = g.index;
+  if (G <= 1) return ok_status();
+  const int right = g.ranks[mod(i + 1, G)], left = g.ranks[mod(i - 1, G)];
+  for (int k = 0; k < G - 1; ++k) {
+    const int s = mod(i - k, G), r = mod(i - k - 1, G);
+    const int64_t sb = chunk_begin(n, G, s), sn = chunk_end(n, G, s) - sb;
+    const int64_t rb = chunk_begin(n, G, r), rn = chunk_end(n, G, r) - rb;
+    auto st = exchange(right, data + sb, sn * static_cast<int64_t>(sizeof(T)), left, data + rb,
+                       rn * static_cast<int64_t>(sizeof(T)), collective_tag(g.kind),
+                       std::string(what) + " on the " + group_name(g.kind) + " group");
+    if (!st) return st;
+    counters_.add(g.kind, what, sn * static_cast<int64_t>(sizeof(T)));
+  }
+  return ok_status();
+}
+
+// All-reduce = reduce-scatter + all-gather: 2(n-1) chunks sent, as NCCL's ring.
+Status Comm::all_reduce(const Group& g, float* data, int64_t n, ReduceOp op) {
+  if (auto st = ring_reduce_scatter(g, data, n, op, "all_reduce"); !st) return st;
+  return ring_all_gather(g, data, n, "all_reduce");
+}
+Status Comm::all_reduce(const Group& g, double* data, int64_t n, ReduceOp op) {
+  if (auto st = ring_reduce_scatter(g, data, n, op, "all_reduce"); !st) return st;
+  return ring_all_gather(g, data, n, "all_reduce");
+}
+Status Comm::reduce_scatter(const Group& g, float* data, int64_t n) {
+  return ring_reduce_scatter(g, data, n, ReduceOp::sum, "reduce_scatter");
+}
+Status Comm::all_gather(const Group& g, float* data, int64_t n) {
+  return ring_all_gather(g, data, n, "all_gather");
+}
+
+}  // namespace loom::exec

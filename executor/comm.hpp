@@ -1,0 +1,96 @@
+// Communication behind one narrow interface (STYLE.md, ASTRA-sim habit): ring collectives on a
+// group (all_reduce, reduce_scatter, all_gather), point-to-point send/recv and barrier. The ring
+// algorithms live here, on top of three primitives a backend provides (MpiComm: Open MPI
+// point-to-point), so the bytes counted are the bytes really sent, and they follow
+// sim/collectives.hpp's convention: a buffer of S bytes over n ranks is cut in n chunks of
+// ceil(S/n); reduce-scatter and all-gather send n-1 chunks, all-reduce 2(n-1).
+//
+// Every wait has a deadline: a peer that died or stalled makes the caller return an error
+// naming the group, the peer and the operation instead of hanging (DESIGN.md, reliability).
+#pragma once
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sim/expected.hpp"
+
+namespace loom::exec {
+
+enum class GroupKind : int { tp = 0, dp = 1, pp = 2, world = 3 };
+inline const char* group_name(GroupKind k) {
+  static const char* names[] = {"tp", "dp", "pp", "world"};
+  return names[static_cast<int>(k)];
+}
+
+// A process group: world ranks in group order (RankGrid::group), and this rank's index in it.
+struct Group {
+  GroupKind kind = GroupKind::world;
+  std::vector<int> ranks;
+  int index = 0;
+  int size() const { return static_cast<int>(ranks.size()); }
+};
+
+enum class ReduceOp { sum, max };
+
+// Bytes this rank sent, by group kind and by "kind.collective" (e.g. "tp.all_reduce").
+struct CommCounters {
+  std::array<int64_t, 4> by_group{};
+  std::map<std::string, int64_t> by_collective;
+  void add(GroupKind g, const char* what, int64_t bytes) {
+    by_group[static_cast<int>(g)] += bytes;
+    by_collective[std::string(group_name(g)) + "." + what] += bytes;
+  }
+};
+
+class Comm {
+ public:
+  virtual ~Comm() = default;
+  virtual int rank() const = 0;
+  virtual int world() const = 0;
+
+  // In place over data[0, n). Chunk i = [i*c, min((i+1)*c, n)), c = ceil(n/g).
+  Status all_reduce(const Group& g, float* data, int64_t n, ReduceOp op = ReduceOp::sum);
+  Status all_reduce(const Group& g, double* data, int64_t n, ReduceOp op = ReduceOp::sum);
+  // In place: afterwards chunk g.index of data holds the sum over the group; others are garbage.
+  Status reduce_scatter(const Group& g, float* data, int64_t n);
+  // In place: chunk g.index of data is this rank's; afterwards every chunk is filled.
+  Status all_gather(const Group& g, float* data, int64_t n);
+
+  // Point-to-point between world ranks (pipeline activations and gradients). isend returns a
+  // handle to wait on before the buffer is reused; recv blocks (with the deadline).
+  virtual Expected<int> isend(int to, const void* data, int64_t bytes, int tag, GroupKind kind) = 0;
+  virtual Status wait(int request, const char* what) = 0;
+  virtual Status recv(int from, void* data, int64_t bytes, int tag, const char* what) = 0;
+  virtual Status barrier() = 0;
+
+  const CommCounters& counters() const { return counters_; }
+  void reset_counters() { counters_ = {}; }
+
+ protected:
+  // Send `sbytes` to world rank `to` and receive `rbytes` from `from` concurrently.
+  virtual Status exchange(int to, const void* s, int64_t sbytes, int from, void* r, int64_t rbytes, int tag,
+                          const std::string& what) = 0;
+  CommCounters counters_;
+
+ private:
+  template <class T>
+  Status ring_reduce_scatter(const Group& g, T* data, int64_t n, ReduceOp op, const char* what);
+  template <class T>
+  Status ring_all_gather(const Group& g, T* data, int64_t n, const char* what);
+  std::vector<char> staging_;  // one chunk being received (op scratch, at most ceil(n/g))
+};
+
+struct MpiOptions {
+  double timeout_s = 60;  // longest wait on any one message before giving up
+};
+
+// Initialises MPI (once per process); errors come back as values (MPI_ERRORS_RETURN).
+Expected<std::unique_ptr<Comm>> make_mpi_comm(int* argc, char*** argv, const MpiOptions& options);
+// Ends the job from this rank: MPI_Abort with `code` (the others are killed by mpirun).
+[[noreturn]] void mpi_abort(int code);
+void mpi_finalize();
+
+}  // namespace loom::exec

@@ -1,0 +1,479 @@
+#include "executor/cuda/attention.cuh"
+
+namespace loom::cuda {
+namespace {
+
+constexpr int HS = 64;         // head size
+constexpr int BM = 64;         // rows (queries or keys) per thread block: 4 warps x 16
+constexpr int LDS = HS + 8;    // shared-memory row stride in bf16: 144 bytes keeps the 8 rows
+                               // an ldmatrix reads in distinct banks
+constexpr int kThreads = 128;
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ inline uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ inline void ldmatrix_x4(uint32_t r[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ inline void ldmatrix_x4_trans(uint32_t r[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// c (16x8 fp32) += a (16x16 bf16, row) * b (16x8 bf16, col)
+__device__ inline void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ inline uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Fragment layouts (PTX ISA, mma.m16n8k16): with g = lane / 4 and t = lane % 4, accumulator
+// element j of an 16x8 tile sits at row g + 8 * (j / 2), column 2t + j % 2.
+
+// A fragments of a warp's 16 rows x 64 columns of a shared tile (row stride LDS), 4 k-chunks.
+__device__ inline void load_a(uint32_t a[4][4], const bf16* tile, int lane) {
+  const int mi = lane >> 3, r = lane & 7;
+#pragma unroll
+  for (int kc = 0; kc < 4; kc++) ldmatrix_x4(a[kc], tile + ((mi & 1) * 8 + r) * LDS + kc * 16 + (mi >> 1) * 8);
+}
+
+// acc (16 x 64) += A (16 x 64) @ T^T, T a shared 64 x 64 tile indexed [n][k].
+__device__ inline void mma_abt(float acc[8][4], const uint32_t a[4][4], const bf16* T, int lane) {
+  const int mi = lane >> 3, r = lane & 7;
+#pragma unroll
+  for (int kc = 0; kc < 4; kc++) {
+#pragma unroll
+    for (int np = 0; np < 4; np++) {
+      uint32_t b[4];
+      ldmatrix_x4(b, T + (np * 16 + (mi >> 1) * 8 + r) * LDS + kc * 16 + (mi & 1) * 8);
+      mma(acc[2 * np], a[kc], b[0], b[1]);
+      mma(acc[2 * np + 1], a[kc], b[2], b[3]);
+    }
+  }
+}
+
+// acc (16 x 64) += A (16 x 64) @ T, T a shared 64 x 64 tile indexed [k][n].
+__device__ inline void mma_ab(float acc[8][4], const uint32_t a[4][4], const bf16* T, int lane) {
+  const int mi = lane >> 3, r = lane & 7;
+#pragma unroll
+  for (int kc = 0; kc < 4; kc++) {
+#pragma unroll
+    for (int np = 0; np < 4; np++) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, T + (kc * 16 + (mi & 1) * 8 + r) * LDS + np * 16 + (mi >> 1) * 8);
+      mma(acc[2 * np], a[kc], b[0], b[1]);
+      mma(acc[2 * np + 1], a[kc], b[2], b[3]);
+    }
+  }
+}
+
+// An accumulator (16 x 64 fp32) as A fragments (16 x 64 bf16): the layouts line up pairwise.
+__device__ inline void acc_to_a(uint32_t a[4][4], const float c[8][4]) {
+#pragma unroll
+  for (int kc = 0; kc < 4; kc++) {
+    a[kc][0] = pack_bf16(c[2 * kc][0], c[2 * kc][1]);
+    a[kc][1] = pack_bf16(c[2 * kc][2], c[2 * kc][3]);
+    a[kc][2] = pack_bf16(c[2 * kc + 1][0], c[2 * kc + 1][1]);
+    a[kc][3] = pack_bf16(c[2 * kc + 1][2], c[2 * kc + 1][3]);
+  }
+}
+
+__device__ inline void zero(float c[8][4]) {
+#pragma unroll
+  for (int i = 0; i < 8; i++) c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0;
+}
+
+// 64 rows x 64 bf16 from global (row stride `stride` elements) into a shared tile, 16 bytes per
+// access, 4 per thread.
+__device__ inline void load_tile(bf16* s, const bf16* g, int64_t stride) {
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const int idx = threadIdx.x + i * kThreads;
+    const int row = idx >> 3, v = idx & 7;
+    *reinterpret_cast<int4*>(s + row * LDS + v * 8) =
+        *reinterpret_cast<const int4*>(g + row * stride + v * 8);
+  }
+}
+
+// The same through the asynchronous copy unit (cp.async, sm_80+): the copy of the next tile
+// runs while the tensor cores work on the current one (two shared buffers per operand).
+__device__ inline void cp_async16(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem));
+}
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ inline void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ inline void load_tile_async(bf16* s, const bf16* g, int64_t stride) {
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const int idx = threadIdx.x + i * kThreads;
+    const int row = idx >> 3, v = idx & 7;
+    cp_async16(s + row * LDS + v * 8, g + row * stride + v * 8);
+  }
+}
+
+// A warp's 16 x 64 accumulator (times `scale`) to global rows (stride elements), staged through
+// the warp's own 16 rows of a shared tile so that global writes are 16 bytes wide.
+__device__ inline void store_rows(bf16* g, int64_t stride, bf16* stage, const float c[8][4],
+                                  float scale, int lane) {
+  const int gq = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < 8; nt++) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      *reinterpret_cast<__nv_bfloat162*>(stage + (gq + 8 * h) * LDS + nt * 8 + 2 * t) =
+          __floats2bfloat162_rn(c[nt][2 * h] * scale, c[nt][2 * h + 1] * scale);
+    }
+  }
+  __syncwarp();
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const int idx = lane + 32 * i;
+    const int row = idx >> 3, v = idx & 7;
+    *reinterpret_cast<int4*>(g + row * stride + v * 8) =
+        *reinterpret_cast<const int4*>(stage + row * LDS + v * 8);
+  }
+}
+
+}  // namespace
+
+// grid (T/64, NH, B); block 128 = 4 warps, warp w owns queries [qb*64 + 16w, +16).
+__global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf16* out, float* lse,
+                                                                     const bf16* qkv, int T, int NH) {
+  __shared__ __align__(16) bf16 sQ[BM * LDS];
+  __shared__ __align__(16) bf16 sK[2][BM * LDS];  // double-buffered: tile kb + 1 loads during kb
+  __shared__ __align__(16) bf16 sV[2][BM * LDS];
+  const int qb = gridDim.x - 1 - blockIdx.x;  // longest rows first
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int gq = lane >> 2, t = lane & 3;
+  const int C = NH * HS;
+  const int64_t stride = 3 * static_cast<int64_t>(C);
+  const bf16* base = qkv + static_cast<int64_t>(b) * T * stride + h * HS;
+  const float scale_log2 = kLog2e / sqrtf(static_cast<float>(HS));
+
+  load_tile_async(sQ, base + static_cast<int64_t>(qb) * BM * stride, stride);
+  load_tile_async(sK[0], base + C, stride);
+  load_tile_async(sV[0], base + 2 * C, stride);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  uint32_t qa[4][4];
+  load_a(qa, sQ + warp * 16 * LDS, lane);
+
+  float o[8][4];
+  zero(o);
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0, 0};
+  const int q_row0 = qb * BM + warp * 16 + gq;  // this thread's rows: q_row0 and q_row0 + 8
+  for (int kb = 0; kb <= qb; kb++) {
+    const int buf = kb & 1;
+    if (kb < qb) {  // prefetch tile kb + 1 into the buffer every warp finished with last iteration
+      load_tile_async(sK[buf ^ 1], base + C + static_cast<int64_t>(kb + 1) * BM * stride, stride);
+      load_tile_async(sV[buf ^ 1], base + 2 * C + static_cast<int64_t>(kb + 1) * BM * stride, stride);
+      cp_async_commit();
+      cp_async_wait<1>();  // tile kb has landed
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    float s[8][4];
+    zero(s);
+    mma_abt(s, qa, sK[buf], lane);
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < 8; nt++) {
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+          const int key = kb * BM + nt * 8 + 2 * t + j;
+          float v = s[nt][2 * r + j] * scale_log2;
+          if (kb == qb && key > q_row0 + 8 * r) v = -INFINITY;
+          s[nt][2 * r + j] = v;
+          mx = fmaxf(mx, v);
+        }
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_run[r], mx);  // finite: key kb*64 <= every query of block qb
+      const float corr = exp2f(m_run[r] - m_new);
+      m_run[r] = m_new;
+      float sum = 0;
+#pragma unroll
+      for (int nt = 0; nt < 8; nt++) {
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+          const float p = exp2f(s[nt][2 * r + j] - m_new);
+          s[nt][2 * r + j] = p;
+          sum += p;
+        }
+        o[nt][2 * r] *= corr;
+        o[nt][2 * r + 1] *= corr;
+      }
+      l_run[r] = l_run[r] * corr + sum;  // this thread's columns only; summed over the quad below
+    }
+    uint32_t pa[4][4];
+    acc_to_a(pa, s);
+    mma_ab(o, pa, sV[buf], lane);
+    __syncthreads();  // every warp is done with buffer `buf` before it is refilled
+  }
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    float l = l_run[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    inv[r] = 1.0f / l;
+    if (t == 0) lse[(static_cast<int64_t>(b) * NH + h) * T + q_row0 + 8 * r] = m_run[r] + log2f(l);
+  }
+#pragma unroll
+  for (int nt = 0; nt < 8; nt++) {
+    o[nt][0] *= inv[0];
+    o[nt][1] *= inv[0];
+    o[nt][2] *= inv[1];
+    o[nt][3] *= inv[1];
+  }
+  bf16* out_rows = out + (static_cast<int64_t>(b) * T + qb * BM + warp * 16) * C + h * HS;
+  store_rows(out_rows, C, sQ + warp * 16 * LDS, o, 1.0f, lane);
+}
+
+// delta (B, NH, T) = rowsum(dout * out) per head: the softmax-backward term D of FlashAttention-2.
+__global__ void attention_delta_kernel(float* delta, const bf16* dout, const bf16* out, int B,
+                                       int T, int NH) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // (b, t, h)
+  if (idx >= static_cast<int64_t>(B) * T * NH) return;
+  const int h = idx % NH;
+  const int64_t bt = idx / NH;
+  const int tt = bt % T, b = bt / T;
+  const bf16* d = dout + idx * HS;
+  const bf16* o = out + idx * HS;
+  float s = 0;
+#pragma unroll
+  for (int v = 0; v < HS / 8; v++) {
+    const int4 rd = *reinterpret_cast<const int4*>(d + v * 8);
+    const int4 ro = *reinterpret_cast<const int4*>(o + v * 8);
+    const bf16* pd = reinterpret_cast<const bf16*>(&rd);
+    const bf16* po = reinterpret_cast<const bf16*>(&ro);
+#pragma unroll
+    for (int i = 0; i < 8; i++) s += __bfloat162float(pd[i]) * __bfloat162float(po[i]);
+  }
+  delta[(static_cast<int64_t>(b) * NH + h) * T + tt] = s;
+}
+
+// dK, dV. grid (T/64, NH, B); warp w owns keys [kb*64 + 16w, +16) and walks query blocks kb..end.
+// It works on transposed tiles: S^T = K Q^T, P^T, dP^T = V dO^T, dS^T = P^T (dP^T - D);
+// dV += P^T dO and dK += dS^T Q.
+__global__ void __launch_bounds__(kThreads) attention_backward_kv_kernel(
+    bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta, int T,
+    int NH) {
+  __shared__ __align__(16) bf16 sQ[2][BM * LDS];  // double-buffered over query blocks
+  __shared__ __align__(16) bf16 sdO[2][BM * LDS];
+  __shared__ __align__(16) bf16 sKV[BM * LDS];  // K, then V, then the output staging
+  __shared__ __align__(16) float sL[2][BM];
+  __shared__ __align__(16) float sD[2][BM];
+  const int kb = blockIdx.x;  // the first key blocks have the most query blocks: issue them first
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int gq = lane >> 2, t = lane & 3;
+  const int C = NH * HS;
+  const int64_t stride = 3 * static_cast<int64_t>(C);
+  const bf16* base = qkv + static_cast<int64_t>(b) * T * stride + h * HS;
+  const bf16* dbase = dout + static_cast<int64_t>(b) * T * C + h * HS;
+  const float* lse_bh = lse + (static_cast<int64_t>(b) * NH + h) * T;
+  const float* delta_bh = delta + (static_cast<int64_t>(b) * NH + h) * T;
+  const float scale = 1.0f / sqrtf(static_cast<float>(HS));
+  const float scale_log2 = kLog2e * scale;
+
+  uint32_t ka[4][4], va[4][4];
+  load_tile(sKV, base + C + static_cast<int64_t>(kb) * BM * stride, stride);
+  __syncthreads();
+  load_a(ka, sKV + warp * 16 * LDS, lane);
+  __syncthreads();
+  load_tile(sKV, base + 2 * C + static_cast<int64_t>(kb) * BM * stride, stride);
+  __syncthreads();
+  load_a(va, sKV + warp * 16 * LDS, lane);
+
+  float dk[8][4], dv[8][4];
+  zero(dk);
+  zero(dv);
+  const int key0 = kb * BM + warp * 16 + gq;  // this thread's keys: key0 and key0 + 8
+  const int nqb = T / BM;
+  // one query block's Q, dO, log-sum-exp and delta into buffer `buf`, asynchronously
+  auto prefetch = [&](int qb, int buf) {
+    load_tile_async(sQ[buf], base + static_cast<int64_t>(qb) * BM * stride, stride);
+    load_tile_async(sdO[buf], dbase + static_cast<int64_t>(qb) * BM * C, C);
+    if (threadIdx.x < 16) cp_async16(&sL[buf][threadIdx.x * 4], lse_bh + qb * BM + threadIdx.x * 4);
+    else if (threadIdx.x < 32) cp_async16(&sD[buf][(threadIdx.x - 16) * 4], delta_bh + qb * BM + (threadIdx.x - 16) * 4);
+    cp_async_commit();
+  };
+  __syncthreads();  // every warp has read V from sKV (it becomes the output staging at the end)
+  prefetch(kb, 0);
+  for (int qb = kb; qb < nqb; qb++) {
+    const int buf = (qb - kb) & 1;
+    if (qb + 1 < nqb) {
+      prefetch(qb + 1, buf ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const float* sLb = sL[buf];
+    const float* sDb = sD[buf];
+    float st[8][4], dpt[8][4];
+    zero(st);
+    zero(dpt);
+    mma_abt(st, ka, sQ[buf], lane);
+    mma_abt(dpt, va, sdO[buf], lane);
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) {
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const int col = nt * 8 + 2 * t + (j & 1);  // query within the block
+        const int key = key0 + 8 * (j >> 1);
+        const float p = (qb * BM + col < key) ? 0.0f : exp2f(st[nt][j] * scale_log2 - sLb[col]);
+        st[nt][j] = p;
+        dpt[nt][j] = p * (dpt[nt][j] - sDb[col]);
+      }
+    }
+    uint32_t pa[4][4], dsa[4][4];
+    acc_to_a(pa, st);
+    acc_to_a(dsa, dpt);
+    mma_ab(dv, pa, sdO[buf], lane);
+    mma_ab(dk, dsa, sQ[buf], lane);
+    __syncthreads();  // every warp is done with buffer `buf` before it is refilled
+  }
+  bf16* drow = dqkv + (static_cast<int64_t>(b) * T + kb * BM + warp * 16) * stride + h * HS;
+  store_rows(drow + C, stride, sKV + warp * 16 * LDS, dk, scale, lane);
+  __syncwarp();
+  store_rows(drow + 2 * C, stride, sKV + warp * 16 * LDS, dv, 1.0f, lane);
+}
+
+// dQ. grid (T/64, NH, B); warp w owns queries [qb*64 + 16w, +16) and walks key blocks 0..qb:
+// S = Q K^T, P, dP = dO V^T, dS = P (dP - D), dQ += dS K.
+__global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(
+    bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta, int T,
+    int NH) {
+  __shared__ __align__(16) bf16 sK[2][BM * LDS];  // double-buffered over key blocks
+  __shared__ __align__(16) bf16 sV[2][BM * LDS];
+  __shared__ __align__(16) bf16 sA[BM * LDS];  // Q, then dO, then the output staging
+  const int qb = gridDim.x - 1 - blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int gq = lane >> 2, t = lane & 3;
+  const int C = NH * HS;
+  const int64_t stride = 3 * static_cast<int64_t>(C);
+  const bf16* base = qkv + static_cast<int64_t>(b) * T * stride + h * HS;
+  const bf16* dbase = dout + static_cast<int64_t>(b) * T * C + h * HS;
+  const float scale = 1.0f / sqrtf(static_cast<float>(HS));
+  const float scale_log2 = kLog2e * scale;
+
+  uint32_t qa[4][4], doa[4][4];
+  load_tile(sA, base + static_cast<int64_t>(qb) * BM * stride, stride);
+  __syncthreads();
+  load_a(qa, sA + warp * 16 * LDS, lane);
+  __syncthreads();
+  load_tile(sA, dbase + static_cast<int64_t>(qb) * BM * C, C);
+  __syncthreads();
+  load_a(doa, sA + warp * 16 * LDS, lane);
+
+  const int q0 = qb * BM + warp * 16 + gq;  // this thread's queries: q0 and q0 + 8
+  float lrow[2], drow[2];
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    lrow[r] = lse[(static_cast<int64_t>(b) * NH + h) * T + q0 + 8 * r];
+    drow[r] = delta[(static_cast<int64_t>(b) * NH + h) * T + q0 + 8 * r];
+  }
+  float dq[8][4];
+  zero(dq);
+  load_tile_async(sK[0], base + C, stride);
+  load_tile_async(sV[0], base + 2 * C, stride);
+  cp_async_commit();
+  for (int kb = 0; kb <= qb; kb++) {
+    const int buf = kb & 1;
+    if (kb < qb) {
+      load_tile_async(sK[buf ^ 1], base + C + static_cast<int64_t>(kb + 1) * BM * stride, stride);
+      load_tile_async(sV[buf ^ 1], base + 2 * C + static_cast<int64_t>(kb + 1) * BM * stride, stride);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    float s[8][4], dp[8][4];
+    zero(s);
+    zero(dp);
+    mma_abt(s, qa, sK[buf], lane);
+    mma_abt(dp, doa, sV[buf], lane);
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) {
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const int r = j >> 1;
+        const int key = kb * BM + nt * 8 + 2 * t + (j & 1);
+        const float p = key > q0 + 8 * r ? 0.0f : exp2f(s[nt][j] * scale_log2 - lrow[r]);
+        dp[nt][j] = p * (dp[nt][j] - drow[r]);
+      }
+    }
+    uint32_t dsa[4][4];
+    acc_to_a(dsa, dp);
+    mma_ab(dq, dsa, sK[buf], lane);
+    __syncthreads();  // every warp is done with buffer `buf` before it is refilled
+  }
+  bf16* dst = dqkv + (static_cast<int64_t>(b) * T + qb * BM + warp * 16) * stride + h * HS;
+  store_rows(dst, stride, sA + warp * 16 * LDS, dq, scale, lane);
+}
+
+namespace {
+Status check_shapes(const char* op, int64_t B, int64_t T, int64_t NH) {
+  const Dims dims{{"B", B}, {"T", T}, {"NH", NH}, {"head_size", HS}};
+  if (B < 1 || NH < 1 || T < BM || T % BM != 0) {
+    return shape_error(op, dims, "needs B, NH >= 1 and T a positive multiple of 64");
+  }
+  if (B > 65535 || NH > 65535) return shape_error(op, dims, "B and NH must be <= 65535 (grid)");
+  return ok_status();
+}
+}  // namespace
+
+Status attention_forward(bf16* out, float* lse, const bf16* qkv, int64_t B, int64_t T, int64_t NH,
+                         cudaStream_t stream) {
+  LOOM_TRY(check_shapes("attention_forward", B, T, NH));
+  const dim3 grid(static_cast<unsigned>(T / BM), static_cast<unsigned>(NH), static_cast<unsigned>(B));
+  attention_forward_kernel<<<grid, kThreads, 0, stream>>>(out, lse, qkv, static_cast<int>(T),
+                                                          static_cast<int>(NH));
+  return check_launch("attention_forward", {{"B", B}, {"T", T}, {"NH", NH}});
+}
+
+Status attention_backward(bf16* dqkv, float* delta, const bf16* dout, const bf16* qkv,
+                          const bf16* out, const float* lse, int64_t B, int64_t T, int64_t NH,
+                          cudaStream_t stream) {
+  LOOM_TRY(check_shapes("attention_backward", B, T, NH));
+  const Dims dims{{"B", B}, {"T", T}, {"NH", NH}};
+  const int64_t rows = B * T * NH;
+  attention_delta_kernel<<<static_cast<unsigned>(ceil_div(rows, 256)), 256, 0, stream>>>(
+      delta, dout, out, static_cast<int>(B), static_cast<int>(T), static_cast<int>(NH));
+  LOOM_TRY(check_launch("attention_backward_delta", dims));
+  const dim3 grid(static_cast<unsigned>(T / BM), static_cast<unsigned>(NH), static_cast<unsigned>(B));
+  attention_backward_kv_kernel<<<grid, kThreads, 0, stream>>>(
+      dqkv, dout, qkv, lse, delta, static_cast<int>(T), static_cast<int>(NH));
+  LOOM_TRY(check_launch("attention_backward_kv", dims));
+  attention_backward_q_kernel<<<grid, kThreads, 0, stream>>>(
+      dqkv, dout, qkv, lse, delta, static_cast<int>(T), static_cast<int>(NH));
+  return check_launch("attention_backward_q", dims);
+}
+
+}  // namespace loom::cuda

@@ -1,0 +1,219 @@
+#include "executor/cuda/cuda_executor.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+
+#include "executor/cpu/synthetic_data.hpp"
+#include "executor/cuda/gpt.cuh"
+#include "sim/cost_model.hpp"
+#include "sim/model_math.hpp"
+
+namespace loom::cuda {
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+std::string gib(int64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f GiB", static_cast<double>(bytes) / kGiB);
+  return buf;
+}
+
+Status check_plan(const Plan& plan) {
+  const ParallelConfig& p = plan.parallel;
+  if (p.dp != 1 || p.tp != 1 || p.pp != 1) {
+    return make_error("parallel", "the CUDA backend runs dp = tp = pp = 1 plans for now (got dp=" +
+                                      std::to_string(p.dp) + " tp=" + std::to_string(p.tp) +
+                                      " pp=" + std::to_string(p.pp) + ")");
+  }
+  if (plan.train.dtype != Dtype::bf16) return make_error("train.dtype", "the CUDA backend trains in bf16");
+  if (p.recompute == Recompute::full) {
+    return make_error("parallel.recompute", "full recompute is not implemented on the CUDA backend "
+                                            "(none and selective are: its fused attention stores no T x T tensor)");
+  }
+  if (p.micro_batch < 1 || plan.train.global_batch % p.micro_batch != 0) {
+    return make_error("train.global_batch", "must be a multiple of parallel.micro_batch");
+  }
+  return ok_status();
+}
+
+// Host token buffers for one step (pinned, so the copies are asynchronous), double-buffered:
+// the next step's batch is drawn while the GPU runs this one.
+struct HostBatch {
+  int32_t* data = nullptr;  // (micro_batches, 2, B, T): inputs then targets
+  ~HostBatch() {
+    if (data) cudaFreeHost(data);
+  }
+};
+
+}  // namespace
+
+Expected<MeasuredReport> run_cuda(const Plan& plan, const CudaOptions& opt) {
+  LOOM_TRY(check_plan(plan));
+  const ModelSpec& spec = plan.model;
+  const int64_t B = plan.parallel.micro_batch, T = plan.train.seq;
+  const int64_t micro_batches = plan.train.global_batch / B;
+  LOOM_TRY(validate_for_cuda_model(spec, B, T));
+
+  MeasuredReport report;
+  {
+    CostModel cost(plan.model, plan.cluster, plan.train);
+    report.predicted = cost.evaluate(plan.parallel);
+  }
+  LOOM_TRY(cuda_status(cudaSetDevice(opt.device), "cudaSetDevice", {{"device", opt.device}}));
+  LOOM_TRY(cuda_status(cudaFree(nullptr), "CUDA context", {{"device", opt.device}}));
+  cudaDeviceProp prop{};
+  LOOM_TRY(cuda_status(cudaGetDeviceProperties(&prop, opt.device), "device properties", {}));
+  report.device_name = prop.name;
+  size_t free_bytes = 0, total_bytes = 0;
+  LOOM_TRY(cuda_status(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo", {}));
+  report.free_before_bytes = static_cast<int64_t>(free_bytes);
+
+  // Refuse before allocating anything: the model's own buffer list against what is free.
+  auto need = Gpt::memory_needed(spec, B, T);
+  if (!need) return need.error();
+  const int64_t tokens_bytes = 2 * 2 * micro_batches * B * T * static_cast<int64_t>(sizeof(int32_t));
+  const int64_t predicted = need->peak() + tokens_bytes;
+  const int64_t available = static_cast<int64_t>(free_bytes) - opt.reserve_bytes;
+  if (predicted > available) {
+    return make_error("execute", "the plan needs " + gib(predicted) + " on the GPU (weights " +
+                                     gib(need->weights) + ", grads " + gib(need->grads) +
+                                     ", optimizer " + gib(need->optimizer) + ", activations " +
+                                     gib(need->activations) + ", logits " + gib(need->logits) +
+                                     ", workspace " + gib(need->workspace) + ") but " +
+                                     gib(available) + " are available (" + gib(static_cast<int64_t>(free_bytes)) +
+                                     " free less " + gib(opt.reserve_bytes) + " kept for cuBLAS); the cost model predicted " +
+                                     gib(report.predicted.memory.peak()));
+  }
+
+  cudaStream_t stream = nullptr;
+  LOOM_TRY(cuda_status(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream", {}));
+  struct StreamGuard {
+    cudaStream_t s;
+    ~StreamGuard() { cudaStreamDestroy(s); }
+  } stream_guard{stream};
+
+  auto model_or = Gpt::create(spec, B, T, opt.seed, stream);
+  if (!model_or) return model_or.error();
+  std::unique_ptr<Gpt> model = std::move(model_or.value());
+
+  const int64_t batch_elems = 2 * micro_batches * B * T;  // one step: inputs and targets
+  int32_t* d_tokens = nullptr;
+  LOOM_TRY(cuda_status(cudaMalloc(&d_tokens, 2 * batch_elems * sizeof(int32_t)), "token buffers", {{"elements", batch_elems}}));
+  struct DevGuard {
+    void* p;
+    ~DevGuard() { cudaFree(p); }
+  } tokens_guard{d_tokens};
+  HostBatch host;
+  LOOM_TRY(cuda_status(cudaMallocHost(&host.data, 2 * batch_elems * sizeof(int32_t)), "pinned token buffers", {}));
+  report.allocated_bytes = predicted;
+
+  const cpu::SyntheticStream data{spec.vocab, opt.data_seed, opt.data_period < 0 ? T / 2 : opt.data_period};
+  auto draw = [&](int64_t step, int32_t* dst) {  // step from 0; micro-batch i: inputs, targets
+    for (int64_t i = 0; i < micro_batches; i++) {
+      int32_t* in = dst + 2 * i * B * T;
+      cpu::synthetic_batch(in, in + B * T, data, (step * micro_batches + i) * B, B, T);
+    }
+  };
+
+  AdamWHyper hyper;
+  hyper.lr = static_cast<float>(opt.lr);
+  hyper.beta1 = static_cast<float>(opt.beta1);
+  hyper.beta2 = static_cast<float>(opt.beta2);
+  hyper.eps = static_cast<float>(opt.eps);
+  hyper.weight_decay = static_cast<float>(opt.weight_decay);
+  cudaEvent_t start, stop;
+  LOOM_TRY(cuda_status(cudaEventCreate(&start), "event", {}));
+  LOOM_TRY(cuda_status(cudaEventCreate(&stop), "event", {}));
+  struct EventGuard {
+    cudaEvent_t a, b;
+    ~EventGuard() {
+      cudaEventDestroy(a);
+      cudaEventDestroy(b);
+    }
+  } event_guard{start, stop};
+
+  draw(0, host.data);
+  const float loss_scale = 1.0f / static_cast<float>(micro_batches);
+  for (int64_t step = 0; step < opt.steps; step++) {
+    int32_t* h = host.data + (step % 2) * batch_elems;
+    int32_t* d = d_tokens + (step % 2) * batch_elems;
+    LOOM_TRY(cuda_status(cudaEventRecord(start, stream), "event", {}));
+    LOOM_TRY(cuda_status(cudaMemcpyAsync(d, h, batch_elems * sizeof(int32_t), cudaMemcpyHostToDevice, stream),
+                         "token copy", {{"elements", batch_elems}}));
+    for (int64_t i = 0; i < micro_batches; i++) {
+      const int32_t* in = d + 2 * i * B * T;
+      LOOM_TRY(model->forward_backward(in, in + B * T, loss_scale));
+    }
+    LOOM_TRY(model->update(hyper, static_cast<float>(opt.max_grad_norm), step + 1));
+    LOOM_TRY(cuda_status(cudaEventRecord(stop, stream), "event", {}));
+    if (step + 1 < opt.steps) draw(step + 1, host.data + ((step + 1) % 2) * batch_elems);
+    auto loss_norm = model->take_loss_and_norm();  // synchronizes
+    if (!loss_norm) return loss_norm.error();
+    float ms = 0;
+    LOOM_TRY(cuda_status(cudaEventElapsedTime(&ms, start, stop), "event time", {}));
+    report.step_times_s.push_back(ms / 1e3);
+    report.losses.push_back(loss_norm->first);
+    report.grad_norms.push_back(loss_norm->second);
+    if (step == 0) {
+      size_t f = 0, t = 0;
+      LOOM_TRY(cuda_status(cudaMemGetInfo(&f, &t), "cudaMemGetInfo", {}));
+      report.device_used_bytes = static_cast<int64_t>(t - f);
+    }
+    if (opt.progress) {
+      std::fprintf(stderr, "step %4lld/%lld  loss %.4f  grad norm %.3f  %.1f ms  %.0f tokens/s\n",
+                   static_cast<long long>(step + 1), static_cast<long long>(opt.steps), loss_norm->first,
+                   loss_norm->second, ms, static_cast<double>(micro_batches * B * T) / (ms / 1e3));
+    }
+  }
+
+  // Median over the steps after warm-up (all steps when there are too few).
+  const int64_t skip = opt.steps > opt.warmup_steps ? opt.warmup_steps : 0;
+  std::vector<double> timed(report.step_times_s.begin() + skip, report.step_times_s.end());
+  std::sort(timed.begin(), timed.end());
+  const double step_s = timed.empty() ? 0.0
+                        : timed.size() % 2 ? timed[timed.size() / 2]
+                                           : 0.5 * (timed[timed.size() / 2 - 1] + timed[timed.size() / 2]);
+
+  Estimate& m = report.measured;
+  m.model = spec.name;
+  m.cluster = plan.cluster.name;
+  m.params = model->num_params();
+  m.gpus = 1;
+  m.parallel = plan.parallel;
+  m.train = plan.train;
+  m.micro_batches = micro_batches;
+  m.step_time_s = step_s;
+  m.tokens_per_s = step_s > 0 ? static_cast<double>(plan.train.global_batch * T) / step_s : 0;
+  m.flops_model = model_flops(spec, plan.train.global_batch, T);
+  m.flops_hardware = hardware_flops(spec, plan.train.global_batch, T, Recompute::none);
+  m.tflops_per_gpu = step_s > 0 ? static_cast<double>(m.flops_model) / step_s / 1e12 : 0;
+  m.mfu = plan.cluster.gpu.peak_flops_bf16 > 0 ? m.tflops_per_gpu * 1e12 / plan.cluster.gpu.peak_flops_bf16 : 0;
+  m.memory = *need;
+  // runtime: what the device uses beyond our allocations (CUDA context, cuBLAS, allocator)
+  m.memory.runtime = std::max<int64_t>(0, report.device_used_bytes - report.allocated_bytes);
+  m.capacity_bytes = static_cast<int64_t>(total_bytes);
+  m.usable_bytes = available;
+  m.fits = true;
+  return report;
+}
+
+nlohmann::json measured_report_to_json(const MeasuredReport& r) {
+  nlohmann::json j = estimate_to_json(r.measured);
+  j["device"] = r.device_name;
+  j["step_times_s"] = r.step_times_s;
+  j["losses"] = r.losses;
+  j["grad_norms"] = r.grad_norms;
+  j["allocated_bytes"] = r.allocated_bytes;
+  j["device_used_bytes"] = r.device_used_bytes;
+  j["free_before_bytes"] = r.free_before_bytes;
+  j["predicted"] = {{"step_time_s", r.predicted.step_time_s},
+                    {"tokens_per_s", r.predicted.tokens_per_s},
+                    {"mfu", r.predicted.mfu},
+                    {"memory_peak_bytes", r.predicted.memory.peak()}};
+  return j;
+}
+
+}  // namespace loom::cuda

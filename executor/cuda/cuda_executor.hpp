@@ -1,0 +1,54 @@
+// The CUDA backend's entry point: train a Plan on this process's GPU and measure it, in the
+// Estimate vocabulary `loom predict --json` uses, so that `loom compare` is a field-by-field diff.
+// For now dp = tp = pp = 1 (one GPU); the model (cuda::Gpt) keeps the places where NCCL groups
+// plug in (final gradients, the layer range) explicit.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sim/estimate.hpp"
+#include "sim/expected.hpp"
+#include "sim/plan.hpp"
+
+namespace loom::cuda {
+
+struct CudaOptions {
+  int64_t steps = 20;         // optimizer steps
+  int64_t warmup_steps = 3;   // first steps left out of the timing (cuBLASLt heuristics, clocks)
+  int device = 0;
+  uint64_t seed = 1337;       // init, as the CPU reference model
+  uint64_t data_seed = 7;
+  int64_t data_period = -1;   // synthetic stream period in tokens; -1: seq / 2 (learnable), 0: none
+  double lr = 3e-4, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1, max_grad_norm = 1.0;
+  int64_t reserve_bytes = int64_t{256} << 20;  // kept free for cuBLAS and the driver
+  bool progress = true;       // one line per step on stderr
+};
+
+struct MeasuredReport {
+  Estimate measured;                 // step_time_s (median after warm-up), tokens_per_s, mfu, memory...
+  Estimate predicted;                // the cost model's numbers for the same plan
+  std::vector<double> step_times_s;  // every step, warm-up included
+  std::vector<double> losses;        // mean loss per step
+  std::vector<double> grad_norms;    // before clipping
+  std::string device_name;
+  int64_t allocated_bytes = 0;       // everything the executor allocated (high-water)
+  int64_t device_used_bytes = 0;     // cudaMemGetInfo total - free after the first step
+  int64_t free_before_bytes = 0;     // cudaMemGetInfo free before allocating
+};
+
+// Refuses, before allocating, a plan that needs more memory than the GPU has free (predicted
+// against available bytes), and plans this backend does not run yet (one line, the rule).
+Expected<MeasuredReport> run_cuda(const Plan& plan, const CudaOptions& options);
+
+nlohmann::json measured_report_to_json(const MeasuredReport& report);
+
+// `loom execute plan.json --device cuda` and loom_cuda_train: reads the plan, runs it, prints one
+// summary line, writes the report when report_path is not empty. Returns the exit code: 0 done,
+// 2 bad input, a plan this backend does not run or does not fit (one line on stderr).
+int execute_cuda_command(const std::string& plan_path, const CudaOptions& options,
+                         const std::string& report_path);
+
+}  // namespace loom::cuda

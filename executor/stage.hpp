@@ -1,0 +1,102 @@
+// One pipeline rank's share of the model under tensor (and sequence) parallelism: its units of
+// parameters (embedding, layers, final norm + head), each a contiguous range, and the forward and
+// backward of those units on one micro-batch, calling the fp32 ops of executor/cpu on shards
+// (Megatron: column-parallel q, k, v and fc/gate/up; row-parallel o and proj/down; vocab-parallel
+// embedding and cross-entropy). With SP the residual stream holds N/tp token rows per rank.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "executor/comm.hpp"
+#include "executor/cpu/flop_counter.hpp"
+#include "executor/ledger.hpp"
+#include "sim/specs.hpp"
+
+namespace loom::exec {
+
+// A tensor's local shard inside a unit and where it sits in the full cpu::Gpt tensor.
+struct TensorSlice {
+  std::string name;
+  int64_t offset = 0, numel = 0;  // in the unit
+  bool replicated = false;        // the same values on every tp rank
+  bool decay = false;             // AdamW weight decay applies
+  int64_t full_offset = 0, rows = 0, cols = 0;  // full tensor as (rows, cols) in cpu::Gpt
+  int split = -1;                               // 0 rows, 1 columns, -1 replicated
+};
+
+// Offsets inside a unit (-1 where absent).
+struct UnitOffsets {
+  int64_t wte = -1, wpe = -1;
+  int64_t norm1_w = -1, norm1_b = -1, q_w = -1, q_b = -1, k_w = -1, k_b = -1, v_w = -1, v_b = -1;
+  int64_t o_w = -1, o_b = -1, norm2_w = -1, norm2_b = -1, fc_w = -1, fc_b = -1, up_w = -1;
+  int64_t proj_w = -1, proj_b = -1, normf_w = -1, normf_b = -1, head = -1;
+};
+
+enum class UnitKind { embed, layer, out };
+
+struct Unit {
+  UnitKind kind = UnitKind::layer;
+  int64_t layer = -1;  // model layer for kind layer
+  int chunk = 0;       // model chunk on this rank
+  int64_t size = 0;    // elements on this rank (tp shard)
+  int64_t offset = 0;  // in the rank's full parameter and gradient buffers
+  int64_t shard = 0;   // ceil(size / dp): ZeRO shard length
+  int64_t shard_offset = 0;
+  UnitOffsets o;
+  std::vector<TensorSlice> tensors;
+};
+
+struct Dims {  // per micro-batch, per rank
+  int64_t B = 0, T = 0, N = 0, Ns = 0;  // sequences, tokens per sequence, rows, residual rows
+  int64_t C = 0, hd = 0, Hl = 0, Hkvl = 0, Ql = 0, KVl = 0, Fl = 0, V = 0, Vr = 0;
+  bool gpt = true, sp = false;
+  double eps = 1e-5, rope_theta = 10000;
+};
+
+// What one layer keeps for backward. `x` (the layer input) is held by the caller.
+struct LayerStash {
+  Buf ln1, mean1, rstd1, q, k, v, att, atty, res2, ln2, mean2, rstd2, fch, up, fch_act;
+};
+enum class StashKind { full, no_attention_core };
+LayerStash make_layer_stash(Ledger& l, const Dims& d, StashKind kind);
+
+struct HeadStash {  // last model chunk: final norm input and stats, gathered output, probabilities
+  Buf lnf_in, lnf_mean, lnf_rstd, lnf_out, probs;
+};
+HeadStash make_head_stash(Ledger& l, const Dims& d);
+
+// Scratch reused by every op of this rank (workspace), the SP gather buffer (comm_buffers) and
+// the logits buffer (logits).
+struct Scratch {
+  Buf full_a, full_b, d_full, d_ln_full, d_fch_act, d_fch, d_up, d_atty, dq, dk, dv, dq0, dk0, rows3, att_out;
+  Buf sp_gather, logits;
+};
+Scratch make_scratch(Ledger& l, const Dims& d, bool last_stage);
+
+struct StageCtx {
+  Comm& comm;
+  const Group& tp;
+  Dims d;
+  Scratch& s;
+  Ledger& ledger;
+  cpu::FlopCounter& flops;
+};
+
+Status embed_forward(StageCtx& c, const float* P, const UnitOffsets& o, const int32_t* tokens, float* x);
+Status embed_backward(StageCtx& c, float* G, const UnitOffsets& o, const int32_t* tokens, const float* dx);
+// out (Ns, C) = layer(x); `st` filled (without att when kind is no_attention_core).
+Status layer_forward(StageCtx& c, const float* P, const UnitOffsets& o, const float* x, LayerStash& st,
+                     float* out);
+// d (Ns, C): in the gradient of the layer output, out the gradient of its input. With
+// `recompute_core` the attention probabilities are rebuilt first (selective recompute).
+Status layer_backward(StageCtx& c, const float* P, float* G, const UnitOffsets& o, const float* x,
+                      LayerStash& st, float* d, bool recompute_core);
+// Returns the sum of the N token losses. `head_P` is the head weight (the embedding when tied).
+Expected<double> head_forward(StageCtx& c, const float* P, const UnitOffsets& o, const float* head_P,
+                              const float* x, const int32_t* targets, HeadStash& st);
+// d (Ns, C) = gradient of the last layer's output; each token's loss has weight `scale`.
+Status head_backward(StageCtx& c, const float* P, float* G, const UnitOffsets& o, const float* head_P,
+                     float* head_G, const int32_t* targets, HeadStash& st, double scale, float* d);
+
+}  // namespace loom::exec

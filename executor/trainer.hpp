@@ -1,0 +1,41 @@
+// The CPU reference executor: trains a plan's model on CPU ranks under MPI with exactly the
+// plan's parallelism (DP with bucketed all-reduce, ZeRO-1/2/3, Megatron TP and SP, PP with the
+// shared schedule tables, recompute none/selective/full), in fp32, and measures what it did in
+// the cost model's vocabulary: bytes by category from its own allocator (ledger.hpp), GEMM FLOPs
+// (cpu::FlopCounter) and bytes sent per collective per group (comm.hpp).
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+
+#include "executor/comm.hpp"
+#include "sim/expected.hpp"
+#include "sim/plan.hpp"
+
+namespace loom::exec {
+
+struct ExecOptions {
+  int64_t steps = 1;            // train until this global step (a resumed run continues to it)
+  double lr = 1e-3;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;
+  uint64_t seed = 1337;         // weights (cpu::Gpt init) and the synthetic token stream
+  std::string save_dir;         // write a checkpoint here after the last step
+  std::string resume_dir;       // start from the checkpoint here
+  std::string weights_out;      // rank 0 writes the full model (cpu::Gpt layout, raw fp32)
+  // Fault injection for the reliability tests.
+  int64_t die_at_step = -1, die_rank = -1;  // that rank kills itself (SIGKILL) at that step
+  bool stall = false;                       // ... or stops (SIGSTOP): a hung peer, not a dead one
+  int64_t nan_at_step = -1;                 // poison a weight so the loss becomes NaN
+};
+
+// What the plan cannot run on this backend, as one line naming the field (checked before any
+// allocation): family/dtype/attention/dropout/tied-embedding limits of the CPU executor.
+Status check_cpu_plan(const Plan& plan);
+
+// Runs on every rank. Returns the measured report on rank 0 (other ranks: an empty object).
+// Errors (a peer that died, a NaN loss) come back as values naming the rank and step.
+Expected<nlohmann::json> execute_cpu(const Plan& plan, Comm& comm, const ExecOptions& options);
+
+}  // namespace loom::exec

@@ -1,0 +1,278 @@
+#include "planner/export.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <utility>
+
+#include "sim/spec_json.hpp"
+
+namespace loom {
+
+namespace {
+
+std::string s(int64_t v) { return std::to_string(v); }
+
+std::string num(double v) {
+  nlohmann::json j = v;  // shortest round-trip form, as in the JSON files
+  return j.dump();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Megatron-LM, pretrain_gpt.py arguments. Names read at NVIDIA/Megatron-LM
+// d98e8a64ddf34856e74b24714e3bedb2f5a39553 (2026-08-22): megatron/training/arguments.py and
+// the flags generated from ModelParallelConfig, TransformerConfig and TrainingConfig
+// (field foo_bar -> --foo-bar; notes/export_options.md section 1 has the line of each).
+// ---------------------------------------------------------------------------------------------
+constexpr const char* kMegatronCommit = "d98e8a64ddf34856e74b24714e3bedb2f5a39553";
+
+using Args = std::vector<std::pair<std::string, std::string>>;  // (flag, value or "")
+
+std::string render_args(const Args& args) {
+  std::string out;
+  for (size_t i = 0; i < args.size(); ++i) {
+    out += args[i].first;
+    if (!args[i].second.empty()) out += " " + args[i].second;
+    out += i + 1 < args.size() ? " \\\n" : "\n";
+  }
+  return out;
+}
+
+void megatron_model(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p, Args& a,
+                    std::vector<std::string>& no) {
+  a.push_back({"--num-layers", s(m.layers)});
+  a.push_back({"--hidden-size", s(m.hidden)});
+  a.push_back({"--num-attention-heads", s(m.heads)});
+  // --num-query-groups is ignored unless --group-query-attention is given.
+  if (m.kv_heads != m.heads) {
+    a.push_back({"--group-query-attention", ""});
+    a.push_back({"--num-query-groups", s(m.kv_heads)});
+  }
+  a.push_back({"--ffn-hidden-size", s(m.ffn_hidden)});
+  a.push_back({"--seq-length", s(t.seq)});
+  a.push_back({"--max-position-embeddings", s(m.seq_len)});  // required, even with RoPE
+  if (m.family == Family::gpt) {
+    a.push_back({"--normalization", "LayerNorm"});
+    a.push_back({"--position-embedding-type", "learned_absolute"});
+  } else {
+    a.push_back({"--normalization", "RMSNorm"});
+    a.push_back({"--swiglu", ""});
+    a.push_back({"--position-embedding-type", "rope"});
+    a.push_back({"--disable-bias-linear", ""});
+  }
+  a.push_back({"--norm-epsilon", num(m.norm_eps)});
+  if (!m.tied_embeddings) a.push_back({"--untie-embeddings-and-output-weights", ""});
+  // Synthetic data with the model's vocabulary, embedding rows padded as loom counts them
+  // (to a multiple of tp); for real data use a tokenizer instead (see the header).
+  a.push_back({"--tokenizer-type", "NullTokenizer"});
+  a.push_back({"--vocab-size", s(m.vocab)});
+  a.push_back({"--padded-vocab-size", s((m.vocab + p.tp - 1) / p.tp * p.tp)});
+  a.push_back({"--mock-data", ""});
+  a.push_back({"--attention-backend", t.attention == Attention::fused ? "flash" : "unfused"});
+  if (!m.dropout) no.push_back("dropout off: loom models no dropout; Megatron-LM's dropout defaults apply (no verified option names)");
+}
+
+void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p, Args& a,
+                       std::vector<std::string>& no) {
+  a.push_back({"--tensor-model-parallel-size", s(p.tp)});
+  a.push_back({"--pipeline-model-parallel-size", s(p.pp)});
+  // No --virtual-pipeline-model-parallel-size flag exists; layers per virtual stage instead.
+  if (p.schedule == Schedule::interleaved)
+    a.push_back({"--num-layers-per-virtual-pipeline-stage", s(m.layers / (p.pp * p.vpp))});
+  if (p.schedule == Schedule::gpipe && p.pp > 1)
+    no.push_back("schedule gpipe: Megatron-LM has only 1F1B and interleaved 1F1B; emitted as 1F1B");
+  if (p.sp) a.push_back({"--sequence-parallel", ""});
+  a.push_back({"--micro-batch-size", s(p.micro_batch)});
+  a.push_back({"--global-batch-size", s(t.global_batch)});
+  if (p.zero == 1) a.push_back({"--use-distributed-optimizer", ""});
+  if (p.zero >= 2) {
+    a.push_back({"--use-megatron-fsdp", ""});
+    a.push_back({"--data-parallel-sharding-strategy", p.zero == 2 ? "optim_grads" : "optim_grads_params"});
+    a.push_back({"--ckpt-format", "fsdp_dtensor"});
+    if (p.pp > 1) no.push_back("zero " + s(p.zero) + " with pp > 1: Megatron-FSDP does not document pipeline parallelism");
+  }
+  if (p.dp > 1) a.push_back({"--overlap-grad-reduce", ""});  // loom overlaps gradient reduction with backward
+  if (p.recompute == Recompute::selective) a.push_back({"--recompute-granularity", "selective"});
+  if (p.recompute == Recompute::full) {
+    a.push_back({"--recompute-granularity", "full"});
+    a.push_back({"--recompute-method", "uniform"});
+    a.push_back({"--recompute-num-layers", "1"});
+  }
+  if (t.dtype == Dtype::bf16) a.push_back({"--bf16", ""});
+  if (t.grad_dtype == Dtype::bf16) a.push_back({"--grad-reduce-in-bf16", ""});
+  else if (t.dtype == Dtype::bf16) a.push_back({"--accumulate-allreduce-grads-in-fp32", ""});
+  if (p.order != "tp-dp-pp")
+    no.push_back("rank order " + p.order + ": Megatron-LM orders ranks tp-cp-ep-dp-pp (loom's tp-dp-pp); "
+                 "no verified option sets another");
+}
+
+ExportResult megatron(const Plan& plan) {
+  ExportResult r;
+  Args a;
+  const auto& p = plan.parallel;
+  megatron_model(plan.model, plan.train, p, a, r.unexpressible);
+  megatron_parallel(plan.model, plan.train, p, a, r.unexpressible);
+  r.text = std::string("# loom export: Megatron-LM pretrain_gpt.py arguments (option names checked at NVIDIA/Megatron-LM ") +
+           kMegatronCommit + ")\n# launch " + s(p.gpus()) + " ranks: dp = WORLD_SIZE / (tp x pp) = " + s(p.dp) +
+           " is implicit\n# synthetic data; for real data replace the NullTokenizer/--vocab-size/--mock-data lines "
+           "with your tokenizer and data paths\n" +
+           render_args(a);
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// torchtitan, TOML for v0.2.2 (pytorch/torchtitan 73a0e6979dd10b6b1904098eb3c8f62c18ab87ce,
+// torchtitan/config/job_config.py), the last release that reads TOML: main replaced it with
+// Python config functions (PR #2386). Unknown keys are rejected there, so only known keys go out.
+// ---------------------------------------------------------------------------------------------
+constexpr const char* kTorchtitanCommit = "73a0e6979dd10b6b1904098eb3c8f62c18ab87ce";
+
+std::string q(const std::string& v) { return "\"" + v + "\""; }
+
+std::string llama3_flavor(const ModelSpec& m) {
+  if (m.name == "llama3-8b") return "8B";
+  if (m.name == "llama3-70b") return "70B";
+  if (m.name == "llama3-405b") return "405B";
+  return "";
+}
+
+void tt_parallelism(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p, std::string& o,
+                    std::vector<std::string>& no) {
+  // DDP (replicate) only for pure data parallelism; v0.2.2 raises "DDP has not supported > 1D
+  // parallelism" otherwise, so dp goes on the FSDP shard dimension.
+  const bool ddp = p.zero == 0 && p.tp == 1 && p.pp == 1;
+  o += "[parallelism]\n";
+  o += "data_parallel_replicate_degree = " + s(ddp ? p.dp : 1) + "\n";
+  o += "data_parallel_shard_degree = " + s(ddp ? 1 : p.dp) + "\n";
+  if (!ddp && p.dp > 1) {
+    o += std::string("fsdp_reshard_after_forward = ") + (p.zero == 3 ? q("always") : q("never")) + "\n";
+    if (p.zero == 0) no.push_back("zero 0 with tp or pp > 1: torchtitan v0.2.2 has no DDP with > 1D parallelism; emitted FSDP without reshard (ZeRO-2-like)");
+    if (p.zero == 1) no.push_back("zero 1: torchtitan v0.2.2 cannot shard only the optimizer; emitted FSDP without reshard (ZeRO-2-like)");
+    if (p.zero == 2) no.push_back("zero 2: approximated by FSDP with fsdp_reshard_after_forward = \"never\"");
+  }
+  o += "tensor_parallel_degree = " + s(p.tp) + "\n";
+  if (p.tp > 1 && !p.sp) no.push_back("sp off: torchtitan v0.2.2 always applies sequence parallelism when tp > 1");
+  if (p.sp && t.seq % (2 * p.tp) != 0) no.push_back("sp: torchtitan needs seq_len divisible by 2 x tp");
+  o += "pipeline_parallel_degree = " + s(p.pp) + "\n";
+  if (p.pp > 1) {
+    const char* sched = p.schedule == Schedule::gpipe ? "GPipe" : p.schedule == Schedule::interleaved ? "Interleaved1F1B" : "1F1B";
+    o += std::string("pipeline_parallel_schedule = ") + q(sched) + "\n";
+    o += "pipeline_parallel_microbatch_size = " + s(p.micro_batch) + "\n";
+    // Exactly vpp stages per rank: equal stages of L / (pp vpp) layers, none made smaller.
+    o += "pipeline_parallel_layers_per_stage = " + s(m.layers / (p.pp * p.vpp)) + "\n";
+    o += "pipeline_parallel_first_stage_less_layers = 0\n";
+    o += "pipeline_parallel_last_stage_less_layers = 0\n";
+  }
+  o += "context_parallel_degree = 1\n\n";
+}
+
+ExportResult torchtitan(const Plan& plan) {
+  ExportResult r;
+  auto& no = r.unexpressible;
+  const auto& m = plan.model;
+  const auto& t = plan.train;
+  const auto& p = plan.parallel;
+  std::string o = std::string("# loom export: torchtitan v0.2.2 TOML (keys checked at pytorch/torchtitan ") +
+                  kTorchtitanCommit + "); torchtitan main no longer reads TOML\n";
+  std::string flavor = llama3_flavor(m);
+  if (m.family == Family::gpt) no.push_back("model " + m.name + ": torchtitan has no GPT (LayerNorm, GELU, learned positions) model");
+  if (flavor.empty()) {
+    flavor = m.name;
+    no.push_back("model shape: torchtitan takes a registered flavor; register \"" + flavor + "\" (layers " + s(m.layers) +
+                 ", hidden " + s(m.hidden) + ", heads " + s(m.heads) + ", kv heads " + s(m.kv_heads) + ", ffn " +
+                 s(m.ffn_hidden) + ", vocab " + s(m.vocab) + ") in Python first");
+  }
+  if (m.tied_embeddings) no.push_back("tied embeddings: torchtitan's llama3 unties them");
+  o += "[model]\nname = \"llama3\"\nflavor = " + q(flavor) + "\n\n";
+  // Without PP local_batch_size is one forward's batch (grad accumulation makes up the rest);
+  // with PP it is the whole per-replica batch, cut into pipeline micro-batches.
+  o += "[training]\n";
+  o += "local_batch_size = " + s(p.pp > 1 ? t.global_batch / p.dp : p.micro_batch) + "\n";
+  o += "global_batch_size = " + s(t.global_batch) + "\n";
+  o += "seq_len = " + s(t.seq) + "\n";
+  o += std::string("mixed_precision_param = ") + q(t.dtype == Dtype::bf16 ? "bfloat16" : "float32") + "\n";
+  o += "mixed_precision_reduce = \"float32\"\n\n";
+  if (t.grad_dtype == Dtype::bf16)
+    no.push_back("grad dtype bf16: torchtitan v0.2.2 reduces gradients in float32 only; emitted float32");
+  tt_parallelism(m, t, p, o, no);
+  o += "[activation_checkpoint]\n";
+  o += std::string("mode = ") + q(to_string(p.recompute)) + "\n";
+  if (p.recompute == Recompute::selective) {
+    o += "selective_ac_option = \"op\"\n";
+    no.push_back("recompute selective: torchtitan's is per-op (saves matmul outputs), not Megatron's attention-core recompute");
+  }
+  if (p.order != "tp-dp-pp") no.push_back("rank order " + p.order + ": torchtitan builds its own device mesh");
+  if (t.attention == Attention::unfused) no.push_back("attention unfused: torchtitan uses fused SDPA");
+  r.text = o;
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// DeepSpeed JSON config. Keys read at deepspeedai/DeepSpeed edaa7221267243c7be7fb49c5d5f5c4fb97b4641
+// (0.19.6): deepspeed/runtime/constants.py, config.py, zero/config.py, precision_config.py,
+// tensor_parallel/config.py, pipe/engine.py. Sub-configs reject unknown keys.
+// ---------------------------------------------------------------------------------------------
+ExportResult deepspeed(const Plan& plan) {
+  ExportResult r;
+  auto& no = r.unexpressible;
+  const auto& t = plan.train;
+  const auto& p = plan.parallel;
+  nlohmann::ordered_json j;
+  // train_batch_size = micro x accumulation x world size, the world size being the DP size
+  // when an mpu is supplied (PipelineModule supplies its grid).
+  j["train_batch_size"] = t.global_batch;
+  j["train_micro_batch_size_per_gpu"] = p.micro_batch;
+  j["gradient_accumulation_steps"] = t.global_batch / (p.dp * p.micro_batch);
+  if (t.dtype == Dtype::bf16) j["bf16"] = {{"enabled", true}};
+  const std::string gd = t.grad_dtype == Dtype::bf16 ? "bf16" : "fp32";
+  // bf16 + ZeRO-0 + fp32 gradient accumulation raises NotImplementedError (engine.py).
+  if (t.dtype == Dtype::bf16 && p.zero == 0 && t.grad_dtype == Dtype::fp32)
+    no.push_back("grad dtype fp32 with bf16 and zero 0: DeepSpeed rejects fp32 gradient accumulation there; data_types left out (reduce in fp32 kept)");
+  else
+    j["data_types"] = {{"grad_accum_dtype", gd}};
+  j["communication_data_type"] = gd;
+  int zero = p.zero;
+  if (p.pp > 1 && zero >= 2) {
+    no.push_back("zero " + s(zero) + " with pp > 1: DeepSpeed's pipeline engine rejects ZeRO-2/3; emitted stage 1");
+    zero = 1;
+  }
+  j["zero_optimization"] = {{"stage", zero}};
+  if (p.pp > 1) {
+    j["pipeline"] = {{"activation_checkpoint_interval", p.recompute == Recompute::full ? 1 : 0}};
+    no.push_back("pp " + s(p.pp) + ": not in the JSON; build PipelineModule(layers, num_stages=" + s(p.pp) +
+                 ", topology=PipeModelDataParallelTopology(num_pp=" + s(p.pp) + ", num_mp=" + s(p.tp) +
+                 ", num_dp=" + s(p.dp) + "))");
+    if (p.schedule != Schedule::one_f_one_b)
+      no.push_back("schedule " + to_string(p.schedule) + ": DeepSpeed runs its own 1F1B-style TrainSchedule");
+    if (p.tp > 1) no.push_back("tp " + s(p.tp) + " with pp > 1: tensor parallelism must come from the model code (e.g. Megatron-DeepSpeed)");
+  } else if (p.tp > 1) {
+    j["tensor_parallel"] = {{"autotp_size", p.tp}};
+    no.push_back("train_batch_size assumes DeepSpeed counts the DP size (" + s(p.dp) +
+                 ") as its world size, as it does when an mpu is supplied; without one it checks against all " +
+                 s(p.gpus()) + " GPUs");
+  }
+  if (p.sp) no.push_back("sp on: DeepSpeed has no Megatron-style sequence parallelism (its sequence_parallel_size is Ulysses)");
+  if (p.recompute == Recompute::selective) no.push_back("recompute selective: not expressible in DeepSpeed");
+  if (p.recompute == Recompute::full && p.pp == 1)
+    no.push_back("recompute full without pp: the model code must call deepspeed.checkpointing");
+  no.push_back("model shape and architecture: not in the DeepSpeed config (the model code defines them)");
+  if (p.order != "tp-dp-pp") no.push_back("rank order " + p.order + ": not expressible");
+  r.text = j.dump(2) + "\n";
+  return r;
+}
+
+}  // namespace
+
+const std::vector<std::string>& engine_names() {
+  static const std::vector<std::string> names{"megatron", "torchtitan", "deepspeed"};
+  return names;
+}
+
+ExportResult export_plan(const Plan& plan, Engine engine) {
+  ExportResult r = engine == Engine::megatron ? megatron(plan) : engine == Engine::torchtitan ? torchtitan(plan) : deepspeed(plan);
+  const auto& p = plan.parallel;
+  if (p.dp_comm == DpComm::parameter_server) r.unexpressible.push_back("dp_comm ps: no engine here has a parameter server");
+  if (p.grad_compression > 1) r.unexpressible.push_back("grad_compression: not expressible");
+  return r;
+}
+
+}  // namespace loom

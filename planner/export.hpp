@@ -1,0 +1,25 @@
+// `loom export plan.json --to megatron|torchtitan|deepspeed`: a plan as the arguments or
+// config of the engine a user already runs at scale, and the list of what that engine cannot
+// express. Every option name was read in the engine's source at a fixed commit (recorded in
+// ../notes/export_options.md and beside each exporter in export.cpp); none from memory.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "sim/expected.hpp"
+#include "sim/plan.hpp"
+
+namespace loom {
+
+enum class Engine { megatron, torchtitan, deepspeed };
+const std::vector<std::string>& engine_names();  // "megatron", "torchtitan", "deepspeed"
+
+struct ExportResult {
+  std::string text;                        // what goes to stdout (arguments, TOML or JSON)
+  std::vector<std::string> unexpressible;  // one line each: what the engine cannot express, what was emitted instead
+};
+
+// The plan must have passed validate_config (plan_from_json does that).
+ExportResult export_plan(const Plan& plan, Engine engine);
+
+}  // namespace loom

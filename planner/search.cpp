@@ -1,0 +1,427 @@
+#include "planner/search.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <cmath>
+#include <thread>
+#include <tuple>
+
+#include "sim/model_math.hpp"
+#include "sim/rank_grid.hpp"
+#include "sim/validate.hpp"
+
+namespace loom {
+
+namespace {
+
+std::string s(int64_t v) { return std::to_string(v); }
+
+std::vector<int64_t> divisors(int64_t n) {
+  std::vector<int64_t> out;
+  for (int64_t d = 1; d <= n; ++d)
+    if (n % d == 0) out.push_back(d);
+  return out;
+}
+
+// Megatron-core's default gradient bucket: 40e6 elements of the gradient dtype (as load_job).
+constexpr int64_t kBucketElements = 40'000'000;
+
+Status check_pins(const ClusterSpec& c, const SearchPins& p) {
+  const int64_t n = c.gpus;
+  struct Size {
+    const char* flag;
+    std::optional<int64_t> value;
+    bool divides_gpus;
+  };
+  for (const Size& z : std::vector<Size>{{"--tp", p.tp, true}, {"--pp", p.pp, true}, {"--dp", p.dp, true},
+                                         {"--max-tp", p.max_tp, false}, {"--micro-batch", p.micro_batch, false},
+                                         {"--vpp", p.vpp, false}}) {
+    if (z.value && *z.value < 1) return make_error(z.flag, "must be >= 1 (got " + s(*z.value) + ")");
+    if (z.value && z.divides_gpus && n % *z.value != 0)
+      return make_error(z.flag, "must divide --gpus (" + s(n) + " % " + s(*z.value) + " != 0)");
+  }
+  const int64_t pinned = p.tp.value_or(1) * p.pp.value_or(1) * p.dp.value_or(1);
+  if (n % pinned != 0 || (p.tp && p.pp && p.dp && pinned != n))
+    return make_error(p.dp ? "--dp" : "--pp", "dp x tp x pp must equal --gpus (pinned product " + s(pinned) +
+                                                  ", gpus = " + s(n) + ")");
+  if (p.tp && p.max_tp && *p.tp > *p.max_tp)
+    return make_error("--tp", "exceeds --max-tp (" + s(*p.tp) + " > " + s(*p.max_tp) + ")");
+  if (p.zero && (*p.zero < 0 || *p.zero > 3)) return make_error("--zero", "must be 0, 1, 2 or 3");
+  if (p.sp && *p.sp && (p.tp.value_or(2) < 2 || p.max_tp.value_or(2) < 2))
+    return make_error("--sp", "sequence parallelism needs tensor parallelism (tp > 1)");
+  if (p.vpp && *p.vpp > 1 && p.schedule && *p.schedule != Schedule::interleaved)
+    return make_error("--vpp", "vpp > 1 needs --schedule interleaved");
+  if (p.vpp && *p.vpp == 1 && p.schedule && *p.schedule == Schedule::interleaved)
+    return make_error("--vpp", "the interleaved schedule needs vpp > 1");
+  const bool interleaved = (p.schedule && *p.schedule == Schedule::interleaved) || (p.vpp && *p.vpp > 1);
+  if (interleaved && p.pp && *p.pp < 2) return make_error("--schedule", "the interleaved schedule needs pp > 1");
+  if (p.order && !RankGrid::make(1, 1, 1, *p.order))
+    return make_error("--order", "must be a permutation of tp, dp, pp joined by '-' (got \"" + *p.order + "\")");
+  return ok_status();
+}
+
+SplitSpace split_space(const ModelSpec& m, const TrainSpec& t, const SearchPins& pins, int64_t dp, int64_t tp,
+                       int64_t pp) {
+  SplitSpace sp{dp, tp, pp, {}, {}, {}};
+  // Micro-batch: the pin, else every divisor of the per-replica batch; when dp does not divide
+  // the global batch there is none, and one candidate (1) carries that rejection.
+  if (pins.micro_batch) sp.micro_batches = {*pins.micro_batch};
+  else if (t.global_batch % dp == 0) sp.micro_batches = divisors(t.global_batch / dp);
+  else sp.micro_batches = {1};
+  for (bool on : {false, true})
+    if ((!on || tp > 1) && (!pins.sp || *pins.sp == on)) sp.sp.push_back(on);
+  // With one stage there is no pipeline: gpipe and 1f1b would differ only in holding every
+  // micro-batch's activations, so only 1f1b is tried unless gpipe is pinned.
+  auto allowed = [&](Schedule x) { return !pins.schedule || *pins.schedule == x; };
+  const bool vpp_one = !pins.vpp || *pins.vpp == 1;
+  if (vpp_one && allowed(Schedule::one_f_one_b)) sp.schedules.push_back({Schedule::one_f_one_b, 1});
+  if (vpp_one && allowed(Schedule::gpipe) && (pp > 1 || pins.schedule)) sp.schedules.push_back({Schedule::gpipe, 1});
+  if (pp > 1 && allowed(Schedule::interleaved)) {
+    if (pins.vpp && *pins.vpp > 1) sp.schedules.push_back({Schedule::interleaved, *pins.vpp});
+    if (!pins.vpp)
+      for (int64_t v = 2; v * pp <= m.layers; ++v)
+        if (m.layers % (pp * v) == 0) sp.schedules.push_back({Schedule::interleaved, v});
+  }
+  return sp;
+}
+
+}  // namespace
+
+const std::vector<std::string>& all_orders() {
+  static const std::vector<std::string> orders{"tp-dp-pp", "tp-pp-dp", "dp-tp-pp",
+                                               "dp-pp-tp", "pp-tp-dp", "pp-dp-tp"};
+  return orders;
+}
+
+Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t,
+                                        const SearchPins& pins) {
+  auto st = check_pins(c, pins);
+  if (!st) return st.error();
+  SearchSpace space;
+  const int64_t n = c.gpus;
+  for (int64_t tp : divisors(n)) {
+    if ((pins.tp && tp != *pins.tp) || (pins.max_tp && tp > *pins.max_tp)) continue;
+    for (int64_t pp : divisors(n / tp)) {
+      const int64_t dp = n / (tp * pp);
+      if ((pins.pp && pp != *pins.pp) || (pins.dp && dp != *pins.dp)) continue;
+      space.splits.push_back(split_space(m, t, pins, dp, tp, pp));
+    }
+  }
+  if (pins.order) space.orders = {*pins.order};
+  else space.orders = all_orders();
+  for (int z = 0; z <= 3; ++z)
+    if (!pins.zero || *pins.zero == z) space.zero.push_back(z);
+  for (Recompute r : {Recompute::none, Recompute::selective, Recompute::full})
+    if (!pins.recompute || *pins.recompute == r) space.recompute.push_back(r);
+  for (Dtype g : {Dtype::bf16, Dtype::fp32}) {
+    if (pins.grad_dtype && *pins.grad_dtype != g) continue;
+    TrainSpec tg = t;
+    tg.grad_dtype = g;
+    tg.dp_bucket_bytes = pins.dp_bucket_bytes.value_or(kBucketElements * dtype_bytes(g));
+    space.trains.push_back(tg);
+  }
+  if (space.splits.empty())
+    return make_error("--tp", "no (dp, tp, pp) split of --gpus " + s(n) + " meets the pins");
+  return space;
+}
+
+std::string reason_key(const std::string& e) {
+  static const std::vector<std::pair<std::string, std::string>> table{
+      {"tp: must divide heads", "tp does not divide heads"},
+      {"tp: must divide kv_heads", "tp does not divide kv_heads"},
+      {"tp: must divide ffn_hidden", "tp does not divide ffn_hidden"},
+      {"pp: pp x vpp must divide layers", "pp x vpp does not divide layers"},
+      {"vpp: pp x vpp must divide layers", "pp x vpp does not divide layers"},
+      {"global_batch: must be a multiple of dp x micro_batch", "dp x micro-batch does not divide global batch"},
+      {"micro_batch: the interleaved schedule needs", "interleaved: micro-batches not a multiple of pp"},
+      {"seq: sequence parallelism needs tp to divide seq", "sp: tp does not divide seq"},
+      {"seq: must be <= the model's learned position table", "seq exceeds the position table"},
+  };
+  for (const auto& [prefix, key] : table)
+    if (e.compare(0, prefix.size(), prefix) == 0) return key;
+  return e.substr(0, e.find(" ("));  // a rule added later: its own text, without the numbers
+}
+
+// The cost model's peak (cost_model.cpp) is, for the stage with the largest peak, the sum of
+// model state, activations, logits, communication buffers, workspace and runtime (CUDA
+// context + NCCL communicators + ceil(fragmentation x allocated)), all >= 0. Stage 0 alone
+// bounds that peak from below, and on stage 0 each term below is <= the model's term:
+//   state: model_state_bytes of its layers' parameters (the embedding left out; the state
+//          only grows with the parameter count), the same function the model calls;
+//   activations: in_flight_chunks x layers per chunk x layer_activation_bytes, the model's
+//          own first term (recompute's extra layer and the per-micro-batch extras left out);
+//   runtime: context + communicators x NCCL bytes + ceil(frag x (state + activations)).
+int64_t memory_lower_bound(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t, const ParallelConfig& p) {
+  const LayerParams lp = layer_params(m);
+  const int64_t layers_stage = m.layers / p.pp, layers_chunk = m.layers / (p.pp * p.vpp);
+  const int64_t params = layers_stage * (lp.sharded / p.tp + lp.replicated);
+  const int64_t state = model_state_bytes(params, p.dp, p.zero, t.dtype, t.grad_dtype).total();
+  const int64_t mb = t.global_batch / (p.dp * p.micro_batch);
+  const int64_t act = in_flight_chunks(p.schedule, p.pp, p.vpp, 0, mb) * layers_chunk *
+                      layer_activation_bytes(m, p.micro_batch, t.seq, p.tp, p.sp, p.recompute, t.attention, t.dtype)
+                          .total();
+  const auto& rt = c.runtime_memory;
+  const int64_t communicators = (p.tp > 1) + (p.dp > 1) + (p.pp > 1);
+  return state + act + rt.workspace_bytes + rt.cuda_context_bytes + communicators * rt.nccl_bytes_per_communicator +
+         static_cast<int64_t>(std::ceil(rt.allocator_fragmentation * static_cast<double>(state + act)));
+}
+
+Plan plan_of(const ModelSpec& m, const ClusterSpec& c, const Estimate& e) {
+  return Plan{m, c, e.train, e.parallel, e};
+}
+
+namespace {
+
+// One candidate that fits, with what ranking and re-evaluating it needs.
+struct Candidate {
+  double step_time_s = 0;
+  int64_t peak_bytes = 0;
+  ParallelConfig p;
+  int train = 0, order = 0;
+  GroupLinksSet links;
+};
+
+// The ranking: step time, then peak memory, then a fixed key over the knobs, so equal
+// candidates always come out in the same order whichever thread found them.
+bool better(const Candidate& a, const Candidate& b) {
+  auto key = [](const Candidate& c) {
+    const auto& p = c.p;
+    return std::make_tuple(c.step_time_s, c.peak_bytes, p.dp, p.tp, p.pp, p.zero, p.micro_batch,
+                           static_cast<int>(p.recompute), p.sp, static_cast<int>(p.schedule), p.vpp, c.train,
+                           c.order);
+  };
+  return key(a) < key(b);
+}
+
+bool same_links(const GroupLinks& a, const GroupLinks& b) {
+  return a.size == b.size && a.busbw_bytes_per_s == b.busbw_bytes_per_s && a.latency_s == b.latency_s &&
+         a.nodes_spanned == b.nodes_spanned;
+}
+bool same_links(const GroupLinksSet& a, const GroupLinksSet& b) {
+  return same_links(a.tp, b.tp) && same_links(a.dp, b.dp) && same_links(a.pp, b.pp);
+}
+
+// Which links a group crosses depends on the grid only through the group's size and stride
+// (its members are r0 + i x stride for every r0 with coordinate 0): the same (size, stride)
+// on the same cluster is priced once. The exhaustive search prices every grid afresh, and
+// the tests compare the two.
+class LinksCache {
+ public:
+  LinksCache(const Topology& topo, bool memo) : topo_(topo), memo_(memo) {}
+  GroupLinksSet get(const RankGrid& g) {
+    if (!memo_) return group_links(topo_, g);
+    return {one(g, Dim::tp, false), one(g, Dim::dp, false), one(g, Dim::pp, true)};
+  }
+
+ private:
+  GroupLinks one(const RankGrid& g, Dim d, bool p2p) {
+    int64_t stride = 1;
+    for (Dim x : g.order()) {
+      if (x == d) break;
+      stride *= g.size(x);
+    }
+    const auto key = std::make_tuple(p2p, g.size(d), stride);
+    auto it = cache_.find(key);
+    if (it != cache_.end()) return it->second;
+    GroupLinks l = p2p ? topo_.pipeline_p2p(g) : topo_.ring(g, d);
+    cache_.emplace(key, l);
+    return l;
+  }
+  const Topology& topo_;
+  bool memo_;
+  std::map<std::tuple<bool, int64_t, int64_t>, GroupLinks> cache_;
+};
+
+// The distinct orders of one split: an order is kept when its links differ from every
+// order kept before it (canonical first).
+std::vector<std::pair<int, GroupLinksSet>> distinct_orders(const SearchSpace& space, const SplitSpace& sp,
+                                                           LinksCache& links) {
+  std::vector<std::pair<int, GroupLinksSet>> out;
+  for (size_t i = 0; i < space.orders.size(); ++i) {
+    auto grid = RankGrid::make(sp.tp, sp.dp, sp.pp, space.orders[i]);
+    const GroupLinksSet l = links.get(*grid);
+    bool dup = false;
+    for (const auto& [j, k] : out) dup = dup || same_links(k, l);
+    if (!dup) out.push_back({static_cast<int>(i), l});
+  }
+  return out;
+}
+
+// A block of candidates sharing a split, an order, a grad dtype and a ZeRO stage: what one
+// thread takes at a time.
+struct Unit {
+  size_t split = 0;
+  int order = 0;
+  GroupLinksSet links;
+  int train = 0;
+  int zero = 0;
+};
+
+struct Tally {
+  int64_t considered = 0, evaluated = 0, feasible = 0;
+  std::vector<std::pair<std::string, int64_t>> rejected;
+  std::vector<Candidate> top;  // sorted best first, at most k
+
+  void reject(const std::string& key, int64_t n = 1) {
+    for (auto& [k, v] : rejected)
+      if (k == key) {
+        v += n;
+        return;
+      }
+    rejected.push_back({key, n});
+  }
+  void offer(Candidate c, size_t k) {
+    if (top.size() == k && !better(c, top.back())) return;
+    top.insert(std::upper_bound(top.begin(), top.end(), c, better), std::move(c));
+    if (top.size() > k) top.pop_back();
+  }
+};
+
+int64_t unit_size(const SearchSpace& space, const SplitSpace& sp) {
+  return static_cast<int64_t>(sp.micro_batches.size() * space.recompute.size() * sp.sp.size() *
+                              sp.schedules.size());
+}
+
+void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space,
+              const std::deque<CostModel>& models, const Unit& u, const SearchOptions& o, Tally& t) {
+  static const FieldNamer as_is = [](const std::string& f) { return f; };
+  const SplitSpace& sp = space.splits[u.split];
+  const TrainSpec& train = space.trains[u.train];
+  const int64_t usable = static_cast<int64_t>(
+      std::floor(static_cast<double>(c.gpu.memory_bytes) * (1.0 - c.runtime_memory.memory_headroom)));
+  ParallelConfig p;
+  p.dp = sp.dp;
+  p.tp = sp.tp;
+  p.pp = sp.pp;
+  p.zero = u.zero;
+  p.order = space.orders[u.order];
+  for (int64_t mb : sp.micro_batches)
+    for (Recompute r : space.recompute)
+      for (bool on : sp.sp)
+        for (auto [sched, vpp] : sp.schedules) {
+          p.micro_batch = mb;
+          p.recompute = r;
+          p.sp = on;
+          p.schedule = sched;
+          p.vpp = vpp;
+          ++t.considered;
+          auto st = validate_config(m, c, train, p, as_is);
+          if (!st) {
+            t.reject(reason_key(st.error().message));
+            continue;
+          }
+          if (o.prune && memory_lower_bound(m, c, train, p) > usable) {
+            t.reject(kDoesNotFitMemory);
+            continue;
+          }
+          const Estimate e = models[u.train].evaluate(p, u.links);
+          ++t.evaluated;
+          if (!e.fits) {
+            t.reject(kDoesNotFitMemory);
+            continue;
+          }
+          ++t.feasible;
+          t.offer({e.step_time_s, e.memory.peak(), p, u.train, u.order, u.links}, o.top_k);
+        }
+}
+
+// Pruned search only: a split whose representative breaks a rule about tp, or pp not dividing
+// the layers, breaks it in every candidate (validate_config checks those first, and vpp only
+// takes values for which pp x vpp divides the layers when pp does), so the whole split is
+// counted under that reason without validating each candidate.
+std::optional<std::string> split_rejection(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space,
+                                           const SplitSpace& sp) {
+  ParallelConfig p;
+  p.dp = sp.dp;
+  p.tp = sp.tp;
+  p.pp = sp.pp;
+  auto st = validate_config(m, c, space.trains.front(), p, [](const std::string& f) { return f; });
+  if (st) return std::nullopt;
+  const std::string key = reason_key(st.error().message);
+  const bool split_rule = key.rfind("tp does not divide", 0) == 0 || key == "pp x vpp does not divide layers";
+  return split_rule ? std::optional<std::string>(key) : std::nullopt;
+}
+
+}  // namespace
+
+SearchResult search(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space, const SearchOptions& o) {
+  const auto start = std::chrono::steady_clock::now();
+  std::deque<CostModel> models;  // a deque: cost models are built in place, never copied
+  for (const auto& t : space.trains) models.emplace_back(m, c, t);
+  LinksCache links(models.front().topology(), o.prune);
+
+  // Work units, in a fixed order; splits rejected as a whole are tallied here.
+  Tally head;
+  std::vector<Unit> units;
+  for (size_t i = 0; i < space.splits.size(); ++i) {
+    const SplitSpace& sp = space.splits[i];
+    const auto orders = distinct_orders(space, sp, links);
+    const int64_t per_unit = unit_size(space, sp);
+    const int64_t n = per_unit * static_cast<int64_t>(orders.size() * space.trains.size() * space.zero.size());
+    if (n == 0) continue;
+    if (o.prune) {
+      if (auto key = split_rejection(m, c, space, sp)) {
+        head.considered += n;
+        head.reject(*key, n);
+        continue;
+      }
+    }
+    for (const auto& [order, l] : orders)
+      for (size_t t = 0; t < space.trains.size(); ++t)
+        for (int z : space.zero) units.push_back({i, order, l, static_cast<int>(t), z});
+  }
+
+  // Thread k takes units k, k + T, k + 2T, ...: a fixed split of the list; the merge below
+  // does not depend on it (counts add up, the ranking is a total order).
+  const int threads = std::max(1, std::min<int>(o.threads, static_cast<int>(units.size())));
+  std::vector<Tally> tallies(threads);
+  std::atomic<int64_t> done{0};
+  const auto total = static_cast<int64_t>(units.size());
+  auto worker = [&](int k) {
+    for (size_t i = k; i < units.size(); i += threads) {
+      run_unit(m, c, space, models, units[i], o, tallies[k]);
+      const int64_t d = ++done;
+      if (k == 0 && o.progress) o.progress(d, total);
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int k = 1; k < threads; ++k) pool.emplace_back(worker, k);
+  worker(0);
+  for (auto& th : pool) th.join();
+  if (o.progress) o.progress(total, total);
+
+  SearchResult r;
+  std::vector<Candidate> best;
+  tallies.push_back(std::move(head));
+  for (auto& t : tallies) {
+    r.considered += t.considered;
+    r.evaluated += t.evaluated;
+    r.feasible += t.feasible;
+    for (const auto& [k, v] : t.rejected) r.rejected[k] += v;
+    for (auto& cand : t.top) best.push_back(std::move(cand));
+  }
+  std::sort(best.begin(), best.end(), better);
+  if (best.size() > o.top_k) best.resize(o.top_k);
+  for (const auto& cand : best) r.top.push_back(models[cand.train].evaluate(cand.p, cand.links));
+  r.search_time_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return r;
+}
+
+Expected<SearchResult> refine_top(SearchResult result, const ModelSpec& m, const ClusterSpec& c, size_t k,
+                                  const Rescorer& rescore) {
+  k = std::min(k, result.top.size());
+  for (size_t i = 0; i < k; ++i) {
+    auto e = rescore(plan_of(m, c, result.top[i]));
+    if (!e) return e.error();
+    result.top[i] = *e;
+  }
+  // Re-rank the refined ones by the better-informed number: the simulated step when there is one.
+  auto key = [](const Estimate& e) { return e.simulated_step_time_s > 0 ? e.simulated_step_time_s : e.step_time_s; };
+  std::stable_sort(result.top.begin(), result.top.begin() + static_cast<std::ptrdiff_t>(k),
+                   [&](const Estimate& a, const Estimate& b) { return key(a) < key(b); });
+  return result;
+}
+
+}  // namespace loom

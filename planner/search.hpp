@@ -1,0 +1,118 @@
+// The planner's search (issue 4): every consistent parallel configuration of one job, priced
+// by the cost model and ranked by step time. The search space is plain data built from the
+// inputs and the user's pins (make_search_space); the search is a function of the inputs and
+// that space returning a result value (search). Nothing here prints or exits.
+//
+// What "every consistent configuration" means, knob by knob (SearchSpace lists the values):
+//   (dp, tp, pp)   every ordered triple with dp x tp x pp = gpus
+//   order          every rank order (Megatron-core order string) that changes which links a
+//                  group crosses: orders giving the same GroupLinksSet for a split are one
+//   zero           0-3
+//   micro_batch    every divisor of the per-replica batch (global batch / dp)
+//   recompute      none, selective, full
+//   sp             off, on (on only with tp > 1)
+//   schedule, vpp  1f1b (gpipe too when pp > 1: with one stage they are the same loop);
+//                  interleaved with every vpp >= 2 for which pp x vpp divides the layers
+//   grad dtype     bf16, fp32
+// The model-dependent rules (tp divides heads, micro-batches a multiple of pp for the
+// interleaved schedule, ...) are validate_config's; a candidate that breaks one is counted
+// under a short reason key, as is one that does not fit memory.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sim/cost_model.hpp"
+#include "sim/estimate.hpp"
+#include "sim/expected.hpp"
+#include "sim/plan.hpp"
+#include "sim/specs.hpp"
+
+namespace loom {
+
+// What the user pinned or bounded; an unset field is searched.
+struct SearchPins {
+  std::optional<int64_t> dp, tp, pp, max_tp, micro_batch, vpp;
+  std::optional<int> zero;
+  std::optional<Recompute> recompute;
+  std::optional<bool> sp;
+  std::optional<Schedule> schedule;
+  std::optional<Dtype> grad_dtype;
+  std::optional<std::string> order;
+  // Gradient bucket for DP overlap; unset: Megatron-core's 40e6 elements of the grad dtype,
+  // so it follows the grad dtype being tried (as `loom predict` does).
+  std::optional<int64_t> dp_bucket_bytes;
+};
+
+// The knobs of one (dp, tp, pp) split whose values depend on the split.
+struct SplitSpace {
+  int64_t dp = 1, tp = 1, pp = 1;
+  std::vector<int64_t> micro_batches;
+  std::vector<bool> sp;
+  std::vector<std::pair<Schedule, int64_t>> schedules;  // (schedule, vpp)
+};
+
+struct SearchSpace {
+  std::vector<SplitSpace> splits;
+  std::vector<std::string> orders;  // candidates, canonical (Megatron's default) first
+  std::vector<int> zero;
+  std::vector<Recompute> recompute;
+  std::vector<TrainSpec> trains;    // one per grad dtype tried (grad dtype and bucket differ)
+};
+
+// Errors name the flag ("--tp: must divide --gpus (8 % 3 != 0)"), for pins that contradict
+// each other or the job; `cluster` must be sized.
+Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t,
+                                        const SearchPins& pins);
+
+// Every order string, canonical first: "tp-dp-pp" (Megatron-core's default without cp/ep).
+const std::vector<std::string>& all_orders();
+
+struct SearchOptions {
+  size_t top_k = 10;
+  int threads = 2;
+  // false: validate and evaluate every candidate (the reference the pruned search is tested
+  // against); true: skip what is provably rejected (see search.cpp).
+  bool prune = true;
+  // Called from one worker thread as work units finish (done, total); may be empty.
+  std::function<void(int64_t done, int64_t total)> progress;
+};
+
+struct SearchResult {
+  std::vector<Estimate> top;                 // best first (by step time, then the stable key)
+  int64_t considered = 0;                    // candidates in the space
+  std::map<std::string, int64_t> rejected;   // reason key -> candidates
+  int64_t feasible = 0;                      // valid and fit memory
+  int64_t evaluated = 0;                     // cost-model evaluations actually run
+  double search_time_s = 0;
+};
+
+// Runs the search. `cluster` must be sized and carry the memory headroom to plan with.
+SearchResult search(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space, const SearchOptions& o);
+
+// The short reason key of a validate_config error (fields named as-is, not as flags):
+// "tp: must divide heads (96 % 64 != 0)" -> "tp does not divide heads".
+std::string reason_key(const std::string& validate_error);
+inline const char* kDoesNotFitMemory = "does not fit memory";
+
+// A lower bound on the peak memory the cost model predicts for `p` (first stage: its model
+// state without the embedding, its in-flight activations and the fixed runtime terms).
+// Provably <= evaluate(p).memory.peak() for every valid p; the search skips evaluating a
+// candidate whose bound exceeds the usable memory.
+int64_t memory_lower_bound(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t, const ParallelConfig& p);
+
+// The plan of one ranked estimate (its train spec carries the grad dtype it was found with).
+Plan plan_of(const ModelSpec& m, const ClusterSpec& c, const Estimate& e);
+
+// `loom plan --refine K`: re-scores the first k of `result.top` with `rescore` (the event
+// simulator, which sets simulated_step_time_s) and re-ranks those k by the simulated step
+// time (the analytical one where none was set), ties kept in their old order; the rest keep
+// their place. An error from rescore is returned as is.
+using Rescorer = std::function<Expected<Estimate>(const Plan&)>;
+Expected<SearchResult> refine_top(SearchResult result, const ModelSpec& m, const ClusterSpec& c, size_t k,
+                                  const Rescorer& rescore);
+
+}  // namespace loom

@@ -1,0 +1,430 @@
+#include "sim/simulator.hpp"
+
+#include <boost/graph/adjacency_list.hpp>
+#include <boost/graph/topological_sort.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <iterator>
+
+#include "sim/collectives.hpp"
+
+namespace loom {
+
+namespace {
+
+using trace_names::Stream;
+
+// The queues a rank's tasks are serialised on. Tensor-parallel collectives run on the compute
+// queue (in-line in Megatron's layers) though the trace draws them on their own track.
+enum Queue { kCompute = 0, kDp = 1, kPp = 2, kQueues = 3 };
+
+struct EdgeSpec {
+  int32_t from = 0, to = 0;
+  double frac = 1;  // `to` starts no earlier than from.start + frac * from.dur (1: its end)
+};
+
+class Builder {
+ public:
+  Builder(int64_t stages, bool overlap) : last_(stages, {-1, -1, -1}), overlap_(overlap) {}
+  int32_t add(const SimTask& t, Queue q) {
+    const auto id = static_cast<int32_t>(tasks.size());
+    tasks.push_back(t);
+    int32_t& prev = last_[t.stage][overlap_ ? q : kCompute];
+    if (prev >= 0) dep(prev, id);
+    prev = id;
+    return id;
+  }
+  void dep(int32_t from, int32_t to, double frac = 1) {
+    if (from >= 0 && to >= 0) edges.push_back({from, to, frac});
+  }
+  int32_t last(int64_t stage, Queue q) const { return last_[stage][overlap_ ? q : kCompute]; }
+
+  std::vector<SimTask> tasks;
+  std::vector<EdgeSpec> edges;
+
+ private:
+  std::vector<std::array<int32_t, kQueues>> last_;
+  bool overlap_;
+};
+
+// Where the output of slot (stage, chunk, phase) goes: forward to the next stage (after the
+// last stage, chunk c + 1 of stage 0), gradients to the previous one (before stage 0, chunk
+// c - 1 of the last stage). {-1, -1} at the model's ends.
+std::pair<int32_t, int32_t> destination(int64_t s, int64_t c, Phase ph, int64_t pp, int64_t vpp) {
+  if (ph == Phase::forward) {
+    if (s + 1 < pp) return {static_cast<int32_t>(s + 1), static_cast<int32_t>(c)};
+    if (c + 1 < vpp) return {0, static_cast<int32_t>(c + 1)};
+  } else {
+    if (s > 0) return {static_cast<int32_t>(s - 1), static_cast<int32_t>(c)};
+    if (c > 0) return {static_cast<int32_t>(pp - 1), static_cast<int32_t>(c - 1)};
+  }
+  return {-1, -1};
+}
+
+// Task ids of every slot, [stage][phase][chunk * m + micro-batch].
+struct SlotIndex {
+  int64_t m = 0, v = 0;
+  std::vector<int32_t> first, recv;  // first task of the slot; the send that feeds it
+  SlotIndex(int64_t pp, int64_t vpp, int64_t mb)
+      : m(mb), v(vpp), first(pp * 2 * vpp * mb, -1), recv(pp * 2 * vpp * mb, -1) {}
+  size_t at(int64_t s, Phase ph, int64_t c, int64_t b) const {
+    return static_cast<size_t>(((s * 2 + static_cast<int64_t>(ph)) * v + c) * m + b);
+  }
+};
+
+SimTask make_task(TaskKind k, Stream st, int64_t stage, const Slot& x, double dur) {
+  SimTask t;
+  t.kind = k;
+  t.stream = st;
+  t.phase = x.phase;
+  t.stage = static_cast<int32_t>(stage);
+  t.micro_batch = x.micro_batch;
+  t.chunk = x.chunk;
+  t.dur_s = dur;
+  return t;
+}
+
+// One stage's tasks in the order of its schedule table.
+void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, const std::vector<Slot>& table) {
+  const ParallelConfig& p = in.parallel;
+  const StageInputs& st = in.stages[s];
+  const double v = static_cast<double>(p.vpp);
+  const int64_t m = in.micro_batches;
+  const bool full = p.recompute == Recompute::full;
+  // The stage's tp time split over its passes: 4 reduce-scatter/all-gather halves per layer
+  // forward, 4 backward and 4 more in a full recompute (cost_model.cpp); the embedding and
+  // output layer's few extra halves are spread the same way.
+  const double tp_pass = st.tp_comm_s / (full ? 3.0 : 2.0) / v;
+  const bool ring = p.dp > 1 && p.dp_comm == DpComm::ring;
+  const GroupLinks dpl{in.dp_links.size, st.dp_busbw_bytes_per_s, in.dp_links.latency_s, in.dp_links.nodes_spanned};
+  const double chunk_grad = static_cast<double>(st.grad_bytes) / v;
+  const double chunk_weights = static_cast<double>(st.weight_bytes) / v;
+  const int64_t per_chunk_buckets =
+      in.dp_bucket_bytes > 0 ? std::max<int64_t>(1, static_cast<int64_t>(std::ceil(chunk_grad / in.dp_bucket_bytes))) : 1;
+  const double bucket_bytes = chunk_grad / static_cast<double>(per_chunk_buckets);
+  const Collective grad_coll = p.zero == 0 ? Collective::all_reduce : Collective::reduce_scatter;
+  const int64_t chunk_layers = st.layers / p.vpp;
+
+  int32_t prev_first = -1;
+  for (const Slot& x : table) {
+    const bool fwd = x.phase == Phase::forward;
+    int32_t gather = -1;
+    if (ring && p.zero >= 3) {  // ZeRO-3: gather this chunk's weights, prefetched one slot ahead
+      SimTask t = make_task(TaskKind::dp_gather, Stream::dp, s, x,
+                            collective_time_s(Collective::all_gather, chunk_weights, dpl));
+      t.bytes = static_cast<int64_t>(chunk_weights);
+      gather = b.add(t, kDp);
+      b.dep(prev_first, gather, 0.0);
+    }
+    int32_t first = -1;
+    auto add_compute = [&](TaskKind k, double dur, double tp_dur) {
+      SimTask t = make_task(k, Stream::compute, s, x, dur);
+      t.layers = chunk_layers;
+      const int32_t c = b.add(t, kCompute);
+      if (first < 0) first = c;
+      int32_t end = c;
+      if (tp_dur > 0) {
+        SimTask tt = make_task(TaskKind::tp, Stream::tp, s, x, tp_dur);
+        end = b.add(tt, kCompute);
+      }
+      return std::pair<int32_t, int32_t>{c, end};
+    };
+    if (!fwd && st.recompute_s > 0) add_compute(TaskKind::recompute, st.recompute_s / v, full ? tp_pass : 0);
+    const auto [compute, end] = fwd ? add_compute(TaskKind::forward, st.forward_s / v, tp_pass)
+                                    : add_compute(TaskKind::backward, st.backward_s / v, tp_pass);
+    b.dep(gather, first);
+    idx.first[idx.at(s, x.phase, x.chunk, x.micro_batch)] = first;
+
+    const auto [ds, dc] = destination(s, x.chunk, x.phase, p.pp, p.vpp);
+    if (ds >= 0) {
+      SimTask t = make_task(TaskKind::pp_send, Stream::pp, s, x, in.p2p_s);
+      t.peer_stage = ds;
+      t.bytes = in.p2p_bytes;
+      const int32_t send = b.add(t, kPp);
+      b.dep(end, send);
+      idx.recv[idx.at(ds, x.phase, dc, x.micro_batch)] = send;
+    }
+    // Gradient buckets fill as the backward walks its layers: bucket k of n is ready at
+    // (k + 1) / n of the backward. ZeRO 0/1 reduce once, in the last micro-batch; 2 and 3
+    // reduce-scatter every micro-batch (only a shard of the gradients is kept).
+    if (!fwd && ring && (p.zero >= 2 || x.micro_batch == m - 1)) {
+      for (int64_t k = 0; k < per_chunk_buckets; ++k) {
+        SimTask t = make_task(TaskKind::dp_grad, Stream::dp, s, x, collective_time_s(grad_coll, bucket_bytes, dpl));
+        t.bucket = static_cast<int32_t>((p.vpp - 1 - x.chunk) * per_chunk_buckets + k);
+        t.bytes = static_cast<int64_t>(bucket_bytes);
+        b.dep(compute, b.add(t, kDp), static_cast<double>(k + 1) / static_cast<double>(per_chunk_buckets));
+      }
+    }
+    prev_first = first;
+  }
+  const int32_t last_compute = b.last(s, kCompute);
+  if (p.dp > 1 && p.dp_comm == DpComm::parameter_server) {
+    SimTask t = make_task(TaskKind::dp_push_pull, Stream::dp, s, Slot{-1, -1, Phase::backward}, st.dp_push_pull_s);
+    t.bytes = st.grad_bytes;
+    b.dep(last_compute, b.add(t, kDp));
+  }
+  SimTask opt = make_task(TaskKind::optimizer, Stream::compute, s, Slot{-1, -1, Phase::forward}, st.optimizer_s);
+  const int32_t dp_last = b.last(s, kDp), pp_last = b.last(s, kPp);
+  const int32_t o = b.add(opt, kCompute);
+  b.dep(dp_last, o);
+  b.dep(pp_last, o);
+  if (ring && (p.zero == 1 || p.zero == 2)) {  // updated shards back to every rank
+    SimTask t = make_task(TaskKind::dp_gather_params, Stream::dp, s, Slot{-1, -1, Phase::forward},
+                          collective_time_s(Collective::all_gather, static_cast<double>(st.weight_bytes), dpl));
+    t.bytes = st.weight_bytes;
+    b.dep(o, b.add(t, kDp));
+  }
+}
+
+bool is_dp(TaskKind k) {
+  return k == TaskKind::dp_grad || k == TaskKind::dp_gather || k == TaskKind::dp_gather_params ||
+         k == TaskKind::dp_push_pull;
+}
+bool is_busy(TaskKind k) {
+  return k == TaskKind::forward || k == TaskKind::backward || k == TaskKind::recompute || k == TaskKind::optimizer ||
+         k == TaskKind::tp;
+}
+
+using Graph = boost::adjacency_list<boost::vecS, boost::vecS, boost::directedS, boost::no_property, double>;
+
+// start = max over predecessors of (start + frac * dur), in topological order.
+void sweep(const Graph& g, const std::vector<size_t>& order, std::vector<SimTask>& tasks) {
+  std::vector<double> ready(tasks.size(), 0.0);
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    const size_t u = *it;
+    tasks[u].start_s = ready[u];
+    for (auto [e, end] = boost::out_edges(u, g); e != end; ++e) {
+      const size_t w = boost::target(*e, g);
+      ready[w] = std::max(ready[w], tasks[u].start_s + g[*e] * tasks[u].dur_s);
+    }
+  }
+}
+
+// NIC sharing between stages (the method is in simulator.hpp). Returns the time added.
+double stretch_shared_nics(const SimInputs& in, std::vector<SimTask>& tasks) {
+  const int64_t pp = in.parallel.pp;
+  if (in.rings_leaving.empty() || in.nic_bytes_per_s <= 0) return 0;
+  const size_t nodes = in.rings_leaving[0].size();
+  std::vector<size_t> shared;  // nodes whose NICs carry dp rings of two or more stages
+  for (size_t n = 0; n < nodes; ++n) {
+    int users = 0;
+    for (int64_t s = 0; s < pp; ++s) users += in.rings_leaving[s][n] > 0;
+    if (users >= 2) shared.push_back(n);
+  }
+  if (shared.empty()) return 0;
+  struct Boundary {
+    double t;
+    int32_t task;
+    bool start;
+  };
+  std::vector<Boundary> bs;
+  for (size_t i = 0; i < tasks.size(); ++i)
+    if (is_dp(tasks[i].kind) && tasks[i].kind != TaskKind::dp_push_pull && tasks[i].dur_s > 0) {
+      bs.push_back({tasks[i].start_s, static_cast<int32_t>(i), true});
+      bs.push_back({tasks[i].end_s(), static_cast<int32_t>(i), false});
+    }
+  std::sort(bs.begin(), bs.end(), [](const Boundary& a, const Boundary& b) {
+    return a.t != b.t ? a.t < b.t : (a.start != b.start ? !a.start : a.task < b.task);  // ends first
+  });
+  std::vector<int32_t> active(pp, -1);  // the dp task running on each stage (one dp queue each)
+  std::vector<double> extra(tasks.size(), 0.0);
+  double prev = 0;
+  for (const Boundary& bd : bs) {
+    const double len = bd.t - prev;
+    if (len > 0) {
+      for (int64_t s = 0; s < pp; ++s) {
+        if (active[s] < 0) continue;
+        const double solo = in.stages[s].dp_busbw_bytes_per_s;
+        double bw = solo;
+        for (size_t n : shared) {
+          if (in.rings_leaving[s][n] == 0) continue;
+          int64_t load = 0;
+          for (int64_t q = 0; q < pp; ++q)
+            if (active[q] >= 0) load += in.rings_leaving[q][n];
+          bw = std::min(bw, in.nic_bytes_per_s / static_cast<double>(load));
+        }
+        extra[active[s]] += len * (solo / bw - 1.0);
+      }
+    }
+    prev = bd.t;
+    active[tasks[bd.task].stage] = bd.start ? bd.task : -1;
+  }
+  double total = 0;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    tasks[i].dur_s += extra[i];
+    total += extra[i];
+  }
+  return total;
+}
+
+// One stage's breakdown: busy time by kind; idle time of the compute stream is exposed dp
+// communication while a dp task of this stage runs, else exposed pp communication while a
+// send from or to it is in flight, else bubble.
+StageSim stage_breakdown(int64_t s, const std::vector<SimTask>& tasks, const std::vector<int32_t>& mine,
+                         double makespan) {
+  StageSim out;
+  out.stage = s;
+  struct Mark {
+    double t;
+    int kind;  // 0 busy, 1 dp, 2 pp
+    int delta;
+  };
+  std::vector<Mark> marks;
+  int64_t in_flight = 0;
+  for (int32_t i : mine) {
+    const SimTask& t = tasks[i];
+    out.end_s = std::max(out.end_s, t.end_s());
+    if (t.stage == s) {
+      switch (t.kind) {
+        case TaskKind::forward:
+          out.time.compute_s += t.dur_s;
+          out.peak_in_flight = std::max(out.peak_in_flight, ++in_flight);  // its activations are kept
+          break;
+        case TaskKind::backward:
+          out.time.compute_s += t.dur_s;
+          --in_flight;  // and freed
+          break;
+        case TaskKind::recompute: out.time.compute_s += t.dur_s; break;
+        case TaskKind::tp: out.time.tp_comm_s += t.dur_s; break;
+        case TaskKind::optimizer: out.time.optimizer_s += t.dur_s; break;
+        default: break;
+      }
+    }
+    if (t.dur_s <= 0) continue;
+    const int kind = is_busy(t.kind) ? 0 : is_dp(t.kind) ? 1 : 2;
+    if (kind == 1 && t.stage != s) continue;
+    marks.push_back({t.start_s, kind, +1});
+    marks.push_back({t.end_s(), kind, -1});
+  }
+  marks.push_back({makespan, 0, 0});
+  std::sort(marks.begin(), marks.end(), [](const Mark& a, const Mark& b) { return a.t < b.t; });
+  int count[3] = {0, 0, 0};
+  double prev = 0;
+  for (const Mark& mk : marks) {
+    const double len = mk.t - prev;
+    if (len > 0 && count[0] == 0) {
+      if (count[1] > 0) out.time.dp_comm_s += len;
+      else if (count[2] > 0) out.time.pp_comm_s += len;
+      else out.time.bubble_s += len;
+    }
+    count[mk.kind] += mk.delta;
+    prev = mk.t;
+  }
+  return out;
+}
+
+}  // namespace
+
+Expected<SimResult> simulate(const SimInputs& in, const SimOptions& opt) {
+  const ParallelConfig& p = in.parallel;
+  const int64_t m = in.micro_batches;
+  if (m < 1) return make_error("simulate", "needs at least one micro-batch");
+  if (static_cast<int64_t>(in.stages.size()) != p.pp) return make_error("simulate", "needs one input per stage");
+  const auto tables = make_schedule(p.schedule, p.pp, p.vpp, m);
+
+  Builder b(p.pp, opt.overlap);
+  SlotIndex idx(p.pp, p.vpp, m);
+  for (int64_t s = 0; s < p.pp; ++s) build_stage(b, idx, in, s, tables[s]);
+  for (size_t i = 0; i < idx.first.size(); ++i) b.dep(idx.recv[i], idx.first[i]);  // receive before use
+
+  Graph g(b.tasks.size());
+  for (const EdgeSpec& e : b.edges) boost::add_edge(e.from, e.to, e.frac, g);
+  std::vector<size_t> order;
+  order.reserve(b.tasks.size());
+  try {
+    boost::topological_sort(g, std::back_inserter(order));
+  } catch (const boost::not_a_dag&) {
+    return make_error("simulate", "the schedule deadlocks (the task graph has a cycle)");
+  }
+  sweep(g, order, b.tasks);
+  SimResult r;
+  if (opt.contention && p.dp > 1) {
+    r.contention_s = stretch_shared_nics(in, b.tasks);
+    if (r.contention_s > 0) sweep(g, order, b.tasks);
+  }
+
+  for (const SimTask& t : b.tasks) r.step_time_s = std::max(r.step_time_s, t.end_s());
+  r.task_count = static_cast<int64_t>(b.tasks.size());
+  r.edge_count = static_cast<int64_t>(b.edges.size());
+
+  std::vector<std::vector<int32_t>> mine(p.pp);  // a stage's tasks and the sends into it
+  for (size_t i = 0; i < b.tasks.size(); ++i) {
+    mine[b.tasks[i].stage].push_back(static_cast<int32_t>(i));
+    if (b.tasks[i].kind == TaskKind::pp_send) mine[b.tasks[i].peer_stage].push_back(static_cast<int32_t>(i));
+  }
+  size_t slow = 0;
+  for (int64_t s = 0; s < p.pp; ++s) {
+    r.stages.push_back(stage_breakdown(s, b.tasks, mine[s], r.step_time_s));
+    const auto busy = [](const StageSim& x) { return x.time.compute_s + x.time.tp_comm_s; };
+    if (busy(r.stages.back()) > busy(r.stages[slow])) slow = static_cast<size_t>(s);
+  }
+  r.time = r.stages[slow].time;
+  for (const StageSim& st : r.stages) r.time.optimizer_s = std::max(r.time.optimizer_s, st.time.optimizer_s);
+  r.time.bubble_s = 0;
+  r.time.bubble_s = std::max(0.0, r.step_time_s - r.time.total_s());
+  if (opt.keep_tasks) r.tasks = std::move(b.tasks);
+  return r;
+}
+
+SimInputs sim_inputs(const CostModel& cm, const ParallelConfig& p, const Estimate& est, const GroupLinksSet& links) {
+  const TrainSpec& tr = cm.train();
+  const ClusterSpec& c = cm.cluster();
+  const int64_t e = dtype_bytes(tr.dtype), g = dtype_bytes(tr.grad_dtype);
+  SimInputs in;
+  in.parallel = p;
+  in.micro_batches = est.micro_batches;
+  in.dp_links = links.dp;
+  in.dp_bucket_bytes = tr.dp_bucket_bytes;
+  if (p.pp > 1) {
+    in.p2p_bytes = e * p.micro_batch * tr.seq * cm.model().hidden / p.tp;  // b s h / t, as the cost model
+    in.p2p_s = p2p_time_s(static_cast<double>(in.p2p_bytes), links.pp);
+  }
+  // The dp rings of each stage: edges leaving each node (rank r on GPU r, ring in dp order).
+  const auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order);
+  const int64_t nodes = std::max<int64_t>(1, c.nodes), per_node = std::max<int64_t>(1, c.gpus_per_node);
+  in.rings_leaving.assign(p.pp, std::vector<int32_t>(nodes, 0));
+  in.nic_bytes_per_s = c.inter_node.busbw_bytes_per_s * static_cast<double>(c.inter_node.nics_per_node);
+  in.intra_bytes_per_s = c.intra_node.busbw_bytes_per_s;
+  if (grid.ok() && p.dp > 1) {
+    for (int64_t r = 0; r < grid->world(); ++r) {
+      Coords co = grid->coords(r);
+      co.dp = (co.dp + 1) % p.dp;
+      const int64_t next = grid->rank(co);
+      if (r / per_node != next / per_node && r / per_node < nodes) ++in.rings_leaving[co.pp][r / per_node];
+    }
+  }
+  for (const StageEstimate& s : est.stages) {
+    StageInputs si;
+    si.forward_s = s.forward_s;
+    si.backward_s = s.backward_s;
+    si.recompute_s = s.recompute_s;
+    si.tp_comm_s = s.tp_comm_s;
+    si.optimizer_s = s.optimizer_s;
+    if (p.dp_comm == DpComm::parameter_server) si.dp_push_pull_s = s.dp_comm_exposed_s;
+    si.layers = s.layers;
+    si.grad_bytes = static_cast<int64_t>(std::ceil(static_cast<double>(g * s.params) / p.grad_compression));
+    si.weight_bytes = e * s.params;
+    // Topology::ring restricted to this stage's groups: a GPU link carries one ring edge, a
+    // node's NICs every edge of this stage leaving the node.
+    double bw = in.intra_bytes_per_s;
+    for (int32_t k : in.rings_leaving[s.index])
+      if (k > 0) bw = std::min(bw, in.nic_bytes_per_s / k);
+    si.dp_busbw_bytes_per_s = p.dp > 1 ? bw : links.dp.busbw_bytes_per_s;
+    in.stages.push_back(si);
+  }
+  return in;
+}
+
+Expected<SimResult> simulate(const CostModel& cm, const ParallelConfig& p, const SimOptions& opt) {
+  auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order);
+  if (!grid) return grid.error();
+  const GroupLinksSet links = group_links(cm.topology(), *grid);
+  const Estimate est = cm.evaluate(p, links);
+  auto r = simulate(sim_inputs(cm, p, est, links), opt);
+  if (r) r->analytical_step_s = est.step_time_s;
+  return r;
+}
+
+}  // namespace loom

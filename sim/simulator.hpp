@@ -1,0 +1,114 @@
+// The event simulator: one training step as a task graph (Boost.Graph), rank by rank.
+//
+// Tasks. Per pipeline rank: compute tasks (forward, backward and recompute of each
+// (micro-batch, chunk) slot of the schedule table, sim/schedule.hpp, then the optimizer) on
+// the compute stream; tensor-parallel collectives right after the compute they belong to
+// (Megatron runs them in-line, so the compute stream waits for them); data-parallel gradient
+// buckets, ZeRO parameter gathers (ZeRO-3: one slot ahead, the prefetch) on the dp stream;
+// pipeline sends on the pp stream. Edges: stream order within a rank, a slot's input from
+// the rank that sends it (forward from the previous stage, gradients from the next), a
+// gradient bucket from the backward that produces it (at the fraction of that backward
+// where its bucket fills), the optimizer from the last bucket.
+// Times. Durations from the cost model (CostModel::evaluate's per-micro-batch stage times,
+// split evenly over the stage's chunks; collectives.hpp on the group links). A topological
+// sweep gives each task start = max(predecessor end) and the step time is the makespan.
+// Scope. All dp replicas and all tp ranks of a stage run the same tasks at the same times
+// (the plan is symmetric), so one rank per stage (dp 0, tp 0) is simulated and a collective
+// "joins its group" trivially; other ranks are copies of their stage's timeline.
+// NIC sharing. The dp groups of one stage share their nodes' NICs as the topology prices
+// them (Topology::ring restricted to that stage). When dp traffic of several stages whose
+// groups leave the same node overlaps in time, each is stretched by its share: over every
+// interval where a set A of stages is active, a task of stage s runs at
+// min over its nodes n of NIC(n) / sum_{s' in A} rings_{s'}(n) instead of its solo bandwidth;
+// the stretch is measured on the unshared timeline and applied once, then the graph is swept
+// again (a first-order method: exact while the overlaps it measured persist).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "sim/cost_model.hpp"
+#include "sim/estimate.hpp"
+#include "sim/expected.hpp"
+#include "sim/schedule.hpp"
+#include "sim/trace_names.hpp"
+
+namespace loom {
+
+struct SimOptions {
+  bool overlap = true;      // false: every communication task blocks its rank's compute stream
+  bool contention = true;   // stretch dp traffic of stages sharing a node's NICs (see above)
+  bool keep_tasks = true;   // false: step time and breakdown only (the planner's refinement)
+};
+
+enum class TaskKind : uint8_t {
+  forward, backward, recompute, optimizer,  // compute stream
+  tp,                                       // tensor-parallel collectives of one slot
+  dp_grad,                                  // gradient bucket (all-reduce or reduce-scatter)
+  dp_gather_params,                         // ZeRO-1/2 parameter all-gather after the optimizer
+  dp_gather,                                // ZeRO-3 gather of one chunk's weights for one slot
+  dp_push_pull,                             // parameter server
+  pp_send,                                  // activations (forward) or gradients (backward)
+};
+
+struct SimTask {
+  TaskKind kind = TaskKind::forward;
+  trace_names::Stream stream = trace_names::Stream::compute;
+  Phase phase = Phase::forward;   // pp_send, dp_gather: which pass
+  int32_t stage = 0;
+  int32_t micro_batch = -1, chunk = -1, bucket = -1;
+  int32_t peer_stage = -1;        // pp_send: the receiving stage
+  int64_t layers = 0, bytes = 0;
+  double start_s = 0, dur_s = 0;
+  double end_s() const { return start_s + dur_s; }
+};
+
+// What one stage of the cost model gives the simulator (a seam for tests: uniform stages).
+struct StageInputs {
+  double forward_s = 0, backward_s = 0, recompute_s = 0, tp_comm_s = 0;  // per micro-batch, all chunks
+  double optimizer_s = 0;
+  double dp_push_pull_s = 0;    // parameter-server layout: exposed push + pull
+  int64_t layers = 0;           // all chunks
+  int64_t grad_bytes = 0;       // gradients this GPU reduces (after compression)
+  int64_t weight_bytes = 0;     // weights this GPU holds unsharded
+  double dp_busbw_bytes_per_s = 0;  // this stage's dp rings alone (NIC sharing within the stage)
+};
+
+struct SimInputs {
+  ParallelConfig parallel;
+  int64_t micro_batches = 0;
+  std::vector<StageInputs> stages;
+  double p2p_s = 0;             // one send of one micro-batch's activations or gradients
+  int64_t p2p_bytes = 0;
+  GroupLinks dp_links;          // size and latency of dp groups
+  int64_t dp_bucket_bytes = 0;  // 0: one bucket
+  // rings_leaving[stage][node]: dp ring edges of that stage's groups that leave the node;
+  // nic_bytes_per_s, intra_bytes_per_s: bandwidth of a node's NICs together, of a GPU's link.
+  std::vector<std::vector<int32_t>> rings_leaving;
+  double nic_bytes_per_s = 0, intra_bytes_per_s = 0;
+};
+
+struct StageSim {
+  int64_t stage = 0;
+  TimeBreakdown time;           // adds up to the step time
+  int64_t peak_in_flight = 0;   // (micro-batch, chunk) activations held at once
+  double end_s = 0;             // when its last task ends
+};
+
+struct SimResult {
+  double step_time_s = 0;
+  TimeBreakdown time;           // the step: the slowest stage's compute and exposed
+                                // communication, the largest optimizer, the rest bubble
+  std::vector<StageSim> stages;
+  std::vector<SimTask> tasks;   // with keep_tasks; each stage's tasks in stream-creation order
+  int64_t task_count = 0, edge_count = 0;
+  double contention_s = 0;      // dp time added by NIC sharing, summed over tasks
+  double analytical_step_s = 0; // CostModel::evaluate's step time, for comparison (0 from inputs)
+};
+
+// Inputs from the cost model for one configuration (which must pass validate_config).
+SimInputs sim_inputs(const CostModel& cm, const ParallelConfig& p, const Estimate& est, const GroupLinksSet& links);
+
+Expected<SimResult> simulate(const SimInputs& in, const SimOptions& opt);
+Expected<SimResult> simulate(const CostModel& cm, const ParallelConfig& p, const SimOptions& opt);
+
+}  // namespace loom

@@ -1,0 +1,30 @@
+// A simulated step as a Chrome trace event JSON document (open in https://ui.perfetto.dev or
+// chrome://tracing): one process per rank (pid = global rank), one thread per stream, complete
+// events ("ph": "X") with ts and dur in microseconds, names from sim/trace_names.hpp.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sim/expected.hpp"
+#include "sim/simulator.hpp"
+
+namespace loom {
+
+// tp 0 of every stage of dp replica 0, in stage order: the ranks `loom simulate` draws by default.
+std::vector<int64_t> default_trace_ranks(const RankGrid& grid);
+
+// "0-7,64,130" (ranks or inclusive ranges, comma separated), each below `world`, sorted, unique.
+Expected<std::vector<int64_t>> parse_rank_list(const std::string& list, int64_t world, const std::string& where);
+
+// `r` must have been simulated with keep_tasks. Each rank draws its stage's timeline (all dp
+// replicas and tp ranks of a stage run the same tasks; simulator.hpp).
+nlohmann::json trace_json(const SimResult& r, const ParallelConfig& p, const RankGrid& grid,
+                          const std::vector<int64_t>& ranks);
+
+// The event's name as the executors' measured traces will name it.
+std::string task_name(const SimTask& t, const ParallelConfig& p, bool receiver = false);
+
+}  // namespace loom

@@ -1,0 +1,336 @@
+// The event simulator: schedule tables, exactness against the analytical model where the
+// two must agree, the bubble formulas, in-flight micro-batches, the trace format and the CLI.
+#include <catch2/catch.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <map>
+#include <regex>
+#include <set>
+#include <tuple>
+
+#include "run_loom.hpp"
+#include "sim/cost_model.hpp"
+#include "sim/schedule.hpp"
+#include "sim/simulator.hpp"
+#include "sim/trace.hpp"
+#include "sim/validate.hpp"
+#include "sim/zoo.hpp"
+
+using namespace loom;
+
+namespace {
+
+// Relative tolerance of the exactness checks: the simulator and the cost model add the same
+// per-micro-batch times in a different order (a few hundred additions of doubles), so they
+// agree to ~1e-13 relative; 1e-9 leaves room and still catches any missing task.
+constexpr double kExact = 1e-9;
+
+bool close(double a, double b, double rel = kExact) { return std::fabs(a - b) <= rel * std::max(std::fabs(a), std::fabs(b)); }
+
+ParallelConfig config(int64_t dp, int64_t tp, int64_t pp, Schedule s, int64_t vpp, int64_t mb = 1) {
+  ParallelConfig p;
+  p.dp = dp;
+  p.tp = tp;
+  p.pp = pp;
+  p.schedule = s;
+  p.vpp = vpp;
+  p.micro_batch = mb;
+  return p;
+}
+
+// Uniform stages, no communication: t = 3 per micro-batch (forward 1, backward 2).
+SimInputs uniform(Schedule s, int64_t pp, int64_t vpp, int64_t m) {
+  SimInputs in;
+  in.parallel = config(1, 1, pp, s, vpp);
+  in.micro_batches = m;
+  StageInputs st;
+  st.forward_s = 1;
+  st.backward_s = 2;
+  st.layers = 4 * vpp;
+  in.stages.assign(pp, st);
+  return in;
+}
+
+SimOptions no_overlap() {
+  SimOptions o;
+  o.overlap = false;
+  return o;
+}
+
+// A cluster whose links are (practically) free: 1e30 bytes/s and no latency, so every
+// collective and send takes ~1e-21 s and only the pipeline's compute is left.
+ClusterSpec ideal_cluster(int64_t gpus) {
+  auto c = load_cluster("dgx-a100", "test");
+  REQUIRE(c.ok());
+  for (FabricSpec* f : {&c->intra_node, &c->inter_node}) {
+    f->busbw_bytes_per_s = 1e30;
+    f->link_bytes_per_s = 1e30;
+    f->latency_s = 0;
+  }
+  REQUIRE(size_cluster(*c, gpus, "test").ok());
+  return *c;
+}
+
+CostModel gpt2_model(const ClusterSpec& c, int64_t batch) {
+  auto m = load_model("gpt2-350m", "test", nullptr);
+  REQUIRE(m.ok());
+  TrainSpec t;
+  t.global_batch = batch;
+  t.seq = 1024;
+  t.dp_bucket_bytes = 80'000'000;
+  return CostModel(*m, c, t);
+}
+
+ClusterSpec a100(int64_t gpus) {
+  auto c = load_cluster("dgx-a100", "test");
+  REQUIRE(c.ok());
+  REQUIRE(size_cluster(*c, gpus, "test").ok());
+  return *c;
+}
+
+}  // namespace
+
+TEST_CASE("schedule tables: every slot once, forward before backward, Megatron's warm-up") {
+  for (Schedule s : {Schedule::gpipe, Schedule::one_f_one_b, Schedule::interleaved})
+    for (int64_t p : {1, 2, 3, 4, 8})
+      for (int64_t v : {1, 2, 3})
+        for (int64_t m : {1, 2, 4, 8, 12, 16}) {
+          if ((s == Schedule::interleaved) != (v > 1)) continue;
+          if (s == Schedule::interleaved && (p < 2 || m % p != 0)) continue;
+          const auto t = make_schedule(s, p, v, m);
+          REQUIRE(static_cast<int64_t>(t.size()) == p);
+          for (int64_t r = 0; r < p; ++r) {
+            INFO("schedule " << static_cast<int>(s) << " p " << p << " v " << v << " m " << m << " rank " << r);
+            REQUIRE(static_cast<int64_t>(t[r].size()) == 2 * m * v);
+            std::set<std::tuple<int, int, int>> seen;
+            for (const Slot& x : t[r]) {
+              CHECK(seen.insert({x.micro_batch, x.chunk, static_cast<int>(x.phase)}).second);
+              if (x.phase == Phase::backward) CHECK(seen.count({x.micro_batch, x.chunk, 0}) == 1);
+            }
+            int64_t warm = 0;
+            while (warm < static_cast<int64_t>(t[r].size()) && t[r][warm].phase == Phase::forward) ++warm;
+            CHECK(std::min(warm, m * v) == std::min(warmup_slots(s, p, v, r, m) + (s == Schedule::gpipe ? 0 : 1), m * v));
+            // The simulator's in-flight count is the memory model's.
+            CHECK(peak_in_flight(t[r]) == in_flight_chunks(s, p, v, r, m));
+          }
+        }
+}
+
+TEST_CASE("interleaved table of Megatron-LM: pp 2, vpp 2, 4 micro-batches, rank 0") {
+  // Warm-up (2 - 0 - 1) * 2 + (2 - 1) * 2 = 4 forwards; chunks visited in groups of pp
+  // micro-batches; backward visits chunk 1 first.
+  using P = Phase;
+  const std::vector<Slot> want = {
+      {0, 0, P::forward},  {1, 0, P::forward},  {0, 1, P::forward},  {1, 1, P::forward},
+      {2, 0, P::forward},  {0, 1, P::backward}, {3, 0, P::forward},  {1, 1, P::backward},
+      {2, 1, P::forward},  {0, 0, P::backward}, {3, 1, P::forward},  {1, 0, P::backward},
+      {2, 1, P::backward}, {3, 1, P::backward}, {2, 0, P::backward}, {3, 0, P::backward}};
+  CHECK(make_schedule(Schedule::interleaved, 2, 2, 4)[0] == want);
+  // 1F1B, pp 4, rank 1: warm-up 2, then F B pairs, then the last 2 backwards.
+  const auto t = make_schedule(Schedule::one_f_one_b, 4, 1, 4)[1];
+  const std::vector<Slot> want1 = {{0, 0, P::forward},  {1, 0, P::forward},  {2, 0, P::forward},  {0, 0, P::backward},
+                                   {3, 0, P::forward},  {1, 0, P::backward}, {2, 0, P::backward}, {3, 0, P::backward}};
+  CHECK(t == want1);
+}
+
+TEST_CASE("uniform stages: bubble fraction (p-1)/m for 1F1B and GPipe, (p-1)/(v m) interleaved") {
+  // Narayanan et al. 2021 Sec. 2.2: step = (m + (p - 1)/v) (t_f + t_b) with equal stages.
+  for (int64_t p : {2, 4, 8})
+    for (int64_t m : {8, 16, 64}) {
+      for (Schedule s : {Schedule::gpipe, Schedule::one_f_one_b}) {
+        auto r = simulate(uniform(s, p, 1, m), no_overlap());
+        REQUIRE(r.ok());
+        INFO("p " << p << " m " << m << " schedule " << static_cast<int>(s));
+        CHECK(close(r->step_time_s, 3.0 * (m + p - 1)));
+        CHECK(close(r->time.bubble_s / (3.0 * m), static_cast<double>(p - 1) / m));
+        CHECK(close(r->time.compute_s, 3.0 * m));
+      }
+      for (int64_t v : {2, 3, 4}) {
+        auto r = simulate(uniform(Schedule::interleaved, p, v, m), no_overlap());
+        REQUIRE(r.ok());
+        INFO("interleaved p " << p << " v " << v << " m " << m);
+        CHECK(close(r->step_time_s, 3.0 * (m + static_cast<double>(p - 1) / v)));
+        CHECK(close(r->time.bubble_s / (3.0 * m), static_cast<double>(p - 1) / (v * m)));
+      }
+    }
+}
+
+TEST_CASE("GPipe and 1F1B: same step, different peak in-flight micro-batches (the memory model's)") {
+  const int64_t p = 4, m = 16;
+  auto g = simulate(uniform(Schedule::gpipe, p, 1, m), SimOptions{});
+  auto f = simulate(uniform(Schedule::one_f_one_b, p, 1, m), SimOptions{});
+  REQUIRE(g.ok());
+  REQUIRE(f.ok());
+  CHECK(g->step_time_s == f->step_time_s);  // both (m + p - 1) * 3, exact in binary
+  for (int64_t i = 0; i < p; ++i) {
+    CHECK(g->stages[i].peak_in_flight == m);
+    CHECK(f->stages[i].peak_in_flight == p - i);
+    CHECK(g->stages[i].peak_in_flight == in_flight_chunks(Schedule::gpipe, p, 1, i, m));
+    CHECK(f->stages[i].peak_in_flight == in_flight_chunks(Schedule::one_f_one_b, p, 1, i, m));
+  }
+}
+
+TEST_CASE("with overlap off and free links the simulated step is CostModel's step") {
+  // GPT-2 350M, 24 layers on pp 4: stages 1 and 2 are equal, stage 0 adds the embedding and
+  // stage 3 the logits (the slowest). With free links the analytical model is exact for 1F1B
+  // and GPipe: the last stage runs m micro-batches without waiting and the pipeline fills and
+  // drains through the others once, m t_3 + sum_{i<3} t_i, then the optimizer (stage 0's,
+  // the largest, ends the step). Interleaved is compared on uniform stages above: the
+  // analytical (sum - slowest)/v is exact only when the stages are equal.
+  const ClusterSpec c = ideal_cluster(8);
+  const CostModel cm = gpt2_model(c, 64);
+  for (Schedule s : {Schedule::one_f_one_b, Schedule::gpipe})
+    for (Recompute rc : {Recompute::none, Recompute::full}) {
+      ParallelConfig p = config(1, 2, 4, s, 1, 2);
+      p.recompute = rc;
+      REQUIRE(validate_config(cm.model(), c, cm.train(), p, [](const std::string& f) { return f; }).ok());
+      auto r = simulate(cm, p, no_overlap());
+      REQUIRE(r.ok());
+      const Estimate est = cm.evaluate(p);
+      INFO("schedule " << static_cast<int>(s) << " recompute " << static_cast<int>(rc) << " sim " << r->step_time_s
+                       << " analytical " << est.step_time_s);
+      CHECK(close(r->step_time_s, est.step_time_s));
+      CHECK(close(r->analytical_step_s, est.step_time_s));
+      CHECK(close(r->time.compute_s, est.time.compute_s));
+      CHECK(close(r->time.bubble_s, est.time.bubble_s, 1e-6));  // bubble is a difference of ~1 s terms
+      for (int64_t i = 0; i < p.pp; ++i) CHECK(r->stages[i].peak_in_flight == est.stages[i].in_flight);
+    }
+}
+
+TEST_CASE("communication: overlap hides what the analytical model exposes, never more than compute") {
+  const ClusterSpec c = a100(64);
+  const CostModel cm = gpt2_model(c, 256);
+  for (int zero : {0, 1, 2, 3}) {
+    ParallelConfig p = config(8, 2, 4, Schedule::interleaved, 2, 2);
+    p.zero = zero;
+    auto on = simulate(cm, p, SimOptions{});
+    auto off = simulate(cm, p, no_overlap());
+    REQUIRE(on.ok());
+    REQUIRE(off.ok());
+    INFO("zero " << zero << " overlap " << on->step_time_s << " no overlap " << off->step_time_s);
+    CHECK(on->step_time_s <= off->step_time_s);
+    CHECK(on->step_time_s >= on->time.compute_s);
+    CHECK(on->time.total_s() == Approx(on->step_time_s).epsilon(1e-9));
+    for (const StageSim& s : on->stages)  // each stage's breakdown adds up to the step
+      CHECK(s.time.total_s() == Approx(on->step_time_s).epsilon(1e-9));
+    auto again = simulate(cm, p, SimOptions{});  // deterministic
+    CHECK(again->step_time_s == on->step_time_s);
+  }
+}
+
+TEST_CASE("dp buckets of stages sharing a node's NICs stretch each other") {
+  // 16 GPUs, order tp-pp-dp: node 0 holds every stage of replica 0, node 1 of replica 1, so
+  // the dp rings of all 8 stages cross the same NICs; when their buckets overlap they share.
+  // ZeRO-2 reduce-scatters every micro-batch, so in 1F1B's steady state the stages' buckets
+  // overlap.
+  const ClusterSpec c = a100(16);
+  const CostModel cm = gpt2_model(c, 64);
+  ParallelConfig p = config(2, 1, 8, Schedule::one_f_one_b, 1, 2);
+  p.order = "tp-pp-dp";
+  p.zero = 2;
+  SimOptions plain;
+  plain.contention = false;
+  auto shared = simulate(cm, p, SimOptions{});
+  auto alone = simulate(cm, p, plain);
+  REQUIRE(shared.ok());
+  REQUIRE(alone.ok());
+  CHECK(shared->contention_s > 0);
+  CHECK(alone->contention_s == 0);
+  CHECK(shared->step_time_s >= alone->step_time_s);
+}
+
+TEST_CASE("trace: Chrome trace event format, one process per rank, one thread per stream") {
+  const ClusterSpec c = a100(64);
+  const CostModel cm = gpt2_model(c, 256);
+  ParallelConfig p = config(8, 2, 4, Schedule::interleaved, 2, 2);
+  p.zero = 1;
+  p.recompute = Recompute::selective;
+  auto r = simulate(cm, p, SimOptions{});
+  REQUIRE(r.ok());
+  const auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order);
+  const std::vector<int64_t> ranks = {0, 1, 16, 63};
+  const std::string path = temp_file("trace.json", trace_json(*r, p, *grid, ranks).dump());
+  const auto j = nlohmann::json::parse(slurp(path));  // what a viewer reads
+  REQUIRE(j.is_object());
+  REQUIRE(j["traceEvents"].is_array());
+  const std::regex compute_name(R"((F|B|R) mb\d+ c\d+|optimizer)");
+  const std::regex process(R"(rank (\d+) \(dp (\d+), pp (\d+), tp (\d+)\))");
+  std::set<int64_t> pids;
+  std::map<std::pair<int64_t, int64_t>, double> last_end;  // (pid, tid) -> end of the previous event
+  std::set<std::string> names;
+  for (const auto& e : j["traceEvents"]) {
+    REQUIRE(e["name"].is_string());
+    REQUIRE(e["ph"].is_string());
+    REQUIRE(e["pid"].is_number_integer());
+    REQUIRE(e["tid"].is_number_integer());
+    const std::string ph = e["ph"];
+    if (ph == "M") {
+      REQUIRE(e["args"].is_object());
+      if (e["name"] == "process_name") {
+        std::smatch sm;
+        const std::string n = e["args"]["name"];
+        REQUIRE(std::regex_match(n, sm, process));
+        const Coords co = grid->coords(std::stoll(sm[1]));
+        CHECK(std::stoll(sm[1]) == e["pid"].get<int64_t>());
+        CHECK((co.dp == std::stoll(sm[2]) && co.pp == std::stoll(sm[3]) && co.tp == std::stoll(sm[4])));
+        pids.insert(e["pid"].get<int64_t>());
+      }
+      if (e["name"] == "thread_name") CHECK(e["args"]["name"].is_string());
+      continue;
+    }
+    REQUIRE(ph == "X");
+    REQUIRE(e["ts"].is_number());
+    REQUIRE(e["dur"].is_number());
+    CHECK(e["ts"].get<double>() >= 0);
+    CHECK(e["dur"].get<double>() > 0);
+    const int64_t tid = e["tid"];
+    CHECK((tid >= 0 && tid < trace_names::kStreams));
+    const std::string name = e["name"];
+    names.insert(name.substr(0, name.find(' ')));
+    if (tid == 0) {
+      CHECK(std::regex_match(name, compute_name));
+      // A stream runs one task at a time (the compute events are in stream order).
+      auto key = std::make_pair(e["pid"].get<int64_t>(), tid);
+      CHECK(e["ts"].get<double>() >= last_end[key] - 1e-6);
+      last_end[key] = e["ts"].get<double>() + e["dur"].get<double>();
+    }
+  }
+  CHECK(pids == std::set<int64_t>(ranks.begin(), ranks.end()));
+  for (const char* n : {"F", "B", "R", "optimizer", "tp", "dp", "pp"}) CHECK(names.count(n) == 1);
+  CHECK(slurp(path).find("\"dp reduce_scatter bucket 0\"") != std::string::npos);
+  CHECK(slurp(path).find("\"pp send F mb3\"") != std::string::npos);
+  CHECK(slurp(path).find("\"pp recv B mb3\"") != std::string::npos);
+}
+
+TEST_CASE("loom simulate: a saved plan, --json, --trace, --ranks") {
+  const std::string plan = temp_file("sim_plan.json", "");
+  LoomRun a = run_loom("predict --model gpt2-350m --cluster dgx-a100 --gpus 32 --global-batch 128 --tp 2 --pp 4 "
+                       "--zero 1 --schedule interleaved --vpp 2 -o " + plan);
+  REQUIRE(a.code == 0);
+  const std::string trace = temp_file("sim_trace.json", "");
+  LoomRun r = run_loom("simulate " + plan + " --json --trace " + trace + " --ranks 0-1,31");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  CHECK(j["step_time_s"].get<double>() > 0);
+  CHECK(j["analytical_step_time_s"].get<double>() > 0);
+  CHECK(j["stages"].size() == 4);
+  for (const char* k : {"compute", "tp_comm", "dp_comm", "pp_comm", "bubble", "optimizer"}) CHECK(j["time_s"].contains(k));
+  std::set<int64_t> pids;
+  const auto tj = nlohmann::json::parse(slurp(trace));
+  for (const auto& e : tj["traceEvents"]) pids.insert(e["pid"].get<int64_t>());
+  CHECK(pids == std::set<int64_t>{0, 1, 31});
+
+  LoomRun t = run_loom("simulate " + plan);
+  CHECK(t.code == 0);
+  CHECK(t.out.find("simulated step") != std::string::npos);
+
+  LoomRun bad = run_loom("simulate " + plan + " --ranks 0-99");
+  CHECK(bad.code == 2);
+  CHECK(bad.err.find("--ranks") != std::string::npos);
+  CHECK(bad.out.empty());
+  LoomRun missing = run_loom("simulate /nonexistent/plan.json");
+  CHECK(missing.code == 2);
+}
