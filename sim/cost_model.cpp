@@ -284,7 +284,28 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& links
     if (p.zero >= 3 && p.dp > 1)
       s.memory.comm_buffers += 2 * e * std::max({layer_rank, embed_rank, out_rank});
     if (p.zero >= 2 && p.dp > 1) s.memory.comm_buffers += g * std::max({layer_rank, embed_rank, out_rank});
-    s.memory.workspace = c.runtime_memory.workspace_bytes;
+    // Workspace: the cuBLAS workspace plus the backward's scratch, reused layer after layer:
+    // gradients of the layer input, of both norm outputs and of the residual stream (b s h;
+    // the residual's sequence-sharded with SP), of the MLP's inner activations (2 x b s f/t;
+    // SwiGLU a third), of Q, K, V and the attention output (b s (h + 2 kv)/t plus the attention
+    // core's output b s h/t; RoPE one more Q and K), fp32 softmax row statistics (3 per token),
+    // the layer output a full recompute rebuilds, and with SP the packed replicated-parameter
+    // gradients for their all-reduce. This is what the CPU reference executor allocates
+    // (executor/stage.cpp make_scratch), measured to the byte.
+    {
+      const int64_t N = T, Ns = T / rep, Fl = m.ffn_hidden / p.tp, Ql = h / p.tp, KVl = m.kv_dim() / p.tp;
+      int64_t elems = 3 * N * h + 2 * N * Fl + 3 * N * Ql + 2 * N * KVl + Ns * h;
+      if (m.family == Family::llama) elems += N * Fl + N * Ql + N * KVl;
+      if (p.recompute == Recompute::full) elems += Ns * h;
+      int64_t scratch = e * elems + 4 * 3 * N;
+      if (p.sp && p.tp > 1) {
+        int64_t replicated = layers_stage * lp.replicated;
+        if (first && m.family == Family::gpt) replicated += m.seq_len * h;
+        if (last) replicated += final_norm_params(m);
+        scratch += g * replicated;
+      }
+      s.memory.workspace = c.runtime_memory.workspace_bytes + scratch;
+    }
     const int64_t communicators = (p.tp > 1) + (p.dp > 1) + (p.pp > 1);
     const int64_t allocated = s.memory.weights + s.memory.grads + s.memory.optimizer + s.memory.activations +
                               s.memory.logits + s.memory.comm_buffers;

@@ -150,6 +150,8 @@ void check_exact(const Plan& plan, const nlohmann::json& report) {
     CHECK(mem["activations"].get<int64_t>() == s.memory.activations);
     CHECK(mem["logits"].get<int64_t>() == s.memory.logits);
     CHECK(mem["comm_buffers"].get<int64_t>() == s.memory.comm_buffers);
+    CHECK(mem["workspace"].get<int64_t>() == s.memory.workspace);
+    CHECK(mem["peak"].get<int64_t>() == s.memory.peak());
     CHECK(r["flops"].get<int64_t>() == static_cast<int64_t>(s.flops));
     CHECK(r["comm_bytes"]["tp"].get<int64_t>() == s.comm.tp);
     CHECK(r["comm_bytes"]["dp"].get<int64_t>() == s.comm.dp);
