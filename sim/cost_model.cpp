@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "sim/collectives.hpp"
+#include "sim/profile.hpp"
 
 namespace loom {
 
@@ -88,21 +89,54 @@ Estimate CostModel::evaluate(const ParallelConfig& p) const {
 namespace {
 
 // Time of the compute of one op on one GPU.
+// With a calibration profile (cluster "profile", sim/profile.hpp; bf16 plans only) every term
+// comes from what `loom calibrate` measured instead: GEMMs from its shape table (exact shape,
+// else the nearest measured shape's FLOP/s), attention from its forward and backward times,
+// memory-bound kernels from its bandwidth-against-size curve, the optimizer from its AdamW +
+// gradient-norm time per parameter. Without one, the cluster's EfficiencySpec defaults.
 struct OpTimer {
   double peak_flops, gemm_eff, gemm_half, attn_eff, hbm, mem_eff, launch_s;
   int64_t e;
+  const HardwareProfile* prof = nullptr;
 
   // Matrix work at peak x an efficiency that grows with size: eff(F) = gemm * F / (F + F_half)
   // (a saturating curve; F_half from the cluster file until `loom calibrate` measures it),
   // never faster than streaming its operands from HBM (roofline), plus one launch.
   double gemm(double M, double N, double K) const {
+    if (prof) return prof->gemm_s(M, N, K);
     const double flops = 2 * M * N * K;
     const double eff = gemm_eff * flops / (flops + gemm_half);
     const double bytes = static_cast<double>(e) * (M * K + K * N + M * N);
     return std::max(flops / (peak_flops * eff), bytes / (hbm * mem_eff)) + launch_s;
   }
+  // Backward of out (M, N) = in (M, K) W: the input gradient (M, K, N) and the weight
+  // gradient (N, K, M); without a profile, twice the forward.
+  double gemm_bwd(double M, double N, double K) const {
+    if (prof) return prof->gemm_s(M, K, N) + prof->gemm_s(N, K, M);
+    return 2 * gemm(M, N, K);
+  }
   // Memory-bound kernels: bytes moved at HBM bandwidth x efficiency, plus one launch.
-  double memory(double bytes) const { return bytes / (hbm * mem_eff) + launch_s; }
+  double memory(double bytes) const {
+    if (prof) return prof->memory_s(bytes);
+    return bytes / (hbm * mem_eff) + launch_s;
+  }
+  // Causal fused attention of bh (batch x heads) sequences of s tokens, head size d; `flops`
+  // the non-causal 4 b s^2 h count, of which causal FlashAttention runs half; FlashAttention-2's
+  // backward runs 2.5x the forward's matmul FLOPs.
+  double attention_fwd(double bh, double s, double d, double flops) const {
+    if (prof) return prof->attention_fwd_s(bh, s, d);
+    return 0.5 * flops / (peak_flops * attn_eff) + launch_s;
+  }
+  double attention_bwd(double bh, double s, double d, double flops) const {
+    if (prof) return prof->attention_bwd_s(bh, s, d);
+    return 2.5 * attention_fwd(bh, s, d, flops);
+  }
+  // AdamW over `params` parameters moving `bytes` (memory-bound); the profile's measured AdamW
+  // and gradient-norm time per parameter when there is one.
+  double optimizer(double params, double bytes) const {
+    if (prof) return prof->optimizer_s(params);
+    return memory(bytes);
+  }
 };
 
 struct StageShape {
@@ -136,7 +170,7 @@ PerMicroBatch stage_micro_batch(const ModelSpec& m, const TrainSpec& tr, const P
   double core_fwd;
   if (tr.attention == Attention::fused) {
     // Causal FlashAttention skips the upper triangle: half of 4 b s^2 h / t.
-    core_fwd = 0.5 * 4 * b * s * s * h / t / (op.peak_flops * op.attn_eff) + op.launch_s;
+    core_fwd = op.attention_fwd(b * heads_rank, s, d, 4 * b * s * s * h / t);
   } else {
     const double scores = heads_rank * b * s * s;
     core_fwd = 2 * (op.gemm(s, s, d) - op.launch_s) * heads_rank * b + 2 * op.launch_s  // batched
@@ -151,8 +185,11 @@ PerMicroBatch stage_micro_batch(const ModelSpec& m, const TrainSpec& tr, const P
   const double layer_fwd = gemms + core_fwd + elementwise;
   // Backward: every GEMM twice (input and weight gradients); FlashAttention-2's backward
   // runs 2.5x the forward's matmul FLOPs; elementwise kernels read two tensors and write one.
-  const double core_bwd = tr.attention == Attention::fused ? 2.5 * core_fwd : 2 * core_fwd;
-  const double layer_bwd = 2 * gemms + core_bwd + 1.5 * elementwise;
+  const double core_bwd = tr.attention == Attention::fused ? op.attention_bwd(b * heads_rank, s, d, 4 * b * s * s * h / t)
+                                                          : 2 * core_fwd;
+  double gemms_bwd = op.gemm_bwd(T, (h + 2 * kv) / t, h) + op.gemm_bwd(T, h, h / t);
+  gemms_bwd += gpt ? op.gemm_bwd(T, f / t, h) + op.gemm_bwd(T, h, f / t) : op.gemm_bwd(T, 2 * f / t, h) + op.gemm_bwd(T, h, f / t);
+  const double layer_bwd = gemms_bwd + core_bwd + 1.5 * elementwise;
   double layer_recompute = 0;
   if (p.recompute == Recompute::full) layer_recompute = layer_fwd;
   if (p.recompute == Recompute::selective) layer_recompute = core_fwd;
@@ -180,7 +217,7 @@ PerMicroBatch stage_micro_batch(const ModelSpec& m, const TrainSpec& tr, const P
     // Final norm, logits GEMM (forward; backward twice), fused softmax cross-entropy reading
     // the logits and writing fp32 probabilities, then the logits gradient.
     out.fwd += op.memory(2 * e * T * h / rep) + op.gemm(T, Vr, h) + op.memory((e + 4) * T * Vr);
-    out.bwd += op.memory(3 * e * T * h / rep) + 2 * op.gemm(T, Vr, h) + op.memory((4 + e) * T * Vr);
+    out.bwd += op.memory(3 * e * T * h / rep) + op.gemm_bwd(T, Vr, h) + op.memory((4 + e) * T * Vr);
     halves += 2;
   }
   if (p.tp > 1) {
@@ -223,7 +260,10 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& links
   const int64_t rep = p.sp ? p.tp : 1;
   const double peak_flops = tr.dtype == Dtype::bf16 ? c.gpu.peak_flops_bf16 : c.gpu.peak_flops_fp32;
   const OpTimer op{peak_flops, c.efficiency.gemm, c.efficiency.gemm_half_size_flops, c.efficiency.attention,
-                   c.gpu.hbm_bytes_per_s, c.efficiency.memory_bound, c.efficiency.kernel_launch_s, e};
+                   c.gpu.hbm_bytes_per_s, c.efficiency.memory_bound,
+                   c.calibration && tr.dtype == Dtype::bf16 ? c.calibration->kernel_launch_s : c.efficiency.kernel_launch_s, e,
+                   tr.dtype == Dtype::bf16 ? c.calibration.get() : nullptr};
+  const ProfileMemory* prof_mem = c.calibration ? &c.calibration->memory : nullptr;
   const LayerActivationBytes act = layer_activation_bytes(m, p.micro_batch, tr.seq, p.tp, p.sp,
                                                           p.recompute, tr.attention, tr.dtype);
   const LayerActivationBytes act_full =
@@ -304,15 +344,20 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& links
         if (last) replicated += final_norm_params(m);
         scratch += g * replicated;
       }
-      s.memory.workspace = c.runtime_memory.workspace_bytes + scratch;
+      s.memory.workspace = (prof_mem ? prof_mem->workspace_bytes : c.runtime_memory.workspace_bytes) + scratch;
     }
     const int64_t communicators = (p.tp > 1) + (p.dp > 1) + (p.pp > 1);
     const int64_t allocated = s.memory.weights + s.memory.grads + s.memory.optimizer + s.memory.activations +
                               s.memory.logits + s.memory.comm_buffers;
-    s.memory.runtime = c.runtime_memory.cuda_context_bytes +
-                       communicators * c.runtime_memory.nccl_bytes_per_communicator +
-                       static_cast<int64_t>(std::ceil(c.runtime_memory.allocator_fragmentation *
-                                                      static_cast<double>(allocated)));
+    // With a profile: the measured context, cuBLASLt handle and lazily loaded kernel modules,
+    // and cudaMalloc's rounding of one allocation (the executor makes one arena) instead of
+    // the documented fragmentation fraction.
+    s.memory.runtime = prof_mem ? prof_mem->runtime_bytes() + prof_mem->malloc_granularity_bytes +
+                                      communicators * c.runtime_memory.nccl_bytes_per_communicator
+                                : c.runtime_memory.cuda_context_bytes +
+                                      communicators * c.runtime_memory.nccl_bytes_per_communicator +
+                                      static_cast<int64_t>(std::ceil(c.runtime_memory.allocator_fragmentation *
+                                                                     static_cast<double>(allocated)));
 
     // FLOPs on this GPU per step (hardware: with recompute).
     FlopCount fl = layers_stage * 3 * layer_fwd_flops;
@@ -420,7 +465,7 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& links
     const int64_t opt_params = p.zero >= 1 ? shard : params;
     const double opt_bytes = tr.dtype == Dtype::bf16 ? static_cast<double>(opt_params) * (12 + g + 12 + e)
                                                      : static_cast<double>(opt_params) * (12 + g + 12);
-    s.optimizer_s = op.memory(opt_bytes);
+    s.optimizer_s = op.optimizer(static_cast<double>(opt_params), opt_bytes);
 
     est.stages.push_back(s);
   }

@@ -18,7 +18,7 @@ using trace_names::Stream;
 
 // The queues a rank's tasks are serialised on. Tensor-parallel collectives run on the compute
 // queue (in-line in Megatron's layers) though the trace draws them on their own track.
-enum Queue { kCompute = 0, kDp = 1, kPp = 2, kQueues = 3 };
+enum Queue { kCompute = 0, kDp = 1, kPp = 2, kGather = 3, kQueues = 4 };
 
 struct EdgeSpec {
   int32_t from = 0, to = 0;
@@ -27,7 +27,7 @@ struct EdgeSpec {
 
 class Builder {
  public:
-  Builder(int64_t stages, bool overlap) : last_(stages, {-1, -1, -1}), overlap_(overlap) {}
+  Builder(int64_t stages, bool overlap) : last_(stages, {-1, -1, -1, -1}), overlap_(overlap) {}
   int32_t add(const SimTask& t, Queue q) {
     const auto id = static_cast<int32_t>(tasks.size());
     tasks.push_back(t);
@@ -110,31 +110,47 @@ void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, con
   int32_t prev_first = -1;
   for (const Slot& x : table) {
     const bool fwd = x.phase == Phase::forward;
-    int32_t gather = -1;
-    if (ring && p.zero >= 3) {  // ZeRO-3: gather this chunk's weights, prefetched one slot ahead
-      SimTask t = make_task(TaskKind::dp_gather, Stream::dp, s, x,
-                            collective_time_s(Collective::all_gather, chunk_weights, dpl));
-      t.bytes = static_cast<int64_t>(chunk_weights);
-      gather = b.add(t, kDp);
-      b.dep(prev_first, gather, 0.0);
-    }
     int32_t first = -1;
+    const bool zero3 = ring && p.zero >= 3;
+    // ZeRO-3 runs layer by layer (FSDP wraps each layer): before each layer its weights are
+    // gathered on the gather stream, prefetched one layer ahead (the gather of layer l starts
+    // when layer l-1 starts computing), and in backward each layer's gradients are
+    // reduce-scattered as soon as that layer is done.
+    const int64_t pieces = zero3 ? std::max<int64_t>(1, chunk_layers) : 1;
     auto add_compute = [&](TaskKind k, double dur, double tp_dur) {
-      SimTask t = make_task(k, Stream::compute, s, x, dur);
-      t.layers = chunk_layers;
-      const int32_t c = b.add(t, kCompute);
-      if (first < 0) first = c;
-      int32_t end = c;
-      if (tp_dur > 0) {
-        SimTask tt = make_task(TaskKind::tp, Stream::tp, s, x, tp_dur);
-        end = b.add(tt, kCompute);
+      int32_t c = -1, end = -1;
+      for (int64_t l = 0; l < pieces; ++l) {
+        int32_t gather = -1;
+        if (zero3 && k != TaskKind::recompute) {
+          SimTask g = make_task(TaskKind::dp_gather, Stream::dp_gather, s, x,
+                                collective_time_s(Collective::all_gather, chunk_weights / pieces, dpl));
+          g.bytes = static_cast<int64_t>(chunk_weights / pieces);
+          gather = b.add(g, kGather);
+          b.dep(prev_first, gather, 0.0);
+        }
+        SimTask t = make_task(k, Stream::compute, s, x, dur / pieces);
+        t.layers = chunk_layers / pieces;
+        c = b.add(t, kCompute);
+        b.dep(gather, c);
+        if (first < 0) first = c;
+        if (zero3) prev_first = c;
+        end = c;
+        if (tp_dur > 0) {
+          SimTask tt = make_task(TaskKind::tp, Stream::tp, s, x, tp_dur / pieces);
+          end = b.add(tt, kCompute);
+        }
+        if (zero3 && k == TaskKind::backward) {
+          SimTask r = make_task(TaskKind::dp_grad, Stream::dp, s, x, collective_time_s(grad_coll, chunk_grad / pieces, dpl));
+          r.bucket = static_cast<int32_t>((p.vpp - 1 - x.chunk) * pieces + l);
+          r.bytes = static_cast<int64_t>(chunk_grad / pieces);
+          b.dep(c, b.add(r, kDp));
+        }
       }
       return std::pair<int32_t, int32_t>{c, end};
     };
     if (!fwd && st.recompute_s > 0) add_compute(TaskKind::recompute, st.recompute_s / v, full ? tp_pass : 0);
     const auto [compute, end] = fwd ? add_compute(TaskKind::forward, st.forward_s / v, tp_pass)
                                     : add_compute(TaskKind::backward, st.backward_s / v, tp_pass);
-    b.dep(gather, first);
     idx.first[idx.at(s, x.phase, x.chunk, x.micro_batch)] = first;
 
     const auto [ds, dc] = destination(s, x.chunk, x.phase, p.pp, p.vpp);
@@ -149,7 +165,7 @@ void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, con
     // Gradient buckets fill as the backward walks its layers: bucket k of n is ready at
     // (k + 1) / n of the backward. ZeRO 0/1 reduce once, in the last micro-batch; 2 and 3
     // reduce-scatter every micro-batch (only a shard of the gradients is kept).
-    if (!fwd && ring && (p.zero >= 2 || x.micro_batch == m - 1)) {
+    if (!fwd && ring && !zero3 && (p.zero >= 2 || x.micro_batch == m - 1)) {
       for (int64_t k = 0; k < per_chunk_buckets; ++k) {
         SimTask t = make_task(TaskKind::dp_grad, Stream::dp, s, x, collective_time_s(grad_coll, bucket_bytes, dpl));
         t.bucket = static_cast<int32_t>((p.vpp - 1 - x.chunk) * per_chunk_buckets + k);
@@ -157,7 +173,7 @@ void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, con
         b.dep(compute, b.add(t, kDp), static_cast<double>(k + 1) / static_cast<double>(per_chunk_buckets));
       }
     }
-    prev_first = first;
+    if (!zero3) prev_first = first;
   }
   const int32_t last_compute = b.last(s, kCompute);
   if (p.dp > 1 && p.dp_comm == DpComm::parameter_server) {
@@ -202,7 +218,9 @@ void sweep(const Graph& g, const std::vector<size_t>& order, std::vector<SimTask
   }
 }
 
-// NIC sharing between stages (the method is in simulator.hpp). Returns the time added.
+// NIC sharing between stages (the method is in simulator.hpp), and between a stage's own
+// gradient reduction and its ZeRO-3 parameter gathers, which run on separate streams and so
+// can overlap: two collectives on the same rings each get half of them. Returns the time added.
 double stretch_shared_nics(const SimInputs& in, std::vector<SimTask>& tasks) {
   const int64_t pp = in.parallel.pp;
   if (in.rings_leaving.empty() || in.nic_bytes_per_s <= 0) return 0;
@@ -213,7 +231,8 @@ double stretch_shared_nics(const SimInputs& in, std::vector<SimTask>& tasks) {
     for (int64_t s = 0; s < pp; ++s) users += in.rings_leaving[s][n] > 0;
     if (users >= 2) shared.push_back(n);
   }
-  if (shared.empty()) return 0;
+  const bool gathers = in.parallel.zero >= 3;
+  if (shared.empty() && !gathers) return 0;
   struct Boundary {
     double t;
     int32_t task;
@@ -228,28 +247,32 @@ double stretch_shared_nics(const SimInputs& in, std::vector<SimTask>& tasks) {
   std::sort(bs.begin(), bs.end(), [](const Boundary& a, const Boundary& b) {
     return a.t != b.t ? a.t < b.t : (a.start != b.start ? !a.start : a.task < b.task);  // ends first
   });
-  std::vector<int32_t> active(pp, -1);  // the dp task running on each stage (one dp queue each)
+  // The dp tasks running on each stage: slot 0 its gradient queue, slot 1 its gather queue.
+  std::vector<std::array<int32_t, 2>> active(pp, {-1, -1});
+  auto slot = [&](int32_t t) { return tasks[t].kind == TaskKind::dp_gather ? 1 : 0; };
+  auto count = [&](int64_t s) { return (active[s][0] >= 0) + (active[s][1] >= 0); };
   std::vector<double> extra(tasks.size(), 0.0);
   double prev = 0;
   for (const Boundary& bd : bs) {
     const double len = bd.t - prev;
     if (len > 0) {
       for (int64_t s = 0; s < pp; ++s) {
-        if (active[s] < 0) continue;
+        const int n_s = count(s);
+        if (n_s == 0) continue;
         const double solo = in.stages[s].dp_busbw_bytes_per_s;
-        double bw = solo;
+        double bw = solo / n_s;
         for (size_t n : shared) {
           if (in.rings_leaving[s][n] == 0) continue;
           int64_t load = 0;
-          for (int64_t q = 0; q < pp; ++q)
-            if (active[q] >= 0) load += in.rings_leaving[q][n];
+          for (int64_t q = 0; q < pp; ++q) load += count(q) * in.rings_leaving[q][n];
           bw = std::min(bw, in.nic_bytes_per_s / static_cast<double>(load));
         }
-        extra[active[s]] += len * (solo / bw - 1.0);
+        for (int32_t t : active[s])
+          if (t >= 0) extra[t] += len * (solo / bw - 1.0);
       }
     }
     prev = bd.t;
-    active[tasks[bd.task].stage] = bd.start ? bd.task : -1;
+    active[tasks[bd.task].stage][slot(bd.task)] = bd.start ? bd.task : -1;
   }
   double total = 0;
   for (size_t i = 0; i < tasks.size(); ++i) {
@@ -263,7 +286,7 @@ double stretch_shared_nics(const SimInputs& in, std::vector<SimTask>& tasks) {
 // communication while a dp task of this stage runs, else exposed pp communication while a
 // send from or to it is in flight, else bubble.
 StageSim stage_breakdown(int64_t s, const std::vector<SimTask>& tasks, const std::vector<int32_t>& mine,
-                         double makespan) {
+                         double makespan, int64_t chunk_layers) {
   StageSim out;
   out.stage = s;
   struct Mark {
@@ -278,13 +301,15 @@ StageSim stage_breakdown(int64_t s, const std::vector<SimTask>& tasks, const std
     out.end_s = std::max(out.end_s, t.end_s());
     if (t.stage == s) {
       switch (t.kind) {
+        // Counted in layers (ZeRO-3 runs a chunk layer by layer), reported in chunks.
         case TaskKind::forward:
           out.time.compute_s += t.dur_s;
-          out.peak_in_flight = std::max(out.peak_in_flight, ++in_flight);  // its activations are kept
+          in_flight += t.layers;  // its activations are kept
+          out.peak_in_flight = std::max(out.peak_in_flight, (in_flight + chunk_layers - 1) / chunk_layers);
           break;
         case TaskKind::backward:
           out.time.compute_s += t.dur_s;
-          --in_flight;  // and freed
+          in_flight -= t.layers;  // and freed
           break;
         case TaskKind::recompute: out.time.compute_s += t.dur_s; break;
         case TaskKind::tp: out.time.tp_comm_s += t.dur_s; break;
@@ -356,7 +381,8 @@ Expected<SimResult> simulate(const SimInputs& in, const SimOptions& opt) {
   }
   size_t slow = 0;
   for (int64_t s = 0; s < p.pp; ++s) {
-    r.stages.push_back(stage_breakdown(s, b.tasks, mine[s], r.step_time_s));
+    r.stages.push_back(stage_breakdown(s, b.tasks, mine[s], r.step_time_s,
+                                       std::max<int64_t>(1, in.stages[s].layers / in.parallel.vpp)));
     const auto busy = [](const StageSim& x) { return x.time.compute_s + x.time.tp_comm_s; };
     if (busy(r.stages.back()) > busy(r.stages[slow])) slow = static_cast<size_t>(s);
   }

@@ -1,8 +1,10 @@
 #include "sim/spec_json.hpp"
 
 #include <algorithm>
+#include <filesystem>
 
 #include "sim/json_reader.hpp"
+#include "sim/profile.hpp"
 
 namespace loom {
 
@@ -222,8 +224,18 @@ Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::stri
     if (!mr.failed() && rm.memory_headroom >= 1) mr.fail("memory_headroom", "must be < 1");
     mr.reject_unknown_keys();
   }
+  if (r.has("profile")) {
+    r.string("profile", c.profile);
+  }
   r.reject_unknown_keys();
   if (r.failed()) return *r.error();
+  if (!c.profile.empty()) {
+    const bool from_file = where.rfind("zoo:", 0) != 0;
+    const std::string dir = from_file ? std::filesystem::path(where).parent_path().string() : "";
+    auto prof = load_profile(c.profile, dir);
+    if (!prof) return make_error(where, pointer + "/profile: " + prof.error().message);
+    c.calibration = *prof;
+  }
   if (c.nodes > c.max_nodes)
     return make_error(where, pointer + "/nodes: must be <= max_nodes (" + std::to_string(c.max_nodes) + ")");
   if (c.gpus > c.nodes * c.gpus_per_node || c.gpus <= (c.nodes - 1) * c.gpus_per_node)
@@ -305,7 +317,7 @@ static nlohmann::json fabric_json(const FabricSpec& f) {
 nlohmann::json to_json(const ClusterSpec& c) {
   const auto& e = c.efficiency;
   const auto& rm = c.runtime_memory;
-  return {{"name", c.name},
+  nlohmann::json j = {{"name", c.name},
           {"source", c.source},
           {"gpu",
            {{"name", c.gpu.name},
@@ -334,6 +346,8 @@ nlohmann::json to_json(const ClusterSpec& c) {
             {"allocator_fragmentation", rm.allocator_fragmentation},
             {"memory_headroom", rm.memory_headroom},
             {"source", rm.source}}}};
+  if (!c.profile.empty()) j["profile"] = c.profile;
+  return j;
 }
 
 nlohmann::json to_json(const TrainSpec& t) {

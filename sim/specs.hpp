@@ -4,9 +4,12 @@
 // validate.hpp.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace loom {
+
+struct HardwareProfile;  // sim/profile.hpp: what `loom calibrate` measured
 
 enum class Family { gpt, llama };  // gpt: learned positions, LayerNorm, GELU, biases;
                                    // llama: RoPE, RMSNorm, SwiGLU, no biases.
@@ -87,6 +90,12 @@ struct ClusterSpec {
   FabricSpec inter_node;
   EfficiencySpec efficiency;
   RuntimeMemorySpec runtime_memory;
+  // Optional: the hardware profile `loom calibrate` wrote (a path; relative paths are tried
+  // from the working directory, beside the cluster file, then from the repository root). When
+  // set, the time model takes GEMM, attention, memory-bound, launch and optimizer times and
+  // the runtime memory terms from it instead of `efficiency` and `runtime_memory`.
+  std::string profile;
+  std::shared_ptr<const HardwareProfile> calibration;  // loaded from `profile`; null without one
   std::string source;
 };
 

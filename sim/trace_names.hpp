@@ -19,14 +19,17 @@
 
 namespace loom::trace_names {
 
-enum class Stream : uint8_t { compute = 0, tp = 1, dp = 2, pp = 3 };
-inline constexpr int kStreams = 4;
+// dp_gather: ZeRO-3/FSDP parameter all-gathers, on their own stream as FSDP's unshard
+// stream, so a prefetch is not queued behind the previous layer's gradient reduce-scatter.
+enum class Stream : uint8_t { compute = 0, tp = 1, dp = 2, pp = 3, dp_gather = 4 };
+inline constexpr int kStreams = 5;
 inline const char* stream_name(Stream s) {
   switch (s) {
     case Stream::compute: return "compute";
     case Stream::tp: return "tp";
     case Stream::dp: return "dp";
     case Stream::pp: return "pp";
+    case Stream::dp_gather: return "dp gather";
   }
   return "?";
 }

@@ -11,6 +11,7 @@
 #include "sim/cost_model.hpp"
 #include "sim/json_reader.hpp"
 #include "sim/plan.hpp"
+#include "sim/validation.hpp"
 
 namespace loom::cli {
 
@@ -60,9 +61,41 @@ const nlohmann::json* lookup(const nlohmann::json& j, const std::string& dotted)
   return cur->is_number() ? cur : nullptr;
 }
 
+// Trace against trace: a predicted Chrome trace (loom simulate --trace) and a measured one,
+// matched by event name (sim/trace_names.hpp), total duration per name and per op category.
+int run_trace_compare(const CompareOptions& o, const nlohmann::json& predicted_doc) {
+  auto measured_doc = read_json_file(o.measured_path);
+  if (!measured_doc) return fail(measured_doc.error());
+  auto predicted = trace_events(predicted_doc, o.plan_path);
+  if (!predicted) return fail(predicted.error());
+  auto measured = trace_events(*measured_doc, o.measured_path);
+  if (!measured) return fail(measured.error());
+  const TraceComparison c = compare_traces(*predicted, *measured);
+  if (o.json) {
+    fmt::print("{}\n", trace_comparison_json(c).dump(2));
+    return 0;
+  }
+  std::string ranks;
+  for (int64_t r : c.ranks) ranks += (ranks.empty() ? "" : ",") + std::to_string(r);
+  fmt::print("ranks {} ({}); error % = (predicted - measured) / measured\n\n", ranks,
+             c.shared_ranks ? "in both traces" : "no rank in both traces: all of each");
+  auto print = [](const char* head, const std::vector<TraceRow>& rows) {
+    fmt::print("{:<36} {:>6} {:>6} {:>14} {:>14} {:>10}\n", head, "n pred", "n meas", "predicted ms", "measured ms",
+               "error %");
+    for (const auto& r : rows)
+      fmt::print("{:<36} {:>6} {:>6} {:>14.4f} {:>14.4f} {:>10}\n", r.name, r.predicted_count, r.measured_count,
+                 1e3 * r.predicted_s, 1e3 * r.measured_s, r.error_pct ? fmt::format("{:+.2f}", *r.error_pct) : "n/a");
+  };
+  print("event", c.rows);
+  fmt::print("\n");
+  print("category", c.categories);
+  return 0;
+}
+
 int run_compare(const CompareOptions& o) {
   auto pj = read_json_file(o.plan_path);
   if (!pj) return fail(pj.error());
+  if (is_chrome_trace(*pj)) return run_trace_compare(o, *pj);
   auto plan = plan_from_json(*pj, o.plan_path);
   if (!plan) return fail(plan.error());
   auto measured = read_json_file(o.measured_path);
@@ -101,8 +134,9 @@ int run_compare(const CompareOptions& o) {
 void add_compare(CLI::App& app, Run& run) {
   auto o = std::make_shared<CompareOptions>();
   auto* cmd = app.add_subcommand("compare", "predicted against measured (loom execute --report), field by field");
-  cmd->add_option("plan", o->plan_path, "plan.json")->required();
-  cmd->add_option("measured", o->measured_path, "measured.json from loom execute --report")->required();
+  cmd->add_option("plan", o->plan_path, "plan.json, or a predicted Chrome trace (loom simulate --trace)")->required();
+  cmd->add_option("measured", o->measured_path, "measured.json from loom execute --report, or a measured Chrome trace")
+      ->required();
   cmd->add_flag("--json", o->json, "print {\"fields\": [{name, predicted, measured, error_pct}]}");
   cmd->callback([o, &run] { run = [o] { return run_compare(*o); }; });
 }

@@ -15,5 +15,7 @@ void add_export(CLI::App& app, Run& run);
 void add_simulate(CLI::App& app, Run& run);
 void add_execute(CLI::App& app, Run& run);
 void add_compare(CLI::App& app, Run& run);
+void add_validate(CLI::App& app, Run& run);  // measured configurations: MAPE, worst case
+void add_calibrate(CLI::App& app, Run& run);  // GPU microbenchmarks (CUDA builds)
 
 }  // namespace loom::cli

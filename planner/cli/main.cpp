@@ -14,6 +14,8 @@ int main(int argc, char** argv) {
   loom::cli::add_simulate(app, run);
   loom::cli::add_execute(app, run);
   loom::cli::add_compare(app, run);
+  loom::cli::add_validate(app, run);
+  loom::cli::add_calibrate(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One device call: build the CUDA backend, run `loom calibrate` (loom_calibrate: the same code
+# without MPI) and then every end-to-end configuration under traces/h100/*/plan.json with
+# `loom execute --device cuda --report` (loom_cuda_train: the same execute_cuda_command).
+# Results go to $OUT: profile.json, results.tgz (traces/h100/<name>/measured.json + logs), log.
+#   OUT=/tmp/cal executor/cuda/calibrate_run.sh        STEPS (10) BUILD (build-gpu)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+BUILD=${BUILD:-build-gpu}
+OUT=${OUT:-$PWD/$BUILD/calibrate}
+STEPS=${STEPS:-10}
+mkdir -p "$OUT"
+if [ -d .debs ] && [ ! -f /usr/include/catch2/catch.hpp ]; then  # as executor/cuda/gpu_test.sh
+  P=/tmp/loom-deps
+  mkdir -p $P
+  for f in .debs/*.deb; do dpkg -x "$f" $P; done
+  export CMAKE_PREFIX_PATH=$P/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}
+  export CPATH=$P/usr/include${CPATH:+:$CPATH}
+  export LD_LIBRARY_PATH=$P/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+echo "== build ($(date +%T))"
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$NVCC" \
+  -DCMAKE_CUDA_ARCHITECTURES=90 >"$OUT/cmake.log" 2>&1 || { tail -40 "$OUT/cmake.log"; exit 1; }
+cmake --build "$BUILD" -j "$(nproc)" --target loom_cuda_train loom_calibrate >"$OUT/build.log" 2>&1 \
+  || { grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1; }
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader | tee "$OUT/gpu.txt"
+echo "== calibrate ($(date +%T))"
+"$BUILD/loom_calibrate" --out "$OUT/profile.json" 2>"$OUT/calibrate.log"; echo "calibrate rc $?"
+tail -6 "$OUT/calibrate.log"
+echo "== end-to-end ($(date +%T))"
+mkdir -p "$OUT/h100"
+for d in traces/h100/*/; do
+  n=$(basename "$d")
+  mkdir -p "$OUT/h100/$n"
+  "$BUILD/loom_cuda_train" "$d/plan.json" --steps "$STEPS" --report "$OUT/h100/$n/measured.json" \
+    >"$OUT/h100/$n/stdout.log" 2>"$OUT/h100/$n/train.log"
+  echo "$n rc $? $(cat "$OUT/h100/$n/stdout.log")"
+done
+echo "== done ($(date +%T))"
+(cd "$OUT" && tar czf results.tgz h100 calibrate.log build.log gpu.txt)

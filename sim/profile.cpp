@@ -1,0 +1,247 @@
+#include "sim/profile.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <mutex>
+
+#include "sim/json_reader.hpp"
+
+namespace loom {
+
+namespace {
+
+// A member that must be a non-empty array of objects; each element read by `each`.
+template <class F>
+void read_array(ObjectReader& r, const nlohmann::json& j, const std::string& key, bool required, F each) {
+  if (!j.is_object() || !j.contains(key)) {
+    if (required) r.fail(key, "is required (an array)");
+    return;
+  }
+  r.skip(key);
+  const auto& a = j.at(key);
+  if (!a.is_array() || a.empty()) {
+    r.fail(key, "must be a non-empty array");
+    return;
+  }
+  for (size_t i = 0; i < a.size() && !r.failed(); ++i) {
+    ObjectReader er(r, key + "/" + std::to_string(i), a[i]);
+    each(er);
+    er.reject_unknown_keys();
+  }
+}
+
+double lerp_log(double x, double x0, double y0, double x1, double y1) {
+  if (x1 == x0) return y0;
+  const double t = (std::log(x) - std::log(x0)) / (std::log(x1) - std::log(x0));
+  return y0 + std::clamp(t, 0.0, 1.0) * (y1 - y0);
+}
+
+// Attention time at (bh, seq, d) from the points of the nearest measured seq (and head size).
+double attention_lookup(const std::vector<ProfileAttention>& pts, double bh, double seq, double d, bool fwd) {
+  if (pts.empty()) return 0;
+  double best = std::numeric_limits<double>::infinity();
+  int64_t s0 = 0, d0 = 0;
+  for (const auto& p : pts) {
+    const double dist = std::abs(std::log(seq / p.seq)) + std::abs(std::log(d / p.head_dim));
+    if (dist < best) best = dist, s0 = p.seq, d0 = p.head_dim;
+  }
+  std::vector<std::pair<double, double>> row;  // (bh, seconds)
+  for (const auto& p : pts)
+    if (p.seq == s0 && p.head_dim == d0) row.emplace_back(static_cast<double>(p.bh), fwd ? p.fwd_s : p.bwd_s);
+  std::sort(row.begin(), row.end());
+  double t;
+  if (bh <= row.front().first) t = row.front().second * bh / row.front().first;
+  else if (bh >= row.back().first) t = row.back().second * bh / row.back().first;
+  else {
+    size_t i = 1;
+    while (row[i].first < bh) ++i;
+    const auto [x0, y0] = row[i - 1];
+    const auto [x1, y1] = row[i];
+    t = y0 + (bh - x0) / (x1 - x0) * (y1 - y0);
+  }
+  const double rs = seq / static_cast<double>(s0);
+  return t * rs * rs * d / static_cast<double>(d0);
+}
+
+}  // namespace
+
+double HardwareProfile::gemm_s(double M, double N, double K) const {
+  const ProfileGemm* nearest = nullptr;
+  double best = std::numeric_limits<double>::infinity();
+  for (const auto& g : gemm) {
+    const double dist = std::abs(std::log(M / g.m)) + std::abs(std::log(N / g.n)) + std::abs(std::log(K / g.k));
+    if (dist < best) best = dist, nearest = &g;
+  }
+  if (!nearest) return 0;
+  return nearest->seconds * (M * N * K) / (static_cast<double>(nearest->m) * nearest->n * nearest->k);
+}
+
+double HardwareProfile::attention_fwd_s(double bh, double seq, double d) const {
+  return attention_lookup(attention, bh, seq, d, true);
+}
+double HardwareProfile::attention_bwd_s(double bh, double seq, double d) const {
+  return attention_lookup(attention, bh, seq, d, false);
+}
+
+double HardwareProfile::bandwidth(double bytes) const {
+  if (memory_bound.empty()) return 0;
+  std::vector<ProfileBandwidth> pts = memory_bound;
+  std::sort(pts.begin(), pts.end(), [](const auto& a, const auto& b) { return a.bytes < b.bytes; });
+  if (bytes <= pts.front().bytes) return pts.front().bytes_per_s;
+  if (bytes >= pts.back().bytes) return pts.back().bytes_per_s;
+  size_t i = 1;
+  while (pts[i].bytes < bytes) ++i;
+  return lerp_log(bytes, pts[i - 1].bytes, pts[i - 1].bytes_per_s, pts[i].bytes, pts[i].bytes_per_s);
+}
+
+double HardwareProfile::memory_s(double bytes) const {
+  const double bw = bandwidth(bytes);
+  return bw > 0 ? bytes / bw : 0;
+}
+
+double HardwareProfile::optimizer_s(double params) const {
+  if (optimizer.params <= 0) return 0;
+  return (optimizer.adamw_s + optimizer.grad_norm_s) * params / static_cast<double>(optimizer.params);
+}
+
+Expected<HardwareProfile> profile_from_json(const nlohmann::json& j, const std::string& where) {
+  HardwareProfile p;
+  ObjectReader r(j, where);
+  std::string schema;
+  r.string("schema", schema);
+  if (!r.failed() && schema != kProfileSchema)
+    r.fail("schema", std::string("must be \"") + kProfileSchema + "\" (got \"" + schema + "\")");
+  r.string("name", p.name);
+  r.string("device", p.device);
+  r.string("source", p.source);
+  r.number("kernel_launch_s", p.kernel_launch_s, 0, false);
+  auto gemm_entry = [](std::vector<ProfileGemm>& out, bool kind) {
+    return [&out, kind](ObjectReader& e) {
+      ProfileGemm g;
+      if (kind) e.string("kind", g.kind);
+      e.integer("m", g.m);
+      e.integer("n", g.n);
+      e.integer("k", g.k);
+      e.number("seconds", g.seconds, 0, true);
+      out.push_back(g);
+    };
+  };
+  read_array(r, j, "gemm", true, gemm_entry(p.gemm, false));
+  read_array(r, j, "gemm_variants", false, gemm_entry(p.gemm_variants, true));
+  read_array(r, j, "attention", true, [&p](ObjectReader& e) {
+    ProfileAttention a;
+    e.integer("bh", a.bh);
+    e.integer("seq", a.seq);
+    e.integer("head_dim", a.head_dim);
+    e.number("fwd_s", a.fwd_s, 0, true);
+    e.number("bwd_s", a.bwd_s, 0, true);
+    p.attention.push_back(a);
+  });
+  read_array(r, j, "memory_bound", true, [&p](ObjectReader& e) {
+    ProfileBandwidth b;
+    e.number("bytes", b.bytes, 0, true);
+    e.number("bytes_per_s", b.bytes_per_s, 0, true);
+    p.memory_bound.push_back(b);
+  });
+  if (auto* o = r.object("optimizer")) {
+    ObjectReader orr(r, "optimizer", *o);
+    orr.integer("params", p.optimizer.params);
+    orr.number("adamw_s", p.optimizer.adamw_s, 0, true);
+    orr.number("grad_norm_s", p.optimizer.grad_norm_s, 0, false);
+    orr.number("bytes_per_param", p.optimizer.bytes_per_param, 0, true);
+    orr.reject_unknown_keys();
+  }
+  if (auto* m = r.object("memory")) {
+    ObjectReader mr(r, "memory", *m);
+    auto& pm = p.memory;
+    mr.integer("cuda_context_bytes", pm.cuda_context_bytes, 0);
+    mr.integer("cublaslt_handle_bytes", pm.cublaslt_handle_bytes, 0);
+    mr.integer("kernel_modules_bytes", pm.kernel_modules_bytes, 0);
+    mr.integer("workspace_bytes", pm.workspace_bytes, 0);
+    mr.integer("malloc_granularity_bytes", pm.malloc_granularity_bytes, 0);
+    mr.reject_unknown_keys();
+  }
+  r.reject_unknown_keys();
+  if (r.failed()) return *r.error();
+  return p;
+}
+
+nlohmann::json to_json(const HardwareProfile& p) {
+  auto gemms = [](const std::vector<ProfileGemm>& v, bool kind) {
+    nlohmann::json a = nlohmann::json::array();
+    for (const auto& g : v) {
+      nlohmann::json e;
+      if (kind) e["kind"] = g.kind;
+      e["m"] = g.m;
+      e["n"] = g.n;
+      e["k"] = g.k;
+      e["seconds"] = g.seconds;
+      a.push_back(e);
+    }
+    return a;
+  };
+  nlohmann::json att = nlohmann::json::array();
+  for (const auto& a : p.attention)
+    att.push_back({{"bh", a.bh}, {"seq", a.seq}, {"head_dim", a.head_dim}, {"fwd_s", a.fwd_s}, {"bwd_s", a.bwd_s}});
+  nlohmann::json bw = nlohmann::json::array();
+  for (const auto& b : p.memory_bound) bw.push_back({{"bytes", b.bytes}, {"bytes_per_s", b.bytes_per_s}});
+  nlohmann::json j = {{"schema", kProfileSchema},
+                      {"name", p.name},
+                      {"device", p.device},
+                      {"source", p.source},
+                      {"kernel_launch_s", p.kernel_launch_s},
+                      {"gemm", gemms(p.gemm, false)}};
+  if (!p.gemm_variants.empty()) j["gemm_variants"] = gemms(p.gemm_variants, true);
+  j["attention"] = att;
+  j["memory_bound"] = bw;
+  j["optimizer"] = {{"params", p.optimizer.params},
+                    {"adamw_s", p.optimizer.adamw_s},
+                    {"grad_norm_s", p.optimizer.grad_norm_s},
+                    {"bytes_per_param", p.optimizer.bytes_per_param}};
+  j["memory"] = {{"cuda_context_bytes", p.memory.cuda_context_bytes},
+                 {"cublaslt_handle_bytes", p.memory.cublaslt_handle_bytes},
+                 {"kernel_modules_bytes", p.memory.kernel_modules_bytes},
+                 {"workspace_bytes", p.memory.workspace_bytes},
+                 {"malloc_granularity_bytes", p.memory.malloc_granularity_bytes}};
+  return j;
+}
+
+Expected<std::shared_ptr<const HardwareProfile>> load_profile(const std::string& path,
+                                                              const std::string& relative_to) {
+  namespace fs = std::filesystem;
+  std::vector<fs::path> tries{fs::path(path)};
+  if (fs::path(path).is_relative()) {
+    if (!relative_to.empty()) tries.push_back(fs::path(relative_to) / path);
+#ifdef LOOM_SOURCE_DIR
+    tries.push_back(fs::path(LOOM_SOURCE_DIR) / path);
+#endif
+  }
+  std::error_code ec;
+  fs::path found;
+  for (const auto& t : tries)
+    if (fs::is_regular_file(t, ec)) {
+      found = t;
+      break;
+    }
+  if (found.empty()) return Error{path + ": no such profile file (tried from the working directory" +
+                                  std::string(relative_to.empty() ? "" : ", beside the cluster file") +
+                                  " and the repository root)"};
+  // Profiles are read once per process (a planner search loads the same cluster many times).
+  static std::mutex mu;
+  static std::map<std::string, std::shared_ptr<const HardwareProfile>> cache;
+  const std::string key = fs::weakly_canonical(found, ec).string();
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  auto j = read_json_file(found.string());
+  if (!j) return j.error();
+  auto p = profile_from_json(*j, found.string());
+  if (!p) return p.error();
+  auto sp = std::make_shared<const HardwareProfile>(std::move(*p));
+  cache.emplace(key, sp);
+  return sp;
+}
+
+}  // namespace loom

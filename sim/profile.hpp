@@ -1,0 +1,110 @@
+// A hardware profile: what `loom calibrate` measured on one GPU with microbenchmarks only
+// (never fitted to an end-to-end step time), and the lookups the cost model's OpTimer makes in
+// it. A cluster file names its profile ("profile": "traces/profiles/h100-sxm.json"); without one
+// the cost model keeps the cluster's documented EfficiencySpec and RuntimeMemorySpec defaults.
+//
+// Schema (JSON, read strictly: unknown keys are errors; times in seconds, sizes in bytes):
+//   {
+//     "schema": "loom-profile-1",
+//     "name": "h100-sxm", "device": "NVIDIA H100 80GB HBM3", "source": "how, when, driver, ...",
+//     "kernel_launch_s": 2.5e-6,               // back-to-back empty kernel launches, per launch
+//     "gemm": [ {"m": 8192, "n": 2304, "k": 768, "seconds": 1.2e-4}, ... ],
+//         // plain bf16 GEMM through cuBLASLt (the executor's Gemm class), D (m x n, bf16) =
+//         // A (m x k) B (k x n), fp32 accumulate, no epilogue; median GPU time over repeats,
+//         // launched back to back (CUDA events), so a launch gap is inside each time
+//     "gemm_variants": [ {"kind": "fwd_bias", "m":..,"n":..,"k":.., "seconds":..}, ... ],
+//         // the executor's own calls at the same shapes (fwd_bias, fwd_bias_gelu, bwd_input,
+//         // bwd_input_dgelu, bwd_weight (fp32 += with the bias column sum)): for per-op
+//         // analysis; the time model reads only "gemm"
+//     "attention": [ {"bh": 384, "seq": 1024, "head_dim": 64, "fwd_s": .., "bwd_s": ..}, ... ],
+//         // the executor's causal flash-style kernel, bh = batch x heads
+//     "memory_bound": [ {"bytes": 1.0e9, "bytes_per_s": 2.9e12}, ... ],
+//         // a bf16 elementwise kernel (read two tensors, write one; 16-byte accesses),
+//         // bytes read + written over its median time, buffers rotated so that L2 holds none
+//     "optimizer": {"params": 1.5e9, "adamw_s": .., "grad_norm_s": .., "bytes_per_param": 34},
+//         // the executor's AdamW (fp32 master, m, v, grads; bf16 copy) and gradient norm
+//     "memory": {"cuda_context_bytes": .., "cublaslt_handle_bytes": .., "kernel_modules_bytes": ..,
+//                "workspace_bytes": .., "malloc_granularity_bytes": ..}
+//         // cudaMemGetInfo deltas: after cudaFree(0) (context, from cudaMemGetInfo's own total),
+//         // after cublasLtCreate, after the first call of every GEMM and kernel (lazily loaded
+//         // modules); the executor's cuBLASLt workspace; cudaMalloc's rounding unit
+//   }
+//
+// Lookups (what the cost model does with the numbers):
+//  - gemm_s(M, N, K): the measured time of that exact shape; any other shape takes the
+//    efficiency (FLOP/s) of the NEAREST measured shape, distance |ln M/M'| + |ln N/N'| +
+//    |ln K/K'|, i.e. time = t' x (M N K)/(M' N' K'). The grid covers the shapes GPT layers and
+//    logits produce, so training shapes are mostly exact hits.
+//  - attention_fwd_s / attention_bwd_s(bh, seq, d): at the nearest measured seq (log
+//    distance), linear in bh between the two measured bh around it (proportional beyond the
+//    ends), then scaled by (seq / seq')^2 x d / d'.
+//  - memory_s(bytes): bytes over the bandwidth interpolated linearly in ln(bytes) between
+//    measured sizes (clamped at the ends); no launch is added (it is inside the measurement).
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sim/expected.hpp"
+
+namespace loom {
+
+struct ProfileGemm {
+  std::string kind;  // "" for the plain table; a variant name in gemm_variants
+  int64_t m = 0, n = 0, k = 0;
+  double seconds = 0;
+};
+struct ProfileAttention {
+  int64_t bh = 0, seq = 0, head_dim = 0;
+  double fwd_s = 0, bwd_s = 0;
+};
+struct ProfileBandwidth {
+  double bytes = 0, bytes_per_s = 0;
+};
+struct ProfileOptimizer {
+  int64_t params = 0;
+  double adamw_s = 0, grad_norm_s = 0;
+  double bytes_per_param = 0;  // what the AdamW kernel moves per parameter
+};
+struct ProfileMemory {
+  int64_t cuda_context_bytes = 0;
+  int64_t cublaslt_handle_bytes = 0;
+  int64_t kernel_modules_bytes = 0;
+  int64_t workspace_bytes = 0;
+  int64_t malloc_granularity_bytes = 0;
+  // Everything a process holds on the device beyond its own allocations.
+  int64_t runtime_bytes() const { return cuda_context_bytes + cublaslt_handle_bytes + kernel_modules_bytes; }
+};
+
+struct HardwareProfile {
+  std::string name, device, source;
+  double kernel_launch_s = 0;
+  std::vector<ProfileGemm> gemm, gemm_variants;
+  std::vector<ProfileAttention> attention;
+  std::vector<ProfileBandwidth> memory_bound;
+  ProfileOptimizer optimizer;
+  ProfileMemory memory;
+
+  double gemm_s(double M, double N, double K) const;
+  double attention_fwd_s(double bh, double seq, double head_dim) const;
+  double attention_bwd_s(double bh, double seq, double head_dim) const;
+  double memory_s(double bytes) const;
+  double bandwidth(double bytes) const;  // bytes per second at that size
+  // AdamW + gradient norm of `params` parameters (linear in params from the measured size).
+  double optimizer_s(double params) const;
+};
+
+inline constexpr const char* kProfileSchema = "loom-profile-1";
+
+Expected<HardwareProfile> profile_from_json(const nlohmann::json& j, const std::string& where);
+nlohmann::json to_json(const HardwareProfile& p);
+// Reads a profile file. A relative path is tried as given (from the working directory), then
+// beside `relative_to` (the cluster file's folder, when there is one), then from the
+// repository root this binary was built from.
+Expected<std::shared_ptr<const HardwareProfile>> load_profile(const std::string& path,
+                                                              const std::string& relative_to = "");
+
+}  // namespace loom
