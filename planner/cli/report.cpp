@@ -34,7 +34,7 @@ std::string memory_table(const Estimate& e) {
                                                 st.layers / std::max<int64_t>(1, e.parallel.vpp)));
   row("logits and loss", m.logits);
   row("communication buffers", m.comm_buffers);
-  row("cuBLAS workspace", m.workspace);
+  row("workspace (cuBLAS, backward scratch)", m.workspace);
   row("runtime (CUDA context, NCCL, allocator)", m.runtime);
   s += fmt::format("  {:<38}{:>9.2f}  of {:.2f} ({:.2f} usable): {}\n", "peak", gib(m.peak()), gib(e.capacity_bytes),
                    gib(e.usable_bytes), e.fits ? "fits" : "DOES NOT FIT");
