@@ -214,10 +214,13 @@ PerMicroBatch stage_micro_batch(const ModelSpec& m, const TrainSpec& tr, const P
     halves += 2;  // all-reduce; SP: reduce-scatter forward, its all-gather in backward
   }
   if (st.last) {
-    // Final norm, logits GEMM (forward; backward twice), fused softmax cross-entropy reading
-    // the logits and writing fp32 probabilities, then the logits gradient.
-    out.fwd += op.memory(2 * e * T * h / rep) + op.gemm(T, Vr, h) + op.memory((e + 4) * T * Vr);
-    out.bwd += op.memory(3 * e * T * h / rep) + op.gemm_bwd(T, Vr, h) + op.memory((4 + e) * T * Vr);
+    // Final norm, logits GEMM (forward; backward twice), then the cross-entropy: unfused, it
+    // reads the logits and writes fp32 probabilities, and backward reads those and writes the
+    // logits' gradient; fused, one pass reads the logits and writes the gradient over them.
+    const double ce_fwd = tr.cross_entropy == CrossEntropy::fused ? 2 * e * T * Vr : (e + 4) * T * Vr;
+    out.fwd += op.memory(2 * e * T * h / rep) + op.gemm(T, Vr, h) + op.memory(ce_fwd);
+    out.bwd += op.memory(3 * e * T * h / rep) + op.gemm_bwd(T, Vr, h);
+    if (tr.cross_entropy == CrossEntropy::unfused) out.bwd += op.memory((4 + e) * T * Vr);
     halves += 2;
   }
   if (p.tp > 1) {
@@ -314,7 +317,12 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& links
     // Logits (e, consumed by the cross-entropy) and the fp32 probabilities (4) the cross-entropy
     // keeps for backward, per token and vocab row: one micro-batch holds them at a time, except
     // GPipe, which runs every forward (and keeps every probability buffer) before the first backward.
-    if (last) s.memory.logits = (e + (p.schedule == Schedule::gpipe ? mb : 1) * 4) * T * Vr;
+    // A fused cross-entropy keeps only the logits buffer (its gradient overwrites it), one per
+    // micro-batch whose backward has not run.
+    if (last) {
+      const int64_t held = p.schedule == Schedule::gpipe ? mb : 1;
+      s.memory.logits = tr.cross_entropy == CrossEntropy::fused ? held * e * T * Vr : (e + held * 4) * T * Vr;
+    }
     // Communication buffers: the SP all-gather output (b s h), PP send and receive buffers (the
     // tensor each tp rank holds, as Megatron-core sends it: b s h, or its b s h / t sequence shard
     // with SP), ZeRO-3's gathered current and prefetched layer, and under ZeRO-2/3 one layer's

@@ -32,6 +32,11 @@ const std::vector<std::string>& dp_comm_names() {
   static const std::vector<std::string> n{"ring", "ps"};
   return n;
 }
+const std::vector<std::string>& cross_entropy_names() {
+  static const std::vector<std::string> n{"unfused", "fused"};
+  return n;
+}
+std::string to_string(CrossEntropy c) { return cross_entropy_names()[static_cast<int>(c)]; }
 std::string to_string(Family f) { return family_names()[static_cast<int>(f)]; }
 std::string to_string(Dtype d) { return dtype_names()[static_cast<int>(d)]; }
 std::string to_string(Recompute r) { return recompute_names()[static_cast<int>(r)]; }
@@ -255,6 +260,7 @@ Expected<TrainSpec> train_from_json(const nlohmann::json& j, const std::string& 
   read_enum(r, "dtype", dtype_names(), t.dtype, true);
   read_enum(r, "grad_dtype", dtype_names(), t.grad_dtype, true);
   read_enum(r, "attention", attention_names(), t.attention, true);
+  read_enum(r, "cross_entropy", cross_entropy_names(), t.cross_entropy, false);  // default unfused
   r.integer("dp_bucket_bytes", t.dp_bucket_bytes);
   r.reject_unknown_keys();
   if (r.failed()) return *r.error();
@@ -353,7 +359,8 @@ nlohmann::json to_json(const ClusterSpec& c) {
 nlohmann::json to_json(const TrainSpec& t) {
   return {{"global_batch", t.global_batch}, {"seq", t.seq},
           {"dtype", to_string(t.dtype)},    {"grad_dtype", to_string(t.grad_dtype)},
-          {"attention", to_string(t.attention)}, {"dp_bucket_bytes", t.dp_bucket_bytes}};
+          {"attention", to_string(t.attention)}, {"cross_entropy", to_string(t.cross_entropy)},
+          {"dp_bucket_bytes", t.dp_bucket_bytes}};
 }
 
 nlohmann::json to_json(const ParallelConfig& p) {

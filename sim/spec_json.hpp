@@ -18,12 +18,14 @@ const std::vector<std::string>& recompute_names();
 const std::vector<std::string>& schedule_names();
 const std::vector<std::string>& attention_names();
 const std::vector<std::string>& dp_comm_names();
+const std::vector<std::string>& cross_entropy_names();
 std::string to_string(Family f);
 std::string to_string(Dtype d);
 std::string to_string(Recompute r);
 std::string to_string(Schedule s);
 std::string to_string(Attention a);
 std::string to_string(DpComm d);
+std::string to_string(CrossEntropy c);
 
 // A loom model file, or a Hugging Face config.json (recognised by "model_type"). Keys of a
 // Hugging Face config that loom does not use are appended to `ignored_keys`.

@@ -100,6 +100,10 @@ struct ClusterSpec {
 };
 
 enum class Attention { fused, unfused };  // fused: flash-style, no s^2 tensor stored
+// fused: one pass computes the loss and writes the logits' gradient over the logits (llm.c's
+// fused classifier, the CUDA executor); unfused: the softmax is kept in fp32 for backward
+// (Megatron's vocab-parallel cross-entropy, the CPU reference executor).
+enum class CrossEntropy { unfused, fused };
 
 struct TrainSpec {
   int64_t global_batch = 0;    // sequences per optimizer step
@@ -107,6 +111,7 @@ struct TrainSpec {
   Dtype dtype = Dtype::bf16;   // compute and weight dtype
   Dtype grad_dtype = Dtype::bf16;
   Attention attention = Attention::fused;
+  CrossEntropy cross_entropy = CrossEntropy::unfused;
   int64_t dp_bucket_bytes = 0; // gradient bucket size for DP overlap
 };
 

@@ -54,7 +54,10 @@ Expected<std::vector<ConfigFiles>> find_configs(const std::string& dir) {
   if (ec) return make_error(dir, ec.message());
 
   std::vector<ConfigFiles> out;
-  for (const auto& [folder, names] : files) {
+  for (const auto& entry : files) {
+    // Not a structured binding: clang 14 (the fuzz build) cannot capture one in a lambda.
+    const fs::path& folder = entry.first;
+    const std::set<std::string>& names = entry.second;
     auto missing = [&](const std::string& have, const std::string& want) {
       return make_error((folder / have).generic_string(), "has no " + want + " beside it (every measured "
                                                           "configuration is a plan and its measurement)");

@@ -58,7 +58,7 @@ for r in $RUNS; do
   m=${r%%:*} b=${r##*:}
   if [ $have_loom = 1 ]; then
     "$BUILD/loom" predict --model "$(zoo_name "$m")" --cluster h100-sxm --gpus 1 --tp 1 --pp 1 \
-      --micro-batch "$b" --global-batch "$b" --seq 1024 -o "$OUT/plan-$m.json" >/dev/null
+      --micro-batch "$b" --global-batch "$b" --seq 1024 --cross-entropy fused -o "$OUT/plan-$m.json" >/dev/null
   else
     cp "executor/cuda/plans/$(zoo_name "$m")-b$b.json" "$OUT/plan-$m.json"
   fi

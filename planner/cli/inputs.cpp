@@ -19,6 +19,9 @@ void add_job_options(CLI::App& cmd, JobOptions& o) {
       ->check(CLI::IsMember({"bf16", "fp32"}));
   cmd.add_option("--attention", o.attention, "fused (FlashAttention-style) or unfused (stores softmax)")
       ->check(CLI::IsMember({"fused", "unfused"}));
+  cmd.add_option("--cross-entropy", o.cross_entropy,
+                 "unfused (fp32 softmax kept for backward, Megatron) or fused (gradient written over the logits, llm.c)")
+      ->check(CLI::IsMember({"unfused", "fused"}));
   cmd.add_option("--dp-bucket-bytes", o.dp_bucket_bytes,
                  "gradient bucket for DP overlap (default 40e6 elements of grad dtype, Megatron-core's)");
   cmd.add_flag("--json", o.json, "print JSON instead of tables");
@@ -60,6 +63,7 @@ Expected<Job> load_job(const JobOptions& o) {
   job.train.dtype = parse_dtype(o.dtype);
   job.train.grad_dtype = parse_dtype(o.grad_dtype);
   job.train.attention = o.attention == "unfused" ? Attention::unfused : Attention::fused;
+  job.train.cross_entropy = o.cross_entropy == "fused" ? CrossEntropy::fused : CrossEntropy::unfused;
   job.train.dp_bucket_bytes = o.dp_bucket_bytes.value_or(40'000'000 * dtype_bytes(job.train.grad_dtype));
   if (job.train.dp_bucket_bytes < 1) return make_error("--dp-bucket-bytes", "must be >= 1");
   return job;

@@ -20,6 +20,7 @@ struct JobOptions {
   std::string dtype = "bf16";
   std::string grad_dtype = "bf16";
   std::string attention = "fused";
+  std::string cross_entropy = "unfused";
   std::optional<int64_t> dp_bucket_bytes;
   bool json = false;
 };
