@@ -10,15 +10,7 @@ BUILD=${BUILD:-build-gpu}
 OUT=${OUT:-$PWD/$BUILD/calibrate}
 STEPS=${STEPS:-10}
 mkdir -p "$OUT"
-if [ -d .debs ] && [ ! -f /usr/include/catch2/catch.hpp ]; then  # as executor/cuda/gpu_test.sh
-  P=/tmp/loom-deps
-  mkdir -p $P
-  for f in .debs/*.deb; do dpkg -x "$f" $P; done
-  export CMAKE_PREFIX_PATH=$P/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}
-  export CPATH=$P/usr/include${CPATH:+:$CPATH}
-  export LD_LIBRARY_PATH=$P/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-fi
-NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+. executor/cuda/build_env.sh  # carried .debs and nvcc
 echo "== build ($(date +%T))"
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$NVCC" \
   -DCMAKE_CUDA_ARCHITECTURES=90 >"$OUT/cmake.log" 2>&1 || { tail -40 "$OUT/cmake.log"; exit 1; }

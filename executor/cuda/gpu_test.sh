@@ -18,18 +18,7 @@ RUNS=${RUNS:-"124M:32 1558M:8"}
 TORCH_RUNS=${TORCH_RUNS:-124M:32:1,1558M:8:1,124M:32:0}
 mkdir -p "$OUT"
 
-# Build dependencies carried as Debian packages in .debs/ (for machines with no package
-# registry): unpacked into a private prefix, never into /.
-if [ -d .debs ] && [ ! -f /usr/include/catch2/catch.hpp ]; then  # Catch2 v2: the tests' version
-  P=/tmp/loom-deps
-  mkdir -p $P
-  for f in .debs/*.deb; do dpkg -x "$f" $P; done
-  export CMAKE_PREFIX_PATH=$P/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}
-  export CPATH=$P/usr/include${CPATH:+:$CPATH}
-  export LD_LIBRARY_PATH=$P/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-fi
-
-NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+. executor/cuda/build_env.sh  # carried .debs and nvcc
 echo "== configure and build ($BUILD)"
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$NVCC" \
   -DCMAKE_CUDA_ARCHITECTURES=90 >"$OUT/cmake.log" 2>&1 || { tail -40 "$OUT/cmake.log"; exit 1; }
