@@ -52,12 +52,12 @@ class Comm {
   virtual int world() const = 0;
 
   // In place over data[0, n). Chunk i = [i*c, min((i+1)*c, n)), c = ceil(n/g).
-  Status all_reduce(const Group& g, float* data, int64_t n, ReduceOp op = ReduceOp::sum);
-  Status all_reduce(const Group& g, double* data, int64_t n, ReduceOp op = ReduceOp::sum);
+  virtual Status all_reduce(const Group& g, float* data, int64_t n, ReduceOp op = ReduceOp::sum) = 0;
+  virtual Status all_reduce(const Group& g, double* data, int64_t n, ReduceOp op = ReduceOp::sum) = 0;
   // In place: afterwards chunk g.index of data holds the sum over the group; others are garbage.
-  Status reduce_scatter(const Group& g, float* data, int64_t n);
+  virtual Status reduce_scatter(const Group& g, float* data, int64_t n) = 0;
   // In place: chunk g.index of data is this rank's; afterwards every chunk is filled.
-  Status all_gather(const Group& g, float* data, int64_t n);
+  virtual Status all_gather(const Group& g, float* data, int64_t n) = 0;
 
   // Point-to-point between world ranks (pipeline activations and gradients). isend returns a
   // handle to wait on before the buffer is reused; recv blocks (with the deadline).
@@ -66,14 +66,26 @@ class Comm {
   virtual Status recv(int from, void* data, int64_t bytes, int tag, const char* what) = 0;
   virtual Status barrier() = 0;
 
-  const CommCounters& counters() const { return counters_; }
-  void reset_counters() { counters_ = {}; }
+  virtual const CommCounters& counters() const { return counters_; }
+  virtual void reset_counters() { counters_ = {}; }
+
+ protected:
+  CommCounters counters_;
+};
+
+// The ring algorithms over one primitive a transport provides (exchange), so the bytes counted
+// are the bytes really sent.
+class RingComm : public Comm {
+ public:
+  Status all_reduce(const Group& g, float* data, int64_t n, ReduceOp op = ReduceOp::sum) override;
+  Status all_reduce(const Group& g, double* data, int64_t n, ReduceOp op = ReduceOp::sum) override;
+  Status reduce_scatter(const Group& g, float* data, int64_t n) override;
+  Status all_gather(const Group& g, float* data, int64_t n) override;
 
  protected:
   // Send `sbytes` to world rank `to` and receive `rbytes` from `from` concurrently.
   virtual Status exchange(int to, const void* s, int64_t sbytes, int from, void* r, int64_t rbytes, int tag,
                           const std::string& what) = 0;
-  CommCounters counters_;
 
  private:
   template <class T>
@@ -82,6 +94,21 @@ class Comm {
   Status ring_all_gather(const Group& g, T* data, int64_t n, const char* what);
   std::vector<char> staging_;  // one chunk being received (op scratch, at most ceil(n/g))
 };
+
+// The chunks rank `index` of a ring of `g` sends, in order: reduce-scatter step k sends chunk
+// index-k-1, all-gather step k chunk index-k (Patarasuk & Yuan 2009; NCCL's ring).
+struct RingChunk {
+  int64_t begin = 0, size = 0;  // elements
+};
+std::vector<RingChunk> ring_sent_chunks(int64_t n, int g, int index, bool all_gather_phase);
+
+// `loom execute --emulate-rank r`: rank r of a plan larger than the machine, alone. Collectives
+// and point-to-point become local copies of the bytes this rank would send (each chunk copied
+// through a staging buffer, so the memory traffic is the same size), counted exactly as the ring
+// counts them; the data is left as it was (a partial sum stands in for the sum, so the numbers
+// stay finite but are not the model's). recv copies the last message this rank sent of the same
+// size (activations of the right shape), or zeros.
+std::unique_ptr<Comm> make_emulated_comm(int rank, int world);
 
 struct MpiOptions {
   double timeout_s = 60;  // longest wait on any one message before giving up

@@ -22,7 +22,7 @@ std::string mpi_error(int code) {
   return std::string(text, static_cast<size_t>(len));
 }
 
-class MpiComm final : public Comm {
+class MpiComm final : public RingComm {
  public:
   explicit MpiComm(const MpiOptions& o) : options_(o) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);

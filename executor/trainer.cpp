@@ -10,11 +10,13 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <tuple>
 
 #include "executor/cpu/adamw.hpp"
 #include "executor/cpu/gpt.hpp"
 #include "executor/cpu/synthetic_data.hpp"
 #include "executor/stage.hpp"
+#include "executor/step_trace.hpp"
 #include "sim/json_reader.hpp"
 #include "sim/model_math.hpp"
 #include "sim/rank_grid.hpp"
@@ -22,6 +24,8 @@
 #include "sim/spec_json.hpp"
 
 namespace loom::exec {
+
+namespace tn = trace_names;
 
 Status check_cpu_plan(const Plan& plan) {
   const auto& m = plan.model;
@@ -97,7 +101,8 @@ struct ChunkStash {
 
 class Trainer {
  public:
-  Trainer(const Plan& plan, Comm& comm, const ExecOptions& opt) : plan_(plan), comm_(comm), opt_(opt) {}
+  Trainer(const Plan& plan, Comm& comm, const ExecOptions& opt)
+      : plan_(plan), comm_(comm, rec_, plan.parallel.sp), opt_(opt) {}
   Expected<nlohmann::json> run();
 
  private:
@@ -105,13 +110,15 @@ class Trainer {
   Status build_units(const cpu::Gpt& ref);
   int64_t my_begin(const Unit& u) const { return std::min(u.size, dp_.index * u.shard); }
   int64_t my_end(const Unit& u) const { return std::min(u.size, (dp_.index + 1) * u.shard); }
-  Expected<float*> acquire(const Unit& u);
+  // ZeRO-3 gathers the unit; `name` labels that all-gather in the trace.
+  Expected<float*> acquire(const Unit& u, const std::string& name = tn::kDpGatherParams);
   float* grads_for(const Unit& u);
   Status release_grads(const Unit& u);
   void tokens_for(int64_t step, int64_t mb, std::vector<int32_t>& in, std::vector<int32_t>& tg) const;
   Status forward_slot(int64_t step, int mb, int chunk);
   Status backward_slot(int64_t step, int mb, int chunk);
-  Status send(int to_rank, int tag);
+  Status send(int to_rank, int tag, std::string name);
+  Status write_trace(double step_time_s);
   Status dp_sync();
   Status sp_sync();
   // Calls f(unit, tensor, lo, hi, grad ptr at lo, param ptr at lo, m ptr, v ptr) for every range
@@ -125,7 +132,8 @@ class Trainer {
   std::vector<int>& chunk_units(int chunk) { return chunk_units_[static_cast<size_t>(chunk)]; }
 
   const Plan& plan_;
-  Comm& comm_;
+  StepRecorder rec_;
+  TracedComm comm_;
   ExecOptions opt_;
   int rank_ = 0;
   std::optional<RankGrid> grid_;
@@ -142,6 +150,7 @@ class Trainer {
   Buf params_, grads_, adam_m_, adam_v_, gathered_[2], unit_grad_, send_buf_, recv_buf_, dres_, rec_out_;
   int slot_ = 0;
   int send_req_ = -1;
+  int64_t grad_bucket_ = 0;  // dp gradient collectives issued this step (trace names)
   std::unique_ptr<Scratch> scratch_;
   std::map<std::pair<int, int>, ChunkStash> stash_;
   double loss_local_ = 0;
@@ -279,12 +288,13 @@ Status Trainer::build_units(const cpu::Gpt& ref) {
   return ok_status();
 }
 
-Expected<float*> Trainer::acquire(const Unit& u) {
+Expected<float*> Trainer::acquire(const Unit& u, const std::string& name) {
   if (zero_ < 3) return params_.data() + u.offset;
   float* buf = gathered_[slot_].data();
   slot_ ^= 1;
   std::copy(params_.data() + u.shard_offset, params_.data() + u.shard_offset + (my_end(u) - my_begin(u)),
             buf + my_begin(u));
+  comm_.label(name, tn::Stream::dp_gather);
   if (auto st = comm_.all_gather(dp_, buf, u.size); !st) return st.error();
   return buf;
 }
@@ -299,6 +309,7 @@ float* Trainer::grads_for(const Unit& u) {
 // is kept); the rank's chunk is added to its shard accumulator.
 Status Trainer::release_grads(const Unit& u) {
   if (zero_ < 2) return ok_status();
+  comm_.label(tn::dp_bucket("reduce_scatter", grad_bucket_++), tn::Stream::dp);
   if (auto st = comm_.reduce_scatter(dp_, unit_grad_.data(), u.size); !st) return st;
   const float* mine = unit_grad_.data() + my_begin(u);
   float* acc = grads_.data() + u.shard_offset;
@@ -321,7 +332,8 @@ int p2p_tag(int64_t mb, int64_t model_chunk, int64_t chunks, int phase) {
   return 1000 + static_cast<int>((mb * chunks + model_chunk) * 2 + phase);
 }
 
-Status Trainer::send(int to_rank, int tag) {
+Status Trainer::send(int to_rank, int tag, std::string name) {
+  comm_.label(std::move(name), tn::Stream::pp);
   auto r = comm_.isend(to_rank, send_buf_.data(), send_buf_.bytes(), tag, GroupKind::pp);
   if (!r) return r.error();
   send_req_ = *r;
@@ -346,14 +358,17 @@ Status Trainer::forward_slot(int64_t step, int mb, int chunk) {
   tokens_for(step, mb, tokens, targets);
   const auto& ids = chunk_units(chunk);
   size_t ui = 0;
+  rec_.compute_begin(tn::forward(mb, chunk), mb, chunk);
+  const std::string gather = tn::dp_gather(true, mb, chunk);
   float* x0 = L_chunk_ > 0 ? cs.xs[0].data() : cs.head->lnf_in.data();
   if (first) {
     const Unit& u = units_[static_cast<size_t>(ids[ui++])];
-    auto P = acquire(u);
+    auto P = acquire(u, gather);
     if (!P) return P.error();
     if (auto st = embed_forward(c, *P, u.o, tokens.data(), x0); !st) return st;
   } else {
     const int from = pp_.ranks[static_cast<size_t>((stage - 1 + pp_size_) % pp_size_)];
+    comm_.label(tn::pp_recv(true, mb), tn::Stream::pp);
     if (auto st = comm_.recv(from, recv_buf_.data(), recv_buf_.bytes(), p2p_tag(mb, mc, chunks, 0),
                              "pipeline forward receive");
         !st)
@@ -371,7 +386,7 @@ Status Trainer::forward_slot(int64_t step, int mb, int chunk) {
       if (auto st = comm_.wait(send_req_, "pipeline send"); !st) return st;
       out = send_buf_.data();
     }
-    auto P = acquire(u);
+    auto P = acquire(u, gather);
     if (!P) return P.error();
     if (rc == Recompute::full) {
       LayerStash tmp = make_layer_stash(ledger_, d_, StashKind::full);
@@ -384,7 +399,7 @@ Status Trainer::forward_slot(int64_t step, int mb, int chunk) {
   }
   if (last) {
     const Unit& u = units_[static_cast<size_t>(ids[ui++])];
-    auto P = acquire(u);
+    auto P = acquire(u, gather);
     if (!P) return P.error();
     const float* head = u.o.head >= 0 ? *P + u.o.head : params_.data() + units_[0].offset + units_[0].o.wte;
     auto loss = head_forward(c, *P, u.o, head, cs.head->lnf_in.data(), targets.data(), *cs.head);
@@ -396,8 +411,9 @@ Status Trainer::forward_slot(int64_t step, int mb, int chunk) {
       if (auto st = comm_.wait(send_req_, "pipeline send"); !st) return st;
       std::copy(x0, x0 + d_.Ns * d_.C, send_buf_.data());
     }
-    if (auto st = send(to, p2p_tag(mb, mc + 1, chunks, 0)); !st) return st;
+    if (auto st = send(to, p2p_tag(mb, mc + 1, chunks, 0), tn::pp_send(true, mb)); !st) return st;
   }
+  rec_.compute_end();
   return ok_status();
 }
 
@@ -415,9 +431,11 @@ Status Trainer::backward_slot(int64_t step, int mb, int chunk) {
   const auto& ids = chunk_units(chunk);
   int ui = static_cast<int>(ids.size()) - 1;
   float* d = dres_.data();
+  const std::string bwd = tn::backward(mb, chunk), gather = tn::dp_gather(false, mb, chunk);
+  rec_.compute_begin(bwd, mb, chunk);
   if (last) {
     const Unit& u = units_[static_cast<size_t>(ids[static_cast<size_t>(ui--)])];
-    auto P = acquire(u);
+    auto P = acquire(u, gather);
     if (!P) return P.error();
     float* G = grads_for(u);
     const float* head = u.o.head >= 0 ? *P + u.o.head : params_.data() + units_[0].offset + units_[0].o.wte;
@@ -427,6 +445,7 @@ Status Trainer::backward_slot(int64_t step, int mb, int chunk) {
     if (auto st = release_grads(u); !st) return st;
   } else {
     const int from = pp_.ranks[static_cast<size_t>((stage + 1) % pp_size_)];
+    comm_.label(tn::pp_recv(false, mb), tn::Stream::pp);
     if (auto st = comm_.recv(from, recv_buf_.data(), recv_buf_.bytes(), p2p_tag(mb, mc, chunks, 1),
                              "pipeline backward receive");
         !st)
@@ -435,13 +454,15 @@ Status Trainer::backward_slot(int64_t step, int mb, int chunk) {
   }
   for (int64_t i = L_chunk_ - 1; i >= 0; --i) {
     const Unit& u = units_[static_cast<size_t>(ids[static_cast<size_t>(ui--)])];
-    auto P = acquire(u);
+    auto P = acquire(u, gather);
     if (!P) return P.error();
     float* G = grads_for(u);
     const float* x = cs.xs[static_cast<size_t>(i)].data();
     if (rc == Recompute::full) {  // rebuild the layer's activations from its input
       LayerStash tmp = make_layer_stash(ledger_, d_, StashKind::full);
+      rec_.compute_begin(tn::recompute(mb, chunk), mb, chunk);
       if (auto st = layer_forward(c, *P, u.o, x, tmp, rec_out_.data()); !st) return st;
+      rec_.compute_begin(bwd, mb, chunk);
       if (auto st = layer_backward(c, *P, G, u.o, x, tmp, d, false); !st) return st;
     } else {
       if (auto st = layer_backward(c, *P, G, u.o, x, cs.layers[static_cast<size_t>(i)], d,
@@ -453,7 +474,7 @@ Status Trainer::backward_slot(int64_t step, int mb, int chunk) {
   }
   if (first) {
     const Unit& u = units_[static_cast<size_t>(ids[static_cast<size_t>(ui--)])];
-    auto P = acquire(u);  // FSDP gathers every unit in backward too (its traffic is counted)
+    auto P = acquire(u, gather);  // FSDP gathers every unit in backward too (its traffic is counted)
     if (!P) return P.error();
     float* G = grads_for(u);
     if (auto st = embed_backward(c, G, u.o, tokens.data(), d); !st) return st;
@@ -462,8 +483,9 @@ Status Trainer::backward_slot(int64_t step, int mb, int chunk) {
     if (auto st = comm_.wait(send_req_, "pipeline send"); !st) return st;
     std::copy(d, d + d_.Ns * d_.C, send_buf_.data());
     const int to = pp_.ranks[static_cast<size_t>((stage - 1 + pp_size_) % pp_size_)];
-    if (auto st = send(to, p2p_tag(mb, mc - 1, chunks, 1)); !st) return st;
+    if (auto st = send(to, p2p_tag(mb, mc - 1, chunks, 1), tn::pp_send(false, mb)); !st) return st;
   }
+  rec_.compute_end();
   stash_.erase(it);
   return ok_status();
 }
@@ -489,6 +511,7 @@ Status Trainer::sp_sync() {
     std::copy(ptrs[i], ptrs[i] + lens[i], pack.data() + k);
     k += lens[i];
   }
+  comm_.label(kTpGradSync, tn::Stream::tp);
   if (auto st = comm_.all_reduce(tp_, pack.data(), n); !st) return st;
   k = 0;
   for (size_t i = 0; i < ptrs.size(); ++i) {
@@ -507,11 +530,15 @@ Status Trainer::dp_sync() {
     const int64_t n = dp_.size();
     int64_t bucket = plan_.train.dp_bucket_bytes > 0 ? plan_.train.dp_bucket_bytes / 4 / n * n : total_;
     bucket = std::max(bucket, n);
-    for (int64_t b0 = 0; b0 < total_; b0 += bucket)
+    for (int64_t b0 = 0; b0 < total_; b0 += bucket) {
+      comm_.label(tn::dp_bucket("allreduce", grad_bucket_++), tn::Stream::dp);
       if (auto st = comm_.all_reduce(dp_, grads_.data() + b0, std::min(bucket, total_ - b0)); !st) return st;
+    }
   } else if (zero_ == 1) {
-    for (const Unit& u : units_)
+    for (const Unit& u : units_) {
+      comm_.label(tn::dp_bucket("reduce_scatter", grad_bucket_++), tn::Stream::dp);
       if (auto st = comm_.reduce_scatter(dp_, grads_.data() + u.offset, u.size); !st) return st;
+    }
   }
   return ok_status();
 }
@@ -534,6 +561,7 @@ void Trainer::for_each_owned(F&& f) {
 Status Trainer::optimizer_step(int64_t step, double clip) {
   cpu::AdamWConfig cfg;
   cfg.lr = opt_.lr;
+  rec_.compute_begin(tn::kOptimizer);
   for_each_owned([&](const TensorSlice& t, int64_t a, int64_t b, float* g, float* p, float* m, float* v) {
     if (clip != 1.0)
       for (int64_t i = a; i < b; ++i) g[i] = static_cast<float>(g[i] * clip);
@@ -541,8 +569,11 @@ Status Trainer::optimizer_step(int64_t step, double clip) {
     cpu::adamw_step(p + a, g + a, m + a, v + a, b - a, step + 1, cfg);
   });
   if (zero_ == 1 || zero_ == 2)
-    for (const Unit& u : units_)
+    for (const Unit& u : units_) {
+      comm_.label(tn::kDpGatherParams, tn::Stream::dp);
       if (auto st = comm_.all_gather(dp_, params_.data() + u.offset, u.size); !st) return st;
+    }
+  rec_.compute_end();
   return ok_status();
 }
 
@@ -632,6 +663,16 @@ Status Trainer::write_weights() {
   return ok_status();
 }
 
+// What each rank measured on the last step, gathered to the reporting rank as one row of doubles.
+enum Field : int {
+  kMemory = 0,           // 7 peaks by Mem category
+  kFlops = 7,
+  kCommBytes = 8,        // tp, dp, pp, world
+  kMeanStep = 12,        // mean over the steps run
+  kLastStep, kForward, kBackward, kRecompute, kOptimizer, kTp, kTpGradSync, kDp, kPp, kWorld,
+  kFields
+};
+
 nlohmann::json memory_json(const std::vector<double>& v) {
   const int64_t w = static_cast<int64_t>(v[0]), g = static_cast<int64_t>(v[1]), o = static_cast<int64_t>(v[2]),
                 a = static_cast<int64_t>(v[3]), l = static_cast<int64_t>(v[4]), cb = static_cast<int64_t>(v[5]),
@@ -639,6 +680,55 @@ nlohmann::json memory_json(const std::vector<double>& v) {
   return {{"weights", w},        {"grads", g},          {"optimizer", o},  {"activations", a},
           {"logits", l},         {"comm_buffers", cb},  {"workspace", ws}, {"runtime", 0},
           {"other", l + cb + ws}, {"peak", w + g + o + a + l + cb + ws}};
+}
+
+// The last step by category, in the prediction's `time_s` names. On this backend every call
+// blocks, so each is exposed time; `pp_comm` includes waiting for the neighbour stage (what the
+// prediction splits into pp_comm and bubble), and `other` is what no category holds (the loss and
+// gradient-norm all-reduce, bookkeeping).
+nlohmann::json time_json(const std::vector<double>& v) {
+  const double compute = v[kForward] + v[kBackward] + v[kRecompute], tp = v[kTp] + v[kTpGradSync];
+  const double other = v[kLastStep] - compute - tp - v[kDp] - v[kPp] - v[kOptimizer];
+  return {{"compute", compute}, {"tp_comm", tp},       {"dp_comm", v[kDp]},
+          {"pp_comm", v[kPp]},  {"optimizer", v[kOptimizer]}, {"other", std::max(0.0, other)}};
+}
+
+// Per micro-batch on this rank, as StageEstimate (forward, backward, recompute, tp_comm).
+nlohmann::json micro_batch_json(const std::vector<double>& v, int64_t m) {
+  const double n = static_cast<double>(m);
+  return {{"forward", v[kForward] / n}, {"backward", v[kBackward] / n}, {"recompute", v[kRecompute] / n},
+          {"tp_comm", v[kTp] / n}};
+}
+
+constexpr int kTraceTag = 900;  // below the pipeline's p2p tags (>= 1000), above the collectives'
+
+Status Trainer::write_trace(double step_time_s) {
+  const std::string mine = measured_trace_events(rec_.events(), rank_, coords_).dump();
+  Comm& raw = comm_.inner();
+  if (!opt_.emulated && rank_ != 0) {
+    int64_t n = static_cast<int64_t>(mine.size());
+    for (auto [ptr, bytes, tag] : {std::tuple<const void*, int64_t, int>{&n, 8, kTraceTag},
+                                   std::tuple<const void*, int64_t, int>{mine.data(), n, kTraceTag + 1}}) {
+      auto r = raw.isend(0, ptr, bytes, tag, GroupKind::world);
+      if (!r) return r.error();
+      if (auto st = raw.wait(*r, "trace to rank 0"); !st) return st;
+    }
+    return ok_status();
+  }
+  nlohmann::json events = nlohmann::json::parse(mine);
+  for (int r = 1; !opt_.emulated && r < comm_.world(); ++r) {
+    int64_t n = 0;
+    if (auto st = raw.recv(r, &n, 8, kTraceTag, "trace from a rank"); !st) return st;
+    std::string text(static_cast<size_t>(n), '\0');
+    if (auto st = raw.recv(r, text.data(), n, kTraceTag + 1, "trace from a rank"); !st) return st;
+    for (auto& e : nlohmann::json::parse(text)) events.push_back(std::move(e));
+  }
+  const auto& p = plan_.parallel;
+  nlohmann::json other = {{"generator", "loom execute"}, {"device", "cpu"}, {"step", opt_.steps},
+                          {"step_time_s", step_time_s}, {"dp", p.dp}, {"tp", p.tp}, {"pp", p.pp}, {"vpp", p.vpp}};
+  if (opt_.emulated) other["emulated_rank"] = rank_;
+  const nlohmann::json doc = {{"traceEvents", std::move(events)}, {"displayTimeUnit", "ms"}, {"otherData", other}};
+  return write_text_file_atomic(opt_.trace_path, doc.dump() + "\n");
 }
 
 Expected<nlohmann::json> Trainer::run() {
@@ -652,8 +742,6 @@ Expected<nlohmann::json> Trainer::run() {
   const auto table = make_schedule(plan_.parallel.schedule, pp_size_, vpp_, m_);
   const auto& slots = table[static_cast<size_t>(coords_.pp)];
   std::vector<double> losses, times;
-  // Per rank, measured on the last step: 7 memory peaks, FLOPs, bytes sent to tp/dp/pp/world.
-  constexpr int kFields = 12;
   std::vector<double> last(kFields, 0.0);
   for (int64_t step = start; step < opt_.steps; ++step) {
     if (step == opt_.die_at_step && rank_ == opt_.die_rank) std::raise(opt_.stall ? SIGSTOP : SIGKILL);
@@ -661,9 +749,14 @@ Expected<nlohmann::json> Trainer::run() {
       const Unit& u = units_.back();
       params_[zero_ >= 3 ? u.shard_offset : u.offset] = std::numeric_limits<float>::quiet_NaN();
     }
+    // The traced step starts together on every rank, so their timelines share an origin.
+    if (!opt_.trace_path.empty() && step + 1 == opt_.steps)
+      if (auto st = comm_.barrier(); !st) return st.error();
     const auto t0 = Clock::now();
+    rec_.start_step();
     comm_.reset_counters();
     flops_ = {};
+    grad_bucket_ = 0;
     std::fill(grads_.vec().begin(), grads_.vec().end(), 0.0f);
     loss_local_ = 0;
     for (const Slot& s : slots) {
@@ -696,50 +789,80 @@ Expected<nlohmann::json> Trainer::run() {
     times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
     losses.push_back(loss);
     const auto& cc = comm_.counters();
-    for (int k = 0; k < 7; ++k) last[static_cast<size_t>(k)] = static_cast<double>(ledger_.peak(static_cast<Mem>(k)));
-    last[7] = static_cast<double>(flops_.total_flops());
-    for (int k = 0; k < 4; ++k) last[static_cast<size_t>(8 + k)] = static_cast<double>(cc.by_group[static_cast<size_t>(k)]);
+    for (int k = 0; k < 7; ++k) last[static_cast<size_t>(kMemory + k)] = static_cast<double>(ledger_.peak(static_cast<Mem>(k)));
+    last[kFlops] = static_cast<double>(flops_.total_flops());
+    for (int k = 0; k < 4; ++k) last[static_cast<size_t>(kCommBytes + k)] = static_cast<double>(cc.by_group[static_cast<size_t>(k)]);
+    const MeasuredTimes mt = measured_times(rec_.events());
+    last[kLastStep] = times.back();
+    last[kForward] = mt.forward_s;
+    last[kBackward] = mt.backward_s;
+    last[kRecompute] = mt.recompute_s;
+    last[kOptimizer] = mt.optimizer_s;
+    last[kTp] = mt.tp_s;
+    last[kTpGradSync] = mt.tp_grad_sync_s;
+    last[kDp] = mt.dp_s;
+    last[kPp] = mt.pp_s;
+    last[kWorld] = mt.world_s;
   }
+  for (double t : times) last[kMeanStep] += t / static_cast<double>(times.size());
+  if (!opt_.trace_path.empty())
+    if (auto st = write_trace(last[kLastStep]); !st) return st.error();
   if (!opt_.save_dir.empty())
     if (auto st = save(opt_.steps); !st) return st.error();
   if (!opt_.weights_out.empty())
     if (auto st = write_weights(); !st) return st.error();
 
-  // Every rank's numbers to rank 0 (a sum over the world of one slot each).
+  // Every rank's numbers to rank 0 (a sum over the world of one slot each). An emulated rank
+  // reports only itself.
   const int W = comm_.world();
-  double mean_time = 0;
-  for (double t : times) mean_time += t / static_cast<double>(std::max<size_t>(1, times.size()));
-  std::vector<double> all(static_cast<size_t>(W * (kFields + 1)), 0.0);
-  std::copy(last.begin(), last.end(), all.begin() + rank_ * (kFields + 1));
-  all[static_cast<size_t>(rank_ * (kFields + 1) + kFields)] = mean_time;
+  std::vector<double> all(static_cast<size_t>(W * kFields), 0.0);
+  std::copy(last.begin(), last.end(), all.begin() + rank_ * kFields);
   if (auto st = comm_.all_reduce(world_, all.data(), static_cast<int64_t>(all.size())); !st) return st.error();
-  if (rank_ != 0) return nlohmann::json::object();
+  if (!opt_.emulated && rank_ != 0) return nlohmann::json::object();
+  std::vector<int> reported;
+  if (opt_.emulated) {
+    reported.push_back(rank_);
+  } else {
+    for (int r = 0; r < W; ++r) reported.push_back(r);
+  }
 
   const auto& p = plan_.parallel;
   nlohmann::json ranks = nlohmann::json::array();
-  int best = 0;
+  size_t best = 0, slowest = 0;
   double best_peak = -1, flops_total = 0, step_time = 0;
   int64_t comm_max[3] = {0, 0, 0};
   std::vector<nlohmann::json> stages(static_cast<size_t>(p.pp));
-  for (int r = 0; r < W; ++r) {
-    std::vector<double> v(all.begin() + r * (kFields + 1), all.begin() + (r + 1) * (kFields + 1));
+  std::vector<std::vector<double>> rows;
+  for (int r : reported) {
+    std::vector<double> v(all.begin() + r * kFields, all.begin() + (r + 1) * kFields);
     const Coords c = grid_->coords(r);
     nlohmann::json mem = memory_json(v);
     const double peak = mem["peak"].get<double>();
     if (peak > best_peak) {
       best_peak = peak;
-      best = r;
+      best = ranks.size();
     }
-    flops_total += v[7];
-    step_time = std::max(step_time, v[12]);
-    for (int k = 0; k < 3; ++k) comm_max[k] = std::max(comm_max[k], static_cast<int64_t>(v[static_cast<size_t>(8 + k)]));
-    nlohmann::json comm = {{"tp", static_cast<int64_t>(v[8])}, {"dp", static_cast<int64_t>(v[9])},
-                           {"pp", static_cast<int64_t>(v[10])}, {"world", static_cast<int64_t>(v[11])}};
+    if (v[kMeanStep] > step_time) {
+      step_time = v[kMeanStep];
+      slowest = ranks.size();
+    }
+    flops_total += v[kFlops];
+    for (int k = 0; k < 3; ++k) comm_max[k] = std::max(comm_max[k], static_cast<int64_t>(v[static_cast<size_t>(kCommBytes + k)]));
+    nlohmann::json comm = {{"tp", static_cast<int64_t>(v[kCommBytes])}, {"dp", static_cast<int64_t>(v[kCommBytes + 1])},
+                           {"pp", static_cast<int64_t>(v[kCommBytes + 2])}, {"world", static_cast<int64_t>(v[kCommBytes + 3])}};
     ranks.push_back({{"rank", r}, {"dp", c.dp}, {"tp", c.tp}, {"pp", c.pp}, {"memory_bytes", mem},
-                     {"flops", static_cast<int64_t>(v[7])}, {"comm_bytes", comm}, {"step_time_s", v[12]}});
-    if (c.dp == 0 && c.tp == 0)
-      stages[static_cast<size_t>(c.pp)] = {{"stage", c.pp}, {"memory_bytes", mem}, {"flops", static_cast<int64_t>(v[7])},
-                                           {"comm_bytes", comm}};
+                     {"flops", static_cast<int64_t>(v[kFlops])}, {"comm_bytes", comm}, {"step_time_s", v[kMeanStep]},
+                     {"time_s", time_json(v)}});
+    if ((c.dp == 0 && c.tp == 0) || opt_.emulated)
+      stages[static_cast<size_t>(c.pp)] = {{"stage", c.pp},
+                                           {"memory_bytes", mem},
+                                           {"flops", static_cast<int64_t>(v[kFlops])},
+                                           {"comm_bytes", comm},
+                                           {"micro_batch_time_s", micro_batch_json(v, m_)},
+                                           {"tp_grad_sync_s", v[kTpGradSync]},
+                                           {"dp_comm_exposed_s", v[kDp]},
+                                           {"optimizer_s", v[kOptimizer]}};
+    rows.push_back(std::move(v));
   }
   const double tokens = static_cast<double>(plan_.train.global_batch * plan_.train.seq);
   nlohmann::json out = {
@@ -753,14 +876,23 @@ Expected<nlohmann::json> Trainer::run() {
       {"steps", losses.size()},
       {"step_time_s", step_time},
       {"tokens_per_s", step_time > 0 ? tokens / step_time : 0.0},
+      {"time_s", time_json(rows[slowest])},
       {"flops", {{"hardware", flops_total}}},
-      {"memory_bytes", ranks[static_cast<size_t>(best)]["memory_bytes"]},
-      {"peak_stage", ranks[static_cast<size_t>(best)]["pp"]},
+      {"memory_bytes", ranks[best]["memory_bytes"]},
+      {"peak_stage", ranks[best]["pp"]},
       {"comm_bytes", {{"tp", comm_max[0]}, {"dp", comm_max[1]}, {"pp", comm_max[2]}}},
-      {"losses", losses},
       {"step_times_s", times},
       {"stages", stages},
       {"ranks", ranks}};
+  if (opt_.emulated) {
+    // One rank alone: its own step with local copies for communication, its share of the
+    // FLOPs, and no loss of the model (partial sums stand in for reductions).
+    out["emulated_rank"] = rank_;
+    out["tokens_per_s"] = nullptr;
+    out["flops"] = {{"rank", flops_total}};
+  } else {
+    out["losses"] = losses;
+  }
   return out;
 }
 

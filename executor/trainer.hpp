@@ -24,6 +24,8 @@ struct ExecOptions {
   std::string save_dir;         // write a checkpoint here after the last step
   std::string resume_dir;       // start from the checkpoint here
   std::string weights_out;      // rank 0 writes the full model (cpu::Gpt layout, raw fp32)
+  std::string trace_path;       // rank 0 writes the last step of every rank as a Chrome trace
+  bool emulated = false;        // one rank of a larger plan (make_emulated_comm): it reports itself
   // Fault injection for the reliability tests.
   int64_t die_at_step = -1, die_rank = -1;  // that rank kills itself (SIGKILL) at that step
   bool stall = false;                       // ... or stops (SIGSTOP): a hung peer, not a dead one
@@ -34,7 +36,8 @@ struct ExecOptions {
 // allocation): family/dtype/attention/dropout/tied-embedding limits of the CPU executor.
 Status check_cpu_plan(const Plan& plan);
 
-// Runs on every rank. Returns the measured report on rank 0 (other ranks: an empty object).
+// Runs on every rank. Returns the measured report on rank 0 (other ranks: an empty object; an
+// emulated rank reports itself).
 // Errors (a peer that died, a NaN loss) come back as values naming the rank and step.
 Expected<nlohmann::json> execute_cpu(const Plan& plan, Comm& comm, const ExecOptions& options);
 

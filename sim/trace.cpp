@@ -70,9 +70,7 @@ nlohmann::json event(const SimTask& t, const ParallelConfig& p, int64_t pid, boo
   if (t.layers > 0) args["layers"] = t.layers;
   if (t.bytes > 0) args["bytes"] = t.bytes;
   if (t.kind == TaskKind::pp_send) args[receiver ? "from_stage" : "to_stage"] = receiver ? t.stage : t.peer_stage;
-  return {{"name", task_name(t, p, receiver)}, {"ph", "X"},      {"ts", t.start_s * 1e6},
-          {"dur", t.dur_s * 1e6},             {"pid", pid},     {"tid", tn::tid(t.stream)},
-          {"cat", tn::stream_name(t.stream)}, {"args", args}};
+  return trace_complete_event(task_name(t, p, receiver), t.stream, t.start_s, t.dur_s, pid, std::move(args));
 }
 
 nlohmann::json metadata(const char* what, int64_t pid, int tid, nlohmann::json args) {
@@ -80,6 +78,24 @@ nlohmann::json metadata(const char* what, int64_t pid, int tid, nlohmann::json a
 }
 
 }  // namespace
+
+nlohmann::json trace_complete_event(const std::string& name, tn::Stream stream, double start_s, double dur_s,
+                                    int64_t pid, nlohmann::json args) {
+  return {{"name", name},        {"ph", "X"},   {"ts", start_s * 1e6},
+          {"dur", dur_s * 1e6},  {"pid", pid},  {"tid", tn::tid(stream)},
+          {"cat", tn::stream_name(stream)}, {"args", std::move(args)}};
+}
+
+nlohmann::json trace_rank_metadata(int64_t rank, const Coords& c) {
+  nlohmann::json events = nlohmann::json::array();
+  events.push_back(metadata("process_name", rank, 0, {{"name", tn::process_name(rank, c.dp, c.pp, c.tp)}}));
+  events.push_back(metadata("process_sort_index", rank, 0, {{"sort_index", rank}}));
+  for (int s = 0; s < tn::kStreams; ++s) {
+    events.push_back(metadata("thread_name", rank, s, {{"name", tn::stream_name(static_cast<tn::Stream>(s))}}));
+    events.push_back(metadata("thread_sort_index", rank, s, {{"sort_index", s}}));
+  }
+  return events;
+}
 
 nlohmann::json trace_json(const SimResult& r, const ParallelConfig& p, const RankGrid& grid,
                           const std::vector<int64_t>& ranks) {
@@ -92,12 +108,7 @@ nlohmann::json trace_json(const SimResult& r, const ParallelConfig& p, const Ran
   nlohmann::json events = nlohmann::json::array();
   for (int64_t rank : ranks) {
     const Coords c = grid.coords(rank);
-    events.push_back(metadata("process_name", rank, 0, {{"name", tn::process_name(rank, c.dp, c.pp, c.tp)}}));
-    events.push_back(metadata("process_sort_index", rank, 0, {{"sort_index", rank}}));
-    for (int s = 0; s < tn::kStreams; ++s) {
-      events.push_back(metadata("thread_name", rank, s, {{"name", tn::stream_name(static_cast<tn::Stream>(s))}}));
-      events.push_back(metadata("thread_sort_index", rank, s, {{"sort_index", s}}));
-    }
+    for (auto& m : trace_rank_metadata(rank, c)) events.push_back(std::move(m));
     for (const SimTask* t : own[c.pp]) events.push_back(event(*t, p, rank, false));
     for (const SimTask* t : incoming[c.pp]) events.push_back(event(*t, p, rank, true));
   }

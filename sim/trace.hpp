@@ -24,6 +24,12 @@ Expected<std::vector<int64_t>> parse_rank_list(const std::string& list, int64_t 
 nlohmann::json trace_json(const SimResult& r, const ParallelConfig& p, const RankGrid& grid,
                           const std::vector<int64_t>& ranks);
 
+// The metadata events that name a rank's process and its stream threads.
+nlohmann::json trace_rank_metadata(int64_t rank, const Coords& c);
+// One complete event ("ph": "X"), times in seconds from the step's start.
+nlohmann::json trace_complete_event(const std::string& name, trace_names::Stream stream, double start_s, double dur_s,
+                                    int64_t pid, nlohmann::json args);
+
 // The event's name as the executors' measured traces will name it.
 std::string task_name(const SimTask& t, const ParallelConfig& p, bool receiver = false);
 

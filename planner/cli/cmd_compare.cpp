@@ -25,18 +25,35 @@ struct CompareOptions {
 const char* kMemory[] = {"weights", "grads", "optimizer", "activations", "logits",
                          "comm_buffers", "workspace", "runtime", "other", "peak"};
 
-// Dotted names of every numeric field both documents can hold, job level then per stage.
+// Dotted names of every numeric field both documents can hold, job level then per stage. Time
+// by category: the prediction's exposed times; a measured pp_comm holds the wait for the
+// neighbour stage too, so it is compared with pp_comm + bubble (time_s.pp_comm+bubble).
 std::vector<std::string> field_names(int64_t stages) {
   std::vector<std::string> f = {"step_time_s", "tokens_per_s", "flops.hardware"};
+  for (const char* t : {"compute", "tp_comm", "dp_comm", "pp_comm+bubble", "optimizer"})
+    f.push_back(std::string("time_s.") + t);
   for (const char* m : kMemory) f.push_back(std::string("memory_bytes.") + m);
   for (const char* c : {"tp", "dp", "pp"}) f.push_back(std::string("comm_bytes.") + c);
   for (int64_t s = 0; s < stages; ++s) {
     const std::string p = "stages." + std::to_string(s) + ".";
+    for (const char* t : {"forward", "backward", "recompute", "tp_comm"}) f.push_back(p + "micro_batch_time_s." + t);
+    f.push_back(p + "dp_comm_exposed_s");
+    f.push_back(p + "optimizer_s");
     for (const char* m : kMemory) f.push_back(p + "memory_bytes." + m);
     f.push_back(p + "flops");
     for (const char* c : {"tp", "dp", "pp"}) f.push_back(p + "comm_bytes." + c);
   }
   return f;
+}
+
+// time_s.pp_comm+bubble as one number (the sum of whichever of the two the document has).
+void add_pp_wait(nlohmann::json& doc) {
+  if (!doc.contains("time_s") || !doc["time_s"].is_object()) return;
+  auto& t = doc["time_s"];
+  double sum = 0;
+  for (const char* k : {"pp_comm", "bubble"})
+    if (t.contains(k) && t[k].is_number()) sum += t[k].get<double>();
+  t["pp_comm+bubble"] = sum;
 }
 
 const nlohmann::json* lookup(const nlohmann::json& j, const std::string& dotted) {
@@ -103,7 +120,9 @@ int run_compare(const CompareOptions& o) {
   if (!measured->is_object() || !measured->contains("memory_bytes"))
     return fail(make_error(o.measured_path, "is not a report of loom execute --report (no memory_bytes)"));
   CostModel cm(plan->model, plan->cluster, plan->train);
-  const nlohmann::json predicted = estimate_to_json(cm.evaluate(plan->parallel));
+  nlohmann::json predicted = estimate_to_json(cm.evaluate(plan->parallel));
+  add_pp_wait(predicted);
+  add_pp_wait(*measured);
 
   nlohmann::json fields = nlohmann::json::array();
   for (const auto& name : field_names(plan->parallel.pp)) {
@@ -111,19 +130,22 @@ int run_compare(const CompareOptions& o) {
     const nlohmann::json* m = lookup(*measured, name);
     if (!p || !m) continue;
     const double pv = p->get<double>(), mv = m->get<double>();
-    nlohmann::json err = nullptr;  // undefined against a zero prediction (unless both are zero)
-    if (pv != 0) err = (mv - pv) / std::fabs(pv) * 100.0;
-    else if (mv == 0) err = 0.0;
+    // Signed error as loom validate and the trace comparison: (predicted - measured) / measured;
+    // undefined against a zero measurement (unless both are zero).
+    nlohmann::json err = nullptr;
+    if (mv != 0) err = (pv - mv) / std::fabs(mv) * 100.0;
+    else if (pv == 0) err = 0.0;
     fields.push_back({{"name", name}, {"predicted", *p}, {"measured", *m}, {"error_pct", err}});
   }
   if (o.json) {
     fmt::print("{}\n", nlohmann::json{{"fields", fields}}.dump(2));
     return 0;
   }
-  fmt::print("{:<40} {:>18} {:>18} {:>10}\n", "field", "predicted", "measured", "error %");
+  fmt::print("error % = (predicted - measured) / measured\n\n");
+  fmt::print("{:<46} {:>18} {:>18} {:>10}\n", "field", "predicted", "measured", "error %");
   for (const auto& f : fields) {
     const std::string err = f["error_pct"].is_null() ? "n/a" : fmt::format("{:+.2f}", f["error_pct"].get<double>());
-    fmt::print("{:<40} {:>18.6g} {:>18.6g} {:>10}\n", f["name"].get<std::string>(), f["predicted"].get<double>(),
+    fmt::print("{:<46} {:>18.6g} {:>18.6g} {:>10}\n", f["name"].get<std::string>(), f["predicted"].get<double>(),
                f["measured"].get<double>(), err);
   }
   return 0;

@@ -3,6 +3,8 @@
 // the prediction's field names (--report).
 #include <fmt/core.h>
 
+#include <cstdlib>
+#include <filesystem>
 #include <memory>
 
 #include "executor/comm.hpp"
@@ -25,9 +27,35 @@ struct ExecuteOptions {
   std::string device = "cpu";
   std::string report_path;
   double timeout_s = 60;
+  int64_t emulate_rank = -1;
   bool quiet = false;
   exec::ExecOptions exec;
 };
+
+// One rank of a plan larger than this machine, in one process, without MPI: its shapes, layers,
+// schedule and memory, communication replaced by local copies (executor/comm.hpp).
+int run_emulated(const ExecuteOptions& o, const Plan& plan) {
+  const int64_t world = plan.parallel.gpus();
+  if (o.emulate_rank >= world)
+    return fail(make_error("--emulate-rank", "must be below the plan's " + std::to_string(world) + " ranks (dp " +
+                                                 std::to_string(plan.parallel.dp) + " x tp " + std::to_string(plan.parallel.tp) +
+                                                 " x pp " + std::to_string(plan.parallel.pp) + ")"));
+  if (const char* n = std::getenv("OMPI_COMM_WORLD_SIZE"); n != nullptr && std::atoi(n) > 1)
+    return fail(make_error("--emulate-rank", "runs one process: start it without mpirun"));
+  if (!o.exec.save_dir.empty() || !o.exec.resume_dir.empty() || !o.exec.weights_out.empty())
+    return fail(make_error("--emulate-rank", "trains no real model: --save, --resume and --weights-out do not apply"));
+  auto comm = exec::make_emulated_comm(static_cast<int>(o.emulate_rank), static_cast<int>(world));
+  exec::ExecOptions eo = o.exec;
+  eo.emulated = true;
+  auto report = exec::execute_cpu(plan, *comm, eo);
+  if (!report) return fail(report.error());
+  if (!o.quiet)
+    fmt::print("rank {} of {} (emulated): {:.3f} s per step, peak {} bytes\n", o.emulate_rank, world,
+               (*report)["step_time_s"].get<double>(), (*report)["memory_bytes"]["peak"].get<int64_t>());
+  if (!o.report_path.empty())
+    if (auto st = write_text_file_atomic(o.report_path, report->dump(2) + "\n"); !st) return fail(st.error());
+  return 0;
+}
 
 int run_execute(const ExecuteOptions& o) {
 #ifdef LOOM_CUDA
@@ -51,6 +79,14 @@ int run_execute(const ExecuteOptions& o) {
   plan->prediction = cm.evaluate(plan->parallel);
   if (!plan->prediction.fits)
     return fail(make_error(o.plan_path, "does not fit: " + plan->prediction.reason));
+
+  for (const std::string* path : {&o.report_path, &o.exec.trace_path}) {
+    if (path->empty()) continue;
+    const auto dir = std::filesystem::absolute(*path).parent_path();
+    if (!std::filesystem::is_directory(dir))
+      return fail(make_error(*path == o.report_path ? "--report" : "--trace", "folder " + dir.string() + " does not exist"));
+  }
+  if (o.emulate_rank >= 0) return run_emulated(o, *plan);
 
   auto comm = exec::make_mpi_comm(nullptr, nullptr, {o.timeout_s});
   if (!comm) return fail(comm.error());
@@ -106,6 +142,10 @@ void add_execute(CLI::App& app, Run& run) {
   cmd->add_option("--seed", o->exec.seed, "weights and synthetic data seed");
   cmd->add_option("--timeout-s", o->timeout_s, "give up on a peer after this many seconds without progress");
   cmd->add_option("--weights-out", o->exec.weights_out, "write the trained model (cpu::Gpt layout, raw fp32)");
+  cmd->add_option("--trace", o->exec.trace_path,
+                  "write the last step of every rank as a Chrome trace (the names of loom simulate --trace)");
+  cmd->add_option("--emulate-rank", o->emulate_rank,
+                  "run only this rank of the plan, in one process: its shapes, layers and schedule, with communication as local copies");
   cmd->add_flag("--quiet", o->quiet, "print nothing on success");
   // Fault injection, for the reliability tests.
   cmd->add_option("--die-at-step", o->exec.die_at_step)->group("");

@@ -15,6 +15,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "sim/collectives.hpp"
@@ -52,12 +53,10 @@ std::string slurp(const fs::path& p) {
   return ss.str();
 }
 
-// mpirun as CI runs it: as root, more ranks than cores, one thread per rank.
-Run mpirun(int ranks, const std::string& args) {
+Run shell(const std::string& command) {
   static int counter = 0;
   const fs::path log = work_dir() / ("log" + std::to_string(counter++));
-  const std::string cmd = "OMP_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np " + std::to_string(ranks) +
-                          " " + LOOM_BIN + " execute " + args + " >" + log.string() + " 2>&1";
+  const std::string cmd = command + " >" + log.string() + " 2>&1";
   const auto t0 = std::chrono::steady_clock::now();
   const int status = std::system(cmd.c_str());
   Run r;
@@ -66,6 +65,15 @@ Run mpirun(int ranks, const std::string& args) {
   r.out = slurp(log);
   return r;
 }
+
+// mpirun as CI runs it: as root, more ranks than cores, one thread per rank.
+Run mpirun(int ranks, const std::string& args) {
+  return shell("OMP_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np " + std::to_string(ranks) + " " +
+               LOOM_BIN + " execute " + args);
+}
+
+// One process, no mpirun: `loom <args>`.
+Run run_loom(const std::string& args) { return shell(std::string("OMP_NUM_THREADS=1 ") + LOOM_BIN + " " + args); }
 
 Plan make_plan(ParallelConfig p) {
   auto m = load_model(std::string(LOOM_TEST_DATA) + "/tiny-gpt.json", "--model", nullptr);
@@ -136,10 +144,10 @@ ParallelConfig config(int64_t dp, int64_t tp, int64_t pp, int zero = 0, Schedule
   return p;
 }
 
-void check_exact(const Plan& plan, const nlohmann::json& report) {
+// One rank's measured row against the cost model's prediction for its stage, exactly.
+void check_rank_exact(const Plan& plan, const nlohmann::json& r) {
   const Estimate& e = plan.prediction;
-  CHECK(report["flops"]["hardware"].get<double>() == static_cast<double>(e.flops_hardware));
-  for (const auto& r : report["ranks"]) {
+  {
     const int64_t stage = r["pp"].get<int64_t>();
     const StageEstimate& s = e.stages[static_cast<size_t>(stage)];
     INFO("rank " << r["rank"] << " stage " << stage);
@@ -157,6 +165,11 @@ void check_exact(const Plan& plan, const nlohmann::json& report) {
     CHECK(r["comm_bytes"]["dp"].get<int64_t>() == s.comm.dp);
     CHECK(r["comm_bytes"]["pp"].get<int64_t>() == s.comm.pp);
   }
+}
+
+void check_exact(const Plan& plan, const nlohmann::json& report) {
+  CHECK(report["flops"]["hardware"].get<double>() == static_cast<double>(plan.prediction.flops_hardware));
+  for (const auto& r : report["ranks"]) check_rank_exact(plan, r);
 }
 
 // Tolerances. Every plan computes the same sums in a different order (ring all-reduce order,
@@ -293,4 +306,122 @@ TEST_CASE("a plan for another world size is refused", "[reliability]") {
   INFO(r.out);
   CHECK(r.code == 2);
   CHECK(r.out.find("needs 2 ranks") != std::string::npos);
+}
+
+TEST_CASE("an emulated rank measures what that rank measures in the whole job", "[emulate]") {
+  // dp 2 x tp 2 x pp 2, ZeRO-1, interleaved, selective recompute, SP: every rank differs in
+  // shapes, layers, schedule or the collectives it runs.
+  const Plan plan = make_plan(config(2, 2, 2, 1, Schedule::interleaved, 2, Recompute::selective, true));
+  const Result job = execute("emu_job", plan, 1);
+  const std::string path = (work_dir() / "emu_job.json").string();
+  for (int r = 0; r < 8; ++r) {
+    INFO("rank " << r);
+    const fs::path report = work_dir() / ("emu" + std::to_string(r) + ".json");
+    const Run run = run_loom("execute " + path + " --quiet --steps 1 --emulate-rank " + std::to_string(r) + " --report " +
+                         report.string());
+    INFO(run.out);
+    REQUIRE(run.code == 0);
+    const auto e = nlohmann::json::parse(slurp(report));
+    CHECK(e["emulated_rank"].get<int>() == r);
+    CHECK_FALSE(e.contains("losses"));  // partial sums stand in for reductions: not the model's loss
+    REQUIRE(e["ranks"].size() == 1);
+    const auto& mine = e["ranks"][0];
+    const auto& real = job.report["ranks"][static_cast<size_t>(r)];
+    REQUIRE(real["rank"].get<int>() == r);
+    CHECK(mine["memory_bytes"] == real["memory_bytes"]);
+    CHECK(mine["flops"] == real["flops"]);
+    CHECK(mine["comm_bytes"] == real["comm_bytes"]);
+    check_rank_exact(plan, mine);
+    const int64_t stage = mine["pp"].get<int64_t>();
+    CHECK(e["stages"][static_cast<size_t>(stage)]["flops"] == mine["flops"]);
+    CHECK(e["stages"][static_cast<size_t>(1 - stage)].is_null());
+  }
+}
+
+TEST_CASE("--emulate-rank refuses what it cannot do, in one line", "[emulate]") {
+  const std::string path = write_plan("emu_bad", make_plan(config(2, 1, 1)));
+  const Run high = run_loom("execute " + path + " --emulate-rank 2");
+  CHECK(high.code == 2);
+  CHECK(high.out.find("--emulate-rank: must be below the plan's 2 ranks") != std::string::npos);
+  const Run save = run_loom("execute " + path + " --emulate-rank 1 --save " + (work_dir() / "emu_ckpt").string());
+  CHECK(save.code == 2);
+  CHECK(save.out.find("--save, --resume and --weights-out do not apply") != std::string::npos);
+  const Run trace = run_loom("execute " + path + " --emulate-rank 1 --trace /nonexistent/dir/t.json");
+  CHECK(trace.code == 2);
+  CHECK(trace.out.find("--trace: folder /nonexistent/dir does not exist") != std::string::npos);
+}
+
+namespace {
+
+// Complete events of a Chrome trace by pid.
+std::map<int64_t, std::vector<nlohmann::json>> events_by_rank(const nlohmann::json& doc) {
+  std::map<int64_t, std::vector<nlohmann::json>> out;
+  for (const auto& e : doc["traceEvents"])
+    if (e["ph"] == "X") out[e["pid"].get<int64_t>()].push_back(e);
+  return out;
+}
+
+std::set<std::string> names(const std::vector<nlohmann::json>& events, const std::vector<std::string>& prefixes) {
+  std::set<std::string> out;
+  for (const auto& e : events) {
+    const std::string n = e["name"];
+    for (const auto& p : prefixes)
+      if (n.rfind(p, 0) == 0) out.insert(n);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a measured trace names what ran as loom simulate does, on every rank", "[trace]") {
+  // tp 2 with SP x pp 2, full recompute: forward, recompute, backward, optimizer, SP collectives
+  // and pipeline transfers on each rank.
+  const Plan plan = make_plan(config(1, 2, 2, 0, Schedule::one_f_one_b, 1, Recompute::full, true));
+  const fs::path measured_path = work_dir() / "measured.trace.json", predicted_path = work_dir() / "predicted.trace.json";
+  const Result r = execute("traced", plan, 2, "--trace " + measured_path.string());
+  const Run sim = run_loom("simulate " + (work_dir() / "traced.json").string() + " --ranks 0-3 --trace " +
+                       predicted_path.string());
+  INFO(sim.out);
+  REQUIRE(sim.code == 0);
+  const auto measured = nlohmann::json::parse(slurp(measured_path));
+  const auto predicted = nlohmann::json::parse(slurp(predicted_path));
+  CHECK(measured["otherData"]["generator"] == "loom execute");
+  const auto m = events_by_rank(measured), p = events_by_rank(predicted);
+  REQUIRE(m.size() == 4);
+  for (const auto& [rank, events] : m) {
+    INFO("rank " << rank);
+    REQUIRE(p.count(rank));
+    // The same compute and pipeline events by name (micro-batch, chunk, direction).
+    const std::vector<std::string> compute = {"F ", "B ", "R ", "optimizer"}, pipeline = {"pp "};
+    CHECK(names(events, compute) == names(p.at(rank), compute));
+    CHECK(names(events, pipeline) == names(p.at(rank), pipeline));
+    // every micro-batch's F, R and B, and the optimizer
+    CHECK(names(events, compute).size() == static_cast<size_t>(3 * plan.prediction.micro_batches + 1));
+    CHECK(names(events, {"tp reduce_scatter+all_gather"}).size() == 1);
+    // Compute segments on a rank never overlap, and everything lies inside the traced step.
+    std::vector<std::pair<double, double>> spans;
+    for (const auto& e : events) {
+      const double ts = e["ts"].get<double>(), dur = e["dur"].get<double>();
+      CHECK(ts >= 0);
+      CHECK(dur >= 0);
+      if (e["tid"] == 0) spans.emplace_back(ts, ts + dur);
+    }
+    std::sort(spans.begin(), spans.end());
+    for (size_t i = 1; i < spans.size(); ++i) CHECK(spans[i].first >= spans[i - 1].second - 1e-3);
+  }
+  // The report's time by category: the last step's exposed times, none negative.
+  for (const auto& row : r.report["ranks"]) {
+    double sum = 0;
+    for (const auto& [k, v] : row["time_s"].items()) {
+      CHECK(v.get<double>() >= 0);
+      sum += v.get<double>();
+    }
+    CHECK(sum > 0);
+  }
+  CHECK(r.report["stages"][1]["micro_batch_time_s"]["recompute"].get<double>() > 0);
+  // loom compare matches the two traces by name.
+  const Run cmp = run_loom("compare " + predicted_path.string() + " " + measured_path.string());
+  INFO(cmp.out);
+  CHECK(cmp.code == 0);
+  CHECK(cmp.out.find("ranks 0,1,2,3 (in both traces)") != std::string::npos);
 }
