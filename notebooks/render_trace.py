@@ -63,13 +63,13 @@ def load(path):
     return procs, threads, spans, labels, meta
 
 
-def render(path, out, window=None, title=None, row_height=0.28, width=14.0, streams=None):
+def draw(ax, path, window=None, title=None, streams=None, end=None):
+    """Draw one trace on `ax`; returns (kinds used, rows drawn). `end`: the x limit when
+    window is None (default: the trace's last event), so two traces can share a scale."""
     procs, threads, spans, labels, meta = load(path)
     rows = sorted(k for k in spans if streams is None or threads.get(k, STREAMS[k[1]] if k[1] < 4 else "") in streams)
-    fig_h = max(2.5, 1.2 + row_height * len(rows))
-    fig, ax = plt.subplots(figsize=(width, fig_h))
-    end = max(s + d for per in spans.values() for lst in per.values() for s, d in lst)
-    lo, hi = window if window else (0.0, end)
+    last = max(s + d for per in spans.values() for lst in per.values() for s, d in lst)
+    lo, hi = window if window else (0.0, end if end is not None else last)
     for y, key in enumerate(rows):
         for k, lst in spans[key].items():
             ax.broken_barh(lst, (y - 0.4, 0.8), facecolors=KINDS[k][1], edgecolor="none")
@@ -90,14 +90,47 @@ def render(path, out, window=None, title=None, row_height=0.28, width=14.0, stre
     if title is None:
         title = f"{path}"
         if meta:
-            title = (f"simulated step {meta.get('step_time_s', 0):.3f} s: dp {meta.get('dp')} tp {meta.get('tp')} "
-                     f"pp {meta.get('pp')} vpp {meta.get('vpp')}, {meta.get('tasks')} tasks")
+            title = (f"{meta.get('generator', 'loom')}: step {meta.get('step_time_s', 0):.4g} s, dp {meta.get('dp')} "
+                     f"tp {meta.get('tp')} pp {meta.get('pp')} vpp {meta.get('vpp')}")
     ax.set_title(title, fontsize=10)
-    used = sorted({k for key in rows for k in spans[key]})
+    ax.grid(axis="x", alpha=0.3)
+    return {k for key in rows for k in spans[key]}, len(rows)
+
+
+def trace_end(path):
+    _, _, spans, _, _ = load(path)
+    return max(s + d for per in spans.values() for lst in per.values() for s, d in lst)
+
+
+def legend(fig, used, fig_h):
+    used = sorted(used)
     fig.legend(handles=[Patch(color=KINDS[k][1], label=KINDS[k][0]) for k in used], loc="lower center",
                ncol=len(used), fontsize=8, frameon=False)
-    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout(rect=(0, 0.35 / fig_h, 1, 1))  # keep 0.35 inch at the bottom for the legend
+
+
+def render(path, out, window=None, title=None, row_height=0.28, width=14.0, streams=None):
+    _, _, spans, _, _ = load(path)
+    n = len(spans)
+    fig_h = max(2.5, 1.2 + row_height * n)
+    fig, ax = plt.subplots(figsize=(width, fig_h))
+    used, _ = draw(ax, path, window, title, streams)
+    legend(fig, used, fig_h)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+
+
+def render_pair(predicted, measured, out, titles=(None, None), row_height=0.28, width=14.0, streams=None):
+    """The predicted trace above the measured one, on one time scale (the longer of the two)."""
+    rows = [len(load(p)[2]) for p in (predicted, measured)]
+    fig_h = max(4.0, 2.0 + row_height * sum(rows))
+    fig, axes = plt.subplots(2, 1, figsize=(width, fig_h), gridspec_kw={"height_ratios": [max(1, r) for r in rows]})
+    end = max(trace_end(predicted), trace_end(measured))
+    used = set()
+    for ax, path, title in zip(axes, (predicted, measured), titles):
+        u, _ = draw(ax, path, None, title, streams, end=end)
+        used |= u
+    legend(fig, used, fig_h)
     fig.savefig(out, dpi=130)
     plt.close(fig)
 
