@@ -152,24 +152,35 @@ __device__ inline void store_rows(bf16* g, int64_t stride, bf16* stage, const fl
 
 }  // namespace
 
-// grid (T/64, NH, B); block 128 = 4 warps, warp w owns queries [qb*64 + 16w, +16).
+// grid (T/64, NH, B); block 128 = 4 warps, warp w owns queries [qb*64 + 16w, +16) of q head h,
+// which reads kv head h / (NH / NKV).
+// kGrouped false: NKV == NH, known at compile time, so the multi-head (GPT) instance compiles to
+// the same code (and registers: 128, 4 blocks per SM) as before grouped-query support; the
+// general address arithmetic costs 6 more registers, which would drop it to 3 blocks per SM.
+template <bool kGrouped>
 __global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf16* out, float* lse,
-                                                                     const bf16* qkv, int T, int NH) {
+                                                                     const bf16* qkv, int T, int NH,
+                                                                     int nkv) {
+  const int NKV = kGrouped ? nkv : NH;
   __shared__ __align__(16) bf16 sQ[BM * LDS];
   __shared__ __align__(16) bf16 sK[2][BM * LDS];  // double-buffered: tile kb + 1 loads during kb
   __shared__ __align__(16) bf16 sV[2][BM * LDS];
   const int qb = gridDim.x - 1 - blockIdx.x;  // longest rows first
   const int h = blockIdx.y, b = blockIdx.z;
+  const int hk = kGrouped ? h / (NH / NKV) : h;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int gq = lane >> 2, t = lane & 3;
   const int C = NH * HS;
-  const int64_t stride = 3 * static_cast<int64_t>(C);
-  const bf16* base = qkv + static_cast<int64_t>(b) * T * stride + h * HS;
+  const int64_t stride = kGrouped ? static_cast<int64_t>(NH + 2 * NKV) * HS : 3 * static_cast<int64_t>(C);
+  const bf16* base = qkv + static_cast<int64_t>(b) * T * stride + h * HS;  // q head h
+  const bf16* kbase = kGrouped ? qkv + static_cast<int64_t>(b) * T * stride + C + hk * HS  // k head hk
+                               : base + C;
+  const bf16* vbase = kGrouped ? kbase + NKV * HS : base + 2 * C;  // v head hk
   const float scale_log2 = kLog2e / sqrtf(static_cast<float>(HS));
 
   load_tile_async(sQ, base + static_cast<int64_t>(qb) * BM * stride, stride);
-  load_tile_async(sK[0], base + C, stride);
-  load_tile_async(sV[0], base + 2 * C, stride);
+  load_tile_async(sK[0], kbase, stride);
+  load_tile_async(sV[0], vbase, stride);
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
@@ -183,8 +194,8 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf16* out, 
   for (int kb = 0; kb <= qb; kb++) {
     const int buf = kb & 1;
     if (kb < qb) {  // prefetch tile kb + 1 into the buffer every warp finished with last iteration
-      load_tile_async(sK[buf ^ 1], base + C + static_cast<int64_t>(kb + 1) * BM * stride, stride);
-      load_tile_async(sV[buf ^ 1], base + 2 * C + static_cast<int64_t>(kb + 1) * BM * stride, stride);
+      load_tile_async(sK[buf ^ 1], kbase + static_cast<int64_t>(kb + 1) * BM * stride, stride);
+      load_tile_async(sV[buf ^ 1], vbase + static_cast<int64_t>(kb + 1) * BM * stride, stride);
       cp_async_commit();
       cp_async_wait<1>();  // tile kb has landed
     } else {
@@ -275,36 +286,46 @@ __global__ void attention_delta_kernel(float* delta, const bf16* dout, const bf1
   delta[(static_cast<int64_t>(b) * NH + h) * T + tt] = s;
 }
 
-// dK, dV. grid (T/64, NH, B); warp w owns keys [kb*64 + 16w, +16) and walks query blocks kb..end.
+// dK, dV. grid (T/64, NKV, B); warp w owns keys [kb*64 + 16w, +16) of kv head hk and walks, for
+// each q head h of its group [hk*G, (hk+1)*G), G = NH / NKV, the query blocks kb..end: the
+// (h, query block) pairs in that order, one pipeline, the dK/dV accumulators in registers across
+// the whole group (no atomics, no race: every kv head's rows belong to one thread block). With
+// G == 1 this is the multi-head kernel: the same loop, the same order (kGrouped false: G == 1 at
+// compile time, as attention_forward_kernel).
 // It works on transposed tiles: S^T = K Q^T, P^T, dP^T = V dO^T, dS^T = P^T (dP^T - D);
-// dV += P^T dO and dK += dS^T Q.
+// dV += P^T dO and dK += dS^T Q (FlashAttention-2, Dao 2023, algorithm 2).
+template <bool kGrouped>
 __global__ void __launch_bounds__(kThreads) attention_backward_kv_kernel(
     bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta, int T,
-    int NH) {
-  __shared__ __align__(16) bf16 sQ[2][BM * LDS];  // double-buffered over query blocks
+    int NH, int nkv) {
+  const int NKV = kGrouped ? nkv : NH;
+  __shared__ __align__(16) bf16 sQ[2][BM * LDS];  // double-buffered over (head, query block)
   __shared__ __align__(16) bf16 sdO[2][BM * LDS];
   __shared__ __align__(16) bf16 sKV[BM * LDS];  // K, then V, then the output staging
   __shared__ __align__(16) float sL[2][BM];
   __shared__ __align__(16) float sD[2][BM];
   const int kb = blockIdx.x;  // the first key blocks have the most query blocks: issue them first
-  const int h = blockIdx.y, b = blockIdx.z;
+  const int hk = blockIdx.y, b = blockIdx.z;
+  const int group = kGrouped ? NH / NKV : 1;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int gq = lane >> 2, t = lane & 3;
   const int C = NH * HS;
-  const int64_t stride = 3 * static_cast<int64_t>(C);
-  const bf16* base = qkv + static_cast<int64_t>(b) * T * stride + h * HS;
-  const bf16* dbase = dout + static_cast<int64_t>(b) * T * C + h * HS;
-  const float* lse_bh = lse + (static_cast<int64_t>(b) * NH + h) * T;
-  const float* delta_bh = delta + (static_cast<int64_t>(b) * NH + h) * T;
+  const int64_t stride = kGrouped ? static_cast<int64_t>(NH + 2 * NKV) * HS : 3 * static_cast<int64_t>(C);
+  const bf16* rows = qkv + static_cast<int64_t>(b) * T * stride;  // this sequence's tokens
+  const bf16* kbase = rows + C + hk * HS;
+  const bf16* vbase = kbase + NKV * HS;
+  const bf16* dbase = dout + static_cast<int64_t>(b) * T * C;
+  const float* lse_b = lse + static_cast<int64_t>(b) * NH * T;
+  const float* delta_b = delta + static_cast<int64_t>(b) * NH * T;
   const float scale = 1.0f / sqrtf(static_cast<float>(HS));
   const float scale_log2 = kLog2e * scale;
 
   uint32_t ka[4][4], va[4][4];
-  load_tile(sKV, base + C + static_cast<int64_t>(kb) * BM * stride, stride);
+  load_tile(sKV, kbase + static_cast<int64_t>(kb) * BM * stride, stride);
   __syncthreads();
   load_a(ka, sKV + warp * 16 * LDS, lane);
   __syncthreads();
-  load_tile(sKV, base + 2 * C + static_cast<int64_t>(kb) * BM * stride, stride);
+  load_tile(sKV, vbase + static_cast<int64_t>(kb) * BM * stride, stride);
   __syncthreads();
   load_a(va, sKV + warp * 16 * LDS, lane);
 
@@ -313,20 +334,28 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kv_kernel(
   zero(dv);
   const int key0 = kb * BM + warp * 16 + gq;  // this thread's keys: key0 and key0 + 8
   const int nqb = T / BM;
-  // one query block's Q, dO, log-sum-exp and delta into buffer `buf`, asynchronously
-  auto prefetch = [&](int qb, int buf) {
-    load_tile_async(sQ[buf], base + static_cast<int64_t>(qb) * BM * stride, stride);
-    load_tile_async(sdO[buf], dbase + static_cast<int64_t>(qb) * BM * C, C);
-    if (threadIdx.x < 16) cp_async16(&sL[buf][threadIdx.x * 4], lse_bh + qb * BM + threadIdx.x * 4);
-    else if (threadIdx.x < 32) cp_async16(&sD[buf][(threadIdx.x - 16) * 4], delta_bh + qb * BM + (threadIdx.x - 16) * 4);
+  // q head h's query block qb: Q, dO, log-sum-exp and delta into buffer `buf`, asynchronously
+  auto prefetch = [&](int h, int qb, int buf) {
+    const int64_t lrow = static_cast<int64_t>(h) * T + qb * BM;  // (h, first query) in lse, delta
+    load_tile_async(sQ[buf], rows + h * HS + static_cast<int64_t>(qb) * BM * stride, stride);
+    load_tile_async(sdO[buf], dbase + h * HS + static_cast<int64_t>(qb) * BM * C, C);
+    if (threadIdx.x < 16) cp_async16(&sL[buf][threadIdx.x * 4], lse_b + lrow + threadIdx.x * 4);
+    else if (threadIdx.x < 32) cp_async16(&sD[buf][(threadIdx.x - 16) * 4], delta_b + lrow + (threadIdx.x - 16) * 4);
     cp_async_commit();
   };
   __syncthreads();  // every warp has read V from sKV (it becomes the output staging at the end)
-  prefetch(kb, 0);
-  for (int qb = kb; qb < nqb; qb++) {
-    const int buf = (qb - kb) & 1;
-    if (qb + 1 < nqb) {
-      prefetch(qb + 1, buf ^ 1);
+  const int steps = group * (nqb - kb);
+  int h = hk * group, qb = kb;  // the current (q head, query block)
+  prefetch(h, qb, 0);
+  for (int step = 0; step < steps; step++) {
+    const int buf = step & 1;
+    int h_next = h, qb_next = qb + 1;  // the pair after this one: the next block, else next head
+    if (kGrouped && qb_next == nqb) {
+      qb_next = kb;
+      h_next++;
+    }
+    if (step + 1 < steps) {
+      prefetch(h_next, qb_next, buf ^ 1);
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
@@ -356,28 +385,36 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kv_kernel(
     mma_ab(dv, pa, sdO[buf], lane);
     mma_ab(dk, dsa, sQ[buf], lane);
     __syncthreads();  // every warp is done with buffer `buf` before it is refilled
+    h = h_next;
+    qb = qb_next;
   }
-  bf16* drow = dqkv + (static_cast<int64_t>(b) * T + kb * BM + warp * 16) * stride + h * HS;
-  store_rows(drow + C, stride, sKV + warp * 16 * LDS, dk, scale, lane);
+  bf16* drow = dqkv + (static_cast<int64_t>(b) * T + kb * BM + warp * 16) * stride + C + hk * HS;
+  store_rows(drow, stride, sKV + warp * 16 * LDS, dk, scale, lane);
   __syncwarp();
-  store_rows(drow + 2 * C, stride, sKV + warp * 16 * LDS, dv, 1.0f, lane);
+  store_rows(drow + NKV * HS, stride, sKV + warp * 16 * LDS, dv, 1.0f, lane);
 }
 
-// dQ. grid (T/64, NH, B); warp w owns queries [qb*64 + 16w, +16) and walks key blocks 0..qb:
-// S = Q K^T, P, dP = dO V^T, dS = P (dP - D), dQ += dS K.
+// dQ. grid (T/64, NH, B); warp w owns queries [qb*64 + 16w, +16) of q head h and walks the key
+// blocks 0..qb of kv head h / (NH / NKV): S = Q K^T, P, dP = dO V^T, dS = P (dP - D), dQ += dS K.
+template <bool kGrouped>
 __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(
     bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta, int T,
-    int NH) {
+    int NH, int nkv) {
+  const int NKV = kGrouped ? nkv : NH;
   __shared__ __align__(16) bf16 sK[2][BM * LDS];  // double-buffered over key blocks
   __shared__ __align__(16) bf16 sV[2][BM * LDS];
   __shared__ __align__(16) bf16 sA[BM * LDS];  // Q, then dO, then the output staging
   const int qb = gridDim.x - 1 - blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z;
+  const int hk = kGrouped ? h / (NH / NKV) : h;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int gq = lane >> 2, t = lane & 3;
   const int C = NH * HS;
-  const int64_t stride = 3 * static_cast<int64_t>(C);
-  const bf16* base = qkv + static_cast<int64_t>(b) * T * stride + h * HS;
+  const int64_t stride = kGrouped ? static_cast<int64_t>(NH + 2 * NKV) * HS : 3 * static_cast<int64_t>(C);
+  const bf16* base = qkv + static_cast<int64_t>(b) * T * stride + h * HS;  // q head h
+  const bf16* kbase = kGrouped ? qkv + static_cast<int64_t>(b) * T * stride + C + hk * HS  // k head hk
+                               : base + C;
+  const bf16* vbase = kGrouped ? kbase + NKV * HS : base + 2 * C;  // v head hk
   const bf16* dbase = dout + static_cast<int64_t>(b) * T * C + h * HS;
   const float scale = 1.0f / sqrtf(static_cast<float>(HS));
   const float scale_log2 = kLog2e * scale;
@@ -400,14 +437,14 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(
   }
   float dq[8][4];
   zero(dq);
-  load_tile_async(sK[0], base + C, stride);
-  load_tile_async(sV[0], base + 2 * C, stride);
+  load_tile_async(sK[0], kbase, stride);
+  load_tile_async(sV[0], vbase, stride);
   cp_async_commit();
   for (int kb = 0; kb <= qb; kb++) {
     const int buf = kb & 1;
     if (kb < qb) {
-      load_tile_async(sK[buf ^ 1], base + C + static_cast<int64_t>(kb + 1) * BM * stride, stride);
-      load_tile_async(sV[buf ^ 1], base + 2 * C + static_cast<int64_t>(kb + 1) * BM * stride, stride);
+      load_tile_async(sK[buf ^ 1], kbase + static_cast<int64_t>(kb + 1) * BM * stride, stride);
+      load_tile_async(sV[buf ^ 1], vbase + static_cast<int64_t>(kb + 1) * BM * stride, stride);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -439,40 +476,48 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(
 }
 
 namespace {
-Status check_shapes(const char* op, int64_t B, int64_t T, int64_t NH) {
-  const Dims dims{{"B", B}, {"T", T}, {"NH", NH}, {"head_size", HS}};
+Status check_shapes(const char* op, int64_t B, int64_t T, int64_t NH, int64_t NKV) {
+  const Dims dims{{"B", B}, {"T", T}, {"NH", NH}, {"NKV", NKV}, {"head_size", HS}};
   if (B < 1 || NH < 1 || T < BM || T % BM != 0) {
     return shape_error(op, dims, "needs B, NH >= 1 and T a positive multiple of 64");
   }
+  if (NKV < 1 || NH % NKV != 0) return shape_error(op, dims, "needs NKV >= 1 dividing NH (grouped-query attention)");
   if (B > 65535 || NH > 65535) return shape_error(op, dims, "B and NH must be <= 65535 (grid)");
   return ok_status();
 }
 }  // namespace
 
 Status attention_forward(bf16* out, float* lse, const bf16* qkv, int64_t B, int64_t T, int64_t NH,
-                         cudaStream_t stream) {
-  LOOM_TRY(check_shapes("attention_forward", B, T, NH));
+                         int64_t NKV, cudaStream_t stream) {
+  LOOM_TRY(check_shapes("attention_forward", B, T, NH, NKV));
   const dim3 grid(static_cast<unsigned>(T / BM), static_cast<unsigned>(NH), static_cast<unsigned>(B));
-  attention_forward_kernel<<<grid, kThreads, 0, stream>>>(out, lse, qkv, static_cast<int>(T),
-                                                          static_cast<int>(NH));
-  return check_launch("attention_forward", {{"B", B}, {"T", T}, {"NH", NH}});
+  const bool grouped = NKV != NH;
+  auto kernel = grouped ? attention_forward_kernel<true> : attention_forward_kernel<false>;
+  kernel<<<grid, kThreads, 0, stream>>>(out, lse, qkv, static_cast<int>(T), static_cast<int>(NH),
+                                        static_cast<int>(NKV));
+  return check_launch("attention_forward", {{"B", B}, {"T", T}, {"NH", NH}, {"NKV", NKV}});
 }
 
 Status attention_backward(bf16* dqkv, float* delta, const bf16* dout, const bf16* qkv,
                           const bf16* out, const float* lse, int64_t B, int64_t T, int64_t NH,
-                          cudaStream_t stream) {
-  LOOM_TRY(check_shapes("attention_backward", B, T, NH));
-  const Dims dims{{"B", B}, {"T", T}, {"NH", NH}};
+                          int64_t NKV, cudaStream_t stream) {
+  LOOM_TRY(check_shapes("attention_backward", B, T, NH, NKV));
+  const Dims dims{{"B", B}, {"T", T}, {"NH", NH}, {"NKV", NKV}};
   const int64_t rows = B * T * NH;
   attention_delta_kernel<<<static_cast<unsigned>(ceil_div(rows, 256)), 256, 0, stream>>>(
       delta, dout, out, static_cast<int>(B), static_cast<int>(T), static_cast<int>(NH));
   LOOM_TRY(check_launch("attention_backward_delta", dims));
-  const dim3 grid(static_cast<unsigned>(T / BM), static_cast<unsigned>(NH), static_cast<unsigned>(B));
-  attention_backward_kv_kernel<<<grid, kThreads, 0, stream>>>(
-      dqkv, dout, qkv, lse, delta, static_cast<int>(T), static_cast<int>(NH));
+  // dK, dV: one thread block per (key block, kv head, sequence); dQ: per (query block, q head, b)
+  const dim3 grid_kv(static_cast<unsigned>(T / BM), static_cast<unsigned>(NKV), static_cast<unsigned>(B));
+  const bool grouped = NKV != NH;
+  auto kv_kernel = grouped ? attention_backward_kv_kernel<true> : attention_backward_kv_kernel<false>;
+  kv_kernel<<<grid_kv, kThreads, 0, stream>>>(dqkv, dout, qkv, lse, delta, static_cast<int>(T),
+                                              static_cast<int>(NH), static_cast<int>(NKV));
   LOOM_TRY(check_launch("attention_backward_kv", dims));
-  attention_backward_q_kernel<<<grid, kThreads, 0, stream>>>(
-      dqkv, dout, qkv, lse, delta, static_cast<int>(T), static_cast<int>(NH));
+  const dim3 grid_q(static_cast<unsigned>(T / BM), static_cast<unsigned>(NH), static_cast<unsigned>(B));
+  auto q_kernel = grouped ? attention_backward_q_kernel<true> : attention_backward_q_kernel<false>;
+  q_kernel<<<grid_q, kThreads, 0, stream>>>(dqkv, dout, qkv, lse, delta, static_cast<int>(T),
+                                            static_cast<int>(NH), static_cast<int>(NKV));
   return check_launch("attention_backward_q", dims);
 }
 

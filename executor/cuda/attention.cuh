@@ -1,8 +1,11 @@
 // Causal self-attention, a fused flash-style kernel (Dao 2023, FlashAttention-2's loop order) on
 // the tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulate), head size 64.
 //
-// It reads q, k, v straight from the fused QKV projection, laid out (B, T, 3, NH, 64) as the
-// GEMM writes it (no permute kernels), and writes out (B, T, NH, 64), which the output
+// It reads q, k, v straight from the fused QKV projection, laid out (B, T, NH + 2 NKV, 64) as
+// the GEMM writes it: per token NH q heads, then NKV k heads, then NKV v heads (no permute
+// kernels); with NKV == NH that is llm.c's (B, T, 3, NH, 64). Grouped-query attention (Ainslie et
+// al. 2023): q head h reads kv head h / (NH / NKV), Llama's repeat_kv and the CPU reference's
+// (executor/cpu/attention.hpp) convention. It writes out (B, T, NH, 64), which the output
 // projection reads as is. The T x T score matrix never reaches memory: forward keeps a running
 // max and sum per query row and stores, for backward, only the output and the log-sum-exp per
 // (b, head, query) (4 bytes each); backward recomputes the probabilities tile by tile.
@@ -11,10 +14,12 @@
 // copy overlaps the current tile's tensor-core work.
 //
 // Backward is two kernels with no atomics, so it is deterministic: one pass over key blocks
-// computes dK and dV (each thread block owns 64 keys and walks the query blocks at or after
-// them), one pass over query blocks computes dQ (each owns 64 queries and walks the key blocks
-// at or before them). That recomputes QK^T and dO V^T twice (7 products per tile instead of 5)
-// in exchange for no dQ atomics and no fp32 dQ buffer.
+// computes dK and dV (each thread block owns 64 keys of one kv head and walks, for each of the
+// NH / NKV q heads that share it in turn, the query blocks at or after them, so the group's sum
+// stays in registers in a fixed order), one pass over query blocks computes dQ (each owns 64
+// queries of one q head and walks the key blocks at or before them). That recomputes QK^T and
+// dO V^T twice (7 products per tile instead of 5) in exchange for no dQ atomics and no fp32 dQ
+// buffer.
 #pragma once
 #include <cstdint>
 
@@ -27,14 +32,26 @@ constexpr int64_t kAttentionBlock = 64;  // T must be a multiple of this
 
 // out (B, T, NH, 64) bf16; lse (B, NH, T) fp32: log2-sum-exp2 of the scaled scores
 // (log2(e) / sqrt(64) * q.k), the softmax normalizer backward needs.
-// qkv (B, T, 3, NH, 64) bf16.
+// qkv (B, T, NH + 2 NKV, 64) bf16; NKV divides NH.
 Status attention_forward(bf16* out, float* lse, const bf16* qkv, int64_t B, int64_t T, int64_t NH,
-                         cudaStream_t stream);
+                         int64_t NKV, cudaStream_t stream);
 
-// dqkv (B, T, 3, NH, 64) overwritten with the gradients of q, k and v. dout (B, T, NH, 64);
-// out, lse from attention_forward; delta: scratch of B*NH*T floats (rowsum(dout * out)).
+// dqkv (B, T, NH + 2 NKV, 64) overwritten with the gradients of q, k and v (each kv head's
+// gradient summed over the NH / NKV q heads that read it). dout (B, T, NH, 64); out, lse from
+// attention_forward; delta: scratch of B*NH*T floats (rowsum(dout * out)).
 Status attention_backward(bf16* dqkv, float* delta, const bf16* dout, const bf16* qkv,
                           const bf16* out, const float* lse, int64_t B, int64_t T, int64_t NH,
-                          cudaStream_t stream);
+                          int64_t NKV, cudaStream_t stream);
+
+// Multi-head attention (NKV == NH, the GPT family): qkv (B, T, 3, NH, 64).
+inline Status attention_forward(bf16* out, float* lse, const bf16* qkv, int64_t B, int64_t T,
+                                int64_t NH, cudaStream_t stream) {
+  return attention_forward(out, lse, qkv, B, T, NH, NH, stream);
+}
+inline Status attention_backward(bf16* dqkv, float* delta, const bf16* dout, const bf16* qkv,
+                                 const bf16* out, const float* lse, int64_t B, int64_t T,
+                                 int64_t NH, cudaStream_t stream) {
+  return attention_backward(dqkv, delta, dout, qkv, out, lse, B, T, NH, NH, stream);
+}
 
 }  // namespace loom::cuda

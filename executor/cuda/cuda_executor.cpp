@@ -29,10 +29,6 @@ Status check_plan(const Plan& plan) {
                                       " pp=" + std::to_string(p.pp) + ")");
   }
   if (plan.train.dtype != Dtype::bf16) return make_error("train.dtype", "the CUDA backend trains in bf16");
-  if (p.recompute == Recompute::full) {
-    return make_error("parallel.recompute", "full recompute is not implemented on the CUDA backend "
-                                            "(none and selective are: its fused attention stores no T x T tensor)");
-  }
   if (p.micro_batch < 1 || plan.train.global_batch % p.micro_batch != 0) {
     return make_error("train.global_batch", "must be a multiple of parallel.micro_batch");
   }
@@ -72,7 +68,10 @@ Expected<MeasuredReport> run_cuda(const Plan& plan, const CudaOptions& opt) {
   report.free_before_bytes = static_cast<int64_t>(free_bytes);
 
   // Refuse before allocating anything: the model's own buffer list against what is free.
-  auto need = Gpt::memory_needed(spec, B, T);
+  // recompute: full keeps each layer's input only (cuda::Gpt); selective runs as none, since the
+  // fused attention stores no T x T tensor to drop.
+  const Recompute recompute = plan.parallel.recompute;
+  auto need = Gpt::memory_needed(spec, B, T, recompute);
   if (!need) return need.error();
   const int64_t tokens_bytes = 2 * 2 * micro_batches * B * T * static_cast<int64_t>(sizeof(int32_t));
   const int64_t predicted = need->peak() + tokens_bytes;
@@ -95,7 +94,7 @@ Expected<MeasuredReport> run_cuda(const Plan& plan, const CudaOptions& opt) {
     ~StreamGuard() { cudaStreamDestroy(s); }
   } stream_guard{stream};
 
-  auto model_or = Gpt::create(spec, B, T, opt.seed, stream);
+  auto model_or = Gpt::create(spec, B, T, opt.seed, stream, recompute);
   if (!model_or) return model_or.error();
   std::unique_ptr<Gpt> model = std::move(model_or.value());
 
@@ -188,7 +187,9 @@ Expected<MeasuredReport> run_cuda(const Plan& plan, const CudaOptions& opt) {
   m.step_time_s = step_s;
   m.tokens_per_s = step_s > 0 ? static_cast<double>(plan.train.global_batch * T) / step_s : 0;
   m.flops_model = model_flops(spec, plan.train.global_batch, T);
-  m.flops_hardware = hardware_flops(spec, plan.train.global_batch, T, Recompute::none);
+  // full recompute runs every layer's forward twice (the logits once): hardware_flops' full term
+  m.flops_hardware = hardware_flops(spec, plan.train.global_batch, T,
+                                    recompute == Recompute::full ? Recompute::full : Recompute::none);
   m.tflops_per_gpu = step_s > 0 ? static_cast<double>(m.flops_model) / step_s / 1e12 : 0;
   m.mfu = plan.cluster.gpu.peak_flops_bf16 > 0 ? m.tflops_per_gpu * 1e12 / plan.cluster.gpu.peak_flops_bf16 : 0;
   m.memory = *need;
