@@ -7,7 +7,7 @@
 namespace loom::cuda {
 
 int execute_cuda_command(const std::string& plan_path, const CudaOptions& opt,
-                         const std::string& report_path) {
+                         const std::string& report_path, const std::string& trace_path) {
   const auto fail = [](const std::string& message) {
     std::fprintf(stderr, "loom: %s\n", message.c_str());
     return 2;
@@ -18,7 +18,9 @@ int execute_cuda_command(const std::string& plan_path, const CudaOptions& opt,
   if (j.is_discarded()) return fail(plan_path + ": not valid JSON");
   auto plan = plan_from_json(j, plan_path);
   if (!plan) return fail(plan.error().message);
-  auto report = run_cuda(*plan, opt);
+  CudaOptions o = opt;
+  if (!trace_path.empty()) o.profile_step = true;
+  auto report = run_cuda(*plan, o);
   if (!report) return fail(report.error().message);
   const Estimate& m = report->measured;
   std::printf("%s on %s: B=%lld T=%lld step %.4f s, %.0f tokens/s, %.1f TFLOP/s, MFU %.1f%%, "
@@ -33,6 +35,11 @@ int execute_cuda_command(const std::string& plan_path, const CudaOptions& opt,
     std::ofstream out(report_path);
     out << measured_report_to_json(*report).dump(2) << "\n";
     if (!out) return fail(report_path + ": cannot write");
+  }
+  if (!trace_path.empty()) {
+    std::ofstream out(trace_path);
+    out << measured_trace_json(*report).dump() << "\n";
+    if (!out) return fail(trace_path + ": cannot write");
   }
   return 0;
 }

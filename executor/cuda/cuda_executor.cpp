@@ -9,6 +9,7 @@
 #include "executor/cuda/gpt.cuh"
 #include "sim/cost_model.hpp"
 #include "sim/model_math.hpp"
+#include "sim/trace.hpp"
 
 namespace loom::cuda {
 namespace {
@@ -136,21 +137,43 @@ Expected<MeasuredReport> run_cuda(const Plan& plan, const CudaOptions& opt) {
 
   draw(0, host.data);
   const float loss_scale = 1.0f / static_cast<float>(micro_batches);
-  for (int64_t step = 0; step < opt.steps; step++) {
+  // The timed steps, then (opt.profile_step) one more with a mark before every kernel.
+  StepMarks marks;
+  const int64_t total_steps = opt.steps + (opt.profile_step ? 1 : 0);
+  for (int64_t step = 0; step < total_steps; step++) {
+    const bool profiled = step == opt.steps;
     int32_t* h = host.data + (step % 2) * batch_elems;
     int32_t* d = d_tokens + (step % 2) * batch_elems;
+    if (profiled) {
+      marks.clear();
+      model->set_marks(&marks);
+    }
     LOOM_TRY(cuda_status(cudaEventRecord(start, stream), "event", {}));
     LOOM_TRY(cuda_status(cudaMemcpyAsync(d, h, batch_elems * sizeof(int32_t), cudaMemcpyHostToDevice, stream),
                          "token copy", {{"elements", batch_elems}}));
     for (int64_t i = 0; i < micro_batches; i++) {
       const int32_t* in = d + 2 * i * B * T;
+      marks.set_micro_batch(i);
       LOOM_TRY(model->forward_backward(in, in + B * T, loss_scale));
     }
     LOOM_TRY(model->update(hyper, static_cast<float>(opt.max_grad_norm), step + 1));
+    if (profiled) {
+      LOOM_TRY(marks.phase("end", stream));
+      model->set_marks(nullptr);
+    }
     LOOM_TRY(cuda_status(cudaEventRecord(stop, stream), "event", {}));
-    if (step + 1 < opt.steps) draw(step + 1, host.data + ((step + 1) % 2) * batch_elems);
+    if (step + 1 < total_steps) draw(step + 1, host.data + ((step + 1) % 2) * batch_elems);
     auto loss_norm = model->take_loss_and_norm();  // synchronizes
     if (!loss_norm) return loss_norm.error();
+    if (profiled) {
+      auto spans = marks.spans();
+      if (!spans) return spans.error();
+      report.profile = std::move(*spans);
+      float ms = 0;
+      LOOM_TRY(cuda_status(cudaEventElapsedTime(&ms, start, stop), "event time", {}));
+      report.profiled_step_s = ms / 1e3;
+      continue;
+    }
     float ms = 0;
     LOOM_TRY(cuda_status(cudaEventElapsedTime(&ms, start, stop), "event time", {}));
     report.step_times_s.push_back(ms / 1e3);
@@ -198,11 +221,74 @@ Expected<MeasuredReport> run_cuda(const Plan& plan, const CudaOptions& opt) {
   m.capacity_bytes = static_cast<int64_t>(total_bytes);
   m.usable_bytes = available;
   m.fits = true;
+
+  // The profiled step by phase (the prediction's time categories; one GPU: no communication)
+  // and per micro-batch, as StageEstimate.
+  StageEstimate stage;
+  stage.index = 0;
+  stage.layers = spec.layers;
+  stage.params = m.params;
+  stage.memory = m.memory;
+  stage.flops = m.flops_hardware;
+  for (const MarkSpan& s : report.profile) {
+    if (!s.phase) {
+      report.op_time_s[s.name] += s.dur_s;
+      continue;
+    }
+    const char k = s.name.empty() ? '?' : s.name[0];
+    if (s.name == "optimizer") stage.optimizer_s += s.dur_s;
+    else if (k == 'F') stage.forward_s += s.dur_s;
+    else if (k == 'B') stage.backward_s += s.dur_s;
+    else if (k == 'R') stage.recompute_s += s.dur_s;
+  }
+  if (!report.profile.empty()) {
+    m.time.compute_s = stage.forward_s + stage.backward_s + stage.recompute_s;
+    m.time.optimizer_s = stage.optimizer_s;
+    const double mb = static_cast<double>(micro_batches);
+    stage.forward_s /= mb;
+    stage.backward_s /= mb;
+    stage.recompute_s /= mb;
+    m.stages.push_back(stage);
+  }
   return report;
+}
+
+nlohmann::json measured_trace_json(const MeasuredReport& r) {
+  const Coords zero{0, 0, 0};
+  nlohmann::json events = trace_rank_metadata(0, zero);
+  // Kernels on their own thread below the streams the simulator draws (tid 5).
+  constexpr int kKernelTid = trace_names::kStreams;
+  events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", 0}, {"tid", kKernelTid}, {"args", {{"name", "kernels"}}}});
+  events.push_back({{"name", "thread_sort_index"}, {"ph", "M"}, {"pid", 0}, {"tid", kKernelTid},
+                    {"args", {{"sort_index", kKernelTid}}}});
+  for (const MarkSpan& s : r.profile) {
+    nlohmann::json args = nlohmann::json::object();
+    if (s.micro_batch >= 0) args["micro_batch"] = s.micro_batch;
+    if (s.phase) {
+      if (s.name != "optimizer") args["chunk"] = 0;
+      events.push_back(trace_complete_event(s.name, trace_names::Stream::compute, s.start_s, s.dur_s, 0, args));
+    } else {
+      nlohmann::json e = trace_complete_event(s.name, trace_names::Stream::compute, s.start_s, s.dur_s, 0, args);
+      e["tid"] = kKernelTid;
+      e["cat"] = "kernels";
+      events.push_back(std::move(e));
+    }
+  }
+  const auto& p = r.measured.parallel;
+  return {{"traceEvents", std::move(events)},
+          {"displayTimeUnit", "ms"},
+          {"otherData",
+           {{"generator", "loom execute"}, {"device", r.device_name}, {"step_time_s", r.profiled_step_s},
+            {"dp", p.dp}, {"tp", p.tp}, {"pp", p.pp}, {"vpp", p.vpp},
+            {"note", "one step after the timed ones, with a CUDA event before every kernel"}}}};
 }
 
 nlohmann::json measured_report_to_json(const MeasuredReport& r) {
   nlohmann::json j = estimate_to_json(r.measured);
+  if (!r.profile.empty()) {
+    j["op_time_s"] = r.op_time_s;  // per step, by kernel category (the profiled step)
+    j["profiled_step_s"] = r.profiled_step_s;
+  }
   j["device"] = r.device_name;
   j["step_times_s"] = r.step_times_s;
   j["losses"] = r.losses;

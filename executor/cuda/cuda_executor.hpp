@@ -6,9 +6,11 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "executor/cuda/step_marks.cuh"
 #include "sim/estimate.hpp"
 #include "sim/expected.hpp"
 #include "sim/plan.hpp"
@@ -25,6 +27,9 @@ struct CudaOptions {
   double lr = 3e-4, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1, max_grad_norm = 1.0;
   int64_t reserve_bytes = int64_t{256} << 20;  // kept free for cuBLAS and the driver
   bool progress = true;       // one line per step on stderr
+  // One more step after the timed ones with a CUDA event before every kernel: the report's
+  // time_s, stages[0].micro_batch_time_s and op_time_s, and the trace (--trace).
+  bool profile_step = true;
 };
 
 struct MeasuredReport {
@@ -37,6 +42,9 @@ struct MeasuredReport {
   int64_t allocated_bytes = 0;       // everything the executor allocated (high-water)
   int64_t device_used_bytes = 0;     // cudaMemGetInfo total - free after the first step
   int64_t free_before_bytes = 0;     // cudaMemGetInfo free before allocating
+  std::vector<MarkSpan> profile;     // the profiled step's phases and kernels
+  double profiled_step_s = 0;
+  std::map<std::string, double> op_time_s;  // per step, by kernel category
 };
 
 // Refuses, before allocating, a plan that needs more memory than the GPU has free (predicted
@@ -44,11 +52,15 @@ struct MeasuredReport {
 Expected<MeasuredReport> run_cuda(const Plan& plan, const CudaOptions& options);
 
 nlohmann::json measured_report_to_json(const MeasuredReport& report);
+// The profiled step as a Chrome trace with the simulator's process, thread and event names
+// ("F mb3 c0", "B mb3 c0", "R mb3 c0", "optimizer" on the compute thread) and the kernels by
+// category on a thread of their own.
+nlohmann::json measured_trace_json(const MeasuredReport& report);
 
 // `loom execute plan.json --device cuda` and loom_cuda_train: reads the plan, runs it, prints one
 // summary line, writes the report when report_path is not empty. Returns the exit code: 0 done,
 // 2 bad input, a plan this backend does not run or does not fit (one line on stderr).
 int execute_cuda_command(const std::string& plan_path, const CudaOptions& options,
-                         const std::string& report_path);
+                         const std::string& report_path, const std::string& trace_path = "");
 
 }  // namespace loom::cuda

@@ -353,14 +353,20 @@ Status Gpt::forward_backward(const int32_t* tokens, const int32_t* targets, floa
 
 Status Gpt::forward(const int32_t* tokens, const int32_t* targets, float loss_scale) {
   const int64_t N = N_, C = C_;
+  LOOM_TRY(phase("F"));
+  LOOM_TRY(mark("embedding"));
   LOOM_TRY(embed(tokens));
   const LayerActs& a0 = acts_[0];
+  LOOM_TRY(mark("norm"));
   LOOM_TRY(norm_forward(nullptr, a0.ln1, a0.ln1_mean, a0.ln1_rstd, encoded_, nullptr, layer_[0].ln1_w, layer_[0].ln1_b));
   for (int64_t l = 0; l < L_; l++) LOOM_TRY(layer_forward(l));
+  LOOM_TRY(mark("gemm"));
   LOOM_TRY(matmul_forward(*gemm_, logits_, nullptr, lnf_, p(head_), nullptr, N, C, Vp_, stream_));
   // d(loss_scale * mean loss) / d(loss_n) = loss_scale / N for every position
   const float dloss = loss_scale / static_cast<float>(N);
+  LOOM_TRY(mark("cross_entropy"));
   LOOM_TRY(crossentropy_forward_backward(losses_, logits_, targets, dloss, N, spec_.vocab, Vp_, stream_));
+  LOOM_TRY(mark("cross_entropy"));
   return accumulate_loss(scalars_, losses_, N, dloss, stream_);
 }
 
@@ -370,17 +376,26 @@ Status Gpt::layer_forward_core(int64_t l) {
   const int64_t N = N_, C = C_, F = F_;
   const LayerOffsets& o = layer_[l];
   const LayerActs& a = acts_[l];
+  LOOM_TRY(mark("gemm"));
   LOOM_TRY(matmul_forward(*gemm_, a.qkv, nullptr, a.ln1, p(o.qkv_w), p(o.qkv_b), N, C, QKV_, stream_));
+  if (llama_) LOOM_TRY(mark("rope"));
   if (llama_) LOOM_TRY(rope_forward(a.qkv, B_, T_, NH_, NKV_, kAttentionHeadSize, rope_theta_, stream_));
+  LOOM_TRY(mark("attention"));
   LOOM_TRY(attention_forward(a.atty, a.lse, a.qkv, B_, T_, NH_, NKV_, stream_));
+  LOOM_TRY(mark("gemm"));
   LOOM_TRY(matmul_forward(*gemm_, proj_out_, nullptr, a.atty, p(o.o_w), p(o.o_b), N, C, C, stream_));
+  LOOM_TRY(mark("norm"));
   LOOM_TRY(norm_forward(a.res2, a.ln2, a.ln2_mean, a.ln2_rstd, layer_input(l), proj_out_, o.ln2_w, o.ln2_b));
   if (llama_) {  // gate|up in one GEMM, then silu(gate) * up
+    LOOM_TRY(mark("gemm"));
     LOOM_TRY(matmul_forward(*gemm_, a.fch, nullptr, a.ln2, p(o.fc_w), nullptr, N, C, FC_, stream_));
+    LOOM_TRY(mark("swiglu"));
     LOOM_TRY(swiglu_forward(a.fch_act, a.fch, N, F, stream_));
   } else {  // fc with the GELU epilogue, keeping its input in fch
+    LOOM_TRY(mark("gemm"));
     LOOM_TRY(matmul_forward(*gemm_, a.fch_act, a.fch, a.ln2, p(o.fc_w), p(o.fc_b), N, C, F, stream_));
   }
+  LOOM_TRY(mark("gemm"));
   return matmul_forward(*gemm_, proj_out_, nullptr, a.fch_act, p(o.proj_w), p(o.proj_b), N, F, C, stream_);
 }
 
@@ -390,6 +405,7 @@ Status Gpt::layer_forward(int64_t l) {
   const LayerActs& a = acts_[l];
   const bool last = l + 1 == L_;
   const LayerActs* next = last ? nullptr : &acts_[l + 1];
+  LOOM_TRY(mark("norm"));
   return norm_forward(a.res3, last ? lnf_ : next->ln1, last ? lnf_mean_ : next->ln1_mean,
                       last ? lnf_rstd_ : next->ln1_rstd, a.res2, proj_out_,
                       last ? lnf_w_ : layer_[l + 1].ln1_w, last ? lnf_b_ : layer_[l + 1].ln1_b);
@@ -400,6 +416,7 @@ Status Gpt::layer_forward(int64_t l) {
 // fused forward did, so every rebuilt tensor equals the forward's.
 Status Gpt::recompute_layer(int64_t l) {
   const LayerActs& a = acts_[l];
+  LOOM_TRY(mark("norm"));
   LOOM_TRY(norm_forward(nullptr, a.ln1, a.ln1_mean, a.ln1_rstd, layer_input(l), nullptr, layer_[l].ln1_w,
                         layer_[l].ln1_b));
   return layer_forward_core(l);
@@ -407,15 +424,25 @@ Status Gpt::recompute_layer(int64_t l) {
 
 Status Gpt::backward(const int32_t* tokens) {
   const int64_t N = N_, C = C_;
+  LOOM_TRY(phase("B"));
   // logits_ now holds dlogits
+  LOOM_TRY(mark("gemm"));
   LOOM_TRY(matmul_backward_weight(*gemm_, g(head_), nullptr, reduce_scratch_, logits_, lnf_, N, C, Vp_, stream_));
+  LOOM_TRY(mark("gemm"));
   LOOM_TRY(matmul_backward_input(*gemm_, dln_, logits_, p(head_), nullptr, N, C, Vp_, stream_));
+  LOOM_TRY(mark("memset"));
   LOOM_TRY(cuda_status(cudaMemsetAsync(dres_, 0, sizeof(bf16) * N * C, stream_), "zero dresidual", {{"N", N}, {"C", C}}));
+  LOOM_TRY(mark("norm"));
   LOOM_TRY(norm_backward(dres_, dln_, acts_[L_ - 1].res3, lnf_mean_, lnf_rstd_, lnf_w_, lnf_b_));
   for (int64_t l = L_ - 1; l >= 0; l--) {
-    if (recompute_full_) LOOM_TRY(recompute_layer(l));
+    if (recompute_full_) {  // rebuild, then the layer's backward (two phases in the trace)
+      LOOM_TRY(phase("R"));
+      LOOM_TRY(recompute_layer(l));
+      LOOM_TRY(phase("B"));
+    }
     LOOM_TRY(layer_backward(l));
   }
+  LOOM_TRY(mark("embedding"));
   return encoder_backward(g(wte_), g(wpe_), dres_, tokens, B_, T_, C, stream_);
 }
 
@@ -426,28 +453,44 @@ Status Gpt::layer_backward(int64_t l) {
   const LayerActs& a = acts_[l];
   float* scratch = reduce_scratch_;
   // MLP: down/proj (input fch_act), the activation, gate|up/fc (input ln2)
+  LOOM_TRY(mark("gemm"));
   LOOM_TRY(matmul_backward_weight(*gemm_, g(o.proj_w), g(o.proj_b), scratch, dres_, a.fch_act, N, F, C, stream_));
   if (llama_) {  // d(silu(gate) * up), then the gate|up gradient over gate|up itself
+    LOOM_TRY(mark("gemm"));
     LOOM_TRY(matmul_backward_input(*gemm_, dfch_, dres_, p(o.proj_w), nullptr, N, F, C, stream_));
+    LOOM_TRY(mark("swiglu"));
     LOOM_TRY(swiglu_backward(a.fch, dfch_, a.fch, N, F, stream_));
   } else {  // the GELU derivative fused into the input gradient
+    LOOM_TRY(mark("gemm"));
     LOOM_TRY(matmul_backward_input(*gemm_, dfch_, dres_, p(o.proj_w), a.fch, N, F, C, stream_));
   }
   const bf16* dfc = llama_ ? a.fch : dfch_;  // gradient of the first MLP projection's output
+  LOOM_TRY(mark("gemm"));
   LOOM_TRY(matmul_backward_weight(*gemm_, g(o.fc_w), g(o.fc_b), scratch, dfc, a.ln2, N, C, FC_, stream_));
+  LOOM_TRY(mark("gemm"));
   LOOM_TRY(matmul_backward_input(*gemm_, dln_, dfc, p(o.fc_w), nullptr, N, C, FC_, stream_));
+  LOOM_TRY(mark("norm"));
   LOOM_TRY(norm_backward(dres_, dln_, a.res2, a.ln2_mean, a.ln2_rstd, o.ln2_w, o.ln2_b));
   // attention: output projection (input atty), the attention core, RoPE, QKV (input ln1)
+  LOOM_TRY(mark("gemm"));
   LOOM_TRY(matmul_backward_weight(*gemm_, g(o.o_w), g(o.o_b), scratch, dres_, a.atty, N, C, C, stream_));
+  LOOM_TRY(mark("gemm"));
   LOOM_TRY(matmul_backward_input(*gemm_, datty_, dres_, p(o.o_w), nullptr, N, C, C, stream_));
+  LOOM_TRY(mark("attention"));
   LOOM_TRY(attention_backward(dqkv_, delta_, datty_, a.qkv, a.atty, a.lse, B_, T_, NH_, NKV_, stream_));
+  if (llama_) LOOM_TRY(mark("rope"));
   if (llama_) LOOM_TRY(rope_backward(dqkv_, B_, T_, NH_, NKV_, kAttentionHeadSize, rope_theta_, stream_));
+  LOOM_TRY(mark("gemm"));
   LOOM_TRY(matmul_backward_weight(*gemm_, g(o.qkv_w), g(o.qkv_b), scratch, dqkv_, a.ln1, N, C, QKV_, stream_));
+  LOOM_TRY(mark("gemm"));
   LOOM_TRY(matmul_backward_input(*gemm_, dln_, dqkv_, p(o.qkv_w), nullptr, N, C, QKV_, stream_));
+  LOOM_TRY(mark("norm"));
   return norm_backward(dres_, dln_, layer_input(l), a.ln1_mean, a.ln1_rstd, o.ln1_w, o.ln1_b);
 }
 
 Status Gpt::update(const AdamWHyper& hyper, float max_norm, int64_t step) {
+  LOOM_TRY(phase("optimizer"));
+  LOOM_TRY(mark("grad_norm"));
   LOOM_TRY(grad_norm(scalars_ + 1, reduce_scratch_, grads_, num_params_padded_, max_norm, stream_));
   // The chunk table carries the decay rate per chunk; it is rewritten when the rate changes.
   if (hyper.weight_decay != applied_weight_decay_) {
@@ -459,6 +502,7 @@ Status Gpt::update(const AdamWHyper& hyper, float max_norm, int64_t step) {
     LOOM_TRY(cuda_status(cudaStreamSynchronize(stream_), "adamw chunk table", {}));
     applied_weight_decay_ = hyper.weight_decay;
   }
+  LOOM_TRY(mark("adamw"));
   return adamw_update(params_, master_, grads_, adam_m_, adam_v_, chunks_, num_chunks_, scalars_ + 2,
                       hyper, step, stream_);
 }

@@ -32,6 +32,7 @@
 #include "executor/cuda/adamw.cuh"
 #include "executor/cuda/common.cuh"
 #include "executor/cuda/matmul.cuh"
+#include "executor/cuda/step_marks.cuh"
 #include "sim/estimate.hpp"
 #include "sim/specs.hpp"
 
@@ -76,6 +77,9 @@ class Gpt {
   Status update(const AdamWHyper& hyper, float max_norm, int64_t step);
   // Copies the accumulated loss and gradient norm to the host (synchronizes) and zeroes the loss.
   Expected<std::pair<float, float>> take_loss_and_norm();
+  // Marks every kernel and phase of the following calls on `marks` (nullptr: none); the caller
+  // sets the micro-batch and reads the spans after synchronizing.
+  void set_marks(StepMarks* marks) { marks_ = marks; }
 
   const std::vector<ParamTensor>& tensors() const { return tensors_; }
   int64_t num_param_elements() const { return num_params_padded_; }
@@ -150,6 +154,9 @@ class Gpt {
   int64_t QKV_ = 0;  // rows of the fused projection: (NH + 2 NKV) * 64
   int64_t FC_ = 0;   // rows of the first MLP projection: F (gpt) or 2F (llama: gate|up)
   cudaStream_t stream_ = nullptr;
+  StepMarks* marks_ = nullptr;
+  Status mark(const char* op) { return marks_ ? marks_->op(op, stream_) : ok_status(); }
+  Status phase(const char* kind) { return marks_ ? marks_->phase(kind, stream_) : ok_status(); }
   std::unique_ptr<Gemm> gemm_;
   std::vector<ParamTensor> tensors_;
   std::vector<std::vector<InitPart>> init_;  // per tensor: its initializers, in row order

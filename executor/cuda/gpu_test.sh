@@ -6,7 +6,7 @@
 # to traces/bench/h100-<date>.jsonl.
 #   make gpu-test            or   executor/cuda/gpu_test.sh
 # Environment: OUT (results; default $BUILD/gpu-test), BUILD (default build-gpu), STEPS (20),
-#   RUNS (loom runs, default "124M:32 1558M:8"), TORCH_RUNS (default 124M:32:1,1558M:8:1,124M:32:0),
+#   RUNS (loom runs, default "124M:32 1558M:8 1100M:8": 1100M is TinyLlama 1.1B, the Llama family), TORCH_RUNS (default 124M:32:1,1558M:8:1,124M:32:0),
 #   SKIP_TESTS=1, SKIP_TORCH=1, NO_TRACE=1 (do not append to traces/bench), USE_SAVED_PLANS=1
 #   (executor/cuda/plans/ instead of building `loom` to make them).
 set -euo pipefail
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build-gpu}
 OUT=${OUT:-$PWD/$BUILD/gpu-test}
 STEPS=${STEPS:-20}
-RUNS=${RUNS:-"124M:32 1558M:8"}
+RUNS=${RUNS:-"124M:32 1558M:8 1100M:8"}
 TORCH_RUNS=${TORCH_RUNS:-124M:32:1,1558M:8:1,124M:32:0}
 mkdir -p "$OUT"
 
@@ -42,7 +42,7 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
 fi
 
 echo "== loom training runs"
-zoo_name() { case $1 in 124M) echo gpt2-124m ;; 350M) echo gpt2-350m ;; 774M) echo gpt2-774m ;; 1558M) echo gpt2-1.5b ;; esac; }
+zoo_name() { case $1 in 124M) echo gpt2-124m ;; 350M) echo gpt2-350m ;; 774M) echo gpt2-774m ;; 1558M) echo gpt2-1.5b ;; 1100M) echo tinyllama-1.1b ;; esac; }
 for r in $RUNS; do
   m=${r%%:*} b=${r##*:}
   if [ $have_loom = 1 ]; then
@@ -51,7 +51,7 @@ for r in $RUNS; do
   else
     cp "executor/cuda/plans/$(zoo_name "$m")-b$b.json" "$OUT/plan-$m.json"
   fi
-  "$BUILD/loom_cuda_train" "$OUT/plan-$m.json" --steps "$STEPS" --report "$OUT/loom-$m.json" \
+  "$BUILD/loom_cuda_train" "$OUT/plan-$m.json" --steps "$STEPS" --report "$OUT/loom-$m.json" --trace "$OUT/trace-$m.json" \
     >"$OUT/train-$m.log" 2>&1 || status=1
   grep -E "step +(1|$STEPS)/|tokens/s, |loom_cuda_train" "$OUT/train-$m.log" | tail -4
 done

@@ -64,7 +64,9 @@ int run_execute(const ExecuteOptions& o) {
     c.steps = o.exec.steps;
     c.seed = o.exec.seed;
     c.progress = !o.quiet;
-    return cuda::execute_cuda_command(o.plan_path, c, o.report_path);
+    if (o.emulate_rank >= 0)
+      return fail(make_error("--emulate-rank", "runs on the CPU backend only so far (--device cpu)"));
+    return cuda::execute_cuda_command(o.plan_path, c, o.report_path, o.exec.trace_path);
   }
 #endif
   if (o.device != "cpu")

@@ -513,3 +513,57 @@ TEST_CASE("execute runs a llama plan with full recompute, reporting the recomput
   REQUIRE(r->losses.size() == 3);
   for (double l : r->losses) CHECK(std::isfinite(l));
 }
+
+TEST_CASE("the profiled step: phases in the simulator's names, kernels adding up to them",
+          "[gpu][executor][trace]") {
+  auto cluster = loom::load_cluster("h100-sxm", "--cluster");
+  REQUIRE(cluster.ok());
+  loom::Plan plan;
+  plan.model = tiny_llama();
+  plan.cluster = *cluster;
+  REQUIRE(loom::size_cluster(plan.cluster, 1, "test").ok());
+  plan.train.seq = 128;
+  plan.train.global_batch = 4;
+  plan.parallel.micro_batch = 2;  // two micro-batches
+  plan.parallel.recompute = loom::Recompute::full;
+  CudaOptions opt;
+  opt.steps = 2;
+  opt.warmup_steps = 0;
+  opt.progress = false;
+  auto r = run_cuda(plan, opt);
+  INFO((r.ok() ? std::string() : r.error().message));
+  REQUIRE(r.ok());
+  CHECK(r->step_times_s.size() == 2);  // the profiled step is not one of the timed ones
+  std::map<std::string, double> phases;
+  double kernels = 0, phase_total = 0;
+  for (const auto& s : r->profile) {
+    CHECK(s.dur_s >= 0);
+    if (s.phase) {
+      phases[s.name] += s.dur_s;
+      phase_total += s.dur_s;
+    } else {
+      kernels += s.dur_s;
+    }
+  }
+  for (const char* name : {"F mb0 c0", "B mb0 c0", "R mb0 c0", "F mb1 c0", "B mb1 c0", "R mb1 c0", "optimizer"}) {
+    INFO(name);
+    CHECK(phases.count(name) == 1);
+  }
+  CHECK(phases.size() == 7);
+  // every kernel lies inside a phase: the categories add up to the phases' time (less the
+  // event resolution between a phase's mark and its first kernel's)
+  CHECK(kernels == Approx(phase_total).epsilon(0.02));
+  for (const char* op : {"gemm", "attention", "norm", "rope", "swiglu", "embedding", "cross_entropy", "adamw"}) {
+    INFO(op);
+    CHECK(r->op_time_s.count(op) == 1);
+  }
+  const auto& m = r->measured;
+  REQUIRE(m.stages.size() == 1);
+  CHECK(m.time.compute_s > 0);
+  CHECK(m.stages[0].recompute_s > 0);
+  const auto trace = measured_trace_json(*r);
+  int complete = 0;
+  for (const auto& e : trace["traceEvents"])
+    if (e["ph"] == "X") complete++;
+  CHECK(complete == static_cast<int>(r->profile.size()));
+}
