@@ -1,41 +1,14 @@
 #include "executor/cuda/layernorm.cuh"
+#include "executor/cuda/vec8.cuh"
 
 #include <algorithm>
 
 namespace loom::cuda {
 namespace {
 
-constexpr int kVec = 8;  // bf16 per 16-byte access
-
-__device__ inline void load8(float out[kVec], const bf16* p) {
-  const int4 raw = *reinterpret_cast<const int4*>(p);
-  const bf16* v = reinterpret_cast<const bf16*>(&raw);
-#pragma unroll
-  for (int i = 0; i < kVec; i++) out[i] = __bfloat162float(v[i]);
-}
-
-__device__ inline void store8(bf16* p, const float in[kVec]) {
-  int4 raw;
-  bf16* v = reinterpret_cast<bf16*>(&raw);
-#pragma unroll
-  for (int i = 0; i < kVec; i++) v[i] = __float2bfloat16(in[i]);
-  *reinterpret_cast<int4*>(p) = raw;
-}
-
-__device__ inline float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
+using namespace vec8;
 constexpr int kRowsPerBlock = 8;  // one warp per row
 
-// Column splits of the weight/bias gradient, as matmul.cu's column sums.
-constexpr int kColThreadsX = 32, kColThreadsY = 8;
-constexpr int kColsPerBlock = kColThreadsX * kVec;
-int64_t ln_splits(int64_t N, int64_t C) {
-  return std::clamp<int64_t>(ceil_div(264, ceil_div(C, kColsPerBlock)), 1, std::max<int64_t>(1, N / 32));
-}
 
 }  // namespace
 
@@ -197,7 +170,7 @@ __global__ void layernorm_backward_finish_kernel(float* dweight, float* dbias, c
   if (dbias) dbias[c] += sb;
 }
 
-int64_t layernorm_scratch_floats(int64_t N, int64_t C) { return 2 * ln_splits(N, C) * C; }
+int64_t layernorm_scratch_floats(int64_t N, int64_t C) { return 2 * column_splits(N, C) * C; }
 
 Status layernorm_backward(bf16* dinp, float* dweight, float* dbias, float* scratch,
                           const bf16* dout, const bf16* inp, const bf16* weight, const float* mean,
@@ -210,7 +183,7 @@ Status layernorm_backward(bf16* dinp, float* dweight, float* dbias, float* scrat
                                     32 * kRowsPerBlock, 0, stream>>>(
       dinp, dout, inp, weight, mean, rstd, static_cast<int>(N), static_cast<int>(C));
   LOOM_TRY(check_launch("layernorm_backward_input", dims));
-  const int64_t splits = ln_splits(N, C);
+  const int64_t splits = column_splits(N, C);
   const dim3 grid(static_cast<unsigned>(ceil_div(C, kColsPerBlock)), static_cast<unsigned>(splits));
   layernorm_backward_params_kernel<<<grid, dim3(kColThreadsX, kColThreadsY), 0, stream>>>(
       scratch, dout, inp, mean, rstd, static_cast<int>(N), static_cast<int>(C),

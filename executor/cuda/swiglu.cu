@@ -1,25 +1,11 @@
 #include "executor/cuda/swiglu.cuh"
+#include "executor/cuda/vec8.cuh"
 
 namespace loom::cuda {
 namespace {
 
-constexpr int kVec = 8;  // bf16 per 16-byte access
+using namespace vec8;
 constexpr int kThreads = 256;
-
-__device__ inline void load8(float out[kVec], const bf16* p) {
-  const int4 raw = *reinterpret_cast<const int4*>(p);
-  const bf16* v = reinterpret_cast<const bf16*>(&raw);
-#pragma unroll
-  for (int i = 0; i < kVec; i++) out[i] = __bfloat162float(v[i]);
-}
-
-__device__ inline void store8(bf16* p, const float in[kVec]) {
-  int4 raw;
-  bf16* v = reinterpret_cast<bf16*>(&raw);
-#pragma unroll
-  for (int i = 0; i < kVec; i++) v[i] = __float2bfloat16(in[i]);
-  *reinterpret_cast<int4*>(p) = raw;
-}
 
 // sigmoid in fp32 with expf (not the fast-math __expf): the CPU reference's 1 / (1 + exp(-g)).
 __device__ inline float sigmoid(float g) { return 1.0f / (1.0f + expf(-g)); }
