@@ -1,4 +1,5 @@
-// Communication behind one narrow interface (STYLE.md, ASTRA-sim habit): ring collectives on a
+// Communication behind one narrow interface, so a backend can change without touching the
+// trainer (as ASTRA-sim keeps its network behind one): ring collectives on a
 // group (all_reduce, reduce_scatter, all_gather), point-to-point send/recv and barrier. The ring
 // algorithms live here, on top of three primitives a backend provides (MpiComm: Open MPI
 // point-to-point), so the bytes counted are the bytes really sent, and they follow
@@ -6,7 +7,8 @@
 // ceil(S/n); reduce-scatter and all-gather send n-1 chunks, all-reduce 2(n-1).
 //
 // Every wait has a deadline: a peer that died or stalled makes the caller return an error
-// naming the group, the peer and the operation instead of hanging (DESIGN.md, reliability).
+// naming the group, the peer and the operation instead of hanging (executor/comm_mpi.cpp
+// applies --timeout-s; tests/executor/test_parallel.cpp kills and stalls ranks to check it).
 #pragma once
 #include <array>
 #include <cstdint>

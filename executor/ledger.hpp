@@ -1,7 +1,8 @@
 // The executor's allocator: every buffer that lives longer than one op is a Tracked<T>, which
 // books its bytes in a category of the cost model's MemoryBytes (sim/estimate.hpp) while it
 // lives, so the run can report current and peak bytes per category and compare them to the
-// prediction to the byte (DESIGN.md, "How the model is kept honest", point 1).
+// prediction to the byte: the CPU executor's bytes by category must equal the cost model's
+// exactly for every plan of the test matrix (tests/executor/test_parallel.cpp, [equivalence]).
 #pragma once
 #include <array>
 #include <cstdint>

@@ -104,6 +104,7 @@ class Trainer {
   Trainer(const Plan& plan, Comm& comm, const ExecOptions& opt)
       : plan_(plan), comm_(comm, rec_, plan.parallel.sp), opt_(opt) {}
   Expected<nlohmann::json> run();
+  Ending ending() const { return ending_; }
 
  private:
   Status setup();
@@ -126,6 +127,7 @@ class Trainer {
   template <class F>
   void for_each_owned(F&& f);
   Status optimizer_step(int64_t step, double clip_scale);
+  std::vector<Section> sections();
   Status save(int64_t step);
   Expected<int64_t> load();
   Status write_weights();
@@ -155,6 +157,7 @@ class Trainer {
   std::map<std::pair<int, int>, ChunkStash> stash_;
   double loss_local_ = 0;
   bool embed_tied_ = false;
+  Ending ending_ = Ending::abort;  // how a failure ends the job (trainer.hpp)
 };
 
 Status Trainer::setup() {
@@ -367,7 +370,7 @@ Status Trainer::forward_slot(int64_t step, int mb, int chunk) {
     if (!P) return P.error();
     if (auto st = embed_forward(c, *P, u.o, tokens.data(), x0); !st) return st;
   } else {
-    const int from = pp_.ranks[static_cast<size_t>((stage - 1 + pp_size_) % pp_size_)];
+    const int from = pp_.ranks[static_cast<size_t>(slot_source(stage, chunk, Phase::forward, pp_size_, vpp_).stage)];
     comm_.label(tn::pp_recv(true, mb), tn::Stream::pp);
     if (auto st = comm_.recv(from, recv_buf_.data(), recv_buf_.bytes(), p2p_tag(mb, mc, chunks, 0),
                              "pipeline forward receive");
@@ -406,12 +409,13 @@ Status Trainer::forward_slot(int64_t step, int mb, int chunk) {
     if (!loss) return loss.error();
     if (tp_.index == 0) loss_local_ += *loss / static_cast<double>(d_.N);
   } else {
-    const int to = pp_.ranks[static_cast<size_t>((stage + 1) % pp_size_)];
+    const StageChunk dst = slot_destination(stage, chunk, Phase::forward, pp_size_, vpp_);
+    const int to = pp_.ranks[static_cast<size_t>(dst.stage)];
     if (L_chunk_ == 0) {
       if (auto st = comm_.wait(send_req_, "pipeline send"); !st) return st;
       std::copy(x0, x0 + d_.Ns * d_.C, send_buf_.data());
     }
-    if (auto st = send(to, p2p_tag(mb, mc + 1, chunks, 0), tn::pp_send(true, mb)); !st) return st;
+    if (auto st = send(to, p2p_tag(mb, dst.chunk * pp_size_ + dst.stage, chunks, 0), tn::pp_send(true, mb)); !st) return st;
   }
   rec_.compute_end();
   return ok_status();
@@ -444,7 +448,7 @@ Status Trainer::backward_slot(int64_t step, int mb, int chunk) {
     if (auto st = head_backward(c, *P, G, u.o, head, head_g, targets.data(), *cs.head, scale, d); !st) return st;
     if (auto st = release_grads(u); !st) return st;
   } else {
-    const int from = pp_.ranks[static_cast<size_t>((stage + 1) % pp_size_)];
+    const int from = pp_.ranks[static_cast<size_t>(slot_source(stage, chunk, Phase::backward, pp_size_, vpp_).stage)];
     comm_.label(tn::pp_recv(false, mb), tn::Stream::pp);
     if (auto st = comm_.recv(from, recv_buf_.data(), recv_buf_.bytes(), p2p_tag(mb, mc, chunks, 1),
                              "pipeline backward receive");
@@ -482,8 +486,9 @@ Status Trainer::backward_slot(int64_t step, int mb, int chunk) {
   } else {
     if (auto st = comm_.wait(send_req_, "pipeline send"); !st) return st;
     std::copy(d, d + d_.Ns * d_.C, send_buf_.data());
-    const int to = pp_.ranks[static_cast<size_t>((stage - 1 + pp_size_) % pp_size_)];
-    if (auto st = send(to, p2p_tag(mb, mc - 1, chunks, 1), tn::pp_send(false, mb)); !st) return st;
+    const StageChunk dst = slot_destination(stage, chunk, Phase::backward, pp_size_, vpp_);
+    const int to = pp_.ranks[static_cast<size_t>(dst.stage)];
+    if (auto st = send(to, p2p_tag(mb, dst.chunk * pp_size_ + dst.stage, chunks, 1), tn::pp_send(false, mb)); !st) return st;
   }
   rec_.compute_end();
   stash_.erase(it);
@@ -577,61 +582,29 @@ Status Trainer::optimizer_step(int64_t step, double clip) {
   return ok_status();
 }
 
-// Checkpoint: one file per rank (what it owns: weights, Adam m and v), written to a temporary
-// name and renamed, then checkpoint.json by rank 0 once every rank has renamed its file.
-constexpr char kMagic[8] = {'L', 'O', 'O', 'M', 'C', 'K', 'P', '1'};
-
-std::string rank_file(const std::string& dir, int rank) {
-  char name[32];
-  std::snprintf(name, sizeof name, "rank-%05d.ckpt", rank);
-  return (std::filesystem::path(dir) / name).string();
+// Checkpoint (executor/checkpoint.hpp): each rank saves what it owns, weights and Adam m and v,
+// in the layout of its own buffers; a resumed run of the same plan has the same layout.
+std::vector<Section> Trainer::sections() {
+  return {{params_.data(), params_.size()}, {adam_m_.data(), adam_m_.size()}, {adam_v_.data(), adam_v_.size()}};
 }
 
 Status Trainer::save(int64_t step) {
-  std::error_code ec;
-  std::filesystem::create_directories(opt_.save_dir, ec);
-  const std::string path = rank_file(opt_.save_dir, rank_), tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    const int64_t head[4] = {step, comm_.world(), params_.size(), adam_m_.size()};
-    f.write(kMagic, sizeof kMagic);
-    f.write(reinterpret_cast<const char*>(head), sizeof head);
-    for (const Buf* b : {&params_, &adam_m_, &adam_v_})
-      f.write(reinterpret_cast<const char*>(b->data()), b->bytes());
-    f.flush();
-    if (!f) return make_error("--save", "cannot write " + tmp);
-  }
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) return make_error("--save", "cannot rename " + tmp + ": " + ec.message());
-  if (auto st = comm_.barrier(); !st) return st;
-  if (rank_ == 0) {
-    nlohmann::json j = {{"step", step}, {"world", comm_.world()}};
-    if (auto st = write_text_file_atomic((std::filesystem::path(opt_.save_dir) / "checkpoint.json").string(),
-                                         j.dump(2) + "\n");
-        !st)
-      return st;
-  }
-  return ok_status();
+  const RankHeader h{step, comm_.world(), rank_, plan_fingerprint(plan_)};
+  bool lost = false;
+  auto st = save_checkpoint(comm_.inner(), opt_.save_dir, h, sections(), lost, opt_.save_fault);
+  if (!st) ending_ = lost ? Ending::abort : Ending::together;
+  return st;
 }
 
 Expected<int64_t> Trainer::load() {
-  auto meta = read_json_file((std::filesystem::path(opt_.resume_dir) / "checkpoint.json").string());
-  if (!meta) return meta.error();
-  const int64_t step = meta->value("step", int64_t{-1}), world = meta->value("world", int64_t{-1});
-  if (world != comm_.world())
-    return make_error("--resume", "checkpoint was written by " + std::to_string(world) + " ranks, not " +
-                                      std::to_string(comm_.world()));
-  const std::string path = rank_file(opt_.resume_dir, rank_);
-  std::ifstream f(path, std::ios::binary);
-  char magic[8];
-  int64_t head[4];
-  f.read(magic, sizeof magic);
-  f.read(reinterpret_cast<char*>(head), sizeof head);
-  if (!f || std::memcmp(magic, kMagic, sizeof kMagic) != 0) return make_error("--resume", path + ": not a loom checkpoint");
-  if (head[0] != step || head[1] != world || head[2] != params_.size() || head[3] != adam_m_.size())
-    return make_error("--resume", path + ": written for another plan or step");
-  for (Buf* b : {&params_, &adam_m_, &adam_v_}) f.read(reinterpret_cast<char*>(b->data()), b->bytes());
-  if (!f) return make_error("--resume", path + ": truncated");
+  bool lost = false;
+  auto step = load_checkpoint(comm_.inner(), opt_.resume_dir, plan_fingerprint(plan_), sections(), lost);
+  ending_ = lost ? Ending::abort : Ending::refused;
+  if (!step) return step;
+  // Every rank read the same index, so every rank refuses together.
+  if (*step >= opt_.steps)
+    return make_error("--steps", "must be above the checkpoint's step " + std::to_string(*step) + " in " +
+                                     opt_.resume_dir + ": nothing to train (got " + std::to_string(opt_.steps) + ")");
   return step;
 }
 
@@ -655,11 +628,20 @@ Status Trainer::write_weights() {
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
     f.write(reinterpret_cast<const char*>(full.data()), static_cast<std::streamsize>(full.size() * sizeof(float)));
-    if (!f) return make_error("--weights-out", "cannot write " + tmp);
+    f.flush();
+    if (!f) {
+      std::error_code ignored;
+      std::filesystem::remove(tmp, ignored);  // leave no half-written file behind
+      return make_error("--weights-out", "cannot write " + tmp);
+    }
   }
   std::error_code ec;
   std::filesystem::rename(tmp, opt_.weights_out, ec);
-  if (ec) return make_error("--weights-out", ec.message());
+  if (ec) {
+    std::error_code ignored;
+    std::filesystem::remove(tmp, ignored);
+    return make_error("--weights-out", opt_.weights_out + ": rename failed: " + ec.message());
+  }
   return ok_status();
 }
 
@@ -670,34 +652,107 @@ enum Field : int {
   kCommBytes = 8,        // tp, dp, pp, world
   kMeanStep = 12,        // mean over the steps run
   kLastStep, kForward, kBackward, kRecompute, kOptimizer, kTp, kTpGradSync, kDp, kPp, kWorld,
+  kParams,               // parameters this rank holds (its tp shard, before ZeRO sharding)
+  kInFlight,             // (micro-batch, chunk) activation stashes held at once, at most
   kFields
 };
 
-nlohmann::json memory_json(const std::vector<double>& v) {
-  const int64_t w = static_cast<int64_t>(v[0]), g = static_cast<int64_t>(v[1]), o = static_cast<int64_t>(v[2]),
-                a = static_cast<int64_t>(v[3]), l = static_cast<int64_t>(v[4]), cb = static_cast<int64_t>(v[5]),
-                ws = static_cast<int64_t>(v[6]);
-  return {{"weights", w},        {"grads", g},          {"optimizer", o},  {"activations", a},
-          {"logits", l},         {"comm_buffers", cb},  {"workspace", ws}, {"runtime", 0},
-          {"other", l + cb + ws}, {"peak", w + g + o + a + l + cb + ws}};
+// One rank's row in the step-result vocabulary (sim/estimate.hpp). On this backend every call
+// blocks, so each time is exposed time; `pp_comm` includes waiting for the neighbour stage (what
+// the prediction splits into pp_comm and bubble), and `other_s` is what no category holds (the
+// loss and gradient-norm all-reduce, bookkeeping).
+RankMeasurement rank_row(const std::vector<double>& v, int rank, const Coords& c) {
+  auto i64 = [&](int k) { return static_cast<int64_t>(v[static_cast<size_t>(k)]); };
+  RankMeasurement m;
+  m.rank = rank;
+  m.dp = c.dp;
+  m.tp = c.tp;
+  m.pp = c.pp;
+  m.memory.weights = i64(kMemory);
+  m.memory.grads = i64(kMemory + 1);
+  m.memory.optimizer = i64(kMemory + 2);
+  m.memory.activations = i64(kMemory + 3);
+  m.memory.logits = i64(kMemory + 4);
+  m.memory.comm_buffers = i64(kMemory + 5);
+  m.memory.workspace = i64(kMemory + 6);
+  m.flops = static_cast<FlopCount>(v[kFlops]);
+  m.comm = {i64(kCommBytes), i64(kCommBytes + 1), i64(kCommBytes + 2)};
+  m.comm_world_bytes = i64(kCommBytes + 3);
+  m.step_time_s = v[kMeanStep];
+  m.time.compute_s = v[kForward] + v[kBackward] + v[kRecompute];
+  m.time.tp_comm_s = v[kTp] + v[kTpGradSync];
+  m.time.dp_comm_s = v[kDp];
+  m.time.pp_comm_s = v[kPp];
+  m.time.optimizer_s = v[kOptimizer];
+  m.other_s = std::max(0.0, v[kLastStep] - m.time.total_s());
+  return m;
 }
 
-// The last step by category, in the prediction's `time_s` names. On this backend every call
-// blocks, so each is exposed time; `pp_comm` includes waiting for the neighbour stage (what the
-// prediction splits into pp_comm and bubble), and `other` is what no category holds (the loss and
-// gradient-norm all-reduce, bookkeeping).
-nlohmann::json time_json(const std::vector<double>& v) {
-  const double compute = v[kForward] + v[kBackward] + v[kRecompute], tp = v[kTp] + v[kTpGradSync];
-  const double other = v[kLastStep] - compute - tp - v[kDp] - v[kPp] - v[kOptimizer];
-  return {{"compute", compute}, {"tp_comm", tp},       {"dp_comm", v[kDp]},
-          {"pp_comm", v[kPp]},  {"optimizer", v[kOptimizer]}, {"other", std::max(0.0, other)}};
-}
-
-// Per micro-batch on this rank, as StageEstimate (forward, backward, recompute, tp_comm).
-nlohmann::json micro_batch_json(const std::vector<double>& v, int64_t m) {
+// The rank's stage, per micro-batch (forward, backward, recompute, tp_comm) as StageEstimate.
+StageEstimate stage_row(const std::vector<double>& v, const RankMeasurement& r, int64_t m, int64_t layers) {
   const double n = static_cast<double>(m);
-  return {{"forward", v[kForward] / n}, {"backward", v[kBackward] / n}, {"recompute", v[kRecompute] / n},
-          {"tp_comm", v[kTp] / n}};
+  StageEstimate s;
+  s.index = r.pp;
+  s.layers = layers;
+  s.params = static_cast<int64_t>(v[kParams]);
+  s.in_flight = static_cast<int64_t>(v[kInFlight]);
+  s.memory = r.memory;
+  s.flops = r.flops;
+  s.comm = r.comm;
+  s.forward_s = v[kForward] / n;
+  s.backward_s = v[kBackward] / n;
+  s.recompute_s = v[kRecompute] / n;
+  s.tp_comm_s = v[kTp] / n;
+  s.tp_grad_sync_s = v[kTpGradSync];
+  s.dp_comm_exposed_s = v[kDp];
+  s.optimizer_s = v[kOptimizer];
+  return s;
+}
+
+// The job's numbers from the reported ranks: the slowest rank's step and time by category, the
+// largest peak's memory, FLOPs summed, bytes the largest per group. Host memory has no capacity
+// the plan priced, so capacity_bytes and usable_bytes are 0 (not known).
+Estimate measured_estimate(const Plan& plan, const std::vector<RankMeasurement>& ranks, int world) {
+  const auto& t = plan.train;
+  Estimate e;
+  e.source = StepSource::measured;
+  e.model = plan.model.name;
+  e.cluster = plan.cluster.name;
+  e.params = total_params(plan.model);
+  e.gpus = world;
+  e.parallel = plan.parallel;
+  e.train = t;
+  e.micro_batches = t.global_batch / (plan.parallel.dp * plan.parallel.micro_batch);
+  e.flops_model = model_flops(plan.model, t.global_batch, t.seq);
+  const RankMeasurement* slowest = &ranks.front();
+  int64_t best_peak = -1;
+  for (const auto& r : ranks) {
+    if (r.memory.peak() > best_peak) {
+      best_peak = r.memory.peak();
+      e.memory = r.memory;
+      e.peak_stage = r.pp;
+    }
+    if (r.step_time_s > slowest->step_time_s) slowest = &r;
+    e.flops_hardware += r.flops;
+    e.comm.tp = std::max(e.comm.tp, r.comm.tp);
+    e.comm.dp = std::max(e.comm.dp, r.comm.dp);
+    e.comm.pp = std::max(e.comm.pp, r.comm.pp);
+  }
+  e.step_time_s = slowest->step_time_s;
+  e.time = slowest->time;
+  e.measurement.other_s = slowest->other_s;
+  // Throughput as the cost model defines it (sim/cost_model.cpp): tokens and model FLOPs per
+  // step over the step time; MFU against the plan's cluster peak for the training dtype.
+  if (e.step_time_s > 0) {
+    e.tokens_per_s = static_cast<double>(t.global_batch * t.seq) / e.step_time_s;
+    e.tflops_per_gpu = static_cast<double>(e.flops_model) / e.step_time_s / world / 1e12;
+    const auto& gpu = plan.cluster.gpu;
+    const double peak = t.dtype == Dtype::bf16 ? gpu.peak_flops_bf16 : gpu.peak_flops_fp32;
+    e.mfu = peak > 0 ? e.tflops_per_gpu * 1e12 / peak : 0;
+  }
+  e.fits = true;
+  e.measurement.device = "cpu";
+  return e;
 }
 
 constexpr int kTraceTag = 900;  // below the pipeline's p2p tags (>= 1000), above the collectives'
@@ -738,6 +793,7 @@ Expected<nlohmann::json> Trainer::run() {
     auto s = load();
     if (!s) return s.error();
     start = *s;
+    ending_ = Ending::abort;
   }
   const auto table = make_schedule(plan_.parallel.schedule, pp_size_, vpp_, m_);
   const auto& slots = table[static_cast<size_t>(coords_.pp)];
@@ -759,10 +815,12 @@ Expected<nlohmann::json> Trainer::run() {
     grad_bucket_ = 0;
     std::fill(grads_.vec().begin(), grads_.vec().end(), 0.0f);
     loss_local_ = 0;
+    int64_t in_flight = 0;
     for (const Slot& s : slots) {
       auto st = s.phase == Phase::forward ? forward_slot(step, s.micro_batch, s.chunk)
                                           : backward_slot(step, s.micro_batch, s.chunk);
       if (!st) return st.error();
+      in_flight = std::max(in_flight, static_cast<int64_t>(stash_.size()));
     }
     if (auto st = comm_.wait(send_req_, "pipeline send"); !st) return st.error();
     if (auto st = sp_sync(); !st) return st.error();
@@ -777,6 +835,7 @@ Expected<nlohmann::json> Trainer::run() {
     const double loss = sums[0] / static_cast<double>(m_ * plan_.parallel.dp);
     if (!std::isfinite(loss) || !std::isfinite(sums[1])) {
       const bool mine = coords_.pp == pp_size_ - 1 && !std::isfinite(loss_local_);
+      ending_ = Ending::together;  // every rank saw the same sums
       return make_error("rank " + std::to_string(rank_),
                         mine ? "loss is not finite (" + std::to_string(loss_local_) + ") at step " +
                                    std::to_string(step) + " on this rank (last pipeline stage): stopping"
@@ -803,6 +862,8 @@ Expected<nlohmann::json> Trainer::run() {
     last[kDp] = mt.dp_s;
     last[kPp] = mt.pp_s;
     last[kWorld] = mt.world_s;
+    last[kParams] = static_cast<double>(total_);
+    last[kInFlight] = static_cast<double>(in_flight);
   }
   for (double t : times) last[kMeanStep] += t / static_cast<double>(times.size());
   if (!opt_.trace_path.empty())
@@ -825,83 +886,42 @@ Expected<nlohmann::json> Trainer::run() {
   } else {
     for (int r = 0; r < W; ++r) reported.push_back(r);
   }
-
-  const auto& p = plan_.parallel;
-  nlohmann::json ranks = nlohmann::json::array();
-  size_t best = 0, slowest = 0;
-  double best_peak = -1, flops_total = 0, step_time = 0;
-  int64_t comm_max[3] = {0, 0, 0};
-  std::vector<nlohmann::json> stages(static_cast<size_t>(p.pp));
-  std::vector<std::vector<double>> rows;
+  std::vector<RankMeasurement> ranks;
+  std::vector<StageEstimate> stages(static_cast<size_t>(plan_.parallel.pp));
+  for (size_t i = 0; i < stages.size(); ++i) {  // null in the report unless a rank of it reported
+    stages[i].index = static_cast<int64_t>(i);
+    stages[i].reported = false;
+  }
   for (int r : reported) {
-    std::vector<double> v(all.begin() + r * kFields, all.begin() + (r + 1) * kFields);
+    const std::vector<double> v(all.begin() + r * kFields, all.begin() + (r + 1) * kFields);
     const Coords c = grid_->coords(r);
-    nlohmann::json mem = memory_json(v);
-    const double peak = mem["peak"].get<double>();
-    if (peak > best_peak) {
-      best_peak = peak;
-      best = ranks.size();
-    }
-    if (v[kMeanStep] > step_time) {
-      step_time = v[kMeanStep];
-      slowest = ranks.size();
-    }
-    flops_total += v[kFlops];
-    for (int k = 0; k < 3; ++k) comm_max[k] = std::max(comm_max[k], static_cast<int64_t>(v[static_cast<size_t>(kCommBytes + k)]));
-    nlohmann::json comm = {{"tp", static_cast<int64_t>(v[kCommBytes])}, {"dp", static_cast<int64_t>(v[kCommBytes + 1])},
-                           {"pp", static_cast<int64_t>(v[kCommBytes + 2])}, {"world", static_cast<int64_t>(v[kCommBytes + 3])}};
-    ranks.push_back({{"rank", r}, {"dp", c.dp}, {"tp", c.tp}, {"pp", c.pp}, {"memory_bytes", mem},
-                     {"flops", static_cast<int64_t>(v[kFlops])}, {"comm_bytes", comm}, {"step_time_s", v[kMeanStep]},
-                     {"time_s", time_json(v)}});
+    ranks.push_back(rank_row(v, r, c));
     if ((c.dp == 0 && c.tp == 0) || opt_.emulated)
-      stages[static_cast<size_t>(c.pp)] = {{"stage", c.pp},
-                                           {"memory_bytes", mem},
-                                           {"flops", static_cast<int64_t>(v[kFlops])},
-                                           {"comm_bytes", comm},
-                                           {"micro_batch_time_s", micro_batch_json(v, m_)},
-                                           {"tp_grad_sync_s", v[kTpGradSync]},
-                                           {"dp_comm_exposed_s", v[kDp]},
-                                           {"optimizer_s", v[kOptimizer]}};
-    rows.push_back(std::move(v));
+      stages[static_cast<size_t>(c.pp)] = stage_row(v, ranks.back(), m_, plan_.model.layers / plan_.parallel.pp);
   }
-  const double tokens = static_cast<double>(plan_.train.global_batch * plan_.train.seq);
-  nlohmann::json out = {
-      {"model", plan_.model.name},
-      {"cluster", plan_.cluster.name},
-      {"device", "cpu"},
-      {"gpus", W},
-      {"dp", p.dp}, {"tp", p.tp}, {"pp", p.pp}, {"zero", p.zero}, {"micro_batch", p.micro_batch},
-      {"micro_batches", m_}, {"global_batch", plan_.train.global_batch}, {"seq", plan_.train.seq},
-      {"vpp", p.vpp}, {"recompute", to_string(p.recompute)}, {"sp", p.sp}, {"schedule", to_string(p.schedule)},
-      {"steps", losses.size()},
-      {"step_time_s", step_time},
-      {"tokens_per_s", step_time > 0 ? tokens / step_time : 0.0},
-      {"time_s", time_json(rows[slowest])},
-      {"flops", {{"hardware", flops_total}}},
-      {"memory_bytes", ranks[best]["memory_bytes"]},
-      {"peak_stage", ranks[best]["pp"]},
-      {"comm_bytes", {{"tp", comm_max[0]}, {"dp", comm_max[1]}, {"pp", comm_max[2]}}},
-      {"step_times_s", times},
-      {"stages", stages},
-      {"ranks", ranks}};
-  if (opt_.emulated) {
-    // One rank alone: its own step with local copies for communication, its share of the
-    // FLOPs, and no loss of the model (partial sums stand in for reductions).
-    out["emulated_rank"] = rank_;
-    out["tokens_per_s"] = nullptr;
-    out["flops"] = {{"rank", flops_total}};
-  } else {
-    out["losses"] = losses;
-  }
-  return out;
+  Estimate e = measured_estimate(plan_, ranks, W);
+  e.stages = std::move(stages);
+  Measurement& m = e.measurement;
+  m.steps = static_cast<int64_t>(losses.size());
+  m.step_times_s = times;
+  m.ranks = std::move(ranks);
+  // One rank alone: its own step with local copies for communication, its share of the FLOPs,
+  // and no loss of the model (partial sums stand in for reductions); the writer leaves out the
+  // job's throughput and names its FLOPs "rank".
+  if (opt_.emulated) m.emulated_rank = rank_;
+  else m.losses = losses;
+  return estimate_to_json(e);
 }
 
 }  // namespace
 
-Expected<nlohmann::json> execute_cpu(const Plan& plan, Comm& comm, const ExecOptions& options) {
+Expected<nlohmann::json> execute_cpu(const Plan& plan, Comm& comm, const ExecOptions& options, Ending* ending) {
+  if (ending) *ending = Ending::refused;  // the same plan on every rank: refused together
   if (auto st = check_cpu_plan(plan); !st) return st.error();
   Trainer t(plan, comm, options);
-  return t.run();
+  auto out = t.run();
+  if (ending) *ending = t.ending();
+  return out;
 }
 
 }  // namespace loom::exec

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 
+#include "executor/checkpoint.hpp"
 #include "executor/comm.hpp"
 #include "sim/expected.hpp"
 #include "sim/plan.hpp"
@@ -21,8 +22,8 @@ struct ExecOptions {
   double weight_decay = 0.1;
   double grad_clip = 1.0;
   uint64_t seed = 1337;         // weights (cpu::Gpt init) and the synthetic token stream
-  std::string save_dir;         // write a checkpoint here after the last step
-  std::string resume_dir;       // start from the checkpoint here
+  std::string save_dir;         // write a checkpoint here after the last step (executor/checkpoint.hpp)
+  std::string resume_dir;       // start from the checkpoint here (steps must lie beyond its step)
   std::string weights_out;      // rank 0 writes the full model (cpu::Gpt layout, raw fp32)
   std::string trace_path;       // rank 0 writes the last step of every rank as a Chrome trace
   bool emulated = false;        // one rank of a larger plan (make_emulated_comm): it reports itself
@@ -30,6 +31,15 @@ struct ExecOptions {
   int64_t die_at_step = -1, die_rank = -1;  // that rank kills itself (SIGKILL) at that step
   bool stall = false;                       // ... or stops (SIGSTOP): a hung peer, not a dead one
   int64_t nan_at_step = -1;                 // poison a weight so the loss becomes NaN
+  SaveFault save_fault;                     // a rank killing itself part-way through --save
+};
+
+// How a run that failed should end the job.
+enum class Ending {
+  abort,     // a peer died or stalled: ranks may be blocked, end the whole job
+  together,  // every rank stopped at the same point (a NaN loss, a save that failed)
+  refused,   // before the first step every rank refused the same input (a checkpoint that does
+             // not resume): the same one-line error on every rank, exit 2
 };
 
 // What the plan cannot run on this backend, as one line naming the field (checked before any
@@ -38,7 +48,9 @@ Status check_cpu_plan(const Plan& plan);
 
 // Runs on every rank. Returns the measured report on rank 0 (other ranks: an empty object; an
 // emulated rank reports itself).
-// Errors (a peer that died, a NaN loss) come back as values naming the rank and step.
-Expected<nlohmann::json> execute_cpu(const Plan& plan, Comm& comm, const ExecOptions& options);
+// Errors (a peer that died, a NaN loss) come back as values naming the rank and step; `ending`
+// (if given) says how the job should end.
+Expected<nlohmann::json> execute_cpu(const Plan& plan, Comm& comm, const ExecOptions& options,
+                                     Ending* ending = nullptr);
 
 }  // namespace loom::exec

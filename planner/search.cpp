@@ -10,6 +10,7 @@
 
 #include "sim/model_math.hpp"
 #include "sim/rank_grid.hpp"
+#include "sim/stage_work.hpp"
 #include "sim/validate.hpp"
 
 namespace loom {
@@ -18,12 +19,7 @@ namespace {
 
 std::string s(int64_t v) { return std::to_string(v); }
 
-std::vector<int64_t> divisors(int64_t n) {
-  std::vector<int64_t> out;
-  for (int64_t d = 1; d <= n; ++d)
-    if (n % d == 0) out.push_back(d);
-  return out;
-}
+// divisors(n): sim/model_math.hpp (by factoring: sqrt(n) steps, not n).
 
 // Megatron-core's default gradient bucket: 40e6 elements of the gradient dtype (as load_job).
 constexpr int64_t kBucketElements = 40'000'000;
@@ -144,28 +140,11 @@ std::string reason_key(const std::string& e) {
   return e.substr(0, e.find(" ("));  // a rule added later: its own text, without the numbers
 }
 
-// The cost model's peak (cost_model.cpp) is, for the stage with the largest peak, the sum of
-// model state, activations, logits, communication buffers, workspace and runtime (CUDA
-// context + NCCL communicators + ceil(fragmentation x allocated)), all >= 0. Stage 0 alone
-// bounds that peak from below, and on stage 0 each term below is <= the model's term:
-//   state: model_state_bytes of its layers' parameters (the embedding left out; the state
-//          only grows with the parameter count), the same function the model calls;
-//   activations: in_flight_chunks x layers per chunk x layer_activation_bytes, the model's
-//          own first term (recompute's extra layer and the per-micro-batch extras left out);
-//   runtime: context + communicators x NCCL bytes + ceil(frag x (state + activations)).
+// The cost model's peak is the largest over stages of each stage's buffer total
+// (sim/stage_work.hpp); the first stage's total, built from the same buffer list without its
+// ops and messages, is therefore never above it.
 int64_t memory_lower_bound(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t, const ParallelConfig& p) {
-  const LayerParams lp = layer_params(m);
-  const int64_t layers_stage = m.layers / p.pp, layers_chunk = m.layers / (p.pp * p.vpp);
-  const int64_t params = layers_stage * (lp.sharded / p.tp + lp.replicated);
-  const int64_t state = model_state_bytes(params, p.dp, p.zero, t.dtype, t.grad_dtype).total();
-  const int64_t mb = t.global_batch / (p.dp * p.micro_batch);
-  const int64_t act = in_flight_chunks(p.schedule, p.pp, p.vpp, 0, mb) * layers_chunk *
-                      layer_activation_bytes(m, p.micro_batch, t.seq, p.tp, p.sp, p.recompute, t.attention, t.dtype)
-                          .total();
-  const auto& rt = c.runtime_memory;
-  const int64_t communicators = (p.tp > 1) + (p.dp > 1) + (p.pp > 1);
-  return state + act + rt.workspace_bytes + rt.cuda_context_bytes + communicators * rt.nccl_bytes_per_communicator +
-         static_cast<int64_t>(std::ceil(rt.allocator_fragmentation * static_cast<double>(state + act)));
+  return build_stage_work(m, c, t, p, 0, /*memory_only=*/true).memory().peak();
 }
 
 Plan plan_of(const ModelSpec& m, const ClusterSpec& c, const Estimate& e) {

@@ -98,10 +98,10 @@ SearchResult search(const ModelSpec& m, const ClusterSpec& c, const SearchSpace&
 std::string reason_key(const std::string& validate_error);
 inline const char* kDoesNotFitMemory = "does not fit memory";
 
-// A lower bound on the peak memory the cost model predicts for `p` (first stage: its model
-// state without the embedding, its in-flight activations and the fixed runtime terms).
-// Provably <= evaluate(p).memory.peak() for every valid p; the search skips evaluating a
-// candidate whose bound exceeds the usable memory.
+// A lower bound on the peak memory the cost model predicts for `p`: the first stage's peak,
+// from the same buffer list the cost model sums (sim/stage_work.hpp), so it is <=
+// evaluate(p).memory.peak() for every valid p by construction, with or without a profile.
+// The search skips evaluating a candidate whose bound exceeds the usable memory.
 int64_t memory_lower_bound(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t, const ParallelConfig& p);
 
 // The plan of one ranked estimate (its train spec carries the grad dtype it was found with).

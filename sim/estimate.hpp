@@ -1,8 +1,10 @@
-// What the cost model says about one configuration (DESIGN.md, "Estimate"); the executor
+// What the cost model says about one configuration (the field names of `loom predict --json`,
+// written and read by sim/step_result.hpp); the executor
 // reports what it measured in the same vocabulary, so `loom compare` is a field-by-field diff.
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "sim/model_math.hpp"
@@ -54,6 +56,49 @@ struct StageEstimate {
   double dp_comm_exposed_s = 0;    // per step
   double optimizer_s = 0;          // per step
   double micro_batch_s() const { return forward_s + backward_s + recompute_s + tp_comm_s; }
+  bool reported = true;            // false: a measured step where no rank of this stage reported
+                                   // (an emulated rank); written as null
+};
+
+// Which program produced a step result (sim/step_result.hpp reads and writes all three).
+enum class StepSource { predicted, simulated, measured };
+
+// One rank of a measured step (the CPU executor reports every rank).
+struct RankMeasurement {
+  int64_t rank = 0, dp = 0, tp = 0, pp = 0;
+  MemoryBytes memory;              // peaks by category
+  FlopCount flops = 0;             // the last step
+  CommBytes comm;                  // bytes sent in the last step by group
+  int64_t comm_world_bytes = 0;    // the loss and gradient-norm all-reduce
+  double step_time_s = 0;          // mean over the steps run
+  TimeBreakdown time;              // the last step; pp_comm holds the wait for the neighbour stage
+  double other_s = 0;              // the last step's time no category holds
+};
+
+// What only an executor's measurement holds (source measured). Zero or empty: not measured.
+struct Measurement {
+  std::string device;              // "cpu" or the GPU's name
+  int64_t emulated_rank = -1;      // >= 0: one rank of the plan run alone (--emulate-rank)
+  int64_t steps = 0;
+  std::vector<double> step_times_s, losses, grad_norms;  // per step
+  double other_s = 0;              // time no category holds (the slowest rank)
+  std::vector<RankMeasurement> ranks;
+  std::vector<std::pair<std::string, double>> op_time_s;  // profiled step, by kernel category
+  double profiled_step_s = 0;
+  int64_t allocated_bytes = 0, device_used_bytes = 0, free_before_bytes = 0;
+  // The cost model's headline numbers the CUDA executor printed beside its measurement.
+  double predicted_step_time_s = 0, predicted_tokens_per_s = 0, predicted_mfu = 0;
+  int64_t predicted_peak_bytes = 0;
+};
+
+// What only the event simulator's step holds (source simulated).
+struct SimulationDetail {
+  double analytical_step_time_s = 0;  // the cost model's step, for comparison
+  int64_t tasks = 0, edges = 0;
+  double contention_s = 0;            // dp time added by NIC sharing
+  std::vector<TimeBreakdown> stage_time;  // per stage, adds up to the step
+  std::vector<double> stage_end_s;        // when each stage's last task ends
+  std::vector<int64_t> stage_peak_in_flight;  // (micro-batch, chunk) activations held at once
 };
 
 // The data-parallel alternatives the seeds describe, priced for the same gradients.
@@ -83,6 +128,9 @@ struct Estimate {
   std::vector<StageEstimate> stages;
   bool fits = false;
   std::string reason;
+  StepSource source = StepSource::predicted;
+  Measurement measurement;         // source measured
+  SimulationDetail simulation;     // source simulated
 };
 
 }  // namespace loom

@@ -1,5 +1,5 @@
-// Errors as values (STYLE.md habit 3): every library function that can fail returns
-// Expected<T>; only main() turns an Error into an exit code.
+// Errors as values: every library function that can fail returns Expected<T> (or Status);
+// only main() turns an Error into an exit code (2 for bad input, one line on stderr).
 #pragma once
 #include <string>
 #include <utility>

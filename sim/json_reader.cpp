@@ -3,24 +3,86 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 namespace loom {
 
+namespace {
+
+std::string pointer_token(const std::string& key) {  // RFC 6901: "~" -> "~0", "/" -> "~1"
+  std::string out;
+  for (char c : key) out += c == '~' ? std::string("~0") : c == '/' ? std::string("~1") : std::string(1, c);
+  return out;
+}
+
+// A parser callback that follows where the parser is, so the first key seen twice in one
+// object can be named by its JSON pointer. RFC 8259 leaves repeated names undefined and
+// nlohmann::json keeps the last one silently; loom refuses them. Containers nested deeper
+// than kMaxJsonDepth are dropped (returning false) and refused after the parse.
+class KeyChecker {
+ public:
+  bool operator()(int depth, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
+    using E = nlohmann::json::parse_event_t;
+    const bool opens = ev == E::object_start || ev == E::array_start;
+    if ((opens || ev == E::value) && !stack_.empty() && stack_.back().array) ++stack_.back().index;
+    if (opens && depth >= kMaxJsonDepth) {
+      if (!error_) error_ = here() + ": nested deeper than " + std::to_string(kMaxJsonDepth) + " levels";
+      return false;
+    }
+    if (opens) stack_.push_back({ev == E::array_start, -1, {}, ""});
+    if ((ev == E::object_end || ev == E::array_end) && !stack_.empty()) stack_.pop_back();
+    if (ev == E::key && !stack_.empty()) {
+      Frame& f = stack_.back();
+      f.key = parsed.get<std::string>();
+      if (!f.keys.insert(f.key).second && !error_) error_ = here() + ": duplicate key (each key may appear once)";
+    }
+    return true;
+  }
+  const std::optional<std::string>& error() const { return error_; }
+
+ private:
+  struct Frame {
+    bool array = false;
+    int64_t index = -1;
+    std::set<std::string> keys;
+    std::string key;
+  };
+  std::string here() const {
+    std::string p;
+    for (const Frame& f : stack_) p += "/" + (f.array ? std::to_string(f.index) : pointer_token(f.key));
+    return p.empty() ? "/" : p;
+  }
+  std::vector<Frame> stack_;
+  std::optional<std::string> error_;
+};
+
+}  // namespace
+
 Expected<nlohmann::json> parse_json_text(const std::string& text, const std::string& where) {
+  KeyChecker keys;
+  nlohmann::json j;
   try {
-    return nlohmann::json::parse(text);
+    j = nlohmann::json::parse(text, std::ref(keys));
   } catch (const nlohmann::json::exception& e) {  // parse_error, number overflow (out_of_range)
     // e.byte is the position; the message text after "parse error" names the rule.
     std::string what = e.what();
     auto at = what.find("parse error");
     return make_error(where, "malformed JSON: " + (at == std::string::npos ? what.substr(what.find(']') + 2) : what.substr(at)));
   }
+  if (keys.error()) return make_error(where, *keys.error());
+  return j;
 }
 
-Expected<std::string> read_text_file(const std::string& path) {
+Expected<std::string> read_text_file(const std::string& path, int64_t max_bytes) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) return make_error(path, "no such file");
+  // Checked before reading: a huge file is refused without reading it into memory.
+  const auto size = std::filesystem::file_size(path, ec);
+  if (ec) return make_error(path, "cannot be opened for reading: " + ec.message());
+  if (size > static_cast<uintmax_t>(max_bytes))
+    return make_error(path, "file is larger than loom reads (" + std::to_string(max_bytes >> 20) +
+                                " MiB; got " + std::to_string(size) + " bytes)");
   std::ifstream in(path, std::ios::binary);
   if (!in) return make_error(path, "cannot be opened for reading");
   std::ostringstream ss;
@@ -28,8 +90,8 @@ Expected<std::string> read_text_file(const std::string& path) {
   return ss.str();
 }
 
-Expected<nlohmann::json> read_json_file(const std::string& path) {
-  auto text = read_text_file(path);
+Expected<nlohmann::json> read_json_file(const std::string& path, int64_t max_bytes) {
+  auto text = read_text_file(path, max_bytes);
   if (!text) return text.error();
   return parse_json_text(*text, path);
 }
@@ -81,32 +143,39 @@ const nlohmann::json* ObjectReader::member(const std::string& key, bool required
   return &*it;
 }
 
-static bool is_integral_number(const nlohmann::json& v) {
-  if (v.is_number_integer()) return true;
-  if (!v.is_number_float()) return false;
-  double d = v.get<double>();
-  return std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.0e18;
-}
-
-static void read_integer(ObjectReader& r, const nlohmann::json* v, const std::string& key,
-                         int64_t& out, int64_t min) {
-  if (!v) return;
-  if (!is_integral_number(*v)) return r.fail(key, "must be an integer");
-  int64_t x = v->is_number_float() ? static_cast<int64_t>(v->get<double>()) : v->get<int64_t>();
-  if (v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
-    return r.fail(key, "is too large");
-  if (x < min) return r.fail(key, "must be >= " + std::to_string(min) + " (got " + std::to_string(x) + ")");
-  out = x;
-}
-
 static std::string format_number(double d) {
   std::ostringstream ss;
   ss << d;
   return ss.str();
 }
 
+// An integer, or a float with an integral value ("1e6", "2048.0"); a value outside int64 is
+// refused as larger than `max` rather than rounded.
+static void read_integer(ObjectReader& r, const nlohmann::json* v, const std::string& key,
+                         int64_t& out, int64_t min, int64_t max) {
+  if (!v) return;
+  const std::string got = " (got ";
+  if (v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+    return r.fail(key, "must be <= " + std::to_string(max) + got + std::to_string(v->get<uint64_t>()) + ")");
+  int64_t x = 0;
+  if (v->is_number_integer()) {
+    x = v->get<int64_t>();
+  } else if (v->is_number_float()) {
+    const double d = v->get<double>();
+    if (!std::isfinite(d) || d != std::floor(d)) return r.fail(key, "must be an integer");
+    if (d >= 9.2e18) return r.fail(key, "must be <= " + std::to_string(max) + got + format_number(d) + ")");
+    if (d <= -9.2e18) return r.fail(key, "must be >= " + std::to_string(min) + got + format_number(d) + ")");
+    x = static_cast<int64_t>(d);
+  } else {
+    return r.fail(key, "must be an integer");
+  }
+  if (x < min) return r.fail(key, "must be >= " + std::to_string(min) + got + std::to_string(x) + ")");
+  if (x > max) return r.fail(key, "must be <= " + std::to_string(max) + got + std::to_string(x) + ")");
+  out = x;
+}
+
 static void read_number(ObjectReader& r, const nlohmann::json* v, const std::string& key,
-                        double& out, double min, bool min_exclusive) {
+                        double& out, double min, bool min_exclusive, double max) {
   if (!v) return;
   if (!v->is_number()) return r.fail(key, "must be a number");
   double x = v->get<double>();
@@ -114,20 +183,21 @@ static void read_number(ObjectReader& r, const nlohmann::json* v, const std::str
   if (min_exclusive ? !(x > min) : !(x >= min))
     return r.fail(key, std::string("must be ") + (min_exclusive ? "> " : ">= ") + format_number(min) +
                            " (got " + format_number(x) + ")");
+  if (x > max) return r.fail(key, "must be <= " + format_number(max) + " (got " + format_number(x) + ")");
   out = x;
 }
 
-void ObjectReader::integer(const std::string& key, int64_t& out, int64_t min) {
-  read_integer(*this, member(key, true), key, out, min);
+void ObjectReader::integer(const std::string& key, int64_t& out, int64_t min, int64_t max) {
+  read_integer(*this, member(key, true), key, out, min, max);
 }
-void ObjectReader::opt_integer(const std::string& key, int64_t& out, int64_t min) {
-  read_integer(*this, member(key, false), key, out, min);
+void ObjectReader::opt_integer(const std::string& key, int64_t& out, int64_t min, int64_t max) {
+  read_integer(*this, member(key, false), key, out, min, max);
 }
-void ObjectReader::number(const std::string& key, double& out, double min, bool min_exclusive) {
-  read_number(*this, member(key, true), key, out, min, min_exclusive);
+void ObjectReader::number(const std::string& key, double& out, double min, bool min_exclusive, double max) {
+  read_number(*this, member(key, true), key, out, min, min_exclusive, max);
 }
-void ObjectReader::opt_number(const std::string& key, double& out, double min, bool min_exclusive) {
-  read_number(*this, member(key, false), key, out, min, min_exclusive);
+void ObjectReader::opt_number(const std::string& key, double& out, double min, bool min_exclusive, double max) {
+  read_number(*this, member(key, false), key, out, min, min_exclusive, max);
 }
 
 static void read_bool(ObjectReader& r, const nlohmann::json* v, const std::string& key, bool& out) {

@@ -1,10 +1,12 @@
-// Strict reading of one JSON object (STYLE.md: unknown keys are errors, as in Calculon).
+// Strict reading of one JSON object: unknown keys are errors (as in Calculon's schema), so a
+// misspelt field is refused instead of silently taking its default.
 // Every accessor records the first broken rule as "<where>: <json-pointer>: <rule>" and
 // later calls become no-ops, so a loader reads top to bottom and checks `error()` once.
 #pragma once
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <optional>
 #include <set>
 #include <string>
@@ -15,16 +17,29 @@
 
 namespace loom {
 
-// Parses text as JSON; an error names `where` and the parser's position.
+// The largest input file loom reads: model, cluster, plan, profile, report and checkpoint
+// index files are a few KiB, so 16 MiB is far above any real one, and the parsed document
+// (about ten times the text) stays small. A larger file is refused before it is read.
+inline constexpr int64_t kMaxJsonFileBytes = int64_t{16} << 20;
+// Chrome traces (`loom compare` of a predicted and a measured trace) hold one event per op
+// and rank, so they get a larger bound.
+inline constexpr int64_t kMaxTraceFileBytes = int64_t{256} << 20;
+// Objects and arrays nested deeper than this are refused (loom's deepest schema nests 4).
+inline constexpr int kMaxJsonDepth = 64;
+
+// Parses text as JSON; an error names `where` and the parser's position. A key that appears
+// twice in one object is refused (nlohmann::json would keep the last one silently), and so
+// is nesting deeper than kMaxJsonDepth.
 Expected<nlohmann::json> parse_json_text(const std::string& text, const std::string& where);
-// Reads a whole file and parses it.
-Expected<nlohmann::json> read_json_file(const std::string& path);
-Expected<std::string> read_text_file(const std::string& path);
+// Reads a whole file and parses it; a file larger than `max_bytes` is refused unread.
+Expected<nlohmann::json> read_json_file(const std::string& path, int64_t max_bytes = kMaxJsonFileBytes);
+Expected<std::string> read_text_file(const std::string& path, int64_t max_bytes = kMaxJsonFileBytes);
 // Writes through a temporary file and a rename, so a crash never leaves half a file.
 Status write_text_file_atomic(const std::string& path, const std::string& text);
 
 class ObjectReader {
  public:
+  static constexpr double kNoMax = 1.7976931348623157e308;  // DBL_MAX: finite is the only bound
   // `where` names the file or flag; `pointer` is the JSON pointer of this object ("" = root).
   // A reader must be an object; if `j` is not, the first access records that.
   ObjectReader(const nlohmann::json& j, std::string where, std::string pointer = "");
@@ -36,16 +51,17 @@ class ObjectReader {
   void fail(const std::string& key, const std::string& rule);
   void fail_here(const std::string& rule);
 
-  // Required members. `min` is the smallest allowed value (sizes: 1).
-  void integer(const std::string& key, int64_t& out, int64_t min = 1);
-  void number(const std::string& key, double& out, double min, bool min_exclusive);
+  // Required members. `min` is the smallest allowed value (sizes: 1), `max` the largest
+  // (sizes: a bound no real model or cluster reaches, so the arithmetic cannot wrap around).
+  void integer(const std::string& key, int64_t& out, int64_t min = 1, int64_t max = INT64_MAX);
+  void number(const std::string& key, double& out, double min, bool min_exclusive, double max = kNoMax);
   void boolean(const std::string& key, bool& out);
   void string(const std::string& key, std::string& out, bool allow_empty = false);
   // One of `names`; out gets its index.
   void choice(const std::string& key, const std::vector<std::string>& names, int& out);
   // Optional members: nothing happens when the key is absent.
-  void opt_integer(const std::string& key, int64_t& out, int64_t min = 1);
-  void opt_number(const std::string& key, double& out, double min, bool min_exclusive);
+  void opt_integer(const std::string& key, int64_t& out, int64_t min = 1, int64_t max = INT64_MAX);
+  void opt_number(const std::string& key, double& out, double min, bool min_exclusive, double max = kNoMax);
   void opt_boolean(const std::string& key, bool& out);
   void opt_string(const std::string& key, std::string& out);
   void opt_choice(const std::string& key, const std::vector<std::string>& names, int& out);

@@ -1,5 +1,7 @@
 #include "sim/model_math.hpp"
 
+#include <algorithm>
+
 namespace loom {
 
 LayerParams layer_params(const ModelSpec& m) {
@@ -59,6 +61,29 @@ FlopCount hardware_flops(const ModelSpec& m, int64_t global_batch, int64_t seq, 
   if (r == Recompute::full) extra = m.layers * lf.total();           // one more forward per layer
   if (r == Recompute::selective) extra = m.layers * lf.attention;    // the attention core only
   return model_flops(m, global_batch, seq) + extra;
+}
+
+std::vector<int64_t> divisors(int64_t n) {
+  if (n < 1) return {};
+  std::vector<int64_t> out{1};
+  // Multiplies every divisor found so far by q, q^2, ..., q^k (all <= n: no overflow).
+  auto add_prime_power = [&out](int64_t q, int k) {
+    const size_t base = out.size();
+    int64_t qe = 1;
+    for (int e = 1; e <= k; ++e) {
+      qe *= q;
+      for (size_t i = 0; i < base; ++i) out.push_back(out[i] * qe);
+    }
+  };
+  int64_t rest = n;
+  for (int64_t q = 2; q <= rest / q; ++q) {  // q * q <= rest, written so that it cannot overflow
+    int k = 0;
+    for (; rest % q == 0; ++k) rest /= q;
+    if (k > 0) add_prime_power(q, k);
+  }
+  if (rest > 1) add_prime_power(rest, 1);  // what is left is prime
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 }  // namespace loom

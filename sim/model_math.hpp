@@ -1,6 +1,7 @@
 // Parameter counts and FLOPs from op shapes. Everything here is exact integer arithmetic.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "sim/specs.hpp"
 
@@ -53,5 +54,10 @@ FlopCount logits_forward_flops(const ModelSpec& m, int64_t batch, int64_t seq);
 // (Korthikanti et al. 2022, eq. 8).
 FlopCount model_flops(const ModelSpec& m, int64_t global_batch, int64_t seq);
 FlopCount hardware_flops(const ModelSpec& m, int64_t global_batch, int64_t seq, Recompute r);
+
+// Every divisor of n (n >= 1; none for n < 1), ascending. n is factored by trial division up
+// to sqrt(n) and the divisors formed from its prime powers, so the work grows with sqrt(n), not
+// n: 2^20 steps at most for a global batch within its bound of 2^40 (12 = 2^2 3: 1 2 3 4 6 12).
+std::vector<int64_t> divisors(int64_t n);
 
 }  // namespace loom

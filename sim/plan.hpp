@@ -10,6 +10,7 @@
 #include "sim/expected.hpp"
 #include "sim/rank_grid.hpp"
 #include "sim/specs.hpp"
+#include "sim/step_result.hpp"
 
 namespace loom {
 
@@ -29,11 +30,11 @@ struct Plan {
   Estimate prediction;
 };
 
-nlohmann::json estimate_to_json(const Estimate& e);
 nlohmann::json layout_to_json(const ParallelConfig& p, int64_t layers);
 nlohmann::json plan_to_json(const Plan& plan);
 // Reads model, cluster, train and parallel strictly and checks that the layout is the one
-// they imply; the prediction is not trusted, the caller re-evaluates it.
+// they imply; the prediction (optional) must be a well-formed step result (sim/step_result.hpp)
+// of the same configuration, but is not trusted: the caller re-evaluates it.
 Expected<Plan> plan_from_json(const nlohmann::json& j, const std::string& where);
 
 }  // namespace loom

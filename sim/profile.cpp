@@ -6,8 +6,11 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <set>
+#include <tuple>
 
 #include "sim/json_reader.hpp"
+#include "sim/validate.hpp"
 
 namespace loom {
 
@@ -31,6 +34,35 @@ void read_array(ObjectReader& r, const nlohmann::json& j, const std::string& key
     each(er);
     er.reject_unknown_keys();
   }
+}
+
+// Bounds of a measurement: a GEMM or attention dimension, and one kernel's time.
+constexpr int64_t kMaxDim = int64_t{1} << 40;
+constexpr double kMaxSeconds = 1e6;
+
+// The lookups need each point once: two GEMMs of one shape (and kind) would make the nearest
+// one ambiguous; two attention points of one (seq, head_dim, bh) or bandwidth points of one size
+// divide by zero when interpolating. Attention and bandwidth tables are sorted (as calibrate
+// writes them), so a reader sees the curve in order.
+void check_tables(ObjectReader& r, const HardwareProfile& p) {
+  auto unique_gemms = [&r](const std::vector<ProfileGemm>& v, const std::string& key) {
+    std::set<std::tuple<std::string, int64_t, int64_t, int64_t>> seen;
+    for (size_t i = 0; i < v.size() && !r.failed(); ++i)
+      if (!seen.insert({v[i].kind, v[i].m, v[i].n, v[i].k}).second)
+        r.fail(key + "/" + std::to_string(i), "the same GEMM shape" + std::string(v[i].kind.empty() ? "" : " and kind") +
+                                                  " appears twice");
+  };
+  unique_gemms(p.gemm, "gemm");
+  unique_gemms(p.gemm_variants, "gemm_variants");
+  for (size_t i = 1; i < p.attention.size() && !r.failed(); ++i) {
+    const auto& a = p.attention[i - 1];
+    const auto& b = p.attention[i];
+    if (!(std::tie(a.seq, a.head_dim, a.bh) < std::tie(b.seq, b.head_dim, b.bh)))
+      r.fail("attention/" + std::to_string(i), "must be sorted by (seq, head_dim, bh), each point once");
+  }
+  for (size_t i = 1; i < p.memory_bound.size() && !r.failed(); ++i)
+    if (!(p.memory_bound[i - 1].bytes < p.memory_bound[i].bytes))
+      r.fail("memory_bound/" + std::to_string(i), "must be sorted by bytes, each size once");
 }
 
 double lerp_log(double x, double x0, double y0, double x1, double y1) {
@@ -117,15 +149,15 @@ Expected<HardwareProfile> profile_from_json(const nlohmann::json& j, const std::
   r.string("name", p.name);
   r.string("device", p.device);
   r.string("source", p.source);
-  r.number("kernel_launch_s", p.kernel_launch_s, 0, false);
+  r.number("kernel_launch_s", p.kernel_launch_s, 0, false, limits::kTimeS);
   auto gemm_entry = [](std::vector<ProfileGemm>& out, bool kind) {
     return [&out, kind](ObjectReader& e) {
       ProfileGemm g;
       if (kind) e.string("kind", g.kind);
-      e.integer("m", g.m);
-      e.integer("n", g.n);
-      e.integer("k", g.k);
-      e.number("seconds", g.seconds, 0, true);
+      e.integer("m", g.m, 1, kMaxDim);
+      e.integer("n", g.n, 1, kMaxDim);
+      e.integer("k", g.k, 1, kMaxDim);
+      e.number("seconds", g.seconds, 0, true, kMaxSeconds);
       out.push_back(g);
     };
   };
@@ -133,38 +165,39 @@ Expected<HardwareProfile> profile_from_json(const nlohmann::json& j, const std::
   read_array(r, j, "gemm_variants", false, gemm_entry(p.gemm_variants, true));
   read_array(r, j, "attention", true, [&p](ObjectReader& e) {
     ProfileAttention a;
-    e.integer("bh", a.bh);
-    e.integer("seq", a.seq);
-    e.integer("head_dim", a.head_dim);
-    e.number("fwd_s", a.fwd_s, 0, true);
-    e.number("bwd_s", a.bwd_s, 0, true);
+    e.integer("bh", a.bh, 1, kMaxDim);
+    e.integer("seq", a.seq, 1, limits::kSeq);
+    e.integer("head_dim", a.head_dim, 1, limits::kHidden);
+    e.number("fwd_s", a.fwd_s, 0, true, kMaxSeconds);
+    e.number("bwd_s", a.bwd_s, 0, true, kMaxSeconds);
     p.attention.push_back(a);
   });
   read_array(r, j, "memory_bound", true, [&p](ObjectReader& e) {
     ProfileBandwidth b;
-    e.number("bytes", b.bytes, 0, true);
-    e.number("bytes_per_s", b.bytes_per_s, 0, true);
+    e.number("bytes", b.bytes, 1, false, static_cast<double>(limits::kBytes));
+    e.number("bytes_per_s", b.bytes_per_s, 1, false, limits::kRate);
     p.memory_bound.push_back(b);
   });
   if (auto* o = r.object("optimizer")) {
     ObjectReader orr(r, "optimizer", *o);
-    orr.integer("params", p.optimizer.params);
-    orr.number("adamw_s", p.optimizer.adamw_s, 0, true);
-    orr.number("grad_norm_s", p.optimizer.grad_norm_s, 0, false);
-    orr.number("bytes_per_param", p.optimizer.bytes_per_param, 0, true);
+    orr.integer("params", p.optimizer.params, 1, limits::kParams);
+    orr.number("adamw_s", p.optimizer.adamw_s, 0, true, kMaxSeconds);
+    orr.number("grad_norm_s", p.optimizer.grad_norm_s, 0, false, kMaxSeconds);
+    orr.number("bytes_per_param", p.optimizer.bytes_per_param, 0, true, 1024);
     orr.reject_unknown_keys();
   }
   if (auto* m = r.object("memory")) {
     ObjectReader mr(r, "memory", *m);
     auto& pm = p.memory;
-    mr.integer("cuda_context_bytes", pm.cuda_context_bytes, 0);
-    mr.integer("cublaslt_handle_bytes", pm.cublaslt_handle_bytes, 0);
-    mr.integer("kernel_modules_bytes", pm.kernel_modules_bytes, 0);
-    mr.integer("workspace_bytes", pm.workspace_bytes, 0);
-    mr.integer("malloc_granularity_bytes", pm.malloc_granularity_bytes, 0);
+    mr.integer("cuda_context_bytes", pm.cuda_context_bytes, 0, limits::kBytes);
+    mr.integer("cublaslt_handle_bytes", pm.cublaslt_handle_bytes, 0, limits::kBytes);
+    mr.integer("kernel_modules_bytes", pm.kernel_modules_bytes, 0, limits::kBytes);
+    mr.integer("workspace_bytes", pm.workspace_bytes, 0, limits::kBytes);
+    mr.integer("malloc_granularity_bytes", pm.malloc_granularity_bytes, 0, limits::kBytes);
     mr.reject_unknown_keys();
   }
   r.reject_unknown_keys();
+  check_tables(r, p);
   if (r.failed()) return *r.error();
   return p;
 }

@@ -79,4 +79,16 @@ int64_t peak_in_flight(const std::vector<Slot>& slots) {
   return peak;
 }
 
+StageChunk slot_destination(int64_t s, int64_t c, Phase ph, int64_t pp, int64_t vpp) {
+  const int64_t virtual_stage = c * pp + s + (ph == Phase::forward ? 1 : -1);
+  if (virtual_stage < 0 || virtual_stage >= pp * vpp) return {};
+  return {static_cast<int32_t>(virtual_stage % pp), static_cast<int32_t>(virtual_stage / pp)};
+}
+
+StageChunk slot_source(int64_t s, int64_t c, Phase ph, int64_t pp, int64_t vpp) {
+  // The input of a forward comes from the previous virtual stage's forward, of a backward
+  // from the next one's backward: the destination of the opposite direction.
+  return slot_destination(s, c, ph == Phase::forward ? Phase::backward : Phase::forward, pp, vpp);
+}
+
 }  // namespace loom

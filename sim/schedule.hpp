@@ -1,4 +1,4 @@
-// Pipeline schedules as data (STYLE.md habit 5): for each pipeline rank, the ordered list of
+// Pipeline schedules as plain data and pure functions: for each pipeline rank, the ordered list of
 // (micro-batch, chunk, phase) slots its compute stream runs in one training step. The event
 // simulator, the CPU executor and the CUDA executor all walk these tables, so a schedule is
 // defined once. Orders follow Megatron-LM (megatron/core/pipeline_parallel/schedules.py):
@@ -37,6 +37,19 @@ Slot interleaved_slot(int64_t k, int64_t pp, int64_t vpp, int64_t micro_batches,
 
 // Warm-up forwards of `rank` before its first backward (Megatron-LM's num_warmup_microbatches).
 int64_t warmup_slots(Schedule s, int64_t pp, int64_t vpp, int64_t rank, int64_t micro_batches);
+
+// A model chunk on a pipeline rank: virtual stage chunk x pp + stage of the model's pp x vpp.
+struct StageChunk {
+  int32_t stage = -1, chunk = -1;  // -1: none (the model's end)
+  bool operator==(const StageChunk&) const = default;
+};
+// Where the output of slot (stage, chunk, phase) goes: forward to the next stage (after the
+// last stage, chunk c + 1 of stage 0), gradients to the previous one (before stage 0, chunk
+// c - 1 of the last stage); none at the model's ends. The simulator's sends and the
+// executor's pipeline transfers both follow it.
+StageChunk slot_destination(int64_t stage, int64_t chunk, Phase phase, int64_t pp, int64_t vpp);
+// Where the input of slot (stage, chunk, phase) comes from: the slot whose destination it is.
+StageChunk slot_source(int64_t stage, int64_t chunk, Phase phase, int64_t pp, int64_t vpp);
 
 // The most (micro-batch, chunk) activations a rank holds at once when it runs `slots` in
 // order: +1 at each forward, -1 at each backward. Equals in_flight_chunks() of the cost model.

@@ -9,6 +9,7 @@
 #include <iterator>
 
 #include "sim/collectives.hpp"
+#include "sim/stage_work.hpp"
 
 namespace loom {
 
@@ -49,20 +50,6 @@ class Builder {
   bool overlap_;
 };
 
-// Where the output of slot (stage, chunk, phase) goes: forward to the next stage (after the
-// last stage, chunk c + 1 of stage 0), gradients to the previous one (before stage 0, chunk
-// c - 1 of the last stage). {-1, -1} at the model's ends.
-std::pair<int32_t, int32_t> destination(int64_t s, int64_t c, Phase ph, int64_t pp, int64_t vpp) {
-  if (ph == Phase::forward) {
-    if (s + 1 < pp) return {static_cast<int32_t>(s + 1), static_cast<int32_t>(c)};
-    if (c + 1 < vpp) return {0, static_cast<int32_t>(c + 1)};
-  } else {
-    if (s > 0) return {static_cast<int32_t>(s - 1), static_cast<int32_t>(c)};
-    if (c > 0) return {static_cast<int32_t>(pp - 1), static_cast<int32_t>(c - 1)};
-  }
-  return {-1, -1};
-}
-
 // Task ids of every slot, [stage][phase][chunk * m + micro-batch].
 struct SlotIndex {
   int64_t m = 0, v = 0;
@@ -86,98 +73,97 @@ SimTask make_task(TaskKind k, Stream st, int64_t stage, const Slot& x, double du
   return t;
 }
 
-// One stage's tasks in the order of its schedule table.
-void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, const std::vector<Slot>& table) {
+// What one stage's slots share: its inputs' per-chunk durations and sizes.
+struct StagePlan {
+  double v = 1;
+  bool ring = false, zero3 = false;
+  GroupLinks dpl;
+  double chunk_grad = 0, chunk_weights = 0, bucket_bytes = 0;
+  int64_t per_chunk_buckets = 1, chunk_layers = 0;
+  Collective grad_coll = Collective::all_reduce;
+};
+
+StagePlan stage_plan(const SimInputs& in, int64_t s) {
   const ParallelConfig& p = in.parallel;
   const StageInputs& st = in.stages[s];
-  const double v = static_cast<double>(p.vpp);
-  const int64_t m = in.micro_batches;
-  const bool full = p.recompute == Recompute::full;
-  // The stage's tp time split over its passes: 4 reduce-scatter/all-gather halves per layer
-  // forward, 4 backward and 4 more in a full recompute (cost_model.cpp); the embedding and
-  // output layer's few extra halves are spread the same way.
-  const double tp_pass = st.tp_comm_s / (full ? 3.0 : 2.0) / v;
-  const bool ring = p.dp > 1 && p.dp_comm == DpComm::ring;
-  const GroupLinks dpl{in.dp_links.size, st.dp_busbw_bytes_per_s, in.dp_links.latency_s, in.dp_links.nodes_spanned};
-  const double chunk_grad = static_cast<double>(st.grad_bytes) / v;
-  const double chunk_weights = static_cast<double>(st.weight_bytes) / v;
-  const int64_t per_chunk_buckets =
-      in.dp_bucket_bytes > 0 ? std::max<int64_t>(1, static_cast<int64_t>(std::ceil(chunk_grad / in.dp_bucket_bytes))) : 1;
-  const double bucket_bytes = chunk_grad / static_cast<double>(per_chunk_buckets);
-  const Collective grad_coll = p.zero == 0 ? Collective::all_reduce : Collective::reduce_scatter;
-  const int64_t chunk_layers = st.layers / p.vpp;
+  StagePlan sp;
+  sp.v = static_cast<double>(p.vpp);
+  sp.ring = p.dp > 1 && p.dp_comm == DpComm::ring;
+  sp.zero3 = sp.ring && p.zero >= 3;
+  sp.dpl = GroupLinks{in.dp_links.size, st.dp_busbw_bytes_per_s, in.dp_links.latency_s, in.dp_links.nodes_spanned};
+  sp.chunk_grad = static_cast<double>(st.grad_bytes) / sp.v;
+  sp.chunk_weights = static_cast<double>(st.weight_bytes) / sp.v;
+  sp.per_chunk_buckets = std::max<int64_t>(1, st.grad_buckets / p.vpp);
+  sp.bucket_bytes = sp.chunk_grad / static_cast<double>(sp.per_chunk_buckets);
+  sp.grad_coll = p.zero == 0 ? Collective::all_reduce : Collective::reduce_scatter;
+  sp.chunk_layers = st.layers / p.vpp;
+  return sp;
+}
 
-  int32_t prev_first = -1;
-  for (const Slot& x : table) {
-    const bool fwd = x.phase == Phase::forward;
-    int32_t first = -1;
-    const bool zero3 = ring && p.zero >= 3;
-    // ZeRO-3 runs layer by layer (FSDP wraps each layer): before each layer its weights are
-    // gathered on the gather stream, prefetched one layer ahead (the gather of layer l starts
-    // when layer l-1 starts computing), and in backward each layer's gradients are
-    // reduce-scattered as soon as that layer is done.
-    const int64_t pieces = zero3 ? std::max<int64_t>(1, chunk_layers) : 1;
-    auto add_compute = [&](TaskKind k, double dur, double tp_dur) {
-      int32_t c = -1, end = -1;
-      for (int64_t l = 0; l < pieces; ++l) {
-        int32_t gather = -1;
-        if (zero3 && k != TaskKind::recompute) {
-          SimTask g = make_task(TaskKind::dp_gather, Stream::dp_gather, s, x,
-                                collective_time_s(Collective::all_gather, chunk_weights / pieces, dpl));
-          g.bytes = static_cast<int64_t>(chunk_weights / pieces);
-          gather = b.add(g, kGather);
-          b.dep(prev_first, gather, 0.0);
-        }
-        SimTask t = make_task(k, Stream::compute, s, x, dur / pieces);
-        t.layers = chunk_layers / pieces;
-        c = b.add(t, kCompute);
-        b.dep(gather, c);
-        if (first < 0) first = c;
-        if (zero3) prev_first = c;
-        end = c;
-        if (tp_dur > 0) {
-          SimTask tt = make_task(TaskKind::tp, Stream::tp, s, x, tp_dur / pieces);
-          end = b.add(tt, kCompute);
-        }
-        if (zero3 && k == TaskKind::backward) {
-          SimTask r = make_task(TaskKind::dp_grad, Stream::dp, s, x, collective_time_s(grad_coll, chunk_grad / pieces, dpl));
-          r.bucket = static_cast<int32_t>((p.vpp - 1 - x.chunk) * pieces + l);
-          r.bytes = static_cast<int64_t>(chunk_grad / pieces);
-          b.dep(c, b.add(r, kDp));
-        }
-      }
-      return std::pair<int32_t, int32_t>{c, end};
-    };
-    if (!fwd && st.recompute_s > 0) add_compute(TaskKind::recompute, st.recompute_s / v, full ? tp_pass : 0);
-    const auto [compute, end] = fwd ? add_compute(TaskKind::forward, st.forward_s / v, tp_pass)
-                                    : add_compute(TaskKind::backward, st.backward_s / v, tp_pass);
-    idx.first[idx.at(s, x.phase, x.chunk, x.micro_batch)] = first;
-
-    const auto [ds, dc] = destination(s, x.chunk, x.phase, p.pp, p.vpp);
-    if (ds >= 0) {
-      SimTask t = make_task(TaskKind::pp_send, Stream::pp, s, x, in.p2p_s);
-      t.peer_stage = ds;
-      t.bytes = in.p2p_bytes;
-      const int32_t send = b.add(t, kPp);
-      b.dep(end, send);
-      idx.recv[idx.at(ds, x.phase, dc, x.micro_batch)] = send;
+// One compute pass of one slot: ZeRO-3 runs layer by layer (FSDP wraps each layer): before
+// each layer its weights are gathered on the gather stream, prefetched one layer ahead (the
+// gather of layer l starts when layer l-1 starts computing), and in backward each layer's
+// gradients are reduce-scattered as soon as that layer is done. The pass's tensor-parallel
+// collectives follow each piece on the compute queue. Returns (first, last) compute task and
+// the task its output leaves after.
+struct PassTasks {
+  int32_t first = -1, compute = -1, end = -1;
+};
+PassTasks add_pass(Builder& b, const StagePlan& sp, const ParallelConfig& p, int64_t s, const Slot& x, TaskKind k,
+                   double dur, double tp_dur, int32_t& prev_first) {
+  PassTasks out;
+  const int64_t pieces = sp.zero3 ? std::max<int64_t>(1, sp.chunk_layers) : 1;
+  for (int64_t l = 0; l < pieces; ++l) {
+    int32_t gather = -1;
+    if (sp.zero3 && k != TaskKind::recompute) {
+      SimTask g = make_task(TaskKind::dp_gather, Stream::dp_gather, s, x,
+                            collective_time_s(Collective::all_gather, sp.chunk_weights / pieces, sp.dpl));
+      g.bytes = static_cast<int64_t>(sp.chunk_weights / pieces);
+      gather = b.add(g, kGather);
+      b.dep(prev_first, gather, 0.0);
     }
-    // Gradient buckets fill as the backward walks its layers: bucket k of n is ready at
-    // (k + 1) / n of the backward. ZeRO 0/1 reduce once, in the last micro-batch; 2 and 3
-    // reduce-scatter every micro-batch (only a shard of the gradients is kept).
-    if (!fwd && ring && !zero3 && (p.zero >= 2 || x.micro_batch == m - 1)) {
-      for (int64_t k = 0; k < per_chunk_buckets; ++k) {
-        SimTask t = make_task(TaskKind::dp_grad, Stream::dp, s, x, collective_time_s(grad_coll, bucket_bytes, dpl));
-        t.bucket = static_cast<int32_t>((p.vpp - 1 - x.chunk) * per_chunk_buckets + k);
-        t.bytes = static_cast<int64_t>(bucket_bytes);
-        b.dep(compute, b.add(t, kDp), static_cast<double>(k + 1) / static_cast<double>(per_chunk_buckets));
-      }
+    SimTask t = make_task(k, Stream::compute, s, x, dur / pieces);
+    t.layers = sp.chunk_layers / pieces;
+    out.compute = b.add(t, kCompute);
+    b.dep(gather, out.compute);
+    if (out.first < 0) out.first = out.compute;
+    if (sp.zero3) prev_first = out.compute;
+    out.end = out.compute;
+    if (tp_dur > 0) out.end = b.add(make_task(TaskKind::tp, Stream::tp, s, x, tp_dur / pieces), kCompute);
+    if (sp.zero3 && k == TaskKind::backward) {
+      SimTask r = make_task(TaskKind::dp_grad, Stream::dp, s, x,
+                            collective_time_s(sp.grad_coll, sp.chunk_grad / pieces, sp.dpl));
+      r.bucket = static_cast<int32_t>((p.vpp - 1 - x.chunk) * pieces + l);
+      r.bytes = static_cast<int64_t>(sp.chunk_grad / pieces);
+      b.dep(out.compute, b.add(r, kDp));
     }
-    if (!zero3) prev_first = first;
   }
+  return out;
+}
+
+// Gradient buckets fill as the backward walks its layers: bucket k of n is ready at (k + 1) / n
+// of the backward. ZeRO 0/1 reduce once, in the last micro-batch; 2 reduce-scatters every
+// micro-batch (only a shard of the gradients is kept).
+void add_buckets(Builder& b, const StagePlan& sp, const ParallelConfig& p, int64_t s, const Slot& x, int32_t compute) {
+  for (int64_t k = 0; k < sp.per_chunk_buckets; ++k) {
+    SimTask t = make_task(TaskKind::dp_grad, Stream::dp, s, x, collective_time_s(sp.grad_coll, sp.bucket_bytes, sp.dpl));
+    t.bucket = static_cast<int32_t>((p.vpp - 1 - x.chunk) * sp.per_chunk_buckets + k);
+    t.bytes = static_cast<int64_t>(sp.bucket_bytes);
+    b.dep(compute, b.add(t, kDp), static_cast<double>(k + 1) / static_cast<double>(sp.per_chunk_buckets));
+  }
+}
+
+// After the last slot: SP's all-reduce of replicated gradients (compute queue, as Megatron's
+// finalize_model_grads), the parameter server's push and pull, the optimizer once every
+// gradient and send is done, and ZeRO-1/2's gather of the updated shards.
+void add_step_end(Builder& b, const SimInputs& in, const StagePlan& sp, int64_t s) {
+  const ParallelConfig& p = in.parallel;
+  const StageInputs& st = in.stages[s];
+  const Slot none{-1, -1, Phase::backward};
+  if (st.tp_grad_sync_s > 0) b.add(make_task(TaskKind::tp, Stream::tp, s, none, st.tp_grad_sync_s), kCompute);
   const int32_t last_compute = b.last(s, kCompute);
   if (p.dp > 1 && p.dp_comm == DpComm::parameter_server) {
-    SimTask t = make_task(TaskKind::dp_push_pull, Stream::dp, s, Slot{-1, -1, Phase::backward}, st.dp_push_pull_s);
+    SimTask t = make_task(TaskKind::dp_push_pull, Stream::dp, s, none, st.dp_push_pull_s);
     t.bytes = st.grad_bytes;
     b.dep(last_compute, b.add(t, kDp));
   }
@@ -186,12 +172,41 @@ void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, con
   const int32_t o = b.add(opt, kCompute);
   b.dep(dp_last, o);
   b.dep(pp_last, o);
-  if (ring && (p.zero == 1 || p.zero == 2)) {  // updated shards back to every rank
+  if (sp.ring && (p.zero == 1 || p.zero == 2)) {  // updated shards back to every rank
     SimTask t = make_task(TaskKind::dp_gather_params, Stream::dp, s, Slot{-1, -1, Phase::forward},
-                          collective_time_s(Collective::all_gather, static_cast<double>(st.weight_bytes), dpl));
+                          collective_time_s(Collective::all_gather, static_cast<double>(st.weight_bytes), sp.dpl));
     t.bytes = st.weight_bytes;
     b.dep(o, b.add(t, kDp));
   }
+}
+
+// One stage's tasks in the order of its schedule table.
+void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, const std::vector<Slot>& table) {
+  const ParallelConfig& p = in.parallel;
+  const StageInputs& st = in.stages[s];
+  const StagePlan sp = stage_plan(in, s);
+  const int64_t m = in.micro_batches;
+  int32_t prev_first = -1;
+  for (const Slot& x : table) {
+    const bool fwd = x.phase == Phase::forward;
+    if (!fwd && st.recompute_s > 0)
+      add_pass(b, sp, p, s, x, TaskKind::recompute, st.recompute_s / sp.v, st.tp_recompute_s / sp.v, prev_first);
+    const PassTasks t = fwd ? add_pass(b, sp, p, s, x, TaskKind::forward, st.forward_s / sp.v, st.tp_forward_s / sp.v, prev_first)
+                            : add_pass(b, sp, p, s, x, TaskKind::backward, st.backward_s / sp.v, st.tp_backward_s / sp.v, prev_first);
+    idx.first[idx.at(s, x.phase, x.chunk, x.micro_batch)] = t.first;
+    const auto [ds, dc] = slot_destination(s, x.chunk, x.phase, p.pp, p.vpp);
+    if (ds >= 0) {
+      SimTask send = make_task(TaskKind::pp_send, Stream::pp, s, x, st.p2p_s);
+      send.peer_stage = ds;
+      send.bytes = st.p2p_bytes;
+      const int32_t id = b.add(send, kPp);
+      b.dep(t.end, id);
+      idx.recv[idx.at(ds, x.phase, dc, x.micro_batch)] = id;
+    }
+    if (!fwd && sp.ring && !sp.zero3 && (p.zero >= 2 || x.micro_batch == m - 1)) add_buckets(b, sp, p, s, x, t.compute);
+    if (!sp.zero3) prev_first = t.first;
+  }
+  add_step_end(b, in, sp, s);
 }
 
 bool is_dp(TaskKind k) {
@@ -347,6 +362,13 @@ Expected<SimResult> simulate(const SimInputs& in, const SimOptions& opt) {
   const int64_t m = in.micro_batches;
   if (m < 1) return make_error("simulate", "needs at least one micro-batch");
   if (static_cast<int64_t>(in.stages.size()) != p.pp) return make_error("simulate", "needs one input per stage");
+  // Checked before anything is allocated: the count grows with micro-batches x chunks x layers.
+  const int64_t m_max = std::max<int64_t>(1, kMaxSimTasks / 64);
+  if (m > m_max || sim_task_count(in) > kMaxSimTasks)
+    return make_error("simulate", "this step has " + std::to_string(m) + " micro-batches per replica and about " +
+                                      std::to_string(m > m_max ? kMaxSimTasks + 1 : sim_task_count(in)) +
+                                      " tasks, over the limit of " + std::to_string(kMaxSimTasks) +
+                                      ": use a larger micro-batch or dp, or a smaller global batch");
   const auto tables = make_schedule(p.schedule, p.pp, p.vpp, m);
 
   Builder b(p.pp, opt.overlap);
@@ -394,44 +416,70 @@ Expected<SimResult> simulate(const SimInputs& in, const SimOptions& opt) {
   return r;
 }
 
-SimInputs sim_inputs(const CostModel& cm, const ParallelConfig& p, const Estimate& est, const GroupLinksSet& links) {
-  const TrainSpec& tr = cm.train();
-  const ClusterSpec& c = cm.cluster();
-  const int64_t e = dtype_bytes(tr.dtype), g = dtype_bytes(tr.grad_dtype);
-  SimInputs in;
-  in.parallel = p;
-  in.micro_batches = est.micro_batches;
-  in.dp_links = links.dp;
-  in.dp_bucket_bytes = tr.dp_bucket_bytes;
-  if (p.pp > 1) {
-    in.p2p_bytes = e * p.micro_batch * tr.seq * cm.model().hidden / p.tp;  // b s h / t, as the cost model
-    in.p2p_s = p2p_time_s(static_cast<double>(in.p2p_bytes), links.pp);
-  }
-  // The dp rings of each stage: edges leaving each node (rank r on GPU r, ring in dp order).
+namespace {
+
+// The dp rings of each stage: edges leaving each node (rank r on GPU r, ring in dp order).
+void dp_rings(const ClusterSpec& c, const ParallelConfig& p, SimInputs& in) {
   const auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order);
   const int64_t nodes = std::max<int64_t>(1, c.nodes), per_node = std::max<int64_t>(1, c.gpus_per_node);
   in.rings_leaving.assign(p.pp, std::vector<int32_t>(nodes, 0));
   in.nic_bytes_per_s = c.inter_node.busbw_bytes_per_s * static_cast<double>(c.inter_node.nics_per_node);
   in.intra_bytes_per_s = c.intra_node.busbw_bytes_per_s;
-  if (grid.ok() && p.dp > 1) {
-    for (int64_t r = 0; r < grid->world(); ++r) {
-      Coords co = grid->coords(r);
-      co.dp = (co.dp + 1) % p.dp;
-      const int64_t next = grid->rank(co);
-      if (r / per_node != next / per_node && r / per_node < nodes) ++in.rings_leaving[co.pp][r / per_node];
+  if (!grid.ok() || p.dp <= 1) return;
+  for (int64_t r = 0; r < grid->world(); ++r) {
+    Coords co = grid->coords(r);
+    co.dp = (co.dp + 1) % p.dp;
+    const int64_t next = grid->rank(co);
+    if (r / per_node != next / per_node && r / per_node < nodes) ++in.rings_leaving[co.pp][r / per_node];
+  }
+}
+
+// The stage's messages, priced on their links: tensor-parallel time by pass, the step's
+// gradient all-reduce of replicated parameters, pipeline sends, and the data-parallel
+// gradient and weight sizes with the buckets the reduction runs as.
+void read_messages(const StageWork& w, const GroupLinksSet& links, StageInputs& si) {
+  for (const Message& msg : w.messages) {
+    if (msg.group == Group::tp) {
+      const double t = static_cast<double>(msg.count) * message_time_s(msg, links.tp);
+      if (msg.cadence == Cadence::step) si.tp_grad_sync_s += t;
+      else if (msg.pass == Pass::forward) si.tp_forward_s += t;
+      else if (msg.pass == Pass::backward) si.tp_backward_s += t;
+      else si.tp_recompute_s += t;
+    }
+    if (msg.group == Group::pp) {
+      si.p2p_bytes = msg.bytes;
+      si.p2p_s = message_time_s(msg, links.pp);
+    }
+    if (msg.group != Group::dp || msg.ranks > 0) continue;
+    if (msg.kind == MessageKind::all_gather) si.weight_bytes = msg.bytes;
+    if (msg.kind == MessageKind::send || msg.kind == MessageKind::reduce_scatter || msg.kind == MessageKind::all_reduce) {
+      si.grad_bytes = msg.bytes;
+      si.grad_buckets = msg.pieces;
     }
   }
+}
+
+}  // namespace
+
+SimInputs sim_inputs(const CostModel& cm, const ParallelConfig& p, const Estimate& est, const GroupLinksSet& links) {
+  const TrainSpec& tr = cm.train();
+  const ClusterSpec& c = cm.cluster();
+  SimInputs in;
+  in.parallel = p;
+  in.micro_batches = est.micro_batches;
+  in.dp_links = links.dp;
+  dp_rings(c, p, in);
   for (const StageEstimate& s : est.stages) {
+    const StageWork w = build_stage_work(cm.model(), c, tr, p, s.index);
     StageInputs si;
     si.forward_s = s.forward_s;
     si.backward_s = s.backward_s;
     si.recompute_s = s.recompute_s;
-    si.tp_comm_s = s.tp_comm_s;
     si.optimizer_s = s.optimizer_s;
     if (p.dp_comm == DpComm::parameter_server) si.dp_push_pull_s = s.dp_comm_exposed_s;
     si.layers = s.layers;
-    si.grad_bytes = static_cast<int64_t>(std::ceil(static_cast<double>(g * s.params) / p.grad_compression));
-    si.weight_bytes = e * s.params;
+    si.weight_bytes = dtype_bytes(tr.dtype) * s.params;
+    read_messages(w, links, si);
     // Topology::ring restricted to this stage's groups: a GPU link carries one ring edge, a
     // node's NICs every edge of this stage leaving the node.
     double bw = in.intra_bytes_per_s;
@@ -441,6 +489,20 @@ SimInputs sim_inputs(const CostModel& cm, const ParallelConfig& p, const Estimat
     in.stages.push_back(si);
   }
   return in;
+}
+
+int64_t sim_task_count(const SimInputs& in) {
+  const ParallelConfig& p = in.parallel;
+  int64_t tasks = 0;
+  for (const StageInputs& st : in.stages) {
+    const int64_t chunk_layers = std::max<int64_t>(1, st.layers / p.vpp);
+    const int64_t pieces = p.dp > 1 && p.zero >= 3 ? chunk_layers : 1;
+    // per slot: compute and tp per piece (+ gather and reduce-scatter under ZeRO-3), a send,
+    // recompute, buckets; per step a few.
+    const int64_t per_slot = pieces * 4 + 2 + std::max<int64_t>(1, st.grad_buckets / p.vpp);
+    tasks += 2 * in.micro_batches * p.vpp * per_slot + 8;
+  }
+  return tasks;
 }
 
 Expected<SimResult> simulate(const CostModel& cm, const ParallelConfig& p, const SimOptions& opt) {

@@ -9,8 +9,9 @@
 // the rank that sends it (forward from the previous stage, gradients from the next), a
 // gradient bucket from the backward that produces it (at the fraction of that backward
 // where its bucket fills), the optimizer from the last bucket.
-// Times. Durations from the cost model (CostModel::evaluate's per-micro-batch stage times,
-// split evenly over the stage's chunks; collectives.hpp on the group links). A topological
+// Times. Each stage's work (sim/stage_work.hpp) as the cost model prices it: op times per
+// pass split evenly over the stage's chunks, each message on its group's links
+// (collectives.hpp), tensor-parallel ones after the pass they belong to. A topological
 // sweep gives each task start = max(predecessor end) and the step time is the makespan.
 // Scope. All dp replicas and all tp ranks of a stage run the same tasks at the same times
 // (the plan is symmetric), so one rank per stage (dp 0, tp 0) is simulated and a collective
@@ -62,14 +63,21 @@ struct SimTask {
   double end_s() const { return start_s + dur_s; }
 };
 
-// What one stage of the cost model gives the simulator (a seam for tests: uniform stages).
+// What one stage's work (sim/stage_work.hpp) gives the simulator, priced: op times by pass
+// from the cost model's StageEstimate, messages by pass on the group links (a seam for
+// tests: uniform stages can be written by hand).
 struct StageInputs {
-  double forward_s = 0, backward_s = 0, recompute_s = 0, tp_comm_s = 0;  // per micro-batch, all chunks
+  double forward_s = 0, backward_s = 0, recompute_s = 0;   // per micro-batch, all chunks
+  double tp_forward_s = 0, tp_backward_s = 0, tp_recompute_s = 0;  // tp collectives, same
+  double tp_grad_sync_s = 0;    // per step, before the optimizer: SP's replicated gradients
   double optimizer_s = 0;
   double dp_push_pull_s = 0;    // parameter-server layout: exposed push + pull
   int64_t layers = 0;           // all chunks
   int64_t grad_bytes = 0;       // gradients this GPU reduces (after compression)
+  int64_t grad_buckets = 1;     // collectives the reduction runs as, over all chunks
   int64_t weight_bytes = 0;     // weights this GPU holds unsharded
+  int64_t p2p_bytes = 0;        // one pipeline send of one micro-batch
+  double p2p_s = 0;
   double dp_busbw_bytes_per_s = 0;  // this stage's dp rings alone (NIC sharing within the stage)
 };
 
@@ -77,10 +85,7 @@ struct SimInputs {
   ParallelConfig parallel;
   int64_t micro_batches = 0;
   std::vector<StageInputs> stages;
-  double p2p_s = 0;             // one send of one micro-batch's activations or gradients
-  int64_t p2p_bytes = 0;
   GroupLinks dp_links;          // size and latency of dp groups
-  int64_t dp_bucket_bytes = 0;  // 0: one bucket
   // rings_leaving[stage][node]: dp ring edges of that stage's groups that leave the node;
   // nic_bytes_per_s, intra_bytes_per_s: bandwidth of a node's NICs together, of a GPU's link.
   std::vector<std::vector<int32_t>> rings_leaving;
@@ -105,8 +110,15 @@ struct SimResult {
   double analytical_step_s = 0; // CostModel::evaluate's step time, for comparison (0 from inputs)
 };
 
-// Inputs from the cost model for one configuration (which must pass validate_config).
+// Inputs from the stage work and the cost model's prices for one configuration (which must
+// pass validate_config). `est` is cm.evaluate(p, links).
 SimInputs sim_inputs(const CostModel& cm, const ParallelConfig& p, const Estimate& est, const GroupLinksSet& links);
+
+// The most tasks a simulation builds (about 100 bytes each with its edges): a step with more
+// is refused with a line saying what to change rather than exhausting memory.
+inline constexpr int64_t kMaxSimTasks = 20'000'000;
+// Tasks simulate() would build for these inputs, counted without building them.
+int64_t sim_task_count(const SimInputs& in);
 
 Expected<SimResult> simulate(const SimInputs& in, const SimOptions& opt);
 Expected<SimResult> simulate(const CostModel& cm, const ParallelConfig& p, const SimOptions& opt);

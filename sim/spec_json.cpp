@@ -5,6 +5,7 @@
 
 #include "sim/json_reader.hpp"
 #include "sim/profile.hpp"
+#include "sim/validate.hpp"
 
 namespace loom {
 
@@ -55,6 +56,8 @@ static void read_enum(ObjectReader& r, const std::string& key, const std::vector
 
 Status check_model(const ModelSpec& m, const std::string& where_, const std::string& pointer) {
   const std::string where = where_ + ": " + pointer;
+  // Sizes first: a bound per field and on the parameter count, so nothing below wraps around.
+  if (auto st = check_model_sizes(m, [&](const std::string& f) { return where + "/" + f; }); !st) return st;
   if (m.hidden % m.heads != 0)
     return Error{where + "/heads: must divide hidden (" + std::to_string(m.hidden) + " % " +
                                  std::to_string(m.heads) + " != 0)"};
@@ -72,14 +75,14 @@ Expected<ModelSpec> model_from_json(const nlohmann::json& j, const std::string& 
   ObjectReader r(j, where, pointer);
   r.string("name", m.name);
   read_enum(r, "family", family_names(), m.family, true);
-  r.integer("layers", m.layers);
-  r.integer("hidden", m.hidden);
-  r.integer("heads", m.heads);
+  r.integer("layers", m.layers, 1, limits::kLayers);
+  r.integer("hidden", m.hidden, 1, limits::kHidden);
+  r.integer("heads", m.heads, 1, limits::kHeads);
   m.kv_heads = m.heads;
-  r.opt_integer("kv_heads", m.kv_heads);
-  r.integer("ffn_hidden", m.ffn_hidden);
-  r.integer("vocab", m.vocab);
-  r.integer("seq_len", m.seq_len);
+  r.opt_integer("kv_heads", m.kv_heads, 1, limits::kHeads);
+  r.integer("ffn_hidden", m.ffn_hidden, 1, limits::kFfnHidden);
+  r.integer("vocab", m.vocab, 1, limits::kVocab);
+  r.integer("seq_len", m.seq_len, 1, limits::kSeq);
   r.boolean("tied_embeddings", m.tied_embeddings);
   r.boolean("dropout", m.dropout);
   r.opt_number("norm_eps", m.norm_eps, 0, true);
@@ -108,14 +111,14 @@ Expected<ModelSpec> model_from_hf_config(const nlohmann::json& j, const std::str
   if (m.name.empty()) m.name = type;
   if (type == "gpt2") {
     m.family = Family::gpt;
-    r.integer("n_layer", m.layers);
-    r.integer("n_embd", m.hidden);
-    r.integer("n_head", m.heads);
+    r.integer("n_layer", m.layers, 1, limits::kLayers);
+    r.integer("n_embd", m.hidden, 1, limits::kHidden);
+    r.integer("n_head", m.heads, 1, limits::kHeads);
     m.kv_heads = m.heads;
-    r.integer("n_positions", m.seq_len);
-    r.integer("vocab_size", m.vocab);
+    r.integer("n_positions", m.seq_len, 1, limits::kSeq);
+    r.integer("vocab_size", m.vocab, 1, limits::kVocab);
     m.ffn_hidden = 4 * m.hidden;  // GPT2Config: n_inner null means 4 * n_embd
-    if (r.has("n_inner") && !j.at("n_inner").is_null()) r.integer("n_inner", m.ffn_hidden);
+    if (r.has("n_inner") && !j.at("n_inner").is_null()) r.integer("n_inner", m.ffn_hidden, 1, limits::kFfnHidden);
     else r.skip("n_inner");
     m.tied_embeddings = true;
     r.opt_boolean("tie_word_embeddings", m.tied_embeddings);
@@ -125,14 +128,14 @@ Expected<ModelSpec> model_from_hf_config(const nlohmann::json& j, const std::str
     r.opt_number("layer_norm_epsilon", m.norm_eps, 0, true);
   } else if (type == "llama" || type == "mistral" || type == "qwen2") {
     m.family = Family::llama;
-    r.integer("num_hidden_layers", m.layers);
-    r.integer("hidden_size", m.hidden);
-    r.integer("num_attention_heads", m.heads);
+    r.integer("num_hidden_layers", m.layers, 1, limits::kLayers);
+    r.integer("hidden_size", m.hidden, 1, limits::kHidden);
+    r.integer("num_attention_heads", m.heads, 1, limits::kHeads);
     m.kv_heads = m.heads;
-    r.opt_integer("num_key_value_heads", m.kv_heads);
-    r.integer("intermediate_size", m.ffn_hidden);
-    r.integer("vocab_size", m.vocab);
-    r.integer("max_position_embeddings", m.seq_len);
+    r.opt_integer("num_key_value_heads", m.kv_heads, 1, limits::kHeads);
+    r.integer("intermediate_size", m.ffn_hidden, 1, limits::kFfnHidden);
+    r.integer("vocab_size", m.vocab, 1, limits::kVocab);
+    r.integer("max_position_embeddings", m.seq_len, 1, limits::kSeq);
     m.tied_embeddings = false;  // LlamaConfig's default
     r.opt_boolean("tie_word_embeddings", m.tied_embeddings);
     std::string act = "silu";
@@ -145,7 +148,7 @@ Expected<ModelSpec> model_from_hf_config(const nlohmann::json& j, const std::str
     r.opt_number("rope_theta", m.rope_theta, 0, true);
     if (r.has("head_dim") && j.at("head_dim").is_number_integer() && m.heads > 0) {
       int64_t hd = 0;
-      r.integer("head_dim", hd);
+      r.integer("head_dim", hd, 1, limits::kHidden);
       if (!r.failed() && hd * m.heads != m.hidden) r.fail("head_dim", "must equal hidden_size / num_attention_heads");
     }
   } else {
@@ -169,10 +172,10 @@ static void read_fabric(ObjectReader& parent, const std::string& key, FabricSpec
   if (r.failed()) return;
   bool none = f.kind == "none";
   int64_t min_int = none ? 0 : 1;
-  r.number("link_bytes_per_s", f.link_bytes_per_s, 0, !none);
-  r.number("busbw_bytes_per_s", f.busbw_bytes_per_s, 0, !none);
-  r.number("latency_s", f.latency_s, 0, false);
-  r.integer("nics_per_node", f.nics_per_node, key == "inter_node" ? min_int : 0);
+  r.number("link_bytes_per_s", f.link_bytes_per_s, 0, !none, limits::kRate);
+  r.number("busbw_bytes_per_s", f.busbw_bytes_per_s, 0, !none, limits::kRate);
+  r.number("latency_s", f.latency_s, 0, false, limits::kTimeS);
+  r.integer("nics_per_node", f.nics_per_node, key == "inter_node" ? min_int : 0, limits::kNicsPerNode);
   r.string("source", f.source);
   if (!r.failed() && f.busbw_bytes_per_s > f.link_bytes_per_s)
     r.fail("busbw_bytes_per_s", "must be <= link_bytes_per_s");
@@ -188,28 +191,28 @@ Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::stri
   if (auto* g = r.object("gpu")) {
     ObjectReader gr(r, "gpu", *g);
     gr.string("name", c.gpu.name);
-    gr.integer("memory_bytes", c.gpu.memory_bytes);
-    gr.number("peak_flops_bf16", c.gpu.peak_flops_bf16, 0, true);
-    gr.number("peak_flops_fp32", c.gpu.peak_flops_fp32, 0, true);
-    gr.number("hbm_bytes_per_s", c.gpu.hbm_bytes_per_s, 0, true);
+    gr.integer("memory_bytes", c.gpu.memory_bytes, 1, limits::kBytes);
+    gr.number("peak_flops_bf16", c.gpu.peak_flops_bf16, 1, false, limits::kRate);
+    gr.number("peak_flops_fp32", c.gpu.peak_flops_fp32, 1, false, limits::kRate);
+    gr.number("hbm_bytes_per_s", c.gpu.hbm_bytes_per_s, 1, false, limits::kRate);
     gr.string("source", c.gpu.source);
     gr.reject_unknown_keys();
   }
-  r.integer("gpus_per_node", c.gpus_per_node);
-  r.integer("max_nodes", c.max_nodes);
+  r.integer("gpus_per_node", c.gpus_per_node, 1, limits::kGpusPerNode);
+  r.integer("max_nodes", c.max_nodes, 1, limits::kNodes);
   c.nodes = c.max_nodes;
-  r.opt_integer("nodes", c.nodes);
+  r.opt_integer("nodes", c.nodes, 1, limits::kNodes);
   c.gpus = c.nodes * c.gpus_per_node;
-  r.opt_integer("gpus", c.gpus);
+  r.opt_integer("gpus", c.gpus, 1, limits::kGpus);
   read_fabric(r, "intra_node", c.intra_node);
   read_fabric(r, "inter_node", c.inter_node);
   if (auto* e = r.object("efficiency")) {
     ObjectReader er(r, "efficiency", *e);
-    er.number("gemm", c.efficiency.gemm, 0, true);
-    er.number("gemm_half_size_flops", c.efficiency.gemm_half_size_flops, 0, false);
-    er.number("attention", c.efficiency.attention, 0, true);
-    er.number("memory_bound", c.efficiency.memory_bound, 0, true);
-    er.number("kernel_launch_s", c.efficiency.kernel_launch_s, 0, false);
+    er.number("gemm", c.efficiency.gemm, limits::kMinEfficiency, false);
+    er.number("gemm_half_size_flops", c.efficiency.gemm_half_size_flops, 0, false, limits::kRate);
+    er.number("attention", c.efficiency.attention, limits::kMinEfficiency, false);
+    er.number("memory_bound", c.efficiency.memory_bound, limits::kMinEfficiency, false);
+    er.number("kernel_launch_s", c.efficiency.kernel_launch_s, 0, false, limits::kTimeS);
     er.string("source", c.efficiency.source);
     for (auto [k, v] : {std::pair{"gemm", c.efficiency.gemm}, {"attention", c.efficiency.attention},
                         {"memory_bound", c.efficiency.memory_bound}})
@@ -219,9 +222,9 @@ Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::stri
   if (auto* m = r.object("runtime_memory")) {
     ObjectReader mr(r, "runtime_memory", *m);
     auto& rm = c.runtime_memory;
-    mr.integer("cuda_context_bytes", rm.cuda_context_bytes, 0);
-    mr.integer("workspace_bytes", rm.workspace_bytes, 0);
-    mr.integer("nccl_bytes_per_communicator", rm.nccl_bytes_per_communicator, 0);
+    mr.integer("cuda_context_bytes", rm.cuda_context_bytes, 0, limits::kBytes);
+    mr.integer("workspace_bytes", rm.workspace_bytes, 0, limits::kBytes);
+    mr.integer("nccl_bytes_per_communicator", rm.nccl_bytes_per_communicator, 0, limits::kBytes);
     mr.number("allocator_fragmentation", rm.allocator_fragmentation, 0, false);
     mr.number("memory_headroom", rm.memory_headroom, 0, false);
     mr.string("source", rm.source);
@@ -241,6 +244,9 @@ Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::stri
     if (!prof) return make_error(where, pointer + "/profile: " + prof.error().message);
     c.calibration = *prof;
   }
+  if (c.gpus > limits::kGpus)
+    return make_error(where, pointer + "/gpus: must be <= " + std::to_string(limits::kGpus) + " (got " +
+                                 std::to_string(c.gpus) + " = nodes x gpus_per_node; set gpus or nodes)");
   if (c.nodes > c.max_nodes)
     return make_error(where, pointer + "/nodes: must be <= max_nodes (" + std::to_string(c.max_nodes) + ")");
   if (c.gpus > c.nodes * c.gpus_per_node || c.gpus <= (c.nodes - 1) * c.gpus_per_node)
@@ -255,13 +261,13 @@ Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::stri
 Expected<TrainSpec> train_from_json(const nlohmann::json& j, const std::string& where, const std::string& pointer) {
   TrainSpec t;
   ObjectReader r(j, where, pointer);
-  r.integer("global_batch", t.global_batch);
-  r.integer("seq", t.seq);
+  r.integer("global_batch", t.global_batch, 1, limits::kGlobalBatch);
+  r.integer("seq", t.seq, 1, limits::kSeq);
   read_enum(r, "dtype", dtype_names(), t.dtype, true);
   read_enum(r, "grad_dtype", dtype_names(), t.grad_dtype, true);
   read_enum(r, "attention", attention_names(), t.attention, true);
   read_enum(r, "cross_entropy", cross_entropy_names(), t.cross_entropy, false);  // default unfused
-  r.integer("dp_bucket_bytes", t.dp_bucket_bytes);
+  r.integer("dp_bucket_bytes", t.dp_bucket_bytes, 1, limits::kBytes);
   r.reject_unknown_keys();
   if (r.failed()) return *r.error();
   return t;
@@ -271,22 +277,22 @@ Expected<ParallelConfig> parallel_from_json(const nlohmann::json& j, const std::
                                             const std::string& pointer) {
   ParallelConfig p;
   ObjectReader r(j, where, pointer);
-  r.integer("dp", p.dp);
-  r.integer("tp", p.tp);
-  r.integer("pp", p.pp);
+  r.integer("dp", p.dp, 1, limits::kGpus);
+  r.integer("tp", p.tp, 1, limits::kGpus);
+  r.integer("pp", p.pp, 1, limits::kGpus);
   int64_t zero = 0;
   r.integer("zero", zero, 0);
   if (!r.failed() && zero > 3) r.fail("zero", "must be 0, 1, 2 or 3");
   p.zero = static_cast<int>(zero);
-  r.integer("micro_batch", p.micro_batch);
+  r.integer("micro_batch", p.micro_batch, 1, limits::kGlobalBatch);
   r.boolean("sp", p.sp);
   read_enum(r, "recompute", recompute_names(), p.recompute, true);
   read_enum(r, "schedule", schedule_names(), p.schedule, true);
-  r.integer("vpp", p.vpp);
+  r.integer("vpp", p.vpp, 1, limits::kLayers);
   r.string("order", p.order);
   read_enum(r, "dp_comm", dp_comm_names(), p.dp_comm, true);
-  r.integer("ps_servers", p.ps_servers, 0);
-  r.number("grad_compression", p.grad_compression, 1, false);
+  r.integer("ps_servers", p.ps_servers, 0, limits::kGpus);
+  r.number("grad_compression", p.grad_compression, 1, false, 1e6);
   r.reject_unknown_keys();
   if (r.failed()) return *r.error();
   return p;

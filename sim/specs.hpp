@@ -1,4 +1,4 @@
-// The four inputs of every loom computation (DESIGN.md, "Core types"): what is trained
+// The four inputs of every loom computation (with the Plan, sim/plan.hpp): what is trained
 // (ModelSpec), on what (ClusterSpec), how much (TrainSpec) and how it is split
 // (ParallelConfig). Plain data; loading, saving and validation live in spec_json.hpp and
 // validate.hpp.

@@ -1,6 +1,7 @@
 // The names of trace tracks and events, shared by the simulator's predicted trace and the
-// executors' measured traces (DESIGN.md: "predicted and measured traces use the same track
-// and event names so they can be laid side by side"). Chrome trace event format: one process
+// executors' measured traces: both use these track and event names, so a predicted and a
+// measured trace can be laid side by side (`loom compare` matches events by name). Chrome
+// trace event format: one process
 // per rank (pid = global rank), one thread per stream (tid below), complete events ("X").
 //
 //   process name     "rank 12 (dp 0, pp 1, tp 4)"

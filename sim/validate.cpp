@@ -1,15 +1,107 @@
 #include "sim/validate.hpp"
 
+#include <cstdint>
+#include <cstdio>
+
+#include "sim/model_math.hpp"
 #include "sim/rank_grid.hpp"
 
 namespace loom {
 
 namespace {
+
+using Wide = __int128;  // products of two or three bounded sizes, exact
+
 std::string s(int64_t v) { return std::to_string(v); }
+std::string s(long double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.4Lg", v);
+  return buf;
+}
+std::string s(Wide v) {
+  if (v >= INT64_MIN && v <= INT64_MAX) return std::to_string(static_cast<int64_t>(v));
+  return s(static_cast<long double>(v));
+}
+
+Status in_range(const FieldNamer& name, const std::string& field, int64_t v, int64_t lo, int64_t hi) {
+  if (v < lo) return Error{name(field) + ": must be >= " + s(lo) + " (got " + s(v) + ")"};
+  if (v > hi) return Error{name(field) + ": must be <= " + s(hi) + " (got " + s(v) + ")"};
+  return ok_status();
+}
+
+// dp, tp, pp, micro_batch, vpp and ps_servers within bounds that keep every product of them
+// (dp x tp x pp, dp x micro_batch, pp x vpp) exact in int64, checked before those products.
+Status check_parallel_sizes(const ModelSpec&, const ClusterSpec& c, const TrainSpec& t, const ParallelConfig& p,
+                            const FieldNamer& name) {
+  for (auto [field, v] : {std::pair{"dp", p.dp}, {"tp", p.tp}, {"pp", p.pp}})
+    if (auto st = in_range(name, field, v, 1, limits::kGpus); !st) return st;
+  const Wide world = Wide(p.dp) * p.tp * p.pp;
+  if (world != c.gpus)
+    return Error{name("dp") + ": dp x tp x pp must equal the GPUs in use (" + s(p.dp) + " x " + s(p.tp) + " x " +
+                 s(p.pp) + " = " + s(world) + ", gpus = " + s(c.gpus) + ")"};
+  if (auto st = in_range(name, "micro_batch", p.micro_batch, 1, limits::kGlobalBatch); !st) return st;
+  if (auto st = in_range(name, "vpp", p.vpp, 1, limits::kLayers); !st) return st;
+  if (auto st = in_range(name, "ps_servers", p.ps_servers, 0, limits::kGpus); !st) return st;
+  const Wide per_step = Wide(p.dp) * p.micro_batch;
+  if (per_step > t.global_batch || t.global_batch % static_cast<int64_t>(per_step) != 0)
+    return Error{name("global_batch") + ": must be a multiple of dp x micro_batch (" + s(t.global_batch) + " % " +
+                 s(per_step) + " != 0)"};
+  return ok_status();
+}
+
 }  // namespace
+
+Status check_model_sizes(const ModelSpec& m, const FieldNamer& name) {
+  const std::pair<const char*, std::pair<int64_t, int64_t>> fields[] = {
+      {"layers", {m.layers, limits::kLayers}}, {"hidden", {m.hidden, limits::kHidden}},
+      {"heads", {m.heads, limits::kHeads}},    {"kv_heads", {m.kv_heads, limits::kHeads}},
+      {"ffn_hidden", {m.ffn_hidden, limits::kFfnHidden}}, {"vocab", {m.vocab, limits::kVocab}},
+      {"seq_len", {m.seq_len, limits::kSeq}}};
+  for (const auto& [field, v] : fields)
+    if (auto st = in_range(name, field, v.first, 1, v.second); !st) return st;
+  // Within those bounds one layer (< 2^45) and the embeddings (< 2^47) fit int64; the layer
+  // count multiplies them past it, so the total is formed in 128 bits.
+  const Wide params = Wide(m.layers) * layer_params(m).total() + embedding_params(m) + final_norm_params(m) +
+                      output_params(m);
+  if (params > limits::kParams)
+    return Error{name("layers") + ": the parameter count must be <= " + s(limits::kParams) + " (got " + s(params) +
+                 " with " + s(m.layers) + " layers)"};
+  return ok_status();
+}
+
+// The bounds below are upper bounds of cost_model.cpp's terms at their largest: fp32 (4 bytes),
+// unfused attention with dropout (softmax, mask and dropout output per score: 2e + 1 bytes per
+// head and score, Korthikanti et al. 2022, eq. 1), no tensor or sequence split, the whole batch
+// in one micro-batch. Logits: e bytes plus 4 of fp32 probabilities per token and vocab row, at
+// most once per token of the step (GPipe holds one per micro-batch: B s V in all).
+Status check_train_sizes(const ModelSpec& m, const TrainSpec& t, const FieldNamer& name) {
+  if (auto st = in_range(name, "global_batch", t.global_batch, 1, limits::kGlobalBatch); !st) return st;
+  if (auto st = in_range(name, "seq", t.seq, 1, limits::kSeq); !st) return st;
+  if (auto st = in_range(name, "dp_bucket_bytes", t.dp_bucket_bytes, 1, limits::kBytes); !st) return st;
+  const Wide tokens = Wide(t.global_batch) * t.seq;
+  if (tokens > limits::kTokensPerStep)
+    return Error{name("global_batch") + ": tokens per step (global_batch x seq) must be <= " +
+                 s(limits::kTokensPerStep) + " (got " + s(tokens) + ")"};
+  using L = long double;
+  const L T = static_cast<L>(tokens), e = 4, h = m.hidden, kv = L(m.kv_heads) * m.head_dim(), f = m.ffn_hidden;
+  const L per_token = h * (4 * e + 2) + e * (2 * h + 2 * kv) + 3 * e * f + 16 + 4 * L(m.heads);
+  const L scores = (2 * e + 1) * m.heads * T * t.seq;  // b s^2 per head
+  const L activations = L(m.layers) * (T * per_token + scores) + (e + 4) * T * m.vocab;
+  if (activations > limits::kDerivedBytes)
+    return Error{name(L(m.layers) * scores > activations / 2 ? "seq" : "global_batch") +
+                 ": the activations of one step must be <= " + s(limits::kDerivedBytes) + " bytes (got " +
+                 s(activations) + " with global_batch " + s(t.global_batch) + " x seq " + s(t.seq) + ")"};
+  // Model FLOPs (model_math.hpp), with a full recompute's extra forward: 4 forwards at most.
+  const L layer_fwd = 2 * T * h * (h + 2 * kv) + 2 * T * h * h + 6 * T * h * f + 4 * T * t.seq * h;
+  const L flops = 4 * (L(m.layers) * layer_fwd + 2 * T * h * m.vocab);
+  if (flops > limits::kFlopsPerStep)
+    return Error{name("global_batch") + ": the FLOPs of one step must be <= 2^100 (got " + s(flops) + ")"};
+  return ok_status();
+}
 
 Status size_cluster(ClusterSpec& c, int64_t gpus, const std::string& where) {
   if (gpus < 1) return make_error(where, "must be >= 1 (got " + s(gpus) + ")");
+  if (gpus > limits::kGpus) return make_error(where, "must be <= " + s(limits::kGpus) + " (got " + s(gpus) + ")");
   const int64_t capacity = c.max_nodes * c.gpus_per_node;
   if (gpus > capacity)
     return make_error(where, "more GPUs than cluster " + c.name + " has (" + s(gpus) + " > " + s(c.max_nodes) +
@@ -27,9 +119,8 @@ Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec
   auto fail = [&](const std::string& field, const std::string& rule) -> Status {
     return Error{name(field) + ": " + rule};
   };
-  if (p.gpus() != c.gpus)
-    return fail("dp", "dp x tp x pp must equal the GPUs in use (" + s(p.dp) + " x " + s(p.tp) + " x " + s(p.pp) +
-                          " = " + s(p.gpus()) + ", gpus = " + s(c.gpus) + ")");
+  if (auto st = check_train_sizes(m, t, name); !st) return st;
+  if (auto st = check_parallel_sizes(m, c, t, p, name); !st) return st;
   if (m.heads % p.tp != 0) return fail("tp", "must divide heads (" + s(m.heads) + " % " + s(p.tp) + " != 0)");
   if (m.kv_heads % p.tp != 0)
     return fail("tp", "must divide kv_heads (" + s(m.kv_heads) + " % " + s(p.tp) + " != 0)");
@@ -46,9 +137,6 @@ Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec
     return fail(p.vpp > 1 ? "vpp" : "pp", "pp x vpp must divide layers (" + s(m.layers) + " % " +
                                               s(p.pp * p.vpp) + " != 0)");
   if (p.sp && p.tp < 2) return fail("sp", "sequence parallelism needs tensor parallelism (tp > 1)");
-  if (t.global_batch % (p.dp * p.micro_batch) != 0)
-    return fail("global_batch", "must be a multiple of dp x micro_batch (" + s(t.global_batch) + " % " +
-                                    s(p.dp * p.micro_batch) + " != 0)");
   const int64_t mb = t.global_batch / (p.dp * p.micro_batch);
   if (p.schedule == Schedule::interleaved && mb % p.pp != 0)
     return fail("micro_batch", "the interleaved schedule needs the micro-batch count (" + s(mb) +
@@ -66,7 +154,8 @@ Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec
     return fail("ps_servers", "servers are only used with dp_comm ps");
   if (p.dp_comm == DpComm::parameter_server && p.zero != 0)
     return fail("zero", "the parameter-server layout shards nothing: zero must be 0");
-  if (p.grad_compression < 1) return fail("grad_compression", "must be >= 1 (original / sent bytes)");
+  if (!(p.grad_compression >= 1 && p.grad_compression <= 1e6))  // NaN fails both
+    return fail("grad_compression", "must be in [1, 1e6] (original / sent bytes; got " + s(static_cast<long double>(p.grad_compression)) + ")");
   return ok_status();
 }
 

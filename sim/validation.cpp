@@ -10,6 +10,7 @@
 #include "sim/json_reader.hpp"
 #include "sim/plan.hpp"
 #include "sim/spec_json.hpp"
+#include "sim/step_result.hpp"
 
 namespace loom {
 
@@ -82,40 +83,19 @@ Expected<std::vector<ConfigFiles>> find_configs(const std::string& dir) {
 
 namespace {
 
-// A positive number at a dotted path of the measured report.
-Expected<double> positive(const nlohmann::json& j, const std::string& where, const std::string& pointer) {
-  const nlohmann::json* cur = &j;
-  size_t start = 1;
-  while (start <= pointer.size()) {
-    const size_t slash = pointer.find('/', start);
-    const std::string key = pointer.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
-    if (!cur->is_object() || !cur->contains(key)) return make_error(where, pointer + ": missing");
-    cur = &(*cur)[key];
-    if (slash == std::string::npos) break;
-    start = slash + 1;
-  }
-  if (!cur->is_number() || !(cur->get<double>() > 0) || !std::isfinite(cur->get<double>()))
-    return make_error(where, pointer + ": must be a number > 0");
-  return cur->get<double>();
-}
-
-// The measured report must describe the plan it sits beside.
-Status same_configuration(const nlohmann::json& m, const Plan& plan, const std::string& where) {
-  const auto& p = plan.parallel;
-  const std::pair<const char*, int64_t> fields[] = {{"dp", p.dp},
-                                                    {"tp", p.tp},
-                                                    {"pp", p.pp},
-                                                    {"zero", p.zero},
-                                                    {"micro_batch", p.micro_batch},
-                                                    {"global_batch", plan.train.global_batch},
-                                                    {"seq", plan.train.seq}};
-  for (const auto& [key, want] : fields) {
-    if (!m.contains(key)) continue;
-    if (!m[key].is_number_integer() || m[key].get<int64_t>() != want)
-      return make_error(where, std::string("/") + key + ": " + m[key].dump() + " is not the plan's " +
-                                   std::to_string(want) + " (a measurement of another configuration?)");
-  }
-  return ok_status();
+// A measured report (sim/step_result.hpp, read strictly) that can give an error: a zero or
+// negative step time or peak has no relative error, and would otherwise be a dropped point.
+Expected<Estimate> read_measurement(const std::string& path) {
+  auto j = read_json_file(path);
+  if (!j) return j.error();
+  auto m = estimate_from_json(*j, path);
+  if (!m) return m.error();
+  if (m->source != StepSource::measured)
+    return make_error(path, "/source: must be measured, a report of loom execute --report (got " +
+                                to_string(m->source) + ")");
+  if (!(m->step_time_s > 0)) return make_error(path, "/step_time_s: must be a number > 0 (got 0)");
+  if (m->memory.peak() <= 0) return make_error(path, "/memory_bytes/peak: must be > 0 (got 0)");
+  return m;
 }
 
 std::string describe(const ParallelConfig& p) {
@@ -135,25 +115,20 @@ Expected<ValidationRow> validate_config(const ConfigFiles& files) {
   if (!pj) return pj.error();
   auto plan = plan_from_json(*pj, files.plan_path);
   if (!plan) return plan.error();
-  auto mj = read_json_file(files.measured_path);
-  if (!mj) return mj.error();
-  if (!mj->is_object()) return make_error(files.measured_path, "is not a report of loom execute --report");
-  auto step = positive(*mj, files.measured_path, "/step_time_s");
-  if (!step) return step.error();
-  auto peak = positive(*mj, files.measured_path, "/memory_bytes/peak");
-  if (!peak) return peak.error();
-  if (auto st = same_configuration(*mj, *plan, files.measured_path); !st) return st.error();
-
+  auto measured = read_measurement(files.measured_path);
+  if (!measured) return measured.error();
   const Estimate e = CostModel(plan->model, plan->cluster, plan->train).evaluate(plan->parallel);
+  if (auto d = configuration_difference(e, "plan", *measured, "report"))
+    return make_error(files.measured_path, *d + ": a measurement of another configuration");
   ValidationRow row;
   row.config = files.name;
   row.model = plan->model.name;
   row.cluster = plan->cluster.name;
   row.parallel = describe(plan->parallel);
   row.predicted_step_s = e.step_time_s;
-  row.measured_step_s = *step;
+  row.measured_step_s = measured->step_time_s;
   row.predicted_peak_bytes = static_cast<double>(e.memory.peak());
-  row.measured_peak_bytes = *peak;
+  row.measured_peak_bytes = static_cast<double>(measured->memory.peak());
   return row;
 }
 

@@ -1,5 +1,6 @@
-// Validation: how far the cost model's predictions are from measurements (DESIGN.md, "How the
-// model is kept honest", 3). Two comparisons, both pure functions over values the commands
+// Validation: how far the cost model's predictions are from measurements on end-to-end runs
+// that calibration never saw (calibration uses microbenchmarks only, sim/profile.hpp), with
+// no configuration dropped. Two comparisons, both pure functions over values the commands
 // read from files:
 //   - configurations: a plan (re-predicted by the cost model, never its stored prediction)
 //     against the measured report `loom execute --report` wrote; step time and peak memory per
@@ -52,10 +53,10 @@ struct ValidationRow {
   double memory_error_pct() const { return error_pct(predicted_peak_bytes, measured_peak_bytes); }
 };
 
-// Loads the plan, re-predicts it with the cost model and reads the measurement's
-// step_time_s and memory_bytes.peak (both must be numbers > 0). The measurement's
-// configuration fields (dp, tp, pp, zero, micro_batch, global_batch, seq), where present,
-// must equal the plan's.
+// Loads the plan, re-predicts it with the cost model and reads the measurement, a measured
+// step result (sim/step_result.hpp, as strictly as any input) whose step_time_s and
+// memory_bytes.peak must be > 0 and whose configuration (model, parallel layout, schedule,
+// global batch, sequence, dtypes) must be the plan's.
 Expected<ValidationRow> validate_config(const ConfigFiles& files);
 
 struct ValidationSummary {

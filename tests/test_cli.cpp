@@ -1,6 +1,11 @@
 // Bad input gets one line naming the field and the rule, exit code 2; never a crash.
 #include <catch2/catch.hpp>
 
+#include <cmath>
+#include <filesystem>
+#include <sstream>
+#include <vector>
+
 #include <nlohmann/json.hpp>
 
 #include "run_loom.hpp"
@@ -45,7 +50,7 @@ TEST_CASE("predict prints a plan for the default case") {
   CHECK(r.out.find("fits") != std::string::npos);
 }
 
-TEST_CASE("predict --json has DESIGN.md's field names") {
+TEST_CASE("predict --json has the Estimate field names (sim/estimate.hpp)") {
   LoomRun r = run_loom(kBase + "--tp 8 --pp 16 --json");
   REQUIRE(r.code == 0);
   auto j = nlohmann::json::parse(r.out);
@@ -201,4 +206,129 @@ TEST_CASE("plan file rules name the file and the JSON pointer inside it") {
     j["cluster"]["gpu"]["hbm_bytes_per_s"] = "fast";
     expect_rejected("predict --plan " + temp_file("p5.json", j.dump()), "p5.json: /cluster/gpu/hbm_bytes_per_s: must be a number");
   }
+}
+
+// ---- One set of parallel flags, one reader of plans, and answers that agree with themselves ----
+
+TEST_CASE("predict takes --sp as plan does: on, off, or bare (on)", "[cli-flags]") {
+  auto sp_of = [](const std::string& flag) {
+    LoomRun r = run_loom(kBase + "--tp 8 --pp 16 --json " + flag);
+    INFO("stderr: " << r.err);
+    REQUIRE(r.code == 0);
+    return nlohmann::json::parse(r.out)["sp"].get<bool>();
+  };
+  CHECK(sp_of("--sp on") == true);
+  CHECK(sp_of("--sp off") == false);
+  CHECK(sp_of("--sp=on") == true);
+  CHECK(sp_of("--sp") == true);
+  CHECK(sp_of("") == false);
+  expect_rejected(kBase + "--tp 8 --pp 16 --sp maybe", "--sp");
+  // plan: the same syntax (a bare --sp pins it on there too).
+  LoomRun p = run_loom("plan --model gpt2-350m --cluster dgx-h100 --gpus 8 --global-batch 16 --tp 2 --pp 1 --sp "
+                       "--top 3 --refine 0 --json");
+  INFO("stderr: " << p.err);
+  REQUIRE(p.code == 0);
+  for (const auto& e : nlohmann::json::parse(p.out)["top"]) CHECK(e["sp"] == true);
+}
+
+TEST_CASE("predict takes --memory-headroom: fit is judged as plan judges it", "[cli-flags]") {
+  auto usable = [](const std::string& flag) {
+    LoomRun r = run_loom(kBase + "--tp 8 --pp 16 --json " + flag);
+    INFO("stderr: " << r.err);
+    REQUIRE(r.code == 0);
+    auto j = nlohmann::json::parse(r.out);
+    return std::pair{j["usable_bytes"].get<int64_t>(), j["capacity_bytes"].get<int64_t>()};
+  };
+  const auto [u, cap] = usable("--memory-headroom 0.5");
+  CHECK(u == cap / 2);  // floor(capacity x (1 - 0.5)); A100 80 GB: an even byte count
+  CHECK(usable("--memory-headroom 0").first == cap);
+  expect_rejected(kBase + "--tp 8 --pp 16 --memory-headroom 1.5", "--memory-headroom");
+  expect_rejected(kBase + "--tp 8 --pp 16 --memory-headroom 1", "--memory-headroom");
+  expect_rejected(kBase + "--tp 8 --pp 16 --memory-headroom nan", "--memory-headroom");
+  // A plan file's cluster too: the one flag --plan does not ignore.
+  auto path = temp_file("headroom_plan.json", "");
+  REQUIRE(run_loom(kBase + "--tp 8 --pp 16 -o " + path).code == 0);
+  LoomRun r = run_loom("predict --json --memory-headroom 0.5 --plan " + path);
+  REQUIRE(r.code == 0);
+  CHECK(nlohmann::json::parse(r.out)["usable_bytes"].get<int64_t>() == cap / 2);
+}
+
+TEST_CASE("plan -o with no configuration that fits writes nothing and exits 2", "[cli-flags]") {
+  const auto path = (std::filesystem::temp_directory_path() / ("loom_nofit_" + std::to_string(::getpid()) + ".json")).string();
+  std::filesystem::remove(path);
+  LoomRun r = run_loom("plan --model gpt3-175b --cluster h100-sxm --gpus 1 --global-batch 1 -o " + path);
+  INFO("stderr: " << r.err);
+  CHECK(r.code == 2);
+  CHECK(lines(r.err) == 1);
+  CHECK(r.err.find("--out: no configuration fits") != std::string::npos);
+  CHECK(r.out.find("no configuration fits") != std::string::npos);  // the rejections are still reported
+  CHECK(!std::filesystem::exists(path));
+  // Without -o, "nothing fits" is an answer: exit 0.
+  CHECK(run_loom("plan --model gpt3-175b --cluster h100-sxm --gpus 1 --global-batch 1").code == 0);
+}
+
+TEST_CASE("the plan table's tokens/s and MFU are at the step time it ranked by", "[cli-flags]") {
+  // --refine re-ranks the best three by the simulated step (here about 0.1% longer than the
+  // analytical one): their rows must show throughput at that time, not at the analytical one.
+  const std::string cmd = "plan --model gpt2-1.5b --cluster dgx-h100 --gpus 16 --global-batch 256 --seq 1024 --top 3 --refine 3";
+  const double tokens_per_step = 256.0 * 1024;
+  LoomRun j = run_loom(cmd + " --json");
+  LoomRun t = run_loom(cmd);
+  INFO("stdout: " << t.out << "\nstderr: " << t.err);
+  REQUIRE(j.code == 0);
+  REQUIRE(t.code == 0);
+  const auto top = nlohmann::json::parse(j.out)["top"];
+  REQUIRE(top.size() == 3);
+  std::istringstream in(t.out);
+  std::string line;
+  size_t rows = 0;
+  while (std::getline(in, line) && rows < top.size()) {
+    std::istringstream f(line);
+    std::vector<std::string> w;
+    for (std::string x; f >> x;) w.push_back(x);
+    if (w.size() < 17 || w[0] != std::to_string(rows + 1)) continue;
+    const auto& e = top[rows++];
+    REQUIRE(e["simulated_step_time_s"].is_number());
+    const double sim_s = e["simulated_step_time_s"].get<double>(), step_s = e["step_time_s"].get<double>();
+    INFO(line);
+    // tokens/s is printed to the token, MFU to 0.1 point.
+    CHECK(std::abs(std::stod(w[14]) - tokens_per_step / sim_s) <= 0.5);
+    CHECK(std::abs(std::stod(w[16]) - 100 * e["mfu"].get<double>() * step_s / sim_s) <= 0.05 + 1e-9);
+  }
+  CHECK(rows == 3);
+}
+
+TEST_CASE("export refuses a plan that does not fit unless --force, and says so either way", "[cli-flags]") {
+  auto path = temp_file("nofit_plan.json", "");
+  REQUIRE(run_loom("predict --model gpt3-175b --cluster dgx-a100 --gpus 1024 --global-batch 1024 --tp 1 --pp 1 -o " + path)
+              .code == 0);
+  expect_rejected("export " + path + " --to megatron", "does not fit");
+  LoomRun f = run_loom("export " + path + " --to megatron --force");
+  CHECK(f.code == 0);
+  CHECK(!f.out.empty());
+  CHECK(f.err.find("does not fit") != std::string::npos);
+  // A plan that fits exports without a word about memory.
+  auto ok = temp_file("fit_plan.json", "");
+  REQUIRE(run_loom(kBase + "--tp 8 --pp 16 --zero 1 -o " + ok).code == 0);
+  LoomRun g = run_loom("export " + ok + " --to megatron");
+  CHECK(g.code == 0);
+  CHECK(g.err.find("does not fit") == std::string::npos);
+}
+
+TEST_CASE("loom never links the CUDA runtime: the backend is a module loaded on demand", "[cli-flags]") {
+  const auto readelf = std::filesystem::temp_directory_path() / ("loom_needed_" + std::to_string(::getpid()));
+  REQUIRE(std::system(("readelf -d " + std::string(LOOM_BIN) + " > " + readelf.string()).c_str()) == 0);
+  const std::string needed = slurp(readelf.string());
+  CHECK(needed.find("NEEDED") != std::string::npos);
+  CHECK(needed.find("libcudart") == std::string::npos);
+  CHECK(needed.find("libcublas") == std::string::npos);
+  // Where the module is not beside the binary (a build without nvcc), both commands that need it
+  // say so in one line and exit 2, after reading nothing from a GPU.
+  const auto module = std::filesystem::path(LOOM_BIN).parent_path() / "libloom_cuda.so";
+  if (std::filesystem::exists(module)) return;
+  auto plan = temp_file("cuda_plan.json", "");
+  REQUIRE(run_loom("predict --model gpt2-124m --cluster h100-sxm --gpus 1 --global-batch 8 --tp 1 --pp 1 -o " + plan).code == 0);
+  expect_rejected("execute " + plan + " --device cuda", "--device: the CUDA backend is not available: ");
+  expect_rejected("calibrate --quick", "calibrate: the CUDA backend is not available: ");
+  expect_rejected("execute " + plan + " --device tpu", "--device: must be cpu or cuda (got tpu)");
 }

@@ -87,7 +87,7 @@ TEST_CASE("profile: a cluster names one; the cost model uses it", "[profile]") {
   ClusterSpec plain = *c;
   plain.profile.clear();
   plain.calibration.reset();
-  auto m = load_model("gpt2-124m", "--model");
+  auto m = load_model("gpt2-124m", "--model", nullptr);
   REQUIRE(m);
   TrainSpec t;
   t.global_batch = 8;
@@ -115,4 +115,41 @@ TEST_CASE("profile: a cluster names one; the cost model uses it", "[profile]") {
   CHECK(!cluster_from_json(j, "cluster.json"));
   j["profile"] = 3;
   CHECK(!cluster_from_json(j, "cluster.json"));
+}
+
+// A profile is read as strictly as a model file: every size bounded, every time finite and
+// positive, each point of a table once and the interpolated tables in order. Two attention
+// points of one (seq, head_dim, bh) used to divide by zero (a NaN step time); a byte count of
+// 2^62 or a zero bandwidth used to load.
+TEST_CASE("profile: tables and sizes are validated, one line naming the pointer", "[profile][robustness]") {
+  auto error_of = [](const nlohmann::json& j) {
+    auto p = profile_from_json(j, "p.json");
+    return p ? std::string() : p.error().message;
+  };
+  auto j = small_profile();
+  j["attention"][1] = j["attention"][0];
+  CHECK(error_of(j) == "p.json: /attention/1: must be sorted by (seq, head_dim, bh), each point once");
+  j = small_profile();
+  std::swap(j["memory_bound"][0], j["memory_bound"][1]);
+  CHECK(error_of(j) == "p.json: /memory_bound/1: must be sorted by bytes, each size once");
+  j = small_profile();
+  j["gemm"][1] = j["gemm"][0];
+  CHECK(error_of(j) == "p.json: /gemm/1: the same GEMM shape appears twice");
+  j = small_profile();
+  j["memory_bound"][0]["bytes_per_s"] = 0;
+  CHECK(error_of(j) == "p.json: /memory_bound/0/bytes_per_s: must be >= 1 (got 0)");
+  j = small_profile();
+  j["memory"]["workspace_bytes"] = int64_t{1} << 62;
+  CHECK(error_of(j) == "p.json: /memory/workspace_bytes: must be <= 1125899906842624 (got 4611686018427387904)");
+  j = small_profile();
+  j["gemm"][0]["m"] = "1024";
+  CHECK(error_of(j) == "p.json: /gemm/0/m: must be an integer");
+  j = small_profile();
+  j["kernel_launch_s"] = 1e300;
+  CHECK(error_of(j) == "p.json: /kernel_launch_s: must be <= 1 (got 1e+300)");
+  j = small_profile();
+  j["memory_bound"] = nlohmann::json::array();
+  CHECK(error_of(j) == "p.json: /memory_bound: must be a non-empty array");
+  // The committed profile meets every rule.
+  CHECK(load_cluster("h100-sxm", "--cluster"));
 }

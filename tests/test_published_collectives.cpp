@@ -1,5 +1,5 @@
 // loom's collective model (sim/collectives.hpp on the links sim/topology.hpp prices) against
-// published NCCL figures (DESIGN.md, "How the model is kept honest", 4). Nothing here is fitted:
+// published NCCL figures (nccl-tests' bus-bandwidth definitions and measured curves). Nothing here is fitted:
 // the cluster files' busbw and latency come from the NCCL maintainers' stated figures and
 // NCCL's tuning model (their `source` fields); these tests only say how close the result is.
 //

@@ -122,18 +122,25 @@ TEST_CASE("loom validate: bad input is one line and exit 2, never a dropped poin
     CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
   };
   expect_2(fresh_dir("none").string(), "holds no measured configuration");
-  {
-    const fs::path d = fresh_dir("other");  // a measurement of another configuration
+  // The fixture's measurement with one field changed (a JSON pointer into it) beside its plan.
+  auto edited = [](const std::string& name, const std::string& pointer, const nlohmann::json& value) {
+    const fs::path d = fresh_dir(name);
     fs::copy_file(kData + "/gpt2-124m-b8/plan.json", d / "plan.json");
-    std::ofstream(d / "measured.json") << R"({"tp": 2, "step_time_s": 1, "memory_bytes": {"peak": 1}})";
-    expect_2(d.string(), "/tp: 2 is not the plan's 1");
-  }
-  {
-    const fs::path d = fresh_dir("zero");  // a zero step time gives no error: rejected, not skipped
-    fs::copy_file(kData + "/gpt2-124m-b8/plan.json", d / "plan.json");
-    std::ofstream(d / "measured.json") << R"({"step_time_s": 0, "memory_bytes": {"peak": 1}})";
-    expect_2(d.string(), "/step_time_s: must be a number > 0");
-  }
+    auto m = nlohmann::json::parse(slurp(kData + "/gpt2-124m-b8/measured.json"));
+    m[nlohmann::json::json_pointer(pointer)] = value;
+    std::ofstream(d / "measured.json") << m.dump(2);
+    return d.string();
+  };
+  // A measurement of another configuration (a consistent one: another sequence length).
+  expect_2(edited("other", "/seq", 512), "/train/seq differs (plan 1024, report 512): a measurement of another configuration");
+  // A zero step time gives no error: rejected, not skipped.
+  expect_2(edited("zero", "/step_time_s", 0), "measured.json: /step_time_s: must be a number > 0");
+  // The report is read as strictly as a model file: unknown keys, wrong types, negative sizes,
+  // parts that do not add up.
+  expect_2(edited("unknown", "/synthetic", "note"), "measured.json: /synthetic: unknown field");
+  expect_2(edited("type", "/step_time_s", "0.02"), "measured.json: /step_time_s: must be a number");
+  expect_2(edited("negative", "/memory_bytes/weights", -1), "measured.json: /memory_bytes/weights: must be >= 0 (got -1)");
+  expect_2(edited("sum", "/memory_bytes/peak", 1), "measured.json: /memory_bytes/peak: must be the sum of the categories");
 }
 
 TEST_CASE("trace against trace: matched by name on the ranks both traces hold") {

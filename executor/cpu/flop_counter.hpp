@@ -1,4 +1,5 @@
-// GEMM FLOP accounting for the CPU executor (DESIGN.md, "How the model is kept honest", point 1):
+// GEMM FLOP accounting for the CPU executor, the check on the cost model's FLOPs (equal to the
+// FLOP for every plan of tests/executor/test_parallel.cpp's matrix):
 // every matrix product adds 2*M*N*K to a counter the caller passes in, so the executor's count
 // can be compared to the cost model's to the FLOP. No global state: one counter per run/rank.
 #pragma once

@@ -1,5 +1,6 @@
-// Shared by every CUDA op of executor/cuda: the bf16 type, and errors as values (STYLE.md habit 3)
-// that name the op and its shapes. Host-only declarations: this header compiles with the host
+// Shared by every CUDA op of executor/cuda: the bf16 type, and errors as values (a Status, as
+// sim/expected.hpp: no op exits or throws; only main turns an error into an exit code) that
+// name the op and its shapes. Host-only declarations: this header compiles with the host
 // C++ compiler too, so tests and the CLI include the ops' .cuh files without nvcc.
 #pragma once
 #include <cuda_bf16.h>

@@ -221,6 +221,8 @@ Expected<MeasuredReport> run_cuda(const Plan& plan, const CudaOptions& opt) {
   m.capacity_bytes = static_cast<int64_t>(total_bytes);
   m.usable_bytes = available;
   m.fits = true;
+  m.source = StepSource::measured;
+  m.measurement.device = report.device_name;
 
   // The profiled step by phase (the prediction's time categories; one GPU: no communication)
   // and per micro-batch, as StageEstimate.
@@ -283,24 +285,30 @@ nlohmann::json measured_trace_json(const MeasuredReport& r) {
             {"note", "one step after the timed ones, with a CUDA event before every kernel"}}}};
 }
 
+// The one step-result writer (sim/step_result.hpp) over the measurement and what only this
+// backend records: the profiled step's kernel categories, device memory and the prediction
+// checked against it.
 nlohmann::json measured_report_to_json(const MeasuredReport& r) {
-  nlohmann::json j = estimate_to_json(r.measured);
+  Estimate e = r.measured;
+  e.source = StepSource::measured;
+  Measurement& m = e.measurement;
+  m.device = r.device_name;
+  m.steps = static_cast<int64_t>(r.step_times_s.size());
+  m.step_times_s = r.step_times_s;
+  m.losses = r.losses;
+  m.grad_norms = r.grad_norms;
   if (!r.profile.empty()) {
-    j["op_time_s"] = r.op_time_s;  // per step, by kernel category (the profiled step)
-    j["profiled_step_s"] = r.profiled_step_s;
+    m.op_time_s.assign(r.op_time_s.begin(), r.op_time_s.end());  // per step, by kernel category
+    m.profiled_step_s = r.profiled_step_s;
   }
-  j["device"] = r.device_name;
-  j["step_times_s"] = r.step_times_s;
-  j["losses"] = r.losses;
-  j["grad_norms"] = r.grad_norms;
-  j["allocated_bytes"] = r.allocated_bytes;
-  j["device_used_bytes"] = r.device_used_bytes;
-  j["free_before_bytes"] = r.free_before_bytes;
-  j["predicted"] = {{"step_time_s", r.predicted.step_time_s},
-                    {"tokens_per_s", r.predicted.tokens_per_s},
-                    {"mfu", r.predicted.mfu},
-                    {"memory_peak_bytes", r.predicted.memory.peak()}};
-  return j;
+  m.allocated_bytes = r.allocated_bytes;
+  m.device_used_bytes = r.device_used_bytes;
+  m.free_before_bytes = r.free_before_bytes;
+  m.predicted_step_time_s = r.predicted.step_time_s;
+  m.predicted_tokens_per_s = r.predicted.tokens_per_s;
+  m.predicted_mfu = r.predicted.mfu;
+  m.predicted_peak_bytes = r.predicted.memory.peak();
+  return estimate_to_json(e);
 }
 
 }  // namespace loom::cuda

@@ -1,14 +1,12 @@
 // loom calibrate: GPU microbenchmarks into a hardware profile (sim/profile.hpp) that a cluster
-// file names ("profile"). The work is the CUDA backend's (executor/cuda/calibrate.cpp); a build
-// without CUDA says so and exits 2.
-#include <fmt/core.h>
-
+// file names ("profile"). The work is the CUDA backend's (executor/cuda/calibrate.cpp), loaded
+// only when this command runs; where it is not available (a build without nvcc, no driver) one
+// line says so and loom exits 2.
 #include <memory>
 
-#ifdef LOOM_CUDA
-#include "executor/cuda/calibrate.cuh"
-#endif
 #include "planner/cli/command.hpp"
+#include "planner/cli/cuda_backend.hpp"
+#include "planner/cli/inputs.hpp"
 
 namespace loom::cli {
 
@@ -28,17 +26,10 @@ void add_calibrate(CLI::App& app, Run& run) {
   cmd->add_flag("--quiet", o->quiet, "no progress lines");
   cmd->callback([o, &run] {
     run = [o] {
-#ifdef LOOM_CUDA
-      cuda::CalibrateOptions c;
-      c.out = o->out;
-      c.name = o->name;
-      c.quick = o->quick;
-      c.progress = !o->quiet;
-      return cuda::calibrate_command(c);
-#else
-      fmt::print(stderr, "loom: calibrate: this build has no CUDA backend (configure with nvcc)\n");
-      return 2;
-#endif
+      auto backend = load_cuda_backend("calibrate");
+      if (!backend) return fail(backend.error());
+      const LoomCudaCalibrateArgs args{o->out.c_str(), o->name.c_str(), o->quick ? 1 : 0, o->quiet ? 0 : 1};
+      return (*backend)->calibrate(&args);
     };
   });
 }

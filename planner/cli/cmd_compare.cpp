@@ -1,16 +1,22 @@
-// loom compare: predicted against measured, field by field. The prediction is re-evaluated from
-// the plan (a plan file's prediction is not trusted); the measurement is `loom execute --report`,
-// which uses the same field names.
+// loom compare A B: two results of one training step, field by field. Each is a plan (its
+// prediction priced again by the cost model: a plan file's own is not trusted), or a step result
+// (sim/step_result.hpp): `loom predict --json` (predicted), `loom simulate --json` (simulated),
+// `loom execute --report` (measured). Two files of different configurations are refused. Or two
+// Chrome traces (`loom simulate --trace`, `loom execute --trace`), matched by event name.
 #include <fmt/core.h>
 
 #include <cmath>
+#include <iterator>
+#include <map>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "planner/cli/command.hpp"
 #include "planner/cli/inputs.hpp"
-#include "sim/cost_model.hpp"
 #include "sim/json_reader.hpp"
 #include "sim/plan.hpp"
+#include "sim/step_result.hpp"
 #include "sim/validation.hpp"
 
 namespace loom::cli {
@@ -18,74 +24,84 @@ namespace loom::cli {
 namespace {
 
 struct CompareOptions {
-  std::string plan_path, measured_path;
+  std::string a_path, b_path;
   bool json = false;
 };
+
+struct Side {
+  std::string label;  // "plan", "prediction", "simulated", "report": names it in error lines
+  Estimate result;
+};
+
+// A plan file (it has "parallel"; a step result names its layout field by field), or a step result.
+Expected<Side> load_side(const nlohmann::json& doc, const std::string& path) {
+  if (doc.is_object() && doc.contains("parallel")) {
+    auto plan = plan_from_document(doc, path);
+    if (!plan) return plan.error();
+    return Side{"plan", plan->prediction};
+  }
+  auto e = estimate_from_json(doc, path);
+  if (!e) return e.error();
+  const char* label = e->source == StepSource::measured ? "report"
+                      : e->source == StepSource::simulated ? "simulated" : "prediction";
+  return Side{label, *e};
+}
 
 const char* kMemory[] = {"weights", "grads", "optimizer", "activations", "logits",
                          "comm_buffers", "workspace", "runtime", "other", "peak"};
 
-// Dotted names of every numeric field both documents can hold, job level then per stage. Time
-// by category: the prediction's exposed times; a measured pp_comm holds the wait for the
-// neighbour stage too, so it is compared with pp_comm + bubble (time_s.pp_comm+bubble).
-std::vector<std::string> field_names(int64_t stages) {
-  std::vector<std::string> f = {"step_time_s", "tokens_per_s", "flops.hardware"};
-  for (const char* t : {"compute", "tp_comm", "dp_comm", "pp_comm+bubble", "optimizer"})
-    f.push_back(std::string("time_s.") + t);
-  for (const char* m : kMemory) f.push_back(std::string("memory_bytes.") + m);
-  for (const char* c : {"tp", "dp", "pp"}) f.push_back(std::string("comm_bytes.") + c);
-  for (int64_t s = 0; s < stages; ++s) {
-    const std::string p = "stages." + std::to_string(s) + ".";
-    for (const char* t : {"forward", "backward", "recompute", "tp_comm"}) f.push_back(p + "micro_batch_time_s." + t);
-    f.push_back(p + "dp_comm_exposed_s");
-    f.push_back(p + "optimizer_s");
-    for (const char* m : kMemory) f.push_back(p + "memory_bytes." + m);
-    f.push_back(p + "flops");
-    for (const char* c : {"tp", "dp", "pp"}) f.push_back(p + "comm_bytes." + c);
+void add_memory(std::vector<std::pair<std::string, double>>& out, const std::string& prefix, const MemoryBytes& m) {
+  const int64_t v[] = {m.weights, m.grads, m.optimizer, m.activations, m.logits,
+                       m.comm_buffers, m.workspace, m.runtime, m.other(), m.peak()};
+  for (size_t i = 0; i < std::size(kMemory); ++i) out.emplace_back(prefix + "memory_bytes." + kMemory[i], static_cast<double>(v[i]));
+}
+
+void add_comm(std::vector<std::pair<std::string, double>>& out, const std::string& prefix, const CommBytes& c) {
+  out.emplace_back(prefix + "comm_bytes.tp", static_cast<double>(c.tp));
+  out.emplace_back(prefix + "comm_bytes.dp", static_cast<double>(c.dp));
+  out.emplace_back(prefix + "comm_bytes.pp", static_cast<double>(c.pp));
+}
+
+// Every number both sides can hold, by the dotted name of its JSON field, job level then per
+// stage. A measured pp_comm holds the wait for the neighbour stage too, so time is compared as
+// pp_comm + bubble (time_s.pp_comm+bubble). An emulated rank has no job throughput or FLOPs;
+// a stage no rank reported has no numbers.
+std::vector<std::pair<std::string, double>> field_values(const Estimate& e) {
+  const bool emulated = e.source == StepSource::measured && e.measurement.emulated_rank >= 0;
+  std::vector<std::pair<std::string, double>> f = {{"step_time_s", e.step_time_s}};
+  if (!emulated) {
+    f.emplace_back("tokens_per_s", e.tokens_per_s);
+    f.emplace_back("flops.hardware", static_cast<double>(e.flops_hardware));
+  }
+  const TimeBreakdown& t = e.time;
+  f.insert(f.end(), {{"time_s.compute", t.compute_s}, {"time_s.tp_comm", t.tp_comm_s}, {"time_s.dp_comm", t.dp_comm_s},
+                     {"time_s.pp_comm+bubble", t.pp_comm_s + t.bubble_s}, {"time_s.optimizer", t.optimizer_s}});
+  add_memory(f, "", e.memory);
+  add_comm(f, "", e.comm);
+  for (const StageEstimate& s : e.stages) {
+    if (!s.reported) continue;
+    const std::string p = "stages." + std::to_string(s.index) + ".";
+    f.insert(f.end(), {{p + "micro_batch_time_s.forward", s.forward_s},
+                       {p + "micro_batch_time_s.backward", s.backward_s},
+                       {p + "micro_batch_time_s.recompute", s.recompute_s},
+                       {p + "micro_batch_time_s.tp_comm", s.tp_comm_s},
+                       {p + "dp_comm_exposed_s", s.dp_comm_exposed_s},
+                       {p + "optimizer_s", s.optimizer_s}});
+    add_memory(f, p, s.memory);
+    f.emplace_back(p + "flops", static_cast<double>(s.flops));
+    add_comm(f, p, s.comm);
   }
   return f;
-}
-
-// time_s.pp_comm+bubble as one number (the sum of whichever of the two the document has).
-void add_pp_wait(nlohmann::json& doc) {
-  if (!doc.contains("time_s") || !doc["time_s"].is_object()) return;
-  auto& t = doc["time_s"];
-  double sum = 0;
-  for (const char* k : {"pp_comm", "bubble"})
-    if (t.contains(k) && t[k].is_number()) sum += t[k].get<double>();
-  t["pp_comm+bubble"] = sum;
-}
-
-const nlohmann::json* lookup(const nlohmann::json& j, const std::string& dotted) {
-  const nlohmann::json* cur = &j;
-  size_t start = 0;
-  while (start <= dotted.size()) {
-    const size_t dot = dotted.find('.', start);
-    const std::string key = dotted.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
-    if (cur->is_array()) {
-      char* end = nullptr;
-      const long i = std::strtol(key.c_str(), &end, 10);
-      if (*end != '\0' || i < 0 || static_cast<size_t>(i) >= cur->size()) return nullptr;
-      cur = &(*cur)[static_cast<size_t>(i)];
-    } else if (cur->is_object() && cur->contains(key)) {
-      cur = &(*cur)[key];
-    } else {
-      return nullptr;
-    }
-    if (dot == std::string::npos) break;
-    start = dot + 1;
-  }
-  return cur->is_number() ? cur : nullptr;
 }
 
 // Trace against trace: a predicted Chrome trace (loom simulate --trace) and a measured one,
 // matched by event name (sim/trace_names.hpp), total duration per name and per op category.
 int run_trace_compare(const CompareOptions& o, const nlohmann::json& predicted_doc) {
-  auto measured_doc = read_json_file(o.measured_path);
+  auto measured_doc = read_json_file(o.b_path, kMaxTraceFileBytes);
   if (!measured_doc) return fail(measured_doc.error());
-  auto predicted = trace_events(predicted_doc, o.plan_path);
+  auto predicted = trace_events(predicted_doc, o.a_path);
   if (!predicted) return fail(predicted.error());
-  auto measured = trace_events(*measured_doc, o.measured_path);
+  auto measured = trace_events(*measured_doc, o.b_path);
   if (!measured) return fail(measured.error());
   const TraceComparison c = compare_traces(*predicted, *measured);
   if (o.json) {
@@ -109,44 +125,73 @@ int run_trace_compare(const CompareOptions& o, const nlohmann::json& predicted_d
   return 0;
 }
 
-int run_compare(const CompareOptions& o) {
-  auto pj = read_json_file(o.plan_path);
-  if (!pj) return fail(pj.error());
-  if (is_chrome_trace(*pj)) return run_trace_compare(o, *pj);
-  auto plan = plan_from_json(*pj, o.plan_path);
-  if (!plan) return fail(plan.error());
-  auto measured = read_json_file(o.measured_path);
-  if (!measured) return fail(measured.error());
-  if (!measured->is_object() || !measured->contains("memory_bytes"))
-    return fail(make_error(o.measured_path, "is not a report of loom execute --report (no memory_bytes)"));
-  CostModel cm(plan->model, plan->cluster, plan->train);
-  nlohmann::json predicted = estimate_to_json(cm.evaluate(plan->parallel));
-  add_pp_wait(predicted);
-  add_pp_wait(*measured);
+// One sign convention: error % = (other - reference) / reference, where the reference is the
+// measured side when exactly one side is measured ((predicted - measured) / measured, as loom
+// validate and the trace comparison), else A ((B - A) / A).
+struct Fields {
+  std::string ref_key, other_key;  // JSON keys of the two values: their sources, or "a" and "b"
+  nlohmann::json rows = nlohmann::json::array();
+};
 
-  nlohmann::json fields = nlohmann::json::array();
-  for (const auto& name : field_names(plan->parallel.pp)) {
-    const nlohmann::json* p = lookup(predicted, name);
-    const nlohmann::json* m = lookup(*measured, name);
-    if (!p || !m) continue;
-    const double pv = p->get<double>(), mv = m->get<double>();
-    // Signed error as loom validate and the trace comparison: (predicted - measured) / measured;
-    // undefined against a zero measurement (unless both are zero).
+Fields diff_fields(const Side& a, const Side& b) {
+  const bool b_ref = b.result.source == StepSource::measured && a.result.source != StepSource::measured;
+  const Estimate& ref = b_ref ? b.result : a.result;
+  const Estimate& other = b_ref ? a.result : b.result;
+  Fields out;
+  const bool same = ref.source == other.source;
+  out.ref_key = same ? (b_ref ? "b" : "a") : to_string(ref.source);
+  out.other_key = same ? (b_ref ? "a" : "b") : to_string(other.source);
+  std::map<std::string, double> theirs;
+  for (const auto& [name, v] : field_values(other)) theirs[name] = v;
+  for (const auto& [name, rv] : field_values(ref)) {
+    auto it = theirs.find(name);
+    if (it == theirs.end()) continue;
+    const double ov = it->second;
+    // Undefined against a zero reference (unless both are zero).
     nlohmann::json err = nullptr;
-    if (mv != 0) err = (pv - mv) / std::fabs(mv) * 100.0;
-    else if (pv == 0) err = 0.0;
-    fields.push_back({{"name", name}, {"predicted", *p}, {"measured", *m}, {"error_pct", err}});
+    if (rv != 0) err = (ov - rv) / std::fabs(rv) * 100.0;
+    else if (ov == 0) err = 0.0;
+    out.rows.push_back({{"name", name}, {out.other_key, ov}, {out.ref_key, rv}, {"error_pct", err}});
   }
+  return out;
+}
+
+int run_compare(const CompareOptions& o) {
+  // A may be a trace (the larger bound); anything else is held to the bound of every other file.
+  auto text = read_text_file(o.a_path, kMaxTraceFileBytes);
+  if (!text) return fail(text.error());
+  auto aj = parse_json_text(*text, o.a_path);
+  if (!aj) return fail(aj.error());
+  if (is_chrome_trace(*aj)) return run_trace_compare(o, *aj);
+  if (static_cast<int64_t>(text->size()) > kMaxJsonFileBytes)
+    return fail(make_error(o.a_path, "file is larger than loom reads (" + std::to_string(kMaxJsonFileBytes >> 20) +
+                                         " MiB; got " + std::to_string(text->size()) + " bytes)"));
+  auto bj = read_json_file(o.b_path);
+  if (!bj) return fail(bj.error());
+  auto a = load_side(*aj, o.a_path);
+  if (!a) return fail(a.error());
+  auto b = load_side(*bj, o.b_path);
+  if (!b) return fail(b.error());
+  const bool same_label = a->label == b->label;
+  if (auto d = configuration_difference(a->result, same_label ? o.a_path : a->label, b->result,
+                                        same_label ? o.b_path : b->label))
+    return fail(make_error("compare", *d + ": not the same configuration"));
+  const Fields f = diff_fields(*a, *b);
+  const std::string definition = "(" + f.other_key + " - " + f.ref_key + ") / " + f.ref_key + " x 100";
   if (o.json) {
-    fmt::print("{}\n", nlohmann::json{{"fields", fields}}.dump(2));
+    fmt::print("{}\n", nlohmann::json{{"a", {{"path", o.a_path}, {"source", to_string(a->result.source)}}},
+                                      {"b", {{"path", o.b_path}, {"source", to_string(b->result.source)}}},
+                                      {"error_definition", definition},
+                                      {"fields", f.rows}}
+                           .dump(2));
     return 0;
   }
-  fmt::print("error % = (predicted - measured) / measured\n\n");
-  fmt::print("{:<46} {:>18} {:>18} {:>10}\n", "field", "predicted", "measured", "error %");
-  for (const auto& f : fields) {
-    const std::string err = f["error_pct"].is_null() ? "n/a" : fmt::format("{:+.2f}", f["error_pct"].get<double>());
-    fmt::print("{:<46} {:>18.6g} {:>18.6g} {:>10}\n", f["name"].get<std::string>(), f["predicted"].get<double>(),
-               f["measured"].get<double>(), err);
+  fmt::print("error % = {}\n\n", definition);
+  fmt::print("{:<46} {:>18} {:>18} {:>10}\n", "field", f.other_key, f.ref_key, "error %");
+  for (const auto& r : f.rows) {
+    const std::string err = r["error_pct"].is_null() ? "n/a" : fmt::format("{:+.2f}", r["error_pct"].get<double>());
+    fmt::print("{:<46} {:>18.6g} {:>18.6g} {:>10}\n", r["name"].get<std::string>(), r[f.other_key].get<double>(),
+               r[f.ref_key].get<double>(), err);
   }
   return 0;
 }
@@ -155,11 +200,16 @@ int run_compare(const CompareOptions& o) {
 
 void add_compare(CLI::App& app, Run& run) {
   auto o = std::make_shared<CompareOptions>();
-  auto* cmd = app.add_subcommand("compare", "predicted against measured (loom execute --report), field by field");
-  cmd->add_option("plan", o->plan_path, "plan.json, or a predicted Chrome trace (loom simulate --trace)")->required();
-  cmd->add_option("measured", o->measured_path, "measured.json from loom execute --report, or a measured Chrome trace")
+  auto* cmd = app.add_subcommand("compare", "two results of one step (plan, prediction, simulation, measurement), "
+                                            "field by field; or two Chrome traces");
+  cmd->add_option("a", o->a_path,
+                  "plan.json, a step result (loom predict --json, loom simulate --json, loom execute --report), "
+                  "or a predicted Chrome trace (loom simulate --trace)")
       ->required();
-  cmd->add_flag("--json", o->json, "print {\"fields\": [{name, predicted, measured, error_pct}]}");
+  cmd->add_option("b", o->b_path, "the same kinds: measured.json from loom execute --report, or a measured Chrome trace")
+      ->required();
+  cmd->add_flag("--json", o->json,
+                "print {\"a\", \"b\", \"error_definition\", \"fields\": [{name, <source>..., error_pct}]}");
   cmd->callback([o, &run] { run = [o] { return run_compare(*o); }; });
 }
 

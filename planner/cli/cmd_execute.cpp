@@ -3,16 +3,18 @@
 // the prediction's field names (--report).
 #include <fmt/core.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <memory>
 
 #include "executor/comm.hpp"
-#ifdef LOOM_CUDA
-#include "executor/cuda/cuda_executor.hpp"
-#endif
 #include "executor/trainer.hpp"
 #include "planner/cli/command.hpp"
+#include "planner/cli/cuda_backend.hpp"
+#include "planner/cli/flags.hpp"
 #include "planner/cli/inputs.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/json_reader.hpp"
@@ -29,8 +31,71 @@ struct ExecuteOptions {
   double timeout_s = 60;
   int64_t emulate_rank = -1;
   bool quiet = false;
+  std::string die_in_save;     // hidden: "RANK:BYTES" or "RANK:POINT" (exec::SaveFault)
   exec::ExecOptions exec;
 };
+
+// The longest a rank waits on one message: a week, far beyond any step, and small enough that
+// the deadline (now + timeout, in int64 nanoseconds) cannot overflow.
+constexpr double kMaxTimeoutS = 7 * 24 * 3600;
+
+// Checks made before MPI starts run in every process `mpirun -np N` starts, on the same flags
+// and the same shared paths: only world rank 0 (or a process started without mpirun) prints the
+// line, the others end with the same code quietly.
+int refuse(const Error& e) {
+  const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+  if (rank == nullptr || std::string(rank) == "0") return fail(e);
+  return 2;
+}
+
+// --steps counts to a step: 1 or more (its text was held to decimal digits as it was parsed).
+Status check_flags(const ExecuteOptions& o) {
+  if (o.exec.steps < 1) return make_error("--steps", "must be >= 1 (got " + std::to_string(o.exec.steps) + ")");
+  return ok_status();
+}
+
+// "RANK:BYTES" (the rank dies after that many bytes of its file) or "RANK:POINT" (a named point).
+Expected<exec::SaveFault> parse_save_fault(const std::string& text) {
+  const auto colon = text.find(':');
+  auto digits = [](const std::string& t) { return !t.empty() && t.size() < 15 && t.find_first_not_of("0123456789") == std::string::npos; };
+  exec::SaveFault f;
+  if (colon == std::string::npos || !digits(text.substr(0, colon)))
+    return make_error("--die-in-save", "must be RANK:BYTES or RANK:POINT (got " + text + ")");
+  f.rank = std::stoll(text.substr(0, colon));
+  const std::string at = text.substr(colon + 1);
+  if (digits(at)) {
+    f.bytes = std::stoll(at);
+    return f;
+  }
+  const auto& points = exec::save_fault_points();
+  if (std::find(points.begin(), points.end(), at) == points.end())
+    return make_error("--die-in-save", "unknown point " + at);
+  f.point = at;
+  return f;
+}
+
+// Every output, before any work: a run of hours must not end unable to write what it measured.
+Status check_outputs(const ExecuteOptions& o) {
+  const std::pair<const std::string*, const char*> files[] = {
+      {&o.report_path, "--report"}, {&o.exec.trace_path, "--trace"}, {&o.exec.weights_out, "--weights-out"}};
+  for (const auto& [path, flag] : files)
+    if (!path->empty())
+      if (auto st = exec::check_output_file(*path, flag); !st) return st;
+  if (!o.exec.save_dir.empty())
+    if (auto st = exec::check_output_folder(o.exec.save_dir, "--save"); !st) return st;
+  return ok_status();
+}
+
+// What run_execute needs settled before it starts: the flags, the fault spec, the outputs.
+Status prepare(ExecuteOptions& o) {
+  if (auto st = check_flags(o); !st) return st;
+  if (!o.die_in_save.empty()) {
+    auto f = parse_save_fault(o.die_in_save);
+    if (!f) return f.error();
+    o.exec.save_fault = *f;
+  }
+  return check_outputs(o);
+}
 
 // One rank of a plan larger than this machine, in one process, without MPI: its shapes, layers,
 // schedule and memory, communication replaced by local copies (executor/comm.hpp).
@@ -57,37 +122,33 @@ int run_emulated(const ExecuteOptions& o, const Plan& plan) {
   return 0;
 }
 
+// The CUDA backend (executor/cuda, dp = tp = pp = 1 plans for now), loaded only here: the plan
+// is read and checked first, so a bad plan gets the same line as on the CPU backend.
+int run_cuda(const ExecuteOptions& o) {
+  if (o.emulate_rank >= 0)
+    return fail(make_error("--emulate-rank", "runs on the CPU backend only so far (--device cpu)"));
+  if (auto plan = load_plan(o.plan_path); !plan) return fail(plan.error());
+  auto backend = load_cuda_backend("--device");
+  if (!backend) return fail(backend.error());
+  const LoomCudaExecuteArgs args{o.plan_path.c_str(), o.report_path.c_str(), o.exec.trace_path.c_str(),
+                                 o.exec.steps, o.exec.seed, o.quiet ? 0 : 1};
+  return (*backend)->execute(&args);
+}
+
 int run_execute(const ExecuteOptions& o) {
-#ifdef LOOM_CUDA
-  if (o.device == "cuda") {  // the CUDA backend (executor/cuda): dp = tp = pp = 1 plans for now
-    cuda::CudaOptions c;
-    c.steps = o.exec.steps;
-    c.seed = o.exec.seed;
-    c.progress = !o.quiet;
-    if (o.emulate_rank >= 0)
-      return fail(make_error("--emulate-rank", "runs on the CPU backend only so far (--device cpu)"));
-    return cuda::execute_cuda_command(o.plan_path, c, o.report_path, o.exec.trace_path);
-  }
-#endif
-  if (o.device != "cpu")
-    return fail(make_error("--device", "this build has no CUDA backend: use --device cpu"));
-  auto j = read_json_file(o.plan_path);
-  if (!j) return fail(j.error());
-  auto plan = plan_from_json(*j, o.plan_path);
+  if (o.device == "cuda") return run_cuda(o);
+  if (o.device != "cpu") return fail(make_error("--device", "must be cpu or cuda (got " + o.device + ")"));
+  auto plan = load_plan(o.plan_path);
   if (!plan) return fail(plan.error());
   if (auto st = exec::check_cpu_plan(*plan); !st) return fail(st.error());
-  if (o.exec.steps < 1) return fail(make_error("--steps", "must be >= 1"));
-  CostModel cm(plan->model, plan->cluster, plan->train);
-  plan->prediction = cm.evaluate(plan->parallel);
+  // Token positions (step x global batch + sequence) x (seq + 1) are int64 (cpu/synthetic_data).
+  if (int64_t n = 0; __builtin_mul_overflow(o.exec.steps, plan->train.global_batch, &n) ||
+                     __builtin_mul_overflow(n, plan->train.seq + 1, &n))
+    return fail(make_error("--steps", "too many for this plan's global batch and sequence: token positions would "
+                                      "overflow int64 (got " + std::to_string(o.exec.steps) + ")"));
   if (!plan->prediction.fits)
     return fail(make_error(o.plan_path, "does not fit: " + plan->prediction.reason));
 
-  for (const std::string* path : {&o.report_path, &o.exec.trace_path}) {
-    if (path->empty()) continue;
-    const auto dir = std::filesystem::absolute(*path).parent_path();
-    if (!std::filesystem::is_directory(dir))
-      return fail(make_error(*path == o.report_path ? "--report" : "--trace", "folder " + dir.string() + " does not exist"));
-  }
   if (o.emulate_rank >= 0) return run_emulated(o, *plan);
 
   auto comm = exec::make_mpi_comm(nullptr, nullptr, {o.timeout_s});
@@ -101,14 +162,17 @@ int run_execute(const ExecuteOptions& o) {
     exec::mpi_finalize();
     return 2;
   }
-  auto report = exec::execute_cpu(*plan, c, o.exec);
+  exec::Ending ending = exec::Ending::abort;
+  auto report = exec::execute_cpu(*plan, c, o.exec, &ending);
   if (!report) {
-    fmt::print(stderr, "loom: {}\n", report.error().message);
-    // A non-finite loss is seen by every rank at the same step: they stop together. Anything
-    // else (a peer that died, a timeout) may leave ranks blocked: end the whole job.
-    if (report.error().message.find("not finite") == std::string::npos) exec::mpi_abort(3);
+    // A refused input (a checkpoint that does not resume) is the same line on every rank:
+    // rank 0 prints it. A non-finite loss or a failed save is seen by every rank at the same
+    // point: they stop together. Anything else (a peer that died, a timeout) may leave ranks
+    // blocked: end the whole job.
+    if (ending != exec::Ending::refused || c.rank() == 0) fmt::print(stderr, "loom: {}\n", report.error().message);
+    if (ending == exec::Ending::abort) exec::mpi_abort(3);
     exec::mpi_finalize();
-    return 3;
+    return ending == exec::Ending::refused ? 2 : 3;
   }
   if (c.rank() == 0) {
     if (!o.quiet) {
@@ -136,25 +200,34 @@ void add_execute(CLI::App& app, Run& run) {
   auto* cmd = app.add_subcommand("execute", "train a plan (under mpirun -np N, one rank per device) and measure it");
   cmd->add_option("plan", o->plan_path, "plan.json (from loom plan or loom predict -o)")->required();
   cmd->add_option("--device", o->device, "cpu (the fp32 reference backend) or cuda (one GPU, builds with nvcc)");
-  cmd->add_option("--steps", o->exec.steps, "train until this step");
+  cmd->add_option("--steps", o->exec.steps, "train until this step")->transform(Integer(INT64_MIN, INT64_MAX));
   cmd->add_option("--report", o->report_path, "write what was measured (Estimate field names, ranks[] beside)");
   cmd->add_option("--save", o->exec.save_dir, "write a checkpoint to this folder after the last step");
   cmd->add_option("--resume", o->exec.resume_dir, "continue from the checkpoint in this folder");
-  cmd->add_option("--lr", o->exec.lr, "AdamW learning rate");
-  cmd->add_option("--seed", o->exec.seed, "weights and synthetic data seed");
-  cmd->add_option("--timeout-s", o->timeout_s, "give up on a peer after this many seconds without progress");
+  cmd->add_option("--lr", o->exec.lr, "AdamW learning rate")
+      ->transform(Number(0, std::numeric_limits<double>::max(), Bound::exclusive));
+  cmd->add_option("--seed", o->exec.seed, "weights and synthetic data seed")->transform(Integer(0, INT64_MAX));
+  cmd->add_option("--timeout-s", o->timeout_s, "give up on a peer after this many seconds without progress")
+      ->transform(Number(0, kMaxTimeoutS, Bound::exclusive));
   cmd->add_option("--weights-out", o->exec.weights_out, "write the trained model (cpu::Gpt layout, raw fp32)");
   cmd->add_option("--trace", o->exec.trace_path,
                   "write the last step of every rank as a Chrome trace (the names of loom simulate --trace)");
   cmd->add_option("--emulate-rank", o->emulate_rank,
-                  "run only this rank of the plan, in one process: its shapes, layers and schedule, with communication as local copies");
+                  "run only this rank of the plan, in one process: its shapes, layers and schedule, with communication as local copies")
+      ->transform(Integer(0, INT64_MAX));  // -1 (not given) is the default, never typed
   cmd->add_flag("--quiet", o->quiet, "print nothing on success");
   // Fault injection, for the reliability tests.
-  cmd->add_option("--die-at-step", o->exec.die_at_step)->group("");
-  cmd->add_option("--die-rank", o->exec.die_rank)->group("");
+  cmd->add_option("--die-at-step", o->exec.die_at_step)->group("")->transform(Integer(0, INT64_MAX));
+  cmd->add_option("--die-rank", o->exec.die_rank)->group("")->transform(Integer(0, INT64_MAX));
   cmd->add_flag("--stall", o->exec.stall)->group("");
-  cmd->add_option("--nan-at-step", o->exec.nan_at_step)->group("");
-  cmd->callback([o, &run] { run = [o] { return run_execute(*o); }; });
+  cmd->add_option("--nan-at-step", o->exec.nan_at_step)->group("")->transform(Integer(0, INT64_MAX));
+  cmd->add_option("--die-in-save", o->die_in_save)->group("");
+  cmd->callback([o, &run] {
+    run = [o] {
+      if (auto st = prepare(*o); !st) return refuse(st.error());
+      return run_execute(*o);
+    };
+  });
 }
 
 }  // namespace loom::cli

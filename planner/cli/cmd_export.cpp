@@ -1,5 +1,6 @@
 // loom export plan.json --to megatron|torchtitan|deepspeed: the plan as the engine's
-// arguments or config on stdout; what the engine cannot express, one line each, on stderr.
+// arguments or config on stdout; what the engine cannot express, one line each, on stderr. A
+// plan that does not fit GPU memory is refused (exit 2) unless --force.
 #include <fmt/core.h>
 
 #include <memory>
@@ -8,7 +9,6 @@
 #include "planner/cli/inputs.hpp"
 #include "planner/export.hpp"
 #include "sim/json_reader.hpp"
-#include "sim/plan.hpp"
 
 namespace loom::cli {
 
@@ -18,13 +18,18 @@ struct ExportOptions {
   std::string plan_path;
   std::string to;
   std::string out_path;
+  bool force = false;
 };
 
 int run_export(const ExportOptions& o) {
-  auto j = read_json_file(o.plan_path);
-  if (!j) return fail(j.error());
-  auto plan = plan_from_json(*j, o.plan_path);
+  auto plan = load_plan(o.plan_path);
   if (!plan) return fail(plan.error());
+  // An engine would run out of memory at its first step: refused unless --force, and said
+  // either way (load_plan priced the plan again, so the file's own "fits" is not trusted).
+  if (!plan->prediction.fits) {
+    if (!o.force) return fail(make_error(o.plan_path, "does not fit: " + plan->prediction.reason + " (--force exports it anyway)"));
+    fmt::print(stderr, "loom: {}: does not fit: {} (exported anyway: --force)\n", o.plan_path, plan->prediction.reason);
+  }
   Engine engine = Engine::megatron;
   for (size_t i = 0; i < engine_names().size(); ++i)
     if (engine_names()[i] == o.to) engine = static_cast<Engine>(i);
@@ -47,6 +52,8 @@ void add_export(CLI::App& app, Run& run) {
   cmd->add_option("plan", o->plan_path, "plan.json (from `loom plan -o` or `loom predict -o`)")->required();
   cmd->add_option("--to", o->to, "target engine")->required()->check(CLI::IsMember(engine_names()));
   cmd->add_option("-o,--out", o->out_path, "write to a file instead of stdout");
+  cmd->add_flag("--force", o->force,
+                "export a plan that does not fit GPU memory (refused otherwise; either way one line on stderr says so)");
   cmd->callback([o, &run] { run = [o] { return run_export(*o); }; });
 }
 

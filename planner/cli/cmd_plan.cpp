@@ -4,6 +4,7 @@
 #include <fmt/core.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <thread>
@@ -11,6 +12,7 @@
 #include "planner/cli/command.hpp"
 #include "planner/cli/inputs.hpp"
 #include "planner/cli/report.hpp"
+#include "planner/cli/flags.hpp"
 #include "planner/search.hpp"
 #include "sim/json_reader.hpp"
 #include "sim/plan.hpp"
@@ -24,9 +26,8 @@ namespace {
 
 struct PlanOptions {
   JobOptions job;
-  std::optional<int64_t> tp, pp, dp, max_tp, micro_batch, vpp, zero;
-  std::string recompute, sp, schedule, order;  // empty: searched
-  std::optional<double> memory_headroom;
+  ParallelFlags par;  // pins; unset: searched
+  std::optional<int64_t> max_tp;
   int64_t top = 10;
   int64_t refine = 3;
   std::string out_path;
@@ -43,41 +44,58 @@ std::optional<E> enum_pin(const std::string& v, const std::vector<std::string>& 
 }
 
 SearchPins pins_from(const PlanOptions& o) {
+  const ParallelFlags& f = o.par;
   SearchPins p;
-  p.tp = o.tp;
-  p.pp = o.pp;
-  p.dp = o.dp;
+  p.tp = f.tp;
+  p.pp = f.pp;
+  p.dp = f.dp;
   p.max_tp = o.max_tp;
-  p.micro_batch = o.micro_batch;
-  p.vpp = o.vpp;
-  if (o.zero) p.zero = static_cast<int>(*o.zero);
-  p.recompute = enum_pin<Recompute>(o.recompute, recompute_names());
-  if (!o.sp.empty()) p.sp = o.sp == "on";
-  p.schedule = enum_pin<Schedule>(o.schedule, schedule_names());
+  p.micro_batch = f.micro_batch;
+  p.vpp = f.vpp;
+  if (f.zero) p.zero = static_cast<int>(*f.zero);
+  p.recompute = enum_pin<Recompute>(f.recompute, recompute_names());
+  if (!f.sp.empty()) p.sp = f.sp == "on";
+  p.schedule = enum_pin<Schedule>(f.schedule, schedule_names());
   if (o.cmd->count("--grad-dtype") > 0) p.grad_dtype = o.job.grad_dtype == "fp32" ? Dtype::fp32 : Dtype::bf16;
-  if (!o.order.empty()) p.order = o.order;
+  if (!f.order.empty()) p.order = f.order;
   p.dp_bucket_bytes = o.job.dp_bucket_bytes;
   return p;
 }
 
 double gib(int64_t b) { return static_cast<double>(b) / 1073741824.0; }
 
-std::string table(const std::vector<Estimate>& top) {
-  std::string s = fmt::format("{:>3} {:>5} {:>3} {:>3} {:>4} {:>4} {:<11} {:>3} {:<9} {:<3} {:<4} {:<8} {:>8} {:>8} "
-                              "{:>10} {:>7} {:>5}  {}\n",
-                              "#", "dp", "tp", "pp", "zero", "mb", "schedule", "vpp", "recompute", "sp", "grad",
-                              "order", "step s", "sim s", "tokens/s", "TFLOP/s", "MFU", "peak / capacity GiB");
-  for (size_t i = 0; i < top.size(); ++i) {
-    const Estimate& e = top[i];
-    const auto& p = e.parallel;
-    const std::string sim = e.simulated_step_time_s > 0 ? fmt::format("{:.3f}", e.simulated_step_time_s) : "-";
-    s += fmt::format("{:>3} {:>5} {:>3} {:>3} {:>4} {:>4} {:<11} {:>3} {:<9} {:<3} {:<4} {:<8} {:>8.3f} {:>8} {:>10.0f} "
+// The step time a row was ranked by: the simulated one where --refine ran the event simulator
+// on it (refine_top re-ranks by it), the analytical one otherwise.
+double ranked_step_s(const Estimate& e) {
+  return e.simulated_step_time_s > 0 ? e.simulated_step_time_s : e.step_time_s;
+}
+
+std::string table_header() {
+  return fmt::format("{:>3} {:>5} {:>3} {:>3} {:>4} {:>4} {:<11} {:>3} {:<9} {:<3} {:<4} {:<8} {:>8} {:>8} "
+                     "{:>10} {:>7} {:>5}  {}\n",
+                     "#", "dp", "tp", "pp", "zero", "mb", "schedule", "vpp", "recompute", "sp", "grad", "order",
+                     "step s", "sim s", "tokens/s", "TFLOP/s", "MFU", "peak / capacity GiB");
+}
+
+// Tokens/s, TFLOP/s and MFU are each inversely proportional to the step time (the same tokens
+// and model FLOPs per step), so the row shows them at the time it was ranked by.
+std::string table_row(size_t rank, const Estimate& e) {
+  const auto& p = e.parallel;
+  const double scale = e.step_time_s > 0 ? e.step_time_s / ranked_step_s(e) : 1.0;
+  const std::string sim = e.simulated_step_time_s > 0 ? fmt::format("{:.3f}", e.simulated_step_time_s) : "-";
+  return fmt::format("{:>3} {:>5} {:>3} {:>3} {:>4} {:>4} {:<11} {:>3} {:<9} {:<3} {:<4} {:<8} {:>8.3f} {:>8} {:>10.0f} "
                      "{:>7.1f} {:>4.1f}%  {:.1f} / {:.1f}\n",
-                     i + 1, p.dp, p.tp, p.pp, p.zero, p.micro_batch, to_string(p.schedule), p.vpp,
+                     rank, p.dp, p.tp, p.pp, p.zero, p.micro_batch, to_string(p.schedule), p.vpp,
                      to_string(p.recompute), p.sp ? "on" : "off", to_string(e.train.grad_dtype), p.order,
-                     e.step_time_s, sim, e.tokens_per_s, e.tflops_per_gpu, 100 * e.mfu, gib(e.memory.peak()),
-                     gib(e.capacity_bytes));
-  }
+                     e.step_time_s, sim, scale * e.tokens_per_s, scale * e.tflops_per_gpu, 100 * scale * e.mfu,
+                     gib(e.memory.peak()), gib(e.capacity_bytes));
+}
+
+std::string table(const std::vector<Estimate>& top) {
+  std::string s = table_header();
+  for (size_t i = 0; i < top.size(); ++i) s += table_row(i + 1, top[i]);
+  if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.simulated_step_time_s > 0; }))
+    s += "(rows with a sim s are ranked by it, and their tokens/s, TFLOP/s and MFU are at that time)\n";
   return s;
 }
 
@@ -153,66 +171,80 @@ std::function<void(int64_t, int64_t)> progress_bar(bool quiet) {
   };
 }
 
-int run_plan(const PlanOptions& o) {
+// The event simulator re-scores the best few: the same cost model, with the pipeline schedule,
+// overlap and NIC sharing played out task by task; refine_top re-ranks them by its step time.
+Expected<SearchResult> refine(SearchResult r, const Job& job, int64_t k) {
+  if (k == 0) return r;
+  SimOptions sim;
+  sim.keep_tasks = false;
+  return refine_top(std::move(r), job.model, job.cluster, static_cast<size_t>(k),
+                    [&](const Plan& plan) -> Expected<Estimate> {
+                      CostModel cm(plan.model, plan.cluster, plan.train);
+                      auto s = simulate(cm, plan.parallel, sim);
+                      if (!s) return s.error();
+                      Estimate e = cm.evaluate(plan.parallel);
+                      e.simulated_step_time_s = s->step_time_s;
+                      return e;
+                    });
+}
+
+// The job with --memory-headroom applied, after the flags that need no model are checked.
+Expected<Job> plan_job(const PlanOptions& o) {
+  if (o.top < 1) return make_error("--top", "must be >= 1");
+  if (o.refine < 0) return make_error("--refine", "must be >= 0");
+  if (o.threads && *o.threads < 1) return make_error("--threads", "must be >= 1");
   auto job = load_job(o.job);
-  if (!job) return fail(job.error());
-  if (o.memory_headroom) {
-    if (!(*o.memory_headroom >= 0 && *o.memory_headroom < 1))
-      return fail(make_error("--memory-headroom", "must be a fraction in [0, 1)"));
-    job->cluster.runtime_memory.memory_headroom = *o.memory_headroom;
-  }
-  if (o.top < 1) return fail(make_error("--top", "must be >= 1"));
-  if (o.threads && *o.threads < 1) return fail(make_error("--threads", "must be >= 1"));
-  auto space = make_search_space(job->model, job->cluster, job->train, pins_from(o));
-  if (!space) return fail(space.error());
+  if (!job) return job.error();
+  if (auto st = apply_memory_headroom(job->cluster, o.par.memory_headroom); !st) return st.error();
+  return job;
+}
+
+Expected<SearchResult> run_search(const PlanOptions& o, const Job& job) {
+  auto space = make_search_space(job.model, job.cluster, job.train, pins_from(o));
+  if (!space) return space.error();
   SearchOptions so;
   so.top_k = static_cast<size_t>(o.top);
   so.threads = static_cast<int>(o.threads.value_or(std::max(1u, std::thread::hardware_concurrency())));
   so.prune = !o.exhaustive;
   so.progress = progress_bar(o.job.json);
-  SearchResult r = search(job->model, job->cluster, *space, so);
-  if (o.refine < 0) return fail(make_error("--refine", "must be >= 0"));
-  if (o.refine > 0) {
-    // The event simulator re-scores the best few (issue 5): same cost model, but the pipeline
-    // schedule, overlap and NIC sharing played out task by task.
-    SimOptions sim;
-    sim.keep_tasks = false;
-    auto refined = refine_top(std::move(r), job->model, job->cluster, static_cast<size_t>(o.refine),
-                              [&](const Plan& plan) -> Expected<Estimate> {
-                                CostModel cm(plan.model, plan.cluster, plan.train);
-                                auto s = simulate(cm, plan.parallel, sim);
-                                if (!s) return s.error();
-                                Estimate e = cm.evaluate(plan.parallel);
-                                e.simulated_step_time_s = s->step_time_s;
-                                return e;
-                              });
-    if (!refined) return fail(refined.error());
-    r = std::move(*refined);
-  }
+  return refine(search(job.model, job.cluster, *space, so), job, o.refine);
+}
 
-  if (!o.out_path.empty()) {
-    if (r.top.empty()) {
-      fmt::print(stderr, "loom: no configuration fits; {} not written\n", o.out_path);
-    } else {
-      auto st = write_text_file_atomic(o.out_path, plan_to_json(plan_of(job->model, job->cluster, r.top[0])).dump(2) + "\n");
-      if (!st) return fail(st.error());
-    }
-  }
-  if (o.job.json) {
-    fmt::print("{}\n", result_json(r).dump(2));
-    return 0;
-  }
-  const auto& c = job->cluster;
+void print_result(const Job& job, const SearchResult& r) {
+  const auto& c = job.cluster;
   fmt::print("{} ({} params) on {} x {} ({}), global batch {} x {} tokens, {}, {:.0f}% of GPU memory kept free\n\n",
-             job->model.name, total_params(job->model), c.gpus, c.name, c.gpu.name, job->train.global_batch,
-             job->train.seq, to_string(job->train.dtype), 100 * c.runtime_memory.memory_headroom);
+             job.model.name, total_params(job.model), c.gpus, c.name, c.gpu.name, job.train.global_batch,
+             job.train.seq, to_string(job.train.dtype), 100 * c.runtime_memory.memory_headroom);
   if (r.top.empty()) {
     fmt::print("no configuration fits\n\n{}", summary(r));
-    return 0;
+    return;
   }
   fmt::print("{}\nbest plan\n{}", table(r.top), full_report(r.top[0], c));
+  const Estimate& best = r.top[0];
+  if (best.simulated_step_time_s > 0) {  // the breakdown is the cost model's; the rank is the simulator's
+    const double scale = best.step_time_s / best.simulated_step_time_s;
+    fmt::print("simulated step {:.4f} s (ranked by it): {:.0f} tokens/s  {:.1f} TFLOP/s per GPU  MFU {:.1f}%\n",
+               best.simulated_step_time_s, scale * best.tokens_per_s, scale * best.tflops_per_gpu, 100 * scale * best.mfu);
+  }
   if (r.top.size() > 1) fmt::print("{}", why_line(r.top[0], r.top[1]));
   fmt::print("\n{}", summary(r));
+}
+
+int run_plan(const PlanOptions& o) {
+  auto job = plan_job(o);
+  if (!job) return fail(job.error());
+  auto r = run_search(o, *job);
+  if (!r) return fail(r.error());
+  if (!o.out_path.empty() && !r->top.empty()) {
+    const Plan best = plan_of(job->model, job->cluster, r->top[0]);
+    if (auto st = write_text_file_atomic(o.out_path, plan_to_json(best).dump(2) + "\n"); !st) return fail(st.error());
+  }
+  if (o.job.json) fmt::print("{}\n", result_json(*r).dump(2));
+  else print_result(*job, *r);
+  // Asked for a plan file and there is none to write: the report above says why, and the exit
+  // code says that no file was written.
+  if (!o.out_path.empty() && r->top.empty())
+    return fail(make_error("--out", "no configuration fits, so " + o.out_path + " was not written"));
   return 0;
 }
 
@@ -223,27 +255,16 @@ void add_plan(CLI::App& app, Run& run) {
   auto* cmd = app.add_subcommand("plan", "search every data/tensor/pipeline/ZeRO split and rank them by step time");
   o->cmd = cmd;
   add_job_options(*cmd, o->job);
-  cmd->add_option("--top", o->top, "how many of the best configurations to list (default 10)");
+  cmd->add_option("--top", o->top, "how many of the best configurations to list (default 10)")
+      ->transform(Integer(1, 100000));
   cmd->add_option("--refine", o->refine,
                   "re-score the best K with the event simulator and re-rank them by its step time (default 3; 0: off)");
-  cmd->add_option("-o,--out", o->out_path, "write the best configuration as a plan.json (`loom predict --plan`)");
-  cmd->add_option("--tp", o->tp, "pin the tensor-parallel size");
-  cmd->add_option("--pp", o->pp, "pin the pipeline-parallel size");
-  cmd->add_option("--dp", o->dp, "pin the data-parallel size");
-  cmd->add_option("--max-tp", o->max_tp, "largest tensor-parallel size to try (e.g. GPUs per node)");
-  cmd->add_option("--zero", o->zero, "pin the ZeRO stage 0-3 (3 = FSDP full shard)");
-  cmd->add_option("--micro-batch", o->micro_batch, "pin the sequences per micro-batch");
-  cmd->add_option("--recompute", o->recompute, "pin activation recompute")->check(CLI::IsMember(recompute_names()));
-  cmd->add_option("--sp", o->sp, "pin sequence parallelism")->check(CLI::IsMember({"on", "off"}));
-  cmd->add_option("--schedule", o->schedule, "pin the pipeline schedule")->check(CLI::IsMember(schedule_names()));
-  cmd->add_option("--vpp", o->vpp, "pin the virtual stages per rank (> 1 implies the interleaved schedule)");
-  cmd->add_option("--order", o->order, "pin the rank order, innermost first (default: every order that changes the links)");
-  cmd->add_option("--memory-headroom", o->memory_headroom,
-                  "fraction of GPU memory kept free (default: the cluster file's runtime_memory.memory_headroom, "
-                  "0.05 for the zoo clusters: room for what the model does not count, such as lazily created NCCL "
-                  "buffers, cuBLAS algorithm workspaces and allocator growth, so a plan that fits on paper does not "
-                  "run out of memory at its first step)");
-  cmd->add_option("--threads", o->threads, "search threads (default: the CPU cores)");
+  cmd->add_option("-o,--out", o->out_path, "write the best configuration as a plan.json (`loom predict --plan`); when none fits, nothing is "
+                  "written and loom exits 2");
+  add_parallel_options(*cmd, o->par, FlagUse::pin);
+  cmd->add_option("--max-tp", o->max_tp, "largest tensor-parallel size to try (e.g. GPUs per node)")
+      ->transform(Integer(1, limits::kGpus));
+  cmd->add_option("--threads", o->threads, "search threads (default: the CPU cores)")->transform(Integer(1, 4096));
   cmd->add_flag("--exhaustive", o->exhaustive, "evaluate every candidate, no pruning (same answer, slower; for checking)");
   cmd->callback([o, &run] { run = [o] { return run_plan(*o); }; });
 }

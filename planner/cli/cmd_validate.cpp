@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 
+#include "planner/cli/flags.hpp"
 #include "planner/cli/command.hpp"
 #include "planner/cli/inputs.hpp"
 #include "sim/validation.hpp"
@@ -79,8 +80,10 @@ void add_validate(CLI::App& app, Run& run) {
   cmd->add_option("dir", o->dir, "folder of plan.json + measured.json pairs (any depth)")->required();
   cmd->add_flag("--json", o->json,
                 "print {\"configs\", \"step_time_mape\", \"memory_mape\", \"worst\", \"rows\"} (percent)");
-  cmd->add_option("--max-step-mape", o->max_step_mape, "exit 1 if the step-time MAPE (%) is above this");
-  cmd->add_option("--max-memory-mape", o->max_memory_mape, "exit 1 if the peak-memory MAPE (%) is above this");
+  cmd->add_option("--max-step-mape", o->max_step_mape, "exit 1 if the step-time MAPE (%) is above this")
+      ->transform(Number(0, 1e6));
+  cmd->add_option("--max-memory-mape", o->max_memory_mape, "exit 1 if the peak-memory MAPE (%) is above this")
+      ->transform(Number(0, 1e6));
   cmd->callback([o, &run] { run = [o] { return run_validate(*o); }; });
 }
 

@@ -2,6 +2,9 @@
 
 #include <fmt/core.h>
 
+#include "planner/cli/flags.hpp"
+#include "sim/cost_model.hpp"
+#include "sim/json_reader.hpp"
 #include "sim/spec_json.hpp"
 #include "sim/validate.hpp"
 #include "sim/zoo.hpp"
@@ -11,9 +14,10 @@ namespace loom::cli {
 void add_job_options(CLI::App& cmd, JobOptions& o) {
   cmd.add_option("--model", o.model, "zoo name (gpt3-175b, llama3-8b, ...) or path to a model or HF config.json");
   cmd.add_option("--cluster", o.cluster, "zoo name (dgx-a100, dgx-h100, h100-sxm) or path");
-  cmd.add_option("--gpus", o.gpus, "GPUs in use (nodes = N / GPUs per node)");
-  cmd.add_option("--global-batch", o.global_batch, "sequences per optimizer step");
-  cmd.add_option("--seq", o.seq, "tokens per sequence (default: the model's seq_len)");
+  cmd.add_option("--gpus", o.gpus, "GPUs in use (nodes = N / GPUs per node)")->transform(Integer(1, limits::kGpus));
+  cmd.add_option("--global-batch", o.global_batch, "sequences per optimizer step")
+      ->transform(Integer(1, limits::kGlobalBatch));
+  cmd.add_option("--seq", o.seq, "tokens per sequence (default: the model's seq_len)")->transform(Integer(1, limits::kSeq));
   cmd.add_option("--dtype", o.dtype, "compute and weight dtype")->check(CLI::IsMember({"bf16", "fp32"}));
   cmd.add_option("--grad-dtype", o.grad_dtype, "gradient dtype (bf16: ZeRO/DeepSpeed; fp32: Megatron's default)")
       ->check(CLI::IsMember({"bf16", "fp32"}));
@@ -23,8 +27,66 @@ void add_job_options(CLI::App& cmd, JobOptions& o) {
                  "unfused (fp32 softmax kept for backward, Megatron) or fused (gradient written over the logits, llm.c)")
       ->check(CLI::IsMember({"unfused", "fused"}));
   cmd.add_option("--dp-bucket-bytes", o.dp_bucket_bytes,
-                 "gradient bucket for DP overlap (default 40e6 elements of grad dtype, Megatron-core's)");
+                 "gradient bucket for DP overlap (default 40e6 elements of grad dtype, Megatron-core's)")
+      ->transform(Integer(1, limits::kBytes));
   cmd.add_flag("--json", o.json, "print JSON instead of tables");
+}
+
+void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
+  const bool pin = use == FlagUse::pin;
+  // predict: the value and its default; plan: a pin, and an unset flag is searched.
+  auto text = [pin](const std::string& what, const std::string& predict_default) {
+    return pin ? "pin " + what : what + " (" + predict_default + ")";
+  };
+  cmd.add_option("--tp", o.tp, text("the tensor-parallel size", "required unless --plan"))->transform(Integer(1, limits::kGpus));
+  cmd.add_option("--pp", o.pp, text("the pipeline-parallel size", "required unless --plan"))->transform(Integer(1, limits::kGpus));
+  cmd.add_option("--dp", o.dp, text("the data-parallel size", "default gpus / (tp x pp)"))->transform(Integer(1, limits::kGpus));
+  cmd.add_option("--zero", o.zero, text("the ZeRO stage 0-3 (3 = FSDP full shard)", "default 0"))->transform(Integer(0, 3));
+  cmd.add_option("--micro-batch", o.micro_batch, text("the sequences per micro-batch", "default 1"))
+      ->transform(Integer(1, limits::kGlobalBatch));
+  cmd.add_option("--recompute", o.recompute, text("activation recompute", "default none"))
+      ->check(CLI::IsMember(recompute_names()));
+  cmd.add_option("--sp", o.sp, text("sequence parallelism, on or off (a bare --sp means on; needs tp > 1)", "default off"))
+      ->expected(0, 1)
+      ->default_str("on")
+      ->option_text("[on|off]")
+      ->check(CLI::IsMember({"on", "off"}));
+  cmd.add_option("--schedule", o.schedule, text("the pipeline schedule", "default 1f1b"))
+      ->check(CLI::IsMember(schedule_names()));
+  cmd.add_option("--vpp", o.vpp,
+                 text("the virtual stages per rank (> 1: the interleaved schedule)", "default 1"))
+      ->transform(Integer(1, limits::kLayers));
+  cmd.add_option("--order", o.order,
+                 pin ? "pin the rank order, innermost first (default: every order that changes the links)"
+                     : "rank order, innermost first, Megatron-core style (default tp-dp-pp)");
+  cmd.add_option("--memory-headroom", o.memory_headroom,
+                 "fraction of GPU memory kept free when judging fit (default: the cluster file's "
+                 "runtime_memory.memory_headroom, 0.05 for the zoo clusters: room for what the model does not "
+                 "count, such as lazily created NCCL buffers, cuBLAS algorithm workspaces and allocator growth, "
+                 "so a plan that fits on paper does not run out of memory at its first step)")
+      ->transform(Number(0, 1));
+}
+
+Status apply_memory_headroom(ClusterSpec& cluster, const std::optional<double>& headroom) {
+  if (!headroom) return ok_status();
+  if (!(*headroom >= 0 && *headroom < 1))  // NaN fails both comparisons
+    return make_error("--memory-headroom", fmt::format("must be a fraction in [0, 1) (got {})", *headroom));
+  cluster.runtime_memory.memory_headroom = *headroom;
+  return ok_status();
+}
+
+Expected<Plan> plan_from_document(const nlohmann::json& doc, const std::string& path) {
+  auto plan = plan_from_json(doc, path);
+  if (!plan) return plan.error();
+  CostModel cm(plan->model, plan->cluster, plan->train);
+  plan->prediction = cm.evaluate(plan->parallel);
+  return plan;
+}
+
+Expected<Plan> load_plan(const std::string& path) {
+  auto doc = read_json_file(path);
+  if (!doc) return doc.error();
+  return plan_from_document(*doc, path);
 }
 
 int fail(const Error& e) {
@@ -66,6 +128,12 @@ Expected<Job> load_job(const JobOptions& o) {
   job.train.cross_entropy = o.cross_entropy == "fused" ? CrossEntropy::fused : CrossEntropy::unfused;
   job.train.dp_bucket_bytes = o.dp_bucket_bytes.value_or(40'000'000 * dtype_bytes(job.train.grad_dtype));
   if (job.train.dp_bucket_bytes < 1) return make_error("--dp-bucket-bytes", "must be >= 1");
+  // Tokens, activations and FLOPs of a step must be representable before anything (the
+  // planner's search included) multiplies them: one line naming the flag.
+  auto sizes = check_train_sizes(job.model, job.train, [](const std::string& f) {
+    return f == "seq" ? std::string("--seq") : f == "global_batch" ? "--global-batch" : "--dp-bucket-bytes";
+  });
+  if (!sizes) return sizes.error();
   return job;
 }
 

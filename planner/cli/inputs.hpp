@@ -1,12 +1,14 @@
-// The options shared by `predict` and `plan` (model, cluster, batch, dtypes) and how they
-// become specs. Every error names its flag.
+// The options shared by the commands (model, cluster, batch, dtypes; the parallel flags) and
+// how they become specs, and the one reader of plan files. Every error names its flag.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <optional>
 #include <string>
 
 #include "sim/expected.hpp"
+#include "sim/plan.hpp"
 #include "sim/specs.hpp"
 
 namespace loom::cli {
@@ -35,6 +37,25 @@ struct Job {
 };
 // Loads the model and cluster (zoo names or paths) and builds the train spec.
 Expected<Job> load_job(const JobOptions& o);
+
+// The parallel flags: one spelling and one value syntax in every command that takes them.
+// `predict` reads them as the configuration to price (an unset one takes its default), `plan`
+// as pins on the search (an unset one is searched). --sp takes on|off; a bare --sp means on.
+struct ParallelFlags {
+  std::optional<int64_t> tp, pp, dp, zero, micro_batch, vpp;
+  std::string recompute, sp, schedule, order;  // "" = not given
+  std::optional<double> memory_headroom;       // over the cluster's runtime_memory.memory_headroom
+};
+enum class FlagUse { configure, pin };
+void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use);
+// Applies --memory-headroom (when given) to the cluster whose memory the fit is judged against.
+Status apply_memory_headroom(ClusterSpec& cluster, const std::optional<double>& headroom);
+
+// Reads a plan.json (`loom plan -o`, `loom predict -o`) strictly and prices it again with the
+// cost model: a file's own prediction is never trusted. Every command that reads a plan calls
+// this; plan_from_document is the same for a document already parsed.
+Expected<Plan> load_plan(const std::string& path);
+Expected<Plan> plan_from_document(const nlohmann::json& doc, const std::string& path);
 
 // Prints "loom: <message>" on stderr and returns 2.
 int fail(const Error& e);

@@ -1,10 +1,20 @@
 // loom: plan, predict, simulate and run parallel transformer training.
+// Exit codes: 0 done, 1 a gate failed (validate), 2 bad input (one line on stderr), 3 an
+// internal error: an exception no library function turned into an Error value, which is a bug.
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
+#include <cstdio>
+#include <exception>
+#include <new>
+
 #include "planner/cli/command.hpp"
 
-int main(int argc, char** argv) {
+namespace {
+
+constexpr int kInternalError = 3;
+
+int parse_and_run(int argc, char** argv) {
   CLI::App app{"loom: how to split transformer training across GPUs, what it needs, and how fast it runs"};
   app.require_subcommand(1);
   loom::cli::Run run;
@@ -28,4 +38,27 @@ int main(int argc, char** argv) {
     return 2;
   }
   return run ? run() : 2;
+}
+
+// One line and a distinct exit code instead of std::terminate's abort (134). Written with
+// fputs: after bad_alloc, formatting might itself need memory.
+int internal_error(const char* what) {
+  std::fputs("loom: internal error: ", stderr);
+  std::fputs(what, stderr);
+  std::fputs(" (this is a bug; please report it)\n", stderr);
+  return kInternalError;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return parse_and_run(argc, argv);
+  } catch (const std::bad_alloc&) {
+    return internal_error("out of memory (std::bad_alloc)");
+  } catch (const std::exception& e) {
+    return internal_error(e.what());
+  } catch (...) {
+    return internal_error("an exception of unknown type");
+  }
 }

@@ -2,7 +2,9 @@
 // the same losses and weights as one rank, and what each rank measures (bytes by category, GEMM
 // FLOPs, bytes sent per group) equals the cost model's prediction for its stage exactly. Then the
 // reliability promises: resume is bit-identical, a dead rank ends the job in bounded time, a NaN
-// loss stops with step and rank, a plan for another world size is refused.
+// loss stops with step and rank, a plan for another world size is refused. Last the checkpoint
+// and output promises ([checkpoint]): a save killed anywhere leaves a checkpoint that resumes
+// bit-identically, and bad checkpoints, outputs and flags are refused before the first step.
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,9 +17,11 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <set>
 #include <sstream>
 
+#include "executor/checkpoint.hpp"
 #include "sim/collectives.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/json_reader.hpp"
@@ -424,4 +428,328 @@ TEST_CASE("a measured trace names what ran as loom simulate does, on every rank"
   INFO(cmp.out);
   CHECK(cmp.code == 0);
   CHECK(cmp.out.find("ranks 0,1,2,3 (in both traces)") != std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints and outputs ([checkpoint]): a save killed at any point leaves the last published
+// checkpoint resumable bit-identically; a damaged index, a changed rank file and a checkpoint of
+// another plan are refused with one line naming the file and the field; outputs that cannot be
+// written and flags that are not numbers a person means are refused before the first step.
+
+namespace {
+
+// Every file under `dir` called `name` (the rank files sit one folder below the index).
+fs::path find_file(const fs::path& dir, const std::string& name) {
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.path().filename() == name) return e.path();
+  return {};
+}
+
+std::vector<std::string> listing(const fs::path& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::vector<float> read_floats(const fs::path& p) {
+  const std::string bytes = slurp(p);
+  std::vector<float> out(bytes.size() / sizeof(float));
+  std::memcpy(out.data(), bytes.data(), out.size() * sizeof(float));
+  return out;
+}
+
+void write_text(const fs::path& p, const std::string& text) { std::ofstream(p, std::ios::binary | std::ios::trunc) << text; }
+
+// The lines loom itself printed (mpirun adds its own banner when a rank exits non-zero).
+int loom_lines(const std::string& out) {
+  int n = 0;
+  for (size_t at = out.find("loom: "); at != std::string::npos; at = out.find("loom: ", at + 1)) ++n;
+  return n;
+}
+
+// dp 2 with ZeRO-1: each rank's file holds its own shard of Adam m and v.
+Plan ckpt_plan() { return make_plan(config(2, 1, 1, 1)); }
+
+// A fresh checkpoint of `plan` after `steps` steps in work_dir()/name.
+fs::path saved(const std::string& name, const Plan& plan, int steps) {
+  const fs::path dir = work_dir() / name;
+  fs::remove_all(dir);
+  const Run r = mpirun(2, write_plan(name, plan) + " --device cpu --quiet --timeout-s 20 --steps " + std::to_string(steps) +
+                              " --save " + dir.string());
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  return dir;
+}
+
+}  // namespace
+
+TEST_CASE("FNV-1a 64 gives the published test vectors", "[checkpoint]") {
+  // Fowler/Noll/Vo reference test suite (test_fnv.c, fnv1a_64 vectors for "", "a", "foobar").
+  CHECK(exec::fnv1a64("", 0) == 0xcbf29ce484222325ULL);
+  CHECK(exec::fnv1a64("a", 1) == 0xaf63dc4c8601ec8cULL);
+  CHECK(exec::fnv1a64("foobar", 6) == 0x85944171f73967e8ULL);
+  CHECK(exec::fnv1a64("bar", 3, exec::fnv1a64("foo", 3)) == exec::fnv1a64("foobar", 6));  // chained
+  CHECK(exec::hex64(0xaf63dc4c8601ec8cULL) == "af63dc4c8601ec8c");
+}
+
+TEST_CASE("the plan fingerprint covers what training depends on", "[checkpoint]") {
+  const Plan a = ckpt_plan();
+  const uint64_t fa = exec::plan_fingerprint(a);
+  Plan b = a;
+  b.train.global_batch = 16;
+  CHECK(exec::plan_fingerprint(b) != fa);
+  b = a;
+  b.parallel.zero = 2;
+  CHECK(exec::plan_fingerprint(b) != fa);
+  b = a;
+  b.model.norm_eps = 1e-6;
+  CHECK(exec::plan_fingerprint(b) != fa);
+  b = a;  // a description, another cluster or another prediction: the same training state
+  b.model.source = "edited";
+  b.cluster.name = "elsewhere";
+  b.prediction.step_time_s = 1;
+  CHECK(exec::plan_fingerprint(b) == fa);
+}
+
+TEST_CASE("the checkpoint index is read strictly: type, range, unknown keys", "[checkpoint]") {
+  const nlohmann::json good = {{"format", "loom checkpoint"}, {"version", 2}, {"step", 4}, {"world", 2},
+                               {"dir", "step-00000004"}, {"fingerprint", "00112233445566ff"}};
+  auto ok = exec::index_from_json(good, "ck.json");
+  REQUIRE(ok.ok());
+  CHECK(ok->step == 4);
+  CHECK(ok->fingerprint == 0x00112233445566ffULL);
+  CHECK(exec::index_to_json(*ok) == good);
+  const std::vector<std::pair<nlohmann::json, std::string>> bad = {
+      {{{"step", "4"}}, "ck.json: /step: must be an integer"},
+      {{{"step", -1}}, "ck.json: /step: must be >= 0 (got -1)"},
+      {{{"world", 2.5}}, "ck.json: /world: must be an integer"},
+      {{{"world", 0}}, "ck.json: /world: must be >= 1 (got 0)"},
+      {{{"version", 1}}, "ck.json: /version: must be 2"},
+      {{{"format", true}}, "ck.json: /format: must be a string"},
+      {{{"dir", "../elsewhere"}}, "ck.json: /dir: must name a folder step-<digits>"},
+      {{{"fingerprint", 7}}, "ck.json: /fingerprint: must be a string"},
+      {{{"fingerprint", "0011"}}, "ck.json: /fingerprint: must be 16 lowercase hex digits"},
+      {{{"extra", 1}}, "ck.json: /extra"},
+  };
+  for (const auto& [patch, message] : bad) {
+    nlohmann::json j = good;
+    j.update(patch);
+    INFO(j.dump());
+    auto r = exec::index_from_json(j, "ck.json");
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().message.rfind(message, 0) == 0);
+  }
+  nlohmann::json missing = good;
+  missing.erase("dir");
+  CHECK_FALSE(exec::index_from_json(missing, "ck.json").ok());
+  CHECK_FALSE(exec::index_from_json(nlohmann::json::array(), "ck.json").ok());
+}
+
+TEST_CASE("output paths are checked without leaving anything behind", "[checkpoint]") {
+  const fs::path dir = work_dir() / "outputs";
+  fs::remove_all(dir);
+  fs::create_directories(dir / "sub");
+  write_text(dir / "a_file", "x");
+  CHECK(exec::check_output_file((dir / "new.json").string(), "--report").ok());
+  CHECK(exec::check_output_file((dir / "a_file").string(), "--report").ok());  // replaced by a rename
+  const auto missing = exec::check_output_file((dir / "no" / "r.json").string(), "--report");
+  REQUIRE_FALSE(missing.ok());
+  CHECK(missing.error().message == "--report: folder " + (dir / "no").string() + " does not exist");
+  const auto folder = exec::check_output_file((dir / "sub").string(), "--trace");
+  REQUIRE_FALSE(folder.ok());
+  CHECK(folder.error().message == "--trace: " + (dir / "sub").string() + " is a folder, not a file");
+  const auto under_file = exec::check_output_file((dir / "a_file" / "w.bin").string(), "--weights-out");
+  REQUIRE_FALSE(under_file.ok());
+  CHECK(under_file.error().message.find("is not a folder") != std::string::npos);
+  const auto device = exec::check_output_file("/dev/null", "--report");
+  REQUIRE_FALSE(device.ok());
+  CHECK(device.error().message.find("not a regular file") != std::string::npos);
+  CHECK(exec::check_output_folder((dir / "sub").string(), "--save").ok());
+  CHECK(exec::check_output_folder((dir / "x" / "y" / "z").string(), "--save").ok());  // created on save
+  const auto file_as_folder = exec::check_output_folder((dir / "a_file").string(), "--save");
+  REQUIRE_FALSE(file_as_folder.ok());
+  CHECK(file_as_folder.error().message == "--save: " + (dir / "a_file").string() + " is a file, not a folder");
+  CHECK_FALSE(exec::check_output_folder((dir / "a_file" / "ck").string(), "--save").ok());
+  CHECK(listing(dir) == std::vector<std::string>{"a_file", "sub"});  // nothing created
+}
+
+TEST_CASE("a save killed at any point leaves a checkpoint that resumes bit-identically", "[checkpoint]") {
+  const Plan plan = ckpt_plan();
+  const std::string path = write_plan("crash", plan);
+  auto run = [&](const fs::path& dir, int steps, const std::string& extra) {
+    return mpirun(2, path + " --device cpu --quiet --timeout-s 10 --steps " + std::to_string(steps) + " --resume " +
+                         dir.string() + " " + extra);
+  };
+  // The rank files an index names, by name, with their bytes.
+  auto published = [](const fs::path& dir) {
+    const auto index = nlohmann::json::parse(slurp(dir / "checkpoint.json"));
+    std::map<std::string, std::string> files;
+    for (const auto& e : fs::directory_iterator(dir / index.at("dir").get<std::string>()))
+      files[e.path().filename().string()] = slurp(e.path());
+    return std::make_pair(index.at("step").get<int64_t>(), files);
+  };
+  const Result straight = execute("crash_straight", plan, 4);
+  const fs::path pristine = saved("crash_pristine", plan, 2), after = work_dir() / "crash_after";
+  // The uninterrupted save of step 3 over the step-2 checkpoint.
+  fs::remove_all(after);
+  fs::copy(pristine, after, fs::copy_options::recursive);
+  REQUIRE(run(after, 3, "--save " + after.string()).code == 0);
+  const auto before_files = published(pristine), after_files = published(after);
+  REQUIRE(before_files.first == 2);
+  REQUIRE(after_files.first == 3);
+  REQUIRE(after_files.second.size() == 2);
+  const int64_t file_bytes = static_cast<int64_t>(after_files.second.at("rank-00001.ckpt").size());
+  // Named points on the rank that reaches them, and byte offsets inside a rank file (empty, in
+  // the header, and two at random with a fixed seed, so a failure reproduces).
+  std::vector<std::string> faults = {"0:file-written", "1:file-written", "0:agreed", "0:index-written",
+                                     "0:published",    "0:cleaned",      "1:0",      "0:60"};
+  std::mt19937_64 rng(20261205);
+  for (int i = 0; i < 2; ++i)
+    faults.push_back(std::to_string(i % 2) + ":" + std::to_string(std::uniform_int_distribution<int64_t>(1, file_bytes - 1)(rng)));
+  const fs::path dir = work_dir() / "crash_ckpt", weights = work_dir() / "crash.weights";
+  for (const std::string& fault : faults) {
+    INFO("--die-in-save " << fault);
+    fs::remove_all(dir);
+    fs::copy(pristine, dir, fs::copy_options::recursive);
+    // Step 3, then a save over the step-2 checkpoint that one rank does not survive.
+    const Run crash = run(dir, 3, "--save " + dir.string() + " --die-in-save " + fault);
+    INFO(crash.out);
+    CHECK(crash.code != 0);
+    CHECK(crash.code != 2);  // killed, not refused
+    // The index names a complete checkpoint: the old one before the rename, the new one after,
+    // byte for byte what an uninterrupted save leaves.
+    const bool renamed = fault == "0:published" || fault == "0:cleaned";
+    CHECK(published(dir) == (renamed ? after_files : before_files));
+    if (fault == "0:index-written" || fault == "0:published") {
+      // ... and it resumes to the uninterrupted run's weights, bit for bit.
+      fs::remove(weights);
+      const Run resume = run(dir, 4, "--weights-out " + weights.string());
+      INFO(resume.out);
+      REQUIRE(resume.code == 0);
+      CHECK(read_floats(weights) == straight.weights);
+    }
+  }
+  // The next save removes what the crash left: the index and the one folder it names remain.
+  const Run save = run(dir, 3, "--save " + dir.string());
+  INFO(save.out);
+  REQUIRE(save.code == 0);
+  CHECK(listing(dir) == std::vector<std::string>{"checkpoint.json", "step-00000003"});
+  CHECK(published(dir) == after_files);
+}
+
+TEST_CASE("a checkpoint index with a wrong type is refused in one line naming the field", "[checkpoint]") {
+  const Plan plan = ckpt_plan();
+  const fs::path dir = saved("badindex", plan, 1);
+  const std::string path = (work_dir() / "badindex.json").string();
+  auto index = nlohmann::json::parse(slurp(dir / "checkpoint.json"));
+  index["step"] = "1";
+  write_text(dir / "checkpoint.json", index.dump());
+  const Run r = mpirun(2, path + " --device cpu --steps 2 --timeout-s 10 --resume " + dir.string());
+  INFO(r.out);
+  CHECK(r.code == 2);
+  CHECK(r.out.find("loom: " + (dir / "checkpoint.json").string() + ": /step: must be an integer") != std::string::npos);
+  CHECK(loom_lines(r.out) == 1);
+  CHECK(r.out.find("loss") == std::string::npos);  // no step ran
+}
+
+TEST_CASE("a rank file changed in place is refused by its checksum, naming the file", "[checkpoint]") {
+  const Plan plan = ckpt_plan();
+  const fs::path dir = saved("flipped", plan, 1);
+  const fs::path file = find_file(dir, "rank-00001.ckpt");
+  REQUIRE(!file.empty());
+  {  // one bit of one weight, in place (same size, same header)
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(200);
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x10);
+    f.seekp(200);
+    f.write(&c, 1);
+  }
+  const Run r = mpirun(2, (work_dir() / "flipped.json").string() + " --device cpu --steps 2 --timeout-s 10 --resume " +
+                              dir.string());
+  INFO(r.out);
+  CHECK(r.code == 2);
+  CHECK(r.out.find(file.string() + ": checksum mismatch") != std::string::npos);
+  CHECK(loom_lines(r.out) == 1);
+}
+
+TEST_CASE("a checkpoint of another plan is refused by its fingerprint", "[checkpoint]") {
+  // Same shapes and shards (a larger global batch only), so every size matches: only the
+  // fingerprint tells the plans apart.
+  const Plan a = ckpt_plan();
+  Plan b = a;
+  b.train.global_batch = 16;
+  b.prediction = CostModel(b.model, b.cluster, b.train).evaluate(b.parallel);
+  const fs::path dir_a = saved("plan_a", a, 1), dir_b = saved("plan_b", b, 1);
+  const std::string path_b = (work_dir() / "plan_b.json").string();
+  const Run index = mpirun(2, path_b + " --device cpu --steps 2 --timeout-s 10 --resume " + dir_a.string());
+  INFO(index.out);
+  CHECK(index.code == 2);
+  CHECK(index.out.find((dir_a / "checkpoint.json").string() + ": /fingerprint: written for another plan") != std::string::npos);
+  CHECK(loom_lines(index.out) == 1);
+  // An index that claims plan b over plan a's rank files: the files say whose they are.
+  auto j = nlohmann::json::parse(slurp(dir_a / "checkpoint.json"));
+  j["fingerprint"] = nlohmann::json::parse(slurp(dir_b / "checkpoint.json"))["fingerprint"];
+  write_text(dir_a / "checkpoint.json", j.dump());
+  const Run files = mpirun(2, path_b + " --device cpu --steps 2 --timeout-s 10 --resume " + dir_a.string());
+  INFO(files.out);
+  CHECK(files.code == 2);
+  CHECK(files.out.find("rank-00000.ckpt: written for another plan") != std::string::npos);
+  CHECK(loom_lines(files.out) == 1);
+}
+
+TEST_CASE("outputs that cannot be written are refused before the first step", "[checkpoint]") {
+  const std::string path = write_plan("outputs_plan", ckpt_plan());
+  const fs::path folder = work_dir() / "outputs_folder", file = work_dir() / "outputs_file";
+  fs::create_directories(folder);
+  write_text(file, "x");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--report " + folder.string(), "--report: " + folder.string() + " is a folder, not a file"},
+      {"--trace /nonexistent/dir/t.json", "--trace: folder /nonexistent/dir does not exist"},
+      {"--weights-out /nonexistent/dir/w.bin", "--weights-out: folder /nonexistent/dir does not exist"},
+      {"--weights-out " + folder.string(), "--weights-out: " + folder.string() + " is a folder, not a file"},
+      {"--save " + file.string(), "--save: " + file.string() + " is a file, not a folder"},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const auto& [flag, message] = cases[i];
+    INFO(flag);
+    // A checkpoint saved after the last step would show that the steps ran.
+    const fs::path ckpt = work_dir() / ("outputs_ckpt" + std::to_string(i));
+    const std::string save = flag.rfind("--save", 0) == 0 ? "" : " --save " + ckpt.string();
+    const Run r = mpirun(2, path + " --device cpu --steps 3 --timeout-s 10 " + flag + save);
+    INFO(r.out);
+    CHECK(r.code == 2);
+    CHECK(r.out.find("loom: " + message) != std::string::npos);
+    CHECK(loom_lines(r.out) == 1);
+    CHECK(r.out.find("loss") == std::string::npos);
+    CHECK_FALSE(fs::exists(ckpt));
+  }
+}
+
+TEST_CASE("execute's numeric flags are refused unless they are what they look like", "[checkpoint]") {
+  const std::string path = write_plan("flags_plan", make_plan(ParallelConfig{}));
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--timeout-s nan", "--timeout-s: must be a finite decimal number (got nan)"},
+      {"--timeout-s inf", "--timeout-s: must be a finite decimal number (got inf)"},
+      {"--timeout-s -1", "--timeout-s: must be > 0 (got -1)"},
+      {"--timeout-s 1e300", "--timeout-s: must be <= 604800 (got 1e300)"},
+      {"--lr -1", "--lr: must be > 0 (got -1)"},
+      {"--lr nan", "--lr: must be a finite decimal number (got nan)"},
+      {"--lr 0", "--lr: must be > 0 (got 0)"},
+      {"--steps 0", "--steps: must be >= 1 (got 0)"},
+      {"--steps -3", "--steps: must be >= 1 (got -3)"},
+      {"--steps 9223372036854775807", "--steps: too many for this plan's global batch"},
+      {"--seed -1", "--seed: must be >= 0 (got -1)"},
+      {"--emulate-rank -2", "--emulate-rank: must be >= 0 (got -2)"},
+  };
+  for (const auto& [flag, message] : cases) {
+    INFO(flag);
+    const Run r = run_loom("execute " + path + " --device cpu --quiet " + flag);
+    INFO(r.out);
+    CHECK(r.code == 2);
+    CHECK(r.out.find("loom: " + message) != std::string::npos);
+    CHECK(loom_lines(r.out) == 1);
+  }
 }

@@ -1,0 +1,88 @@
+// Time of one op of a stage's work (sim/stage_work.hpp) on one GPU.
+// With a calibration profile (cluster "profile", sim/profile.hpp; bf16 plans only) every term
+// comes from what `loom calibrate` measured: GEMMs from its shape table (exact shape, else the
+// nearest measured shape's FLOP/s), attention from its forward and backward times,
+// memory-bound kernels from its bandwidth-against-size curve, the optimizer from its AdamW +
+// gradient-norm time per parameter. Without one, the cluster's EfficiencySpec defaults.
+#pragma once
+#include <algorithm>
+
+#include "sim/profile.hpp"
+#include "sim/specs.hpp"
+#include "sim/stage_work.hpp"
+
+namespace loom {
+
+struct OpTimer {
+  double peak_flops = 0, gemm_eff = 0, gemm_half = 0, attn_eff = 0, hbm = 0, mem_eff = 0, launch_s = 0;
+  double e = 2;  // bytes per element
+  const HardwareProfile* prof = nullptr;
+
+  static OpTimer of(const ClusterSpec& c, const TrainSpec& t) {
+    const bool bf16 = t.dtype == Dtype::bf16;
+    const HardwareProfile* prof = bf16 ? c.calibration.get() : nullptr;
+    return OpTimer{bf16 ? c.gpu.peak_flops_bf16 : c.gpu.peak_flops_fp32,
+                   c.efficiency.gemm,
+                   c.efficiency.gemm_half_size_flops,
+                   c.efficiency.attention,
+                   c.gpu.hbm_bytes_per_s,
+                   c.efficiency.memory_bound,
+                   prof ? prof->kernel_launch_s : c.efficiency.kernel_launch_s,
+                   static_cast<double>(dtype_bytes(t.dtype)),
+                   prof};
+  }
+
+  // Matrix work at peak x an efficiency that grows with size: eff(F) = gemm * F / (F + F_half)
+  // (a saturating curve; F_half from the cluster file until `loom calibrate` measures it),
+  // never faster than streaming its operands from HBM (roofline), plus one launch.
+  double gemm(double M, double N, double K) const {
+    if (prof) return prof->gemm_s(M, N, K);
+    const double flops = 2 * M * N * K;
+    const double eff = gemm_eff * flops / (flops + gemm_half);
+    const double bytes = e * (M * K + K * N + M * N);
+    return std::max(flops / (peak_flops * eff), bytes / (hbm * mem_eff)) + launch_s;
+  }
+  // Backward of out (M, N) = in (M, K) W: the input gradient (M, K, N) and the weight
+  // gradient (N, K, M); without a profile, twice the forward.
+  double gemm_bwd(double M, double N, double K) const {
+    if (prof) return prof->gemm_s(M, K, N) + prof->gemm_s(N, K, M);
+    return 2 * gemm(M, N, K);
+  }
+  // Memory-bound kernels: bytes moved at HBM bandwidth x efficiency, plus one launch.
+  double memory(double bytes) const {
+    if (prof) return prof->memory_s(bytes);
+    return bytes / (hbm * mem_eff) + launch_s;
+  }
+  // Causal fused attention of bh (batch x heads) sequences of s tokens, head size d: causal
+  // FlashAttention runs half of the non-causal 4 bh s^2 d; FlashAttention-2's backward runs
+  // 2.5x the forward's matmul FLOPs (Dao 2023, Sec. 3).
+  double attention_fwd(double bh, double s, double d) const {
+    if (prof) return prof->attention_fwd_s(bh, s, d);
+    return 0.5 * (4 * bh * s * s * d) / (peak_flops * attn_eff) + launch_s;
+  }
+  double attention_bwd(double bh, double s, double d) const {
+    if (prof) return prof->attention_bwd_s(bh, s, d);
+    return 2.5 * attention_fwd(bh, s, d);
+  }
+  // AdamW over `params` parameters moving `bytes` (memory-bound); the profile's measured AdamW
+  // and gradient-norm time per parameter when there is one.
+  double optimizer(double params, double bytes) const {
+    if (prof) return prof->optimizer_s(params);
+    return memory(bytes);
+  }
+  // One call of an op (times its scale; count is the caller's).
+  double op(const Op& o) const {
+    double t = 0;
+    switch (o.kind) {
+      case OpKind::gemm: t = gemm(o.m, o.n, o.k); break;
+      case OpKind::gemm_bwd: t = gemm_bwd(o.m, o.n, o.k); break;
+      case OpKind::batched_gemm: t = (gemm(o.m, o.n, o.k) - launch_s) * o.batch + launch_s; break;
+      case OpKind::attention_fwd: t = attention_fwd(o.m, o.n, o.k); break;
+      case OpKind::attention_bwd: t = attention_bwd(o.m, o.n, o.k); break;
+      case OpKind::memory: t = memory(o.bytes); break;
+    }
+    return o.scale * t;
+  }
+};
+
+}  // namespace loom

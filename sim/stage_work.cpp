@@ -1,0 +1,508 @@
+#include "sim/stage_work.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "sim/profile.hpp"
+
+namespace loom {
+
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Bytes of mixed-precision Adam state per parameter: fp32 master weights, momentum and
+// variance (12; the ZeRO paper's K = 12, Rajbhandari et al. 2020, Sec. 3.1). An fp32 plan
+// needs no master copy (8).
+int64_t optimizer_bytes_per_param(Dtype d) { return d == Dtype::bf16 ? 12 : 8; }
+
+// Megatron-core's default gradient bucket when none is given: 40e6 elements.
+constexpr int64_t kDefaultBucketElements = 40'000'000;
+
+// The sizes every term below is written in, for one stage of one configuration.
+struct Dims {
+  int64_t e = 2, g = 2;          // bytes per element of weights/activations, of gradients
+  int64_t b = 1, s = 1, T = 1;   // micro-batch, sequence, tokens b s
+  int64_t h = 0, kv = 0, f = 0, t = 1, rep = 1;  // rep: divisor of tp-replicated tensors (t with SP)
+  int64_t Vr = 0;                // vocabulary rows per tp rank
+  int64_t mb = 1;                // micro-batches per step per replica
+  int64_t layers = 0, layers_chunk = 0;
+  int64_t layer_rank = 0, embed_rank = 0, out_rank = 0;  // parameters on this GPU
+  int64_t replicated = 0;        // tp-replicated parameters on this stage (SP's gradient all-reduce)
+  bool first = false, last = false;
+};
+
+Dims make_dims(const ModelSpec& m, const TrainSpec& tr, const ParallelConfig& p, int64_t stage) {
+  Dims d;
+  d.e = dtype_bytes(tr.dtype);
+  d.g = dtype_bytes(tr.grad_dtype);
+  d.b = p.micro_batch;
+  d.s = tr.seq;
+  d.T = d.b * d.s;
+  d.h = m.hidden;
+  d.kv = m.kv_dim();
+  d.f = m.ffn_hidden;
+  d.t = p.tp;
+  d.rep = p.sp ? p.tp : 1;
+  d.Vr = vocab_per_rank(m.vocab, p.tp);
+  d.mb = tr.global_batch / (p.dp * p.micro_batch);
+  d.layers = m.layers / p.pp;
+  d.layers_chunk = m.layers / (p.pp * p.vpp);
+  d.first = stage == 0;
+  d.last = stage == p.pp - 1;
+  const LayerParams lp = layer_params(m);
+  d.layer_rank = lp.sharded / p.tp + lp.replicated;
+  // Parameters on this GPU: its layers' tp shards, the vocab-parallel embedding (+ replicated
+  // positions) on the first stage, the final norm and the output layer on the last; a tied
+  // output layer on a separate last stage is a copy (Megatron keeps one, synced by all-reduce).
+  if (d.first) d.embed_rank = d.Vr * d.h + (m.family == Family::gpt ? m.seq_len * d.h : 0);
+  if (d.last) d.out_rank = final_norm_params(m) + ((!m.tied_embeddings || p.pp > 1) ? d.Vr * d.h : 0);
+  d.replicated = d.layers * lp.replicated;
+  if (d.first && m.family == Family::gpt) d.replicated += m.seq_len * d.h;
+  if (d.last) d.replicated += final_norm_params(m);
+  return d;
+}
+
+void add(std::vector<Buffer>& v, const char* name, MemCategory c, Lifetime l, int64_t bytes) {
+  if (bytes > 0) v.push_back({name, c, l, bytes});
+}
+
+// Activations (Korthikanti et al. 2022, Sec. 4; per layer in layer_activation_bytes): the
+// chunks in flight, what a recompute rebuilds for one layer in backward (a full recompute the
+// layer's activations less the input it already holds, a selective one the attention core),
+// and per micro-batch the embedding's dropout mask (first stage) and the final norm's input,
+// statistics and the output layer's gathered input (last stage), held for the micro-batches
+// the stage's schedule keeps (all m with GPipe, p - i with 1F1B).
+void activation_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainSpec& tr, const ParallelConfig& p,
+                        const Dims& d, int64_t in_flight, int64_t stage) {
+  const auto act = layer_activation_bytes(m, d.b, d.s, d.t, p.sp, p.recompute, tr.attention, tr.dtype);
+  const auto full = layer_activation_bytes(m, d.b, d.s, d.t, p.sp, Recompute::none, tr.attention, tr.dtype);
+  add(v, "layer activations", MemCategory::activations, Lifetime::in_flight, in_flight * d.layers_chunk * act.total());
+  if (p.recompute != Recompute::none)
+    add(v, "recomputed layer", MemCategory::activations, Lifetime::transient, full.total() - act.total());
+  const int64_t mask = m.dropout ? 1 : 0, norm_stats = m.family == Family::gpt ? 2 : 1;
+  const int64_t per_mb = (d.first ? mask * d.T * d.h / d.rep : 0) +
+                         (d.last ? d.e * d.T * d.h / d.rep + norm_stats * 4 * d.T / d.rep + d.e * d.T * d.h : 0);
+  const int64_t held = p.schedule == Schedule::gpipe ? d.mb : std::min<int64_t>(p.pp - stage, d.mb);
+  add(v, "embedding and head activations", MemCategory::activations, Lifetime::in_flight, held * per_mb);
+  // Logits (e, consumed by the cross-entropy) and the fp32 probabilities (4) the unfused
+  // cross-entropy keeps for backward (Megatron's vocab-parallel cross-entropy): one
+  // micro-batch's at a time, except GPipe, which runs every forward before the first backward.
+  // The fused one (llm.c's classifier) keeps only the logits, its gradient written over them.
+  if (d.last) {
+    const int64_t n = p.schedule == Schedule::gpipe ? d.mb : 1;
+    add(v, "logits", MemCategory::logits, Lifetime::in_flight,
+        tr.cross_entropy == CrossEntropy::fused ? n * d.e * d.T * d.Vr : (d.e + n * 4) * d.T * d.Vr);
+  }
+}
+
+// Communication buffers: the SP all-gather output (b s h), the PP send and receive buffers
+// (the tensor each tp rank holds, as Megatron-core sends it: b s h, or its b s h / t sequence
+// shard with SP), ZeRO-3's gathered current and prefetched layer, and under ZeRO-2/3 one
+// layer's full gradient waiting for its reduce-scatter.
+void comm_buffers(std::vector<Buffer>& v, const ParallelConfig& p, const Dims& d) {
+  const int64_t largest = std::max({d.layer_rank, d.embed_rank, d.out_rank});
+  if (p.sp) add(v, "sp all-gather", MemCategory::comm_buffers, Lifetime::transient, d.e * d.T * d.h);
+  if (p.pp > 1) add(v, "pp send and receive", MemCategory::comm_buffers, Lifetime::transient, 2 * d.e * d.T * d.h / d.rep);
+  if (p.zero >= 3 && p.dp > 1) add(v, "zero-3 gathered layers", MemCategory::comm_buffers, Lifetime::transient, 2 * d.e * largest);
+  if (p.zero >= 2 && p.dp > 1) add(v, "zero-2/3 layer gradient", MemCategory::comm_buffers, Lifetime::transient, d.g * largest);
+}
+
+// Backward scratch, reused layer after layer: gradients of the layer input, of both norm
+// outputs and of the residual stream (b s h; the residual's sequence-sharded with SP), of the
+// MLP's inner activations (2 x b s f/t; SwiGLU a third), of Q, K, V and the attention output
+// (b s (h + 2 kv)/t plus the core's output b s h/t; RoPE one more Q and K), fp32 softmax row
+// statistics (3 per token), the layer output a full recompute rebuilds, and with SP the packed
+// replicated-parameter gradients for their all-reduce. What the CPU reference executor
+// allocates (executor/stage.cpp make_scratch), measured to the byte.
+int64_t backward_scratch_bytes(const ModelSpec& m, const ParallelConfig& p, const Dims& d) {
+  const int64_t N = d.T, Ns = d.T / d.rep, Fl = d.f / d.t, Ql = d.h / d.t, KVl = d.kv / d.t;
+  int64_t elems = 3 * N * d.h + 2 * N * Fl + 3 * N * Ql + 2 * N * KVl + Ns * d.h;
+  if (m.family == Family::llama) elems += N * Fl + N * Ql + N * KVl;
+  if (p.recompute == Recompute::full) elems += Ns * d.h;
+  int64_t scratch = d.e * elems + 4 * 3 * N;
+  if (p.sp && p.tp > 1) scratch += d.g * d.replicated;
+  return scratch;
+}
+
+// Runtime memory: with a profile the measured CUDA context, cuBLASLt handle and kernel
+// modules plus cudaMalloc's rounding of the one arena; without one the cluster file's
+// context and the documented fragmentation fraction of what is allocated. NCCL's buffers per
+// communicator either way.
+void runtime_buffers(std::vector<Buffer>& v, const ClusterSpec& c, const ParallelConfig& p, const ModelSpec& m,
+                     const Dims& d) {
+  const ProfileMemory* prof = c.calibration ? &c.calibration->memory : nullptr;
+  const auto& rt = c.runtime_memory;
+  add(v, "workspace", MemCategory::workspace, Lifetime::transient,
+      (prof ? prof->workspace_bytes : rt.workspace_bytes) + backward_scratch_bytes(m, p, d));
+  int64_t allocated = 0;
+  for (const Buffer& b : v)
+    if (b.category != MemCategory::workspace && b.category != MemCategory::runtime) allocated += b.bytes;
+  const int64_t communicators = (p.tp > 1) + (p.dp > 1) + (p.pp > 1);
+  int64_t runtime = communicators * rt.nccl_bytes_per_communicator;
+  if (prof) runtime += prof->runtime_bytes() + prof->malloc_granularity_bytes;
+  else runtime += rt.cuda_context_bytes +
+                  static_cast<int64_t>(std::ceil(rt.allocator_fragmentation * static_cast<double>(allocated)));
+  add(v, "runtime", MemCategory::runtime, Lifetime::step, runtime);
+}
+
+// ---- Ops of one micro-batch -------------------------------------------------------------
+
+Op gemm(const char* name, Pass pass, int64_t M, int64_t N, int64_t K, int64_t count) {
+  Op o;
+  o.name = name;
+  o.kind = pass == Pass::backward ? OpKind::gemm_bwd : OpKind::gemm;
+  o.pass = pass;
+  o.m = static_cast<double>(M), o.n = static_cast<double>(N), o.k = static_cast<double>(K);
+  o.flops = (pass == Pass::backward ? 4 : 2) * FlopCount(M) * N * K;  // backward: two GEMMs
+  o.count = count;
+  return o;
+}
+
+Op memory_op(const char* name, Pass pass, double bytes, int64_t count, double scale = 1) {
+  Op o;
+  o.name = name;
+  o.kind = OpKind::memory;
+  o.pass = pass;
+  o.bytes = bytes;
+  o.count = count;
+  o.scale = scale;
+  return o;
+}
+
+// One layer's forward GEMMs (Megatron's column- then row-parallel pairs): QKV (T, (h+2kv)/t, h),
+// projection (T, h, h/t), MLP fc1/fc2 (GELU) or fused gate|up and down (SwiGLU).
+void layer_gemms(std::vector<Op>& ops, const ModelSpec& m, const Dims& d, Pass pass, int64_t L) {
+  ops.push_back(gemm("qkv", pass, d.T, (d.h + 2 * d.kv) / d.t, d.h, L));
+  ops.push_back(gemm("attention projection", pass, d.T, d.h, d.h / d.t, L));
+  if (m.family == Family::gpt) {
+    ops.push_back(gemm("mlp fc1", pass, d.T, d.f / d.t, d.h, L));
+  } else {
+    ops.push_back(gemm("mlp gate|up", pass, d.T, 2 * d.f / d.t, d.h, L));
+  }
+  ops.push_back(gemm("mlp fc2", pass, d.T, d.h, d.f / d.t, L));
+}
+
+// The attention core of one layer. Fused: causal FlashAttention (FlashAttention-2's backward
+// runs 2.5x the forward's matmul work; see OpTimer). Unfused: QK^T and softmax x V as batched
+// GEMMs of (s, s, d), the softmax and the dropout as memory-bound kernels; its backward costs
+// twice its forward. FLOPs counted as Narayanan et al. (2021): 4 b s^2 h / t forward (full,
+// not causal), twice that backward.
+void attention_core(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& tr, const Dims& d, Pass pass,
+                    int64_t L) {
+  const int64_t heads_rank = m.heads / d.t, hd = m.head_dim();
+  const FlopCount fwd_flops = 4 * FlopCount(d.b) * d.s * d.s * d.h / d.t;
+  const bool bwd = pass == Pass::backward;
+  if (tr.attention == Attention::fused) {
+    Op o;
+    o.name = "attention";
+    o.kind = bwd ? OpKind::attention_bwd : OpKind::attention_fwd;
+    o.pass = pass;
+    o.m = static_cast<double>(d.b * heads_rank), o.n = static_cast<double>(d.s), o.k = static_cast<double>(hd);
+    o.flops = (bwd ? 2 : 1) * fwd_flops;
+    o.count = L;
+    ops.push_back(o);
+    return;
+  }
+  const double scale = bwd ? 2 : 1;
+  Op bmm;
+  bmm.name = "attention scores and values";
+  bmm.kind = OpKind::batched_gemm;
+  bmm.pass = pass;
+  bmm.m = static_cast<double>(d.s), bmm.n = static_cast<double>(d.s), bmm.k = static_cast<double>(hd);
+  bmm.batch = static_cast<double>(heads_rank * d.b);
+  bmm.flops = (bwd ? 2 : 1) * fwd_flops / 2;
+  bmm.count = 2 * L;
+  bmm.scale = scale;
+  ops.push_back(bmm);
+  const double scores = static_cast<double>(heads_rank * d.b * d.s * d.s), e = static_cast<double>(d.e);
+  ops.push_back(memory_op("softmax", pass, 2 * e * scores, L, scale));
+  if (m.dropout) ops.push_back(memory_op("attention dropout", pass, (2 * e + 1) * scores, L, scale));
+}
+
+// A layer's memory-bound kernels: two norms, two residual adds, GELU (reads and writes
+// b s f/t) or SwiGLU (reads two, writes one), RoPE on q and k, and the two dropouts. In
+// backward each reads two tensors and writes one: 1.5x the forward's time.
+void layer_elementwise(std::vector<Op>& ops, const ModelSpec& m, const Dims& d, Pass pass, int64_t L) {
+  const double e = static_cast<double>(d.e), T = static_cast<double>(d.T), h = static_cast<double>(d.h);
+  const double rep = static_cast<double>(d.rep), t = static_cast<double>(d.t);
+  const double scale = pass == Pass::backward ? 1.5 : 1;
+  const bool gpt = m.family == Family::gpt;
+  ops.push_back(memory_op("norms", pass, 2 * e * T * h / rep, 2 * L, scale));
+  ops.push_back(memory_op("residual adds", pass, 3 * e * T * h / rep, 2 * L, scale));
+  ops.push_back(memory_op(gpt ? "gelu" : "swiglu", pass, (gpt ? 2 : 3) * e * T * static_cast<double>(d.f) / t, L, scale));
+  if (!gpt) ops.push_back(memory_op("rope", pass, 2 * e * T * static_cast<double>(d.h + d.kv) / t, L, scale));
+  if (m.dropout) ops.push_back(memory_op("dropouts", pass, (2 * e + 1) * T * h / rep, 2 * L, scale));
+}
+
+void layer_forward(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& tr, const Dims& d, Pass pass, int64_t L) {
+  layer_gemms(ops, m, d, pass, L);
+  attention_core(ops, m, tr, d, pass, L);
+  layer_elementwise(ops, m, d, pass, L);
+}
+
+// The model's ends. First stage: the embedding gather (+ positions). Last stage: the final
+// norm, the logits GEMM, then the cross-entropy: unfused, it reads the logits and writes fp32
+// probabilities, and backward reads those and writes the logits' gradient; fused, one pass
+// reads the logits and writes the gradient over them.
+void end_ops(std::vector<Op>& ops, const TrainSpec& tr, const Dims& d) {
+  const double e = static_cast<double>(d.e), T = static_cast<double>(d.T), h = static_cast<double>(d.h);
+  const double rep = static_cast<double>(d.rep), Vr = static_cast<double>(d.Vr);
+  if (d.first) ops.push_back(memory_op("embedding", Pass::forward, 2 * e * T * h, 1));
+  if (!d.last) return;
+  const bool fused = tr.cross_entropy == CrossEntropy::fused;
+  ops.push_back(memory_op("final norm", Pass::forward, 2 * e * T * h / rep, 1));
+  ops.push_back(gemm("logits", Pass::forward, d.T, d.Vr, d.h, 1));
+  ops.push_back(memory_op("cross-entropy", Pass::forward, fused ? 2 * e * T * Vr : (e + 4) * T * Vr, 1));
+  ops.push_back(memory_op("final norm", Pass::backward, 3 * e * T * h / rep, 1));
+  ops.push_back(gemm("logits", Pass::backward, d.T, d.Vr, d.h, 1));
+  if (!fused) ops.push_back(memory_op("cross-entropy", Pass::backward, (4 + e) * T * Vr, 1));
+}
+
+std::vector<Op> stage_ops(const ModelSpec& m, const TrainSpec& tr, const ParallelConfig& p, const Dims& d) {
+  std::vector<Op> ops;
+  const int64_t L = d.layers;
+  layer_forward(ops, m, tr, d, Pass::forward, L);
+  layer_gemms(ops, m, d, Pass::backward, L);
+  attention_core(ops, m, tr, d, Pass::backward, L);
+  layer_elementwise(ops, m, d, Pass::backward, L);
+  if (p.recompute == Recompute::full) layer_forward(ops, m, tr, d, Pass::recompute, L);
+  if (p.recompute == Recompute::selective) attention_core(ops, m, tr, d, Pass::recompute, L);
+  end_ops(ops, tr, d);
+  return ops;
+}
+
+// ---- Messages ---------------------------------------------------------------------------
+
+Message message(const char* name, Group g, MessageKind k, Pass pass, Cadence c, int64_t bytes, int64_t count,
+                int64_t pieces = 1) {
+  return Message{name, g, k, pass, c, bytes, count, pieces};
+}
+
+// Tensor parallel (Megatron; Shoeybi et al. 2019, Sec. 3): per layer two all-reduces of
+// b s h forward and two backward, two more in a full recompute's forward. Counted in halves:
+// an all-reduce is a reduce-scatter plus an all-gather (what SP runs instead), so both move
+// the same bytes. SP keeps the norm outputs sequence-sharded, so backward gathers both again
+// before the weight-gradient GEMMs (Korthikanti et al. 2022, Sec. 4.2.2): 2 more halves.
+// Vocab-parallel embedding: an all-reduce forward (SP: a reduce-scatter forward, its
+// all-gather backward). Output layer: its input gradient all-reduced in backward (SP: an
+// all-gather forward, a reduce-scatter backward). Vocab-parallel cross-entropy: all-reduces
+// of the max, the target logit and the sum of exponentials, 4 bytes per token each.
+// With SP the gradients of replicated parameters (norms, row-parallel biases, positions) are
+// partial sums: one all-reduce over tp per step.
+void tp_messages(std::vector<Message>& v, const ParallelConfig& p, const Dims& d) {
+  if (p.tp <= 1) return;
+  const int64_t act = d.e * d.T * d.h, L = d.layers;
+  int64_t fwd = 4 * L, bwd = 4 * L + (p.sp ? 2 * L : 0);
+  const int64_t rec = p.recompute == Recompute::full ? 4 * L : 0;
+  if (d.first) (p.sp ? (fwd += 1, bwd += 1) : (fwd += 2, bwd += 0));
+  if (d.last) (p.sp ? (fwd += 1, bwd += 1) : (fwd += 0, bwd += 2));
+  const auto rs = MessageKind::reduce_scatter;
+  v.push_back(message("tp activations", Group::tp, rs, Pass::forward, Cadence::micro_batch, act, fwd));
+  v.push_back(message("tp activations", Group::tp, rs, Pass::backward, Cadence::micro_batch, act, bwd));
+  if (rec > 0) v.push_back(message("tp activations", Group::tp, rs, Pass::recompute, Cadence::micro_batch, act, rec));
+  if (d.last)
+    v.push_back(message("tp cross-entropy", Group::tp, MessageKind::all_reduce, Pass::forward, Cadence::micro_batch,
+                        4 * d.T, 3));
+  if (p.sp)
+    v.push_back(message("tp replicated gradients", Group::tp, MessageKind::all_reduce, Pass::step, Cadence::step,
+                        d.g * d.replicated, 1));
+}
+
+// Pipeline (Narayanan et al. 2021, Sec. 2.2): each chunk sends its output forward and its
+// input gradient backward, the tensor each tp rank holds (b s h; b s h / t with SP), per
+// micro-batch, except at the model's ends.
+void pp_messages(std::vector<Message>& v, const ParallelConfig& p, const Dims& d) {
+  if (p.pp <= 1) return;
+  const int64_t bytes = d.e * d.T * d.h / d.rep;
+  v.push_back(message("pp send", Group::pp, MessageKind::send, Pass::forward, Cadence::micro_batch, bytes,
+                      p.vpp - (d.last ? 1 : 0)));
+  v.push_back(message("pp send", Group::pp, MessageKind::send, Pass::backward, Cadence::micro_batch, bytes,
+                      p.vpp - (d.first ? 1 : 0)));
+}
+
+// Data parallel (ZeRO paper, Rajbhandari et al. 2020, Sec. 7): G gradient bytes (after
+// compression) and W weight bytes of this rank's unsharded parameters. Stage 0: all-reduce of
+// G once per step, in buckets (Megatron-core's 40e6-element default) per model chunk. 1: a
+// reduce-scatter of G and an all-gather of W after the optimizer. 2: the reduce-scatter every
+// micro-batch (only a shard of the gradients is kept). 3 (FSDP): every micro-batch gathers W
+// layer by layer in forward and again in backward, and reduce-scatters G layer by layer.
+// Parameter server (Li et al., OSDI 2014): each worker pushes G and pulls W once per step.
+// Tied embeddings split over the first and last stage all-reduce their gradient between the
+// two copies once per step (Megatron's embedding group); counted in dp bytes.
+void dp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelConfig& p, const Dims& d,
+                 const ModelSpec& m, int64_t params) {
+  const int64_t G = static_cast<int64_t>(std::ceil(static_cast<double>(d.g * params) / p.grad_compression));
+  const int64_t W = d.e * params;
+  if (p.dp > 1 && p.dp_comm == DpComm::parameter_server) {
+    v.push_back(message("dp push", Group::dp, MessageKind::send, Pass::step, Cadence::step, G, 1));
+  } else if (p.dp > 1) {
+    const int64_t bucket = tr.dp_bucket_bytes > 0 ? tr.dp_bucket_bytes : kDefaultBucketElements * d.g;
+    const int64_t buckets = p.vpp * std::max<int64_t>(1, ceil_div(ceil_div(G, p.vpp), bucket));
+    const int64_t L = std::max<int64_t>(1, d.layers);
+    const auto mbc = Cadence::micro_batch;
+    if (p.zero == 0)
+      v.push_back(message("dp gradients", Group::dp, MessageKind::all_reduce, Pass::backward, Cadence::step, G, 1, buckets));
+    if (p.zero == 1 || p.zero == 2) {
+      v.push_back(message("dp gradients", Group::dp, MessageKind::reduce_scatter, Pass::backward,
+                          p.zero == 2 ? mbc : Cadence::step, G, 1, buckets));
+      v.push_back(message("dp gather params", Group::dp, MessageKind::all_gather, Pass::step, Cadence::step, W, 1));
+    }
+    if (p.zero >= 3) {
+      v.push_back(message("dp gather", Group::dp, MessageKind::all_gather, Pass::forward, mbc, W, 1, L));
+      v.push_back(message("dp gather", Group::dp, MessageKind::all_gather, Pass::backward, mbc, W, 1, L));
+      v.push_back(message("dp gradients", Group::dp, MessageKind::reduce_scatter, Pass::backward, mbc, G, 1, L));
+    }
+  }
+  if (p.pp > 1 && m.tied_embeddings && (d.first || d.last)) {
+    Message emb = message("embedding gradient", Group::dp, MessageKind::all_reduce, Pass::step, Cadence::step,
+                          d.g * d.Vr * d.h, 1);
+    emb.ranks = 2;
+    v.push_back(emb);
+  }
+}
+
+}  // namespace
+
+// Per layer, per micro-batch, per tp rank. T = b s tokens, e = bytes per element, t = tp,
+// and tensors replicated across tp are divided by t with sequence parallelism.
+// Korthikanti et al. 2022 (arXiv 2205.05198) Sec. 4.1, for GPT with dropout, e = 2:
+//   attention 11 s b h + 5 a s^2 b, MLP 19 s b h, two layernorms 4 s b h, so
+//   s b h (10 + 24/t + 5 a s/(h t)) with tp and s b h (34/t + 5 a s/(h t)) with SP too.
+// Derived per tensor so GQA (K, V are T kv), SwiGLU (gate, up and their product: 3 T f) and
+// fused attention (no s^2 tensors; an fp32 log-sum-exp per head and token) come out right.
+LayerActivationBytes layer_activation_bytes(const ModelSpec& m, int64_t b, int64_t s, int64_t t, bool sp, Recompute r,
+                                            Attention a, Dtype d) {
+  const int64_t e = dtype_bytes(d), T = b * s, h = m.hidden, kv = m.kv_dim(), f = m.ffn_hidden;
+  const int64_t rep = sp ? t : 1;          // divisor of tensors replicated across tp
+  const int64_t mask = m.dropout ? 1 : 0;  // dropout masks: one byte per element
+  LayerActivationBytes out;
+  if (r == Recompute::full) {  // only the layer input is kept (Korthikanti: 2 s b h)
+    out.tensors = e * T * h / rep;
+    return out;
+  }
+  // Replicated: both norm inputs, QKV input (norm 1 output), MLP input (norm 2 output),
+  // the dropout masks after attention projection and after the MLP.
+  const int64_t replicated = 4 * e * T * h + 2 * mask * T * h;
+  // Sharded: Q, K, V, attention output (projection input); MLP fc1 output and GELU output,
+  // or SwiGLU gate, up and product.
+  const int64_t sharded = e * T * (2 * h + 2 * kv) + (m.family == Family::gpt ? 2 : 3) * e * T * f;
+  // Attention core: softmax output (e), dropout mask (1) and dropout output (e) per score.
+  int64_t core = 0, core_stats = 0;
+  if (a == Attention::unfused) {
+    if (r != Recompute::selective) core = (e + mask * (1 + e)) * m.heads * s * s * b;
+  } else {
+    core_stats = 4 * m.heads * T;  // fp32 log-sum-exp per head and token (FlashAttention-2)
+  }
+  const int64_t norms = m.family == Family::gpt ? 2 : 1;  // LayerNorm mean+rstd; RMSNorm rstd
+  out.tensors = replicated / rep + sharded / t + core / t;
+  out.statistics = 2 * norms * 4 * T / rep + core_stats / t;
+  return out;
+}
+
+ModelStateBytes model_state_bytes(int64_t params, int64_t dp, int zero, Dtype dtype, Dtype grad_dtype) {
+  const int64_t shard = ceil_div(params, dp);
+  ModelStateBytes out;
+  out.weights = dtype_bytes(dtype) * (zero >= 3 ? shard : params);
+  out.grads = dtype_bytes(grad_dtype) * (zero >= 2 ? shard : params);
+  out.optimizer = optimizer_bytes_per_param(dtype) * (zero >= 1 ? shard : params);
+  return out;
+}
+
+int64_t in_flight_chunks(Schedule s, int64_t p, int64_t v, int64_t i, int64_t m) {
+  switch (s) {
+    case Schedule::gpipe: return m * v;
+    case Schedule::one_f_one_b: return std::min(p - i, m) * v;
+    case Schedule::interleaved: return std::min((p - i - 1) * 2 + (v - 1) * p + 1, m * v);
+  }
+  return m * v;
+}
+
+StageWork build_stage_work(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& tr, const ParallelConfig& p,
+                           int64_t stage, bool memory_only) {
+  const Dims d = make_dims(m, tr, p, stage);
+  StageWork w;
+  w.stage = stage;
+  w.layers = d.layers;
+  w.params = d.layers * d.layer_rank + d.embed_rank + d.out_rank;
+  w.optimizer_params = p.zero >= 1 ? ceil_div(w.params, p.dp) : w.params;
+  w.in_flight = in_flight_chunks(p.schedule, p.pp, p.vpp, stage, d.mb);
+  const ModelStateBytes state = model_state_bytes(w.params, p.dp, p.zero, tr.dtype, tr.grad_dtype);
+  add(w.buffers, "weights", MemCategory::weights, Lifetime::step, state.weights);
+  add(w.buffers, "gradients", MemCategory::grads, Lifetime::step, state.grads);
+  add(w.buffers, "optimizer state", MemCategory::optimizer, Lifetime::step, state.optimizer);
+  activation_buffers(w.buffers, m, tr, p, d, w.in_flight, stage);
+  comm_buffers(w.buffers, p, d);
+  runtime_buffers(w.buffers, c, p, m, d);
+  if (memory_only) return w;
+  w.ops = stage_ops(m, tr, p, d);
+  tp_messages(w.messages, p, d);
+  pp_messages(w.messages, p, d);
+  dp_messages(w.messages, tr, p, d, m, w.params);
+  // AdamW reads and writes the fp32 state and weights of its shard (memory-bound): read
+  // master, m, v (12) and the gradient (g); write master, m, v (12) and the working copy (e).
+  // An fp32 plan has no master copy (8 + 4 read, 8 + 4 written).
+  const double n = static_cast<double>(w.optimizer_params);
+  w.optimizer_bytes = tr.dtype == Dtype::bf16 ? n * static_cast<double>(12 + d.g + 12 + d.e)
+                                              : n * static_cast<double>(12 + d.g + 12);
+  return w;
+}
+
+MemoryBytes StageWork::memory() const {
+  MemoryBytes out;
+  for (const Buffer& b : buffers) {
+    switch (b.category) {
+      case MemCategory::weights: out.weights += b.bytes; break;
+      case MemCategory::grads: out.grads += b.bytes; break;
+      case MemCategory::optimizer: out.optimizer += b.bytes; break;
+      case MemCategory::activations: out.activations += b.bytes; break;
+      case MemCategory::logits: out.logits += b.bytes; break;
+      case MemCategory::comm_buffers: out.comm_buffers += b.bytes; break;
+      case MemCategory::workspace: out.workspace += b.bytes; break;
+      case MemCategory::runtime: out.runtime += b.bytes; break;
+    }
+  }
+  return out;
+}
+
+FlopCount StageWork::flops_per_micro_batch() const {
+  FlopCount f = 0;
+  for (const Op& o : ops) f += o.flops * o.count;
+  return f;
+}
+
+const Message* StageWork::find(Group g, const char* name) const {
+  for (const Message& msg : messages)
+    if (msg.group == g && std::strcmp(msg.name, name) == 0) return &msg;
+  return nullptr;
+}
+
+int64_t message_send_bytes(const Message& msg, int64_t n) {
+  if (msg.ranks > 0) n = msg.ranks;
+  switch (msg.kind) {
+    case MessageKind::all_reduce: return collective_send_bytes(Collective::all_reduce, msg.bytes, n);
+    case MessageKind::all_gather: return collective_send_bytes(Collective::all_gather, msg.bytes, n);
+    case MessageKind::reduce_scatter: return collective_send_bytes(Collective::reduce_scatter, msg.bytes, n);
+    case MessageKind::send: return n > 1 ? msg.bytes : 0;
+  }
+  return 0;
+}
+
+double message_time_s(const Message& msg, const GroupLinks& links) {
+  const double per = static_cast<double>(msg.bytes) / static_cast<double>(msg.pieces);
+  double one = 0;
+  switch (msg.kind) {
+    case MessageKind::all_reduce: one = collective_time_s(Collective::all_reduce, per, links); break;
+    case MessageKind::all_gather: one = collective_time_s(Collective::all_gather, per, links); break;
+    case MessageKind::reduce_scatter: one = collective_time_s(Collective::reduce_scatter, per, links); break;
+    case MessageKind::send: one = p2p_time_s(per, links); break;
+  }
+  return static_cast<double>(msg.pieces) * one;
+}
+
+int64_t calls_per_step(const Message& msg, int64_t micro_batches) {
+  return msg.cadence == Cadence::micro_batch ? msg.count * micro_batches : msg.count;
+}
+
+}  // namespace loom
