@@ -189,11 +189,16 @@ void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, con
   int32_t prev_first = -1;
   for (const Slot& x : table) {
     const bool fwd = x.phase == Phase::forward;
+    // A recompute runs inside the backward (Megatron recomputes when autograd reaches the
+    // layer), so the slot, recompute included, waits for its gradient.
+    int32_t slot_first = -1;
     if (!fwd && st.recompute_s > 0)
-      add_pass(b, sp, p, s, x, TaskKind::recompute, st.recompute_s / sp.v, st.tp_recompute_s / sp.v, prev_first);
+      slot_first = add_pass(b, sp, p, s, x, TaskKind::recompute, st.recompute_s / sp.v, st.tp_recompute_s / sp.v,
+                            prev_first).first;
     const PassTasks t = fwd ? add_pass(b, sp, p, s, x, TaskKind::forward, st.forward_s / sp.v, st.tp_forward_s / sp.v, prev_first)
                             : add_pass(b, sp, p, s, x, TaskKind::backward, st.backward_s / sp.v, st.tp_backward_s / sp.v, prev_first);
-    idx.first[idx.at(s, x.phase, x.chunk, x.micro_batch)] = t.first;
+    if (slot_first < 0) slot_first = t.first;
+    idx.first[idx.at(s, x.phase, x.chunk, x.micro_batch)] = slot_first;
     const auto [ds, dc] = slot_destination(s, x.chunk, x.phase, p.pp, p.vpp);
     if (ds >= 0) {
       SimTask send = make_task(TaskKind::pp_send, Stream::pp, s, x, st.p2p_s);
@@ -204,7 +209,7 @@ void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, con
       idx.recv[idx.at(ds, x.phase, dc, x.micro_batch)] = id;
     }
     if (!fwd && sp.ring && !sp.zero3 && (p.zero >= 2 || x.micro_batch == m - 1)) add_buckets(b, sp, p, s, x, t.compute);
-    if (!sp.zero3) prev_first = t.first;
+    if (!sp.zero3) prev_first = slot_first;
   }
   add_step_end(b, in, sp, s);
 }

@@ -18,9 +18,13 @@ std::string s(long double v) {
   std::snprintf(buf, sizeof buf, "%.4Lg", v);
   return buf;
 }
-std::string s(Wide v) {
+std::string s(Wide v) {  // exact: std::to_string has no 128-bit overload
   if (v >= INT64_MIN && v <= INT64_MAX) return std::to_string(static_cast<int64_t>(v));
-  return s(static_cast<long double>(v));
+  const bool negative = v < 0;
+  std::string digits;
+  for (unsigned __int128 u = negative ? -static_cast<unsigned __int128>(v) : v; u > 0; u /= 10)
+    digits.insert(digits.begin(), static_cast<char>('0' + static_cast<int>(u % 10)));
+  return (negative ? "-" : "") + digits;
 }
 
 Status in_range(const FieldNamer& name, const std::string& field, int64_t v, int64_t lo, int64_t hi) {

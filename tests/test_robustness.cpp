@@ -91,6 +91,7 @@ TEST_CASE("sizes: the parameter count is exact or refused", "[robustness]") {
           j["layers"] = layers;
           j["hidden"] = hidden;
           j["heads"] = 64;
+          j["kv_heads"] = 64;
           j["ffn_hidden"] = 4 * hidden;
           j["vocab"] = vocab;
           j["tied_embeddings"] = false;
@@ -142,14 +143,14 @@ TEST_CASE("sizes: products of parallel sizes are checked before they are formed"
   ClusterSpec c;
   c.gpus = limits::kGpus, c.nodes = 1, c.gpus_per_node = limits::kGpus, c.max_nodes = 1;
   TrainSpec t;
-  t.global_batch = limits::kGlobalBatch, t.seq = 1, t.dp_bucket_bytes = 1;
+  t.global_batch = int64_t{1} << 30, t.seq = 1, t.dp_bucket_bytes = 1;
   ParallelConfig p;
   p.dp = limits::kGpus;
   p.micro_batch = limits::kGlobalBatch;  // dp x micro_batch = 2^64: wrapped to 0, a division by zero
   auto st = validate_config(*m, c, t, p, as_is);
   REQUIRE(!st);
   CHECK(st.error().message ==
-        "global_batch: must be a multiple of dp x micro_batch (1099511627776 % 18446744073709551616 != 0)");
+        "global_batch: must be a multiple of dp x micro_batch (1073741824 % 18446744073709551616 != 0)");
   p.dp = int64_t{1} << 32, p.tp = int64_t{1} << 32;  // dp x tp = 2^64 wraps around to 0
   st = validate_config(*m, c, t, p, as_is);
   REQUIRE(!st);
@@ -255,7 +256,7 @@ TEST_CASE("flags: numbers mean what they read", "[robustness][cli]") {
       {"--gpus 8 --global-batch 8 --grad-compression 0.5", "loom: --grad-compression: must be >= 1 (got 0.5)"},
       {"--gpus 8 --global-batch 8 --memory-headroom nan", "loom: --memory-headroom: must be a finite decimal number (got nan)"},
       {"--gpus 8 --global-batch 8 --seq 1e3", "loom: --seq: must be an integer"},
-      {"--gpus 8 --global-batch 8 --zero 4", "loom: --zero: must be <= 3 (got 4)"},
+      {"--gpus 8 --global-batch 8 --zero 010", "loom: --zero: must be 0, 1, 2 or 3"},  // ten, not octal eight
   };
   for (const auto& [args, line] : refused) {
     INFO(args);
