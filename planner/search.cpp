@@ -365,9 +365,20 @@ SearchResult search(const ModelSpec& m, const ClusterSpec& c, const SearchSpace&
       if (k == 0 && o.progress) o.progress(d, total);
     }
   };
+  // A worker thread that cannot be started (no memory, thread limit) leaves its share to
+  // this thread: the answer is the same, only slower, and no started thread is abandoned.
   std::vector<std::thread> pool;
-  for (int k = 1; k < threads; ++k) pool.emplace_back(worker, k);
+  std::vector<int> not_started;
+  pool.reserve(static_cast<size_t>(threads));
+  for (int k = 1; k < threads; ++k) {
+    try {
+      pool.emplace_back(worker, k);
+    } catch (const std::exception&) {
+      not_started.push_back(k);
+    }
+  }
   worker(0);
+  for (int k : not_started) worker(k);
   for (auto& th : pool) th.join();
   if (o.progress) o.progress(total, total);
 

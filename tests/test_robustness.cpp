@@ -257,6 +257,7 @@ TEST_CASE("flags: numbers mean what they read", "[robustness][cli]") {
       {"--gpus 8 --global-batch 8 --memory-headroom nan", "loom: --memory-headroom: must be a finite decimal number (got nan)"},
       {"--gpus 8 --global-batch 8 --seq 1e3", "loom: --seq: must be an integer"},
       {"--gpus 8 --global-batch 8 --zero 010", "loom: --zero: must be 0, 1, 2 or 3"},  // ten, not octal eight
+      {"--gpus 8 --global-batch 8 --zero 4294967296", "loom: --zero: must be <= 2147483647"},  // never cast to 0
   };
   for (const auto& [args, line] : refused) {
     INFO(args);

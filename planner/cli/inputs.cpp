@@ -42,7 +42,7 @@ void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
   cmd.add_option("--pp", o.pp, text("the pipeline-parallel size", "required unless --plan"))->transform(Integer(1, limits::kGpus));
   cmd.add_option("--dp", o.dp, text("the data-parallel size", "default gpus / (tp x pp)"))->transform(Integer(1, limits::kGpus));
   cmd.add_option("--zero", o.zero, text("the ZeRO stage 0-3 (3 = FSDP full shard)", "default 0"))
-      ->transform(Integer(INT64_MIN, INT64_MAX));  // decimal only; the stage rule is checked with the plan
+      ->transform(Integer(INT32_MIN, INT32_MAX));  // decimal, an int (the stage rule is checked later)
   cmd.add_option("--micro-batch", o.micro_batch, text("the sequences per micro-batch", "default 1"))
       ->transform(Integer(1, limits::kGlobalBatch));
   cmd.add_option("--recompute", o.recompute, text("activation recompute", "default none"))
