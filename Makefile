@@ -1,6 +1,6 @@
 # loom: the two quick-start commands.
-#   make plan   installs missing Debian packages (when root), configures, builds, prints a plan
-#   make test   the same set-up, then every test (ctest)
+#   make plan   installs missing Debian packages (when root), configures, builds `loom` alone, prints a plan
+#   make test   the same set-up, builds everything, then every test (ctest)
 # Variables: MODEL, CLUSTER, GPUS, BATCH (and SEQ, default the model's) for `make plan`; BUILD (build dir); JOBS.
 
 BUILD ?= build
@@ -53,7 +53,10 @@ $(FUZZ_BUILD)/build.ninja: | deps
 fuzz-build: deps $(FUZZ_BUILD)/build.ninja
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target loom_fuzz
 
-plan: build
+# Only the `loom` binary and the libraries it links (no kernels' tests, benchmarks or fuzz tree):
+# the rest builds in `make test`.
+plan: configure
+	cmake --build $(BUILD) -j $(JOBS) --target loom
 	./$(BUILD)/loom plan --model $(MODEL) --cluster $(CLUSTER) --gpus $(GPUS) --global-batch $(BATCH) $(if $(SEQ),--seq $(SEQ))
 
 test: build fuzz-build

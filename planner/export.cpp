@@ -30,7 +30,7 @@ using Args = std::vector<std::pair<std::string, std::string>>;  // (flag, value 
 std::string render_args(const Args& args) {
   std::string out;
   for (size_t i = 0; i < args.size(); ++i) {
-    out += args[i].first;
+    out += "  " + args[i].first;
     if (!args[i].second.empty()) out += " " + args[i].second;
     out += i + 1 < args.size() ? " \\\n" : "\n";
   }
@@ -58,6 +58,12 @@ void megatron_model(const ModelSpec& m, const TrainSpec& t, const ParallelConfig
     a.push_back({"--swiglu", ""});
     a.push_back({"--position-embedding-type", "rope"});
     a.push_back({"--disable-bias-linear", ""});
+    if (m.qkv_bias) a.push_back({"--add-qkv-bias", ""});  // Qwen2: biases on q, k, v only
+    // arguments.py declares --rotary-base type=int, default 10000: always said, never defaulted.
+    if (m.rope_theta == static_cast<double>(static_cast<int64_t>(m.rope_theta)))
+      a.push_back({"--rotary-base", s(static_cast<int64_t>(m.rope_theta))});
+    else
+      no.push_back("rope_theta " + num(m.rope_theta) + ": --rotary-base takes an integer; Megatron's 10000 applies");
   }
   a.push_back({"--norm-epsilon", num(m.norm_eps)});
   if (!m.tied_embeddings) a.push_back({"--untie-embeddings-and-output-weights", ""});
@@ -68,7 +74,12 @@ void megatron_model(const ModelSpec& m, const TrainSpec& t, const ParallelConfig
   a.push_back({"--padded-vocab-size", s((m.vocab + p.tp - 1) / p.tp * p.tp)});
   a.push_back({"--mock-data", ""});
   a.push_back({"--attention-backend", t.attention == Attention::fused ? "flash" : "unfused"});
-  if (!m.dropout) no.push_back("dropout off: loom models no dropout; Megatron-LM's dropout defaults apply (no verified option names)");
+  // Megatron-LM's --hidden-dropout and --attention-dropout default to 0.1; loom's dropout-free
+  // models (Llama, Mistral, Qwen) must turn them off. Dropout-on models (GPT-2/3) use 0.1 too.
+  if (!m.dropout) {
+    a.push_back({"--hidden-dropout", "0.0"});
+    a.push_back({"--attention-dropout", "0.0"});
+  }
 }
 
 void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p, Args& a,
@@ -100,9 +111,12 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
   if (t.dtype == Dtype::bf16) a.push_back({"--bf16", ""});
   if (t.grad_dtype == Dtype::bf16) a.push_back({"--grad-reduce-in-bf16", ""});
   else if (t.dtype == Dtype::bf16) a.push_back({"--accumulate-allreduce-grads-in-fp32", ""});
-  if (p.order != "tp-dp-pp")
-    no.push_back("rank order " + p.order + ": Megatron-LM orders ranks tp-cp-ep-dp-pp (loom's tp-dp-pp); "
-                 "no verified option sets another");
+  // Megatron-LM orders ranks tp-cp-ep-dp-pp (loom's tp-dp-pp); --use-tp-pp-dp-mapping gives
+  // tp-cp-ep-pp-dp (loom's tp-pp-dp). No option sets any other order.
+  if (p.order == "tp-pp-dp") a.push_back({"--use-tp-pp-dp-mapping", ""});
+  else if (p.order != "tp-dp-pp")
+    no.push_back("rank order " + p.order + ": Megatron-LM orders ranks tp-dp-pp or, with --use-tp-pp-dp-mapping, "
+                 "tp-pp-dp; emitted as tp-dp-pp");
 }
 
 ExportResult megatron(const Plan& plan) {
@@ -111,10 +125,19 @@ ExportResult megatron(const Plan& plan) {
   const auto& p = plan.parallel;
   megatron_model(plan.model, plan.train, p, a, r.unexpressible);
   megatron_parallel(plan.model, plan.train, p, a, r.unexpressible);
-  r.text = std::string("# loom export: Megatron-LM pretrain_gpt.py arguments (option names checked at NVIDIA/Megatron-LM ") +
-           kMegatronCommit + ")\n# launch " + s(p.gpus()) + " ranks: dp = WORLD_SIZE / (tp x pp) = " + s(p.dp) +
+  const auto& c = plan.cluster;
+  const int64_t per_node = c.nodes > 1 ? c.gpus_per_node : c.gpus;
+  r.text = std::string("#!/usr/bin/env bash\n") +
+           "# loom export: a Megatron-LM pretrain_gpt.py launch (option names checked at NVIDIA/Megatron-LM " +
+           kMegatronCommit + ",\n# megatron/training/arguments.py). Run it from a Megatron-LM checkout on each of the " +
+           s(c.nodes) + " node(s), with NODE_RANK and MASTER_ADDR set there.\n# " + s(p.gpus()) +
+           " ranks: dp = WORLD_SIZE / (tp x pp) = " + s(p.dp) +
            " is implicit\n# synthetic data; for real data replace the NullTokenizer/--vocab-size/--mock-data lines "
-           "with your tokenizer and data paths\n" +
+           "with your tokenizer and data paths\nset -euo pipefail\n"
+           "export CUDA_DEVICE_MAX_CONNECTIONS=1  # Megatron-LM needs it for sequence parallel and overlap\n"
+           "torchrun --nnodes " + s(c.nodes) + " --nproc-per-node " + s(per_node) +
+           " --node-rank \"${NODE_RANK:-0}\" \\\n  --master-addr \"${MASTER_ADDR:-localhost}\" --master-port "
+           "\"${MASTER_PORT:-6000}\" \\\n  pretrain_gpt.py \\\n" +
            render_args(a);
   return r;
 }

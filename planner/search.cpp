@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <deque>
 #include <cmath>
@@ -140,11 +141,42 @@ std::string reason_key(const std::string& e) {
   return e.substr(0, e.find(" ("));  // a rule added later: its own text, without the numbers
 }
 
+std::string reason_id(const std::string& key) {
+  static const std::vector<std::pair<std::string, std::string>> ids{
+      {"tp does not divide heads", "tp_not_divide_heads"},
+      {"tp does not divide kv_heads", "tp_not_divide_kv_heads"},
+      {"tp does not divide ffn_hidden", "tp_not_divide_ffn_hidden"},
+      {"pp x vpp does not divide layers", "pp_vpp_not_divide_layers"},
+      {"dp x micro-batch does not divide global batch", "dp_micro_batch_not_divide_global_batch"},
+      {"interleaved: micro-batches not a multiple of pp", "interleaved_micro_batches_not_multiple_of_pp"},
+      {"sp: tp does not divide seq", "sp_tp_not_divide_seq"},
+      {"seq exceeds the position table", "seq_exceeds_position_table"},
+      {kDoesNotFitMemory, "does_not_fit_memory"},
+  };
+  for (const auto& [sentence, id] : ids)
+    if (key == sentence) return id;
+  std::string id;  // a rule added later: its sentence, lower case, other characters as one "_"
+  for (char ch : key) {
+    const bool word = std::isalnum(static_cast<unsigned char>(ch)) != 0;
+    if (word) id += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    else if (!id.empty() && id.back() != '_') id += '_';
+  }
+  while (!id.empty() && id.back() == '_') id.pop_back();
+  return id;
+}
+
 // The cost model's peak is the largest over stages of each stage's buffer total
 // (sim/stage_work.hpp); the first stage's total, built from the same buffer list without its
 // ops and messages, is therefore never above it.
 int64_t memory_lower_bound(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t, const ParallelConfig& p) {
-  return build_stage_work(m, c, t, p, 0, /*memory_only=*/true).memory().peak();
+  StageWork scratch;
+  return memory_lower_bound(scratch, m, c, t, p);
+}
+
+int64_t memory_lower_bound(StageWork& scratch, const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t,
+                           const ParallelConfig& p) {
+  build_stage_work(scratch, m, c, t, p, 0, /*memory_only=*/true);
+  return scratch.memory().peak();
 }
 
 Plan plan_of(const ModelSpec& m, const ClusterSpec& c, const Estimate& e) {
@@ -276,6 +308,7 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
   p.pp = sp.pp;
   p.zero = u.zero;
   p.order = space.orders[u.order];
+  StageWork scratch;  // the memory bound's buffer list, its storage reused candidate after candidate
   for (int64_t mb : sp.micro_batches)
     for (Recompute r : space.recompute)
       for (bool on : sp.sp)
@@ -291,7 +324,7 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
             t.reject(reason_key(st.error().message));
             continue;
           }
-          if (o.prune && memory_lower_bound(m, c, train, p) > usable) {
+          if (o.prune && memory_lower_bound(scratch, m, c, train, p) > usable) {
             t.reject(kDoesNotFitMemory);
             continue;
           }

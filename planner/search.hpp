@@ -30,6 +30,7 @@
 #include "sim/expected.hpp"
 #include "sim/plan.hpp"
 #include "sim/specs.hpp"
+#include "sim/stage_work.hpp"
 
 namespace loom {
 
@@ -96,6 +97,9 @@ SearchResult search(const ModelSpec& m, const ClusterSpec& c, const SearchSpace&
 // The short reason key of a validate_config error (fields named as-is, not as flags):
 // "tp: must divide heads (96 % 64 != 0)" -> "tp does not divide heads".
 std::string reason_key(const std::string& validate_error);
+// The stable identifier of a reason key, for `loom plan --json` ("tp does not divide heads" ->
+// "tp_not_divide_heads"): scripts match the identifier while the sentence may be reworded.
+std::string reason_id(const std::string& key);
 inline const char* kDoesNotFitMemory = "does not fit memory";
 
 // A lower bound on the peak memory the cost model predicts for `p`: the first stage's peak,
@@ -103,6 +107,9 @@ inline const char* kDoesNotFitMemory = "does not fit memory";
 // evaluate(p).memory.peak() for every valid p by construction, with or without a profile.
 // The search skips evaluating a candidate whose bound exceeds the usable memory.
 int64_t memory_lower_bound(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t, const ParallelConfig& p);
+// The same, building the first stage's buffers in `scratch` (its storage reused).
+int64_t memory_lower_bound(StageWork& scratch, const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t,
+                           const ParallelConfig& p);
 
 // The plan of one ranked estimate (its train spec carries the grad dtype it was found with).
 Plan plan_of(const ModelSpec& m, const ClusterSpec& c, const Estimate& e);

@@ -208,8 +208,23 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& links
   est.usable_bytes = static_cast<int64_t>(
       std::floor(static_cast<double>(c.gpu.memory_bytes) * (1.0 - c.runtime_memory.memory_headroom)));
   double p2p_s = 0;
+  StageWork w;
+  est.stages.reserve(static_cast<size_t>(p.pp));
+  int64_t interior = -1;  // the first interior stage priced
   for (int64_t i = 0; i < p.pp; ++i) {
-    const StageWork w = build_stage_work(m, c, tr, p, i);
+    // Interior stages have the same ops and messages (stage_work.hpp): the first one is
+    // priced, the others take its prices and their own buffers.
+    const bool reuse = interior >= 0 && is_interior_stage(i, p.pp);
+    build_stage_work(w, m, c, tr, p, i, /*memory_only=*/reuse);
+    if (reuse) {
+      StageEstimate s = est.stages[static_cast<size_t>(interior)];
+      s.index = i;
+      s.in_flight = w.in_flight;
+      s.memory = w.memory();
+      est.stages.push_back(s);
+      continue;
+    }
+    if (is_interior_stage(i, p.pp)) interior = i;
     est.stages.push_back(price_stage(w, p, links, est.micro_batches, overlap));
     if (const Message* send = w.find(Group::pp, "pp send")) p2p_s = message_time_s(*send, links.pp);
   }

@@ -17,6 +17,8 @@ LayerParams layer_params(const ModelSpec& m) {
   } else {
     p.sharded = h * h + 2 * h * kv + h * h       // q, k, v, o
                 + 3 * h * f;                     // gate, up (column), down (row)
+    // Qwen2 (transformers Qwen2Attention): q_proj, k_proj, v_proj carry biases, o_proj does not.
+    if (m.qkv_bias) p.sharded += h + 2 * kv;
     p.replicated = h + h;                        // two RMSNorm gains
   }
   return p;

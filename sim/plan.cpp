@@ -2,6 +2,7 @@
 
 #include "sim/json_reader.hpp"
 #include "sim/spec_json.hpp"
+#include "sim/step_result.hpp"
 #include "sim/validate.hpp"
 
 namespace loom {
@@ -31,7 +32,8 @@ nlohmann::json layout_to_json(const ParallelConfig& p, int64_t layers) {
 }
 
 nlohmann::json plan_to_json(const Plan& plan) {
-  return {{"model", to_json(plan.model)},
+  return {{"schema_version", kJsonSchemaVersion},
+          {"model", to_json(plan.model)},
           {"cluster", to_json(plan.cluster)},
           {"train", to_json(plan.train)},
           {"parallel", to_json(plan.parallel)},
@@ -61,6 +63,7 @@ Status check_prediction(const nlohmann::json& j, const Plan& plan, const std::st
 
 Expected<Plan> plan_from_json(const nlohmann::json& j, const std::string& where) {
   ObjectReader r(j, where);
+  read_schema_version(r, j);
   const nlohmann::json* mj = r.object("model");
   const nlohmann::json* cj = r.object("cluster");
   const nlohmann::json* tj = r.object("train");

@@ -87,6 +87,7 @@ Expected<ModelSpec> model_from_json(const nlohmann::json& j, const std::string& 
   r.boolean("dropout", m.dropout);
   r.opt_number("norm_eps", m.norm_eps, 0, true);
   r.opt_number("rope_theta", m.rope_theta, 0, true);
+  r.opt_boolean("qkv_bias", m.qkv_bias);
   r.opt_number("published_params", m.published_params, 0, false);
   r.opt_number("published_params_precision", m.published_params_precision, 0, false);
   r.opt_string("source", m.source);
@@ -99,6 +100,136 @@ Expected<ModelSpec> model_from_json(const nlohmann::json& j, const std::string& 
 
 // Hugging Face transformers config.json: GPT-2 names or Llama/Mistral/Qwen names, chosen
 // by model_type (transformers' GPT2Config / LlamaConfig / MistralConfig / Qwen2Config).
+// Every key either sets a field loom prices, is listed as ignored with the reason, or, when it
+// changes the parameter count or the FLOPs in a way loom does not model, refuses the file.
+namespace {
+
+bool present(const nlohmann::json& j, const std::string& key) { return j.contains(key) && !j.at(key).is_null(); }
+
+// Keys that change neither the parameter count nor the FLOPs of a training step, with why.
+const std::vector<std::pair<std::string, std::string>>& hf_ignored_reasons() {
+  static const std::vector<std::pair<std::string, std::string>> v{
+      {"rope_scaling", "RoPE frequency scaling changes positions, not parameters or FLOPs"},
+      {"architectures", "a class name; model_type chooses the shape"},
+      {"bos_token_id", "a token id"}, {"eos_token_id", "a token id"}, {"pad_token_id", "a token id"},
+      {"initializer_range", "initialisation only"}, {"use_cache", "inference only"},
+      {"torch_dtype", "storage dtype; the plan's --dtype sets precision"},
+      {"transformers_version", "metadata"}, {"pretraining_tp", "an inference-time TP emulation"},
+      {"max_window_layers", "only used with use_sliding_window true"},
+      {"n_ctx", "same as n_positions"}, {"embd_pdrop", "dropout: resid_pdrop decides"},
+      {"attn_pdrop", "dropout: resid_pdrop decides"}, {"activation_function", "gelu variants cost the same"},
+      {"task_specific_params", "generation settings"}};
+  return v;
+}
+
+// Mixture-of-experts keys (Mixtral, Qwen2-MoE, DeepSeek): loom prices dense MLPs only.
+void refuse_moe(ObjectReader& r, const nlohmann::json& j) {
+  for (const char* k : {"num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size",
+                        "n_shared_experts", "shared_expert_intermediate_size",
+                        "num_experts_per_tok"}) {
+    if (!present(j, k)) continue;
+    const auto& v = j.at(k);
+    if (v.is_number() && v.get<double>() <= (std::string(k).find("size") == std::string::npos ? 1 : 0)) {
+      r.skip(k);  // one expert, or size 0: a dense layer
+      continue;
+    }
+    r.fail(k, "mixture-of-experts layers are not modelled yet (got " + v.dump() + ")");
+    return;
+  }
+}
+
+void read_hf_gpt2(ObjectReader& r, const nlohmann::json& j, ModelSpec& m) {
+  m.family = Family::gpt;
+  r.integer("n_layer", m.layers, 1, limits::kLayers);
+  r.integer("n_embd", m.hidden, 1, limits::kHidden);
+  r.integer("n_head", m.heads, 1, limits::kHeads);
+  m.kv_heads = m.heads;
+  // GPT-2 learns a table of n_positions positions and was trained at that length.
+  r.integer("n_positions", m.seq_len, 1, limits::kSeq);
+  r.integer("vocab_size", m.vocab, 1, limits::kVocab);
+  m.ffn_hidden = 4 * m.hidden;  // GPT2Config: n_inner null means 4 * n_embd
+  if (present(j, "n_inner")) r.integer("n_inner", m.ffn_hidden, 1, limits::kFfnHidden);
+  else r.skip("n_inner");
+  m.tied_embeddings = true;
+  r.opt_boolean("tie_word_embeddings", m.tied_embeddings);
+  double pdrop = 0;
+  r.opt_number("resid_pdrop", pdrop, 0, false);
+  m.dropout = pdrop > 0;
+  r.opt_number("layer_norm_epsilon", m.norm_eps, 0, true);
+}
+
+// Sliding-window attention (Mistral v0.1, Qwen2 with use_sliding_window): recorded, and a plan
+// whose sequence is longer than the window is refused, since loom prices full causal attention.
+void read_hf_window(ObjectReader& r, const nlohmann::json& j, ModelSpec& m) {
+  bool use = true;
+  if (present(j, "use_sliding_window")) r.boolean("use_sliding_window", use);
+  else r.skip("use_sliding_window");
+  if (!present(j, "sliding_window") || !use) {
+    r.skip("sliding_window");
+    return;
+  }
+  r.integer("sliding_window", m.sliding_window, 1, limits::kSeq);
+  if (m.sliding_window >= m.seq_len) m.sliding_window = 0;  // never narrower than the context
+}
+
+void read_hf_llama_extras(ObjectReader& r, const nlohmann::json& j, ModelSpec& m, const std::string& type) {
+  std::string act = "silu";
+  r.opt_string("hidden_act", act);
+  if (act != "silu" && act != "swish") r.fail("hidden_act", "must be \"silu\" (SwiGLU) for a llama-family model");
+  double pdrop = 0;
+  r.opt_number("attention_dropout", pdrop, 0, false);
+  m.dropout = pdrop > 0;
+  r.opt_number("rms_norm_eps", m.norm_eps, 0, true);
+  r.opt_number("rope_theta", m.rope_theta, 0, true);
+  // Qwen2Attention always has q/k/v biases; LlamaAttention's attention_bias also biases o_proj.
+  m.qkv_bias = type == "qwen2";
+  bool bias = false;
+  if (present(j, "attention_bias")) r.boolean("attention_bias", bias);
+  if (bias && type != "qwen2") r.fail("attention_bias", "biases on q, k, v and o are not modelled (got true)");
+  bool mlp_bias = false;
+  if (present(j, "mlp_bias")) r.boolean("mlp_bias", mlp_bias);
+  if (mlp_bias) r.fail("mlp_bias", "MLP biases are not modelled for a llama-family model (got true)");
+  if (present(j, "head_dim") && m.heads > 0) {
+    int64_t hd = 0;
+    r.integer("head_dim", hd, 1, limits::kHidden);
+    if (!r.failed() && hd * m.heads != m.hidden)
+      r.fail("head_dim", "loom assumes head_dim = hidden_size / num_attention_heads = " +
+                             std::to_string(m.hidden / m.heads) + " (got " + std::to_string(hd) + ")");
+  } else {
+    r.skip("head_dim");
+  }
+  read_hf_window(r, j, m);
+}
+
+void read_hf_llama(ObjectReader& r, const nlohmann::json& j, ModelSpec& m, const std::string& type) {
+  m.family = Family::llama;
+  r.integer("num_hidden_layers", m.layers, 1, limits::kLayers);
+  r.integer("hidden_size", m.hidden, 1, limits::kHidden);
+  r.integer("num_attention_heads", m.heads, 1, limits::kHeads);
+  m.kv_heads = m.heads;
+  if (present(j, "num_key_value_heads")) r.integer("num_key_value_heads", m.kv_heads, 1, limits::kHeads);
+  r.integer("intermediate_size", m.ffn_hidden, 1, limits::kFfnHidden);
+  r.integer("vocab_size", m.vocab, 1, limits::kVocab);
+  // The longest context the weights support, not a length they were trained at.
+  r.integer("max_position_embeddings", m.seq_len, 1, limits::kSeq);
+  m.seq_len_is_limit = true;
+  m.tied_embeddings = false;  // LlamaConfig's default
+  r.opt_boolean("tie_word_embeddings", m.tied_embeddings);
+  if (!r.failed()) read_hf_llama_extras(r, j, m, type);
+}
+
+void list_ignored(ObjectReader& r, std::vector<std::string>* ignored_keys) {
+  if (!ignored_keys) return;
+  for (auto& k : r.unread_keys()) {
+    std::string why = "not a shape or cost field loom knows; assumed not to change parameters or FLOPs";
+    for (auto& [key, reason] : hf_ignored_reasons())
+      if (key == k) why = reason;
+    ignored_keys->push_back(k + " (" + why + ")");
+  }
+}
+
+}  // namespace
+
 Expected<ModelSpec> model_from_hf_config(const nlohmann::json& j, const std::string& where,
                                          std::vector<std::string>* ignored_keys) {
   ModelSpec m;
@@ -109,56 +240,13 @@ Expected<ModelSpec> model_from_hf_config(const nlohmann::json& j, const std::str
   m.name = type;
   r.opt_string("_name_or_path", m.name);
   if (m.name.empty()) m.name = type;
-  if (type == "gpt2") {
-    m.family = Family::gpt;
-    r.integer("n_layer", m.layers, 1, limits::kLayers);
-    r.integer("n_embd", m.hidden, 1, limits::kHidden);
-    r.integer("n_head", m.heads, 1, limits::kHeads);
-    m.kv_heads = m.heads;
-    r.integer("n_positions", m.seq_len, 1, limits::kSeq);
-    r.integer("vocab_size", m.vocab, 1, limits::kVocab);
-    m.ffn_hidden = 4 * m.hidden;  // GPT2Config: n_inner null means 4 * n_embd
-    if (r.has("n_inner") && !j.at("n_inner").is_null()) r.integer("n_inner", m.ffn_hidden, 1, limits::kFfnHidden);
-    else r.skip("n_inner");
-    m.tied_embeddings = true;
-    r.opt_boolean("tie_word_embeddings", m.tied_embeddings);
-    double pdrop = 0;
-    r.opt_number("resid_pdrop", pdrop, 0, false);
-    m.dropout = pdrop > 0;
-    r.opt_number("layer_norm_epsilon", m.norm_eps, 0, true);
-  } else if (type == "llama" || type == "mistral" || type == "qwen2") {
-    m.family = Family::llama;
-    r.integer("num_hidden_layers", m.layers, 1, limits::kLayers);
-    r.integer("hidden_size", m.hidden, 1, limits::kHidden);
-    r.integer("num_attention_heads", m.heads, 1, limits::kHeads);
-    m.kv_heads = m.heads;
-    r.opt_integer("num_key_value_heads", m.kv_heads, 1, limits::kHeads);
-    r.integer("intermediate_size", m.ffn_hidden, 1, limits::kFfnHidden);
-    r.integer("vocab_size", m.vocab, 1, limits::kVocab);
-    r.integer("max_position_embeddings", m.seq_len, 1, limits::kSeq);
-    m.tied_embeddings = false;  // LlamaConfig's default
-    r.opt_boolean("tie_word_embeddings", m.tied_embeddings);
-    std::string act = "silu";
-    r.opt_string("hidden_act", act);
-    if (act != "silu" && act != "swish") r.fail("hidden_act", "must be \"silu\" (SwiGLU) for a llama-family model");
-    double pdrop = 0;
-    r.opt_number("attention_dropout", pdrop, 0, false);
-    m.dropout = pdrop > 0;
-    r.opt_number("rms_norm_eps", m.norm_eps, 0, true);
-    r.opt_number("rope_theta", m.rope_theta, 0, true);
-    if (r.has("head_dim") && j.at("head_dim").is_number_integer() && m.heads > 0) {
-      int64_t hd = 0;
-      r.integer("head_dim", hd, 1, limits::kHidden);
-      if (!r.failed() && hd * m.heads != m.hidden) r.fail("head_dim", "must equal hidden_size / num_attention_heads");
-    }
-  } else {
-    r.fail("model_type", "must be one of gpt2, llama, mistral, qwen2 (got \"" + type + "\")");
-  }
+  refuse_moe(r, j);
   if (r.failed()) return *r.error();
-  if (ignored_keys) {
-    auto unread = r.unread_keys();
-    ignored_keys->insert(ignored_keys->end(), unread.begin(), unread.end());
-  }
+  if (type == "gpt2") read_hf_gpt2(r, j, m);
+  else if (type == "llama" || type == "mistral" || type == "qwen2") read_hf_llama(r, j, m, type);
+  else r.fail("model_type", "must be one of gpt2, llama, mistral, qwen2 (got \"" + type + "\")");
+  if (r.failed()) return *r.error();
+  list_ignored(r, ignored_keys);
   auto st = check_model(m, where);
   if (!st) return st.error();
   return m;
@@ -312,6 +400,7 @@ nlohmann::json to_json(const ModelSpec& m) {
           {"dropout", m.dropout},
           {"norm_eps", m.norm_eps},
           {"rope_theta", m.rope_theta},
+          {"qkv_bias", m.qkv_bias},
           {"published_params", m.published_params},
           {"published_params_precision", m.published_params_precision},
           {"source", m.source}};

@@ -28,6 +28,12 @@ struct ModelSpec {
   bool dropout = false;      // dropout after attention softmax, attention and MLP (GPT-2/3)
   double norm_eps = 1e-5;
   double rope_theta = 10000;  // RoPE base (llama family); Llama 3 uses 500000
+  bool qkv_bias = false;      // biases on q, k and v (llama family; Qwen2 has them, Llama does not)
+  // Context limits read from a Hugging Face config rather than a training setup: seq_len is then
+  // only max_position_embeddings, so a plan must be given its sequence length (--seq), and
+  // sliding-window attention (window > 0) is exact only for sequences no longer than the window.
+  bool seq_len_is_limit = false;
+  int64_t sliding_window = 0;
   // Published parameter count and the precision it was published at (e.g. 174.6e9 given to
   // 0.1e9): the zoo test checks loom's own count against it.
   double published_params = 0;

@@ -260,8 +260,7 @@ void end_ops(std::vector<Op>& ops, const TrainSpec& tr, const Dims& d) {
   if (!fused) ops.push_back(memory_op("cross-entropy", Pass::backward, (4 + e) * T * Vr, 1));
 }
 
-std::vector<Op> stage_ops(const ModelSpec& m, const TrainSpec& tr, const ParallelConfig& p, const Dims& d) {
-  std::vector<Op> ops;
+void stage_ops(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& tr, const ParallelConfig& p, const Dims& d) {
   const int64_t L = d.layers;
   layer_forward(ops, m, tr, d, Pass::forward, L);
   layer_gemms(ops, m, d, Pass::backward, L);
@@ -270,7 +269,6 @@ std::vector<Op> stage_ops(const ModelSpec& m, const TrainSpec& tr, const Paralle
   if (p.recompute == Recompute::full) layer_forward(ops, m, tr, d, Pass::recompute, L);
   if (p.recompute == Recompute::selective) attention_core(ops, m, tr, d, Pass::recompute, L);
   end_ops(ops, tr, d);
-  return ops;
 }
 
 // ---- Messages ---------------------------------------------------------------------------
@@ -419,15 +417,22 @@ int64_t in_flight_chunks(Schedule s, int64_t p, int64_t v, int64_t i, int64_t m)
   return m * v;
 }
 
-StageWork build_stage_work(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& tr, const ParallelConfig& p,
-                           int64_t stage, bool memory_only) {
+void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, const TrainSpec& tr,
+                      const ParallelConfig& p, int64_t stage, bool memory_only) {
   const Dims d = make_dims(m, tr, p, stage);
-  StageWork w;
   w.stage = stage;
   w.layers = d.layers;
   w.params = d.layers * d.layer_rank + d.embed_rank + d.out_rank;
   w.optimizer_params = p.zero >= 1 ? ceil_div(w.params, p.dp) : w.params;
   w.in_flight = in_flight_chunks(p.schedule, p.pp, p.vpp, stage, d.mb);
+  w.buffers.clear();
+  w.ops.clear();
+  w.messages.clear();
+  w.buffers.reserve(16);  // at most 15 buffers, 50 ops and 12 messages: one allocation each
+  if (!memory_only) {
+    w.ops.reserve(64);
+    w.messages.reserve(16);
+  }
   const ModelStateBytes state = model_state_bytes(w.params, p.dp, p.zero, tr.dtype, tr.grad_dtype);
   add(w.buffers, "weights", MemCategory::weights, Lifetime::step, state.weights);
   add(w.buffers, "gradients", MemCategory::grads, Lifetime::step, state.grads);
@@ -435,17 +440,23 @@ StageWork build_stage_work(const ModelSpec& m, const ClusterSpec& c, const Train
   activation_buffers(w.buffers, m, tr, p, d, w.in_flight, stage);
   comm_buffers(w.buffers, p, d);
   runtime_buffers(w.buffers, c, p, m, d);
-  if (memory_only) return w;
-  w.ops = stage_ops(m, tr, p, d);
-  tp_messages(w.messages, p, d);
-  pp_messages(w.messages, p, d);
-  dp_messages(w.messages, tr, p, d, m, w.params);
   // AdamW reads and writes the fp32 state and weights of its shard (memory-bound): read
   // master, m, v (12) and the gradient (g); write master, m, v (12) and the working copy (e).
   // An fp32 plan has no master copy (8 + 4 read, 8 + 4 written).
   const double n = static_cast<double>(w.optimizer_params);
   w.optimizer_bytes = tr.dtype == Dtype::bf16 ? n * static_cast<double>(12 + d.g + 12 + d.e)
                                               : n * static_cast<double>(12 + d.g + 12);
+  if (memory_only) return;
+  stage_ops(w.ops, m, tr, p, d);
+  tp_messages(w.messages, p, d);
+  pp_messages(w.messages, p, d);
+  dp_messages(w.messages, tr, p, d, m, w.params);
+}
+
+StageWork build_stage_work(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& tr, const ParallelConfig& p,
+                           int64_t stage, bool memory_only) {
+  StageWork w;
+  build_stage_work(w, m, c, tr, p, stage, memory_only);
   return w;
 }
 

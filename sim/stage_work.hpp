@@ -121,6 +121,12 @@ struct StageWork {
 // memory bound asks for, without the op and message lists.
 StageWork build_stage_work(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t, const ParallelConfig& p,
                            int64_t stage, bool memory_only = false);
+// The same into `out`, reusing its lists' storage (the planner builds millions of them).
+void build_stage_work(StageWork& out, const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t,
+                      const ParallelConfig& p, int64_t stage, bool memory_only = false);
+// Whether stage `stage` holds the model's ends (embedding, output layer): interior stages of a
+// configuration have the same ops and messages and differ only in the buffers they hold.
+inline bool is_interior_stage(int64_t stage, int64_t pp) { return stage > 0 && stage < pp - 1; }
 
 // Bytes one rank sends for one call of a message over its group of n ranks (msg.ranks when set).
 int64_t message_send_bytes(const Message& msg, int64_t n);

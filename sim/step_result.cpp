@@ -142,7 +142,7 @@ nlohmann::json estimate_to_json(const Estimate& e) {
   const bool emulated = measured && e.measurement.emulated_rank >= 0;
   nlohmann::json stages = nlohmann::json::array();
   for (const auto& s : e.stages) stages.push_back(stage_json(s));
-  nlohmann::json j = nlohmann::json::object();
+  nlohmann::json j = {{"schema_version", kJsonSchemaVersion}};
   config_into(j, e);
   auto or_null = [&](double v) { return emulated ? nlohmann::json(nullptr) : nlohmann::json(v); };
   j.update({{"step_time_s", e.step_time_s},
@@ -492,9 +492,19 @@ Status check_consistency(const Estimate& e, const std::string& where, const std:
 
 }  // namespace
 
+void read_schema_version(ObjectReader& r, const nlohmann::json& j) {
+  r.skip("schema_version");
+  if (!j.is_object() || !j.contains("schema_version")) return;  // written before the field existed
+  const nlohmann::json& v = j["schema_version"];
+  if (!v.is_number_integer() || v.get<int64_t>() != kJsonSchemaVersion)
+    r.fail("schema_version", "unknown schema version: this loom reads version " + std::to_string(kJsonSchemaVersion) +
+                                 " (got " + v.dump() + ")");
+}
+
 Expected<Estimate> estimate_from_json(const nlohmann::json& j, const std::string& where, const std::string& pointer) {
   ObjectReader r(j, where, pointer);
   Estimate e;
+  read_schema_version(r, j);
   e.source = read_source(r);
   if (e.source == StepSource::measured) read_measurement(r, j, e.measurement);
   read_config(r, e);

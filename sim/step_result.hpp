@@ -28,6 +28,17 @@
 
 namespace loom {
 
+class ObjectReader;
+
+// The version of the JSON documents loom writes ("schema_version" at the top of every --json
+// document, plan.json and a step result): raised when a field changes meaning or goes away.
+// Readers refuse any other version in one line; a document without the field was written
+// before it existed and is read as version 1.
+inline constexpr int64_t kJsonSchemaVersion = 1;
+
+// Reads "schema_version" of the object `r` reads (`j`): absent or kJsonSchemaVersion, else r fails.
+void read_schema_version(ObjectReader& r, const nlohmann::json& j);
+
 const std::vector<std::string>& step_source_names();  // predicted, simulated, measured
 std::string to_string(StepSource s);
 

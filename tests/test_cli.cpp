@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <regex>
 #include <sstream>
 #include <vector>
 
@@ -172,7 +173,7 @@ TEST_CASE("a Hugging Face config.json is a model; unused keys are listed once") 
   CHECK(nlohmann::json::parse(r.out)["params"] == 124'439'808);
   CHECK(lines(r.err) == 1);
   CHECK(r.err.find("keys not used by loom") != std::string::npos);
-  LoomRun l = run_loom("predict --model " + std::string(LOOM_SOURCE_DIR) + "/tests/data/hf/llama3_8b_config.json" + tail);
+  LoomRun l = run_loom("predict --model " + std::string(LOOM_SOURCE_DIR) + "/tests/data/hf/llama3_8b_config.json" + tail + " --seq 8192");
   REQUIRE(l.code == 0);
   CHECK(nlohmann::json::parse(l.out)["params"] == 8'030'261'248);
 }
@@ -331,4 +332,44 @@ TEST_CASE("loom never links the CUDA runtime: the backend is a module loaded on 
   expect_rejected("execute " + plan + " --device cuda", "--device: the CUDA backend is not available: ");
   expect_rejected("calibrate --quick", "calibrate: the CUDA backend is not available: ");
   expect_rejected("execute " + plan + " --device tpu", "--device: must be cpu or cuda (got tpu)");
+}
+
+TEST_CASE("loom --version prints the project version and the commit it was built from", "[cli-version]") {
+  LoomRun r = run_loom("--version");
+  INFO("stdout: " << r.out << "stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.err.empty());
+  // The version is the one project() declares in CMakeLists.txt.
+  const std::string cmake = slurp(std::string(LOOM_SOURCE_DIR) + "/CMakeLists.txt");
+  std::smatch m;
+  REQUIRE(std::regex_search(cmake, m, std::regex(R"(project\(loom VERSION ([0-9.]+))")));
+  const std::string version = m[1];
+  // The commit: 12 hex digits, "-dirty" when tracked files differ from it, or "unknown" outside
+  // a git checkout. One line on stdout.
+  CHECK(std::regex_match(r.out, std::regex("loom " + std::regex_replace(version, std::regex(R"(\.)"), R"(\.)") +
+                                           R"( \(commit ([0-9a-f]{12}(-dirty)?|unknown)\)\n)")));
+}
+
+TEST_CASE("JSON documents carry schema_version 1; readers refuse another version in one line", "[cli-schema]") {
+  LoomRun p = run_loom(kBase + "--tp 8 --pp 16 --json");
+  REQUIRE(p.code == 0);
+  CHECK(nlohmann::json::parse(p.out)["schema_version"] == 1);
+  const std::string path = temp_file("schema_plan.json", "");
+  REQUIRE(run_loom(kBase + "--tp 8 --pp 16 -o " + path).code == 0);
+  auto j = nlohmann::json::parse(slurp(path));
+  CHECK(j["schema_version"] == 1);
+  CHECK(j["prediction"]["schema_version"] == 1);
+  // A plan written before the field existed is read as version 1.
+  auto old = j;
+  old.erase("schema_version");
+  old["prediction"].erase("schema_version");
+  CHECK(run_loom("predict --plan " + temp_file("schema_old.json", old.dump())).code == 0);
+  auto newer = j;
+  newer["schema_version"] = 2;
+  expect_rejected("predict --plan " + temp_file("schema_v2.json", newer.dump()),
+                  "schema_v2.json: /schema_version: unknown schema version: this loom reads version 1 (got 2)");
+  newer = j;
+  newer["prediction"]["schema_version"] = "1";
+  expect_rejected("predict --plan " + temp_file("schema_str.json", newer.dump()),
+                  "schema_str.json: /prediction/schema_version: unknown schema version: this loom reads version 1 (got \"1\")");
 }

@@ -49,7 +49,12 @@ std::map<std::string, std::string> parse_args(const std::string& text, std::vect
   std::map<std::string, std::string> out;
   std::istringstream in(text);
   std::string line;
+  bool started = text.find("pretrain_gpt.py") == std::string::npos;  // a launch script: after that line
   while (std::getline(in, line)) {
+    if (!started) {
+      started = line.find("pretrain_gpt.py") != std::string::npos;
+      continue;
+    }
     if (line.empty() || line[0] == '#') continue;
     std::istringstream ls(line);
     std::string flag, value, tok;
@@ -72,7 +77,10 @@ const std::set<std::string> kMegatronVerified{
     "--num-attention-heads", "--group-query-attention", "--num-query-groups", "--ffn-hidden-size", "--tokenizer-type",
     "--vocab-size", "--padded-vocab-size", "--mock-data", "--untie-embeddings-and-output-weights", "--normalization",
     "--position-embedding-type", "--swiglu", "--disable-bias-linear", "--norm-epsilon", "--bf16",
-    "--accumulate-allreduce-grads-in-fp32", "--grad-reduce-in-bf16", "--attention-backend", "--overlap-grad-reduce"};
+    "--accumulate-allreduce-grads-in-fp32", "--grad-reduce-in-bf16", "--attention-backend", "--overlap-grad-reduce",
+    // Checked in megatron/training/arguments.py: --rotary-base (type=int, default 10000),
+    // --hidden-dropout and --attention-dropout (default 0.1), --add-qkv-bias, --use-tp-pp-dp-mapping.
+    "--rotary-base", "--hidden-dropout", "--attention-dropout", "--add-qkv-bias", "--use-tp-pp-dp-mapping"};
 
 // "[section]" and "key = value" lines -> "section.key" -> value (strings keep their quotes).
 std::map<std::string, std::string> parse_toml(const std::string& text) {
@@ -180,7 +188,40 @@ TEST_CASE("megatron: llama shape, ZeRO-3, full recompute, gpipe, another rank or
   CHECK(mentions(r.unexpressible, "gpipe"));
   CHECK(mentions(r.unexpressible, "rank order dp-tp-pp"));
   CHECK(mentions(r.unexpressible, "pp > 1"));  // Megatron-FSDP with pipelining is undocumented
-  CHECK(mentions(r.unexpressible, "dropout"));
+  CHECK(a.at("--rotary-base") == "500000");       // Llama 3; Megatron-LM's default is 10000
+  CHECK(a.at("--hidden-dropout") == "0.0");       // Megatron-LM's default is 0.1
+  CHECK(a.at("--attention-dropout") == "0.0");
+  CHECK(a.count("--add-qkv-bias") == 0);
+  CHECK_FALSE(mentions(r.unexpressible, "dropout"));
+}
+
+TEST_CASE("megatron: a runnable launch script; tp-pp-dp order; Qwen2 q/k/v biases") {
+  ParallelConfig p;
+  p.dp = 2, p.tp = 2, p.pp = 2, p.micro_batch = 1, p.order = "tp-pp-dp";
+  const std::string qwen = std::string(LOOM_SOURCE_DIR) + "/tests/data/hf/qwen2.5_0.5b_config.json";
+  const ExportResult r = export_plan(make_plan(qwen, 8, 16, 2048, p, Dtype::bf16), Engine::megatron);
+  const auto a = parse_args(r.text);
+  for (const auto& [flag, v] : a) {
+    INFO(flag);
+    CHECK(kMegatronVerified.count(flag) == 1);
+  }
+  CHECK(r.text.rfind("#!/usr/bin/env bash\n", 0) == 0);
+  CHECK(r.text.find("\ntorchrun --nnodes 1 --nproc-per-node 8 ") != std::string::npos);
+  CHECK(r.text.find("  pretrain_gpt.py \\\n") != std::string::npos);
+  CHECK(a.count("--use-tp-pp-dp-mapping") == 1);
+  CHECK_FALSE(mentions(r.unexpressible, "rank order"));
+  CHECK(a.count("--add-qkv-bias") == 1);
+  CHECK(a.at("--rotary-base") == "1000000");
+  CHECK(a.count("--untie-embeddings-and-output-weights") == 0);  // Qwen2.5 0.5B ties them
+  CHECK(r.unexpressible.empty());
+  // Untied, on two nodes: GPUs per node from the cluster.
+  ParallelConfig p7;
+  p7.dp = 2, p7.tp = 4, p7.pp = 2;
+  const ExportResult q7 = export_plan(
+      make_plan(std::string(LOOM_SOURCE_DIR) + "/tests/data/hf/qwen2_7b_config.json", 16, 16, 2048, p7, Dtype::bf16),
+      Engine::megatron);
+  CHECK(parse_args(q7.text).count("--untie-embeddings-and-output-weights") == 1);
+  CHECK(q7.text.find("\ntorchrun --nnodes 2 --nproc-per-node 8 ") != std::string::npos);
 }
 
 TEST_CASE("torchtitan: the notes' GPT-3 175B example, key by key") {
@@ -295,4 +336,60 @@ TEST_CASE("loom export on the command line: config on stdout, what cannot be exp
   LoomRun missing = run_loom("export /nonexistent/plan.json --to megatron");
   CHECK(missing.code == 2);
   CHECK(std::count(missing.err.begin(), missing.err.end(), '\n') == 1);
+}
+
+namespace {
+
+// The configuration a plan.json describes, without the names and the published counts that a
+// Megatron launch does not carry.
+nlohmann::json configuration(const std::string& plan_path) {
+  auto j = nlohmann::json::parse(slurp(plan_path));
+  for (auto* k : {"name", "source", "published_params", "published_params_precision"}) j["model"].erase(k);
+  return {{"model", j["model"]}, {"train", j["train"]}, {"parallel", j["parallel"]},
+          {"step_time_s", j["prediction"]["step_time_s"]}};
+}
+
+void round_trip(const std::string& predict_args, const std::string& cluster_gpus, const std::string& name) {
+  const auto plan = temp_file(name + "_plan.json", ""), script = temp_file(name + "_launch.sh", ""),
+             back = temp_file(name + "_imported.json", "");
+  REQUIRE(run_loom("predict " + predict_args + " -o " + plan).code == 0);
+  LoomRun e = run_loom("export " + plan + " --to megatron -o " + script);
+  REQUIRE(e.code == 0);
+  LoomRun i = run_loom("import megatron " + script + " " + cluster_gpus + " -o " + back);
+  INFO(i.err);
+  REQUIRE(i.code == 0);
+  CHECK(i.err.empty());  // every flag the exporter writes is read back
+  CHECK(configuration(back) == configuration(plan));
+}
+
+}  // namespace
+
+TEST_CASE("import megatron reads back what export megatron wrote: GPT-3 and Llama 3") {
+  round_trip("--model gpt3-175b --cluster dgx-a100 --gpus 1024 --global-batch 1536 --tp 8 --pp 16 --zero 1 "
+             "--schedule interleaved --vpp 2 --recompute selective --sp --grad-dtype fp32",
+             "--cluster dgx-a100 --gpus 1024", "gpt3");
+  round_trip("--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 2048 --tp 4 --pp 2 --zero 1 "
+             "--recompute full --order tp-pp-dp",
+             "--cluster dgx-h100 --gpus 16", "llama3");
+  round_trip("--model " + std::string(LOOM_SOURCE_DIR) + "/tests/data/hf/qwen2_7b_config.json --seq 4096 "
+             "--cluster dgx-h100 --gpus 8 --global-batch 8 --tp 4 --pp 1 --zero 1",
+             "--cluster dgx-h100 --gpus 8", "qwen2");
+}
+
+TEST_CASE("import megatron: unknown flags are listed once each; unpriced ones refuse the file") {
+  const std::string base = "--num-layers 4 --hidden-size 256 --num-attention-heads 8 --seq-length 128 "
+                           "--max-position-embeddings 128 --vocab-size 1000 --global-batch-size 8 --bf16 ";
+  LoomRun ok = run_loom("import megatron " + temp_file("m_ok.txt", base + "--lr 3e-4 --train-iters 10") +
+                        " --cluster dgx-a100 --gpus 8 --json");
+  REQUIRE(ok.code == 0);
+  CHECK(ok.err.find("--lr 3e-4: ignored") != std::string::npos);
+  CHECK(ok.err.find("--train-iters 10: ignored") != std::string::npos);
+  CHECK(std::count(ok.err.begin(), ok.err.end(), '\n') == 2);
+  LoomRun moe = run_loom("import megatron " + temp_file("m_moe.txt", base + "--num-experts 8") +
+                         " --cluster dgx-a100 --gpus 8");
+  CHECK(moe.code == 2);
+  CHECK(moe.err.find("--num-experts: mixture-of-experts layers are not modelled yet (got 8)") != std::string::npos);
+  LoomRun mix = run_loom("import megatron " + temp_file("m_mix.txt", base + "--swiglu") + " --cluster dgx-a100 --gpus 8");
+  CHECK(mix.code == 2);
+  CHECK(std::count(mix.err.begin(), mix.err.end(), '\n') == 1);
 }

@@ -362,9 +362,31 @@ TEST_CASE("loom plan --json has best, top, considered, rejected, search_time_s")
   CHECK(j["top"].size() == 4);
   CHECK(j["best"] == j["top"][0]);
   CHECK(j["best"]["fits"] == true);
+  CHECK(j["schema_version"] == 1);
+  // Each reason: {"id", "reason", "candidates"}, the id a stable identifier beside the sentence.
   int64_t rejected = 0;
-  for (auto& [k, v] : j["rejected"].items()) rejected += v.get<int64_t>();
+  REQUIRE(j["rejected"].is_array());
+  for (const auto& e : j["rejected"]) {
+    CHECK(e.size() == 3);
+    CHECK(e["id"] == loom::reason_id(e["reason"].get<std::string>()));
+    rejected += e["candidates"].get<int64_t>();
+  }
   CHECK(rejected + j["feasible"].get<int64_t>() == j["considered"].get<int64_t>());
+}
+
+TEST_CASE("each search rejection reason has its stable identifier", "[plan-json]") {
+  using loom::reason_id;
+  CHECK(reason_id("tp does not divide heads") == "tp_not_divide_heads");
+  CHECK(reason_id("tp does not divide kv_heads") == "tp_not_divide_kv_heads");
+  CHECK(reason_id("tp does not divide ffn_hidden") == "tp_not_divide_ffn_hidden");
+  CHECK(reason_id("pp x vpp does not divide layers") == "pp_vpp_not_divide_layers");
+  CHECK(reason_id("dp x micro-batch does not divide global batch") == "dp_micro_batch_not_divide_global_batch");
+  CHECK(reason_id("interleaved: micro-batches not a multiple of pp") == "interleaved_micro_batches_not_multiple_of_pp");
+  CHECK(reason_id("sp: tp does not divide seq") == "sp_tp_not_divide_seq");
+  CHECK(reason_id("seq exceeds the position table") == "seq_exceeds_position_table");
+  CHECK(reason_id(loom::kDoesNotFitMemory) == "does_not_fit_memory");
+  // A rule without an entry: its sentence as an identifier.
+  CHECK(reason_id("vpp: must be <= 8, the most ") == "vpp_must_be_8_the_most");
 }
 
 TEST_CASE("loom plan -o writes a plan that predict --plan re-evaluates to the same numbers") {
@@ -441,5 +463,11 @@ TEST_CASE("loom plan: nothing fits is an answer, not an error") {
   REQUIRE(r.code == 0);
   auto j = nlohmann::json::parse(r.out);
   CHECK(j["best"].is_null());
-  CHECK(j["rejected"]["does not fit memory"].get<int64_t>() > 0);
+  int64_t not_fit = 0;
+  for (const auto& e : j["rejected"])
+    if (e["id"] == "does_not_fit_memory") {
+      CHECK(e["reason"] == "does not fit memory");
+      not_fit = e["candidates"].get<int64_t>();
+    }
+  CHECK(not_fit > 0);
 }

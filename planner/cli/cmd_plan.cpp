@@ -136,9 +136,11 @@ std::string summary(const SearchResult& r) {
 nlohmann::json result_json(const SearchResult& r) {
   nlohmann::json top = nlohmann::json::array();
   for (const auto& e : r.top) top.push_back(estimate_to_json(e));
-  nlohmann::json rejected = nlohmann::json::object();
-  for (const auto& [k, v] : r.rejected) rejected[k] = v;
-  return {{"best", r.top.empty() ? nlohmann::json(nullptr) : top[0]},
+  // Each reason: a stable identifier to match on, the sentence beside it, the candidates it rejected.
+  nlohmann::json rejected = nlohmann::json::array();
+  for (const auto& [k, v] : r.rejected) rejected.push_back({{"id", reason_id(k)}, {"reason", k}, {"candidates", v}});
+  return {{"schema_version", kJsonSchemaVersion},
+          {"best", r.top.empty() ? nlohmann::json(nullptr) : top[0]},
           {"top", top},
           {"considered", r.considered},
           {"rejected", rejected},
@@ -193,6 +195,9 @@ Expected<Job> plan_job(const PlanOptions& o) {
   if (o.top < 1) return make_error("--top", "must be >= 1");
   if (o.refine < 0) return make_error("--refine", "must be >= 0");
   if (o.threads && *o.threads < 1) return make_error("--threads", "must be >= 1");
+  // Checked before pins_from narrows it to int (4294967296 must not become stage 0).
+  if (o.par.zero && (*o.par.zero < 0 || *o.par.zero > 3))
+    return make_error("--zero", "must be 0, 1, 2 or 3 (got " + std::to_string(*o.par.zero) + ")");
   auto job = load_job(o.job);
   if (!job) return job.error();
   if (auto st = apply_memory_headroom(job->cluster, o.par.memory_headroom); !st) return st.error();

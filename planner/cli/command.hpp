@@ -12,6 +12,7 @@ using Run = std::function<int()>;
 void add_predict(CLI::App& app, Run& run);
 void add_plan(CLI::App& app, Run& run);
 void add_export(CLI::App& app, Run& run);
+void add_import(CLI::App& app, Run& run);  // a Megatron-LM launch as a plan.json
 void add_simulate(CLI::App& app, Run& run);
 void add_execute(CLI::App& app, Run& run);
 void add_compare(CLI::App& app, Run& run);

@@ -8,6 +8,7 @@
 #include <exception>
 #include <new>
 
+#include "loom_version.hpp"  // generated at build time (planner/cli/version.cmake)
 #include "planner/cli/command.hpp"
 
 namespace {
@@ -17,10 +18,13 @@ constexpr int kInternalError = 3;
 int parse_and_run(int argc, char** argv) {
   CLI::App app{"loom: how to split transformer training across GPUs, what it needs, and how fast it runs"};
   app.require_subcommand(1);
+  // `loom --version`: one line, the project version and the commit it was built from.
+  app.set_version_flag("--version", fmt::format("loom {} (commit {})", LOOM_VERSION, LOOM_COMMIT));
   loom::cli::Run run;
   loom::cli::add_predict(app, run);
   loom::cli::add_plan(app, run);
   loom::cli::add_export(app, run);
+  loom::cli::add_import(app, run);
   loom::cli::add_simulate(app, run);
   loom::cli::add_execute(app, run);
   loom::cli::add_compare(app, run);
@@ -31,6 +35,8 @@ int parse_and_run(int argc, char** argv) {
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     // One line naming the flag and the rule, exit code 2 (never CLI11's multi-line usage).

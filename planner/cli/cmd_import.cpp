@@ -1,0 +1,289 @@
+// loom import megatron args.txt --cluster C --gpus N [-o plan.json]: the argument list of a
+// Megatron-LM pretrain_gpt.py launch (a bare list, or a launch script such as `loom export --to
+// megatron` writes) as a loom plan, priced by the cost model. Flag names and defaults are
+// Megatron-LM's megatron/training/arguments.py (NVIDIA/Megatron-LM d98e8a64, the commit the
+// exporter names). A flag that changes the model in a way loom does not price refuses the file;
+// any other flag loom does not read is listed as ignored, one line each on stderr.
+#include <fmt/core.h>
+
+#include <charconv>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <sstream>
+
+#include "planner/cli/command.hpp"
+#include "planner/cli/inputs.hpp"
+#include "planner/cli/report.hpp"
+#include "sim/cost_model.hpp"
+#include "sim/json_reader.hpp"
+#include "sim/model_math.hpp"
+#include "sim/plan.hpp"
+#include "sim/step_result.hpp"
+#include "sim/validate.hpp"
+#include "sim/zoo.hpp"
+
+namespace loom::cli {
+
+namespace {
+
+struct ImportOptions {
+  std::string engine;
+  std::string path;
+  std::string cluster;
+  std::optional<int64_t> gpus;
+  std::string out_path;
+  bool json = false;
+};
+
+// Megatron flags as read: flag -> value ("" for a switch), and the flags used so far.
+struct MegatronArgs {
+  std::string where;
+  std::map<std::string, std::string> values;
+  std::set<std::string> used;
+  bool has(const std::string& f) {
+    used.insert(f);
+    return values.count(f) != 0;
+  }
+};
+
+// Tokens of a launch script or a bare list: comments and line continuations dropped; the
+// arguments start after `pretrain_gpt.py` when the file names it.
+Expected<MegatronArgs> tokenize(const std::string& text, const std::string& where) {
+  std::vector<std::string> tokens;
+  std::istringstream in(text);
+  std::string line, tok;
+  while (std::getline(in, line)) {
+    std::istringstream ls(line.substr(0, line.find('#')));
+    while (ls >> tok)
+      if (tok != "\\") tokens.push_back(tok);
+  }
+  size_t start = 0;
+  for (size_t i = 0; i < tokens.size(); ++i)
+    if (tokens[i].size() >= 15 && tokens[i].substr(tokens[i].size() - 15) == "pretrain_gpt.py") start = i + 1;
+  MegatronArgs a;
+  a.where = where;
+  for (size_t i = start; i < tokens.size(); ++i) {
+    const std::string& t = tokens[i];
+    if (t.rfind("--", 0) != 0) return make_error(where, "expected a --flag (got \"" + t + "\")");
+    std::string flag = t, value;
+    if (auto eq = t.find('='); eq != std::string::npos) flag = t.substr(0, eq), value = t.substr(eq + 1);
+    else if (i + 1 < tokens.size() && tokens[i + 1].rfind("--", 0) != 0) value = tokens[++i];
+    if (a.values.count(flag)) return make_error(where, flag + ": given twice");
+    a.values[flag] = value;
+  }
+  return a;
+}
+
+// Reads an integer flag into `out` (left as is when absent).
+Status get_int(MegatronArgs& a, const std::string& flag, int64_t& out, int64_t max) {
+  if (!a.has(flag)) return ok_status();
+  const std::string& v = a.values[flag];
+  int64_t x = 0;
+  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+  if (ec != std::errc() || p != v.data() + v.size() || x < 1 || x > max)
+    return make_error(a.where + ": " + flag, "must be an integer in [1, " + std::to_string(max) + "] (got \"" + v + "\")");
+  out = x;
+  return ok_status();
+}
+
+Status get_number(MegatronArgs& a, const std::string& flag, double& out) {
+  if (!a.has(flag)) return ok_status();
+  const std::string& v = a.values[flag];
+  char* end = nullptr;
+  double x = std::strtod(v.c_str(), &end);
+  if (v.empty() || end != v.c_str() + v.size() || !(x >= 0) || x > 1e12)
+    return make_error(a.where + ": " + flag, "must be a number >= 0 (got \"" + v + "\")");
+  out = x;
+  return ok_status();
+}
+
+std::string get_str(MegatronArgs& a, const std::string& flag, const std::string& dflt) {
+  return a.has(flag) ? a.values[flag] : dflt;
+}
+
+// The layer type: GPT (LayerNorm, learned positions, GeLU MLP, biases: Megatron's defaults)
+// or Llama (RMSNorm, RoPE, SwiGLU, no biases). Any other mix is a model loom does not price.
+Status read_family(MegatronArgs& a, ModelSpec& m) {
+  const std::string norm = get_str(a, "--normalization", "LayerNorm");
+  const std::string pos = get_str(a, "--position-embedding-type", "learned_absolute");
+  const bool swiglu = a.has("--swiglu"), no_bias = a.has("--disable-bias-linear");
+  if (norm == "LayerNorm" && pos == "learned_absolute" && !swiglu && !no_bias) {
+    m.family = Family::gpt;
+  } else if (norm == "RMSNorm" && pos == "rope" && swiglu && no_bias) {
+    m.family = Family::llama;
+  } else {
+    return make_error(a.where + ": --normalization/--position-embedding-type/--swiglu/--disable-bias-linear",
+                      "loom prices GPT layers (LayerNorm, learned_absolute, GeLU, biases) or Llama layers "
+                      "(RMSNorm, rope, --swiglu, --disable-bias-linear) (got " + norm + ", " + pos +
+                          (swiglu ? ", swiglu" : ", gelu") + (no_bias ? ", no biases)" : ", biases)"));
+  }
+  m.qkv_bias = a.has("--add-qkv-bias") && m.family == Family::llama;
+  m.tied_embeddings = !a.has("--untie-embeddings-and-output-weights");
+  return ok_status();
+}
+
+Status read_shape(MegatronArgs& a, ModelSpec& m, TrainSpec& t) {
+  for (auto* f : {"--num-layers", "--hidden-size", "--num-attention-heads", "--seq-length", "--vocab-size"})
+    if (!a.values.count(f))
+      return make_error(a.where + ": " + f, std::string("is required") +
+                                                (std::string(f) == "--vocab-size" ? " (loom reads no tokenizer files)" : ""));
+  Status st = get_int(a, "--num-layers", m.layers, limits::kLayers);
+  if (st) st = get_int(a, "--hidden-size", m.hidden, limits::kHidden);
+  if (st) st = get_int(a, "--num-attention-heads", m.heads, limits::kHeads);
+  if (!st) return st;
+  m.kv_heads = m.heads;
+  if (a.has("--group-query-attention")) st = get_int(a, "--num-query-groups", m.kv_heads, limits::kHeads);
+  else a.used.insert("--num-query-groups");  // ignored by Megatron without --group-query-attention
+  // arguments.py: ffn_hidden_size defaults to 4 h, or int(4 h x 2/3 / 64) x 64 with --swiglu.
+  m.ffn_hidden = m.family == Family::llama ? (4 * m.hidden * 2 / 3) / 64 * 64 : 4 * m.hidden;
+  if (st) st = get_int(a, "--ffn-hidden-size", m.ffn_hidden, limits::kFfnHidden);
+  if (st) st = get_int(a, "--vocab-size", m.vocab, limits::kVocab);
+  if (st) st = get_int(a, "--seq-length", t.seq, limits::kSeq);
+  m.seq_len = t.seq;  // arguments.py: max_position_embeddings defaults to seq_length
+  if (st) st = get_int(a, "--max-position-embeddings", m.seq_len, limits::kSeq);
+  if (st) st = get_number(a, "--norm-epsilon", m.norm_eps);
+  if (st) st = get_number(a, "--rotary-base", m.rope_theta);
+  if (!st) return st;
+  double hidden_drop = 0.1, attn_drop = 0.1;  // arguments.py defaults
+  if (st = get_number(a, "--hidden-dropout", hidden_drop); st) st = get_number(a, "--attention-dropout", attn_drop);
+  m.dropout = hidden_drop > 0 || attn_drop > 0;
+  if (a.has("--kv-channels") && m.heads > 0 && a.values["--kv-channels"] != std::to_string(m.hidden / m.heads))
+    return make_error(a.where + ": --kv-channels", "loom assumes hidden-size / num-attention-heads = " +
+                                                       std::to_string(m.hidden / m.heads) + " (got " + a.values["--kv-channels"] + ")");
+  return st;
+}
+
+Status read_parallel(MegatronArgs& a, const ModelSpec& m, TrainSpec& t, ParallelConfig& p) {
+  Status st = get_int(a, "--tensor-model-parallel-size", p.tp, limits::kGpus);
+  if (st) st = get_int(a, "--pipeline-model-parallel-size", p.pp, limits::kGpus);
+  if (st) st = get_int(a, "--micro-batch-size", p.micro_batch, limits::kGlobalBatch);
+  if (st && !a.values.count("--global-batch-size")) return make_error(a.where + ": --global-batch-size", "is required");
+  if (st) st = get_int(a, "--global-batch-size", t.global_batch, limits::kGlobalBatch);
+  int64_t per_virtual = 0;
+  if (st) st = get_int(a, "--num-layers-per-virtual-pipeline-stage", per_virtual, limits::kLayers);
+  if (!st) return st;
+  if (per_virtual > 0) {
+    if (m.layers % (p.pp * per_virtual) != 0)
+      return make_error(a.where + ": --num-layers-per-virtual-pipeline-stage", "pp x it must divide --num-layers");
+    p.schedule = Schedule::interleaved, p.vpp = m.layers / (p.pp * per_virtual);
+  }
+  p.sp = a.has("--sequence-parallel");
+  if (a.has("--use-distributed-optimizer")) p.zero = 1;
+  if (a.has("--use-megatron-fsdp")) {
+    const std::string s = get_str(a, "--data-parallel-sharding-strategy", "optim_grads_params");
+    if (s != "optim_grads" && s != "optim_grads_params")
+      return make_error(a.where + ": --data-parallel-sharding-strategy", "must be optim_grads or optim_grads_params (got " + s + ")");
+    p.zero = s == "optim_grads" ? 2 : 3;
+  }
+  const std::string rg = get_str(a, "--recompute-granularity", "");
+  if (rg == "selective") p.recompute = Recompute::selective;
+  else if (rg == "full") p.recompute = Recompute::full;
+  else if (!rg.empty()) return make_error(a.where + ": --recompute-granularity", "must be selective or full (got " + rg + ")");
+  if (p.recompute == Recompute::full &&
+      (get_str(a, "--recompute-method", "uniform") != "uniform" || get_str(a, "--recompute-num-layers", "1") != "1"))
+    return make_error(a.where + ": --recompute-method", "loom prices full recompute of every layer (uniform, 1 layer)");
+  if (a.has("--use-tp-pp-dp-mapping")) p.order = "tp-pp-dp";
+  return ok_status();
+}
+
+void read_train(MegatronArgs& a, TrainSpec& t) {
+  if (a.has("--fp16")) return;  // refused in refuse_unpriced
+  t.dtype = a.has("--bf16") ? Dtype::bf16 : Dtype::fp32;
+  // Gradients are reduced in fp32 unless --grad-reduce-in-bf16 (arguments.py).
+  t.grad_dtype = a.has("--grad-reduce-in-bf16") ? Dtype::bf16 : Dtype::fp32;
+  a.used.insert("--accumulate-allreduce-grads-in-fp32");
+  const std::string backend = get_str(a, "--attention-backend", "auto");
+  t.attention = backend == "unfused" ? Attention::unfused : Attention::fused;
+  t.dp_bucket_bytes = 40'000'000 * dtype_bytes(t.grad_dtype);  // Megatron-LM's default bucket: 40M elements
+}
+
+// Flags that change the parameters, the FLOPs or the parallel layout in ways loom does not price.
+Status refuse_unpriced(MegatronArgs& a) {
+  static const std::vector<std::pair<std::string, std::string>> refused{
+      {"--num-experts", "mixture-of-experts layers are not modelled yet"},
+      {"--moe-ffn-hidden-size", "mixture-of-experts layers are not modelled yet"},
+      {"--expert-model-parallel-size", "expert parallelism is not modelled yet"},
+      {"--context-parallel-size", "context parallelism is not modelled yet"},
+      {"--fp16", "fp16 with loss scaling is not modelled (bf16 or fp32)"},
+      {"--fp8-format", "fp8 GEMMs are not modelled"},
+      {"--qk-layernorm", "q/k layer norms are not modelled"},
+      {"--multi-latent-attention", "multi-latent attention is not modelled"},
+      {"--squared-relu", "loom prices GeLU or SwiGLU MLPs"}};
+  for (const auto& [flag, why] : refused) {
+    if (!a.values.count(flag)) continue;
+    const std::string& v = a.values[flag];
+    if ((flag == "--expert-model-parallel-size" || flag == "--context-parallel-size") && v == "1") {
+      a.used.insert(flag);
+      continue;
+    }
+    return make_error(a.where + ": " + flag, why + (v.empty() ? std::string() : " (got " + v + ")"));
+  }
+  return ok_status();
+}
+
+Expected<Plan> plan_from_megatron(const ImportOptions& o) {
+  auto text = read_text_file(o.path);
+  if (!text) return text.error();
+  auto a = tokenize(*text, o.path);
+  if (!a) return a.error();
+  if (auto st = refuse_unpriced(*a); !st) return st.error();
+  Plan plan;
+  plan.model.name = "megatron:" + o.path;
+  plan.model.source = "imported from " + o.path;
+  if (auto st = read_family(*a, plan.model); !st) return st.error();
+  if (auto st = read_shape(*a, plan.model, plan.train); !st) return st.error();
+  if (auto st = read_parallel(*a, plan.model, plan.train, plan.parallel); !st) return st.error();
+  read_train(*a, plan.train);
+  // Read but priced the same either way: data and checkpoint settings, loom's own vocabulary
+  // padding (to a multiple of tp), and gradient-reduce overlap (loom always overlaps it).
+  for (auto* f : {"--tokenizer-type", "--mock-data", "--padded-vocab-size", "--ckpt-format", "--overlap-grad-reduce"})
+    a->used.insert(f);
+  if (o.cluster.empty()) return make_error("--cluster", "is required");
+  if (!o.gpus) return make_error("--gpus", "is required");
+  auto c = load_cluster(o.cluster, "--cluster");
+  if (!c) return c.error();
+  plan.cluster = *c;
+  if (auto st = size_cluster(plan.cluster, *o.gpus, "--gpus"); !st) return st.error();
+  auto& p = plan.parallel;
+  if (*o.gpus % (p.tp * p.pp) != 0) return make_error("--gpus", "must be a multiple of tp x pp = " + std::to_string(p.tp * p.pp));
+  p.dp = *o.gpus / (p.tp * p.pp);  // Megatron: dp = WORLD_SIZE / (tp x pp)
+  for (const auto& [flag, v] : a->values)
+    if (!a->used.count(flag))
+      fmt::print(stderr, "loom: {}: {}{}: ignored (not a model, parallel or precision setting loom prices)\n", o.path, flag,
+                 v.empty() ? "" : " " + v);
+  auto st = validate_config(plan.model, plan.cluster, plan.train, p, [&](const std::string& f) { return o.path + ": " + f; });
+  if (!st) return st.error();
+  return plan;
+}
+
+int run_import(const ImportOptions& o) {
+  auto plan = plan_from_megatron(o);
+  if (!plan) return fail(plan.error());
+  plan->prediction = CostModel(plan->model, plan->cluster, plan->train).evaluate(plan->parallel);
+  if (!o.out_path.empty()) {
+    auto st = write_text_file_atomic(o.out_path, plan_to_json(*plan).dump(2) + "\n");
+    if (!st) return fail(st.error());
+  }
+  if (o.json) fmt::print("{}\n", estimate_to_json(plan->prediction).dump(2));
+  else fmt::print("{}", full_report(plan->prediction, plan->cluster));
+  return 0;
+}
+
+}  // namespace
+
+void add_import(CLI::App& app, Run& run) {
+  auto o = std::make_shared<ImportOptions>();
+  auto* cmd = app.add_subcommand("import", "an existing launch as a plan.json: `loom import megatron args.txt`");
+  cmd->add_option("engine", o->engine, "the engine the launch is for")->required()->check(CLI::IsMember({"megatron"}));
+  cmd->add_option("file", o->path, "the pretrain_gpt.py argument list or launch script")->required();
+  cmd->add_option("--cluster", o->cluster, "cluster (zoo name or JSON file)")->required();
+  cmd->add_option("--gpus", o->gpus, "GPUs the launch runs on (dp = gpus / (tp x pp))")->required();
+  cmd->add_option("-o,--out", o->out_path, "write the configuration and prediction as a plan.json");
+  cmd->add_flag("--json", o->json, "print the prediction as JSON");
+  cmd->callback([o, &run] { run = [o] { return run_import(*o); }; });
+}
+
+}  // namespace loom::cli
