@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdio>
 #include <iterator>
 
 #include "sim/collectives.hpp"
@@ -368,12 +369,13 @@ Expected<SimResult> simulate(const SimInputs& in, const SimOptions& opt) {
   if (m < 1) return make_error("simulate", "needs at least one micro-batch");
   if (static_cast<int64_t>(in.stages.size()) != p.pp) return make_error("simulate", "needs one input per stage");
   // Checked before anything is allocated: the count grows with micro-batches x chunks x layers.
-  const int64_t m_max = std::max<int64_t>(1, kMaxSimTasks / 64);
-  if (m > m_max || sim_task_count(in) > kMaxSimTasks)
+  if (const double tasks = sim_task_count(in); tasks > static_cast<double>(kMaxSimTasks)) {
+    char about[32];
+    std::snprintf(about, sizeof about, "%.3g", tasks);
     return make_error("simulate", "this step has " + std::to_string(m) + " micro-batches per replica and about " +
-                                      std::to_string(m > m_max ? kMaxSimTasks + 1 : sim_task_count(in)) +
-                                      " tasks, over the limit of " + std::to_string(kMaxSimTasks) +
+                                      about + " tasks, over the limit of " + std::to_string(kMaxSimTasks) +
                                       ": use a larger micro-batch or dp, or a smaller global batch");
+  }
   const auto tables = make_schedule(p.schedule, p.pp, p.vpp, m);
 
   Builder b(p.pp, opt.overlap);
@@ -496,16 +498,16 @@ SimInputs sim_inputs(const CostModel& cm, const ParallelConfig& p, const Estimat
   return in;
 }
 
-int64_t sim_task_count(const SimInputs& in) {
+double sim_task_count(const SimInputs& in) {
   const ParallelConfig& p = in.parallel;
-  int64_t tasks = 0;
+  double tasks = 0;
   for (const StageInputs& st : in.stages) {
     const int64_t chunk_layers = std::max<int64_t>(1, st.layers / p.vpp);
     const int64_t pieces = p.dp > 1 && p.zero >= 3 ? chunk_layers : 1;
     // per slot: compute and tp per piece (+ gather and reduce-scatter under ZeRO-3), a send,
     // recompute, buckets; per step a few.
-    const int64_t per_slot = pieces * 4 + 2 + std::max<int64_t>(1, st.grad_buckets / p.vpp);
-    tasks += 2 * in.micro_batches * p.vpp * per_slot + 8;
+    const double per_slot = static_cast<double>(pieces * 4 + 2 + std::max<int64_t>(1, st.grad_buckets / p.vpp));
+    tasks += 2 * static_cast<double>(in.micro_batches) * static_cast<double>(p.vpp) * per_slot + 8;
   }
   return tasks;
 }

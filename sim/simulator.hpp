@@ -118,7 +118,7 @@ SimInputs sim_inputs(const CostModel& cm, const ParallelConfig& p, const Estimat
 // is refused with a line saying what to change rather than exhausting memory.
 inline constexpr int64_t kMaxSimTasks = 20'000'000;
 // Tasks simulate() would build for these inputs, counted without building them.
-int64_t sim_task_count(const SimInputs& in);
+double sim_task_count(const SimInputs& in);
 
 Expected<SimResult> simulate(const SimInputs& in, const SimOptions& opt);
 Expected<SimResult> simulate(const CostModel& cm, const ParallelConfig& p, const SimOptions& opt);

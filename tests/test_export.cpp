@@ -49,10 +49,11 @@ std::map<std::string, std::string> parse_args(const std::string& text, std::vect
   std::map<std::string, std::string> out;
   std::istringstream in(text);
   std::string line;
-  bool started = text.find("pretrain_gpt.py") == std::string::npos;  // a launch script: after that line
+  // A launch script: the arguments follow the "  pretrain_gpt.py \\" line.
+  bool started = text.find("\n  pretrain_gpt.py \\\n") == std::string::npos;
   while (std::getline(in, line)) {
     if (!started) {
-      started = line.find("pretrain_gpt.py") != std::string::npos;
+      started = line == "  pretrain_gpt.py \\";
       continue;
     }
     if (line.empty() || line[0] == '#') continue;

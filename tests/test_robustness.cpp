@@ -285,16 +285,19 @@ TEST_CASE("plan: a global batch past its bound is refused before the search", "[
   CHECK(r.err.find("loom: --global-batch: tokens per step (global_batch x seq) must be <= 1099511627776") == 0);
 }
 
-// Under a 17 MB address-space limit the search cannot create its first thread: the
-// std::system_error used to reach std::terminate (abort, exit 134); main now prints one line and
+// A simulation of 65,536 micro-batches on 4 stages (about 1.6 million tasks, under the task
+// limit) needs a few hundred MB; under a 100 MB address-space limit its allocation fails. The
+// std::bad_alloc used to reach std::terminate (abort, exit 134); main now prints one line and
 // exits 3. (The loader needs about 13 MB, so the limit leaves main running.)
 TEST_CASE("main: an exception no library caught is one line and exit 3, never an abort", "[robustness][cli]") {
   auto dir = std::filesystem::temp_directory_path() / ("loom_test_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
-  const std::string err = (dir / "internal_err").string();
-  const std::string cmd = "ulimit -v 17000; " + std::string(LOOM_BIN) +
-                          " plan --model gpt2-124m --cluster dgx-a100 --gpus 8 --global-batch 16 --threads 2 "
-                          ">/dev/null 2>" + err;
+  const std::string plan = (dir / "big_plan.json").string(), err = (dir / "internal_err").string();
+  const std::string make = std::string(LOOM_BIN) +
+                           " predict --model gpt2-124m --cluster dgx-a100 --gpus 4 --tp 1 --pp 4 --global-batch 65536"
+                           " --seq 1024 -o " + plan + " >/dev/null 2>&1";
+  REQUIRE(std::system(make.c_str()) == 0);
+  const std::string cmd = "ulimit -v 100000; " + std::string(LOOM_BIN) + " simulate " + plan + " >/dev/null 2>" + err;
   const int status = std::system(("sh -c '" + cmd + "'").c_str());
   const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   const std::string text = slurp(err);

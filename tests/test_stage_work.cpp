@@ -266,3 +266,17 @@ TEST_CASE("stage work: ops add up to the published FLOP counts, buffers to the c
   for (const Buffer& buf : first.buffers) total += buf.bytes;
   CHECK(total == first.memory().peak());
 }
+
+TEST_CASE("simulate: a step with more tasks than the limit is refused before anything is built") {
+  // A global batch of 2^28 sequences used to make `loom simulate` allocate until it died
+  // (bad_alloc, exit 134): 2^26 micro-batches per replica, ~10^9 tasks.
+  Job j = job("gpt2-124m", "dgx-a100", 4, int64_t{1} << 28, 64);
+  ParallelConfig p;
+  p.pp = 4;
+  REQUIRE(valid(j, p));
+  const CostModel cm(j.model, j.cluster, j.train);
+  auto r = simulate(cm, p, SimOptions{});
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message.find("over the limit of 20000000") != std::string::npos);
+  CHECK(r.error().message.find("use a larger micro-batch or dp") != std::string::npos);
+}

@@ -108,6 +108,13 @@ Expected<Job> load_job(const JobOptions& o) {
   std::vector<std::string> ignored;
   auto m = load_model(o.model, "--model", &ignored);
   if (!m) return m.error();
+  // A Hugging Face config's max_position_embeddings is a limit, not a training length.
+  if (!o.seq && m->seq_len_is_limit)
+    return make_error("--seq", "is required for a Hugging Face config (max_position_embeddings " +
+                                   std::to_string(m->seq_len) + " is a limit, not a training length)");
+  if (o.seq && m->sliding_window > 0 && *o.seq > m->sliding_window)
+    return make_error("--seq", "must be <= the model's sliding_window " + std::to_string(m->sliding_window) +
+                                   ": sliding-window attention is not modelled yet (got " + std::to_string(*o.seq) + ")");
   if (!ignored.empty()) {
     std::string list;
     for (auto& k : ignored) list += (list.empty() ? "" : ", ") + k;
@@ -121,16 +128,8 @@ Expected<Job> load_job(const JobOptions& o) {
   if (!st) return st.error();
   if (*o.global_batch < 1) return make_error("--global-batch", "must be >= 1");
   job.train.global_batch = *o.global_batch;
-  // A Hugging Face config's max_position_embeddings is a limit, not a training length.
-  if (!o.seq && job.model.seq_len_is_limit)
-    return make_error("--seq", "is required for a Hugging Face config (max_position_embeddings " +
-                                   std::to_string(job.model.seq_len) + " is a limit, not a training length)");
   job.train.seq = o.seq.value_or(job.model.seq_len);
   if (job.train.seq < 1) return make_error("--seq", "must be >= 1");
-  if (job.model.sliding_window > 0 && job.train.seq > job.model.sliding_window)
-    return make_error("--seq", "must be <= the model's sliding_window " + std::to_string(job.model.sliding_window) +
-                                   ": sliding-window attention is not modelled yet (got " +
-                                   std::to_string(job.train.seq) + ")");
   job.train.dtype = parse_dtype(o.dtype);
   job.train.grad_dtype = parse_dtype(o.grad_dtype);
   job.train.attention = o.attention == "unfused" ? Attention::unfused : Attention::fused;
