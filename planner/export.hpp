@@ -1,7 +1,8 @@
 // `loom export plan.json --to megatron|torchtitan|deepspeed`: a plan as the arguments or
 // config of the engine a user already runs at scale, and the list of what that engine cannot
-// express. Every option name was read in the engine's source at a fixed commit (recorded in
-// ../notes/export_options.md and beside each exporter in export.cpp); none from memory.
+// express. Every option name was read in the engine's source at a fixed commit (Megatron-LM
+// d98e8a64, torchtitan v0.2.2 73a0e697, DeepSpeed edaa7221; recorded beside each exporter in
+// export.cpp); none from memory.
 #pragma once
 #include <string>
 #include <vector>

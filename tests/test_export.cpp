@@ -1,6 +1,6 @@
 // `loom export`: each engine's output field by field, against the option names verified in
-// the engines' sources (../notes/export_options.md: Megatron-LM d98e8a64, torchtitan v0.2.2
-// 73a0e697, DeepSpeed edaa7221).
+// the engines' sources (Megatron-LM d98e8a64, torchtitan v0.2.2 73a0e697, DeepSpeed edaa7221;
+// the commit of each is named beside its exporter in planner/export.cpp).
 #include <catch2/catch.hpp>
 
 #include <nlohmann/json.hpp>
