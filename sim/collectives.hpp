@@ -1,6 +1,5 @@
 // NCCL ring collectives: bytes each rank sends and the time on a group's links.
-// Bus-bandwidth factors from nccl-tests doc/PERFORMANCE.md
-// (NVIDIA/nccl-tests, doc/PERFORMANCE.md, "Bus bandwidth"): all-reduce 2(n-1)/n,
+// Bus-bandwidth factors from NVIDIA/nccl-tests doc/PERFORMANCE.md ("Bus bandwidth"): all-reduce 2(n-1)/n,
 // all-gather and reduce-scatter (n-1)/n of the full buffer S. Time = S * factor / busbw plus
 // one latency per ring step (all-reduce 2(n-1) steps, all-gather/reduce-scatter n-1).
 #pragma once
