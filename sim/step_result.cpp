@@ -179,10 +179,6 @@ namespace {
 constexpr int64_t kMaxBytes = int64_t{1} << 56;
 constexpr int64_t kMaxCount = int64_t{1} << 40;
 constexpr double kMaxFlops = 1e30;
-constexpr double kInf = ObjectReader::kNoMax;
-
-std::string ptr(const std::string& base, const std::string& key) { return base + "/" + key; }
-
 // Member `key` of r's object, which must be an object; an empty object once the error is
 // recorded (callers check r.failed() before reading it).
 const nlohmann::json& member_object(ObjectReader& r, const std::string& key) {
