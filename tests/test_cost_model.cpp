@@ -1,5 +1,5 @@
 // The cost model against published figures (the ZeRO paper's model-state bytes, Korthikanti et
-// al.'s activation table; the data files are read from LOOM_SHARED_DIR) and exact counts.
+// al.'s activation table, quoted in the tests below) and exact counts.
 #include <catch2/catch.hpp>
 
 #include <cmath>

@@ -35,7 +35,7 @@ using namespace loom;
 
 namespace {
 
-const std::string kPublished = std::string(LOOM_SHARED_DIR) + "/data/published/";
+const std::string kPublished = std::string(LOOM_PUBLISHED_DIR) + "/";
 
 ClusterSpec sized(const std::string& name, int64_t gpus) {
   auto c = load_cluster(name, "test");

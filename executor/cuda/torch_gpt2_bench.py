@@ -1,5 +1,5 @@
-# Copy of ../shared/bench/torch_gpt2_bench.py (the project's PyTorch baseline), kept here so that
-# executor/cuda/gpu_test.sh runs on a machine that has only this repository. Keep the two equal.
+# The PyTorch baseline executor/cuda/gpu_test.sh runs in the same job as loom, so that every
+# throughput figure is a ratio from one run on one GPU.
 # Side-by-side anchor: GPT-2 training-step throughput in PyTorch on one GPU.
 # nanoGPT-style model (pre-LN, GELU, tied embeddings, SDPA flash attention), bf16 autocast,
 # fused AdamW, optional torch.compile. Prints one JSON line per configuration.
