@@ -723,7 +723,8 @@ Estimate measured_estimate(const Plan& plan, const std::vector<RankMeasurement>&
   e.parallel = plan.parallel;
   e.train = t;
   e.micro_batches = t.global_batch / (plan.parallel.dp * plan.parallel.micro_batch);
-  e.flops_model = model_flops(plan.model, t.global_batch, t.seq);
+  e.flops_model = model_flops(plan.model, t.global_batch, t.seq, AttentionFlops::causal);
+  e.flops_model_paper = model_flops(plan.model, t.global_batch, t.seq, AttentionFlops::full);
   const RankMeasurement* slowest = &ranks.front();
   int64_t best_peak = -1;
   for (const auto& r : ranks) {
@@ -745,10 +746,8 @@ Estimate measured_estimate(const Plan& plan, const std::vector<RankMeasurement>&
   // step over the step time; MFU against the plan's cluster peak for the training dtype.
   if (e.step_time_s > 0) {
     e.tokens_per_s = static_cast<double>(t.global_batch * t.seq) / e.step_time_s;
-    e.tflops_per_gpu = static_cast<double>(e.flops_model) / e.step_time_s / world / 1e12;
     const auto& gpu = plan.cluster.gpu;
-    const double peak = t.dtype == Dtype::bf16 ? gpu.peak_flops_bf16 : gpu.peak_flops_fp32;
-    e.mfu = peak > 0 ? e.tflops_per_gpu * 1e12 / peak : 0;
+    set_flop_rates(e, t.dtype == Dtype::bf16 ? gpu.peak_flops_bf16 : gpu.peak_flops_fp32);
   }
   e.fits = true;
   e.measurement.device = "cpu";

@@ -432,6 +432,29 @@ SearchResult search(const ModelSpec& m, const ClusterSpec& c, const SearchSpace&
   return r;
 }
 
+Expected<SearchResult> refine_until_settled(SearchResult result, const ModelSpec& m, const ClusterSpec& c,
+                                            size_t min_k, size_t keep, const Rescorer& rescore) {
+  double best_s = 0, ratio = 1;
+  size_t k = 0;
+  for (; k < result.top.size(); ++k) {
+    const double next_s = result.top[k].step_time_s;
+    if (k >= min_k && best_s > 0 && next_s / ratio >= best_s) break;
+    auto e = rescore(plan_of(m, c, result.top[k]));
+    if (!e) return e.error();
+    result.top[k] = *e;
+    const double sim_s = e->simulated_step_time_s > 0 ? e->simulated_step_time_s : e->step_time_s;
+    best_s = best_s > 0 ? std::min(best_s, sim_s) : sim_s;
+    ratio = std::max(ratio, e->step_time_s / sim_s);
+  }
+  result.refined = static_cast<int64_t>(k);
+  result.shortlist_settled = k < result.top.size() || result.feasible <= static_cast<int64_t>(result.top.size());
+  auto key = [](const Estimate& e) { return e.simulated_step_time_s > 0 ? e.simulated_step_time_s : e.step_time_s; };
+  std::stable_sort(result.top.begin(), result.top.begin() + static_cast<std::ptrdiff_t>(k),
+                   [&](const Estimate& a, const Estimate& b) { return key(a) < key(b); });
+  if (result.top.size() > keep) result.top.resize(keep);
+  return result;
+}
+
 Expected<SearchResult> refine_top(SearchResult result, const ModelSpec& m, const ClusterSpec& c, size_t k,
                                   const Rescorer& rescore) {
   k = std::min(k, result.top.size());

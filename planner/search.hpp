@@ -89,6 +89,8 @@ struct SearchResult {
   int64_t feasible = 0;                      // valid and fit memory
   int64_t evaluated = 0;                     // cost-model evaluations actually run
   double search_time_s = 0;
+  int64_t refined = 0;                       // candidates the event simulator re-scored
+  bool shortlist_settled = true;             // refine_until_settled: no unrefined one could win
 };
 
 // Runs the search. `cluster` must be sized and carry the memory headroom to plan with.
@@ -121,5 +123,16 @@ Plan plan_of(const ModelSpec& m, const ClusterSpec& c, const Estimate& e);
 using Rescorer = std::function<Expected<Estimate>(const Plan&)>;
 Expected<SearchResult> refine_top(SearchResult result, const ModelSpec& m, const ClusterSpec& c, size_t k,
                                   const Rescorer& rescore);
+
+// `loom plan` (--refine K, K the least): the shortlist grows until growing it cannot change
+// the winner. Candidates are re-scored in analytical order, at least `min_k` of them; after
+// each, let best be the least simulated step so far and r the largest analytical /
+// simulated ratio seen (how optimistic the simulator has been against the analytical model).
+// The next candidate could only win if its analytical step / r < best; when that fails, so it
+// does for every later one (they are slower analytically), and the shortlist is settled. If
+// result.top runs out first, shortlist_settled is false. The refined ones are re-ranked by
+// the simulated step; result.top is then cut to `keep`.
+Expected<SearchResult> refine_until_settled(SearchResult result, const ModelSpec& m, const ClusterSpec& c,
+                                            size_t min_k, size_t keep, const Rescorer& rescore);
 
 }  // namespace loom

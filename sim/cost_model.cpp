@@ -67,13 +67,48 @@ double parameter_server_s(const ClusterSpec& c, const GroupLinks& dpl, int64_t n
          std::max(W / dpl.busbw_bytes_per_s, nn * W / (k * server_bw));
 }
 
+// The window a pass gives data-parallel collectives to hide in: its compute, and its
+// tensor-parallel collectives too unless those leave the node on the NICs the dp rings use
+// (then the two share the links and add up: the simulator's processor sharing).
+struct DpWindow {
+  double forward_s = 0, backward_s = 0;  // per micro-batch, all chunks
+};
+DpWindow dp_window(const StageWork& w, const GroupLinksSet& links, const StageEstimate& s) {
+  DpWindow win{s.forward_s, s.backward_s + s.recompute_s};
+  if (links.tp.size > 1 && links.tp.nodes_spanned > 1 && links.dp.nodes_spanned > 1) return win;
+  for (const Message& msg : w.messages) {
+    if (msg.group != Group::tp || msg.cadence != Cadence::micro_batch) continue;
+    const double t = static_cast<double>(msg.count) * message_time_s(msg, links.tp);
+    (msg.pass == Pass::forward ? win.forward_s : win.backward_s) += t;
+  }
+  return win;
+}
+
+// ZeRO-3's exposed time per micro-batch, FSDP's order (Zhao et al. 2023, "PyTorch FSDP", Sec.
+// 3.3): layer l+1's gather is issued when layer l starts (one layer of prefetch); in backward
+// layer l's reduce-scatter is issued when it ends and runs beside the next layer. So a forward
+// layer hides a gather in its time f, and a backward layer a gather and the previous layer's
+// reduce-scatter in its time b. The last reduce-scatter of a backward chunk runs on into
+// whatever comes next, a forward chunk in every schedule (1F1B alternates them), whose n
+// layers have n f to carry n gathers and it; a backward chunk carries n gathers and n - 1
+// reduce-scatters in n b. Each chunk shows the larger of its layers' own shortfalls and its
+// total shortfall. Plus the first gather, which nothing hides. L layers in `chunks` chunks.
+double zero3_exposed_s(double g, double rs, double f, double b, double L, double chunks) {
+  auto over = [](double x) { return std::max(0.0, x); };
+  const double n = L / chunks;  // layers per chunk
+  const double fwd = std::max(n * over(g - f), n * (g - f) + rs);
+  const double bwd = std::max((n - 1) * over(g + rs - b) + over(g - b), n * (g - b) + (n - 1) * rs);
+  return chunks * (fwd + bwd) + g;
+}
+
 // Exposed data-parallel time per step. Gradient reduction runs in buckets during the backward
 // that produces them: only the part longer than that backward, and at least the last bucket,
 // shows (ZeRO-2: every micro-batch). ZeRO-1/2 parameter all-gathers follow the optimizer step,
 // exposed. ZeRO-3 gathers are prefetched one layer ahead: each layer shows what its gather
 // (and, in backward, its reduce-scatter) exceeds its compute, plus the first layer's gather.
 // Without overlap every collective shows in full.
-double dp_exposed_s(const StageWork& w, const GroupLinks& dpl, int64_t mb, const StageEstimate& s, bool overlap) {
+double dp_exposed_s(const StageWork& w, const GroupLinks& dpl, int64_t mb, double chunks, const DpWindow& s,
+                    bool overlap) {
   double grad = 0, gather_step = 0, gather_layer = 0, rs_layer = 0, pieces = 1, per_mb_grad = 0;
   for (const Message& msg : w.messages) {
     if (msg.group != Group::dp || msg.ranks > 0 || msg.kind == MessageKind::send) continue;
@@ -91,9 +126,7 @@ double dp_exposed_s(const StageWork& w, const GroupLinks& dpl, int64_t mb, const
   if (gather_layer > 0) {  // ZeRO-3
     const double L = pieces;
     if (!overlap) return m * L * (2 * gather_layer + rs_layer);
-    const double f_layer = s.forward_s / L, b_layer = (s.backward_s + s.recompute_s) / L;
-    return m * (L * (std::max(0.0, gather_layer - f_layer) + std::max(0.0, gather_layer + rs_layer - b_layer)) +
-                gather_layer);
+    return m * zero3_exposed_s(gather_layer, rs_layer, s.forward_s / L, s.backward_s / L, L, chunks);
   }
   if (!overlap) return grad + m * per_mb_grad + gather_step;
   if (per_mb_grad > 0) return m * std::max(per_mb_grad - s.backward_s, per_mb_grad / pieces) + gather_step;
@@ -101,8 +134,9 @@ double dp_exposed_s(const StageWork& w, const GroupLinks& dpl, int64_t mb, const
   return gather_step;
 }
 
-void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p, const GroupLinks& dpl, int64_t mb,
-              int64_t e, StageEstimate& s, bool overlap) {
+void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p, const GroupLinksSet& links,
+              int64_t mb, int64_t e, StageEstimate& s, bool overlap) {
+  const GroupLinks& dpl = links.dp;
   if (p.dp <= 1) return;
   if (p.dp_comm == DpComm::parameter_server) {
     const Message* push = w.find(Group::dp, "dp push");
@@ -110,7 +144,7 @@ void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p,
                                              static_cast<double>(e * w.params));
     return;
   }
-  s.dp_comm_exposed_s = dp_exposed_s(w, dpl, mb, s, overlap);
+  s.dp_comm_exposed_s = dp_exposed_s(w, dpl, mb, static_cast<double>(p.vpp), dp_window(w, links, s), overlap);
 }
 
 }  // namespace
@@ -127,18 +161,37 @@ StageEstimate CostModel::price_stage(const StageWork& w, const ParallelConfig& p
   s.flops = w.flops_per_micro_batch() * mb;
   price_ops(w, op, s);
   price_messages(w, links, mb, s);
-  price_dp(w, cluster_, p, links.dp, mb, dtype_bytes(train_.dtype), s, overlap);
+  price_dp(w, cluster_, p, links, mb, dtype_bytes(train_.dtype), s, overlap);
   s.optimizer_s = op.optimizer(static_cast<double>(w.optimizer_params), w.optimizer_bytes);
   return s;
 }
 
 namespace {
 
+// Exposed pipeline transfers of one step, each taking p2p_s. Without overlap every transfer
+// blocks its sender: (m v + p - 1) forward and backward transfers on the critical path. With
+// overlap (transfers on their own stream, Megatron-LM's overlap_p2p_comm) the fill and the
+// drain still wait for theirs, 2 (p - 1); in the steady state the slowest stage waits for a
+// chunk's input only when it is not already there: when its neighbours are slower than it by
+// less than a transfer, each of its m v chunks waits p2p_s - slack (1F1B's period becomes
+// F + B + p2p_s, the simulator's timeline). Under ZeRO-3 a chunk also waits for its weights:
+// the two waits run at once, so the time a chunk already waits for its gathers counts as slack.
+double pp_exposed_s(const Estimate& est, const ParallelConfig& p, size_t slow, double p2p_s, bool overlap) {
+  if (p.pp <= 1) return 0;
+  const double chunks = static_cast<double>(est.micro_batches * p.vpp);
+  if (!overlap) return (chunks + static_cast<double>(p.pp - 1)) * 2 * p2p_s;
+  double next = 0;  // the slowest of the other stages, per micro-batch
+  for (size_t i = 0; i < est.stages.size(); ++i)
+    if (i != slow) next = std::max(next, est.stages[i].micro_batch_s());
+  double slack = (est.stages[slow].micro_batch_s() - next) / static_cast<double>(p.vpp);
+  if (p.zero >= 3 && p.dp > 1) slack += est.stages[slow].dp_comm_exposed_s / (2 * chunks);
+  return 2 * static_cast<double>(p.pp - 1) * p2p_s + chunks * std::max(0.0, p2p_s - slack);
+}
+
 // Step time (Narayanan et al. 2021, Sec. 2.2): the slowest stage runs m micro-batches; the
 // pipeline fills and drains through the others, (p - 1)/v micro-batch times when the stages
-// are equal (bubble fraction (p-1)/(v m)). Each micro-batch chunk waits for its activations
-// and its gradients on the critical path: (m v + p - 1) forward and backward transfers.
-void step_time(Estimate& est, const ParallelConfig& p, double p2p_s) {
+// are equal (bubble fraction (p-1)/(v m)), and waits for the transfers pp_exposed_s counts.
+void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overlap) {
   size_t slow = 0;
   double sum_mb = 0;
   for (size_t i = 0; i < est.stages.size(); ++i) {
@@ -150,7 +203,7 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s) {
   est.time.compute_s = mb * (ss.forward_s + ss.backward_s + ss.recompute_s);
   est.time.tp_comm_s = mb * ss.tp_comm_s + ss.tp_grad_sync_s;
   est.time.bubble_s = (sum_mb - ss.micro_batch_s()) / v;
-  if (p.pp > 1) est.time.pp_comm_s = static_cast<double>(est.micro_batches * p.vpp + p.pp - 1) * 2 * p2p_s;
+  est.time.pp_comm_s = pp_exposed_s(est, p, slow, p2p_s, overlap);
   for (const auto& s : est.stages) {
     est.time.dp_comm_s = std::max(est.time.dp_comm_s, s.dp_comm_exposed_s);
     est.time.optimizer_s = std::max(est.time.optimizer_s, s.optimizer_s);
@@ -228,14 +281,13 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& links
     est.stages.push_back(price_stage(w, p, links, est.micro_batches, overlap));
     if (const Message* send = w.find(Group::pp, "pp send")) p2p_s = message_time_s(*send, links.pp);
   }
-  step_time(est, p, p2p_s);
-  est.flops_model = model_flops(m, tr.global_batch, tr.seq);
-  est.flops_hardware = hardware_flops(m, tr.global_batch, tr.seq, p.recompute);
+  step_time(est, p, p2p_s, overlap);
+  est.flops_model = model_flops(m, tr.global_batch, tr.seq, AttentionFlops::causal);
+  est.flops_model_paper = model_flops(m, tr.global_batch, tr.seq, AttentionFlops::full);
+  est.flops_hardware = hardware_flops(m, tr.global_batch, tr.seq, p.recompute, AttentionFlops::causal);
   est.tokens_per_s = static_cast<double>(tr.global_batch * tr.seq) / est.step_time_s;
-  est.tflops_per_gpu =
-      static_cast<double>(est.flops_model) / (static_cast<double>(est.gpus) * est.step_time_s) / 1e12;
   const double peak_flops = tr.dtype == Dtype::bf16 ? c.gpu.peak_flops_bf16 : c.gpu.peak_flops_fp32;
-  est.mfu = est.tflops_per_gpu * 1e12 / peak_flops;
+  set_flop_rates(est, peak_flops);
   peak_and_fit(est, c);
   dp_alternatives(est, c, p, links.dp, dtype_bytes(tr.dtype), dtype_bytes(tr.grad_dtype));
   return est;

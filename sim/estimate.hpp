@@ -115,9 +115,14 @@ struct Estimate {
   ParallelConfig parallel;
   TrainSpec train;
   int64_t micro_batches = 0;       // per DP replica per step
+  // Throughput. tflops_per_gpu and mfu count the model FLOPs with causal attention (what the
+  // kernels do, AttentionFlops::causal); the _paper fields count them as Narayanan et al. (2021)
+  // do (full s x s attention), the convention of Megatron-LM's and most papers' figures.
   double step_time_s = 0, tokens_per_s = 0, tflops_per_gpu = 0, mfu = 0;
+  double tflops_per_gpu_paper = 0, mfu_paper = 0;
   double simulated_step_time_s = 0;  // the event simulator's step (loom plan --refine); 0: not run
-  FlopCount flops_model = 0, flops_hardware = 0;
+  FlopCount flops_model = 0, flops_hardware = 0;  // causal attention; hardware adds recompute
+  FlopCount flops_model_paper = 0;                // full attention (Narayanan et al.)
   MemoryBytes memory;              // the stage with the largest peak
   int64_t peak_stage = 0;
   int64_t capacity_bytes = 0;      // GPU memory
@@ -132,5 +137,16 @@ struct Estimate {
   Measurement measurement;         // source measured
   SimulationDetail simulation;     // source simulated
 };
+
+// tflops_per_gpu, mfu and their _paper twins from the step time, the GPU count and the FLOP
+// counts (MFU: model FLOPs per second over the GPU's peak, Chowdhery et al. 2022, "PaLM", app. B).
+inline void set_flop_rates(Estimate& e, double peak_flops_per_gpu) {
+  const double gpu_s = static_cast<double>(e.gpus) * e.step_time_s;
+  if (gpu_s <= 0) return;
+  e.tflops_per_gpu = static_cast<double>(e.flops_model) / gpu_s / 1e12;
+  e.tflops_per_gpu_paper = static_cast<double>(e.flops_model_paper) / gpu_s / 1e12;
+  e.mfu = peak_flops_per_gpu > 0 ? e.tflops_per_gpu * 1e12 / peak_flops_per_gpu : 0;
+  e.mfu_paper = peak_flops_per_gpu > 0 ? e.tflops_per_gpu_paper * 1e12 / peak_flops_per_gpu : 0;
+}
 
 }  // namespace loom

@@ -36,7 +36,7 @@ int64_t total_params(const ModelSpec& m) {
   return m.layers * layer_params(m).total() + embedding_params(m) + final_norm_params(m) + output_params(m);
 }
 
-LayerFlops layer_forward_flops(const ModelSpec& m, int64_t batch, int64_t seq) {
+LayerFlops layer_forward_flops(const ModelSpec& m, int64_t batch, int64_t seq, AttentionFlops conv) {
   const FlopCount t = FlopCount(batch) * seq;  // tokens
   const FlopCount h = m.hidden, kv = m.kv_dim(), f = m.ffn_hidden;
   const FlopCount mlp_matrices = m.family == Family::gpt ? 2 : 3;  // fc1, fc2 | gate, up, down
@@ -44,7 +44,8 @@ LayerFlops layer_forward_flops(const ModelSpec& m, int64_t batch, int64_t seq) {
   out.gemm = 2 * t * h * (h + 2 * kv)  // QKV
              + 2 * t * h * h           // output projection
              + 2 * t * h * f * mlp_matrices;
-  out.attention = 2 * (2 * t * seq * h);  // QK^T and softmax*V, every head
+  out.attention = 2 * (2 * t * seq * h);  // QK^T and softmax*V, every head, the full s x s
+  if (conv == AttentionFlops::causal) out.attention /= 2;  // the half on and below the diagonal
   return out;
 }
 
@@ -52,17 +53,17 @@ FlopCount logits_forward_flops(const ModelSpec& m, int64_t batch, int64_t seq) {
   return 2 * FlopCount(batch) * seq * m.hidden * m.vocab;
 }
 
-FlopCount model_flops(const ModelSpec& m, int64_t global_batch, int64_t seq) {
-  return 3 * (m.layers * layer_forward_flops(m, global_batch, seq).total() +
+FlopCount model_flops(const ModelSpec& m, int64_t global_batch, int64_t seq, AttentionFlops conv) {
+  return 3 * (m.layers * layer_forward_flops(m, global_batch, seq, conv).total() +
               logits_forward_flops(m, global_batch, seq));
 }
 
-FlopCount hardware_flops(const ModelSpec& m, int64_t global_batch, int64_t seq, Recompute r) {
-  const LayerFlops lf = layer_forward_flops(m, global_batch, seq);
+FlopCount hardware_flops(const ModelSpec& m, int64_t global_batch, int64_t seq, Recompute r, AttentionFlops conv) {
+  const LayerFlops lf = layer_forward_flops(m, global_batch, seq, conv);
   FlopCount extra = 0;
   if (r == Recompute::full) extra = m.layers * lf.total();           // one more forward per layer
   if (r == Recompute::selective) extra = m.layers * lf.attention;    // the attention core only
-  return model_flops(m, global_batch, seq) + extra;
+  return model_flops(m, global_batch, seq, conv) + extra;
 }
 
 std::vector<int64_t> divisors(int64_t n) {

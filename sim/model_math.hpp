@@ -33,27 +33,38 @@ int64_t total_params(const ModelSpec& m);
 // embedding; the vocabulary is padded to a multiple of tp).
 inline int64_t vocab_per_rank(int64_t vocab, int64_t tp) { return (vocab + tp - 1) / tp; }
 
+// How the attention core's FLOPs are counted. Causal attention only needs the scores below
+// the diagonal, and the fused kernels loom prices skip the rest (FlashAttention-2, Dao 2023,
+// Sec. 3.1: causal masking skips the blocks above it, about half the work): `causal` counts
+// s^2/2 per head, what the kernels do and what a step time is priced from. `full` counts the
+// whole s x s product, Narayanan et al.'s convention (2021, eq. 3), which Megatron-LM's and
+// most papers' TFLOP/s figures use; it overstates the work by up to 2x at long sequences.
+enum class AttentionFlops { causal, full };
+
 // Forward FLOPs of one layer for `tokens` = b*s tokens of sequence s, whole layer (all tp
 // ranks). Matrix multiplications only (Narayanan et al. 2021, appendix): GEMMs 2*M*N*K;
-// attention scores and attention-times-values 2*b*s^2*h each (full, not causal).
-// GPT: 24 b s h^2 + 4 b s^2 h.
+// attention scores and attention-times-values 2*b*s^2*h each with `full` (half with causal).
+// GPT, full: 24 b s h^2 + 4 b s^2 h.
 struct LayerFlops {
   FlopCount gemm = 0;       // weight GEMMs
   FlopCount attention = 0;  // QK^T and softmax*V
   FlopCount total() const { return gemm + attention; }
 };
-LayerFlops layer_forward_flops(const ModelSpec& m, int64_t batch, int64_t seq);
+LayerFlops layer_forward_flops(const ModelSpec& m, int64_t batch, int64_t seq,
+                               AttentionFlops conv = AttentionFlops::full);
 // Logits GEMM: 2 b s h V.
 FlopCount logits_forward_flops(const ModelSpec& m, int64_t batch, int64_t seq);
 
 // Whole-step FLOPs for a global batch B: model FLOPs (forward + backward = 3x forward) and
-// hardware FLOPs (with the recompute's extra forward work). For GPT these equal
+// hardware FLOPs (with the recompute's extra forward work). With `full` attention, for GPT
 // 72 B s l h^2 (1 + s/(6h) + V/(12 l h)) and, with full recompute,
 // 96 B s l h^2 (1 + s/(6h) + V/(16 l h)) (Narayanan et al. 2021, eqs. 3 and appendix);
 // selective recompute adds the attention core: 72 B s l h^2 (1 + s/(3h) + V/(12 l h))
 // (Korthikanti et al. 2022, eq. 8).
-FlopCount model_flops(const ModelSpec& m, int64_t global_batch, int64_t seq);
-FlopCount hardware_flops(const ModelSpec& m, int64_t global_batch, int64_t seq, Recompute r);
+// The causal counts replace s/(6h) by s/(12h) (and s/(3h) by s/(6h)). MFU and TFLOP/s are
+// reported in both conventions, each labelled: the causal one is what the GPU did.
+FlopCount model_flops(const ModelSpec& m, int64_t global_batch, int64_t seq, AttentionFlops conv);
+FlopCount hardware_flops(const ModelSpec& m, int64_t global_batch, int64_t seq, Recompute r, AttentionFlops conv);
 
 // Every divisor of n (n >= 1; none for n < 1), ascending. n is factored by trial division up
 // to sqrt(n) and the divisors formed from its prime powers, so the work grows with sqrt(n), not

@@ -15,6 +15,8 @@ Estimate simulated_estimate(const Estimate& analytical, const SimResult& sim) {
   e.tokens_per_s = analytical.tokens_per_s * scale;
   e.tflops_per_gpu = analytical.tflops_per_gpu * scale;
   e.mfu = analytical.mfu * scale;
+  e.tflops_per_gpu_paper = analytical.tflops_per_gpu_paper * scale;
+  e.mfu_paper = analytical.mfu_paper * scale;
   SimulationDetail& d = e.simulation;
   d.analytical_step_time_s = analytical.step_time_s;
   d.tasks = sim.task_count;

@@ -10,6 +10,7 @@
 #include <iterator>
 
 #include "sim/collectives.hpp"
+#include "sim/shared_sweep.hpp"
 #include "sim/stage_work.hpp"
 
 namespace loom {
@@ -21,11 +22,6 @@ using trace_names::Stream;
 // The queues a rank's tasks are serialised on. Tensor-parallel collectives run on the compute
 // queue (in-line in Megatron's layers) though the trace draws them on their own track.
 enum Queue { kCompute = 0, kDp = 1, kPp = 2, kGather = 3, kQueues = 4 };
-
-struct EdgeSpec {
-  int32_t from = 0, to = 0;
-  double frac = 1;  // `to` starts no earlier than from.start + frac * from.dur (1: its end)
-};
 
 class Builder {
  public:
@@ -44,7 +40,7 @@ class Builder {
   int32_t last(int64_t stage, Queue q) const { return last_[stage][overlap_ ? q : kCompute]; }
 
   std::vector<SimTask> tasks;
-  std::vector<EdgeSpec> edges;
+  std::vector<SweepEdge> edges;
 
  private:
   std::vector<std::array<int32_t, kQueues>> last_;
@@ -104,38 +100,54 @@ StagePlan stage_plan(const SimInputs& in, int64_t s) {
 // One compute pass of one slot: ZeRO-3 runs layer by layer (FSDP wraps each layer): before
 // each layer its weights are gathered on the gather stream, prefetched one layer ahead (the
 // gather of layer l starts when layer l-1 starts computing), and in backward each layer's
-// gradients are reduce-scattered as soon as that layer is done. The pass's tensor-parallel
-// collectives follow each piece on the compute queue. Returns (first, last) compute task and
+// gradients are reduce-scattered as soon as that layer is done. A backward with recompute
+// rebuilds each piece's activations right before that piece's backward, under the same
+// gather (FSDP's pre-backward hook gathers the layer, then the checkpointed forward reruns
+// inside it; without ZeRO-3 the chunk is one piece). The pass's tensor-parallel collectives
+// follow each piece on the compute queue. Returns the first task, the last compute task and
 // the task its output leaves after.
 struct PassTasks {
   int32_t first = -1, compute = -1, end = -1;
 };
-PassTasks add_pass(Builder& b, const StagePlan& sp, const ParallelConfig& p, int64_t s, const Slot& x, TaskKind k,
-                   double dur, double tp_dur, int32_t& prev_first) {
+struct PassTimes {
+  TaskKind kind = TaskKind::forward;
+  double compute_s = 0, tp_s = 0;                      // per slot (one chunk)
+  double recompute_s = 0, tp_recompute_s = 0;          // backward only
+};
+PassTasks add_pass(Builder& b, const StagePlan& sp, const ParallelConfig& p, int64_t s, const Slot& x,
+                   const PassTimes& pt, int32_t& prev_first) {
   PassTasks out;
   const int64_t pieces = sp.zero3 ? std::max<int64_t>(1, sp.chunk_layers) : 1;
+  const double n = static_cast<double>(pieces);
+  auto compute = [&](TaskKind k, double dur, double tp_dur, int32_t after) {
+    SimTask t = make_task(k, Stream::compute, s, x, dur / n);
+    t.layers = sp.chunk_layers / pieces;
+    const int32_t id = b.add(t, kCompute);
+    b.dep(after, id);
+    if (tp_dur > 0) b.add(make_task(TaskKind::tp, Stream::tp, s, x, tp_dur / n), kCompute);
+    return id;
+  };
   for (int64_t l = 0; l < pieces; ++l) {
     int32_t gather = -1;
-    if (sp.zero3 && k != TaskKind::recompute) {
+    if (sp.zero3) {
       SimTask g = make_task(TaskKind::dp_gather, Stream::dp_gather, s, x,
-                            collective_time_s(Collective::all_gather, sp.chunk_weights / pieces, sp.dpl));
-      g.bytes = static_cast<int64_t>(sp.chunk_weights / pieces);
+                            collective_time_s(Collective::all_gather, sp.chunk_weights / n, sp.dpl));
+      g.bytes = static_cast<int64_t>(sp.chunk_weights / n);
       gather = b.add(g, kGather);
       b.dep(prev_first, gather, 0.0);
     }
-    SimTask t = make_task(k, Stream::compute, s, x, dur / pieces);
-    t.layers = sp.chunk_layers / pieces;
-    out.compute = b.add(t, kCompute);
-    b.dep(gather, out.compute);
-    if (out.first < 0) out.first = out.compute;
-    if (sp.zero3) prev_first = out.compute;
-    out.end = out.compute;
-    if (tp_dur > 0) out.end = b.add(make_task(TaskKind::tp, Stream::tp, s, x, tp_dur / pieces), kCompute);
-    if (sp.zero3 && k == TaskKind::backward) {
+    int32_t piece_first = -1;
+    if (pt.recompute_s > 0) piece_first = compute(TaskKind::recompute, pt.recompute_s, pt.tp_recompute_s, gather);
+    out.compute = compute(pt.kind, pt.compute_s, pt.tp_s, gather);
+    if (piece_first < 0) piece_first = out.compute;
+    if (out.first < 0) out.first = piece_first;
+    if (sp.zero3) prev_first = piece_first;
+    out.end = b.last(s, kCompute);
+    if (sp.zero3 && pt.kind == TaskKind::backward) {
       SimTask r = make_task(TaskKind::dp_grad, Stream::dp, s, x,
-                            collective_time_s(sp.grad_coll, sp.chunk_grad / pieces, sp.dpl));
+                            collective_time_s(sp.grad_coll, sp.chunk_grad / n, sp.dpl));
       r.bucket = static_cast<int32_t>((p.vpp - 1 - x.chunk) * pieces + l);
-      r.bytes = static_cast<int64_t>(sp.chunk_grad / pieces);
+      r.bytes = static_cast<int64_t>(sp.chunk_grad / n);
       b.dep(out.compute, b.add(r, kDp));
     }
   }
@@ -192,13 +204,11 @@ void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, con
     const bool fwd = x.phase == Phase::forward;
     // A recompute runs inside the backward (Megatron recomputes when autograd reaches the
     // layer), so the slot, recompute included, waits for its gradient.
-    int32_t slot_first = -1;
-    if (!fwd && st.recompute_s > 0)
-      slot_first = add_pass(b, sp, p, s, x, TaskKind::recompute, st.recompute_s / sp.v, st.tp_recompute_s / sp.v,
-                            prev_first).first;
-    const PassTasks t = fwd ? add_pass(b, sp, p, s, x, TaskKind::forward, st.forward_s / sp.v, st.tp_forward_s / sp.v, prev_first)
-                            : add_pass(b, sp, p, s, x, TaskKind::backward, st.backward_s / sp.v, st.tp_backward_s / sp.v, prev_first);
-    if (slot_first < 0) slot_first = t.first;
+    const PassTimes pt = fwd ? PassTimes{TaskKind::forward, st.forward_s / sp.v, st.tp_forward_s / sp.v, 0, 0}
+                             : PassTimes{TaskKind::backward, st.backward_s / sp.v, st.tp_backward_s / sp.v,
+                                         st.recompute_s / sp.v, st.tp_recompute_s / sp.v};
+    const PassTasks t = add_pass(b, sp, p, s, x, pt, prev_first);
+    const int32_t slot_first = t.first;
     idx.first[idx.at(s, x.phase, x.chunk, x.micro_batch)] = slot_first;
     const auto [ds, dc] = slot_destination(s, x.chunk, x.phase, p.pp, p.vpp);
     if (ds >= 0) {
@@ -239,68 +249,31 @@ void sweep(const Graph& g, const std::vector<size_t>& order, std::vector<SimTask
   }
 }
 
-// NIC sharing between stages (the method is in simulator.hpp), and between a stage's own
-// gradient reduction and its ZeRO-3 parameter gathers, which run on separate streams and so
-// can overlap: two collectives on the same rings each get half of them. Returns the time added.
-double stretch_shared_nics(const SimInputs& in, std::vector<SimTask>& tasks) {
-  const int64_t pp = in.parallel.pp;
-  if (in.rings_leaving.empty() || in.nic_bytes_per_s <= 0) return 0;
-  const size_t nodes = in.rings_leaving[0].size();
-  std::vector<size_t> shared;  // nodes whose NICs carry dp rings of two or more stages
-  for (size_t n = 0; n < nodes; ++n) {
+// Who shares the NICs (sim/shared_sweep.hpp): every stage's dp rings at the bandwidth they
+// were priced at, its tp collectives where both its tp and dp groups leave the node, and the
+// nodes whose NICs carry dp rings of two or more stages (one pattern per distinct column).
+NicSharing nic_sharing(const SimInputs& in) {
+  NicSharing ns;
+  const size_t pp = in.stages.size();
+  for (size_t s = 0; s < pp; ++s) {
+    ns.solo_bytes_per_s.push_back(in.stages[s].dp_busbw_bytes_per_s);
+    const bool dp_leaves = s < in.rings_leaving.size() &&
+                           std::any_of(in.rings_leaving[s].begin(), in.rings_leaving[s].end(), [](int32_t k) { return k > 0; });
+    ns.tp_shares_nic.push_back(dp_leaves && in.tp_leaves_node ? 1 : 0);
+  }
+  ns.nic_bytes_per_s = in.nic_bytes_per_s;
+  if (in.rings_leaving.empty() || in.nic_bytes_per_s <= 0) return ns;
+  std::vector<std::vector<int32_t>> cols;
+  for (size_t node = 0; node < in.rings_leaving[0].size(); ++node) {
+    std::vector<int32_t> col(pp, 0);
     int users = 0;
-    for (int64_t s = 0; s < pp; ++s) users += in.rings_leaving[s][n] > 0;
-    if (users >= 2) shared.push_back(n);
+    for (size_t s = 0; s < pp; ++s) users += (col[s] = in.rings_leaving[s][node]) > 0;
+    if (users >= 2) cols.push_back(std::move(col));
   }
-  const bool gathers = in.parallel.zero >= 3;
-  if (shared.empty() && !gathers) return 0;
-  struct Boundary {
-    double t;
-    int32_t task;
-    bool start;
-  };
-  std::vector<Boundary> bs;
-  for (size_t i = 0; i < tasks.size(); ++i)
-    if (is_dp(tasks[i].kind) && tasks[i].kind != TaskKind::dp_push_pull && tasks[i].dur_s > 0) {
-      bs.push_back({tasks[i].start_s, static_cast<int32_t>(i), true});
-      bs.push_back({tasks[i].end_s(), static_cast<int32_t>(i), false});
-    }
-  std::sort(bs.begin(), bs.end(), [](const Boundary& a, const Boundary& b) {
-    return a.t != b.t ? a.t < b.t : (a.start != b.start ? !a.start : a.task < b.task);  // ends first
-  });
-  // The dp tasks running on each stage: slot 0 its gradient queue, slot 1 its gather queue.
-  std::vector<std::array<int32_t, 2>> active(pp, {-1, -1});
-  auto slot = [&](int32_t t) { return tasks[t].kind == TaskKind::dp_gather ? 1 : 0; };
-  auto count = [&](int64_t s) { return (active[s][0] >= 0) + (active[s][1] >= 0); };
-  std::vector<double> extra(tasks.size(), 0.0);
-  double prev = 0;
-  for (const Boundary& bd : bs) {
-    const double len = bd.t - prev;
-    if (len > 0) {
-      for (int64_t s = 0; s < pp; ++s) {
-        const int n_s = count(s);
-        if (n_s == 0) continue;
-        const double solo = in.stages[s].dp_busbw_bytes_per_s;
-        double bw = solo / n_s;
-        for (size_t n : shared) {
-          if (in.rings_leaving[s][n] == 0) continue;
-          int64_t load = 0;
-          for (int64_t q = 0; q < pp; ++q) load += count(q) * in.rings_leaving[q][n];
-          bw = std::min(bw, in.nic_bytes_per_s / static_cast<double>(load));
-        }
-        for (int32_t t : active[s])
-          if (t >= 0) extra[t] += len * (solo / bw - 1.0);
-      }
-    }
-    prev = bd.t;
-    active[tasks[bd.task].stage][slot(bd.task)] = bd.start ? bd.task : -1;
-  }
-  double total = 0;
-  for (size_t i = 0; i < tasks.size(); ++i) {
-    tasks[i].dur_s += extra[i];
-    total += extra[i];
-  }
-  return total;
+  std::sort(cols.begin(), cols.end());
+  cols.erase(std::unique(cols.begin(), cols.end()), cols.end());
+  ns.node_patterns = std::move(cols);
+  return ns;
 }
 
 // One stage's breakdown: busy time by kind; idle time of the compute stream is exposed dp
@@ -384,7 +357,7 @@ Expected<SimResult> simulate(const SimInputs& in, const SimOptions& opt) {
   for (size_t i = 0; i < idx.first.size(); ++i) b.dep(idx.recv[i], idx.first[i]);  // receive before use
 
   Graph g(b.tasks.size());
-  for (const EdgeSpec& e : b.edges) boost::add_edge(e.from, e.to, e.frac, g);
+  for (const SweepEdge& e : b.edges) boost::add_edge(e.from, e.to, e.frac, g);
   std::vector<size_t> order;
   order.reserve(b.tasks.size());
   try {
@@ -392,11 +365,15 @@ Expected<SimResult> simulate(const SimInputs& in, const SimOptions& opt) {
   } catch (const boost::not_a_dag&) {
     return make_error("simulate", "the schedule deadlocks (the task graph has a cycle)");
   }
-  sweep(g, order, b.tasks);
   SimResult r;
-  if (opt.contention && p.dp > 1) {
-    r.contention_s = stretch_shared_nics(in, b.tasks);
-    if (r.contention_s > 0) sweep(g, order, b.tasks);
+  const NicSharing sharing = nic_sharing(in);
+  if (opt.contention && p.dp > 1 && (p.zero >= 3 || sharing.any())) {
+    // Durations of sharing tasks depend on what runs beside them: played as events.
+    auto added = sweep_shared(b.tasks, b.edges, sharing);
+    if (!added) return added.error();
+    r.contention_s = *added;
+  } else {
+    sweep(g, order, b.tasks);
   }
 
   for (const SimTask& t : b.tasks) r.step_time_s = std::max(r.step_time_s, t.end_s());
@@ -475,6 +452,7 @@ SimInputs sim_inputs(const CostModel& cm, const ParallelConfig& p, const Estimat
   in.parallel = p;
   in.micro_batches = est.micro_batches;
   in.dp_links = links.dp;
+  in.tp_leaves_node = p.tp > 1 && links.tp.nodes_spanned > 1;
   dp_rings(c, p, in);
   for (const StageEstimate& s : est.stages) {
     const StageWork w = build_stage_work(cm.model(), c, tr, p, s.index);

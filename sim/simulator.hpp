@@ -17,12 +17,12 @@
 // (the plan is symmetric), so one rank per stage (dp 0, tp 0) is simulated and a collective
 // "joins its group" trivially; other ranks are copies of their stage's timeline.
 // NIC sharing. The dp groups of one stage share their nodes' NICs as the topology prices
-// them (Topology::ring restricted to that stage). When dp traffic of several stages whose
-// groups leave the same node overlaps in time, each is stretched by its share: over every
-// interval where a set A of stages is active, a task of stage s runs at
-// min over its nodes n of NIC(n) / sum_{s' in A} rings_{s'}(n) instead of its solo bandwidth;
-// the stretch is measured on the unshared timeline and applied once, then the graph is swept
-// again (a first-order method: exact while the overlaps it measured persist).
+// them (Topology::ring restricted to that stage). Collectives that run at the same time on the
+// same links share them: a stage's gradient reduction and its ZeRO-3 gathers; its tp and dp
+// collectives when both groups leave the node; dp rings of several stages leaving one node,
+// each ring edge getting NIC(n) / (active ring edges leaving n). Where any of these can
+// happen the graph is played as events with processor sharing (sim/shared_sweep.hpp), so a
+// task's duration follows what actually runs beside it; otherwise the topological sweep.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -37,7 +37,7 @@ namespace loom {
 
 struct SimOptions {
   bool overlap = true;      // false: every communication task blocks its rank's compute stream
-  bool contention = true;   // stretch dp traffic of stages sharing a node's NICs (see above)
+  bool contention = true;   // collectives on shared links share their bandwidth (see above)
   bool keep_tasks = true;   // false: step time and breakdown only (the planner's refinement)
 };
 
@@ -90,6 +90,7 @@ struct SimInputs {
   // nic_bytes_per_s, intra_bytes_per_s: bandwidth of a node's NICs together, of a GPU's link.
   std::vector<std::vector<int32_t>> rings_leaving;
   double nic_bytes_per_s = 0, intra_bytes_per_s = 0;
+  bool tp_leaves_node = false;  // tp groups span nodes: their collectives use the NICs dp rings use
 };
 
 struct StageSim {

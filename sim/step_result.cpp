@@ -151,7 +151,12 @@ nlohmann::json estimate_to_json(const Estimate& e) {
             {"tokens_per_s", or_null(e.tokens_per_s)},
             {"tflops_per_gpu", or_null(e.tflops_per_gpu)},
             {"mfu", or_null(e.mfu)},
-            {"flops", {{"model", as_double(e.flops_model)}, {emulated ? "rank" : "hardware", as_double(e.flops_hardware)}}},
+            {"tflops_per_gpu_paper", or_null(e.tflops_per_gpu_paper)},
+            {"mfu_paper", or_null(e.mfu_paper)},
+            {"flops",
+             {{"model", as_double(e.flops_model)},
+              {"model_paper", as_double(e.flops_model_paper)},
+              {emulated ? "rank" : "hardware", as_double(e.flops_hardware)}}},
             {"memory_bytes", memory_json(e.memory)},
             {"peak_stage", e.peak_stage},
             {"capacity_bytes", e.capacity_bytes},
@@ -423,11 +428,15 @@ void read_results(ObjectReader& r, const nlohmann::json& j, Estimate& e) {
   read_nullable(r, j, "tokens_per_s", e.tokens_per_s, emulated, 0, false);
   read_nullable(r, j, "tflops_per_gpu", e.tflops_per_gpu, emulated, 0, false);
   read_nullable(r, j, "mfu", e.mfu, emulated, 0, false);
+  // Files written before the paper-convention fields existed have none: left 0.
+  if (j.contains("tflops_per_gpu_paper")) read_nullable(r, j, "tflops_per_gpu_paper", e.tflops_per_gpu_paper, emulated, 0, false);
+  if (j.contains("mfu_paper")) read_nullable(r, j, "mfu_paper", e.mfu_paper, emulated, 0, false);
   {
     const nlohmann::json& fj = member_object(r, "flops");
     if (r.failed()) return;
     ObjectReader f(r, "flops", fj);
     read_flops(f, "model", e.flops_model);
+    read_flops(f, "model_paper", e.flops_model_paper, /*required=*/false);
     read_flops(f, emulated ? "rank" : "hardware", e.flops_hardware);
     f.reject_unknown_keys();
   }

@@ -45,18 +45,31 @@ TEST_CASE("GPT FLOPs equal Narayanan et al.'s formulas to the FLOP (GPT-3 175B)"
   const FlopCount B = 1536, s = 2048, l = m.layers, h = m.hidden, V = m.vocab;
   // 72 B s l h^2 (1 + s/(6h) + V/(12 l h)) = 72 B s l h^2 + 12 B s^2 l h + 6 B s h V
   const FlopCount model = 72 * B * s * l * h * h + 12 * B * s * s * l * h + 6 * B * s * h * V;
-  CHECK(model_flops(m, 1536, 2048) == model);
+  CHECK(model_flops(m, 1536, 2048, AttentionFlops::full) == model);
   // 96 B s l h^2 (1 + s/(6h) + V/(16 l h)) = 96 B s l h^2 + 16 B s^2 l h + 6 B s h V
   const FlopCount full = 96 * B * s * l * h * h + 16 * B * s * s * l * h + 6 * B * s * h * V;
-  CHECK(hardware_flops(m, 1536, 2048, Recompute::full) == full);
+  CHECK(hardware_flops(m, 1536, 2048, Recompute::full, AttentionFlops::full) == full);
   // Selective recompute reruns the forward of the attention core, QK^T and softmax x V:
   // 4 B s^2 h per layer. (Korthikanti et al.'s eq. 8, 72 B s l h^2 (1 + s/(3h) + ...), adds
   // 12 B s^2 l h, three times that: loom counts the op shapes it recomputes.)
   const FlopCount selective = model + 4 * B * s * s * l * h;
-  CHECK(hardware_flops(m, 1536, 2048, Recompute::selective) == selective);
-  CHECK(hardware_flops(m, 1536, 2048, Recompute::none) == model);
+  CHECK(hardware_flops(m, 1536, 2048, Recompute::selective, AttentionFlops::full) == selective);
+  CHECK(hardware_flops(m, 1536, 2048, Recompute::none, AttentionFlops::full) == model);
   // The figure itself: 3.39e18 FLOPs per step.
   CHECK(static_cast<double>(model) == Approx(3.3860e18).epsilon(1e-4));
+}
+
+TEST_CASE("Causal attention counts half of the s x s work: 6 B s^2 l h instead of 12 B s^2 l h (GPT-3 175B)") {
+  const ModelSpec m = zoo("gpt3-175b");
+  const FlopCount B = 1536, s = 2048, l = m.layers, h = m.hidden, V = m.vocab;
+  const FlopCount causal = 72 * B * s * l * h * h + 6 * B * s * s * l * h + 6 * B * s * h * V;
+  CHECK(model_flops(m, 1536, 2048, AttentionFlops::causal) == causal);
+  CHECK(hardware_flops(m, 1536, 2048, Recompute::selective, AttentionFlops::causal) == causal + 2 * B * s * s * l * h);
+  // At 128k tokens the two conventions differ by more than 40% for Llama 3 8B.
+  const ModelSpec ll = zoo("llama3-8b");
+  const double ratio = static_cast<double>(model_flops(ll, 1, 131072, AttentionFlops::full)) /
+                       static_cast<double>(model_flops(ll, 1, 131072, AttentionFlops::causal));
+  CHECK(ratio > 1.4);
 }
 
 TEST_CASE("GQA and SwiGLU FLOPs come from op shapes (Llama 3 8B)") {

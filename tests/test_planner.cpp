@@ -471,3 +471,19 @@ TEST_CASE("loom plan: nothing fits is an answer, not an error") {
     }
   CHECK(not_fit > 0);
 }
+
+TEST_CASE("the simulator's shortlist grows until no candidate beyond it could win") {
+  // Re-scoring at least 3 or at least 40 of GPT-3 175B's candidates picks the same winner: the
+  // stopping rule (refine_until_settled) only stops once no later candidate could beat it.
+  auto few = run_loom("plan --model gpt3-175b --cluster dgx-a100 --gpus 1024 --global-batch 1536 --refine 3 --json");
+  auto many = run_loom("plan --model gpt3-175b --cluster dgx-a100 --gpus 1024 --global-batch 1536 --refine 40 --json");
+  REQUIRE(few.code == 0);
+  REQUIRE(many.code == 0);
+  const auto a = nlohmann::json::parse(few.out), b = nlohmann::json::parse(many.out);
+  CHECK(a["shortlist_settled"].get<bool>());
+  CHECK(a["refined"].get<int64_t>() >= 3);
+  CHECK(b["refined"].get<int64_t>() >= 40);
+  for (const char* k : {"dp", "tp", "pp", "zero", "micro_batch", "schedule", "vpp", "recompute", "sp", "order"})
+    CHECK(a["best"][k] == b["best"][k]);
+  CHECK(a["best"]["simulated_step_time_s"] == b["best"]["simulated_step_time_s"]);
+}

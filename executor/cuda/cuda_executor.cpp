@@ -209,12 +209,13 @@ Expected<MeasuredReport> run_cuda(const Plan& plan, const CudaOptions& opt) {
   m.micro_batches = micro_batches;
   m.step_time_s = step_s;
   m.tokens_per_s = step_s > 0 ? static_cast<double>(plan.train.global_batch * T) / step_s : 0;
-  m.flops_model = model_flops(spec, plan.train.global_batch, T);
+  m.flops_model = model_flops(spec, plan.train.global_batch, T, AttentionFlops::causal);
+  m.flops_model_paper = model_flops(spec, plan.train.global_batch, T, AttentionFlops::full);
   // full recompute runs every layer's forward twice (the logits once): hardware_flops' full term
   m.flops_hardware = hardware_flops(spec, plan.train.global_batch, T,
-                                    recompute == Recompute::full ? Recompute::full : Recompute::none);
-  m.tflops_per_gpu = step_s > 0 ? static_cast<double>(m.flops_model) / step_s / 1e12 : 0;
-  m.mfu = plan.cluster.gpu.peak_flops_bf16 > 0 ? m.tflops_per_gpu * 1e12 / plan.cluster.gpu.peak_flops_bf16 : 0;
+                                    recompute == Recompute::full ? Recompute::full : Recompute::none,
+                                    AttentionFlops::causal);
+  set_flop_rates(m, plan.cluster.gpu.peak_flops_bf16);
   m.memory = *need;
   // runtime: what the device uses beyond our allocations (CUDA context, cuBLAS, allocator)
   m.memory.runtime = std::max<int64_t>(0, report.device_used_bytes - report.allocated_bytes);

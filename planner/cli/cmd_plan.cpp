@@ -96,6 +96,7 @@ std::string table(const std::vector<Estimate>& top) {
   for (size_t i = 0; i < top.size(); ++i) s += table_row(i + 1, top[i]);
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.simulated_step_time_s > 0; }))
     s += "(rows with a sim s are ranked by it, and their tokens/s, TFLOP/s and MFU are at that time)\n";
+  s += "(TFLOP/s and MFU count causal attention, what the kernels do; the best plan's throughput line gives both counts)\n";
   return s;
 }
 
@@ -130,6 +131,10 @@ std::string summary(const SearchResult& r) {
                               "{} rejected\n",
                               r.considered, r.search_time_s, r.evaluated, r.feasible, r.considered - r.feasible);
   for (const auto& [k, v] : r.rejected) s += fmt::format("  {:<50}{:>12}\n", k, v);
+  if (r.refined > 0)
+    s += fmt::format("the event simulator re-scored the {} best by the cost model; {}\n", r.refined,
+                     r.shortlist_settled ? "no candidate beyond them could win by its step time"
+                                         : "the shortlist ran out before the winner was settled");
   return s;
 }
 
@@ -146,6 +151,8 @@ nlohmann::json result_json(const SearchResult& r) {
           {"rejected", rejected},
           {"feasible", r.feasible},
           {"evaluated", r.evaluated},
+          {"refined", r.refined},
+          {"shortlist_settled", r.shortlist_settled},
           {"search_time_s", r.search_time_s}};
 }
 
@@ -173,13 +180,17 @@ std::function<void(int64_t, int64_t)> progress_bar(bool quiet) {
   };
 }
 
-// The event simulator re-scores the best few: the same cost model, with the pipeline schedule,
-// overlap and NIC sharing played out task by task; refine_top re-ranks them by its step time.
-Expected<SearchResult> refine(SearchResult r, const Job& job, int64_t k) {
-  if (k == 0) return r;
+// The event simulator re-scores a shortlist: the same cost model, with the pipeline schedule,
+// overlap and NIC sharing played out task by task. At least k candidates, and as many more as
+// could still win (refine_until_settled); the shortlist is ranked by the simulated step.
+Expected<SearchResult> refine(SearchResult r, const Job& job, int64_t k, size_t keep) {
+  if (k == 0) {
+    if (r.top.size() > keep) r.top.resize(keep);
+    return r;
+  }
   SimOptions sim;
   sim.keep_tasks = false;
-  return refine_top(std::move(r), job.model, job.cluster, static_cast<size_t>(k),
+  return refine_until_settled(std::move(r), job.model, job.cluster, static_cast<size_t>(k), keep,
                     [&](const Plan& plan) -> Expected<Estimate> {
                       CostModel cm(plan.model, plan.cluster, plan.train);
                       auto s = simulate(cm, plan.parallel, sim);
@@ -204,15 +215,18 @@ Expected<Job> plan_job(const PlanOptions& o) {
   return job;
 }
 
+constexpr size_t kShortlist = 256;
+
 Expected<SearchResult> run_search(const PlanOptions& o, const Job& job) {
   auto space = make_search_space(job.model, job.cluster, job.train, pins_from(o));
   if (!space) return space.error();
   SearchOptions so;
-  so.top_k = static_cast<size_t>(o.top);
+  // The shortlist the simulator may grow into: the ranked candidates kept beyond --top.
+  so.top_k = std::max<size_t>(static_cast<size_t>(o.top), kShortlist);
   so.threads = static_cast<int>(o.threads.value_or(std::max(1u, std::thread::hardware_concurrency())));
   so.prune = !o.exhaustive;
   so.progress = progress_bar(o.job.json);
-  return refine(search(job.model, job.cluster, *space, so), job, o.refine);
+  return refine(search(job.model, job.cluster, *space, so), job, o.refine, static_cast<size_t>(o.top));
 }
 
 void print_result(const Job& job, const SearchResult& r) {
@@ -228,8 +242,10 @@ void print_result(const Job& job, const SearchResult& r) {
   const Estimate& best = r.top[0];
   if (best.simulated_step_time_s > 0) {  // the breakdown is the cost model's; the rank is the simulator's
     const double scale = best.step_time_s / best.simulated_step_time_s;
-    fmt::print("simulated step {:.4f} s (ranked by it): {:.0f} tokens/s  {:.1f} TFLOP/s per GPU  MFU {:.1f}%\n",
-               best.simulated_step_time_s, scale * best.tokens_per_s, scale * best.tflops_per_gpu, 100 * scale * best.mfu);
+    fmt::print("simulated step {:.4f} s (ranked by it): {:.0f} tokens/s  {:.1f} TFLOP/s per GPU  MFU {:.1f}% "
+               "(causal; {:.1f}% as Narayanan et al.)\n",
+               best.simulated_step_time_s, scale * best.tokens_per_s, scale * best.tflops_per_gpu, 100 * scale * best.mfu,
+               100 * scale * best.mfu_paper);
   }
   if (r.top.size() > 1) fmt::print("{}", why_line(r.top[0], r.top[1]));
   fmt::print("\n{}", summary(r));
@@ -263,7 +279,8 @@ void add_plan(CLI::App& app, Run& run) {
   cmd->add_option("--top", o->top, "how many of the best configurations to list (default 10)")
       ->transform(Integer(1, 100000));
   cmd->add_option("--refine", o->refine,
-                  "re-score the best K with the event simulator and re-rank them by its step time (default 3; 0: off)");
+                  "re-score at least the best K with the event simulator, and as many more as could still beat the best "
+                  "simulated step; rank them by it (default 3; 0: off)");
   cmd->add_option("-o,--out", o->out_path, "write the best configuration as a plan.json (`loom predict --plan`); when none fits, nothing is "
                   "written and loom exits 2");
   add_parallel_options(*cmd, o->par, FlagUse::pin);
