@@ -1,8 +1,10 @@
-// NCCL ring collectives: bytes each rank sends and the time on a group's links.
+// NCCL collectives: bytes each rank sends and the time on a group's links.
 // Bus-bandwidth factors from NVIDIA/nccl-tests doc/PERFORMANCE.md ("Bus bandwidth"): all-reduce 2(n-1)/n,
 // all-gather and reduce-scatter (n-1)/n of the full buffer S. Time = S * factor / busbw plus
 // one latency per ring step (all-reduce 2(n-1) steps, all-gather/reduce-scatter n-1).
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "sim/topology.hpp"
@@ -20,12 +22,21 @@ inline int64_t collective_send_bytes(Collective c, int64_t bytes, int64_t n) {
   return (c == Collective::all_reduce ? 2 : 1) * (n - 1) * chunk;
 }
 
+// An all-reduce whose group spans nodes may also run on NCCL's double binary tree (Sanders et
+// al. 2009; NCCL 2.4, "Massively Scale Your Deep Learning Training with NCCL 2.4", NVIDIA blog
+// 2019): a reduce up and a broadcast down, pipelined in chunks, at about the ring's bus
+// bandwidth but with 2 ceil(log2 n) steps of latency instead of 2 (n - 1). NCCL picks the
+// algorithm its tuning model predicts fastest for the size (src/graph/tuning.cc), so the time
+// is the lesser of the two. All-gather and reduce-scatter run on the ring.
 inline double collective_time_s(Collective c, double bytes, const GroupLinks& g) {
   const int64_t n = g.size;
   if (n <= 1 || bytes <= 0) return 0;
   const double steps = (c == Collective::all_reduce ? 2.0 : 1.0) * static_cast<double>(n - 1);
   const double factor = steps / static_cast<double>(n);
-  return bytes * factor / g.busbw_bytes_per_s + steps * g.latency_s;
+  const double ring_s = bytes * factor / g.busbw_bytes_per_s + steps * g.latency_s;
+  if (c != Collective::all_reduce || g.nodes_spanned <= 1) return ring_s;
+  const double tree_steps = 2.0 * std::ceil(std::log2(static_cast<double>(n)));
+  return std::min(ring_s, bytes * factor / g.busbw_bytes_per_s + tree_steps * g.latency_s);
 }
 
 // Point-to-point send of `bytes` between neighbouring pipeline stages.

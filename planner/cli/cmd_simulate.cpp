@@ -42,7 +42,8 @@ std::string table(const SimResult& r, double wall_s) {
   row("step", r.time, "");
   s += "(seconds; communication columns are exposed time; in flight: peak micro-batch chunks held)\n";
   s += fmt::format("{} tasks, {} edges, simulated in {:.1f} ms", r.task_count, r.edge_count, wall_s * 1e3);
-  if (r.contention_s > 0) s += fmt::format("; NIC sharing added {:.4f} s of dp time", r.contention_s);
+  if (r.contention_s > 0)
+    s += fmt::format("; link sharing stretched collectives by {:.4f} s, summed over tasks", r.contention_s);
   return s + "\n";
 }
 
