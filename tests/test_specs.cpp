@@ -40,6 +40,22 @@ TEST_CASE("every number in a cluster file says where it comes from") {
   }
 }
 
+TEST_CASE("H200 clusters: the H100's processor with 143771 MiB at 4.8 TB/s, one GPU or an 8-GPU HGX node") {
+  auto one = load_cluster("h200-sxm", "test");
+  auto node = load_cluster("hgx-h200", "test");
+  auto h100 = load_cluster("dgx-h100", "test");
+  REQUIRE(one.ok());
+  REQUIRE(node.ok());
+  REQUIRE(h100.ok());
+  CHECK(one->gpu.memory_bytes == 143771LL * 1048576);
+  CHECK(one->gpu.hbm_bytes_per_s == 4.8e12);
+  CHECK(one->gpu.peak_flops_bf16 == h100->gpu.peak_flops_bf16);
+  CHECK(one->gpus_per_node == 1);
+  CHECK(node->gpus_per_node == 8);
+  CHECK(node->intra_node.busbw_bytes_per_s == h100->intra_node.busbw_bytes_per_s);
+  CHECK(node->inter_node.busbw_bytes_per_s == h100->inter_node.busbw_bytes_per_s);
+}
+
 TEST_CASE("cluster sizing: --gpus sets nodes; too many GPUs or partial nodes are refused") {
   auto c = load_cluster("dgx-h100", "test");
   REQUIRE(c.ok());
@@ -66,7 +82,7 @@ TEST_CASE("train and parallel specs: strict, with the JSON pointer of the broken
   CHECK(parallel_from_json(pj, "p.json").ok());
   pj["schedule"] = "zigzag";
   CHECK(parallel_from_json(pj, "p.json").error().message ==
-        "p.json: /schedule: must be one of gpipe, 1f1b, interleaved (got \"zigzag\")");
+        "p.json: /schedule: must be one of gpipe, 1f1b, interleaved, zb-h1 (got \"zigzag\")");
   pj = to_json(p);
   pj["extra"] = 1;
   CHECK(parallel_from_json(pj, "p.json").error().message == "p.json: /extra: unknown field");

@@ -13,7 +13,7 @@ namespace loom::cli {
 
 void add_job_options(CLI::App& cmd, JobOptions& o) {
   cmd.add_option("--model", o.model, "zoo name (gpt3-175b, llama3-8b, ...) or path to a model or HF config.json");
-  cmd.add_option("--cluster", o.cluster, "zoo name (dgx-a100, dgx-h100, h100-sxm) or path");
+  cmd.add_option("--cluster", o.cluster, "zoo name (dgx-a100, dgx-h100, hgx-h200, h100-sxm, h200-sxm) or path");
   cmd.add_option("--gpus", o.gpus, "GPUs in use (nodes = N / GPUs per node)")->transform(Integer(1, limits::kGpus));
   cmd.add_option("--global-batch", o.global_batch, "sequences per optimizer step")
       ->transform(Integer(1, limits::kGlobalBatch));
