@@ -211,6 +211,13 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overla
   est.step_time_s = est.time.total_s();
 }
 
+// Which numbers priced the compute (OpTimer::of: the profile serves bf16 plans only).
+std::string priced_by(const ClusterSpec& c, const TrainSpec& t) {
+  if (c.calibration && t.dtype == Dtype::bf16)
+    return "measured profile " + c.calibration->name + " (loom calibrate on " + c.calibration->device + ")";
+  return "documented efficiency defaults of " + c.name + " (not measured)";
+}
+
 // Peak: the stage with the largest peak; comm: the largest per field.
 void peak_and_fit(Estimate& est, const ClusterSpec& c) {
   for (const auto& s : est.stages) {
@@ -282,6 +289,7 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& links
     if (const Message* send = w.find(Group::pp, "pp send")) p2p_s = message_time_s(*send, links.pp);
   }
   step_time(est, p, p2p_s, overlap);
+  est.priced_by = priced_by(c, tr);
   est.flops_model = model_flops(m, tr.global_batch, tr.seq, AttentionFlops::causal);
   est.flops_model_paper = model_flops(m, tr.global_batch, tr.seq, AttentionFlops::full);
   est.flops_hardware = hardware_flops(m, tr.global_batch, tr.seq, p.recompute, AttentionFlops::causal);

@@ -123,6 +123,9 @@ struct Estimate {
   double simulated_step_time_s = 0;  // the event simulator's step (loom plan --refine); 0: not run
   FlopCount flops_model = 0, flops_hardware = 0;  // causal attention; hardware adds recompute
   FlopCount flops_model_paper = 0;                // full attention (Narayanan et al.)
+  // What priced the compute: a measured profile (`loom calibrate`) or the cluster file's
+  // documented efficiency defaults, and whether it was measured.
+  std::string priced_by;
   MemoryBytes memory;              // the stage with the largest peak
   int64_t peak_stage = 0;
   int64_t capacity_bytes = 0;      // GPU memory

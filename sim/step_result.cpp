@@ -170,6 +170,7 @@ nlohmann::json estimate_to_json(const Estimate& e) {
             {"stages", stages},
             {"fits", e.fits},
             {"reason", e.reason}});
+  if (!e.priced_by.empty()) j["priced_by"] = e.priced_by;
   if (measured) measurement_into(j, e.measurement);
   if (e.source == StepSource::simulated) simulation_into(j, e.simulation);
   return j;
@@ -431,6 +432,7 @@ void read_results(ObjectReader& r, const nlohmann::json& j, Estimate& e) {
   // Files written before the paper-convention fields existed have none: left 0.
   if (j.contains("tflops_per_gpu_paper")) read_nullable(r, j, "tflops_per_gpu_paper", e.tflops_per_gpu_paper, emulated, 0, false);
   if (j.contains("mfu_paper")) read_nullable(r, j, "mfu_paper", e.mfu_paper, emulated, 0, false);
+  r.opt_string("priced_by", e.priced_by);
   {
     const nlohmann::json& fj = member_object(r, "flops");
     if (r.failed()) return;

@@ -70,8 +70,9 @@ std::string full_report(const Estimate& e, const ClusterSpec& c) {
   std::string s = fmt::format("{} ({} params) on {} x {} ({}), global batch {} x {} tokens, {}\n", e.model,
                               e.params, e.gpus, c.name, c.gpu.name, e.train.global_batch, e.train.seq,
                               to_string(e.train.dtype));
-  s += "config  " + describe_config(e) + "\n\n";
-  s += memory_table(e) + "\n" + time_table(e) + "\n" + throughput_line(e);
+  s += "config  " + describe_config(e) + "\n";
+  if (!e.priced_by.empty()) s += "compute priced by " + e.priced_by + "\n";
+  s += "\n" + memory_table(e) + "\n" + time_table(e) + "\n" + throughput_line(e);
   s += fmt::format("flops per step: model {:.4g} (causal attention; {:.4g} with full attention), hardware {:.4g}\n",
                    static_cast<double>(e.flops_model), static_cast<double>(e.flops_model_paper),
                    static_cast<double>(e.flops_hardware));
