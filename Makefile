@@ -13,7 +13,7 @@ SEQ ?=
 
 # Every Debian package the project builds, tests or runs with.
 DEBS := cmake ninja-build g++ clang libclang-rt-14-dev \
-        nlohmann-json3-dev libcli11-dev libfmt-dev libboost-graph-dev catch2 libbenchmark-dev \
+        nlohmann-json3-dev libcli11-dev libfmt-dev libtomlplusplus-dev libboost-graph-dev catch2 libbenchmark-dev \
         libopenmpi-dev openmpi-bin \
         python3 python3-matplotlib python3-nbconvert python3-ipykernel jupyter-nbconvert
 

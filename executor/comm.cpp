@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <set>
+#include <utility>
 
 namespace loom::exec {
 
@@ -91,6 +93,26 @@ std::vector<RingChunk> ring_sent_chunks(int64_t n, int g, int index, bool all_ga
     out.push_back({chunk_begin(n, g, c), chunk_end(n, g, c) - chunk_begin(n, g, c)});
   }
   return out;
+}
+
+std::vector<DeviceLink> device_links(const std::vector<Group>& groups, int rank) {
+  std::vector<DeviceLink> links;
+  for (const Group& g : groups) {
+    if (g.size() <= 1) continue;
+    links.push_back({group_name(g.kind), g.kind, false, g.ranks, g.index});
+    if (g.kind != GroupKind::pp) continue;
+    const int P = g.size();
+    std::set<std::pair<int, int>> pairs;  // (sender, receiver), ordered: the same on both ends
+    for (int step : {1, -1}) {
+      const int other = g.ranks[static_cast<size_t>(mod(g.index + step, P))];
+      pairs.insert({rank, other});
+      pairs.insert({other, rank});
+    }
+    for (const auto& [a, b] : pairs)
+      links.push_back({"pipeline " + std::to_string(a) + "->" + std::to_string(b), GroupKind::pp, true, {a, b},
+                       a == rank ? 0 : 1});
+  }
+  return links;
 }
 
 namespace {

@@ -104,6 +104,25 @@ struct RingChunk {
 };
 std::vector<RingChunk> ring_sent_chunks(int64_t n, int g, int index, bool all_gather_phase);
 
+// The communicators a device backend (NCCL, executor/cuda/nccl_comm.hpp) builds on one rank:
+// one per group of two or more ranks, and for the pipeline group one per directed link between
+// this stage and each neighbour (i to i+1 and i-1, wrapping around: every pipeline transfer the
+// schedules make, sim/schedule.hpp's slot_destination, is between neighbours). ranks[0] draws
+// the link's bootstrap id and sends it to the others over MPI with bootstrap_tag; every member
+// computes the same link (ranks in the same order), which the bootstrap relies on.
+struct DeviceLink {
+  std::string name;  // "tp", "dp", "pp", "world" or "pipeline 3->5"
+  GroupKind kind = GroupKind::world;
+  bool p2p = false;        // a directed pipeline link: ranks = {sender, receiver}
+  std::vector<int> ranks;  // world ranks in communicator order
+  int index = 0;           // this rank's
+};
+std::vector<DeviceLink> device_links(const std::vector<Group>& groups, int rank);
+// Host tags of the bootstrap messages: apart from the collectives' (10..13), the trace's (900)
+// and the pipeline's (>= 1000); one per group kind, and one for pipeline links (between two
+// ranks the two directions have different senders).
+inline int bootstrap_tag(const DeviceLink& l) { return 800 + (l.p2p ? 4 : static_cast<int>(l.kind)); }
+
 // `loom execute --emulate-rank r`: rank r of a plan larger than the machine, alone. Collectives
 // and point-to-point become local copies of the bytes this rank would send (each chunk copied
 // through a staging buffer, so the memory traffic is the same size), counted exactly as the ring

@@ -3,62 +3,25 @@
 // backward of those units on one micro-batch, calling the fp32 ops of executor/cpu on shards
 // (Megatron: column-parallel q, k, v and fc/gate/up; row-parallel o and proj/down; vocab-parallel
 // embedding and cross-entropy). With SP the residual stream holds N/tp token rows per rank.
+// This is the CPU backend's math; the trainer reaches it through compute.hpp (compute_cpu.cpp).
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "executor/comm.hpp"
+#include "executor/compute.hpp"
 #include "executor/cpu/flop_counter.hpp"
 #include "executor/ledger.hpp"
+#include "executor/units.hpp"
 #include "sim/specs.hpp"
 
 namespace loom::exec {
-
-// A tensor's local shard inside a unit and where it sits in the full cpu::Gpt tensor.
-struct TensorSlice {
-  std::string name;
-  int64_t offset = 0, numel = 0;  // in the unit
-  bool replicated = false;        // the same values on every tp rank
-  bool decay = false;             // AdamW weight decay applies
-  int64_t full_offset = 0, rows = 0, cols = 0;  // full tensor as (rows, cols) in cpu::Gpt
-  int split = -1;                               // 0 rows, 1 columns, -1 replicated
-};
-
-// Offsets inside a unit (-1 where absent).
-struct UnitOffsets {
-  int64_t wte = -1, wpe = -1;
-  int64_t norm1_w = -1, norm1_b = -1, q_w = -1, q_b = -1, k_w = -1, k_b = -1, v_w = -1, v_b = -1;
-  int64_t o_w = -1, o_b = -1, norm2_w = -1, norm2_b = -1, fc_w = -1, fc_b = -1, up_w = -1;
-  int64_t proj_w = -1, proj_b = -1, normf_w = -1, normf_b = -1, head = -1;
-};
-
-enum class UnitKind { embed, layer, out };
-
-struct Unit {
-  UnitKind kind = UnitKind::layer;
-  int64_t layer = -1;  // model layer for kind layer
-  int chunk = 0;       // model chunk on this rank
-  int64_t size = 0;    // elements on this rank (tp shard)
-  int64_t offset = 0;  // in the rank's full parameter and gradient buffers
-  int64_t shard = 0;   // ceil(size / dp): ZeRO shard length
-  int64_t shard_offset = 0;
-  UnitOffsets o;
-  std::vector<TensorSlice> tensors;
-};
-
-struct Dims {  // per micro-batch, per rank
-  int64_t B = 0, T = 0, N = 0, Ns = 0;  // sequences, tokens per sequence, rows, residual rows
-  int64_t C = 0, hd = 0, Hl = 0, Hkvl = 0, Ql = 0, KVl = 0, Fl = 0, V = 0, Vr = 0;
-  bool gpt = true, sp = false;
-  double eps = 1e-5, rope_theta = 10000;
-};
 
 // What one layer keeps for backward. `x` (the layer input) is held by the caller.
 struct LayerStash {
   Buf ln1, mean1, rstd1, q, k, v, att, atty, res2, ln2, mean2, rstd2, fch, up, fch_act;
 };
-enum class StashKind { full, no_attention_core };
 LayerStash make_layer_stash(Ledger& l, const Dims& d, StashKind kind);
 
 struct HeadStash {  // last model chunk: final norm input and stats, gathered output, probabilities

@@ -1,8 +1,9 @@
-// The CPU reference executor: trains a plan's model on CPU ranks under MPI with exactly the
-// plan's parallelism (DP with bucketed all-reduce, ZeRO-1/2/3, Megatron TP and SP, PP with the
-// shared schedule tables, recompute none/selective/full), in fp32, and measures what it did in
-// the cost model's vocabulary: bytes by category from its own allocator (ledger.hpp), GEMM FLOPs
-// (cpu::FlopCounter) and bytes sent per collective per group (comm.hpp).
+// The executor: trains a plan's model on ranks under MPI with exactly the plan's parallelism (DP
+// with bucketed all-reduce, ZeRO-1/2/3, Megatron TP and SP, PP with the shared schedule tables,
+// recompute none/selective/full) on a compute backend (compute.hpp: the fp32 CPU reference, or a
+// GPU backend), and measures what it did in the cost model's vocabulary: bytes by category from
+// its own allocator (ledger.hpp), GEMM FLOPs (cpu::FlopCounter) and bytes sent per collective
+// per group (comm.hpp).
 #pragma once
 #include <nlohmann/json.hpp>
 
@@ -11,6 +12,7 @@
 
 #include "executor/checkpoint.hpp"
 #include "executor/comm.hpp"
+#include "executor/compute.hpp"
 #include "sim/expected.hpp"
 #include "sim/plan.hpp"
 
@@ -52,5 +54,12 @@ Status check_cpu_plan(const Plan& plan);
 // (if given) says how the job should end.
 Expected<nlohmann::json> execute_cpu(const Plan& plan, Comm& comm, const ExecOptions& options,
                                      Ending* ending = nullptr);
+// The same on the compute backend `compute` builds for each rank (the plan's limits for that
+// backend are the caller's to check first). `comm` carries the training traffic on the backend's
+// buffers; `host`, when given, the host-memory traffic (loss and norm sums, report, trace,
+// weights, checkpoint agreement) for a comm that moves device buffers only (NCCL).
+Expected<nlohmann::json> execute_plan(const Plan& plan, Comm& comm, const ExecOptions& options,
+                                      const ComputeFactory& compute, Ending* ending = nullptr,
+                                      Comm* host = nullptr);
 
 }  // namespace loom::exec

@@ -91,6 +91,8 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
     a.push_back({"--num-layers-per-virtual-pipeline-stage", s(m.layers / (p.pp * p.vpp))});
   if (p.schedule == Schedule::gpipe && p.pp > 1)
     no.push_back("schedule gpipe: Megatron-LM has only 1F1B and interleaved 1F1B; emitted as 1F1B");
+  if (p.schedule == Schedule::zb_h1 && p.pp > 1)
+    no.push_back("schedule zb-h1: Megatron-LM has no zero-bubble schedule; emitted as 1F1B (same memory, 1F1B's bubble)");
   if (p.sp) a.push_back({"--sequence-parallel", ""});
   a.push_back({"--micro-batch-size", s(p.micro_batch)});
   a.push_back({"--global-batch-size", s(t.global_batch)});
@@ -179,6 +181,11 @@ void tt_parallelism(const ModelSpec& m, const TrainSpec& t, const ParallelConfig
   if (p.pp > 1) {
     const char* sched = p.schedule == Schedule::gpipe ? "GPipe" : p.schedule == Schedule::interleaved ? "Interleaved1F1B" : "1F1B";
     o += std::string("pipeline_parallel_schedule = ") + q(sched) + "\n";
+    // torch.distributed.pipelining's zero-bubble schedules (InterleavedZeroBubble, ZBVZeroBubble)
+    // are multi-stage: torchtitan requires >= 2 stages per rank for them, and ZB-H1 has one.
+    if (p.schedule == Schedule::zb_h1)
+      no.push_back("schedule zb-h1: torchtitan's zero-bubble schedules (InterleavedZeroBubble, ZBVZeroBubble) need "
+                   ">= 2 stages per rank; emitted as 1F1B (same memory, 1F1B's bubble)");
     o += "pipeline_parallel_microbatch_size = " + s(p.micro_batch) + "\n";
     // Exactly vpp stages per rank: equal stages of L / (pp vpp) layers, none made smaller.
     o += "pipeline_parallel_layers_per_stage = " + s(m.layers / (p.pp * p.vpp)) + "\n";
@@ -258,7 +265,14 @@ ExportResult deepspeed(const Plan& plan) {
     no.push_back("zero " + s(zero) + " with pp > 1: DeepSpeed's pipeline engine rejects ZeRO-2/3; emitted stage 1");
     zero = 1;
   }
-  j["zero_optimization"] = {{"stage", zero}};
+  nlohmann::ordered_json zero_j = {{"stage", zero}};
+  // Gradient buckets (engine.py): ZeRO 1-3 reduce in buckets of reduce_bucket_size elements;
+  // without ZeRO DeepSpeed reduces in fixed buckets of 5e8 (MEMORY_OPT_ALLREDUCE_SIZE).
+  const int64_t bucket_elems = t.dp_bucket_bytes / dtype_bytes(t.grad_dtype);
+  if (zero >= 1) zero_j["reduce_bucket_size"] = bucket_elems;
+  else if (p.dp > 1 && bucket_elems != 500'000'000)
+    no.push_back("dp bucket " + s(bucket_elems) + " elements: DeepSpeed without ZeRO reduces in fixed buckets of 500000000");
+  j["zero_optimization"] = zero_j;
   if (p.pp > 1) {
     j["pipeline"] = {{"activation_checkpoint_interval", p.recompute == Recompute::full ? 1 : 0}};
     no.push_back("pp " + s(p.pp) + ": not in the JSON; build PipelineModule(layers, num_stages=" + s(p.pp) +

@@ -70,11 +70,12 @@ SplitSpace split_space(const ModelSpec& m, const TrainSpec& t, const SearchPins&
   for (bool on : {false, true})
     if ((!on || tp > 1) && (!pins.sp || *pins.sp == on)) sp.sp.push_back(on);
   // With one stage there is no pipeline: gpipe and 1f1b would differ only in holding every
-  // micro-batch's activations, so only 1f1b is tried unless gpipe is pinned.
+  // micro-batch's activations (zb-h1 in nothing), so only 1f1b is tried unless one is pinned.
   auto allowed = [&](Schedule x) { return !pins.schedule || *pins.schedule == x; };
   const bool vpp_one = !pins.vpp || *pins.vpp == 1;
   if (vpp_one && allowed(Schedule::one_f_one_b)) sp.schedules.push_back({Schedule::one_f_one_b, 1});
   if (vpp_one && allowed(Schedule::gpipe) && (pp > 1 || pins.schedule)) sp.schedules.push_back({Schedule::gpipe, 1});
+  if (vpp_one && allowed(Schedule::zb_h1) && (pp > 1 || pins.schedule)) sp.schedules.push_back({Schedule::zb_h1, 1});
   if (pp > 1 && allowed(Schedule::interleaved)) {
     if (pins.vpp && *pins.vpp > 1) sp.schedules.push_back({Schedule::interleaved, *pins.vpp});
     if (!pins.vpp)

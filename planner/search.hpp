@@ -11,8 +11,8 @@
 //   micro_batch    every divisor of the per-replica batch (global batch / dp)
 //   recompute      none, selective, full
 //   sp             off, on (on only with tp > 1)
-//   schedule, vpp  1f1b (gpipe too when pp > 1: with one stage they are the same loop);
-//                  interleaved with every vpp >= 2 for which pp x vpp divides the layers
+//   schedule, vpp  1f1b (gpipe and zb-h1 too when pp > 1: with one stage they are the same
+//                  loop); interleaved with every vpp >= 2 for which pp x vpp divides the layers
 //   grad dtype     bf16, fp32
 // The model-dependent rules (tp divides heads, micro-batches a multiple of pp for the
 // interleaved schedule, ...) are validate_config's; a candidate that breaks one is counted

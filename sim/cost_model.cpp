@@ -28,13 +28,18 @@ const GroupLinks& links_of(const GroupLinksSet& l, Group g) {
   return g == Group::tp ? l.tp : g == Group::dp ? l.dp : l.pp;
 }
 
-// Compute time of one micro-batch by pass: every op's calls priced by OpTimer.
+// Compute time of one micro-batch by pass: every op's calls priced by OpTimer. Of the
+// backward, the weight-gradient GEMMs (half of each gemm_bwd) are what zb-h1 splits off as W
+// (Qi et al. 2023, Sec. 2); attention's and memory-bound ops' backward is all input gradient.
 void price_ops(const StageWork& w, const OpTimer& op, StageEstimate& s) {
   for (const Op& o : w.ops) {
-    const double t = static_cast<double>(o.count) * op.op(o);
+    const double calls = static_cast<double>(o.count), t = calls * op.op(o);
     switch (o.pass) {
       case Pass::forward: s.forward_s += t; break;
-      case Pass::backward: s.backward_s += t; break;
+      case Pass::backward:
+        s.backward_s += t;
+        if (o.kind == OpKind::gemm_bwd) s.weight_grad_s += calls * o.scale * op.gemm_wgrad(o.m, o.n, o.k);
+        break;
       case Pass::recompute: s.recompute_s += t; break;
       case Pass::step: break;
     }
@@ -51,6 +56,7 @@ void price_messages(const StageWork& w, const GroupLinksSet& links, int64_t mb, 
       s.comm.tp += sent;
       const double t = static_cast<double>(msg.count) * message_time_s(msg, l);
       (msg.cadence == Cadence::micro_batch ? s.tp_comm_s : s.tp_grad_sync_s) += t;
+      if (msg.cadence == Cadence::micro_batch && msg.pass == Pass::forward) s.tp_forward_s += t;
     }
     if (msg.group == Group::dp) s.comm.dp += sent;
     if (msg.group == Group::pp) s.comm.pp += sent;
@@ -144,7 +150,10 @@ void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p,
                                              static_cast<double>(e * w.params));
     return;
   }
-  s.dp_comm_exposed_s = dp_exposed_s(w, dpl, mb, static_cast<double>(p.vpp), dp_window(w, links, s), overlap);
+  DpWindow win = dp_window(w, links, s);
+  // zb-h1: the gradients come from the W pass, so its buckets fill while W alone runs.
+  if (p.schedule == Schedule::zb_h1 && p.zero < 3) win.backward_s = s.weight_grad_s;
+  s.dp_comm_exposed_s = dp_exposed_s(w, dpl, mb, static_cast<double>(p.vpp), win, overlap);
 }
 
 }  // namespace
@@ -188,9 +197,54 @@ double pp_exposed_s(const Estimate& est, const ParallelConfig& p, size_t slow, d
   return 2 * static_cast<double>(p.pp - 1) * p2p_s + chunks * std::max(0.0, p2p_s - slack);
 }
 
+// One micro-batch of a stage as ZB-H1 splits it: F (forward, its tp collectives), B (the
+// backward's input gradient, with recompute and their tp collectives), W (weight gradients).
+struct SplitPass {
+  double f = 0, b = 0, w = 0;
+};
+SplitPass split_pass(const StageEstimate& x) {
+  return {x.forward_s + x.tp_forward_s,
+          x.backward_s - x.weight_grad_s + x.recompute_s + x.tp_comm_s - x.tp_forward_s, x.weight_grad_s};
+}
+
+// ZB-H1's fill and drain (Qi et al. 2023, "Zero Bubble Pipeline Parallelism", Sec. 3.1): with
+// equal stages (p - 1)(F + B - W), a third of 1F1B's (p - 1)(F + B + W) when F = B = W. With
+// unequal ones the slowest stage s (the last of equals) runs without waiting once started:
+// after the forwards of the stages before it, and, when the stages after it take longer than
+// its warm-up of p - s - 1 forwards, after its first gradient is back. Its last B ends its s + 1
+// deferred W's before its own end; the step ends with the longest tail after that B: those W's,
+// or the B's back to an earlier stage j and j's j + 1 W's, or a later stage's j + 1 W's (whose
+// last B ended before s's began). Exact against the simulator's timeline when the slowest
+// stage is the last and m >= p; otherwise an estimate of the same shape as 1F1B's.
+double zb_h1_bubble_s(const std::vector<StageEstimate>& stages) {
+  const size_t p = stages.size();
+  size_t s = 0;
+  std::vector<SplitPass> t;
+  for (size_t i = 0; i < p; ++i) {
+    t.push_back(split_pass(stages[i]));
+    if (stages[i].micro_batch_s() >= stages[s].micro_batch_s()) s = i;
+  }
+  double before = 0, after = 0;
+  for (size_t i = 0; i < s; ++i) before += t[i].f;
+  for (size_t i = s + 1; i < p; ++i) after += t[i].f + t[i].b;
+  const double start = before + std::max(0.0, after - static_cast<double>(p - s - 1) * t[s].f);
+  double tail = 0, chain = 0;  // chain: the B's from stage j to stage s - 1
+  for (size_t j = s + 1; j-- > 0;) {
+    tail = std::max(tail, chain + static_cast<double>(j + 1) * t[j].w);
+    if (j > 0) chain += t[j - 1].b;
+  }
+  chain = 0;  // now the B's from stage s to stage j - 1, which stage j's last B preceded
+  for (size_t j = s + 1; j < p; ++j) {
+    chain += t[j - 1].b;
+    tail = std::max(tail, static_cast<double>(j + 1) * t[j].w - chain);
+  }
+  return start + tail - static_cast<double>(s + 1) * t[s].w;
+}
+
 // Step time (Narayanan et al. 2021, Sec. 2.2): the slowest stage runs m micro-batches; the
 // pipeline fills and drains through the others, (p - 1)/v micro-batch times when the stages
-// are equal (bubble fraction (p-1)/(v m)), and waits for the transfers pp_exposed_s counts.
+// are equal (bubble fraction (p-1)/(v m); ZB-H1's zb_h1_bubble_s), and waits for the
+// transfers pp_exposed_s counts.
 void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overlap) {
   size_t slow = 0;
   double sum_mb = 0;
@@ -202,7 +256,8 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overla
   const double mb = static_cast<double>(est.micro_batches), v = static_cast<double>(p.vpp);
   est.time.compute_s = mb * (ss.forward_s + ss.backward_s + ss.recompute_s);
   est.time.tp_comm_s = mb * ss.tp_comm_s + ss.tp_grad_sync_s;
-  est.time.bubble_s = (sum_mb - ss.micro_batch_s()) / v;
+  est.time.bubble_s = p.schedule == Schedule::zb_h1 && p.pp > 1 ? zb_h1_bubble_s(est.stages)
+                                                                  : (sum_mb - ss.micro_batch_s()) / v;
   est.time.pp_comm_s = pp_exposed_s(est, p, slow, p2p_s, overlap);
   for (const auto& s : est.stages) {
     est.time.dp_comm_s = std::max(est.time.dp_comm_s, s.dp_comm_exposed_s);
@@ -292,7 +347,9 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& links
   est.priced_by = priced_by(c, tr);
   est.flops_model = model_flops(m, tr.global_batch, tr.seq, AttentionFlops::causal);
   est.flops_model_paper = model_flops(m, tr.global_batch, tr.seq, AttentionFlops::full);
-  est.flops_hardware = hardware_flops(m, tr.global_batch, tr.seq, p.recompute, AttentionFlops::causal);
+  // Hardware FLOPs as the stages' op lists count them (Narayanan et al.'s full attention, the
+  // recomputed forward included): what the CPU reference's FLOP counter measures.
+  est.flops_hardware = hardware_flops(m, tr.global_batch, tr.seq, p.recompute, AttentionFlops::full);
   est.tokens_per_s = static_cast<double>(tr.global_batch * tr.seq) / est.step_time_s;
   const double peak_flops = tr.dtype == Dtype::bf16 ? c.gpu.peak_flops_bf16 : c.gpu.peak_flops_fp32;
   set_flop_rates(est, peak_flops);

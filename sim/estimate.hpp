@@ -52,6 +52,8 @@ struct StageEstimate {
   CommBytes comm;
   // Per micro-batch on this stage (all of its chunks):
   double forward_s = 0, backward_s = 0, recompute_s = 0, tp_comm_s = 0;
+  double weight_grad_s = 0;        // the weight-gradient GEMMs within backward_s (zb-h1's W)
+  double tp_forward_s = 0;         // the forward's part of tp_comm_s
   double tp_grad_sync_s = 0;       // per step: SP's all-reduce of replicated parameters' gradients
   double dp_comm_exposed_s = 0;    // per step
   double optimizer_s = 0;          // per step
@@ -121,7 +123,8 @@ struct Estimate {
   double step_time_s = 0, tokens_per_s = 0, tflops_per_gpu = 0, mfu = 0;
   double tflops_per_gpu_paper = 0, mfu_paper = 0;
   double simulated_step_time_s = 0;  // the event simulator's step (loom plan --refine); 0: not run
-  FlopCount flops_model = 0, flops_hardware = 0;  // causal attention; hardware adds recompute
+  FlopCount flops_model = 0;       // causal attention (what the kernels do)
+  FlopCount flops_hardware = 0;    // full attention and the recomputed forward, as the op lists count
   FlopCount flops_model_paper = 0;                // full attention (Narayanan et al.)
   // What priced the compute: a measured profile (`loom calibrate`) or the cluster file's
   // documented efficiency defaults, and whether it was measured.

@@ -48,6 +48,11 @@ struct OpTimer {
     if (prof) return prof->gemm_s(M, K, N) + prof->gemm_s(N, K, M);
     return 2 * gemm(M, N, K);
   }
+  // The weight-gradient half of gemm_bwd alone: (N, K, M), of the same FLOPs as the forward.
+  double gemm_wgrad(double M, double N, double K) const {
+    if (prof) return prof->gemm_s(N, K, M);
+    return gemm(M, N, K);
+  }
   // Memory-bound kernels: bytes moved at HBM bandwidth x efficiency, plus one launch.
   double memory(double bytes) const {
     if (prof) return prof->memory_s(bytes);

@@ -7,7 +7,8 @@ namespace loom {
 int64_t warmup_slots(Schedule s, int64_t pp, int64_t vpp, int64_t rank, int64_t m) {
   switch (s) {
     case Schedule::gpipe: return m * vpp;
-    case Schedule::one_f_one_b: return std::min(pp - rank - 1, m);
+    case Schedule::one_f_one_b:
+    case Schedule::zb_h1: return std::min(pp - rank - 1, m);
     case Schedule::interleaved: return std::min((pp - rank - 1) * 2 + (vpp - 1) * pp, m * vpp);
   }
   return m * vpp;
@@ -61,25 +62,43 @@ std::vector<Slot> one_f_one_b_rank(Schedule s, int64_t pp, int64_t vpp, int64_t 
   return out;
 }
 
+// ZB-H1 (schedule.hpp): warm-up forwards; `rank` F, B pairs whose W waits; F, B, W triples
+// while forwards remain; B, W pairs; the waiting W's. W's in micro-batch order (a queue).
+std::vector<Slot> zb_h1_rank(int64_t pp, int64_t rank, int64_t m) {
+  std::vector<Slot> out;
+  out.reserve(3 * m);
+  int32_t f = 0, b = 0, w = 0;
+  auto add = [&](int32_t& next, Phase ph) { out.push_back({next++, 0, ph}); };
+  for (int64_t k = 0; k < warmup_slots(Schedule::zb_h1, pp, 1, rank, m); ++k) add(f, Phase::forward);
+  for (int64_t k = 0; k < rank && f < m; ++k) add(f, Phase::forward), add(b, Phase::backward);
+  while (f < m) add(f, Phase::forward), add(b, Phase::backward), add(w, Phase::weight);
+  while (b < m) add(b, Phase::backward), add(w, Phase::weight);
+  while (w < m) add(w, Phase::weight);
+  return out;
+}
+
 }  // namespace
 
 std::vector<std::vector<Slot>> make_schedule(Schedule s, int64_t pp, int64_t vpp, int64_t m) {
   std::vector<std::vector<Slot>> out(pp);
   for (int64_t r = 0; r < pp; ++r)
-    out[r] = s == Schedule::gpipe ? gpipe_rank(vpp, m) : one_f_one_b_rank(s, pp, vpp, r, m);
+    out[r] = s == Schedule::gpipe   ? gpipe_rank(vpp, m)
+             : s == Schedule::zb_h1 ? zb_h1_rank(pp, r, m)
+                                    : one_f_one_b_rank(s, pp, vpp, r, m);
   return out;
 }
 
 int64_t peak_in_flight(const std::vector<Slot>& slots) {
   int64_t now = 0, peak = 0;
   for (const Slot& x : slots) {
-    now += x.phase == Phase::forward ? 1 : -1;
+    now += x.phase == Phase::forward ? 1 : x.phase == Phase::backward ? -1 : 0;
     peak = std::max(peak, now);
   }
   return peak;
 }
 
 StageChunk slot_destination(int64_t s, int64_t c, Phase ph, int64_t pp, int64_t vpp) {
+  if (ph == Phase::weight) return {};
   const int64_t virtual_stage = c * pp + s + (ph == Phase::forward ? 1 : -1);
   if (virtual_stage < 0 || virtual_stage >= pp * vpp) return {};
   return {static_cast<int32_t>(virtual_stage % pp), static_cast<int32_t>(virtual_stage / pp)};
@@ -87,7 +106,9 @@ StageChunk slot_destination(int64_t s, int64_t c, Phase ph, int64_t pp, int64_t 
 
 StageChunk slot_source(int64_t s, int64_t c, Phase ph, int64_t pp, int64_t vpp) {
   // The input of a forward comes from the previous virtual stage's forward, of a backward
-  // from the next one's backward: the destination of the opposite direction.
+  // from the next one's backward: the destination of the opposite direction. A weight slot
+  // reads what its own backward left.
+  if (ph == Phase::weight) return {};
   return slot_destination(s, c, ph == Phase::forward ? Phase::backward : Phase::forward, pp, vpp);
 }
 

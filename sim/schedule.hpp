@@ -9,6 +9,15 @@
 //   interleaved: forward_backward_pipelining_with_interleaving: m*v virtual micro-batches
 //                visited in groups of pp per chunk; warm-up of
 //                min((pp - rank - 1) * 2 + (v - 1) * pp, m * v) forwards, then 1F1B.
+//   zb-h1:       Qi et al. 2023, "Zero Bubble Pipeline Parallelism" (arXiv 2401.10241),
+//                Sec. 3.1, in the order of its reference implementation (sail-sg's
+//                ZeroBubbleH1Pipeline): each backward is split into B (input gradient, sent
+//                on to the previous stage) and W (weight gradient). Rank r runs 1F1B's warm-up
+//                of min(pp - r - 1, m) forwards, then r pairs of F, B whose W waits, then
+//                F, B, W triples, then B, W pairs, then the r waiting W's; W's run in
+//                micro-batch order. So a rank holds 1F1B's min(pp - r, m) forwards awaiting
+//                their B, and the last ranks' deferred W's fill what is 1F1B's cool-down
+//                bubble on the first ones: bubble (pp - 1)(F + B - W), not (pp - 1)(F + B + W).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -17,7 +26,9 @@
 
 namespace loom {
 
-enum class Phase : uint8_t { forward, backward };
+// weight: the weight-gradient half of a split backward (zb-h1 only); its backward slot then
+// computes the input gradient alone.
+enum class Phase : uint8_t { forward, backward, weight };
 
 struct Slot {
   int32_t micro_batch = 0;  // 0 .. m-1
@@ -27,8 +38,9 @@ struct Slot {
 };
 
 // One table per pipeline rank, [rank][k]: every (micro-batch, chunk) appears once as a
-// forward and once as a backward, the forward first. vpp must be 1 unless the schedule is
-// interleaved (gpipe accepts any vpp: every chunk's forwards, then every backward).
+// forward and once as a backward, the forward first (zb-h1: and once as a weight slot, after
+// its backward). vpp must be 1 unless the schedule is interleaved (gpipe accepts any vpp:
+// every chunk's forwards, then every backward).
 std::vector<std::vector<Slot>> make_schedule(Schedule s, int64_t pp, int64_t vpp, int64_t micro_batches);
 
 // Forward slots of the interleaved schedule's virtual micro-batch k (Megatron-LM's
@@ -45,14 +57,16 @@ struct StageChunk {
 };
 // Where the output of slot (stage, chunk, phase) goes: forward to the next stage (after the
 // last stage, chunk c + 1 of stage 0), gradients to the previous one (before stage 0, chunk
-// c - 1 of the last stage); none at the model's ends. The simulator's sends and the
+// c - 1 of the last stage); none at the model's ends, nor for a weight slot (its gradient
+// stays on the rank). The simulator's sends and the
 // executor's pipeline transfers both follow it.
 StageChunk slot_destination(int64_t stage, int64_t chunk, Phase phase, int64_t pp, int64_t vpp);
 // Where the input of slot (stage, chunk, phase) comes from: the slot whose destination it is.
 StageChunk slot_source(int64_t stage, int64_t chunk, Phase phase, int64_t pp, int64_t vpp);
 
 // The most (micro-batch, chunk) activations a rank holds at once when it runs `slots` in
-// order: +1 at each forward, -1 at each backward. Equals in_flight_chunks() of the cost model.
+// order: +1 at each forward, -1 at each backward (a weight slot changes nothing: B frees the
+// activations W does not read). Equals in_flight_chunks() of the cost model.
 int64_t peak_in_flight(const std::vector<Slot>& slots);
 
 }  // namespace loom

@@ -47,14 +47,16 @@ class Builder {
   bool overlap_;
 };
 
-// Task ids of every slot, [stage][phase][chunk * m + micro-batch].
+// Task ids of every slot, [stage][phase][chunk * m + micro-batch] (phases: forward,
+// backward, weight).
 struct SlotIndex {
+  static constexpr int64_t kPhases = 3;
   int64_t m = 0, v = 0;
   std::vector<int32_t> first, recv;  // first task of the slot; the send that feeds it
   SlotIndex(int64_t pp, int64_t vpp, int64_t mb)
-      : m(mb), v(vpp), first(pp * 2 * vpp * mb, -1), recv(pp * 2 * vpp * mb, -1) {}
+      : m(mb), v(vpp), first(pp * kPhases * vpp * mb, -1), recv(pp * kPhases * vpp * mb, -1) {}
   size_t at(int64_t s, Phase ph, int64_t c, int64_t b) const {
-    return static_cast<size_t>(((s * 2 + static_cast<int64_t>(ph)) * v + c) * m + b);
+    return static_cast<size_t>(((s * kPhases + static_cast<int64_t>(ph)) * v + c) * m + b);
   }
 };
 
@@ -104,8 +106,10 @@ StagePlan stage_plan(const SimInputs& in, int64_t s) {
 // rebuilds each piece's activations right before that piece's backward, under the same
 // gather (FSDP's pre-backward hook gathers the layer, then the checkpointed forward reruns
 // inside it; without ZeRO-3 the chunk is one piece). The pass's tensor-parallel collectives
-// follow each piece on the compute queue. Returns the first task, the last compute task and
-// the task its output leaves after.
+// follow each piece on the compute queue. zb-h1 splits the backward: its B pass gathers and
+// computes input gradients, its W pass (weight gradients, which read no weights) gathers
+// nothing and is what each layer's reduce-scatter follows. Returns the first task, the last
+// compute task and the task its output leaves after.
 struct PassTasks {
   int32_t first = -1, compute = -1, end = -1;
 };
@@ -113,6 +117,7 @@ struct PassTimes {
   TaskKind kind = TaskKind::forward;
   double compute_s = 0, tp_s = 0;                      // per slot (one chunk)
   double recompute_s = 0, tp_recompute_s = 0;          // backward only
+  bool makes_grads = false;                            // the pass that yields weight gradients
 };
 PassTasks add_pass(Builder& b, const StagePlan& sp, const ParallelConfig& p, int64_t s, const Slot& x,
                    const PassTimes& pt, int32_t& prev_first) {
@@ -127,9 +132,10 @@ PassTasks add_pass(Builder& b, const StagePlan& sp, const ParallelConfig& p, int
     if (tp_dur > 0) b.add(make_task(TaskKind::tp, Stream::tp, s, x, tp_dur / n), kCompute);
     return id;
   };
+  const bool gathers = sp.zero3 && pt.kind != TaskKind::weight;
   for (int64_t l = 0; l < pieces; ++l) {
     int32_t gather = -1;
-    if (sp.zero3) {
+    if (gathers) {
       SimTask g = make_task(TaskKind::dp_gather, Stream::dp_gather, s, x,
                             collective_time_s(Collective::all_gather, sp.chunk_weights / n, sp.dpl));
       g.bytes = static_cast<int64_t>(sp.chunk_weights / n);
@@ -141,9 +147,9 @@ PassTasks add_pass(Builder& b, const StagePlan& sp, const ParallelConfig& p, int
     out.compute = compute(pt.kind, pt.compute_s, pt.tp_s, gather);
     if (piece_first < 0) piece_first = out.compute;
     if (out.first < 0) out.first = piece_first;
-    if (sp.zero3) prev_first = piece_first;
+    if (gathers) prev_first = piece_first;
     out.end = b.last(s, kCompute);
-    if (sp.zero3 && pt.kind == TaskKind::backward) {
+    if (sp.zero3 && pt.makes_grads) {
       SimTask r = make_task(TaskKind::dp_grad, Stream::dp, s, x,
                             collective_time_s(sp.grad_coll, sp.chunk_grad / n, sp.dpl));
       r.bucket = static_cast<int32_t>((p.vpp - 1 - x.chunk) * pieces + l);
@@ -193,6 +199,20 @@ void add_step_end(Builder& b, const SimInputs& in, const StagePlan& sp, int64_t 
   }
 }
 
+// One slot's pass. A recompute runs inside the backward (Megatron recomputes when autograd
+// reaches the layer), so the slot, recompute included, waits for its gradient. zb-h1 splits
+// the backward's weight-gradient GEMMs off into the weight slot; the backward keeps the rest,
+// its recompute and its tp collectives (all on the input-gradient path).
+PassTimes pass_times(const StageInputs& st, double v, Phase ph, bool split) {
+  switch (ph) {
+    case Phase::forward: return {TaskKind::forward, st.forward_s / v, st.tp_forward_s / v, 0, 0, false};
+    case Phase::weight: return {TaskKind::weight, st.weight_grad_s / v, 0, 0, 0, true};
+    case Phase::backward: break;
+  }
+  const double compute_s = split ? st.backward_s - st.weight_grad_s : st.backward_s;
+  return {TaskKind::backward, compute_s / v, st.tp_backward_s / v, st.recompute_s / v, st.tp_recompute_s / v, !split};
+}
+
 // One stage's tasks in the order of its schedule table.
 void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, const std::vector<Slot>& table) {
   const ParallelConfig& p = in.parallel;
@@ -201,12 +221,7 @@ void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, con
   const int64_t m = in.micro_batches;
   int32_t prev_first = -1;
   for (const Slot& x : table) {
-    const bool fwd = x.phase == Phase::forward;
-    // A recompute runs inside the backward (Megatron recomputes when autograd reaches the
-    // layer), so the slot, recompute included, waits for its gradient.
-    const PassTimes pt = fwd ? PassTimes{TaskKind::forward, st.forward_s / sp.v, st.tp_forward_s / sp.v, 0, 0}
-                             : PassTimes{TaskKind::backward, st.backward_s / sp.v, st.tp_backward_s / sp.v,
-                                         st.recompute_s / sp.v, st.tp_recompute_s / sp.v};
+    const PassTimes pt = pass_times(st, sp.v, x.phase, p.schedule == Schedule::zb_h1);
     const PassTasks t = add_pass(b, sp, p, s, x, pt, prev_first);
     const int32_t slot_first = t.first;
     idx.first[idx.at(s, x.phase, x.chunk, x.micro_batch)] = slot_first;
@@ -219,7 +234,8 @@ void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, con
       b.dep(t.end, id);
       idx.recv[idx.at(ds, x.phase, dc, x.micro_batch)] = id;
     }
-    if (!fwd && sp.ring && !sp.zero3 && (p.zero >= 2 || x.micro_batch == m - 1)) add_buckets(b, sp, p, s, x, t.compute);
+    if (pt.makes_grads && sp.ring && !sp.zero3 && (p.zero >= 2 || x.micro_batch == m - 1))
+      add_buckets(b, sp, p, s, x, t.compute);
     if (!sp.zero3) prev_first = slot_first;
   }
   add_step_end(b, in, sp, s);
@@ -230,8 +246,8 @@ bool is_dp(TaskKind k) {
          k == TaskKind::dp_push_pull;
 }
 bool is_busy(TaskKind k) {
-  return k == TaskKind::forward || k == TaskKind::backward || k == TaskKind::recompute || k == TaskKind::optimizer ||
-         k == TaskKind::tp;
+  return k == TaskKind::forward || k == TaskKind::backward || k == TaskKind::recompute || k == TaskKind::weight ||
+         k == TaskKind::optimizer || k == TaskKind::tp;
 }
 
 using Graph = boost::adjacency_list<boost::vecS, boost::vecS, boost::directedS, boost::no_property, double>;
@@ -305,7 +321,8 @@ StageSim stage_breakdown(int64_t s, const std::vector<SimTask>& tasks, const std
           out.time.compute_s += t.dur_s;
           in_flight -= t.layers;  // and freed
           break;
-        case TaskKind::recompute: out.time.compute_s += t.dur_s; break;
+        case TaskKind::recompute:
+        case TaskKind::weight: out.time.compute_s += t.dur_s; break;
         case TaskKind::tp: out.time.tp_comm_s += t.dur_s; break;
         case TaskKind::optimizer: out.time.optimizer_s += t.dur_s; break;
         default: break;
@@ -460,6 +477,7 @@ SimInputs sim_inputs(const CostModel& cm, const ParallelConfig& p, const Estimat
     si.forward_s = s.forward_s;
     si.backward_s = s.backward_s;
     si.recompute_s = s.recompute_s;
+    si.weight_grad_s = s.weight_grad_s;
     si.optimizer_s = s.optimizer_s;
     if (p.dp_comm == DpComm::parameter_server) si.dp_push_pull_s = s.dp_comm_exposed_s;
     si.layers = s.layers;
@@ -485,7 +503,8 @@ double sim_task_count(const SimInputs& in) {
     // per slot: compute and tp per piece (+ gather and reduce-scatter under ZeRO-3), a send,
     // recompute, buckets; per step a few.
     const double per_slot = static_cast<double>(pieces * 4 + 2 + std::max<int64_t>(1, st.grad_buckets / p.vpp));
-    tasks += 2 * static_cast<double>(in.micro_batches) * static_cast<double>(p.vpp) * per_slot + 8;
+    const double slots = p.schedule == Schedule::zb_h1 ? 3 : 2;  // zb-h1: and a weight slot
+    tasks += slots * static_cast<double>(in.micro_batches) * static_cast<double>(p.vpp) * per_slot + 8;
   }
   return tasks;
 }

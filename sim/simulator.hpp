@@ -1,14 +1,15 @@
 // The event simulator: one training step as a task graph (Boost.Graph), rank by rank.
 //
 // Tasks. Per pipeline rank: compute tasks (forward, backward and recompute of each
-// (micro-batch, chunk) slot of the schedule table, sim/schedule.hpp, then the optimizer) on
+// (micro-batch, chunk) slot of the schedule table, sim/schedule.hpp, and zb-h1's weight
+// slots, whose W the backward leaves out; then the optimizer) on
 // the compute stream; tensor-parallel collectives right after the compute they belong to
 // (Megatron runs them in-line, so the compute stream waits for them); data-parallel gradient
 // buckets, ZeRO parameter gathers (ZeRO-3: one slot ahead, the prefetch) on the dp stream;
 // pipeline sends on the pp stream. Edges: stream order within a rank, a slot's input from
 // the rank that sends it (forward from the previous stage, gradients from the next), a
 // gradient bucket from the backward that produces it (at the fraction of that backward
-// where its bucket fills), the optimizer from the last bucket.
+// where its bucket fills; zb-h1: from the W), the optimizer from the last bucket.
 // Times. Each stage's work (sim/stage_work.hpp) as the cost model prices it: op times per
 // pass split evenly over the stage's chunks, each message on its group's links
 // (collectives.hpp), tensor-parallel ones after the pass they belong to. A topological
@@ -43,6 +44,7 @@ struct SimOptions {
 
 enum class TaskKind : uint8_t {
   forward, backward, recompute, optimizer,  // compute stream
+  weight,                                   // compute stream: zb-h1's W (weight gradients)
   tp,                                       // tensor-parallel collectives of one slot
   dp_grad,                                  // gradient bucket (all-reduce or reduce-scatter)
   dp_gather_params,                         // ZeRO-1/2 parameter all-gather after the optimizer
@@ -68,6 +70,7 @@ struct SimTask {
 // tests: uniform stages can be written by hand).
 struct StageInputs {
   double forward_s = 0, backward_s = 0, recompute_s = 0;   // per micro-batch, all chunks
+  double weight_grad_s = 0;     // of backward_s, the weight-gradient GEMMs (zb-h1 runs them as W)
   double tp_forward_s = 0, tp_backward_s = 0, tp_recompute_s = 0;  // tp collectives, same
   double tp_grad_sync_s = 0;    // per step, before the optimizer: SP's replicated gradients
   double optimizer_s = 0;

@@ -22,7 +22,7 @@ const std::vector<std::string>& recompute_names() {
   return n;
 }
 const std::vector<std::string>& schedule_names() {
-  static const std::vector<std::string> n{"gpipe", "1f1b", "interleaved"};
+  static const std::vector<std::string> n{"gpipe", "1f1b", "interleaved", "zb-h1"};
   return n;
 }
 const std::vector<std::string>& attention_names() {

@@ -122,7 +122,7 @@ struct TrainSpec {
 };
 
 enum class Recompute { none, selective, full };
-enum class Schedule { gpipe, one_f_one_b, interleaved };
+enum class Schedule { gpipe, one_f_one_b, interleaved, zb_h1 };
 enum class DpComm { ring, parameter_server };
 
 struct ParallelConfig {

@@ -411,7 +411,11 @@ ModelStateBytes model_state_bytes(int64_t params, int64_t dp, int zero, Dtype dt
 int64_t in_flight_chunks(Schedule s, int64_t p, int64_t v, int64_t i, int64_t m) {
   switch (s) {
     case Schedule::gpipe: return m * v;
-    case Schedule::one_f_one_b: return std::min(p - i, m) * v;
+    // ZB-H1 keeps 1F1B's forwards awaiting their B (Qi et al. 2023, Sec. 3.1): a W it defers
+    // holds only its layers' GEMM inputs and output gradients, and a rank defers at most as
+    // many W's as it holds fewer forwards than the first rank.
+    case Schedule::one_f_one_b:
+    case Schedule::zb_h1: return std::min(p - i, m) * v;
     case Schedule::interleaved: return std::min((p - i - 1) * 2 + (v - 1) * p + 1, m * v);
   }
   return m * v;

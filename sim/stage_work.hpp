@@ -79,7 +79,7 @@ struct ModelStateBytes {
 ModelStateBytes model_state_bytes(int64_t params, int64_t dp, int zero, Dtype dtype, Dtype grad_dtype);
 
 // Micro-batch chunks whose activations stage `stage` holds at its peak (the schedule's
-// warm-up depth): GPipe m; 1F1B min(p - i, m); interleaved
+// warm-up depth): GPipe m; 1F1B and ZB-H1 min(p - i, m); interleaved
 // min((p - i - 1) * 2 + (v - 1) * p + 1, m * v) (Megatron-core's warm-up count plus one).
 int64_t in_flight_chunks(Schedule s, int64_t pp, int64_t vpp, int64_t stage, int64_t micro_batches);
 

@@ -50,6 +50,7 @@ std::string task_name(const SimTask& t, const ParallelConfig& p, bool receiver) 
     case TaskKind::forward: return tn::forward(t.micro_batch, t.chunk);
     case TaskKind::backward: return tn::backward(t.micro_batch, t.chunk);
     case TaskKind::recompute: return tn::recompute(t.micro_batch, t.chunk);
+    case TaskKind::weight: return tn::weight(t.micro_batch, t.chunk);
     case TaskKind::optimizer: return tn::kOptimizer;
     case TaskKind::tp: return p.sp ? tn::kTpSequenceParallel : tn::kTpAllReduce;
     case TaskKind::dp_grad: return tn::dp_bucket(p.zero == 0 ? "allreduce" : "reduce_scatter", t.bucket);

@@ -6,7 +6,8 @@
 //
 //   process name     "rank 12 (dp 0, pp 1, tp 4)"
 //   threads          "compute" (tid 0), "tp" (1), "dp" (2), "pp" (3)
-//   compute stream   "F mb3 c0", "B mb3 c0", "R mb3 c0" (recompute before that backward), "optimizer"
+//   compute stream   "F mb3 c0", "B mb3 c0", "R mb3 c0" (recompute before that backward), "optimizer",
+//                    "W mb3 c0" (zb-h1's weight gradients, split off the backward)
 //   tp stream        "tp allreduce" (sequence parallel: "tp reduce_scatter+all_gather")
 //   dp stream        "dp allreduce bucket 2", "dp reduce_scatter bucket 2",
 //                    "dp all_gather params" (ZeRO-1/2 after the optimizer),
@@ -47,6 +48,7 @@ inline std::string mb_chunk(int64_t micro_batch, int64_t chunk) {
 inline std::string forward(int64_t micro_batch, int64_t chunk) { return "F " + mb_chunk(micro_batch, chunk); }
 inline std::string backward(int64_t micro_batch, int64_t chunk) { return "B " + mb_chunk(micro_batch, chunk); }
 inline std::string recompute(int64_t micro_batch, int64_t chunk) { return "R " + mb_chunk(micro_batch, chunk); }
+inline std::string weight(int64_t micro_batch, int64_t chunk) { return "W " + mb_chunk(micro_batch, chunk); }
 inline constexpr const char* kOptimizer = "optimizer";
 
 inline constexpr const char* kTpAllReduce = "tp allreduce";

@@ -5,6 +5,7 @@
 
 #include "sim/model_math.hpp"
 #include "sim/rank_grid.hpp"
+#include "sim/spec_json.hpp"
 
 namespace loom {
 
@@ -133,8 +134,7 @@ Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec
   if (p.schedule == Schedule::interleaved && p.vpp < 2)
     return fail("vpp", "the interleaved schedule needs vpp > 1 (got " + s(p.vpp) + ")");
   if (p.schedule != Schedule::interleaved && p.vpp != 1)
-    return fail("vpp", "vpp > 1 needs the interleaved schedule (got schedule " +
-                           std::string(p.schedule == Schedule::gpipe ? "gpipe" : "1f1b") + ")");
+    return fail("vpp", "vpp > 1 needs the interleaved schedule (got schedule " + to_string(p.schedule) + ")");
   if (p.schedule == Schedule::interleaved && p.pp < 2)
     return fail("schedule", "the interleaved schedule needs pp > 1");
   if (m.layers % (p.pp * p.vpp) != 0)

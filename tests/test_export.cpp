@@ -287,7 +287,7 @@ TEST_CASE("deepspeed: the notes' GPT-3 175B example, key by key") {
                                    {"bf16", {{"enabled", true}}},
                                    {"data_types", {{"grad_accum_dtype", "fp32"}}},
                                    {"communication_data_type", "fp32"},
-                                   {"zero_optimization", {{"stage", 1}}},
+                                   {"zero_optimization", {{"stage", 1}, {"reduce_bucket_size", 40000000}}},
                                    {"pipeline", {{"activation_checkpoint_interval", 0}}}};
   CHECK(j == expected);
   CHECK(mentions(r.unexpressible, "PipelineModule(layers, num_stages=16"));
@@ -303,6 +303,7 @@ TEST_CASE("deepspeed: ZeRO-3 with pp falls back to stage 1; AutoTP without pp; b
   ExportResult r = export_plan(make_plan("gpt2-124m", 8, 32, 1024, p, Dtype::bf16), Engine::deepspeed);
   auto j = nlohmann::json::parse(r.text);
   CHECK(j["zero_optimization"]["stage"] == 1);
+  CHECK(j["zero_optimization"]["reduce_bucket_size"] == 80000000);  // 160e6 bytes of bf16 gradients
   CHECK(j["pipeline"]["activation_checkpoint_interval"] == 1);
   CHECK(j["data_types"]["grad_accum_dtype"] == "bf16");
   CHECK(j["communication_data_type"] == "bf16");
@@ -316,6 +317,9 @@ TEST_CASE("deepspeed: ZeRO-3 with pp falls back to stage 1; AutoTP without pp; b
   CHECK(j.count("data_types") == 0);
   CHECK(j["gradient_accumulation_steps"] == 16);
   CHECK(mentions(r.unexpressible, "fp32 gradient accumulation"));
+  // Without ZeRO DeepSpeed's buckets are fixed at 5e8 elements; this plan's are 4e7.
+  CHECK(j["zero_optimization"].count("reduce_bucket_size") == 0);
+  CHECK(mentions(r.unexpressible, "dp bucket 40000000 elements: DeepSpeed without ZeRO reduces in fixed buckets of 500000000"));
 }
 
 TEST_CASE("loom export on the command line: config on stdout, what cannot be expressed on stderr") {

@@ -4,12 +4,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <regex>
 #include <set>
 #include <tuple>
 
+#include "planner/search.hpp"
 #include "run_loom.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/schedule.hpp"
@@ -439,5 +441,185 @@ TEST_CASE("analytical and simulated steps agree within 3% on the ten best of the
                    << " vpp " << row["vpp"] << " analytical " << an << " simulated " << sim);
       CHECK(std::fabs(sim / an - 1) <= 0.03);
     }
+  }
+}
+
+// ---- ZB-H1 (Qi et al. 2023, "Zero Bubble Pipeline Parallelism", arXiv 2401.10241) ----------
+
+namespace {
+
+// Uniform stages with the backward split evenly: F = 1, B = 1 (input gradient), W = 1.
+SimInputs uniform_split(Schedule s, int64_t pp, int64_t m) {
+  SimInputs in = uniform(s, pp, 1, m);
+  for (StageInputs& st : in.stages) st.weight_grad_s = 1;
+  return in;
+}
+
+}  // namespace
+
+TEST_CASE("zb-h1 tables: every (micro-batch, phase) once per rank, F before B before W, 1F1B's warm-up") {
+  for (int64_t p : {1, 2, 3, 4, 8})
+    for (int64_t m : {1, 2, 3, 4, 8, 12, 16}) {
+      const auto t = make_schedule(Schedule::zb_h1, p, 1, m);
+      REQUIRE(static_cast<int64_t>(t.size()) == p);
+      for (int64_t r = 0; r < p; ++r) {
+        INFO("p " << p << " m " << m << " rank " << r);
+        REQUIRE(static_cast<int64_t>(t[r].size()) == 3 * m);
+        std::set<std::pair<int, int>> seen;
+        int32_t next_w = 0;
+        for (const Slot& x : t[r]) {
+          CHECK(x.chunk == 0);
+          CHECK(seen.insert({x.micro_batch, static_cast<int>(x.phase)}).second);
+          if (x.phase != Phase::forward)  // a B after its F, a W after its B
+            CHECK(seen.count({x.micro_batch, static_cast<int>(x.phase) - 1}) == 1);
+          if (x.phase == Phase::weight) CHECK(x.micro_batch == next_w++);  // W's in micro-batch order
+        }
+        int64_t warm = 0;
+        while (t[r][warm].phase == Phase::forward) ++warm;
+        CHECK(warm == std::min(warmup_slots(Schedule::zb_h1, p, 1, r, m) + 1, m));
+        CHECK(warmup_slots(Schedule::zb_h1, p, 1, r, m) == warmup_slots(Schedule::one_f_one_b, p, 1, r, m));
+        CHECK(peak_in_flight(t[r]) == in_flight_chunks(Schedule::zb_h1, p, 1, r, m));
+        CHECK(peak_in_flight(t[r]) == std::min(p - r, m));  // 1F1B's memory
+      }
+    }
+  // pp 4, rank 1, 8 micro-batches, as sail-sg's ZeroBubbleH1Pipeline orders it: 2 warm-up
+  // forwards, 1 F B pair whose W waits, F B W triples, B W pairs, the waiting W.
+  using P = Phase;
+  std::vector<Slot> want = {{0, 0, P::forward}, {1, 0, P::forward}, {2, 0, P::forward}, {0, 0, P::backward},
+                            {3, 0, P::forward}, {1, 0, P::backward}, {0, 0, P::weight}};
+  for (int32_t k = 4; k < 8; ++k)
+    for (Slot x : {Slot{k, 0, P::forward}, Slot{k - 2, 0, P::backward}, Slot{k - 3, 0, P::weight}}) want.push_back(x);
+  for (Slot x : {Slot{6, 0, P::backward}, Slot{5, 0, P::weight}, Slot{7, 0, P::backward}, Slot{6, 0, P::weight},
+                 Slot{7, 0, P::weight}})
+    want.push_back(x);
+  CHECK(make_schedule(Schedule::zb_h1, 4, 1, 8)[1] == want);
+  // A weight slot sends nothing and receives nothing.
+  CHECK(slot_destination(1, 0, Phase::weight, 4, 1) == StageChunk{});
+  CHECK(slot_source(1, 0, Phase::weight, 4, 1) == StageChunk{});
+}
+
+TEST_CASE("zb-h1 with F = B = W: step m(F+B+W) + (p-1)(F+B-W), a third of 1F1B's bubble at 1F1B's memory") {
+  // Qi et al. 2023, Sec. 3.1: ZB-H1's bubble is (p-1)(T_F + T_B - T_W); with equal times,
+  // (p-1)/(3m) of the m(F+B+W) of compute, where 1F1B's is (p-1)/m. Exact in binary.
+  for (int64_t p : {2, 4, 8})
+    for (int64_t m : {8, 16}) {
+      INFO("p " << p << " m " << m);
+      auto zb = simulate(uniform_split(Schedule::zb_h1, p, m), no_overlap());
+      auto f = simulate(uniform_split(Schedule::one_f_one_b, p, m), no_overlap());
+      REQUIRE(zb.ok());
+      REQUIRE(f.ok());
+      CHECK(zb->step_time_s == 3.0 * m + (p - 1) * (1.0 + 1.0 - 1.0));
+      CHECK(zb->time.compute_s == 3.0 * m);
+      CHECK(zb->time.bubble_s / zb->time.compute_s == static_cast<double>(p - 1) / (3.0 * m));
+      CHECK(zb->time.bubble_s * 3 == f->time.bubble_s);
+      for (int64_t i = 0; i < p; ++i) CHECK(zb->stages[i].peak_in_flight == f->stages[i].peak_in_flight);
+      // Every stage's W tasks add up to its m W's.
+      double w = 0;
+      for (const SimTask& t : zb->tasks) w += t.kind == TaskKind::weight && t.stage == 0 ? t.dur_s : 0;
+      CHECK(w == static_cast<double>(m));
+    }
+}
+
+TEST_CASE("the weight-gradient split changes only zb-h1: gpipe, 1f1b and interleaved steps are as before") {
+  for (Schedule s : {Schedule::gpipe, Schedule::one_f_one_b, Schedule::interleaved}) {
+    const int64_t v = s == Schedule::interleaved ? 2 : 1;
+    SimInputs plain = uniform(s, 4, v, 8), split = plain;
+    for (StageInputs& st : split.stages) st.weight_grad_s = 1;
+    auto a = simulate(plain, no_overlap());
+    auto b = simulate(split, no_overlap());
+    REQUIRE(a.ok());
+    REQUIRE(b.ok());
+    CHECK(a->step_time_s == b->step_time_s);
+    CHECK(a->task_count == b->task_count);
+    for (const SimTask& t : b->tasks) CHECK(t.kind != TaskKind::weight);
+  }
+}
+
+TEST_CASE("zb-h1, GPT-2 350M on pp 4, overlap off and free links: the simulated step is CostModel's") {
+  // Stage 3 (the logits) is the slowest: it runs without waiting once its first forward
+  // arrives, and the step ends with the longest tail after its last B (zb_h1_bubble_s).
+  const ClusterSpec c = ideal_cluster(8);
+  const CostModel cm = gpt2_model(c, 64);
+  for (Recompute rc : {Recompute::none, Recompute::full}) {
+    ParallelConfig p = config(1, 2, 4, Schedule::zb_h1, 1, 2);
+    p.recompute = rc;
+    REQUIRE(validate_config(cm.model(), c, cm.train(), p, [](const std::string& f) { return f; }).ok());
+    auto r = simulate(cm, p, no_overlap());
+    REQUIRE(r.ok());
+    const Estimate est = cm.evaluate(p);
+    INFO("recompute " << static_cast<int>(rc) << " sim " << r->step_time_s << " analytical " << est.step_time_s);
+    CHECK(close(r->step_time_s, est.step_time_s));
+    CHECK(close(r->time.compute_s, est.time.compute_s));
+    CHECK(close(r->time.bubble_s, est.time.bubble_s, 1e-6));  // bubble is a difference of ~1 s terms
+    for (int64_t i = 0; i < p.pp; ++i) CHECK(r->stages[i].peak_in_flight == est.stages[i].in_flight);
+    // W is the weight-gradient half of the GEMMs' backward, less than the whole backward.
+    CHECK(est.stages[1].weight_grad_s > 0);
+    CHECK(est.stages[1].weight_grad_s < 0.5 * est.stages[1].backward_s);
+    ParallelConfig q = p;
+    q.schedule = Schedule::one_f_one_b;
+    const Estimate f = cm.evaluate(q);
+    CHECK(est.time.bubble_s < f.time.bubble_s);
+    CHECK(est.memory.peak() == f.memory.peak());
+  }
+}
+
+TEST_CASE("zb-h1: gradient buckets and ZeRO-3 reduce-scatters follow W; W gathers no weights") {
+  const ClusterSpec c = a100(16);
+  const CostModel cm = gpt2_model(c, 64);
+  for (int zero : {0, 2, 3}) {
+    ParallelConfig p = config(4, 1, 4, Schedule::zb_h1, 1, 2);
+    p.zero = zero;
+    auto r = simulate(cm, p, SimOptions{});
+    REQUIRE(r.ok());
+    INFO("zero " << zero);
+    int64_t grads = 0, weights = 0;
+    for (const SimTask& t : r->tasks) {
+      if (t.kind == TaskKind::dp_grad) {
+        CHECK(t.phase == Phase::weight);
+        ++grads;
+      }
+      if (t.kind == TaskKind::dp_gather) CHECK(t.phase != Phase::weight);
+      weights += t.kind == TaskKind::weight;
+    }
+    CHECK(grads > 0);
+    CHECK(weights > 0);
+  }
+}
+
+TEST_CASE("zb-h1 on the command line: predict, vpp refused, searched where pp > 1, export, execute refused") {
+  const std::string base = "--model gpt2-350m --cluster dgx-a100 --gpus 8 --global-batch 32 --tp 2 --pp 4 ";
+  const std::string plan = temp_file("zb_h1_plan.json", "");
+  LoomRun a = run_loom("predict " + base + "--schedule zb-h1 --json -o " + plan);
+  INFO(a.err);
+  REQUIRE(a.code == 0);
+  CHECK(nlohmann::json::parse(a.out)["schedule"] == "zb-h1");
+  LoomRun v = run_loom("predict " + base + "--schedule zb-h1 --vpp 2");
+  CHECK(v.code == 2);
+  CHECK(v.err.find("vpp") != std::string::npos);
+  LoomRun s = run_loom("simulate " + plan + " --json");
+  CHECK(s.code == 0);
+  LoomRun e = run_loom("execute " + plan);
+  CHECK(e.code == 2);
+  CHECK(e.err.find("zb-h1") != std::string::npos);
+  CHECK(e.err.find('\n') == e.err.size() - 1);  // one line
+  LoomRun t = run_loom("export " + plan + " --to torchtitan");
+  CHECK(t.code == 0);
+  CHECK(t.out.find("pipeline_parallel_schedule = \"1F1B\"") != std::string::npos);
+  CHECK((t.out + t.err).find("schedule zb-h1") != std::string::npos);
+  LoomRun pl = run_loom("plan " + base + "--schedule zb-h1 --json");
+  INFO(pl.err);
+  REQUIRE(pl.code == 0);
+  for (const auto& row : nlohmann::json::parse(pl.out)["top"]) CHECK(row["schedule"] == "zb-h1");
+  // Unpinned, the search tries zb-h1 (vpp 1) wherever there is a pipeline, and only there.
+  auto model = load_model("gpt2-350m", "test", nullptr);
+  REQUIRE(model.ok());
+  TrainSpec tr;
+  tr.global_batch = 32;
+  tr.seq = 1024;
+  auto space = make_search_space(*model, a100(8), tr, {});
+  REQUIRE(space.ok());
+  for (const SplitSpace& sp : space->splits) {
+    const auto zb = std::find(sp.schedules.begin(), sp.schedules.end(), std::pair<Schedule, int64_t>{Schedule::zb_h1, 1});
+    CHECK((zb != sp.schedules.end()) == (sp.pp > 1));
   }
 }

@@ -29,6 +29,7 @@ int execute_entry(const LoomCudaExecuteArgs* a) {
     c.steps = a->steps;
     c.seed = a->seed;
     c.progress = a->progress != 0;
+    if (a->lr > 0) c.lr = a->lr;
     return loom::cuda::execute_cuda_command(a->plan_path, c, a->report_path, a->trace_path);
   });
 }

@@ -13,7 +13,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct below changes; the loader refuses a module of another version. */
-#define LOOM_CUDA_BACKEND_ABI 1
+#define LOOM_CUDA_BACKEND_ABI 2
 
 struct LoomCudaExecuteArgs {
   const char* plan_path;   /* a plan.json that `loom` has already read and checked */
@@ -22,6 +22,7 @@ struct LoomCudaExecuteArgs {
   int64_t steps;
   uint64_t seed;
   int progress;            /* one line per step on stderr */
+  double lr;               /* AdamW learning rate; 0 = the backend's default (CudaOptions::lr) */
 };
 
 struct LoomCudaCalibrateArgs {

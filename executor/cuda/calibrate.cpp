@@ -87,6 +87,270 @@ int64_t free_bytes() {
   return static_cast<int64_t>(f);
 }
 
+// What one calibration run works with: the options, the profile being filled, the stream, the
+// timer and the device's properties.
+struct Bench {
+  const CalibrateOptions& o;
+  HardwareProfile& prof;
+  cudaStream_t stream;
+  Timer& timer;
+};
+
+// cudaMalloc's rounding unit: the free-memory drop of a 1-byte allocation.
+Status measure_malloc_granularity(HardwareProfile& prof) {
+  const int64_t f = free_bytes();
+  void* p = nullptr;
+  LOOM_TRY(cuda_status(cudaMalloc(&p, 1), "cudaMalloc(1)", {}));
+  prof.memory.malloc_granularity_bytes = f - free_bytes();
+  cudaFree(p);
+  return ok_status();
+}
+
+// ---- launch overhead: empty kernels back to back
+Status bench_launch(Bench& b) {
+  auto t = b.timer.median([&](int) { return empty_kernel(b.stream); }, 9, 2e-3);
+  if (!t) return t.error();
+  b.prof.kernel_launch_s = *t;
+  if (b.o.progress) std::fprintf(stderr, "launch: %.2f us per empty kernel\n", *t * 1e6);
+  return ok_status();
+}
+
+// ---- GEMMs: the executor's calls over tokens x layer and logits shapes
+constexpr int64_t kGemmVocab = 50304;  // GPT-2's vocabulary padded to 128, as the executor runs it
+
+struct GemmBuffers {
+  DevBuf<bf16> x, y, w, bias, aux;
+  DevBuf<float> dw, dbias, scratch;
+};
+
+Status alloc_gemm_buffers(GemmBuffers& g, const std::vector<int64_t>& tokens, int64_t maxH, cudaStream_t stream) {
+  const int64_t V = kGemmVocab, maxT = tokens.back();
+  const int64_t big = maxT * std::max(V, 4 * maxH);
+  LOOM_TRY(g.x.alloc(big, "gemm x"));
+  LOOM_TRY(g.y.alloc(big, "gemm y"));
+  LOOM_TRY(g.w.alloc(V * maxH, "gemm w"));
+  LOOM_TRY(g.bias.alloc(V, "gemm bias"));
+  LOOM_TRY(g.aux.alloc(maxT * 4 * maxH, "gemm aux"));
+  LOOM_TRY(g.dw.alloc(V * maxH, "gemm dw"));
+  LOOM_TRY(g.dbias.alloc(V, "gemm dbias"));
+  int64_t sc = 0;
+  for (int64_t T : tokens)
+    for (int64_t oc : {V, 4 * maxH, 3 * maxH}) sc = std::max(sc, bias_scratch_floats(T, oc));
+  LOOM_TRY(g.scratch.alloc(sc, "gemm scratch"));
+  LOOM_TRY(fill_random_bf16(g.x.p, big, 1, 1.0f, stream));
+  LOOM_TRY(fill_random_bf16(g.y.p, big, 2, 1.0f, stream));
+  LOOM_TRY(fill_random_bf16(g.w.p, V * maxH, 3, 0.05f, stream));
+  LOOM_TRY(fill_random_bf16(g.bias.p, V, 4, 0.1f, stream));
+  LOOM_TRY(fill_random_bf16(g.aux.p, maxT * 4 * maxH, 5, 1.0f, stream));
+  LOOM_TRY(fill_random_f32(g.dw.p, V * maxH, 6, 0.01f, stream));
+  return cuda_status(cudaMemsetAsync(g.dbias.p, 0, sizeof(float) * V, stream), "memset", {});
+}
+
+// Times one GEMM shape (plain shapes once each; variants: "fwd_bias", ...) into the profile.
+struct GemmTimer {
+  Bench& b;
+  std::set<std::tuple<int64_t, int64_t, int64_t>> seen;
+  Status operator()(const char* kind, int64_t m, int64_t n, int64_t k, const std::function<Status(int)>& f) {
+    const bool plain = kind[0] == '\0';
+    if (plain && !seen.insert({m, n, k}).second) return ok_status();
+    auto t = b.timer.median(f);
+    if (!t) return t.error();
+    (plain ? b.prof.gemm : b.prof.gemm_variants).push_back({kind, m, n, k, *t});
+    if (b.o.progress)
+      std::fprintf(stderr, "gemm %-16s %6lld x %6lld x %6lld  %9.1f us  %6.1f TFLOP/s\n", plain ? "plain" : kind,
+                   static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k), *t * 1e6,
+                   2.0 * m * n * k / *t / 1e12);
+    return ok_status();
+  }
+};
+
+struct Lin {
+  int64_t in, out;
+  bool bias, gelu_out, gelu_in;
+};
+
+// One linear layer's GEMMs on T tokens: forward, input gradient, weight gradient, and the
+// epilogue variants the executor uses.
+Status bench_linear(GemmTimer& add, Gemm& gemm, GemmBuffers& g, const Lin& l, int64_t T, cudaStream_t stream) {
+  const int64_t C = l.in, OC = l.out;
+  // forward: out (T, OC) = in (T, C) W^T: GEMM (M, N, K) = (T, OC, C)
+  LOOM_TRY(add("", T, OC, C, [&](int) { return matmul_forward(gemm, g.y.p, nullptr, g.x.p, g.w.p, nullptr, T, C, OC, stream); }));
+  // input gradient: din (T, C) = dout (T, OC) W: (T, C, OC)
+  LOOM_TRY(add("", T, C, OC, [&](int) { return matmul_backward_input(gemm, g.y.p, g.x.p, g.w.p, nullptr, T, C, OC, stream); }));
+  // weight gradient: dW (OC, C) += dout^T in, fp32: (OC, C, T)
+  LOOM_TRY(add("", OC, C, T, [&](int) {
+    return matmul_backward_weight(gemm, g.dw.p, nullptr, g.scratch.p, g.x.p, g.y.p, T, C, OC, stream);
+  }));
+  if (l.bias) {
+    LOOM_TRY(add(l.gelu_out ? "fwd_bias_gelu" : "fwd_bias", T, OC, C, [&](int) {
+      return matmul_forward(gemm, g.y.p, l.gelu_out ? g.aux.p : nullptr, g.x.p, g.w.p, g.bias.p, T, C, OC, stream);
+    }));
+    LOOM_TRY(add("bwd_weight_bias", OC, C, T, [&](int) {
+      return matmul_backward_weight(gemm, g.dw.p, g.dbias.p, g.scratch.p, g.x.p, g.y.p, T, C, OC, stream);
+    }));
+  }
+  if (l.gelu_in)
+    LOOM_TRY(add("bwd_input_dgelu", T, C, OC, [&](int) {
+      return matmul_backward_input(gemm, g.y.p, g.x.p, g.w.p, g.aux.p, T, C, OC, stream);
+    }));
+  return ok_status();
+}
+
+Status bench_gemm(Bench& b, Gemm& gemm) {
+  const std::vector<int64_t> tokens = b.o.quick ? std::vector<int64_t>{512, 4096}
+                                                : std::vector<int64_t>{256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
+  const std::vector<int64_t> hiddens = b.o.quick ? std::vector<int64_t>{768} : std::vector<int64_t>{768, 1024, 1280, 1600};
+  GemmBuffers g;
+  LOOM_TRY(alloc_gemm_buffers(g, tokens, hiddens.back(), b.stream));
+  GemmTimer add{b, {}};
+  for (int64_t h : hiddens)
+    for (int64_t T : tokens) {
+      const std::vector<Lin> lins{{h, 3 * h, true, false, false}, {h, h, true, false, false},
+                                  {h, 4 * h, true, true, false},  {4 * h, h, true, false, true},
+                                  {h, kGemmVocab, false, false, false}};
+      for (const Lin& l : lins) LOOM_TRY(bench_linear(add, gemm, g, l, T, b.stream));
+    }
+  return ok_status();
+}
+
+// ---- attention: the executor's kernel, head size 64, causal
+Status bench_attention(Bench& b) {
+  const std::vector<std::pair<int64_t, int64_t>> bnh =
+      b.o.quick ? std::vector<std::pair<int64_t, int64_t>>{{1, 12}, {4, 12}}
+                : std::vector<std::pair<int64_t, int64_t>>{{1, 12}, {1, 25}, {4, 12}, {4, 25}, {16, 12}, {16, 25}, {32, 25}};
+  const std::vector<int64_t> seqs = b.o.quick ? std::vector<int64_t>{256, 1024} : std::vector<int64_t>{256, 512, 1024, 2048};
+  int64_t maxe = 0;
+  for (auto [B, NH] : bnh) maxe = std::max(maxe, B * NH * seqs.back() * 64);
+  DevBuf<bf16> qkv, out, dout, dqkv;
+  DevBuf<float> lse, delta;
+  LOOM_TRY(qkv.alloc(3 * maxe, "attention qkv"));
+  LOOM_TRY(out.alloc(maxe, "attention out"));
+  LOOM_TRY(dout.alloc(maxe, "attention dout"));
+  LOOM_TRY(dqkv.alloc(3 * maxe, "attention dqkv"));
+  LOOM_TRY(lse.alloc(maxe / 64, "attention lse"));
+  LOOM_TRY(delta.alloc(maxe / 64, "attention delta"));
+  LOOM_TRY(fill_random_bf16(qkv.p, 3 * maxe, 11, 1.0f, b.stream));
+  LOOM_TRY(fill_random_bf16(dout.p, maxe, 12, 1.0f, b.stream));
+  for (int64_t T : seqs) {
+    for (auto [B, NH] : bnh) {
+      auto tf = b.timer.median([&](int) { return attention_forward(out.p, lse.p, qkv.p, B, T, NH, b.stream); });
+      if (!tf) return tf.error();
+      auto tb = b.timer.median([&](int) {
+        return attention_backward(dqkv.p, delta.p, dout.p, qkv.p, out.p, lse.p, B, T, NH, b.stream);
+      });
+      if (!tb) return tb.error();
+      b.prof.attention.push_back({B * NH, T, 64, *tf, *tb});
+      if (b.o.progress) {
+        const double fl = 2.0 * B * NH * T * T * 64;  // causal forward: 2 products, half the square
+        std::fprintf(stderr, "attention bh %4lld seq %5lld  fwd %8.1f us (%5.1f TFLOP/s)  bwd %8.1f us\n",
+                     static_cast<long long>(B * NH), static_cast<long long>(T), *tf * 1e6, fl / *tf / 1e12, *tb * 1e6);
+      }
+    }
+  }
+  return ok_status();
+}
+
+// ---- memory-bound: out = a + b (bf16), buffers rotated through a pool larger than L2
+Status bench_memory_bound(Bench& b) {
+  const int64_t pool = int64_t{1} << (b.o.quick ? 26 : 28);  // elements per operand
+  DevBuf<bf16> x, y, z;
+  LOOM_TRY(x.alloc(pool, "pool a"));
+  LOOM_TRY(y.alloc(pool, "pool b"));
+  LOOM_TRY(z.alloc(pool, "pool c"));
+  LOOM_TRY(fill_random_bf16(x.p, pool, 21, 1.0f, b.stream));
+  LOOM_TRY(fill_random_bf16(y.p, pool, 22, 1.0f, b.stream));
+  for (int64_t n = int64_t{1} << 14; n <= pool; n *= 4) {
+    const int64_t slots = pool / n;
+    auto t = b.timer.median([&](int i) {
+      const int64_t off = (i % slots) * n;
+      return add_bf16(z.p + off, x.p + off, y.p + off, n, b.stream);
+    });
+    if (!t) return t.error();
+    const double bytes = 3.0 * 2.0 * static_cast<double>(n);
+    b.prof.memory_bound.push_back({bytes, bytes / *t});
+    if (b.o.progress) std::fprintf(stderr, "elementwise %12.0f bytes  %8.2f us  %7.1f GB/s\n", bytes, *t * 1e6, bytes / *t / 1e9);
+  }
+  return ok_status();
+}
+
+// ---- optimizer: the executor's gradient norm and AdamW over P parameters
+Status bench_optimizer(Bench& b, int64_t P) {
+  DevBuf<bf16> params;
+  DevBuf<float> master, grads, m, v, scratch;
+  DevBuf<AdamWChunk> chunks;
+  LOOM_TRY(params.alloc(P, "params"));
+  LOOM_TRY(master.alloc(P, "master"));
+  LOOM_TRY(grads.alloc(P, "grads"));
+  LOOM_TRY(m.alloc(P, "m"));
+  LOOM_TRY(v.alloc(P, "v"));
+  LOOM_TRY(scratch.alloc(kGradNormBlocks + 4, "scratch"));
+  LOOM_TRY(fill_random_f32(master.p, P, 31, 0.02f, b.stream));
+  LOOM_TRY(fill_random_f32(grads.p, P, 32, 0.001f, b.stream));
+  LOOM_TRY(cuda_status(cudaMemsetAsync(m.p, 0, sizeof(float) * P, b.stream), "memset", {}));
+  LOOM_TRY(cuda_status(cudaMemsetAsync(v.p, 0, sizeof(float) * P, b.stream), "memset", {}));
+  const std::vector<AdamWChunk> host = adamw_chunks({{0, P, true}}, 1.0f);
+  LOOM_TRY(chunks.alloc(static_cast<int64_t>(host.size()), "chunks"));
+  LOOM_TRY(cuda_status(cudaMemcpy(chunks.p, host.data(), sizeof(AdamWChunk) * host.size(), cudaMemcpyHostToDevice),
+                       "chunk table", {}));
+  AdamWHyper hyper;
+  hyper.weight_decay = 0.1f;
+  float* out2 = scratch.p + kGradNormBlocks;
+  auto tn = b.timer.median([&](int) { return grad_norm(out2, scratch.p, grads.p, P, 1.0f, b.stream); }, 5, 0);
+  if (!tn) return tn.error();
+  auto ta = b.timer.median([&](int i) {
+    return adamw_update(params.p, master.p, grads.p, m.p, v.p, chunks.p, static_cast<int64_t>(host.size()), out2 + 1,
+                        hyper, i + 1, b.stream);
+  }, 5, 0);
+  if (!ta) return ta.error();
+  b.prof.optimizer = {P, *ta, *tn, 34};  // AdamW reads grads, master, m, v (16), writes master, m, v, grads (16) and bf16 (2)
+  if (b.o.progress)
+    std::fprintf(stderr, "optimizer P=%lld  adamw %.3f ms (%.0f GB/s at 34 B/param)  grad norm %.3f ms\n",
+                 static_cast<long long>(P), *ta * 1e3, 34.0 * P / *ta / 1e9, *tn * 1e3);
+  return ok_status();
+}
+
+std::string profile_source(const cudaDeviceProp& prop) {
+  int driver = 0, runtime = 0;
+  cudaDriverGetVersion(&driver);
+  cudaRuntimeGetVersion(&runtime);
+  char date[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof(date), "%Y-%m-%d", std::gmtime(&now));
+  return std::string("loom calibrate (executor/cuda/calibrate.cpp) on ") + prop.name + ", " +
+         std::to_string(prop.multiProcessorCount) + " SMs, driver API " + std::to_string(driver) +
+         ", runtime " + std::to_string(runtime) + ", " + date +
+         ". Microbenchmarks only (CUDA events, median of 7 batches of back-to-back launches, random inputs); "
+         "no coefficient is fitted to an end-to-end step. gemm: the executor's cuBLASLt calls without "
+         "bias/GELU epilogues (forward (T, OC, C), input gradient (T, C, OC), fp32 weight gradient "
+         "(OC, C, T)); GEMM inputs are not rotated (small shapes may run from L2). memory: "
+         "cudaMemGetInfo deltas (context against cudaMemGetInfo's total, after cudaFree(0)).";
+}
+
+// The benchmarks in order, on one stream, after the cuBLASLt handle's memory is measured.
+Status run_benchmarks(const CalibrateOptions& o, HardwareProfile& prof, cudaStream_t stream) {
+  const int64_t before_handle = free_bytes();
+  auto gemm_or = Gemm::create();
+  if (!gemm_or) return gemm_or.error();
+  std::unique_ptr<Gemm> gemm = std::move(*gemm_or);
+  prof.memory.workspace_bytes = static_cast<int64_t>(Gemm::kWorkspaceBytes);
+  prof.memory.cublaslt_handle_bytes = before_handle - free_bytes() - prof.memory.workspace_bytes;
+  LOOM_TRY(measure_malloc_granularity(prof));
+  const int64_t before_kernels = free_bytes();
+  Timer timer(stream);
+  Bench b{o, prof, stream, timer};
+  LOOM_TRY(bench_launch(b));
+  LOOM_TRY(bench_gemm(b, *gemm));
+  LOOM_TRY(bench_attention(b));
+  LOOM_TRY(bench_memory_bound(b));
+  for (int64_t P : o.quick ? std::vector<int64_t>{int64_t{1} << 24} : std::vector<int64_t>{124475904, 1557611200})
+    LOOM_TRY(bench_optimizer(b, P));
+  LOOM_TRY(cuda_status(cudaStreamSynchronize(stream), "sync", {}));
+  // Every buffer is freed: what is still missing since before the first kernel is the kernels'
+  // lazily loaded modules (and cuBLASLt's per-shape state).
+  prof.memory.kernel_modules_bytes = std::max<int64_t>(0, before_kernels - free_bytes());
+  return ok_status();
+}
+
 Expected<HardwareProfile> calibrate(const CalibrateOptions& o) {
   HardwareProfile prof;
   prof.name = o.name;
@@ -96,232 +360,16 @@ Expected<HardwareProfile> calibrate(const CalibrateOptions& o) {
   LOOM_TRY(cuda_status(cudaMemGetInfo(&f0, &total), "cudaMemGetInfo", {}));
   cudaDeviceProp prop{};
   LOOM_TRY(cuda_status(cudaGetDeviceProperties(&prop, o.device), "device properties", {}));
-  int driver = 0, runtime = 0;
-  cudaDriverGetVersion(&driver);
-  cudaRuntimeGetVersion(&runtime);
   prof.device = prop.name;
   prof.memory.cuda_context_bytes = static_cast<int64_t>(total - f0);
-
   cudaStream_t stream = nullptr;
   LOOM_TRY(cuda_status(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream", {}));
   struct StreamGuard {
     cudaStream_t s;
     ~StreamGuard() { cudaStreamDestroy(s); }
   } sg{stream};
-  const int64_t before_handle = free_bytes();
-  auto gemm_or = Gemm::create();
-  if (!gemm_or) return gemm_or.error();
-  std::unique_ptr<Gemm> gemm = std::move(*gemm_or);
-  prof.memory.workspace_bytes = static_cast<int64_t>(Gemm::kWorkspaceBytes);
-  prof.memory.cublaslt_handle_bytes = before_handle - free_bytes() - prof.memory.workspace_bytes;
-  {  // cudaMalloc's rounding unit: the free-memory drop of a 1-byte allocation
-    const int64_t f = free_bytes();
-    void* p = nullptr;
-    LOOM_TRY(cuda_status(cudaMalloc(&p, 1), "cudaMalloc(1)", {}));
-    prof.memory.malloc_granularity_bytes = f - free_bytes();
-    cudaFree(p);
-  }
-  const int64_t before_kernels = free_bytes();
-  Timer timer(stream);
-
-  // ---- launch overhead: empty kernels back to back
-  {
-    auto t = timer.median([&](int) { return empty_kernel(stream); }, 9, 2e-3);
-    if (!t) return t.error();
-    prof.kernel_launch_s = *t;
-    if (o.progress) std::fprintf(stderr, "launch: %.2f us per empty kernel\n", *t * 1e6);
-  }
-
-  // ---- GEMMs: the executor's calls over tokens x layer and logits shapes
-  const std::vector<int64_t> tokens = o.quick ? std::vector<int64_t>{512, 4096}
-                                              : std::vector<int64_t>{256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
-  const std::vector<int64_t> hiddens = o.quick ? std::vector<int64_t>{768} : std::vector<int64_t>{768, 1024, 1280, 1600};
-  const int64_t V = 50304;  // GPT-2's vocabulary padded to 128, as the executor runs it
-  const int64_t maxT = tokens.back(), maxH = hiddens.back();
-  const int64_t big = maxT * std::max(V, 4 * maxH);
-  {
-    DevBuf<bf16> x, y, w, bias, aux;
-    DevBuf<float> dw, dbias, scratch;
-    LOOM_TRY(x.alloc(big, "gemm x"));
-    LOOM_TRY(y.alloc(big, "gemm y"));
-    LOOM_TRY(w.alloc(V * maxH, "gemm w"));
-    LOOM_TRY(bias.alloc(V, "gemm bias"));
-    LOOM_TRY(aux.alloc(maxT * 4 * maxH, "gemm aux"));
-    LOOM_TRY(dw.alloc(V * maxH, "gemm dw"));
-    LOOM_TRY(dbias.alloc(V, "gemm dbias"));
-    int64_t sc = 0;
-    for (int64_t T : tokens)
-      for (int64_t oc : {V, 4 * maxH, 3 * maxH}) sc = std::max(sc, bias_scratch_floats(T, oc));
-    LOOM_TRY(scratch.alloc(sc, "gemm scratch"));
-    LOOM_TRY(fill_random_bf16(x.p, big, 1, 1.0f, stream));
-    LOOM_TRY(fill_random_bf16(y.p, big, 2, 1.0f, stream));
-    LOOM_TRY(fill_random_bf16(w.p, V * maxH, 3, 0.05f, stream));
-    LOOM_TRY(fill_random_bf16(bias.p, V, 4, 0.1f, stream));
-    LOOM_TRY(fill_random_bf16(aux.p, maxT * 4 * maxH, 5, 1.0f, stream));
-    LOOM_TRY(fill_random_f32(dw.p, V * maxH, 6, 0.01f, stream));
-    LOOM_TRY(cuda_status(cudaMemsetAsync(dbias.p, 0, sizeof(float) * V, stream), "memset", {}));
-    std::set<std::tuple<int64_t, int64_t, int64_t>> seen;
-    auto add = [&](const char* kind, int64_t m, int64_t n, int64_t k, const std::function<Status(int)>& f) -> Status {
-      const bool plain = kind[0] == '\0';
-      if (plain && !seen.insert({m, n, k}).second) return ok_status();
-      auto t = timer.median(f);
-      if (!t) return t.error();
-      (plain ? prof.gemm : prof.gemm_variants).push_back({kind, m, n, k, *t});
-      if (o.progress)
-        std::fprintf(stderr, "gemm %-16s %6lld x %6lld x %6lld  %9.1f us  %6.1f TFLOP/s\n", plain ? "plain" : kind,
-                     static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k), *t * 1e6,
-                     2.0 * m * n * k / *t / 1e12);
-      return ok_status();
-    };
-    for (int64_t h : hiddens) {
-      for (int64_t T : tokens) {
-        struct Lin {
-          int64_t in, out;
-          bool bias, gelu_out, gelu_in;
-        };
-        const std::vector<Lin> lins{{h, 3 * h, true, false, false}, {h, h, true, false, false},
-                                    {h, 4 * h, true, true, false},  {4 * h, h, true, false, true},
-                                    {h, V, false, false, false}};
-        for (const Lin& l : lins) {
-          const int64_t C = l.in, OC = l.out;
-          // forward: out (T, OC) = in (T, C) W^T: GEMM (M, N, K) = (T, OC, C)
-          LOOM_TRY(add("", T, OC, C, [&](int) {
-            return matmul_forward(*gemm, y.p, nullptr, x.p, w.p, nullptr, T, C, OC, stream);
-          }));
-          // input gradient: din (T, C) = dout (T, OC) W: (T, C, OC)
-          LOOM_TRY(add("", T, C, OC, [&](int) {
-            return matmul_backward_input(*gemm, y.p, x.p, w.p, nullptr, T, C, OC, stream);
-          }));
-          // weight gradient: dW (OC, C) += dout^T in, fp32: (OC, C, T)
-          LOOM_TRY(add("", OC, C, T, [&](int) {
-            return matmul_backward_weight(*gemm, dw.p, nullptr, scratch.p, x.p, y.p, T, C, OC, stream);
-          }));
-          if (l.bias) {
-            LOOM_TRY(add(l.gelu_out ? "fwd_bias_gelu" : "fwd_bias", T, OC, C, [&](int) {
-              return matmul_forward(*gemm, y.p, l.gelu_out ? aux.p : nullptr, x.p, w.p, bias.p, T, C, OC, stream);
-            }));
-            LOOM_TRY(add("bwd_weight_bias", OC, C, T, [&](int) {
-              return matmul_backward_weight(*gemm, dw.p, dbias.p, scratch.p, x.p, y.p, T, C, OC, stream);
-            }));
-          }
-          if (l.gelu_in) {
-            LOOM_TRY(add("bwd_input_dgelu", T, C, OC, [&](int) {
-              return matmul_backward_input(*gemm, y.p, x.p, w.p, aux.p, T, C, OC, stream);
-            }));
-          }
-        }
-      }
-    }
-  }
-
-  // ---- attention: the executor's kernel, head size 64, causal
-  {
-    const std::vector<std::pair<int64_t, int64_t>> bnh =
-        o.quick ? std::vector<std::pair<int64_t, int64_t>>{{1, 12}, {4, 12}}
-                : std::vector<std::pair<int64_t, int64_t>>{{1, 12}, {1, 25}, {4, 12}, {4, 25}, {16, 12}, {16, 25}, {32, 25}};
-    const std::vector<int64_t> seqs = o.quick ? std::vector<int64_t>{256, 1024} : std::vector<int64_t>{256, 512, 1024, 2048};
-    int64_t maxe = 0;
-    for (auto [B, NH] : bnh) maxe = std::max(maxe, B * NH * seqs.back() * 64);
-    DevBuf<bf16> qkv, out, dout, dqkv;
-    DevBuf<float> lse, delta;
-    LOOM_TRY(qkv.alloc(3 * maxe, "attention qkv"));
-    LOOM_TRY(out.alloc(maxe, "attention out"));
-    LOOM_TRY(dout.alloc(maxe, "attention dout"));
-    LOOM_TRY(dqkv.alloc(3 * maxe, "attention dqkv"));
-    LOOM_TRY(lse.alloc(maxe / 64, "attention lse"));
-    LOOM_TRY(delta.alloc(maxe / 64, "attention delta"));
-    LOOM_TRY(fill_random_bf16(qkv.p, 3 * maxe, 11, 1.0f, stream));
-    LOOM_TRY(fill_random_bf16(dout.p, maxe, 12, 1.0f, stream));
-    for (int64_t T : seqs) {
-      for (auto [B, NH] : bnh) {
-        auto tf = timer.median([&](int) { return attention_forward(out.p, lse.p, qkv.p, B, T, NH, stream); });
-        if (!tf) return tf.error();
-        auto tb = timer.median([&](int) {
-          return attention_backward(dqkv.p, delta.p, dout.p, qkv.p, out.p, lse.p, B, T, NH, stream);
-        });
-        if (!tb) return tb.error();
-        prof.attention.push_back({B * NH, T, 64, *tf, *tb});
-        if (o.progress) {
-          const double fl = 2.0 * B * NH * T * T * 64;  // causal forward: 2 products, half the square
-          std::fprintf(stderr, "attention bh %4lld seq %5lld  fwd %8.1f us (%5.1f TFLOP/s)  bwd %8.1f us\n",
-                       static_cast<long long>(B * NH), static_cast<long long>(T), *tf * 1e6, fl / *tf / 1e12, *tb * 1e6);
-        }
-      }
-    }
-  }
-
-  // ---- memory-bound: out = a + b (bf16), buffers rotated through a pool larger than L2
-  {
-    const int64_t pool = int64_t{1} << (o.quick ? 26 : 28);  // elements per operand
-    DevBuf<bf16> a, b, c;
-    LOOM_TRY(a.alloc(pool, "pool a"));
-    LOOM_TRY(b.alloc(pool, "pool b"));
-    LOOM_TRY(c.alloc(pool, "pool c"));
-    LOOM_TRY(fill_random_bf16(a.p, pool, 21, 1.0f, stream));
-    LOOM_TRY(fill_random_bf16(b.p, pool, 22, 1.0f, stream));
-    for (int64_t n = int64_t{1} << 14; n <= pool; n *= 4) {
-      const int64_t slots = pool / n;
-      auto t = timer.median([&](int i) {
-        const int64_t off = (i % slots) * n;
-        return add_bf16(c.p + off, a.p + off, b.p + off, n, stream);
-      });
-      if (!t) return t.error();
-      const double bytes = 3.0 * 2.0 * static_cast<double>(n);
-      prof.memory_bound.push_back({bytes, bytes / *t});
-      if (o.progress) std::fprintf(stderr, "elementwise %12.0f bytes  %8.2f us  %7.1f GB/s\n", bytes, *t * 1e6, bytes / *t / 1e9);
-    }
-  }
-
-  // ---- optimizer: the executor's gradient norm and AdamW over P parameters
-  for (int64_t P : o.quick ? std::vector<int64_t>{int64_t{1} << 24} : std::vector<int64_t>{124475904, 1557611200}) {
-    DevBuf<bf16> params;
-    DevBuf<float> master, grads, m, v, scratch;
-    DevBuf<AdamWChunk> chunks;
-    LOOM_TRY(params.alloc(P, "params"));
-    LOOM_TRY(master.alloc(P, "master"));
-    LOOM_TRY(grads.alloc(P, "grads"));
-    LOOM_TRY(m.alloc(P, "m"));
-    LOOM_TRY(v.alloc(P, "v"));
-    LOOM_TRY(scratch.alloc(kGradNormBlocks + 4, "scratch"));
-    LOOM_TRY(fill_random_f32(master.p, P, 31, 0.02f, stream));
-    LOOM_TRY(fill_random_f32(grads.p, P, 32, 0.001f, stream));
-    LOOM_TRY(cuda_status(cudaMemsetAsync(m.p, 0, sizeof(float) * P, stream), "memset", {}));
-    LOOM_TRY(cuda_status(cudaMemsetAsync(v.p, 0, sizeof(float) * P, stream), "memset", {}));
-    const std::vector<AdamWChunk> host = adamw_chunks({{0, P, true}}, 1.0f);
-    LOOM_TRY(chunks.alloc(static_cast<int64_t>(host.size()), "chunks"));
-    LOOM_TRY(cuda_status(cudaMemcpy(chunks.p, host.data(), sizeof(AdamWChunk) * host.size(), cudaMemcpyHostToDevice),
-                         "chunk table", {}));
-    AdamWHyper hyper;
-    hyper.weight_decay = 0.1f;
-    float* out2 = scratch.p + kGradNormBlocks;
-    auto tn = timer.median([&](int) { return grad_norm(out2, scratch.p, grads.p, P, 1.0f, stream); }, 5, 0);
-    if (!tn) return tn.error();
-    auto ta = timer.median([&](int i) {
-      return adamw_update(params.p, master.p, grads.p, m.p, v.p, chunks.p, static_cast<int64_t>(host.size()), out2 + 1,
-                          hyper, i + 1, stream);
-    }, 5, 0);
-    if (!ta) return ta.error();
-    prof.optimizer = {P, *ta, *tn, 34};  // AdamW reads grads, master, m, v (16), writes master, m, v, grads (16) and bf16 (2)
-    if (o.progress)
-      std::fprintf(stderr, "optimizer P=%lld  adamw %.3f ms (%.0f GB/s at 34 B/param)  grad norm %.3f ms\n",
-                   static_cast<long long>(P), *ta * 1e3, 34.0 * P / *ta / 1e9, *tn * 1e3);
-  }
-  LOOM_TRY(cuda_status(cudaStreamSynchronize(stream), "sync", {}));
-  // Every buffer is freed: what is still missing since before the first kernel is the kernels'
-  // lazily loaded modules (and cuBLASLt's per-shape state).
-  prof.memory.kernel_modules_bytes = std::max<int64_t>(0, before_kernels - free_bytes());
-
-  char date[32];
-  const std::time_t now = std::time(nullptr);
-  std::strftime(date, sizeof(date), "%Y-%m-%d", std::gmtime(&now));
-  prof.source = std::string("loom calibrate (executor/cuda/calibrate.cpp) on ") + prop.name + ", " +
-                std::to_string(prop.multiProcessorCount) + " SMs, driver API " + std::to_string(driver) +
-                ", runtime " + std::to_string(runtime) + ", " + date +
-                ". Microbenchmarks only (CUDA events, median of 7 batches of back-to-back launches, random inputs); "
-                "no coefficient is fitted to an end-to-end step. gemm: the executor's cuBLASLt calls without "
-                "bias/GELU epilogues (forward (T, OC, C), input gradient (T, C, OC), fp32 weight gradient "
-                "(OC, C, T)); GEMM inputs are not rotated (small shapes may run from L2). memory: "
-                "cudaMemGetInfo deltas (context against cudaMemGetInfo's total, after cudaFree(0)).";
+  LOOM_TRY(run_benchmarks(o, prof, stream));
+  prof.source = profile_source(prop);
   if (o.progress)
     std::fprintf(stderr, "memory: context %.1f MiB, cuBLASLt handle %.1f MiB, kernel modules %.1f MiB, malloc unit %.1f MiB\n",
                  prof.memory.cuda_context_bytes / 1048576.0, prof.memory.cublaslt_handle_bytes / 1048576.0,

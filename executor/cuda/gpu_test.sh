@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One command on a machine with an NVIDIA GPU (sm_80+; timings in BENCHMARKS.md are an H100):
-# build with CUDA, run the GPU kernel tests (ctest -L gpu), train GPT-2 124M (micro-batch 32) and
-# 1.5B (micro-batch 8) plans with loom, run the PyTorch baseline (torch.compile and eager) and a
-# bf16 GEMM ceiling in the same run, print a table, and append one JSON line per configuration
-# to traces/bench/h100-<date>.jsonl.
+# build with CUDA, run the GPU tests (ctest -L gpu: the kernels, and the device comms under
+# mpirun -np 2), train GPT-2 124M (micro-batch 32) and 1.5B (micro-batch 8) plans with loom,
+# run the PyTorch baseline (torch.compile and eager) and a bf16 GEMM ceiling in the same run,
+# print a table, and append one JSON line per configuration to traces/bench/h100-<date>.jsonl.
 #   make gpu-test            or   executor/cuda/gpu_test.sh
 # Environment: OUT (results; default $BUILD/gpu-test), BUILD (default build-gpu), STEPS (20),
 #   RUNS (loom runs, default "124M:32 1558M:8 1100M:8": 1100M is TinyLlama 1.1B, the Llama family), TORCH_RUNS (default 124M:32:1,1558M:8:1,124M:32:0),
@@ -22,7 +22,7 @@ mkdir -p "$OUT"
 echo "== configure and build ($BUILD)"
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$NVCC" \
   -DCMAKE_CUDA_ARCHITECTURES=90 >"$OUT/cmake.log" 2>&1 || { tail -40 "$OUT/cmake.log"; exit 1; }
-cmake --build "$BUILD" -j "$(nproc)" --target loom_cuda_train loom_gpu_tests >"$OUT/build.log" 2>&1 \
+cmake --build "$BUILD" -j "$(nproc)" --target loom_cuda_train loom_gpu_tests loom_device_comm_test >"$OUT/build.log" 2>&1 \
   || { grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1; }
 # The planner makes the plans; if `loom` does not build here, the plans saved beside this script
 # (the same `loom predict ... -o` output) are used.

@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "executor/comm.hpp"
+#include "executor/cuda/plan_limits.hpp"
 #include "executor/trainer.hpp"
 #include "planner/cli/command.hpp"
 #include "planner/cli/cuda_backend.hpp"
@@ -32,6 +33,7 @@ struct ExecuteOptions {
   int64_t emulate_rank = -1;
   bool quiet = false;
   std::string die_in_save;     // hidden: "RANK:BYTES" or "RANK:POINT" (exec::SaveFault)
+  bool lr_given = false, timeout_given = false;  // typed on the command line (not the defaults)
   exec::ExecOptions exec;
 };
 
@@ -97,6 +99,15 @@ Status prepare(ExecuteOptions& o) {
   return check_outputs(o);
 }
 
+// Token positions (step x global batch + sequence) x (seq + 1) are int64 (cpu/synthetic_data).
+Status check_steps(const ExecuteOptions& o, const Plan& plan) {
+  if (int64_t n = 0; __builtin_mul_overflow(o.exec.steps, plan.train.global_batch, &n) ||
+                     __builtin_mul_overflow(n, plan.train.seq + 1, &n))
+    return make_error("--steps", "too many for this plan's global batch and sequence: token positions would "
+                                 "overflow int64 (got " + std::to_string(o.exec.steps) + ")");
+  return ok_status();
+}
+
 // One rank of a plan larger than this machine, in one process, without MPI: its shapes, layers,
 // schedule and memory, communication replaced by local copies (executor/comm.hpp).
 int run_emulated(const ExecuteOptions& o, const Plan& plan) {
@@ -122,16 +133,45 @@ int run_emulated(const ExecuteOptions& o, const Plan& plan) {
   return 0;
 }
 
-// The CUDA backend (executor/cuda, dp = tp = pp = 1 plans for now), loaded only here: the plan
-// is read and checked first, so a bad plan gets the same line as on the CPU backend.
-int run_cuda(const ExecuteOptions& o) {
+// The flags of the CPU path that the CUDA path (one GPU, cuda::Gpt) cannot honour yet: each is
+// refused by name with the reason, never ignored. --lr, --steps, --seed, --report, --trace and
+// --quiet are forwarded.
+Status check_cuda_flags(const ExecuteOptions& o) {
+  const std::string cpu = ": use --device cpu";
   if (o.emulate_rank >= 0)
-    return fail(make_error("--emulate-rank", "runs on the CPU backend only so far (--device cpu)"));
-  if (auto plan = load_plan(o.plan_path); !plan) return fail(plan.error());
+    return make_error("--emulate-rank", "needs the parallel trainer, which the CUDA backend does not run yet" + cpu);
+  if (!o.exec.save_dir.empty())
+    return make_error("--save", "the CUDA backend writes no checkpoints yet (cuda::Gpt has no checkpoint format)" + cpu);
+  if (!o.exec.resume_dir.empty())
+    return make_error("--resume", "the CUDA backend reads no checkpoints yet (cuda::Gpt has no checkpoint format)" + cpu);
+  if (!o.exec.weights_out.empty())
+    return make_error("--weights-out", "the CUDA backend does not write the trained model yet" + cpu);
+  if (o.timeout_given)
+    return make_error("--timeout-s", "bounds the wait on peer ranks; the CUDA backend runs one process and waits on none");
+  const std::pair<bool, const char*> faults[] = {{o.exec.die_at_step >= 0, "--die-at-step"}, {o.exec.die_rank >= 0, "--die-rank"},
+                                                 {o.exec.stall, "--stall"}, {o.exec.nan_at_step >= 0, "--nan-at-step"},
+                                                 {!o.die_in_save.empty(), "--die-in-save"}};
+  for (const auto& [given, flag] : faults)
+    if (given) return make_error(flag, "fault injection runs on the CPU backend only" + cpu);
+  if (const char* n = std::getenv("OMPI_COMM_WORLD_SIZE"); n != nullptr && std::atoi(n) > 1)
+    return make_error("--device", "cuda runs one process on one GPU (dp = tp = pp = 1): start it without mpirun (got " +
+                                      std::string(n) + " ranks)");
+  return ok_status();
+}
+
+// The CUDA backend (executor/cuda), loaded only here, after the flags and the plan were checked
+// (a bad plan gets the same line as on the CPU backend, and a plan the CUDA path cannot run is
+// refused before the module is loaded or anything allocated).
+int run_cuda(const ExecuteOptions& o) {
+  if (auto st = check_cuda_flags(o); !st) return fail(st.error());
+  auto plan = load_plan(o.plan_path);
+  if (!plan) return fail(plan.error());
+  if (auto st = cuda::check_cuda_plan(*plan); !st) return fail(st.error());
+  if (auto st = check_steps(o, *plan); !st) return fail(st.error());
   auto backend = load_cuda_backend("--device");
   if (!backend) return fail(backend.error());
   const LoomCudaExecuteArgs args{o.plan_path.c_str(), o.report_path.c_str(), o.exec.trace_path.c_str(),
-                                 o.exec.steps, o.exec.seed, o.quiet ? 0 : 1};
+                                 o.exec.steps, o.exec.seed, o.quiet ? 0 : 1, o.lr_given ? o.exec.lr : 0.0};
   return (*backend)->execute(&args);
 }
 
@@ -140,12 +180,10 @@ int run_execute(const ExecuteOptions& o) {
   if (o.device != "cpu") return fail(make_error("--device", "must be cpu or cuda (got " + o.device + ")"));
   auto plan = load_plan(o.plan_path);
   if (!plan) return fail(plan.error());
+  if (plan->parallel.schedule == Schedule::zb_h1)
+    return fail(make_error(o.plan_path + ": /parallel/schedule", "the CPU executor does not run zb-h1 yet (got zb-h1)"));
   if (auto st = exec::check_cpu_plan(*plan); !st) return fail(st.error());
-  // Token positions (step x global batch + sequence) x (seq + 1) are int64 (cpu/synthetic_data).
-  if (int64_t n = 0; __builtin_mul_overflow(o.exec.steps, plan->train.global_batch, &n) ||
-                     __builtin_mul_overflow(n, plan->train.seq + 1, &n))
-    return fail(make_error("--steps", "too many for this plan's global batch and sequence: token positions would "
-                                      "overflow int64 (got " + std::to_string(o.exec.steps) + ")"));
+  if (auto st = check_steps(o, *plan); !st) return fail(st.error());
   if (!plan->prediction.fits)
     return fail(make_error(o.plan_path, "does not fit: " + plan->prediction.reason));
 
@@ -199,12 +237,13 @@ void add_execute(CLI::App& app, Run& run) {
   auto o = std::make_shared<ExecuteOptions>();
   auto* cmd = app.add_subcommand("execute", "train a plan (under mpirun -np N, one rank per device) and measure it");
   cmd->add_option("plan", o->plan_path, "plan.json (from loom plan or loom predict -o)")->required();
-  cmd->add_option("--device", o->device, "cpu (the fp32 reference backend) or cuda (one GPU, builds with nvcc)");
+  cmd->add_option("--device", o->device,
+                  "cpu (the fp32 reference backend) or cuda (one GPU, dp = tp = pp = 1 plans, builds with nvcc)");
   cmd->add_option("--steps", o->exec.steps, "train until this step")->transform(Integer(INT64_MIN, INT64_MAX));
   cmd->add_option("--report", o->report_path, "write what was measured (Estimate field names, ranks[] beside)");
   cmd->add_option("--save", o->exec.save_dir, "write a checkpoint to this folder after the last step");
   cmd->add_option("--resume", o->exec.resume_dir, "continue from the checkpoint in this folder");
-  cmd->add_option("--lr", o->exec.lr, "AdamW learning rate")
+  cmd->add_option("--lr", o->exec.lr, "AdamW learning rate (default: cpu 1e-3, cuda 3e-4)")
       ->transform(Number(0, std::numeric_limits<double>::max(), Bound::exclusive));
   cmd->add_option("--seed", o->exec.seed, "weights and synthetic data seed")->transform(Integer(0, INT64_MAX));
   cmd->add_option("--timeout-s", o->timeout_s, "give up on a peer after this many seconds without progress")
@@ -222,7 +261,9 @@ void add_execute(CLI::App& app, Run& run) {
   cmd->add_flag("--stall", o->exec.stall)->group("");
   cmd->add_option("--nan-at-step", o->exec.nan_at_step)->group("")->transform(Integer(0, INT64_MAX));
   cmd->add_option("--die-in-save", o->die_in_save)->group("");
-  cmd->callback([o, &run] {
+  cmd->callback([o, cmd, &run] {
+    o->lr_given = cmd->count("--lr") > 0;
+    o->timeout_given = cmd->count("--timeout-s") > 0;
     run = [o] {
       if (auto st = prepare(*o); !st) return refuse(st.error());
       return run_execute(*o);

@@ -1,9 +1,14 @@
-// loom import megatron args.txt --cluster C --gpus N [-o plan.json]: the argument list of a
-// Megatron-LM pretrain_gpt.py launch (a bare list, or a launch script such as `loom export --to
-// megatron` writes) as a loom plan, priced by the cost model. Flag names and defaults are
-// Megatron-LM's megatron/training/arguments.py (NVIDIA/Megatron-LM d98e8a64, the commit the
-// exporter names). A flag that changes the model in a way loom does not price refuses the file;
-// any other flag loom does not read is listed as ignored, one line each on stderr.
+// loom import megatron|torchtitan|deepspeed FILE --cluster C --gpus N [-o plan.json]: the
+// dispatch, the shared checks, and the Megatron-LM reader. torchtitan's job TOML and
+// DeepSpeed's JSON config are read in cmd_import_torchtitan.cpp and cmd_import_deepspeed.cpp;
+// --compare-best in cmd_import_compare.cpp.
+//
+// Megatron-LM: the argument list of a pretrain_gpt.py launch (a bare list, or a launch script
+// such as `loom export --to megatron` writes) as a loom plan, priced by the cost model. Flag
+// names and defaults are Megatron-LM's megatron/training/arguments.py (NVIDIA/Megatron-LM
+// d98e8a64, the commit the exporter names). A flag that changes the model in a way loom does
+// not price refuses the file; any other flag loom does not read is listed as ignored, one line
+// each on stderr.
 #include <fmt/core.h>
 
 #include <charconv>
@@ -14,13 +19,16 @@
 #include <set>
 #include <sstream>
 
+#include "planner/cli/cmd_import.hpp"
 #include "planner/cli/command.hpp"
+#include "planner/cli/flags.hpp"
 #include "planner/cli/inputs.hpp"
 #include "planner/cli/report.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/json_reader.hpp"
 #include "sim/model_math.hpp"
 #include "sim/plan.hpp"
+#include "sim/spec_json.hpp"
 #include "sim/step_result.hpp"
 #include "sim/validate.hpp"
 #include "sim/zoo.hpp"
@@ -28,15 +36,6 @@
 namespace loom::cli {
 
 namespace {
-
-struct ImportOptions {
-  std::string engine;
-  std::string path;
-  std::string cluster;
-  std::optional<int64_t> gpus;
-  std::string out_path;
-  bool json = false;
-};
 
 // Megatron flags as read: flag -> value ("" for a switch), and the flags used so far.
 struct MegatronArgs {
@@ -224,6 +223,8 @@ Status refuse_unpriced(MegatronArgs& a) {
   return ok_status();
 }
 
+}  // namespace
+
 Expected<Plan> plan_from_megatron(const ImportOptions& o) {
   auto text = read_text_file(o.path);
   if (!text) return text.error();
@@ -241,34 +242,80 @@ Expected<Plan> plan_from_megatron(const ImportOptions& o) {
   // padding (to a multiple of tp), and gradient-reduce overlap (loom always overlaps it).
   for (auto* f : {"--tokenizer-type", "--mock-data", "--padded-vocab-size", "--ckpt-format", "--overlap-grad-reduce"})
     a->used.insert(f);
-  if (o.cluster.empty()) return make_error("--cluster", "is required");
-  if (!o.gpus) return make_error("--gpus", "is required");
-  auto c = load_cluster(o.cluster, "--cluster");
+  auto c = import_cluster(o);
   if (!c) return c.error();
   plan.cluster = *c;
-  if (auto st = size_cluster(plan.cluster, *o.gpus, "--gpus"); !st) return st.error();
   auto& p = plan.parallel;
   if (*o.gpus % (p.tp * p.pp) != 0) return make_error("--gpus", "must be a multiple of tp x pp = " + std::to_string(p.tp * p.pp));
   p.dp = *o.gpus / (p.tp * p.pp);  // Megatron: dp = WORLD_SIZE / (tp x pp)
+  std::vector<std::pair<std::string, std::string>> ignored;
   for (const auto& [flag, v] : a->values)
-    if (!a->used.count(flag))
-      fmt::print(stderr, "loom: {}: {}{}: ignored (not a model, parallel or precision setting loom prices)\n", o.path, flag,
-                 v.empty() ? "" : " " + v);
+    if (!a->used.count(flag)) ignored.emplace_back(flag, v);
+  print_ignored(o.path, ignored);
   auto st = validate_config(plan.model, plan.cluster, plan.train, p, [&](const std::string& f) { return o.path + ": " + f; });
   if (!st) return st.error();
   return plan;
 }
 
+Expected<ClusterSpec> import_cluster(const ImportOptions& o) {
+  if (o.cluster.empty()) return make_error("--cluster", "is required");
+  if (!o.gpus) return make_error("--gpus", "is required");
+  auto c = load_cluster(o.cluster, "--cluster");
+  if (!c) return c.error();
+  if (auto st = size_cluster(*c, *o.gpus, "--gpus"); !st) return st.error();
+  return c;
+}
+
+void print_ignored(const std::string& path, const std::vector<std::pair<std::string, std::string>>& keys) {
+  for (const auto& [key, v] : keys)
+    fmt::print(stderr, "loom: {}: {}{}: ignored (not a model, parallel or precision setting loom prices)\n", path, key,
+               v.empty() ? "" : " " + v);
+}
+
+namespace {
+
+// The options each engine's file already holds are refused on the command line, so a value is
+// never given twice; the ones it lacks are required.
+Status check_engine_flags(const ImportOptions& o) {
+  const bool deepspeed = o.engine == "deepspeed";
+  auto refuse = [&](const char* flag, bool given, const char* holder) -> Status {
+    if (!given) return ok_status();
+    return make_error(flag, std::string("not for ") + o.engine + " (" + holder + ")");
+  };
+  Status st = ok_status();
+  if (o.engine == "megatron") st = refuse("--model", !o.model.empty(), "the launch names the model's shape");
+  if (st && !deepspeed) st = refuse("--seq", o.seq.has_value(), "the file names the sequence length");
+  if (st && !deepspeed) st = refuse("--tp", o.tp.has_value(), "the file names it");
+  if (st && !deepspeed) st = refuse("--pp", o.pp.has_value(), "the file names it");
+  if (st && !deepspeed) st = refuse("--recompute", !o.recompute.empty(), "the file names it");
+  if (st && deepspeed && o.model.empty())
+    return make_error("--model", "is required for deepspeed (a DeepSpeed config does not describe the model)");
+  return st;
+}
+
+Expected<Plan> import_plan(const ImportOptions& o) {
+  if (auto st = check_engine_flags(o); !st) return st.error();
+  if (o.engine == "torchtitan") return plan_from_torchtitan(o);
+  if (o.engine == "deepspeed") return plan_from_deepspeed(o);
+  return plan_from_megatron(o);
+}
+
 int run_import(const ImportOptions& o) {
-  auto plan = plan_from_megatron(o);
+  auto plan = import_plan(o);
   if (!plan) return fail(plan.error());
   plan->prediction = CostModel(plan->model, plan->cluster, plan->train).evaluate(plan->parallel);
   if (!o.out_path.empty()) {
     auto st = write_text_file_atomic(o.out_path, plan_to_json(*plan).dump(2) + "\n");
     if (!st) return fail(st.error());
   }
-  if (o.json) fmt::print("{}\n", estimate_to_json(plan->prediction).dump(2));
-  else fmt::print("{}", full_report(plan->prediction, plan->cluster));
+  std::optional<BestComparison> best;
+  if (o.compare_best) {
+    auto b = compare_with_best(*plan);
+    if (!b) return fail(b.error());
+    best = std::move(*b);
+  }
+  if (o.json) fmt::print("{}\n", (best ? best->json : estimate_to_json(plan->prediction)).dump(2));
+  else fmt::print("{}{}", full_report(plan->prediction, plan->cluster), best ? "\n" + best->text : "");
   return 0;
 }
 
@@ -276,13 +323,34 @@ int run_import(const ImportOptions& o) {
 
 void add_import(CLI::App& app, Run& run) {
   auto o = std::make_shared<ImportOptions>();
-  auto* cmd = app.add_subcommand("import", "an existing launch as a plan.json: `loom import megatron args.txt`");
-  cmd->add_option("engine", o->engine, "the engine the launch is for")->required()->check(CLI::IsMember({"megatron"}));
-  cmd->add_option("file", o->path, "the pretrain_gpt.py argument list or launch script")->required();
+  auto* cmd = app.add_subcommand(
+      "import", "an existing launch or config as a priced plan: `loom import megatron|torchtitan|deepspeed FILE`");
+  cmd->add_option("engine", o->engine, "the engine the file is for")
+      ->required()
+      ->check(CLI::IsMember({"megatron", "torchtitan", "deepspeed"}));
+  cmd->add_option("file", o->path,
+                  "megatron: the pretrain_gpt.py argument list or launch script; torchtitan: the job TOML; "
+                  "deepspeed: the ds_config JSON")
+      ->required();
   cmd->add_option("--cluster", o->cluster, "cluster (zoo name or JSON file)")->required();
-  cmd->add_option("--gpus", o->gpus, "GPUs the launch runs on (dp = gpus / (tp x pp))")->required();
+  cmd->add_option("--gpus", o->gpus, "GPUs the job runs on (dp = gpus / (tp x pp))")
+      ->required()
+      ->transform(Integer(1, limits::kGpus));
+  cmd->add_option("--model", o->model,
+                  "deepspeed (required): the model; torchtitan: the model of a flavor loom does not know (zoo name, "
+                  "loom model file or Hugging Face config.json)");
+  cmd->add_option("--seq", o->seq, "deepspeed: tokens per sequence (default: the model's)")->transform(Integer(1, limits::kSeq));
+  cmd->add_option("--tp", o->tp, "deepspeed: tensor-parallel size of the model code (default tensor_parallel.autotp_size, or 1)")
+      ->transform(Integer(1, limits::kGpus));
+  cmd->add_option("--pp", o->pp, "deepspeed: PipelineModule's num_stages (default 1)")->transform(Integer(1, limits::kGpus));
+  cmd->add_option("--recompute", o->recompute,
+                  "deepspeed without pp: the activation recompute the model code does (default none)")
+      ->check(CLI::IsMember(recompute_names()));
   cmd->add_option("-o,--out", o->out_path, "write the configuration and prediction as a plan.json");
-  cmd->add_flag("--json", o->json, "print the prediction as JSON");
+  cmd->add_flag("--compare-best", o->compare_best,
+                "also run `loom plan`'s search for the same model, cluster, GPUs and batch, and say how and why its "
+                "best differs");
+  cmd->add_flag("--json", o->json, "print the prediction as JSON (with --compare-best: {imported, best, speedup})");
   cmd->callback([o, &run] { run = [o] { return run_import(*o); }; });
 }
 

@@ -73,7 +73,8 @@ std::string full_report(const Estimate& e, const ClusterSpec& c) {
   s += "config  " + describe_config(e) + "\n";
   if (!e.priced_by.empty()) s += "compute priced by " + e.priced_by + "\n";
   s += "\n" + memory_table(e) + "\n" + time_table(e) + "\n" + throughput_line(e);
-  s += fmt::format("flops per step: model {:.4g} (causal attention; {:.4g} with full attention), hardware {:.4g}\n",
+  s += fmt::format("flops per step: model {:.4g} (causal attention; {:.4g} with full attention), hardware {:.4g} "
+                   "(full attention, recompute included)\n",
                    static_cast<double>(e.flops_model), static_cast<double>(e.flops_model_paper),
                    static_cast<double>(e.flops_hardware));
   s += fmt::format("bytes sent per GPU per step: tp {:.3g}  dp {:.3g}  pp {:.3g}\n", static_cast<double>(e.comm.tp),

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -752,5 +753,39 @@ TEST_CASE("execute's numeric flags are refused unless they are what they look li
     CHECK(r.code == 2);
     CHECK(r.out.find("loom: " + message) != std::string::npos);
     CHECK(loom_lines(r.out) == 1);
+  }
+}
+
+// `--device cuda` takes the CPU path's flags: what it cannot do yet is refused in one line naming
+// the flag and the reason, exit 2, before the module is loaded (so these run without a GPU), and
+// so is a plan it cannot run, naming the field and the rule.
+TEST_CASE("--device cuda refuses the flags and plans it cannot run yet, in one line", "[cuda_flags]") {
+  const std::string one = write_plan("cuda_one", make_plan({}));
+  const std::string ck = (work_dir() / "cuda_ck").string();
+  const std::pair<std::string, std::string> flags[] = {
+      {"--save " + ck, "loom: --save: the CUDA backend writes no checkpoints yet"},
+      {"--resume " + ck, "loom: --resume: the CUDA backend reads no checkpoints yet"},
+      {"--weights-out " + (work_dir() / "cuda.weights").string(), "loom: --weights-out: the CUDA backend does not write"},
+      {"--timeout-s 5", "loom: --timeout-s: bounds the wait on peer ranks; the CUDA backend runs one process"},
+      {"--emulate-rank 0", "loom: --emulate-rank: needs the parallel trainer"},
+      {"--die-at-step 1 --die-rank 0", "loom: --die-at-step: fault injection runs on the CPU backend only"}};
+  for (const auto& [flag, line] : flags) {
+    const Run r = run_loom("execute " + one + " --device cuda " + flag);
+    INFO(flag << ": " << r.out);
+    CHECK(r.code == 2);
+    CHECK(r.out.rfind(line, 0) == 0);
+    CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+  }
+  const std::pair<ParallelConfig, std::string> plans[] = {
+      {config(2, 1, 1), "loom: parallel.dp: the CUDA backend runs one GPU (dp = tp = pp = 1)"},
+      {config(1, 2, 1), "loom: parallel.tp: the CUDA backend runs one GPU (dp = tp = pp = 1)"},
+      {config(1, 1, 2), "loom: parallel.pp: the CUDA backend runs one GPU (dp = tp = pp = 1)"},
+      {config(1, 1, 1), "loom: train.dtype: the CUDA backend trains in bf16"}};
+  for (const auto& [p, line] : plans) {
+    const Run r = run_loom("execute " + write_plan("cuda_plan", make_plan(p)) + " --device cuda --lr 1e-4");
+    INFO(r.out);
+    CHECK(r.code == 2);
+    CHECK(r.out.rfind(line, 0) == 0);
+    CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
   }
 }

@@ -509,7 +509,7 @@ TEST_CASE("execute runs a llama plan with full recompute, reporting the recomput
   auto need = Gpt::memory_needed(plan.model, 2, 128, loom::Recompute::full);
   REQUIRE(need.ok());
   CHECK(r->measured.memory.activations == need->activations);
-  CHECK(r->measured.flops_hardware == loom::hardware_flops(plan.model, 4, 128, loom::Recompute::full, loom::AttentionFlops::causal));
+  CHECK(r->measured.flops_hardware == loom::hardware_flops(plan.model, 4, 128, loom::Recompute::full, loom::AttentionFlops::full));
   REQUIRE(r->losses.size() == 3);
   for (double l : r->losses) CHECK(std::isfinite(l));
 }

@@ -1,0 +1,83 @@
+// One rank's parameters cut into units: the embedding, each transformer layer, and the final
+// norm with the head, each a contiguous range of this rank's tensor-parallel shards (Megatron's
+// splits, cpu::TensorInfo::tp_split_dim), grouped by model chunk in forward order. ZeRO shards
+// every unit over dp in ceil(size / dp) pieces (the last one short), which is what its gathers
+// and reduce-scatters move. Pure functions of the model's tensor list and the plan: no buffers.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "executor/comm.hpp"
+#include "executor/cpu/gpt.hpp"
+#include "sim/rank_grid.hpp"
+
+namespace loom::exec {
+
+// A tensor's local shard inside a unit and where it sits in the full cpu::Gpt tensor.
+struct TensorSlice {
+  std::string name;
+  int64_t offset = 0, numel = 0;  // in the unit
+  bool replicated = false;        // the same values on every tp rank
+  bool decay = false;             // AdamW weight decay applies
+  int64_t full_offset = 0, rows = 0, cols = 0;  // full tensor as (rows, cols) in cpu::Gpt
+  int split = -1;                               // 0 rows, 1 columns, -1 replicated
+};
+
+// Offsets inside a unit (-1 where absent).
+struct UnitOffsets {
+  int64_t wte = -1, wpe = -1;
+  int64_t norm1_w = -1, norm1_b = -1, q_w = -1, q_b = -1, k_w = -1, k_b = -1, v_w = -1, v_b = -1;
+  int64_t o_w = -1, o_b = -1, norm2_w = -1, norm2_b = -1, fc_w = -1, fc_b = -1, up_w = -1;
+  int64_t proj_w = -1, proj_b = -1, normf_w = -1, normf_b = -1, head = -1;
+};
+
+enum class UnitKind { embed, layer, out };
+
+struct Unit {
+  UnitKind kind = UnitKind::layer;
+  int64_t layer = -1;  // model layer for kind layer
+  int chunk = 0;       // model chunk on this rank
+  int64_t size = 0;    // elements on this rank (tp shard)
+  int64_t offset = 0;  // in the rank's full parameter and gradient buffers
+  int64_t shard = 0;   // ceil(size / dp): ZeRO shard length
+  int64_t shard_offset = 0;
+  UnitOffsets o;
+  std::vector<TensorSlice> tensors;
+};
+
+// This rank's group along `d` (world ranks in group order, and its index in it).
+Group make_group(const RankGrid& grid, Dim d, int rank);
+
+struct LayoutSpec {
+  int64_t layers = 0, pp = 1, vpp = 1, stage = 0;  // the model's layers, the pipeline and this rank's stage
+  int64_t tp = 1, dp = 1;
+  int zero = 0;  // effective ZeRO stage (dp = 1 shards nothing)
+};
+
+struct UnitLayout {
+  std::vector<Unit> units;                     // in buffer order
+  std::vector<std::vector<int>> chunk_units;   // unit indices per model chunk, in forward order
+  int64_t total = 0, total_shard = 0, max_unit = 0;  // elements: all units, all ZeRO shards, the largest unit
+};
+
+// The units of this stage in buffer order: per chunk, the embedding (first stage, chunk 0), its
+// layers (sim/plan.hpp's layer_placement) and the head (last stage, last chunk).
+UnitLayout build_layout(const std::vector<cpu::TensorInfo>& tensors, const LayoutSpec& spec);
+
+// The range [begin, end) of unit `u` dp rank `index` owns under ZeRO.
+inline int64_t shard_begin(const Unit& u, int index) { return std::min(u.size, index * u.shard); }
+inline int64_t shard_end(const Unit& u, int index) { return std::min(u.size, (index + 1) * u.shard); }
+
+// Element (i, j) of a tp rank's shard <-> the full tensor in cpu::Gpt's flat layout:
+// f(index in the unit, index in the full model) for every element the shard holds.
+template <class F>
+void for_each_element(const TensorSlice& t, int tp_index, int tp, F&& f) {
+  const int64_t lr = t.split == 0 ? t.rows / tp : t.rows, lc = t.split == 1 ? t.cols / tp : t.cols;
+  const int64_t r0 = t.split == 0 ? tp_index * lr : 0, c0 = t.split == 1 ? tp_index * lc : 0;
+  for (int64_t i = 0; i < lr; ++i)
+    for (int64_t j = 0; j < lc; ++j) f(t.offset + i * lc + j, t.full_offset + (r0 + i) * t.cols + (c0 + j));
+}
+
+}  // namespace loom::exec

@@ -1,0 +1,426 @@
+// loom import torchtitan job.toml --cluster C --gpus N [--model M]: a torchtitan job TOML as a
+// loom plan. Keys, types and defaults are torchtitan v0.2.2's JobConfig (pytorch/torchtitan
+// 73a0e6979dd10b6b1904098eb3c8f62c18ab87ce, torchtitan/config/job_config.py; the parallel
+// rules from torchtitan/distributed/parallel_dims.py, pipeline_parallel.py and
+// models/llama3/infra/parallelize.py), the release `loom export --to torchtitan` writes for.
+// torchtitan refuses unknown sections and keys, and so does this reader; known keys that do not
+// change what loom prices are listed as ignored, one line each on stderr.
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+#include <toml++/toml.h>
+
+#include <cctype>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+
+#include "planner/cli/cmd_import.hpp"
+#include "sim/json_reader.hpp"
+#include "sim/validate.hpp"
+#include "sim/zoo.hpp"
+
+namespace loom::cli {
+
+namespace {
+
+// Every JobConfig field of v0.2.2 by table ("quantize.linear.float8" is [quantize.linear.float8]).
+const std::map<std::string, std::set<std::string>>& torchtitan_schema() {
+  static const std::map<std::string, std::set<std::string>> schema{
+      {"job", {"config_file", "dump_folder", "description", "print_config", "save_config_file", "custom_config_module"}},
+      {"profiling", {"enable_profiling", "save_traces_folder", "profile_freq", "profiler_active", "profiler_warmup",
+                     "enable_memory_snapshot", "save_memory_snapshot_folder"}},
+      {"metrics", {"log_freq", "enable_tensorboard", "disable_color_printing", "save_tb_folder", "save_for_all_ranks",
+                   "enable_wandb"}},
+      {"model", {"name", "flavor", "hf_assets_path", "tokenizer_path", "converters", "print_after_conversion"}},
+      {"optimizer", {"name", "lr", "beta1", "beta2", "eps", "weight_decay", "implementation", "early_step_in_backward"}},
+      {"lr_scheduler", {"warmup_steps", "total_steps", "decay_ratio", "decay_type", "min_lr_factor"}},
+      {"training", {"dataset", "dataset_path", "local_batch_size", "global_batch_size", "seq_len", "max_norm", "steps",
+                    "enable_cpu_offload", "dtype", "mixed_precision_param", "mixed_precision_reduce", "gc_freq",
+                    "gc_debug"}},
+      {"training.dataloader", {"num_workers", "persistent_workers", "pin_memory", "prefetch_factor"}},
+      {"parallelism",
+       {"data_parallel_replicate_degree", "data_parallel_shard_degree", "fsdp_reshard_after_forward",
+        "tensor_parallel_degree", "disable_loss_parallel", "enable_async_tensor_parallel", "pipeline_parallel_degree",
+        "module_fqns_per_model_part", "pipeline_parallel_first_stage_less_layers",
+        "pipeline_parallel_last_stage_less_layers", "pipeline_parallel_layers_per_stage", "pipeline_parallel_schedule",
+        "pipeline_parallel_schedule_csv", "pipeline_parallel_microbatch_size", "pipeline_parallel_expert_parallel_overlap",
+        "context_parallel_degree", "context_parallel_load_balancer", "context_parallel_rotate_method",
+        "expert_parallel_degree", "expert_tensor_parallel_degree", "expert_parallel_comm_backend"}},
+      {"checkpoint", {"enable", "enable_ft_dataloader_checkpoints", "folder", "interval", "initial_load_path",
+                      "initial_load_model_only", "initial_load_in_hf", "initial_load_in_hf_quantized",
+                      "last_save_model_only", "last_save_in_hf", "export_dtype", "async_mode", "keep_latest_k",
+                      "load_step", "exclude_from_loading", "enable_first_step_checkpoint", "create_seed_checkpoint",
+                      "load_only"}},
+      {"activation_checkpoint", {"mode", "selective_ac_option", "per_op_sac_force_recompute_mm_shapes_by_fqns",
+                                 "early_stop", "memory_budget", "visualize_memory_budget_pareto", "preserve_rng_state",
+                                 "determinism_check", "debug"}},
+      {"compile", {"enable", "components", "backend"}},
+      {"quantize", {}},
+      {"quantize.linear", {}},
+      {"quantize.linear.float8", {"enable_fsdp_float8_all_gather", "precompute_float8_dynamic_scale_for_fsdp",
+                                  "recipe_name", "filter_fqns", "emulate"}},
+      {"quantize.linear.mx", {"mxfp8_dim1_cast_kernel_choice", "recipe_name", "filter_fqns"}},
+      {"quantize.grouped_mm", {}},
+      {"quantize.grouped_mm.float8", {"fqns"}},
+      {"quantize.grouped_mm.mx", {"recipe_name", "fqns"}},
+      {"comm", {"init_timeout_seconds", "train_timeout_seconds", "trace_buf_size", "save_traces_folder",
+                "save_traces_file_prefix", "mode"}},
+      {"memory_estimation", {"enable", "disable_fake_mode"}},
+      {"fault_tolerance", {"enable", "process_group", "process_group_timeout_ms", "replica_id", "group_size",
+                           "min_replica_size", "semi_sync_method"}},
+      {"experimental", {"custom_import", "custom_args_module"}},
+      {"validation", {"enable", "dataset", "dataset_path", "local_batch_size", "seq_len", "freq", "steps"}},
+      {"validation.dataloader", {"num_workers", "persistent_workers", "pin_memory", "prefetch_factor"}},
+      {"debug", {"seed", "deterministic", "deterministic_warn_only", "moe_force_load_balance"}}};
+  return schema;
+}
+
+// The file's keys as "table.key" -> value, and the ones read so far.
+struct TomlKeys {
+  std::string path;
+  std::shared_ptr<const toml::table> doc;  // owns the nodes `values` points into
+  std::map<std::string, const toml::node*> values;
+  std::set<std::string> used;
+  std::string at(const toml::node& n) const { return path + ":" + std::to_string(n.source().begin.line); }
+  const toml::node* get(const std::string& key) {
+    used.insert(key);
+    auto it = values.find(key);
+    return it == values.end() ? nullptr : it->second;
+  }
+};
+
+std::string show(const toml::node& n) {
+  std::ostringstream s;
+  if (auto str = n.as_string()) s << '"' << str->get() << '"';
+  else if (auto f = n.as_floating_point()) s << nlohmann::json(f->get()).dump();  // shortest round-trip form
+  else n.visit([&](auto&& v) { s << v; });
+  return s.str();
+}
+
+Status flatten(const toml::table& t, const std::string& table, TomlKeys& k) {
+  const auto& schema = torchtitan_schema();
+  for (auto&& [key, node] : t) {
+    const std::string name = table.empty() ? std::string(key.str()) : table + "." + std::string(key.str());
+    if (node.is_table() && schema.count(name)) {
+      if (auto st = flatten(*node.as_table(), name, k); !st) return st;
+      continue;
+    }
+    auto sec = schema.find(table);
+    if (table.empty() || sec == schema.end() || !sec->second.count(std::string(key.str())))
+      return make_error(k.at(node) + ": " + name, node.is_table() ? "not a torchtitan v0.2.2 JobConfig section"
+                                                                   : "not a torchtitan v0.2.2 JobConfig key");
+    k.values[name] = &node;
+  }
+  return ok_status();
+}
+
+Expected<TomlKeys> read_toml(const std::string& path) {
+  auto text = read_text_file(path);
+  if (!text) return text.error();
+  TomlKeys k;
+  k.path = path;
+  toml::table t;
+  try {
+    t = toml::parse(*text, path);
+  } catch (const toml::parse_error& e) {
+    return make_error(path + ":" + std::to_string(e.source().begin.line), std::string(e.description()));
+  }
+  k.doc = std::make_shared<const toml::table>(std::move(t));
+  if (auto st = flatten(*k.doc, "", k); !st) return st.error();
+  return k;
+}
+
+// Typed reads; an absent key leaves `out` at torchtitan's default, set by the caller.
+Status get_int(TomlKeys& k, const std::string& key, int64_t& out, int64_t min, int64_t max) {
+  const toml::node* n = k.get(key);
+  if (!n) return ok_status();
+  auto v = n->as_integer();
+  if (!v || v->get() < min || v->get() > max)
+    return make_error(k.at(*n) + ": " + key, fmt::format("must be an integer in [{}, {}] (got {})", min, max, show(*n)));
+  out = v->get();
+  return ok_status();
+}
+
+Status get_str(TomlKeys& k, const std::string& key, std::string& out, const std::vector<std::string>& allowed = {}) {
+  const toml::node* n = k.get(key);
+  if (!n) return ok_status();
+  auto v = n->as_string();
+  bool known = v && allowed.empty();
+  for (const auto& a : allowed) known = known || (v && v->get() == a);
+  if (!known) {
+    std::string list;
+    for (const auto& a : allowed) list += (list.empty() ? "\"" : ", \"") + a + "\"";
+    return make_error(k.at(*n) + ": " + key, (allowed.empty() ? "must be a string" : "must be one of " + list) +
+                                                 " (got " + show(*n) + ")");
+  }
+  out = v->get();
+  return ok_status();
+}
+
+Status get_bool(TomlKeys& k, const std::string& key, bool& out) {
+  const toml::node* n = k.get(key);
+  if (!n) return ok_status();
+  auto v = n->as_boolean();
+  if (!v) return make_error(k.at(*n) + ": " + key, "must be true or false (got " + show(*n) + ")");
+  out = v->get();
+  return ok_status();
+}
+
+// A key whose value loom cannot price: refused with the reason.
+Error refused(TomlKeys& k, const std::string& key, const std::string& why) {
+  const toml::node* n = k.get(key);
+  return make_error((n ? k.at(*n) : k.path) + ": " + key, why + (n ? " (got " + show(*n) + ")" : ""));
+}
+
+// torchtitan's registered llama3 flavors (torchtitan/models/llama3/__init__.py) that loom's zoo holds.
+std::string zoo_of_flavor(const std::string& flavor) {
+  if (flavor == "8B") return "llama3-8b";
+  if (flavor == "70B") return "llama3-70b";
+  if (flavor == "405B") return "llama3-405b";
+  return "";
+}
+
+Expected<ModelSpec> load_flavor_or_model(TomlKeys& k, const ImportOptions& o, const std::string& flavor) {
+  const std::string zoo = zoo_of_flavor(flavor);
+  if (o.model.empty() && zoo.empty())
+    return refused(k, "model.flavor", "loom knows the llama3 flavors 8B, 70B and 405B; for another, pass --model with its shape");
+  std::vector<std::string> unused;
+  auto m = load_model(o.model.empty() ? zoo : o.model, "--model", &unused);
+  if (!m) return m.error();
+  if (!unused.empty()) {
+    std::string list;
+    for (const auto& u : unused) list += (list.empty() ? "" : ", ") + u;
+    fmt::print(stderr, "loom: {}: keys not used by loom: {}\n", o.model, list);
+  }
+  if (!o.model.empty() && !zoo.empty() && m->name != zoo)
+    return make_error("--model", "model.flavor \"" + flavor + "\" is " + zoo + "; drop --model or the flavor (got " + o.model + ")");
+  if (!o.model.empty() && zoo.empty() && m->name != flavor)
+    fmt::print(stderr, "loom: {}: model.flavor \"{}\": registered in Python, not known to loom; priced with the shape of {}\n",
+               k.path, flavor, o.model);
+  return m;
+}
+
+// [model]: llama3 only, in the shape of a flavor loom knows or of --model.
+Expected<ModelSpec> tt_model(TomlKeys& k, const ImportOptions& o) {
+  std::string name = "llama3", flavor = "debugmodel";
+  Status st = get_str(k, "model.name", name);
+  if (st) st = get_str(k, "model.flavor", flavor);
+  if (!st) return st.error();
+  if (name != "llama3") return refused(k, "model.name", "loom prices torchtitan's llama3 model only");
+  if (const toml::node* c = k.get("model.converters")) {
+    auto arr = c->as_array();
+    if (!arr || !arr->empty())
+      return refused(k, "model.converters", "float8 and mx converters change the GEMMs in ways loom does not price");
+  }
+  auto m = load_flavor_or_model(k, o, flavor);
+  if (!m) return m.error();
+  if (m->family != Family::llama)
+    return make_error("--model", "torchtitan's llama3 is a Llama-family model (RMSNorm, RoPE, SwiGLU); got a GPT-family model");
+  if (m->qkv_bias) return make_error("--model", "torchtitan's llama3 has no q/k/v biases; this model has them");
+  if (m->tied_embeddings)
+    fmt::print(stderr, "loom: {}: torchtitan's llama3 unties the embeddings; priced untied\n", k.path);
+  m->tied_embeddings = false;
+  m->dropout = false;
+  return m;
+}
+
+struct TtBatch {
+  int64_t local = 8, global = -1;  // JobConfig defaults
+};
+
+// [training]: batch, sequence and precision. Gradients are reduced in float32 (the only
+// mixed_precision_reduce v0.2.2 accepts) and FSDP/DDP keep fp32 gradients.
+Status tt_training(TomlKeys& k, TrainSpec& t, TtBatch& b) {
+  t.seq = 2048;
+  Status st = get_int(k, "training.local_batch_size", b.local, 1, limits::kGlobalBatch);
+  if (st) st = get_int(k, "training.global_batch_size", b.global, -1, limits::kGlobalBatch);
+  if (st && b.global == 0) return refused(k, "training.global_batch_size", "must be -1 (local x dp) or >= 1");
+  if (st) st = get_int(k, "training.seq_len", t.seq, 1, limits::kSeq);
+  std::string dtype = "float32", param = "bfloat16", reduce = "float32";
+  if (st) st = get_str(k, "training.dtype", dtype, {"bfloat16", "float32"});
+  if (st) st = get_str(k, "training.mixed_precision_param", param, {"bfloat16", "float32"});
+  if (st) st = get_str(k, "training.mixed_precision_reduce", reduce, {"float32"});
+  bool offload = false;
+  if (st) st = get_bool(k, "training.enable_cpu_offload", offload);
+  if (!st) return st;
+  if (dtype == "bfloat16")
+    return refused(k, "training.dtype", "bf16 weights, gradients and optimizer state without fp32 master weights are not modelled");
+  if (offload) return refused(k, "training.enable_cpu_offload", "CPU offload is not modelled");
+  t.dtype = param == "bfloat16" ? Dtype::bf16 : Dtype::fp32;
+  t.grad_dtype = Dtype::fp32;
+  t.attention = Attention::fused;  // SDPA
+  t.dp_bucket_bytes = 40'000'000 * dtype_bytes(t.grad_dtype);  // loom's default bucket (FSDP reduces per layer)
+  return ok_status();
+}
+
+// Context and expert parallelism, and the other keys that change what runs in ways loom does
+// not price, when set away from their defaults.
+Status tt_refuse_unpriced(TomlKeys& k) {
+  for (const char* key : {"parallelism.context_parallel_degree", "parallelism.expert_parallel_degree",
+                          "parallelism.expert_tensor_parallel_degree"}) {
+    int64_t d = 1;
+    if (auto st = get_int(k, key, d, 1, limits::kGpus); !st) return st;
+    if (d > 1)
+      return refused(k, key, std::string(key).find("context") != std::string::npos ? "context parallelism is not modelled yet"
+                                                                                   : "expert parallelism is not modelled yet");
+  }
+  if (k.get("parallelism.module_fqns_per_model_part"))
+    return refused(k, "parallelism.module_fqns_per_model_part", "loom places equal blocks of layers per stage");
+  std::string csv;
+  if (auto st = get_str(k, "parallelism.pipeline_parallel_schedule_csv", csv); !st) return st;
+  if (!csv.empty()) return refused(k, "parallelism.pipeline_parallel_schedule_csv", "loom prices GPipe, 1F1B and Interleaved1F1B");
+  return ok_status();
+}
+
+// Data, tensor and pipeline degrees (parallel_dims.py) and the ZeRO stage they amount to.
+Status tt_degrees(TomlKeys& k, int64_t gpus, ParallelConfig& p) {
+  int64_t rep = 1, shard = -1, tp = 1, pp = 1;
+  Status st = get_int(k, "parallelism.data_parallel_replicate_degree", rep, 1, limits::kGpus);
+  if (st) st = get_int(k, "parallelism.data_parallel_shard_degree", shard, -1, limits::kGpus);
+  if (st && shard == 0) return refused(k, "parallelism.data_parallel_shard_degree", "must be -1 (the GPUs left) or >= 1");
+  if (st) st = get_int(k, "parallelism.tensor_parallel_degree", tp, 1, limits::kGpus);
+  if (st) st = get_int(k, "parallelism.pipeline_parallel_degree", pp, 1, limits::kGpus);
+  std::string reshard = "default";
+  if (st) st = get_str(k, "parallelism.fsdp_reshard_after_forward", reshard, {"default", "always", "never"});
+  if (!st) return st;
+  if (shard == -1) {
+    if (gpus % (rep * tp * pp) != 0)
+      return make_error("--gpus", fmt::format("must be a multiple of replicate x tp x pp = {} for data_parallel_shard_degree -1 (got {})",
+                                              rep * tp * pp, gpus));
+    shard = gpus / (rep * tp * pp);
+  }
+  if (rep * shard * tp * pp != gpus)
+    return make_error(k.path + ": parallelism",
+                      fmt::format("replicate x shard x tp x pp = {} x {} x {} x {} must equal --gpus {}", rep, shard, tp, pp, gpus));
+  if (rep > 1 && shard > 1) return refused(k, "parallelism.data_parallel_replicate_degree", "HSDP (replicate and shard both > 1) is not modelled");
+  if (rep > 1 && (tp > 1 || pp > 1))
+    return refused(k, "parallelism.data_parallel_replicate_degree", "torchtitan v0.2.2 has no DDP with tensor or pipeline parallelism");
+  p.dp = rep * shard, p.tp = tp, p.pp = pp;
+  p.sp = tp > 1;  // torchtitan always shards the sequence between TP regions
+  // parallelize.py: "default" reshards after forward except with PP.
+  if (shard > 1) p.zero = reshard == "always" || (reshard == "default" && pp == 1) ? 3 : 2;
+  return ok_status();
+}
+
+// Schedule, virtual stages and micro-batch (pipeline_parallel.py).
+Status tt_pipeline(TomlKeys& k, int64_t layers, ParallelConfig& p) {
+  std::string sched = "1F1B";
+  int64_t mb = 1, per_stage = 0, first_less = 1, last_less = 1;
+  Status st = get_str(k, "parallelism.pipeline_parallel_schedule", sched);
+  if (st) st = get_int(k, "parallelism.pipeline_parallel_microbatch_size", mb, 1, limits::kGlobalBatch);
+  if (st) st = get_int(k, "parallelism.pipeline_parallel_layers_per_stage", per_stage, 1, limits::kLayers);
+  if (st) st = get_int(k, "parallelism.pipeline_parallel_first_stage_less_layers", first_less, 0, limits::kLayers);
+  if (st) st = get_int(k, "parallelism.pipeline_parallel_last_stage_less_layers", last_less, 0, limits::kLayers);
+  if (!st || p.pp == 1) return st;  // without PP torchtitan reads none of them
+  if (first_less != 0 || last_less != 0)
+    return refused(k, first_less != 0 ? "parallelism.pipeline_parallel_first_stage_less_layers"
+                                      : "parallelism.pipeline_parallel_last_stage_less_layers",
+                   "loom prices equal stages; torchtitan's default 1 gives the first and last stage fewer layers: set both to 0");
+  // torch.distributed.pipelining's get_schedule_class matches schedule names case-insensitively.
+  std::string lower = sched;
+  for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  const bool multi = lower == "interleaved1f1b";
+  if (lower != "gpipe" && lower != "1f1b" && !multi)
+    return refused(k, "parallelism.pipeline_parallel_schedule", "loom prices \"GPipe\", \"1F1B\" and \"Interleaved1F1B\"");
+  int64_t vpp = multi ? 2 : 1;  // without layers_per_stage: 1 stage per rank, 2 for looped schedules
+  if (per_stage > 0) {
+    if (layers % per_stage != 0 || (layers / per_stage) % p.pp != 0)
+      return refused(k, "parallelism.pipeline_parallel_layers_per_stage",
+                     fmt::format("must split the model's {} layers into a multiple of pp {} stages", layers, p.pp));
+    vpp = layers / per_stage / p.pp;
+    if (multi != (vpp > 1))
+      return refused(k, "parallelism.pipeline_parallel_layers_per_stage",
+                     multi ? "Interleaved1F1B needs at least 2 stages per rank" : sched + " needs exactly 1 stage per rank");
+  } else if (layers % (p.pp * vpp) != 0) {
+    return make_error(k.path + ": parallelism.pipeline_parallel_degree",
+                      fmt::format("the model's {} layers do not split into pp x {} equal stages", layers, vpp));
+  }
+  p.schedule = lower == "gpipe" ? Schedule::gpipe : multi ? Schedule::interleaved : Schedule::one_f_one_b;
+  p.vpp = vpp;
+  p.micro_batch = mb;
+  return ok_status();
+}
+
+// Global batch and micro-batch (train.py): without PP a forward takes local_batch_size and
+// gradient accumulation makes up the global batch; with PP local_batch_size is cut into
+// pipeline micro-batches, and each accumulation step would be another pipeline flush.
+Status tt_batch(TomlKeys& k, const TtBatch& b, ParallelConfig& p, TrainSpec& t) {
+  if (static_cast<__int128>(b.local) * p.dp > limits::kGlobalBatch)
+    return refused(k, "training.local_batch_size", fmt::format("local_batch_size x dp must be <= {}", limits::kGlobalBatch));
+  const int64_t global = b.global == -1 ? b.local * p.dp : b.global;
+  if (global % (b.local * p.dp) != 0)
+    return refused(k, "training.global_batch_size", fmt::format("must be a multiple of local_batch_size x dp = {}", b.local * p.dp));
+  t.global_batch = global;
+  if (p.pp == 1) {
+    p.micro_batch = b.local;
+    return ok_status();
+  }
+  if (global != b.local * p.dp)
+    return refused(k, "training.local_batch_size",
+                   fmt::format("with pipeline parallelism loom prices one pipeline flush per step: must be global_batch_size / dp = {}",
+                               global / p.dp));
+  if (b.local % p.micro_batch != 0)
+    return refused(k, "parallelism.pipeline_parallel_microbatch_size", fmt::format("must divide local_batch_size {}", b.local));
+  return ok_status();
+}
+
+// [activation_checkpoint]: torchtitan's default is selective with "2", every second layer.
+Status tt_recompute(TomlKeys& k, ParallelConfig& p) {
+  std::string mode = "selective", option = "2";
+  Status st = get_str(k, "activation_checkpoint.mode", mode, {"selective", "full", "memory_budget", "none"});
+  if (st) st = get_str(k, "activation_checkpoint.selective_ac_option", option);
+  if (!st) return st;
+  if (mode == "memory_budget") return refused(k, "activation_checkpoint.mode", "a memory-budget recompute is not modelled");
+  p.recompute = mode == "full" ? Recompute::full : Recompute::none;
+  if (mode != "selective") return ok_status();
+  if (option == "1") {  // every layer checkpointed: full recompute
+    p.recompute = Recompute::full;
+  } else if (option == "op") {
+    p.recompute = Recompute::selective;
+    fmt::print(stderr, "loom: {}: activation_checkpoint.selective_ac_option \"op\": priced as loom's selective recompute "
+               "(attention core), not torchtitan's per-op save list\n", k.path);
+  } else {
+    return refused(k, "activation_checkpoint.selective_ac_option",
+                   "loom prices recompute of every layer (\"1\") or per op (\"op\"), not of every n-th layer"
+                   + std::string(k.get("activation_checkpoint.selective_ac_option") ? "" : ": torchtitan's default is \"2\""));
+  }
+  return ok_status();
+}
+
+}  // namespace
+
+Expected<Plan> plan_from_torchtitan(const ImportOptions& o) {
+  auto k = read_toml(o.path);
+  if (!k) return k.error();
+  if (auto st = tt_refuse_unpriced(*k); !st) return st.error();
+  Plan plan;
+  auto m = tt_model(*k, o);
+  if (!m) return m.error();
+  plan.model = *m;
+  auto c = import_cluster(o);
+  if (!c) return c.error();
+  plan.cluster = *c;
+  TtBatch b;
+  auto& p = plan.parallel;
+  Status st = tt_training(*k, plan.train, b);
+  if (st) st = tt_degrees(*k, *o.gpus, p);
+  if (st) st = tt_pipeline(*k, plan.model.layers, p);
+  if (st) st = tt_batch(*k, b, p, plan.train);
+  if (st) st = tt_recompute(*k, p);
+  if (!st) return st.error();
+  if (plan.train.seq % (2 * p.tp) != 0)  // parallelize.py asserts seq_len % (tp x 2 cp) == 0
+    return refused(*k, "training.seq_len", fmt::format("torchtitan needs a multiple of 2 x tp = {}", 2 * p.tp));
+  if (plan.model.sliding_window > 0 && plan.train.seq > plan.model.sliding_window)
+    return refused(*k, "training.seq_len", fmt::format("must be <= the model's sliding_window {}: sliding-window attention is not "
+                                                       "modelled yet", plan.model.sliding_window));
+  std::vector<std::pair<std::string, std::string>> ignored;
+  for (const auto& [key, node] : k->values)
+    if (!k->used.count(key)) ignored.emplace_back(key, "= " + show(*node));
+  print_ignored(o.path, ignored);
+  st = validate_config(plan.model, plan.cluster, plan.train, p, [&](const std::string& f) { return o.path + ": " + f; });
+  if (!st) return st.error();
+  return plan;
+}
+
+}  // namespace loom::cli

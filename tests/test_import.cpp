@@ -1,0 +1,281 @@
+// `loom import megatron|torchtitan|deepspeed`: import(export(plan)) is the same plan, field by
+// field, for each engine and for plans that vary every knob the engine can express; files that
+// change the model in ways loom does not price, or that are malformed, exit 2 with one line.
+#include <catch2/catch.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <string>
+
+#include "run_loom.hpp"
+
+namespace {
+
+std::string hf(const std::string& name) { return std::string(LOOM_SOURCE_DIR) + "/tests/data/hf/" + name; }
+
+// The configuration a plan.json describes, without the names and the published counts that an
+// engine's file does not carry; the step time shows both sides priced the same.
+nlohmann::json configuration(const std::string& plan_path) {
+  auto j = nlohmann::json::parse(slurp(plan_path));
+  for (auto* k : {"name", "source", "published_params", "published_params_precision"}) j["model"].erase(k);
+  return {{"model", j["model"]}, {"train", j["train"]}, {"parallel", j["parallel"]},
+          {"step_time_s", j["prediction"]["step_time_s"]}};
+}
+
+// predict -o plan.json; export --to ENGINE; import ENGINE; the two plans' configurations.
+// `import_args` are what the engine's file does not hold (cluster, GPUs, and for DeepSpeed the
+// model, sequence, tp, pp and recompute).
+void round_trip(const std::string& engine, const std::string& predict_args, const std::string& import_args,
+                const std::string& name, bool quiet = true) {
+  const auto plan = temp_file(name + "_plan.json", ""), file = temp_file(name + "_" + engine + ".out", ""),
+             back = temp_file(name + "_imported.json", "");
+  INFO(engine << " " << predict_args);
+  LoomRun pr = run_loom("predict " + predict_args + " -o " + plan);
+  INFO(pr.err);
+  REQUIRE(pr.code == 0);
+  LoomRun e = run_loom("export " + plan + " --to " + engine + " -o " + file);
+  INFO(e.err);
+  REQUIRE(e.code == 0);
+  LoomRun i = run_loom("import " + engine + " " + file + " " + import_args + " -o " + back);
+  INFO(i.err);
+  REQUIRE(i.code == 0);
+  if (quiet) CHECK(i.err.empty());  // every key the exporter writes is read back
+  CHECK(configuration(back) == configuration(plan));
+}
+
+int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+
+}  // namespace
+
+TEST_CASE("import torchtitan reads back what export torchtitan wrote", "[import]") {
+  // Pure data parallelism is DDP (zero 0), with gradient accumulation 64 / (2 x 16) = 2; a
+  // flavor registered in Python ("tinyllama-1.1b"), its shape from --model.
+  round_trip("torchtitan",
+             "--model tinyllama-1.1b --cluster dgx-h100 --gpus 16 --global-batch 64 --seq 2048 --tp 1 --pp 1 --micro-batch 2 "
+             "--grad-dtype fp32",
+             "--cluster dgx-h100 --gpus 16 --model tinyllama-1.1b", "tt_ddp");
+  // FSDP resharding after forward (zero 3), tp 4 with sequence parallelism, full recompute.
+  round_trip("torchtitan",
+             "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 4096 --tp 4 --pp 1 --zero 3 --sp on "
+             "--recompute full --grad-dtype fp32",
+             "--cluster dgx-h100 --gpus 16", "tt_fsdp");
+  // FSDP without resharding (zero 2), tp 2, interleaved pipeline of 2 x 2 stages of 8 layers.
+  round_trip("torchtitan",
+             "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 32 --seq 2048 --tp 2 --pp 2 --zero 2 --sp on "
+             "--schedule interleaved --vpp 2 --micro-batch 2 --grad-dtype fp32",
+             "--cluster dgx-h100 --gpus 16", "tt_interleaved");
+  // GPipe over 4 stages, fp32 weights, full recompute; a Hugging Face model as a flavor
+  // registered in Python.
+  round_trip("torchtitan",
+             "--model " + hf("mistral_7b_config.json") + " --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 4096 "
+             "--tp 1 --pp 4 --zero 2 --schedule gpipe --dtype fp32 --grad-dtype fp32 --recompute full",
+             "--cluster dgx-h100 --gpus 16 --model " + hf("mistral_7b_config.json"), "tt_gpipe", false);
+}
+
+TEST_CASE("import deepspeed reads back what export deepspeed wrote", "[import]") {
+  // ZeRO-2, micro-batch 4 and accumulation 2, bf16 gradients in buckets of 4e7 elements.
+  round_trip("deepspeed", "--model gpt2-350m --cluster dgx-a100 --gpus 8 --global-batch 64 --tp 1 --pp 1 --zero 2 --micro-batch 4",
+             "--model gpt2-350m --cluster dgx-a100 --gpus 8", "ds_zero2");
+  // ZeRO-1 with a pipeline of 2 (PipelineModule, --pp) and full recompute, fp32 gradients.
+  round_trip("deepspeed",
+             "--model gpt2-350m --cluster dgx-a100 --gpus 8 --global-batch 32 --tp 1 --pp 2 --zero 1 --recompute full "
+             "--grad-dtype fp32",
+             "--model gpt2-350m --cluster dgx-a100 --gpus 8 --pp 2", "ds_pipe");
+  // No ZeRO, AutoTP 2: DeepSpeed's fixed 5e8-element buckets of bf16 gradients.
+  round_trip("deepspeed",
+             "--model llama3-8b --cluster dgx-h100 --gpus 8 --global-batch 16 --seq 2048 --tp 2 --pp 1 "
+             "--dp-bucket-bytes 1000000000",
+             "--model llama3-8b --seq 2048 --cluster dgx-h100 --gpus 8", "ds_autotp");
+  // ZeRO-3; the model code's recompute comes from --recompute.
+  round_trip("deepspeed",
+             "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 32 --seq 4096 --tp 1 --pp 1 --zero 3 "
+             "--recompute full --micro-batch 2",
+             "--model llama3-8b --seq 4096 --cluster dgx-h100 --gpus 16 --recompute full", "ds_zero3");
+}
+
+TEST_CASE("import megatron reads back more plans: FSDP, micro-batches, full recompute", "[import]") {
+  round_trip("megatron",
+             "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 32 --seq 4096 --tp 2 --pp 1 --zero 3 --sp on",
+             "--cluster dgx-h100 --gpus 16", "mg_fsdp");
+  round_trip("megatron",
+             "--model gpt2-350m --cluster dgx-a100 --gpus 8 --global-batch 64 --tp 1 --pp 2 --zero 2 --micro-batch 4 "
+             "--recompute full --grad-dtype fp32",
+             "--cluster dgx-a100 --gpus 8", "mg_zero2");
+}
+
+namespace {
+
+const char* kJob = R"([model]
+name = "llama3"
+flavor = "8B"
+
+[training]
+local_batch_size = 2
+global_batch_size = 32
+seq_len = 2048
+
+[parallelism]
+data_parallel_shard_degree = -1
+tensor_parallel_degree = 2
+
+[activation_checkpoint]
+mode = "none"
+)";
+
+LoomRun import_toml(const std::string& name, const std::string& text, const std::string& more = "") {
+  return run_loom("import torchtitan " + temp_file(name, text) + " --cluster dgx-h100 --gpus 8 " + more);
+}
+
+}  // namespace
+
+TEST_CASE("import torchtitan: a user's job file; ignored keys listed once; bad files exit 2", "[import]") {
+  LoomRun ok = import_toml("tt_ok.toml", std::string(kJob) + "\n[optimizer]\nlr = 3e-4\n\n[job]\ndump_folder = \"out\"\n",
+                           "--json");
+  INFO(ok.err);
+  REQUIRE(ok.code == 0);
+  const auto e = nlohmann::json::parse(ok.out);
+  CHECK(e["dp"] == 4);  // data_parallel_shard_degree -1: 8 / tp 2
+  CHECK(e["zero"] == 3);  // FSDP, "default" reshards without PP
+  CHECK(e["sp"] == true);
+  CHECK(e["micro_batch"] == 2);
+  CHECK(e["global_batch"] == 32);
+  CHECK(ok.err.find("optimizer.lr = 0.0003: ignored") != std::string::npos);
+  CHECK(ok.err.find("job.dump_folder = \"out\": ignored") != std::string::npos);
+  CHECK(lines(ok.err) == 2);
+
+  auto refused = [](const std::string& name, const std::string& text, const std::string& what) {
+    LoomRun r = import_toml(name, text);
+    INFO(r.err);
+    CHECK(r.code == 2);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.find(what) != std::string::npos);
+  };
+  refused("tt_section.toml", std::string(kJob) + "[trainer]\nsteps = 10\n", "trainer: not a torchtitan v0.2.2 JobConfig section");
+  refused("tt_key.toml", std::string(kJob) + "[optimizer]\nlearning_rate = 1.0\n",
+          "optimizer.learning_rate: not a torchtitan v0.2.2 JobConfig key");
+  std::string text = kJob;
+  text.replace(text.find("tensor_parallel_degree = 2"), 26, "tensor_parallel_degree = \"2\"");
+  refused("tt_type.toml", text, ":12: parallelism.tensor_parallel_degree: must be an integer");
+  text = kJob;
+  text.replace(text.find("= -1"), 4, "= 3");
+  refused("tt_split.toml", text, "replicate x shard x tp x pp = 1 x 3 x 2 x 1 must equal --gpus 8");
+  refused("tt_syntax.toml", std::string(kJob) + "[compile]\nenable = \n", "tt_syntax.toml:17:");
+  text = kJob;
+  text.erase(text.find("[activation_checkpoint]"));
+  refused("tt_ac.toml", text, "torchtitan's default is \"2\"");
+}
+
+TEST_CASE("import torchtitan: refusals name the key and the rule", "[import]") {
+  auto refused = [](const std::string& name, const std::string& text, const std::string& what) {
+    LoomRun r = import_toml(name, text);
+    INFO(r.err);
+    CHECK(r.code == 2);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.find(what) != std::string::npos);
+  };
+  std::string base = kJob;
+  refused("tt_conv.toml", "[model]\nname = \"llama3\"\nflavor = \"8B\"\nconverters = [\"float8\"]\n",
+          "model.converters: float8 and mx converters change the GEMMs");
+  std::string cp = base;
+  cp.insert(cp.find("tensor_parallel_degree"), "context_parallel_degree = 2\n");
+  refused("tt_cp2.toml", cp, "parallelism.context_parallel_degree: context parallelism is not modelled yet (got 2)");
+  refused("tt_flavor.toml", "[model]\nflavor = \"debugmodel\"\n", "model.flavor: loom knows the llama3 flavors");
+  std::string pp = base;
+  pp.insert(pp.find("tensor_parallel_degree"), "pipeline_parallel_degree = 2\n");
+  refused("tt_pp.toml", pp, "pipeline_parallel_first_stage_less_layers: loom prices equal stages");
+  std::string ddp = base;
+  ddp.replace(ddp.find("data_parallel_shard_degree = -1"), 31, "data_parallel_replicate_degree = 4\ndata_parallel_shard_degree = 1");
+  refused("tt_ddp.toml", ddp, "no DDP with tensor or pipeline parallelism");
+  std::string custom = base;
+  custom.replace(custom.find("\"8B\""), 4, "\"gpt2\"");
+  LoomRun gpt = import_toml("tt_gpt.toml", custom, "--model gpt2-350m");
+  CHECK(gpt.code == 2);
+  CHECK(gpt.err.find("--model: torchtitan's llama3 is a Llama-family model") != std::string::npos);
+  LoomRun tp = import_toml("tt_tp.toml", base, "--tp 2");
+  CHECK(tp.code == 2);
+  CHECK(tp.err == "loom: --tp: not for torchtitan (the file names it)\n");
+}
+
+namespace {
+
+LoomRun import_ds(const std::string& name, const nlohmann::json& cfg, const std::string& more = "") {
+  return run_loom("import deepspeed " + temp_file(name, cfg.dump()) + " --model gpt2-350m --cluster dgx-a100 --gpus 8 " + more);
+}
+
+const nlohmann::json kDs = {{"train_batch_size", 64},
+                            {"train_micro_batch_size_per_gpu", 4},
+                            {"bf16", {{"enabled", true}}},
+                            {"zero_optimization", {{"stage", 2}, {"overlap_comm", true}}},
+                            {"optimizer", {{"type", "AdamW"}, {"params", {{"lr", 3e-4}}}}},
+                            {"steps_per_print", 10}};
+
+}  // namespace
+
+TEST_CASE("import deepspeed: a user's ds_config; batch sizes resolved as DeepSpeed does; bad configs exit 2", "[import]") {
+  LoomRun ok = import_ds("ds_ok.json", kDs, "--json");
+  INFO(ok.err);
+  REQUIRE(ok.code == 0);
+  const auto e = nlohmann::json::parse(ok.out);
+  CHECK(e["dp"] == 8);
+  CHECK(e["zero"] == 2);
+  CHECK(e["micro_batch"] == 4);  // gradient accumulation 64 / (4 x 8) = 2
+  CHECK(e["global_batch"] == 64);
+  CHECK(ok.err.find("zero_optimization.overlap_comm true: ignored") != std::string::npos);
+  CHECK(ok.err.find("optimizer {") != std::string::npos);
+  CHECK(ok.err.find("steps_per_print 10: ignored") != std::string::npos);
+  CHECK(lines(ok.err) == 3);
+
+  auto refused = [](const std::string& name, nlohmann::json cfg, const std::string& what, const std::string& more = "") {
+    LoomRun r = import_ds(name, cfg, more);
+    INFO(r.err);
+    CHECK(r.code == 2);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.find(what) != std::string::npos);
+  };
+  nlohmann::json c = kDs;
+  c["fp16"] = {{"enabled", true}};
+  refused("ds_fp16.json", c, "fp16 is not modelled");
+  c = kDs;
+  c["zero_optimization"]["stagee"] = 3;
+  refused("ds_zero_key.json", c, "zero_optimization.stagee: not a DeepSpeed ZeRO option");
+  c = kDs;
+  c["train_batch_size"] = "64";
+  refused("ds_type.json", c, "/train_batch_size: must be an integer");
+  c = kDs;
+  c["train_batch_size"] = 60;  // 60 / 4 / 8 = 1 (DeepSpeed's floor), and 4 x 1 x 8 != 60
+  refused("ds_split.json", c, "train_batch_size: must equal train_micro_batch_size_per_gpu x gradient_accumulation_steps x dp (4 x 1 x 8) (got 60)");
+  refused("ds_pp.json", kDs, "ZeRO-2 and ZeRO-3 are incompatible with DeepSpeed's pipeline engine", "--pp 2");
+  c = kDs;
+  c["zero_optimization"] = {{"stage", 3}, {"offload_param", {{"device", "cpu"}}}};
+  refused("ds_offload.json", c, "zero_optimization.offload_param: offload is not modelled");
+  c = kDs;
+  c["zero_optimization"]["stage"] = 0;
+  c["data_types"] = {{"grad_accum_dtype", "fp32"}};
+  refused("ds_mix.json", c, "DeepSpeed without ZeRO accumulates gradients in the model's dtype");
+  LoomRun nomodel = run_loom("import deepspeed " + temp_file("ds_nomodel.json", kDs.dump()) + " --cluster dgx-a100 --gpus 8");
+  CHECK(nomodel.code == 2);
+  CHECK(nomodel.err.find("--model: is required for deepspeed") != std::string::npos);
+}
+
+TEST_CASE("import --compare-best: your configuration against loom's best, with the fields and terms that differ", "[import]") {
+  const auto script = temp_file("cb_launch.sh", "");
+  const auto plan = temp_file("cb_plan.json", "");
+  REQUIRE(run_loom("predict --model gpt3-175b --cluster dgx-a100 --gpus 1024 --global-batch 1536 --tp 8 --pp 16 --zero 1 "
+                   "--schedule interleaved --vpp 2 --recompute selective --sp --grad-dtype fp32 -o " + plan).code == 0);
+  REQUIRE(run_loom("export " + plan + " --to megatron -o " + script).code == 0);
+  LoomRun r = run_loom("import megatron " + script + " --cluster dgx-a100 --gpus 1024 --compare-best");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("your configuration (dp 8  tp 8  pp 16  zero 1") != std::string::npos);
+  CHECK(r.out.find("loom's best (") != std::string::npos);
+  CHECK(r.out.find("x faster, because:") != std::string::npos);
+  CHECK(r.out.find("the term that differs most: ") != std::string::npos);
+  LoomRun j = run_loom("import megatron " + script + " --cluster dgx-a100 --gpus 1024 --compare-best --json");
+  REQUIRE(j.code == 0);
+  const auto doc = nlohmann::json::parse(j.out);
+  // The search covers the imported configuration, so its best is at least as fast.
+  CHECK(doc["speedup"].get<double>() >= 1.0);
+  CHECK(doc["imported"]["step_time_s"] == nlohmann::json::parse(slurp(plan))["prediction"]["step_time_s"]);
+  CHECK(doc["best"]["step_time_s"].get<double>() <= doc["imported"]["step_time_s"].get<double>());
+}
