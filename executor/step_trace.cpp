@@ -67,7 +67,8 @@ MeasuredTimes measured_times(const std::vector<MeasuredEvent>& events) {
       (n == kTpGradSync ? t.tp_grad_sync_s : t.tp_s) += e.dur_s;
     } else if (e.stream == tn::Stream::dp || e.stream == tn::Stream::dp_gather) {
       t.dp_s += e.dur_s;
-    } else if (e.stream == tn::Stream::pp) {
+    } else if (e.stream == tn::Stream::pp || e.stream == tn::Stream::pp_recv_activations ||
+               e.stream == tn::Stream::pp_recv_gradients) {
       t.pp_s += e.dur_s;
     }
   }

@@ -59,7 +59,7 @@ Status Trainer::receive(int mb, int chunk, Phase phase, float* dst) {
   const int64_t stage = coords_.pp, chunks = pp_size_ * vpp_, mc = chunk * pp_size_ + stage;
   const bool fwd = phase == Phase::forward;
   const int from = pp_.ranks[static_cast<size_t>(slot_source(stage, chunk, phase, pp_size_, vpp_).stage)];
-  comm_.label(tn::pp_recv(fwd, mb), tn::Stream::pp);
+  comm_.label(tn::pp_recv(fwd, mb), tn::pp_recv_stream(fwd));
   if (auto st = comm_.recv(from, recv_buf_.data(), recv_buf_.bytes(), p2p_tag(mb, mc, chunks, fwd ? 0 : 1),
                            fwd ? "pipeline forward receive" : "pipeline backward receive");
       !st)

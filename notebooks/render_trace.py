@@ -27,7 +27,7 @@ KINDS = [  # (label, colour, test on the event name)
     ("dp collective", "#C44E52", lambda n: n.startswith("dp ")),
     ("pp send/recv", "#937860", lambda n: n.startswith("pp ")),
 ]
-STREAMS = ["compute", "tp", "dp", "pp"]
+STREAMS = ["compute", "tp", "dp", "pp", "dp gather", "pp recv activations", "pp recv gradients"]
 
 
 def kind_of(name):
@@ -67,7 +67,10 @@ def draw(ax, path, window=None, title=None, streams=None, end=None):
     """Draw one trace on `ax`; returns (kinds used, rows drawn). `end`: the x limit when
     window is None (default: the trace's last event), so two traces can share a scale."""
     procs, threads, spans, labels, meta = load(path)
-    rows = sorted(k for k in spans if streams is None or threads.get(k, STREAMS[k[1]] if k[1] < 4 else "") in streams)
+    def shown(k):  # a stream filter names a track or its group ("pp" also draws "pp recv ...")
+        name = threads.get(k, STREAMS[k[1]] if k[1] < len(STREAMS) else "")
+        return streams is None or name in streams or name.split(" ")[0] in streams
+    rows = sorted(k for k in spans if shown(k))
     last = max(s + d for per in spans.values() for lst in per.values() for s, d in lst)
     lo, hi = window if window else (0.0, end if end is not None else last)
     for y, key in enumerate(rows):

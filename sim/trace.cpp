@@ -71,7 +71,8 @@ nlohmann::json event(const SimTask& t, const ParallelConfig& p, int64_t pid, boo
   if (t.layers > 0) args["layers"] = t.layers;
   if (t.bytes > 0) args["bytes"] = t.bytes;
   if (t.kind == TaskKind::pp_send) args[receiver ? "from_stage" : "to_stage"] = receiver ? t.stage : t.peer_stage;
-  return trace_complete_event(task_name(t, p, receiver), t.stream, t.start_s, t.dur_s, pid, std::move(args));
+  const tn::Stream stream = receiver ? tn::pp_recv_stream(t.phase == Phase::forward) : t.stream;
+  return trace_complete_event(task_name(t, p, receiver), stream, t.start_s, t.dur_s, pid, std::move(args));
 }
 
 nlohmann::json metadata(const char* what, int64_t pid, int tid, nlohmann::json args) {
@@ -96,6 +97,20 @@ nlohmann::json trace_rank_metadata(int64_t rank, const Coords& c) {
     events.push_back(metadata("thread_sort_index", rank, s, {{"sort_index", s}}));
   }
   return events;
+}
+
+int64_t trace_event_count(const SimResult& r, const ParallelConfig& p, const RankGrid& grid,
+                          const std::vector<int64_t>& ranks) {
+  std::vector<int64_t> per_stage(p.pp, 0);
+  for (const SimTask& t : r.tasks) {
+    if (t.dur_s <= 0) continue;
+    ++per_stage[t.stage];
+    if (t.kind == TaskKind::pp_send) ++per_stage[t.peer_stage];
+  }
+  const int64_t metadata = 2 + 2 * tn::kStreams;
+  int64_t n = 0;
+  for (int64_t rank : ranks) n += metadata + per_stage[grid.coords(rank).pp];
+  return n;
 }
 
 nlohmann::json trace_json(const SimResult& r, const ParallelConfig& p, const RankGrid& grid,

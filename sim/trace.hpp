@@ -19,6 +19,10 @@ std::vector<int64_t> default_trace_ranks(const RankGrid& grid);
 // "0-7,64,130" (ranks or inclusive ranges, comma separated), each below `world`, sorted, unique.
 Expected<std::vector<int64_t>> parse_rank_list(const std::string& list, int64_t world, const std::string& where);
 
+// The events trace_json writes for these ranks (metadata included), counted without writing
+// them, so a caller can say how large the file will be before building it.
+int64_t trace_event_count(const SimResult& r, const ParallelConfig& p, const RankGrid& grid,
+                          const std::vector<int64_t>& ranks);
 // `r` must have been simulated with keep_tasks. Each rank draws its stage's timeline (all dp
 // replicas and tp ranks of a stage run the same tasks; simulator.hpp).
 nlohmann::json trace_json(const SimResult& r, const ParallelConfig& p, const RankGrid& grid,

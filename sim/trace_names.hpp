@@ -23,8 +23,16 @@ namespace loom::trace_names {
 
 // dp_gather: ZeRO-3/FSDP parameter all-gathers, on their own stream as FSDP's unshard
 // stream, so a prefetch is not queued behind the previous layer's gradient reduce-scatter.
-enum class Stream : uint8_t { compute = 0, tp = 1, dp = 2, pp = 3, dp_gather = 4 };
-inline constexpr int kStreams = 5;
+// pp carries a rank's own sends; what it receives is drawn on two tracks of its own, activations
+// from the stage before and gradients from the stage after, so that a receive overlapping a send
+// (or the other direction's receive) never shares a track with it: Perfetto nests the events of
+// one track and draws overlapping ones wrongly.
+enum class Stream : uint8_t { compute = 0, tp = 1, dp = 2, pp = 3, dp_gather = 4, pp_recv_activations = 5,
+                              pp_recv_gradients = 6 };
+inline constexpr int kStreams = 7;
+inline Stream pp_recv_stream(bool forward) {
+  return forward ? Stream::pp_recv_activations : Stream::pp_recv_gradients;
+}
 inline const char* stream_name(Stream s) {
   switch (s) {
     case Stream::compute: return "compute";
@@ -32,6 +40,8 @@ inline const char* stream_name(Stream s) {
     case Stream::dp: return "dp";
     case Stream::pp: return "pp";
     case Stream::dp_gather: return "dp gather";
+    case Stream::pp_recv_activations: return "pp recv activations";
+    case Stream::pp_recv_gradients: return "pp recv gradients";
   }
   return "?";
 }

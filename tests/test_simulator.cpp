@@ -623,3 +623,52 @@ TEST_CASE("zb-h1 on the command line: predict, vpp refused, searched where pp > 
     CHECK((zb != sp.schedules.end()) == (sp.pp > 1));
   }
 }
+
+TEST_CASE("trace: no two events of one track overlap, so Perfetto nests them (receives on their own tracks)") {
+  // The README's interleaved GPT-2 350M plan on 16 GPUs: each stage sends and receives
+  // activations and gradients while it computes. Sends stay on `pp`; receives go to
+  // `pp recv activations` or `pp recv gradients`, and each track holds one event at a time.
+  const std::string plan = temp_file("trace_tracks.plan.json", "");
+  REQUIRE(run_loom("predict --model gpt2-350m --cluster dgx-a100 --gpus 16 --global-batch 64 --tp 2 --pp 4 --zero 1 "
+                   "--schedule interleaved --vpp 2 --micro-batch 4 -o " + plan)
+              .code == 0);
+  const std::string trace = temp_file("trace_tracks.json", "");
+  REQUIRE(run_loom("simulate " + plan + " --ranks 0-15 --trace " + trace).code == 0);
+  const auto doc = nlohmann::json::parse(slurp(trace));
+  std::map<std::pair<int64_t, int64_t>, std::vector<std::pair<double, double>>> tracks;
+  std::set<std::string> recv_tracks;
+  for (const auto& e : doc["traceEvents"]) {
+    if (e["ph"] == "M" && e["name"] == "thread_name") {
+      const std::string n = e["args"]["name"];
+      if (n.rfind("pp recv", 0) == 0) recv_tracks.insert(n);
+    }
+    if (e["ph"] != "X") continue;
+    const int64_t tid = e["tid"];
+    if (std::string(e["name"]).rfind("pp recv", 0) == 0)
+      CHECK((tid == static_cast<int>(trace_names::Stream::pp_recv_activations) ||
+             tid == static_cast<int>(trace_names::Stream::pp_recv_gradients)));
+    tracks[{e["pid"].get<int64_t>(), tid}].push_back({e["ts"].get<double>(), e["dur"].get<double>()});
+  }
+  CHECK(recv_tracks == std::set<std::string>{"pp recv activations", "pp recv gradients"});
+  int64_t overlaps = 0;
+  for (auto& [key, ev] : tracks) {
+    std::sort(ev.begin(), ev.end());
+    for (size_t i = 1; i < ev.size(); ++i) overlaps += ev[i].first < ev[i - 1].first + ev[i - 1].second - 1e-3;
+  }
+  CHECK(overlaps == 0);
+}
+
+TEST_CASE("trace: the event count announced before writing equals the events written") {
+  const ClusterSpec c = a100(16);
+  const CostModel cm = gpt2_model(c, 64);
+  ParallelConfig p = config(2, 2, 4, Schedule::interleaved, 2, 4);
+  p.zero = 3;
+  auto r = simulate(cm, p, SimOptions{});
+  REQUIRE(r.ok());
+  auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order);
+  REQUIRE(grid.ok());
+  for (const std::vector<int64_t>& ranks : {std::vector<int64_t>{0}, std::vector<int64_t>{0, 5, 9, 15}}) {
+    const auto doc = trace_json(*r, p, *grid, ranks);
+    CHECK(trace_event_count(*r, p, *grid, ranks) == static_cast<int64_t>(doc["traceEvents"].size()));
+  }
+}

@@ -73,6 +73,12 @@ int run_simulate(const SimulateOptions& o) {
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!r) return fail(r.error());
   if (!o.trace_path.empty()) {
+    // About 250 bytes of JSON per event: say so before a large file is built in memory.
+    const int64_t events = trace_event_count(*r, p, *grid, ranks);
+    const double mib = static_cast<double>(events) * 250.0 / 1048576.0;
+    if (mib >= 64)
+      fmt::print(stderr, "loom: writing {} events for {} ranks to {} (about {:.0f} MiB; --ranks draws fewer)\n", events,
+                 ranks.size(), o.trace_path, mib);
     auto st = write_text_file_atomic(o.trace_path, trace_json(*r, p, *grid, ranks).dump() + "\n");
     if (!st) return fail(st.error());
   }
