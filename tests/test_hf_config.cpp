@@ -48,6 +48,13 @@ TEST_CASE("Hugging Face configs give the published parameter counts") {
   CHECK(q25.qkv_bias);
   CHECK(q25.tied_embeddings);
   CHECK(total_params(q25) == 494'032'768);
+  // Llama 3.1 8B: Llama 3 8B's shapes with RoPE scaling to 128k positions (rope_scaling changes
+  // positions, not parameters): the model card's 8.03B, the safetensors total 8,030,261,248.
+  CHECK(total_params(load_hf("llama3.1_8b_config.json")) == 8'030'261'248);
+  // Qwen2.5 7B: Qwen2 7B's shapes and q/k/v biases (model card: 7.61B).
+  auto q257 = load_hf("qwen2.5_7b_config.json");
+  CHECK(q257.qkv_bias);
+  CHECK(total_params(q257) == 7'615'616'512);
 }
 
 TEST_CASE("Hugging Face fields that loom prices are read") {

@@ -23,7 +23,7 @@ int execute_cuda_command(const std::string& plan_path, const CudaOptions& opt,
   auto report = run_cuda(*plan, o);
   if (!report) return fail(report.error().message);
   const Estimate& m = report->measured;
-  std::printf("%s on %s: B=%lld T=%lld step %.4f s, %.0f tokens/s, %.1f TFLOP/s, MFU %.1f%%, "
+  std::printf("%s on %s: B=%lld T=%lld step %.4f s, %.0f tokens/s, %.1f TFLOP/s, MFU %.1f%% (causal attention FLOPs), "
               "loss %.4f -> %.4f, allocated %.2f GiB (predicted: step %.4f s, %.2f GiB)\n",
               m.model.c_str(), report->device_name.c_str(),
               static_cast<long long>(m.parallel.micro_batch), static_cast<long long>(m.train.seq),
