@@ -114,7 +114,7 @@ int64_t trace_event_count(const SimResult& r, const ParallelConfig& p, const Ran
 }
 
 nlohmann::json trace_json(const SimResult& r, const ParallelConfig& p, const RankGrid& grid,
-                          const std::vector<int64_t>& ranks) {
+                          const std::vector<int64_t>& ranks, const std::function<void(int64_t, int64_t)>& progress) {
   std::vector<std::vector<const SimTask*>> own(p.pp), incoming(p.pp);
   for (const SimTask& t : r.tasks) {
     if (t.dur_s <= 0) continue;
@@ -122,11 +122,13 @@ nlohmann::json trace_json(const SimResult& r, const ParallelConfig& p, const Ran
     if (t.kind == TaskKind::pp_send) incoming[t.peer_stage].push_back(&t);
   }
   nlohmann::json events = nlohmann::json::array();
+  int64_t drawn = 0;
   for (int64_t rank : ranks) {
     const Coords c = grid.coords(rank);
     for (auto& m : trace_rank_metadata(rank, c)) events.push_back(std::move(m));
     for (const SimTask* t : own[c.pp]) events.push_back(event(*t, p, rank, false));
     for (const SimTask* t : incoming[c.pp]) events.push_back(event(*t, p, rank, true));
+    if (progress) progress(++drawn, static_cast<int64_t>(ranks.size()));
   }
   return {{"traceEvents", std::move(events)},
           {"displayTimeUnit", "ms"},

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -24,9 +25,11 @@ Expected<std::vector<int64_t>> parse_rank_list(const std::string& list, int64_t 
 int64_t trace_event_count(const SimResult& r, const ParallelConfig& p, const RankGrid& grid,
                           const std::vector<int64_t>& ranks);
 // `r` must have been simulated with keep_tasks. Each rank draws its stage's timeline (all dp
-// replicas and tp ranks of a stage run the same tasks; simulator.hpp).
+// replicas and tp ranks of a stage run the same tasks; simulator.hpp). `progress`, when set, is
+// called after each rank with (ranks done, ranks).
 nlohmann::json trace_json(const SimResult& r, const ParallelConfig& p, const RankGrid& grid,
-                          const std::vector<int64_t>& ranks);
+                          const std::vector<int64_t>& ranks,
+                          const std::function<void(int64_t, int64_t)>& progress = {});
 
 // The metadata events that name a rank's process and its stream threads.
 nlohmann::json trace_rank_metadata(int64_t rank, const Coords& c);
