@@ -456,19 +456,4 @@ Expected<SearchResult> refine_until_settled(SearchResult result, const ModelSpec
   return result;
 }
 
-Expected<SearchResult> refine_top(SearchResult result, const ModelSpec& m, const ClusterSpec& c, size_t k,
-                                  const Rescorer& rescore) {
-  k = std::min(k, result.top.size());
-  for (size_t i = 0; i < k; ++i) {
-    auto e = rescore(plan_of(m, c, result.top[i]));
-    if (!e) return e.error();
-    result.top[i] = *e;
-  }
-  // Re-rank the refined ones by the better-informed number: the simulated step when there is one.
-  auto key = [](const Estimate& e) { return e.simulated_step_time_s > 0 ? e.simulated_step_time_s : e.step_time_s; };
-  std::stable_sort(result.top.begin(), result.top.begin() + static_cast<std::ptrdiff_t>(k),
-                   [&](const Estimate& a, const Estimate& b) { return key(a) < key(b); });
-  return result;
-}
-
 }  // namespace loom

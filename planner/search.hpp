@@ -116,13 +116,8 @@ int64_t memory_lower_bound(StageWork& scratch, const ModelSpec& m, const Cluster
 // The plan of one ranked estimate (its train spec carries the grad dtype it was found with).
 Plan plan_of(const ModelSpec& m, const ClusterSpec& c, const Estimate& e);
 
-// `loom plan --refine K`: re-scores the first k of `result.top` with `rescore` (the event
-// simulator, which sets simulated_step_time_s) and re-ranks those k by the simulated step
-// time (the analytical one where none was set), ties kept in their old order; the rest keep
-// their place. An error from rescore is returned as is.
+// A re-scorer for the planner's shortlist: the event simulator, which sets simulated_step_time_s.
 using Rescorer = std::function<Expected<Estimate>(const Plan&)>;
-Expected<SearchResult> refine_top(SearchResult result, const ModelSpec& m, const ClusterSpec& c, size_t k,
-                                  const Rescorer& rescore);
 
 // `loom plan` (--refine K, K the least): the shortlist grows until growing it cannot change
 // the winner. Candidates are re-scored in analytical order, at least `min_k` of them; after
@@ -131,7 +126,8 @@ Expected<SearchResult> refine_top(SearchResult result, const ModelSpec& m, const
 // The next candidate could only win if its analytical step / r < best; when that fails, so it
 // does for every later one (they are slower analytically), and the shortlist is settled. If
 // result.top runs out first, shortlist_settled is false. The refined ones are re-ranked by
-// the simulated step; result.top is then cut to `keep`.
+// the simulated step (ties keep their order); result.top is then cut to `keep`. An error from
+// rescore is returned as is.
 Expected<SearchResult> refine_until_settled(SearchResult result, const ModelSpec& m, const ClusterSpec& c,
                                             size_t min_k, size_t keep, const Rescorer& rescore);
 

@@ -373,23 +373,24 @@ Expected<SimResult> simulate(const SimInputs& in, const SimOptions& opt) {
   for (int64_t s = 0; s < p.pp; ++s) build_stage(b, idx, in, s, tables[s]);
   for (size_t i = 0; i < idx.first.size(); ++i) b.dep(idx.recv[i], idx.first[i]);  // receive before use
 
-  Graph g(b.tasks.size());
-  for (const SweepEdge& e : b.edges) boost::add_edge(e.from, e.to, e.frac, g);
-  std::vector<size_t> order;
-  order.reserve(b.tasks.size());
-  try {
-    boost::topological_sort(g, std::back_inserter(order));
-  } catch (const boost::not_a_dag&) {
-    return make_error("simulate", "the schedule deadlocks (the task graph has a cycle)");
-  }
   SimResult r;
   const NicSharing sharing = nic_sharing(in);
   if (opt.contention && p.dp > 1 && (p.zero >= 3 || sharing.any())) {
-    // Durations of sharing tasks depend on what runs beside them: played as events.
+    // Durations of sharing tasks depend on what runs beside them: played as events (which
+    // also finds a cycle: tasks that never become ready).
     auto added = sweep_shared(b.tasks, b.edges, sharing);
     if (!added) return added.error();
     r.contention_s = *added;
   } else {
+    Graph g(b.tasks.size());
+    for (const SweepEdge& e : b.edges) boost::add_edge(e.from, e.to, e.frac, g);
+    std::vector<size_t> order;
+    order.reserve(b.tasks.size());
+    try {
+      boost::topological_sort(g, std::back_inserter(order));
+    } catch (const boost::not_a_dag&) {
+      return make_error("simulate", "the schedule deadlocks (the task graph has a cycle)");
+    }
     sweep(g, order, b.tasks);
   }
 

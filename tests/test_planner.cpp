@@ -314,7 +314,7 @@ TEST_CASE("the same inputs give the same plan, whatever the thread count") {
   same_result(one, run(j, {}, true, 1, 30));
 }
 
-TEST_CASE("refine_top re-ranks the first k by the new scores") {
+TEST_CASE("refine_until_settled re-ranks what it re-scored and stops once no later candidate could win") {
   const Job j = job("gpt2-124m", "dgx-a100", 8, 32);
   SearchResult r = run(j, {}, true, 2, 5);
   REQUIRE(r.top.size() == 5);
@@ -325,14 +325,24 @@ TEST_CASE("refine_top re-ranks the first k by the new scores") {
     if (key(e) == before[0]) e.step_time_s *= 100;
     return e;
   };
-  auto refined = refine_top(r, j.model, j.cluster, 3, slow_first);
+  auto refined = refine_until_settled(r, j.model, j.cluster, 3, 5, slow_first);
   REQUIRE(refined.ok());
+  CHECK(refined->refined == 3);  // the 4th is no faster than the best re-scored one
+  CHECK(refined->shortlist_settled);
   const auto after = keys(*refined);
   CHECK(after[0] == before[1]);
   CHECK(after[1] == before[2]);
   CHECK(after[2] == before[0]);
   CHECK(after[3] == before[3]);
-  auto failing = refine_top(r, j.model, j.cluster, 2, [](const Plan&) -> Expected<Estimate> { return Error{"sim: no"}; });
+  // At least one: the first turns out slow, so the second could still win and is re-scored;
+  // the third cannot beat the second and the search stops there.
+  auto one = refine_until_settled(r, j.model, j.cluster, 1, 5, slow_first);
+  REQUIRE(one.ok());
+  CHECK(one->refined == 2);
+  CHECK(keys(*one)[0] == before[1]);
+  CHECK(keys(*one)[1] == before[0]);
+  auto failing = refine_until_settled(r, j.model, j.cluster, 2, 5,
+                                      [](const Plan&) -> Expected<Estimate> { return Error{"sim: no"}; });
   CHECK(!failing.ok());
 }
 

@@ -65,7 +65,7 @@ SearchPins pins_from(const PlanOptions& o) {
 double gib(int64_t b) { return static_cast<double>(b) / 1073741824.0; }
 
 // The step time a row was ranked by: the simulated one where --refine ran the event simulator
-// on it (refine_top re-ranks by it), the analytical one otherwise.
+// on it (refine_until_settled re-ranks by it), the analytical one otherwise.
 double ranked_step_s(const Estimate& e) {
   return e.simulated_step_time_s > 0 ? e.simulated_step_time_s : e.step_time_s;
 }
