@@ -1,6 +1,6 @@
 # loom: the two quick-start commands.
-#   make plan   installs missing Debian packages (when root), configures, builds `loom` alone, prints a plan
-#   make test   the same set-up, builds everything, then every test (ctest)
+#   make plan   installs the missing Debian packages `loom` needs (when root), configures, builds `loom` alone, prints a plan
+#   make test   installs the rest (tests, benchmarks, fuzz tree, notebooks), builds everything, then every test (ctest)
 # Variables: MODEL, CLUSTER, GPUS, BATCH (and SEQ, default the model's) for `make plan`; BUILD (build dir); JOBS.
 
 BUILD ?= build
@@ -11,11 +11,14 @@ GPUS ?= 1024
 BATCH ?= 1536
 SEQ ?=
 
-# Every Debian package the project builds, tests or runs with.
-DEBS := cmake ninja-build g++ clang libclang-rt-14-dev \
-        nlohmann-json3-dev libcli11-dev libfmt-dev libtomlplusplus-dev libboost-graph-dev catch2 libbenchmark-dev \
-        libopenmpi-dev openmpi-bin \
-        python3 python3-matplotlib python3-nbconvert python3-ipykernel jupyter-nbconvert
+# The Debian packages the `loom` binary builds with (all `make plan` installs; Boost.Graph is
+# header-only, in libboost-dev) ...
+PLAN_DEBS := cmake ninja-build g++ nlohmann-json3-dev libcli11-dev libfmt-dev libtomlplusplus-dev libboost-dev \
+             libopenmpi-dev
+# ... and those only the tests, benchmarks, fuzz tree and notebooks need (`make test` adds them).
+TEST_DEBS := clang libclang-rt-14-dev catch2 libbenchmark-dev openmpi-bin \
+             python3 python3-matplotlib python3-nbconvert python3-ipykernel jupyter-nbconvert
+DEBS := $(PLAN_DEBS) $(TEST_DEBS)
 
 FUZZ_BUILD ?= build-fuzz
 NVCC := $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
@@ -24,10 +27,13 @@ CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Release $(if $(NVCC),-DCMAKE_CUDA_COM
 # The fuzz tree: clang, libFuzzer, ASan and UBSan on every object; only loom_fuzz is built.
 FUZZ_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DLOOM_FUZZ=ON
 
-.PHONY: deps configure build fuzz-build plan test gpu-test clean
+.PHONY: deps plan-deps configure plan-configure build fuzz-build plan test gpu-test clean
 
-deps:
-	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done | tr '\n' ' '); \
+# deps installs every package, plan-deps only those `loom` builds with.
+deps: WANT_DEBS = $(DEBS)
+plan-deps: WANT_DEBS = $(PLAN_DEBS)
+deps plan-deps:
+	@missing=$$(for p in $(WANT_DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done | tr '\n' ' '); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "loom: installing $$missing"; \
@@ -39,10 +45,18 @@ deps:
 	  fi; \
 	fi
 
-$(BUILD)/build.ninja: | deps
-	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+# `make plan` configures a new build folder without the tests (BUILD_TESTING=OFF: no Catch2,
+# Google Benchmark, clang or Jupyter needed); `make configure` (and so `make test`) turns them on in
+# the same folder, with LOOM_REQUIRE_ALL_TESTS: a missing test tool fails there, no test is skipped.
+$(BUILD)/build.ninja: | plan-deps
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS) -DBUILD_TESTING=OFF
 
-configure: deps $(BUILD)/build.ninja
+plan-configure: plan-deps $(BUILD)/build.ninja
+
+configure: deps
+	@grep -qx 'LOOM_REQUIRE_ALL_TESTS:BOOL=ON' $(BUILD)/CMakeCache.txt 2>/dev/null && \
+	  grep -qx 'BUILD_TESTING:BOOL=ON' $(BUILD)/CMakeCache.txt && [ -f $(BUILD)/build.ninja ] || \
+	  cmake -S . -B $(BUILD) $(CMAKE_FLAGS) -DBUILD_TESTING=ON -DLOOM_REQUIRE_ALL_TESTS=ON
 
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
@@ -55,7 +69,7 @@ fuzz-build: deps $(FUZZ_BUILD)/build.ninja
 
 # Only the `loom` binary and the libraries it links (no kernels' tests, benchmarks or fuzz tree):
 # the rest builds in `make test`.
-plan: configure
+plan: plan-configure
 	cmake --build $(BUILD) -j $(JOBS) --target loom
 	./$(BUILD)/loom plan --model $(MODEL) --cluster $(CLUSTER) --gpus $(GPUS) --global-batch $(BATCH) $(if $(SEQ),--seq $(SEQ))
 

@@ -86,6 +86,37 @@ Status RingComm::all_gather(const Group& g, float* data, int64_t n) {
   return ring_all_gather(g, data, n, "all_gather");
 }
 
+namespace {
+std::vector<int64_t> prefix(const std::vector<int64_t>& v) {
+  std::vector<int64_t> out(v.size() + 1, 0);
+  for (size_t i = 0; i < v.size(); ++i) out[i + 1] = out[i] + v[i];
+  return out;
+}
+}  // namespace
+
+// Pairwise all-to-all (Thakur, Rabenseifner & Gropp 2005, the pairwise-exchange algorithm): in
+// step k member i sends its block for i+k and receives the block of i-k.
+Status RingComm::all_to_all(const Group& g, const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+                            const std::vector<int64_t>& recv_bytes) {
+  const int G = g.size(), i = g.index;
+  if (static_cast<int>(send_bytes.size()) != G || static_cast<int>(recv_bytes.size()) != G)
+    return make_error("all_to_all", "needs one block size per member of the " + std::string(group_name(g.kind)) + " group");
+  const auto sd = prefix(send_bytes), rd = prefix(recv_bytes);
+  const char* s = static_cast<const char*>(send);
+  char* r = static_cast<char*>(recv);
+  if (recv_bytes[static_cast<size_t>(i)] != send_bytes[static_cast<size_t>(i)])
+    return make_error("all_to_all", "this rank's own block must be as large sent as received");
+  std::memcpy(r + rd[static_cast<size_t>(i)], s + sd[static_cast<size_t>(i)], static_cast<size_t>(send_bytes[static_cast<size_t>(i)]));
+  for (int k = 1; k < G; ++k) {
+    const size_t to = static_cast<size_t>(mod(i + k, G)), from = static_cast<size_t>(mod(i - k, G));
+    auto st = exchange(g.ranks[to], s + sd[to], send_bytes[to], g.ranks[from], r + rd[from], recv_bytes[from],
+                       collective_tag(g.kind), std::string("all_to_all on the ") + group_name(g.kind) + " group");
+    if (!st) return st;
+    counters_.add(g.kind, "all_to_all", send_bytes[to]);
+  }
+  return ok_status();
+}
+
 std::vector<RingChunk> ring_sent_chunks(int64_t n, int g, int index, bool all_gather_phase) {
   std::vector<RingChunk> out;
   for (int k = 0; k < g - 1; ++k) {
@@ -139,6 +170,19 @@ class EmulatedComm final : public Comm {
   }
   Status all_gather(const Group& g, float* data, int64_t n) override {
     copy_ring(g, data, n, true, "all_gather");
+    return ok_status();
+  }
+
+  Status all_to_all(const Group& g, const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+                    const std::vector<int64_t>& recv_bytes) override {
+    const auto sd = prefix(send_bytes), rd = prefix(recv_bytes);
+    for (size_t j = 0; j < send_bytes.size() && j < recv_bytes.size(); ++j) {
+      const int64_t n = std::min(send_bytes[j], recv_bytes[j]);
+      char* r = static_cast<char*>(recv) + rd[j];
+      std::memcpy(r, static_cast<const char*>(send) + sd[j], static_cast<size_t>(n));
+      std::memset(r + n, 0, static_cast<size_t>(recv_bytes[j] - n));
+      if (static_cast<int>(j) != g.index) counters_.add(g.kind, "all_to_all", send_bytes[j]);
+    }
     return ok_status();
   }
 

@@ -21,9 +21,13 @@
 
 namespace loom::exec {
 
-enum class GroupKind : int { tp = 0, dp = 1, pp = 2, world = 3 };
+// MoE layers (sim/rank_grid.hpp's ExpertGrid): ep, the group tokens are dispatched over by
+// all-to-all; etp, the group an expert's FFN is split over; edp, the expert-data-parallel group
+// expert gradients are summed over.
+enum class GroupKind : int { tp = 0, dp = 1, pp = 2, world = 3, ep = 4, etp = 5, edp = 6 };
+inline constexpr int kGroupKinds = 7;
 inline const char* group_name(GroupKind k) {
-  static const char* names[] = {"tp", "dp", "pp", "world"};
+  static const char* names[] = {"tp", "dp", "pp", "world", "ep", "etp", "edp"};
   return names[static_cast<int>(k)];
 }
 
@@ -39,7 +43,7 @@ enum class ReduceOp { sum, max };
 
 // Bytes this rank sent, by group kind and by "kind.collective" (e.g. "tp.all_reduce").
 struct CommCounters {
-  std::array<int64_t, 4> by_group{};
+  std::array<int64_t, kGroupKinds> by_group{};
   std::map<std::string, int64_t> by_collective;
   void add(GroupKind g, const char* what, int64_t bytes) {
     by_group[static_cast<int>(g)] += bytes;
@@ -60,6 +64,14 @@ class Comm {
   virtual Status reduce_scatter(const Group& g, float* data, int64_t n) = 0;
   // In place: chunk g.index of data is this rank's; afterwards every chunk is filled.
   virtual Status all_gather(const Group& g, float* data, int64_t n) = 0;
+
+  // All-to-all with a block per member (MPI_Alltoallv): block j of `send` (send_bytes[j] bytes,
+  // blocks back to back in group order) goes to member j, and block j of `recv` (recv_bytes[j])
+  // comes from member j; the caller knows recv_bytes (a MoE layer exchanges the counts first).
+  // Pairwise exchange: in step k = 1..g-1 member i sends to i+k and receives from i-k, so every
+  // pair meets once; the bytes counted are the blocks sent to others (the own block is copied).
+  virtual Status all_to_all(const Group& g, const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+                            const std::vector<int64_t>& recv_bytes) = 0;
 
   // Point-to-point between world ranks (pipeline activations and gradients). isend returns a
   // handle to wait on before the buffer is reused; recv blocks (with the deadline).
@@ -83,6 +95,8 @@ class RingComm : public Comm {
   Status all_reduce(const Group& g, double* data, int64_t n, ReduceOp op = ReduceOp::sum) override;
   Status reduce_scatter(const Group& g, float* data, int64_t n) override;
   Status all_gather(const Group& g, float* data, int64_t n) override;
+  Status all_to_all(const Group& g, const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+                    const std::vector<int64_t>& recv_bytes) override;
 
  protected:
   // Send `sbytes` to world rank `to` and receive `rbytes` from `from` concurrently.
@@ -118,16 +132,17 @@ struct DeviceLink {
   int index = 0;           // this rank's
 };
 std::vector<DeviceLink> device_links(const std::vector<Group>& groups, int rank);
-// Host tags of the bootstrap messages: apart from the collectives' (10..13), the trace's (900)
+// Host tags of the bootstrap messages: apart from the collectives' (10..16), the trace's (900)
 // and the pipeline's (>= 1000); one per group kind, and one for pipeline links (between two
 // ranks the two directions have different senders).
-inline int bootstrap_tag(const DeviceLink& l) { return 800 + (l.p2p ? 4 : static_cast<int>(l.kind)); }
+inline int bootstrap_tag(const DeviceLink& l) { return 800 + (l.p2p ? kGroupKinds : static_cast<int>(l.kind)); }
 
 // `loom execute --emulate-rank r`: rank r of a plan larger than the machine, alone. Collectives
 // and point-to-point become local copies of the bytes this rank would send (each chunk copied
 // through a staging buffer, so the memory traffic is the same size), counted exactly as the ring
 // counts them; the data is left as it was (a partial sum stands in for the sum, so the numbers
-// stay finite but are not the model's). recv copies the last message this rank sent of the same
+// stay finite but are not the model's). all_to_all receives from each member what this rank sent
+// it (as if every peer routed alike), cut or zero-padded to the size expected. recv copies the last message this rank sent of the same
 // size (activations of the right shape), or zeros.
 std::unique_ptr<Comm> make_emulated_comm(int rank, int world);
 

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 
 #include "executor/comm.hpp"
 #include "executor/cpu/adamw.hpp"
@@ -25,6 +26,10 @@ struct Dims {  // per micro-batch, per rank
   int64_t C = 0, hd = 0, Hl = 0, Hkvl = 0, Ql = 0, KVl = 0, Fl = 0, V = 0, Vr = 0;
   bool gpt = true, sp = false;
   double eps = 1e-5, rope_theta = 10000;
+  // MoE layers (stage_moe.hpp): experts, top-k, expert FFN width per etp rank, shared experts'
+  // width per tp rank, expert parallelism, capacity factor (TrainSpec::moe_capacity_factor).
+  int64_t E = 0, topk = 0, Fe = 0, Fs = 0, ep = 1, etp = 1;
+  double capacity_factor = 1;
 };
 
 // What a layer keeps for backward: everything (full), or all but the attention core's T x T
@@ -92,6 +97,15 @@ class Compute {
   virtual Status layer_forward(const float* P, const UnitOffsets& o, const float* x, LayerState& st, float* out) = 0;
   virtual Status layer_backward(const float* P, float* G, const UnitOffsets& o, const float* x, LayerState& st,
                                 float* d, bool recompute_core) = 0;
+  // ZB-H1's split backward (stage.hpp: layer_backward_input, layer_backward_weight): the input
+  // gradient, keeping what the weight gradients read in `st` and `x`, then those weight gradients.
+  // A backend without it refuses the schedule.
+  virtual Status layer_backward_input(const float*, float*, const UnitOffsets&, float*, LayerState&, float*, bool) {
+    return make_error("parallel.schedule", std::string("the ") + device() + " backend does not split the backward");
+  }
+  virtual Status layer_backward_weight(float*, const UnitOffsets&, const float*, LayerState&) {
+    return make_error("parallel.schedule", std::string("the ") + device() + " backend does not split the backward");
+  }
   virtual Expected<double> head_forward(const float* P, const UnitOffsets& o, const float* head_P, const float* x,
                                         const int32_t* targets, HeadState& st) = 0;
   virtual Status head_backward(const float* P, float* G, const UnitOffsets& o, const float* head_P, float* head_G,
@@ -115,6 +129,8 @@ struct ComputeSetup {
   Ledger& ledger;
   cpu::FlopCounter& flops;
   bool last_stage = false;
+  const Group* ep = nullptr;   // MoE: the expert-parallel group (token dispatch)
+  const Group* etp = nullptr;  // MoE: the expert-tensor-parallel group
 };
 using ComputeFactory = std::function<Expected<std::unique_ptr<Compute>>(const ComputeSetup&)>;
 

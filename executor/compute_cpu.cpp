@@ -51,7 +51,7 @@ class CpuCompute final : public Compute {
  public:
   explicit CpuCompute(const ComputeSetup& s)
       : comm_(s.comm), tp_(s.tp), d_(s.d), ledger_(s.ledger), flops_(s.flops),
-        scratch_(make_scratch(s.ledger, s.d, s.last_stage)) {}
+        scratch_(make_scratch(s.ledger, s.d, s.last_stage)), ep_(s.ep), etp_(s.etp) {}
 
   const char* device() const override { return "cpu"; }
   bool host_memory() const override { return true; }
@@ -107,6 +107,15 @@ class CpuCompute final : public Compute {
     StageCtx c = ctx();
     return exec::layer_backward(c, P, G, o, x, stash(st), d, recompute_core);
   }
+  Status layer_backward_input(const float* P, float* G, const UnitOffsets& o, float* x, LayerState& st, float* d,
+                              bool recompute_core) override {
+    StageCtx c = ctx();
+    return exec::layer_backward_input(c, P, G, o, x, stash(st), d, recompute_core);
+  }
+  Status layer_backward_weight(float* G, const UnitOffsets& o, const float* x, LayerState& st) override {
+    StageCtx c = ctx();
+    return exec::layer_backward_weight(c, G, o, x, stash(st));
+  }
   Expected<double> head_forward(const float* P, const UnitOffsets& o, const float* head_P, const float* x,
                                 const int32_t* targets, HeadState& st) override {
     StageCtx c = ctx();
@@ -133,13 +142,15 @@ class CpuCompute final : public Compute {
   }
 
  private:
-  StageCtx ctx() { return {comm_, tp_, d_, scratch_, ledger_, flops_}; }
+  StageCtx ctx() { return {comm_, tp_, d_, scratch_, ledger_, flops_, ep_, etp_}; }
   Comm& comm_;
   const Group& tp_;
   Dims d_;
   Ledger& ledger_;
   cpu::FlopCounter& flops_;
   Scratch scratch_;
+  const Group* ep_ = nullptr;
+  const Group* etp_ = nullptr;
 };
 
 }  // namespace

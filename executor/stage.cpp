@@ -65,6 +65,9 @@ void add_colsum(float* g, const float* d, int64_t rows, int64_t C) {
 
 }  // namespace
 
+Expected<const float*> sp_gather_rows(StageCtx& c, const float* shard, float* full) { return gather_rows(c, shard, full); }
+Expected<const float*> sp_reduce_rows(StageCtx& c, float* full) { return reduce_rows(c, full); }
+
 LayerStash make_layer_stash(Ledger& l, const Dims& d, StashKind kind) {
   const Mem A = Mem::activations;
   LayerStash s;
@@ -199,6 +202,7 @@ Status layer_forward(StageCtx& c, const float* P, const UnitOffsets& o, const fl
     for (int64_t j = 0; j < d.C; ++j) st.res2[i * d.C + j] = x[i * d.C + j] + ((*a)[i * d.C + j] + (ob ? ob[j] : 0.0f));
   // MLP block
   norm_fwd(c, st.ln2.data(), st.mean2.data(), st.rstd2.data(), st.res2.data(), at(P, o.norm2_w), at(P, o.norm2_b));
+  if (o.router_w >= 0) return moe_layer_forward(c, P, o, st, out);  // a MoE layer (stage_moe.cpp)
   auto ln2 = gather_rows(c, st.ln2.data(), c.s.sp_gather.data());
   if (!ln2) return ln2.error();
   cpu::matmul_forward(st.fch.data(), *ln2, P + o.fc_w, at(P, o.fc_b), d.N, d.C, d.Fl, fl);
@@ -218,18 +222,27 @@ Status layer_forward(StageCtx& c, const float* P, const UnitOffsets& o, const fl
   return ok_status();
 }
 
-Status layer_backward(StageCtx& c, const float* P, float* G, const UnitOffsets& o, const float* x,
-                      LayerStash& st, float* dres, bool recompute_core) {
+namespace {
+
+float* weight_grad(float* G, bool deferred, int64_t off) { return deferred ? kNoGrad : G + off; }
+
+void keep(float* dst, const float* src, int64_t n) { std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float)); }
+
+// The MLP block of backward_pass: the output's gradient (SP: gathered to all rows) through proj,
+// the activation and fc, then norm 2 into dres. Split, the GEMMs' weight gradients wait for W.
+Status mlp_backward_pass(StageCtx& c, const float* P, float* G, const UnitOffsets& o, LayerStash& st, float* dres,
+                         bool split) {
   const Dims& d = c.d;
   auto& fl = c.flops;
   Scratch& s = c.s;
-  // MLP block: the output's gradient (SP: gathered to all rows) through proj, the activation, fc.
+  const bool split_rows = split && !d.sp;  // proj and o defer theirs too
   add_colsum(at(G, o.proj_b), dres, d.Ns, d.C);
   auto dF = gather_rows(c, dres, s.d_full.data());
   if (!dF) return dF.error();
   zero(s.d_fch_act);
-  cpu::matmul_backward(s.d_fch_act.data(), G + o.proj_w, kNoGrad, *dF, st.fch_act.data(), P + o.proj_w, d.N, d.Fl,
-                       d.C, fl);
+  cpu::matmul_backward(s.d_fch_act.data(), weight_grad(G, split_rows, o.proj_w), kNoGrad, *dF, st.fch_act.data(),
+                       P + o.proj_w, d.N, d.Fl, d.C, fl);
+  if (split_rows) keep(s.d_full.data(), *dF, d.N * d.C);  // into res2 once norm2's backward has read it
   zero(s.d_fch);
   if (d.gpt) {
     cpu::gelu_backward(s.d_fch.data(), st.fch.data(), s.d_fch_act.data(), d.N * d.Fl);
@@ -238,24 +251,66 @@ Status layer_backward(StageCtx& c, const float* P, float* G, const UnitOffsets& 
     cpu::swiglu_backward(s.d_fch.data(), s.d_up.data(), s.d_fch_act.data(), st.fch.data(), st.up.data(), d.N * d.Fl);
   }
   // SP keeps the norm output as a shard: gather it again for the weight gradient (Korthikanti
-  // et al. 2022, Sec. 4.2.2).
-  auto ln2 = gather_rows(c, st.ln2.data(), s.sp_gather.data());
-  if (!ln2) return ln2.error();
+  // et al. 2022, Sec. 4.2.2). Split, W gathers it (only the weight gradient reads it).
+  const float* ln2 = nullptr;
+  if (!split) {
+    auto g = gather_rows(c, st.ln2.data(), s.sp_gather.data());
+    if (!g) return g.error();
+    ln2 = *g;
+  }
   zero(s.d_ln_full);
   if (!d.gpt)
-    cpu::matmul_backward(s.d_ln_full.data(), G + o.up_w, kNoGrad, s.d_up.data(), *ln2, P + o.up_w, d.N, d.C, d.Fl, fl);
-  cpu::matmul_backward(s.d_ln_full.data(), G + o.fc_w, at(G, o.fc_b), s.d_fch.data(), *ln2, P + o.fc_w, d.N, d.C,
-                       d.Fl, fl);
+    cpu::matmul_backward(s.d_ln_full.data(), weight_grad(G, split, o.up_w), kNoGrad, s.d_up.data(), ln2, P + o.up_w,
+                         d.N, d.C, d.Fl, fl);
+  cpu::matmul_backward(s.d_ln_full.data(), weight_grad(G, split, o.fc_w), at(G, o.fc_b), s.d_fch.data(), ln2,
+                       P + o.fc_w, d.N, d.C, d.Fl, fl);
+  if (split) {  // fc's (and up's) output gradients over their outputs, which B has read
+    keep(st.fch.data(), s.d_fch.data(), d.N * d.Fl);
+    if (!d.gpt) keep(st.up.data(), s.d_up.data(), d.N * d.Fl);
+  }
   auto dln2 = reduce_rows(c, s.d_ln_full.data());
   if (!dln2) return dln2.error();
   norm_bwd(c, dres, at(G, o.norm2_w), at(G, o.norm2_b), *dln2, st.res2.data(), at(P, o.norm2_w), st.mean2.data(),
            st.rstd2.data());
+  if (split_rows) {  // proj's output gradient into res2; o's (dres now) waits in d_full for x
+    keep(st.res2.data(), s.d_full.data(), d.N * d.C);
+    keep(s.d_full.data(), dres, d.N * d.C);
+  }
+  return ok_status();
+}
+
+// The MoE block in place of the MLP block (stage_moe.cpp), then norm 2 into dres.
+Status moe_backward_pass(StageCtx& c, const float* P, float* G, const UnitOffsets& o, LayerStash& st, float* dres,
+                         bool split) {
+  const Dims& d = c.d;
+  if (split) return make_error("parallel.schedule", "the CPU executor does not split the backward of MoE layers");
+  Buf dln2(c.ledger, Mem::workspace, d.Ns * d.C);
+  if (auto m = moe_layer_backward(c, P, G, o, st, dres, dln2.data()); !m) return m;
+  norm_bwd(c, dres, at(G, o.norm2_w), at(G, o.norm2_b), dln2.data(), st.res2.data(), at(P, o.norm2_w),
+           st.mean2.data(), st.rstd2.data());
+  return ok_status();
+}
+
+// layer_backward, or with `split` ZB-H1's B (stage.hpp): the GEMMs' weight gradients wait for
+// W, their output gradients kept in the stash (and, without SP, the attention output's in
+// `keep_x`, the layer input's buffer, once norm1's backward has read it).
+Status backward_pass(StageCtx& c, const float* P, float* G, const UnitOffsets& o, const float* x, float* keep_x,
+                     LayerStash& st, float* dres, bool recompute_core, bool split) {
+  const Dims& d = c.d;
+  auto& fl = c.flops;
+  Scratch& s = c.s;
+  const bool split_rows = split && !d.sp;  // proj and o defer theirs too
+  const bool moe = o.router_w >= 0;  // a MoE layer (stage_moe.cpp) in place of the MLP block
+  if (auto m = moe ? moe_backward_pass(c, P, G, o, st, dres, split) : mlp_backward_pass(c, P, G, o, st, dres, split);
+      !m)
+    return m;
   // attention block
   add_colsum(at(G, o.o_b), dres, d.Ns, d.C);
   auto dA = gather_rows(c, dres, s.d_full.data());
   if (!dA) return dA.error();
   zero(s.d_atty);
-  cpu::matmul_backward(s.d_atty.data(), G + o.o_w, kNoGrad, *dA, st.atty.data(), P + o.o_w, d.N, d.Ql, d.C, fl);
+  cpu::matmul_backward(s.d_atty.data(), weight_grad(G, split_rows, o.o_w), kNoGrad, *dA, st.atty.data(), P + o.o_w,
+                       d.N, d.Ql, d.C, fl);
   Buf rebuilt;
   const float* att = st.att.data();
   if (recompute_core) {  // selective recompute: the attention core runs again (Megatron's
@@ -281,16 +336,62 @@ Status layer_backward(StageCtx& c, const float* P, float* G, const UnitOffsets& 
     dq = s.dq0.data();
     dk = s.dk0.data();
   }
-  auto ln1 = gather_rows(c, st.ln1.data(), s.sp_gather.data());
-  if (!ln1) return ln1.error();
+  if (split) {  // q's, k's and v's gradients over them (attention's backward has read them)
+    keep(st.q.data(), dq, d.N * d.Ql);
+    keep(st.k.data(), dk, d.N * d.KVl);
+    keep(st.v.data(), s.dv.data(), d.N * d.KVl);
+  }
+  const float* ln1 = nullptr;
+  if (!split) {
+    auto g = gather_rows(c, st.ln1.data(), s.sp_gather.data());
+    if (!g) return g.error();
+    ln1 = *g;
+  }
   zero(s.d_ln_full);
-  cpu::matmul_backward(s.d_ln_full.data(), G + o.q_w, at(G, o.q_b), dq, *ln1, P + o.q_w, d.N, d.C, d.Ql, fl);
-  cpu::matmul_backward(s.d_ln_full.data(), G + o.k_w, at(G, o.k_b), dk, *ln1, P + o.k_w, d.N, d.C, d.KVl, fl);
-  cpu::matmul_backward(s.d_ln_full.data(), G + o.v_w, at(G, o.v_b), s.dv.data(), *ln1, P + o.v_w, d.N, d.C, d.KVl,
-                       fl);
+  cpu::matmul_backward(s.d_ln_full.data(), weight_grad(G, split, o.q_w), at(G, o.q_b), dq, ln1, P + o.q_w, d.N, d.C,
+                       d.Ql, fl);
+  cpu::matmul_backward(s.d_ln_full.data(), weight_grad(G, split, o.k_w), at(G, o.k_b), dk, ln1, P + o.k_w, d.N, d.C,
+                       d.KVl, fl);
+  cpu::matmul_backward(s.d_ln_full.data(), weight_grad(G, split, o.v_w), at(G, o.v_b), s.dv.data(), ln1, P + o.v_w,
+                       d.N, d.C, d.KVl, fl);
   auto dln1 = reduce_rows(c, s.d_ln_full.data());
   if (!dln1) return dln1.error();
   norm_bwd(c, dres, at(G, o.norm1_w), at(G, o.norm1_b), *dln1, x, at(P, o.norm1_w), st.mean1.data(), st.rstd1.data());
+  if (split_rows) keep(keep_x, s.d_full.data(), d.N * d.C);
+  return ok_status();
+}
+
+}  // namespace
+
+Status layer_backward(StageCtx& c, const float* P, float* G, const UnitOffsets& o, const float* x,
+                      LayerStash& st, float* dres, bool recompute_core) {
+  return backward_pass(c, P, G, o, x, nullptr, st, dres, recompute_core, false);
+}
+
+Status layer_backward_input(StageCtx& c, const float* P, float* G, const UnitOffsets& o, float* x, LayerStash& st,
+                            float* dres, bool recompute_core) {
+  return backward_pass(c, P, G, o, x, x, st, dres, recompute_core, true);
+}
+
+// The GEMMs backward_pass deferred, on the operands it would have used: the stashed inputs
+// (ln1 and ln2 gathered again under SP, as the unsplit backward gathers them) and the output
+// gradients it kept.
+Status layer_backward_weight(StageCtx& c, float* G, const UnitOffsets& o, const float* x, LayerStash& st) {
+  const Dims& d = c.d;
+  auto& fl = c.flops;
+  const float* const none = nullptr;  // no input gradient: the weight is not read
+  if (!d.sp)
+    cpu::matmul_backward(kNoGrad, G + o.proj_w, kNoGrad, st.res2.data(), st.fch_act.data(), none, d.N, d.Fl, d.C, fl);
+  auto ln2 = gather_rows(c, st.ln2.data(), c.s.sp_gather.data());
+  if (!ln2) return ln2.error();
+  if (!d.gpt) cpu::matmul_backward(kNoGrad, G + o.up_w, kNoGrad, st.up.data(), *ln2, none, d.N, d.C, d.Fl, fl);
+  cpu::matmul_backward(kNoGrad, G + o.fc_w, kNoGrad, st.fch.data(), *ln2, none, d.N, d.C, d.Fl, fl);
+  if (!d.sp) cpu::matmul_backward(kNoGrad, G + o.o_w, kNoGrad, x, st.atty.data(), none, d.N, d.Ql, d.C, fl);
+  auto ln1 = gather_rows(c, st.ln1.data(), c.s.sp_gather.data());
+  if (!ln1) return ln1.error();
+  cpu::matmul_backward(kNoGrad, G + o.q_w, kNoGrad, st.q.data(), *ln1, none, d.N, d.C, d.Ql, fl);
+  cpu::matmul_backward(kNoGrad, G + o.k_w, kNoGrad, st.k.data(), *ln1, none, d.N, d.C, d.KVl, fl);
+  cpu::matmul_backward(kNoGrad, G + o.v_w, kNoGrad, st.v.data(), *ln1, none, d.N, d.C, d.KVl, fl);
   return ok_status();
 }
 

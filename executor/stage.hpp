@@ -13,6 +13,7 @@
 #include "executor/compute.hpp"
 #include "executor/cpu/flop_counter.hpp"
 #include "executor/ledger.hpp"
+#include "executor/stage_moe.hpp"
 #include "executor/units.hpp"
 #include "sim/specs.hpp"
 
@@ -21,6 +22,7 @@ namespace loom::exec {
 // What one layer keeps for backward. `x` (the layer input) is held by the caller.
 struct LayerStash {
   Buf ln1, mean1, rstd1, q, k, v, att, atty, res2, ln2, mean2, rstd2, fch, up, fch_act;
+  MoeStash moe;  // MoE layers
 };
 LayerStash make_layer_stash(Ledger& l, const Dims& d, StashKind kind);
 
@@ -44,6 +46,8 @@ struct StageCtx {
   Scratch& s;
   Ledger& ledger;
   cpu::FlopCounter& flops;
+  const Group* ep = nullptr;   // MoE: expert-parallel and expert-tensor-parallel groups
+  const Group* etp = nullptr;
 };
 
 Status embed_forward(StageCtx& c, const float* P, const UnitOffsets& o, const int32_t* tokens, float* x);
@@ -55,6 +59,28 @@ Status layer_forward(StageCtx& c, const float* P, const UnitOffsets& o, const fl
 // `recompute_core` the attention probabilities are rebuilt first (selective recompute).
 Status layer_backward(StageCtx& c, const float* P, float* G, const UnitOffsets& o, const float* x,
                       LayerStash& st, float* d, bool recompute_core);
+// ZB-H1's split backward (Qi et al. 2023, "Zero Bubble Pipeline Parallelism", Sec. 2):
+// layer_backward_input is layer_backward less the GEMMs' weight gradients (the norms' and the
+// biases' stay in it). It writes the output gradients those GEMMs read over stash entries the
+// input gradient has finished with: q, k, v take dq, dk, dv; fch and up theirs; without SP res2
+// takes the MLP output's gradient and `x` (the layer input, read last) the attention output's.
+// With SP those two are N rows where the stash holds Ns, so proj and o keep their weight
+// gradients in B. Nothing is allocated: a stash awaiting W holds what it held awaiting B.
+// layer_backward_weight then runs the deferred GEMMs on the same operands (ln1, ln2 gathered
+// again under SP, as the unsplit backward gathers them), so each weight's gradient is the
+// unsplit one bit for bit when W's run in the order B's did.
+Status layer_backward_input(StageCtx& c, const float* P, float* G, const UnitOffsets& o, float* x, LayerStash& st,
+                            float* d, bool recompute_core);
+Status layer_backward_weight(StageCtx& c, float* G, const UnitOffsets& o, const float* x, LayerStash& st);
+// The SP row collectives of stage.cpp, for stage_moe.cpp: the rank's (Ns, C) rows gathered into
+// `full` (N, C), and (N, C) partial sums reduced to the rank's rows (without SP: in place).
+Expected<const float*> sp_gather_rows(StageCtx& c, const float* shard, float* full);
+Expected<const float*> sp_reduce_rows(StageCtx& c, float* full);
+// MoE layers (stage_moe.cpp): out (Ns, C) = res2 + moe(ln2) on this rank's rows, and the gradient
+// of ln2 (Ns, C, workspace `dln2`) from the output's `dres`.
+Status moe_layer_forward(StageCtx& c, const float* P, const UnitOffsets& o, LayerStash& st, float* out);
+Status moe_layer_backward(StageCtx& c, const float* P, float* G, const UnitOffsets& o, LayerStash& st,
+                          const float* dres, float* dln2);
 // Returns the sum of the N token losses. `head_P` is the head weight (the embedding when tied).
 Expected<double> head_forward(StageCtx& c, const float* P, const UnitOffsets& o, const float* head_P,
                               const float* x, const int32_t* targets, HeadStash& st);

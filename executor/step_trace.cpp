@@ -59,7 +59,7 @@ MeasuredTimes measured_times(const std::vector<MeasuredEvent>& events) {
     auto starts = [&](const char* p) { return n.rfind(p, 0) == 0; };
     if (e.stream == tn::Stream::compute) {
       if (starts("F ")) t.forward_s += e.dur_s;
-      else if (starts("B ")) t.backward_s += e.dur_s;
+      else if (starts("B ") || starts("W ")) t.backward_s += e.dur_s;  // W: zb-h1's weight gradients
       else if (starts("R ")) t.recompute_s += e.dur_s;
       else if (n == tn::kOptimizer) t.optimizer_s += e.dur_s;
       else if (n == kWorldAllReduce) t.world_s += e.dur_s;
@@ -95,9 +95,12 @@ auto TracedComm::timed(const Group* g, const char* op, int64_t bytes, F&& f) -> 
     const bool sp_op = std::string(op) != "all_reduce";
     e.name = sp_ && sp_op ? tn::kTpSequenceParallel : tn::kTpAllReduce;
     e.stream = tn::Stream::tp;
-  } else if (g->kind == GroupKind::dp) {
-    e.name = std::string("dp ") + op;
+  } else if (g->kind == GroupKind::dp || g->kind == GroupKind::edp) {
+    e.name = std::string(group_name(g->kind)) + " " + op;
     e.stream = tn::Stream::dp;
+  } else if (g->kind == GroupKind::ep || g->kind == GroupKind::etp) {  // MoE: on the tp stream (no ep stream yet)
+    e.name = std::string(group_name(g->kind)) + " " + op;
+    e.stream = tn::Stream::tp;
   } else {
     e.name = kWorldAllReduce;
     e.stream = tn::Stream::compute;
@@ -125,6 +128,13 @@ Status TracedComm::reduce_scatter(const Group& g, float* data, int64_t n) {
 }
 Status TracedComm::all_gather(const Group& g, float* data, int64_t n) {
   return timed(&g, "all_gather", n * 4, [&] { return inner_.all_gather(g, data, n); });
+}
+
+Status TracedComm::all_to_all(const Group& g, const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+                              const std::vector<int64_t>& recv_bytes) {
+  int64_t bytes = 0;
+  for (int64_t b : send_bytes) bytes += b;
+  return timed(&g, "all_to_all", bytes, [&] { return inner_.all_to_all(g, send, send_bytes, recv, recv_bytes); });
 }
 
 // A send is posted (isend) and completed later (wait): both intervals carry the send's label.

@@ -24,6 +24,12 @@ Status check_cpu_plan(const Plan& plan) {
   if (t.attention != Attention::unfused)
     return make_error("train.attention", "the CPU executor stores softmax probabilities: attention must be unfused");
   if (m.dropout) return make_error("model.dropout", "the CPU executor has no dropout: must be false");
+  if (m.head_size > 0 && m.head_size * m.heads != m.hidden)
+    return make_error("model.head_size", "the CPU executor runs heads of hidden / heads only: must be " +
+                                             std::to_string(m.hidden / std::max<int64_t>(1, m.heads)) + " or unset");
+  if (m.qk_norm) return make_error("model.qk_norm", "the CPU executor has no q/k norms: must be false");
+  if (m.post_norms) return make_error("model.post_norms", "the CPU executor has no post-norms: must be false");
+  if (m.gated_gelu) return make_error("model.gated_gelu", "the CPU executor's gated MLP is SwiGLU: must be false");
   if (m.tied_embeddings && (p.pp > 1 || (p.zero >= 2 && p.dp > 1)))
     return make_error("model.tied_embeddings",
                       "the CPU executor ties embeddings only with pp = 1 and zero < 2 (untie them in the model file)");
@@ -31,6 +37,15 @@ Status check_cpu_plan(const Plan& plan) {
   if (p.grad_compression != 1) return make_error("parallel.grad_compression", "the CPU executor does not compress");
   if (p.sp && p.zero >= 2 && p.dp > 1)
     return make_error("parallel.sp", "the CPU executor runs sequence parallelism with zero < 2 only");
+  if (auto st = check_cpu_moe(plan); !st) return st;
+  // A split backward keeps each layer's stash for its W and adds a micro-batch's gradients in
+  // two passes: full recompute keeps no stash, ZeRO-2/3 reduce each micro-batch's at once.
+  if (splits_backward(p.schedule) && p.recompute == Recompute::full)
+    return make_error("parallel.recompute", "the CPU executor runs zb-h1 without full recompute (got full)");
+  if (splits_backward(p.schedule) && p.zero >= 2 && p.dp > 1)
+    return make_error("parallel.zero", "the CPU executor runs zb-h1 with zero < 2 (got " + std::to_string(p.zero) + ")");
+  if (splits_backward(p.schedule) && m.is_moe())  // the split covers the dense layer's GEMMs
+    return make_error("parallel.schedule", "the CPU executor runs zb-h1 on dense models only (got a MoE model)");
   return ok_status();
 }
 
@@ -77,21 +92,23 @@ Status Trainer::setup() {
   m_ = plan_.train.global_batch / (p.dp * p.micro_batch);
   vpp_ = p.vpp;
   pp_size_ = p.pp;
-  L_chunk_ = plan_.model.layers / (p.pp * p.vpp);
+  L_chunk_ = chunk_layer_count(p, plan_.model.layers, coords_.pp);  // this rank's stage (uneven stages)
   setup_dims();
+  if (auto st = setup_experts(); !st) return st;
 
   cpu::GptOptions go;
   go.seed = opt_.seed;
   go.padded_vocab = d_.Vr * p.tp;
-  auto ref = cpu::Gpt::create(plan_.model, go);  // the full model, for its layout and init (setup only)
+  // The full model's layout and init rule, not its arrays: the whole model need not fit one host.
+  auto ref = cpu::Gpt::layout_only(plan_.model, go);
   if (!ref) return ref.error();
-  full_model_ = static_cast<int64_t>(ref->params().size());
-  layout_ = build_layout(ref->tensors(), {plan_.model.layers, p.pp, vpp_, coords_.pp, p.tp, p.dp, zero_});
-  auto compute = make_compute_(ComputeSetup{comm_, tp_, d_, ledger_, flops_, coords_.pp == pp_size_ - 1});
+  full_model_ = ref->num_elements();
+  layout_ = build_layout(ref->tensors(), {plan_.model.layers, p.pp, vpp_, coords_.pp, p.tp, p.dp, zero_, p.stage_layers, p.ep, p.etp});
+  auto compute = make_compute_(ComputeSetup{comm_, tp_, d_, ledger_, flops_, coords_.pp == pp_size_ - 1, &ep_, &etp_});
   if (!compute) return compute.error();
   compute_ = std::move(*compute);
   if (auto st = allocate(); !st) return st;
-  return place_initial_weights(ref->params());
+  return place_initial_weights(*ref);
 }
 
 // The rank's long-lived buffers, each booked in the category the cost model prices it under.
@@ -127,15 +144,19 @@ Status Trainer::allocate() {
   return ok_status();
 }
 
-// Initial weights: this rank's slices of the reference model (ZeRO-3: its shard of each unit).
-Status Trainer::place_initial_weights(const std::vector<float>& full) {
-  const int tp = static_cast<int>(plan_.parallel.tp);
+// Initial weights: this rank's slices of the reference model (ZeRO-3: its shard of each unit),
+// each element as cpu::Gpt initialises it (init_value), so no rank holds the whole model.
+Status Trainer::place_initial_weights(const cpu::Gpt& ref) {
+  std::map<int64_t, size_t> tensor_at;  // full offset -> tensor index
+  for (size_t i = 0; i < ref.tensors().size(); ++i) tensor_at[ref.tensors()[i].offset] = i;
   for (const Unit& u : layout_.units) {
     std::vector<float> local(static_cast<size_t>(u.size));
-    for (const auto& t : u.tensors)
-      for_each_element(t, tp_.index, tp, [&](int64_t li, int64_t fi) {
-        local[static_cast<size_t>(li)] = full[static_cast<size_t>(fi)];
+    for (const auto& t : u.tensors) {
+      const size_t ti = tensor_at.at(t.full_offset);
+      for_each_element(t, shard_coords(), [&](int64_t li, int64_t fi) {
+        local[static_cast<size_t>(li)] = ref.init_value(ti, fi - t.full_offset);
       });
+    }
     const Status st = zero_ >= 3 ? compute_->upload(params_.data() + u.shard_offset, local.data() + my_begin(u),
                                                     my_end(u) - my_begin(u))
                                  : compute_->upload(params_.data() + u.offset, local.data(), u.size);
@@ -188,6 +209,10 @@ void Trainer::record_row(std::vector<double>& row, double step_s, int64_t in_fli
   for (int k = 0; k < 7; ++k) row[static_cast<size_t>(kMemory + k)] = static_cast<double>(ledger_.peak(static_cast<Mem>(k)));
   row[kFlops] = static_cast<double>(flops_.total_flops());
   for (int k = 0; k < 4; ++k) row[static_cast<size_t>(kCommBytes + k)] = static_cast<double>(cc.by_group[static_cast<size_t>(k)]);
+  // MoE, as the cost model splits it: expert gradients (edp) are dp traffic; ep and etp are ep.
+  auto group_bytes = [&](GroupKind g) { return static_cast<double>(cc.by_group[static_cast<size_t>(g)]); };
+  row[kCommBytes + 1] += group_bytes(GroupKind::edp);
+  row[kCommEp] = group_bytes(GroupKind::ep) + group_bytes(GroupKind::etp);
   const MeasuredTimes mt = measured_times(rec_.events());
   row[kLastStep] = step_s;
   row[kForward] = mt.forward_s;
@@ -214,8 +239,9 @@ Status Trainer::train_step(int64_t step, const std::vector<Slot>& slots, RunReco
   if (auto st = compute_->fill_zero(grads_.data(), grads_.size()); !st) return st;
   int64_t in_flight = 0;
   for (const Slot& s : slots) {
-    auto st = s.phase == Phase::forward ? forward_slot(step, s.micro_batch, s.chunk)
-                                        : backward_slot(step, s.micro_batch, s.chunk);
+    auto st = s.phase == Phase::forward    ? forward_slot(step, s.micro_batch, s.chunk)
+              : s.phase == Phase::backward ? backward_slot(step, s.micro_batch, s.chunk)
+                                           : weight_slot(s.micro_batch, s.chunk);
     if (!st) return st;
     in_flight = std::max(in_flight, static_cast<int64_t>(stash_.size()));
   }

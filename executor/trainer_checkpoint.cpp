@@ -68,12 +68,12 @@ Expected<std::vector<float>> Trainer::full_model_share() {
   for (const Unit& u : layout_.units) {
     auto P = acquire(u);
     if (!P) return P.error();
-    if (coords_.dp != 0) continue;
+    if (coords_.dp != 0 && !plan_.model.is_moe()) continue;  // MoE: expert shards by expert-data-parallel rank
     local.resize(static_cast<size_t>(u.size));
     if (auto st = compute_->download(local.data(), *P, u.size); !st) return st.error();
     for (const auto& t : u.tensors) {
-      if (t.replicated && tp_.index != 0) continue;
-      for_each_element(t, tp_.index, static_cast<int>(plan_.parallel.tp),
+      if (!owns_share(t)) continue;
+      for_each_element(t, shard_coords(),
                        [&](int64_t li, int64_t fi) { full[static_cast<size_t>(fi)] = local[static_cast<size_t>(li)]; });
     }
   }

@@ -26,6 +26,9 @@
 
 namespace loom::exec {
 
+// The CPU executor's rules for MoE plans (trainer_moe.cpp), as one line naming the field.
+Status check_cpu_moe(const Plan& plan);
+
 // What one (micro-batch, chunk) keeps between its forward and its backward.
 struct ChunkStash {
   std::vector<Buffer> xs;                           // each layer's input (Ns, C)
@@ -42,6 +45,7 @@ enum Field : int {
   kLastStep, kForward, kBackward, kRecompute, kOptimizer, kTp, kTpSync, kDp, kPp, kWorld,
   kParams,               // parameters this rank holds (its tp shard, before ZeRO sharding)
   kInFlight,             // (micro-batch, chunk) activation stashes held at once, at most
+  kCommEp,               // MoE: bytes of the ep all-to-alls and the etp collectives (the cost model's comm.ep)
   kFields
 };
 
@@ -65,7 +69,7 @@ class Trainer {
   Status setup();
   void setup_dims();
   Status allocate();
-  Status place_initial_weights(const std::vector<float>& full);
+  Status place_initial_weights(const cpu::Gpt& ref);
   Status train_step(int64_t step, const std::vector<Slot>& slots, RunRecord& rec);
   Status begin_step(int64_t step);
   Expected<double> finish_step(int64_t step);
@@ -82,6 +86,7 @@ class Trainer {
   void tokens_for(int64_t step, int64_t mb, Tokens& in, Tokens& tg) const;
   Status forward_slot(int64_t step, int mb, int chunk);
   Status backward_slot(int64_t step, int mb, int chunk);
+  Status weight_slot(int mb, int chunk);
   Expected<ChunkStash*> open_stash(int mb, int chunk);
   Status receive(int mb, int chunk, Phase phase, float* dst);
   Status send_from(const float* src, int mb, int chunk, Phase phase);
@@ -90,6 +95,11 @@ class Trainer {
   Status backward_head(ChunkStash& cs, const Unit& u, const Tokens& targets, int mb, int chunk, float* d);
   Status backward_embed(const Unit& u, const Tokens& tokens, int mb, int chunk, const float* d);
   Status backward_layer(ChunkStash& cs, const Unit& u, int64_t i, int mb, int chunk, float* d);
+  // trainer_moe.cpp
+  Status setup_experts();
+  ShardCoords shard_coords() const;
+  bool owns_share(const TensorSlice& t) const;  // --weights-out: this rank writes t's shard
+  Status moe_dp_sync();
   // trainer_optimizer.cpp
   Status sp_sync();
   Status dp_sync();
@@ -128,6 +138,8 @@ class Trainer {
   std::optional<RankGrid> grid_;
   Coords coords_;
   Group tp_, dp_, pp_, world_;
+  Group ep_, etp_, edp_;        // MoE: expert-parallel, expert-tensor-parallel, expert-data-parallel
+  ExpertCoords expert_coords_;  // MoE: this rank's place in the expert grid
   int zero_ = 0;  // effective stage (dp = 1 shards nothing)
   int64_t m_ = 0, vpp_ = 1, pp_size_ = 1, L_chunk_ = 0;
   Dims d_;

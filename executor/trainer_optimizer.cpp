@@ -42,6 +42,7 @@ Status Trainer::sp_sync() {
 // dp_bucket_bytes (each a multiple of dp elements). ZeRO-1: reduce-scatter of each unit.
 // ZeRO-2/3 reduced every micro-batch already (trainer_zero.cpp).
 Status Trainer::dp_sync() {
+  if (plan_.model.is_moe()) return moe_dp_sync();  // expert gradients over edp (trainer_moe.cpp)
   if (dp_.size() <= 1) return ok_status();
   const int64_t total = layout_.total;
   if (zero_ == 0) {
@@ -87,7 +88,9 @@ Status Trainer::for_each_owned(F&& f) {
 // unsharded gradients (ZeRO-0) on dp rank 0.
 Status Trainer::add_grad_sum_squares(double& sum) {
   return for_each_owned([&](const TensorSlice& t, int64_t n, float* g, float*, float*, float*) -> Status {
-    if ((t.replicated && tp_.index != 0) || (zero_ == 0 && dp_.index != 0)) return ok_status();
+    if (t.experts > 0 ? expert_coords_.edp != 0  // an expert shard: once per expert-data-parallel group
+                      : (t.replicated && tp_.index != 0) || (zero_ == 0 && dp_.index != 0))
+      return ok_status();
     return compute_->add_sum_squares(g, n, sum);
   });
 }

@@ -1,6 +1,9 @@
 // Pipeline slots (sim/schedule.hpp's tables): one micro-batch's forward or backward through one
 // model chunk of this stage, with the activation (forward) or its gradient (backward) received
-// from and sent to the neighbouring stages.
+// from and sent to the neighbouring stages. Under zb-h1 the backward is split: its B slot
+// computes the input gradient (and the gradients of norms, biases, embedding and head) and
+// keeps the chunk's stash, which its W slot reads for the layers' GEMM weight gradients and
+// then frees.
 #include <string>
 
 #include "executor/cpu/synthetic_data.hpp"
@@ -168,15 +171,19 @@ Status Trainer::backward_head(ChunkStash& cs, const Unit& u, const Tokens& targe
   return release_grads(u);
 }
 
-// Layer i's backward (full recompute: its forward again first, from its stashed input).
+// Layer i's backward (full recompute: its forward again first, from its stashed input); split,
+// only its input gradient (B), the operands of its weight gradients kept in the stash.
 Status Trainer::backward_layer(ChunkStash& cs, const Unit& u, int64_t i, int mb, int chunk, float* d) {
   const Recompute rc = plan_.parallel.recompute;
   auto P = acquire(u, tn::dp_gather(false, mb, chunk));
   if (!P) return P.error();
   auto G = grads_for(u);
   if (!G) return G.error();
-  const float* x = cs.xs[static_cast<size_t>(i)].data();
-  if (rc == Recompute::full) {
+  float* x = cs.xs[static_cast<size_t>(i)].data();
+  if (splits_backward(plan_.parallel.schedule)) {  // check_cpu_plan: no full recompute
+    auto& st = *cs.layers[static_cast<size_t>(i)];
+    if (auto s = compute_->layer_backward_input(*P, *G, u.o, x, st, d, rc == Recompute::selective); !s) return s;
+  } else if (rc == Recompute::full) {
     auto tmp = compute_->layer_state(StashKind::full);
     if (!tmp) return tmp.error();
     rec_.compute_begin(tn::recompute(mb, chunk), mb, chunk);
@@ -222,6 +229,30 @@ Status Trainer::backward_slot(int64_t step, int mb, int chunk) {
     if (auto st = backward_embed(unit(ids[static_cast<size_t>(ui--)]), tokens, mb, chunk, d); !st) return st;
   } else if (auto st = send_from(d, mb, chunk, Phase::backward); !st) {
     return st;
+  }
+  rec_.compute_end();
+  if (splits_backward(plan_.parallel.schedule)) cs.head.reset();  // the head's gradients are done
+  else stash_.erase(it);
+  return ok_status();
+}
+
+// zb-h1's W: the chunk's layers' GEMM weight gradients from what B kept, added in the order
+// the schedule runs the W's (micro-batch order, as 1F1B's backwards add them); then the stash
+// is freed.
+Status Trainer::weight_slot(int mb, int chunk) {
+  auto it = stash_.find({mb, chunk});
+  if (it == stash_.end()) return make_error("rank " + std::to_string(rank_), "weight slot before backward (schedule)");
+  ChunkStash& cs = it->second;
+  const auto& ids = chunk_units(chunk);
+  const bool first = chunk * pp_size_ + coords_.pp == 0;
+  rec_.compute_begin(tn::weight(mb, chunk), mb, chunk);
+  for (int64_t i = 0; i < L_chunk_; ++i) {
+    const Unit& u = unit(ids[static_cast<size_t>(i + (first ? 1 : 0))]);
+    auto G = grads_for(u);
+    if (!G) return G.error();
+    const float* x = cs.xs[static_cast<size_t>(i)].data();
+    if (auto st = compute_->layer_backward_weight(*G, u.o, x, *cs.layers[static_cast<size_t>(i)]); !st) return st;
+    if (auto st = release_grads(u); !st) return st;
   }
   rec_.compute_end();
   stash_.erase(it);

@@ -33,6 +33,7 @@ RankMeasurement rank_row(const std::vector<double>& v, int rank, const Coords& c
   m.memory.workspace = i64(kMemory + 6);
   m.flops = static_cast<FlopCount>(v[kFlops]);
   m.comm = {i64(kCommBytes), i64(kCommBytes + 1), i64(kCommBytes + 2)};
+  m.comm.ep = i64(kCommEp);
   m.comm_world_bytes = i64(kCommBytes + 3);
   m.step_time_s = v[kMeanStep];
   m.time.compute_s = v[kForward] + v[kBackward] + v[kRecompute];
@@ -172,7 +173,7 @@ Expected<nlohmann::json> Trainer::report(const RunRecord& rec) {
     const Coords c = grid_->coords(r);
     ranks.push_back(rank_row(v, r, c));
     if ((c.dp == 0 && c.tp == 0) || opt_.emulated)
-      stages[static_cast<size_t>(c.pp)] = stage_row(v, ranks.back(), m_, plan_.model.layers / plan_.parallel.pp);
+      stages[static_cast<size_t>(c.pp)] = stage_row(v, ranks.back(), m_, stage_layer_count(plan_.parallel, plan_.model.layers, c.pp));
   }
   Estimate e = measured_estimate(plan_, ranks, W, compute_->device());
   e.stages = std::move(stages);

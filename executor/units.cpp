@@ -22,7 +22,14 @@ void set_offset(UnitOffsets& o, const std::string& name, int64_t off) {
       {"mlp.gate.weight", &UnitOffsets::fc_w},    {"mlp.up.weight", &UnitOffsets::up_w},
       {"mlp.proj.weight", &UnitOffsets::proj_w},  {"mlp.proj.bias", &UnitOffsets::proj_b},
       {"mlp.down.weight", &UnitOffsets::proj_w},  {"norm_f.weight", &UnitOffsets::normf_w},
-      {"norm_f.bias", &UnitOffsets::normf_b},     {"lm_head.weight", &UnitOffsets::head}};
+      {"norm_f.bias", &UnitOffsets::normf_b},     {"lm_head.weight", &UnitOffsets::head},
+      {"mlp.router.weight", &UnitOffsets::router_w},
+      {"mlp.experts.gate.weight", &UnitOffsets::efc_w}, {"mlp.experts.fc.weight", &UnitOffsets::efc_w},
+      {"mlp.experts.up.weight", &UnitOffsets::eup_w},
+      {"mlp.experts.down.weight", &UnitOffsets::eproj_w}, {"mlp.experts.proj.weight", &UnitOffsets::eproj_w},
+      {"mlp.shared.gate.weight", &UnitOffsets::sfc_w},  {"mlp.shared.fc.weight", &UnitOffsets::sfc_w},
+      {"mlp.shared.up.weight", &UnitOffsets::sup_w},
+      {"mlp.shared.down.weight", &UnitOffsets::sproj_w}, {"mlp.shared.proj.weight", &UnitOffsets::sproj_w}};
   for (const auto& [suffix, field] : table) {
     const std::string s(suffix);
     if (name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0 &&
@@ -39,7 +46,8 @@ std::pair<UnitKind, int64_t> unit_of(const cpu::TensorInfo& t) {
   return {UnitKind::out, -1};
 }
 
-TensorSlice make_slice(const cpu::TensorInfo& t, int64_t offset, int64_t tp) {
+TensorSlice make_slice(const cpu::TensorInfo& t, int64_t offset, const LayoutSpec& spec) {
+  const int64_t tp = spec.tp;
   TensorSlice s;
   s.name = t.name;
   s.offset = offset;
@@ -50,6 +58,12 @@ TensorSlice make_slice(const cpu::TensorInfo& t, int64_t offset, int64_t tp) {
   s.full_offset = t.offset;
   s.rows = t.shape[0];
   s.cols = t.numel / t.shape[0];
+  if (t.experts > 0) {  // (experts, rows, cols): experts / ep of them, each split over etp
+    s.experts = t.experts;
+    s.rows = t.shape[1];
+    s.cols = t.shape[2];
+    s.numel = t.numel / spec.ep / spec.etp;
+  }
   return s;
 }
 
@@ -63,7 +77,7 @@ void add_unit(UnitLayout& out, const std::vector<cpu::TensorInfo>& tensors, cons
   u.chunk = chunk;
   for (const auto& t : tensors) {
     if (unit_of(t) != std::pair<UnitKind, int64_t>{kind, layer}) continue;
-    TensorSlice s = make_slice(t, u.size, spec.tp);
+    TensorSlice s = make_slice(t, u.size, spec);
     set_offset(u.o, t.name, s.offset);
     u.size += s.numel;
     u.tensors.push_back(std::move(s));
@@ -91,7 +105,7 @@ Group make_group(const RankGrid& grid, Dim d, int rank) {
 }
 
 UnitLayout build_layout(const std::vector<cpu::TensorInfo>& tensors, const LayoutSpec& spec) {
-  const auto place = layer_placement(spec.layers, spec.pp, spec.vpp);
+  const auto place = layer_placement(spec.layers, spec.pp, spec.vpp, spec.stage_layers);
   const bool first = spec.stage == 0, last = spec.stage == spec.pp - 1;
   UnitLayout out;
   out.chunk_units.assign(static_cast<size_t>(spec.vpp), {});

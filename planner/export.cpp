@@ -2,9 +2,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include <optional>
 #include <utility>
 
+#include "planner/export_offload.hpp"
+#include "sim/moe.hpp"
 #include "sim/spec_json.hpp"
+#include "sim/stage_split.hpp"
 
 namespace loom {
 
@@ -42,6 +46,8 @@ void megatron_model(const ModelSpec& m, const TrainSpec& t, const ParallelConfig
   a.push_back({"--num-layers", s(m.layers)});
   a.push_back({"--hidden-size", s(m.hidden)});
   a.push_back({"--num-attention-heads", s(m.heads)});
+  // Projection size per head: hidden / heads by default; set where the model's head size differs.
+  if (m.head_size > 0 && m.head_size * m.heads != m.hidden) a.push_back({"--kv-channels", s(m.head_size)});
   // --num-query-groups is ignored unless --group-query-attention is given.
   if (m.kv_heads != m.heads) {
     a.push_back({"--group-query-attention", ""});
@@ -59,6 +65,9 @@ void megatron_model(const ModelSpec& m, const TrainSpec& t, const ParallelConfig
     a.push_back({"--position-embedding-type", "rope"});
     a.push_back({"--disable-bias-linear", ""});
     if (m.qkv_bias) a.push_back({"--add-qkv-bias", ""});  // Qwen2: biases on q, k, v only
+    if (m.qk_norm) a.push_back({"--qk-layernorm", ""});   // Qwen3: norms of q and k per head
+    if (m.post_norms) no.push_back("post_norms: Megatron-LM's GPT layer has no norms after attention and MLP (Gemma 2)");
+    if (m.gated_gelu) no.push_back("gated_gelu: Megatron-LM's gated MLP is --swiglu; GeGLU (Gemma) emitted as SwiGLU (same shapes)");
     // arguments.py declares --rotary-base type=int, default 10000: always said, never defaulted.
     if (m.rope_theta == static_cast<double>(static_cast<int64_t>(m.rope_theta)))
       a.push_back({"--rotary-base", s(static_cast<int64_t>(m.rope_theta))});
@@ -82,17 +91,39 @@ void megatron_model(const ModelSpec& m, const TrainSpec& t, const ParallelConfig
   }
 }
 
+// Uneven stages (arguments.py: --decoder-first-pipeline-num-layers and
+// --decoder-last-pipeline-num-layers; Megatron-core's get_num_layers_to_build splits the
+// layers left over evenly between the other stages, and a stage's layers evenly between its
+// virtual stages). Returns whether either flag was written.
+bool megatron_stage_layers(const ParallelConfig& p, Args& a, std::vector<std::string>& no) {
+  if (p.stage_layers.empty()) return false;
+  const auto fl = megatron_first_last(p.stage_layers);
+  if (!fl) {
+    no.push_back("stage_layers " + stage_layers_text(p.stage_layers) +
+                 ": Megatron-LM's --decoder-first/last-pipeline-num-layers keep the middle stages equal; emitted as the "
+                 "even split");
+    return false;
+  }
+  if (fl->first > 0) a.push_back({"--decoder-first-pipeline-num-layers", s(fl->first)});
+  if (fl->last > 0) a.push_back({"--decoder-last-pipeline-num-layers", s(fl->last)});
+  return fl->first > 0 || fl->last > 0;
+}
+
 void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p, Args& a,
                        std::vector<std::string>& no) {
   a.push_back({"--tensor-model-parallel-size", s(p.tp)});
   a.push_back({"--pipeline-model-parallel-size", s(p.pp)});
-  // No --virtual-pipeline-model-parallel-size flag exists; layers per virtual stage instead.
-  if (p.schedule == Schedule::interleaved)
+  const bool uneven = megatron_stage_layers(p, a, no);
+  // No --virtual-pipeline-model-parallel-size flag exists; layers per virtual stage instead, or
+  // with uneven stages chunks per rank (arguments.py refuses layers per virtual stage there).
+  if (p.schedule == Schedule::interleaved && uneven)
+    a.push_back({"--num-virtual-stages-per-pipeline-rank", s(p.vpp)});
+  else if (p.schedule == Schedule::interleaved)
     a.push_back({"--num-layers-per-virtual-pipeline-stage", s(m.layers / (p.pp * p.vpp))});
   if (p.schedule == Schedule::gpipe && p.pp > 1)
     no.push_back("schedule gpipe: Megatron-LM has only 1F1B and interleaved 1F1B; emitted as 1F1B");
   if (p.schedule == Schedule::zb_h1 && p.pp > 1)
-    no.push_back("schedule zb-h1: Megatron-LM has no zero-bubble schedule; emitted as 1F1B (same memory, 1F1B's bubble)");
+    no.push_back("schedule zb-h1: Megatron-LM has no zero-bubble schedule; emitted as 1F1B (1F1B's bubble, no more memory)");
   if (p.sp) a.push_back({"--sequence-parallel", ""});
   a.push_back({"--micro-batch-size", s(p.micro_batch)});
   a.push_back({"--global-batch-size", s(t.global_batch)});
@@ -103,6 +134,7 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
     a.push_back({"--ckpt-format", "fsdp_dtensor"});
     if (p.pp > 1) no.push_back("zero " + s(p.zero) + " with pp > 1: Megatron-FSDP does not document pipeline parallelism");
   }
+  megatron_offload(p, a, no);
   if (p.dp > 1) a.push_back({"--overlap-grad-reduce", ""});  // loom overlaps gradient reduction with backward
   if (p.recompute == Recompute::selective) a.push_back({"--recompute-granularity", "selective"});
   if (p.recompute == Recompute::full) {
@@ -121,12 +153,39 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
                  "tp-pp-dp; emitted as tp-dp-pp");
 }
 
+// Mixture of experts (arguments.py's MoE group, checked at the same commit): experts, top-k,
+// the expert FFN size, the shared experts' total size (Megatron: "num_shared_experts x
+// ffn_size_of_each_shared_expert"), which layers are MoE (--moe-layer-freq: a per-layer 0/1
+// list), the expert grid, and the capacity loom prices: every expert padded to capacity factor
+// x its mean load (--moe-expert-capacity-factor with --moe-pad-expert-input-to-capacity), the
+// tokens moved by the all-to-all dispatcher, the experts run as one grouped GEMM.
+void megatron_moe(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p, Args& a) {
+  if (!m.is_moe()) return;
+  a.push_back({"--num-experts", s(m.experts)});
+  a.push_back({"--moe-router-topk", s(m.experts_per_token)});
+  a.push_back({"--moe-ffn-hidden-size", s(m.expert_ffn_hidden)});
+  if (m.shared_experts > 0)
+    a.push_back({"--moe-shared-expert-intermediate-size", s(m.shared_experts * m.expert_ffn_hidden)});
+  if (moe_layer_total(m) != m.layers) {  // quoted: brackets are glob characters in bash
+    std::string freq = "'[";
+    for (int64_t l = 0; l < m.layers; ++l) freq += std::string(l > 0 ? "," : "") + (is_moe_layer(m, l) ? "1" : "0");
+    a.push_back({"--moe-layer-freq", freq + "]'"});
+  }
+  a.push_back({"--expert-model-parallel-size", s(p.ep)});
+  a.push_back({"--expert-tensor-parallel-size", s(p.etp)});
+  a.push_back({"--moe-token-dispatcher-type", "alltoall"});
+  a.push_back({"--moe-grouped-gemm", ""});
+  a.push_back({"--moe-expert-capacity-factor", num(t.moe_capacity_factor)});
+  a.push_back({"--moe-pad-expert-input-to-capacity", ""});
+}
+
 ExportResult megatron(const Plan& plan) {
   ExportResult r;
   Args a;
   const auto& p = plan.parallel;
   megatron_model(plan.model, plan.train, p, a, r.unexpressible);
   megatron_parallel(plan.model, plan.train, p, a, r.unexpressible);
+  megatron_moe(plan.model, plan.train, p, a);
   const auto& c = plan.cluster;
   const int64_t per_node = c.nodes > 1 ? c.gpus_per_node : c.gpus;
   r.text = std::string("#!/usr/bin/env bash\n") +
@@ -160,6 +219,61 @@ std::string llama3_flavor(const ModelSpec& m) {
   return "";
 }
 
+// torchtitan's split of pp x vpp virtual stages (pipeline_parallel.py,
+// generate_llm_fqn_per_model_part: the embedding counts as first_stage_less_layers layers, the
+// norm and output as last_stage_less_layers, the sum spread evenly, the remainder on the first
+// stages). The two counts that reproduce loom's split, found by trying each up to the even
+// share; layers_per_stage only where their sum fits pp x vpp stages exactly (torchtitan infers
+// one stage per rank without it). The first and last virtual stages are the only ones made
+// smaller, so an uneven split with vpp > 1 (every chunk of a stage smaller) rarely fits.
+std::optional<std::pair<int64_t, int64_t>> tt_less_layers(const ModelSpec& m, const ParallelConfig& p) {
+  std::vector<int64_t> chunks;  // loom's layers per virtual stage, in torchtitan's order
+  for (int64_t c = 0; c < p.pp * p.vpp; ++c) chunks.push_back(chunk_layer_count(p, m.layers, c % p.pp));
+  const int64_t stages = p.pp * p.vpp, most = (m.layers + stages - 1) / stages + 1;
+  for (int64_t a = 0; a <= most; ++a)
+    for (int64_t b = 0; b <= most; ++b) {
+      auto v = torchtitan_split(m.layers, stages, a, b, "");
+      if (v && *v == chunks && (p.vpp == 1 || (m.layers + a + b) % stages == 0)) return std::make_pair(a, b);
+    }
+  return std::nullopt;
+}
+
+void tt_stage_layers(const ModelSpec& m, const ParallelConfig& p, std::string& o, std::vector<std::string>& no) {
+  const auto ab = tt_less_layers(m, p);
+  if (!ab) {
+    no.push_back("stage_layers " + stage_layers_text(p.stage_layers) + " with vpp " + s(p.vpp) +
+                 ": torchtitan's first/last_stage_less_layers make only the first and last virtual stages smaller; "
+                 "emitted torchtitan's split of " + s(m.layers) + " layers without them");
+    o += "pipeline_parallel_first_stage_less_layers = 0\n";
+    o += "pipeline_parallel_last_stage_less_layers = 0\n";
+    return;
+  }
+  const auto [a, b] = *ab;
+  // Exactly vpp stages per rank: (L + a + b) / (pp vpp) effective layers each.
+  if ((m.layers + a + b) % (p.pp * p.vpp) == 0)
+    o += "pipeline_parallel_layers_per_stage = " + s((m.layers + a + b) / (p.pp * p.vpp)) + "\n";
+  o += "pipeline_parallel_first_stage_less_layers = " + s(a) + "\n";
+  o += "pipeline_parallel_last_stage_less_layers = " + s(b) + "\n";
+}
+
+// Expert parallelism (v0.2.2 job_config.py Parallelism: expert_parallel_degree and
+// expert_tensor_parallel_degree, "either 1 or the same as tp"). torchtitan builds MoE layers
+// only in its own MoE model flavors (deepseek_v3, llama4, qwen3), not in the llama3 model this
+// export names, and has no capacity padding.
+void tt_experts(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p, std::string& o,
+                std::vector<std::string>& no) {
+  if (!m.is_moe()) return;
+  o += "expert_parallel_degree = " + s(p.ep) + "\n";
+  o += "expert_tensor_parallel_degree = " + s(p.etp) + "\n";
+  if (p.etp != 1 && p.etp != p.tp)
+    no.push_back("etp " + s(p.etp) + ": torchtitan supports expert tp of 1 or tp (" + s(p.tp) + ") only");
+  no.push_back("experts " + s(m.experts) + " (top-" + s(m.experts_per_token) +
+               "): torchtitan's llama3 model has no MoE layers; its MoE models are the deepseek_v3, llama4 and qwen3 "
+               "flavors, whose shapes are set in code");
+  no.push_back("moe capacity factor " + num(t.moe_capacity_factor) +
+               ": torchtitan's MoE is dropless (no capacity padding); loom prices the padded capacity");
+}
+
 void tt_parallelism(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p, std::string& o,
                     std::vector<std::string>& no) {
   // DDP (replicate) only for pure data parallelism; v0.2.2 raises "DDP has not supported > 1D
@@ -185,14 +299,13 @@ void tt_parallelism(const ModelSpec& m, const TrainSpec& t, const ParallelConfig
     // are multi-stage: torchtitan requires >= 2 stages per rank for them, and ZB-H1 has one.
     if (p.schedule == Schedule::zb_h1)
       no.push_back("schedule zb-h1: torchtitan's zero-bubble schedules (InterleavedZeroBubble, ZBVZeroBubble) need "
-                   ">= 2 stages per rank; emitted as 1F1B (same memory, 1F1B's bubble)");
+                   ">= 2 stages per rank; emitted as 1F1B (1F1B's bubble, no more memory)");
     o += "pipeline_parallel_microbatch_size = " + s(p.micro_batch) + "\n";
-    // Exactly vpp stages per rank: equal stages of L / (pp vpp) layers, none made smaller.
-    o += "pipeline_parallel_layers_per_stage = " + s(m.layers / (p.pp * p.vpp)) + "\n";
-    o += "pipeline_parallel_first_stage_less_layers = 0\n";
-    o += "pipeline_parallel_last_stage_less_layers = 0\n";
+    tt_stage_layers(m, p, o, no);
   }
-  o += "context_parallel_degree = 1\n\n";
+  o += "context_parallel_degree = 1\n";
+  tt_experts(m, t, p, o, no);
+  o += "\n";
 }
 
 ExportResult torchtitan(const Plan& plan) {
@@ -220,7 +333,8 @@ ExportResult torchtitan(const Plan& plan) {
   o += "global_batch_size = " + s(t.global_batch) + "\n";
   o += "seq_len = " + s(t.seq) + "\n";
   o += std::string("mixed_precision_param = ") + q(t.dtype == Dtype::bf16 ? "bfloat16" : "float32") + "\n";
-  o += "mixed_precision_reduce = \"float32\"\n\n";
+  o += "mixed_precision_reduce = \"float32\"\n";
+  o += torchtitan_offload(p, no) + "\n";
   if (t.grad_dtype == Dtype::bf16)
     no.push_back("grad dtype bf16: torchtitan v0.2.2 reduces gradients in float32 only; emitted float32");
   tt_parallelism(m, t, p, o, no);
@@ -272,12 +386,19 @@ ExportResult deepspeed(const Plan& plan) {
   if (zero >= 1) zero_j["reduce_bucket_size"] = bucket_elems;
   else if (p.dp > 1 && bucket_elems != 500'000'000)
     no.push_back("dp bucket " + s(bucket_elems) + " elements: DeepSpeed without ZeRO reduces in fixed buckets of 500000000");
+  deepspeed_offload(p, zero, zero_j, no);
   j["zero_optimization"] = zero_j;
   if (p.pp > 1) {
     j["pipeline"] = {{"activation_checkpoint_interval", p.recompute == Recompute::full ? 1 : 0}};
     no.push_back("pp " + s(p.pp) + ": not in the JSON; build PipelineModule(layers, num_stages=" + s(p.pp) +
                  ", topology=PipeModelDataParallelTopology(num_pp=" + s(p.pp) + ", num_mp=" + s(p.tp) +
-                 ", num_dp=" + s(p.dp) + "))");
+                 ", num_dp=" + s(p.dp) + "), partition_method=\"uniform\")");
+    // pipe/module.py's partition methods balance layer counts, parameters or layers of a type;
+    // none takes counts per stage.
+    if (!p.stage_layers.empty())
+      no.push_back("stage_layers " + stage_layers_text(p.stage_layers) +
+                   ": DeepSpeed's partition_method (uniform, parameters, type:regex) takes no per-stage layer counts; "
+                   "\"parameters\" also lightens the stages holding the embedding and output");
     if (p.schedule != Schedule::one_f_one_b)
       no.push_back("schedule " + to_string(p.schedule) + ": DeepSpeed runs its own 1F1B-style TrainSchedule");
     if (p.tp > 1) no.push_back("tp " + s(p.tp) + " with pp > 1: tensor parallelism must come from the model code (e.g. Megatron-DeepSpeed)");
@@ -292,6 +413,13 @@ ExportResult deepspeed(const Plan& plan) {
   if (p.recompute == Recompute::full && p.pp == 1)
     no.push_back("recompute full without pp: the model code must call deepspeed.checkpointing");
   no.push_back("model shape and architecture: not in the DeepSpeed config (the model code defines them)");
+  // DeepSpeed-MoE (deepspeed/moe/layer.py): num_experts, ep_size, k and capacity_factor are
+  // arguments of deepspeed.moe.layer.MoE in the model code, not config keys.
+  if (plan.model.is_moe())
+    no.push_back("experts: not in the DeepSpeed config; build deepspeed.moe.layer.MoE(num_experts=" +
+                 s(plan.model.experts) + ", ep_size=" + s(p.ep) + ", k=" + s(plan.model.experts_per_token) +
+                 ", capacity_factor=" + num(t.moe_capacity_factor) + ") in the model code" +
+                 (p.etp > 1 ? "; expert tp " + s(p.etp) + " is not expressible" : ""));
   if (p.order != "tp-dp-pp") no.push_back("rank order " + p.order + ": not expressible");
   r.text = j.dump(2) + "\n";
   return r;

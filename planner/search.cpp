@@ -11,6 +11,7 @@
 
 #include "sim/model_math.hpp"
 #include "sim/rank_grid.hpp"
+#include "sim/stage_split.hpp"
 #include "sim/stage_work.hpp"
 #include "sim/validate.hpp"
 
@@ -54,14 +55,47 @@ Status check_pins(const ClusterSpec& c, const SearchPins& p) {
     return make_error("--vpp", "the interleaved schedule needs vpp > 1");
   const bool interleaved = (p.schedule && *p.schedule == Schedule::interleaved) || (p.vpp && *p.vpp > 1);
   if (interleaved && p.pp && *p.pp < 2) return make_error("--schedule", "the interleaved schedule needs pp > 1");
+  if (p.stage_layers) {
+    const auto k = static_cast<int64_t>(p.stage_layers->size());
+    if ((p.pp && *p.pp != k) || n % k != 0)
+      return make_error("--stage-layers", "must give one layer count per pipeline stage, of a pp dividing --gpus " + s(n) +
+                                              (p.pp ? " and equal to --pp " + s(*p.pp) : std::string()) + " (got " + s(k) +
+                                              " entries)");
+  }
   if (p.order && !RankGrid::make(1, 1, 1, *p.order))
     return make_error("--order", "must be a permutation of tp, dp, pp joined by '-' (got \"" + *p.order + "\")");
   return ok_status();
 }
 
+// The layer splits each schedule of a split tries: the pinned one, or the even split and the
+// balanced ones of stage_split_candidates for its (pp, vpp).
+void add_stage_splits(SplitSpace& sp, const ModelSpec& m, const SearchPins& pins) {
+  sp.stage_splits.clear();
+  for (const auto& [sched, vpp] : sp.schedules) {
+    if (pins.stage_layers) sp.stage_splits.push_back({*pins.stage_layers});
+    else sp.stage_splits.push_back(stage_split_candidates(m.layers, sp.pp, vpp));
+  }
+}
+
+// The (ep, etp) pairs of a split (Megatron-core: ep divides the experts, ep x etp divides the
+// stage's tp x dp ranks, etp <= tp; here etp divides tp so expert-tp groups sit inside tp's
+// node), pins applied; (1, 1) alone for a dense model.
+std::vector<std::pair<int64_t, int64_t>> expert_splits(const ModelSpec& m, const SearchPins& pins, int64_t dp,
+                                                       int64_t tp) {
+  if (!m.is_moe()) return {{1, 1}};
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (int64_t etp : divisors(tp))
+    for (int64_t ep : divisors(m.experts)) {
+      if ((pins.ep && ep != *pins.ep) || (pins.etp && etp != *pins.etp)) continue;
+      if ((tp * dp) % (ep * etp) == 0) out.push_back({ep, etp});
+    }
+  if (out.empty()) out.push_back({pins.ep.value_or(1), pins.etp.value_or(1)});  // carries the rejection
+  return out;
+}
+
 SplitSpace split_space(const ModelSpec& m, const TrainSpec& t, const SearchPins& pins, int64_t dp, int64_t tp,
                        int64_t pp) {
-  SplitSpace sp{dp, tp, pp, {}, {}, {}};
+  SplitSpace sp{dp, tp, pp, {}, {}, {}, {}, expert_splits(m, pins, dp, tp)};
   // Micro-batch: the pin, else every divisor of the per-replica batch; when dp does not divide
   // the global batch there is none, and one candidate (1) carries that rejection.
   if (pins.micro_batch) sp.micro_batches = {*pins.micro_batch};
@@ -80,8 +114,9 @@ SplitSpace split_space(const ModelSpec& m, const TrainSpec& t, const SearchPins&
     if (pins.vpp && *pins.vpp > 1) sp.schedules.push_back({Schedule::interleaved, *pins.vpp});
     if (!pins.vpp)
       for (int64_t v = 2; v * pp <= m.layers; ++v)
-        if (m.layers % (pp * v) == 0) sp.schedules.push_back({Schedule::interleaved, v});
+        if (((m.layers + pp - 1) / pp) % v == 0) sp.schedules.push_back({Schedule::interleaved, v});
   }
+  add_stage_splits(sp, m, pins);
   return sp;
 }
 
@@ -97,6 +132,18 @@ Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c
                                         const SearchPins& pins) {
   auto st = check_pins(c, pins);
   if (!st) return st.error();
+  for (auto [flag, v] : {std::pair{"--ep", pins.ep}, {"--etp", pins.etp}}) {
+    if (v && *v < 1) return make_error(flag, "must be >= 1 (got " + s(*v) + ")");
+    if (v && *v > 1 && !m.is_moe())
+      return make_error(flag, "needs a mixture-of-experts model (got " + s(*v) + "; " + m.name + " is dense)");
+  }
+  if (pins.stage_layers) {  // its length and sum now; the multiple-of-vpp rule per candidate
+    ParallelConfig q;
+    q.pp = static_cast<int64_t>(pins.stage_layers->size());
+    q.stage_layers = *pins.stage_layers;
+    if (auto sl = check_stage_layers(m, q, [](const std::string&) { return std::string("--stage-layers"); }); !sl)
+      return sl.error();
+  }
   SearchSpace space;
   const int64_t n = c.gpus;
   for (int64_t tp : divisors(n)) {
@@ -104,6 +151,7 @@ Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c
     for (int64_t pp : divisors(n / tp)) {
       const int64_t dp = n / (tp * pp);
       if ((pins.pp && pp != *pins.pp) || (pins.dp && dp != *pins.dp)) continue;
+      if (pins.stage_layers && pp != static_cast<int64_t>(pins.stage_layers->size())) continue;
       space.splits.push_back(split_space(m, t, pins, dp, tp, pp));
     }
   }
@@ -120,6 +168,7 @@ Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c
     tg.dp_bucket_bytes = pins.dp_bucket_bytes.value_or(kBucketElements * dtype_bytes(g));
     space.trains.push_back(tg);
   }
+  if (!pins.offload.empty()) space.offload = pins.offload;
   if (space.splits.empty())
     return make_error("--tp", "no (dp, tp, pp) split of --gpus " + s(n) + " meets the pins");
   return space;
@@ -177,7 +226,13 @@ int64_t memory_lower_bound(const ModelSpec& m, const ClusterSpec& c, const Train
 int64_t memory_lower_bound(StageWork& scratch, const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t,
                            const ParallelConfig& p) {
   build_stage_work(scratch, m, c, t, p, 0, /*memory_only=*/true);
-  return scratch.memory().peak();
+  const int64_t first = scratch.memory().peak();
+  int64_t heaviest = 0;  // the first stage holding the most layers
+  for (int64_t i = 1; i < p.pp; ++i)
+    if (stage_layer_count(p, m.layers, i) > stage_layer_count(p, m.layers, heaviest)) heaviest = i;
+  if (heaviest == 0) return first;
+  build_stage_work(scratch, m, c, t, p, heaviest, /*memory_only=*/true);
+  return std::max(first, scratch.memory().peak());
 }
 
 Plan plan_of(const ModelSpec& m, const ClusterSpec& c, const Estimate& e) {
@@ -202,9 +257,10 @@ bool better(const Candidate& a, const Candidate& b) {
     const auto& p = c.p;
     return std::make_tuple(c.step_time_s, c.peak_bytes, p.dp, p.tp, p.pp, p.zero, p.micro_batch,
                            static_cast<int>(p.recompute), p.sp, static_cast<int>(p.schedule), p.vpp, c.train,
-                           c.order);
+                           c.order, static_cast<int>(p.offload), p.ep, p.etp);
   };
-  return key(a) < key(b);
+  const auto ka = key(a), kb = key(b);
+  return ka != kb ? ka < kb : a.p.stage_layers < b.p.stage_layers;
 }
 
 bool same_links(const GroupLinks& a, const GroupLinks& b) {
@@ -224,7 +280,7 @@ class LinksCache {
   LinksCache(const Topology& topo, bool memo) : topo_(topo), memo_(memo) {}
   GroupLinksSet get(const RankGrid& g) {
     if (!memo_) return group_links(topo_, g);
-    return {one(g, Dim::tp, false), one(g, Dim::dp, false), one(g, Dim::pp, true)};
+    return {one(g, Dim::tp, false), one(g, Dim::dp, false), one(g, Dim::pp, true), {}, {}, {}};  // expert groups: add_moe_links
   }
 
  private:
@@ -291,9 +347,17 @@ struct Tally {
   }
 };
 
+// The layer splits schedule entry i of a split tries (the even split alone without a list).
+const std::vector<std::vector<int64_t>>& splits_of(const SplitSpace& sp, size_t i) {
+  static const std::vector<std::vector<int64_t>> even{{}};
+  return i < sp.stage_splits.size() ? sp.stage_splits[i] : even;
+}
+
 int64_t unit_size(const SearchSpace& space, const SplitSpace& sp) {
-  return static_cast<int64_t>(sp.micro_batches.size() * space.recompute.size() * sp.sp.size() *
-                              sp.schedules.size());
+  size_t schedules = 0;  // (schedule, vpp, layer split) triples
+  for (size_t i = 0; i < sp.schedules.size(); ++i) schedules += splits_of(sp, i).size();
+  return static_cast<int64_t>(sp.micro_batches.size() * space.recompute.size() * sp.sp.size() * schedules *
+                              space.offload.size() * sp.experts.size());
 }
 
 void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space,
@@ -310,46 +374,53 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
   p.zero = u.zero;
   p.order = space.orders[u.order];
   StageWork scratch;  // the memory bound's buffer list, its storage reused candidate after candidate
+  for (const auto& [ep, etp] : sp.experts)
   for (int64_t mb : sp.micro_batches)
     for (Recompute r : space.recompute)
       for (bool on : sp.sp)
-        for (auto [sched, vpp] : sp.schedules) {
-          p.micro_batch = mb;
-          p.recompute = r;
-          p.sp = on;
-          p.schedule = sched;
-          p.vpp = vpp;
-          ++t.considered;
-          auto st = validate_config(m, c, train, p, as_is);
-          if (!st) {
-            t.reject(reason_key(st.error().message));
-            continue;
+        for (size_t si = 0; si < sp.schedules.size(); ++si)
+          for (const auto& split : splits_of(sp, si))
+            for (Offload off : space.offload) {
+            p.offload = off;
+            p.ep = ep, p.etp = etp;
+            p.micro_batch = mb;
+            p.recompute = r;
+            p.sp = on;
+            p.schedule = sp.schedules[si].first;
+            p.vpp = sp.schedules[si].second;
+            p.stage_layers = split;
+            ++t.considered;
+            auto st = validate_config(m, c, train, p, as_is);
+            if (!st) {
+              t.reject(reason_key(st.error().message));
+              continue;
+            }
+            if (o.prune && memory_lower_bound(scratch, m, c, train, p) > usable) {
+              t.reject(kDoesNotFitMemory);
+              continue;
+            }
+            const Estimate e = models[u.train].evaluate(p, u.links);
+            ++t.evaluated;
+            if (!e.fits) {
+              t.reject(kDoesNotFitMemory);
+              continue;
+            }
+            ++t.feasible;
+            t.offer({e.step_time_s, e.memory.peak(), p, u.train, u.order, u.links}, o.top_k);
           }
-          if (o.prune && memory_lower_bound(scratch, m, c, train, p) > usable) {
-            t.reject(kDoesNotFitMemory);
-            continue;
-          }
-          const Estimate e = models[u.train].evaluate(p, u.links);
-          ++t.evaluated;
-          if (!e.fits) {
-            t.reject(kDoesNotFitMemory);
-            continue;
-          }
-          ++t.feasible;
-          t.offer({e.step_time_s, e.memory.peak(), p, u.train, u.order, u.links}, o.top_k);
-        }
 }
 
 // Pruned search only: a split whose representative breaks a rule about tp, or pp not dividing
-// the layers, breaks it in every candidate (validate_config checks those first, and vpp only
-// takes values for which pp x vpp divides the layers when pp does), so the whole split is
-// counted under that reason without validating each candidate.
+// the layers, breaks it in every candidate (validate_config checks those first; pp x vpp fails
+// to divide the layers only where no uneven split of them exists, and then for every vpp), so
+// the whole split is counted under that reason without validating each candidate.
 std::optional<std::string> split_rejection(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space,
                                            const SplitSpace& sp) {
   ParallelConfig p;
   p.dp = sp.dp;
   p.tp = sp.tp;
   p.pp = sp.pp;
+  if (!sp.schedules.empty()) p.stage_layers = splits_of(sp, 0).front();
   auto st = validate_config(m, c, space.trains.front(), p, [](const std::string& f) { return f; });
   if (st) return std::nullopt;
   const std::string key = reason_key(st.error().message);

@@ -12,8 +12,16 @@
 //   recompute      none, selective, full
 //   sp             off, on (on only with tp > 1)
 //   schedule, vpp  1f1b (gpipe and zb-h1 too when pp > 1: with one stage they are the same
-//                  loop); interleaved with every vpp >= 2 for which pp x vpp divides the layers
+//                  loop); interleaved with every vpp >= 2 dividing ceil(layers / pp)
+//   stage layers   per (pp, vpp): the even split where pp x vpp divides the layers and up to
+//                  four splits with lighter first and last stages (stage_split_candidates), so
+//                  a pp that does not divide the layers is searched too
 //   grad dtype     bf16, fp32
+//   offload        none, or the choices --offload lists (optimizer, optimizer+params,
+//                  activations; host memory is checked beside GPU memory)
+//   ep, etp        MoE models: every expert-parallel size dividing the experts and tp x dp and
+//                  every expert-tp size dividing tp with ep x etp dividing tp x dp (Megatron-core's
+//                  rules; sim/moe.hpp); a dense model keeps ep = etp = 1
 // The model-dependent rules (tp divides heads, micro-batches a multiple of pp for the
 // interleaved schedule, ...) are validate_config's; a candidate that breaks one is counted
 // under a short reason key, as is one that does not fit memory.
@@ -37,15 +45,21 @@ namespace loom {
 // What the user pinned or bounded; an unset field is searched.
 struct SearchPins {
   std::optional<int64_t> dp, tp, pp, max_tp, micro_batch, vpp;
+  std::optional<int64_t> ep, etp;  // MoE: expert-parallel and expert-tp sizes (--ep, --etp)
   std::optional<int> zero;
   std::optional<Recompute> recompute;
   std::optional<bool> sp;
   std::optional<Schedule> schedule;
   std::optional<Dtype> grad_dtype;
   std::optional<std::string> order;
+  // The layers of each pipeline stage (--stage-layers); it fixes pp to its length. Unset: the
+  // even split and the balanced splits of stage_split_candidates are tried.
+  std::optional<std::vector<int64_t>> stage_layers;
   // Gradient bucket for DP overlap; unset: Megatron-core's 40e6 elements of the grad dtype,
   // so it follows the grad dtype being tried (as `loom predict` does).
   std::optional<int64_t> dp_bucket_bytes;
+  // Offload choices tried (--offload; sim/offload.hpp); empty: none only.
+  std::vector<Offload> offload;
 };
 
 // The knobs of one (dp, tp, pp) split whose values depend on the split.
@@ -54,6 +68,10 @@ struct SplitSpace {
   std::vector<int64_t> micro_batches;
   std::vector<bool> sp;
   std::vector<std::pair<Schedule, int64_t>> schedules;  // (schedule, vpp)
+  // Per schedules entry: the layer splits over the stages tried (ParallelConfig::stage_layers;
+  // {} = layers / pp each). An entry without a list tries the even split only.
+  std::vector<std::vector<std::vector<int64_t>>> stage_splits;
+  std::vector<std::pair<int64_t, int64_t>> experts = {{1, 1}};  // (ep, etp) tried (MoE models)
 };
 
 struct SearchSpace {
@@ -62,6 +80,7 @@ struct SearchSpace {
   std::vector<int> zero;
   std::vector<Recompute> recompute;
   std::vector<TrainSpec> trains;    // one per grad dtype tried (grad dtype and bucket differ)
+  std::vector<Offload> offload = {Offload::none};
 };
 
 // Errors name the flag ("--tp: must divide --gpus (8 % 3 != 0)"), for pins that contradict
@@ -104,12 +123,13 @@ std::string reason_key(const std::string& validate_error);
 std::string reason_id(const std::string& key);
 inline const char* kDoesNotFitMemory = "does not fit memory";
 
-// A lower bound on the peak memory the cost model predicts for `p`: the first stage's peak,
-// from the same buffer list the cost model sums (sim/stage_work.hpp), so it is <=
-// evaluate(p).memory.peak() for every valid p by construction, with or without a profile.
-// The search skips evaluating a candidate whose bound exceeds the usable memory.
+// A lower bound on the peak memory the cost model predicts for `p`: the larger of the first
+// stage's peak (the most micro-batches in flight) and that of the first stage holding the most
+// layers (uneven splits), from the same buffer list the cost model sums (sim/stage_work.hpp),
+// so it is <= evaluate(p).memory.peak() for every valid p by construction, with or without a
+// profile. The search skips evaluating a candidate whose bound exceeds the usable memory.
 int64_t memory_lower_bound(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t, const ParallelConfig& p);
-// The same, building the first stage's buffers in `scratch` (its storage reused).
+// The same, building the stages' buffers in `scratch` (its storage reused).
 int64_t memory_lower_bound(StageWork& scratch, const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t,
                            const ParallelConfig& p);
 

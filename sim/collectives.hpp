@@ -39,6 +39,43 @@ inline double collective_time_s(Collective c, double bytes, const GroupLinks& g)
   return std::min(ring_s, bytes * factor / g.busbw_bytes_per_s + tree_steps * g.latency_s);
 }
 
+// All-to-all (MoE token dispatch and combine; NCCL's ncclAllToAll as grouped send/recv): each of
+// n ranks holds S bytes split in n equal parts, keeps its own and sends one to every other rank,
+// (n - 1) ceil(S/n) bytes (nccl-tests doc/PERFORMANCE.md: all-to-all bus bandwidth factor (n-1)/n).
+inline int64_t all_to_all_send_bytes(int64_t bytes, int64_t n) {
+  if (n <= 1) return 0;
+  return (n - 1) * ((bytes + n - 1) / n);
+}
+
+// The links an all-to-all crosses: of a group of `size` ranks, `ranks_per_node` share a node
+// (each rank sends (ranks_per_node - 1)/size of S over its NVLink and the other
+// (size - ranks_per_node)/size over the node's NICs); every GPU of a node runs its group's
+// all-to-all at once, so the node's NICs carry gpus_per_node such shares.
+struct AllToAllLinks {
+  int64_t size = 1;
+  int64_t ranks_per_node = 1;
+  int64_t nodes_spanned = 1;
+  int64_t gpus_per_node = 1;          // GPUs of one node sending across at once
+  double intra_bytes_per_s = 0;       // one GPU's NVLink/NVSwitch bus bandwidth
+  double nic_bytes_per_s = 0;         // the node's NICs together
+  double latency_s = 0;               // per peer, on the slowest link crossed
+};
+
+// Time of one all-to-all of S bytes per rank: the intra-node and the inter-node shares run at
+// once on their own links, so the slower of the two, plus one latency per peer (the n - 1
+// point-to-point exchanges NCCL's all-to-all issues).
+inline double all_to_all_time_s(double bytes, const AllToAllLinks& l) {
+  const int64_t n = l.size;
+  if (n <= 1 || bytes <= 0) return 0;
+  const double nn = static_cast<double>(n);
+  const double intra = l.intra_bytes_per_s > 0
+                           ? bytes * static_cast<double>(l.ranks_per_node - 1) / nn / l.intra_bytes_per_s : 0;
+  const double cross = static_cast<double>(n - l.ranks_per_node) / nn;
+  const double inter = cross > 0 && l.nic_bytes_per_s > 0
+                           ? static_cast<double>(l.gpus_per_node) * bytes * cross / l.nic_bytes_per_s : 0;
+  return std::max(intra, inter) + static_cast<double>(n - 1) * l.latency_s;
+}
+
 // Point-to-point send of `bytes` between neighbouring pipeline stages.
 inline double p2p_time_s(double bytes, const GroupLinks& g) {
   if (g.size <= 1 || bytes <= 0) return 0;

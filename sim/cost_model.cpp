@@ -5,13 +5,15 @@
 #include <sstream>
 
 #include "sim/collectives.hpp"
+#include "sim/moe.hpp"
 #include "sim/op_timer.hpp"
+#include "sim/offload.hpp"
 #include "sim/profile.hpp"
 
 namespace loom {
 
 GroupLinksSet group_links(const Topology& topo, const RankGrid& grid) {
-  return {topo.ring(grid, Dim::tp), topo.ring(grid, Dim::dp), topo.pipeline_p2p(grid)};
+  return {topo.ring(grid, Dim::tp), topo.ring(grid, Dim::dp), topo.pipeline_p2p(grid), {}, {}, {}};  // expert groups: add_moe_links
 }
 
 CostModel::CostModel(ModelSpec model, ClusterSpec cluster, TrainSpec train)
@@ -50,6 +52,10 @@ void price_ops(const StageWork& w, const OpTimer& op, StageEstimate& s) {
 // (in-line with the layers, on the critical path) and per step (SP's gradient all-reduce).
 void price_messages(const StageWork& w, const GroupLinksSet& links, int64_t mb, StageEstimate& s) {
   for (const Message& msg : w.messages) {
+    if (is_moe_message(msg)) {  // expert groups: all-to-alls, expert tp, expert gradients
+      price_moe_message(msg, links, mb, s);
+      continue;
+    }
     const GroupLinks& l = links_of(links, msg.group);
     const int64_t sent = calls_per_step(msg, mb) * message_send_bytes(msg, l.size);
     if (msg.group == Group::tp) {
@@ -171,7 +177,10 @@ StageEstimate CostModel::price_stage(const StageWork& w, const ParallelConfig& p
   price_ops(w, op, s);
   price_messages(w, links, mb, s);
   price_dp(w, cluster_, p, links, mb, dtype_bytes(train_.dtype), s, overlap);
-  s.optimizer_s = op.optimizer(static_cast<double>(w.optimizer_params), w.optimizer_bytes);
+  s.dp_comm_exposed_s += s.edp_step_s;  // MoE: the expert gradients after the last backward, exposed
+  s.optimizer_s = w.optimizer_on_host ? cpu_optimizer_s(cluster_, w.optimizer_bytes)
+                                      : op.optimizer(static_cast<double>(w.optimizer_params), w.optimizer_bytes);
+  price_offload(w, cluster_.host, p, mb, overlap, s);
   return s;
 }
 
@@ -203,8 +212,9 @@ struct SplitPass {
   double f = 0, b = 0, w = 0;
 };
 SplitPass split_pass(const StageEstimate& x) {
-  return {x.forward_s + x.tp_forward_s,
-          x.backward_s - x.weight_grad_s + x.recompute_s + x.tp_comm_s - x.tp_forward_s, x.weight_grad_s};
+  return {x.forward_s + x.tp_forward_s + x.ep_forward_s,
+          x.backward_s - x.weight_grad_s + x.recompute_s + x.tp_comm_s - x.tp_forward_s + x.ep_comm_s - x.ep_forward_s,
+          x.weight_grad_s};
 }
 
 // ZB-H1's fill and drain (Qi et al. 2023, "Zero Bubble Pipeline Parallelism", Sec. 3.1): with
@@ -241,10 +251,51 @@ double zb_h1_bubble_s(const std::vector<StageEstimate>& stages) {
   return start + tail - static_cast<double>(s + 1) * t[s].w;
 }
 
+// 1F1B's fill and drain with unequal stages (uneven layer splits, the model's ends), from the
+// schedule of Narayanan et al. 2021, Sec. 2.2 (stage s runs p - s - 1 warm-up forwards, then
+// alternates a forward and a backward, then p - s - 1 cool-down backwards): the slowest stage s
+// runs its m micro-batches at its own pace, except that its first input comes after the
+// forwards of the stages before it, its first gradient after its forward and then every later
+// stage's forward and backward (A = their sum, which its warm-up forwards cover up to
+// (p - s - 1) f_s), its last gradient A after its last forward (which its cool-down backwards
+// cover up to (p - s - 1) b_s), and the step ends when that gradient has gone back through the
+// stages before it. Bubble = sum_{i<s} (f_i + b_i) + max(0, A - (p-s-1) f_s) +
+// max(0, A - (p-s-1) b_s): (p - 1)(f + b) for equal stages whichever s, the GPipe-shaped
+// sum of the others when the last stage is the slowest. An estimate where the stages after s
+// queue the chain (not when each is faster than s); tests/test_uneven_stages.cpp holds it to
+// the simulator's timeline.
+double one_f_one_b_bubble_s(const std::vector<StageEstimate>& stages, size_t s) {
+  const double p = static_cast<double>(stages.size());
+  double before = 0, after = 0;
+  for (size_t i = 0; i < s; ++i) before += stages[i].micro_batch_s();
+  for (size_t i = s + 1; i < stages.size(); ++i) after += stages[i].micro_batch_s();
+  const SplitPass x = split_pass(stages[s]);
+  const double warm = p - static_cast<double>(s) - 1, f = x.f, b = stages[s].micro_batch_s() - x.f;
+  return before + std::max(0.0, after - warm * f) + std::max(0.0, after - warm * b);
+}
+
+// Of the largest optimizer step, what runs during the pipeline's drain (1F1B and GPipe): stage
+// i's last backward ends sum_{j<i} b_j before stage 0's (the last gradient still goes back
+// through the stages before it), and its optimizer starts then, so the step ends
+// max_i (o_i - sum_{j<i} b_j) after stage 0's last backward rather than max_i o_i. With uneven
+// stages the stage holding the most parameters need not be the first.
+double optimizer_in_drain_s(const std::vector<StageEstimate>& stages) {
+  double largest = 0, exposed = 0, drain = 0;
+  for (const StageEstimate& x : stages) {
+    largest = std::max(largest, x.optimizer_s);
+    exposed = std::max(exposed, x.optimizer_s - drain);
+    drain += x.micro_batch_s() - split_pass(x).f;
+  }
+  return largest - exposed;
+}
+
 // Step time (Narayanan et al. 2021, Sec. 2.2): the slowest stage runs m micro-batches; the
 // pipeline fills and drains through the others, (p - 1)/v micro-batch times when the stages
-// are equal (bubble fraction (p-1)/(v m); ZB-H1's zb_h1_bubble_s), and waits for the
-// transfers pp_exposed_s counts.
+// are equal (bubble fraction (p-1)/(v m); 1F1B's one_f_one_b_bubble_s and ZB-H1's
+// zb_h1_bubble_s with unequal ones; GPipe's forwards, then backwards, are each a flow shop of m
+// equal jobs, whose makespan is one job's times plus (m - 1) times the slowest stage's, so its
+// bubble is the sum of the others' micro-batch times), and waits for the transfers
+// pp_exposed_s counts.
 void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overlap) {
   size_t slow = 0;
   double sum_mb = 0;
@@ -256,13 +307,19 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overla
   const double mb = static_cast<double>(est.micro_batches), v = static_cast<double>(p.vpp);
   est.time.compute_s = mb * (ss.forward_s + ss.backward_s + ss.recompute_s);
   est.time.tp_comm_s = mb * ss.tp_comm_s + ss.tp_grad_sync_s;
-  est.time.bubble_s = p.schedule == Schedule::zb_h1 && p.pp > 1 ? zb_h1_bubble_s(est.stages)
-                                                                  : (sum_mb - ss.micro_batch_s()) / v;
+  est.time.ep_comm_s = mb * ss.ep_comm_s;  // MoE all-to-alls and expert tp, in-line as tp's
+  est.time.bubble_s = p.schedule == Schedule::zb_h1 && p.pp > 1          ? zb_h1_bubble_s(est.stages)
+                     : p.schedule == Schedule::one_f_one_b && p.pp > 1 ? one_f_one_b_bubble_s(est.stages, slow)
+                                                                        : (sum_mb - ss.micro_batch_s()) / v;
   est.time.pp_comm_s = pp_exposed_s(est, p, slow, p2p_s, overlap);
   for (const auto& s : est.stages) {
     est.time.dp_comm_s = std::max(est.time.dp_comm_s, s.dp_comm_exposed_s);
     est.time.optimizer_s = std::max(est.time.optimizer_s, s.optimizer_s);
+    est.time.host_comm_s = std::max(est.time.host_comm_s, s.host_step_s);  // offload's per-step copies
   }
+  est.time.host_comm_s += mb * ss.host_s;
+  if (p.schedule == Schedule::one_f_one_b || p.schedule == Schedule::gpipe)
+    est.time.bubble_s = std::max(0.0, est.time.bubble_s - optimizer_in_drain_s(est.stages));
   est.step_time_s = est.time.total_s();
 }
 
@@ -280,6 +337,8 @@ void peak_and_fit(Estimate& est, const ClusterSpec& c) {
     est.comm.tp = std::max(est.comm.tp, s.comm.tp);
     est.comm.dp = std::max(est.comm.dp, s.comm.dp);
     est.comm.pp = std::max(est.comm.pp, s.comm.pp);
+    est.comm.host = std::max(est.comm.host, s.comm.host);
+    est.comm.ep = std::max(est.comm.ep, s.comm.ep);
   }
   est.memory = est.stages[est.peak_stage].memory;
   est.fits = est.memory.peak() <= est.usable_bytes;
@@ -307,10 +366,12 @@ void dp_alternatives(Estimate& est, const ClusterSpec& c, const ParallelConfig& 
 
 }  // namespace
 
-Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& links, bool overlap) const {
+Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& given, bool overlap) const {
   const ModelSpec& m = model_;
   const TrainSpec& tr = train_;
   const ClusterSpec& c = cluster_;
+  GroupLinksSet links = given;
+  add_moe_links(links, topo_, m, c, p);  // the expert groups of a MoE model (sim/moe.hpp)
   Estimate est;
   est.model = m.name;
   est.cluster = c.name;
@@ -325,12 +386,16 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& links
   double p2p_s = 0;
   StageWork w;
   est.stages.reserve(static_cast<size_t>(p.pp));
-  int64_t interior = -1;  // the first interior stage priced
+  int64_t interior = -1;  // the last interior stage priced
+  int64_t host_bytes = 0;  // offload: the most any stage keeps in host memory
   for (int64_t i = 0; i < p.pp; ++i) {
-    // Interior stages have the same ops and messages (stage_work.hpp): the first one is
-    // priced, the others take its prices and their own buffers.
-    const bool reuse = interior >= 0 && is_interior_stage(i, p.pp);
+    // Interior stages of as many layers have the same ops and messages (stage_work.hpp): one
+    // is priced, the next ones take its prices and their own buffers.
+    const bool reuse = interior >= 0 && is_interior_stage(i, p.pp) &&
+                       stage_layer_count(p, m.layers, i) == stage_layer_count(p, m.layers, interior) &&
+                       moe_stage(m, tr, p, i).layers == moe_stage(m, tr, p, interior).layers;
     build_stage_work(w, m, c, tr, p, i, /*memory_only=*/reuse);
+    host_bytes = std::max(host_bytes, w.host_bytes());
     if (reuse) {
       StageEstimate s = est.stages[static_cast<size_t>(interior)];
       s.index = i;
@@ -350,10 +415,15 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& links
   // Hardware FLOPs as the stages' op lists count them (Narayanan et al.'s full attention, the
   // recomputed forward included): what the CPU reference's FLOP counter measures.
   est.flops_hardware = hardware_flops(m, tr.global_batch, tr.seq, p.recompute, AttentionFlops::full);
+  if (m.is_moe()) {  // experts at their capacity (sim/moe.hpp): the op lists' sum over every GPU
+    est.flops_hardware = 0;
+    for (const StageEstimate& s : est.stages) est.flops_hardware += s.flops * p.tp * p.dp;
+  }
   est.tokens_per_s = static_cast<double>(tr.global_batch * tr.seq) / est.step_time_s;
   const double peak_flops = tr.dtype == Dtype::bf16 ? c.gpu.peak_flops_bf16 : c.gpu.peak_flops_fp32;
   set_flop_rates(est, peak_flops);
   peak_and_fit(est, c);
+  check_host_memory(est, c, host_bytes);
   dp_alternatives(est, c, p, links.dp, dtype_bytes(tr.dtype), dtype_bytes(tr.grad_dtype));
   return est;
 }

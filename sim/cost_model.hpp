@@ -18,6 +18,9 @@ namespace loom {
 // The links each kind of group crosses, for one rank grid on one cluster.
 struct GroupLinksSet {
   GroupLinks tp, dp, pp;
+  // MoE with ep x etp > 1 (sim/moe.hpp moe_links): the expert groups; untouched otherwise.
+  AllToAllLinks ep;
+  GroupLinks etp, edp;
 };
 GroupLinksSet group_links(const Topology& topo, const RankGrid& grid);
 

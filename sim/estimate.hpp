@@ -29,6 +29,8 @@ struct CommBytes {           // bytes each GPU sends per step
   int64_t tp = 0;
   int64_t dp = 0;
   int64_t pp = 0;
+  int64_t host = 0;          // over the GPU's host link, both directions (offload)
+  int64_t ep = 0;            // expert parallel: token dispatch and combine all-to-alls (MoE)
 };
 
 struct TimeBreakdown {       // exposed time only; they add up to the step time
@@ -38,7 +40,11 @@ struct TimeBreakdown {       // exposed time only; they add up to the step time
   double pp_comm_s = 0;
   double bubble_s = 0;
   double optimizer_s = 0;
-  double total_s() const { return compute_s + tp_comm_s + dp_comm_s + pp_comm_s + bubble_s + optimizer_s; }
+  double host_comm_s = 0;    // host-link copies of offload not hidden behind compute
+  double ep_comm_s = 0;      // MoE: all-to-alls over the ep group and expert-tp collectives, in-line
+  double total_s() const {
+    return compute_s + tp_comm_s + dp_comm_s + pp_comm_s + bubble_s + optimizer_s + host_comm_s + ep_comm_s;
+  }
 };
 
 // One pipeline stage (one GPU of it).
@@ -57,7 +63,13 @@ struct StageEstimate {
   double tp_grad_sync_s = 0;       // per step: SP's all-reduce of replicated parameters' gradients
   double dp_comm_exposed_s = 0;    // per step
   double optimizer_s = 0;          // per step
-  double micro_batch_s() const { return forward_s + backward_s + recompute_s + tp_comm_s; }
+  double host_s = 0;               // per micro-batch: exposed host-link copies (offload)
+  double host_step_s = 0;          // per step: host-link copies around the CPU optimizer
+  // MoE (sim/moe.hpp): per micro-batch, the expert all-to-alls and expert-tp collectives
+  // (in-line, like tp's), and its forward part; per step the expert gradients' reduction over
+  // the expert-data-parallel group.
+  double ep_comm_s = 0, ep_forward_s = 0, edp_step_s = 0;
+  double micro_batch_s() const { return forward_s + backward_s + recompute_s + tp_comm_s + host_s + ep_comm_s; }
   bool reported = true;            // false: a measured step where no rank of this stage reported
                                    // (an emulated rank); written as null
 };
@@ -133,6 +145,8 @@ struct Estimate {
   int64_t peak_stage = 0;
   int64_t capacity_bytes = 0;      // GPU memory
   int64_t usable_bytes = 0;        // less the planning headroom
+  int64_t host_memory_bytes = 0;   // offload: host memory a node's GPUs use (0: none)
+  int64_t host_capacity_bytes = 0; // the node's host memory
   CommBytes comm;                  // the largest per field over stages
   TimeBreakdown time;
   DpAlternatives dp_alternatives;

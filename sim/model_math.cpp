@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "sim/moe.hpp"
+
 namespace loom {
 
 LayerParams layer_params(const ModelSpec& m) {
@@ -15,11 +17,18 @@ LayerParams layer_params(const ModelSpec& m) {
     p.replicated = 2 * h + 2 * h                 // LN1, LN2 (gain and bias)
                    + h + h;                      // row-parallel biases of proj and fc2
   } else {
-    p.sharded = h * h + 2 * h * kv + h * h       // q, k, v, o
+    const int64_t q = m.q_dim();                 // heads x head size (h unless set apart)
+    p.sharded = h * q + 2 * h * kv + q * h       // q, k, v, o
                 + 3 * h * f;                     // gate, up (column), down (row)
     // Qwen2 (transformers Qwen2Attention): q_proj, k_proj, v_proj carry biases, o_proj does not.
-    if (m.qkv_bias) p.sharded += h + 2 * kv;
+    if (m.qkv_bias) p.sharded += q + 2 * kv;
     p.replicated = h + h;                        // two RMSNorm gains
+    // Gemma 2 (transformers Gemma2DecoderLayer): post_attention_layernorm and
+    // post_feedforward_layernorm beside the two pre-norms.
+    if (m.post_norms) p.replicated += h + h;
+    // Qwen3 (transformers Qwen3Attention): q_norm and k_norm, RMSNorms over head_dim shared by
+    // every head.
+    if (m.qk_norm) p.replicated += 2 * m.head_dim();
   }
   return p;
 }
@@ -33,18 +42,20 @@ int64_t final_norm_params(const ModelSpec& m) { return m.family == Family::gpt ?
 int64_t output_params(const ModelSpec& m) { return m.tied_embeddings ? 0 : m.vocab * m.hidden; }
 
 int64_t total_params(const ModelSpec& m) {
-  return m.layers * layer_params(m).total() + embedding_params(m) + final_norm_params(m) + output_params(m);
+  // MoE layers hold their router and experts in place of the dense MLP (sim/moe.hpp).
+  return m.layers * layer_params(m).total() + embedding_params(m) + final_norm_params(m) + output_params(m) +
+         moe_params_delta(m);
 }
 
 LayerFlops layer_forward_flops(const ModelSpec& m, int64_t batch, int64_t seq, AttentionFlops conv) {
   const FlopCount t = FlopCount(batch) * seq;  // tokens
-  const FlopCount h = m.hidden, kv = m.kv_dim(), f = m.ffn_hidden;
+  const FlopCount h = m.hidden, kv = m.kv_dim(), f = m.ffn_hidden, q = m.q_dim();
   const FlopCount mlp_matrices = m.family == Family::gpt ? 2 : 3;  // fc1, fc2 | gate, up, down
   LayerFlops out;
-  out.gemm = 2 * t * h * (h + 2 * kv)  // QKV
-             + 2 * t * h * h           // output projection
+  out.gemm = 2 * t * h * (q + 2 * kv)  // QKV (q = h unless the head size is set apart)
+             + 2 * t * q * h           // output projection
              + 2 * t * h * f * mlp_matrices;
-  out.attention = 2 * (2 * t * seq * h);  // QK^T and softmax*V, every head, the full s x s
+  out.attention = 2 * (2 * t * seq * q);  // QK^T and softmax*V, every head, the full s x s
   if (conv == AttentionFlops::causal) out.attention /= 2;  // the half on and below the diagonal
   return out;
 }
@@ -54,14 +65,18 @@ FlopCount logits_forward_flops(const ModelSpec& m, int64_t batch, int64_t seq) {
 }
 
 FlopCount model_flops(const ModelSpec& m, int64_t global_batch, int64_t seq, AttentionFlops conv) {
+  // MoE layers: router and the k routed and the shared experts in place of the dense MLP, at
+  // the mean load (every token's k experts; sim/moe.hpp).
+  const FlopCount moe = moe_layer_total(m) * moe_forward_flops_delta(m, global_batch * seq);
   return 3 * (m.layers * layer_forward_flops(m, global_batch, seq, conv).total() +
-              logits_forward_flops(m, global_batch, seq));
+              logits_forward_flops(m, global_batch, seq) + moe);
 }
 
 FlopCount hardware_flops(const ModelSpec& m, int64_t global_batch, int64_t seq, Recompute r, AttentionFlops conv) {
   const LayerFlops lf = layer_forward_flops(m, global_batch, seq, conv);
   FlopCount extra = 0;
-  if (r == Recompute::full) extra = m.layers * lf.total();           // one more forward per layer
+  if (r == Recompute::full)  // one more forward per layer
+    extra = m.layers * lf.total() + moe_layer_total(m) * moe_forward_flops_delta(m, global_batch * seq);
   if (r == Recompute::selective) extra = m.layers * lf.attention;    // the attention core only
   return model_flops(m, global_batch, seq, conv) + extra;
 }

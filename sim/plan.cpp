@@ -7,19 +7,21 @@
 
 namespace loom {
 
-std::vector<LayerPlacement> layer_placement(int64_t layers, int64_t pp, int64_t vpp) {
+std::vector<LayerPlacement> layer_placement(int64_t layers, int64_t pp, int64_t vpp,
+                                            const std::vector<int64_t>& stage_layers) {
   std::vector<LayerPlacement> out;
-  const int64_t per_chunk = layers / (pp * vpp);
-  for (int64_t l = 0; l < layers; ++l) {
-    const int64_t c = l / per_chunk;
-    out.push_back({l, c % pp, c / pp});
+  int64_t l = 0;
+  for (int64_t c = 0; c < pp * vpp; ++c) {
+    const int64_t stage = c % pp, chunk = c / pp;
+    const int64_t n = (stage_layers.empty() ? layers / pp : stage_layers[static_cast<size_t>(stage)]) / vpp;
+    for (int64_t i = 0; i < n && l < layers; ++i, ++l) out.push_back({l, stage, chunk});
   }
   return out;
 }
 
 nlohmann::json layout_to_json(const ParallelConfig& p, int64_t layers) {
   nlohmann::json lay = nlohmann::json::array();
-  for (const auto& l : layer_placement(layers, p.pp, p.vpp))
+  for (const auto& l : layer_placement(layers, p.pp, p.vpp, p.stage_layers))
     lay.push_back({{"layer", l.layer}, {"stage", l.stage}, {"chunk", l.chunk}});
   nlohmann::json ranks = nlohmann::json::array();
   auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order);
@@ -87,7 +89,7 @@ Expected<Plan> plan_from_json(const nlohmann::json& j, const std::string& where)
   plan.train = *t;
   plan.parallel = *p;
   auto st = validate_config(plan.model, plan.cluster, plan.train, plan.parallel, [&](const std::string& f) {
-    const bool train_field = f == "global_batch" || f == "seq";
+    const bool train_field = f == "global_batch" || f == "seq" || f == "moe_capacity_factor";
     return where + ": /" + (train_field ? "train/" : "parallel/") + f;
   });
   if (!st) return st.error();

@@ -19,8 +19,10 @@ struct LayerPlacement {
 };
 
 // Megatron-LM's interleaved assignment: model chunk c = k * pp + i (rank i's k-th chunk)
-// holds layers [c * L/(pp v), (c + 1) * L/(pp v)); with v = 1 stage i holds one block.
-std::vector<LayerPlacement> layer_placement(int64_t layers, int64_t pp, int64_t vpp);
+// holds the next stage_layers[i] / v layers after chunks 0 .. c - 1 (L/(pp v) each without
+// stage_layers); with v = 1 stage i holds one block.
+std::vector<LayerPlacement> layer_placement(int64_t layers, int64_t pp, int64_t vpp,
+                                            const std::vector<int64_t>& stage_layers = {});
 
 struct Plan {
   ModelSpec model;

@@ -68,4 +68,40 @@ std::vector<std::vector<int64_t>> RankGrid::all_groups(Dim d) const {
   return out;
 }
 
+Expected<ExpertGrid> ExpertGrid::make(const RankGrid& dense, int64_t ep, int64_t etp) {
+  const int64_t stage = dense.size(Dim::tp) * dense.size(Dim::dp);
+  if (ep < 1 || etp < 1 || stage % (ep * etp) != 0)
+    return Error{"ep: ep x etp must divide tp x dp (got ep " + std::to_string(ep) + ", etp " + std::to_string(etp) +
+                 ", tp x dp " + std::to_string(stage) + ")"};
+  ExpertGrid g;
+  g.dense_ = dense;
+  g.sizes_ = {etp, ep, stage / (ep * etp)};
+  return g;
+}
+
+int64_t ExpertGrid::world_rank(const Coords& stage, int64_t local) const {
+  Coords c = stage;
+  c.tp = local % dense_.size(Dim::tp);
+  c.dp = local / dense_.size(Dim::tp);
+  return dense_.rank(c);
+}
+
+ExpertCoords ExpertGrid::coords(int64_t rank) const {
+  const Coords c = dense_.coords(rank);
+  const int64_t local = c.tp + dense_.size(Dim::tp) * c.dp;
+  return {local % sizes_[0], (local / sizes_[0]) % sizes_[1], local / (sizes_[0] * sizes_[1])};
+}
+
+std::vector<int64_t> ExpertGrid::group(ExpertDim d, int64_t rank) const {
+  const Coords stage = dense_.coords(rank);
+  const ExpertCoords e = coords(rank);
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < size(d); ++i) {
+    ExpertCoords x = e;
+    (d == ExpertDim::etp ? x.etp : d == ExpertDim::ep ? x.ep : x.edp) = i;
+    out.push_back(world_rank(stage, x.etp + sizes_[0] * (x.ep + sizes_[1] * x.edp)));
+  }
+  return out;
+}
+
 }  // namespace loom

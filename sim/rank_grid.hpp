@@ -23,6 +23,7 @@ struct Coords {
 
 class RankGrid {
  public:
+  RankGrid() = default;
   // `order` must be a permutation of "tp", "dp", "pp" joined by '-'.
   static Expected<RankGrid> make(int64_t tp, int64_t dp, int64_t pp, const std::string& order);
   int64_t size(Dim d) const { return sizes_[static_cast<int>(d)]; }
@@ -40,6 +41,31 @@ class RankGrid {
  private:
   std::array<int64_t, 3> sizes_{1, 1, 1};
   std::array<Dim, 3> order_{Dim::tp, Dim::dp, Dim::pp};
+};
+
+// The expert grid of MoE layers, as Megatron-core's expert RankGenerator: the tp x dp ranks of
+// one pipeline stage, numbered tp innermost (local = tp + tp_size * dp), are regrouped with
+// expert tensor parallelism innermost, then expert parallelism, then expert data parallelism:
+//   local = etp + etp_size * (ep + ep_size * edp),   etp_size * ep_size * edp_size = tp * dp.
+// With order "tp-dp-pp" and etp = tp this keeps each tp group an etp group, as Megatron does.
+enum class ExpertDim { etp = 0, ep = 1, edp = 2 };
+struct ExpertCoords {
+  int64_t etp = 0, ep = 0, edp = 0;
+};
+
+class ExpertGrid {
+ public:
+  // ep * etp must divide tp * dp (the dense grid's ranks per stage).
+  static Expected<ExpertGrid> make(const RankGrid& dense, int64_t ep, int64_t etp);
+  int64_t size(ExpertDim d) const { return sizes_[static_cast<int>(d)]; }
+  ExpertCoords coords(int64_t rank) const;
+  // The ranks of `rank`'s group along d, in coordinate order.
+  std::vector<int64_t> group(ExpertDim d, int64_t rank) const;
+
+ private:
+  int64_t world_rank(const Coords& stage, int64_t local) const;
+  RankGrid dense_;
+  std::array<int64_t, 3> sizes_{1, 1, 1};
 };
 
 }  // namespace loom

@@ -89,12 +89,40 @@ std::vector<std::vector<Slot>> make_schedule(Schedule s, int64_t pp, int64_t vpp
 }
 
 int64_t peak_in_flight(const std::vector<Slot>& slots) {
+  const bool split = std::any_of(slots.begin(), slots.end(), [](const Slot& x) { return x.phase == Phase::weight; });
+  const Phase frees = split ? Phase::weight : Phase::backward;
   int64_t now = 0, peak = 0;
   for (const Slot& x : slots) {
-    now += x.phase == Phase::forward ? 1 : x.phase == Phase::backward ? -1 : 0;
+    now += x.phase == Phase::forward ? 1 : x.phase == frees ? -1 : 0;
     peak = std::max(peak, now);
   }
   return peak;
+}
+
+std::vector<Slot> zb_v_rank(int64_t pp, int64_t rank, int64_t m) {
+  const int64_t padded = std::max(2 * pp - 1, m);  // PyTorch's n_micro
+  std::vector<Slot> out;
+  out.reserve(6 * m);
+  int32_t f[2] = {0, 0}, b[2] = {0, 0}, w[2] = {0, 0};
+  auto add = [&](int32_t c, Phase ph) {
+    int32_t& k = ph == Phase::forward ? f[c] : ph == Phase::backward ? b[c] : w[c];
+    if (k < m) out.push_back({k, c, ph});
+    ++k;
+  };
+  auto triple = [&](int32_t c) { add(c, Phase::forward), add(c, Phase::backward), add(c, Phase::weight); };
+  for (int64_t k = 0; k < 2 * (pp - rank) - 1; ++k) add(0, Phase::forward);
+  for (int64_t k = 0; k < rank; ++k) add(1, Phase::forward), add(0, Phase::forward);
+  for (int64_t k = 0; k < pp - rank; ++k) triple(1);
+  while (f[1] < f[0] || f[0] < padded) {
+    if (f[0] < padded) add(0, Phase::forward);
+    add(0, Phase::backward), add(0, Phase::weight);
+    triple(1);
+  }
+  for (int64_t k = 0; k < rank; ++k) add(0, Phase::backward), add(1, Phase::backward);
+  for (int64_t k = 0; k < pp - rank; ++k) add(0, Phase::backward), add(0, Phase::weight);
+  while (w[1] < b[1]) add(1, Phase::weight);
+  while (w[0] < b[0]) add(0, Phase::weight);
+  return out;
 }
 
 StageChunk slot_destination(int64_t s, int64_t c, Phase ph, int64_t pp, int64_t vpp) {

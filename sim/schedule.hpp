@@ -15,9 +15,12 @@
 //                on to the previous stage) and W (weight gradient). Rank r runs 1F1B's warm-up
 //                of min(pp - r - 1, m) forwards, then r pairs of F, B whose W waits, then
 //                F, B, W triples, then B, W pairs, then the r waiting W's; W's run in
-//                micro-batch order. So a rank holds 1F1B's min(pp - r, m) forwards awaiting
-//                their B, and the last ranks' deferred W's fill what is 1F1B's cool-down
-//                bubble on the first ones: bubble (pp - 1)(F + B - W), not (pp - 1)(F + B + W).
+//                micro-batch order. A rank holds 1F1B's min(pp - r, m) forwards awaiting
+//                their B and up to r more awaiting their W, min(pp, m) in all: every rank
+//                holds what 1F1B's first one does, so the largest over ranks is 1F1B's (the
+//                paper's "same peak memory"). The last ranks' deferred W's fill what is
+//                1F1B's cool-down bubble on the first ones: bubble (pp - 1)(F + B - W), not
+//                (pp - 1)(F + B + W).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -64,9 +67,29 @@ StageChunk slot_destination(int64_t stage, int64_t chunk, Phase phase, int64_t p
 // Where the input of slot (stage, chunk, phase) comes from: the slot whose destination it is.
 StageChunk slot_source(int64_t stage, int64_t chunk, Phase phase, int64_t pp, int64_t vpp);
 
+// Whether the schedule splits each backward into B and W slots.
+inline bool splits_backward(Schedule s) { return s == Schedule::zb_h1; }
+
 // The most (micro-batch, chunk) activations a rank holds at once when it runs `slots` in
-// order: +1 at each forward, -1 at each backward (a weight slot changes nothing: B frees the
-// activations W does not read). Equals in_flight_chunks() of the cost model.
+// order: +1 at each forward, -1 at the slot that ends its backward: its W where the table has
+// W's (the stash keeps what W reads, B's output gradients written over what only B read),
+// else its B. Equals in_flight_chunks() of the cost model.
 int64_t peak_in_flight(const std::vector<Slot>& slots);
+
+// ZB-V (Qi et al. 2024, "Pipeline Parallelism with Controllable Memory", the V-shaped zero-bubble
+// schedule; in the order of PyTorch's ScheduleZBVZeroBubble, torch/distributed/pipelining):
+// two chunks per rank placed as a V, rank r holding virtual stages r (chunk 0) and
+// 2 pp - 1 - r (chunk 1), so the last rank passes its chunk 0's output to its own chunk 1 and
+// the first rank holds both ends of the model. Rank r runs 2(pp - r) - 1 chunk-0 forwards,
+// r pairs of chunk-1 and chunk-0 forwards, pp - r chunk-1 F, B, W triples, then both chunks'
+// F, B, W in turn, then the remaining B's and W's. Built for at least 2 pp - 1 micro-batches;
+// with fewer, the slots of the missing ones are dropped (as PyTorch does). Each chunk's B's and
+// W's run in micro-batch order. Not yet a Schedule: the cost model, simulator, planner,
+// executor and export take it in turn.
+std::vector<Slot> zb_v_rank(int64_t pp, int64_t rank, int64_t micro_batches);
+// The virtual stage of (stage, chunk) in ZB-V's V placement.
+inline int64_t zb_v_virtual_stage(int64_t stage, int64_t chunk, int64_t pp) {
+  return chunk == 0 ? stage : 2 * pp - 1 - stage;
+}
 
 }  // namespace loom

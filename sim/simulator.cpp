@@ -10,6 +10,8 @@
 #include <iterator>
 
 #include "sim/collectives.hpp"
+#include "sim/moe.hpp"
+#include "sim/offload.hpp"
 #include "sim/shared_sweep.hpp"
 #include "sim/stage_work.hpp"
 
@@ -21,11 +23,11 @@ using trace_names::Stream;
 
 // The queues a rank's tasks are serialised on. Tensor-parallel collectives run on the compute
 // queue (in-line in Megatron's layers) though the trace draws them on their own track.
-enum Queue { kCompute = 0, kDp = 1, kPp = 2, kGather = 3, kQueues = 4 };
+enum Queue { kCompute = 0, kDp = 1, kPp = 2, kGather = 3, kHost = 4, kQueues = 5 };
 
 class Builder {
  public:
-  Builder(int64_t stages, bool overlap) : last_(stages, {-1, -1, -1, -1}), overlap_(overlap) {}
+  Builder(int64_t stages, bool overlap) : last_(stages, {-1, -1, -1, -1, -1}), overlap_(overlap) {}
   int32_t add(const SimTask& t, Queue q) {
     const auto id = static_cast<int32_t>(tasks.size());
     tasks.push_back(t);
@@ -118,18 +120,20 @@ struct PassTimes {
   double compute_s = 0, tp_s = 0;                      // per slot (one chunk)
   double recompute_s = 0, tp_recompute_s = 0;          // backward only
   bool makes_grads = false;                            // the pass that yields weight gradients
+  double ep_s = 0, ep_recompute_s = 0;                 // MoE all-to-alls and expert tp, in-line
 };
 PassTasks add_pass(Builder& b, const StagePlan& sp, const ParallelConfig& p, int64_t s, const Slot& x,
                    const PassTimes& pt, int32_t& prev_first) {
   PassTasks out;
   const int64_t pieces = sp.zero3 ? std::max<int64_t>(1, sp.chunk_layers) : 1;
   const double n = static_cast<double>(pieces);
-  auto compute = [&](TaskKind k, double dur, double tp_dur, int32_t after) {
+  auto compute = [&](TaskKind k, double dur, double tp_dur, double ep_dur, int32_t after) {
     SimTask t = make_task(k, Stream::compute, s, x, dur / n);
     t.layers = sp.chunk_layers / pieces;
     const int32_t id = b.add(t, kCompute);
     b.dep(after, id);
     if (tp_dur > 0) b.add(make_task(TaskKind::tp, Stream::tp, s, x, tp_dur / n), kCompute);
+    if (ep_dur > 0) b.add(make_task(TaskKind::ep, Stream::tp, s, x, ep_dur / n), kCompute);
     return id;
   };
   const bool gathers = sp.zero3 && pt.kind != TaskKind::weight;
@@ -143,8 +147,9 @@ PassTasks add_pass(Builder& b, const StagePlan& sp, const ParallelConfig& p, int
       b.dep(prev_first, gather, 0.0);
     }
     int32_t piece_first = -1;
-    if (pt.recompute_s > 0) piece_first = compute(TaskKind::recompute, pt.recompute_s, pt.tp_recompute_s, gather);
-    out.compute = compute(pt.kind, pt.compute_s, pt.tp_s, gather);
+    if (pt.recompute_s > 0)
+      piece_first = compute(TaskKind::recompute, pt.recompute_s, pt.tp_recompute_s, pt.ep_recompute_s, gather);
+    out.compute = compute(pt.kind, pt.compute_s, pt.tp_s, pt.ep_s, gather);
     if (piece_first < 0) piece_first = out.compute;
     if (out.first < 0) out.first = piece_first;
     if (gathers) prev_first = piece_first;
@@ -172,6 +177,33 @@ void add_buckets(Builder& b, const StagePlan& sp, const ParallelConfig& p, int64
   }
 }
 
+// Offload with the optimizer on the CPU (ZeRO-Offload): once every gradient, send and copy of
+// the step is done, the gradient shard goes out over the host link, the CPU runs AdamW (the
+// GPU waits: its next forward needs the weights), the updated weights come back. Returns the
+// task after which the weights are on the GPU.
+int32_t add_cpu_optimizer(Builder& b, const StageInputs& st, int64_t s, std::array<int32_t, 3> after) {
+  auto copy = [&](bool out, double dur, int64_t bytes) {
+    SimTask t = make_task(TaskKind::host_copy, Stream::host, s, Slot{-1, -1, out ? Phase::backward : Phase::forward}, dur);
+    t.bytes = bytes;
+    return b.add(t, kHost);
+  };
+  int32_t prev = b.last(s, kCompute);
+  if (st.host_step_out_bytes > 0) {  // the reduced gradients: after the last bucket and send
+    const int32_t id = copy(true, st.host_step_out_s, st.host_step_out_bytes);
+    b.dep(prev, id);
+    for (int32_t a : after) b.dep(a, id);
+    prev = id;
+  }
+  const int32_t o = b.add(make_task(TaskKind::host_optimizer, Stream::compute, s, Slot{-1, -1, Phase::forward},
+                                    st.optimizer_s), kCompute);
+  b.dep(prev, o);
+  for (int32_t a : after) b.dep(a, o);
+  if (st.host_step_in_bytes <= 0) return o;
+  const int32_t in = copy(false, st.host_step_in_s, st.host_step_in_bytes);
+  b.dep(o, in);
+  return in;
+}
+
 // After the last slot: SP's all-reduce of replicated gradients (compute queue, as Megatron's
 // finalize_model_grads), the parameter server's push and pull, the optimizer once every
 // gradient and send is done, and ZeRO-1/2's gather of the updated shards.
@@ -181,16 +213,22 @@ void add_step_end(Builder& b, const SimInputs& in, const StagePlan& sp, int64_t 
   const Slot none{-1, -1, Phase::backward};
   if (st.tp_grad_sync_s > 0) b.add(make_task(TaskKind::tp, Stream::tp, s, none, st.tp_grad_sync_s), kCompute);
   const int32_t last_compute = b.last(s, kCompute);
+  if (st.edp_step_s > 0)  // MoE: expert gradients over edp once the last backward is done
+    b.dep(last_compute, b.add(make_task(TaskKind::edp_grad, Stream::dp, s, none, st.edp_step_s), kDp));
   if (p.dp > 1 && p.dp_comm == DpComm::parameter_server) {
     SimTask t = make_task(TaskKind::dp_push_pull, Stream::dp, s, none, st.dp_push_pull_s);
     t.bytes = st.grad_bytes;
     b.dep(last_compute, b.add(t, kDp));
   }
-  SimTask opt = make_task(TaskKind::optimizer, Stream::compute, s, Slot{-1, -1, Phase::forward}, st.optimizer_s);
-  const int32_t dp_last = b.last(s, kDp), pp_last = b.last(s, kPp);
-  const int32_t o = b.add(opt, kCompute);
-  b.dep(dp_last, o);
-  b.dep(pp_last, o);
+  const int32_t dp_last = b.last(s, kDp), pp_last = b.last(s, kPp), host_last = b.last(s, kHost);
+  const int32_t o = st.cpu_optimizer ? add_cpu_optimizer(b, st, s, {dp_last, pp_last, host_last}) : [&] {
+    SimTask opt = make_task(TaskKind::optimizer, Stream::compute, s, Slot{-1, -1, Phase::forward}, st.optimizer_s);
+    const int32_t id = b.add(opt, kCompute);
+    b.dep(dp_last, id);
+    b.dep(pp_last, id);
+    b.dep(host_last, id);  // offload's last copies
+    return id;
+  }();
   if (sp.ring && (p.zero == 1 || p.zero == 2)) {  // updated shards back to every rank
     SimTask t = make_task(TaskKind::dp_gather_params, Stream::dp, s, Slot{-1, -1, Phase::forward},
                           collective_time_s(Collective::all_gather, static_cast<double>(st.weight_bytes), sp.dpl));
@@ -205,13 +243,49 @@ void add_step_end(Builder& b, const SimInputs& in, const StagePlan& sp, int64_t 
 // its recompute and its tp collectives (all on the input-gradient path).
 PassTimes pass_times(const StageInputs& st, double v, Phase ph, bool split) {
   switch (ph) {
-    case Phase::forward: return {TaskKind::forward, st.forward_s / v, st.tp_forward_s / v, 0, 0, false};
-    case Phase::weight: return {TaskKind::weight, st.weight_grad_s / v, 0, 0, 0, true};
+    case Phase::forward: return {TaskKind::forward, st.forward_s / v, st.tp_forward_s / v, 0, 0, false, st.ep_forward_s / v, 0};
+    case Phase::weight: return {TaskKind::weight, st.weight_grad_s / v, 0, 0, 0, true, 0, 0};
     case Phase::backward: break;
   }
   const double compute_s = split ? st.backward_s - st.weight_grad_s : st.backward_s;
-  return {TaskKind::backward, compute_s / v, st.tp_backward_s / v, st.recompute_s / v, st.tp_recompute_s / v, !split};
+  return {TaskKind::backward, compute_s / v,          st.tp_backward_s / v, st.recompute_s / v, st.tp_recompute_s / v,
+          !split,             st.ep_backward_s / v, st.ep_recompute_s / v};
 }
+
+// Offload's copies of one slot (sim/offload.hpp) on the host-link queue: its first layer's
+// copy before the slot's compute (exposed: the first fetch, or the last write-back), the other
+// layers' beside it from when it starts; the next slot starts when they are done.
+struct HostCopies {
+  double rest_s = 0;
+  int64_t rest_bytes = 0;
+  int32_t first = -1, pending = -1;
+  void before(Builder& b, const StageInputs& st, int64_t s, const Slot& x, double v) {
+    const bool fwd = x.phase == Phase::forward;
+    const double copy_s = (fwd ? st.host_forward_s : x.phase == Phase::backward ? st.host_backward_s : 0) / v;
+    const int64_t bytes = static_cast<int64_t>(
+        static_cast<double>(fwd ? st.host_forward_bytes : st.host_backward_bytes) / v);
+    first = -1;
+    if (copy_s <= 0) return;
+    const double layers = std::max(1.0, static_cast<double>(st.host_pieces) / v);
+    SimTask t = make_task(TaskKind::host_copy, Stream::host, s, x, copy_s / layers);
+    t.bytes = static_cast<int64_t>(static_cast<double>(bytes) / layers);
+    rest_s = copy_s - t.dur_s;
+    rest_bytes = bytes - t.bytes;
+    const int32_t after = b.last(s, kCompute);
+    first = b.add(t, kHost);
+    b.dep(after, first);
+  }
+  void after(Builder& b, int64_t s, const Slot& x, int32_t slot_first) {
+    b.dep(pending, slot_first);
+    pending = -1;
+    if (first < 0) return;
+    b.dep(first, slot_first);
+    SimTask t = make_task(TaskKind::host_copy, Stream::host, s, x, rest_s);
+    t.bytes = rest_bytes;
+    pending = b.add(t, kHost);
+    b.dep(slot_first, pending, 0.0);
+  }
+};
 
 // One stage's tasks in the order of its schedule table.
 void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, const std::vector<Slot>& table) {
@@ -220,9 +294,12 @@ void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, con
   const StagePlan sp = stage_plan(in, s);
   const int64_t m = in.micro_batches;
   int32_t prev_first = -1;
+  HostCopies host;
   for (const Slot& x : table) {
     const PassTimes pt = pass_times(st, sp.v, x.phase, p.schedule == Schedule::zb_h1);
+    host.before(b, st, s, x, sp.v);
     const PassTasks t = add_pass(b, sp, p, s, x, pt, prev_first);
+    host.after(b, s, x, t.first);
     const int32_t slot_first = t.first;
     idx.first[idx.at(s, x.phase, x.chunk, x.micro_batch)] = slot_first;
     const auto [ds, dc] = slot_destination(s, x.chunk, x.phase, p.pp, p.vpp);
@@ -243,11 +320,11 @@ void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, con
 
 bool is_dp(TaskKind k) {
   return k == TaskKind::dp_grad || k == TaskKind::dp_gather || k == TaskKind::dp_gather_params ||
-         k == TaskKind::dp_push_pull;
+         k == TaskKind::dp_push_pull || k == TaskKind::edp_grad;
 }
 bool is_busy(TaskKind k) {
   return k == TaskKind::forward || k == TaskKind::backward || k == TaskKind::recompute || k == TaskKind::weight ||
-         k == TaskKind::optimizer || k == TaskKind::tp;
+         k == TaskKind::optimizer || k == TaskKind::tp || k == TaskKind::host_optimizer || k == TaskKind::ep;
 }
 
 using Graph = boost::adjacency_list<boost::vecS, boost::vecS, boost::directedS, boost::no_property, double>;
@@ -306,6 +383,7 @@ StageSim stage_breakdown(int64_t s, const std::vector<SimTask>& tasks, const std
   };
   std::vector<Mark> marks;
   int64_t in_flight = 0;
+  const bool split = std::any_of(mine.begin(), mine.end(), [&](int32_t i) { return tasks[i].kind == TaskKind::weight; });
   for (int32_t i : mine) {
     const SimTask& t = tasks[i];
     out.end_s = std::max(out.end_s, t.end_s());
@@ -318,30 +396,33 @@ StageSim stage_breakdown(int64_t s, const std::vector<SimTask>& tasks, const std
           out.peak_in_flight = std::max(out.peak_in_flight, (in_flight + chunk_layers - 1) / chunk_layers);
           break;
         case TaskKind::backward:
+        case TaskKind::weight:  // zb-h1: the stash is freed by W (schedule.hpp), not by B
           out.time.compute_s += t.dur_s;
-          in_flight -= t.layers;  // and freed
+          if ((t.kind == TaskKind::weight) == split) in_flight -= t.layers;  // and freed
           break;
-        case TaskKind::recompute:
-        case TaskKind::weight: out.time.compute_s += t.dur_s; break;
+        case TaskKind::recompute: out.time.compute_s += t.dur_s; break;
         case TaskKind::tp: out.time.tp_comm_s += t.dur_s; break;
-        case TaskKind::optimizer: out.time.optimizer_s += t.dur_s; break;
+        case TaskKind::ep: out.time.ep_comm_s += t.dur_s; break;
+        case TaskKind::optimizer:
+        case TaskKind::host_optimizer: out.time.optimizer_s += t.dur_s; break;
         default: break;
       }
     }
     if (t.dur_s <= 0) continue;
-    const int kind = is_busy(t.kind) ? 0 : is_dp(t.kind) ? 1 : 2;
-    if (kind == 1 && t.stage != s) continue;
+    const int kind = is_busy(t.kind) ? 0 : is_dp(t.kind) ? 1 : t.kind == TaskKind::host_copy ? 3 : 2;
+    if ((kind == 1 || kind == 3) && t.stage != s) continue;
     marks.push_back({t.start_s, kind, +1});
     marks.push_back({t.end_s(), kind, -1});
   }
   marks.push_back({makespan, 0, 0});
   std::sort(marks.begin(), marks.end(), [](const Mark& a, const Mark& b) { return a.t < b.t; });
-  int count[3] = {0, 0, 0};
+  int count[4] = {0, 0, 0, 0};
   double prev = 0;
   for (const Mark& mk : marks) {
     const double len = mk.t - prev;
     if (len > 0 && count[0] == 0) {
       if (count[1] > 0) out.time.dp_comm_s += len;
+      else if (count[3] > 0) out.time.host_comm_s += len;
       else if (count[2] > 0) out.time.pp_comm_s += len;
       else out.time.bubble_s += len;
     }
@@ -407,7 +488,7 @@ Expected<SimResult> simulate(const SimInputs& in, const SimOptions& opt) {
   for (int64_t s = 0; s < p.pp; ++s) {
     r.stages.push_back(stage_breakdown(s, b.tasks, mine[s], r.step_time_s,
                                        std::max<int64_t>(1, in.stages[s].layers / in.parallel.vpp)));
-    const auto busy = [](const StageSim& x) { return x.time.compute_s + x.time.tp_comm_s; };
+    const auto busy = [](const StageSim& x) { return x.time.compute_s + x.time.tp_comm_s + x.time.ep_comm_s; };
     if (busy(r.stages.back()) > busy(r.stages[slow])) slow = static_cast<size_t>(s);
   }
   r.time = r.stages[slow].time;
@@ -441,6 +522,14 @@ void dp_rings(const ClusterSpec& c, const ParallelConfig& p, SimInputs& in) {
 // gradient and weight sizes with the buckets the reduction runs as.
 void read_messages(const StageWork& w, const GroupLinksSet& links, StageInputs& si) {
   for (const Message& msg : w.messages) {
+    if (is_moe_message(msg)) {  // expert groups (sim/moe.hpp): in-line by pass, or per step
+      const double t = static_cast<double>(msg.count) * moe_message_time_s(msg, links);
+      if (msg.group == Group::edp) si.edp_step_s += t;
+      else if (msg.pass == Pass::forward) si.ep_forward_s += t;
+      else if (msg.pass == Pass::backward) si.ep_backward_s += t;
+      else si.ep_recompute_s += t;
+      continue;
+    }
     if (msg.group == Group::tp) {
       const double t = static_cast<double>(msg.count) * message_time_s(msg, links.tp);
       if (msg.cadence == Cadence::step) si.tp_grad_sync_s += t;
@@ -461,11 +550,28 @@ void read_messages(const StageWork& w, const GroupLinksSet& links, StageInputs& 
   }
 }
 
+// Offload's host-link copies, priced (sim/offload.hpp), and whether the CPU runs the optimizer.
+void read_offload(const StageWork& w, const HostSpec& h, int64_t micro_batches, StageInputs& si) {
+  const HostLinkTimes t = host_link_times(w, h, micro_batches);
+  si.host_forward_s = t.forward_s;
+  si.host_backward_s = t.backward_s;
+  si.host_forward_bytes = t.forward_bytes;
+  si.host_backward_bytes = t.backward_bytes;
+  si.host_pieces = t.layers;
+  si.host_step_out_s = t.step_out_s;
+  si.host_step_in_s = t.step_in_s;
+  si.host_step_out_bytes = t.step_out_bytes;
+  si.host_step_in_bytes = t.step_in_bytes;
+  si.cpu_optimizer = w.optimizer_on_host;
+}
+
 }  // namespace
 
-SimInputs sim_inputs(const CostModel& cm, const ParallelConfig& p, const Estimate& est, const GroupLinksSet& links) {
+SimInputs sim_inputs(const CostModel& cm, const ParallelConfig& p, const Estimate& est, const GroupLinksSet& given) {
   const TrainSpec& tr = cm.train();
   const ClusterSpec& c = cm.cluster();
+  GroupLinksSet links = given;
+  add_moe_links(links, cm.topology(), cm.model(), c, p);  // the expert groups (sim/moe.hpp)
   SimInputs in;
   in.parallel = p;
   in.micro_batches = est.micro_batches;
@@ -484,6 +590,7 @@ SimInputs sim_inputs(const CostModel& cm, const ParallelConfig& p, const Estimat
     si.layers = s.layers;
     si.weight_bytes = dtype_bytes(tr.dtype) * s.params;
     read_messages(w, links, si);
+    read_offload(w, c.host, est.micro_batches, si);
     // Topology::ring restricted to this stage's groups: a GPU link carries one ring edge, a
     // node's NICs every edge of this stage leaving the node.
     double bw = in.intra_bytes_per_s;
@@ -503,7 +610,8 @@ double sim_task_count(const SimInputs& in) {
     const int64_t pieces = p.dp > 1 && p.zero >= 3 ? chunk_layers : 1;
     // per slot: compute and tp per piece (+ gather and reduce-scatter under ZeRO-3), a send,
     // recompute, buckets; per step a few.
-    const double per_slot = static_cast<double>(pieces * 4 + 2 + std::max<int64_t>(1, st.grad_buckets / p.vpp));
+    const double per_slot = static_cast<double>(pieces * 4 + 2 + std::max<int64_t>(1, st.grad_buckets / p.vpp) +
+                                                (p.offload != Offload::none ? 2 : 0));  // offload: two copies
     const double slots = p.schedule == Schedule::zb_h1 ? 3 : 2;  // zb-h1: and a weight slot
     tasks += slots * static_cast<double>(in.micro_batches) * static_cast<double>(p.vpp) * per_slot + 8;
   }

@@ -51,6 +51,10 @@ enum class TaskKind : uint8_t {
   dp_gather,                                // ZeRO-3 gather of one chunk's weights for one slot
   dp_push_pull,                             // parameter server
   pp_send,                                  // activations (forward) or gradients (backward)
+  host_copy,                                // offload: a copy over the host link (host stream)
+  host_optimizer,                           // offload: AdamW on the CPU (the GPU idles)
+  ep,                                       // MoE: all-to-alls and expert-tp collectives of one slot
+  edp_grad,                                 // MoE: expert gradients over the expert-data-parallel group
 };
 
 struct SimTask {
@@ -82,6 +86,17 @@ struct StageInputs {
   int64_t p2p_bytes = 0;        // one pipeline send of one micro-batch
   double p2p_s = 0;
   double dp_busbw_bytes_per_s = 0;  // this stage's dp rings alone (NIC sharing within the stage)
+  // Offload (sim/offload.hpp): host-link copies per micro-batch by pass (all chunks), split over
+  // host_pieces layers per chunk; per step the gradients out and the weights back around the
+  // CPU optimizer (optimizer_s is then the CPU's AdamW).
+  double host_forward_s = 0, host_backward_s = 0;
+  int64_t host_forward_bytes = 0, host_backward_bytes = 0, host_pieces = 1;
+  double host_step_out_s = 0, host_step_in_s = 0;
+  int64_t host_step_out_bytes = 0, host_step_in_bytes = 0;
+  bool cpu_optimizer = false;
+  // MoE (sim/moe.hpp): expert all-to-alls and expert-tp collectives per micro-batch by pass
+  // (in-line after each pass, as tp's), the expert gradients' reduction per step.
+  double ep_forward_s = 0, ep_backward_s = 0, ep_recompute_s = 0, edp_step_s = 0;
 };
 
 struct SimInputs {

@@ -4,7 +4,11 @@
 #include <filesystem>
 
 #include "sim/json_reader.hpp"
+#include "sim/moe.hpp"
+#include "sim/moe_config.hpp"
+#include "sim/offload.hpp"
 #include "sim/profile.hpp"
+#include "sim/stage_split.hpp"
 #include "sim/validate.hpp"
 
 namespace loom {
@@ -58,7 +62,8 @@ Status check_model(const ModelSpec& m, const std::string& where_, const std::str
   const std::string where = where_ + ": " + pointer;
   // Sizes first: a bound per field and on the parameter count, so nothing below wraps around.
   if (auto st = check_model_sizes(m, [&](const std::string& f) { return where + "/" + f; }); !st) return st;
-  if (m.hidden % m.heads != 0)
+  if (auto st = check_moe_model(m, [&](const std::string& f) { return where + "/" + f; }); !st) return st;
+  if (m.head_size == 0 && m.hidden % m.heads != 0)
     return Error{where + "/heads: must divide hidden (" + std::to_string(m.hidden) + " % " +
                                  std::to_string(m.heads) + " != 0)"};
   if (m.heads % m.kv_heads != 0)
@@ -88,6 +93,11 @@ Expected<ModelSpec> model_from_json(const nlohmann::json& j, const std::string& 
   r.opt_number("norm_eps", m.norm_eps, 0, true);
   r.opt_number("rope_theta", m.rope_theta, 0, true);
   r.opt_boolean("qkv_bias", m.qkv_bias);
+  r.opt_integer("head_size", m.head_size, 1, limits::kHidden);
+  r.opt_boolean("qk_norm", m.qk_norm);
+  r.opt_boolean("post_norms", m.post_norms);
+  r.opt_boolean("gated_gelu", m.gated_gelu);
+  read_moe_keys(r, m);  // mixture of experts (sim/moe_config.hpp)
   r.opt_number("published_params", m.published_params, 0, false);
   r.opt_number("published_params_precision", m.published_params_precision, 0, false);
   r.opt_string("source", m.source);
@@ -116,26 +126,15 @@ const std::vector<std::pair<std::string, std::string>>& hf_ignored_reasons() {
       {"torch_dtype", "storage dtype; the plan's --dtype sets precision"},
       {"transformers_version", "metadata"}, {"pretraining_tp", "an inference-time TP emulation"},
       {"max_window_layers", "only used with use_sliding_window true"},
+      {"sliding_window_size", "same as sliding_window"},
+      {"attn_logit_softcapping", "a tanh over attention scores: no parameters or matrix FLOPs, not priced"},
+      {"final_logit_softcapping", "a tanh over the logits: no parameters or matrix FLOPs, not priced"},
+      {"query_pre_attn_scalar", "the attention scale, not a shape"},
+      {"cache_implementation", "inference only"},
       {"n_ctx", "same as n_positions"}, {"embd_pdrop", "dropout: resid_pdrop decides"},
       {"attn_pdrop", "dropout: resid_pdrop decides"}, {"activation_function", "gelu variants cost the same"},
       {"task_specific_params", "generation settings"}};
   return v;
-}
-
-// Mixture-of-experts keys (Mixtral, Qwen2-MoE, DeepSeek): loom prices dense MLPs only.
-void refuse_moe(ObjectReader& r, const nlohmann::json& j) {
-  for (const char* k : {"num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size",
-                        "n_shared_experts", "shared_expert_intermediate_size",
-                        "num_experts_per_tok"}) {
-    if (!present(j, k)) continue;
-    const auto& v = j.at(k);
-    if (v.is_number() && v.get<double>() <= (std::string(k).find("size") == std::string::npos ? 1 : 0)) {
-      r.skip(k);  // one expert, or size 0: a dense layer
-      continue;
-    }
-    r.fail(k, "mixture-of-experts layers are not modelled yet (got " + v.dump() + ")");
-    return;
-  }
 }
 
 void read_hf_gpt2(ObjectReader& r, const nlohmann::json& j, ModelSpec& m) {
@@ -173,9 +172,17 @@ void read_hf_window(ObjectReader& r, const nlohmann::json& j, ModelSpec& m) {
 }
 
 void read_hf_llama_extras(ObjectReader& r, const nlohmann::json& j, ModelSpec& m, const std::string& type) {
-  std::string act = "silu";
+  const bool gemma = type == "gemma2";
+  std::string act = gemma ? "gelu_pytorch_tanh" : "silu";
   r.opt_string("hidden_act", act);
-  if (act != "silu" && act != "swish") r.fail("hidden_act", "must be \"silu\" (SwiGLU) for a llama-family model");
+  if (gemma) {
+    // Gemma2Config names the MLP's activation hidden_activation; hidden_act is the legacy name.
+    r.opt_string("hidden_activation", act);
+    if (act != "gelu_pytorch_tanh" && act != "gelu")
+      r.fail("hidden_activation", "must be \"gelu_pytorch_tanh\" (GeGLU) for gemma2 (got \"" + act + "\")");
+  } else if (act != "silu" && act != "swish") {
+    r.fail("hidden_act", "must be \"silu\" (SwiGLU) for a llama-family model");
+  }
   double pdrop = 0;
   r.opt_number("attention_dropout", pdrop, 0, false);
   m.dropout = pdrop > 0;
@@ -189,16 +196,29 @@ void read_hf_llama_extras(ObjectReader& r, const nlohmann::json& j, ModelSpec& m
   bool mlp_bias = false;
   if (present(j, "mlp_bias")) r.boolean("mlp_bias", mlp_bias);
   if (mlp_bias) r.fail("mlp_bias", "MLP biases are not modelled for a llama-family model (got true)");
+  // An explicit head size (Qwen3, Gemma 2, Mistral's configs): q and the attention output are
+  // then num_attention_heads x head_dim wide, whatever hidden_size is.
   if (present(j, "head_dim") && m.heads > 0) {
     int64_t hd = 0;
     r.integer("head_dim", hd, 1, limits::kHidden);
-    if (!r.failed() && hd * m.heads != m.hidden)
-      r.fail("head_dim", "loom assumes head_dim = hidden_size / num_attention_heads = " +
-                             std::to_string(m.hidden / m.heads) + " (got " + std::to_string(hd) + ")");
+    if (!r.failed() && hd * m.heads != m.hidden) m.head_size = hd;
   } else {
     r.skip("head_dim");
   }
   read_hf_window(r, j, m);
+}
+
+// Qwen3 (transformers Qwen3Config): Qwen2's shapes without q/k/v biases, with an RMSNorm over
+// each head of q and of k (q_norm, k_norm) and an explicit head_dim.
+// Gemma 2 (transformers Gemma2Config): GeGLU MLP (gelu_pytorch_tanh gate), four RMSNorms a
+// layer, head_dim 256, tied embeddings, local sliding-window attention on every other layer.
+// Its soft-capping of attention scores and final logits is a tanh over tensors loom already
+// reads and writes; it adds no parameters and no matrix FLOPs, and is not priced.
+void read_hf_family_extras(ModelSpec& m, const std::string& type) {
+  if (type == "qwen3") m.qk_norm = true;
+  if (type != "gemma2") return;
+  m.post_norms = true;
+  m.gated_gelu = true;
 }
 
 void read_hf_llama(ObjectReader& r, const nlohmann::json& j, ModelSpec& m, const std::string& type) {
@@ -213,9 +233,10 @@ void read_hf_llama(ObjectReader& r, const nlohmann::json& j, ModelSpec& m, const
   // The longest context the weights support, not a length they were trained at.
   r.integer("max_position_embeddings", m.seq_len, 1, limits::kSeq);
   m.seq_len_is_limit = true;
-  m.tied_embeddings = false;  // LlamaConfig's default
+  m.tied_embeddings = type == "gemma2";  // LlamaConfig's default is untied, Gemma2Config's tied
   r.opt_boolean("tie_word_embeddings", m.tied_embeddings);
   if (!r.failed()) read_hf_llama_extras(r, j, m, type);
+  if (!r.failed()) read_hf_family_extras(m, type);
 }
 
 void list_ignored(ObjectReader& r, std::vector<std::string>* ignored_keys) {
@@ -223,6 +244,8 @@ void list_ignored(ObjectReader& r, std::vector<std::string>* ignored_keys) {
   for (auto& k : r.unread_keys()) {
     std::string why = "not a shape or cost field loom knows; assumed not to change parameters or FLOPs";
     for (auto& [key, reason] : hf_ignored_reasons())
+      if (key == k) why = reason;
+    for (auto& [key, reason] : hf_moe_ignored_reasons())
       if (key == k) why = reason;
     ignored_keys->push_back(k + " (" + why + ")");
   }
@@ -240,11 +263,15 @@ Expected<ModelSpec> model_from_hf_config(const nlohmann::json& j, const std::str
   m.name = type;
   r.opt_string("_name_or_path", m.name);
   if (m.name.empty()) m.name = type;
-  refuse_moe(r, j);
+  refuse_hf_mla(r, j);  // DeepSeek's latent attention (sim/moe_config.hpp)
   if (r.failed()) return *r.error();
+  const std::string base = hf_dense_base_type(type);  // mixtral: mistral's attention, and so on
   if (type == "gpt2") read_hf_gpt2(r, j, m);
-  else if (type == "llama" || type == "mistral" || type == "qwen2") read_hf_llama(r, j, m, type);
-  else r.fail("model_type", "must be one of gpt2, llama, mistral, qwen2 (got \"" + type + "\")");
+  else if (base == "llama" || base == "mistral" || base == "qwen2" || base == "qwen3" || base == "gemma2")
+    read_hf_llama(r, j, m, base);
+  else r.fail("model_type", "must be one of gpt2, llama, mistral, qwen2, qwen3, gemma2, mixtral, qwen2_moe, "
+                            "qwen3_moe (got \"" + type + "\")");
+  if (!r.failed() && type != "gpt2") read_hf_moe(r, j, m, type);  // experts, if any
   if (r.failed()) return *r.error();
   list_ignored(r, ignored_keys);
   auto st = check_model(m, where);
@@ -267,6 +294,18 @@ static void read_fabric(ObjectReader& parent, const std::string& key, FabricSpec
   r.string("source", f.source);
   if (!r.failed() && f.busbw_bytes_per_s > f.link_bytes_per_s)
     r.fail("busbw_bytes_per_s", "must be <= link_bytes_per_s");
+  r.reject_unknown_keys();
+}
+
+// The host side of a node (offload, sim/offload.hpp): optional; all three numbers when given.
+static void read_host(ObjectReader& parent, HostSpec& h) {
+  auto* j = parent.opt_object("host");
+  if (!j) return;
+  ObjectReader r(parent, "host", *j);
+  r.number("link_bytes_per_s", h.link_bytes_per_s, 0, true, limits::kRate);
+  r.integer("memory_bytes", h.memory_bytes, 1, limits::kBytes);
+  r.number("memory_bytes_per_s", h.memory_bytes_per_s, 0, true, limits::kRate);
+  r.string("source", h.source);
   r.reject_unknown_keys();
 }
 
@@ -323,6 +362,7 @@ Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::stri
   if (r.has("profile")) {
     r.string("profile", c.profile);
   }
+  read_host(r, c.host);
   r.reject_unknown_keys();
   if (r.failed()) return *r.error();
   if (!c.profile.empty()) {
@@ -356,6 +396,7 @@ Expected<TrainSpec> train_from_json(const nlohmann::json& j, const std::string& 
   read_enum(r, "attention", attention_names(), t.attention, true);
   read_enum(r, "cross_entropy", cross_entropy_names(), t.cross_entropy, false);  // default unfused
   r.integer("dp_bucket_bytes", t.dp_bucket_bytes, 1, limits::kBytes);
+  r.opt_number("moe_capacity_factor", t.moe_capacity_factor, 0, true, 1e6);  // MoE (sim/moe.hpp)
   r.reject_unknown_keys();
   if (r.failed()) return *r.error();
   return t;
@@ -377,17 +418,29 @@ Expected<ParallelConfig> parallel_from_json(const nlohmann::json& j, const std::
   read_enum(r, "recompute", recompute_names(), p.recompute, true);
   read_enum(r, "schedule", schedule_names(), p.schedule, true);
   r.integer("vpp", p.vpp, 1, limits::kLayers);
+  read_stage_layers(r, j, p.stage_layers);
   r.string("order", p.order);
   read_enum(r, "dp_comm", dp_comm_names(), p.dp_comm, true);
   r.integer("ps_servers", p.ps_servers, 0, limits::kGpus);
   r.number("grad_compression", p.grad_compression, 1, false, 1e6);
+  read_enum(r, "offload", offload_names(), p.offload, false);  // default none
+  r.opt_integer("ep", p.ep, 1, limits::kGpus);    // MoE: default 1
+  r.opt_integer("etp", p.etp, 1, limits::kGpus);
   r.reject_unknown_keys();
   if (r.failed()) return *r.error();
   return p;
 }
 
+static void add_shape_extras(nlohmann::json& j, const ModelSpec& m) {
+  // Written only where set, so the files of models without them stay as they were.
+  if (m.head_size > 0) j["head_size"] = m.head_size;
+  if (m.qk_norm) j["qk_norm"] = true;
+  if (m.post_norms) j["post_norms"] = true;
+  if (m.gated_gelu) j["gated_gelu"] = true;
+}
+
 nlohmann::json to_json(const ModelSpec& m) {
-  return {{"name", m.name},
+  nlohmann::json j = {{"name", m.name},
           {"family", to_string(m.family)},
           {"layers", m.layers},
           {"hidden", m.hidden},
@@ -404,6 +457,9 @@ nlohmann::json to_json(const ModelSpec& m) {
           {"published_params", m.published_params},
           {"published_params_precision", m.published_params_precision},
           {"source", m.source}};
+  add_shape_extras(j, m);
+  moe_keys_to_json(j, m);  // MoE models only (sim/moe_config.hpp)
+  return j;
 }
 
 static nlohmann::json fabric_json(const FabricSpec& f) {
@@ -448,30 +504,42 @@ nlohmann::json to_json(const ClusterSpec& c) {
             {"memory_headroom", rm.memory_headroom},
             {"source", rm.source}}}};
   if (!c.profile.empty()) j["profile"] = c.profile;
+  if (c.host.memory_bytes > 0)
+    j["host"] = {{"link_bytes_per_s", c.host.link_bytes_per_s},
+                 {"memory_bytes", c.host.memory_bytes},
+                 {"memory_bytes_per_s", c.host.memory_bytes_per_s},
+                 {"source", c.host.source}};
   return j;
 }
 
 nlohmann::json to_json(const TrainSpec& t) {
-  return {{"global_batch", t.global_batch}, {"seq", t.seq},
+  nlohmann::json j = {{"global_batch", t.global_batch}, {"seq", t.seq},
           {"dtype", to_string(t.dtype)},    {"grad_dtype", to_string(t.grad_dtype)},
           {"attention", to_string(t.attention)}, {"cross_entropy", to_string(t.cross_entropy)},
           {"dp_bucket_bytes", t.dp_bucket_bytes}};
+  // MoE: written when set apart from its documented default (TrainSpec), so dense plans stay as they were.
+  if (t.moe_capacity_factor != TrainSpec{}.moe_capacity_factor) j["moe_capacity_factor"] = t.moe_capacity_factor;
+  return j;
 }
 
 nlohmann::json to_json(const ParallelConfig& p) {
-  return {{"dp", p.dp},
-          {"tp", p.tp},
-          {"pp", p.pp},
-          {"zero", p.zero},
-          {"micro_batch", p.micro_batch},
-          {"sp", p.sp},
-          {"recompute", to_string(p.recompute)},
-          {"schedule", to_string(p.schedule)},
-          {"vpp", p.vpp},
-          {"order", p.order},
-          {"dp_comm", to_string(p.dp_comm)},
-          {"ps_servers", p.ps_servers},
-          {"grad_compression", p.grad_compression}};
+  nlohmann::json j = {{"dp", p.dp},
+                      {"tp", p.tp},
+                      {"pp", p.pp},
+                      {"zero", p.zero},
+                      {"micro_batch", p.micro_batch},
+                      {"sp", p.sp},
+                      {"recompute", to_string(p.recompute)},
+                      {"schedule", to_string(p.schedule)},
+                      {"vpp", p.vpp},
+                      {"order", p.order},
+                      {"dp_comm", to_string(p.dp_comm)},
+                      {"ps_servers", p.ps_servers},
+                      {"grad_compression", p.grad_compression}};
+  if (!p.stage_layers.empty()) j["stage_layers"] = p.stage_layers;
+  if (p.offload != Offload::none) j["offload"] = to_string(p.offload);
+  if (p.ep > 1 || p.etp > 1) j["ep"] = p.ep, j["etp"] = p.etp;  // MoE: expert parallelism
+  return j;
 }
 
 }  // namespace loom

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace loom {
 
@@ -34,13 +35,36 @@ struct ModelSpec {
   // sliding-window attention (window > 0) is exact only for sequences no longer than the window.
   bool seq_len_is_limit = false;
   int64_t sliding_window = 0;
+  // Attention head size where it is not hidden / heads (Gemma 2: 256 with hidden 2304 and 8
+  // heads); 0 means hidden / heads. q and the attention output are then heads * head_dim wide.
+  int64_t head_size = 0;
+  bool qk_norm = false;       // RMSNorm over each head of q and k before RoPE (Qwen3)
+  bool post_norms = false;    // Gemma 2: an RMSNorm after attention and after the MLP too (4 a layer)
+  bool gated_gelu = false;    // Gemma: GeGLU (tanh GELU gate) in place of SwiGLU; same shapes and FLOPs
+  // Mixture of experts (experts == 0: every layer has the dense MLP of ffn_hidden). A MoE layer
+  // routes each token to experts_per_token of `experts` FFNs of expert_ffn_hidden (SwiGLU for the
+  // llama family), plus shared_experts FFNs every token passes through, each also of
+  // expert_ffn_hidden; a router (hidden x experts) picks them. The first dense_layers layers, and
+  // every layer whose index (from 0) is not a multiple of moe_layer_interval after them, keep the
+  // dense MLP (DeepSeek's first_k_dense_replace; Qwen2-MoE's decoder_sparse_step).
+  int64_t experts = 0;
+  int64_t experts_per_token = 0;   // top-k
+  int64_t shared_experts = 0;
+  int64_t expert_ffn_hidden = 0;
+  int64_t dense_layers = 0;
+  int64_t moe_layer_interval = 1;
+  // Activated parameters published beside the total (MoE models), with its precision.
+  double published_active_params = 0;
+  double published_active_params_precision = 0;
   // Published parameter count and the precision it was published at (e.g. 174.6e9 given to
   // 0.1e9): the zoo test checks loom's own count against it.
   double published_params = 0;
   double published_params_precision = 0;
   std::string source;
 
-  int64_t head_dim() const { return hidden / heads; }
+  int64_t head_dim() const { return head_size > 0 ? head_size : hidden / heads; }
+  int64_t q_dim() const { return heads * head_dim(); }
+  bool is_moe() const { return experts > 0; }
   int64_t kv_dim() const { return kv_heads * head_dim(); }
 };
 
@@ -85,6 +109,16 @@ struct RuntimeMemorySpec {
   std::string source;
 };
 
+// The host side of a node, for offload (ZeRO-Offload, Ren et al., USENIX ATC 2021; ZeRO-Infinity,
+// Rajbhandari et al., SC21): the link each GPU copies to and from host memory over (PCIe), the
+// node's DRAM and its bandwidth (CPU Adam is bound by it). Zero: not described, offload refused.
+struct HostSpec {
+  double link_bytes_per_s = 0;    // host <-> GPU, per GPU, one direction
+  int64_t memory_bytes = 0;       // DRAM per node
+  double memory_bytes_per_s = 0;  // DRAM bandwidth per node
+  std::string source;
+};
+
 struct ClusterSpec {
   std::string name;
   GpuSpec gpu;
@@ -96,6 +130,7 @@ struct ClusterSpec {
   FabricSpec inter_node;
   EfficiencySpec efficiency;
   RuntimeMemorySpec runtime_memory;
+  HostSpec host;
   // Optional: the hardware profile `loom calibrate` wrote (a path; relative paths are tried
   // from the working directory, beside the cluster file, then from the repository root). When
   // set, the time model takes GEMM, attention, memory-bound, launch and optimizer times and
@@ -119,28 +154,58 @@ struct TrainSpec {
   Attention attention = Attention::fused;
   CrossEntropy cross_entropy = CrossEntropy::unfused;
   int64_t dp_bucket_bytes = 0; // gradient bucket size for DP overlap
+  // MoE: expert capacity as a multiple of the mean load (Switch Transformer, Fedus et al. 2021,
+  // Sec. 2.2: capacity = tokens x top-k / experts x factor; GShard pads every expert to it).
+  // Expert GEMMs and all-to-alls are priced at capacity, the busiest expert's load.
+  double moe_capacity_factor = 1.25;
 };
 
 enum class Recompute { none, selective, full };
 enum class Schedule { gpipe, one_f_one_b, interleaved, zb_h1 };
 enum class DpComm { ring, parameter_server };
+// What a GPU keeps in host memory (sim/offload.hpp): the optimizer state with the update on the
+// CPU (ZeRO-Offload); that and the weights and gradients, streamed in and out layer by layer
+// (ZeRO-Infinity's offload_param, FSDP2's CPUOffloadPolicy; ZeRO-3 only); or the activations
+// kept for backward, as the alternative to recompute.
+enum class Offload { none, optimizer, optimizer_params, activations };
 
 struct ParallelConfig {
   int64_t dp = 1;
   int64_t tp = 1;
   int64_t pp = 1;
+  // Expert parallelism (MoE models only): the experts of a layer are split over ep ranks and
+  // each expert's FFN over etp ranks. The expert grid reuses the dense grid's tp x dp ranks of a
+  // stage (Megatron-core): ep * etp divides tp * dp, and ep divides experts.
+  int64_t ep = 1;
+  int64_t etp = 1;
   int zero = 0;                // 0-3; 3 = FSDP full shard
   int64_t micro_batch = 1;
   bool sp = false;             // sequence parallel (needs tp > 1)
   Recompute recompute = Recompute::none;
   Schedule schedule = Schedule::one_f_one_b;
   int64_t vpp = 1;             // virtual stages per rank (interleaved only)
+  // Transformer layers of each pipeline stage (all its chunks), first to last; empty: layers /
+  // pp each. Each entry >= 1 and a multiple of vpp (each of a stage's chunks holds entry / vpp
+  // layers, as Megatron-core splits an uneven stage), pp entries summing to the model's layers.
+  // Uneven stages balance the embedding on the first stage and the loss head on the last.
+  std::vector<int64_t> stage_layers;
   std::string order = "tp-dp-pp";  // innermost first, as Megatron-core's order string
   DpComm dp_comm = DpComm::ring;
   int64_t ps_servers = 0;      // parameter-server layout only
   double grad_compression = 1; // original / sent bytes of DP gradient traffic (>= 1)
+  Offload offload = Offload::none;
 
   int64_t gpus() const { return dp * tp * pp; }
 };
+
+// Layers on pipeline stage `stage` of a model of `layers` layers: stage_layers[stage], or the
+// even split layers / pp.
+inline int64_t stage_layer_count(const ParallelConfig& p, int64_t layers, int64_t stage) {
+  return p.stage_layers.empty() ? layers / p.pp : p.stage_layers[static_cast<size_t>(stage)];
+}
+// Layers of each of stage `stage`'s vpp chunks.
+inline int64_t chunk_layer_count(const ParallelConfig& p, int64_t layers, int64_t stage) {
+  return stage_layer_count(p, layers, stage) / p.vpp;
+}
 
 }  // namespace loom

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "sim/moe.hpp"
+#include "sim/offload.hpp"
 #include "sim/profile.hpp"
 
 namespace loom {
@@ -25,12 +27,15 @@ struct Dims {
   int64_t e = 2, g = 2;          // bytes per element of weights/activations, of gradients
   int64_t b = 1, s = 1, T = 1;   // micro-batch, sequence, tokens b s
   int64_t h = 0, kv = 0, f = 0, t = 1, rep = 1;  // rep: divisor of tp-replicated tensors (t with SP)
+  int64_t q = 0;                 // width of q and of the attention output: heads x head size (h unless
+                                 // the model sets its head size, as Gemma 2 and Qwen3 do)
   int64_t Vr = 0;                // vocabulary rows per tp rank
   int64_t mb = 1;                // micro-batches per step per replica
   int64_t layers = 0, layers_chunk = 0;
   int64_t layer_rank = 0, embed_rank = 0, out_rank = 0;  // parameters on this GPU
   int64_t replicated = 0;        // tp-replicated parameters on this stage (SP's gradient all-reduce)
   bool first = false, last = false;
+  MoeStage moe;                  // expert layers of the stage (sim/moe.hpp); none for a dense model
 };
 
 Dims make_dims(const ModelSpec& m, const TrainSpec& tr, const ParallelConfig& p, int64_t stage) {
@@ -42,13 +47,14 @@ Dims make_dims(const ModelSpec& m, const TrainSpec& tr, const ParallelConfig& p,
   d.T = d.b * d.s;
   d.h = m.hidden;
   d.kv = m.kv_dim();
+  d.q = m.q_dim();
   d.f = m.ffn_hidden;
   d.t = p.tp;
   d.rep = p.sp ? p.tp : 1;
   d.Vr = vocab_per_rank(m.vocab, p.tp);
   d.mb = tr.global_batch / (p.dp * p.micro_batch);
-  d.layers = m.layers / p.pp;
-  d.layers_chunk = m.layers / (p.pp * p.vpp);
+  d.layers = stage_layer_count(p, m.layers, stage);  // uneven stages: p.stage_layers
+  d.layers_chunk = chunk_layer_count(p, m.layers, stage);
   d.first = stage == 0;
   d.last = stage == p.pp - 1;
   const LayerParams lp = layer_params(m);
@@ -59,6 +65,8 @@ Dims make_dims(const ModelSpec& m, const TrainSpec& tr, const ParallelConfig& p,
   if (d.first) d.embed_rank = d.Vr * d.h + (m.family == Family::gpt ? m.seq_len * d.h : 0);
   if (d.last) d.out_rank = final_norm_params(m) + ((!m.tied_embeddings || p.pp > 1) ? d.Vr * d.h : 0);
   d.replicated = d.layers * lp.replicated;
+  d.moe = moe_stage(m, tr, p, stage);
+  d.replicated += d.moe.router_params;  // the router is replicated over tp (Megatron's TopKRouter)
   if (d.first && m.family == Family::gpt) d.replicated += m.seq_len * d.h;
   if (d.last) d.replicated += final_norm_params(m);
   return d;
@@ -78,7 +86,17 @@ void activation_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainS
                         const Dims& d, int64_t in_flight, int64_t stage) {
   const auto act = layer_activation_bytes(m, d.b, d.s, d.t, p.sp, p.recompute, tr.attention, tr.dtype);
   const auto full = layer_activation_bytes(m, d.b, d.s, d.t, p.sp, Recompute::none, tr.attention, tr.dtype);
-  add(v, "layer activations", MemCategory::activations, Lifetime::in_flight, in_flight * d.layers_chunk * act.total());
+  add(v, "layer activations", MemCategory::activations, Lifetime::in_flight,
+      in_flight * (d.layers_chunk - d.moe.layers_chunk) * act.total());
+  if (d.moe.layers_chunk > 0) {  // MoE layers (sim/moe.hpp), the most of any chunk of the stage
+    const int64_t moe_act = moe_layer_activation_bytes(m, d.moe, d.b, d.s, p.sp, p.recompute, tr.attention, tr.dtype);
+    add(v, "moe layer activations", MemCategory::activations, Lifetime::in_flight,
+        in_flight * d.moe.layers_chunk * moe_act);
+    const int64_t moe_full = moe_layer_activation_bytes(m, d.moe, d.b, d.s, p.sp, Recompute::none, tr.attention, tr.dtype);
+    if (p.recompute != Recompute::none)  // a recomputed MoE layer rebuilds more than a dense one
+      add(v, "recomputed moe layer", MemCategory::activations, Lifetime::transient,
+          (moe_full - moe_act) - (full.total() - act.total()));
+  }
   if (p.recompute != Recompute::none)
     add(v, "recomputed layer", MemCategory::activations, Lifetime::transient, full.total() - act.total());
   const int64_t mask = m.dropout ? 1 : 0, norm_stats = m.family == Family::gpt ? 2 : 1;
@@ -138,8 +156,11 @@ void runtime_buffers(std::vector<Buffer>& v, const ClusterSpec& c, const Paralle
       (prof ? prof->workspace_bytes : rt.workspace_bytes) + backward_scratch_bytes(m, p, d));
   int64_t allocated = 0;
   for (const Buffer& b : v)
-    if (b.category != MemCategory::workspace && b.category != MemCategory::runtime) allocated += b.bytes;
-  const int64_t communicators = (p.tp > 1) + (p.dp > 1) + (p.pp > 1);
+    if (b.category != MemCategory::workspace && b.category != MemCategory::runtime &&
+        b.placement == Placement::device)
+      allocated += b.bytes;
+  const int64_t communicators = (p.tp > 1) + (p.dp > 1) + (p.pp > 1) + (p.ep > 1) + (p.etp > 1) +
+                                (d.moe.layers > 0 && d.moe.edp > 1 && d.moe.edp != p.dp);
   int64_t runtime = communicators * rt.nccl_bytes_per_communicator;
   if (prof) runtime += prof->runtime_bytes() + prof->malloc_granularity_bytes;
   else runtime += rt.cuda_context_bytes +
@@ -171,28 +192,28 @@ Op memory_op(const char* name, Pass pass, double bytes, int64_t count, double sc
   return o;
 }
 
-// One layer's forward GEMMs (Megatron's column- then row-parallel pairs): QKV (T, (h+2kv)/t, h),
-// projection (T, h, h/t), MLP fc1/fc2 (GELU) or fused gate|up and down (SwiGLU).
+// One layer's forward GEMMs (Megatron's column- then row-parallel pairs): QKV (T, (q+2kv)/t, h),
+// projection (T, h, q/t), MLP fc1/fc2 (GELU) or fused gate|up and down (SwiGLU).
 void layer_gemms(std::vector<Op>& ops, const ModelSpec& m, const Dims& d, Pass pass, int64_t L) {
-  ops.push_back(gemm("qkv", pass, d.T, (d.h + 2 * d.kv) / d.t, d.h, L));
-  ops.push_back(gemm("attention projection", pass, d.T, d.h, d.h / d.t, L));
+  ops.push_back(gemm("qkv", pass, d.T, (d.q + 2 * d.kv) / d.t, d.h, L));
+  ops.push_back(gemm("attention projection", pass, d.T, d.h, d.q / d.t, L));
   if (m.family == Family::gpt) {
-    ops.push_back(gemm("mlp fc1", pass, d.T, d.f / d.t, d.h, L));
+    ops.push_back(gemm("mlp fc1", pass, d.T, d.f / d.t, d.h, L - d.moe.layers));
   } else {
-    ops.push_back(gemm("mlp gate|up", pass, d.T, 2 * d.f / d.t, d.h, L));
+    ops.push_back(gemm("mlp gate|up", pass, d.T, 2 * d.f / d.t, d.h, L - d.moe.layers));  // MoE layers: moe_ops
   }
-  ops.push_back(gemm("mlp fc2", pass, d.T, d.h, d.f / d.t, L));
+  ops.push_back(gemm("mlp fc2", pass, d.T, d.h, d.f / d.t, L - d.moe.layers));
 }
 
 // The attention core of one layer. Fused: causal FlashAttention (FlashAttention-2's backward
 // runs 2.5x the forward's matmul work; see OpTimer). Unfused: QK^T and softmax x V as batched
 // GEMMs of (s, s, d), the softmax and the dropout as memory-bound kernels; its backward costs
 // twice its forward. FLOPs counted as Narayanan et al. (2021): 4 b s^2 h / t forward (full,
-// not causal), twice that backward.
+// not causal), twice that backward, with h the width of q (heads x head size).
 void attention_core(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& tr, const Dims& d, Pass pass,
                     int64_t L) {
   const int64_t heads_rank = m.heads / d.t, hd = m.head_dim();
-  const FlopCount fwd_flops = 4 * FlopCount(d.b) * d.s * d.s * d.h / d.t;
+  const FlopCount fwd_flops = 4 * FlopCount(d.b) * d.s * d.s * d.q / d.t;
   const bool bwd = pass == Pass::backward;
   if (tr.attention == Attention::fused) {
     Op o;
@@ -221,18 +242,20 @@ void attention_core(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& t
   if (m.dropout) ops.push_back(memory_op("attention dropout", pass, (2 * e + 1) * scores, L, scale));
 }
 
-// A layer's memory-bound kernels: two norms, two residual adds, GELU (reads and writes
-// b s f/t) or SwiGLU (reads two, writes one), RoPE on q and k, and the two dropouts. In
-// backward each reads two tensors and writes one: 1.5x the forward's time.
+// A layer's memory-bound kernels: two norms (four with Gemma 2's post-norms), two residual
+// adds, GELU (reads and writes b s f/t) or SwiGLU/GeGLU (reads two, writes one), RoPE on q and
+// k, Qwen3's per-head norms of q and k, and the two dropouts. In backward each reads two
+// tensors and writes one: 1.5x the forward's time.
 void layer_elementwise(std::vector<Op>& ops, const ModelSpec& m, const Dims& d, Pass pass, int64_t L) {
   const double e = static_cast<double>(d.e), T = static_cast<double>(d.T), h = static_cast<double>(d.h);
   const double rep = static_cast<double>(d.rep), t = static_cast<double>(d.t);
   const double scale = pass == Pass::backward ? 1.5 : 1;
   const bool gpt = m.family == Family::gpt;
-  ops.push_back(memory_op("norms", pass, 2 * e * T * h / rep, 2 * L, scale));
+  ops.push_back(memory_op("norms", pass, 2 * e * T * h / rep, (m.post_norms ? 4 : 2) * L, scale));
   ops.push_back(memory_op("residual adds", pass, 3 * e * T * h / rep, 2 * L, scale));
-  ops.push_back(memory_op(gpt ? "gelu" : "swiglu", pass, (gpt ? 2 : 3) * e * T * static_cast<double>(d.f) / t, L, scale));
-  if (!gpt) ops.push_back(memory_op("rope", pass, 2 * e * T * static_cast<double>(d.h + d.kv) / t, L, scale));
+  ops.push_back(memory_op(gpt ? "gelu" : "swiglu", pass, (gpt ? 2 : 3) * e * T * static_cast<double>(d.f) / t, L - d.moe.layers, scale));
+  if (!gpt) ops.push_back(memory_op("rope", pass, 2 * e * T * static_cast<double>(d.q + d.kv) / t, L, scale));
+  if (m.qk_norm) ops.push_back(memory_op("q/k norms", pass, 2 * e * T * static_cast<double>(d.q + d.kv) / t, L, scale));
   if (m.dropout) ops.push_back(memory_op("dropouts", pass, (2 * e + 1) * T * h / rep, 2 * L, scale));
 }
 
@@ -263,6 +286,9 @@ void end_ops(std::vector<Op>& ops, const TrainSpec& tr, const Dims& d) {
 void stage_ops(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& tr, const ParallelConfig& p, const Dims& d) {
   const int64_t L = d.layers;
   layer_forward(ops, m, tr, d, Pass::forward, L);
+  moe_ops(ops, d.moe, Pass::forward);  // the MoE layers' router and experts (sim/moe.hpp)
+  moe_ops(ops, d.moe, Pass::backward);
+  if (p.recompute == Recompute::full) moe_ops(ops, d.moe, Pass::recompute);
   layer_gemms(ops, m, d, Pass::backward, L);
   attention_core(ops, m, tr, d, Pass::backward, L);
   layer_elementwise(ops, m, d, Pass::backward, L);
@@ -292,8 +318,9 @@ Message message(const char* name, Group g, MessageKind k, Pass pass, Cadence c, 
 void tp_messages(std::vector<Message>& v, const ParallelConfig& p, const Dims& d) {
   if (p.tp <= 1) return;
   const int64_t act = d.e * d.T * d.h, L = d.layers;
-  int64_t fwd = 4 * L, bwd = 4 * L + (p.sp ? 2 * L : 0);
-  const int64_t rec = p.recompute == Recompute::full ? 4 * L : 0;
+  const TpHalves moe = moe_tp_halves_saved(d.moe, p);  // MoE layers without an MLP over tp
+  int64_t fwd = 4 * L - moe.forward, bwd = 4 * L + (p.sp ? 2 * L : 0) - moe.backward;
+  const int64_t rec = p.recompute == Recompute::full ? 4 * L - moe.forward : 0;
   if (d.first) (p.sp ? (fwd += 1, bwd += 1) : (fwd += 2, bwd += 0));
   if (d.last) (p.sp ? (fwd += 1, bwd += 1) : (fwd += 0, bwd += 2));
   const auto rs = MessageKind::reduce_scatter;
@@ -361,6 +388,22 @@ void dp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelCon
   }
 }
 
+// What offload (sim/offload.hpp) needs of this stage: the optimizer's shard, the largest layer
+// (or end) of this GPU's shard, and one layer's saved activations.
+OffloadShape offload_shape(const ModelSpec& m, const TrainSpec& tr, const ParallelConfig& p, const Dims& d,
+                           int64_t optimizer_params) {
+  if (p.offload == Offload::none) return {};
+  OffloadShape o;
+  o.optimizer_params = optimizer_params;
+  o.largest_layer_shard = ceil_div(std::max({d.layer_rank, d.embed_rank, d.out_rank}), p.zero >= 3 ? p.dp : 1);
+  o.layers = d.layers;
+  o.layer_activation_bytes =
+      layer_activation_bytes(m, d.b, d.s, d.t, p.sp, p.recompute, tr.attention, tr.dtype).total();
+  o.e = d.e;
+  o.g = d.g;
+  return o;
+}
+
 }  // namespace
 
 // Per layer, per micro-batch, per tp rank. T = b s tokens, e = bytes per element, t = tp,
@@ -372,7 +415,7 @@ void dp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelCon
 // fused attention (no s^2 tensors; an fp32 log-sum-exp per head and token) come out right.
 LayerActivationBytes layer_activation_bytes(const ModelSpec& m, int64_t b, int64_t s, int64_t t, bool sp, Recompute r,
                                             Attention a, Dtype d) {
-  const int64_t e = dtype_bytes(d), T = b * s, h = m.hidden, kv = m.kv_dim(), f = m.ffn_hidden;
+  const int64_t e = dtype_bytes(d), T = b * s, h = m.hidden, kv = m.kv_dim(), f = m.ffn_hidden, q = m.q_dim();
   const int64_t rep = sp ? t : 1;          // divisor of tensors replicated across tp
   const int64_t mask = m.dropout ? 1 : 0;  // dropout masks: one byte per element
   LayerActivationBytes out;
@@ -381,11 +424,14 @@ LayerActivationBytes layer_activation_bytes(const ModelSpec& m, int64_t b, int64
     return out;
   }
   // Replicated: both norm inputs, QKV input (norm 1 output), MLP input (norm 2 output),
-  // the dropout masks after attention projection and after the MLP.
-  const int64_t replicated = 4 * e * T * h + 2 * mask * T * h;
+  // the dropout masks after attention projection and after the MLP; Gemma 2's two post-norms
+  // keep their inputs too.
+  const int64_t replicated = (m.post_norms ? 6 : 4) * e * T * h + 2 * mask * T * h;
   // Sharded: Q, K, V, attention output (projection input); MLP fc1 output and GELU output,
-  // or SwiGLU gate, up and product.
-  const int64_t sharded = e * T * (2 * h + 2 * kv) + (m.family == Family::gpt ? 2 : 3) * e * T * f;
+  // or SwiGLU gate, up and product; Q and the attention output are q wide (heads x head
+  // size); Qwen3's q/k norms keep their inputs.
+  const int64_t sharded = e * T * (2 * q + 2 * kv) + (m.family == Family::gpt ? 2 : 3) * e * T * f +
+                          (m.qk_norm ? e * T * (q + kv) : 0);
   // Attention core: softmax output (e), dropout mask (1) and dropout output (e) per score.
   int64_t core = 0, core_stats = 0;
   if (a == Attention::unfused) {
@@ -394,8 +440,11 @@ LayerActivationBytes layer_activation_bytes(const ModelSpec& m, int64_t b, int64
     core_stats = 4 * m.heads * T;  // fp32 log-sum-exp per head and token (FlashAttention-2)
   }
   const int64_t norms = m.family == Family::gpt ? 2 : 1;  // LayerNorm mean+rstd; RMSNorm rstd
+  const int64_t norm_count = m.post_norms ? 4 : 2;
+  // Per-head rstd of Qwen3's q and k norms: one fp32 per head and token.
+  const int64_t qk_stats = m.qk_norm ? 4 * T * (m.heads + m.kv_heads) : 0;
   out.tensors = replicated / rep + sharded / t + core / t;
-  out.statistics = 2 * norms * 4 * T / rep + core_stats / t;
+  out.statistics = norm_count * norms * 4 * T / rep + core_stats / t + qk_stats / t;
   return out;
 }
 
@@ -411,11 +460,12 @@ ModelStateBytes model_state_bytes(int64_t params, int64_t dp, int zero, Dtype dt
 int64_t in_flight_chunks(Schedule s, int64_t p, int64_t v, int64_t i, int64_t m) {
   switch (s) {
     case Schedule::gpipe: return m * v;
-    // ZB-H1 keeps 1F1B's forwards awaiting their B (Qi et al. 2023, Sec. 3.1): a W it defers
-    // holds only its layers' GEMM inputs and output gradients, and a rank defers at most as
-    // many W's as it holds fewer forwards than the first rank.
-    case Schedule::one_f_one_b:
-    case Schedule::zb_h1: return std::min(p - i, m) * v;
+    case Schedule::one_f_one_b: return std::min(p - i, m) * v;
+    // ZB-H1 (Qi et al. 2023, Sec. 3.1): rank i holds 1F1B's p - i forwards awaiting their B
+    // and up to i more awaiting their W, whose stash keeps what W reads (B's output gradients
+    // written over what only B read: the CPU executor's layer_backward_input). So every rank
+    // holds 1F1B's first rank's min(p, m); the largest over ranks is 1F1B's.
+    case Schedule::zb_h1: return std::min(p, m) * v;
     case Schedule::interleaved: return std::min((p - i - 1) * 2 + (v - 1) * p + 1, m * v);
   }
   return m * v;
@@ -427,7 +477,12 @@ void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, co
   w.stage = stage;
   w.layers = d.layers;
   w.params = d.layers * d.layer_rank + d.embed_rank + d.out_rank;
-  w.optimizer_params = p.zero >= 1 ? ceil_div(w.params, p.dp) : w.params;
+  // MoE layers: router and shared experts in place of the dense MLP, and this rank's experts,
+  // whose ZeRO shard is over the expert-data-parallel group (sim/moe.hpp).
+  w.params += d.moe.layers * (d.moe.dense_params - d.moe.mlp_params) + d.moe.expert_params;
+  w.expert_params = d.moe.expert_params;
+  w.optimizer_params = p.zero >= 1 ? ceil_div(w.params - w.expert_params, p.dp) + ceil_div(w.expert_params, d.moe.edp)
+                                   : w.params;
   w.in_flight = in_flight_chunks(p.schedule, p.pp, p.vpp, stage, d.mb);
   w.buffers.clear();
   w.ops.clear();
@@ -437,12 +492,19 @@ void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, co
     w.ops.reserve(64);
     w.messages.reserve(16);
   }
-  const ModelStateBytes state = model_state_bytes(w.params, p.dp, p.zero, tr.dtype, tr.grad_dtype);
+  ModelStateBytes state = model_state_bytes(w.params - w.expert_params, p.dp, p.zero, tr.dtype, tr.grad_dtype);
+  if (w.expert_params > 0) {
+    const ModelStateBytes x = model_state_bytes(w.expert_params, d.moe.edp, p.zero, tr.dtype, tr.grad_dtype);
+    state.weights += x.weights, state.grads += x.grads, state.optimizer += x.optimizer;
+  }
   add(w.buffers, "weights", MemCategory::weights, Lifetime::step, state.weights);
   add(w.buffers, "gradients", MemCategory::grads, Lifetime::step, state.grads);
   add(w.buffers, "optimizer state", MemCategory::optimizer, Lifetime::step, state.optimizer);
   activation_buffers(w.buffers, m, tr, p, d, w.in_flight, stage);
   comm_buffers(w.buffers, p, d);
+  moe_buffers(w.buffers, d.moe, p);
+  const OffloadShape offload = offload_shape(m, tr, p, d, w.optimizer_params);
+  offload_buffers(w.buffers, p, offload);
   runtime_buffers(w.buffers, c, p, m, d);
   // AdamW reads and writes the fp32 state and weights of its shard (memory-bound): read
   // master, m, v (12) and the gradient (g); write master, m, v (12) and the working copy (e).
@@ -454,7 +516,10 @@ void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, co
   stage_ops(w.ops, m, tr, p, d);
   tp_messages(w.messages, p, d);
   pp_messages(w.messages, p, d);
-  dp_messages(w.messages, tr, p, d, m, w.params);
+  dp_messages(w.messages, tr, p, d, m, w.params - w.expert_params);
+  moe_messages(w.messages, d.moe, p, tr);
+  offload_messages(w.messages, p, offload);
+  w.optimizer_on_host = p.offload == Offload::optimizer || p.offload == Offload::optimizer_params;
 }
 
 StageWork build_stage_work(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& tr, const ParallelConfig& p,
@@ -467,6 +532,7 @@ StageWork build_stage_work(const ModelSpec& m, const ClusterSpec& c, const Train
 MemoryBytes StageWork::memory() const {
   MemoryBytes out;
   for (const Buffer& b : buffers) {
+    if (b.placement == Placement::host) continue;
     switch (b.category) {
       case MemCategory::weights: out.weights += b.bytes; break;
       case MemCategory::grads: out.grads += b.bytes; break;
@@ -478,6 +544,13 @@ MemoryBytes StageWork::memory() const {
       case MemCategory::runtime: out.runtime += b.bytes; break;
     }
   }
+  return out;
+}
+
+int64_t StageWork::host_bytes() const {
+  int64_t out = 0;
+  for (const Buffer& b : buffers)
+    if (b.placement == Placement::host) out += b.bytes;
   return out;
 }
 
@@ -500,6 +573,9 @@ int64_t message_send_bytes(const Message& msg, int64_t n) {
     case MessageKind::all_gather: return collective_send_bytes(Collective::all_gather, msg.bytes, n);
     case MessageKind::reduce_scatter: return collective_send_bytes(Collective::reduce_scatter, msg.bytes, n);
     case MessageKind::send: return n > 1 ? msg.bytes : 0;
+    case MessageKind::to_host:
+    case MessageKind::to_device: return msg.bytes;  // over the GPU's own host link
+    case MessageKind::all_to_all: return all_to_all_send_bytes(msg.bytes, n);
   }
   return 0;
 }
@@ -512,6 +588,9 @@ double message_time_s(const Message& msg, const GroupLinks& links) {
     case MessageKind::all_gather: one = collective_time_s(Collective::all_gather, per, links); break;
     case MessageKind::reduce_scatter: one = collective_time_s(Collective::reduce_scatter, per, links); break;
     case MessageKind::send: one = p2p_time_s(per, links); break;
+    case MessageKind::to_host:
+    case MessageKind::to_device: one = per / links.busbw_bytes_per_s; break;  // offload.cpp prices these
+    case MessageKind::all_to_all: break;  // on the links it crosses: moe.cpp's moe_message_time_s
   }
   return static_cast<double>(msg.pieces) * one;
 }

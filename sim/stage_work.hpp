@@ -28,11 +28,15 @@ enum class Lifetime : uint8_t {
 
 enum class MemCategory : uint8_t { weights, grads, optimizer, activations, logits, comm_buffers, workspace, runtime };
 
+// Where a buffer lives: GPU memory, or host memory of the GPU's node (offload).
+enum class Placement : uint8_t { device, host };
+
 struct Buffer {
   const char* name = "";
   MemCategory category = MemCategory::activations;
   Lifetime lifetime = Lifetime::transient;
   int64_t bytes = 0;   // all copies together
+  Placement placement = Placement::device;
 };
 
 // When an op or a message happens within a micro-batch's passes.
@@ -83,8 +87,9 @@ ModelStateBytes model_state_bytes(int64_t params, int64_t dp, int zero, Dtype dt
 // min((p - i - 1) * 2 + (v - 1) * p + 1, m * v) (Megatron-core's warm-up count plus one).
 int64_t in_flight_chunks(Schedule s, int64_t pp, int64_t vpp, int64_t stage, int64_t micro_batches);
 
-enum class Group : uint8_t { tp, dp, pp };
-enum class MessageKind : uint8_t { all_reduce, all_gather, reduce_scatter, send };
+enum class Group : uint8_t { tp, dp, pp, host,  // host: the GPU's own link to host memory
+                             ep, etp, edp };     // MoE: expert-parallel, expert-tp, expert-data-parallel
+enum class MessageKind : uint8_t { all_reduce, all_gather, reduce_scatter, send, to_host, to_device, all_to_all };
 enum class Cadence : uint8_t { micro_batch, step };
 
 struct Message {
@@ -110,8 +115,11 @@ struct StageWork {
   std::vector<Op> ops;             // one micro-batch
   std::vector<Message> messages;
   double optimizer_bytes = 0;      // bytes AdamW moves per step
+  bool optimizer_on_host = false;  // offload: the CPU runs AdamW over host memory
+  int64_t expert_params = 0;       // of params, MoE expert weights (sharded over ep x etp; ZeRO over edp)
 
-  MemoryBytes memory() const;
+  MemoryBytes memory() const;      // device buffers
+  int64_t host_bytes() const;      // host buffers (offload)
   FlopCount flops_per_micro_batch() const;   // hardware FLOPs (with recompute)
   const Message* find(Group g, const char* name) const;
 };
@@ -125,7 +133,8 @@ StageWork build_stage_work(const ModelSpec& m, const ClusterSpec& c, const Train
 void build_stage_work(StageWork& out, const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t,
                       const ParallelConfig& p, int64_t stage, bool memory_only = false);
 // Whether stage `stage` holds the model's ends (embedding, output layer): interior stages of a
-// configuration have the same ops and messages and differ only in the buffers they hold.
+// configuration holding as many layers (stage_layer_count) have the same ops and messages and
+// differ only in the buffers they hold.
 inline bool is_interior_stage(int64_t stage, int64_t pp) { return stage > 0 && stage < pp - 1; }
 
 // Bytes one rank sends for one call of a message over its group of n ranks (msg.ranks when set).

@@ -4,7 +4,9 @@
 #include <cmath>
 
 #include "sim/json_reader.hpp"
+#include "sim/offload.hpp"
 #include "sim/spec_json.hpp"
+#include "sim/stage_split.hpp"
 
 namespace loom {
 
@@ -28,19 +30,26 @@ nlohmann::json memory_json(const MemoryBytes& m) {
           {"peak", m.peak()}};
 }
 
-nlohmann::json comm_json(const CommBytes& c) { return {{"tp", c.tp}, {"dp", c.dp}, {"pp", c.pp}}; }
+nlohmann::json comm_json(const CommBytes& c) {
+  nlohmann::json j = {{"tp", c.tp}, {"dp", c.dp}, {"pp", c.pp}};
+  if (c.host > 0) j["host"] = c.host;  // offload's host-link bytes
+  if (c.ep > 0) j["ep"] = c.ep;  // MoE: expert all-to-alls and expert tp
+  return j;
+}
 
 // `other`: a measurement's time that no category holds (absent from predictions).
 nlohmann::json time_json(const TimeBreakdown& t, const double* other) {
   nlohmann::json j = {{"compute", t.compute_s}, {"tp_comm", t.tp_comm_s}, {"dp_comm", t.dp_comm_s},
                       {"pp_comm", t.pp_comm_s}, {"bubble", t.bubble_s},   {"optimizer", t.optimizer_s}};
   if (other) j["other"] = *other;
+  if (t.host_comm_s > 0) j["host_comm"] = t.host_comm_s;  // offload
+  if (t.ep_comm_s > 0) j["ep_comm"] = t.ep_comm_s;  // MoE
   return j;
 }
 
 nlohmann::json stage_json(const StageEstimate& s) {
   if (!s.reported) return nullptr;
-  return {{"stage", s.index},
+  nlohmann::json j = {{"stage", s.index},
           {"layers", s.layers},
           {"params", s.params},
           {"in_flight", s.in_flight},
@@ -52,6 +61,16 @@ nlohmann::json stage_json(const StageEstimate& s) {
           {"tp_grad_sync_s", s.tp_grad_sync_s},
           {"dp_comm_exposed_s", s.dp_comm_exposed_s},
           {"optimizer_s", s.optimizer_s}};
+  if (s.host_s > 0 || s.host_step_s > 0) {  // offload
+    j["host_s"] = s.host_s;
+    j["host_step_s"] = s.host_step_s;
+  }
+  if (s.ep_comm_s > 0 || s.edp_step_s > 0) {  // MoE
+    j["ep_comm_s"] = s.ep_comm_s;
+    j["ep_forward_s"] = s.ep_forward_s;
+    j["edp_step_s"] = s.edp_step_s;
+  }
+  return j;
 }
 
 nlohmann::json rank_json(const RankMeasurement& r) {
@@ -88,6 +107,11 @@ void config_into(nlohmann::json& j, const Estimate& e) {
             {"order", p.order},
             {"dtype", to_string(e.train.dtype)},
             {"grad_dtype", to_string(e.train.grad_dtype)}});
+  if (!p.stage_layers.empty()) j["stage_layers"] = p.stage_layers;
+  if (p.offload != Offload::none) j["offload"] = to_string(p.offload);
+  if (p.ep > 1 || p.etp > 1) j["ep"] = p.ep, j["etp"] = p.etp;  // MoE
+  if (e.train.moe_capacity_factor != TrainSpec{}.moe_capacity_factor)
+    j["moe_capacity_factor"] = e.train.moe_capacity_factor;
 }
 
 // The measurement's own fields; those a producer did not measure (zero, empty) are left out.
@@ -171,6 +195,10 @@ nlohmann::json estimate_to_json(const Estimate& e) {
             {"fits", e.fits},
             {"reason", e.reason}});
   if (!e.priced_by.empty()) j["priced_by"] = e.priced_by;
+  if (e.host_capacity_bytes > 0) {  // offload
+    j["host_memory_bytes"] = e.host_memory_bytes;
+    j["host_capacity_bytes"] = e.host_capacity_bytes;
+  }
   if (measured) measurement_into(j, e.measurement);
   if (e.source == StepSource::simulated) simulation_into(j, e.simulation);
   return j;
@@ -220,6 +248,8 @@ void read_comm(ObjectReader& parent, const std::string& key, CommBytes& c, int64
   r.integer("tp", c.tp, 0, kMaxBytes);
   r.integer("dp", c.dp, 0, kMaxBytes);
   r.integer("pp", c.pp, 0, kMaxBytes);
+  r.opt_integer("host", c.host, 0, kMaxBytes);
+  r.opt_integer("ep", c.ep, 0, kMaxBytes);
   if (world) r.integer("world", *world, 0, kMaxBytes);
   r.reject_unknown_keys();
 }
@@ -235,6 +265,8 @@ void read_time(ObjectReader& parent, const std::string& key, TimeBreakdown& t, d
   r.number("pp_comm", t.pp_comm_s, 0, false);
   r.opt_number("bubble", t.bubble_s, 0, false);
   r.number("optimizer", t.optimizer_s, 0, false);
+  r.opt_number("host_comm", t.host_comm_s, 0, false);
+  r.opt_number("ep_comm", t.ep_comm_s, 0, false);
   if (other) r.opt_number("other", *other, 0, false);
   r.reject_unknown_keys();
 }
@@ -302,6 +334,11 @@ void read_stage(ObjectReader& parent, const std::string& key, const nlohmann::js
   r.opt_number("tp_grad_sync_s", s.tp_grad_sync_s, 0, false);
   r.number("dp_comm_exposed_s", s.dp_comm_exposed_s, 0, false);
   r.number("optimizer_s", s.optimizer_s, 0, false);
+  r.opt_number("host_s", s.host_s, 0, false);
+  r.opt_number("host_step_s", s.host_step_s, 0, false);
+  r.opt_number("ep_comm_s", s.ep_comm_s, 0, false);
+  r.opt_number("ep_forward_s", s.ep_forward_s, 0, false);
+  r.opt_number("edp_step_s", s.edp_step_s, 0, false);
   r.reject_unknown_keys();
   if (!r.failed() && s.index != index)
     r.fail("stage", "must be its index in stages (" + std::to_string(index) + "; got " + std::to_string(s.index) + ")");
@@ -345,6 +382,12 @@ void read_config(ObjectReader& r, Estimate& e) {
   r.string("order", p.order);
   r.choice("dtype", dtype_names(), dt);
   r.choice("grad_dtype", dtype_names(), gdt);
+  int offload = 0;
+  r.opt_choice("offload", offload_names(), offload);
+  p.offload = static_cast<Offload>(offload);
+  r.opt_integer("ep", p.ep, 1, kMaxCount);  // MoE
+  r.opt_integer("etp", p.etp, 1, kMaxCount);
+  r.opt_number("moe_capacity_factor", e.train.moe_capacity_factor, 0, true, 1e6);
   p.recompute = static_cast<Recompute>(rc);
   p.schedule = static_cast<Schedule>(sched);
   e.train.dtype = static_cast<Dtype>(dt);
@@ -446,6 +489,8 @@ void read_results(ObjectReader& r, const nlohmann::json& j, Estimate& e) {
   r.integer("peak_stage", e.peak_stage, 0, kMaxCount);
   r.integer("capacity_bytes", e.capacity_bytes, 0, 8 * kMaxBytes);
   r.integer("usable_bytes", e.usable_bytes, 0, 8 * kMaxBytes);
+  r.opt_integer("host_memory_bytes", e.host_memory_bytes, 0, 8 * kMaxBytes);
+  r.opt_integer("host_capacity_bytes", e.host_capacity_bytes, 0, 8 * kMaxBytes);
   read_comm(r, "comm_bytes", e.comm, nullptr);
   read_time(r, "time_s", e.time, measured ? &e.measurement.other_s : nullptr);
   {
@@ -515,6 +560,7 @@ Expected<Estimate> estimate_from_json(const nlohmann::json& j, const std::string
   e.source = read_source(r);
   if (e.source == StepSource::measured) read_measurement(r, j, e.measurement);
   read_config(r, e);
+  read_stage_layers(r, j, e.parallel.stage_layers);
   read_results(r, j, e);
   read_stages(r, j, e);
   if (e.source == StepSource::simulated) read_simulation(r, j, e.simulation);
@@ -540,6 +586,10 @@ std::optional<std::string> configuration_difference(const Estimate& a, const std
             {"/parallel/recompute", to_string(p.recompute)},
             {"/parallel/sp", p.sp ? "true" : "false"},
             {"/parallel/order", p.order},
+            {"/parallel/offload", to_string(p.offload)},
+            {"/parallel/ep", n(p.ep)},
+            {"/parallel/etp", n(p.etp)},
+            {"/parallel/stage_layers", stage_layers_text(p.stage_layers)},
             {"/train/global_batch", n(e.train.global_batch)},
             {"/train/seq", n(e.train.seq)},
             {"/train/dtype", to_string(e.train.dtype)},

@@ -58,6 +58,12 @@ std::string task_name(const SimTask& t, const ParallelConfig& p, bool receiver) 
     case TaskKind::dp_gather: return tn::dp_gather(fwd, t.micro_batch, t.chunk);
     case TaskKind::dp_push_pull: return tn::kDpPushPull;
     case TaskKind::pp_send: return receiver ? tn::pp_recv(fwd, t.micro_batch) : tn::pp_send(fwd, t.micro_batch);
+    case TaskKind::host_copy:
+      if (t.micro_batch < 0) return fwd ? tn::kHostWeights : tn::kHostGradients;
+      return tn::host_copy(fwd, t.micro_batch, t.chunk);
+    case TaskKind::host_optimizer: return tn::kCpuOptimizer;
+    case TaskKind::ep: return tn::kEpAllToAll;
+    case TaskKind::edp_grad: return tn::kEdpGradients;
   }
   return "?";
 }

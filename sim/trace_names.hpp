@@ -28,8 +28,8 @@ namespace loom::trace_names {
 // (or the other direction's receive) never shares a track with it: Perfetto nests the events of
 // one track and draws overlapping ones wrongly.
 enum class Stream : uint8_t { compute = 0, tp = 1, dp = 2, pp = 3, dp_gather = 4, pp_recv_activations = 5,
-                              pp_recv_gradients = 6 };
-inline constexpr int kStreams = 7;
+                              pp_recv_gradients = 6, host = 7 };
+inline constexpr int kStreams = 8;
 inline Stream pp_recv_stream(bool forward) {
   return forward ? Stream::pp_recv_activations : Stream::pp_recv_gradients;
 }
@@ -42,6 +42,7 @@ inline const char* stream_name(Stream s) {
     case Stream::dp_gather: return "dp gather";
     case Stream::pp_recv_activations: return "pp recv activations";
     case Stream::pp_recv_gradients: return "pp recv gradients";
+    case Stream::host: return "host link";
   }
   return "?";
 }
@@ -72,6 +73,20 @@ inline std::string dp_gather(bool forward, int64_t micro_batch, int64_t chunk) {
   return std::string("dp all_gather ") + (forward ? "F " : "B ") + mb_chunk(micro_batch, chunk);
 }
 inline constexpr const char* kDpPushPull = "dp push_pull";
+// MoE (sim/moe.hpp): a slot's expert all-to-alls and expert-tp collectives, in-line on the tp
+// stream; the expert gradients' reduction over the expert-data-parallel group on the dp stream.
+inline constexpr const char* kEpAllToAll = "ep all-to-all";
+inline constexpr const char* kEdpGradients = "edp expert gradients";
+
+// Offload, on the "host link" stream: a slot's copies "host copy F mb3 c0" / "host copy B mb3 c0"
+// (both directions), per step "host to_host gradients" and "host to_device weights" around the
+// CPU's "cpu optimizer".
+inline std::string host_copy(bool forward, int64_t micro_batch, int64_t chunk) {
+  return std::string("host copy ") + (forward ? "F " : "B ") + mb_chunk(micro_batch, chunk);
+}
+inline constexpr const char* kHostGradients = "host to_host gradients";
+inline constexpr const char* kHostWeights = "host to_device weights";
+inline constexpr const char* kCpuOptimizer = "cpu optimizer";
 
 inline std::string pp_send(bool forward, int64_t micro_batch) {
   return std::string("pp send ") + (forward ? "F" : "B") + " mb" + std::to_string(micro_batch);

@@ -4,8 +4,11 @@
 #include <cstdio>
 
 #include "sim/model_math.hpp"
+#include "sim/moe.hpp"
+#include "sim/offload.hpp"
 #include "sim/rank_grid.hpp"
 #include "sim/spec_json.hpp"
+#include "sim/stage_split.hpp"
 
 namespace loom {
 
@@ -131,15 +134,19 @@ Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec
     return fail("tp", "must divide kv_heads (" + s(m.kv_heads) + " % " + s(p.tp) + " != 0)");
   if (m.ffn_hidden % p.tp != 0)
     return fail("tp", "must divide ffn_hidden (" + s(m.ffn_hidden) + " % " + s(p.tp) + " != 0)");
+  if (auto st = check_moe_config(m, t, p, name); !st) return st;  // experts: ep, etp (sim/moe.hpp)
   if (p.schedule == Schedule::interleaved && p.vpp < 2)
     return fail("vpp", "the interleaved schedule needs vpp > 1 (got " + s(p.vpp) + ")");
   if (p.schedule != Schedule::interleaved && p.vpp != 1)
     return fail("vpp", "vpp > 1 needs the interleaved schedule (got schedule " + to_string(p.schedule) + ")");
   if (p.schedule == Schedule::interleaved && p.pp < 2)
     return fail("schedule", "the interleaved schedule needs pp > 1");
-  if (m.layers % (p.pp * p.vpp) != 0)
+  if (!p.stage_layers.empty()) {
+    if (auto st = check_stage_layers(m, p, name); !st) return st;
+  } else if (m.layers % (p.pp * p.vpp) != 0) {
     return fail(p.vpp > 1 ? "vpp" : "pp", "pp x vpp must divide layers (" + s(m.layers) + " % " +
                                               s(p.pp * p.vpp) + " != 0)");
+  }
   if (p.sp && p.tp < 2) return fail("sp", "sequence parallelism needs tensor parallelism (tp > 1)");
   const int64_t mb = t.global_batch / (p.dp * p.micro_batch);
   if (p.schedule == Schedule::interleaved && mb % p.pp != 0)
@@ -160,6 +167,7 @@ Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec
     return fail("zero", "the parameter-server layout shards nothing: zero must be 0");
   if (!(p.grad_compression >= 1 && p.grad_compression <= 1e6))  // NaN fails both
     return fail("grad_compression", "must be in [1, 1e6] (original / sent bytes; got " + s(static_cast<long double>(p.grad_compression)) + ")");
+  if (auto st = validate_offload(c, p, name); !st) return st;
   return ok_status();
 }
 

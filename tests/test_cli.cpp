@@ -328,7 +328,9 @@ TEST_CASE("loom never links the CUDA runtime: the backend is a module loaded on 
   const auto module = std::filesystem::path(LOOM_BIN).parent_path() / "libloom_cuda.so";
   if (std::filesystem::exists(module)) return;
   auto plan = temp_file("cuda_plan.json", "");
-  REQUIRE(run_loom("predict --model gpt2-124m --cluster h100-sxm --gpus 1 --global-batch 8 --tp 1 --pp 1 -o " + plan).code == 0);
+  // A plan the CUDA backend's rules accept (no dropout, head size 64), so that what refuses it is
+  // the missing module.
+  REQUIRE(run_loom("predict --model tinyllama-1.1b --cluster h100-sxm --gpus 1 --global-batch 8 --tp 1 --pp 1 -o " + plan).code == 0);
   expect_rejected("execute " + plan + " --device cuda", "--device: the CUDA backend is not available: ");
   expect_rejected("calibrate --quick", "calibrate: the CUDA backend is not available: ");
   expect_rejected("execute " + plan + " --device tpu", "--device: must be cpu or cuda (got tpu)");

@@ -75,19 +75,61 @@ TEST_CASE("ignored Hugging Face keys are listed with the reason") {
   CHECK(rope_scaling);
 }
 
-TEST_CASE("a mixture-of-experts config labelled mistral is refused, not planned dense") {
-  CHECK(refusal("mixtral_8x7b_as_mistral.json").find("/num_local_experts: mixture-of-experts layers are not "
-                                                     "modelled yet (got 8)") != std::string::npos);
+TEST_CASE("a mixture-of-experts config labelled mistral is read as MoE, not planned dense") {
+  const ModelSpec m = load_hf("mixtral_8x7b_as_mistral.json");
+  CHECK(m.experts == 8);
+  CHECK(m.experts_per_token == 2);
+  CHECK(m.expert_ffn_hidden == 14336);
 }
 
-TEST_CASE("a head_dim other than hidden_size / heads is refused") {
+TEST_CASE("a head_dim other than hidden_size / heads sets the head size") {
   auto j = nlohmann::json::parse(slurp(hf("llama3_8b_config.json")));
-  j["head_dim"] = 256;
-  auto path = temp_file("hf_head_dim.json", j.dump());
-  auto m = load_model(path, "test", nullptr);
-  REQUIRE_FALSE(m.ok());
-  CHECK(m.error().message.find("/head_dim: loom assumes head_dim = hidden_size / num_attention_heads = 128 (got 256)") !=
-        std::string::npos);
+  j["head_dim"] = 256;  // q and o become 32 x 256 = 8192 wide, k and v 8 x 256 = 2048
+  auto m = load_model(temp_file("hf_head_dim.json", j.dump()), "test", nullptr);
+  REQUIRE(m.ok());
+  CHECK(m->head_size == 256);
+  CHECK(m->q_dim() == 8192);
+  CHECK(m->kv_dim() == 2048);
+  // Llama 3 8B's 8,030,261,248 plus, over 32 layers, q and o growing by 2 x 4096 x 4096 and
+  // k and v by 2 x 4096 x 1024.
+  CHECK(total_params(*m) == 8'030'261'248 + 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024));
+}
+
+// Qwen3 (model cards: 0.6B with 0.44B non-embedding; 8.2B with 6.95B non-embedding): explicit
+// head_dim 128 (for 0.6B not hidden / heads = 64), q_norm and k_norm of head_dim each, no biases.
+// Gemma 2 (2.61B and 9.24B, the safetensors totals 2,614,341,888 and 9,241,705,984): head_dim
+// 256, four RMSNorms a layer, GeGLU, tied embeddings.
+TEST_CASE("Qwen3 and Gemma 2 configs give the published parameter counts") {
+  auto q06 = load_hf("qwen3_0.6b_config.json");
+  CHECK(q06.qk_norm);
+  CHECK_FALSE(q06.qkv_bias);
+  CHECK(q06.head_dim() == 128);
+  CHECK(q06.tied_embeddings);
+  CHECK(total_params(q06) == 596'049'920);
+  CHECK(total_params(q06) - embedding_params(q06) == 440'467'456);  // 0.44B
+  auto q8 = load_hf("qwen3_8b_config.json");
+  CHECK(total_params(q8) == 8'190'735'360);
+  CHECK(total_params(q8) - embedding_params(q8) - output_params(q8) == 6'946'075'648);  // 6.95B
+  auto g2 = load_hf("gemma2_2b_config.json");
+  CHECK(g2.post_norms);
+  CHECK(g2.gated_gelu);
+  CHECK(g2.tied_embeddings);
+  CHECK(g2.q_dim() == 2048);
+  CHECK(total_params(g2) == 2'614'341'888);
+  CHECK(total_params(load_hf("gemma2_9b_config.json")) == 9'241'705'984);
+}
+
+TEST_CASE("Gemma 2's soft-capping is listed as ignored with the reason, its window is kept") {
+  std::vector<std::string> ignored;
+  auto m = load_model(hf("gemma2_9b_config.json"), "test", &ignored);
+  REQUIRE(m.ok());
+  CHECK(m->sliding_window == 4096);
+  int listed = 0;
+  for (auto& k : ignored)
+    if (k.rfind("attn_logit_softcapping", 0) == 0 || k.rfind("final_logit_softcapping", 0) == 0 ||
+        k.rfind("sliding_window_size (same as sliding_window)", 0) == 0)
+      ++listed;
+  CHECK(listed == 3);
 }
 
 TEST_CASE("q/k/v/o biases on a llama config are refused; Qwen2's q/k/v biases are counted") {

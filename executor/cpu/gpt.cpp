@@ -59,7 +59,7 @@ Status validate_for_cpu_model(const ModelSpec& spec, const GptOptions& options) 
   if (options.rope_theta < 0) {
     return make_error("rope_theta", "must be > 0, or 0 for the family default");
   }
-  return ok_status();
+  return validate_moe_model(spec);
 }
 
 template <class Real>
@@ -71,8 +71,63 @@ Expected<GptModel<Real>> GptModel<Real>::create(const ModelSpec& spec, const Gpt
   m.padded_vocab_ = options.padded_vocab != 0 ? options.padded_vocab : spec.vocab;
   m.rope_theta_ = options.rope_theta != 0 ? options.rope_theta : default_rope_theta(spec);
   m.build_layout();
+  m.params_.assign(static_cast<size_t>(m.num_elements()), Real{0});
+  m.grads_.assign(static_cast<size_t>(m.num_elements()), Real{0});
   m.init_params();
   return m;
+}
+
+template <class Real>
+Expected<GptModel<Real>> GptModel<Real>::layout_only(const ModelSpec& spec, const GptOptions& options) {
+  if (Status s = validate_for_cpu_model(spec, options); !s) return s.error();
+  GptModel m;
+  m.spec_ = spec;
+  m.options_ = options;
+  m.padded_vocab_ = options.padded_vocab != 0 ? options.padded_vocab : spec.vocab;
+  m.rope_theta_ = options.rope_theta != 0 ? options.rope_theta : default_rope_theta(spec);
+  m.build_layout();
+  return m;
+}
+
+template <class Real>
+int64_t GptModel<Real>::num_elements() const {
+  return tensors_.empty() ? 0 : tensors_.back().offset + tensors_.back().numel;
+}
+
+// Draw j of stream Rng(s) reads next_u64 twice, at states s + 2j g and s + (2j + 1) g (g the
+// splitmix64 increment): a stream started at s + 2j g draws it first.
+template <class Real>
+Real GptModel<Real>::init_value(size_t i, int64_t j) const {
+  const TensorInfo& t = tensors_[i];
+  if (j >= init_rows_[i] * (t.numel / t.shape[0])) return Real{0};  // padding rows
+  if (init_std_[i] <= 0) return init_std_[i] < 0 ? Real{1} : Real{0};
+  Rng rng(mix(options_.seed, i) + 2 * static_cast<uint64_t>(j) * 0x9e3779b97f4a7c15ULL);
+  return static_cast<Real>(init_std_[i] * rng.normal());
+}
+
+// MoE: router (E, C) replicated over tp; shared experts (Fs, C | C, Fs) split over tp as the
+// dense MLP; experts (E, Fe, C | E, C, Fe) split over ep by expert and over etp along Fe.
+// Initialised as the MLP they replace. `add` is build_layout's tensor adder.
+template <class Real>
+template <class Add>
+void GptModel<Real>::add_moe_tensors(Add& add, LayerOffsets& o, const std::string& pre, int64_t l, double std_w,
+                                     double std_res) {
+  const bool gpt = spec_.family == Family::gpt;
+  const int64_t C = spec_.hidden, E = spec_.experts, Fe = spec_.expert_ffn_hidden, Fs = spec_.shared_experts * Fe;
+  const std::string in = gpt ? "fc" : "gate", out = gpt ? "proj" : "down";
+  o.router_w = add(pre + "mlp.router.weight", {E, C}, l, -1, std_w);
+  o.efc_w = add(pre + "mlp.experts." + in + ".weight", {E, Fe, C}, l, 0, std_w);
+  tensors_.back().experts = E;
+  if (!gpt) {
+    o.eup_w = add(pre + "mlp.experts.up.weight", {E, Fe, C}, l, 0, std_w);
+    tensors_.back().experts = E;
+  }
+  o.eproj_w = add(pre + "mlp.experts." + out + ".weight", {E, C, Fe}, l, 1, std_res);
+  tensors_.back().experts = E;
+  if (Fs == 0) return;
+  o.sfc_w = add(pre + "mlp.shared." + in + ".weight", {Fs, C}, l, 0, std_w);
+  if (!gpt) o.sup_w = add(pre + "mlp.shared.up.weight", {Fs, C}, l, 0, std_w);
+  o.sproj_w = add(pre + "mlp.shared." + out + ".weight", {C, Fs}, l, 1, std_res);
 }
 
 // Layer-major layout (all of layer 0, then layer 1, ...) so that a pipeline stage's or an FSDP
@@ -122,7 +177,9 @@ void GptModel<Real>::build_layout() {
     if (gpt) o.o_b = add(pre + "attn.o.bias", {C}, l, -1, kZeros);
     o.norm2_w = add(pre + "norm2.weight", {C}, l, -1, kOnes);
     if (gpt) o.norm2_b = add(pre + "norm2.bias", {C}, l, -1, kZeros);
-    if (gpt) {
+    if (moe_layer(spec_, l)) {
+      add_moe_tensors(add, o, pre, l, std_w, std_res);
+    } else if (gpt) {
       o.fc_w = add(pre + "mlp.fc.weight", {F, C}, l, 0, std_w);
       o.fc_b = add(pre + "mlp.fc.bias", {F}, l, 0, kZeros);
       o.proj_w = add(pre + "mlp.proj.weight", {C, F}, l, 1, std_res);
@@ -137,8 +194,6 @@ void GptModel<Real>::build_layout() {
   normf_w_ = add("norm_f.weight", {C}, -1, -1, kOnes);
   if (gpt) normf_b_ = add("norm_f.bias", {C}, -1, -1, kZeros);
   head_ = spec_.tied_embeddings ? wte_ : add("lm_head.weight", {Vp, C}, -1, 0, std_w, spec_.vocab);
-  params_.assign(static_cast<size_t>(offset), Real{0});
-  grads_.assign(static_cast<size_t>(offset), Real{0});
 }
 
 template <class Real>
@@ -316,6 +371,12 @@ void GptModel<Real>::layer_forward(int64_t l, const Real* x, FlopCounter& flops)
 
   norm_forward(a.ln2.data(), gpt ? a.ln2_mean.data() : nullptr, a.ln2_rstd.data(), a.res2.data(),
                o.norm2_w, o.norm2_b);
+  if (o.router_w >= 0) {  // one rank holds every expert: the exchange is a copy
+    LocalExchange local;
+    (void)moe_forward(a.fcproj.data(), a.ln2.data(), moe_tensors(o, params_), moe_dims(), a.moe, local, flops);
+    residual_forward(a.res3.data(), a.res2.data(), a.fcproj.data(), N * C);
+    return;
+  }
   matmul_forward(a.fch.data(), a.ln2.data(), p(o.fc_w), p(o.fc_b), N, C, F, flops);
   if (gpt) {
     gelu_forward(a.fch_act.data(), a.fch.data(), N * F);
@@ -374,6 +435,11 @@ void GptModel<Real>::layer_backward(int64_t l, const Real* x, Real* dx, FlopCoun
   LayerActs& d = dlayers_[l];
 
   residual_backward(d.res2.data(), d.fcproj.data(), d.res3.data(), N * C);
+  if (o.router_w >= 0) {
+    LocalExchange local;
+    (void)moe_backward(d.ln2.data(), moe_tensors(o, grads_), d.fcproj.data(), a.ln2.data(), moe_tensors(o, params_),
+                       moe_dims(), a.moe, local, flops);
+  } else {
   matmul_backward(d.fch_act.data(), g(o.proj_w), g(o.proj_b), d.fcproj.data(), a.fch_act.data(),
                   p(o.proj_w), N, F, C, flops);
   if (gpt) {
@@ -385,6 +451,7 @@ void GptModel<Real>::layer_backward(int64_t l, const Real* x, Real* dx, FlopCoun
   }
   matmul_backward(d.ln2.data(), g(o.fc_w), g(o.fc_b), d.fch.data(), a.ln2.data(), p(o.fc_w), N, C,
                   F, flops);
+  }
   norm_backward(d.res2.data(), d.ln2.data(), a.res2.data(), gpt ? a.ln2_mean.data() : nullptr,
                 a.ln2_rstd.data(), o.norm2_w, o.norm2_b);
 
@@ -408,6 +475,25 @@ void GptModel<Real>::layer_backward(int64_t l, const Real* x, Real* dx, FlopCoun
                   flops);
   norm_backward(dx, d.ln1.data(), x, gpt ? a.ln1_mean.data() : nullptr, a.ln1_rstd.data(),
                 o.norm1_w, o.norm1_b);
+}
+
+template <class Real>
+MoeDims GptModel<Real>::moe_dims() const {
+  MoeDims d;
+  d.rows = B_ * T_;
+  d.C = spec_.hidden;
+  d.E = spec_.experts;
+  d.k = spec_.experts_per_token;
+  d.Fe = spec_.expert_ffn_hidden;
+  d.Fs = spec_.shared_experts * spec_.expert_ffn_hidden;
+  d.swiglu = spec_.family == Family::llama;
+  return d;
+}
+
+template <class Real>
+MoeTensors<Real> GptModel<Real>::moe_tensors(const LayerOffsets& o, std::vector<Real>& buf) {
+  auto at = [&](int64_t off) { return off < 0 ? nullptr : buf.data() + off; };
+  return {at(o.router_w), at(o.efc_w), at(o.eup_w), at(o.eproj_w), at(o.sfc_w), at(o.sup_w), at(o.sproj_w)};
 }
 
 template <class Real>

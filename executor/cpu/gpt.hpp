@@ -9,6 +9,7 @@
 // family llama: x = wte[tok]; per layer: x += o(attn(rope(q), rope(k), v)(RMS1(x)));
 //               x += down(silu(gate(RMS2(x))) * up(RMS2(x))), no biases; logits = RMSf(x) @ head^T.
 // head is wte itself when spec.tied_embeddings. Dropout is ignored (treated as 0).
+// MoE layers (moe_layer(spec, l), cpu/moe.hpp) replace the MLP by x += moe(norm2(x)).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -17,6 +18,7 @@
 
 #include "executor/cpu/adamw.hpp"
 #include "executor/cpu/flop_counter.hpp"
+#include "executor/cpu/moe.hpp"
 #include "sim/expected.hpp"
 #include "sim/specs.hpp"
 
@@ -33,6 +35,10 @@ struct TensorInfo {
   // Megatron tensor-parallel split: 0 = split rows (column-parallel linears, vocab-parallel
   // embedding and head), 1 = split columns (row-parallel linears), -1 = replicated.
   int tp_split_dim = -1;
+  // MoE expert weights (cpu/moe.hpp): a stack of `experts` matrices, shape {experts, rows, cols},
+  // split over ep by whole experts and each matrix over etp (expert tensor parallelism) along
+  // tp_split_dim. 0 for every other tensor.
+  int64_t experts = 0;
 };
 
 struct GptOptions {
@@ -53,6 +59,13 @@ template <class Real>
 class GptModel {
  public:
   static Expected<GptModel> create(const ModelSpec& spec, const GptOptions& options = {});
+  // The tensors and their initialisation without the parameter and gradient arrays (a plan's
+  // whole model need not fit one host: the parallel trainer builds only its rank's slices, each
+  // element from init_value). params() and grads() are empty; nothing else may be called.
+  static Expected<GptModel> layout_only(const ModelSpec& spec, const GptOptions& options = {});
+  // Element j of tensor i as create() initialises it (the same bits: its stream's draw j).
+  Real init_value(size_t i, int64_t j) const;
+  int64_t num_elements() const;  // of all tensors
 
   // tokens, targets (B, T), values in [0, vocab), 1 <= T <= seq_len. Returns the mean loss over
   // the B*T positions. Activation buffers are (re)sized on the first call with a new (B, T).
@@ -88,6 +101,8 @@ class GptModel {
     int64_t q_w = -1, q_b = -1, k_w = -1, k_b = -1, v_w = -1, v_b = -1, o_w = -1, o_b = -1;
     int64_t norm2_w = -1, norm2_b = -1;
     int64_t fc_w = -1, fc_b = -1, up_w = -1, proj_w = -1, proj_b = -1;
+    // MoE layers (cpu/moe.hpp) in place of the MLP: router, experts, shared experts.
+    int64_t router_w = -1, efc_w = -1, eup_w = -1, eproj_w = -1, sfc_w = -1, sup_w = -1, sproj_w = -1;
   };
   // What one layer keeps for backward (and, in dlayers_, the gradients of the same buffers).
   // N = B*T rows; C = hidden; Q = heads*head_dim (= C); KV = kv_heads*head_dim; F = ffn_hidden.
@@ -112,6 +127,7 @@ class GptModel {
     std::vector<Real> fch_act;   // (N, F) gelu(fch) / silu(gate) * up
     std::vector<Real> fcproj;    // (N, C)
     std::vector<Real> res3;      // (N, C) layer output = next layer's input
+    MoeState<Real> moe;          // MoE layers: what the block keeps; not in dlayers_
   };
   struct TopActs {
     std::vector<Real> encoded;   // (N, C)
@@ -125,6 +141,8 @@ class GptModel {
 
   GptModel() = default;
   void build_layout();
+  template <class Add>
+  void add_moe_tensors(Add& add, LayerOffsets& o, const std::string& pre, int64_t l, double std_w, double std_res);
   void init_params();
   void resize_activations(int64_t B, int64_t T);
   LayerActs make_layer_acts(bool for_grads) const;
@@ -135,6 +153,8 @@ class GptModel {
                      const Real* rstd, int64_t w, int64_t b);
   void layer_forward(int64_t l, const Real* x, FlopCounter& flops);
   void layer_backward(int64_t l, const Real* x, Real* dx, FlopCounter& flops);
+  MoeDims moe_dims() const;
+  MoeTensors<Real> moe_tensors(const LayerOffsets& o, std::vector<Real>& buf);
 
   ModelSpec spec_;
   GptOptions options_;

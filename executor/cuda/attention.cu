@@ -3,10 +3,18 @@
 namespace loom::cuda {
 namespace {
 
-constexpr int HS = 64;         // head size
+// Every kernel and helper is a template over the head size HS (64 or 128): the score tiles stay
+// 64 x 64 (BM queries x BM keys); what grows with HS is the contraction of Q K^T (HS / 16 k-chunks)
+// and the width of the P V, dQ, dK, dV accumulators (HS / 8 n-tiles of 8 columns).
 constexpr int BM = 64;         // rows (queries or keys) per thread block: 4 warps x 16
-constexpr int LDS = HS + 8;    // shared-memory row stride in bf16: 144 bytes keeps the 8 rows
-                               // an ldmatrix reads in distinct banks
+// Shared-memory row stride in bf16: HS + 8 (144 bytes at HS 64, 272 at 128) keeps the 8 rows an
+// ldmatrix reads in distinct banks.
+template <int HS>
+constexpr int lds() { return HS + 8; }
+// Each kernel holds five 64 x HS tiles (double-buffered operands): 46 KB at HS 64, 87 KB at 128,
+// past the 48 KB of static shared memory, so the tiles are dynamic shared memory.
+template <int HS>
+constexpr int tile_elems() { return BM * lds<HS>(); }
 constexpr int kThreads = 128;
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -43,18 +51,21 @@ __device__ inline uint32_t pack_bf16(float lo, float hi) {
 // Fragment layouts (PTX ISA, mma.m16n8k16): with g = lane / 4 and t = lane % 4, accumulator
 // element j of an 16x8 tile sits at row g + 8 * (j / 2), column 2t + j % 2.
 
-// A fragments of a warp's 16 rows x 64 columns of a shared tile (row stride LDS), 4 k-chunks.
-__device__ inline void load_a(uint32_t a[4][4], const bf16* tile, int lane) {
+// A fragments of a warp's 16 rows x W columns of a shared tile (row stride LDS), W / 16 k-chunks.
+template <int W, int LDS>
+__device__ inline void load_a(uint32_t a[W / 16][4], const bf16* tile, int lane) {
   const int mi = lane >> 3, r = lane & 7;
 #pragma unroll
-  for (int kc = 0; kc < 4; kc++) ldmatrix_x4(a[kc], tile + ((mi & 1) * 8 + r) * LDS + kc * 16 + (mi >> 1) * 8);
+  for (int kc = 0; kc < W / 16; kc++) ldmatrix_x4(a[kc], tile + ((mi & 1) * 8 + r) * LDS + kc * 16 + (mi >> 1) * 8);
 }
 
-// acc (16 x 64) += A (16 x 64) @ T^T, T a shared 64 x 64 tile indexed [n][k].
-__device__ inline void mma_abt(float acc[8][4], const uint32_t a[4][4], const bf16* T, int lane) {
+// acc (16 x 64) += A (16 x HS) @ T^T, T a shared 64 x HS tile indexed [n][k].
+template <int HS>
+__device__ inline void mma_abt(float acc[8][4], const uint32_t a[HS / 16][4], const bf16* T, int lane) {
+  constexpr int LDS = lds<HS>();
   const int mi = lane >> 3, r = lane & 7;
 #pragma unroll
-  for (int kc = 0; kc < 4; kc++) {
+  for (int kc = 0; kc < HS / 16; kc++) {
 #pragma unroll
     for (int np = 0; np < 4; np++) {
       uint32_t b[4];
@@ -65,13 +76,15 @@ __device__ inline void mma_abt(float acc[8][4], const uint32_t a[4][4], const bf
   }
 }
 
-// acc (16 x 64) += A (16 x 64) @ T, T a shared 64 x 64 tile indexed [k][n].
-__device__ inline void mma_ab(float acc[8][4], const uint32_t a[4][4], const bf16* T, int lane) {
+// acc (16 x HS) += A (16 x 64) @ T, T a shared 64 x HS tile indexed [k][n].
+template <int HS>
+__device__ inline void mma_ab(float acc[HS / 8][4], const uint32_t a[4][4], const bf16* T, int lane) {
+  constexpr int LDS = lds<HS>();
   const int mi = lane >> 3, r = lane & 7;
 #pragma unroll
   for (int kc = 0; kc < 4; kc++) {
 #pragma unroll
-    for (int np = 0; np < 4; np++) {
+    for (int np = 0; np < HS / 16; np++) {
       uint32_t b[4];
       ldmatrix_x4_trans(b, T + (kc * 16 + (mi & 1) * 8 + r) * LDS + np * 16 + (mi >> 1) * 8);
       mma(acc[2 * np], a[kc], b[0], b[1]);
@@ -91,18 +104,21 @@ __device__ inline void acc_to_a(uint32_t a[4][4], const float c[8][4]) {
   }
 }
 
-__device__ inline void zero(float c[8][4]) {
+template <int NT>
+__device__ inline void zero(float c[NT][4]) {
 #pragma unroll
-  for (int i = 0; i < 8; i++) c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0;
+  for (int i = 0; i < NT; i++) c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0;
 }
 
-// 64 rows x 64 bf16 from global (row stride `stride` elements) into a shared tile, 16 bytes per
-// access, 4 per thread.
+// 64 rows x HS bf16 from global (row stride `stride` elements) into a shared tile, 16 bytes per
+// access, HS / 16 per thread.
+template <int HS>
 __device__ inline void load_tile(bf16* s, const bf16* g, int64_t stride) {
+  constexpr int LDS = lds<HS>(), V = HS / 8;
 #pragma unroll
-  for (int i = 0; i < 4; i++) {
+  for (int i = 0; i < HS / 16; i++) {
     const int idx = threadIdx.x + i * kThreads;
-    const int row = idx >> 3, v = idx & 7;
+    const int row = idx / V, v = idx % V;
     *reinterpret_cast<int4*>(s + row * LDS + v * 8) =
         *reinterpret_cast<const int4*>(g + row * stride + v * 8);
   }
@@ -118,22 +134,26 @@ template <int N>
 __device__ inline void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+template <int HS>
 __device__ inline void load_tile_async(bf16* s, const bf16* g, int64_t stride) {
+  constexpr int LDS = lds<HS>(), V = HS / 8;
 #pragma unroll
-  for (int i = 0; i < 4; i++) {
+  for (int i = 0; i < HS / 16; i++) {
     const int idx = threadIdx.x + i * kThreads;
-    const int row = idx >> 3, v = idx & 7;
+    const int row = idx / V, v = idx % V;
     cp_async16(s + row * LDS + v * 8, g + row * stride + v * 8);
   }
 }
 
-// A warp's 16 x 64 accumulator (times `scale`) to global rows (stride elements), staged through
+// A warp's 16 x HS accumulator (times `scale`) to global rows (stride elements), staged through
 // the warp's own 16 rows of a shared tile so that global writes are 16 bytes wide.
-__device__ inline void store_rows(bf16* g, int64_t stride, bf16* stage, const float c[8][4],
+template <int HS>
+__device__ inline void store_rows(bf16* g, int64_t stride, bf16* stage, const float c[HS / 8][4],
                                   float scale, int lane) {
+  constexpr int LDS = lds<HS>(), V = HS / 8;
   const int gq = lane >> 2, t = lane & 3;
 #pragma unroll
-  for (int nt = 0; nt < 8; nt++) {
+  for (int nt = 0; nt < HS / 8; nt++) {
 #pragma unroll
     for (int h = 0; h < 2; h++) {
       *reinterpret_cast<__nv_bfloat162*>(stage + (gq + 8 * h) * LDS + nt * 8 + 2 * t) =
@@ -142,9 +162,9 @@ __device__ inline void store_rows(bf16* g, int64_t stride, bf16* stage, const fl
   }
   __syncwarp();
 #pragma unroll
-  for (int i = 0; i < 4; i++) {
+  for (int i = 0; i < HS / 16; i++) {
     const int idx = lane + 32 * i;
-    const int row = idx >> 3, v = idx & 7;
+    const int row = idx / V, v = idx % V;
     *reinterpret_cast<int4*>(g + row * stride + v * 8) =
         *reinterpret_cast<const int4*>(stage + row * LDS + v * 8);
   }
@@ -157,14 +177,16 @@ __device__ inline void store_rows(bf16* g, int64_t stride, bf16* stage, const fl
 // kGrouped false: NKV == NH, known at compile time, so the multi-head (GPT) instance compiles to
 // the same code (and registers: 128, 4 blocks per SM) as before grouped-query support; the
 // general address arithmetic costs 6 more registers, which would drop it to 3 blocks per SM.
-template <bool kGrouped>
+template <int HS, bool kGrouped>
 __global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf16* out, float* lse,
                                                                      const bf16* qkv, int T, int NH,
                                                                      int nkv) {
+  constexpr int LDS = lds<HS>(), TE = tile_elems<HS>();
   const int NKV = kGrouped ? nkv : NH;
-  __shared__ __align__(16) bf16 sQ[BM * LDS];
-  __shared__ __align__(16) bf16 sK[2][BM * LDS];  // double-buffered: tile kb + 1 loads during kb
-  __shared__ __align__(16) bf16 sV[2][BM * LDS];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* const sQ = reinterpret_cast<bf16*>(smem_raw);
+  bf16* const sK = sQ + TE;      // two tiles, double-buffered: tile kb + 1 loads during kb
+  bf16* const sV = sQ + 3 * TE;  // two tiles
   const int qb = gridDim.x - 1 - blockIdx.x;  // longest rows first
   const int h = blockIdx.y, b = blockIdx.z;
   const int hk = kGrouped ? h / (NH / NKV) : h;
@@ -178,24 +200,24 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf16* out, 
   const bf16* vbase = kGrouped ? kbase + NKV * HS : base + 2 * C;  // v head hk
   const float scale_log2 = kLog2e / sqrtf(static_cast<float>(HS));
 
-  load_tile_async(sQ, base + static_cast<int64_t>(qb) * BM * stride, stride);
-  load_tile_async(sK[0], kbase, stride);
-  load_tile_async(sV[0], vbase, stride);
+  load_tile_async<HS>(sQ, base + static_cast<int64_t>(qb) * BM * stride, stride);
+  load_tile_async<HS>(sK, kbase, stride);
+  load_tile_async<HS>(sV, vbase, stride);
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
-  uint32_t qa[4][4];
-  load_a(qa, sQ + warp * 16 * LDS, lane);
+  uint32_t qa[HS / 16][4];
+  load_a<HS, LDS>(qa, sQ + warp * 16 * LDS, lane);
 
-  float o[8][4];
-  zero(o);
+  float o[HS / 8][4];
+  zero<HS / 8>(o);
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0, 0};
   const int q_row0 = qb * BM + warp * 16 + gq;  // this thread's rows: q_row0 and q_row0 + 8
   for (int kb = 0; kb <= qb; kb++) {
     const int buf = kb & 1;
     if (kb < qb) {  // prefetch tile kb + 1 into the buffer every warp finished with last iteration
-      load_tile_async(sK[buf ^ 1], kbase + static_cast<int64_t>(kb + 1) * BM * stride, stride);
-      load_tile_async(sV[buf ^ 1], vbase + static_cast<int64_t>(kb + 1) * BM * stride, stride);
+      load_tile_async<HS>(sK + (buf ^ 1) * TE, kbase + static_cast<int64_t>(kb + 1) * BM * stride, stride);
+      load_tile_async<HS>(sV + (buf ^ 1) * TE, vbase + static_cast<int64_t>(kb + 1) * BM * stride, stride);
       cp_async_commit();
       cp_async_wait<1>();  // tile kb has landed
     } else {
@@ -203,8 +225,8 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf16* out, 
     }
     __syncthreads();
     float s[8][4];
-    zero(s);
-    mma_abt(s, qa, sK[buf], lane);
+    zero<8>(s);
+    mma_abt<HS>(s, qa, sK + buf * TE, lane);
 #pragma unroll
     for (int r = 0; r < 2; r++) {
       float mx = -INFINITY;
@@ -233,14 +255,17 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf16* out, 
           s[nt][2 * r + j] = p;
           sum += p;
         }
-        o[nt][2 * r] *= corr;
-        o[nt][2 * r + 1] *= corr;
+#pragma unroll
+        for (int ot = nt; ot < HS / 8; ot += 8) {  // the output tiles nt, nt + 8 (HS 128)
+          o[ot][2 * r] *= corr;
+          o[ot][2 * r + 1] *= corr;
+        }
       }
       l_run[r] = l_run[r] * corr + sum;  // this thread's columns only; summed over the quad below
     }
     uint32_t pa[4][4];
     acc_to_a(pa, s);
-    mma_ab(o, pa, sV[buf], lane);
+    mma_ab<HS>(o, pa, sV + buf * TE, lane);
     __syncthreads();  // every warp is done with buffer `buf` before it is refilled
   }
   float inv[2];
@@ -253,17 +278,18 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf16* out, 
     if (t == 0) lse[(static_cast<int64_t>(b) * NH + h) * T + q_row0 + 8 * r] = m_run[r] + log2f(l);
   }
 #pragma unroll
-  for (int nt = 0; nt < 8; nt++) {
+  for (int nt = 0; nt < HS / 8; nt++) {
     o[nt][0] *= inv[0];
     o[nt][1] *= inv[0];
     o[nt][2] *= inv[1];
     o[nt][3] *= inv[1];
   }
   bf16* out_rows = out + (static_cast<int64_t>(b) * T + qb * BM + warp * 16) * C + h * HS;
-  store_rows(out_rows, C, sQ + warp * 16 * LDS, o, 1.0f, lane);
+  store_rows<HS>(out_rows, C, sQ + warp * 16 * LDS, o, 1.0f, lane);
 }
 
 // delta (B, NH, T) = rowsum(dout * out) per head: the softmax-backward term D of FlashAttention-2.
+template <int HS>
 __global__ void attention_delta_kernel(float* delta, const bf16* dout, const bf16* out, int B,
                                        int T, int NH) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // (b, t, h)
@@ -294,14 +320,16 @@ __global__ void attention_delta_kernel(float* delta, const bf16* dout, const bf1
 // compile time, as attention_forward_kernel).
 // It works on transposed tiles: S^T = K Q^T, P^T, dP^T = V dO^T, dS^T = P^T (dP^T - D);
 // dV += P^T dO and dK += dS^T Q (FlashAttention-2, Dao 2023, algorithm 2).
-template <bool kGrouped>
+template <int HS, bool kGrouped>
 __global__ void __launch_bounds__(kThreads) attention_backward_kv_kernel(
     bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta, int T,
     int NH, int nkv) {
+  constexpr int LDS = lds<HS>(), TE = tile_elems<HS>();
   const int NKV = kGrouped ? nkv : NH;
-  __shared__ __align__(16) bf16 sQ[2][BM * LDS];  // double-buffered over (head, query block)
-  __shared__ __align__(16) bf16 sdO[2][BM * LDS];
-  __shared__ __align__(16) bf16 sKV[BM * LDS];  // K, then V, then the output staging
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* const sQ = reinterpret_cast<bf16*>(smem_raw);  // two tiles, double-buffered over (head, query block)
+  bf16* const sdO = sQ + 2 * TE;                        // two tiles
+  bf16* const sKV = sQ + 4 * TE;  // K, then V, then the output staging
   __shared__ __align__(16) float sL[2][BM];
   __shared__ __align__(16) float sD[2][BM];
   const int kb = blockIdx.x;  // the first key blocks have the most query blocks: issue them first
@@ -320,25 +348,25 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kv_kernel(
   const float scale = 1.0f / sqrtf(static_cast<float>(HS));
   const float scale_log2 = kLog2e * scale;
 
-  uint32_t ka[4][4], va[4][4];
-  load_tile(sKV, kbase + static_cast<int64_t>(kb) * BM * stride, stride);
+  uint32_t ka[HS / 16][4], va[HS / 16][4];
+  load_tile<HS>(sKV, kbase + static_cast<int64_t>(kb) * BM * stride, stride);
   __syncthreads();
-  load_a(ka, sKV + warp * 16 * LDS, lane);
+  load_a<HS, LDS>(ka, sKV + warp * 16 * LDS, lane);
   __syncthreads();
-  load_tile(sKV, vbase + static_cast<int64_t>(kb) * BM * stride, stride);
+  load_tile<HS>(sKV, vbase + static_cast<int64_t>(kb) * BM * stride, stride);
   __syncthreads();
-  load_a(va, sKV + warp * 16 * LDS, lane);
+  load_a<HS, LDS>(va, sKV + warp * 16 * LDS, lane);
 
-  float dk[8][4], dv[8][4];
-  zero(dk);
-  zero(dv);
+  float dk[HS / 8][4], dv[HS / 8][4];
+  zero<HS / 8>(dk);
+  zero<HS / 8>(dv);
   const int key0 = kb * BM + warp * 16 + gq;  // this thread's keys: key0 and key0 + 8
   const int nqb = T / BM;
   // q head h's query block qb: Q, dO, log-sum-exp and delta into buffer `buf`, asynchronously
   auto prefetch = [&](int h, int qb, int buf) {
     const int64_t lrow = static_cast<int64_t>(h) * T + qb * BM;  // (h, first query) in lse, delta
-    load_tile_async(sQ[buf], rows + h * HS + static_cast<int64_t>(qb) * BM * stride, stride);
-    load_tile_async(sdO[buf], dbase + h * HS + static_cast<int64_t>(qb) * BM * C, C);
+    load_tile_async<HS>(sQ + buf * TE, rows + h * HS + static_cast<int64_t>(qb) * BM * stride, stride);
+    load_tile_async<HS>(sdO + buf * TE, dbase + h * HS + static_cast<int64_t>(qb) * BM * C, C);
     if (threadIdx.x < 16) cp_async16(&sL[buf][threadIdx.x * 4], lse_b + lrow + threadIdx.x * 4);
     else if (threadIdx.x < 32) cp_async16(&sD[buf][(threadIdx.x - 16) * 4], delta_b + lrow + (threadIdx.x - 16) * 4);
     cp_async_commit();
@@ -364,10 +392,10 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kv_kernel(
     const float* sLb = sL[buf];
     const float* sDb = sD[buf];
     float st[8][4], dpt[8][4];
-    zero(st);
-    zero(dpt);
-    mma_abt(st, ka, sQ[buf], lane);
-    mma_abt(dpt, va, sdO[buf], lane);
+    zero<8>(st);
+    zero<8>(dpt);
+    mma_abt<HS>(st, ka, sQ + buf * TE, lane);
+    mma_abt<HS>(dpt, va, sdO + buf * TE, lane);
 #pragma unroll
     for (int nt = 0; nt < 8; nt++) {
 #pragma unroll
@@ -382,28 +410,30 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kv_kernel(
     uint32_t pa[4][4], dsa[4][4];
     acc_to_a(pa, st);
     acc_to_a(dsa, dpt);
-    mma_ab(dv, pa, sdO[buf], lane);
-    mma_ab(dk, dsa, sQ[buf], lane);
+    mma_ab<HS>(dv, pa, sdO + buf * TE, lane);
+    mma_ab<HS>(dk, dsa, sQ + buf * TE, lane);
     __syncthreads();  // every warp is done with buffer `buf` before it is refilled
     h = h_next;
     qb = qb_next;
   }
   bf16* drow = dqkv + (static_cast<int64_t>(b) * T + kb * BM + warp * 16) * stride + C + hk * HS;
-  store_rows(drow, stride, sKV + warp * 16 * LDS, dk, scale, lane);
+  store_rows<HS>(drow, stride, sKV + warp * 16 * LDS, dk, scale, lane);
   __syncwarp();
-  store_rows(drow + NKV * HS, stride, sKV + warp * 16 * LDS, dv, 1.0f, lane);
+  store_rows<HS>(drow + NKV * HS, stride, sKV + warp * 16 * LDS, dv, 1.0f, lane);
 }
 
 // dQ. grid (T/64, NH, B); warp w owns queries [qb*64 + 16w, +16) of q head h and walks the key
 // blocks 0..qb of kv head h / (NH / NKV): S = Q K^T, P, dP = dO V^T, dS = P (dP - D), dQ += dS K.
-template <bool kGrouped>
+template <int HS, bool kGrouped>
 __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(
     bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta, int T,
     int NH, int nkv) {
+  constexpr int LDS = lds<HS>(), TE = tile_elems<HS>();
   const int NKV = kGrouped ? nkv : NH;
-  __shared__ __align__(16) bf16 sK[2][BM * LDS];  // double-buffered over key blocks
-  __shared__ __align__(16) bf16 sV[2][BM * LDS];
-  __shared__ __align__(16) bf16 sA[BM * LDS];  // Q, then dO, then the output staging
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* const sK = reinterpret_cast<bf16*>(smem_raw);  // two tiles, double-buffered over key blocks
+  bf16* const sV = sK + 2 * TE;                         // two tiles
+  bf16* const sA = sK + 4 * TE;  // Q, then dO, then the output staging
   const int qb = gridDim.x - 1 - blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z;
   const int hk = kGrouped ? h / (NH / NKV) : h;
@@ -419,14 +449,14 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(
   const float scale = 1.0f / sqrtf(static_cast<float>(HS));
   const float scale_log2 = kLog2e * scale;
 
-  uint32_t qa[4][4], doa[4][4];
-  load_tile(sA, base + static_cast<int64_t>(qb) * BM * stride, stride);
+  uint32_t qa[HS / 16][4], doa[HS / 16][4];
+  load_tile<HS>(sA, base + static_cast<int64_t>(qb) * BM * stride, stride);
   __syncthreads();
-  load_a(qa, sA + warp * 16 * LDS, lane);
+  load_a<HS, LDS>(qa, sA + warp * 16 * LDS, lane);
   __syncthreads();
-  load_tile(sA, dbase + static_cast<int64_t>(qb) * BM * C, C);
+  load_tile<HS>(sA, dbase + static_cast<int64_t>(qb) * BM * C, C);
   __syncthreads();
-  load_a(doa, sA + warp * 16 * LDS, lane);
+  load_a<HS, LDS>(doa, sA + warp * 16 * LDS, lane);
 
   const int q0 = qb * BM + warp * 16 + gq;  // this thread's queries: q0 and q0 + 8
   float lrow[2], drow[2];
@@ -435,16 +465,16 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(
     lrow[r] = lse[(static_cast<int64_t>(b) * NH + h) * T + q0 + 8 * r];
     drow[r] = delta[(static_cast<int64_t>(b) * NH + h) * T + q0 + 8 * r];
   }
-  float dq[8][4];
-  zero(dq);
-  load_tile_async(sK[0], kbase, stride);
-  load_tile_async(sV[0], vbase, stride);
+  float dq[HS / 8][4];
+  zero<HS / 8>(dq);
+  load_tile_async<HS>(sK, kbase, stride);
+  load_tile_async<HS>(sV, vbase, stride);
   cp_async_commit();
   for (int kb = 0; kb <= qb; kb++) {
     const int buf = kb & 1;
     if (kb < qb) {
-      load_tile_async(sK[buf ^ 1], kbase + static_cast<int64_t>(kb + 1) * BM * stride, stride);
-      load_tile_async(sV[buf ^ 1], vbase + static_cast<int64_t>(kb + 1) * BM * stride, stride);
+      load_tile_async<HS>(sK + (buf ^ 1) * TE, kbase + static_cast<int64_t>(kb + 1) * BM * stride, stride);
+      load_tile_async<HS>(sV + (buf ^ 1) * TE, vbase + static_cast<int64_t>(kb + 1) * BM * stride, stride);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -452,10 +482,10 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(
     }
     __syncthreads();
     float s[8][4], dp[8][4];
-    zero(s);
-    zero(dp);
-    mma_abt(s, qa, sK[buf], lane);
-    mma_abt(dp, doa, sV[buf], lane);
+    zero<8>(s);
+    zero<8>(dp);
+    mma_abt<HS>(s, qa, sK + buf * TE, lane);
+    mma_abt<HS>(dp, doa, sV + buf * TE, lane);
 #pragma unroll
     for (int nt = 0; nt < 8; nt++) {
 #pragma unroll
@@ -468,16 +498,17 @@ __global__ void __launch_bounds__(kThreads) attention_backward_q_kernel(
     }
     uint32_t dsa[4][4];
     acc_to_a(dsa, dp);
-    mma_ab(dq, dsa, sK[buf], lane);
+    mma_ab<HS>(dq, dsa, sK + buf * TE, lane);
     __syncthreads();  // every warp is done with buffer `buf` before it is refilled
   }
   bf16* dst = dqkv + (static_cast<int64_t>(b) * T + qb * BM + warp * 16) * stride + h * HS;
-  store_rows(dst, stride, sA + warp * 16 * LDS, dq, scale, lane);
+  store_rows<HS>(dst, stride, sA + warp * 16 * LDS, dq, scale, lane);
 }
 
 namespace {
-Status check_shapes(const char* op, int64_t B, int64_t T, int64_t NH, int64_t NKV) {
+Status check_shapes(const char* op, int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HS) {
   const Dims dims{{"B", B}, {"T", T}, {"NH", NH}, {"NKV", NKV}, {"head_size", HS}};
+  if (HS != 64 && HS != 128) return shape_error(op, dims, "head size must be 64 or 128");
   if (B < 1 || NH < 1 || T < BM || T % BM != 0) {
     return shape_error(op, dims, "needs B, NH >= 1 and T a positive multiple of 64");
   }
@@ -485,40 +516,66 @@ Status check_shapes(const char* op, int64_t B, int64_t T, int64_t NH, int64_t NK
   if (B > 65535 || NH > 65535) return shape_error(op, dims, "B and NH must be <= 65535 (grid)");
   return ok_status();
 }
-}  // namespace
 
-Status attention_forward(bf16* out, float* lse, const bf16* qkv, int64_t B, int64_t T, int64_t NH,
-                         int64_t NKV, cudaStream_t stream) {
-  LOOM_TRY(check_shapes("attention_forward", B, T, NH, NKV));
-  const dim3 grid(static_cast<unsigned>(T / BM), static_cast<unsigned>(NH), static_cast<unsigned>(B));
-  const bool grouped = NKV != NH;
-  auto kernel = grouped ? attention_forward_kernel<true> : attention_forward_kernel<false>;
-  kernel<<<grid, kThreads, 0, stream>>>(out, lse, qkv, static_cast<int>(T), static_cast<int>(NH),
-                                        static_cast<int>(NKV));
-  return check_launch("attention_forward", {{"B", B}, {"T", T}, {"NH", NH}, {"NKV", NKV}});
+// Five 64 x HS tiles of dynamic shared memory; past 48 KB a kernel must opt in.
+template <int HS>
+constexpr int smem_bytes() { return 5 * tile_elems<HS>() * static_cast<int>(sizeof(bf16)); }
+template <int HS, class K>
+Status allow_smem(K kernel, const char* op) {
+  return cuda_status(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes<HS>()), op,
+                     {{"head_size", HS}, {"shared_bytes", smem_bytes<HS>()}});
 }
 
-Status attention_backward(bf16* dqkv, float* delta, const bf16* dout, const bf16* qkv,
-                          const bf16* out, const float* lse, int64_t B, int64_t T, int64_t NH,
-                          int64_t NKV, cudaStream_t stream) {
-  LOOM_TRY(check_shapes("attention_backward", B, T, NH, NKV));
-  const Dims dims{{"B", B}, {"T", T}, {"NH", NH}, {"NKV", NKV}};
+template <int HS>
+Status forward_hs(bf16* out, float* lse, const bf16* qkv, int64_t B, int64_t T, int64_t NH, int64_t NKV,
+                  cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(T / BM), static_cast<unsigned>(NH), static_cast<unsigned>(B));
+  const bool grouped = NKV != NH;
+  auto kernel = grouped ? attention_forward_kernel<HS, true> : attention_forward_kernel<HS, false>;
+  LOOM_TRY(allow_smem<HS>(kernel, "attention_forward"));
+  kernel<<<grid, kThreads, smem_bytes<HS>(), stream>>>(out, lse, qkv, static_cast<int>(T), static_cast<int>(NH),
+                                                       static_cast<int>(NKV));
+  return check_launch("attention_forward", {{"B", B}, {"T", T}, {"NH", NH}, {"NKV", NKV}, {"head_size", HS}});
+}
+
+template <int HS>
+Status backward_hs(bf16* dqkv, float* delta, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse,
+                   int64_t B, int64_t T, int64_t NH, int64_t NKV, cudaStream_t stream) {
+  const Dims dims{{"B", B}, {"T", T}, {"NH", NH}, {"NKV", NKV}, {"head_size", HS}};
   const int64_t rows = B * T * NH;
-  attention_delta_kernel<<<static_cast<unsigned>(ceil_div(rows, 256)), 256, 0, stream>>>(
+  attention_delta_kernel<HS><<<static_cast<unsigned>(ceil_div(rows, 256)), 256, 0, stream>>>(
       delta, dout, out, static_cast<int>(B), static_cast<int>(T), static_cast<int>(NH));
   LOOM_TRY(check_launch("attention_backward_delta", dims));
   // dK, dV: one thread block per (key block, kv head, sequence); dQ: per (query block, q head, b)
   const dim3 grid_kv(static_cast<unsigned>(T / BM), static_cast<unsigned>(NKV), static_cast<unsigned>(B));
   const bool grouped = NKV != NH;
-  auto kv_kernel = grouped ? attention_backward_kv_kernel<true> : attention_backward_kv_kernel<false>;
-  kv_kernel<<<grid_kv, kThreads, 0, stream>>>(dqkv, dout, qkv, lse, delta, static_cast<int>(T),
-                                              static_cast<int>(NH), static_cast<int>(NKV));
+  auto kv_kernel = grouped ? attention_backward_kv_kernel<HS, true> : attention_backward_kv_kernel<HS, false>;
+  LOOM_TRY(allow_smem<HS>(kv_kernel, "attention_backward_kv"));
+  kv_kernel<<<grid_kv, kThreads, smem_bytes<HS>(), stream>>>(dqkv, dout, qkv, lse, delta, static_cast<int>(T),
+                                                             static_cast<int>(NH), static_cast<int>(NKV));
   LOOM_TRY(check_launch("attention_backward_kv", dims));
   const dim3 grid_q(static_cast<unsigned>(T / BM), static_cast<unsigned>(NH), static_cast<unsigned>(B));
-  auto q_kernel = grouped ? attention_backward_q_kernel<true> : attention_backward_q_kernel<false>;
-  q_kernel<<<grid_q, kThreads, 0, stream>>>(dqkv, dout, qkv, lse, delta, static_cast<int>(T),
-                                            static_cast<int>(NH), static_cast<int>(NKV));
+  auto q_kernel = grouped ? attention_backward_q_kernel<HS, true> : attention_backward_q_kernel<HS, false>;
+  LOOM_TRY(allow_smem<HS>(q_kernel, "attention_backward_q"));
+  q_kernel<<<grid_q, kThreads, smem_bytes<HS>(), stream>>>(dqkv, dout, qkv, lse, delta, static_cast<int>(T),
+                                                           static_cast<int>(NH), static_cast<int>(NKV));
   return check_launch("attention_backward_q", dims);
+}
+}  // namespace
+
+Status attention_forward(bf16* out, float* lse, const bf16* qkv, int64_t B, int64_t T, int64_t NH,
+                         int64_t NKV, int64_t HS, cudaStream_t stream) {
+  LOOM_TRY(check_shapes("attention_forward", B, T, NH, NKV, HS));
+  return HS == 128 ? forward_hs<128>(out, lse, qkv, B, T, NH, NKV, stream)
+                   : forward_hs<64>(out, lse, qkv, B, T, NH, NKV, stream);
+}
+
+Status attention_backward(bf16* dqkv, float* delta, const bf16* dout, const bf16* qkv,
+                          const bf16* out, const float* lse, int64_t B, int64_t T, int64_t NH,
+                          int64_t NKV, int64_t HS, cudaStream_t stream) {
+  LOOM_TRY(check_shapes("attention_backward", B, T, NH, NKV, HS));
+  return HS == 128 ? backward_hs<128>(dqkv, delta, dout, qkv, out, lse, B, T, NH, NKV, stream)
+                   : backward_hs<64>(dqkv, delta, dout, qkv, out, lse, B, T, NH, NKV, stream);
 }
 
 }  // namespace loom::cuda

@@ -6,7 +6,7 @@
 #include <exception>
 
 #include "executor/cuda/calibrate.cuh"
-#include "executor/cuda/cuda_executor.hpp"
+#include "executor/cuda/cuda_execute.hpp"
 
 namespace {
 
@@ -23,14 +23,30 @@ int guarded(const char* what, F&& f) {
   return 4;
 }
 
+// `loom execute --device cuda`: the one trainer on the CUDA compute backend (cuda_execute.hpp).
 int execute_entry(const LoomCudaExecuteArgs* a) {
   return guarded("execute --device cuda", [a] {
-    loom::cuda::CudaOptions c;
-    c.steps = a->steps;
-    c.seed = a->seed;
-    c.progress = a->progress != 0;
-    if (a->lr > 0) c.lr = a->lr;
-    return loom::cuda::execute_cuda_command(a->plan_path, c, a->report_path, a->trace_path);
+    loom::cuda::ParallelRunArgs r;
+    r.plan_path = a->plan_path;
+    r.report_path = a->report_path;
+    r.exec.trace_path = a->trace_path;
+    r.exec.save_dir = a->save_dir;
+    r.exec.resume_dir = a->resume_dir;
+    r.exec.weights_out = a->weights_out;
+    r.exec.steps = a->steps;
+    r.exec.seed = a->seed;
+    r.exec.lr = a->lr > 0 ? a->lr : 3e-4;  // the CUDA default (`loom execute --help`)
+    r.exec.die_at_step = a->die_at_step;
+    r.exec.die_rank = a->die_rank;
+    r.exec.nan_at_step = a->nan_at_step;
+    r.exec.stall = a->stall != 0;
+    r.exec.save_fault.rank = a->save_fault_rank;
+    r.exec.save_fault.bytes = a->save_fault_bytes;
+    r.exec.save_fault.point = a->save_fault_point;
+    r.timeout_s = a->timeout_s;
+    r.emulate_rank = a->emulate_rank;
+    r.progress = a->progress != 0;
+    return loom::cuda::execute_parallel_command(r);
   });
 }
 

@@ -13,16 +13,28 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct below changes; the loader refuses a module of another version. */
-#define LOOM_CUDA_BACKEND_ABI 2
+#define LOOM_CUDA_BACKEND_ABI 3
 
+/* `loom execute --device cuda`: every flag of the CPU path, for the one trainer (execute_plan)
+   on the CUDA compute backend. Strings are never NULL ("" = not given); integers -1 = not given. */
 struct LoomCudaExecuteArgs {
   const char* plan_path;   /* a plan.json that `loom` has already read and checked */
   const char* report_path; /* "" = no report */
   const char* trace_path;  /* "" = no trace */
+  const char* save_dir;
+  const char* resume_dir;
+  const char* weights_out;
   int64_t steps;
   uint64_t seed;
-  int progress;            /* one line per step on stderr */
-  double lr;               /* AdamW learning rate; 0 = the backend's default (CudaOptions::lr) */
+  int progress;            /* per-step loss lines on stdout (rank 0) */
+  double lr;               /* AdamW learning rate; 0 = the CUDA default (3e-4) */
+  double timeout_s;        /* longest wait on a peer (MPI, NCCL) */
+  int64_t emulate_rank;    /* -1: a real run under mpirun */
+  /* fault injection (the reliability tests) */
+  int64_t die_at_step, die_rank, nan_at_step;
+  int stall;
+  int64_t save_fault_rank, save_fault_bytes;
+  const char* save_fault_point;
 };
 
 struct LoomCudaCalibrateArgs {

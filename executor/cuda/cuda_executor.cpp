@@ -261,6 +261,13 @@ void fill_stage(MeasuredReport& report, const Plan& plan, int64_t micro_batches)
 
 Expected<MeasuredReport> run_cuda(const Plan& plan, const CudaOptions& opt) {
   LOOM_TRY(check_cuda_plan(plan));
+  // cuda::Gpt trains the whole model on one GPU; `loom execute --device cuda` runs every grid
+  // through the parallel trainer (cuda_execute.hpp).
+  for (const auto& [field, n] : {std::pair{"parallel.dp", plan.parallel.dp}, std::pair{"parallel.tp", plan.parallel.tp},
+                                 std::pair{"parallel.pp", plan.parallel.pp}})
+    if (n != 1)
+      return make_error(field, "loom_cuda_train runs one GPU (dp = tp = pp = 1); use loom execute --device cuda (got " +
+                                   std::to_string(n) + ")");
   MeasuredReport report;
   Run r(plan, opt, report);
   r.B = plan.parallel.micro_batch;

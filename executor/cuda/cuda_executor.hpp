@@ -1,7 +1,10 @@
-// The CUDA backend's entry point: train a Plan on this process's GPU and measure it, in the
-// Estimate vocabulary `loom predict --json` uses, so that `loom compare` is a field-by-field diff.
-// For now dp = tp = pp = 1 (one GPU); the model (cuda::Gpt) keeps the places where NCCL groups
-// plug in (final gradients, the layer range) explicit.
+// The single-GPU fast path (cuda::Gpt: one arena, bf16 working weights updated in place by AdamW,
+// the fused classifier): train a dp = tp = pp = 1 Plan on this process's GPU and measure it, in the
+// Estimate vocabulary `loom predict --json` uses. `loom execute --device cuda` no longer comes
+// here: it runs every plan through the one parallel trainer (cuda_execute.hpp). This path stays
+// for loom_cuda_train and the throughput comparison against torch.compile in gpu_test.sh until
+// the parallel trainer's CUDA backend is measured at the same speed (it casts each unit's fp32
+// weights to bf16 per call and keeps fp32 logits, which this path does not).
 #pragma once
 #include <nlohmann/json.hpp>
 

@@ -4,11 +4,19 @@
 # mpirun -np 2), train GPT-2 124M (micro-batch 32) and 1.5B (micro-batch 8) plans with loom,
 # run the PyTorch baseline (torch.compile and eager) and a bf16 GEMM ceiling in the same run,
 # print a table, and append one JSON line per configuration to traces/bench/h100-<date>.jsonl.
+# Then the parallel trainer on the CUDA backend (`loom execute --device cuda`): three plans of a
+# small Llama with head size 128 (executor/cuda/plans/llama-hs128-*.json: dp2 x tp2 ZeRO-1 SP,
+# tp2 x pp2 interleaved, dp4 ZeRO-3) as 4 ranks sharing this GPU (the staged comm), each step's
+# loss against the CPU reference's (fp32) within 2%; emulated ranks (--emulate-rank) of GPT-3
+# 175B (the README's dgx-a100 plan) and Llama 3 70B (tp 8, pp 4), measured against predicted
+# compute per micro-batch; with 2 or more GPUs the same 4-rank plans over NCCL. Results in
+# $OUT/parallel.jsonl and $OUT/parallel.txt.
 #   make gpu-test            or   executor/cuda/gpu_test.sh
 # Environment: OUT (results; default $BUILD/gpu-test), BUILD (default build-gpu), STEPS (20),
 #   RUNS (loom runs, default "124M:32 1558M:8 1100M:8": 1100M is TinyLlama 1.1B, the Llama family), TORCH_RUNS (default 124M:32:1,1558M:8:1,124M:32:0),
 #   SKIP_TESTS=1, SKIP_TORCH=1, NO_TRACE=1 (do not append to traces/bench), USE_SAVED_PLANS=1
-#   (executor/cuda/plans/ instead of building `loom` to make them).
+#   (executor/cuda/plans/ instead of building `loom` to make them), SKIP_PARALLEL=1,
+#   MR_STEPS (multi-rank steps, default 3).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build-gpu}
@@ -22,7 +30,7 @@ mkdir -p "$OUT"
 echo "== configure and build ($BUILD)"
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$NVCC" \
   -DCMAKE_CUDA_ARCHITECTURES=90 >"$OUT/cmake.log" 2>&1 || { tail -40 "$OUT/cmake.log"; exit 1; }
-cmake --build "$BUILD" -j "$(nproc)" --target loom_cuda_train loom_gpu_tests loom_device_comm_test >"$OUT/build.log" 2>&1 \
+cmake --build "$BUILD" -j "$(nproc)" --target loom_cuda_train loom_gpu_tests loom_device_comm_test loom_cuda >"$OUT/build.log" 2>&1 \
   || { grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1; }
 # The planner makes the plans; if `loom` does not build here, the plans saved beside this script
 # (the same `loom predict ... -o` output) are used.
@@ -61,6 +69,10 @@ if [ "${SKIP_TORCH:-0}" != 1 ]; then
   python3 executor/cuda/gemm_ceiling.py | tee "$OUT/gemm.json" || status=1
   PYTHONUNBUFFERED=1 python3 executor/cuda/torch_gpt2_bench.py --runs "$TORCH_RUNS" --steps "$STEPS" \
     2>"$OUT/torch.err" | tee "$OUT/torch.jsonl" || status=1
+fi
+
+if [ "${SKIP_PARALLEL:-0}" != 1 ]; then
+  executor/cuda/gpu_test_parallel.sh "$BUILD" "$OUT" || status=1
 fi
 
 python3 executor/cuda/bench_summary.py "$OUT"

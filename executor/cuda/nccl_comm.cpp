@@ -162,6 +162,8 @@ class NcclComm final : public Comm {
   Status all_gather(const Group& g, float* data, int64_t n) override {
     return collective(g, data, n, Coll::all_gather, ReduceOp::sum);
   }
+  Status all_to_all(const Group& g, const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+                    const std::vector<int64_t>& recv_bytes) override;
   Expected<int> isend(int to, const void* data, int64_t bytes, int tag, GroupKind kind) override;
   Status wait(int request, const char* what) override;
   Status recv(int from, void* data, int64_t bytes, int tag, const char* what) override;
@@ -313,6 +315,48 @@ Status NcclComm::collective(const Group& g, T* data, int64_t n, Coll c, ReduceOp
   cudaStream_t s = stream_;
   if (auto st = poll_link(*l, rank_, what, options_.timeout_s, [s] { return cudaStreamQuery(s); }); !st) return st;
   count(g, n, sz, c);
+  return ok_status();
+}
+
+// The all-to-all as NCCL's own (nccl-tests' alltoall): one ncclSend and one ncclRecv per peer in
+// one group call on the group's communicator; the own block is a device copy.
+Status NcclComm::all_to_all(const Group& g, const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+                            const std::vector<int64_t>& recv_bytes) {
+  const int G = g.size();
+  if (static_cast<int>(send_bytes.size()) != G || static_cast<int>(recv_bytes.size()) != G)
+    return make_error(rank_name(rank_), "all_to_all: needs one block size per member");
+  std::vector<int64_t> sd(static_cast<size_t>(G) + 1, 0), rd(static_cast<size_t>(G) + 1, 0);
+  for (size_t j = 0; j < static_cast<size_t>(G); ++j) {
+    sd[j + 1] = sd[j] + send_bytes[j];
+    rd[j + 1] = rd[j] + recv_bytes[j];
+  }
+  const char* s = static_cast<const char*>(send);
+  char* r = static_cast<char*>(recv);
+  const size_t self = static_cast<size_t>(g.index);
+  if (auto st = after_compute(stream_); !st) return st;
+  cudaMemcpyAsync(r + rd[self], s + sd[self], static_cast<size_t>(send_bytes[self]), cudaMemcpyDeviceToDevice, stream_);
+  if (G > 1) {
+    Link* l = group_link(g);
+    if (!l) return make_error(rank_name(rank_), std::string("all_to_all on the ") + group_name(g.kind) +
+                                                    " group: no NCCL communicator was built for it");
+    if (!l->comm) return link_error(rank_, *l, "all_to_all", "the communicator was aborted after an earlier error");
+    ncclGroupStart();
+    for (int j = 0; j < G; ++j) {
+      if (j == g.index) continue;
+      const size_t u = static_cast<size_t>(j);
+      ncclSend(s + sd[u], static_cast<size_t>(send_bytes[u]), ncclInt8, j, l->comm, stream_);
+      ncclRecv(r + rd[u], static_cast<size_t>(recv_bytes[u]), ncclInt8, j, l->comm, stream_);
+    }
+    const ncclResult_t res = ncclGroupEnd();
+    if (res != ncclSuccess && res != ncclInProgress) return link_error(rank_, *l, "all_to_all", ncclGetErrorString(res));
+    cudaStream_t st = stream_;
+    if (auto p = poll_link(*l, rank_, "all_to_all", options_.timeout_s, [st] { return cudaStreamQuery(st); }); !p)
+      return p;
+    for (int j = 0; j < G; ++j)
+      if (j != g.index) counters_.add(g.kind, "all_to_all", send_bytes[static_cast<size_t>(j)]);
+    return ok_status();
+  }
+  if (cudaError_t e = cudaStreamSynchronize(stream_); e != cudaSuccess) return cuda_error(rank_, "all_to_all", e);
   return ok_status();
 }
 

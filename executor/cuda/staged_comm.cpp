@@ -60,6 +60,18 @@ Status StagedComm::all_gather(const Group& g, float* data, int64_t n) {
   return staged(data, n, "all_gather", [&](float* h) { return host_.all_gather(g, h, n); });
 }
 
+// Both sides staged: every block to the host, the host all-to-all, every block back.
+Status StagedComm::all_to_all(const Group& g, const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+                              const std::vector<int64_t>& recv_bytes) {
+  int64_t sbytes = 0, rbytes = 0;
+  for (int64_t b : send_bytes) sbytes += b;
+  for (int64_t b : recv_bytes) rbytes += b;
+  std::vector<char> out(static_cast<size_t>(sbytes)), in(static_cast<size_t>(rbytes));
+  if (auto st = to_host(out.data(), send, sbytes, "all_to_all"); !st) return st;
+  if (auto st = host_.all_to_all(g, out.data(), send_bytes, in.data(), recv_bytes); !st) return st;
+  return to_device(recv, in.data(), rbytes, "all_to_all");
+}
+
 // The bytes are copied out at once, so the device buffer may be reused before the send completes.
 Expected<int> StagedComm::isend(int to, const void* data, int64_t bytes, int tag, GroupKind kind) {
   std::vector<char> out(static_cast<size_t>(bytes));

@@ -32,6 +32,8 @@ class StagedComm final : public Comm {
   Status all_reduce(const Group& g, double* data, int64_t n, ReduceOp op) override;
   Status reduce_scatter(const Group& g, float* data, int64_t n) override;
   Status all_gather(const Group& g, float* data, int64_t n) override;
+  Status all_to_all(const Group& g, const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+                    const std::vector<int64_t>& recv_bytes) override;
   Expected<int> isend(int to, const void* data, int64_t bytes, int tag, GroupKind kind) override;
   Status wait(int request, const char* what) override;
   Status recv(int from, void* data, int64_t bytes, int tag, const char* what) override;

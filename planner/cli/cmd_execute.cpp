@@ -17,6 +17,7 @@
 #include "planner/cli/cuda_backend.hpp"
 #include "planner/cli/flags.hpp"
 #include "planner/cli/inputs.hpp"
+#include "planner/cli/offload_cli.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/json_reader.hpp"
 #include "sim/plan.hpp"
@@ -34,6 +35,7 @@ struct ExecuteOptions {
   bool quiet = false;
   std::string die_in_save;     // hidden: "RANK:BYTES" or "RANK:POINT" (exec::SaveFault)
   bool lr_given = false, timeout_given = false;  // typed on the command line (not the defaults)
+  std::string stage_layers;    // --stage-layers: overrides the plan's layers per stage
   exec::ExecOptions exec;
 };
 
@@ -108,18 +110,25 @@ Status check_steps(const ExecuteOptions& o, const Plan& plan) {
   return ok_status();
 }
 
+// --emulate-rank's rules, the same on both devices.
+Status check_emulation(const ExecuteOptions& o, const Plan& plan) {
+  const int64_t world = plan.parallel.gpus();
+  if (o.emulate_rank >= world)
+    return make_error("--emulate-rank", "must be below the plan's " + std::to_string(world) + " ranks (dp " +
+                                            std::to_string(plan.parallel.dp) + " x tp " + std::to_string(plan.parallel.tp) +
+                                            " x pp " + std::to_string(plan.parallel.pp) + ")");
+  if (const char* n = std::getenv("OMPI_COMM_WORLD_SIZE"); n != nullptr && std::atoi(n) > 1)
+    return make_error("--emulate-rank", "runs one process: start it without mpirun");
+  if (!o.exec.save_dir.empty() || !o.exec.resume_dir.empty() || !o.exec.weights_out.empty())
+    return make_error("--emulate-rank", "trains no real model: --save, --resume and --weights-out do not apply");
+  return ok_status();
+}
+
 // One rank of a plan larger than this machine, in one process, without MPI: its shapes, layers,
 // schedule and memory, communication replaced by local copies (executor/comm.hpp).
 int run_emulated(const ExecuteOptions& o, const Plan& plan) {
   const int64_t world = plan.parallel.gpus();
-  if (o.emulate_rank >= world)
-    return fail(make_error("--emulate-rank", "must be below the plan's " + std::to_string(world) + " ranks (dp " +
-                                                 std::to_string(plan.parallel.dp) + " x tp " + std::to_string(plan.parallel.tp) +
-                                                 " x pp " + std::to_string(plan.parallel.pp) + ")"));
-  if (const char* n = std::getenv("OMPI_COMM_WORLD_SIZE"); n != nullptr && std::atoi(n) > 1)
-    return fail(make_error("--emulate-rank", "runs one process: start it without mpirun"));
-  if (!o.exec.save_dir.empty() || !o.exec.resume_dir.empty() || !o.exec.weights_out.empty())
-    return fail(make_error("--emulate-rank", "trains no real model: --save, --resume and --weights-out do not apply"));
+  if (auto st = check_emulation(o, plan); !st) return fail(st.error());
   auto comm = exec::make_emulated_comm(static_cast<int>(o.emulate_rank), static_cast<int>(world));
   exec::ExecOptions eo = o.exec;
   eo.emulated = true;
@@ -133,45 +142,29 @@ int run_emulated(const ExecuteOptions& o, const Plan& plan) {
   return 0;
 }
 
-// The flags of the CPU path that the CUDA path (one GPU, cuda::Gpt) cannot honour yet: each is
-// refused by name with the reason, never ignored. --lr, --steps, --seed, --report, --trace and
-// --quiet are forwarded.
-Status check_cuda_flags(const ExecuteOptions& o) {
-  const std::string cpu = ": use --device cpu";
-  if (o.emulate_rank >= 0)
-    return make_error("--emulate-rank", "needs the parallel trainer, which the CUDA backend does not run yet" + cpu);
-  if (!o.exec.save_dir.empty())
-    return make_error("--save", "the CUDA backend writes no checkpoints yet (cuda::Gpt has no checkpoint format)" + cpu);
-  if (!o.exec.resume_dir.empty())
-    return make_error("--resume", "the CUDA backend reads no checkpoints yet (cuda::Gpt has no checkpoint format)" + cpu);
-  if (!o.exec.weights_out.empty())
-    return make_error("--weights-out", "the CUDA backend does not write the trained model yet" + cpu);
-  if (o.timeout_given)
-    return make_error("--timeout-s", "bounds the wait on peer ranks; the CUDA backend runs one process and waits on none");
-  const std::pair<bool, const char*> faults[] = {{o.exec.die_at_step >= 0, "--die-at-step"}, {o.exec.die_rank >= 0, "--die-rank"},
-                                                 {o.exec.stall, "--stall"}, {o.exec.nan_at_step >= 0, "--nan-at-step"},
-                                                 {!o.die_in_save.empty(), "--die-in-save"}};
-  for (const auto& [given, flag] : faults)
-    if (given) return make_error(flag, "fault injection runs on the CPU backend only" + cpu);
-  if (const char* n = std::getenv("OMPI_COMM_WORLD_SIZE"); n != nullptr && std::atoi(n) > 1)
-    return make_error("--device", "cuda runs one process on one GPU (dp = tp = pp = 1): start it without mpirun (got " +
-                                      std::string(n) + " ranks)");
-  return ok_status();
-}
-
-// The CUDA backend (executor/cuda), loaded only here, after the flags and the plan were checked
-// (a bad plan gets the same line as on the CPU backend, and a plan the CUDA path cannot run is
-// refused before the module is loaded or anything allocated).
+// The CUDA backend (executor/cuda: the same trainer on the CUDA compute backend, every flag
+// forwarded), loaded only here, after the flags and the plan were checked: a bad plan gets the
+// same line as on the CPU backend, and a plan the CUDA path cannot run is refused before the
+// module is loaded or anything allocated. Under mpirun every rank runs this: world rank 0 prints.
 int run_cuda(const ExecuteOptions& o) {
-  if (auto st = check_cuda_flags(o); !st) return fail(st.error());
   auto plan = load_plan(o.plan_path);
-  if (!plan) return fail(plan.error());
-  if (auto st = cuda::check_cuda_plan(*plan); !st) return fail(st.error());
-  if (auto st = check_steps(o, *plan); !st) return fail(st.error());
+  if (!plan) return refuse(plan.error());
+  if (auto st = refuse_offload(*plan, o.plan_path); !st) return refuse(st.error());
+  if (!o.stage_layers.empty())  // the module reads the plan file itself
+    return refuse(make_error("--stage-layers", "the CUDA backend runs the plan file as written: put the layout in the plan"));
+  if (auto st = cuda::check_cuda_plan(*plan); !st) return refuse(st.error());
+  if (auto st = check_steps(o, *plan); !st) return refuse(st.error());
+  if (!plan->prediction.fits) return refuse(make_error(o.plan_path, "does not fit: " + plan->prediction.reason));
+  if (o.emulate_rank >= 0)
+    if (auto st = check_emulation(o, *plan); !st) return refuse(st.error());
   auto backend = load_cuda_backend("--device");
-  if (!backend) return fail(backend.error());
+  if (!backend) return refuse(backend.error());
+  const exec::SaveFault& f = o.exec.save_fault;
   const LoomCudaExecuteArgs args{o.plan_path.c_str(), o.report_path.c_str(), o.exec.trace_path.c_str(),
-                                 o.exec.steps, o.exec.seed, o.quiet ? 0 : 1, o.lr_given ? o.exec.lr : 0.0};
+                                 o.exec.save_dir.c_str(), o.exec.resume_dir.c_str(), o.exec.weights_out.c_str(),
+                                 o.exec.steps, o.exec.seed, o.quiet ? 0 : 1, o.lr_given ? o.exec.lr : 0.0,
+                                 o.timeout_s, o.emulate_rank, o.exec.die_at_step, o.exec.die_rank,
+                                 o.exec.nan_at_step, o.exec.stall ? 1 : 0, f.rank, f.bytes, f.point.c_str()};
   return (*backend)->execute(&args);
 }
 
@@ -180,8 +173,8 @@ int run_execute(const ExecuteOptions& o) {
   if (o.device != "cpu") return fail(make_error("--device", "must be cpu or cuda (got " + o.device + ")"));
   auto plan = load_plan(o.plan_path);
   if (!plan) return fail(plan.error());
-  if (plan->parallel.schedule == Schedule::zb_h1)
-    return fail(make_error(o.plan_path + ": /parallel/schedule", "the CPU executor does not run zb-h1 yet (got zb-h1)"));
+  if (auto st = refuse_offload(*plan, o.plan_path); !st) return fail(st.error());
+  if (auto st = apply_stage_layers(*plan, o.stage_layers); !st) return fail(st.error());
   if (auto st = exec::check_cpu_plan(*plan); !st) return fail(st.error());
   if (auto st = check_steps(o, *plan); !st) return fail(st.error());
   if (!plan->prediction.fits)
@@ -238,7 +231,7 @@ void add_execute(CLI::App& app, Run& run) {
   auto* cmd = app.add_subcommand("execute", "train a plan (under mpirun -np N, one rank per device) and measure it");
   cmd->add_option("plan", o->plan_path, "plan.json (from loom plan or loom predict -o)")->required();
   cmd->add_option("--device", o->device,
-                  "cpu (the fp32 reference backend) or cuda (one GPU, dp = tp = pp = 1 plans, builds with nvcc)");
+                  "cpu (the fp32 reference backend) or cuda (bf16 on GPUs, one rank per GPU or several sharing one; builds with nvcc)");
   cmd->add_option("--steps", o->exec.steps, "train until this step")->transform(Integer(INT64_MIN, INT64_MAX));
   cmd->add_option("--report", o->report_path, "write what was measured (Estimate field names, ranks[] beside)");
   cmd->add_option("--save", o->exec.save_dir, "write a checkpoint to this folder after the last step");
@@ -251,6 +244,7 @@ void add_execute(CLI::App& app, Run& run) {
   cmd->add_option("--weights-out", o->exec.weights_out, "write the trained model (cpu::Gpt layout, raw fp32)");
   cmd->add_option("--trace", o->exec.trace_path,
                   "write the last step of every rank as a Chrome trace (the names of loom simulate --trace)");
+  cmd->add_option("--stage-layers", o->stage_layers, "override the plan's layers per pipeline stage, e.g. 7,8,8,7");
   cmd->add_option("--emulate-rank", o->emulate_rank,
                   "run only this rank of the plan, in one process: its shapes, layers and schedule, with communication as local copies")
       ->transform(Integer(0, INT64_MAX));  // -1 (not given) is the default, never typed

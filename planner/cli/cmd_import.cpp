@@ -11,7 +11,9 @@
 // each on stderr.
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <charconv>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -27,8 +29,10 @@
 #include "sim/cost_model.hpp"
 #include "sim/json_reader.hpp"
 #include "sim/model_math.hpp"
+#include "sim/moe.hpp"
 #include "sim/plan.hpp"
 #include "sim/spec_json.hpp"
+#include "sim/stage_split.hpp"
 #include "sim/step_result.hpp"
 #include "sim/validate.hpp"
 #include "sim/zoo.hpp"
@@ -120,6 +124,7 @@ Status read_family(MegatronArgs& a, ModelSpec& m) {
                           (swiglu ? ", swiglu" : ", gelu") + (no_bias ? ", no biases)" : ", biases)"));
   }
   m.qkv_bias = a.has("--add-qkv-bias") && m.family == Family::llama;
+  m.qk_norm = a.has("--qk-layernorm");
   m.tied_embeddings = !a.has("--untie-embeddings-and-output-weights");
   return ok_status();
 }
@@ -134,6 +139,11 @@ Status read_shape(MegatronArgs& a, ModelSpec& m, TrainSpec& t) {
   if (st) st = get_int(a, "--num-attention-heads", m.heads, limits::kHeads);
   if (!st) return st;
   m.kv_heads = m.heads;
+  if (st && a.has("--kv-channels")) {  // the head size, where it is not hidden / heads
+    st = get_int(a, "--kv-channels", m.head_size, limits::kHidden);
+    if (st && m.head_size * m.heads == m.hidden) m.head_size = 0;
+  }
+  if (!st) return st;
   if (a.has("--group-query-attention")) st = get_int(a, "--num-query-groups", m.kv_heads, limits::kHeads);
   else a.used.insert("--num-query-groups");  // ignored by Megatron without --group-query-attention
   // arguments.py: ffn_hidden_size defaults to 4 h, or int(4 h x 2/3 / 64) x 64 with --swiglu.
@@ -149,10 +159,106 @@ Status read_shape(MegatronArgs& a, ModelSpec& m, TrainSpec& t) {
   double hidden_drop = 0.1, attn_drop = 0.1;  // arguments.py defaults
   if (st = get_number(a, "--hidden-dropout", hidden_drop); st) st = get_number(a, "--attention-dropout", attn_drop);
   m.dropout = hidden_drop > 0 || attn_drop > 0;
-  if (a.has("--kv-channels") && m.heads > 0 && a.values["--kv-channels"] != std::to_string(m.hidden / m.heads))
-    return make_error(a.where + ": --kv-channels", "loom assumes hidden-size / num-attention-heads = " +
-                                                       std::to_string(m.hidden / m.heads) + " (got " + a.values["--kv-channels"] + ")");
   return st;
+}
+
+// Uneven stages (--decoder-first/last-pipeline-num-layers): Megatron-core's split, the other
+// stages sharing the layers left evenly (sim/stage_split.hpp megatron_split).
+Status read_uneven_stages(MegatronArgs& a, const ModelSpec& m, ParallelConfig& p) {
+  int64_t first = 0, last = 0;
+  Status st = get_int(a, "--decoder-first-pipeline-num-layers", first, limits::kLayers);
+  if (st) st = get_int(a, "--decoder-last-pipeline-num-layers", last, limits::kLayers);
+  if (!st || (first == 0 && last == 0)) return st;
+  if (p.pp < 2)
+    return make_error(a.where + ": " + (first > 0 ? "--decoder-first-pipeline-num-layers" : "--decoder-last-pipeline-num-layers"),
+                      "needs --pipeline-model-parallel-size > 1");
+  auto v = megatron_split(m.layers, p.pp, first, last, a.where + ": --decoder-first-pipeline-num-layers");
+  if (!v) return v.error();
+  p.stage_layers = *v;
+  return ok_status();
+}
+
+// --optimizer-cpu-offload (with --use-precision-aware-optimizer, which it needs): the whole
+// optimizer on the CPU, loom's offload optimizer; a fraction below 1 splits it, not modelled.
+Status read_offload(MegatronArgs& a, ParallelConfig& p) {
+  a.has("--use-precision-aware-optimizer");  // read: it changes where the optimizer state lives, not what is priced
+  if (!a.has("--optimizer-cpu-offload")) return ok_status();
+  double fraction = 1;
+  if (auto st = get_number(a, "--optimizer-offload-fraction", fraction); !st) return st;
+  if (fraction != 1)
+    return make_error(a.where + ": --optimizer-offload-fraction",
+                      "loom prices the whole optimizer on the CPU (1.0; got " + a.values["--optimizer-offload-fraction"] + ")");
+  p.offload = Offload::optimizer;
+  return ok_status();
+}
+
+// --moe-layer-freq: an integer k (every k-th layer, Megatron's `layer % k == 0`), a 0/1 list
+// "[0,1,1,...]" (as loom exports it) or "([0]*d+[1]*n)" (Megatron's examples), quotes allowed;
+// loom's MoE layers are dense_layers dense ones, then every moe_layer_interval-th.
+Status read_moe_layers(MegatronArgs& a, ModelSpec& m) {
+  std::string v = get_str(a, "--moe-layer-freq", "1");
+  std::erase_if(v, [](char ch) { return ch == '\'' || ch == '"' || ch == ' '; });
+  std::vector<int> is_moe;
+  int64_t k = 0, d = 0, n = 0;
+  if (!v.empty() && std::all_of(v.begin(), v.end(), [](char ch) { return std::isdigit(static_cast<unsigned char>(ch)); })) {
+    k = std::stoll(v.substr(0, 9));
+    for (int64_t l = 0; l < m.layers && k > 0; ++l) is_moe.push_back(l % k == 0);
+  } else if (std::sscanf(v.c_str(), "([0]*%ld+[1]*%ld)", &d, &n) == 2 && d >= 0 && n >= 0) {
+    is_moe.assign(static_cast<size_t>(std::min<int64_t>(d, m.layers)), 0);
+    is_moe.resize(static_cast<size_t>(std::min<int64_t>(d + n, m.layers + 1)), 1);
+  } else if (v.size() >= 2 && v.front() == '[' && v.back() == ']') {
+    for (size_t i = 1; i + 1 < v.size(); ++i)
+      if (v[i] == '0' || v[i] == '1') is_moe.push_back(v[i] == '1');
+      else if (v[i] != ',') is_moe.assign(1, 2);  // not a 0/1 list: refused below
+  }
+  const std::string bad = a.where + ": --moe-layer-freq";
+  if (static_cast<int64_t>(is_moe.size()) != m.layers)
+    return make_error(bad, "must be an integer or a 0/1 pattern of --num-layers entries (got \"" + v + "\")");
+  // The fewest dense layers first, then the smallest interval, that give the pattern.
+  const int64_t first = std::find(is_moe.begin(), is_moe.end(), 1) - is_moe.begin();
+  for (m.dense_layers = 0; m.dense_layers <= std::min(first, m.layers - 1); ++m.dense_layers)
+    for (m.moe_layer_interval = 1; m.moe_layer_interval <= m.layers; ++m.moe_layer_interval) {
+      bool same = true;
+      for (int64_t l = 0; l < m.layers && same; ++l) same = is_moe[l] == (is_moe_layer(m, l) ? 1 : 0);
+      if (same) return ok_status();
+    }
+  return make_error(bad, "loom's MoE layers are a dense prefix, then every k-th layer (got \"" + v + "\")");
+}
+
+// Mixture of experts (arguments.py's MoE group): --num-experts, --moe-router-topk (default 2),
+// --moe-ffn-hidden-size (default --ffn-hidden-size), --moe-shared-expert-intermediate-size (a
+// multiple of the expert size: loom counts shared experts of that size), --moe-layer-freq, the
+// expert grid (--expert-tensor-parallel-size defaults to tp, as arguments.py sets it) and the
+// capacity factor (without one Megatron drops no tokens; loom then prices the busiest expert at
+// its documented default factor, TrainSpec::moe_capacity_factor).
+Status read_moe(MegatronArgs& a, ModelSpec& m, TrainSpec& t, ParallelConfig& p) {
+  int64_t experts = 0;
+  Status st = get_int(a, "--num-experts", experts, int64_t{1} << 16);
+  if (st) st = get_int(a, "--expert-model-parallel-size", p.ep, limits::kGpus);
+  if (!st || experts <= 1) return st;
+  m.experts = experts;
+  m.experts_per_token = 2;
+  m.expert_ffn_hidden = m.ffn_hidden;
+  p.etp = p.tp;
+  int64_t shared = 0;
+  if (st) st = get_int(a, "--moe-router-topk", m.experts_per_token, experts);
+  if (st) st = get_int(a, "--moe-ffn-hidden-size", m.expert_ffn_hidden, limits::kFfnHidden);
+  if (st) st = get_int(a, "--moe-shared-expert-intermediate-size", shared, limits::kFfnHidden);
+  if (st) st = get_int(a, "--expert-tensor-parallel-size", p.etp, limits::kGpus);
+  if (st) st = get_number(a, "--moe-expert-capacity-factor", t.moe_capacity_factor);
+  if (st) st = read_moe_layers(a, m);
+  if (!st) return st;
+  if (shared % m.expert_ffn_hidden != 0)
+    return make_error(a.where + ": --moe-shared-expert-intermediate-size",
+                      "must be a multiple of --moe-ffn-hidden-size (" + std::to_string(shared) + " % " +
+                          std::to_string(m.expert_ffn_hidden) + " != 0)");
+  m.shared_experts = shared / m.expert_ffn_hidden;
+  // Read, priced the same: padding to capacity is what loom prices; the dispatcher and the
+  // grouped GEMM are how the same tokens move and multiply; the load-balancing loss is elementwise.
+  for (auto* f : {"--moe-pad-expert-input-to-capacity", "--moe-token-dispatcher-type", "--moe-grouped-gemm",
+                  "--moe-router-load-balancing-type", "--moe-aux-loss-coeff"})
+    a.used.insert(f);
+  return ok_status();
 }
 
 Status read_parallel(MegatronArgs& a, const ModelSpec& m, TrainSpec& t, ParallelConfig& p) {
@@ -161,9 +267,15 @@ Status read_parallel(MegatronArgs& a, const ModelSpec& m, TrainSpec& t, Parallel
   if (st) st = get_int(a, "--micro-batch-size", p.micro_batch, limits::kGlobalBatch);
   if (st && !a.values.count("--global-batch-size")) return make_error(a.where + ": --global-batch-size", "is required");
   if (st) st = get_int(a, "--global-batch-size", t.global_batch, limits::kGlobalBatch);
-  int64_t per_virtual = 0;
+  int64_t per_virtual = 0, chunks = 0;
   if (st) st = get_int(a, "--num-layers-per-virtual-pipeline-stage", per_virtual, limits::kLayers);
+  if (st) st = get_int(a, "--num-virtual-stages-per-pipeline-rank", chunks, limits::kLayers);
+  if (st) st = read_uneven_stages(a, m, p);
   if (!st) return st;
+  if (per_virtual > 0 && (chunks > 0 || !p.stage_layers.empty()))
+    return make_error(a.where + ": --num-layers-per-virtual-pipeline-stage",
+                      "Megatron-LM refuses it beside --num-virtual-stages-per-pipeline-rank or uneven stages");
+  if (chunks > 1) p.schedule = Schedule::interleaved, p.vpp = chunks;
   if (per_virtual > 0) {
     if (m.layers % (p.pp * per_virtual) != 0)
       return make_error(a.where + ": --num-layers-per-virtual-pipeline-stage", "pp x it must divide --num-layers");
@@ -185,7 +297,7 @@ Status read_parallel(MegatronArgs& a, const ModelSpec& m, TrainSpec& t, Parallel
       (get_str(a, "--recompute-method", "uniform") != "uniform" || get_str(a, "--recompute-num-layers", "1") != "1"))
     return make_error(a.where + ": --recompute-method", "loom prices full recompute of every layer (uniform, 1 layer)");
   if (a.has("--use-tp-pp-dp-mapping")) p.order = "tp-pp-dp";
-  return ok_status();
+  return read_offload(a, p);
 }
 
 void read_train(MegatronArgs& a, TrainSpec& t) {
@@ -202,19 +314,15 @@ void read_train(MegatronArgs& a, TrainSpec& t) {
 // Flags that change the parameters, the FLOPs or the parallel layout in ways loom does not price.
 Status refuse_unpriced(MegatronArgs& a) {
   static const std::vector<std::pair<std::string, std::string>> refused{
-      {"--num-experts", "mixture-of-experts layers are not modelled yet"},
-      {"--moe-ffn-hidden-size", "mixture-of-experts layers are not modelled yet"},
-      {"--expert-model-parallel-size", "expert parallelism is not modelled yet"},
       {"--context-parallel-size", "context parallelism is not modelled yet"},
       {"--fp16", "fp16 with loss scaling is not modelled (bf16 or fp32)"},
       {"--fp8-format", "fp8 GEMMs are not modelled"},
-      {"--qk-layernorm", "q/k layer norms are not modelled"},
       {"--multi-latent-attention", "multi-latent attention is not modelled"},
       {"--squared-relu", "loom prices GeLU or SwiGLU MLPs"}};
   for (const auto& [flag, why] : refused) {
     if (!a.values.count(flag)) continue;
     const std::string& v = a.values[flag];
-    if ((flag == "--expert-model-parallel-size" || flag == "--context-parallel-size") && v == "1") {
+    if (flag == "--context-parallel-size" && v == "1") {
       a.used.insert(flag);
       continue;
     }
@@ -237,6 +345,7 @@ Expected<Plan> plan_from_megatron(const ImportOptions& o) {
   if (auto st = read_family(*a, plan.model); !st) return st.error();
   if (auto st = read_shape(*a, plan.model, plan.train); !st) return st.error();
   if (auto st = read_parallel(*a, plan.model, plan.train, plan.parallel); !st) return st.error();
+  if (auto st = read_moe(*a, plan.model, plan.train, plan.parallel); !st) return st.error();
   read_train(*a, plan.train);
   // Read but priced the same either way: data and checkpoint settings, loom's own vocabulary
   // padding (to a multiple of tp), and gradient-reduce overlap (loom always overlaps it).

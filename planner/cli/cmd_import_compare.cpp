@@ -10,6 +10,7 @@
 #include "planner/cli/cmd_import.hpp"
 #include "planner/cli/report.hpp"
 #include "planner/search.hpp"
+#include "sim/offload.hpp"
 #include "sim/spec_json.hpp"
 #include "sim/step_result.hpp"
 
@@ -32,6 +33,7 @@ std::string differing_fields(const Estimate& a, const Estimate& b) {
       {"recompute", to_string(p.recompute), to_string(q.recompute)},
       {"sp", p.sp ? "on" : "off", q.sp ? "on" : "off"},
       {"order", p.order, q.order},
+      {"offload", to_string(p.offload), to_string(q.offload)},
       {"grad dtype", to_string(a.train.grad_dtype), to_string(b.train.grad_dtype)},
       {"dp bucket (elements)", std::to_string(a.train.dp_bucket_bytes / dtype_bytes(a.train.grad_dtype)),
        std::to_string(b.train.dp_bucket_bytes / dtype_bytes(b.train.grad_dtype))}};

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "planner/cli/cmd_import.hpp"
+#include "planner/cli/offload_cli.hpp"
 #include "sim/json_reader.hpp"
 #include "sim/spec_json.hpp"
 #include "sim/validate.hpp"
@@ -111,8 +112,8 @@ Status ds_zero(ObjectReader& r, int& zero, int64_t& bucket_elems, Ignored& ig) {
     ObjectReader orr(zr, key, *off);
     std::string device = "none";
     orr.opt_string("device", device);
-    if (device != "none" && !zr.failed())
-      return make_error(r.where() + ": zero_optimization." + key, "offload is not modelled (got device \"" + device + "\")");
+    if (device != "none" && device != "cpu" && !zr.failed())
+      return make_error(r.where() + ": zero_optimization." + key, "only cpu offload is modelled (got device \"" + device + "\")");
   }
   for (const char* key : {"cpu_offload", "cpu_offload_param"}) {
     bool on = false;
@@ -248,6 +249,7 @@ Expected<Plan> plan_from_deepspeed(const ImportOptions& o) {
   int64_t bucket_elems = 500'000'000;  // zero/config.py reduce_bucket_size; engine.py MEMORY_OPT_ALLREDUCE_SIZE
   Status st = ds_refuse_unpriced(r);
   if (st) st = ds_zero(r, p.zero, bucket_elems, ig);
+  if (st) st = offload_from_deepspeed(*doc, o.path, p);
   if (st) st = ds_precision(r, p.zero, plan.train, ig);
   if (st) st = ds_parallel(r, o, p, ig);
   if (!st) return st.error();

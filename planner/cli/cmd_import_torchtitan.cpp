@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <cctype>
 #include <map>
 #include <memory>
@@ -17,6 +18,7 @@
 
 #include "planner/cli/cmd_import.hpp"
 #include "sim/json_reader.hpp"
+#include "sim/stage_split.hpp"
 #include "sim/validate.hpp"
 #include "sim/zoo.hpp"
 
@@ -227,6 +229,7 @@ Expected<ModelSpec> tt_model(TomlKeys& k, const ImportOptions& o) {
 
 struct TtBatch {
   int64_t local = 8, global = -1;  // JobConfig defaults
+  bool cpu_offload = false;        // training.enable_cpu_offload
 };
 
 // [training]: batch, sequence and precision. Gradients are reduced in float32 (the only
@@ -246,7 +249,7 @@ Status tt_training(TomlKeys& k, TrainSpec& t, TtBatch& b) {
   if (!st) return st;
   if (dtype == "bfloat16")
     return refused(k, "training.dtype", "bf16 weights, gradients and optimizer state without fp32 master weights are not modelled");
-  if (offload) return refused(k, "training.enable_cpu_offload", "CPU offload is not modelled");
+  b.cpu_offload = offload;  // FSDP2's CPUOffloadPolicy: loom's optimizer+params, under ZeRO-3 (tt_offload)
   t.dtype = param == "bfloat16" ? Dtype::bf16 : Dtype::fp32;
   t.grad_dtype = Dtype::fp32;
   t.attention = Attention::fused;  // SDPA
@@ -313,31 +316,43 @@ Status tt_pipeline(TomlKeys& k, int64_t layers, ParallelConfig& p) {
   if (st) st = get_int(k, "parallelism.pipeline_parallel_first_stage_less_layers", first_less, 0, limits::kLayers);
   if (st) st = get_int(k, "parallelism.pipeline_parallel_last_stage_less_layers", last_less, 0, limits::kLayers);
   if (!st || p.pp == 1) return st;  // without PP torchtitan reads none of them
-  if (first_less != 0 || last_less != 0)
-    return refused(k, first_less != 0 ? "parallelism.pipeline_parallel_first_stage_less_layers"
-                                      : "parallelism.pipeline_parallel_last_stage_less_layers",
-                   "loom prices equal stages; torchtitan's default 1 gives the first and last stage fewer layers: set both to 0");
   // torch.distributed.pipelining's get_schedule_class matches schedule names case-insensitively.
   std::string lower = sched;
   for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
   const bool multi = lower == "interleaved1f1b";
   if (lower != "gpipe" && lower != "1f1b" && !multi)
     return refused(k, "parallelism.pipeline_parallel_schedule", "loom prices \"GPipe\", \"1F1B\" and \"Interleaved1F1B\"");
-  int64_t vpp = multi ? 2 : 1;  // without layers_per_stage: 1 stage per rank, 2 for looped schedules
+  // Virtual stages: layers_per_stage "effective" layers each (the embedding and the output
+  // counting as first/last_stage_less_layers layers), else 1 per rank, 2 for looped schedules.
+  const int64_t effective = layers + first_less + last_less;
+  int64_t stages = p.pp * (multi ? 2 : 1);
   if (per_stage > 0) {
-    if (layers % per_stage != 0 || (layers / per_stage) % p.pp != 0)
+    if (effective % per_stage != 0 || (effective / per_stage) % p.pp != 0)
       return refused(k, "parallelism.pipeline_parallel_layers_per_stage",
-                     fmt::format("must split the model's {} layers into a multiple of pp {} stages", layers, p.pp));
-    vpp = layers / per_stage / p.pp;
-    if (multi != (vpp > 1))
+                     fmt::format("must split the model's {} layers plus the first and last stage's {} + {} into a "
+                                 "multiple of pp {} stages", layers, first_less, last_less, p.pp));
+    stages = effective / per_stage;
+    if (multi != (stages > p.pp))
       return refused(k, "parallelism.pipeline_parallel_layers_per_stage",
                      multi ? "Interleaved1F1B needs at least 2 stages per rank" : sched + " needs exactly 1 stage per rank");
-  } else if (layers % (p.pp * vpp) != 0) {
-    return make_error(k.path + ": parallelism.pipeline_parallel_degree",
-                      fmt::format("the model's {} layers do not split into pp x {} equal stages", layers, vpp));
   }
+  auto split = torchtitan_split(layers, stages, first_less, last_less,
+                                k.path + ": parallelism.pipeline_parallel_first_stage_less_layers");
+  if (!split) return split.error();
+  p.vpp = stages / p.pp;
+  // loom gives each of a rank's chunks the same layers (Megatron-core's rule for uneven stages).
+  std::vector<int64_t> per_rank(static_cast<size_t>(p.pp), 0);
+  for (int64_t c = 0; c < stages; ++c) {
+    if ((*split)[static_cast<size_t>(c)] != (*split)[static_cast<size_t>(c % p.pp)])
+      return refused(k, first_less > 0 ? "parallelism.pipeline_parallel_first_stage_less_layers"
+                                       : "parallelism.pipeline_parallel_last_stage_less_layers",
+                     fmt::format("torchtitan's split {} puts unequal chunks on one rank; loom splits a rank's layers "
+                                 "equally between its chunks", stage_layers_text(*split)));
+    per_rank[static_cast<size_t>(c % p.pp)] += (*split)[static_cast<size_t>(c)];
+  }
+  if (std::any_of(per_rank.begin(), per_rank.end(), [&](int64_t x) { return x != per_rank.front(); }))
+    p.stage_layers = per_rank;
   p.schedule = lower == "gpipe" ? Schedule::gpipe : multi ? Schedule::interleaved : Schedule::one_f_one_b;
-  p.vpp = vpp;
   p.micro_batch = mb;
   return ok_status();
 }
@@ -408,6 +423,12 @@ Expected<Plan> plan_from_torchtitan(const ImportOptions& o) {
   if (st) st = tt_pipeline(*k, plan.model.layers, p);
   if (st) st = tt_batch(*k, b, p, plan.train);
   if (st) st = tt_recompute(*k, p);
+  if (st && b.cpu_offload) {
+    if (p.zero != 3)
+      return refused(*k, "training.enable_cpu_offload", "loom prices CPU offload with FSDP resharding after forward "
+                                                         "(fsdp_reshard_after_forward = \"always\", ZeRO-3)");
+    p.offload = Offload::optimizer_params;
+  }
   if (!st) return st.error();
   if (plan.train.seq % (2 * p.tp) != 0)  // parallelize.py asserts seq_len % (tp x 2 cp) == 0
     return refused(*k, "training.seq_len", fmt::format("torchtitan needs a multiple of 2 x tp = {}", 2 * p.tp));

@@ -11,6 +11,7 @@
 
 #include "planner/cli/command.hpp"
 #include "planner/cli/inputs.hpp"
+#include "planner/cli/offload_cli.hpp"
 #include "planner/cli/report.hpp"
 #include "planner/cli/flags.hpp"
 #include "planner/search.hpp"
@@ -19,6 +20,7 @@
 #include "sim/cost_model.hpp"
 #include "sim/simulator.hpp"
 #include "sim/spec_json.hpp"
+#include "sim/stage_split.hpp"
 
 namespace loom::cli {
 
@@ -52,6 +54,8 @@ SearchPins pins_from(const PlanOptions& o) {
   p.max_tp = o.max_tp;
   p.micro_batch = f.micro_batch;
   p.vpp = f.vpp;
+  p.ep = f.ep;
+  p.etp = f.etp;
   if (f.zero) p.zero = static_cast<int>(*f.zero);
   p.recompute = enum_pin<Recompute>(f.recompute, recompute_names());
   if (!f.sp.empty()) p.sp = f.sp == "on";
@@ -60,6 +64,15 @@ SearchPins pins_from(const PlanOptions& o) {
   if (!f.order.empty()) p.order = f.order;
   p.dp_bucket_bytes = o.job.dp_bucket_bytes;
   return p;
+}
+
+// --stage-layers, parsed: a pin on the search (it fixes pp to its length).
+Status pin_stage_layers(const PlanOptions& o, SearchPins& pins) {
+  if (o.par.stage_layers.empty()) return ok_status();
+  auto v = parse_stage_layers(o.par.stage_layers, "--stage-layers");
+  if (!v) return v.error();
+  pins.stage_layers = *v;
+  return ok_status();
 }
 
 double gib(int64_t b) { return static_cast<double>(b) / 1073741824.0; }
@@ -218,7 +231,14 @@ Expected<Job> plan_job(const PlanOptions& o) {
 constexpr size_t kShortlist = 256;
 
 Expected<SearchResult> run_search(const PlanOptions& o, const Job& job) {
-  auto space = make_search_space(job.model, job.cluster, job.train, pins_from(o));
+  SearchPins pins = pins_from(o);
+  if (auto st = pin_stage_layers(o, pins); !st) return st.error();
+  if (!o.par.offload.empty()) {
+    auto off = parse_offload_choices(o.par.offload);
+    if (!off) return off.error();
+    pins.offload = *off;
+  }
+  auto space = make_search_space(job.model, job.cluster, job.train, pins);
   if (!space) return space.error();
   SearchOptions so;
   // The shortlist the simulator may grow into: the ranked candidates kept beyond --top.

@@ -6,11 +6,13 @@
 #include "planner/cli/command.hpp"
 #include "planner/cli/flags.hpp"
 #include "planner/cli/inputs.hpp"
+#include "planner/cli/offload_cli.hpp"
 #include "planner/cli/report.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/json_reader.hpp"
 #include "sim/plan.hpp"
 #include "sim/spec_json.hpp"
+#include "sim/stage_split.hpp"
 #include "sim/validate.hpp"
 
 namespace loom::cli {
@@ -61,7 +63,19 @@ Expected<ParallelConfig> parallel_from_flags(const PredictOptions& o, const Clus
   p.schedule = static_cast<Schedule>(index_of(schedule_names(), f.schedule.empty() ? "1f1b" : f.schedule));
   p.vpp = f.vpp.value_or(1);
   if (p.vpp < 1) return make_error("--vpp", "must be >= 1");
+  p.ep = f.ep.value_or(1);  // MoE; a dense model refuses ep or etp > 1 (validate_config)
+  p.etp = f.etp.value_or(1);
   if (!f.order.empty()) p.order = f.order;
+  if (!f.stage_layers.empty()) {
+    auto v = parse_stage_layers(f.stage_layers, "--stage-layers");
+    if (!v) return v.error();
+    p.stage_layers = *v;
+  }
+  if (!f.offload.empty()) {
+    auto off = parse_offload(f.offload);
+    if (!off) return off.error();
+    p.offload = *off;
+  }
   p.dp_comm = static_cast<DpComm>(index_of(dp_comm_names(), o.dp_comm));
   if (o.ps_servers < 0) return make_error("--ps-servers", "must be >= 0");
   p.ps_servers = o.ps_servers;
@@ -101,6 +115,7 @@ int run_predict(const PredictOptions& o) {
   if (auto st = apply_memory_headroom(plan->cluster, o.par.memory_headroom); !st) return fail(st.error());
   CostModel cm(plan->model, plan->cluster, plan->train);
   plan->prediction = cm.evaluate(plan->parallel);
+  if (auto st = check_host_memory_fits(plan->prediction); !st) return fail(st.error());
   if (!o.out_path.empty()) {
     auto st = write_text_file_atomic(o.out_path, plan_to_json(*plan).dump(2) + "\n");
     if (!st) return fail(st.error());

@@ -4,11 +4,13 @@
 #include <fmt/core.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 
 #include "planner/cli/command.hpp"
 #include "planner/cli/inputs.hpp"
+#include "planner/cli/offload_cli.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/json_reader.hpp"
 #include "sim/plan.hpp"
@@ -28,6 +30,8 @@ struct SimulateOptions {
   bool json = false;
   bool no_overlap = false;
   bool no_contention = false;
+  std::string stage_layers;
+  std::string offload;
 };
 
 std::string table(const SimResult& r, double wall_s) {
@@ -42,6 +46,13 @@ std::string table(const SimResult& r, double wall_s) {
   for (const StageSim& st : r.stages) row(std::to_string(st.stage), st.time, std::to_string(st.peak_in_flight));
   row("step", r.time, "");
   s += "(seconds; communication columns are exposed time; in flight: peak micro-batch chunks held)\n";
+  if (r.time.host_comm_s > 0 || std::any_of(r.stages.begin(), r.stages.end(), [](const StageSim& x) {
+        return x.time.host_comm_s > 0;
+      })) {  // offload: the host link's exposed copies, beside the columns above
+    s += "host-link copies (exposed, offload):";
+    for (const StageSim& st : r.stages) s += fmt::format(" stage {} {:.4f} s", st.stage, st.time.host_comm_s);
+    s += "\n";
+  }
   s += fmt::format("{} tasks, {} edges, simulated in {:.1f} ms", r.task_count, r.edge_count, wall_s * 1e3);
   if (r.contention_s > 0)
     s += fmt::format("; link sharing stretched collectives by {:.4f} s, summed over tasks", r.contention_s);
@@ -51,6 +62,8 @@ std::string table(const SimResult& r, double wall_s) {
 int run_simulate(const SimulateOptions& o) {
   auto plan = load_plan(o.plan_path);
   if (!plan) return fail(plan.error());
+  if (auto st = apply_stage_layers(*plan, o.stage_layers); !st) return fail(st.error());
+  if (auto st = apply_offload(*plan, o.offload); !st) return fail(st.error());
   const ParallelConfig& p = plan->parallel;
   auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order);
   if (!grid) return fail(grid.error());
@@ -107,6 +120,9 @@ void add_simulate(CLI::App& app, Run& run) {
   cmd->add_flag("--json", o->json, "print JSON instead of a table");
   cmd->add_flag("--no-overlap", o->no_overlap, "communication blocks compute (no overlap)");
   cmd->add_flag("--no-contention", o->no_contention, "ignore NIC sharing between stages' dp traffic");
+  cmd->add_option("--stage-layers", o->stage_layers, "override the plan's layers per pipeline stage, e.g. 7,8,8,7");
+  cmd->add_option("--offload", o->offload,
+                  "override the plan's offload: none, optimizer, optimizer+params or activations");
   cmd->callback([o, &run] { run = [o] { return run_simulate(*o); }; });
 }
 

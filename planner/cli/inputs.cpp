@@ -6,6 +6,7 @@
 #include "sim/cost_model.hpp"
 #include "sim/json_reader.hpp"
 #include "sim/spec_json.hpp"
+#include "sim/stage_split.hpp"
 #include "sim/validate.hpp"
 #include "sim/zoo.hpp"
 
@@ -29,6 +30,10 @@ void add_job_options(CLI::App& cmd, JobOptions& o) {
   cmd.add_option("--dp-bucket-bytes", o.dp_bucket_bytes,
                  "gradient bucket for DP overlap (default 40e6 elements of grad dtype, Megatron-core's)")
       ->transform(Integer(1, limits::kBytes));
+  cmd.add_option("--moe-capacity-factor", o.moe_capacity_factor,
+                 "MoE: each expert's capacity as a multiple of its mean token load; expert GEMMs and all-to-alls "
+                 "are priced padded to it (default 1.25, the Switch Transformer's)")
+      ->transform(Number(0, 1e6, Bound::exclusive));
   cmd.add_flag("--json", o.json, "print JSON instead of tables");
 }
 
@@ -40,6 +45,11 @@ void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
   };
   cmd.add_option("--tp", o.tp, text("the tensor-parallel size", "required unless --plan"))->transform(Integer(1, limits::kGpus));
   cmd.add_option("--pp", o.pp, text("the pipeline-parallel size", "required unless --plan"))->transform(Integer(1, limits::kGpus));
+  cmd.add_option("--ep", o.ep, text("the expert-parallel size (MoE models; divides the experts and, with --etp, tp x dp)",
+                                    "default 1"))
+      ->transform(Integer(1, limits::kGpus));
+  cmd.add_option("--etp", o.etp, text("the expert tensor-parallel size (MoE models; <= tp)", "default 1"))
+      ->transform(Integer(1, limits::kGpus));
   cmd.add_option("--dp", o.dp, text("the data-parallel size", "default gpus / (tp x pp)"))->transform(Integer(1, limits::kGpus));
   cmd.add_option("--zero", o.zero, text("the ZeRO stage 0-3 (3 = FSDP full shard)", "default 0"))
       ->transform(Integer(INT32_MIN, INT32_MAX));  // decimal, an int (the stage rule is checked later)
@@ -57,6 +67,16 @@ void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
   cmd.add_option("--vpp", o.vpp,
                  text("the virtual stages per rank (> 1: the interleaved schedule)", "default 1"))
       ->transform(Integer(1, limits::kLayers));
+  cmd.add_option("--stage-layers", o.stage_layers,
+                 pin ? "pin the layers of each pipeline stage, first to last, e.g. 7,8,8,7 (sets pp; default: the even "
+                       "split and splits with lighter first and last stages are searched)"
+                     : "the layers of each pipeline stage, first to last, e.g. 7,8,8,7: pp entries summing to the "
+                       "layers, each a multiple of vpp (default layers / pp each)");
+  cmd.add_option("--offload", o.offload,
+                 pin ? "offload choices to search: none, optimizer, optimizer+params, activations, a comma-separated "
+                       "list of them, or any (default none)"
+                     : "state kept in host memory: none, optimizer (ZeRO-Offload), optimizer+params (ZeRO-3 only) or "
+                       "activations (instead of recompute) (default none)");
   cmd.add_option("--order", o.order,
                  pin ? "pin the rank order, innermost first (default: every order that changes the links)"
                      : "rank order, innermost first, Megatron-core style (default tp-dp-pp)");
@@ -66,6 +86,20 @@ void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
                  "count, such as lazily created NCCL buffers, cuBLAS algorithm workspaces and allocator growth, "
                  "so a plan that fits on paper does not run out of memory at its first step)")
       ->transform(Number(0, 1));
+}
+
+Status apply_stage_layers(Plan& plan, const std::string& text) {
+  if (text.empty()) return ok_status();
+  auto v = parse_stage_layers(text, "--stage-layers");
+  if (!v) return v.error();
+  plan.parallel.stage_layers = *v;
+  auto st = validate_config(plan.model, plan.cluster, plan.train, plan.parallel, [](const std::string& f) {
+    return f == "stage_layers" ? std::string("--stage-layers") : "--stage-layers: the plan's " + f;
+  });
+  if (!st) return st;
+  CostModel cm(plan.model, plan.cluster, plan.train);
+  plan.prediction = cm.evaluate(plan.parallel);
+  return ok_status();
 }
 
 Status apply_memory_headroom(ClusterSpec& cluster, const std::optional<double>& headroom) {
@@ -136,6 +170,7 @@ Expected<Job> load_job(const JobOptions& o) {
   job.train.cross_entropy = o.cross_entropy == "fused" ? CrossEntropy::fused : CrossEntropy::unfused;
   job.train.dp_bucket_bytes = o.dp_bucket_bytes.value_or(40'000'000 * dtype_bytes(job.train.grad_dtype));
   if (job.train.dp_bucket_bytes < 1) return make_error("--dp-bucket-bytes", "must be >= 1");
+  if (o.moe_capacity_factor) job.train.moe_capacity_factor = *o.moe_capacity_factor;
   // Tokens, activations and FLOPs of a step must be representable before anything (the
   // planner's search included) multiplies them: one line naming the flag.
   auto sizes = check_train_sizes(job.model, job.train, [](const std::string& f) {

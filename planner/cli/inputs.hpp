@@ -24,6 +24,7 @@ struct JobOptions {
   std::string attention = "fused";
   std::string cross_entropy = "unfused";
   std::optional<int64_t> dp_bucket_bytes;
+  std::optional<double> moe_capacity_factor;  // MoE: expert capacity over the mean load
   bool json = false;
 };
 
@@ -43,11 +44,17 @@ Expected<Job> load_job(const JobOptions& o);
 // as pins on the search (an unset one is searched). --sp takes on|off; a bare --sp means on.
 struct ParallelFlags {
   std::optional<int64_t> tp, pp, dp, zero, micro_batch, vpp;
+  std::optional<int64_t> ep, etp;              // MoE: expert-parallel and expert-tp sizes
   std::string recompute, sp, schedule, order;  // "" = not given
+  std::string stage_layers;                    // --stage-layers "8,8,7"; "" = not given
+  std::string offload;                         // --offload (planner/cli/offload_cli.hpp); "" = not given
   std::optional<double> memory_headroom;       // over the cluster's runtime_memory.memory_headroom
 };
 enum class FlagUse { configure, pin };
 void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use);
+// --stage-layers on a command that reads a plan (simulate, execute): the plan's layer split
+// replaced, checked against the plan's rules and priced again. "" leaves the plan as it is.
+Status apply_stage_layers(Plan& plan, const std::string& text);
 // Applies --memory-headroom (when given) to the cluster whose memory the fit is judged against.
 Status apply_memory_headroom(ClusterSpec& cluster, const std::optional<double>& headroom);
 

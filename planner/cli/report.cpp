@@ -2,7 +2,10 @@
 
 #include <fmt/format.h>
 
+#include "planner/cli/offload_cli.hpp"
+#include "sim/offload.hpp"
 #include "sim/spec_json.hpp"
+#include "sim/stage_split.hpp"
 
 namespace loom::cli {
 
@@ -15,8 +18,11 @@ std::string describe_config(const Estimate& e) {
   std::string s = fmt::format("dp {}  tp {}  pp {}  zero {}  micro-batch {} ({} per replica)  {}", p.dp, p.tp,
                               p.pp, p.zero, p.micro_batch, e.micro_batches, to_string(p.schedule));
   if (p.vpp > 1) s += fmt::format(" vpp {}", p.vpp);
+  if (!p.stage_layers.empty()) s += "  stage layers " + stage_layers_text(p.stage_layers);
   s += fmt::format("  recompute {}  sp {}", to_string(p.recompute), p.sp ? "on" : "off");
   if (p.order != "tp-dp-pp") s += "  order " + p.order;
+  if (p.offload != Offload::none) s += "  offload " + to_string(p.offload);
+  if (p.ep > 1 || p.etp > 1) s += fmt::format("  ep {}  etp {}", p.ep, p.etp);  // MoE
   return s;
 }
 
@@ -53,6 +59,8 @@ std::string time_table(const Estimate& e) {
   row("pipeline p2p (exposed)", t.pp_comm_s);
   row("pipeline bubble", t.bubble_s);
   row("optimizer step", t.optimizer_s);
+  if (t.host_comm_s > 0) row("host-link copies (exposed, offload)", t.host_comm_s);
+  if (t.ep_comm_s > 0) row("expert all-to-all and expert tp (MoE)", t.ep_comm_s);
   row("step", e.step_time_s);
   return s;
 }
@@ -79,6 +87,9 @@ std::string full_report(const Estimate& e, const ClusterSpec& c) {
                    static_cast<double>(e.flops_hardware));
   s += fmt::format("bytes sent per GPU per step: tp {:.3g}  dp {:.3g}  pp {:.3g}\n", static_cast<double>(e.comm.tp),
                    static_cast<double>(e.comm.dp), static_cast<double>(e.comm.pp));
+  if (e.comm.ep > 0) s += fmt::format("bytes sent per GPU per step over the expert-parallel group: {:.3g}\n",
+                                     static_cast<double>(e.comm.ep));
+  s += offload_report(e);
   if (e.parallel.dp > 1) {
     s += fmt::format("dp gradient sync alternatives: ring all-reduce {:.4f} s", e.dp_alternatives.ring_all_reduce_s);
     if (e.parallel.grad_compression > 1)

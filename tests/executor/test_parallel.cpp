@@ -230,6 +230,26 @@ TEST_CASE("PP 2 and 4 with each schedule", "[equivalence]") {
     check_plan("pp" + std::to_string(pp) + "int", config(1, 1, pp, 0, Schedule::interleaved, 2));
   }
 }
+// Uneven stages (ParallelConfig::stage_layers): pp 3 on the 8 layers, which pp does not divide
+// (1F1B, with ZeRO-1 over dp 2 sharding each stage's own parameters); pp 4 with lighter first and
+// last stages (GPipe); pp 2 interleaved with 3 and 1 layers per chunk. Each trains as one rank
+// does and every rank's memory, FLOPs and bytes are its stage's prediction exactly.
+TEST_CASE("uneven pipeline stages train as one rank, priced exactly", "[equivalence]") {
+  struct Case {
+    const char* name;
+    ParallelConfig p;
+    std::vector<int64_t> layers;
+  };
+  for (const Case& c : {Case{"uneven_pp3", config(2, 1, 3, 1), {2, 4, 2}},
+                        Case{"uneven_pp4", config(1, 1, 4, 0, Schedule::gpipe), {1, 3, 3, 1}},
+                        Case{"uneven_int", config(1, 1, 2, 0, Schedule::interleaved, 2), {6, 2}}}) {
+    INFO(c.name);
+    ParallelConfig p = c.p;
+    p.stage_layers = c.layers;
+    check_plan(c.name, p);
+  }
+}
+
 TEST_CASE("recompute selective and full", "[equivalence]") {
   check_plan("rc_sel", config(1, 2, 1, 0, Schedule::one_f_one_b, 1, Recompute::selective));
   check_plan("rc_full", config(1, 2, 2, 0, Schedule::one_f_one_b, 1, Recompute::full, true));
@@ -237,6 +257,41 @@ TEST_CASE("recompute selective and full", "[equivalence]") {
 TEST_CASE("3D: dp 2 x tp 2 x pp 2", "[equivalence]") {
   check_plan("mix_z1_int_sel", config(2, 2, 2, 1, Schedule::interleaved, 2, Recompute::selective));
   check_plan("mix_z3_full", config(2, 2, 2, 3, Schedule::one_f_one_b, 1, Recompute::full));
+}
+
+// ZB-H1 (sim/schedule.hpp) splits each layer's backward into B (input gradient) and W (the
+// GEMMs' weight gradients), W's in micro-batch order: each weight's gradient is the same sum, in
+// the same order, as under 1F1B, so losses and weights are 1F1B's bit for bit (no tolerance).
+// A stash is freed by its W, so every rank holds 1F1B's first rank's min(pp, m) micro-batches:
+// the first rank's ledger is 1F1B's, the largest stash count over ranks is 1F1B's, and each
+// rank's bytes are the cost model's exactly. Cases: pp 2 and pp 4 with 8 micro-batches, and
+// tp 2 with SP and selective recompute on pp 2 (proj's and o's weight gradients stay in B).
+TEST_CASE("zb-h1: the split backward trains as 1F1B bit for bit at 1F1B's peak, priced exactly", "[equivalence]") {
+  struct Case {
+    const char* name;
+    int64_t tp, pp;
+    Recompute rc;
+    bool sp;
+  };
+  for (const Case& c : {Case{"pp2", 1, 2, Recompute::none, false}, Case{"pp4", 1, 4, Recompute::none, false},
+                        Case{"tp2sp_pp2_sel", 2, 2, Recompute::selective, true}}) {
+    INFO(c.name);
+    const Plan zb = make_plan(config(1, c.tp, c.pp, 0, Schedule::zb_h1, 1, c.rc, c.sp));
+    const Plan f = make_plan(config(1, c.tp, c.pp, 0, Schedule::one_f_one_b, 1, c.rc, c.sp));
+    const Result rz = execute(std::string("zb_") + c.name, zb), rf = execute(std::string("zb_ref_") + c.name, f);
+    check_exact(zb, rz.report);
+    CHECK(rz.report["losses"] == rf.report["losses"]);
+    REQUIRE(rz.weights.size() == rf.weights.size());
+    CHECK(std::memcmp(rz.weights.data(), rf.weights.data(), rz.weights.size() * sizeof(float)) == 0);
+    const int64_t m = zb.train.global_batch / zb.parallel.micro_batch;
+    int64_t most_1f1b = 0;
+    for (const auto& s : rf.report["stages"]) most_1f1b = std::max(most_1f1b, s["in_flight"].get<int64_t>());
+    for (const auto& s : rz.report["stages"]) CHECK(s["in_flight"].get<int64_t>() == std::min(c.pp, m));
+    CHECK(most_1f1b == std::min(c.pp, m));
+    for (const auto& r : rz.report["ranks"])
+      for (const auto& q : rf.report["ranks"])
+        if (r["rank"] == q["rank"] && r["pp"] == 0) CHECK(r["memory_bytes"]["peak"] == q["memory_bytes"]["peak"]);
+  }
 }
 
 TEST_CASE("compare: predicted against measured, field by field", "[compare]") {
@@ -377,6 +432,28 @@ std::set<std::string> names(const std::vector<nlohmann::json>& events, const std
 }
 
 }  // namespace
+
+TEST_CASE("zb-h1: the measured trace names each B and W as loom simulate does, on every rank", "[trace]") {
+  const Plan plan = make_plan(config(1, 1, 2, 0, Schedule::zb_h1));
+  const fs::path measured_path = work_dir() / "zb.measured.trace.json";
+  const fs::path predicted_path = work_dir() / "zb.predicted.trace.json";
+  execute("zb_traced", plan, 2, "--trace " + measured_path.string());
+  const Run sim = run_loom("simulate " + (work_dir() / "zb_traced.json").string() + " --ranks 0-1 --trace " +
+                       predicted_path.string());
+  INFO(sim.out);
+  REQUIRE(sim.code == 0);
+  const auto m = events_by_rank(nlohmann::json::parse(slurp(measured_path)));
+  const auto p = events_by_rank(nlohmann::json::parse(slurp(predicted_path)));
+  REQUIRE(m.size() == 2);
+  for (const auto& [rank, events] : m) {
+    INFO("rank " << rank);
+    REQUIRE(p.count(rank));
+    const std::vector<std::string> compute = {"F ", "B ", "W ", "optimizer"}, pipeline = {"pp "};
+    CHECK(names(events, compute) == names(p.at(rank), compute));
+    CHECK(names(events, pipeline) == names(p.at(rank), pipeline));
+    CHECK(names(events, {"W "}).size() == static_cast<size_t>(plan.prediction.micro_batches));
+  }
+}
 
 TEST_CASE("a measured trace names what ran as loom simulate does, on every rank", "[trace]") {
   // tp 2 with SP x pp 2, full recompute: forward, recompute, backward, optimizer, SP collectives
@@ -756,34 +833,53 @@ TEST_CASE("execute's numeric flags are refused unless they are what they look li
   }
 }
 
-// `--device cuda` takes the CPU path's flags: what it cannot do yet is refused in one line naming
-// the flag and the reason, exit 2, before the module is loaded (so these run without a GPU), and
-// so is a plan it cannot run, naming the field and the rule.
-TEST_CASE("--device cuda refuses the flags and plans it cannot run yet, in one line", "[cuda_flags]") {
-  const std::string one = write_plan("cuda_one", make_plan({}));
-  const std::string ck = (work_dir() / "cuda_ck").string();
-  const std::pair<std::string, std::string> flags[] = {
-      {"--save " + ck, "loom: --save: the CUDA backend writes no checkpoints yet"},
-      {"--resume " + ck, "loom: --resume: the CUDA backend reads no checkpoints yet"},
-      {"--weights-out " + (work_dir() / "cuda.weights").string(), "loom: --weights-out: the CUDA backend does not write"},
-      {"--timeout-s 5", "loom: --timeout-s: bounds the wait on peer ranks; the CUDA backend runs one process"},
-      {"--emulate-rank 0", "loom: --emulate-rank: needs the parallel trainer"},
-      {"--die-at-step 1 --die-rank 0", "loom: --die-at-step: fault injection runs on the CPU backend only"}};
-  for (const auto& [flag, line] : flags) {
-    const Run r = run_loom("execute " + one + " --device cuda " + flag);
-    INFO(flag << ": " << r.out);
+// `--device cuda` runs the same trainer as the CPU path and takes all its flags. A plan its
+// kernels cannot run is refused in one line naming the field and the rule, exit 2, before the
+// module is loaded or anything allocated (so these run without a GPU).
+TEST_CASE("--device cuda refuses the plans its kernels cannot run, in one line", "[cuda_flags]") {
+  // tiny-gpt made bf16 with fused attention, then one field at a time made wrong.
+  auto cuda_plan = [](ParallelConfig p, auto&& edit) {
+    Plan plan = make_plan(p);
+    plan.train.dtype = Dtype::bf16;
+    plan.train.grad_dtype = Dtype::bf16;
+    plan.train.attention = Attention::fused;
+    edit(plan);
+    plan.prediction = CostModel(plan.model, plan.cluster, plan.train).evaluate(plan.parallel);
+    return plan;
+  };
+  auto head64 = [](Plan& p) {  // head size 64, seq 64: what the kernels take
+    p.model.hidden = 128;
+    p.model.heads = 2;
+    p.model.kv_heads = 2;
+    p.model.ffn_hidden = 512;
+    p.model.seq_len = 64;
+    p.train.seq = 64;
+  };
+  const std::pair<Plan, std::string> plans[] = {
+      {make_plan(config(2, 1, 1)), "loom: train.dtype: the CUDA backend computes in bf16"},
+      {cuda_plan(config(1, 2, 1), [](Plan& p) { p.train.attention = Attention::unfused; }),
+       "loom: train.attention: the CUDA backend runs the fused attention kernel"},
+      {cuda_plan(config(1, 1, 2), [](Plan&) {}), "loom: model.head_dim: the CUDA attention kernel runs head size 64 or 128 (got 8)"},
+      {cuda_plan(config(1, 1, 1), [&](Plan& p) { head64(p); p.train.seq = 32; p.model.seq_len = 32; }),
+       "loom: train.seq: the CUDA attention kernel needs a positive multiple of 64 (got 32)"}};
+  for (const auto& [plan, line] : plans) {
+    const Run r = run_loom("execute " + write_plan("cuda_plan", plan) + " --device cuda --lr 1e-4");
+    INFO(r.out);
     CHECK(r.code == 2);
     CHECK(r.out.rfind(line, 0) == 0);
     CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
   }
-  const std::pair<ParallelConfig, std::string> plans[] = {
-      {config(2, 1, 1), "loom: parallel.dp: the CUDA backend runs one GPU (dp = tp = pp = 1)"},
-      {config(1, 2, 1), "loom: parallel.tp: the CUDA backend runs one GPU (dp = tp = pp = 1)"},
-      {config(1, 1, 2), "loom: parallel.pp: the CUDA backend runs one GPU (dp = tp = pp = 1)"},
-      {config(1, 1, 1), "loom: train.dtype: the CUDA backend trains in bf16"}};
-  for (const auto& [p, line] : plans) {
-    const Run r = run_loom("execute " + write_plan("cuda_plan", make_plan(p)) + " --device cuda --lr 1e-4");
-    INFO(r.out);
+  // A plan the kernels take: --emulate-rank keeps its rules; the flags the separate CUDA path
+  // refused (--save, --resume, --timeout-s, faults) are forwarded, so what stops this run is the
+  // machine (no module in a CPU-only build, no GPU in a CUDA build without one), named as --device.
+  const std::string ok = write_plan("cuda_ok", cuda_plan(config(1, 1, 1), head64));
+  const std::pair<std::string, std::string> flags[] = {
+      {"--emulate-rank 1", "loom: --emulate-rank: must be below the plan's 1 ranks"},
+      {"--emulate-rank 0 --save " + (work_dir() / "cuda_ck").string(), "loom: --emulate-rank: trains no real model"},
+      {"--save " + (work_dir() / "cuda_ck").string() + " --timeout-s 5 --die-at-step 1 --die-rank 0", "loom: --device: "}};
+  for (const auto& [flag, line] : flags) {
+    const Run r = run_loom("execute " + ok + " --device cuda " + flag);
+    INFO(flag << ": " << r.out);
     CHECK(r.code == 2);
     CHECK(r.out.rfind(line, 0) == 0);
     CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);

@@ -1,0 +1,142 @@
+#include "sim/stage_split.hpp"
+
+#include <algorithm>
+#include <charconv>
+
+namespace loom {
+
+namespace {
+std::string s(int64_t v) { return std::to_string(v); }
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t round_up(int64_t a, int64_t m) { return ceil_div(a, m) * m; }
+}  // namespace
+
+Status check_stage_layers(const ModelSpec& m, const ParallelConfig& p, const FieldNamer& name) {
+  const auto& v = p.stage_layers;
+  auto fail = [&](const std::string& rule) -> Status { return Error{name("stage_layers") + ": " + rule}; };
+  if (static_cast<int64_t>(v.size()) != p.pp)
+    return fail("must give one layer count per pipeline stage, pp = " + s(p.pp) + " (got " + s(static_cast<int64_t>(v.size())) +
+                " entries: " + stage_layers_text(v) + ")");
+  int64_t sum = 0;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (v[i] < 1 || v[i] > m.layers)
+      return fail("each stage must hold 1 to " + s(m.layers) + " layers (got " + s(v[i]) + " on stage " + s(static_cast<int64_t>(i)) + ")");
+    if (v[i] % p.vpp != 0)
+      return fail("each stage's layers must be a multiple of vpp " + s(p.vpp) + ", equal per chunk (got " + s(v[i]) +
+                  " on stage " + s(static_cast<int64_t>(i)) + ")");
+    sum += v[i];
+  }
+  if (sum != m.layers) return fail("must sum to the model's " + s(m.layers) + " layers (got " + s(sum) + ")");
+  return ok_status();
+}
+
+void read_stage_layers(ObjectReader& r, const nlohmann::json& j, std::vector<int64_t>& out) {
+  if (r.failed() || !r.has("stage_layers")) return;
+  r.skip("stage_layers");
+  const nlohmann::json& v = j.at("stage_layers");
+  if (!v.is_array() || v.empty() || static_cast<int64_t>(v.size()) > limits::kGpus)
+    return r.fail("stage_layers", "must be an array of 1 to " + std::to_string(limits::kGpus) + " layer counts");
+  for (const auto& x : v) {
+    if (!x.is_number_integer() || x.get<int64_t>() < 1 || x.get<int64_t>() > limits::kLayers)
+      return r.fail("stage_layers", "each entry must be an integer in [1, " + std::to_string(limits::kLayers) +
+                                        "] (got " + x.dump() + ")");
+    out.push_back(x.get<int64_t>());
+  }
+}
+
+std::string stage_layers_text(const std::vector<int64_t>& v) {
+  std::string out;
+  for (int64_t x : v) {
+    if (!out.empty()) out += ',';
+    out += s(x);
+  }
+  return out;
+}
+
+Expected<std::vector<int64_t>> parse_stage_layers(const std::string& text, const std::string& where) {
+  std::vector<int64_t> out;
+  size_t start = 0;
+  while (true) {
+    const size_t end = std::min(text.find(',', start), text.size());
+    const std::string item = text.substr(start, end - start);
+    int64_t v = 0;
+    const auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
+    if (item.empty() || ec != std::errc() || ptr != item.data() + item.size() || v < 1 || v > limits::kLayers)
+      return make_error(where, "must be layer counts per stage, integers in [1, " + s(limits::kLayers) +
+                                   "] separated by commas (got \"" + text + "\")");
+    if (static_cast<int64_t>(out.size()) >= limits::kGpus)
+      return make_error(where, "must have at most " + s(limits::kGpus) + " entries");
+    out.push_back(v);
+    if (end == text.size()) return out;
+    start = end + 1;
+  }
+}
+
+std::vector<std::vector<int64_t>> stage_split_candidates(int64_t L, int64_t pp, int64_t vpp) {
+  std::vector<std::vector<int64_t>> out;
+  if (L % (pp * vpp) == 0) out.push_back({});
+  if (pp < 2) return out.empty() ? std::vector<std::vector<int64_t>>{{}} : out;
+  auto even = [&](const std::vector<int64_t>& v) {
+    return std::all_of(v.begin(), v.end(), [&](int64_t x) { return x * pp == L; });
+  };
+  auto offer = [&](int64_t c, int64_t first, int64_t last) {
+    if (first < vpp || last < vpp || first > c || last > c || first % vpp != 0 || last % vpp != 0) return;
+    std::vector<int64_t> v(static_cast<size_t>(pp), c);
+    v.front() = first, v.back() = last;
+    if (even(v) || std::find(out.begin(), out.end(), v) != out.end()) return;
+    out.push_back(std::move(v));
+  };
+  const int64_t c0 = round_up(ceil_div(L, pp), vpp);
+  for (int64_t c : {c0, c0 + vpp}) {
+    if (pp == 2) {  // two stages: c is the first stage's count, the last takes the rest
+      offer(L, c, L - c);
+      continue;
+    }
+    const int64_t rest = L - (pp - 2) * c;  // what the first and last stage share
+    offer(c, c, rest - c);
+    const int64_t half = round_up(ceil_div(rest, 2), vpp);
+    offer(c, half, rest - half);
+  }
+  if (out.empty()) out.push_back({});
+  return out;
+}
+
+std::optional<FirstLastLayers> megatron_first_last(const std::vector<int64_t>& v) {
+  if (v.size() < 2) return FirstLastLayers{};
+  if (v.size() == 2) return v[0] == v[1] ? FirstLastLayers{} : FirstLastLayers{v[0], v[1]};
+  const int64_t c = v[1];
+  for (size_t i = 1; i + 1 < v.size(); ++i)
+    if (v[i] != c) return std::nullopt;
+  return FirstLastLayers{v.front() == c ? 0 : v.front(), v.back() == c ? 0 : v.back()};
+}
+
+Expected<std::vector<int64_t>> megatron_split(int64_t layers, int64_t pp, int64_t first, int64_t last,
+                                              const std::string& where) {
+  const int64_t given = (first > 0) + (last > 0), left = layers - first - last, stages = pp - given;
+  if (pp < 2 || given == 0) return std::vector<int64_t>{};
+  if (left < 0 || (stages == 0 && left != 0) || (stages > 0 && (left < stages || left % stages != 0)))
+    return make_error(where, "the layers left by --decoder-first/last-pipeline-num-layers (" + s(layers) + " - " +
+                                 s(first + last) + ") must split evenly over the other " + s(stages) + " stages");
+  const int64_t c = stages > 0 ? left / stages : 0;
+  std::vector<int64_t> v(static_cast<size_t>(pp), c);
+  if (first > 0) v.front() = first;
+  if (last > 0) v.back() = last;
+  if (std::all_of(v.begin(), v.end(), [&](int64_t x) { return x == v.front(); })) return std::vector<int64_t>{};
+  return v;
+}
+
+Expected<std::vector<int64_t>> torchtitan_split(int64_t layers, int64_t stages, int64_t a, int64_t b,
+                                                const std::string& where) {
+  if (stages <= 1) return std::vector<int64_t>(1, layers);
+  const int64_t E = layers + a + b, base = E / stages, extra = E % stages;
+  if (base < 1 || a > base || b > base)
+    return make_error(where, "torchtitan needs each less-layers count <= the even share of (layers + both) / stages = " +
+                                 s(base) + " (got " + s(a) + " and " + s(b) + ")");
+  std::vector<int64_t> v;
+  for (int64_t i = 0; i < stages; ++i) v.push_back(base + (i < extra ? 1 : 0) - (i == 0 ? a : i == stages - 1 ? b : 0));
+  if (std::any_of(v.begin(), v.end(), [](int64_t x) { return x < 1; }))
+    return make_error(where, "torchtitan would leave a stage without layers");
+  return v;
+}
+
+}  // namespace loom
