@@ -2,6 +2,7 @@
 // the winner as a plan.json (issue 4).
 #include <cmath>
 #include <fmt/core.h>
+#include <fmt/ranges.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include "planner/cli/flags.hpp"
 #include "planner/search.hpp"
 #include "sim/json_reader.hpp"
+#include "sim/offload.hpp"
 #include "sim/plan.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/simulator.hpp"
@@ -90,6 +92,16 @@ std::string table_header() {
                      "step s", "sim s", "tokens/s", "TFLOP/s", "MFU", "peak / capacity GiB");
 }
 
+// What a row sets beyond the dense columns, after them and only where set (expert parallelism,
+// an uneven pipeline split, offload), so rows that differ only there read apart.
+std::string row_extras(const ParallelConfig& p) {
+  std::string out;
+  if (p.ep > 1 || p.etp > 1) out += fmt::format("  ep {} etp {}", p.ep, p.etp);
+  if (!p.stage_layers.empty()) out += fmt::format("  stages {}", fmt::join(p.stage_layers, ","));
+  if (p.offload != Offload::none) out += "  offload " + to_string(p.offload);
+  return out;
+}
+
 // Tokens/s, TFLOP/s and MFU are each inversely proportional to the step time (the same tokens
 // and model FLOPs per step), so the row shows them at the time it was ranked by.
 std::string table_row(size_t rank, const Estimate& e) {
@@ -97,11 +109,11 @@ std::string table_row(size_t rank, const Estimate& e) {
   const double scale = e.step_time_s > 0 ? e.step_time_s / ranked_step_s(e) : 1.0;
   const std::string sim = e.simulated_step_time_s > 0 ? fmt::format("{:.3f}", e.simulated_step_time_s) : "-";
   return fmt::format("{:>3} {:>5} {:>3} {:>3} {:>4} {:>4} {:<11} {:>3} {:<9} {:<3} {:<4} {:<8} {:>8.3f} {:>8} {:>10.0f} "
-                     "{:>7.1f} {:>4.1f}%  {:.1f} / {:.1f}\n",
+                     "{:>7.1f} {:>4.1f}%  {:.1f} / {:.1f}{}\n",
                      rank, p.dp, p.tp, p.pp, p.zero, p.micro_batch, to_string(p.schedule), p.vpp,
                      to_string(p.recompute), p.sp ? "on" : "off", to_string(e.train.grad_dtype), p.order,
                      e.step_time_s, sim, scale * e.tokens_per_s, scale * e.tflops_per_gpu, 100 * scale * e.mfu,
-                     gib(e.memory.peak()), gib(e.capacity_bytes));
+                     gib(e.memory.peak()), gib(e.capacity_bytes), row_extras(p));
 }
 
 std::string table(const std::vector<Estimate>& top) {
