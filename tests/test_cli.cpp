@@ -375,3 +375,16 @@ TEST_CASE("JSON documents carry schema_version 1; readers refuse another version
   expect_rejected("predict --plan " + temp_file("schema_str.json", newer.dump()),
                   "schema_str.json: /prediction/schema_version: unknown schema version: this loom reads version 1 (got \"1\")");
 }
+
+TEST_CASE("plan rows name an uneven stage split after the row, runs of equal stages folded", "[cli-plan-extras]") {
+  LoomRun r = run_loom("plan --model gpt2-350m --cluster dgx-a100 --gpus 4 --global-batch 16 --pp 4 --tp 1 "
+                       "--stage-layers 7,7,7,3 --top 1");
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("  stages 7x3,3\n") != std::string::npos);
+  // A dense, even plan's rows end at the memory column, as before.
+  LoomRun even = run_loom("plan --model gpt2-350m --cluster dgx-a100 --gpus 4 --global-batch 16 --pp 1 --tp 1 --top 1");
+  REQUIRE(even.code == 0);
+  CHECK(even.out.find("  stages ") == std::string::npos);
+  CHECK(even.out.find("  ep ") == std::string::npos);
+}

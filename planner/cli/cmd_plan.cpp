@@ -2,7 +2,6 @@
 // the winner as a plan.json (issue 4).
 #include <cmath>
 #include <fmt/core.h>
-#include <fmt/ranges.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -92,12 +91,24 @@ std::string table_header() {
                      "step s", "sim s", "tokens/s", "TFLOP/s", "MFU", "peak / capacity GiB");
 }
 
+// A stage split with runs of equal counts folded: 1,2x62,1 for 1,2,2,...,2,1.
+std::string folded_split(const std::vector<int64_t>& layers) {
+  std::string out;
+  for (size_t i = 0; i < layers.size();) {
+    size_t j = i;
+    while (j < layers.size() && layers[j] == layers[i]) ++j;
+    out += (out.empty() ? "" : ",") + std::to_string(layers[i]) + (j - i > 1 ? "x" + std::to_string(j - i) : "");
+    i = j;
+  }
+  return out;
+}
+
 // What a row sets beyond the dense columns, after them and only where set (expert parallelism,
 // an uneven pipeline split, offload), so rows that differ only there read apart.
 std::string row_extras(const ParallelConfig& p) {
   std::string out;
   if (p.ep > 1 || p.etp > 1) out += fmt::format("  ep {} etp {}", p.ep, p.etp);
-  if (!p.stage_layers.empty()) out += fmt::format("  stages {}", fmt::join(p.stage_layers, ","));
+  if (!p.stage_layers.empty()) out += "  stages " + folded_split(p.stage_layers);
   if (p.offload != Offload::none) out += "  offload " + to_string(p.offload);
   return out;
 }
