@@ -238,50 +238,26 @@ void moe_buffers(std::vector<Buffer>& v, const MoeStage& s, const ParallelConfig
   add("expert backward scratch", MemCategory::workspace, s.e * s.R * (s.h + 3 * s.fe / s.etp));
 }
 
-namespace {
-
-Op moe_gemm(const char* name, Pass pass, int64_t M, int64_t N, int64_t K, int64_t count) {
-  Op o;
-  o.name = name;
-  o.kind = pass == Pass::backward ? OpKind::gemm_bwd : OpKind::gemm;
-  o.pass = pass;
-  o.m = static_cast<double>(M), o.n = static_cast<double>(N), o.k = static_cast<double>(K);
-  o.flops = (pass == Pass::backward ? 4 : 2) * FlopCount(M) * N * K;  // backward: two GEMMs
-  o.count = count;
-  return o;
-}
-
-Op moe_memory(const char* name, Pass pass, double bytes, int64_t count) {
-  Op o;
-  o.name = name;
-  o.kind = OpKind::memory;
-  o.pass = pass;
-  o.bytes = bytes;
-  o.count = count;
-  o.scale = pass == Pass::backward ? 1.5 : 1;
-  return o;
-}
-
-}  // namespace
-
 void moe_ops(std::vector<Op>& ops, const MoeStage& s, Pass pass) {
   const int64_t L = s.layers;
   if (L <= 0) return;
-  ops.push_back(moe_gemm("router", pass, s.Tr, s.E, s.h, L));
-  ops.push_back(moe_gemm("expert gate|up", pass, s.R, 2 * s.fe / s.etp, s.h, L));
-  ops.push_back(moe_gemm("expert down", pass, s.R, s.h, s.fe / s.etp, L));
+  ops.push_back(gemm("router", pass, s.Tr, s.E, s.h, L));
+  ops.push_back(gemm("expert gate|up", pass, s.R, 2 * s.fe / s.etp, s.h, L));
+  ops.push_back(gemm("expert down", pass, s.R, s.h, s.fe / s.etp, L));
   if (s.fs > 0) {
-    ops.push_back(moe_gemm("shared expert gate|up", pass, s.T, 2 * s.fs / s.t, s.h, L));
-    ops.push_back(moe_gemm("shared expert down", pass, s.T, s.h, s.fs / s.t, L));
+    ops.push_back(gemm("shared expert gate|up", pass, s.T, 2 * s.fs / s.t, s.h, L));
+    ops.push_back(gemm("shared expert down", pass, s.T, s.h, s.fs / s.t, L));
   }
   const double e = static_cast<double>(s.e);
+  // Backward elementwise kernels read two tensors and write one: 1.5x the forward's time.
+  const double bwd_scale = pass == Pass::backward ? 1.5 : 1;
   // Router: fp32 softmax and top-k read and write Tr x E scores.
-  ops.push_back(moe_memory("router softmax and top-k", pass, 2.0 * 4 * static_cast<double>(s.Tr * s.E), L));
+  ops.push_back(memory_op("router softmax and top-k", pass, 2.0 * 4 * static_cast<double>(s.Tr * s.E), L, bwd_scale));
   // Permute into the padded dispatch buffer and unpermute the combined outputs: each reads and
   // writes E C rows of h.
-  ops.push_back(moe_memory("token permute and unpermute", pass, 2 * 2 * e * static_cast<double>(s.E * s.C * s.h), L));
-  ops.push_back(moe_memory("expert swiglu", pass, 3 * e * static_cast<double>(s.R * s.fe / s.etp), L));
-  if (s.fs > 0) ops.push_back(moe_memory("shared expert swiglu", pass, 3 * e * static_cast<double>(s.T * s.fs / s.t), L));
+  ops.push_back(memory_op("token permute and unpermute", pass, 2 * 2 * e * static_cast<double>(s.E * s.C * s.h), L, bwd_scale));
+  ops.push_back(memory_op("expert swiglu", pass, 3 * e * static_cast<double>(s.R * s.fe / s.etp), L, bwd_scale));
+  if (s.fs > 0) ops.push_back(memory_op("shared expert swiglu", pass, 3 * e * static_cast<double>(s.T * s.fs / s.t), L, bwd_scale));
 }
 
 void moe_messages(std::vector<Message>& v, const MoeStage& s, const ParallelConfig& p, const TrainSpec& t) {

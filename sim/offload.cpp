@@ -14,18 +14,6 @@ void add_device(std::vector<Buffer>& v, const char* name, MemCategory c, int64_t
   if (bytes > 0) v.push_back({name, c, Lifetime::transient, bytes, Placement::device});
 }
 
-Message host_message(const char* name, MessageKind k, Pass pass, Cadence c, int64_t bytes, int64_t pieces) {
-  Message m;
-  m.name = name;
-  m.group = Group::host;
-  m.kind = k;
-  m.pass = pass;
-  m.cadence = c;
-  m.bytes = bytes;
-  m.pieces = std::max<int64_t>(1, pieces);
-  return m;
-}
-
 }  // namespace
 
 const std::vector<std::string>& offload_names() {
@@ -71,17 +59,17 @@ void offload_messages(std::vector<Message>& v, const ParallelConfig& p, const Of
   switch (p.offload) {
     case Offload::none: return;
     case Offload::optimizer:
-      v.push_back(host_message("host gradients", out, Pass::step, step, s.g * n, 1));
-      v.push_back(host_message("host weights", in, Pass::step, step, s.e * n, 1));
+      v.push_back(message("host gradients", Group::host, out, Pass::step, step, s.g * n, 1));
+      v.push_back(message("host weights", Group::host, in, Pass::step, step, s.e * n, 1));
       return;
     case Offload::optimizer_params:
-      v.push_back(host_message("host weights", in, Pass::forward, mbc, s.e * n, L));
-      v.push_back(host_message("host weights", in, Pass::backward, mbc, s.e * n, L));
-      v.push_back(host_message("host gradients", out, Pass::backward, mbc, s.g * n, L));
+      v.push_back(message("host weights", Group::host, in, Pass::forward, mbc, s.e * n, 1, L));
+      v.push_back(message("host weights", Group::host, in, Pass::backward, mbc, s.e * n, 1, L));
+      v.push_back(message("host gradients", Group::host, out, Pass::backward, mbc, s.g * n, 1, L));
       return;
     case Offload::activations:
-      v.push_back(host_message("host activations", out, Pass::forward, mbc, s.layers * s.layer_activation_bytes, L));
-      v.push_back(host_message("host activations", in, Pass::backward, mbc, s.layers * s.layer_activation_bytes, L));
+      v.push_back(message("host activations", Group::host, out, Pass::forward, mbc, s.layers * s.layer_activation_bytes, 1, L));
+      v.push_back(message("host activations", Group::host, in, Pass::backward, mbc, s.layers * s.layer_activation_bytes, 1, L));
       return;
   }
 }

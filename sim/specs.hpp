@@ -53,6 +53,16 @@ struct ModelSpec {
   int64_t expert_ffn_hidden = 0;
   int64_t dense_layers = 0;
   int64_t moe_layer_interval = 1;
+  // Multi-head latent attention (DeepSeek-V2, arXiv 2405.04434, Sec. 2.1; kv_lora_rank == 0:
+  // none). Queries come through a q_lora_rank down-projection (0: a direct hidden x heads *
+  // (qk_nope_head_dim + qk_rope_head_dim) projection), keys and values through one
+  // kv_lora_rank latent plus a qk_rope_head_dim RoPE key shared by all heads; values are
+  // v_head_dim wide per head.
+  int64_t q_lora_rank = 0;
+  int64_t kv_lora_rank = 0;
+  int64_t qk_nope_head_dim = 0;
+  int64_t qk_rope_head_dim = 0;
+  int64_t v_head_dim = 0;
   // Activated parameters published beside the total (MoE models), with its precision.
   double published_active_params = 0;
   double published_active_params_precision = 0;
@@ -65,6 +75,7 @@ struct ModelSpec {
   int64_t head_dim() const { return head_size > 0 ? head_size : hidden / heads; }
   int64_t q_dim() const { return heads * head_dim(); }
   bool is_moe() const { return experts > 0; }
+  bool is_mla() const { return kv_lora_rank > 0; }
   int64_t kv_dim() const { return kv_heads * head_dim(); }
 };
 
@@ -76,6 +87,7 @@ struct GpuSpec {
   int64_t memory_bytes = 0;
   double peak_flops_bf16 = 0;  // dense tensor-core peak, FLOP/s
   double peak_flops_fp32 = 0;  // FP32 peak used for fp32 plans, FLOP/s
+  double peak_flops_fp8 = 0;   // dense FP8 tensor-core peak, FLOP/s; 0: no FP8 (A100)
   double hbm_bytes_per_s = 0;
   std::string source;
 };
@@ -158,10 +170,13 @@ struct TrainSpec {
   // Sec. 2.2: capacity = tokens x top-k / experts x factor; GShard pads every expert to it).
   // Expert GEMMs and all-to-alls are priced at capacity, the busiest expert's load.
   double moe_capacity_factor = 1.25;
+  // FP8 training as Transformer Engine runs it (dtype stays bf16): the linear layers' GEMMs in
+  // FP8 with per-tensor scaling and the casts they need, bf16 everywhere else.
+  bool fp8 = false;
 };
 
 enum class Recompute { none, selective, full };
-enum class Schedule { gpipe, one_f_one_b, interleaved, zb_h1 };
+enum class Schedule { gpipe, one_f_one_b, interleaved, zb_h1, zb_v };
 enum class DpComm { ring, parameter_server };
 // What a GPU keeps in host memory (sim/offload.hpp): the optimizer state with the update on the
 // CPU (ZeRO-Offload); that and the weights and gradients, streamed in and out layer by layer
@@ -173,6 +188,12 @@ struct ParallelConfig {
   int64_t dp = 1;
   int64_t tp = 1;
   int64_t pp = 1;
+  // Context parallelism (Megatron-core's cp): each sequence split over cp ranks, attention as a
+  // ring passing KV blocks around the cp group. Its ranks sit between tp and dp in the order.
+  int64_t cp = 1;
+  // Megatron's --tp-comm-overlap / torchtitan's async TP: the tp all-gathers and reduce-scatters
+  // of sequence parallelism split into chunks that overlap the GEMMs beside them.
+  bool tp_comm_overlap = false;
   // Expert parallelism (MoE models only): the experts of a layer are split over ep ranks and
   // each expert's FFN over etp ranks. The expert grid reuses the dense grid's tp x dp ranks of a
   // stage (Megatron-core): ep * etp divides tp * dp, and ep divides experts.
@@ -195,7 +216,7 @@ struct ParallelConfig {
   double grad_compression = 1; // original / sent bytes of DP gradient traffic (>= 1)
   Offload offload = Offload::none;
 
-  int64_t gpus() const { return dp * tp * pp; }
+  int64_t gpus() const { return dp * tp * pp * cp; }
 };
 
 // Layers on pipeline stage `stage` of a model of `layers` layers: stage_layers[stage], or the

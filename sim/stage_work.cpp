@@ -170,6 +170,8 @@ void runtime_buffers(std::vector<Buffer>& v, const ClusterSpec& c, const Paralle
 
 // ---- Ops of one micro-batch -------------------------------------------------------------
 
+}  // namespace
+
 Op gemm(const char* name, Pass pass, int64_t M, int64_t N, int64_t K, int64_t count) {
   Op o;
   o.name = name;
@@ -181,7 +183,7 @@ Op gemm(const char* name, Pass pass, int64_t M, int64_t N, int64_t K, int64_t co
   return o;
 }
 
-Op memory_op(const char* name, Pass pass, double bytes, int64_t count, double scale = 1) {
+Op memory_op(const char* name, Pass pass, double bytes, int64_t count, double scale) {
   Op o;
   o.name = name;
   o.kind = OpKind::memory;
@@ -191,6 +193,8 @@ Op memory_op(const char* name, Pass pass, double bytes, int64_t count, double sc
   o.scale = scale;
   return o;
 }
+
+namespace {
 
 // One layer's forward GEMMs (Megatron's column- then row-parallel pairs): QKV (T, (q+2kv)/t, h),
 // projection (T, h, q/t), MLP fc1/fc2 (GELU) or fused gate|up and down (SwiGLU).
@@ -299,10 +303,14 @@ void stage_ops(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& tr, co
 
 // ---- Messages ---------------------------------------------------------------------------
 
+}  // namespace
+
 Message message(const char* name, Group g, MessageKind k, Pass pass, Cadence c, int64_t bytes, int64_t count,
-                int64_t pieces = 1) {
-  return Message{name, g, k, pass, c, bytes, count, pieces};
+                int64_t pieces) {
+  return Message{name, g, k, pass, c, bytes, count, std::max<int64_t>(1, pieces)};
 }
+
+namespace {
 
 // Tensor parallel (Megatron; Shoeybi et al. 2019, Sec. 3): per layer two all-reduces of
 // b s h forward and two backward, two more in a full recompute's forward. Counted in halves:

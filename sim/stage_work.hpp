@@ -62,6 +62,13 @@ struct Op {
   double scale = 1;                       // time multiplier of one call (see stage_work.cpp)
 };
 
+// The op and message constructors every part of a stage's description uses (dense layers,
+// MoE layers, offload). gemm: the (M, N, K) product of `pass`, 2MNK FLOPs forward and 4MNK
+// backward (the input- and the weight-gradient products); `count` calls per micro-batch.
+Op gemm(const char* name, Pass pass, int64_t M, int64_t N, int64_t K, int64_t count);
+// A memory-bound kernel moving `bytes` per call; `scale` multiplies its time.
+Op memory_op(const char* name, Pass pass, double bytes, int64_t count, double scale = 1);
+
 // Activation bytes one layer keeps for backward, for one micro-batch on one tp rank.
 struct LayerActivationBytes {
   int64_t tensors = 0;     // the tensors of Korthikanti et al. Table 2 (for GPT, equal to it)
@@ -104,6 +111,10 @@ struct Message {
                                    // ZeRO-3's layer-by-layer gathers): each pays its latency
   int64_t ranks = 0;               // ranks it spans; 0: its group's size
 };
+// A message of `count` calls (per micro-batch or per step) of `bytes`, each run as `pieces`
+// equal collectives (at least one).
+Message message(const char* name, Group g, MessageKind k, Pass pass, Cadence c, int64_t bytes, int64_t count,
+                int64_t pieces = 1);
 
 struct StageWork {
   int64_t stage = 0;
