@@ -22,14 +22,18 @@ DEBS := $(PLAN_DEBS) $(TEST_DEBS)
 
 FUZZ_BUILD ?= build-fuzz
 NVCC := $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
-CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Release $(if $(NVCC),-DCMAKE_CUDA_COMPILER=$(NVCC)) \
+# LOOM_UNITY_BUILD: loom's libraries compile in batches of 8 files (about half the CPU time of
+# `make plan`'s build, BENCHMARKS.md); the same in `make test`, so it rebuilds nothing `make plan` built.
+CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Release -DLOOM_UNITY_BUILD=ON $(if $(NVCC),-DCMAKE_CUDA_COMPILER=$(NVCC)) \
                -DLOOM_FUZZ_BIN=$(abspath $(FUZZ_BUILD))/tests/fuzz/loom_fuzz $(EXTRA_CMAKE_FLAGS)
 # The fuzz tree: clang, libFuzzer, ASan and UBSan on every object; only loom_fuzz is built.
 FUZZ_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DLOOM_FUZZ=ON
 
 .PHONY: deps plan-deps configure plan-configure build fuzz-build plan test gpu-test clean
 
-# deps installs every package, plan-deps only those `loom` builds with.
+# deps installs every package, plan-deps only those `loom` builds with. --force-unsafe-io: dpkg
+# skips its fsync after each unpacked file (what Debian's container images set), a quarter of the
+# install's wall time on a fresh root (BENCHMARKS.md); a power cut mid-install is the only risk.
 deps: WANT_DEBS = $(DEBS)
 plan-deps: WANT_DEBS = $(PLAN_DEBS)
 deps plan-deps:
@@ -38,7 +42,8 @@ deps plan-deps:
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "loom: installing $$missing"; \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-unsafe-io \
+	      $$missing >/dev/null || exit 1; \
 	  else \
 	    echo "loom: missing Debian packages; run as root:"; \
 	    echo "  apt-get install -y --no-install-recommends $$missing"; exit 1; \

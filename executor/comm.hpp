@@ -23,11 +23,12 @@ namespace loom::exec {
 
 // MoE layers (sim/rank_grid.hpp's ExpertGrid): ep, the group tokens are dispatched over by
 // all-to-all; etp, the group an expert's FFN is split over; edp, the expert-data-parallel group
-// expert gradients are summed over.
-enum class GroupKind : int { tp = 0, dp = 1, pp = 2, world = 3, ep = 4, etp = 5, edp = 6 };
-inline constexpr int kGroupKinds = 7;
+// expert gradients are summed over. cp: context parallelism's ring of K and V blocks
+// (executor/cpu/ring_attention.hpp).
+enum class GroupKind : int { tp = 0, dp = 1, pp = 2, world = 3, ep = 4, etp = 5, edp = 6, cp = 7 };
+inline constexpr int kGroupKinds = 8;
 inline const char* group_name(GroupKind k) {
-  static const char* names[] = {"tp", "dp", "pp", "world", "ep", "etp", "edp"};
+  static const char* names[] = {"tp", "dp", "pp", "world", "ep", "etp", "edp", "cp"};
   return names[static_cast<int>(k)];
 }
 
@@ -132,7 +133,7 @@ struct DeviceLink {
   int index = 0;           // this rank's
 };
 std::vector<DeviceLink> device_links(const std::vector<Group>& groups, int rank);
-// Host tags of the bootstrap messages: apart from the collectives' (10..16), the trace's (900)
+// Host tags of the bootstrap messages: apart from the collectives' (10..17), the trace's (900)
 // and the pipeline's (>= 1000); one per group kind, and one for pipeline links (between two
 // ranks the two directions have different senders).
 inline int bootstrap_tag(const DeviceLink& l) { return 800 + (l.p2p ? kGroupKinds : static_cast<int>(l.kind)); }

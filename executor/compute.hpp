@@ -22,7 +22,10 @@
 namespace loom::exec {
 
 struct Dims {  // per micro-batch, per rank
-  int64_t B = 0, T = 0, N = 0, Ns = 0;  // sequences, tokens per sequence, rows, residual rows
+  int64_t B = 0, T = 0, N = 0, Ns = 0;  // sequences, tokens per sequence (this rank's), rows, residual rows
+  // Context parallelism (cpu/ring_attention.hpp): each sequence split over cp ranks, T = seq / cp
+  // tokens of it on this rank (chunks cp_rank and 2 cp - 1 - cp_rank), attention as a ring.
+  int64_t cp = 1, cp_rank = 0;
   int64_t C = 0, hd = 0, Hl = 0, Hkvl = 0, Ql = 0, KVl = 0, Fl = 0, V = 0, Vr = 0;
   bool gpt = true, sp = false;
   double eps = 1e-5, rope_theta = 10000;
@@ -131,6 +134,7 @@ struct ComputeSetup {
   bool last_stage = false;
   const Group* ep = nullptr;   // MoE: the expert-parallel group (token dispatch)
   const Group* etp = nullptr;  // MoE: the expert-tensor-parallel group
+  const Group* cp = nullptr;   // context parallelism: the ring K and V blocks travel (d.cp > 1)
 };
 using ComputeFactory = std::function<Expected<std::unique_ptr<Compute>>(const ComputeSetup&)>;
 

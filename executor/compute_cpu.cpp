@@ -51,7 +51,7 @@ class CpuCompute final : public Compute {
  public:
   explicit CpuCompute(const ComputeSetup& s)
       : comm_(s.comm), tp_(s.tp), d_(s.d), ledger_(s.ledger), flops_(s.flops),
-        scratch_(make_scratch(s.ledger, s.d, s.last_stage)), ep_(s.ep), etp_(s.etp) {}
+        scratch_(make_scratch(s.ledger, s.d, s.last_stage)), ep_(s.ep), etp_(s.etp), cp_(s.cp) {}
 
   const char* device() const override { return "cpu"; }
   bool host_memory() const override { return true; }
@@ -142,7 +142,7 @@ class CpuCompute final : public Compute {
   }
 
  private:
-  StageCtx ctx() { return {comm_, tp_, d_, scratch_, ledger_, flops_, ep_, etp_}; }
+  StageCtx ctx() { return {comm_, tp_, d_, scratch_, ledger_, flops_, ep_, etp_, cp_}; }
   Comm& comm_;
   const Group& tp_;
   Dims d_;
@@ -151,6 +151,7 @@ class CpuCompute final : public Compute {
   Scratch scratch_;
   const Group* ep_ = nullptr;
   const Group* etp_ = nullptr;
+  const Group* cp_ = nullptr;
 };
 
 }  // namespace

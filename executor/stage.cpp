@@ -77,7 +77,8 @@ LayerStash make_layer_stash(Ledger& l, const Dims& d, StashKind kind) {
   s.q = Buf(l, A, d.N * d.Ql);
   s.k = Buf(l, A, d.N * d.KVl);
   s.v = Buf(l, A, d.N * d.KVl);
-  if (kind == StashKind::full) s.att = Buf(l, A, d.B * d.Hl * d.T * d.T);
+  if (kind == StashKind::full && d.cp == 1) s.att = Buf(l, A, d.B * d.Hl * d.T * d.T);
+  if (d.cp > 1) s.lse = Buf(l, A, d.B * d.Hl * d.T);  // the ring keeps no probabilities
   s.atty = Buf(l, A, d.N * d.Ql);
   s.res2 = Buf(l, A, d.Ns * d.C);
   s.ln2 = Buf(l, A, d.Ns * d.C);
@@ -120,6 +121,10 @@ Scratch make_scratch(Ledger& l, const Dims& d, bool last_stage) {
   s.att_out = Buf(l, W, d.N * d.Ql);
   if (d.sp) s.sp_gather = Buf(l, Mem::comm_buffers, d.N * d.C);
   if (last_stage) s.logits = Buf(l, Mem::logits, d.N * d.Vr);
+  if (d.cp > 1) {  // k, v, dk, dv of one block each
+    s.ring_a = Buf(l, Mem::comm_buffers, 4 * d.N * d.KVl);
+    s.ring_b = Buf(l, Mem::comm_buffers, 4 * d.N * d.KVl);
+  }
   return s;
 }
 
@@ -140,7 +145,7 @@ Status embed_forward(StageCtx& c, const float* P, const UnitOffsets& o, const in
   if (!r) return r.error();
   const int64_t row0 = d.sp ? c.tp.index * d.Ns : 0;
   for (int64_t i = 0; i < d.Ns; ++i) {
-    const float* wpe = o.wpe >= 0 ? P + o.wpe + ((row0 + i) % d.T) * d.C : nullptr;
+    const float* wpe = o.wpe >= 0 ? P + o.wpe + cp_position(d, (row0 + i) % d.T) * d.C : nullptr;
     for (int64_t j = 0; j < d.C; ++j) x[i * d.C + j] = (*r)[i * d.C + j] + (wpe ? wpe[j] : 0.0f);
   }
   return ok_status();
@@ -151,7 +156,7 @@ Status embed_backward(StageCtx& c, float* G, const UnitOffsets& o, const int32_t
   if (o.wpe >= 0) {  // positions of this rank's rows (SP: a partial sum, summed over tp later)
     const int64_t row0 = d.sp ? c.tp.index * d.Ns : 0;
     for (int64_t i = 0; i < d.Ns; ++i) {
-      float* g = G + o.wpe + ((row0 + i) % d.T) * d.C;
+      float* g = G + o.wpe + cp_position(d, (row0 + i) % d.T) * d.C;
       for (int64_t j = 0; j < d.C; ++j) g[j] += dx[i * d.C + j];
     }
   }
@@ -178,11 +183,15 @@ Status layer_forward(StageCtx& c, const float* P, const UnitOffsets& o, const fl
   cpu::matmul_forward(st.q.data(), *ln1, P + o.q_w, at(P, o.q_b), d.N, d.C, d.Ql, fl);
   cpu::matmul_forward(st.k.data(), *ln1, P + o.k_w, at(P, o.k_b), d.N, d.C, d.KVl, fl);
   cpu::matmul_forward(st.v.data(), *ln1, P + o.v_w, at(P, o.v_b), d.N, d.C, d.KVl, fl);
-  if (!d.gpt) {  // q and k are stashed after RoPE: attention's backward reads those
+  if (!d.gpt && d.cp > 1) {
+    cp_rope(c, st);  // at the tokens' global positions (stage_cp.cpp)
+  } else if (!d.gpt) {  // q and k are stashed after RoPE: attention's backward reads those
     cpu::rope_forward(st.q.data(), st.q.data(), d.B, d.T, d.Hl, d.hd, d.rope_theta);
     cpu::rope_forward(st.k.data(), st.k.data(), d.B, d.T, d.Hkvl, d.hd, d.rope_theta);
   }
-  {
+  if (d.cp > 1) {
+    if (auto r = cp_attention_forward(c, st); !r) return r;  // the ring (stage_cp.cpp)
+  } else {
     // Selective recompute does not keep the probabilities: they live only during this call.
     Buf transient;
     float* att = st.att.data();
@@ -313,7 +322,7 @@ Status backward_pass(StageCtx& c, const float* P, float* G, const UnitOffsets& o
                        d.N, d.Ql, d.C, fl);
   Buf rebuilt;
   const float* att = st.att.data();
-  if (recompute_core) {  // selective recompute: the attention core runs again (Megatron's
+  if (recompute_core && d.cp == 1) {  // selective recompute: the attention core runs again (Megatron's
                          // checkpointed CoreAttention), its output discarded
     rebuilt = Buf(c.ledger, Mem::activations, d.B * d.Hl * d.T * d.T);
     cpu::attention_forward(s.att_out.data(), rebuilt.data(), st.q.data(), st.k.data(), st.v.data(), d.B, d.T, d.Hl,
@@ -323,12 +332,20 @@ Status backward_pass(StageCtx& c, const float* P, float* G, const UnitOffsets& o
   zero(s.dq);
   zero(s.dk);
   zero(s.dv);
-  cpu::attention_backward(s.dq.data(), s.dk.data(), s.dv.data(), s.d_atty.data(), att, st.q.data(), st.k.data(),
-                          st.v.data(), d.B, d.T, d.Hl, d.Hkvl, d.hd, fl);
+  if (d.cp > 1) {
+    if (auto r = cp_attention_backward(c, st); !r) return r;  // the ring (stage_cp.cpp)
+  } else {
+    cpu::attention_backward(s.dq.data(), s.dk.data(), s.dv.data(), s.d_atty.data(), att, st.q.data(), st.k.data(),
+                            st.v.data(), d.B, d.T, d.Hl, d.Hkvl, d.hd, fl);
+  }
   rebuilt = Buf();
   float* dq = s.dq.data();
   float* dk = s.dk.data();
-  if (!d.gpt) {
+  if (!d.gpt && d.cp > 1) {
+    cp_rope_grad(c);  // stage_cp.cpp
+    dq = s.dq0.data();
+    dk = s.dk0.data();
+  } else if (!d.gpt) {
     zero(s.dq0);
     zero(s.dk0);
     cpu::rope_backward(s.dq0.data(), s.dq.data(), d.B, d.T, d.Hl, d.hd, d.rope_theta);

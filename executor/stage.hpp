@@ -22,6 +22,7 @@ namespace loom::exec {
 // What one layer keeps for backward. `x` (the layer input) is held by the caller.
 struct LayerStash {
   Buf ln1, mean1, rstd1, q, k, v, att, atty, res2, ln2, mean2, rstd2, fch, up, fch_act;
+  Buf lse;       // context parallelism: the ring's log-sum-exp per head and token, in place of att
   MoeStash moe;  // MoE layers
 };
 LayerStash make_layer_stash(Ledger& l, const Dims& d, StashKind kind);
@@ -36,6 +37,7 @@ HeadStash make_head_stash(Ledger& l, const Dims& d);
 struct Scratch {
   Buf full_a, full_b, d_full, d_ln_full, d_fch_act, d_fch, d_up, d_atty, dq, dk, dv, dq0, dk0, rows3, att_out;
   Buf sp_gather, logits;
+  Buf ring_a, ring_b;  // context parallelism: the K, V (and dK, dV) block held and the one arriving
 };
 Scratch make_scratch(Ledger& l, const Dims& d, bool last_stage);
 
@@ -48,7 +50,16 @@ struct StageCtx {
   cpu::FlopCounter& flops;
   const Group* ep = nullptr;   // MoE: expert-parallel and expert-tensor-parallel groups
   const Group* etp = nullptr;
+  const Group* cp = nullptr;   // context parallelism's ring (stage_cp.cpp)
 };
+
+// Context parallelism (stage_cp.cpp): the attention core as a ring over c.cp
+// (cpu/ring_attention.hpp), RoPE by global position, and the global position of a local token.
+Status cp_attention_forward(StageCtx& c, LayerStash& st);
+Status cp_attention_backward(StageCtx& c, LayerStash& st);
+void cp_rope(const StageCtx& c, LayerStash& st);
+void cp_rope_grad(StageCtx& c);  // s.dq, s.dk (after RoPE) into s.dq0, s.dk0 (before), zeroed first
+int64_t cp_position(const Dims& d, int64_t t);
 
 Status embed_forward(StageCtx& c, const float* P, const UnitOffsets& o, const int32_t* tokens, float* x);
 Status embed_backward(StageCtx& c, float* G, const UnitOffsets& o, const int32_t* tokens, const float* dx);

@@ -10,6 +10,7 @@
 #include "executor/cpu/gpt.hpp"
 #include "executor/trainer_impl.hpp"
 #include "sim/model_math.hpp"
+#include "sim/spec_json.hpp"
 
 namespace loom::exec {
 
@@ -19,16 +20,21 @@ Status check_cpu_plan(const Plan& plan) {
   const auto& m = plan.model;
   const auto& t = plan.train;
   const auto& p = plan.parallel;
+  if (t.fp8) return make_error("train.dtype", "the CPU executor runs fp32 GEMMs, not FP8: must be fp32 (got fp8)");
   if (t.dtype != Dtype::fp32 || t.grad_dtype != Dtype::fp32)
     return make_error("train.dtype", "the CPU executor runs fp32: dtype and grad_dtype must be fp32");
-  if (t.attention != Attention::unfused)
+  if (p.cp == 1 && t.attention != Attention::unfused)
     return make_error("train.attention", "the CPU executor stores softmax probabilities: attention must be unfused");
+  if (auto st = check_cpu_cp(plan); !st) return st;  // cp > 1: the ring (trainer_cp.cpp)
   if (m.dropout) return make_error("model.dropout", "the CPU executor has no dropout: must be false");
   if (m.head_size > 0 && m.head_size * m.heads != m.hidden)
     return make_error("model.head_size", "the CPU executor runs heads of hidden / heads only: must be " +
                                              std::to_string(m.hidden / std::max<int64_t>(1, m.heads)) + " or unset");
   if (m.qk_norm) return make_error("model.qk_norm", "the CPU executor has no q/k norms: must be false");
   if (m.post_norms) return make_error("model.post_norms", "the CPU executor has no post-norms: must be false");
+  if (m.is_mla())
+    return make_error("model.kv_lora_rank", "the CPU executor has no multi-head latent attention: must be 0 (got " +
+                                                std::to_string(m.kv_lora_rank) + ")");
   if (m.gated_gelu) return make_error("model.gated_gelu", "the CPU executor's gated MLP is SwiGLU: must be false");
   if (m.tied_embeddings && (p.pp > 1 || (p.zero >= 2 && p.dp > 1)))
     return make_error("model.tied_embeddings",
@@ -41,11 +47,11 @@ Status check_cpu_plan(const Plan& plan) {
   // A split backward keeps each layer's stash for its W and adds a micro-batch's gradients in
   // two passes: full recompute keeps no stash, ZeRO-2/3 reduce each micro-batch's at once.
   if (splits_backward(p.schedule) && p.recompute == Recompute::full)
-    return make_error("parallel.recompute", "the CPU executor runs zb-h1 without full recompute (got full)");
+    return make_error("parallel.recompute", "the CPU executor runs " + to_string(p.schedule) + " without full recompute (got full)");
   if (splits_backward(p.schedule) && p.zero >= 2 && p.dp > 1)
-    return make_error("parallel.zero", "the CPU executor runs zb-h1 with zero < 2 (got " + std::to_string(p.zero) + ")");
+    return make_error("parallel.zero", "the CPU executor runs " + to_string(p.schedule) + " with zero < 2 (got " + std::to_string(p.zero) + ")");
   if (splits_backward(p.schedule) && m.is_moe())  // the split covers the dense layer's GEMMs
-    return make_error("parallel.schedule", "the CPU executor runs zb-h1 on dense models only (got a MoE model)");
+    return make_error("parallel.schedule", "the CPU executor runs " + to_string(p.schedule) + " on dense models only (got a MoE model)");
   return ok_status();
 }
 
@@ -57,7 +63,9 @@ void Trainer::setup_dims() {
   const auto& p = plan_.parallel;
   const auto& m = plan_.model;
   d_.B = p.micro_batch;
-  d_.T = plan_.train.seq;
+  d_.T = plan_.train.seq / p.cp;  // context parallelism: this rank's chunks of each sequence
+  d_.cp = p.cp;
+  d_.cp_rank = coords_.cp;
   d_.N = d_.B * d_.T;
   d_.Ns = p.sp ? d_.N / p.tp : d_.N;
   d_.C = m.hidden;
@@ -78,17 +86,18 @@ void Trainer::setup_dims() {
 Status Trainer::setup() {
   const auto& p = plan_.parallel;
   rank_ = comm_.rank();
-  auto g = RankGrid::make(p.tp, p.dp, p.pp, p.order);
+  auto g = RankGrid::make(p.tp, p.dp, p.pp, p.order, p.cp);
   if (!g) return g.error();
   grid_ = *g;
   coords_ = grid_->coords(rank_);
   tp_ = make_group(*grid_, Dim::tp, rank_);
   dp_ = make_group(*grid_, Dim::dp, rank_);
   pp_ = make_group(*grid_, Dim::pp, rank_);
+  if (auto st = setup_cp(); !st) return st;  // cp > 1: dp_ becomes the dp-cp group
   world_.kind = GroupKind::world;
   for (int r = 0; r < comm_.world(); ++r) world_.ranks.push_back(r);
   world_.index = rank_;
-  zero_ = p.dp > 1 ? p.zero : 0;
+  zero_ = dp_.size() > 1 ? p.zero : 0;
   m_ = plan_.train.global_batch / (p.dp * p.micro_batch);
   vpp_ = p.vpp;
   pp_size_ = p.pp;
@@ -103,8 +112,9 @@ Status Trainer::setup() {
   auto ref = cpu::Gpt::layout_only(plan_.model, go);
   if (!ref) return ref.error();
   full_model_ = ref->num_elements();
-  layout_ = build_layout(ref->tensors(), {plan_.model.layers, p.pp, vpp_, coords_.pp, p.tp, p.dp, zero_, p.stage_layers, p.ep, p.etp});
-  auto compute = make_compute_(ComputeSetup{comm_, tp_, d_, ledger_, flops_, coords_.pp == pp_size_ - 1, &ep_, &etp_});
+  layout_ = build_layout(ref->tensors(), {plan_.model.layers, p.pp, vpp_, coords_.pp, p.tp, dp_.size(), zero_, p.stage_layers, p.ep, p.etp,
+                                          p.schedule});
+  auto compute = make_compute_(ComputeSetup{comm_, tp_, d_, ledger_, flops_, holds_head(), &ep_, &etp_, &cp_});
   if (!compute) return compute.error();
   compute_ = std::move(*compute);
   if (auto st = allocate(); !st) return st;
@@ -168,7 +178,7 @@ Status Trainer::place_initial_weights(const cpu::Gpt& ref) {
 // Fault injection (the reliability tests), then the traced step's common start.
 Status Trainer::begin_step(int64_t step) {
   if (step == opt_.die_at_step && rank_ == opt_.die_rank) std::raise(opt_.stall ? SIGSTOP : SIGKILL);
-  if (step == opt_.nan_at_step && coords_.pp == pp_size_ - 1) {
+  if (step == opt_.nan_at_step && holds_head()) {
     const Unit& u = layout_.units.back();
     const float nan = std::numeric_limits<float>::quiet_NaN();
     if (auto st = compute_->upload(params_.data() + (zero_ >= 3 ? u.shard_offset : u.offset), &nan, 1); !st) return st;
@@ -184,7 +194,7 @@ Expected<double> Trainer::finish_step(int64_t step) {
   if (auto st = comm_.wait(send_req_, "pipeline send"); !st) return st.error();
   if (auto st = sp_sync(); !st) return st.error();
   if (auto st = dp_sync(); !st) return st.error();
-  const bool last = coords_.pp == pp_size_ - 1;
+  const bool last = holds_head();
   double sums[2] = {last && tp_.index == 0 ? loss_local_ : 0.0, 0.0};
   if (auto st = add_grad_sum_squares(sums[1]); !st) return st.error();
   if (auto st = host_traced().all_reduce(world_, sums, 2); !st) return st.error();

@@ -68,7 +68,7 @@ Expected<std::vector<float>> Trainer::full_model_share() {
   for (const Unit& u : layout_.units) {
     auto P = acquire(u);
     if (!P) return P.error();
-    if (coords_.dp != 0 && !plan_.model.is_moe()) continue;  // MoE: expert shards by expert-data-parallel rank
+    if ((coords_.dp != 0 || coords_.cp != 0) && !plan_.model.is_moe()) continue;  // MoE: expert shards by expert-data-parallel rank
     local.resize(static_cast<size_t>(u.size));
     if (auto st = compute_->download(local.data(), *P, u.size); !st) return st.error();
     for (const auto& t : u.tensors) {

@@ -28,6 +28,8 @@ namespace loom::exec {
 
 // The CPU executor's rules for MoE plans (trainer_moe.cpp), as one line naming the field.
 Status check_cpu_moe(const Plan& plan);
+// The CPU executor's rules for context parallelism (trainer_cp.cpp), as one line naming the field.
+Status check_cpu_cp(const Plan& plan);
 
 // What one (micro-batch, chunk) keeps between its forward and its backward.
 struct ChunkStash {
@@ -90,6 +92,10 @@ class Trainer {
   Expected<ChunkStash*> open_stash(int mb, int chunk);
   Status receive(int mb, int chunk, Phase phase, float* dst);
   Status send_from(const float* src, int mb, int chunk, Phase phase);
+  // This rank's chunk `chunk` as a virtual stage of the model (zb-v: the V), and whether this
+  // rank holds the output layer and loss (zb-v: the first stage).
+  int64_t vstage(int chunk) const { return virtual_stage(plan_.parallel.schedule, coords_.pp, chunk, pp_size_); }
+  bool holds_head() const { return coords_.pp == head_stage(plan_.parallel.schedule, pp_size_); }
   Status forward_layers(ChunkStash& cs, const std::vector<int>& ids, size_t& ui, int mb, int chunk, bool last);
   Status forward_head(ChunkStash& cs, const Unit& u, const Tokens& targets, int mb, int chunk);
   Status backward_head(ChunkStash& cs, const Unit& u, const Tokens& targets, int mb, int chunk, float* d);
@@ -100,6 +106,9 @@ class Trainer {
   ShardCoords shard_coords() const;
   bool owns_share(const TensorSlice& t) const;  // --weights-out: this rank writes t's shard
   Status moe_dp_sync();
+  // trainer_cp.cpp
+  Status setup_cp();
+  void keep_cp_tokens(Tokens& t) const;  // a micro-batch's whole sequences -> this cp rank's chunks
   // trainer_optimizer.cpp
   Status sp_sync();
   Status dp_sync();
@@ -139,6 +148,7 @@ class Trainer {
   Coords coords_;
   Group tp_, dp_, pp_, world_;
   Group ep_, etp_, edp_;        // MoE: expert-parallel, expert-tensor-parallel, expert-data-parallel
+  Group cp_;                    // context parallelism's ring (dp_ is then the dp-cp group: trainer_cp.cpp)
   ExpertCoords expert_coords_;  // MoE: this rank's place in the expert grid
   int zero_ = 0;  // effective stage (dp = 1 shards nothing)
   int64_t m_ = 0, vpp_ = 1, pp_size_ = 1, L_chunk_ = 0;

@@ -23,6 +23,8 @@ Status check_cpu_moe(const Plan& plan) {
       return make_error("parallel.ep", "ep and etp need a MoE model (experts > 0): must be 1" + got(p.ep * p.etp));
     return ok_status();
   }
+  if (m.shared_expert_gate)
+    return make_error("model.shared_expert_gate", "the CPU executor's shared experts have no gate (Qwen2-MoE): must be false");
   if (p.ep < 1 || m.experts % p.ep != 0)
     return make_error("parallel.ep", "must divide the experts (" + std::to_string(m.experts) + ")" + got(p.ep));
   if (p.etp < 1 || (p.tp * p.dp) % (p.ep * p.etp) != 0)
@@ -78,7 +80,7 @@ ShardCoords Trainer::shard_coords() const {
 // Dense tensors: dp rank 0, and tp rank 0 for replicated ones; expert shards: edp rank 0.
 bool Trainer::owns_share(const TensorSlice& t) const {
   if (t.experts > 0) return expert_coords_.edp == 0;
-  return coords_.dp == 0 && !(t.replicated && tp_.index != 0);
+  return coords_.dp == 0 && coords_.cp == 0 && !(t.replicated && tp_.index != 0);
 }
 
 // ZeRO-0 (check_cpu_moe): runs of dense tensors all-reduced over dp and runs of expert tensors

@@ -3,7 +3,8 @@
 // from and sent to the neighbouring stages. Under zb-h1 the backward is split: its B slot
 // computes the input gradient (and the gradients of norms, biases, embedding and head) and
 // keeps the chunk's stash, which its W slot reads for the layers' GEMM weight gradients and
-// then frees.
+// then frees. Under zb-v (two chunks per rank as a V) the last stage's chunk 0 feeds its own
+// chunk 1, and chunk 1's input gradient goes back to chunk 0, without a message: see receive.
 #include <string>
 
 #include "executor/cpu/synthetic_data.hpp"
@@ -26,17 +27,19 @@ int p2p_tag(int64_t mb, int64_t model_chunk, int64_t chunks, int phase) {
 void Trainer::tokens_for(int64_t step, int64_t mb, Tokens& in, Tokens& tg) const {
   const int64_t b = plan_.parallel.micro_batch;
   cpu::SyntheticStream s{plan_.model.vocab, opt_.seed, 61};
-  in.resize(static_cast<size_t>(d_.N));
-  tg.resize(static_cast<size_t>(d_.N));
+  in.resize(static_cast<size_t>(d_.N * d_.cp));
+  tg.resize(static_cast<size_t>(d_.N * d_.cp));
   const int64_t first = step * plan_.train.global_batch + coords_.dp * m_ * b + mb * b;
-  cpu::synthetic_batch(in.data(), tg.data(), s, first, b, d_.T);
+  cpu::synthetic_batch(in.data(), tg.data(), s, first, b, d_.T * d_.cp);
+  keep_cp_tokens(in);  // cp > 1: this rank's chunks of each sequence (trainer_cp.cpp)
+  keep_cp_tokens(tg);
 }
 
 // The stash of (mb, chunk) for its backward: each layer's input, each layer's state (none under
 // full recompute) and, on the last model chunk, the head's.
 Expected<ChunkStash*> Trainer::open_stash(int mb, int chunk) {
   const Recompute rc = plan_.parallel.recompute;
-  const bool last = chunk * pp_size_ + coords_.pp == pp_size_ * vpp_ - 1;
+  const bool last = vstage(chunk) == pp_size_ * vpp_ - 1;
   ChunkStash& cs = stash_[{mb, chunk}];
   for (int64_t i = 0; i < L_chunk_; ++i) {
     auto x = compute_->alloc(Mem::activations, d_.Ns * d_.C);
@@ -57,11 +60,17 @@ Expected<ChunkStash*> Trainer::open_stash(int mb, int chunk) {
 }
 
 // The activation (forward) or its gradient (backward) of (mb, chunk) from the stage before
-// (after), into `dst`.
+// (after), into `dst`. zb-v's turn of the V on the last stage stays on the rank: chunk 0's
+// forward left its output in recv_buf_, and chunk 1's backward its input gradient in dres_, the
+// backward's `dst`. Neither is written over before it is read: zb_v_rank's last table runs no
+// receiving slot (chunk 0's F, chunk 1's B) between a chunk-0 F and its chunk-1 F, and a
+// chunk-1 B's next B is its chunk-0 B (tests/test_simulator.cpp pins both).
 Status Trainer::receive(int mb, int chunk, Phase phase, float* dst) {
-  const int64_t stage = coords_.pp, chunks = pp_size_ * vpp_, mc = chunk * pp_size_ + stage;
+  const int64_t stage = coords_.pp, chunks = pp_size_ * vpp_, mc = vstage(chunk);
   const bool fwd = phase == Phase::forward;
-  const int from = pp_.ranks[static_cast<size_t>(slot_source(stage, chunk, phase, pp_size_, vpp_).stage)];
+  const StageChunk src = slot_source(plan_.parallel.schedule, stage, chunk, phase, pp_size_, vpp_);
+  if (src.stage == stage) return fwd ? compute_->copy(dst, recv_buf_.data(), d_.Ns * d_.C) : ok_status();
+  const int from = pp_.ranks[static_cast<size_t>(src.stage)];
   comm_.label(tn::pp_recv(fwd, mb), tn::pp_recv_stream(fwd));
   if (auto st = comm_.recv(from, recv_buf_.data(), recv_buf_.bytes(), p2p_tag(mb, mc, chunks, fwd ? 0 : 1),
                            fwd ? "pipeline forward receive" : "pipeline backward receive");
@@ -71,19 +80,25 @@ Status Trainer::receive(int mb, int chunk, Phase phase, float* dst) {
 }
 
 // Sends `src` (copied into the send buffer once the previous send is done, unless it is the
-// send buffer already) to the stage that runs (mb, chunk)'s next slot.
+// send buffer already) to the stage that runs (mb, chunk)'s next slot; on zb-v's turn of the V
+// it keeps it on the rank instead (receive): the activation in recv_buf_, the gradient in dres_.
 Status Trainer::send_from(const float* src, int mb, int chunk, Phase phase) {
   const int64_t stage = coords_.pp, chunks = pp_size_ * vpp_;
   const bool fwd = phase == Phase::forward;
+  const Schedule sched = plan_.parallel.schedule;
+  const StageChunk dst = slot_destination(sched, stage, chunk, phase, pp_size_, vpp_);
+  if (dst.stage == stage) {
+    float* keep = fwd ? recv_buf_.data() : dres_.data();
+    return src == keep ? ok_status() : compute_->copy(keep, src, d_.Ns * d_.C);
+  }
   if (src != send_buf_.data()) {
     if (auto st = comm_.wait(send_req_, "pipeline send"); !st) return st;
     if (auto st = compute_->copy(send_buf_.data(), src, d_.Ns * d_.C); !st) return st;
   }
-  const StageChunk dst = slot_destination(stage, chunk, phase, pp_size_, vpp_);
   const int to = pp_.ranks[static_cast<size_t>(dst.stage)];
   comm_.label(tn::pp_send(fwd, mb), tn::Stream::pp);
-  auto r = comm_.isend(to, send_buf_.data(), send_buf_.bytes(), p2p_tag(mb, dst.chunk * pp_size_ + dst.stage, chunks, fwd ? 0 : 1),
-                       GroupKind::pp);
+  const int tag = p2p_tag(mb, virtual_stage(sched, dst.stage, dst.chunk, pp_size_), chunks, fwd ? 0 : 1);
+  auto r = comm_.isend(to, send_buf_.data(), send_buf_.bytes(), tag, GroupKind::pp);
   if (!r) return r.error();
   send_req_ = *r;
   return ok_status();
@@ -125,12 +140,12 @@ Status Trainer::forward_head(ChunkStash& cs, const Unit& u, const Tokens& target
   const float* head = u.o.head >= 0 ? *P + u.o.head : tied_head();
   auto loss = compute_->head_forward(*P, u.o, head, compute_->head_input(*cs.head), targets.data(), *cs.head);
   if (!loss) return loss.error();
-  if (tp_.index == 0) loss_local_ += *loss / static_cast<double>(d_.N);
+  if (tp_.index == 0) loss_local_ += *loss / static_cast<double>(d_.N * d_.cp);  // the mean over every cp rank's tokens
   return ok_status();
 }
 
 Status Trainer::forward_slot(int64_t step, int mb, int chunk) {
-  const int64_t chunks = pp_size_ * vpp_, mc = chunk * pp_size_ + coords_.pp;
+  const int64_t chunks = pp_size_ * vpp_, mc = vstage(chunk);
   const bool first = mc == 0, last = mc == chunks - 1;
   auto cs = open_stash(mb, chunk);
   if (!cs) return cs.error();
@@ -166,7 +181,7 @@ Status Trainer::backward_head(ChunkStash& cs, const Unit& u, const Tokens& targe
   if (!G) return G.error();
   const float* head = u.o.head >= 0 ? *P + u.o.head : tied_head();
   float* head_g = u.o.head >= 0 ? *G + u.o.head : tied_head_grad();
-  const double scale = 1.0 / static_cast<double>(d_.N * m_ * plan_.parallel.dp);
+  const double scale = 1.0 / static_cast<double>(d_.N * d_.cp * m_ * plan_.parallel.dp);
   if (auto st = compute_->head_backward(*P, *G, u.o, head, head_g, targets.data(), *cs.head, scale, d); !st) return st;
   return release_grads(u);
 }
@@ -207,7 +222,7 @@ Status Trainer::backward_embed(const Unit& u, const Tokens& tokens, int mb, int 
 }
 
 Status Trainer::backward_slot(int64_t step, int mb, int chunk) {
-  const int64_t chunks = pp_size_ * vpp_, mc = chunk * pp_size_ + coords_.pp;
+  const int64_t chunks = pp_size_ * vpp_, mc = vstage(chunk);
   const bool first = mc == 0, last = mc == chunks - 1;
   auto it = stash_.find({mb, chunk});
   if (it == stash_.end()) return make_error("rank " + std::to_string(rank_), "backward before forward (schedule)");
@@ -244,7 +259,7 @@ Status Trainer::weight_slot(int mb, int chunk) {
   if (it == stash_.end()) return make_error("rank " + std::to_string(rank_), "weight slot before backward (schedule)");
   ChunkStash& cs = it->second;
   const auto& ids = chunk_units(chunk);
-  const bool first = chunk * pp_size_ + coords_.pp == 0;
+  const bool first = vstage(chunk) == 0;
   rec_.compute_begin(tn::weight(mb, chunk), mb, chunk);
   for (int64_t i = 0; i < L_chunk_; ++i) {
     const Unit& u = unit(ids[static_cast<size_t>(i + (first ? 1 : 0))]);

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "sim/plan.hpp"
+#include "sim/schedule.hpp"
 
 namespace loom::exec {
 
@@ -105,8 +106,10 @@ Group make_group(const RankGrid& grid, Dim d, int rank) {
 }
 
 UnitLayout build_layout(const std::vector<cpu::TensorInfo>& tensors, const LayoutSpec& spec) {
-  const auto place = layer_placement(spec.layers, spec.pp, spec.vpp, spec.stage_layers);
-  const bool first = spec.stage == 0, last = spec.stage == spec.pp - 1;
+  ParallelConfig p;
+  p.pp = spec.pp, p.vpp = spec.vpp, p.schedule = spec.schedule, p.stage_layers = spec.stage_layers;
+  const auto place = layer_placement(p, spec.layers);
+  const bool first = spec.stage == 0, last = spec.stage == head_stage(spec.schedule, spec.pp);
   UnitLayout out;
   out.chunk_units.assign(static_cast<size_t>(spec.vpp), {});
   for (int c = 0; c < spec.vpp; ++c) {

@@ -12,6 +12,7 @@
 #include "executor/comm.hpp"
 #include "executor/cpu/gpt.hpp"
 #include "sim/rank_grid.hpp"
+#include "sim/specs.hpp"
 
 namespace loom::exec {
 
@@ -61,6 +62,7 @@ struct LayoutSpec {
   int zero = 0;  // effective ZeRO stage (dp = 1 shards nothing)
   std::vector<int64_t> stage_layers;  // layers per stage (ParallelConfig::stage_layers; empty: layers / pp)
   int64_t ep = 1, etp = 1;            // expert parallelism (MoE expert tensors)
+  Schedule schedule = Schedule::one_f_one_b;  // zb-v: the layers and the head placed as a V
 };
 
 struct UnitLayout {

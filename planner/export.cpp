@@ -5,8 +5,10 @@
 #include <optional>
 #include <utility>
 
+#include "planner/export_fp8.hpp"
 #include "planner/export_offload.hpp"
 #include "sim/moe.hpp"
+#include "sim/rank_grid.hpp"
 #include "sim/spec_json.hpp"
 #include "sim/stage_split.hpp"
 
@@ -41,6 +43,19 @@ std::string render_args(const Args& args) {
   return out;
 }
 
+// Multi-head latent attention (DeepSeek-V2/V3; arguments.py: --multi-latent-attention,
+// --q-lora-rank (default None: a direct q projection), --kv-lora-rank, --qk-head-dim (the
+// no-RoPE part), --qk-pos-emb-head-dim (the RoPE part), --v-head-dim), each said, not defaulted.
+void megatron_mla(const ModelSpec& m, Args& a) {
+  if (!m.is_mla()) return;
+  a.push_back({"--multi-latent-attention", ""});
+  if (m.q_lora_rank > 0) a.push_back({"--q-lora-rank", s(m.q_lora_rank)});
+  a.push_back({"--kv-lora-rank", s(m.kv_lora_rank)});
+  a.push_back({"--qk-head-dim", s(m.qk_nope_head_dim)});
+  a.push_back({"--qk-pos-emb-head-dim", s(m.qk_rope_head_dim)});
+  a.push_back({"--v-head-dim", s(m.v_head_dim)});
+}
+
 void megatron_model(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p, Args& a,
                     std::vector<std::string>& no) {
   a.push_back({"--num-layers", s(m.layers)});
@@ -53,6 +68,7 @@ void megatron_model(const ModelSpec& m, const TrainSpec& t, const ParallelConfig
     a.push_back({"--group-query-attention", ""});
     a.push_back({"--num-query-groups", s(m.kv_heads)});
   }
+  megatron_mla(m, a);
   a.push_back({"--ffn-hidden-size", s(m.ffn_hidden)});
   a.push_back({"--seq-length", s(t.seq)});
   a.push_back({"--max-position-embeddings", s(m.seq_len)});  // required, even with RoPE
@@ -124,7 +140,13 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
     no.push_back("schedule gpipe: Megatron-LM has only 1F1B and interleaved 1F1B; emitted as 1F1B");
   if (p.schedule == Schedule::zb_h1 && p.pp > 1)
     no.push_back("schedule zb-h1: Megatron-LM has no zero-bubble schedule; emitted as 1F1B (1F1B's bubble, no more memory)");
+  if (p.schedule == Schedule::zb_v)
+    no.push_back("schedule zb-v: Megatron-LM has no zero-bubble V schedule; emitted as 1F1B with one block of layers per "
+                 "stage (1F1B's bubble, about the same memory)");
   if (p.sp) a.push_back({"--sequence-parallel", ""});
+  // Transformer Engine's userbuffers overlap of the SP collectives with their GEMMs, as loom
+  // prices it (sim/tp_overlap.hpp); arguments.py asserts --sequence-parallel beside it.
+  if (p.tp_comm_overlap) a.push_back({"--tp-comm-overlap", ""});
   a.push_back({"--micro-batch-size", s(p.micro_batch)});
   a.push_back({"--global-batch-size", s(t.global_batch)});
   if (p.zero == 1) a.push_back({"--use-distributed-optimizer", ""});
@@ -143,12 +165,21 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
     a.push_back({"--recompute-num-layers", "1"});
   }
   if (t.dtype == Dtype::bf16) a.push_back({"--bf16", ""});
+  megatron_fp8(t, a);  // FP8 GEMMs (planner/export_fp8.hpp)
   if (t.grad_dtype == Dtype::bf16) a.push_back({"--grad-reduce-in-bf16", ""});
   else if (t.dtype == Dtype::bf16) a.push_back({"--accumulate-allreduce-grads-in-fp32", ""});
-  // Megatron-LM orders ranks tp-cp-ep-dp-pp (loom's tp-dp-pp); --use-tp-pp-dp-mapping gives
-  // tp-cp-ep-pp-dp (loom's tp-pp-dp). No option sets any other order.
-  if (p.order == "tp-pp-dp") a.push_back({"--use-tp-pp-dp-mapping", ""});
-  else if (p.order != "tp-dp-pp")
+  // Context parallelism (sim/context_parallel.hpp): the ring of KV blocks over point-to-point
+  // sends, which --cp-comm-type p2p selects (Megatron-core's default).
+  if (p.cp > 1) {
+    a.push_back({"--context-parallel-size", s(p.cp)});
+    a.push_back({"--cp-comm-type", "p2p"});
+  }
+  // Megatron-LM orders ranks tp-cp-ep-dp-pp (loom's tp-dp-pp, tp-cp-dp-pp in full); --use-tp-pp-dp-mapping
+  // gives tp-cp-ep-pp-dp (loom's tp-pp-dp). No option sets any other order.
+  auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order, p.cp);
+  const std::string order = grid ? grid->order_string() : p.order;
+  if (order == "tp-cp-pp-dp") a.push_back({"--use-tp-pp-dp-mapping", ""});
+  else if (order != "tp-cp-dp-pp")
     no.push_back("rank order " + p.order + ": Megatron-LM orders ranks tp-dp-pp or, with --use-tp-pp-dp-mapping, "
                  "tp-pp-dp; emitted as tp-dp-pp");
 }
@@ -289,11 +320,18 @@ void tt_parallelism(const ModelSpec& m, const TrainSpec& t, const ParallelConfig
     if (p.zero == 2) no.push_back("zero 2: approximated by FSDP with fsdp_reshard_after_forward = \"never\"");
   }
   o += "tensor_parallel_degree = " + s(p.tp) + "\n";
+  // Async TP (v0.2.2 parallelize.py: symmetric-memory micro-pipelined TP, sim/tp_overlap.hpp);
+  // it raises "Async TP requires torch.compile" without the model compiled ([compile] below).
+  if (p.tp_comm_overlap) o += "enable_async_tensor_parallel = true\n";
   if (p.tp > 1 && !p.sp) no.push_back("sp off: torchtitan v0.2.2 always applies sequence parallelism when tp > 1");
   if (p.sp && t.seq % (2 * p.tp) != 0) no.push_back("sp: torchtitan needs seq_len divisible by 2 x tp");
   o += "pipeline_parallel_degree = " + s(p.pp) + "\n";
   if (p.pp > 1) {
-    const char* sched = p.schedule == Schedule::gpipe ? "GPipe" : p.schedule == Schedule::interleaved ? "Interleaved1F1B" : "1F1B";
+    // zb-v: torch.distributed.pipelining's ScheduleZBVZeroBubble, two stages per rank placed as a V.
+    const char* sched = p.schedule == Schedule::gpipe         ? "GPipe"
+                        : p.schedule == Schedule::interleaved ? "Interleaved1F1B"
+                        : p.schedule == Schedule::zb_v        ? "ZBVZeroBubble"
+                                                              : "1F1B";
     o += std::string("pipeline_parallel_schedule = ") + q(sched) + "\n";
     // torch.distributed.pipelining's zero-bubble schedules (InterleavedZeroBubble, ZBVZeroBubble)
     // are multi-stage: torchtitan requires >= 2 stages per rank for them, and ZB-H1 has one.
@@ -303,7 +341,11 @@ void tt_parallelism(const ModelSpec& m, const TrainSpec& t, const ParallelConfig
     o += "pipeline_parallel_microbatch_size = " + s(p.micro_batch) + "\n";
     tt_stage_layers(m, p, o, no);
   }
-  o += "context_parallel_degree = 1\n";
+  // Context parallelism (v0.2.2 job_config.py): torchtitan's default rotation is "allgather"
+  // (each rank gathers every K and V); "alltoall" passes the blocks around the ring, as loom
+  // prices it (sim/context_parallel.hpp). FSDP then shards over dp x cp, as loom's ZeRO does.
+  o += "context_parallel_degree = " + s(p.cp) + "\n";
+  if (p.cp > 1) o += "context_parallel_rotate_method = " + q("alltoall") + "\n";
   tt_experts(m, t, p, o, no);
   o += "\n";
 }
@@ -325,7 +367,18 @@ ExportResult torchtitan(const Plan& plan) {
                  s(m.ffn_hidden) + ", vocab " + s(m.vocab) + ") in Python first");
   }
   if (m.tied_embeddings) no.push_back("tied embeddings: torchtitan's llama3 unties them");
-  o += "[model]\nname = \"llama3\"\nflavor = " + q(flavor) + "\n\n";
+  // torchtitan's deepseek_v3 model (DeepSeekV3ModelArgs: q_lora_rank, kv_lora_rank,
+  // qk_nope_head_dim, qk_rope_head_dim, v_head_dim) has latent attention; its shapes are set in
+  // code, per flavor, not in the TOML.
+  if (m.is_mla())
+    no.push_back("multi-head latent attention (q_lora_rank " + s(m.q_lora_rank) + ", kv_lora_rank " +
+                 s(m.kv_lora_rank) + ", qk_nope_head_dim " + s(m.qk_nope_head_dim) + ", qk_rope_head_dim " +
+                 s(m.qk_rope_head_dim) + ", v_head_dim " + s(m.v_head_dim) +
+                 "): torchtitan's llama3 model has none; register these in a deepseek_v3 flavor and set name = "
+                 "\"deepseek_v3\"");
+  std::string converters;  // FP8 (planner/export_fp8.hpp)
+  const std::string fp8 = torchtitan_fp8(t, converters, no);
+  o += "[model]\nname = \"llama3\"\nflavor = " + q(flavor) + "\n" + converters + "\n" + fp8;
   // Without PP local_batch_size is one forward's batch (grad accumulation makes up the rest);
   // with PP it is the whole per-replica batch, cut into pipeline micro-batches.
   o += "[training]\n";
@@ -338,6 +391,10 @@ ExportResult torchtitan(const Plan& plan) {
   if (t.grad_dtype == Dtype::bf16)
     no.push_back("grad dtype bf16: torchtitan v0.2.2 reduces gradients in float32 only; emitted float32");
   tt_parallelism(m, t, p, o, no);
+  if (p.tp_comm_overlap) {
+    o += "[compile]\nenable = true\ncomponents = [\"model\"]\n\n";
+    no.push_back("tp_comm_overlap: async TP runs only under torch.compile, whose kernel fusion loom does not price");
+  }
   o += "[activation_checkpoint]\n";
   o += std::string("mode = ") + q(to_string(p.recompute)) + "\n";
   if (p.recompute == Recompute::selective) {
@@ -367,6 +424,10 @@ ExportResult deepspeed(const Plan& plan) {
   j["train_micro_batch_size_per_gpu"] = p.micro_batch;
   j["gradient_accumulation_steps"] = t.global_batch / (p.dp * p.micro_batch);
   if (t.dtype == Dtype::bf16) j["bf16"] = {{"enabled", true}};
+  deepspeed_fp8(t, no);
+  if (p.cp > 1)  // DeepSpeed's sequence parallelism is Ulysses: an all-to-all over heads, not a ring
+    no.push_back("cp " + s(p.cp) + ": DeepSpeed has no ring-attention context parallelism (its sequence_parallel_size "
+                 "is Ulysses, all-to-alls that split the heads); left out");
   const std::string gd = t.grad_dtype == Dtype::bf16 ? "bf16" : "fp32";
   // bf16 + ZeRO-0 + fp32 gradient accumulation raises NotImplementedError (engine.py).
   if (t.dtype == Dtype::bf16 && p.zero == 0 && t.grad_dtype == Dtype::fp32)
@@ -409,6 +470,8 @@ ExportResult deepspeed(const Plan& plan) {
                  s(p.gpus()) + " GPUs");
   }
   if (p.sp) no.push_back("sp on: DeepSpeed has no Megatron-style sequence parallelism (its sequence_parallel_size is Ulysses)");
+  if (p.tp_comm_overlap)
+    no.push_back("tp_comm_overlap on: DeepSpeed has no tensor-parallel communication overlapped with GEMMs");
   if (p.recompute == Recompute::selective) no.push_back("recompute selective: not expressible in DeepSpeed");
   if (p.recompute == Recompute::full && p.pp == 1)
     no.push_back("recompute full without pp: the model code must call deepspeed.checkpointing");

@@ -22,7 +22,7 @@ namespace loom {
 
 namespace {
 
-std::string s(int64_t v) { return std::to_string(v); }
+std::string itos(int64_t v) { return std::to_string(v); }
 
 std::vector<std::string> split(const std::string& line, const std::string& sep) {
   std::vector<std::string> out;
@@ -44,7 +44,7 @@ std::optional<Error> first_error(const E&... e) {
 }
 
 std::string where(const CsvTable& t, const CsvRow& r, const std::string& column) {
-  return t.path + ":" + s(r.line) + ": " + column;
+  return t.path + ":" + itos(r.line) + ": " + column;
 }
 
 }  // namespace
@@ -57,7 +57,7 @@ Expected<CsvTable> parse_published_csv(const std::string& text, const std::strin
   for (int64_t n = 1; std::getline(in, line); ++n) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty() || line[0] == '#') continue;
-    const std::string at = path + ":" + s(n);
+    const std::string at = path + ":" + itos(n);
     if (line.find('"') != std::string::npos)
       return make_error(at, "quoted fields are not supported (got " + line + ")");
     std::vector<std::string> fields = split(line, ",");
@@ -66,8 +66,8 @@ Expected<CsvTable> parse_published_csv(const std::string& text, const std::strin
       t.header_line = n;
     } else if (fields != t.header) {  // a repeated header opens a second section: skipped
       if (fields.size() != t.header.size())
-        return make_error(at, "must have " + s(static_cast<int64_t>(t.header.size())) + " fields as the header on line " +
-                                  s(t.header_line) + " has (got " + s(static_cast<int64_t>(fields.size())) + ")");
+        return make_error(at, "must have " + itos(static_cast<int64_t>(t.header.size())) + " fields as the header on line " +
+                                  itos(t.header_line) + " has (got " + itos(static_cast<int64_t>(fields.size())) + ")");
       t.rows.push_back({n, std::move(fields)});
     }
   }
@@ -86,7 +86,7 @@ Expected<CsvTable> read_published_csv(const std::string& path) {
 Expected<std::string> text_field(const CsvTable& t, const CsvRow& r, const std::string& column) {
   for (size_t i = 0; i < t.header.size(); ++i)
     if (t.header[i] == column) return r.fields[i];
-  return make_error(t.path + ":" + s(t.header_line), "the header has no column \"" + column + "\"");
+  return make_error(t.path + ":" + itos(t.header_line), "the header has no column \"" + column + "\"");
 }
 
 namespace {
@@ -121,7 +121,7 @@ Expected<int64_t> count_field(const CsvTable& t, const CsvRow& r, const std::str
   int64_t v = 0;
   const auto [end, ec] = std::from_chars(x.data(), x.data() + x.size(), v);
   if (x.empty() || ec != std::errc() || end != x.data() + x.size() || v < min || v > limits::kGlobalBatch)
-    return make_error(where(t, r, column), "must be a whole number in [" + s(min) + ", " + s(limits::kGlobalBatch) +
+    return make_error(where(t, r, column), "must be a whole number in [" + itos(min) + ", " + itos(limits::kGlobalBatch) +
                                                "] (got \"" + *text + "\")");
   return v;
 }
@@ -138,16 +138,16 @@ FlopCount narayanan_flops(int64_t batch, int64_t seq, int64_t layers, int64_t hi
 
 const std::vector<Reason>& unexpressible_reasons() {
   static const std::vector<Reason> reasons = {
-      {"fp8", "FP8 training is not modelled (loom prices bf16 and fp32)"},
+      {"fp8_current_scaling",
+       "FP8 with current (dynamic) scaling, an amax pass over each tensor before its cast (Megatron-Bridge's FP8-CS, "
+       "torchtitan's Float8), is not modelled: loom prices Transformer Engine's delayed scaling (sim/fp8.hpp)"},
       {"precision_unstated", "the table does not state the precision (the same setups in the neighbouring releases ran FP8)"},
-      {"cp", "context parallelism is not modelled"},
       {"uneven_stages", "a layer count that pp (x virtual stages) does not divide is not modelled"},
       {"recompute_unstated", "the table does not state which activations were recomputed"},
       {"model_unknown", "the table gives no dimensions for the model and loom's zoo has none"},
       {"gpu_unprofiled",
        "the GPUs are not one loom has a cluster or profile for (torchtitan: H100 96 GB HBM2e, 2.4 TB/s, 500 W limit)"},
       {"compile", "torch.compile's kernel fusion is not modelled"},
-      {"async_tp", "tensor-parallel communication overlapped with compute (async TP) is not modelled"},
       {"selective_op",
        "torchtitan's per-op selective checkpointing (keeps attention and every other matmul output, recomputes the "
        "rest) is not loom's selective recompute (Korthikanti et al.: the attention core only)"},
@@ -172,9 +172,9 @@ UnexpressedRow unexpressed(std::string label, int64_t line, std::vector<std::str
 // ---- pricing: the path `loom predict` takes -----------------------------------------------
 
 std::string describe(const ParallelConfig& p) {
-  std::string d = "dp " + s(p.dp) + " tp " + s(p.tp) + " pp " + s(p.pp) + " zero " + s(p.zero) + " mb " +
-                  s(p.micro_batch) + " " + to_string(p.schedule);
-  if (p.vpp > 1) d += " vpp " + s(p.vpp);
+  std::string d = "dp " + itos(p.dp) + " tp " + itos(p.tp) + " pp " + itos(p.pp) + " zero " + itos(p.zero) + " mb " +
+                  itos(p.micro_batch) + " " + to_string(p.schedule);
+  if (p.vpp > 1) d += " vpp " + itos(p.vpp);
   d += " rc " + to_string(p.recompute);
   if (p.sp) d += " sp";
   return d;
@@ -283,13 +283,13 @@ Expected<Estimate> ptdp_search(const ModelSpec& m, const ClusterSpec& c, const T
   const SearchResult r = search(m, c, *space, o);
   if (!r.top.empty()) return r.top.front();
   std::string why;
-  for (const auto& [key, n] : r.rejected) why += (why.empty() ? "" : "; ") + key + " (" + s(n) + ")";
-  return make_error("t x p = " + s(x.mp) + ", " + to_string(schedule), "no configuration is valid and fits memory: " + why);
+  for (const auto& [key, n] : r.rejected) why += (why.empty() ? "" : "; ") + key + " (" + itos(n) + ")";
+  return make_error("t x p = " + itos(x.mp) + ", " + to_string(schedule), "no configuration is valid and fits memory: " + why);
 }
 
 Expected<Estimate> ptdp_estimate(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t, const Row02& x) {
   if (x.gpus % x.mp != 0)
-    return make_error("num_gpus", "must be a multiple of model_parallel_size (" + s(x.gpus) + " % " + s(x.mp) + ")");
+    return make_error("num_gpus", "must be a multiple of model_parallel_size (" + itos(x.gpus) + " % " + itos(x.mp) + ")");
   auto plain = ptdp_search(m, c, t, x, Schedule::one_f_one_b);
   auto interleaved = ptdp_search(m, c, t, x, Schedule::interleaved);
   if (!plain) return interleaved ? interleaved : plain;
@@ -503,7 +503,7 @@ Status model_reasons(const std::string& model, int64_t stages, std::vector<std::
   if (!m) return m.error();
   if (m->layers % stages != 0) {
     ids.push_back("uneven_stages");
-    detail = s(m->layers) + " layers on " + s(stages) + " stages";
+    detail = itos(m->layers) + " layers on " + itos(stages) + " stages";
   }
   return ok_status();
 }
@@ -523,13 +523,14 @@ Expected<UnexpressedRow> row_09(const CsvTable& t, const CsvRow& r) {
     vp = *v;
   }
   std::vector<std::string> ids;
-  if (precision->rfind("FP8", 0) == 0) ids.push_back("fp8");
-  else if (*precision != "BF16") ids.push_back("precision_unstated");
-  if (*count_field(t, r, "cp", 1) > 1) ids.push_back("cp");
+  // "FP8": Transformer Engine's delayed scaling (NeMo's and Megatron-Bridge's default FP8 recipe),
+  // priced (sim/fp8.hpp); "FP8-CS": current scaling.
+  if (*precision == "FP8-CS") ids.push_back("fp8_current_scaling");
+  else if (*precision != "BF16" && *precision != "FP8") ids.push_back("precision_unstated");
   std::string detail;
   if (auto st = model_reasons(*model, *count_field(t, r, "pp", 1) * vp, ids, detail); !st) return st.error();
   ids.push_back("recompute_unstated");
-  const std::string label = *source + " " + *model + " " + s(*count_field(t, r, "gpus", 1)) + " GPUs";
+  const std::string label = *source + " " + *model + " " + itos(*count_field(t, r, "gpus", 1)) + " GPUs";
   return unexpressed(label, r.line, ids, detail);
 }
 
@@ -562,16 +563,15 @@ int64_t degree(const std::string& parallelism, const std::string& dim) {
 
 bool has(const std::string& text, const std::string& what) { return text.find(what) != std::string::npos; }
 
-// The reasons of one figure of table 10; `async` marks the async-TP figure of an "x / y" cell.
-Expected<std::vector<std::string>> reasons_10(const CsvTable& t, const CsvRow& r, bool async, std::string& detail) {
+// The reasons of one figure of table 10. Its async-TP figures (the second of an "x / y" cell)
+// are loom's --tp-comm-overlap (sim/tp_overlap.hpp): they share the vanilla figure's reasons.
+Expected<std::vector<std::string>> reasons_10(const CsvTable& t, const CsvRow& r, std::string& detail) {
   auto table = text_field(t, r, "table"), model = text_field(t, r, "model"), par = text_field(t, r, "parallelism");
   auto ac = text_field(t, r, "activation_ckpt"), tech = text_field(t, r, "technique"), seq = text_field(t, r, "seq_len");
   if (auto e = first_error(table, model, par, ac, tech, seq)) return *e;
   std::vector<std::string> ids = {"gpu_unprofiled"};
-  if (has(*tech, "Float8") || has(*tech, "fp8")) ids.push_back("fp8");
+  if (has(*tech, "Float8") || has(*tech, "fp8")) ids.push_back("fp8_current_scaling");  // torchao's dynamic scaling
   if (has(*tech, "compile") || has(*par, "compile")) ids.push_back("compile");
-  if (async || has(*tech, "AsyncTP")) ids.push_back("async_tp");
-  if (degree(*par, "CP") > 1) ids.push_back("cp");
   if (ac->rfind("selective", 0) == 0) ids.push_back("selective_op");
   if (auto st = model_reasons(*model, degree(*par, "PP"), ids, detail); !st) return st.error();
   if (seq->empty()) ids.push_back("seq_len_unstated");
@@ -613,7 +613,7 @@ Status table_10(const CsvTable& t, TableResult& out) {
     if (auto st = check_10(t, r, figures); !st) return st.error();
     for (size_t k = 0; k < figures.size(); ++k) {
       std::string detail;
-      auto ids = reasons_10(t, r, figures.size() == 2 && k == 1, detail);
+      auto ids = reasons_10(t, r, detail);
       if (!ids) return ids.error();
       std::string label = *table + " " + *model + " " + *par + " " + *tech;
       if (figures.size() == 2) label += k == 0 ? " [vanilla]" : " [async]";
@@ -651,7 +651,7 @@ Expected<Row11> parse_11(const CsvTable& t, const CsvRow& r) {
   if (!step) return step.error();
   x.step_s = *step;
   if (x.tokens % x.seq != 0)
-    return make_error(where(t, r, "tokens_per_step(-d)"), "must be a multiple of seq_len(-t) (got " + s(x.tokens) + ")");
+    return make_error(where(t, r, "tokens_per_step(-d)"), "must be a multiple of seq_len(-t) (got " + itos(x.tokens) + ")");
   return x;
 }
 

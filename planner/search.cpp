@@ -10,16 +10,18 @@
 #include <tuple>
 
 #include "sim/model_math.hpp"
+#include "sim/context_parallel.hpp"
 #include "sim/rank_grid.hpp"
 #include "sim/stage_split.hpp"
 #include "sim/stage_work.hpp"
+#include "sim/tp_overlap.hpp"
 #include "sim/validate.hpp"
 
 namespace loom {
 
 namespace {
 
-std::string s(int64_t v) { return std::to_string(v); }
+std::string search_str(int64_t v) { return std::to_string(v); }
 
 // divisors(n): sim/model_math.hpp (by factoring: sqrt(n) steps, not n).
 
@@ -33,24 +35,34 @@ Status check_pins(const ClusterSpec& c, const SearchPins& p) {
     std::optional<int64_t> value;
     bool divides_gpus;
   };
-  for (const Size& z : std::vector<Size>{{"--tp", p.tp, true}, {"--pp", p.pp, true}, {"--dp", p.dp, true},
+  for (const Size& z : std::vector<Size>{{"--tp", p.tp, true}, {"--pp", p.pp, true}, {"--dp", p.dp, true}, {"--cp", p.cp, true},
                                          {"--max-tp", p.max_tp, false}, {"--micro-batch", p.micro_batch, false},
                                          {"--vpp", p.vpp, false}}) {
-    if (z.value && *z.value < 1) return make_error(z.flag, "must be >= 1 (got " + s(*z.value) + ")");
+    if (z.value && *z.value < 1) return make_error(z.flag, "must be >= 1 (got " + search_str(*z.value) + ")");
     if (z.value && z.divides_gpus && n % *z.value != 0)
-      return make_error(z.flag, "must divide --gpus (" + s(n) + " % " + s(*z.value) + " != 0)");
+      return make_error(z.flag, "must divide --gpus (" + search_str(n) + " % " + search_str(*z.value) + " != 0)");
   }
-  const int64_t pinned = p.tp.value_or(1) * p.pp.value_or(1) * p.dp.value_or(1);
-  if (n % pinned != 0 || (p.tp && p.pp && p.dp && pinned != n))
-    return make_error(p.dp ? "--dp" : "--pp", "dp x tp x pp must equal --gpus (pinned product " + s(pinned) +
-                                                  ", gpus = " + s(n) + ")");
+  // Each pin divides n (<= 2^24), so no partial product below passes 2^48. With tp, pp and dp
+  // pinned and cp not, cp is 1.
+  int64_t pinned = 1;
+  bool divides = true;
+  for (const auto& v : {p.tp, p.pp, p.dp, p.cp})
+    if (v && n % (pinned * *v) != 0) divides = false;
+    else if (v) pinned *= *v;
+  if (!divides || (p.tp && p.pp && p.dp && pinned != n))
+    return make_error(p.dp ? "--dp" : "--pp", std::string(p.cp ? "dp x tp x pp x cp" : "dp x tp x pp") +
+                                                  " must equal --gpus (pinned product " + search_str(pinned) + ", gpus = " + search_str(n) + ")");
   if (p.tp && p.max_tp && *p.tp > *p.max_tp)
-    return make_error("--tp", "exceeds --max-tp (" + s(*p.tp) + " > " + s(*p.max_tp) + ")");
+    return make_error("--tp", "exceeds --max-tp (" + search_str(*p.tp) + " > " + search_str(*p.max_tp) + ")");
   if (p.zero && (*p.zero < 0 || *p.zero > 3)) return make_error("--zero", "must be 0, 1, 2 or 3");
   if (p.sp && *p.sp && (p.tp.value_or(2) < 2 || p.max_tp.value_or(2) < 2))
     return make_error("--sp", "sequence parallelism needs tensor parallelism (tp > 1)");
-  if (p.vpp && *p.vpp > 1 && p.schedule && *p.schedule != Schedule::interleaved)
-    return make_error("--vpp", "vpp > 1 needs --schedule interleaved");
+  if (p.tp_comm_overlap && *p.tp_comm_overlap && ((p.sp && !*p.sp) || p.tp.value_or(2) < 2 || p.max_tp.value_or(2) < 2))
+    return make_error("--tp-comm-overlap", "tensor-parallel communication overlap needs --sp on and tp > 1");
+  if (p.vpp && *p.vpp != 2 && p.schedule && *p.schedule == Schedule::zb_v)
+    return make_error("--vpp", "the zb-v schedule runs two chunks per rank, a V: must be 2 (got " + search_str(*p.vpp) + ")");
+  if (p.vpp && *p.vpp > 1 && p.schedule && *p.schedule != Schedule::interleaved && *p.schedule != Schedule::zb_v)
+    return make_error("--vpp", "vpp > 1 needs --schedule interleaved (or zb-v, vpp 2)");
   if (p.vpp && *p.vpp == 1 && p.schedule && *p.schedule == Schedule::interleaved)
     return make_error("--vpp", "the interleaved schedule needs vpp > 1");
   const bool interleaved = (p.schedule && *p.schedule == Schedule::interleaved) || (p.vpp && *p.vpp > 1);
@@ -58,8 +70,8 @@ Status check_pins(const ClusterSpec& c, const SearchPins& p) {
   if (p.stage_layers) {
     const auto k = static_cast<int64_t>(p.stage_layers->size());
     if ((p.pp && *p.pp != k) || n % k != 0)
-      return make_error("--stage-layers", "must give one layer count per pipeline stage, of a pp dividing --gpus " + s(n) +
-                                              (p.pp ? " and equal to --pp " + s(*p.pp) : std::string()) + " (got " + s(k) +
+      return make_error("--stage-layers", "must give one layer count per pipeline stage, of a pp dividing --gpus " + search_str(n) +
+                                              (p.pp ? " and equal to --pp " + search_str(*p.pp) : std::string()) + " (got " + search_str(k) +
                                               " entries)");
   }
   if (p.order && !RankGrid::make(1, 1, 1, *p.order))
@@ -73,6 +85,7 @@ void add_stage_splits(SplitSpace& sp, const ModelSpec& m, const SearchPins& pins
   sp.stage_splits.clear();
   for (const auto& [sched, vpp] : sp.schedules) {
     if (pins.stage_layers) sp.stage_splits.push_back({*pins.stage_layers});
+    else if (sched == Schedule::zb_v) sp.stage_splits.push_back({{}});  // its V places even stages only
     else sp.stage_splits.push_back(stage_split_candidates(m.layers, sp.pp, vpp));
   }
 }
@@ -93,16 +106,27 @@ std::vector<std::pair<int64_t, int64_t>> expert_splits(const ModelSpec& m, const
   return out;
 }
 
+// The context-parallel sizes searched (search.hpp): the pin, else 1 and, for sequences of 8192
+// tokens or more (dense models; sim/context_parallel.hpp), each cp with 2 cp dividing seq that
+// leaves every rank at least 2048 tokens of it.
+bool cp_searched(const ModelSpec& m, const TrainSpec& t, const SearchPins& pins, int64_t cp) {
+  if (pins.cp) return cp == *pins.cp;
+  if (cp == 1) return true;
+  return !m.is_moe() && t.seq >= 8192 && t.seq % (2 * cp) == 0 && t.seq / cp >= 2048;
+}
+
 SplitSpace split_space(const ModelSpec& m, const TrainSpec& t, const SearchPins& pins, int64_t dp, int64_t tp,
-                       int64_t pp) {
+                       int64_t pp, int64_t cp) {
   SplitSpace sp{dp, tp, pp, {}, {}, {}, {}, expert_splits(m, pins, dp, tp)};
+  sp.cp = cp;
   // Micro-batch: the pin, else every divisor of the per-replica batch; when dp does not divide
   // the global batch there is none, and one candidate (1) carries that rejection.
   if (pins.micro_batch) sp.micro_batches = {*pins.micro_batch};
   else if (t.global_batch % dp == 0) sp.micro_batches = divisors(t.global_batch / dp);
   else sp.micro_batches = {1};
   for (bool on : {false, true})
-    if ((!on || tp > 1) && (!pins.sp || *pins.sp == on)) sp.sp.push_back(on);
+    if ((!on || tp > 1) && (!pins.sp || *pins.sp == on) && (on || !pins.tp_comm_overlap.value_or(false)))
+      sp.sp.push_back(on);  // overlap pinned on: sp on only
   // With one stage there is no pipeline: gpipe and 1f1b would differ only in holding every
   // micro-batch's activations (zb-h1 in nothing), so only 1f1b is tried unless one is pinned.
   auto allowed = [&](Schedule x) { return !pins.schedule || *pins.schedule == x; };
@@ -110,6 +134,9 @@ SplitSpace split_space(const ModelSpec& m, const TrainSpec& t, const SearchPins&
   if (vpp_one && allowed(Schedule::one_f_one_b)) sp.schedules.push_back({Schedule::one_f_one_b, 1});
   if (vpp_one && allowed(Schedule::gpipe) && (pp > 1 || pins.schedule)) sp.schedules.push_back({Schedule::gpipe, 1});
   if (vpp_one && allowed(Schedule::zb_h1) && (pp > 1 || pins.schedule)) sp.schedules.push_back({Schedule::zb_h1, 1});
+  // zb-v: two chunks per rank (vpp 2) as a V; about 1F1B's peak activations, half zb-h1's bubble.
+  if ((!pins.vpp || *pins.vpp == 2) && allowed(Schedule::zb_v) && (pp > 1 || pins.schedule))
+    sp.schedules.push_back({Schedule::zb_v, 2});
   if (pp > 1 && allowed(Schedule::interleaved)) {
     if (pins.vpp && *pins.vpp > 1) sp.schedules.push_back({Schedule::interleaved, *pins.vpp});
     if (!pins.vpp)
@@ -133,9 +160,9 @@ Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c
   auto st = check_pins(c, pins);
   if (!st) return st.error();
   for (auto [flag, v] : {std::pair{"--ep", pins.ep}, {"--etp", pins.etp}}) {
-    if (v && *v < 1) return make_error(flag, "must be >= 1 (got " + s(*v) + ")");
+    if (v && *v < 1) return make_error(flag, "must be >= 1 (got " + search_str(*v) + ")");
     if (v && *v > 1 && !m.is_moe())
-      return make_error(flag, "needs a mixture-of-experts model (got " + s(*v) + "; " + m.name + " is dense)");
+      return make_error(flag, "needs a mixture-of-experts model (got " + search_str(*v) + "; " + m.name + " is dense)");
   }
   if (pins.stage_layers) {  // its length and sum now; the multiple-of-vpp rule per candidate
     ParallelConfig q;
@@ -148,11 +175,14 @@ Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c
   const int64_t n = c.gpus;
   for (int64_t tp : divisors(n)) {
     if ((pins.tp && tp != *pins.tp) || (pins.max_tp && tp > *pins.max_tp)) continue;
-    for (int64_t pp : divisors(n / tp)) {
-      const int64_t dp = n / (tp * pp);
-      if ((pins.pp && pp != *pins.pp) || (pins.dp && dp != *pins.dp)) continue;
-      if (pins.stage_layers && pp != static_cast<int64_t>(pins.stage_layers->size())) continue;
-      space.splits.push_back(split_space(m, t, pins, dp, tp, pp));
+    for (int64_t cp : divisors(n / tp)) {
+      if (!cp_searched(m, t, pins, cp)) continue;
+      for (int64_t pp : divisors(n / (tp * cp))) {
+        const int64_t dp = n / (tp * cp * pp);
+        if ((pins.pp && pp != *pins.pp) || (pins.dp && dp != *pins.dp)) continue;
+        if (pins.stage_layers && pp != static_cast<int64_t>(pins.stage_layers->size())) continue;
+        space.splits.push_back(split_space(m, t, pins, dp, tp, pp, cp));
+      }
     }
   }
   if (pins.order) space.orders = {*pins.order};
@@ -169,8 +199,13 @@ Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c
     space.trains.push_back(tg);
   }
   if (!pins.offload.empty()) space.offload = pins.offload;
+  if (pins.tp_comm_overlap && *pins.tp_comm_overlap && gpu_sm_count(c.gpu) == 0)
+    return make_error("--tp-comm-overlap", "needs the GPU's SM count, which loom knows for A100, H100 and H200 (got " +
+                                               c.gpu.name + ")");
+  if (pins.tp_comm_overlap) space.tp_comm_overlap = {*pins.tp_comm_overlap};
+  else if (gpu_sm_count(c.gpu) > 0) space.tp_comm_overlap = {false, true};
   if (space.splits.empty())
-    return make_error("--tp", "no (dp, tp, pp) split of --gpus " + s(n) + " meets the pins");
+    return make_error("--tp", "no (dp, tp, pp) split of --gpus " + search_str(n) + " meets the pins");
   return space;
 }
 
@@ -256,7 +291,7 @@ bool better(const Candidate& a, const Candidate& b) {
   auto key = [](const Candidate& c) {
     const auto& p = c.p;
     return std::make_tuple(c.step_time_s, c.peak_bytes, p.dp, p.tp, p.pp, p.zero, p.micro_batch,
-                           static_cast<int>(p.recompute), p.sp, static_cast<int>(p.schedule), p.vpp, c.train,
+                           static_cast<int>(p.recompute), p.sp, p.tp_comm_overlap, static_cast<int>(p.schedule), p.vpp, c.train,
                            c.order, static_cast<int>(p.offload), p.ep, p.etp);
   };
   const auto ka = key(a), kb = key(b);
@@ -279,8 +314,8 @@ class LinksCache {
  public:
   LinksCache(const Topology& topo, bool memo) : topo_(topo), memo_(memo) {}
   GroupLinksSet get(const RankGrid& g) {
-    if (!memo_) return group_links(topo_, g);
-    return {one(g, Dim::tp, false), one(g, Dim::dp, false), one(g, Dim::pp, true), {}, {}, {}};  // expert groups: add_moe_links
+    if (!memo_ || g.size(Dim::cp) > 1) return group_links(topo_, g);  // cp: the dp-cp group (context_parallel.hpp)
+    return {one(g, Dim::tp, false), one(g, Dim::dp, false), one(g, Dim::pp, true), {}, {}, {}, {}};  // expert groups: add_moe_links
   }
 
  private:
@@ -308,7 +343,8 @@ std::vector<std::pair<int, GroupLinksSet>> distinct_orders(const SearchSpace& sp
                                                            LinksCache& links) {
   std::vector<std::pair<int, GroupLinksSet>> out;
   for (size_t i = 0; i < space.orders.size(); ++i) {
-    auto grid = RankGrid::make(sp.tp, sp.dp, sp.pp, space.orders[i]);
+    auto grid = RankGrid::make(sp.tp, sp.dp, sp.pp, space.orders[i], sp.cp);
+    if (sp.cp > 1 && space.orders.size() > 1 && !dp_cp_grid(*grid)) continue;  // validate_config's order rule
     const GroupLinksSet l = links.get(*grid);
     bool dup = false;
     for (const auto& [j, k] : out) dup = dup || same_links(k, l);
@@ -356,9 +392,13 @@ const std::vector<std::vector<int64_t>>& splits_of(const SplitSpace& sp, size_t 
 int64_t unit_size(const SearchSpace& space, const SplitSpace& sp) {
   size_t schedules = 0;  // (schedule, vpp, layer split) triples
   for (size_t i = 0; i < sp.schedules.size(); ++i) schedules += splits_of(sp, i).size();
-  return static_cast<int64_t>(sp.micro_batches.size() * space.recompute.size() * sp.sp.size() * schedules *
+  size_t sps = 0;  // (sp, tp comm overlap) pairs
+  for (bool on : sp.sp) sps += on && sp.tp > 1 ? space.tp_comm_overlap.size() : 1;
+  return static_cast<int64_t>(sp.micro_batches.size() * space.recompute.size() * sps * schedules *
                               space.offload.size() * sp.experts.size());
 }
+
+const std::vector<bool> kOverlapOff = {false};  // the overlap choices where sp is off or tp == 1
 
 void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space,
               const std::deque<CostModel>& models, const Unit& u, const SearchOptions& o, Tally& t) {
@@ -371,6 +411,7 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
   p.dp = sp.dp;
   p.tp = sp.tp;
   p.pp = sp.pp;
+  p.cp = sp.cp;
   p.zero = u.zero;
   p.order = space.orders[u.order];
   StageWork scratch;  // the memory bound's buffer list, its storage reused candidate after candidate
@@ -389,24 +430,31 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
             p.schedule = sp.schedules[si].first;
             p.vpp = sp.schedules[si].second;
             p.stage_layers = split;
-            ++t.considered;
+            // tp comm overlap changes time only: one validation and memory bound for its variants
+            const std::vector<bool>& tpos = on && p.tp > 1 ? space.tp_comm_overlap : kOverlapOff;
+            const auto variants = static_cast<int64_t>(tpos.size());
+            p.tp_comm_overlap = tpos.front();
+            t.considered += variants;
             auto st = validate_config(m, c, train, p, as_is);
             if (!st) {
-              t.reject(reason_key(st.error().message));
+              t.reject(reason_key(st.error().message), variants);
               continue;
             }
             if (o.prune && memory_lower_bound(scratch, m, c, train, p) > usable) {
-              t.reject(kDoesNotFitMemory);
+              t.reject(kDoesNotFitMemory, variants);
               continue;
             }
-            const Estimate e = models[u.train].evaluate(p, u.links);
-            ++t.evaluated;
-            if (!e.fits) {
-              t.reject(kDoesNotFitMemory);
-              continue;
+            for (int64_t k = 0; k < variants; ++k) {
+              p.tp_comm_overlap = tpos[static_cast<size_t>(k)];
+              const Estimate e = models[u.train].evaluate(p, u.links);
+              ++t.evaluated;
+              if (!e.fits) {  // the same memory either way
+                t.reject(kDoesNotFitMemory, variants - k);
+                break;
+              }
+              ++t.feasible;
+              t.offer({e.step_time_s, e.memory.peak(), p, u.train, u.order, u.links}, o.top_k);
             }
-            ++t.feasible;
-            t.offer({e.step_time_s, e.memory.peak(), p, u.train, u.order, u.links}, o.top_k);
           }
 }
 
@@ -420,6 +468,7 @@ std::optional<std::string> split_rejection(const ModelSpec& m, const ClusterSpec
   p.dp = sp.dp;
   p.tp = sp.tp;
   p.pp = sp.pp;
+  p.cp = sp.cp;
   if (!sp.schedules.empty()) p.stage_layers = splits_of(sp, 0).front();
   auto st = validate_config(m, c, space.trains.front(), p, [](const std::string& f) { return f; });
   if (st) return std::nullopt;

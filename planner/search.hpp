@@ -12,13 +12,20 @@
 //   recompute      none, selective, full
 //   sp             off, on (on only with tp > 1)
 //   schedule, vpp  1f1b (gpipe and zb-h1 too when pp > 1: with one stage they are the same
-//                  loop); interleaved with every vpp >= 2 dividing ceil(layers / pp)
+//                  loop); interleaved with every vpp >= 2 dividing ceil(layers / pp); zb-v
+//                  (vpp 2, the even split only) when pp > 1
 //   stage layers   per (pp, vpp): the even split where pp x vpp divides the layers and up to
 //                  four splits with lighter first and last stages (stage_split_candidates), so
 //                  a pp that does not divide the layers is searched too
 //   grad dtype     bf16, fp32
+//   dtype          as the job gives it, never searched: fp8 (sim/fp8.hpp) is the user's choice,
+//                  it changes the numerics; with --dtype fp8 every candidate is priced in FP8
 //   offload        none, or the choices --offload lists (optimizer, optimizer+params,
 //                  activations; host memory is checked beside GPU memory)
+//   cp             context parallelism (sim/context_parallel.hpp): 1, and where seq >= 8192 every
+//                  divisor of gpus / tp with 2 cp dividing seq and seq / cp >= 2048 tokens per
+//                  rank (below that a sequence is short enough to fit without splitting it and
+//                  the ring's blocks are too small to hide its sends); --cp pins one value
 //   ep, etp        MoE models: every expert-parallel size dividing the experts and tp x dp and
 //                  every expert-tp size dividing tp with ep x etp dividing tp x dp (Megatron-core's
 //                  rules; sim/moe.hpp); a dense model keeps ep = etp = 1
@@ -46,9 +53,13 @@ namespace loom {
 struct SearchPins {
   std::optional<int64_t> dp, tp, pp, max_tp, micro_batch, vpp;
   std::optional<int64_t> ep, etp;  // MoE: expert-parallel and expert-tp sizes (--ep, --etp)
+  std::optional<int64_t> cp;       // context-parallel size (--cp)
   std::optional<int> zero;
   std::optional<Recompute> recompute;
   std::optional<bool> sp;
+  // --tp-comm-overlap (sim/tp_overlap.hpp); unset: off and on are both tried where sp is on and
+  // tp > 1, on a GPU whose SM count loom knows.
+  std::optional<bool> tp_comm_overlap;
   std::optional<Schedule> schedule;
   std::optional<Dtype> grad_dtype;
   std::optional<std::string> order;
@@ -72,6 +83,7 @@ struct SplitSpace {
   // {} = layers / pp each). An entry without a list tries the even split only.
   std::vector<std::vector<std::vector<int64_t>>> stage_splits;
   std::vector<std::pair<int64_t, int64_t>> experts = {{1, 1}};  // (ep, etp) tried (MoE models)
+  int64_t cp = 1;  // context parallelism: gpus = dp x tp x pp x cp
 };
 
 struct SearchSpace {
@@ -81,6 +93,8 @@ struct SearchSpace {
   std::vector<Recompute> recompute;
   std::vector<TrainSpec> trains;    // one per grad dtype tried (grad dtype and bucket differ)
   std::vector<Offload> offload = {Offload::none};
+  // tp communication overlap tried where sp is on and tp > 1 (off alone elsewhere).
+  std::vector<bool> tp_comm_overlap = {false};
 };
 
 // Errors name the flag ("--tp: must divide --gpus (8 % 3 != 0)"), for pins that contradict

@@ -5,22 +5,27 @@
 #include <sstream>
 
 #include "sim/collectives.hpp"
+#include "sim/context_parallel.hpp"
 #include "sim/moe.hpp"
 #include "sim/op_timer.hpp"
 #include "sim/offload.hpp"
 #include "sim/profile.hpp"
+#include "sim/schedule.hpp"
+#include "sim/tp_overlap.hpp"
 
 namespace loom {
 
 GroupLinksSet group_links(const Topology& topo, const RankGrid& grid) {
-  return {topo.ring(grid, Dim::tp), topo.ring(grid, Dim::dp), topo.pipeline_p2p(grid), {}, {}, {}};  // expert groups: add_moe_links
+  GroupLinksSet l{topo.ring(grid, Dim::tp), topo.ring(grid, Dim::dp), topo.pipeline_p2p(grid), {}, {}, {}, {}};  // expert groups: add_moe_links
+  add_cp_links(l, topo, grid);  // cp > 1: the KV ring, and dp as the dp-cp group
+  return l;
 }
 
 CostModel::CostModel(ModelSpec model, ClusterSpec cluster, TrainSpec train)
     : model_(std::move(model)), cluster_(std::move(cluster)), train_(train), topo_(cluster_) {}
 
 Estimate CostModel::evaluate(const ParallelConfig& p, bool overlap) const {
-  auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order);
+  auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order, p.cp);
   return evaluate(p, group_links(topo_, *grid), overlap);
 }
 
@@ -40,7 +45,7 @@ void price_ops(const StageWork& w, const OpTimer& op, StageEstimate& s) {
       case Pass::forward: s.forward_s += t; break;
       case Pass::backward:
         s.backward_s += t;
-        if (o.kind == OpKind::gemm_bwd) s.weight_grad_s += calls * o.scale * op.gemm_wgrad(o.m, o.n, o.k);
+        if (o.kind == OpKind::gemm_bwd) s.weight_grad_s += calls * o.scale * op.wgrad(o);
         break;
       case Pass::recompute: s.recompute_s += t; break;
       case Pass::step: break;
@@ -88,6 +93,11 @@ struct DpWindow {
 DpWindow dp_window(const StageWork& w, const GroupLinksSet& links, const StageEstimate& s) {
   DpWindow win{s.forward_s, s.backward_s + s.recompute_s};
   if (links.tp.size > 1 && links.tp.nodes_spanned > 1 && links.dp.nodes_spanned > 1) return win;
+  if (w.find(Group::tp, kTpOverlappedMessage) != nullptr) {  // --tp-comm-overlap: the exposed part only
+    win.forward_s += s.tp_forward_s;
+    win.backward_s += s.tp_comm_s - s.tp_forward_s;
+    return win;
+  }
   for (const Message& msg : w.messages) {
     if (msg.group != Group::tp || msg.cadence != Cadence::micro_batch) continue;
     const double t = static_cast<double>(msg.count) * message_time_s(msg, links.tp);
@@ -113,53 +123,93 @@ double zero3_exposed_s(double g, double rs, double f, double b, double L, double
   return chunks * (fwd + bwd) + g;
 }
 
+// A stage's data-parallel messages, timed on the dp links: the gradient reduction (per
+// micro-batch under ZeRO-2, else once per step) in `pieces` buckets, ZeRO-1/2's gather of the
+// updated weights after the optimizer, and ZeRO-3's per-layer gather and reduce-scatter.
+struct DpTimes {
+  double grad_s = 0, per_mb_grad_s = 0, gather_step_s = 0, gather_layer_s = 0, rs_layer_s = 0, pieces = 1;
+};
+DpTimes dp_times(const StageWork& w, const GroupLinks& dpl) {
+  DpTimes d;
+  for (const Message& msg : w.messages) {
+    if (msg.group != Group::dp || msg.ranks > 0 || msg.kind == MessageKind::send) continue;
+    const double t = message_time_s(msg, dpl);
+    if (msg.kind == MessageKind::all_gather && msg.cadence == Cadence::step) d.gather_step_s += t;
+    if (msg.kind == MessageKind::all_gather && msg.cadence == Cadence::micro_batch)
+      d.gather_layer_s = t / static_cast<double>(msg.pieces);
+    if (msg.kind != MessageKind::all_gather) {
+      d.pieces = static_cast<double>(msg.pieces);
+      (msg.cadence == Cadence::micro_batch ? d.per_mb_grad_s : d.grad_s) = t;
+      d.rs_layer_s = t / d.pieces;
+    }
+  }
+  return d;
+}
+
 // Exposed data-parallel time per step. Gradient reduction runs in buckets during the backward
 // that produces them: only the part longer than that backward, and at least the last bucket,
 // shows (ZeRO-2: every micro-batch). ZeRO-1/2 parameter all-gathers follow the optimizer step,
 // exposed. ZeRO-3 gathers are prefetched one layer ahead: each layer shows what its gather
 // (and, in backward, its reduce-scatter) exceeds its compute, plus the first layer's gather.
 // Without overlap every collective shows in full.
-double dp_exposed_s(const StageWork& w, const GroupLinks& dpl, int64_t mb, double chunks, const DpWindow& s,
-                    bool overlap) {
-  double grad = 0, gather_step = 0, gather_layer = 0, rs_layer = 0, pieces = 1, per_mb_grad = 0;
-  for (const Message& msg : w.messages) {
-    if (msg.group != Group::dp || msg.ranks > 0 || msg.kind == MessageKind::send) continue;
-    const double t = message_time_s(msg, dpl);
-    if (msg.kind == MessageKind::all_gather && msg.cadence == Cadence::step) gather_step += t;
-    if (msg.kind == MessageKind::all_gather && msg.cadence == Cadence::micro_batch)
-      gather_layer = t / static_cast<double>(msg.pieces);
-    if (msg.kind != MessageKind::all_gather) {
-      pieces = static_cast<double>(msg.pieces);
-      (msg.cadence == Cadence::micro_batch ? per_mb_grad : grad) = t;
-      rs_layer = t / pieces;
-    }
-  }
+double dp_exposed_s(const DpTimes& d, int64_t mb, double chunks, const DpWindow& s, bool overlap) {
   const double m = static_cast<double>(mb);
-  if (gather_layer > 0) {  // ZeRO-3
-    const double L = pieces;
-    if (!overlap) return m * L * (2 * gather_layer + rs_layer);
-    return m * zero3_exposed_s(gather_layer, rs_layer, s.forward_s / L, s.backward_s / L, L, chunks);
+  if (d.gather_layer_s > 0) {  // ZeRO-3
+    const double L = d.pieces;
+    if (!overlap) return m * L * (2 * d.gather_layer_s + d.rs_layer_s);
+    return m * zero3_exposed_s(d.gather_layer_s, d.rs_layer_s, s.forward_s / L, s.backward_s / L, L, chunks);
   }
-  if (!overlap) return grad + m * per_mb_grad + gather_step;
-  if (per_mb_grad > 0) return m * std::max(per_mb_grad - s.backward_s, per_mb_grad / pieces) + gather_step;
-  if (grad > 0) return std::max(grad - s.backward_s, grad / pieces) + gather_step;
-  return gather_step;
+  if (!overlap) return d.grad_s + m * d.per_mb_grad_s + d.gather_step_s;
+  if (d.per_mb_grad_s > 0)
+    return m * std::max(d.per_mb_grad_s - s.backward_s, d.per_mb_grad_s / d.pieces) + d.gather_step_s;
+  if (d.grad_s > 0) return std::max(d.grad_s - s.backward_s, d.grad_s / d.pieces) + d.gather_step_s;
+  return d.gather_step_s;
+}
+
+// zb-h1 under ZeRO 0-2 (schedule.hpp): the gradients come from the W passes, and stage j ends
+// with k = min(j + 1, m) of them back to back after its last B. Its dp stream, on its own
+// queue, keeps up with one reduction per micro-batch in the steady state (each F, B, W triple
+// of period P gives it P; what a reduction c exceeds P shows there), and then takes the last k
+// reductions: ZeRO-2 reduces every micro-batch's gradients (k jobs of c in n buckets, bucket
+// q of W i ready at (i - 1 + q / n) w), which end max(k w + c / n, k c + w / n) after the last
+// B (the last bucket after the last W, or a queue busy from the first bucket on); ZeRO 0/1
+// reduce once, C, after the last W: max(k w + C / n, (k - 1) w + w / n + C). This tail is
+// what zb_h1_bubble_s adds to each stage's end; the idle time it leaves is dp's, as the
+// simulator reports it.
+double zb_h1_tail_s(double w, int64_t k, const DpTimes& d) {
+  const double kk = static_cast<double>(k), n = d.pieces;
+  if (d.per_mb_grad_s > 0) return std::max(kk * w + d.per_mb_grad_s / n, kk * d.per_mb_grad_s + w / n);
+  if (d.grad_s > 0) return std::max(kk * w + d.grad_s / n, (kk - 1) * w + w / n + d.grad_s);
+  return kk * w;
+}
+
+// The dp times zb_h1_tail_s reads: a ring's gradient reduction overlapped with compute (none
+// under ZeRO-3, the parameter server or without overlap: then only the W's).
+DpTimes zb_h1_dp(const StageWork& w, const ParallelConfig& p, const GroupLinks& dpl, bool overlap) {
+  const bool ring = dp_cp(p) > 1 && p.dp_comm == DpComm::ring && p.zero < 3 && overlap;
+  return ring ? dp_times(w, dpl) : DpTimes{};
+}
+
+double zb_h1_steady_dp_s(const DpTimes& d, double period_s, int64_t mb) {
+  return static_cast<double>(mb) * std::max(0.0, d.per_mb_grad_s - period_s) + d.gather_step_s;
 }
 
 void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p, const GroupLinksSet& links,
               int64_t mb, int64_t e, StageEstimate& s, bool overlap) {
   const GroupLinks& dpl = links.dp;
-  if (p.dp <= 1) return;
+  if (dp_cp(p) <= 1) return;  // the gradients are reduced over dp x cp (context_parallel.hpp)
   if (p.dp_comm == DpComm::parameter_server) {
     const Message* push = w.find(Group::dp, "dp push");
     s.dp_comm_exposed_s = parameter_server_s(c, dpl, p.dp, p.ps_servers, static_cast<double>(push->bytes),
                                              static_cast<double>(e * w.params));
     return;
   }
-  DpWindow win = dp_window(w, links, s);
-  // zb-h1: the gradients come from the W pass, so its buckets fill while W alone runs.
-  if (p.schedule == Schedule::zb_h1 && p.zero < 3) win.backward_s = s.weight_grad_s;
-  s.dp_comm_exposed_s = dp_exposed_s(w, dpl, mb, static_cast<double>(p.vpp), win, overlap);
+  const DpTimes d = dp_times(w, dpl);
+  if (p.schedule == Schedule::zb_h1 && p.zero < 3 && p.pp > 1 && overlap) {  // the tail: zb_h1_tail_s
+    s.dp_comm_exposed_s = zb_h1_steady_dp_s(d, s.micro_batch_s(), mb);
+    return;
+  }
+  s.dp_comm_exposed_s = dp_exposed_s(d, mb, static_cast<double>(p.vpp), dp_window(w, links, s), overlap);
 }
 
 }  // namespace
@@ -175,7 +225,12 @@ StageEstimate CostModel::price_stage(const StageWork& w, const ParallelConfig& p
   s.memory = w.memory();
   s.flops = w.flops_per_micro_batch() * mb;
   price_ops(w, op, s);
+  price_cp_ring(w, links.cp, op, s);  // context parallelism: the KV ring's exposed steps
   price_messages(w, links, mb, s);
+  if (p.tp_comm_overlap) {  // what the tp-chunked GEMMs hide of their collectives (sim/tp_overlap.hpp)
+    const TpHiddenTime hidden = tp_overlap_hidden_s(w, links.tp, op);
+    s.tp_comm_s -= hidden.total_s(), s.tp_forward_s -= hidden.forward_s;
+  }
   price_dp(w, cluster_, p, links, mb, dtype_bytes(train_.dtype), s, overlap);
   s.dp_comm_exposed_s += s.edp_step_s;  // MoE: the expert gradients after the last backward, exposed
   s.optimizer_s = w.optimizer_on_host ? cpu_optimizer_s(cluster_, w.optimizer_bytes)
@@ -202,7 +257,7 @@ double pp_exposed_s(const Estimate& est, const ParallelConfig& p, size_t slow, d
   for (size_t i = 0; i < est.stages.size(); ++i)
     if (i != slow) next = std::max(next, est.stages[i].micro_batch_s());
   double slack = (est.stages[slow].micro_batch_s() - next) / static_cast<double>(p.vpp);
-  if (p.zero >= 3 && p.dp > 1) slack += est.stages[slow].dp_comm_exposed_s / (2 * chunks);
+  if (p.zero >= 3 && dp_cp(p) > 1) slack += est.stages[slow].dp_comm_exposed_s / (2 * chunks);
   return 2 * static_cast<double>(p.pp - 1) * p2p_s + chunks * std::max(0.0, p2p_s - slack);
 }
 
@@ -221,12 +276,14 @@ SplitPass split_pass(const StageEstimate& x) {
 // equal stages (p - 1)(F + B - W), a third of 1F1B's (p - 1)(F + B + W) when F = B = W. With
 // unequal ones the slowest stage s (the last of equals) runs without waiting once started:
 // after the forwards of the stages before it, and, when the stages after it take longer than
-// its warm-up of p - s - 1 forwards, after its first gradient is back. Its last B ends its s + 1
-// deferred W's before its own end; the step ends with the longest tail after that B: those W's,
-// or the B's back to an earlier stage j and j's j + 1 W's, or a later stage's j + 1 W's (whose
-// last B ended before s's began). Exact against the simulator's timeline when the slowest
-// stage is the last and m >= p; otherwise an estimate of the same shape as 1F1B's.
-double zb_h1_bubble_s(const std::vector<StageEstimate>& stages) {
+// its warm-up of p - s - 1 forwards, after its first gradient is back. Its last B ends with
+// tail[s] to go (its deferred W's: k w); the step ends with the longest tail after that B:
+// s's own, or the B's back to an earlier stage j and j's tail, or a later stage's tail (whose
+// last B ended before s's began). tail[j] is stage j's end after its last B: its
+// k = min(j + 1, m) W's, or, with the gradient reduction, when that ends (zb_h1_tail_s).
+// Exact against the simulator's timeline when the slowest stage is the last and m >= p;
+// otherwise an estimate of the same shape as 1F1B's.
+double zb_h1_bubble_s(const std::vector<StageEstimate>& stages, const std::vector<double>& tail_after_b, int64_t mb) {
   const size_t p = stages.size();
   size_t s = 0;
   std::vector<SplitPass> t;
@@ -240,15 +297,16 @@ double zb_h1_bubble_s(const std::vector<StageEstimate>& stages) {
   const double start = before + std::max(0.0, after - static_cast<double>(p - s - 1) * t[s].f);
   double tail = 0, chain = 0;  // chain: the B's from stage j to stage s - 1
   for (size_t j = s + 1; j-- > 0;) {
-    tail = std::max(tail, chain + static_cast<double>(j + 1) * t[j].w);
+    tail = std::max(tail, chain + tail_after_b[j]);
     if (j > 0) chain += t[j - 1].b;
   }
   chain = 0;  // now the B's from stage s to stage j - 1, which stage j's last B preceded
   for (size_t j = s + 1; j < p; ++j) {
     chain += t[j - 1].b;
-    tail = std::max(tail, static_cast<double>(j + 1) * t[j].w - chain);
+    tail = std::max(tail, tail_after_b[j] - chain);
   }
-  return start + tail - static_cast<double>(s + 1) * t[s].w;
+  const double own_w = static_cast<double>(std::min<int64_t>(static_cast<int64_t>(s) + 1, mb)) * t[s].w;
+  return start + tail - own_w;
 }
 
 // 1F1B's fill and drain with unequal stages (uneven layer splits, the model's ends), from the
@@ -274,6 +332,26 @@ double one_f_one_b_bubble_s(const std::vector<StageEstimate>& stages, size_t s) 
   return before + std::max(0.0, after - warm * f) + std::max(0.0, after - warm * b);
 }
 
+// ZB-V's fill and drain (Qi et al. 2024, "Pipeline Parallelism with Controllable Memory", arXiv
+// 2405.15362), derived from the schedule itself: zb_v_rank's tables played (table_makespan_s)
+// with each chunk taking half its stage's F, B and W (split_pass; the simulator halves a
+// stage's passes over its two chunks the same way) and free links (pp_exposed_s adds the
+// transfers). Bubble = that makespan less the slowest stage's m (F + B + W). With F = B = W per
+// chunk it is (p - 1) F for m >= 2p - 1, a sixth of a stage pass per micro-batch:
+// (p - 1)/(6m) of the step (tests/test_simulator.cpp). From 2p - 1 micro-batches on the tables
+// repeat one period, so the bubble no longer changes with m and min(m, 4p) are played.
+double zb_v_bubble_s(const std::vector<StageEstimate>& stages, size_t slow, int64_t mb) {
+  const int64_t pp = static_cast<int64_t>(stages.size()), played = std::min(mb, 4 * pp);
+  std::vector<ChunkPassSeconds> chunk;
+  for (const StageEstimate& x : stages) {
+    const SplitPass t = split_pass(x);
+    chunk.push_back({t.f / 2, t.b / 2, t.w / 2});
+  }
+  const auto step = table_makespan_s(make_schedule(Schedule::zb_v, pp, 2, played), Schedule::zb_v, 2, played, chunk);
+  const SplitPass s = split_pass(stages[slow]);
+  return step ? std::max(0.0, *step - static_cast<double>(played) * (s.f + s.b + s.w)) : 0.0;
+}
+
 // Of the largest optimizer step, what runs during the pipeline's drain (1F1B and GPipe): stage
 // i's last backward ends sum_{j<i} b_j before stage 0's (the last gradient still goes back
 // through the stages before it), and its optimizer starts then, so the step ends
@@ -296,7 +374,9 @@ double optimizer_in_drain_s(const std::vector<StageEstimate>& stages) {
 // equal jobs, whose makespan is one job's times plus (m - 1) times the slowest stage's, so its
 // bubble is the sum of the others' micro-batch times), and waits for the transfers
 // pp_exposed_s counts.
-void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overlap) {
+// dp: each stage's zb_h1_dp (zb-h1 only). zb-h1's bubble is priced without the
+// gradient reduction; what the reduction's tail adds to it is exposed dp time.
+void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overlap, const std::vector<DpTimes>& dp) {
   size_t slow = 0;
   double sum_mb = 0;
   for (size_t i = 0; i < est.stages.size(); ++i) {
@@ -308,7 +388,20 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overla
   est.time.compute_s = mb * (ss.forward_s + ss.backward_s + ss.recompute_s);
   est.time.tp_comm_s = mb * ss.tp_comm_s + ss.tp_grad_sync_s;
   est.time.ep_comm_s = mb * ss.ep_comm_s;  // MoE all-to-alls and expert tp, in-line as tp's
-  est.time.bubble_s = p.schedule == Schedule::zb_h1 && p.pp > 1          ? zb_h1_bubble_s(est.stages)
+  const bool zb_h1 = p.schedule == Schedule::zb_h1 && p.pp > 1;
+  double zb_h1_plain_s = 0, zb_h1_dp_tail_s = 0;
+  if (zb_h1) {
+    std::vector<double> w_only(est.stages.size()), tails(est.stages.size());
+    for (size_t j = 0; j < w_only.size(); ++j) {
+      const int64_t k = std::min<int64_t>(static_cast<int64_t>(j) + 1, est.micro_batches);
+      w_only[j] = static_cast<double>(k) * split_pass(est.stages[j]).w;
+      tails[j] = zb_h1_tail_s(split_pass(est.stages[j]).w, k, dp[j]);
+    }
+    zb_h1_plain_s = zb_h1_bubble_s(est.stages, w_only, est.micro_batches);
+    zb_h1_dp_tail_s = std::max(0.0, zb_h1_bubble_s(est.stages, tails, est.micro_batches) - zb_h1_plain_s);
+  }
+  est.time.bubble_s = zb_h1 ? zb_h1_plain_s
+                     : p.schedule == Schedule::zb_v && p.pp > 1 ? zb_v_bubble_s(est.stages, slow, est.micro_batches)
                      : p.schedule == Schedule::one_f_one_b && p.pp > 1 ? one_f_one_b_bubble_s(est.stages, slow)
                                                                         : (sum_mb - ss.micro_batch_s()) / v;
   est.time.pp_comm_s = pp_exposed_s(est, p, slow, p2p_s, overlap);
@@ -317,6 +410,7 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overla
     est.time.optimizer_s = std::max(est.time.optimizer_s, s.optimizer_s);
     est.time.host_comm_s = std::max(est.time.host_comm_s, s.host_step_s);  // offload's per-step copies
   }
+  est.time.dp_comm_s += zb_h1_dp_tail_s;
   est.time.host_comm_s += mb * ss.host_s;
   if (p.schedule == Schedule::one_f_one_b || p.schedule == Schedule::gpipe)
     est.time.bubble_s = std::max(0.0, est.time.bubble_s - optimizer_in_drain_s(est.stages));
@@ -325,9 +419,10 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overla
 
 // Which numbers priced the compute (OpTimer::of: the profile serves bf16 plans only).
 std::string priced_by(const ClusterSpec& c, const TrainSpec& t) {
+  const std::string fp8 = t.fp8 ? "; FP8 GEMMs at the FP8 peak with the bf16 efficiency of each shape (sim/fp8.hpp)" : "";
   if (c.calibration && t.dtype == Dtype::bf16)
-    return "measured profile " + c.calibration->name + " (loom calibrate on " + c.calibration->device + ")";
-  return "documented efficiency defaults of " + c.name + " (not measured)";
+    return "measured profile " + c.calibration->name + " (loom calibrate on " + c.calibration->device + ")" + fp8;
+  return "documented efficiency defaults of " + c.name + " (not measured)" + fp8;
 }
 
 // Peak: the stage with the largest peak; comm: the largest per field.
@@ -354,7 +449,7 @@ void peak_and_fit(Estimate& est, const ClusterSpec& c) {
 // The data-parallel alternatives, for the gradients of the stage with the largest peak.
 void dp_alternatives(Estimate& est, const ClusterSpec& c, const ParallelConfig& p, const GroupLinks& dpl, int64_t e,
                      int64_t g) {
-  if (p.dp <= 1) return;
+  if (dp_cp(p) <= 1) return;
   const double params = static_cast<double>(est.stages[est.peak_stage].params);
   const double G = static_cast<double>(g) * params, W = static_cast<double>(e) * params;
   est.dp_alternatives.ring_all_reduce_s = collective_time_s(Collective::all_reduce, G, dpl);
@@ -388,6 +483,7 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& given
   est.stages.reserve(static_cast<size_t>(p.pp));
   int64_t interior = -1;  // the last interior stage priced
   int64_t host_bytes = 0;  // offload: the most any stage keeps in host memory
+  std::vector<DpTimes> zb_h1_dp_of;  // zb-h1: each stage's gradient reduction (zb_h1_dp)
   for (int64_t i = 0; i < p.pp; ++i) {
     // Interior stages of as many layers have the same ops and messages (stage_work.hpp): one
     // is priced, the next ones take its prices and their own buffers.
@@ -397,6 +493,7 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& given
     build_stage_work(w, m, c, tr, p, i, /*memory_only=*/reuse);
     host_bytes = std::max(host_bytes, w.host_bytes());
     if (reuse) {
+      zb_h1_dp_of.push_back(zb_h1_dp_of[static_cast<size_t>(interior)]);
       StageEstimate s = est.stages[static_cast<size_t>(interior)];
       s.index = i;
       s.in_flight = w.in_flight;
@@ -406,9 +503,10 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& given
     }
     if (is_interior_stage(i, p.pp)) interior = i;
     est.stages.push_back(price_stage(w, p, links, est.micro_batches, overlap));
+    zb_h1_dp_of.push_back(zb_h1_dp(w, p, links.dp, overlap));
     if (const Message* send = w.find(Group::pp, "pp send")) p2p_s = message_time_s(*send, links.pp);
   }
-  step_time(est, p, p2p_s, overlap);
+  step_time(est, p, p2p_s, overlap, zb_h1_dp_of);
   est.priced_by = priced_by(c, tr);
   est.flops_model = model_flops(m, tr.global_batch, tr.seq, AttentionFlops::causal);
   est.flops_model_paper = model_flops(m, tr.global_batch, tr.seq, AttentionFlops::full);

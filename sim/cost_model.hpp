@@ -21,6 +21,8 @@ struct GroupLinksSet {
   // MoE with ep x etp > 1 (sim/moe.hpp moe_links): the expert groups; untouched otherwise.
   AllToAllLinks ep;
   GroupLinks etp, edp;
+  // Context parallelism (sim/context_parallel.hpp): the KV ring; dp is then the dp-cp group.
+  GroupLinks cp;
 };
 GroupLinksSet group_links(const Topology& topo, const RankGrid& grid);
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "sim/mla.hpp"
 #include "sim/moe.hpp"
 
 namespace loom {
@@ -16,6 +17,10 @@ LayerParams layer_params(const ModelSpec& m) {
                 + f * h;                         // fc2 weight (row-parallel)
     p.replicated = 2 * h + 2 * h                 // LN1, LN2 (gain and bias)
                    + h + h;                      // row-parallel biases of proj and fc2
+  } else if (m.is_mla()) {  // DeepSeek's latent attention (sim/mla.hpp) and a SwiGLU MLP
+    const LayerParams a = mla_attention_params(m);
+    p.sharded = a.sharded + 3 * h * f;
+    p.replicated = a.replicated + h + h;         // with the two RMSNorm gains
   } else {
     const int64_t q = m.q_dim();                 // heads x head size (h unless set apart)
     p.sharded = h * q + 2 * h * kv + q * h       // q, k, v, o
@@ -56,6 +61,11 @@ LayerFlops layer_forward_flops(const ModelSpec& m, int64_t batch, int64_t seq, A
              + 2 * t * q * h           // output projection
              + 2 * t * h * f * mlp_matrices;
   out.attention = 2 * (2 * t * seq * q);  // QK^T and softmax*V, every head, the full s x s
+  if (m.is_mla()) {  // latent attention in place of q, k, v, o (sim/mla.hpp)
+    const LayerFlops a = mla_forward_flops(m, batch, seq);
+    out.gemm = a.gemm + 2 * t * h * f * mlp_matrices;
+    out.attention = a.attention;
+  }
   if (conv == AttentionFlops::causal) out.attention /= 2;  // the half on and below the diagonal
   return out;
 }

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "sim/rank_grid.hpp"
+#include "sim/schedule.hpp"
 #include "sim/topology.hpp"
 
 namespace loom {
@@ -51,6 +52,9 @@ MoeLayerParams moe_layer_params(const ModelSpec& m) {
   p.router = h * m.experts;
   p.routed = m.experts * 3 * h * fe;
   p.shared = m.shared_experts * 3 * h * fe;
+  // Qwen2-MoE (transformers Qwen2MoeSparseMoeBlock): shared_expert_gate, a bias-free h x 1 linear
+  // whose sigmoid scales the shared expert's output.
+  if (m.shared_expert_gate) p.shared += h;
   return p;
 }
 
@@ -68,7 +72,8 @@ int64_t active_params(const ModelSpec& m) {
 FlopCount moe_forward_flops_delta(const ModelSpec& m, int64_t tokens) {
   if (!m.is_moe()) return 0;
   const FlopCount T = tokens, h = m.hidden, fe = m.expert_ffn_hidden;
-  const FlopCount moe = 2 * T * h * m.experts + 2 * ffn_matrices(m) * T * h * fe * (m.experts_per_token + m.shared_experts);
+  const FlopCount moe = 2 * T * h * (m.experts + (m.shared_expert_gate ? 1 : 0)) +
+                        2 * ffn_matrices(m) * T * h * fe * (m.experts_per_token + m.shared_experts);
   const FlopCount dense = 2 * ffn_matrices(m) * T * h * m.ffn_hidden;
   return moe - dense;
 }
@@ -98,6 +103,7 @@ Status check_moe_model(const ModelSpec& m, const FieldNamer& name) {
     for (auto [field, v] : unused)
       if (v != 0) return Error{name(field) + ": needs experts > 0 (got " + str(v) + " with experts 0)"};
     if (m.experts < 0) return Error{name("experts") + ": must be >= 0 (got " + str(m.experts) + ")"};
+    if (m.shared_expert_gate) return Error{name("shared_expert_gate") + ": needs experts > 0 (got true with experts 0)"};
     return ok_status();
   }
   if (auto st = bounded(name, "experts", m.experts, 2, kMaxExperts); !st) return st;
@@ -106,6 +112,8 @@ Status check_moe_model(const ModelSpec& m, const FieldNamer& name) {
   if (auto st = bounded(name, "expert_ffn_hidden", m.expert_ffn_hidden, 1, limits::kFfnHidden); !st) return st;
   if (auto st = bounded(name, "dense_layers", m.dense_layers, 0, m.layers - 1); !st) return st;
   if (auto st = bounded(name, "moe_layer_interval", m.moe_layer_interval, 1, m.layers); !st) return st;
+  if (m.shared_expert_gate && m.shared_experts == 0)
+    return Error{name("shared_expert_gate") + ": needs shared_experts > 0 (got true with shared_experts 0)"};
   if (m.family != Family::llama)
     return Error{name("experts") + ": mixture-of-experts layers are modelled for the llama family (SwiGLU experts)"};
   if (moe_layer_total(m) < 1)
@@ -193,7 +201,10 @@ MoeStage moe_stage(const ModelSpec& m, const TrainSpec& t, const ParallelConfig&
   }
   const int64_t chunk = chunk_layer_count(p, m.layers, stage);
   for (int64_t c = 0; c < p.vpp; ++c) {
-    const int64_t n = moe_layers_in(m, c * round + before, chunk);
+    // zb-v (even stages only, validate_config): chunk c holds virtual stage zb_v_virtual_stage.
+    const int64_t start = p.schedule == Schedule::zb_v ? virtual_stage(p.schedule, stage, c, p.pp) * chunk
+                                                       : c * round + before;
+    const int64_t n = moe_layers_in(m, start, chunk);
     s.layers += n;
     s.layers_chunk = std::max(s.layers_chunk, n);
   }
@@ -208,10 +219,11 @@ MoeStage moe_stage(const ModelSpec& m, const TrainSpec& t, const ParallelConfig&
   s.C = static_cast<int64_t>(std::ceil(t.moe_capacity_factor * static_cast<double>(s.Tr * s.k) /
                                        static_cast<double>(s.E)));
   s.R = s.etp * s.E * s.C;
-  s.dense_params = s.h * s.E + 3 * s.h * s.fs / s.t;
+  s.gate = m.shared_expert_gate ? s.h : 0;
+  s.dense_params = s.h * s.E + s.gate + 3 * s.h * s.fs / s.t;
   s.expert_params = s.layers * (s.E / s.ep) * 3 * s.h * s.fe / s.etp;
   s.mlp_params = dense_mlp_params(m) / s.t;
-  s.router_params = s.layers * s.h * s.E;
+  s.router_params = s.layers * (s.h * s.E + s.gate);
   s.dispatch_bytes = s.E * s.C * s.h * s.e;
   s.gathered_bytes = s.R * s.h * s.e;
   return s;
@@ -238,12 +250,25 @@ void moe_buffers(std::vector<Buffer>& v, const MoeStage& s, const ParallelConfig
   add("expert backward scratch", MemCategory::workspace, s.e * s.R * (s.h + 3 * s.fe / s.etp));
 }
 
+// `groups` products of (M, N, K) in one launch (OpTimer::grouped).
+static Op grouped_gemm(const char* name, Pass pass, int64_t M, int64_t N, int64_t K, int64_t groups, int64_t count) {
+  Op o = gemm(name, pass, M, N, K, count);
+  o.batch = static_cast<double>(groups);
+  o.flops *= groups;
+  return o;
+}
+
 void moe_ops(std::vector<Op>& ops, const MoeStage& s, Pass pass) {
   const int64_t L = s.layers;
   if (L <= 0) return;
   ops.push_back(gemm("router", pass, s.Tr, s.E, s.h, L));
-  ops.push_back(gemm("expert gate|up", pass, s.R, 2 * s.fe / s.etp, s.h, L));
-  ops.push_back(gemm("expert down", pass, s.R, s.h, s.fe / s.etp, L));
+  // Each of the rank's E / ep experts multiplies its own rows, ep etp C of them at capacity:
+  // Megatron's grouped GEMM runs them in one launch, but each product keeps its own shape, so
+  // its efficiency is that of an (ep etp C, n, k) GEMM, not of one R-row product.
+  const int64_t local = s.E / s.ep;
+  ops.push_back(grouped_gemm("expert gate|up", pass, s.R / local, 2 * s.fe / s.etp, s.h, local, L));
+  ops.push_back(grouped_gemm("expert down", pass, s.R / local, s.h, s.fe / s.etp, local, L));
+  if (s.gate > 0) ops.push_back(gemm("shared expert gate", pass, s.T, 1, s.h, L));  // Qwen2-MoE's sigmoid gate
   if (s.fs > 0) {
     ops.push_back(gemm("shared expert gate|up", pass, s.T, 2 * s.fs / s.t, s.h, L));
     ops.push_back(gemm("shared expert down", pass, s.T, s.h, s.fs / s.t, L));

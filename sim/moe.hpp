@@ -46,7 +46,8 @@ int64_t moe_layer_total(const ModelSpec& m);
 // Parameters of the dense MLP one layer holds (gpt: fc1 h f + f, fc2 f h + h; llama: 3 h f).
 int64_t dense_mlp_params(const ModelSpec& m);
 
-// One MoE layer's MLP part: router h E; routed experts E x 3 h fe; shared experts 3 h fs.
+// One MoE layer's MLP part: router h E; routed experts E x 3 h fe; shared experts 3 h fs, plus
+// Qwen2-MoE's hidden x 1 shared-expert gate (h).
 struct MoeLayerParams {
   int64_t router = 0, routed = 0, shared = 0;
   int64_t total() const { return router + routed + shared; }
@@ -84,7 +85,8 @@ struct MoeStage {
   int64_t dense_params = 0;    // per MoE layer on this rank, not experts: router + shared / t
   int64_t expert_params = 0;   // all MoE layers of the stage: (E / ep) 3 h fe / etp each
   int64_t mlp_params = 0;      // the dense MLP a MoE layer replaces, on this rank: 3 h f / t
-  int64_t router_params = 0;   // all MoE layers: h E each (replicated over tp)
+  int64_t router_params = 0;   // all MoE layers: h E each (replicated over tp), and Qwen2-MoE's gate h
+  int64_t gate = 0;            // Qwen2-MoE's shared-expert gate: h parameters a layer (0: none)
   int64_t dispatch_bytes = 0;  // one all-to-all's buffer per rank: E C h e
   int64_t gathered_bytes = 0;  // the etp all-gather's full buffer: R h e
 };

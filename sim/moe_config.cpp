@@ -6,17 +6,18 @@ namespace loom {
 
 namespace {
 
-bool present(const nlohmann::json& j, const std::string& key) { return j.contains(key) && !j.at(key).is_null(); }
+bool moe_present(const nlohmann::json& j, const std::string& key) { return j.contains(key) && !j.at(key).is_null(); }
 
 // Experts a layer may have (sim/moe.cpp checks the same bound on the model).
-constexpr int64_t kMaxExperts = int64_t{1} << 16;
+constexpr int64_t kMaxExpertCount = int64_t{1} << 16;
 
 }  // namespace
 
 void read_moe_keys(ObjectReader& r, ModelSpec& m) {
-  r.opt_integer("experts", m.experts, 0, kMaxExperts);
-  r.opt_integer("experts_per_token", m.experts_per_token, 0, kMaxExperts);
-  r.opt_integer("shared_experts", m.shared_experts, 0, kMaxExperts);
+  r.opt_integer("experts", m.experts, 0, kMaxExpertCount);
+  r.opt_integer("experts_per_token", m.experts_per_token, 0, kMaxExpertCount);
+  r.opt_integer("shared_experts", m.shared_experts, 0, kMaxExpertCount);
+  r.opt_boolean("shared_expert_gate", m.shared_expert_gate);
   r.opt_integer("expert_ffn_hidden", m.expert_ffn_hidden, 0, limits::kFfnHidden);
   r.opt_integer("dense_layers", m.dense_layers, 0, limits::kLayers);
   r.opt_integer("moe_layer_interval", m.moe_layer_interval, 1, limits::kLayers);
@@ -29,6 +30,7 @@ void moe_keys_to_json(nlohmann::json& j, const ModelSpec& m) {
   j["experts"] = m.experts;
   j["experts_per_token"] = m.experts_per_token;
   j["shared_experts"] = m.shared_experts;
+  if (m.shared_expert_gate) j["shared_expert_gate"] = true;
   j["expert_ffn_hidden"] = m.expert_ffn_hidden;
   j["dense_layers"] = m.dense_layers;
   j["moe_layer_interval"] = m.moe_layer_interval;
@@ -42,24 +44,14 @@ std::string hf_dense_base_type(const std::string& type) {
   if (type == "mixtral") return "mistral";
   if (type == "qwen2_moe") return "qwen2";
   if (type == "qwen3_moe") return "qwen3";
+  // DeepSeek-V2/V3: Llama's RMSNorms, RoPE and SwiGLU MLPs around latent attention (sim/mla.hpp).
+  if (type == "deepseek_v2" || type == "deepseek_v3") return "llama";
   return type;
 }
 
 bool is_hf_moe_type(const std::string& type) {
   return type == "mixtral" || type == "qwen2_moe" || type == "qwen3_moe" || type == "deepseek_v2" ||
          type == "deepseek_v3";
-}
-
-// DeepSeek-V2 (arXiv 2405.04434, Sec. 2.1): q and kv pass through low-rank projections
-// (q_lora_rank, kv_lora_rank) and split into a RoPE part and a no-RoPE part of their own head
-// sizes, with v of v_head_dim: the attention's parameters and FLOPs are not loom's GQA shapes.
-void refuse_hf_mla(ObjectReader& r, const nlohmann::json& j) {
-  for (const char* k : {"kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"}) {
-    if (!present(j, k)) continue;
-    r.fail(k, "multi-head latent attention (DeepSeek-V2/V3: q_lora_rank, kv_lora_rank, qk_nope_head_dim, "
-              "qk_rope_head_dim, v_head_dim) is not modelled (got " + j.at(k).dump() + ")");
-    return;
-  }
 }
 
 const std::vector<std::pair<std::string, std::string>>& hf_moe_ignored_reasons() {
@@ -75,7 +67,16 @@ const std::vector<std::pair<std::string, std::string>>& hf_moe_ignored_reasons()
       {"scoring_func", "softmax or sigmoid router scores: elementwise"},
       {"aux_loss_alpha", "the load-balancing loss weight"},
       {"seq_aux", "the load-balancing loss per sequence"},
-      {"ep_size", "an inference-time expert split; the plan's --ep sets it"}};
+      {"ep_size", "an inference-time expert split; the plan's --ep sets it"},
+      // DeepSeek-V3 (arXiv 2412.19437, Sec. 2.2): one multi-token-prediction module. transformers'
+      // DeepseekV3ForCausalLM does not build it (the checkpoint's layer 61, 14B of its 685B, is
+      // skipped on load), and loom does not price it: plans are for next-token training of the
+      // 671B main model.
+      {"num_nextn_predict_layers", "the multi-token-prediction module, not built by DeepseekV3ForCausalLM and not "
+                                   "priced (next-token training of the main model)"},
+      {"quantization_config", "the checkpoint's storage format (DeepSeek-V3: FP8 blocks); --dtype sets precision"},
+      {"auto_map", "where transformers finds the model's Python code"},
+      {"use_mla", "multi-head latent attention is read from kv_lora_rank"}};
   return v;
 }
 
@@ -87,28 +88,28 @@ namespace {
 // layers, then every moe_layer_freq-th layer.
 void read_hf_moe_layers(ObjectReader& r, const nlohmann::json& j, ModelSpec& m) {
   int64_t step = 1;
-  if (present(j, "decoder_sparse_step")) r.integer("decoder_sparse_step", step, 1, limits::kLayers);
+  if (moe_present(j, "decoder_sparse_step")) r.integer("decoder_sparse_step", step, 1, limits::kLayers);
   else r.skip("decoder_sparse_step");
   if (!r.failed() && step != 1)
     r.fail("decoder_sparse_step", "only 1 (every layer MoE) is modelled (got " + std::to_string(step) + ")");
-  if (present(j, "mlp_only_layers") && !(j.at("mlp_only_layers").is_array() && j.at("mlp_only_layers").empty()))
+  if (moe_present(j, "mlp_only_layers") && !(j.at("mlp_only_layers").is_array() && j.at("mlp_only_layers").empty()))
     r.fail("mlp_only_layers", "dense exceptions among the MoE layers are not modelled (got " +
                                   j.at("mlp_only_layers").dump() + ")");
   r.skip("mlp_only_layers");
-  if (present(j, "first_k_dense_replace")) r.integer("first_k_dense_replace", m.dense_layers, 0, limits::kLayers);
+  if (moe_present(j, "first_k_dense_replace")) r.integer("first_k_dense_replace", m.dense_layers, 0, limits::kLayers);
   else r.skip("first_k_dense_replace");
-  if (present(j, "moe_layer_freq")) r.integer("moe_layer_freq", m.moe_layer_interval, 1, limits::kLayers);
+  if (moe_present(j, "moe_layer_freq")) r.integer("moe_layer_freq", m.moe_layer_interval, 1, limits::kLayers);
   else r.skip("moe_layer_freq");
 }
 
 // Shared experts: DeepSeek's n_shared_experts FFNs of moe_intermediate_size; Qwen2-MoE's one
 // shared FFN of shared_expert_intermediate_size, counted as that size over the expert size
 // (Qwen1.5-MoE-A2.7B: 5632 = 4 x 1408). Qwen2-MoE also gates the shared expert's output with a
-// hidden x 1 sigmoid gate (shared_expert_gate), hidden parameters a layer, which loom does not count.
+// hidden x 1 sigmoid gate (shared_expert_gate, set by read_hf_moe for model_type qwen2_moe).
 void read_hf_shared(ObjectReader& r, const nlohmann::json& j, ModelSpec& m) {
-  if (present(j, "n_shared_experts")) r.integer("n_shared_experts", m.shared_experts, 0, kMaxExperts);
+  if (moe_present(j, "n_shared_experts")) r.integer("n_shared_experts", m.shared_experts, 0, kMaxExpertCount);
   else r.skip("n_shared_experts");
-  if (!present(j, "shared_expert_intermediate_size")) {
+  if (!moe_present(j, "shared_expert_intermediate_size")) {
     r.skip("shared_expert_intermediate_size");
     return;
   }
@@ -127,7 +128,7 @@ void read_hf_shared(ObjectReader& r, const nlohmann::json& j, ModelSpec& m) {
 void read_hf_moe(ObjectReader& r, const nlohmann::json& j, ModelSpec& m, const std::string& type) {
   const char* count_key = nullptr;
   for (const char* k : {"num_local_experts", "num_experts", "n_routed_experts"}) {
-    if (!present(j, k)) {
+    if (!moe_present(j, k)) {
       r.skip(k);
       continue;
     }
@@ -135,7 +136,7 @@ void read_hf_moe(ObjectReader& r, const nlohmann::json& j, ModelSpec& m, const s
     count_key = k;
   }
   int64_t experts = 0;
-  if (count_key) r.integer(count_key, experts, 0, kMaxExperts);
+  if (count_key) r.integer(count_key, experts, 0, kMaxExpertCount);
   if (r.failed()) return;
   if (experts <= 1) {  // no experts, or one: a dense MLP
     if (is_hf_moe_type(type))
@@ -154,6 +155,8 @@ void read_hf_moe(ObjectReader& r, const nlohmann::json& j, ModelSpec& m, const s
   else r.integer("moe_intermediate_size", m.expert_ffn_hidden, 1, limits::kFfnHidden);
   if (r.failed()) return;
   read_hf_shared(r, j, m);
+  // Qwen2MoeSparseMoeBlock always builds shared_expert_gate beside its shared expert.
+  m.shared_expert_gate = type == "qwen2_moe" && m.shared_experts > 0;
   if (!r.failed()) read_hf_moe_layers(r, j, m);
 }
 

@@ -20,15 +20,12 @@ void read_moe_keys(ObjectReader& r, ModelSpec& m);
 void moe_keys_to_json(nlohmann::json& j, const ModelSpec& m);
 
 // The base model_type a Hugging Face MoE type shares its attention and norms with
-// ("mixtral" -> "mistral", "qwen2_moe" -> "qwen2", "qwen3_moe" -> "qwen3"); `type` itself otherwise.
+// ("mixtral" -> "mistral", "qwen2_moe" -> "qwen2", "qwen3_moe" -> "qwen3", "deepseek_v2" and
+// "deepseek_v3" -> "llama"); `type` itself otherwise.
 std::string hf_dense_base_type(const std::string& type);
 // Whether model_type names a MoE family loom reads (mixtral, qwen2_moe, qwen3_moe, deepseek_v2/v3).
 bool is_hf_moe_type(const std::string& type);
 
-// Refuses DeepSeek's multi-head latent attention keys (q_lora_rank, kv_lora_rank,
-// qk_nope_head_dim, qk_rope_head_dim, v_head_dim), which change the attention's parameters and
-// FLOPs in a way loom does not model.
-void refuse_hf_mla(ObjectReader& r, const nlohmann::json& j);
 // Reads the MoE keys of any llama-like config (a "mistral" config with num_local_experts is
 // Mixtral): Mixtral's num_local_experts, Qwen's num_experts, DeepSeek's n_routed_experts, with
 // top-k, expert and shared-expert sizes and which layers are MoE. Keys that would change the

@@ -4,6 +4,8 @@
 #include <cstring>
 #include <sstream>
 
+#include "sim/schedule.hpp"
+
 namespace loom {
 
 namespace {
@@ -125,7 +127,7 @@ void price_offload(const StageWork& w, const HostSpec& h, const ParallelConfig& 
   const HostLinkTimes t = host_link_times(w, h, micro_batches);
   const double v = static_cast<double>(p.vpp), L = static_cast<double>(t.layers) / v;
   const double fwd_window = s.forward_s + s.tp_forward_s;
-  const double bwd_window = s.backward_s - (p.schedule == Schedule::zb_h1 ? s.weight_grad_s : 0) + s.recompute_s +
+  const double bwd_window = s.backward_s - (splits_backward(p.schedule) ? s.weight_grad_s : 0) + s.recompute_s +
                             s.tp_comm_s - s.tp_forward_s;
   s.host_s = v * (host_exposed_s(t.forward_s / v, L, fwd_window / v, overlap) +
                   host_exposed_s(t.backward_s / v, L, bwd_window / v, overlap));

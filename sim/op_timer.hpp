@@ -7,6 +7,7 @@
 #pragma once
 #include <algorithm>
 
+#include "sim/fp8.hpp"
 #include "sim/profile.hpp"
 #include "sim/specs.hpp"
 #include "sim/stage_work.hpp"
@@ -17,11 +18,12 @@ struct OpTimer {
   double peak_flops = 0, gemm_eff = 0, gemm_half = 0, attn_eff = 0, hbm = 0, mem_eff = 0, launch_s = 0;
   double e = 2;  // bytes per element
   const HardwareProfile* prof = nullptr;
+  double peak_flops_fp8 = 0;  // FP8 GEMMs (Op::fp8, sim/fp8.hpp)
 
   static OpTimer of(const ClusterSpec& c, const TrainSpec& t) {
     const bool bf16 = t.dtype == Dtype::bf16;
     const HardwareProfile* prof = bf16 ? c.calibration.get() : nullptr;
-    return OpTimer{bf16 ? c.gpu.peak_flops_bf16 : c.gpu.peak_flops_fp32,
+    OpTimer o{bf16 ? c.gpu.peak_flops_bf16 : c.gpu.peak_flops_fp32,
                    c.efficiency.gemm,
                    c.efficiency.gemm_half_size_flops,
                    c.efficiency.attention,
@@ -30,6 +32,8 @@ struct OpTimer {
                    prof ? prof->kernel_launch_s : c.efficiency.kernel_launch_s,
                    static_cast<double>(dtype_bytes(t.dtype)),
                    prof};
+    o.peak_flops_fp8 = c.gpu.peak_flops_fp8;
+    return o;
   }
 
   // Matrix work at peak x an efficiency that grows with size: eff(F) = gemm * F / (F + F_half)
@@ -52,6 +56,17 @@ struct OpTimer {
   double gemm_wgrad(double M, double N, double K) const {
     if (prof) return prof->gemm_s(N, K, M);
     return gemm(M, N, K);
+  }
+  // The weight-gradient half of a gemm_bwd op's call, FP8 or not (of all its `batch` products).
+  double wgrad(const Op& o) const {
+    return grouped(o, o.fp8 ? fp8_gemm_wgrad_s(*this, o.m, o.n, o.k) : gemm_wgrad(o.m, o.n, o.k), 1);
+  }
+  // A gemm or gemm_bwd op of `batch` > 1 is a grouped GEMM (MoE experts, Megatron's
+  // --moe-grouped-gemm): `batch` products of their own (m, n, k) in one launch per GEMM, so
+  // each product's time less its launch, `batch` times, plus the launches.
+  double grouped(const Op& o, double one_s, double launches) const {
+    if (o.batch <= 1) return one_s;
+    return (one_s - launches * launch_s) * o.batch + launches * launch_s;
   }
   // Memory-bound kernels: bytes moved at HBM bandwidth x efficiency, plus one launch.
   double memory(double bytes) const {
@@ -79,8 +94,10 @@ struct OpTimer {
   double op(const Op& o) const {
     double t = 0;
     switch (o.kind) {
-      case OpKind::gemm: t = gemm(o.m, o.n, o.k); break;
-      case OpKind::gemm_bwd: t = gemm_bwd(o.m, o.n, o.k); break;
+      case OpKind::gemm: t = grouped(o, o.fp8 ? fp8_gemm_s(*this, o.m, o.n, o.k) : gemm(o.m, o.n, o.k), 1); break;
+      case OpKind::gemm_bwd:
+        t = grouped(o, o.fp8 ? fp8_gemm_bwd_s(*this, o.m, o.n, o.k) : gemm_bwd(o.m, o.n, o.k), 2);
+        break;
       case OpKind::batched_gemm: t = (gemm(o.m, o.n, o.k) - launch_s) * o.batch + launch_s; break;
       case OpKind::attention_fwd: t = attention_fwd(o.m, o.n, o.k); break;
       case OpKind::attention_bwd: t = attention_bwd(o.m, o.n, o.k); break;

@@ -1,6 +1,7 @@
 #include "sim/plan.hpp"
 
 #include "sim/json_reader.hpp"
+#include "sim/schedule.hpp"
 #include "sim/spec_json.hpp"
 #include "sim/step_result.hpp"
 #include "sim/validate.hpp"
@@ -19,16 +20,28 @@ std::vector<LayerPlacement> layer_placement(int64_t layers, int64_t pp, int64_t 
   return out;
 }
 
+std::vector<LayerPlacement> layer_placement(const ParallelConfig& p, int64_t layers) {
+  if (p.schedule != Schedule::zb_v) return layer_placement(layers, p.pp, p.vpp, p.stage_layers);
+  std::vector<LayerPlacement> out;
+  const int64_t per_chunk = layers / (2 * p.pp);
+  for (int64_t l = 0; l < per_chunk * 2 * p.pp; ++l) {
+    const StageChunk sc = stage_chunk(p.schedule, l / per_chunk, p.pp);
+    out.push_back({l, sc.stage, sc.chunk});
+  }
+  return out;
+}
+
 nlohmann::json layout_to_json(const ParallelConfig& p, int64_t layers) {
   nlohmann::json lay = nlohmann::json::array();
-  for (const auto& l : layer_placement(layers, p.pp, p.vpp, p.stage_layers))
+  for (const auto& l : layer_placement(p, layers))
     lay.push_back({{"layer", l.layer}, {"stage", l.stage}, {"chunk", l.chunk}});
   nlohmann::json ranks = nlohmann::json::array();
-  auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order);
+  auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order, p.cp);
   if (grid)
     for (int64_t r = 0; r < grid->world(); ++r) {
       auto c = grid->coords(r);
       ranks.push_back({{"rank", r}, {"dp", c.dp}, {"pp", c.pp}, {"tp", c.tp}});
+      if (p.cp > 1) ranks.back()["cp"] = c.cp;  // context parallelism: the rank's place in its cp group
     }
   return {{"layers", lay}, {"ranks", ranks}};
 }

@@ -23,6 +23,10 @@ struct LayerPlacement {
 // stage_layers); with v = 1 stage i holds one block.
 std::vector<LayerPlacement> layer_placement(int64_t layers, int64_t pp, int64_t vpp,
                                             const std::vector<int64_t>& stage_layers = {});
+// The placement `p` runs: the one above, or under zb-v the V (sim/schedule.hpp): virtual stage
+// k (chunk 0 of stage k for k < pp, chunk 1 of stage 2 pp - 1 - k after) holds the next
+// layers / (2 pp) layers, so stage 0 holds the first and the last layers.
+std::vector<LayerPlacement> layer_placement(const ParallelConfig& p, int64_t layers);
 
 struct Plan {
   ModelSpec model;

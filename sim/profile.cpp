@@ -18,7 +18,7 @@ namespace {
 
 // A member that must be a non-empty array of objects; each element read by `each`.
 template <class F>
-void read_array(ObjectReader& r, const nlohmann::json& j, const std::string& key, bool required, F each) {
+void read_profile_array(ObjectReader& r, const nlohmann::json& j, const std::string& key, bool required, F each) {
   if (!j.is_object() || !j.contains(key)) {
     if (required) r.fail(key, "is required (an array)");
     return;
@@ -161,9 +161,9 @@ Expected<HardwareProfile> profile_from_json(const nlohmann::json& j, const std::
       out.push_back(g);
     };
   };
-  read_array(r, j, "gemm", true, gemm_entry(p.gemm, false));
-  read_array(r, j, "gemm_variants", false, gemm_entry(p.gemm_variants, true));
-  read_array(r, j, "attention", true, [&p](ObjectReader& e) {
+  read_profile_array(r, j, "gemm", true, gemm_entry(p.gemm, false));
+  read_profile_array(r, j, "gemm_variants", false, gemm_entry(p.gemm_variants, true));
+  read_profile_array(r, j, "attention", true, [&p](ObjectReader& e) {
     ProfileAttention a;
     e.integer("bh", a.bh, 1, kMaxDim);
     e.integer("seq", a.seq, 1, limits::kSeq);
@@ -172,7 +172,7 @@ Expected<HardwareProfile> profile_from_json(const nlohmann::json& j, const std::
     e.number("bwd_s", a.bwd_s, 0, true, kMaxSeconds);
     p.attention.push_back(a);
   });
-  read_array(r, j, "memory_bound", true, [&p](ObjectReader& e) {
+  read_profile_array(r, j, "memory_bound", true, [&p](ObjectReader& e) {
     ProfileBandwidth b;
     e.number("bytes", b.bytes, 1, false, static_cast<double>(limits::kBytes));
     e.number("bytes_per_s", b.bytes_per_s, 1, false, limits::kRate);

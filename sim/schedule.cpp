@@ -1,6 +1,7 @@
 #include "sim/schedule.hpp"
 
 #include <algorithm>
+#include <string>
 
 namespace loom {
 
@@ -10,6 +11,10 @@ int64_t warmup_slots(Schedule s, int64_t pp, int64_t vpp, int64_t rank, int64_t 
     case Schedule::one_f_one_b:
     case Schedule::zb_h1: return std::min(pp - rank - 1, m);
     case Schedule::interleaved: return std::min((pp - rank - 1) * 2 + (vpp - 1) * pp, m * vpp);
+    // zb_v_rank: 2(pp - r) - 1 chunk-0 forwards, r pairs, then a chunk-1 F before the first
+    // B; with fewer micro-batches the missing ones' slots are dropped. Every forward the rank
+    // holds at its peak (in_flight_chunks) runs before its first B: min(2m, m + 1 + r, 2pp).
+    case Schedule::zb_v: return std::min({2 * m, m + 1 + rank, 2 * pp});
   }
   return m * vpp;
 }
@@ -84,6 +89,7 @@ std::vector<std::vector<Slot>> make_schedule(Schedule s, int64_t pp, int64_t vpp
   for (int64_t r = 0; r < pp; ++r)
     out[r] = s == Schedule::gpipe   ? gpipe_rank(vpp, m)
              : s == Schedule::zb_h1 ? zb_h1_rank(pp, r, m)
+             : s == Schedule::zb_v  ? zb_v_rank(pp, r, m)
                                     : one_f_one_b_rank(s, pp, vpp, r, m);
   return out;
 }
@@ -138,6 +144,65 @@ StageChunk slot_source(int64_t s, int64_t c, Phase ph, int64_t pp, int64_t vpp) 
   // reads what its own backward left.
   if (ph == Phase::weight) return {};
   return slot_destination(s, c, ph == Phase::forward ? Phase::backward : Phase::forward, pp, vpp);
+}
+
+int64_t virtual_stage(Schedule s, int64_t stage, int64_t chunk, int64_t pp) {
+  return s == Schedule::zb_v ? zb_v_virtual_stage(stage, chunk, pp) : chunk * pp + stage;
+}
+
+StageChunk stage_chunk(Schedule s, int64_t vs, int64_t pp) {
+  if (s == Schedule::zb_v)
+    return vs < pp ? StageChunk{static_cast<int32_t>(vs), 0} : StageChunk{static_cast<int32_t>(2 * pp - 1 - vs), 1};
+  return {static_cast<int32_t>(vs % pp), static_cast<int32_t>(vs / pp)};
+}
+
+StageChunk slot_destination(Schedule s, int64_t stage, int64_t c, Phase ph, int64_t pp, int64_t vpp) {
+  if (s != Schedule::zb_v) return slot_destination(stage, c, ph, pp, vpp);
+  if (ph == Phase::weight) return {};
+  const int64_t vs = virtual_stage(s, stage, c, pp) + (ph == Phase::forward ? 1 : -1);
+  if (vs < 0 || vs >= 2 * pp) return {};
+  return stage_chunk(s, vs, pp);
+}
+
+StageChunk slot_source(Schedule s, int64_t stage, int64_t c, Phase ph, int64_t pp, int64_t vpp) {
+  if (ph == Phase::weight) return {};
+  return slot_destination(s, stage, c, ph == Phase::forward ? Phase::backward : Phase::forward, pp, vpp);
+}
+
+Expected<double> table_makespan_s(const std::vector<std::vector<Slot>>& tables, Schedule s, int64_t vpp, int64_t m,
+                                  const std::vector<ChunkPassSeconds>& per_stage) {
+  const int64_t pp = static_cast<int64_t>(tables.size()), chunks = pp * vpp;
+  // End time of (phase, virtual stage, micro-batch); negative: not run yet.
+  std::vector<double> end(static_cast<size_t>(3 * chunks * m), -1.0);
+  auto at = [&](Phase ph, int64_t vs, int64_t mb) -> double& {
+    return end[static_cast<size_t>((static_cast<int64_t>(ph) * chunks + vs) * m + mb)];
+  };
+  std::vector<size_t> next(static_cast<size_t>(pp), 0);
+  std::vector<double> free_s(static_cast<size_t>(pp), 0.0);
+  for (bool moved = true; moved;) {
+    moved = false;
+    for (int64_t r = 0; r < pp; ++r) {
+      const auto& t = tables[static_cast<size_t>(r)];
+      for (size_t& k = next[static_cast<size_t>(r)]; k < t.size(); ++k, moved = true) {
+        const Slot& x = t[k];
+        const int64_t vs = virtual_stage(s, r, x.chunk, pp);
+        const StageChunk src = slot_source(s, r, x.chunk, x.phase, pp, vpp);
+        double ready = 0;
+        if (x.phase == Phase::weight) ready = at(Phase::backward, vs, x.micro_batch);
+        else if (src.stage >= 0) ready = at(x.phase, virtual_stage(s, src.stage, src.chunk, pp), x.micro_batch);
+        else if (x.phase == Phase::backward) ready = at(Phase::forward, vs, x.micro_batch);
+        if (ready < 0) break;
+        const ChunkPassSeconds& c = per_stage[static_cast<size_t>(r)];
+        double& f = free_s[static_cast<size_t>(r)];
+        f = std::max(f, ready) + (x.phase == Phase::forward ? c.f : x.phase == Phase::backward ? c.b : c.w);
+        at(x.phase, vs, x.micro_batch) = f;
+      }
+    }
+  }
+  for (int64_t r = 0; r < pp; ++r)
+    if (next[static_cast<size_t>(r)] < tables[static_cast<size_t>(r)].size())
+      return make_error("schedule", "the tables wait on each other (stage " + std::to_string(r) + " never finishes)");
+  return *std::max_element(free_s.begin(), free_s.end());
 }
 
 }  // namespace loom

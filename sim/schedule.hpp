@@ -21,10 +21,13 @@
 //                paper's "same peak memory"). The last ranks' deferred W's fill what is
 //                1F1B's cool-down bubble on the first ones: bubble (pp - 1)(F + B - W), not
 //                (pp - 1)(F + B + W).
+//   zb-v:        Qi et al. 2024, "Pipeline Parallelism with Controllable Memory" (arXiv
+//                2405.15362), the V-shaped zero-bubble schedule: zb_v_rank below (vpp = 2).
 #pragma once
 #include <cstdint>
 #include <vector>
 
+#include "sim/expected.hpp"
 #include "sim/specs.hpp"
 
 namespace loom {
@@ -43,7 +46,7 @@ struct Slot {
 // One table per pipeline rank, [rank][k]: every (micro-batch, chunk) appears once as a
 // forward and once as a backward, the forward first (zb-h1: and once as a weight slot, after
 // its backward). vpp must be 1 unless the schedule is interleaved (gpipe accepts any vpp:
-// every chunk's forwards, then every backward).
+// every chunk's forwards, then every backward) or zb-v (vpp = 2: zb_v_rank's tables).
 std::vector<std::vector<Slot>> make_schedule(Schedule s, int64_t pp, int64_t vpp, int64_t micro_batches);
 
 // Forward slots of the interleaved schedule's virtual micro-batch k (Megatron-LM's
@@ -53,11 +56,18 @@ Slot interleaved_slot(int64_t k, int64_t pp, int64_t vpp, int64_t micro_batches,
 // Warm-up forwards of `rank` before its first backward (Megatron-LM's num_warmup_microbatches).
 int64_t warmup_slots(Schedule s, int64_t pp, int64_t vpp, int64_t rank, int64_t micro_batches);
 
-// A model chunk on a pipeline rank: virtual stage chunk x pp + stage of the model's pp x vpp.
+// A model chunk on a pipeline rank: virtual stage chunk x pp + stage of the model's pp x vpp
+// (zb-v: the V, zb_v_virtual_stage).
 struct StageChunk {
   int32_t stage = -1, chunk = -1;  // -1: none (the model's end)
   bool operator==(const StageChunk&) const = default;
 };
+// The virtual stage (0 .. pp vpp - 1, the model's order) of chunk `chunk` of stage `stage`, and
+// back: round robin (chunk x pp + stage), or under zb-v the V.
+int64_t virtual_stage(Schedule s, int64_t stage, int64_t chunk, int64_t pp);
+StageChunk stage_chunk(Schedule s, int64_t virtual_stage, int64_t pp);
+// The stage holding the output layer and loss: the last, or under zb-v the first (the V's end).
+inline int64_t head_stage(Schedule s, int64_t pp) { return s == Schedule::zb_v ? 0 : pp - 1; }
 // Where the output of slot (stage, chunk, phase) goes: forward to the next stage (after the
 // last stage, chunk c + 1 of stage 0), gradients to the previous one (before stage 0, chunk
 // c - 1 of the last stage); none at the model's ends, nor for a weight slot (its gradient
@@ -66,9 +76,13 @@ struct StageChunk {
 StageChunk slot_destination(int64_t stage, int64_t chunk, Phase phase, int64_t pp, int64_t vpp);
 // Where the input of slot (stage, chunk, phase) comes from: the slot whose destination it is.
 StageChunk slot_source(int64_t stage, int64_t chunk, Phase phase, int64_t pp, int64_t vpp);
+// The same for any schedule: under zb-v along the V, so the last stage's chunk 0 feeds its own
+// chunk 1 (a destination on the same stage: no message, the rank keeps the tensor).
+StageChunk slot_destination(Schedule s, int64_t stage, int64_t chunk, Phase phase, int64_t pp, int64_t vpp);
+StageChunk slot_source(Schedule s, int64_t stage, int64_t chunk, Phase phase, int64_t pp, int64_t vpp);
 
 // Whether the schedule splits each backward into B and W slots.
-inline bool splits_backward(Schedule s) { return s == Schedule::zb_h1; }
+inline bool splits_backward(Schedule s) { return s == Schedule::zb_h1 || s == Schedule::zb_v; }
 
 // The most (micro-batch, chunk) activations a rank holds at once when it runs `slots` in
 // order: +1 at each forward, -1 at the slot that ends its backward: its W where the table has
@@ -84,12 +98,22 @@ int64_t peak_in_flight(const std::vector<Slot>& slots);
 // r pairs of chunk-1 and chunk-0 forwards, pp - r chunk-1 F, B, W triples, then both chunks'
 // F, B, W in turn, then the remaining B's and W's. Built for at least 2 pp - 1 micro-batches;
 // with fewer, the slots of the missing ones are dropped (as PyTorch does). Each chunk's B's and
-// W's run in micro-batch order. Not yet a Schedule: the cost model, simulator, planner,
-// executor and export take it in turn.
+// W's run in micro-batch order. make_schedule(Schedule::zb_v, pp, 2, m) returns these tables.
 std::vector<Slot> zb_v_rank(int64_t pp, int64_t rank, int64_t micro_batches);
 // The virtual stage of (stage, chunk) in ZB-V's V placement.
 inline int64_t zb_v_virtual_stage(int64_t stage, int64_t chunk, int64_t pp) {
   return chunk == 0 ? stage : 2 * pp - 1 - stage;
 }
+
+// The makespan of `tables` when every slot of stage i takes f[i], b[i] or w[i] (forward, backward
+// or its B, weight) and transfers are free: a slot starts when its rank is done with the one
+// before and its input (slot_source; a B of the model's last chunk: its own forward; a W: its
+// B) is ready. The cost model prices zb-v's bubble with it (cost_model.cpp). Error: the tables
+// wait on each other (a deadlock).
+struct ChunkPassSeconds {
+  double f = 0, b = 0, w = 0;
+};
+Expected<double> table_makespan_s(const std::vector<std::vector<Slot>>& tables, Schedule s, int64_t vpp,
+                                  int64_t micro_batches, const std::vector<ChunkPassSeconds>& per_stage);
 
 }  // namespace loom

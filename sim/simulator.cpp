@@ -10,10 +10,13 @@
 #include <iterator>
 
 #include "sim/collectives.hpp"
+#include "sim/context_parallel.hpp"
 #include "sim/moe.hpp"
 #include "sim/offload.hpp"
 #include "sim/shared_sweep.hpp"
 #include "sim/stage_work.hpp"
+#include "sim/op_timer.hpp"
+#include "sim/tp_overlap.hpp"
 
 namespace loom {
 
@@ -89,7 +92,7 @@ StagePlan stage_plan(const SimInputs& in, int64_t s) {
   const StageInputs& st = in.stages[s];
   StagePlan sp;
   sp.v = static_cast<double>(p.vpp);
-  sp.ring = p.dp > 1 && p.dp_comm == DpComm::ring;
+  sp.ring = dp_cp(p) > 1 && p.dp_comm == DpComm::ring;  // over dp x cp (context_parallel.hpp)
   sp.zero3 = sp.ring && p.zero >= 3;
   sp.dpl = GroupLinks{in.dp_links.size, st.dp_busbw_bytes_per_s, in.dp_links.latency_s, in.dp_links.nodes_spanned};
   sp.chunk_grad = static_cast<double>(st.grad_bytes) / sp.v;
@@ -296,14 +299,16 @@ void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, con
   int32_t prev_first = -1;
   HostCopies host;
   for (const Slot& x : table) {
-    const PassTimes pt = pass_times(st, sp.v, x.phase, p.schedule == Schedule::zb_h1);
+    const PassTimes pt = pass_times(st, sp.v, x.phase, splits_backward(p.schedule));
     host.before(b, st, s, x, sp.v);
     const PassTasks t = add_pass(b, sp, p, s, x, pt, prev_first);
     host.after(b, s, x, t.first);
     const int32_t slot_first = t.first;
     idx.first[idx.at(s, x.phase, x.chunk, x.micro_batch)] = slot_first;
-    const auto [ds, dc] = slot_destination(s, x.chunk, x.phase, p.pp, p.vpp);
-    if (ds >= 0) {
+    const auto [ds, dc] = slot_destination(p.schedule, s, x.chunk, x.phase, p.pp, p.vpp);
+    if (ds == s) {  // zb-v's turn of the V: the rank keeps the tensor for its other chunk
+      idx.recv[idx.at(ds, x.phase, dc, x.micro_batch)] = t.end;
+    } else if (ds >= 0) {
       SimTask send = make_task(TaskKind::pp_send, Stream::pp, s, x, st.p2p_s);
       send.peer_stage = ds;
       send.bytes = st.p2p_bytes;
@@ -456,7 +461,7 @@ Expected<SimResult> simulate(const SimInputs& in, const SimOptions& opt) {
 
   SimResult r;
   const NicSharing sharing = nic_sharing(in);
-  if (opt.contention && p.dp > 1 && (p.zero >= 3 || sharing.any())) {
+  if (opt.contention && dp_cp(p) > 1 && (p.zero >= 3 || sharing.any())) {
     // Durations of sharing tasks depend on what runs beside them: played as events (which
     // also finds a cycle: tasks that never become ready).
     auto added = sweep_shared(b.tasks, b.edges, sharing);
@@ -501,17 +506,20 @@ Expected<SimResult> simulate(const SimInputs& in, const SimOptions& opt) {
 
 namespace {
 
-// The dp rings of each stage: edges leaving each node (rank r on GPU r, ring in dp order).
+// The dp rings of each stage: edges leaving each node (rank r on GPU r, ring in dp order; with
+// context parallelism the dp-cp group's, over the grid with cp folded into dp).
 void dp_rings(const ClusterSpec& c, const ParallelConfig& p, SimInputs& in) {
-  const auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order);
+  auto cp_grid = RankGrid::make(p.tp, p.dp, p.pp, p.order, p.cp);
+  const auto grid = cp_grid ? dp_cp_grid(*cp_grid) : cp_grid;
+  const int64_t dp = dp_cp(p);
   const int64_t nodes = std::max<int64_t>(1, c.nodes), per_node = std::max<int64_t>(1, c.gpus_per_node);
   in.rings_leaving.assign(p.pp, std::vector<int32_t>(nodes, 0));
   in.nic_bytes_per_s = c.inter_node.busbw_bytes_per_s * static_cast<double>(c.inter_node.nics_per_node);
   in.intra_bytes_per_s = c.intra_node.busbw_bytes_per_s;
-  if (!grid.ok() || p.dp <= 1) return;
+  if (!grid.ok() || dp <= 1) return;
   for (int64_t r = 0; r < grid->world(); ++r) {
     Coords co = grid->coords(r);
-    co.dp = (co.dp + 1) % p.dp;
+    co.dp = (co.dp + 1) % dp;
     const int64_t next = grid->rank(co);
     if (r / per_node != next / per_node && r / per_node < nodes) ++in.rings_leaving[co.pp][r / per_node];
   }
@@ -590,13 +598,17 @@ SimInputs sim_inputs(const CostModel& cm, const ParallelConfig& p, const Estimat
     si.layers = s.layers;
     si.weight_bytes = dtype_bytes(tr.dtype) * s.params;
     read_messages(w, links, si);
+    if (p.tp_comm_overlap) {  // what the tp-chunked GEMMs hide of their collectives (sim/tp_overlap.hpp)
+      const TpHiddenTime h = tp_overlap_hidden_s(w, links.tp, OpTimer::of(c, tr));
+      si.tp_forward_s -= h.forward_s, si.tp_backward_s -= h.backward_s, si.tp_recompute_s -= h.recompute_s;
+    }
     read_offload(w, c.host, est.micro_batches, si);
     // Topology::ring restricted to this stage's groups: a GPU link carries one ring edge, a
     // node's NICs every edge of this stage leaving the node.
     double bw = in.intra_bytes_per_s;
     for (int32_t k : in.rings_leaving[s.index])
       if (k > 0) bw = std::min(bw, in.nic_bytes_per_s / k);
-    si.dp_busbw_bytes_per_s = p.dp > 1 ? bw : links.dp.busbw_bytes_per_s;
+    si.dp_busbw_bytes_per_s = dp_cp(p) > 1 ? bw : links.dp.busbw_bytes_per_s;
     in.stages.push_back(si);
   }
   return in;
@@ -607,19 +619,19 @@ double sim_task_count(const SimInputs& in) {
   double tasks = 0;
   for (const StageInputs& st : in.stages) {
     const int64_t chunk_layers = std::max<int64_t>(1, st.layers / p.vpp);
-    const int64_t pieces = p.dp > 1 && p.zero >= 3 ? chunk_layers : 1;
+    const int64_t pieces = dp_cp(p) > 1 && p.zero >= 3 ? chunk_layers : 1;
     // per slot: compute and tp per piece (+ gather and reduce-scatter under ZeRO-3), a send,
     // recompute, buckets; per step a few.
     const double per_slot = static_cast<double>(pieces * 4 + 2 + std::max<int64_t>(1, st.grad_buckets / p.vpp) +
                                                 (p.offload != Offload::none ? 2 : 0));  // offload: two copies
-    const double slots = p.schedule == Schedule::zb_h1 ? 3 : 2;  // zb-h1: and a weight slot
+    const double slots = splits_backward(p.schedule) ? 3 : 2;  // zb-h1, zb-v: and a weight slot
     tasks += slots * static_cast<double>(in.micro_batches) * static_cast<double>(p.vpp) * per_slot + 8;
   }
   return tasks;
 }
 
 Expected<SimResult> simulate(const CostModel& cm, const ParallelConfig& p, const SimOptions& opt) {
-  auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order);
+  auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order, p.cp);
   if (!grid) return grid.error();
   const GroupLinksSet links = group_links(cm.topology(), *grid);
   const Estimate est = cm.evaluate(p, links);

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "sim/fp8.hpp"
 #include "sim/json_reader.hpp"
+#include "sim/mla.hpp"
 #include "sim/moe.hpp"
 #include "sim/moe_config.hpp"
 #include "sim/offload.hpp"
@@ -26,7 +28,7 @@ const std::vector<std::string>& recompute_names() {
   return n;
 }
 const std::vector<std::string>& schedule_names() {
-  static const std::vector<std::string> n{"gpipe", "1f1b", "interleaved", "zb-h1"};
+  static const std::vector<std::string> n{"gpipe", "1f1b", "interleaved", "zb-h1", "zb-v"};
   return n;
 }
 const std::vector<std::string>& attention_names() {
@@ -63,6 +65,7 @@ Status check_model(const ModelSpec& m, const std::string& where_, const std::str
   // Sizes first: a bound per field and on the parameter count, so nothing below wraps around.
   if (auto st = check_model_sizes(m, [&](const std::string& f) { return where + "/" + f; }); !st) return st;
   if (auto st = check_moe_model(m, [&](const std::string& f) { return where + "/" + f; }); !st) return st;
+  if (auto st = check_mla_model(m, [&](const std::string& f) { return where + "/" + f; }); !st) return st;
   if (m.head_size == 0 && m.hidden % m.heads != 0)
     return Error{where + "/heads: must divide hidden (" + std::to_string(m.hidden) + " % " +
                                  std::to_string(m.heads) + " != 0)"};
@@ -98,6 +101,7 @@ Expected<ModelSpec> model_from_json(const nlohmann::json& j, const std::string& 
   r.opt_boolean("post_norms", m.post_norms);
   r.opt_boolean("gated_gelu", m.gated_gelu);
   read_moe_keys(r, m);  // mixture of experts (sim/moe_config.hpp)
+  read_mla_keys(r, m);  // multi-head latent attention (sim/mla.hpp)
   r.opt_number("published_params", m.published_params, 0, false);
   r.opt_number("published_params_precision", m.published_params_precision, 0, false);
   r.opt_string("source", m.source);
@@ -263,15 +267,14 @@ Expected<ModelSpec> model_from_hf_config(const nlohmann::json& j, const std::str
   m.name = type;
   r.opt_string("_name_or_path", m.name);
   if (m.name.empty()) m.name = type;
-  refuse_hf_mla(r, j);  // DeepSeek's latent attention (sim/moe_config.hpp)
-  if (r.failed()) return *r.error();
   const std::string base = hf_dense_base_type(type);  // mixtral: mistral's attention, and so on
   if (type == "gpt2") read_hf_gpt2(r, j, m);
   else if (base == "llama" || base == "mistral" || base == "qwen2" || base == "qwen3" || base == "gemma2")
     read_hf_llama(r, j, m, base);
   else r.fail("model_type", "must be one of gpt2, llama, mistral, qwen2, qwen3, gemma2, mixtral, qwen2_moe, "
-                            "qwen3_moe (got \"" + type + "\")");
+                            "qwen3_moe, deepseek_v2, deepseek_v3 (got \"" + type + "\")");
   if (!r.failed() && type != "gpt2") read_hf_moe(r, j, m, type);  // experts, if any
+  if (!r.failed()) read_hf_mla(r, j, m, type);  // DeepSeek's latent attention (sim/mla.hpp)
   if (r.failed()) return *r.error();
   list_ignored(r, ignored_keys);
   auto st = check_model(m, where);
@@ -321,6 +324,7 @@ Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::stri
     gr.integer("memory_bytes", c.gpu.memory_bytes, 1, limits::kBytes);
     gr.number("peak_flops_bf16", c.gpu.peak_flops_bf16, 1, false, limits::kRate);
     gr.number("peak_flops_fp32", c.gpu.peak_flops_fp32, 1, false, limits::kRate);
+    gr.opt_number("peak_flops_fp8", c.gpu.peak_flops_fp8, 1, false, limits::kRate);  // absent: no FP8 (sim/fp8.hpp)
     gr.number("hbm_bytes_per_s", c.gpu.hbm_bytes_per_s, 1, false, limits::kRate);
     gr.string("source", c.gpu.source);
     gr.reject_unknown_keys();
@@ -391,7 +395,9 @@ Expected<TrainSpec> train_from_json(const nlohmann::json& j, const std::string& 
   ObjectReader r(j, where, pointer);
   r.integer("global_batch", t.global_batch, 1, limits::kGlobalBatch);
   r.integer("seq", t.seq, 1, limits::kSeq);
-  read_enum(r, "dtype", dtype_names(), t.dtype, true);
+  int dtype = 0;  // "bf16", "fp32" or "fp8" (sim/fp8.hpp)
+  r.choice("dtype", train_dtype_names(), dtype);
+  set_train_dtype(t, train_dtype_names()[static_cast<size_t>(dtype)]);
   read_enum(r, "grad_dtype", dtype_names(), t.grad_dtype, true);
   read_enum(r, "attention", attention_names(), t.attention, true);
   read_enum(r, "cross_entropy", cross_entropy_names(), t.cross_entropy, false);  // default unfused
@@ -415,6 +421,7 @@ Expected<ParallelConfig> parallel_from_json(const nlohmann::json& j, const std::
   p.zero = static_cast<int>(zero);
   r.integer("micro_batch", p.micro_batch, 1, limits::kGlobalBatch);
   r.boolean("sp", p.sp);
+  r.opt_boolean("tp_comm_overlap", p.tp_comm_overlap);  // default off (sim/tp_overlap.hpp)
   read_enum(r, "recompute", recompute_names(), p.recompute, true);
   read_enum(r, "schedule", schedule_names(), p.schedule, true);
   r.integer("vpp", p.vpp, 1, limits::kLayers);
@@ -426,6 +433,7 @@ Expected<ParallelConfig> parallel_from_json(const nlohmann::json& j, const std::
   read_enum(r, "offload", offload_names(), p.offload, false);  // default none
   r.opt_integer("ep", p.ep, 1, limits::kGpus);    // MoE: default 1
   r.opt_integer("etp", p.etp, 1, limits::kGpus);
+  r.opt_integer("cp", p.cp, 1, limits::kGpus);    // context parallelism: default 1
   r.reject_unknown_keys();
   if (r.failed()) return *r.error();
   return p;
@@ -459,6 +467,7 @@ nlohmann::json to_json(const ModelSpec& m) {
           {"source", m.source}};
   add_shape_extras(j, m);
   moe_keys_to_json(j, m);  // MoE models only (sim/moe_config.hpp)
+  mla_keys_to_json(j, m);  // latent-attention models only (sim/mla.hpp)
   return j;
 }
 
@@ -504,6 +513,7 @@ nlohmann::json to_json(const ClusterSpec& c) {
             {"memory_headroom", rm.memory_headroom},
             {"source", rm.source}}}};
   if (!c.profile.empty()) j["profile"] = c.profile;
+  if (c.gpu.peak_flops_fp8 > 0) j["gpu"]["peak_flops_fp8"] = c.gpu.peak_flops_fp8;
   if (c.host.memory_bytes > 0)
     j["host"] = {{"link_bytes_per_s", c.host.link_bytes_per_s},
                  {"memory_bytes", c.host.memory_bytes},
@@ -514,7 +524,7 @@ nlohmann::json to_json(const ClusterSpec& c) {
 
 nlohmann::json to_json(const TrainSpec& t) {
   nlohmann::json j = {{"global_batch", t.global_batch}, {"seq", t.seq},
-          {"dtype", to_string(t.dtype)},    {"grad_dtype", to_string(t.grad_dtype)},
+          {"dtype", train_dtype_name(t)},    {"grad_dtype", to_string(t.grad_dtype)},
           {"attention", to_string(t.attention)}, {"cross_entropy", to_string(t.cross_entropy)},
           {"dp_bucket_bytes", t.dp_bucket_bytes}};
   // MoE: written when set apart from its documented default (TrainSpec), so dense plans stay as they were.
@@ -539,6 +549,8 @@ nlohmann::json to_json(const ParallelConfig& p) {
   if (!p.stage_layers.empty()) j["stage_layers"] = p.stage_layers;
   if (p.offload != Offload::none) j["offload"] = to_string(p.offload);
   if (p.ep > 1 || p.etp > 1) j["ep"] = p.ep, j["etp"] = p.etp;  // MoE: expert parallelism
+  if (p.cp > 1) j["cp"] = p.cp;  // context parallelism: written where set
+  if (p.tp_comm_overlap) j["tp_comm_overlap"] = true;  // written where on (sim/tp_overlap.hpp)
   return j;
 }
 

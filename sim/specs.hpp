@@ -50,6 +50,7 @@ struct ModelSpec {
   int64_t experts = 0;
   int64_t experts_per_token = 0;   // top-k
   int64_t shared_experts = 0;
+  bool shared_expert_gate = false;  // Qwen2-MoE: a hidden x 1 sigmoid gate scales the shared experts' output
   int64_t expert_ffn_hidden = 0;
   int64_t dense_layers = 0;
   int64_t moe_layer_interval = 1;

@@ -6,27 +6,27 @@
 namespace loom {
 
 namespace {
-std::string s(int64_t v) { return std::to_string(v); }
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int64_t round_up(int64_t a, int64_t m) { return ceil_div(a, m) * m; }
+std::string split_str(int64_t v) { return std::to_string(v); }
+int64_t split_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t round_up(int64_t a, int64_t m) { return split_ceil_div(a, m) * m; }
 }  // namespace
 
 Status check_stage_layers(const ModelSpec& m, const ParallelConfig& p, const FieldNamer& name) {
   const auto& v = p.stage_layers;
   auto fail = [&](const std::string& rule) -> Status { return Error{name("stage_layers") + ": " + rule}; };
   if (static_cast<int64_t>(v.size()) != p.pp)
-    return fail("must give one layer count per pipeline stage, pp = " + s(p.pp) + " (got " + s(static_cast<int64_t>(v.size())) +
+    return fail("must give one layer count per pipeline stage, pp = " + split_str(p.pp) + " (got " + split_str(static_cast<int64_t>(v.size())) +
                 " entries: " + stage_layers_text(v) + ")");
   int64_t sum = 0;
   for (size_t i = 0; i < v.size(); ++i) {
     if (v[i] < 1 || v[i] > m.layers)
-      return fail("each stage must hold 1 to " + s(m.layers) + " layers (got " + s(v[i]) + " on stage " + s(static_cast<int64_t>(i)) + ")");
+      return fail("each stage must hold 1 to " + split_str(m.layers) + " layers (got " + split_str(v[i]) + " on stage " + split_str(static_cast<int64_t>(i)) + ")");
     if (v[i] % p.vpp != 0)
-      return fail("each stage's layers must be a multiple of vpp " + s(p.vpp) + ", equal per chunk (got " + s(v[i]) +
-                  " on stage " + s(static_cast<int64_t>(i)) + ")");
+      return fail("each stage's layers must be a multiple of vpp " + split_str(p.vpp) + ", equal per chunk (got " + split_str(v[i]) +
+                  " on stage " + split_str(static_cast<int64_t>(i)) + ")");
     sum += v[i];
   }
-  if (sum != m.layers) return fail("must sum to the model's " + s(m.layers) + " layers (got " + s(sum) + ")");
+  if (sum != m.layers) return fail("must sum to the model's " + split_str(m.layers) + " layers (got " + split_str(sum) + ")");
   return ok_status();
 }
 
@@ -48,7 +48,7 @@ std::string stage_layers_text(const std::vector<int64_t>& v) {
   std::string out;
   for (int64_t x : v) {
     if (!out.empty()) out += ',';
-    out += s(x);
+    out += split_str(x);
   }
   return out;
 }
@@ -62,10 +62,10 @@ Expected<std::vector<int64_t>> parse_stage_layers(const std::string& text, const
     int64_t v = 0;
     const auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
     if (item.empty() || ec != std::errc() || ptr != item.data() + item.size() || v < 1 || v > limits::kLayers)
-      return make_error(where, "must be layer counts per stage, integers in [1, " + s(limits::kLayers) +
+      return make_error(where, "must be layer counts per stage, integers in [1, " + split_str(limits::kLayers) +
                                    "] separated by commas (got \"" + text + "\")");
     if (static_cast<int64_t>(out.size()) >= limits::kGpus)
-      return make_error(where, "must have at most " + s(limits::kGpus) + " entries");
+      return make_error(where, "must have at most " + split_str(limits::kGpus) + " entries");
     out.push_back(v);
     if (end == text.size()) return out;
     start = end + 1;
@@ -86,7 +86,7 @@ std::vector<std::vector<int64_t>> stage_split_candidates(int64_t L, int64_t pp, 
     if (even(v) || std::find(out.begin(), out.end(), v) != out.end()) return;
     out.push_back(std::move(v));
   };
-  const int64_t c0 = round_up(ceil_div(L, pp), vpp);
+  const int64_t c0 = round_up(split_ceil_div(L, pp), vpp);
   for (int64_t c : {c0, c0 + vpp}) {
     if (pp == 2) {  // two stages: c is the first stage's count, the last takes the rest
       offer(L, c, L - c);
@@ -94,7 +94,7 @@ std::vector<std::vector<int64_t>> stage_split_candidates(int64_t L, int64_t pp, 
     }
     const int64_t rest = L - (pp - 2) * c;  // what the first and last stage share
     offer(c, c, rest - c);
-    const int64_t half = round_up(ceil_div(rest, 2), vpp);
+    const int64_t half = round_up(split_ceil_div(rest, 2), vpp);
     offer(c, half, rest - half);
   }
   if (out.empty()) out.push_back({});
@@ -115,8 +115,8 @@ Expected<std::vector<int64_t>> megatron_split(int64_t layers, int64_t pp, int64_
   const int64_t given = (first > 0) + (last > 0), left = layers - first - last, stages = pp - given;
   if (pp < 2 || given == 0) return std::vector<int64_t>{};
   if (left < 0 || (stages == 0 && left != 0) || (stages > 0 && (left < stages || left % stages != 0)))
-    return make_error(where, "the layers left by --decoder-first/last-pipeline-num-layers (" + s(layers) + " - " +
-                                 s(first + last) + ") must split evenly over the other " + s(stages) + " stages");
+    return make_error(where, "the layers left by --decoder-first/last-pipeline-num-layers (" + split_str(layers) + " - " +
+                                 split_str(first + last) + ") must split evenly over the other " + split_str(stages) + " stages");
   const int64_t c = stages > 0 ? left / stages : 0;
   std::vector<int64_t> v(static_cast<size_t>(pp), c);
   if (first > 0) v.front() = first;
@@ -131,7 +131,7 @@ Expected<std::vector<int64_t>> torchtitan_split(int64_t layers, int64_t stages, 
   const int64_t E = layers + a + b, base = E / stages, extra = E % stages;
   if (base < 1 || a > base || b > base)
     return make_error(where, "torchtitan needs each less-layers count <= the even share of (layers + both) / stages = " +
-                                 s(base) + " (got " + s(a) + " and " + s(b) + ")");
+                                 split_str(base) + " (got " + split_str(a) + " and " + split_str(b) + ")");
   std::vector<int64_t> v;
   for (int64_t i = 0; i < stages; ++i) v.push_back(base + (i < extra ? 1 : 0) - (i == 0 ? a : i == stages - 1 ? b : 0));
   if (std::any_of(v.begin(), v.end(), [](int64_t x) { return x < 1; }))

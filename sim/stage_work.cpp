@@ -4,9 +4,14 @@
 #include <cmath>
 #include <cstring>
 
+#include "sim/fp8.hpp"
+#include "sim/context_parallel.hpp"
+#include "sim/mla.hpp"
 #include "sim/moe.hpp"
 #include "sim/offload.hpp"
 #include "sim/profile.hpp"
+#include "sim/schedule.hpp"
+#include "sim/tp_overlap.hpp"
 
 namespace loom {
 
@@ -25,7 +30,8 @@ constexpr int64_t kDefaultBucketElements = 40'000'000;
 // The sizes every term below is written in, for one stage of one configuration.
 struct Dims {
   int64_t e = 2, g = 2;          // bytes per element of weights/activations, of gradients
-  int64_t b = 1, s = 1, T = 1;   // micro-batch, sequence, tokens b s
+  int64_t b = 1, s = 1, T = 1;   // micro-batch, sequence (this rank's seq / cp), tokens b s
+  int64_t cp = 1;                // context parallelism: ranks each sequence is split over
   int64_t h = 0, kv = 0, f = 0, t = 1, rep = 1;  // rep: divisor of tp-replicated tensors (t with SP)
   int64_t q = 0;                 // width of q and of the attention output: heads x head size (h unless
                                  // the model sets its head size, as Gemma 2 and Qwen3 do)
@@ -34,7 +40,8 @@ struct Dims {
   int64_t layers = 0, layers_chunk = 0;
   int64_t layer_rank = 0, embed_rank = 0, out_rank = 0;  // parameters on this GPU
   int64_t replicated = 0;        // tp-replicated parameters on this stage (SP's gradient all-reduce)
-  bool first = false, last = false;
+  bool first = false, last = false;  // holds the embedding; holds the output layer and loss
+  bool turn = false;                 // zb-v's last stage: its chunk 0 feeds its own chunk 1
   MoeStage moe;                  // expert layers of the stage (sim/moe.hpp); none for a dense model
 };
 
@@ -43,7 +50,8 @@ Dims make_dims(const ModelSpec& m, const TrainSpec& tr, const ParallelConfig& p,
   d.e = dtype_bytes(tr.dtype);
   d.g = dtype_bytes(tr.grad_dtype);
   d.b = p.micro_batch;
-  d.s = tr.seq;
+  d.cp = p.cp;
+  d.s = tr.seq / p.cp;  // context parallelism: seq / cp tokens of each sequence per rank
   d.T = d.b * d.s;
   d.h = m.hidden;
   d.kv = m.kv_dim();
@@ -56,14 +64,15 @@ Dims make_dims(const ModelSpec& m, const TrainSpec& tr, const ParallelConfig& p,
   d.layers = stage_layer_count(p, m.layers, stage);  // uneven stages: p.stage_layers
   d.layers_chunk = chunk_layer_count(p, m.layers, stage);
   d.first = stage == 0;
-  d.last = stage == p.pp - 1;
+  d.last = stage == head_stage(p.schedule, p.pp);  // zb-v: the first stage holds both ends (the V)
+  d.turn = p.schedule == Schedule::zb_v && stage == p.pp - 1;
   const LayerParams lp = layer_params(m);
   d.layer_rank = lp.sharded / p.tp + lp.replicated;
   // Parameters on this GPU: its layers' tp shards, the vocab-parallel embedding (+ replicated
   // positions) on the first stage, the final norm and the output layer on the last; a tied
   // output layer on a separate last stage is a copy (Megatron keeps one, synced by all-reduce).
   if (d.first) d.embed_rank = d.Vr * d.h + (m.family == Family::gpt ? m.seq_len * d.h : 0);
-  if (d.last) d.out_rank = final_norm_params(m) + ((!m.tied_embeddings || p.pp > 1) ? d.Vr * d.h : 0);
+  if (d.last) d.out_rank = final_norm_params(m) + ((!m.tied_embeddings || !d.first) ? d.Vr * d.h : 0);
   d.replicated = d.layers * lp.replicated;
   d.moe = moe_stage(m, tr, p, stage);
   d.replicated += d.moe.router_params;  // the router is replicated over tp (Megatron's TopKRouter)
@@ -86,8 +95,11 @@ void activation_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainS
                         const Dims& d, int64_t in_flight, int64_t stage) {
   const auto act = layer_activation_bytes(m, d.b, d.s, d.t, p.sp, p.recompute, tr.attention, tr.dtype);
   const auto full = layer_activation_bytes(m, d.b, d.s, d.t, p.sp, Recompute::none, tr.attention, tr.dtype);
+  // FP8 (sim/fp8.hpp): the FP8 GEMMs' saved inputs in FP8; what a recompute rebuilds likewise.
+  const int64_t fp8 = tr.fp8 ? fp8_layer_activation_delta_bytes(m, d.b, d.s, d.t, p.sp, p.recompute, tr.attention, true) : 0;
+  const int64_t fp8_full = tr.fp8 ? fp8_layer_activation_delta_bytes(m, d.b, d.s, d.t, p.sp, Recompute::none, tr.attention, true) : 0;
   add(v, "layer activations", MemCategory::activations, Lifetime::in_flight,
-      in_flight * (d.layers_chunk - d.moe.layers_chunk) * act.total());
+      in_flight * (d.layers_chunk - d.moe.layers_chunk) * (act.total() + fp8));
   if (d.moe.layers_chunk > 0) {  // MoE layers (sim/moe.hpp), the most of any chunk of the stage
     const int64_t moe_act = moe_layer_activation_bytes(m, d.moe, d.b, d.s, p.sp, p.recompute, tr.attention, tr.dtype);
     add(v, "moe layer activations", MemCategory::activations, Lifetime::in_flight,
@@ -98,12 +110,17 @@ void activation_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainS
           (moe_full - moe_act) - (full.total() - act.total()));
   }
   if (p.recompute != Recompute::none)
-    add(v, "recomputed layer", MemCategory::activations, Lifetime::transient, full.total() - act.total());
+    add(v, "recomputed layer", MemCategory::activations, Lifetime::transient, full.total() + fp8_full - act.total() - fp8);
   const int64_t mask = m.dropout ? 1 : 0, norm_stats = m.family == Family::gpt ? 2 : 1;
-  const int64_t per_mb = (d.first ? mask * d.T * d.h / d.rep : 0) +
-                         (d.last ? d.e * d.T * d.h / d.rep + norm_stats * 4 * d.T / d.rep + d.e * d.T * d.h : 0);
-  const int64_t held = p.schedule == Schedule::gpipe ? d.mb : std::min<int64_t>(p.pp - stage, d.mb);
-  add(v, "embedding and head activations", MemCategory::activations, Lifetime::in_flight, held * per_mb);
+  const int64_t first_mb = d.first ? mask * d.T * d.h / d.rep : 0;
+  const int64_t last_mb = d.last ? d.e * d.T * d.h / d.rep + norm_stats * 4 * d.T / d.rep + d.e * d.T * d.h : 0;
+  int64_t held_first = p.schedule == Schedule::gpipe ? d.mb : std::min<int64_t>(p.pp - stage, d.mb);
+  int64_t held_last = held_first;
+  // zb-v (zb_v_rank's first table): chunk 0, the embedding's, holds min(2p, m) micro-batches
+  // from F to B; chunk 1, the head's, runs each F, B, W in a row (one at a time).
+  if (p.schedule == Schedule::zb_v) held_first = std::min<int64_t>(2 * p.pp, d.mb), held_last = 1;
+  add(v, "embedding and head activations", MemCategory::activations, Lifetime::in_flight,
+      held_first * first_mb + held_last * last_mb);
   // Logits (e, consumed by the cross-entropy) and the fp32 probabilities (4) the unfused
   // cross-entropy keeps for backward (Megatron's vocab-parallel cross-entropy): one
   // micro-batch's at a time, except GPipe, which runs every forward before the first backward.
@@ -123,8 +140,8 @@ void comm_buffers(std::vector<Buffer>& v, const ParallelConfig& p, const Dims& d
   const int64_t largest = std::max({d.layer_rank, d.embed_rank, d.out_rank});
   if (p.sp) add(v, "sp all-gather", MemCategory::comm_buffers, Lifetime::transient, d.e * d.T * d.h);
   if (p.pp > 1) add(v, "pp send and receive", MemCategory::comm_buffers, Lifetime::transient, 2 * d.e * d.T * d.h / d.rep);
-  if (p.zero >= 3 && p.dp > 1) add(v, "zero-3 gathered layers", MemCategory::comm_buffers, Lifetime::transient, 2 * d.e * largest);
-  if (p.zero >= 2 && p.dp > 1) add(v, "zero-2/3 layer gradient", MemCategory::comm_buffers, Lifetime::transient, d.g * largest);
+  if (p.zero >= 3 && dp_cp(p) > 1) add(v, "zero-3 gathered layers", MemCategory::comm_buffers, Lifetime::transient, 2 * d.e * largest);
+  if (p.zero >= 2 && dp_cp(p) > 1) add(v, "zero-2/3 layer gradient", MemCategory::comm_buffers, Lifetime::transient, d.g * largest);
 }
 
 // Backward scratch, reused layer after layer: gradients of the layer input, of both norm
@@ -138,6 +155,7 @@ int64_t backward_scratch_bytes(const ModelSpec& m, const ParallelConfig& p, cons
   const int64_t N = d.T, Ns = d.T / d.rep, Fl = d.f / d.t, Ql = d.h / d.t, KVl = d.kv / d.t;
   int64_t elems = 3 * N * d.h + 2 * N * Fl + 3 * N * Ql + 2 * N * KVl + Ns * d.h;
   if (m.family == Family::llama) elems += N * Fl + N * Ql + N * KVl;
+  if (m.is_mla()) elems += mla_scratch_elements_delta(m, N, d.t, d.h, d.kv);  // sim/mla.hpp
   if (p.recompute == Recompute::full) elems += Ns * d.h;
   int64_t scratch = d.e * elems + 4 * 3 * N;
   if (p.sp && p.tp > 1) scratch += d.g * d.replicated;
@@ -159,7 +177,7 @@ void runtime_buffers(std::vector<Buffer>& v, const ClusterSpec& c, const Paralle
     if (b.category != MemCategory::workspace && b.category != MemCategory::runtime &&
         b.placement == Placement::device)
       allocated += b.bytes;
-  const int64_t communicators = (p.tp > 1) + (p.dp > 1) + (p.pp > 1) + (p.ep > 1) + (p.etp > 1) +
+  const int64_t communicators = (p.tp > 1) + (dp_cp(p) > 1) + (p.pp > 1) + (p.ep > 1) + (p.etp > 1) + (p.cp > 1) +
                                 (d.moe.layers > 0 && d.moe.edp > 1 && d.moe.edp != p.dp);
   int64_t runtime = communicators * rt.nccl_bytes_per_communicator;
   if (prof) runtime += prof->runtime_bytes() + prof->malloc_granularity_bytes;
@@ -199,8 +217,12 @@ namespace {
 // One layer's forward GEMMs (Megatron's column- then row-parallel pairs): QKV (T, (q+2kv)/t, h),
 // projection (T, h, q/t), MLP fc1/fc2 (GELU) or fused gate|up and down (SwiGLU).
 void layer_gemms(std::vector<Op>& ops, const ModelSpec& m, const Dims& d, Pass pass, int64_t L) {
-  ops.push_back(gemm("qkv", pass, d.T, (d.q + 2 * d.kv) / d.t, d.h, L));
-  ops.push_back(gemm("attention projection", pass, d.T, d.h, d.q / d.t, L));
+  if (m.is_mla()) {
+    mla_gemms(ops, m, d.T, d.t, pass, L);  // DeepSeek's latent attention (sim/mla.hpp)
+  } else {
+    ops.push_back(gemm("qkv", pass, d.T, (d.q + 2 * d.kv) / d.t, d.h, L));
+    ops.push_back(gemm("attention projection", pass, d.T, d.h, d.q / d.t, L));
+  }
   if (m.family == Family::gpt) {
     ops.push_back(gemm("mlp fc1", pass, d.T, d.f / d.t, d.h, L - d.moe.layers));
   } else {
@@ -213,11 +235,18 @@ void layer_gemms(std::vector<Op>& ops, const ModelSpec& m, const Dims& d, Pass p
 // runs 2.5x the forward's matmul work; see OpTimer). Unfused: QK^T and softmax x V as batched
 // GEMMs of (s, s, d), the softmax and the dropout as memory-bound kernels; its backward costs
 // twice its forward. FLOPs counted as Narayanan et al. (2021): 4 b s^2 h / t forward (full,
-// not causal), twice that backward, with h the width of q (heads x head size).
+// not causal), twice that backward, with h the width of q (heads x head size). With context
+// parallelism (sim/context_parallel.hpp) s is the rank's seq / cp and the ring runs cp steps
+// per layer, each a block of s x s scores, causal-equivalent in work under the load-balanced
+// split: cp calls of causal attention over s tokens, 1/cp of the sequence's attention.
 void attention_core(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& tr, const Dims& d, Pass pass,
                     int64_t L) {
-  const int64_t heads_rank = m.heads / d.t, hd = m.head_dim();
-  const FlopCount fwd_flops = 4 * FlopCount(d.b) * d.s * d.s * d.q / d.t;
+  const int64_t heads_rank = m.heads / d.t;
+  // Latent attention (sim/mla.hpp): q k^T over dn + dr and p v over dv per head, timed as one
+  // head size of their mean.
+  const double hd = m.is_mla() ? mla_core_head_size(m) : static_cast<double>(m.head_dim());
+  const FlopCount fwd_flops = m.is_mla() ? mla_core_forward_flops(m, d.b, d.s, d.t)
+                                         : 4 * FlopCount(d.b) * d.s * d.s * d.q / d.t;
   const bool bwd = pass == Pass::backward;
   if (tr.attention == Attention::fused) {
     Op o;
@@ -226,7 +255,7 @@ void attention_core(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& t
     o.pass = pass;
     o.m = static_cast<double>(d.b * heads_rank), o.n = static_cast<double>(d.s), o.k = static_cast<double>(hd);
     o.flops = (bwd ? 2 : 1) * fwd_flops;
-    o.count = L;
+    o.count = L * d.cp;
     ops.push_back(o);
     return;
   }
@@ -258,7 +287,8 @@ void layer_elementwise(std::vector<Op>& ops, const ModelSpec& m, const Dims& d, 
   ops.push_back(memory_op("norms", pass, 2 * e * T * h / rep, (m.post_norms ? 4 : 2) * L, scale));
   ops.push_back(memory_op("residual adds", pass, 3 * e * T * h / rep, 2 * L, scale));
   ops.push_back(memory_op(gpt ? "gelu" : "swiglu", pass, (gpt ? 2 : 3) * e * T * static_cast<double>(d.f) / t, L - d.moe.layers, scale));
-  if (!gpt) ops.push_back(memory_op("rope", pass, 2 * e * T * static_cast<double>(d.q + d.kv) / t, L, scale));
+  if (!gpt && !m.is_mla()) ops.push_back(memory_op("rope", pass, 2 * e * T * static_cast<double>(d.q + d.kv) / t, L, scale));
+  if (m.is_mla()) mla_elementwise(ops, m, d.T, d.t, d.e, pass, L, scale);  // RoPE, latent norms (sim/mla.hpp)
   if (m.qk_norm) ops.push_back(memory_op("q/k norms", pass, 2 * e * T * static_cast<double>(d.q + d.kv) / t, L, scale));
   if (m.dropout) ops.push_back(memory_op("dropouts", pass, (2 * e + 1) * T * h / rep, 2 * L, scale));
 }
@@ -329,12 +359,20 @@ void tp_messages(std::vector<Message>& v, const ParallelConfig& p, const Dims& d
   const TpHalves moe = moe_tp_halves_saved(d.moe, p);  // MoE layers without an MLP over tp
   int64_t fwd = 4 * L - moe.forward, bwd = 4 * L + (p.sp ? 2 * L : 0) - moe.backward;
   const int64_t rec = p.recompute == Recompute::full ? 4 * L - moe.forward : 0;
+  // --tp-comm-overlap (sim/tp_overlap.hpp): the layers' halves overlap the GEMMs beside them;
+  // the model's ends keep theirs in-line.
+  const int64_t ov_f = p.tp_comm_overlap ? fwd : 0, ov_b = p.tp_comm_overlap ? bwd : 0;
+  const int64_t ov_r = p.tp_comm_overlap ? rec : 0;
   if (d.first) (p.sp ? (fwd += 1, bwd += 1) : (fwd += 2, bwd += 0));
   if (d.last) (p.sp ? (fwd += 1, bwd += 1) : (fwd += 0, bwd += 2));
   const auto rs = MessageKind::reduce_scatter;
-  v.push_back(message("tp activations", Group::tp, rs, Pass::forward, Cadence::micro_batch, act, fwd));
-  v.push_back(message("tp activations", Group::tp, rs, Pass::backward, Cadence::micro_batch, act, bwd));
-  if (rec > 0) v.push_back(message("tp activations", Group::tp, rs, Pass::recompute, Cadence::micro_batch, act, rec));
+  const auto mbc = Cadence::micro_batch;
+  if (fwd > ov_f) v.push_back(message("tp activations", Group::tp, rs, Pass::forward, mbc, act, fwd - ov_f));
+  if (bwd > ov_b) v.push_back(message("tp activations", Group::tp, rs, Pass::backward, mbc, act, bwd - ov_b));
+  if (rec > ov_r) v.push_back(message("tp activations", Group::tp, rs, Pass::recompute, mbc, act, rec - ov_r));
+  if (ov_f > 0) v.push_back(message(kTpOverlappedMessage, Group::tp, rs, Pass::forward, mbc, act, ov_f));
+  if (ov_b > 0) v.push_back(message(kTpOverlappedMessage, Group::tp, rs, Pass::backward, mbc, act, ov_b));
+  if (ov_r > 0) v.push_back(message(kTpOverlappedMessage, Group::tp, rs, Pass::recompute, mbc, act, ov_r));
   if (d.last)
     v.push_back(message("tp cross-entropy", Group::tp, MessageKind::all_reduce, Pass::forward, Cadence::micro_batch,
                         4 * d.T, 3));
@@ -349,10 +387,12 @@ void tp_messages(std::vector<Message>& v, const ParallelConfig& p, const Dims& d
 void pp_messages(std::vector<Message>& v, const ParallelConfig& p, const Dims& d) {
   if (p.pp <= 1) return;
   const int64_t bytes = d.e * d.T * d.h / d.rep;
+  // zb-v's last stage turns the V: its chunk 0 feeds its own chunk 1 (and the gradient back) unsent.
+  const int64_t turn = d.turn ? 1 : 0;
   v.push_back(message("pp send", Group::pp, MessageKind::send, Pass::forward, Cadence::micro_batch, bytes,
-                      p.vpp - (d.last ? 1 : 0)));
+                      p.vpp - (d.last ? 1 : 0) - turn));
   v.push_back(message("pp send", Group::pp, MessageKind::send, Pass::backward, Cadence::micro_batch, bytes,
-                      p.vpp - (d.first ? 1 : 0)));
+                      p.vpp - (d.first ? 1 : 0) - turn));
 }
 
 // Data parallel (ZeRO paper, Rajbhandari et al. 2020, Sec. 7): G gradient bytes (after
@@ -370,7 +410,7 @@ void dp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelCon
   const int64_t W = d.e * params;
   if (p.dp > 1 && p.dp_comm == DpComm::parameter_server) {
     v.push_back(message("dp push", Group::dp, MessageKind::send, Pass::step, Cadence::step, G, 1));
-  } else if (p.dp > 1) {
+  } else if (dp_cp(p) > 1) {  // reduced over dp x cp: the weights are replicated over cp
     const int64_t bucket = tr.dp_bucket_bytes > 0 ? tr.dp_bucket_bytes : kDefaultBucketElements * d.g;
     const int64_t buckets = p.vpp * std::max<int64_t>(1, ceil_div(ceil_div(G, p.vpp), bucket));
     const int64_t L = std::max<int64_t>(1, d.layers);
@@ -388,7 +428,7 @@ void dp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelCon
       v.push_back(message("dp gradients", Group::dp, MessageKind::reduce_scatter, Pass::backward, mbc, G, 1, L));
     }
   }
-  if (p.pp > 1 && m.tied_embeddings && (d.first || d.last)) {
+  if (m.tied_embeddings && d.first != d.last) {  // two copies (zb-v's first stage holds one)
     Message emb = message("embedding gradient", Group::dp, MessageKind::all_reduce, Pass::step, Cadence::step,
                           d.g * d.Vr * d.h, 1);
     emb.ranks = 2;
@@ -403,7 +443,7 @@ OffloadShape offload_shape(const ModelSpec& m, const TrainSpec& tr, const Parall
   if (p.offload == Offload::none) return {};
   OffloadShape o;
   o.optimizer_params = optimizer_params;
-  o.largest_layer_shard = ceil_div(std::max({d.layer_rank, d.embed_rank, d.out_rank}), p.zero >= 3 ? p.dp : 1);
+  o.largest_layer_shard = ceil_div(std::max({d.layer_rank, d.embed_rank, d.out_rank}), p.zero >= 3 ? dp_cp(p) : 1);
   o.layers = d.layers;
   o.layer_activation_bytes =
       layer_activation_bytes(m, d.b, d.s, d.t, p.sp, p.recompute, tr.attention, tr.dtype).total();
@@ -437,8 +477,9 @@ LayerActivationBytes layer_activation_bytes(const ModelSpec& m, int64_t b, int64
   const int64_t replicated = (m.post_norms ? 6 : 4) * e * T * h + 2 * mask * T * h;
   // Sharded: Q, K, V, attention output (projection input); MLP fc1 output and GELU output,
   // or SwiGLU gate, up and product; Q and the attention output are q wide (heads x head
-  // size); Qwen3's q/k norms keep their inputs.
-  const int64_t sharded = e * T * (2 * q + 2 * kv) + (m.family == Family::gpt ? 2 : 3) * e * T * f +
+  // size); Qwen3's q/k norms keep their inputs. Latent attention keeps its own (sim/mla.hpp).
+  const MlaActivationBytes mla = m.is_mla() ? mla_activation_bytes(m, T, t, e) : MlaActivationBytes{};
+  const int64_t sharded = (m.is_mla() ? 0 : e * T * (2 * q + 2 * kv)) + (m.family == Family::gpt ? 2 : 3) * e * T * f +
                           (m.qk_norm ? e * T * (q + kv) : 0);
   // Attention core: softmax output (e), dropout mask (1) and dropout output (e) per score.
   int64_t core = 0, core_stats = 0;
@@ -451,8 +492,8 @@ LayerActivationBytes layer_activation_bytes(const ModelSpec& m, int64_t b, int64
   const int64_t norm_count = m.post_norms ? 4 : 2;
   // Per-head rstd of Qwen3's q and k norms: one fp32 per head and token.
   const int64_t qk_stats = m.qk_norm ? 4 * T * (m.heads + m.kv_heads) : 0;
-  out.tensors = replicated / rep + sharded / t + core / t;
-  out.statistics = norm_count * norms * 4 * T / rep + core_stats / t + qk_stats / t;
+  out.tensors = replicated / rep + sharded / t + core / t + mla.heads + mla.latents;
+  out.statistics = norm_count * norms * 4 * T / rep + core_stats / t + qk_stats / t + mla.stats;
   return out;
 }
 
@@ -475,6 +516,11 @@ int64_t in_flight_chunks(Schedule s, int64_t p, int64_t v, int64_t i, int64_t m)
     // holds 1F1B's first rank's min(p, m); the largest over ranks is 1F1B's.
     case Schedule::zb_h1: return std::min(p, m) * v;
     case Schedule::interleaved: return std::min((p - i - 1) * 2 + (v - 1) * p + 1, m * v);
+    // ZB-V (Qi et al. 2024, "Pipeline Parallelism with Controllable Memory", arXiv 2405.15362:
+    // the V holds 1F1B's peak activation memory with chunks of half a stage): rank i of
+    // zb_v_rank's tables holds min(2m, m + 1 + i, 2p) chunks awaiting their W, 2p (1F1B's
+    // first rank's p stages) from m >= 2p - 1 on; peak_in_flight of the tables, pinned in tests.
+    case Schedule::zb_v: return std::min({2 * m, m + 1 + i, 2 * p});
   }
   return m * v;
 }
@@ -489,7 +535,7 @@ void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, co
   // whose ZeRO shard is over the expert-data-parallel group (sim/moe.hpp).
   w.params += d.moe.layers * (d.moe.dense_params - d.moe.mlp_params) + d.moe.expert_params;
   w.expert_params = d.moe.expert_params;
-  w.optimizer_params = p.zero >= 1 ? ceil_div(w.params - w.expert_params, p.dp) + ceil_div(w.expert_params, d.moe.edp)
+  w.optimizer_params = p.zero >= 1 ? ceil_div(w.params - w.expert_params, dp_cp(p)) + ceil_div(w.expert_params, d.moe.edp)
                                    : w.params;
   w.in_flight = in_flight_chunks(p.schedule, p.pp, p.vpp, stage, d.mb);
   w.buffers.clear();
@@ -500,7 +546,8 @@ void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, co
     w.ops.reserve(64);
     w.messages.reserve(16);
   }
-  ModelStateBytes state = model_state_bytes(w.params - w.expert_params, p.dp, p.zero, tr.dtype, tr.grad_dtype);
+  // ZeRO shards over dp x cp, as Megatron's distributed optimizer over its dp-cp group.
+  ModelStateBytes state = model_state_bytes(w.params - w.expert_params, dp_cp(p), p.zero, tr.dtype, tr.grad_dtype);
   if (w.expert_params > 0) {
     const ModelStateBytes x = model_state_bytes(w.expert_params, d.moe.edp, p.zero, tr.dtype, tr.grad_dtype);
     state.weights += x.weights, state.grads += x.grads, state.optimizer += x.optimizer;
@@ -510,9 +557,12 @@ void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, co
   add(w.buffers, "optimizer state", MemCategory::optimizer, Lifetime::step, state.optimizer);
   activation_buffers(w.buffers, m, tr, p, d, w.in_flight, stage);
   comm_buffers(w.buffers, p, d);
+  cp_buffers(w.buffers, m, tr, p);  // context parallelism's KV ring
   moe_buffers(w.buffers, d.moe, p);
   const OffloadShape offload = offload_shape(m, tr, p, d, w.optimizer_params);
   offload_buffers(w.buffers, p, offload);
+  const int64_t fp8_weights = tr.fp8 ? fp8_weight_params(m, p.tp, d.layers, d.moe) : 0;  // sim/fp8.hpp
+  if (tr.fp8) fp8_buffers(w.buffers, p.zero, fp8_weights, d.layers);
   runtime_buffers(w.buffers, c, p, m, d);
   // AdamW reads and writes the fp32 state and weights of its shard (memory-bound): read
   // master, m, v (12) and the gradient (g); write master, m, v (12) and the working copy (e).
@@ -522,8 +572,12 @@ void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, co
                                               : n * static_cast<double>(12 + d.g + 12);
   if (memory_only) return;
   stage_ops(w.ops, m, tr, p, d);
+  if (tr.fp8) fp8_ops(w.ops, p.zero, d.mb, fp8_weights);  // FP8 GEMMs and their casts (sim/fp8.hpp)
+  if (p.tp_comm_overlap) chunk_overlapped_gemms(w.ops, c.gpu, p.tp);  // GEMMs in tp chunks (sim/tp_overlap.hpp)
   tp_messages(w.messages, p, d);
+  mla_messages(w.messages, m, p, d.layers, d.g);  // latent attention's replicated weights (sim/mla.hpp)
   pp_messages(w.messages, p, d);
+  cp_messages(w.messages, m, tr, p, d.layers);
   dp_messages(w.messages, tr, p, d, m, w.params - w.expert_params);
   moe_messages(w.messages, d.moe, p, tr);
   offload_messages(w.messages, p, offload);

@@ -60,6 +60,7 @@ struct Op {
   FlopCount flops = 0;                    // matrix FLOPs of one call (Narayanan et al.'s count)
   int64_t count = 1;                      // calls per micro-batch on this stage (e.g. its layers)
   double scale = 1;                       // time multiplier of one call (see stage_work.cpp)
+  bool fp8 = false;                       // gemm/gemm_bwd with FP8 inputs (sim/fp8.hpp)
 };
 
 // The op and message constructors every part of a stage's description uses (dense layers,
@@ -95,7 +96,8 @@ ModelStateBytes model_state_bytes(int64_t params, int64_t dp, int zero, Dtype dt
 int64_t in_flight_chunks(Schedule s, int64_t pp, int64_t vpp, int64_t stage, int64_t micro_batches);
 
 enum class Group : uint8_t { tp, dp, pp, host,  // host: the GPU's own link to host memory
-                             ep, etp, edp };     // MoE: expert-parallel, expert-tp, expert-data-parallel
+                             ep, etp, edp,       // MoE: expert-parallel, expert-tp, expert-data-parallel
+                             cp };               // context parallelism's KV ring (sim/context_parallel.hpp)
 enum class MessageKind : uint8_t { all_reduce, all_gather, reduce_scatter, send, to_host, to_device, all_to_all };
 enum class Cadence : uint8_t { micro_batch, step };
 

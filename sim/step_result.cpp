@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "sim/fp8.hpp"
 #include "sim/json_reader.hpp"
 #include "sim/offload.hpp"
 #include "sim/spec_json.hpp"
@@ -105,11 +106,13 @@ void config_into(nlohmann::json& j, const Estimate& e) {
             {"sp", p.sp},
             {"schedule", to_string(p.schedule)},
             {"order", p.order},
-            {"dtype", to_string(e.train.dtype)},
+            {"dtype", train_dtype_name(e.train)},
             {"grad_dtype", to_string(e.train.grad_dtype)}});
   if (!p.stage_layers.empty()) j["stage_layers"] = p.stage_layers;
   if (p.offload != Offload::none) j["offload"] = to_string(p.offload);
   if (p.ep > 1 || p.etp > 1) j["ep"] = p.ep, j["etp"] = p.etp;  // MoE
+  if (p.tp_comm_overlap) j["tp_comm_overlap"] = true;  // sim/tp_overlap.hpp
+  if (p.cp > 1) j["cp"] = p.cp;  // context parallelism (sim/context_parallel.hpp)
   if (e.train.moe_capacity_factor != TrainSpec{}.moe_capacity_factor)
     j["moe_capacity_factor"] = e.train.moe_capacity_factor;
 }
@@ -380,17 +383,19 @@ void read_config(ObjectReader& r, Estimate& e) {
   r.boolean("sp", p.sp);
   r.choice("schedule", schedule_names(), sched);
   r.string("order", p.order);
-  r.choice("dtype", dtype_names(), dt);
+  r.choice("dtype", train_dtype_names(), dt);  // bf16, fp32 or fp8 (sim/fp8.hpp)
   r.choice("grad_dtype", dtype_names(), gdt);
   int offload = 0;
   r.opt_choice("offload", offload_names(), offload);
   p.offload = static_cast<Offload>(offload);
   r.opt_integer("ep", p.ep, 1, kMaxCount);  // MoE
   r.opt_integer("etp", p.etp, 1, kMaxCount);
+  r.opt_boolean("tp_comm_overlap", p.tp_comm_overlap);
+  r.opt_integer("cp", p.cp, 1, kMaxCount);  // context parallelism: default 1
   r.opt_number("moe_capacity_factor", e.train.moe_capacity_factor, 0, true, 1e6);
   p.recompute = static_cast<Recompute>(rc);
   p.schedule = static_cast<Schedule>(sched);
-  e.train.dtype = static_cast<Dtype>(dt);
+  set_train_dtype(e.train, train_dtype_names()[static_cast<size_t>(dt)]);
   e.train.grad_dtype = static_cast<Dtype>(gdt);
 }
 
@@ -520,15 +525,17 @@ void read_stages(ObjectReader& r, const nlohmann::json& j, Estimate& e) {
   });
 }
 
-// What the fields say about each other: the world is dp x tp x pp, the batch splits into the
+// What the fields say about each other: the world is dp x tp x pp (x cp), the batch splits into the
 // micro-batches, one stage per pipeline rank (a measurement may hold none), the peak stage is one.
 Status check_consistency(const Estimate& e, const std::string& where, const std::string& pointer) {
   const auto& p = e.parallel;
-  const __int128 world = static_cast<__int128>(p.dp) * p.tp * p.pp;
+  const __int128 world3 = static_cast<__int128>(p.dp) * p.tp * p.pp;  // each <= 2^40: < 2^120
+  const __int128 world = world3 > e.gpus ? world3 : world3 * p.cp;      // then x cp < 2^80
   const __int128 batch = static_cast<__int128>(e.micro_batches) * p.micro_batch * p.dp;
   const int64_t stages = static_cast<int64_t>(e.stages.size());
   if (world != e.gpus)
-    return make_error(where, pointer + "/gpus: must be dp x tp x pp (got " + std::to_string(e.gpus) + ")");
+    return make_error(where, pointer + "/gpus: must be dp x tp x pp" + std::string(p.cp > 1 ? " x cp" : "") + " (got " +
+                                 std::to_string(e.gpus) + ")");
   if (batch != e.train.global_batch)
     return make_error(where, pointer + "/micro_batches: must be global_batch / (dp x micro_batch) (got " +
                                  std::to_string(e.micro_batches) + ")");
@@ -589,10 +596,11 @@ std::optional<std::string> configuration_difference(const Estimate& a, const std
             {"/parallel/offload", to_string(p.offload)},
             {"/parallel/ep", n(p.ep)},
             {"/parallel/etp", n(p.etp)},
+            {"/parallel/tp_comm_overlap", p.tp_comm_overlap ? "true" : "false"},
             {"/parallel/stage_layers", stage_layers_text(p.stage_layers)},
             {"/train/global_batch", n(e.train.global_batch)},
             {"/train/seq", n(e.train.seq)},
-            {"/train/dtype", to_string(e.train.dtype)},
+            {"/train/dtype", train_dtype_name(e.train)},
             {"/train/grad_dtype", to_string(e.train.grad_dtype)}};
   };
   const auto fa = fields(a), fb = fields(b);

@@ -3,12 +3,16 @@
 #include <cstdint>
 #include <cstdio>
 
+#include "sim/fp8.hpp"
+#include "sim/context_parallel.hpp"
+#include "sim/mla.hpp"
 #include "sim/model_math.hpp"
 #include "sim/moe.hpp"
 #include "sim/offload.hpp"
 #include "sim/rank_grid.hpp"
 #include "sim/spec_json.hpp"
 #include "sim/stage_split.hpp"
+#include "sim/tp_overlap.hpp"
 
 namespace loom {
 
@@ -41,12 +45,15 @@ Status in_range(const FieldNamer& name, const std::string& field, int64_t v, int
 // (dp x tp x pp, dp x micro_batch, pp x vpp) exact in int64, checked before those products.
 Status check_parallel_sizes(const ModelSpec&, const ClusterSpec& c, const TrainSpec& t, const ParallelConfig& p,
                             const FieldNamer& name) {
-  for (auto [field, v] : {std::pair{"dp", p.dp}, {"tp", p.tp}, {"pp", p.pp}})
+  for (auto [field, v] : {std::pair{"dp", p.dp}, {"tp", p.tp}, {"pp", p.pp}, {"cp", p.cp}})
     if (auto st = in_range(name, field, v, 1, limits::kGpus); !st) return st;
-  const Wide world = Wide(p.dp) * p.tp * p.pp;
-  if (world != c.gpus)
+  const Wide world = Wide(p.dp) * p.tp * p.pp * p.cp;
+  if (world != c.gpus && p.cp == 1)
     return Error{name("dp") + ": dp x tp x pp must equal the GPUs in use (" + s(p.dp) + " x " + s(p.tp) + " x " +
                  s(p.pp) + " = " + s(world) + ", gpus = " + s(c.gpus) + ")"};
+  if (world != c.gpus)
+    return Error{name("dp") + ": dp x tp x pp x cp must equal the GPUs in use (" + s(p.dp) + " x " + s(p.tp) +
+                 " x " + s(p.pp) + " x " + s(p.cp) + " = " + s(world) + ", gpus = " + s(c.gpus) + ")"};
   if (auto st = in_range(name, "micro_batch", p.micro_batch, 1, limits::kGlobalBatch); !st) return st;
   if (auto st = in_range(name, "vpp", p.vpp, 1, limits::kLayers); !st) return st;
   if (auto st = in_range(name, "ps_servers", p.ps_servers, 0, limits::kGpus); !st) return st;
@@ -92,7 +99,9 @@ Status check_train_sizes(const ModelSpec& m, const TrainSpec& t, const FieldName
                  s(limits::kTokensPerStep) + " (got " + s(tokens) + ")"};
   using L = long double;
   const L T = static_cast<L>(tokens), e = 4, h = m.hidden, kv = L(m.kv_heads) * m.head_dim(), f = m.ffn_hidden;
-  const L per_token = h * (4 * e + 2) + e * (2 * h + 2 * kv) + 3 * e * f + 16 + 4 * L(m.heads);
+  // Latent attention's q, k, v and latents (sim/mla.hpp) beside the dense terms: an upper bound.
+  const L per_token = h * (4 * e + 2) + e * (2 * h + 2 * kv) + 3 * e * f + 16 + 4 * L(m.heads) +
+                      (m.is_mla() ? e * mla_elements_per_token(m) : 0);
   const L scores = (2 * e + 1) * m.heads * T * t.seq;  // b s^2 per head
   const L activations = L(m.layers) * (T * per_token + scores) + (e + 4) * T * m.vocab;
   if (activations > limits::kDerivedBytes)
@@ -100,7 +109,8 @@ Status check_train_sizes(const ModelSpec& m, const TrainSpec& t, const FieldName
                  ": the activations of one step must be <= " + s(limits::kDerivedBytes) + " bytes (got " +
                  s(activations) + " with global_batch " + s(t.global_batch) + " x seq " + s(t.seq) + ")"};
   // Model FLOPs (model_math.hpp), with a full recompute's extra forward: 4 forwards at most.
-  const L layer_fwd = 2 * T * h * (h + 2 * kv) + 2 * T * h * h + 6 * T * h * f + 4 * T * t.seq * h;
+  const L layer_fwd = 2 * T * h * (h + 2 * kv) + 2 * T * h * h + 6 * T * h * f + 4 * T * t.seq * h +
+                      (m.is_mla() ? T * mla_forward_flops_per_token(m, t.seq) : 0);
   const L flops = 4 * (L(m.layers) * layer_fwd + 2 * T * h * m.vocab);
   if (flops > limits::kFlopsPerStep)
     return Error{name("global_batch") + ": the FLOPs of one step must be <= 2^100 (got " + s(flops) + ")"};
@@ -122,6 +132,22 @@ Status size_cluster(ClusterSpec& c, int64_t gpus, const std::string& where) {
   return ok_status();
 }
 
+// ZB-V (sim/schedule.hpp's zb_v_rank) runs two chunks per rank placed as a V: vpp 2, a pipeline
+// of at least two stages, and even stages (its V placement splits the layers into 2 pp equal
+// chunks). Any number of micro-batches runs; with fewer than 2 pp - 1 the tables drop the
+// missing ones' slots (as PyTorch's ScheduleZBVZeroBubble does) and the bubble grows.
+namespace {
+Status check_zb_v(const ParallelConfig& p, const FieldNamer& name) {
+  if (p.schedule != Schedule::zb_v) return ok_status();
+  if (p.vpp != 2) return Error{name("vpp") + ": the zb-v schedule runs two chunks per rank, a V: must be 2 (got " + s(p.vpp) + ")"};
+  if (p.pp < 2) return Error{name("schedule") + ": the zb-v schedule needs pp > 1 (got pp " + s(p.pp) + ")"};
+  for (int64_t n : p.stage_layers)
+    if (n != p.stage_layers.front())
+      return Error{name("stage_layers") + ": the zb-v schedule places even stages only (got uneven stages)"};
+  return ok_status();
+}
+}  // namespace
+
 Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t, const ParallelConfig& p,
                        const FieldNamer& name) {
   auto fail = [&](const std::string& field, const std::string& rule) -> Status {
@@ -137,7 +163,8 @@ Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec
   if (auto st = check_moe_config(m, t, p, name); !st) return st;  // experts: ep, etp (sim/moe.hpp)
   if (p.schedule == Schedule::interleaved && p.vpp < 2)
     return fail("vpp", "the interleaved schedule needs vpp > 1 (got " + s(p.vpp) + ")");
-  if (p.schedule != Schedule::interleaved && p.vpp != 1)
+  if (auto st = check_zb_v(p, name); !st) return st;
+  if (p.schedule != Schedule::interleaved && p.schedule != Schedule::zb_v && p.vpp != 1)
     return fail("vpp", "vpp > 1 needs the interleaved schedule (got schedule " + to_string(p.schedule) + ")");
   if (p.schedule == Schedule::interleaved && p.pp < 2)
     return fail("schedule", "the interleaved schedule needs pp > 1");
@@ -148,16 +175,23 @@ Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec
                                               s(p.pp * p.vpp) + " != 0)");
   }
   if (p.sp && p.tp < 2) return fail("sp", "sequence parallelism needs tensor parallelism (tp > 1)");
+  if (p.tp_comm_overlap && !(p.sp && p.tp > 1))  // Megatron-LM's arguments.py asserts the same
+    return fail("tp_comm_overlap", std::string("tensor-parallel communication overlap needs sequence parallelism and ") +
+                                       "tp > 1 (got sp " + (p.sp ? "on" : "off") + ", tp " + s(p.tp) + ")");
+  if (p.tp_comm_overlap && gpu_sm_count(c.gpu) == 0)
+    return fail("tp_comm_overlap", "needs the GPU's SM count, which loom knows for A100, H100 and H200 (got " +
+                                       c.gpu.name + ")");
   const int64_t mb = t.global_batch / (p.dp * p.micro_batch);
   if (p.schedule == Schedule::interleaved && mb % p.pp != 0)
     return fail("micro_batch", "the interleaved schedule needs the micro-batch count (" + s(mb) +
                                    ") to be a multiple of pp (" + s(p.pp) + "), as Megatron-LM requires");
   if (p.sp && (t.seq % p.tp != 0))
     return fail("seq", "sequence parallelism needs tp to divide seq (" + s(t.seq) + " % " + s(p.tp) + " != 0)");
+  if (auto st = check_context_parallel(m, t, p, name); !st) return st;
   if (m.family == Family::gpt && t.seq > m.seq_len)
     return fail("seq", "must be <= the model's learned position table (" + s(m.seq_len) + ")");
   if (p.zero < 0 || p.zero > 3) return fail("zero", "must be 0, 1, 2 or 3");
-  auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order);
+  auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order, p.cp);
   if (!grid) return fail("order", grid.error().message.substr(7));
   if (p.dp_comm == DpComm::parameter_server && p.ps_servers < 1)
     return fail("ps_servers", "the parameter-server layout needs at least one server");
@@ -168,6 +202,7 @@ Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec
   if (!(p.grad_compression >= 1 && p.grad_compression <= 1e6))  // NaN fails both
     return fail("grad_compression", "must be in [1, 1e6] (original / sent bytes; got " + s(static_cast<long double>(p.grad_compression)) + ")");
   if (auto st = validate_offload(c, p, name); !st) return st;
+  if (auto st = check_fp8(c, t, name("dtype")); !st) return st;  // FP8 needs FP8 tensor cores
   return ok_status();
 }
 

@@ -194,10 +194,13 @@ TEST_CASE("import torchtitan: refusals name the key and the rule", "[import]") {
   };
   std::string base = kJob;
   refused("tt_conv.toml", "[model]\nname = \"llama3\"\nflavor = \"8B\"\nconverters = [\"float8\"]\n",
-          "model.converters: float8 and mx converters change the GEMMs");
+          "model.converters: loom prices the converter [\"quantize.linear.float8\"] only");
   std::string cp = base;
   cp.insert(cp.find("tensor_parallel_degree"), "context_parallel_degree = 2\n");
-  refused("tt_cp2.toml", cp, "parallelism.context_parallel_degree: context parallelism is not modelled yet (got 2)");
+  // Context parallelism is priced as the ring of K and V blocks ("alltoall"), not torchtitan's
+  // default rotation, which gathers every block first.
+  refused("tt_cp2.toml", cp, "parallelism.context_parallel_rotate_method: loom prices the ring of K and V blocks, "
+                             "\"alltoall\"; \"allgather\" (torchtitan's default) is not modelled");
   refused("tt_flavor.toml", "[model]\nflavor = \"debugmodel\"\n", "model.flavor: loom knows the llama3 flavors");
   // torchtitan's default less-layers (1 and 1) over 2 x 2 looped stages: 34 effective layers
   // split 9, 9, 8, 8, less 1 on the first and the last: rank 1's chunks hold 9 and 7 layers.
@@ -300,4 +303,44 @@ TEST_CASE("import --compare-best: your configuration against loom's best, with t
   CHECK(doc["speedup"].get<double>() >= 1.0);
   CHECK(doc["imported"]["step_time_s"] == nlohmann::json::parse(slurp(plan))["prediction"]["step_time_s"]);
   CHECK(doc["best"]["step_time_s"].get<double>() <= doc["imported"]["step_time_s"].get<double>());
+}
+
+TEST_CASE("import reads back tp comm overlap: Megatron's --tp-comm-overlap, torchtitan's async TP", "[import][tp_overlap]") {
+  round_trip("megatron",
+             "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 32 --seq 4096 --tp 8 --sp --pp 2 "
+             "--tp-comm-overlap on",
+             "--cluster dgx-h100 --gpus 16", "mg_tpo");
+  round_trip("torchtitan",
+             "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 32 --seq 4096 --tp 8 --sp --pp 1 --zero 3 "
+             "--micro-batch 2 --grad-dtype fp32 --tp-comm-overlap on",
+             "--cluster dgx-h100 --gpus 16", "tt_tpo");
+}
+
+TEST_CASE("import reads back context parallelism: Megatron's --context-parallel-size, torchtitan's degree", "[import][cp]") {
+  // tp 2 with sp, cp 2 (--cp-comm-type p2p), dp 4: 8192-token sequences, 4096 per rank.
+  round_trip("megatron",
+             "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 8192 --tp 2 --sp --pp 1 --cp 2 "
+             "--zero 1",
+             "--cluster dgx-h100 --gpus 16", "mg_cp");
+  // FSDP over dp x cp = 4 x 2, the ring rotation ("alltoall").
+  round_trip("torchtitan",
+             "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 8192 --tp 2 --sp --pp 1 --cp 2 "
+             "--zero 3 --grad-dtype fp32",
+             "--cluster dgx-h100 --gpus 16", "tt_cp");
+  // Megatron's other CP communication types are not the ring loom prices.
+  const auto plan = temp_file("mg_cp_a2a_plan.json", ""), file = temp_file("mg_cp_a2a.sh", "");
+  REQUIRE(run_loom("predict --model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 8192 --tp 2 --sp --pp 1 "
+                   "--cp 2 --zero 1 -o " + plan).code == 0);
+  REQUIRE(run_loom("export " + plan + " --to megatron -o " + file).code == 0);
+  std::string text = slurp(file);
+  REQUIRE(text.find("--context-parallel-size 2") != std::string::npos);
+  REQUIRE(text.find("--cp-comm-type p2p") != std::string::npos);
+  text.replace(text.find("--cp-comm-type p2p"), 18, "--cp-comm-type a2a");
+  LoomRun a2a = run_loom("import megatron " + temp_file("mg_cp_a2a2.sh", text) + " --cluster dgx-h100 --gpus 16");
+  CHECK(a2a.code == 2);
+  CHECK(a2a.err.find("--cp-comm-type: loom prices the p2p ring only (got a2a)") != std::string::npos);
+  // DeepSpeed has no ring attention: its export names cp as what it cannot express.
+  LoomRun ds = run_loom("export " + plan + " --to deepspeed");
+  CHECK(ds.code == 0);
+  CHECK(ds.err.find("cp 2: DeepSpeed has no ring-attention context parallelism") != std::string::npos);
 }

@@ -9,6 +9,7 @@
 
 #include "run_loom.hpp"
 #include "sim/cost_model.hpp"
+#include "sim/op_timer.hpp"
 #include "sim/model_math.hpp"
 #include "sim/moe.hpp"
 #include "sim/spec_json.hpp"
@@ -66,15 +67,17 @@ TEST_CASE("moe: total and activated parameters equal the published ones", "[moe]
   CHECK(published(active_params(mixtral), 12.9e9, 0.1e9));
 
   // Qwen1.5-MoE-A2.7B (model card: 14.3B total, 2.7B activated): 60 experts of 1408, top-4,
-  // a shared expert of 5632 = 4 x 1408, q/k/v biases. Its shared-expert gate (hidden x 1 per
-  // layer, 49,152 in all) is not counted: within the published precision.
+  // a shared expert of 5632 = 4 x 1408 with its sigmoid gate (shared_expert_gate, hidden x 1:
+  // 2,048 a layer, 49,152 in all; transformers' Qwen2MoeSparseMoeBlock), q/k/v biases.
   const ModelSpec qwen15 = load(hf("qwen1.5_moe_a2.7b_config.json"));
   CHECK(qwen15.experts == 60);
   CHECK(qwen15.shared_experts == 4);
+  CHECK(qwen15.shared_expert_gate);
   CHECK(qwen15.expert_ffn_hidden == 1408);
   CHECK(qwen15.qkv_bias);
-  CHECK(total_params(qwen15) == 14'315'735'040);
-  CHECK(active_params(qwen15) == 14'315'735'040 - 24 * 56 * int64_t{3 * 2048 * 1408});
+  CHECK(total_params(qwen15) == 14'315'735'040 + 24 * 2'048);
+  CHECK(total_params(qwen15) == 14'315'784'192);
+  CHECK(active_params(qwen15) == 14'315'784'192 - 24 * 56 * int64_t{3 * 2048 * 1408});
   CHECK(published(total_params(qwen15), 14.3e9, 0.1e9));
   CHECK(published(active_params(qwen15), 2.7e9, 0.1e9));
 
@@ -170,6 +173,44 @@ TEST_CASE("moe: dispatch and combine all-to-all bytes and expert memory equal th
   REQUIRE(eg != nullptr);
   CHECK(eg->bytes == 2 * w.expert_params);
   CHECK(message_send_bytes(*eg, 8) == 7 * ((2 * w.expert_params + 7) / 8));
+
+  // The rank's one expert (8 / ep) multiplies ep etp C = 8 x 640 = 5120 rows: a grouped GEMM
+  // of one product per local expert, FLOPs 2 x 5120 x 2 f x h each.
+  const Op* up = nullptr;
+  for (const Op& o : w.ops)
+    if (std::string(o.name) == "expert gate|up" && o.pass == Pass::forward) up = &o;
+  REQUIRE(up != nullptr);
+  CHECK(up->m == 5120);
+  CHECK(up->batch == 1);
+  CHECK(up->flops == FlopCount{2} * 5120 * 2 * 14336 * 4096);
+}
+
+TEST_CASE("moe: each local expert is its own product of a grouped GEMM, one launch", "[moe]") {
+  const ModelSpec m = load("mixtral-8x7b");
+  auto c = load_cluster("dgx-h100", "test");
+  REQUIRE(c.ok());
+  REQUIRE(size_cluster(*c, 64, "test").ok());
+  TrainSpec t;
+  t.global_batch = 256, t.seq = 4096, t.dp_bucket_bytes = 40'000'000 * 2;
+  ParallelConfig p;
+  p.tp = 2, p.sp = true, p.dp = 32, p.ep = 2, p.zero = 1;
+  REQUIRE(validate_config(m, *c, t, p, [](const std::string& f) { return f; }).ok());
+  const StageWork w = build_stage_work(m, *c, t, p, 0);
+  const Op* up = nullptr;
+  for (const Op& o : w.ops)
+    if (std::string(o.name) == "expert gate|up" && o.pass == Pass::forward) up = &o;
+  REQUIRE(up != nullptr);
+  // 4 local experts of ep etp C = 2 x 640 rows each: the same FLOPs as one 5120-row product.
+  CHECK(up->batch == 4);
+  CHECK(up->m == 1280);
+  CHECK(up->flops == FlopCount{2} * 5120 * 2 * 14336 * 4096);
+  // Time: each product's time less its launch, four times, plus one launch; slower than one
+  // 5120-row GEMM (the efficiency curve of smaller products), faster than four launches.
+  const OpTimer op = OpTimer::of(*c, t);
+  const double one = op.gemm(1280, 2 * 14336, 4096), launch = c->efficiency.kernel_launch_s;
+  CHECK(op.op(*up) == Approx(4 * (one - launch) + launch).epsilon(1e-12));
+  CHECK(op.op(*up) > op.gemm(5120, 2 * 14336, 4096));
+  CHECK(op.op(*up) < 4 * one);
 }
 
 TEST_CASE("moe: the all-to-all crosses the NICs when the ep group spans nodes", "[moe]") {
@@ -231,10 +272,8 @@ TEST_CASE("moe: bad input is refused in one line", "[moe]") {
   REQUIRE_FALSE(bad.ok());
   CHECK(bad.error().message == "m.json: /experts_per_token: needs experts > 0 (got 2 with experts 0)");
 
-  // Hugging Face: DeepSeek's latent attention; Qwen dense exceptions; a shared expert size
-  // that is not a multiple of the expert size.
-  CHECK(refusal(hf("deepseek_v2_lite_config.json")).find("/kv_lora_rank: multi-head latent attention") !=
-        std::string::npos);
+  // Hugging Face: Qwen dense exceptions; a shared expert size that is not a multiple of the
+  // expert size. (DeepSeek's latent attention is read: tests/test_mla.cpp.)
   auto q = nlohmann::json::parse(slurp(hf("qwen1.5_moe_a2.7b_config.json")));
   q["mlp_only_layers"] = {0, 1};
   auto qm = model_from_json(q, "q.json");

@@ -168,18 +168,21 @@ TEST_CASE("published tables: why rows cannot be expressed", "[published]") {
   auto ts = validate_published(kDir);
   REQUIRE(ts.ok());
   const TableResult& nemo = table(*ts, "09");
-  CHECK(reasons_at(nemo, 3) == Ids{"fp8", "model_unknown", "recompute_unstated"});  // GPT3-5B
-  CHECK(reasons_at(nemo, 5) == Ids{"fp8", "recompute_unstated"});  // GPT3-175B pp 8 x vp 6 divides 96
-  CHECK(reasons_at(nemo, 13) == Ids{"fp8", "cp", "recompute_unstated"});  // LLAMA3-8B cp 2
+  // FP8 (Transformer Engine's delayed scaling) is priced (sim/fp8.hpp): no longer a reason.
+  CHECK(reasons_at(nemo, 3) == Ids{"model_unknown", "recompute_unstated"});  // GPT3-5B
+  CHECK(reasons_at(nemo, 5) == Ids{"recompute_unstated"});  // GPT3-175B pp 8 x vp 6 divides 96
+  CHECK(reasons_at(nemo, 13) == Ids{"recompute_unstated"});  // LLAMA3-8B cp 2: cp priced (sim/context_parallel.hpp)
+  CHECK(reasons_at(nemo, 21) == Ids{"fp8_current_scaling", "recompute_unstated"});  // 25.11 LLAMA3_8B FP8-CS
   CHECK(reasons_at(nemo, 18) == Ids{"precision_unstated", "recompute_unstated"});  // 25.09 LLAMA3_8B
-  CHECK(reasons_at(nemo, 20) == Ids{"precision_unstated", "cp", "uneven_stages", "recompute_unstated"});  // 405B
+  CHECK(reasons_at(nemo, 20) == Ids{"precision_unstated", "uneven_stages", "recompute_unstated"});  // 405B
   const TableResult& titan = table(*ts, "10");
   CHECK(reasons_at(titan, 5) == Ids{"gpu_unprofiled", "selective_op"});  // table 1, FSDP only
-  CHECK(reasons_at(titan, 9) == Ids{"gpu_unprofiled", "fp8", "compile", "cp"});
-  CHECK(reasons_at(titan, 17) == Ids{"gpu_unprofiled", "fp8", "compile", "async_tp", "uneven_stages"});  // 126 / 8
+  CHECK(reasons_at(titan, 9) == Ids{"gpu_unprofiled", "fp8_current_scaling", "compile"});  // CP2: priced
+  CHECK(reasons_at(titan, 17) ==
+        Ids{"gpu_unprofiled", "fp8_current_scaling", "compile", "uneven_stages"});  // 126 / 8; async TP priced
   CHECK(reasons_at(titan, 25, 0) == Ids{"gpu_unprofiled", "compile", "seq_len_unstated", "metric_unstated"});
-  CHECK(reasons_at(titan, 25, 1) ==
-        Ids{"gpu_unprofiled", "compile", "async_tp", "seq_len_unstated", "metric_unstated"});
+  CHECK(reasons_at(titan, 25, 1) ==  // async TP: priced (sim/tp_overlap.hpp)
+        Ids{"gpu_unprofiled", "compile", "seq_len_unstated", "metric_unstated"});
   CHECK(reasons_at(titan, 28, 0) ==
         Ids{"gpu_unprofiled", "compile", "selective_op", "seq_len_unstated", "metric_unstated"});
 }
@@ -238,7 +241,7 @@ TEST_CASE("loom validate --published: gates, JSON, and malformed input", "[publi
   auto j = nlohmann::json::parse(ok.out);
   CHECK(j["schema_version"] == 1);
   CHECK(j["tables"].size() == 5);
-  CHECK(j["reasons"].contains("fp8"));
+  CHECK(j["reasons"].contains("fp8_current_scaling"));
   auto gated = run_loom("validate --published " + dir + " --max-row-error 0");
   CHECK(gated.code == 1);
   CHECK(gated.err.find("(--max-row-error)") != std::string::npos);

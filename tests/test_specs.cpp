@@ -82,7 +82,7 @@ TEST_CASE("train and parallel specs: strict, with the JSON pointer of the broken
   CHECK(parallel_from_json(pj, "p.json").ok());
   pj["schedule"] = "zigzag";
   CHECK(parallel_from_json(pj, "p.json").error().message ==
-        "p.json: /schedule: must be one of gpipe, 1f1b, interleaved, zb-h1 (got \"zigzag\")");
+        "p.json: /schedule: must be one of gpipe, 1f1b, interleaved, zb-h1, zb-v (got \"zigzag\")");
   pj = to_json(p);
   pj["extra"] = 1;
   CHECK(parallel_from_json(pj, "p.json").error().message == "p.json: /extra: unknown field");
@@ -117,6 +117,50 @@ TEST_CASE("rank grid is a pure function of the order string (Megatron-core RankG
   CHECK(h->group(Dim::tp, 0) == std::vector<int64_t>{0, 3});
   CHECK(!RankGrid::make(2, 3, 4, "tp-dp").ok());
   CHECK(!RankGrid::make(2, 3, 4, "tp-tp-pp").ok());
+}
+
+TEST_CASE("rank grid: context parallelism between tp and dp (Megatron-core's tp-cp-ep-dp-pp)") {
+  // tp 2, cp 2, dp 2, pp 2: rank = tp + 2 * (cp + 2 * (dp + 2 * pp)).
+  auto g = RankGrid::make(2, 2, 2, "tp-dp-pp", 2);  // three names: cp right after tp
+  REQUIRE(g.ok());
+  CHECK(g->order_string() == "tp-cp-dp-pp");
+  CHECK(g->world() == 16);
+  CHECK(g->rank({1, 1, 1, 1}) == 1 + 2 * (1 + 2 * (1 + 2 * 1)));
+  for (int64_t r = 0; r < 16; ++r) CHECK(g->rank(g->coords(r)) == r);
+  CHECK(g->group(Dim::cp, 0) == std::vector<int64_t>{0, 2});
+  CHECK(g->group(Dim::cp, 5) == std::vector<int64_t>{5, 7});
+  CHECK(g->group(Dim::dp, 0) == std::vector<int64_t>{0, 4});
+  CHECK(g->group(Dim::pp, 3) == std::vector<int64_t>{3, 11});
+  CHECK(g->stride(Dim::cp) == 2);
+  CHECK(g->stride(Dim::dp) == 4);
+  CHECK(g->all_groups(Dim::cp).size() == 8);
+  // The gradient reduction's dp-cp group: every rank sharing tp and pp coordinates.
+  CHECK(g->dp_cp_group(9) == std::vector<int64_t>{9, 11, 13, 15});
+  CHECK(g->all_dp_cp_groups().size() == 4);
+  // Four names: cp anywhere; the three-name form equals its four-name spelling.
+  auto h = RankGrid::make(2, 2, 2, "tp-dp-cp-pp", 2);
+  REQUIRE(h.ok());
+  CHECK(h->group(Dim::cp, 0) == std::vector<int64_t>{0, 4});
+  CHECK(h->group(Dim::dp, 0) == std::vector<int64_t>{0, 2});
+  auto k = RankGrid::make(2, 2, 2, "dp-tp-pp", 2);  // cp still right after tp: dp-tp-cp-pp
+  REQUIRE(k.ok());
+  CHECK(k->order_string() == "dp-tp-cp-pp");
+  CHECK(k->group(Dim::cp, 0) == std::vector<int64_t>{0, 4});
+  // cp 1 leaves every rank where it was.
+  auto one = RankGrid::make(2, 3, 4, "tp-dp-pp");
+  auto four = RankGrid::make(2, 3, 4, "tp-cp-dp-pp");
+  REQUIRE(one.ok());
+  REQUIRE(four.ok());
+  for (int64_t r = 0; r < 24; ++r) CHECK(one->group(Dim::dp, r) == four->group(Dim::dp, r));
+  CHECK(!RankGrid::make(2, 2, 2, "tp-cp-dp", 2).ok());
+  CHECK(!RankGrid::make(2, 2, 2, "tp-cp-cp-pp", 2).ok());
+  CHECK(!RankGrid::make(2, 2, 2, "tp-cp-dp-pp-ep", 2).ok());
+  // The expert grid regroups a stage's tp x cp x dp ranks (tp 1, cp 2, dp 2: ranks 0-3).
+  auto e = RankGrid::make(1, 2, 1, "tp-cp-dp-pp", 2);
+  REQUIRE(e.ok());
+  auto x = ExpertGrid::make(*e, 4, 1);
+  REQUIRE(x.ok());
+  CHECK(x->group(ExpertDim::ep, 2) == std::vector<int64_t>{0, 1, 2, 3});
 }
 
 TEST_CASE("layer placement: Megatron's interleaved chunks") {

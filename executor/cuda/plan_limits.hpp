@@ -17,6 +17,8 @@ inline Status check_cuda_plan(const Plan& plan) {
   const TrainSpec& t = plan.train;
   const ModelSpec& m = plan.model;
   auto got = [](int64_t v) { return " (got " + std::to_string(v) + ")"; };
+  if (t.fp8)
+    return make_error("train.dtype", "the CUDA backend runs bf16 GEMMs, not FP8 (Transformer Engine's): must be bf16 (got fp8)");
   if (t.dtype != Dtype::bf16)
     return make_error("train.dtype", "the CUDA backend computes in bf16 with fp32 master weights: must be bf16 (got fp32)");
   if (t.attention != Attention::fused)
@@ -24,16 +26,19 @@ inline Status check_cuda_plan(const Plan& plan) {
   if (m.dropout) return make_error("model.dropout", "the CUDA backend has no dropout: must be false");
   const std::pair<bool, const char*> features[] = {{m.qkv_bias, "model.qkv_bias"}, {m.qk_norm, "model.qk_norm"},
                                                    {m.post_norms, "model.post_norms"}, {m.gated_gelu, "model.gated_gelu"},
-                                                   {m.experts > 0, "model.experts"}};
+                                                   {m.experts > 0, "model.experts"}, {m.is_mla(), "model.kv_lora_rank"}};
   for (const auto& [on, field] : features)
     if (on) return make_error(field, "the CUDA compute backend does not run it yet: must be off (false or 0)");
   if (m.tied_embeddings && (p.pp > 1 || (p.zero >= 2 && p.dp > 1)))
     return make_error("model.tied_embeddings", "the trainer ties embeddings only with pp = 1 and zero < 2 (untie them in the model file)");
+  if (p.cp > 1)
+    return make_error("parallel.cp", "the CUDA backend has no ring attention (context parallelism) yet: must be 1" + got(p.cp));
   if (p.dp_comm != DpComm::ring) return make_error("parallel.dp_comm", "the trainer runs the ring only");
   if (p.grad_compression != 1) return make_error("parallel.grad_compression", "the trainer does not compress");
   if (p.sp && p.zero >= 2 && p.dp > 1)
     return make_error("parallel.sp", "the trainer runs sequence parallelism with zero < 2 only");
   if (p.schedule == Schedule::zb_h1) return make_error("parallel.schedule", "the CUDA backend does not split the backward that zb-h1 needs yet (got zb-h1)");
+  if (p.schedule == Schedule::zb_v) return make_error("parallel.schedule", "the CUDA backend does not split the backward that zb-v needs yet (got zb-v)");
   if (p.micro_batch < 1 || t.global_batch % (p.micro_batch * p.dp) != 0)
     return make_error("train.global_batch", "must be a multiple of parallel.micro_batch x parallel.dp" + got(t.global_batch));
   if (m.head_dim() != 64 && m.head_dim() != 128)

@@ -28,6 +28,7 @@
 #include "planner/cli/report.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/json_reader.hpp"
+#include "sim/mla.hpp"
 #include "sim/model_math.hpp"
 #include "sim/moe.hpp"
 #include "sim/plan.hpp"
@@ -281,7 +282,15 @@ Status read_parallel(MegatronArgs& a, const ModelSpec& m, TrainSpec& t, Parallel
       return make_error(a.where + ": --num-layers-per-virtual-pipeline-stage", "pp x it must divide --num-layers");
     p.schedule = Schedule::interleaved, p.vpp = m.layers / (p.pp * per_virtual);
   }
+  if (st) st = get_int(a, "--context-parallel-size", p.cp, limits::kGpus);
+  // The ring of KV blocks (p2p, the default) is what loom prices; a2a is Ulysses, allgather
+  // gathers every block (sim/context_parallel.hpp).
+  if (st && p.cp > 1 && get_str(a, "--cp-comm-type", "p2p") != "p2p")
+    return make_error(a.where + ": --cp-comm-type", "loom prices the p2p ring only (got " + get_str(a, "--cp-comm-type", "") + ")");
+  a.used.insert("--cp-comm-type");
+  if (!st) return st;
   p.sp = a.has("--sequence-parallel");
+  p.tp_comm_overlap = a.has("--tp-comm-overlap");  // validate_config: needs sp and tp > 1, as arguments.py
   if (a.has("--use-distributed-optimizer")) p.zero = 1;
   if (a.has("--use-megatron-fsdp")) {
     const std::string s = get_str(a, "--data-parallel-sharding-strategy", "optim_grads_params");
@@ -311,21 +320,56 @@ void read_train(MegatronArgs& a, TrainSpec& t) {
   t.dp_bucket_bytes = 40'000'000 * dtype_bytes(t.grad_dtype);  // Megatron-LM's default bucket: 40M elements
 }
 
+// FP8 (sim/fp8.hpp; what planner/export_fp8.hpp writes): --fp8-format hybrid or e4m3 (the same
+// GEMMs; the formats differ in range, not in time) with --bf16, under Transformer Engine's
+// delayed per-tensor scaling (--fp8-recipe delayed, the default). The amax history and its
+// reduction are read as given: loom prices any of them the same.
+Status read_fp8(MegatronArgs& a, TrainSpec& t) {
+  for (const char* f : {"--fp8-amax-history-len", "--fp8-amax-compute-algo"}) a.used.insert(f);
+  if (!a.has("--fp8-format")) return ok_status();
+  const std::string format = a.values["--fp8-format"], recipe = get_str(a, "--fp8-recipe", "delayed");
+  if (format != "hybrid" && format != "e4m3")
+    return make_error(a.where + ": --fp8-format", "must be hybrid or e4m3 (got " + format + ")");
+  if (recipe != "delayed")
+    return make_error(a.where + ": --fp8-recipe", "loom prices delayed per-tensor scaling only (got " + recipe + ")");
+  if (t.dtype != Dtype::bf16) return make_error(a.where + ": --fp8-format", "FP8 training needs --bf16 beside it");
+  t.fp8 = true;
+  return ok_status();
+}
+
+// Multi-head latent attention (sim/mla.hpp; what planner/export.cpp writes): with
+// --multi-latent-attention, --q-lora-rank (default None: a direct q projection), --kv-lora-rank
+// (32), --qk-head-dim (128, the no-RoPE part), --qk-pos-emb-head-dim (64), --v-head-dim (128),
+// arguments.py's defaults. Without it the five are unused by Megatron-LM and stay unread.
+Status read_mla(MegatronArgs& a, ModelSpec& m) {
+  if (!a.has("--multi-latent-attention")) return ok_status();
+  a.used.insert("--multi-latent-attention");
+  m.kv_lora_rank = 32, m.qk_nope_head_dim = 128, m.qk_rope_head_dim = 64, m.v_head_dim = 128;
+  Status st = get_int(a, "--q-lora-rank", m.q_lora_rank, limits::kHidden);
+  if (st) st = get_int(a, "--kv-lora-rank", m.kv_lora_rank, limits::kHidden);
+  if (st) st = get_int(a, "--qk-head-dim", m.qk_nope_head_dim, limits::kHidden);
+  if (st) st = get_int(a, "--qk-pos-emb-head-dim", m.qk_rope_head_dim, limits::kHidden);
+  if (st) st = get_int(a, "--v-head-dim", m.v_head_dim, limits::kHidden);
+  if (!st) return st;
+  m.kv_heads = m.heads;  // --num-query-groups has no meaning for latent attention
+  static const std::pair<const char*, const char*> flags[] = {
+      {"q_lora_rank", "--q-lora-rank"}, {"kv_lora_rank", "--kv-lora-rank"}, {"qk_nope_head_dim", "--qk-head-dim"},
+      {"qk_rope_head_dim", "--qk-pos-emb-head-dim"}, {"v_head_dim", "--v-head-dim"}};
+  return check_mla_model(m, [&a](const std::string& field) {
+    for (auto [f, flag] : flags)
+      if (field == f) return a.where + ": " + flag;
+    return a.where + ": --multi-latent-attention";
+  });
+}
+
 // Flags that change the parameters, the FLOPs or the parallel layout in ways loom does not price.
 Status refuse_unpriced(MegatronArgs& a) {
   static const std::vector<std::pair<std::string, std::string>> refused{
-      {"--context-parallel-size", "context parallelism is not modelled yet"},
       {"--fp16", "fp16 with loss scaling is not modelled (bf16 or fp32)"},
-      {"--fp8-format", "fp8 GEMMs are not modelled"},
-      {"--multi-latent-attention", "multi-latent attention is not modelled"},
       {"--squared-relu", "loom prices GeLU or SwiGLU MLPs"}};
   for (const auto& [flag, why] : refused) {
     if (!a.values.count(flag)) continue;
     const std::string& v = a.values[flag];
-    if (flag == "--context-parallel-size" && v == "1") {
-      a.used.insert(flag);
-      continue;
-    }
     return make_error(a.where + ": " + flag, why + (v.empty() ? std::string() : " (got " + v + ")"));
   }
   return ok_status();
@@ -344,9 +388,11 @@ Expected<Plan> plan_from_megatron(const ImportOptions& o) {
   plan.model.source = "imported from " + o.path;
   if (auto st = read_family(*a, plan.model); !st) return st.error();
   if (auto st = read_shape(*a, plan.model, plan.train); !st) return st.error();
+  if (auto st = read_mla(*a, plan.model); !st) return st.error();
   if (auto st = read_parallel(*a, plan.model, plan.train, plan.parallel); !st) return st.error();
   if (auto st = read_moe(*a, plan.model, plan.train, plan.parallel); !st) return st.error();
   read_train(*a, plan.train);
+  if (auto st = read_fp8(*a, plan.train); !st) return st.error();
   // Read but priced the same either way: data and checkpoint settings, loom's own vocabulary
   // padding (to a multiple of tp), and gradient-reduce overlap (loom always overlaps it).
   for (auto* f : {"--tokenizer-type", "--mock-data", "--padded-vocab-size", "--ckpt-format", "--overlap-grad-reduce"})
@@ -355,8 +401,10 @@ Expected<Plan> plan_from_megatron(const ImportOptions& o) {
   if (!c) return c.error();
   plan.cluster = *c;
   auto& p = plan.parallel;
-  if (*o.gpus % (p.tp * p.pp) != 0) return make_error("--gpus", "must be a multiple of tp x pp = " + std::to_string(p.tp * p.pp));
-  p.dp = *o.gpus / (p.tp * p.pp);  // Megatron: dp = WORLD_SIZE / (tp x pp)
+  if (*o.gpus % (p.tp * p.pp) != 0 || (*o.gpus / (p.tp * p.pp)) % p.cp != 0)
+    return make_error("--gpus", "must be a multiple of tp x pp x cp = " + std::to_string(p.tp * p.pp) + " x " +
+                                    std::to_string(p.cp));
+  p.dp = *o.gpus / (p.tp * p.pp) / p.cp;  // Megatron: dp = WORLD_SIZE / (tp x pp x cp)
   std::vector<std::pair<std::string, std::string>> ignored;
   for (const auto& [flag, v] : a->values)
     if (!a->used.count(flag)) ignored.emplace_back(flag, v);

@@ -203,6 +203,35 @@ Expected<ModelSpec> load_flavor_or_model(TomlKeys& k, const ImportOptions& o, co
   return m;
 }
 
+// Float8 training (sim/fp8.hpp; what planner/export_fp8.hpp writes): model.converters =
+// ["quantize.linear.float8"] swaps the linear layers for torchao's Float8Linear. recipe_name
+// "tensorwise" (the default) or "rowwise" scale per tensor or per row, FP8 GEMMs either way;
+// "rowwise_with_gw_hp" keeps the weight-gradient GEMM in bf16, which loom does not price. loom
+// prices the output layer in bf16: filter_fqns must hold "output" (torchtitan's default list is
+// empty, so the output layer would run in FP8).
+bool tt_float8_converter(const toml::array& a) {
+  return a.size() == 1 && a[0].as_string() && a[0].as_string()->get() == "quantize.linear.float8";
+}
+
+Status tt_fp8(TomlKeys& k, TrainSpec& t) {
+  const toml::node* c = k.get("model.converters");
+  if (!c || !c->as_array() || c->as_array()->empty()) return ok_status();
+  std::string recipe = "tensorwise";
+  if (auto st = get_str(k, "quantize.linear.float8.recipe_name", recipe, {"tensorwise", "rowwise", "rowwise_with_gw_hp"}); !st)
+    return st;
+  if (recipe == "rowwise_with_gw_hp")
+    return refused(k, "quantize.linear.float8.recipe_name", "a bf16 weight-gradient GEMM beside FP8 ones is not modelled");
+  bool output = false;
+  if (const toml::node* f = k.get("quantize.linear.float8.filter_fqns"); f && f->as_array())
+    for (const auto& e : *f->as_array()) output = output || (e.as_string() && e.as_string()->get() == "output");
+  if (!output)
+    return refused(k, "quantize.linear.float8.filter_fqns", "must hold \"output\": loom prices the output layer in bf16");
+  if (t.dtype != Dtype::bf16)
+    return refused(k, "training.mixed_precision_param", "Float8 training needs \"bfloat16\" beside it");
+  t.fp8 = true;
+  return ok_status();
+}
+
 // [model]: llama3 only, in the shape of a flavor loom knows or of --model.
 Expected<ModelSpec> tt_model(TomlKeys& k, const ImportOptions& o) {
   std::string name = "llama3", flavor = "debugmodel";
@@ -212,8 +241,9 @@ Expected<ModelSpec> tt_model(TomlKeys& k, const ImportOptions& o) {
   if (name != "llama3") return refused(k, "model.name", "loom prices torchtitan's llama3 model only");
   if (const toml::node* c = k.get("model.converters")) {
     auto arr = c->as_array();
-    if (!arr || !arr->empty())
-      return refused(k, "model.converters", "float8 and mx converters change the GEMMs in ways loom does not price");
+    if (!arr || !(arr->empty() || tt_float8_converter(*arr)))  // Float8: tt_fp8
+      return refused(k, "model.converters", "loom prices the converter [\"quantize.linear.float8\"] only (mx converters "
+                                            "change the GEMMs in ways loom does not price)");
   }
   auto m = load_flavor_or_model(k, o, flavor);
   if (!m) return m.error();
@@ -260,13 +290,10 @@ Status tt_training(TomlKeys& k, TrainSpec& t, TtBatch& b) {
 // Context and expert parallelism, and the other keys that change what runs in ways loom does
 // not price, when set away from their defaults.
 Status tt_refuse_unpriced(TomlKeys& k) {
-  for (const char* key : {"parallelism.context_parallel_degree", "parallelism.expert_parallel_degree",
-                          "parallelism.expert_tensor_parallel_degree"}) {
+  for (const char* key : {"parallelism.expert_parallel_degree", "parallelism.expert_tensor_parallel_degree"}) {
     int64_t d = 1;
     if (auto st = get_int(k, key, d, 1, limits::kGpus); !st) return st;
-    if (d > 1)
-      return refused(k, key, std::string(key).find("context") != std::string::npos ? "context parallelism is not modelled yet"
-                                                                                   : "expert parallelism is not modelled yet");
+    if (d > 1) return refused(k, key, "expert parallelism is not modelled yet");
   }
   if (k.get("parallelism.module_fqns_per_model_part"))
     return refused(k, "parallelism.module_fqns_per_model_part", "loom places equal blocks of layers per stage");
@@ -278,8 +305,16 @@ Status tt_refuse_unpriced(TomlKeys& k) {
 
 // Data, tensor and pipeline degrees (parallel_dims.py) and the ZeRO stage they amount to.
 Status tt_degrees(TomlKeys& k, int64_t gpus, ParallelConfig& p) {
-  int64_t rep = 1, shard = -1, tp = 1, pp = 1;
+  int64_t rep = 1, shard = -1, tp = 1, pp = 1, cp = 1;
   Status st = get_int(k, "parallelism.data_parallel_replicate_degree", rep, 1, limits::kGpus);
+  // Context parallelism (sim/context_parallel.hpp): loom prices the ring passing K and V blocks,
+  // torchtitan's rotate method "alltoall"; its default "allgather" gathers every block first.
+  std::string rotate = "allgather";
+  if (st) st = get_int(k, "parallelism.context_parallel_degree", cp, 1, gpus);
+  if (st) st = get_str(k, "parallelism.context_parallel_rotate_method", rotate, {"allgather", "alltoall"});
+  if (st && cp > 1 && rotate != "alltoall")
+    return refused(k, "parallelism.context_parallel_rotate_method",
+                   "loom prices the ring of K and V blocks, \"alltoall\"; \"allgather\" (torchtitan's default) is not modelled");
   if (st) st = get_int(k, "parallelism.data_parallel_shard_degree", shard, -1, limits::kGpus);
   if (st && shard == 0) return refused(k, "parallelism.data_parallel_shard_degree", "must be -1 (the GPUs left) or >= 1");
   if (st) st = get_int(k, "parallelism.tensor_parallel_degree", tp, 1, limits::kGpus);
@@ -288,21 +323,50 @@ Status tt_degrees(TomlKeys& k, int64_t gpus, ParallelConfig& p) {
   if (st) st = get_str(k, "parallelism.fsdp_reshard_after_forward", reshard, {"default", "always", "never"});
   if (!st) return st;
   if (shard == -1) {
-    if (gpus % (rep * tp * pp) != 0)
-      return make_error("--gpus", fmt::format("must be a multiple of replicate x tp x pp = {} for data_parallel_shard_degree -1 (got {})",
-                                              rep * tp * pp, gpus));
-    shard = gpus / (rep * tp * pp);
+    if (gpus % (rep * tp * pp * cp) != 0)
+      return make_error("--gpus", fmt::format("must be a multiple of replicate x tp x pp x cp = {} for data_parallel_shard_degree -1 (got {})",
+                                              rep * tp * pp * cp, gpus));
+    shard = gpus / (rep * tp * pp * cp);
   }
-  if (rep * shard * tp * pp != gpus)
+  if (rep * shard * tp * pp * cp != gpus)
     return make_error(k.path + ": parallelism",
-                      fmt::format("replicate x shard x tp x pp = {} x {} x {} x {} must equal --gpus {}", rep, shard, tp, pp, gpus));
+                      cp == 1 ? fmt::format("replicate x shard x tp x pp = {} x {} x {} x {} must equal --gpus {}", rep,
+                                            shard, tp, pp, gpus)
+                              : fmt::format("replicate x shard x tp x pp x cp = {} x {} x {} x {} x {} must equal --gpus {}",
+                                            rep, shard, tp, pp, cp, gpus));
   if (rep > 1 && shard > 1) return refused(k, "parallelism.data_parallel_replicate_degree", "HSDP (replicate and shard both > 1) is not modelled");
   if (rep > 1 && (tp > 1 || pp > 1))
     return refused(k, "parallelism.data_parallel_replicate_degree", "torchtitan v0.2.2 has no DDP with tensor or pipeline parallelism");
-  p.dp = rep * shard, p.tp = tp, p.pp = pp;
+  p.dp = rep * shard, p.tp = tp, p.pp = pp, p.cp = cp;
   p.sp = tp > 1;  // torchtitan always shards the sequence between TP regions
+  bool async_tp = false, compiled = false;  // async TP (parallelize.py): needs the model compiled
+  if (auto b = get_bool(k, "parallelism.enable_async_tensor_parallel", async_tp); !b) return b;
+  if (auto b = get_bool(k, "compile.enable", compiled); !b) return b;
+  if (const toml::node* c = k.get("compile.components"); c != nullptr && c->as_array() != nullptr) {
+    bool model = false;  // v0.2.2's default components hold "model"
+    for (auto&& e : *c->as_array()) model = model || e.value<std::string>() == std::optional<std::string>("model");
+    compiled = compiled && model;
+  }
+  if (async_tp && tp > 1 && !compiled)
+    return refused(k, "parallelism.enable_async_tensor_parallel", "torchtitan raises \"Async TP requires torch.compile\" "
+                                                                  "without [compile] enable = true and \"model\" in components");
+  p.tp_comm_overlap = async_tp && tp > 1;
   // parallelize.py: "default" reshards after forward except with PP.
   if (shard > 1) p.zero = reshard == "always" || (reshard == "default" && pp == 1) ? 3 : 2;
+  return ok_status();
+}
+
+// ZBVZeroBubble (torch.distributed.pipelining): exactly two stages per rank, rank r running
+// stages r and 2 pp - 1 - r (the V, sim/schedule.hpp), which loom prices with equal stages only.
+Status tt_zbv_split(TomlKeys& k, const std::vector<int64_t>& split, ParallelConfig& p) {
+  if (p.vpp != 2)
+    return refused(k, "parallelism.pipeline_parallel_layers_per_stage",
+                   fmt::format("ZBVZeroBubble needs exactly 2 stages per rank (got {})", p.vpp));
+  if (std::any_of(split.begin(), split.end(), [&](int64_t x) { return x != split.front(); }))
+    return refused(k, "parallelism.pipeline_parallel_first_stage_less_layers",
+                   fmt::format("torchtitan's split {} is uneven; loom's zb-v places equal stages only (set "
+                               "first_stage_less_layers and last_stage_less_layers to 0)", stage_layers_text(split)));
+  p.schedule = Schedule::zb_v;
   return ok_status();
 }
 
@@ -319,9 +383,10 @@ Status tt_pipeline(TomlKeys& k, int64_t layers, ParallelConfig& p) {
   // torch.distributed.pipelining's get_schedule_class matches schedule names case-insensitively.
   std::string lower = sched;
   for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  const bool multi = lower == "interleaved1f1b";
+  const bool zbv = lower == "zbvzerobubble", multi = lower == "interleaved1f1b" || zbv;
   if (lower != "gpipe" && lower != "1f1b" && !multi)
-    return refused(k, "parallelism.pipeline_parallel_schedule", "loom prices \"GPipe\", \"1F1B\" and \"Interleaved1F1B\"");
+    return refused(k, "parallelism.pipeline_parallel_schedule",
+                   "loom prices \"GPipe\", \"1F1B\", \"Interleaved1F1B\" and \"ZBVZeroBubble\"");
   // Virtual stages: layers_per_stage "effective" layers each (the embedding and the output
   // counting as first/last_stage_less_layers layers), else 1 per rank, 2 for looped schedules.
   const int64_t effective = layers + first_less + last_less;
@@ -334,12 +399,16 @@ Status tt_pipeline(TomlKeys& k, int64_t layers, ParallelConfig& p) {
     stages = effective / per_stage;
     if (multi != (stages > p.pp))
       return refused(k, "parallelism.pipeline_parallel_layers_per_stage",
-                     multi ? "Interleaved1F1B needs at least 2 stages per rank" : sched + " needs exactly 1 stage per rank");
+                     multi ? sched + " needs at least 2 stages per rank" : sched + " needs exactly 1 stage per rank");
   }
   auto split = torchtitan_split(layers, stages, first_less, last_less,
                                 k.path + ": parallelism.pipeline_parallel_first_stage_less_layers");
   if (!split) return split.error();
   p.vpp = stages / p.pp;
+  if (zbv) {
+    p.micro_batch = mb;
+    return tt_zbv_split(k, *split, p);
+  }
   // loom gives each of a rank's chunks the same layers (Megatron-core's rule for uneven stages).
   std::vector<int64_t> per_rank(static_cast<size_t>(p.pp), 0);
   for (int64_t c = 0; c < stages; ++c) {
@@ -419,6 +488,7 @@ Expected<Plan> plan_from_torchtitan(const ImportOptions& o) {
   TtBatch b;
   auto& p = plan.parallel;
   Status st = tt_training(*k, plan.train, b);
+  if (st) st = tt_fp8(*k, plan.train);
   if (st) st = tt_degrees(*k, *o.gpus, p);
   if (st) st = tt_pipeline(*k, plan.model.layers, p);
   if (st) st = tt_batch(*k, b, p, plan.train);

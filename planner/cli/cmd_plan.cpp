@@ -15,6 +15,7 @@
 #include "planner/cli/report.hpp"
 #include "planner/cli/flags.hpp"
 #include "planner/search.hpp"
+#include "sim/fp8.hpp"
 #include "sim/json_reader.hpp"
 #include "sim/offload.hpp"
 #include "sim/plan.hpp"
@@ -57,9 +58,11 @@ SearchPins pins_from(const PlanOptions& o) {
   p.vpp = f.vpp;
   p.ep = f.ep;
   p.etp = f.etp;
+  p.cp = f.cp;
   if (f.zero) p.zero = static_cast<int>(*f.zero);
   p.recompute = enum_pin<Recompute>(f.recompute, recompute_names());
   if (!f.sp.empty()) p.sp = f.sp == "on";
+  if (!f.tp_comm_overlap.empty()) p.tp_comm_overlap = f.tp_comm_overlap == "on";
   p.schedule = enum_pin<Schedule>(f.schedule, schedule_names());
   if (o.cmd->count("--grad-dtype") > 0) p.grad_dtype = o.job.grad_dtype == "fp32" ? Dtype::fp32 : Dtype::bf16;
   if (!f.order.empty()) p.order = f.order;
@@ -76,7 +79,7 @@ Status pin_stage_layers(const PlanOptions& o, SearchPins& pins) {
   return ok_status();
 }
 
-double gib(int64_t b) { return static_cast<double>(b) / 1073741824.0; }
+double plan_gib(int64_t b) { return static_cast<double>(b) / 1073741824.0; }
 
 // The step time a row was ranked by: the simulated one where --refine ran the event simulator
 // on it (refine_until_settled re-ranks by it), the analytical one otherwise.
@@ -108,8 +111,10 @@ std::string folded_split(const std::vector<int64_t>& layers) {
 std::string row_extras(const ParallelConfig& p) {
   std::string out;
   if (p.ep > 1 || p.etp > 1) out += fmt::format("  ep {} etp {}", p.ep, p.etp);
+  if (p.cp > 1) out += fmt::format("  cp {}", p.cp);
   if (!p.stage_layers.empty()) out += "  stages " + folded_split(p.stage_layers);
   if (p.offload != Offload::none) out += "  offload " + to_string(p.offload);
+  if (p.tp_comm_overlap) out += "  tpo";  // tp communication overlapped with the GEMMs
   return out;
 }
 
@@ -124,12 +129,14 @@ std::string table_row(size_t rank, const Estimate& e) {
                      rank, p.dp, p.tp, p.pp, p.zero, p.micro_batch, to_string(p.schedule), p.vpp,
                      to_string(p.recompute), p.sp ? "on" : "off", to_string(e.train.grad_dtype), p.order,
                      e.step_time_s, sim, scale * e.tokens_per_s, scale * e.tflops_per_gpu, 100 * scale * e.mfu,
-                     gib(e.memory.peak()), gib(e.capacity_bytes), row_extras(p));
+                     plan_gib(e.memory.peak()), plan_gib(e.capacity_bytes), row_extras(p));
 }
 
 std::string table(const std::vector<Estimate>& top) {
   std::string s = table_header();
   for (size_t i = 0; i < top.size(); ++i) s += table_row(i + 1, top[i]);
+  if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.tp_comm_overlap; }))
+    s += "(tpo: tensor-parallel communication overlapped with the GEMMs, --tp-comm-overlap on)\n";
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.simulated_step_time_s > 0; }))
     s += "(rows with a sim s are ranked by it, and their tokens/s, TFLOP/s and MFU are at that time)\n";
   s += "(TFLOP/s and MFU count causal attention, what the kernels do; the best plan's throughput line gives both counts)\n";
@@ -276,7 +283,7 @@ void print_result(const Job& job, const SearchResult& r) {
   const auto& c = job.cluster;
   fmt::print("{} ({} params) on {} x {} ({}), global batch {} x {} tokens, {}, {:.0f}% of GPU memory kept free\n\n",
              job.model.name, total_params(job.model), c.gpus, c.name, c.gpu.name, job.train.global_batch,
-             job.train.seq, to_string(job.train.dtype), 100 * c.runtime_memory.memory_headroom);
+             job.train.seq, train_dtype_name(job.train), 100 * c.runtime_memory.memory_headroom);
   if (r.top.empty()) {
     fmt::print("no configuration fits\n\n{}", summary(r));
     return;

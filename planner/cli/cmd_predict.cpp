@@ -44,9 +44,16 @@ Expected<ParallelConfig> parallel_from_flags(const PredictOptions& o, const Clus
   p.pp = *f.pp;
   if (p.tp < 1) return make_error("--tp", "must be >= 1");
   if (p.pp < 1) return make_error("--pp", "must be >= 1");
+  const int64_t cp = f.cp.value_or(1);
   if (f.dp) {
     p.dp = *f.dp;
     if (p.dp < 1) return make_error("--dp", "must be >= 1");
+  } else if (cp > 1) {  // tp x pp < 2^48 (each <= 2^24); cp divides the quotient, no product formed
+    const int64_t tpp = p.tp * p.pp;
+    if (c.gpus % tpp != 0 || (c.gpus / tpp) % cp != 0)
+      return make_error("--cp", "tp x pp x cp must divide --gpus (" + std::to_string(c.gpus) + " GPUs, tp x pp " +
+                                    std::to_string(tpp) + ", cp " + std::to_string(cp) + ")");
+    p.dp = c.gpus / tpp / cp;
   } else {
     if (c.gpus % (p.tp * p.pp) != 0)
       return make_error("--tp", "tp x pp must divide --gpus (" + std::to_string(c.gpus) + " % " +
@@ -60,11 +67,13 @@ Expected<ParallelConfig> parallel_from_flags(const PredictOptions& o, const Clus
   if (p.micro_batch < 1) return make_error("--micro-batch", "must be >= 1");
   p.recompute = static_cast<Recompute>(index_of(recompute_names(), f.recompute.empty() ? "none" : f.recompute));
   p.sp = f.sp == "on";
+  p.tp_comm_overlap = f.tp_comm_overlap == "on";  // sim/tp_overlap.hpp
   p.schedule = static_cast<Schedule>(index_of(schedule_names(), f.schedule.empty() ? "1f1b" : f.schedule));
-  p.vpp = f.vpp.value_or(1);
+  p.vpp = f.vpp.value_or(p.schedule == Schedule::zb_v ? 2 : 1);  // zb-v: two chunks per rank, a V
   if (p.vpp < 1) return make_error("--vpp", "must be >= 1");
   p.ep = f.ep.value_or(1);  // MoE; a dense model refuses ep or etp > 1 (validate_config)
   p.etp = f.etp.value_or(1);
+  p.cp = f.cp.value_or(1);  // context parallelism (sim/context_parallel.hpp)
   if (!f.order.empty()) p.order = f.order;
   if (!f.stage_layers.empty()) {
     auto v = parse_stage_layers(f.stage_layers, "--stage-layers");

@@ -65,7 +65,7 @@ int run_simulate(const SimulateOptions& o) {
   if (auto st = apply_stage_layers(*plan, o.stage_layers); !st) return fail(st.error());
   if (auto st = apply_offload(*plan, o.offload); !st) return fail(st.error());
   const ParallelConfig& p = plan->parallel;
-  auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order);
+  auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order, p.cp);
   if (!grid) return fail(grid.error());
   std::vector<int64_t> ranks = default_trace_ranks(*grid);
   if (!o.ranks.empty()) {

@@ -38,7 +38,7 @@ struct ValidateOptions {
   std::vector<std::string> max_mape, max_row_error;      // --published: "P" or "TABLE=P", repeatable
 };
 
-double gib(double b) { return b / 1073741824.0; }
+double validate_gib(double b) { return b / 1073741824.0; }
 
 void print_table(const std::vector<ValidationRow>& rows, const ValidationSummary& s) {
   fmt::print("error % = (predicted - measured) / measured\n\n");
@@ -46,8 +46,8 @@ void print_table(const std::vector<ValidationRow>& rows, const ValidationSummary
              "step s pred", "step s meas", "error %", "peak GiB p", "peak GiB m", "error %");
   for (const auto& r : rows)
     fmt::print("{:<28} {:<14} {:<42} {:>11.5g} {:>11.5g} {:>+8.2f}  {:>10.3f} {:>10.3f} {:>+8.2f}\n", r.config, r.model,
-               r.parallel, r.predicted_step_s, r.measured_step_s, r.step_error_pct(), gib(r.predicted_peak_bytes),
-               gib(r.measured_peak_bytes), r.memory_error_pct());
+               r.parallel, r.predicted_step_s, r.measured_step_s, r.step_error_pct(), validate_gib(r.predicted_peak_bytes),
+               validate_gib(r.measured_peak_bytes), r.memory_error_pct());
   const auto& ws = rows[s.worst_step];
   const auto& wm = rows[s.worst_memory];
   fmt::print("\n{} configurations: step time MAPE {:.2f}% (worst {}: {:+.2f}%), peak memory MAPE {:.2f}% (worst {}: "

@@ -4,6 +4,7 @@
 
 #include "planner/cli/flags.hpp"
 #include "sim/cost_model.hpp"
+#include "sim/fp8.hpp"
 #include "sim/json_reader.hpp"
 #include "sim/spec_json.hpp"
 #include "sim/stage_split.hpp"
@@ -19,7 +20,9 @@ void add_job_options(CLI::App& cmd, JobOptions& o) {
   cmd.add_option("--global-batch", o.global_batch, "sequences per optimizer step")
       ->transform(Integer(1, limits::kGlobalBatch));
   cmd.add_option("--seq", o.seq, "tokens per sequence (default: the model's seq_len)")->transform(Integer(1, limits::kSeq));
-  cmd.add_option("--dtype", o.dtype, "compute and weight dtype")->check(CLI::IsMember({"bf16", "fp32"}));
+  cmd.add_option("--dtype", o.dtype, "compute and weight dtype (fp8: FP8 GEMMs in the linear layers, bf16 elsewhere, "
+                                    "as Transformer Engine runs them)")
+      ->check(CLI::IsMember({"bf16", "fp32", "fp8"}));
   cmd.add_option("--grad-dtype", o.grad_dtype, "gradient dtype (bf16: ZeRO/DeepSpeed; fp32: Megatron's default)")
       ->check(CLI::IsMember({"bf16", "fp32"}));
   cmd.add_option("--attention", o.attention, "fused (FlashAttention-style) or unfused (stores softmax)")
@@ -50,7 +53,11 @@ void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
       ->transform(Integer(1, limits::kGpus));
   cmd.add_option("--etp", o.etp, text("the expert tensor-parallel size (MoE models; <= tp)", "default 1"))
       ->transform(Integer(1, limits::kGpus));
-  cmd.add_option("--dp", o.dp, text("the data-parallel size", "default gpus / (tp x pp)"))->transform(Integer(1, limits::kGpus));
+  cmd.add_option("--cp", o.cp, text("the context-parallel size: each sequence split over cp ranks, attention as a "
+                                    "ring passing K and V blocks (Megatron's --context-parallel-size; 2 x cp divides seq)",
+                                    "default 1"))
+      ->transform(Integer(1, limits::kGpus));
+  cmd.add_option("--dp", o.dp, text("the data-parallel size", "default gpus / (tp x pp x cp)"))->transform(Integer(1, limits::kGpus));
   cmd.add_option("--zero", o.zero, text("the ZeRO stage 0-3 (3 = FSDP full shard)", "default 0"))
       ->transform(Integer(INT32_MIN, INT32_MAX));  // decimal, an int (the stage rule is checked later)
   cmd.add_option("--micro-batch", o.micro_batch, text("the sequences per micro-batch", "default 1"))
@@ -58,6 +65,14 @@ void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
   cmd.add_option("--recompute", o.recompute, text("activation recompute", "default none"))
       ->check(CLI::IsMember(recompute_names()));
   cmd.add_option("--sp", o.sp, text("sequence parallelism, on or off (a bare --sp means on; needs tp > 1)", "default off"))
+      ->expected(0, 1)
+      ->default_str("on")
+      ->option_text("[on|off]")
+      ->check(CLI::IsMember({"on", "off"}));
+  cmd.add_option("--tp-comm-overlap", o.tp_comm_overlap,
+                 text("tensor-parallel communication overlapped with the GEMMs beside it, on or off (Megatron-LM's "
+                      "--tp-comm-overlap, torchtitan's async TP; needs --sp and tp > 1; a bare flag means on)",
+                      "default off"))
       ->expected(0, 1)
       ->default_str("on")
       ->option_text("[on|off]")
@@ -165,6 +180,8 @@ Expected<Job> load_job(const JobOptions& o) {
   job.train.seq = o.seq.value_or(job.model.seq_len);
   if (job.train.seq < 1) return make_error("--seq", "must be >= 1");
   job.train.dtype = parse_dtype(o.dtype);
+  set_train_dtype(job.train, o.dtype);  // "fp8": dtype bf16 with FP8 GEMMs (sim/fp8.hpp)
+  if (auto st = check_fp8(job.cluster, job.train, "--dtype"); !st) return st.error();
   job.train.grad_dtype = parse_dtype(o.grad_dtype);
   job.train.attention = o.attention == "unfused" ? Attention::unfused : Attention::fused;
   job.train.cross_entropy = o.cross_entropy == "fused" ? CrossEntropy::fused : CrossEntropy::unfused;

@@ -11,7 +11,7 @@
 namespace loom::cli {
 
 namespace {
-double gib(int64_t b) { return static_cast<double>(b) / 1073741824.0; }
+double offload_gib(int64_t b) { return static_cast<double>(b) / 1073741824.0; }
 
 std::string all_names() {
   std::string s;
@@ -61,8 +61,8 @@ Status check_host_memory_fits(const Estimate& e) {
   if (e.parallel.offload == Offload::none || e.host_memory_bytes <= e.host_capacity_bytes) return ok_status();
   return make_error("--offload", fmt::format("{} needs {:.1f} GiB of host memory per node, more than the cluster's "
                                              "{:.1f} GiB (got {})",
-                                             to_string(e.parallel.offload), gib(e.host_memory_bytes),
-                                             gib(e.host_capacity_bytes), to_string(e.parallel.offload)));
+                                             to_string(e.parallel.offload), offload_gib(e.host_memory_bytes),
+                                             offload_gib(e.host_capacity_bytes), to_string(e.parallel.offload)));
 }
 
 Status refuse_offload(const Plan& plan, const std::string& path) {
@@ -94,7 +94,7 @@ std::string offload_report(const Estimate& e) {
                      "({:.4f} s per micro-batch, {:.4f} s around the CPU optimizer); host memory "
                      "{:.1f} of {:.1f} GiB per node\n",
                      to_string(e.parallel.offload), static_cast<double>(e.comm.host), e.time.host_comm_s, st.host_s,
-                     st.host_step_s, gib(e.host_memory_bytes), gib(e.host_capacity_bytes));
+                     st.host_step_s, offload_gib(e.host_memory_bytes), offload_gib(e.host_capacity_bytes));
 }
 
 }  // namespace loom::cli

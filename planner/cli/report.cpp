@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "planner/cli/offload_cli.hpp"
+#include "sim/fp8.hpp"
 #include "sim/offload.hpp"
 #include "sim/spec_json.hpp"
 #include "sim/stage_split.hpp"
@@ -20,9 +21,11 @@ std::string describe_config(const Estimate& e) {
   if (p.vpp > 1) s += fmt::format(" vpp {}", p.vpp);
   if (!p.stage_layers.empty()) s += "  stage layers " + stage_layers_text(p.stage_layers);
   s += fmt::format("  recompute {}  sp {}", to_string(p.recompute), p.sp ? "on" : "off");
+  if (p.tp_comm_overlap) s += "  tp-comm-overlap on";
   if (p.order != "tp-dp-pp") s += "  order " + p.order;
   if (p.offload != Offload::none) s += "  offload " + to_string(p.offload);
   if (p.ep > 1 || p.etp > 1) s += fmt::format("  ep {}  etp {}", p.ep, p.etp);  // MoE
+  if (p.cp > 1) s += fmt::format("  cp {}", p.cp);  // context parallelism
   return s;
 }
 
@@ -35,7 +38,7 @@ std::string memory_table(const Estimate& e) {
   };
   row("weights", m.weights, fmt::format("{} params on this GPU", st.params));
   row("gradients", m.grads, to_string(e.train.grad_dtype));
-  row("optimizer state", m.optimizer, e.parallel.zero >= 1 ? fmt::format("sharded over dp {}", e.parallel.dp) : "");
+  row("optimizer state", m.optimizer, e.parallel.zero >= 1 ? fmt::format("sharded over dp {}", e.parallel.dp * e.parallel.cp) : "");
   row("activations", m.activations, fmt::format("{} chunk(s) of {} layers in flight", st.in_flight,
                                                 st.layers / std::max<int64_t>(1, e.parallel.vpp)));
   row("logits and loss", m.logits);
@@ -77,7 +80,7 @@ std::string throughput_line(const Estimate& e) {
 std::string full_report(const Estimate& e, const ClusterSpec& c) {
   std::string s = fmt::format("{} ({} params) on {} x {} ({}), global batch {} x {} tokens, {}\n", e.model,
                               e.params, e.gpus, c.name, c.gpu.name, e.train.global_batch, e.train.seq,
-                              to_string(e.train.dtype));
+                              train_dtype_name(e.train));
   s += "config  " + describe_config(e) + "\n";
   if (!e.priced_by.empty()) s += "compute priced by " + e.priced_by + "\n";
   s += "\n" + memory_table(e) + "\n" + time_table(e) + "\n" + throughput_line(e);

@@ -279,7 +279,7 @@ TEST_CASE("the expert grid regroups a stage's tp x dp ranks etp innermost, then 
   CHECK_FALSE(ExpertGrid::make(*dense, 3, 1).ok());  // 3 does not divide tp x dp = 8
   auto bad = ExpertGrid::make(*dense, 4, 4);
   REQUIRE_FALSE(bad.ok());
-  CHECK(bad.error().message == "ep: ep x etp must divide tp x dp (got ep 4, etp 4, tp x dp 8)");
+  CHECK(bad.error().message == "ep: ep x etp must divide tp x cp x dp (got ep 4, etp 4, tp x cp x dp 8)");
 }
 
 TEST_CASE("the reference model's MoE layers are the cost model's", "[moe]") {

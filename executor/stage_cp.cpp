@@ -1,0 +1,75 @@
+// Context parallelism in a layer (stage.hpp): the attention core of this rank's tokens as a ring
+// over the cp group (cpu/ring_attention.hpp), its K and V blocks sent to the next cp rank and
+// received from the previous one over MPI, and RoPE at the tokens' global positions.
+#include <algorithm>
+
+#include "executor/cpu/ring_attention.hpp"
+#include "executor/stage.hpp"
+
+namespace loom::exec {
+
+namespace {
+
+// Tag of the ring's messages: apart from the collectives' (10..17), the bootstrap's (800..808),
+// the trace's (900) and the pipeline's (>= 1000). Every cp rank of a ring runs the same layers in
+// the same order, so FIFO matching per (peer, tag) pairs each hop with its block.
+constexpr int kCpRingTag = 700;
+
+cpu::CpSplit split(const Dims& d) { return {d.T * d.cp, d.cp, d.cp_rank}; }
+
+cpu::RingShape shape(const Dims& d) { return {d.B, d.Hl, d.Hkvl, d.hd, split(d)}; }
+
+// The two travelling blocks (comm_buffers) and the row statistics, in att_out: the workspace
+// that holds selective recompute's discarded output, which a cp plan does not run (check_cpu_plan).
+cpu::RingBuffers buffers(StageCtx& c) { return {c.s.ring_a.data(), c.s.ring_b.data(), c.s.att_out.data()}; }
+
+// One hop: send to the next rank of the cp group, receive from the previous one, both posted
+// before either waits.
+cpu::RingShift shift(StageCtx& c) {
+  return [&c](const float* send, float* recv, int64_t n) -> Status {
+    const Group& g = *c.cp;
+    const int next = g.ranks[static_cast<size_t>((g.index + 1) % g.size())];
+    const int prev = g.ranks[static_cast<size_t>((g.index + g.size() - 1) % g.size())];
+    const int64_t bytes = n * static_cast<int64_t>(sizeof(float));
+    auto req = c.comm.isend(next, send, bytes, kCpRingTag, GroupKind::cp);
+    if (!req) return req.error();
+    if (auto st = c.comm.recv(prev, recv, bytes, kCpRingTag, "cp ring receive"); !st) return st;
+    return c.comm.wait(*req, "cp ring send");
+  };
+}
+
+}  // namespace
+
+int64_t cp_position(const Dims& d, int64_t t) { return split(d).position(t); }
+
+Status cp_attention_forward(StageCtx& c, LayerStash& st) {
+  const Dims& d = c.d;
+  return cpu::ring_attention_forward(st.atty.data(), st.lse.data(), st.q.data(), st.k.data(), st.v.data(), shape(d),
+                                     buffers(c), shift(c), c.flops);
+}
+
+// s.dq, s.dk, s.dv (zeroed by the caller) from s.d_atty, the stashed output and log-sum-exp.
+Status cp_attention_backward(StageCtx& c, LayerStash& st) {
+  const Dims& d = c.d;
+  Scratch& s = c.s;
+  return cpu::ring_attention_backward(s.dq.data(), s.dk.data(), s.dv.data(), s.d_atty.data(), st.atty.data(),
+                                      st.lse.data(), st.q.data(), st.k.data(), st.v.data(), shape(d), buffers(c),
+                                      shift(c), c.flops);
+}
+
+void cp_rope(const StageCtx& c, LayerStash& st) {
+  const Dims& d = c.d;
+  cpu::cp_rope_forward(st.q.data(), st.q.data(), d.B, split(d), d.Hl, d.hd, d.rope_theta);
+  cpu::cp_rope_forward(st.k.data(), st.k.data(), d.B, split(d), d.Hkvl, d.hd, d.rope_theta);
+}
+
+void cp_rope_grad(StageCtx& c) {
+  const Dims& d = c.d;
+  Scratch& s = c.s;
+  std::fill(s.dq0.vec().begin(), s.dq0.vec().end(), 0.0f);
+  std::fill(s.dk0.vec().begin(), s.dk0.vec().end(), 0.0f);
+  cpu::cp_rope_backward(s.dq0.data(), s.dq.data(), d.B, split(d), d.Hl, d.hd, d.rope_theta);
+  cpu::cp_rope_backward(s.dk0.data(), s.dk.data(), d.B, split(d), d.Hkvl, d.hd, d.rope_theta);
+}
+
+}  // namespace loom::exec

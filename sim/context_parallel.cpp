@@ -1,0 +1,112 @@
+#include "sim/context_parallel.hpp"
+
+#include <cstring>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+
+#include "sim/cost_model.hpp"
+#include "sim/topology.hpp"
+
+namespace loom {
+
+namespace {
+
+std::string cp_str(int64_t v) { return std::to_string(v); }
+
+// Position of `d` in the grid's order, innermost first.
+int position(const RankGrid& g, Dim d) {
+  for (int i = 0; i < 4; ++i)
+    if (g.order()[static_cast<size_t>(i)] == d) return i;
+  return -1;
+}
+
+}  // namespace
+
+Status check_context_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p,
+                              const FieldNamer& name) {
+  auto fail = [&](const std::string& rule) -> Status { return Error{name("cp") + ": " + rule}; };
+  if (p.cp <= 1) return ok_status();
+  if (t.seq % (2 * p.cp) != 0)  // Megatron: each rank holds chunks i and 2 cp - 1 - i of 2 cp
+    return fail("must split seq into 2 x cp equal chunks, the load-balanced causal split (" + cp_str(t.seq) + " % " +
+                cp_str(2 * p.cp) + " != 0)");
+  if (p.sp && (t.seq / p.cp) % p.tp != 0)
+    return fail("sequence parallelism needs tp to divide seq / cp (" + cp_str(t.seq / p.cp) + " % " + cp_str(p.tp) +
+                " != 0)");
+  if (t.attention != Attention::fused)
+    return fail("context parallelism needs fused attention (the ring runs FlashAttention blocks)");
+  if (m.is_moe()) return fail("context parallelism with MoE layers is not modelled (got " + cp_str(p.cp) + ")");
+  if (p.dp_comm != DpComm::ring) return fail("context parallelism needs dp_comm ring (got " + cp_str(p.cp) + ")");
+  auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order, p.cp);
+  if (grid && !dp_cp_grid(*grid))
+    return Error{name("order") + ": with cp > 1, cp must sit next to dp, so the dp-cp group the gradients are "
+                                 "reduced over is one block of ranks (got \"" + grid->order_string() + "\")"};
+  return ok_status();
+}
+
+Expected<RankGrid> dp_cp_grid(const RankGrid& grid) {
+  if (grid.size(Dim::cp) == 1) return grid;
+  // The three names with dp at the inner of cp and dp: its coordinate is cp + cp_size x dp
+  // (or dp + dp_size x cp), the rank's place in its dp-cp group.
+  const int inner = std::min(position(grid, Dim::cp), position(grid, Dim::dp));
+  if (std::abs(position(grid, Dim::cp) - position(grid, Dim::dp)) != 1)
+    return Error{"order: with cp > 1, cp must sit next to dp (got \"" + grid.order_string() + "\")"};
+  std::string order;
+  for (int i = 0; i < 4; ++i) {
+    const Dim d = grid.order()[static_cast<size_t>(i)];
+    if ((d == Dim::cp || d == Dim::dp) && i != inner) continue;
+    order += (order.empty() ? "" : "-") + std::string(i == inner ? "dp" : dim_name(d));
+  }
+  return RankGrid::make(grid.size(Dim::tp), grid.size(Dim::dp) * grid.size(Dim::cp), grid.size(Dim::pp), order, 1);
+}
+
+void add_cp_links(GroupLinksSet& links, const Topology& topo, const RankGrid& grid) {
+  if (grid.size(Dim::cp) <= 1) return;
+  auto folded = dp_cp_grid(grid);
+  if (!folded) return;
+  links.cp = topo.ring(grid, Dim::cp);  // each rank sends to its ring neighbour, all at once
+  links.dp = topo.ring(*folded, Dim::dp);
+}
+
+int64_t cp_kv_block_bytes(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p) {
+  return p.micro_batch * (t.seq / p.cp) * (m.kv_dim() / p.tp) * dtype_bytes(t.dtype);
+}
+
+// TransformerEngine's AttnFuncWithCPAndKVP2P: forward, step i computes on the KV block it holds
+// while sending it on and receiving the next (cp - 1 sends); backward passes K, V and the
+// accumulated dK, dV the same way, and dK, dV take one more hop after the last block to reach
+// the rank that owns K and V (cp hops in all; nothing computes beside that last one).
+void cp_messages(std::vector<Message>& v, const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p,
+                 int64_t layers) {
+  if (p.cp <= 1 || layers <= 0) return;
+  const int64_t kv = 2 * cp_kv_block_bytes(m, t, p), steps = (p.cp - 1) * layers;
+  const auto send = MessageKind::send;
+  const auto mbc = Cadence::micro_batch;
+  v.push_back(message("cp kv ring", Group::cp, send, Pass::forward, mbc, kv, steps));
+  v.push_back(message("cp kv ring", Group::cp, send, Pass::backward, mbc, 2 * kv, steps));
+  v.push_back(message("cp dkv return", Group::cp, send, Pass::backward, mbc, kv, layers));
+  if (p.recompute != Recompute::none)  // full: the layer's forward again; selective: its attention
+    v.push_back(message("cp kv ring", Group::cp, send, Pass::recompute, mbc, kv, steps));
+}
+
+void cp_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p) {
+  if (p.cp <= 1) return;
+  v.push_back({"cp kv ring", MemCategory::comm_buffers, Lifetime::transient, 8 * cp_kv_block_bytes(m, t, p)});
+}
+
+void price_cp_ring(const StageWork& w, const GroupLinks& cp, const OpTimer& op, StageEstimate& s) {
+  for (const Message& msg : w.messages) {
+    if (msg.group != Group::cp) continue;
+    double block_s = 0;  // one ring step's attention block (stage_work: one call per step)
+    const bool beside_block = std::strcmp(msg.name, "cp dkv return") != 0;
+    for (const Op& o : w.ops)
+      if (beside_block)
+        if ((o.kind == OpKind::attention_fwd || o.kind == OpKind::attention_bwd) && o.pass == msg.pass)
+          block_s = op.op(o);
+    const double exposed = static_cast<double>(msg.count) * std::max(0.0, message_time_s(msg, cp) - block_s);
+    (msg.pass == Pass::forward ? s.forward_s : msg.pass == Pass::backward ? s.backward_s : s.recompute_s) += exposed;
+  }
+}
+
+}  // namespace loom

@@ -1,0 +1,89 @@
+// FP8 training as NVIDIA Transformer Engine runs it (TrainSpec::fp8; the plan's dtype stays
+// bf16). Sources: Micikevicius et al. 2022, "FP8 Formats for Deep Learning" (arXiv 2209.05433):
+// E4M3 for weights and activations, E5M2 for gradients ("hybrid"), one scale per tensor;
+// Transformer Engine's documentation ("Using FP8 with Transformer Engine": delayed scaling from
+// an amax history, FP8 GEMMs in te.Linear / LayerNormLinear, everything else in higher
+// precision).
+//
+// What loom prices, per linear layer (qkv, projection, fc1/fc2 or gate|up/down, MoE experts and
+// shared experts; not the attention core, not the router, not the output layer, which TE and
+// Megatron keep in bf16):
+//  - the forward, input-gradient and weight-gradient GEMMs at the GPU's FP8 peak
+//    (GpuSpec::peak_flops_fp8) with the efficiency bf16 GEMMs of that shape reach (see
+//    fp8_gemm_s): FP8 operands (1 byte), bf16 output;
+//  - the casts, memory-bound: each GEMM input cast to FP8 with its FP8 transpose for the
+//    weight-gradient GEMM (TE's fused cast-transpose: read 2, write 1 + 1 bytes per element,
+//    the amax computed in the same pass), in forward and in a full recompute's forward; the
+//    output gradient cast the same way in backward; each weight cast with its transpose once
+//    per step (TE caches it over the step's micro-batches; under ZeRO-3 every micro-batch, as
+//    each gathered layer is cast again); the delayed-scaling update once per step (TE's
+//    amax_and_scale_update: every FP8 tensor's amax history read and rolled);
+//  - memory: the FP8 weight copy and its transpose (2 bytes per linear weight) beside the bf16
+//    weights for the whole step (ZeRO-3: one gathered layer's at a time); the saved inputs of
+//    the FP8 GEMMs held in FP8 (1 byte instead of 2; see fp8_layer_activation_delta_bytes).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sim/expected.hpp"
+#include "sim/specs.hpp"
+#include "sim/stage_work.hpp"
+
+namespace loom {
+
+struct OpTimer;
+struct MoeStage;
+
+// The amax history length loom assumes and exports (Megatron's --fp8-amax-history-len 1024, the
+// length NeMo's and Megatron-Bridge's FP8 recipes set).
+inline constexpr int64_t kFp8AmaxHistory = 1024;
+
+// "dtype" as plans, flags and tables name it: "bf16", "fp32" or "fp8" (dtype bf16, fp8 set).
+const std::vector<std::string>& train_dtype_names();
+std::string train_dtype_name(const TrainSpec& t);
+// Sets dtype and fp8 from one of train_dtype_names (false for any other name).
+bool set_train_dtype(TrainSpec& t, const std::string& name);
+
+// An FP8 plan needs a GPU with FP8 tensor cores (gpu.peak_flops_fp8 > 0): one line naming
+// `field` otherwise.
+Status check_fp8(const ClusterSpec& c, const TrainSpec& t, const std::string& field);
+
+// Whether an op is one of the FP8 GEMMs: a gemm or gemm_bwd other than the output layer
+// ("logits") and the MoE router ("router").
+bool is_fp8_linear(const Op& o);
+
+// Linear-layer weights (the FP8 GEMMs' (K, N) operands) this GPU holds for a stage of `layers`
+// transformer layers, `moe` of them MoE layers, before ZeRO sharding: the tp shards of qkv,
+// projection and MLP (less their biases), a MoE layer's shared experts in place of its MLP, and
+// the stage's local experts.
+int64_t fp8_weight_params(const ModelSpec& m, int64_t tp, int64_t layers, const MoeStage& moe);
+
+// Signed change of one dense layer's saved activation bytes (one micro-batch, one tp rank) when
+// its linear layers run in FP8, TE's choice of what to keep: the inputs of qkv and fc1 (the norm
+// outputs, T h / rep each) and of fc2 (GELU output or SwiGLU product, T f / t) in FP8, 1 byte
+// less per element; the projection's input in FP8 beside the bf16 attention output a fused
+// attention's backward still reads (+T q / t), or in its place when unfused (-T q / t). A full
+// recompute keeps only the layer input (no change). `mlp`: false for a MoE layer, whose expert
+// inputs loom keeps in bf16.
+int64_t fp8_layer_activation_delta_bytes(const ModelSpec& m, int64_t micro_batch, int64_t seq, int64_t tp, bool sp,
+                                         Recompute r, Attention a, bool mlp);
+
+// The FP8 weight copy and its transpose (2 bytes per weight): `weights_rank` for the step, or
+// under ZeRO-3 one gathered layer's of the stage's `layers` (their mean), transient.
+void fp8_buffers(std::vector<Buffer>& v, int zero, int64_t weights_rank, int64_t layers);
+
+// Marks the FP8 GEMMs among `ops` and appends their casts (see above). `micro_batches` per step
+// per replica; `weights_rank` the stage's FP8 weights on this GPU (fp8_weight_params).
+void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weights_rank);
+
+// Time of one FP8 GEMM call (M, N, K), its backward and the backward's weight-gradient half:
+// at peak_flops_fp8 with the efficiency a bf16 GEMM of that shape reaches (the cluster's
+// saturating curve, or the profile's measured bf16 time scaled by peak_bf16 / peak_fp8: the
+// profile holds bf16 GEMMs only), never faster than streaming its FP8 operands and bf16 output
+// from HBM, plus one launch.
+double fp8_gemm_s(const OpTimer& t, double M, double N, double K);
+double fp8_gemm_bwd_s(const OpTimer& t, double M, double N, double K);
+double fp8_gemm_wgrad_s(const OpTimer& t, double M, double N, double K);
+
+}  // namespace loom

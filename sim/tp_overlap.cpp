@@ -1,0 +1,87 @@
+#include "sim/tp_overlap.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "sim/op_timer.hpp"
+
+namespace loom {
+
+namespace {
+
+// Which layer GEMM each overlapped collective sits beside, as Transformer Engine pairs them
+// (its userbuffers names in brackets). Forward (and a full recompute's forward): the
+// all-gathers before QKV [qkv_fprop] and fc1 [fc1_fprop] by ring exchange, the reduce-scatters
+// after the projection [proj_fprop] and fc2 [fc2_fprop] by the SM-driven pipeline method.
+// Backward: the gathers of the output gradient before the projection's [proj_dgrad] and fc2's
+// [fc2_dgrad] data gradient by ring exchange; QKV's and fc1's backward carry two halves each,
+// the input gathered again for the weight gradient and the data gradient reduce-scattered,
+// by the SM-driven bulk method [qkv_dgrad, qkv_wgrad, fc1_dgrad, fc1_wgrad].
+struct Pairing {
+  const char* gemm;
+  bool backward;
+  int64_t halves;     // tp halves (b s h each) per layer beside this GEMM
+  bool takes_sms;     // its collective runs on SMs the GEMM then does not have
+};
+constexpr Pairing kPairings[] = {
+    {"qkv", false, 1, false},          {"attention projection", false, 1, true},
+    {"mlp fc1", false, 1, false},      {"mlp gate|up", false, 1, false},
+    {"mlp fc2", false, 1, true},       {"attention projection", true, 1, false},
+    {"qkv", true, 2, true},            {"mlp fc2", true, 1, false},
+    {"mlp fc1", true, 2, true},        {"mlp gate|up", true, 2, true},
+};
+
+const Pairing* pairing_of(const Op& o) {
+  if (o.pass == Pass::step || (o.kind != OpKind::gemm && o.kind != OpKind::gemm_bwd)) return nullptr;
+  const bool backward = o.pass == Pass::backward;
+  for (const Pairing& x : kPairings)
+    if (x.backward == backward && std::strcmp(x.gemm, o.name) == 0) return &x;
+  return nullptr;
+}
+
+}  // namespace
+
+int64_t gpu_sm_count(const GpuSpec& gpu) {
+  const auto has = [&](const char* s) { return gpu.name.find(s) != std::string::npos; };
+  if (has("A100")) return 108;
+  if (has("H100") && has("PCIe")) return 114;
+  if (has("H100") || has("H200")) return 132;
+  return 0;
+}
+
+void chunk_overlapped_gemms(std::vector<Op>& ops, const GpuSpec& gpu, int64_t tp) {
+  const double sms = static_cast<double>(gpu_sm_count(gpu));
+  const double slowdown = sms / (sms - static_cast<double>(kTpOverlapCommSms));
+  for (Op& o : ops) {
+    const Pairing* x = pairing_of(o);
+    if (x == nullptr) continue;
+    // T = b s rows; sequence parallelism makes tp divide s, so the chunks are whole rows and
+    // each chunk's FLOPs are exactly 1/tp of the GEMM's.
+    o.m /= static_cast<double>(tp);
+    o.flops /= tp;
+    o.count *= tp;
+    if (x->takes_sms) o.scale *= slowdown;
+  }
+}
+
+TpHiddenTime tp_overlap_hidden_s(const StageWork& w, const GroupLinks& tp, const OpTimer& op) {
+  TpHiddenTime out;
+  double half_s[3] = {0, 0, 0};  // one half's time, by pass (forward, backward, recompute)
+  for (const Message& msg : w.messages)
+    if (msg.group == Group::tp && std::strcmp(msg.name, kTpOverlappedMessage) == 0 && msg.count > 0)
+      half_s[static_cast<int>(msg.pass)] = message_time_s(msg, tp);
+  const double t = static_cast<double>(tp.size);
+  if (t <= 1) return out;
+  for (const Op& o : w.ops) {
+    const Pairing* x = pairing_of(o);
+    if (x == nullptr || o.count == 0) continue;
+    const int pass = static_cast<int>(o.pass);
+    const double layers = static_cast<double>(o.count) / t;
+    const double comm_s = static_cast<double>(x->halves) * half_s[pass], gemm_s = t * op.op(o);
+    const double hidden = layers * (1 - 1 / t) * std::min(comm_s, gemm_s);
+    (o.pass == Pass::forward ? out.forward_s : o.pass == Pass::backward ? out.backward_s : out.recompute_s) += hidden;
+  }
+  return out;
+}
+
+}  // namespace loom

@@ -1,0 +1,255 @@
+// Context parallelism (sim/context_parallel.hpp): the rules, what one rank of a cp group holds
+// and runs (seq / cp tokens, 1/cp of the sequence's causal attention, the KV ring), its links,
+// the exposed part of the ring, the simulator's agreement and the planner's cp choices.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <string>
+
+#include <cmath>
+#include <set>
+#include <string>
+
+#include "planner/search.hpp"
+#include "run_loom.hpp"
+#include "sim/context_parallel.hpp"
+#include "sim/cost_model.hpp"
+#include "sim/simulator.hpp"
+#include "sim/stage_work.hpp"
+#include "sim/validate.hpp"
+#include "sim/zoo.hpp"
+
+using namespace loom;
+
+namespace {
+
+struct Job {
+  ModelSpec model;
+  ClusterSpec cluster;
+  TrainSpec train;
+};
+
+Job llama8b(int64_t gpus, int64_t batch, int64_t seq) {
+  auto m = load_model("llama3-8b", "test", nullptr);
+  auto c = load_cluster("dgx-h100", "test");
+  REQUIRE(m.ok());
+  REQUIRE(c.ok());
+  REQUIRE(size_cluster(*c, gpus, "test").ok());
+  TrainSpec t;
+  t.global_batch = batch;
+  t.seq = seq;
+  t.dp_bucket_bytes = 40'000'000 * 2;
+  return {*m, *c, t};
+}
+
+// tp 2 (sp on), cp 2, dp 4 on two DGX H100 nodes: 8192-token sequences, 4096 per rank.
+ParallelConfig tp2_cp2(int64_t dp = 4) {
+  ParallelConfig p;
+  p.tp = 2, p.cp = 2, p.dp = dp, p.pp = 1, p.sp = true;
+  return p;
+}
+
+std::string check(const Job& j, const ParallelConfig& p) {
+  auto st = validate_config(j.model, j.cluster, j.train, p, [](const std::string& f) { return f; });
+  return st ? "" : st.error().message;
+}
+
+const Buffer* buffer(const StageWork& w, const std::string& name) {
+  for (const Buffer& b : w.buffers)
+    if (name == b.name) return &b;
+  return nullptr;
+}
+
+const Op* op(const StageWork& w, const std::string& name, Pass pass) {
+  for (const Op& o : w.ops)
+    if (name == o.name && o.pass == pass) return &o;
+  return nullptr;
+}
+
+const Message* message_of(const StageWork& w, Group g, Pass pass) {
+  for (const Message& m : w.messages)
+    if (m.group == g && m.pass == pass) return &m;
+  return nullptr;
+}
+
+}  // namespace
+
+TEST_CASE("context parallelism: the rules, one line each", "[cp]") {
+  Job j = llama8b(16, 8, 8192);
+  CHECK(check(j, tp2_cp2()).empty());
+  ParallelConfig p = tp2_cp2(8);
+  CHECK(check(j, p) == "dp: dp x tp x pp x cp must equal the GPUs in use (8 x 2 x 1 x 2 = 32, gpus = 16)");
+  p = tp2_cp2();
+  p.cp = 0;
+  CHECK(check(j, p) == "cp: must be >= 1 (got 0)");
+  j.train.seq = 8190;  // 8190 = 2 x 4095: tp divides it, 2 cp = 4 does not
+  CHECK(check(j, tp2_cp2()) ==
+        "cp: must split seq into 2 x cp equal chunks, the load-balanced causal split (8190 % 4 != 0)");
+  j.train.seq = 8192;
+  j.train.attention = Attention::unfused;
+  CHECK(check(j, tp2_cp2()) == "cp: context parallelism needs fused attention (the ring runs FlashAttention blocks)");
+  j.train.attention = Attention::fused;
+  p = tp2_cp2();
+  p.order = "tp-pp-dp";  // cp right after tp: tp-cp-pp-dp, and pp between cp and dp
+  CHECK(check(j, p) == "order: with cp > 1, cp must sit next to dp, so the dp-cp group the gradients are reduced "
+                       "over is one block of ranks (got \"tp-cp-pp-dp\")");
+  p.order = "tp-dp-cp-pp";
+  CHECK(check(j, p).empty());
+}
+
+TEST_CASE("context parallelism: a rank holds seq / cp tokens and 1/cp of the causal attention", "[cp]") {
+  const Job j = llama8b(16, 8, 8192);
+  const StageWork w = build_stage_work(j.model, j.cluster, j.train, tp2_cp2(), 0);
+  ParallelConfig no_cp = tp2_cp2(8);
+  no_cp.cp = 1;
+  const StageWork full = build_stage_work(j.model, j.cluster, j.train, no_cp, 0);
+  // GEMMs over 4096 tokens per micro-batch.
+  REQUIRE(op(w, "qkv", Pass::forward));
+  CHECK(op(w, "qkv", Pass::forward)->m == 4096);
+  CHECK(op(full, "qkv", Pass::forward)->m == 8192);
+  // Attention: 2 ring steps per layer, each a causal block of 4096 tokens, 16 heads per tp rank;
+  // 4 b s^2 q / t = 4 x 4096^2 x 4096 / 2 FLOPs per call: half the whole sequence's.
+  const Op* a = op(w, "attention", Pass::forward);
+  REQUIRE(a);
+  CHECK(a->count == 64);
+  CHECK(a->n == 4096);
+  CHECK(a->m == 16);
+  CHECK(a->flops == FlopCount{137'438'953'472});
+  const Op* af = op(full, "attention", Pass::forward);
+  CHECK(2 * a->flops * a->count == af->flops * af->count);
+  // The KV ring: K and V blocks of 1 x 4096 tokens x 1024 / 2 channels x 2 bytes = 4 MiB each.
+  CHECK(cp_kv_block_bytes(j.model, j.train, tp2_cp2()) == 4'194'304);
+  const Message* fwd = message_of(w, Group::cp, Pass::forward);
+  const Message* bwd = message_of(w, Group::cp, Pass::backward);
+  REQUIRE(fwd);
+  REQUIRE(bwd);
+  CHECK(fwd->kind == MessageKind::send);
+  CHECK(fwd->bytes == 8'388'608);   // K and V
+  CHECK(bwd->bytes == 16'777'216);  // K, V, dK and dV
+  CHECK(fwd->count == 32);          // cp - 1 sends per layer
+  // dK and dV take one more hop after the last block, back to the rank owning K and V.
+  const auto ret = std::find_if(w.messages.begin(), w.messages.end(),
+                                [](const Message& m) { return std::string(m.name) == "cp dkv return"; });
+  REQUIRE(ret != w.messages.end());
+  CHECK(ret->bytes == 8'388'608);
+  CHECK(ret->count == 32);
+  CHECK(message_of(w, Group::cp, Pass::recompute) == nullptr);
+  CHECK(message_of(full, Group::cp, Pass::forward) == nullptr);
+  REQUIRE(buffer(w, "cp kv ring"));
+  CHECK(buffer(w, "cp kv ring")->bytes == 33'554'432);  // two of K, V, dK and dV in flight
+  CHECK(buffer(w, "cp kv ring")->category == MemCategory::comm_buffers);
+  // Activations of 4096 tokens per layer (Korthikanti et al.'s terms at s / cp).
+  const int64_t layer = layer_activation_bytes(j.model, 1, 4096, 2, true, Recompute::none, Attention::fused,
+                                               Dtype::bf16).total();
+  CHECK(buffer(w, "layer activations")->bytes == w.in_flight * 32 * layer);
+}
+
+TEST_CASE("context parallelism: gradients and ZeRO shards span dp x cp; the links", "[cp]") {
+  const Job j = llama8b(16, 8, 8192);
+  ParallelConfig p = tp2_cp2();
+  p.zero = 1;
+  const StageWork w = build_stage_work(j.model, j.cluster, j.train, p, 0);
+  CHECK(w.optimizer_params == (w.params + 7) / 8);
+  // tp 8 x cp 2: no dp, yet the gradients are reduced over the two cp ranks.
+  ParallelConfig q;
+  q.tp = 8, q.cp = 2, q.dp = 1, q.sp = true;
+  REQUIRE(check(j, q).empty());
+  const StageWork v = build_stage_work(j.model, j.cluster, j.train, q, 0);
+  CHECK(v.find(Group::dp, "dp gradients") != nullptr);
+  const CostModel cm(j.model, j.cluster, j.train);
+  auto grid = RankGrid::make(q.tp, q.dp, q.pp, q.order, q.cp);
+  REQUIRE(grid.ok());
+  const GroupLinksSet lq = group_links(cm.topology(), *grid);
+  CHECK(lq.dp.size == 2);
+  CHECK(lq.cp.size == 2);
+  CHECK(lq.cp.nodes_spanned == 2);  // ranks 0 and 8: one on each node
+  CHECK(lq.cp.busbw_bytes_per_s < j.cluster.intra_node.busbw_bytes_per_s);
+  auto g = RankGrid::make(p.tp, p.dp, p.pp, p.order, p.cp);
+  REQUIRE(g.ok());
+  const GroupLinksSet lp = group_links(cm.topology(), *g);
+  CHECK(lp.dp.size == 8);   // the dp-cp group: ranks 0, 2, ..., 14
+  CHECK(lp.dp.nodes_spanned == 2);
+  CHECK(lp.cp.size == 2);   // ranks 0 and 2, on one node's NVLink
+  CHECK(lp.cp.nodes_spanned == 1);
+  CHECK(lp.cp.busbw_bytes_per_s == j.cluster.intra_node.busbw_bytes_per_s);
+}
+
+TEST_CASE("context parallelism: each ring step shows what its send exceeds its attention block", "[cp]") {
+  const Job j = llama8b(16, 8, 8192);
+  const StageWork w = build_stage_work(j.model, j.cluster, j.train, tp2_cp2(), 0);
+  const OpTimer timer = OpTimer::of(j.cluster, j.train);
+  const double block_fwd = timer.op(*op(w, "attention", Pass::forward));
+  const double block_bwd = timer.op(*op(w, "attention", Pass::backward));
+  StageEstimate hidden;
+  price_cp_ring(w, GroupLinks{2, 1e15, 0, 1}, timer, hidden);  // sends far shorter than a block
+  CHECK(hidden.forward_s == 0);
+  // dK and dV's last hop back to their owner has no block beside it: always exposed.
+  CHECK(hidden.backward_s == Approx(32 * 8388608 / 1e15).epsilon(1e-12));
+  StageEstimate slow;
+  price_cp_ring(w, GroupLinks{2, 1e9, 0, 1}, timer, slow);  // 1 GB/s: 8.4 ms per forward send
+  REQUIRE(block_fwd < 0.008388608);
+  CHECK(slow.forward_s == Approx(32 * (0.008388608 - block_fwd)).epsilon(1e-12));
+  CHECK(slow.backward_s == Approx(32 * std::max(0.0, 0.016777216 - block_bwd) + 32 * 0.008388608).epsilon(1e-12));
+  CHECK(slow.recompute_s == 0);
+}
+
+TEST_CASE("context parallelism: the simulator and the analytical step agree", "[cp]") {
+  const Job j = llama8b(16, 16, 8192);
+  const CostModel cm(j.model, j.cluster, j.train);
+  for (int zero : {0, 1, 3})
+    for (Recompute r : {Recompute::none, Recompute::full}) {
+      ParallelConfig p = tp2_cp2();
+      p.zero = zero, p.recompute = r;
+      REQUIRE(check(j, p).empty());
+      const Estimate est = cm.evaluate(p);
+      auto sim = simulate(cm, p, SimOptions{});
+      REQUIRE(sim.ok());
+      INFO("zero " << zero << " recompute " << static_cast<int>(r) << ": simulated " << sim->step_time_s
+                   << " s, analytical " << est.step_time_s << " s");
+      CHECK(std::fabs(sim->step_time_s - est.step_time_s) <= 0.03 * est.step_time_s);
+      SimOptions exact;
+      exact.overlap = false;
+      exact.contention = false;
+      auto plain = simulate(cm, p, exact);
+      REQUIRE(plain.ok());
+      CHECK(plain->time.compute_s == Approx(cm.evaluate(p, false).time.compute_s).epsilon(1e-9));
+    }
+}
+
+TEST_CASE("context parallelism: the planner tries cp for long sequences only, or as pinned", "[cp]") {
+  auto cps = [](const Job& j, const SearchPins& pins) {
+    auto space = make_search_space(j.model, j.cluster, j.train, pins);
+    REQUIRE(space.ok());
+    std::set<int64_t> out;
+    for (const SplitSpace& s : space->splits) {
+      out.insert(s.cp);
+      CHECK(s.dp * s.tp * s.pp * s.cp == j.cluster.gpus);
+    }
+    return out;
+  };
+  CHECK(cps(llama8b(16, 16, 8192), {}) == std::set<int64_t>{1, 2, 4});  // 8192 / 4 = 2048 tokens per rank
+  CHECK(cps(llama8b(16, 16, 4096), {}) == std::set<int64_t>{1});
+  SearchPins pin;
+  pin.cp = 2;
+  CHECK(cps(llama8b(16, 16, 4096), pin) == std::set<int64_t>{2});
+  pin.cp = 3;
+  auto bad = make_search_space(llama8b(16, 16, 8192).model, llama8b(16, 16, 8192).cluster,
+                               llama8b(16, 16, 8192).train, pin);
+  REQUIRE(!bad.ok());
+  CHECK(bad.error().message == "--cp: must divide --gpus (16 % 3 != 0)");
+}
+
+TEST_CASE("loom predict --cp: the configuration line and a refused cp", "[cp][cli]") {
+  const std::string job = "predict --model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 8 --tp 2 --pp 1 --sp on ";
+  LoomRun ok = run_loom(job + "--seq 8192 --cp 2");
+  INFO(ok.err);
+  REQUIRE(ok.code == 0);
+  CHECK(ok.out.find("dp 4  tp 2  pp 1") != std::string::npos);
+  CHECK(ok.out.find("  cp 2") != std::string::npos);
+  LoomRun odd = run_loom(job + "--seq 8190 --cp 2");
+  CHECK(odd.code == 2);
+  CHECK(odd.err == "loom: --cp: must split seq into 2 x cp equal chunks, the load-balanced causal split (8190 % 4 != 0)\n");
+  LoomRun split = run_loom(job + "--seq 8192 --cp 3");
+  CHECK(split.code == 2);
+  CHECK(split.err == "loom: --cp: tp x pp x cp must divide --gpus (16 GPUs, tp x pp 2, cp 3)\n");
+}
