@@ -209,7 +209,17 @@ void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p,
     s.dp_comm_exposed_s = zb_h1_steady_dp_s(d, s.micro_batch_s(), mb);
     return;
   }
-  s.dp_comm_exposed_s = dp_exposed_s(d, mb, static_cast<double>(p.vpp), dp_window(w, links, s), overlap);
+  DpWindow win = dp_window(w, links, s);
+  // Interleaved, ZeRO 0/1: each chunk's gradients reduce once its last backward is done, and
+  // Megatron-LM's schedule runs those last backwards chunk by chunk, pp of them per chunk
+  // (the final group of pp micro-batches), so chunk v - 1's buckets start (v - 1) pp chunk
+  // backwards before the stage's last: the reduction has (1 + (v - 1) pp) / v of a
+  // micro-batch's backward to hide in, not one (the simulator's buckets follow the same slots).
+  if (p.schedule == Schedule::interleaved && p.vpp > 1 && p.zero < 2) {
+    const double v = static_cast<double>(p.vpp);
+    win.backward_s *= (1 + (v - 1) * static_cast<double>(p.pp)) / v;
+  }
+  s.dp_comm_exposed_s = dp_exposed_s(d, mb, static_cast<double>(p.vpp), win, overlap);
 }
 
 }  // namespace

@@ -325,6 +325,7 @@ Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::stri
     gr.number("peak_flops_bf16", c.gpu.peak_flops_bf16, 1, false, limits::kRate);
     gr.number("peak_flops_fp32", c.gpu.peak_flops_fp32, 1, false, limits::kRate);
     gr.opt_number("peak_flops_fp8", c.gpu.peak_flops_fp8, 1, false, limits::kRate);  // absent: no FP8 (sim/fp8.hpp)
+    gr.opt_integer("sm_count", c.gpu.sm_count, 1, 1024);  // absent: tp-comm overlap refused (sim/tp_overlap.hpp)
     gr.number("hbm_bytes_per_s", c.gpu.hbm_bytes_per_s, 1, false, limits::kRate);
     gr.string("source", c.gpu.source);
     gr.reject_unknown_keys();
@@ -514,6 +515,7 @@ nlohmann::json to_json(const ClusterSpec& c) {
             {"source", rm.source}}}};
   if (!c.profile.empty()) j["profile"] = c.profile;
   if (c.gpu.peak_flops_fp8 > 0) j["gpu"]["peak_flops_fp8"] = c.gpu.peak_flops_fp8;
+  if (c.gpu.sm_count > 0) j["gpu"]["sm_count"] = c.gpu.sm_count;
   if (c.host.memory_bytes > 0)
     j["host"] = {{"link_bytes_per_s", c.host.link_bytes_per_s},
                  {"memory_bytes", c.host.memory_bytes},

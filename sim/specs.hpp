@@ -89,6 +89,7 @@ struct GpuSpec {
   double peak_flops_bf16 = 0;  // dense tensor-core peak, FLOP/s
   double peak_flops_fp32 = 0;  // FP32 peak used for fp32 plans, FLOP/s
   double peak_flops_fp8 = 0;   // dense FP8 tensor-core peak, FLOP/s; 0: no FP8 (A100)
+  int64_t sm_count = 0;        // streaming multiprocessors; 0: not stated (tp-comm overlap refused)
   double hbm_bytes_per_s = 0;
   std::string source;
 };

@@ -41,13 +41,7 @@ const Pairing* pairing_of(const Op& o) {
 
 }  // namespace
 
-int64_t gpu_sm_count(const GpuSpec& gpu) {
-  const auto has = [&](const char* s) { return gpu.name.find(s) != std::string::npos; };
-  if (has("A100")) return 108;
-  if (has("H100") && has("PCIe")) return 114;
-  if (has("H100") || has("H200")) return 132;
-  return 0;
-}
+int64_t gpu_sm_count(const GpuSpec& gpu) { return gpu.sm_count; }
 
 void chunk_overlapped_gemms(std::vector<Op>& ops, const GpuSpec& gpu, int64_t tp) {
   const double sms = static_cast<double>(gpu_sm_count(gpu));

@@ -25,9 +25,9 @@ struct OpTimer;
 // The name of the message that holds the overlapped halves (one half: b s h bytes).
 inline constexpr const char* kTpOverlappedMessage = "tp overlapped activations";
 
-// Streaming multiprocessors of the GPUs whose userbuffers cost loom prices: A100 108, H100 SXM
-// and H200 132, H100 PCIe 114 (NVIDIA's A100 and H100 architecture whitepapers); 0 for any
-// other GPU, which validate_config then refuses with tp_comm_overlap.
+// Streaming multiprocessors of the GPU: the cluster file's gpu.sm_count (A100 108, H100 SXM and
+// H200 132, from NVIDIA's A100 and H100 architecture whitepapers); 0 where the file does not
+// state it, which validate_config then refuses with tp_comm_overlap.
 int64_t gpu_sm_count(const GpuSpec& gpu);
 
 // SMs the reduce-scatter and bulk communication kernels occupy while their GEMM runs:

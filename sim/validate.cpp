@@ -179,7 +179,7 @@ Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec
     return fail("tp_comm_overlap", std::string("tensor-parallel communication overlap needs sequence parallelism and ") +
                                        "tp > 1 (got sp " + (p.sp ? "on" : "off") + ", tp " + s(p.tp) + ")");
   if (p.tp_comm_overlap && gpu_sm_count(c.gpu) == 0)
-    return fail("tp_comm_overlap", "needs the GPU's SM count, which loom knows for A100, H100 and H200 (got " +
+    return fail("tp_comm_overlap", "needs the GPU's SM count: the cluster file's gpu.sm_count is not set (got " +
                                        c.gpu.name + ")");
   const int64_t mb = t.global_batch / (p.dp * p.micro_batch);
   if (p.schedule == Schedule::interleaved && mb % p.pp != 0)
