@@ -31,6 +31,7 @@ struct CommBytes {           // bytes each GPU sends per step
   int64_t pp = 0;
   int64_t host = 0;          // over the GPU's host link, both directions (offload)
   int64_t ep = 0;            // expert parallel: token dispatch and combine all-to-alls (MoE)
+  int64_t cp = 0;            // context parallel: the K/V ring (and dK/dV in backward)
 };
 
 struct TimeBreakdown {       // exposed time only; they add up to the step time
@@ -42,8 +43,10 @@ struct TimeBreakdown {       // exposed time only; they add up to the step time
   double optimizer_s = 0;
   double host_comm_s = 0;    // host-link copies of offload not hidden behind compute
   double ep_comm_s = 0;      // MoE: all-to-alls over the ep group and expert-tp collectives, in-line
+  double cp_comm_s = 0;      // context parallel: ring transfers not hidden behind attention blocks
   double total_s() const {
-    return compute_s + tp_comm_s + dp_comm_s + pp_comm_s + bubble_s + optimizer_s + host_comm_s + ep_comm_s;
+    return compute_s + tp_comm_s + dp_comm_s + pp_comm_s + bubble_s + optimizer_s + host_comm_s + ep_comm_s +
+           cp_comm_s;
   }
 };
 

@@ -51,6 +51,12 @@ enum class OpKind : uint8_t {
   memory,         // memory-bound kernel moving `bytes`
 };
 
+// The tensor-parallel collective a layer GEMM sits beside when tp-comm overlap pairs them
+// (sim/tp_overlap.cpp, as Transformer Engine's userbuffers do): before QKV (or the attention's
+// first projections) and fc1 an all-gather, after the attention projection and fc2 a
+// reduce-scatter. none: no collective beside it.
+enum class TpOverlapSlot : uint8_t { none, qkv, proj, fc1, fc2 };
+
 struct Op {
   const char* name = "";
   OpKind kind = OpKind::memory;
@@ -61,6 +67,7 @@ struct Op {
   int64_t count = 1;                      // calls per micro-batch on this stage (e.g. its layers)
   double scale = 1;                       // time multiplier of one call (see stage_work.cpp)
   bool fp8 = false;                       // gemm/gemm_bwd with FP8 inputs (sim/fp8.hpp)
+  TpOverlapSlot tp_slot = TpOverlapSlot::none;  // the collective tp-comm overlap pairs it with
 };
 
 // The op and message constructors every part of a stage's description uses (dense layers,
