@@ -1,6 +1,7 @@
 # loom: the two quick-start commands.
 #   make plan   installs the missing Debian packages `loom` needs (when root), configures, builds `loom` alone, prints a plan
-#   make test   installs the rest (tests, benchmarks, fuzz tree, notebooks), builds everything, then every test (ctest)
+#   make test   installs the rest (tests, benchmarks, fuzz tree, notebooks, Open MPI for the CPU executor),
+#               builds everything (the executor modules `loom execute` loads included), then every test (ctest)
 # Variables: MODEL, CLUSTER, GPUS, BATCH (and SEQ, default the model's) for `make plan`; BUILD (build dir); JOBS.
 
 BUILD ?= build
@@ -13,10 +14,11 @@ SEQ ?=
 
 # The Debian packages the `loom` binary builds with (all `make plan` installs; Boost.Graph is
 # header-only, in libboost-dev) ...
-PLAN_DEBS := cmake ninja-build g++ nlohmann-json3-dev libcli11-dev libfmt-dev libtomlplusplus-dev libboost-dev \
-             libopenmpi-dev
-# ... and those only the tests, benchmarks, fuzz tree and notebooks need (`make test` adds them).
-TEST_DEBS := clang libclang-rt-14-dev catch2 libbenchmark-dev openmpi-bin \
+PLAN_DEBS := cmake ninja-build g++ nlohmann-json3-dev libcli11-dev libfmt-dev libtomlplusplus-dev libboost-dev
+# ... and those only the tests, benchmarks, fuzz tree, notebooks and the executors need (`make
+# test` adds them). Open MPI is the CPU executor's (libloom_cpu.so, which `loom execute` loads):
+# `loom` links none, and libopenmpi-dev alone is half of the packages (BENCHMARKS.md).
+TEST_DEBS := clang libclang-rt-14-dev catch2 libbenchmark-dev libopenmpi-dev openmpi-bin \
              python3 python3-matplotlib python3-nbconvert python3-ipykernel jupyter-nbconvert
 DEBS := $(PLAN_DEBS) $(TEST_DEBS)
 
@@ -51,8 +53,9 @@ deps plan-deps:
 	fi
 
 # `make plan` configures a new build folder without the tests (BUILD_TESTING=OFF: no Catch2,
-# Google Benchmark, clang or Jupyter needed); `make configure` (and so `make test`) turns them on in
-# the same folder, with LOOM_REQUIRE_ALL_TESTS: a missing test tool fails there, no test is skipped.
+# Google Benchmark, clang, Jupyter or Open MPI needed; without Open MPI the CPU executor module is
+# skipped); `make configure` (and so `make test`) turns them on in the same folder, with
+# LOOM_REQUIRE_ALL_TESTS: a missing test tool or Open MPI fails there, no test is skipped.
 $(BUILD)/build.ninja: | plan-deps
 	cmake -S . -B $(BUILD) $(CMAKE_FLAGS) -DBUILD_TESTING=OFF
 
@@ -72,8 +75,8 @@ $(FUZZ_BUILD)/build.ninja: | deps
 fuzz-build: deps $(FUZZ_BUILD)/build.ninja
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target loom_fuzz
 
-# Only the `loom` binary and the libraries it links (no kernels' tests, benchmarks or fuzz tree):
-# the rest builds in `make test`.
+# Only the `loom` binary and the libraries it links (no executor modules, tests, benchmarks or
+# fuzz tree): the rest builds in `make test`.
 plan: plan-configure
 	cmake --build $(BUILD) -j $(JOBS) --target loom
 	./$(BUILD)/loom plan --model $(MODEL) --cluster $(CLUSTER) --gpus $(GPUS) --global-batch $(BATCH) $(if $(SEQ),--seq $(SEQ))

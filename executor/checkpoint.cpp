@@ -251,11 +251,6 @@ int64_t rank_file_bytes(const std::vector<Section>& sections) {
   return n;
 }
 
-const std::vector<std::string>& save_fault_points() {
-  static const std::vector<std::string> points = {"file-written", "agreed", "index-written", "published", "cleaned"};
-  return points;
-}
-
 Status write_rank_file(const std::string& path, const RankHeader& h, const std::vector<Section>& sections,
                        const SaveFault& fault) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -404,41 +399,6 @@ Expected<int64_t> load_checkpoint(Comm& comm, const std::string& folder, uint64_
   }
   if (auto st = agree(comm, mine, lost); !st) return st.error();
   return index.step;
-}
-
-Status check_output_file(const std::string& path, const std::string& flag) {
-  std::error_code ec;
-  const fs::path p = fs::absolute(path, ec);
-  if (ec || p.filename().empty()) return make_error(flag, path + " names no file");
-  const fs::path dir = p.parent_path();
-  if (!fs::exists(dir, ec)) return make_error(flag, "folder " + dir.string() + " does not exist");
-  if (!fs::is_directory(dir, ec)) return make_error(flag, dir.string() + " is not a folder");
-  // The file is written beside itself and renamed over: the folder must take new entries.
-  if (::access(dir.c_str(), W_OK | X_OK) != 0)
-    return make_error(flag, "folder " + dir.string() + " is not writable (" + errno_text() + ")");
-  if (fs::is_directory(p, ec)) return make_error(flag, path + " is a folder, not a file");
-  if (fs::exists(p, ec) && !fs::is_regular_file(p, ec))
-    return make_error(flag, path + " exists and is not a regular file (loom replaces it by a rename)");
-  return ok_status();
-}
-
-Status check_output_folder(const std::string& path, const std::string& flag) {
-  std::error_code ec;
-  fs::path p = fs::absolute(path, ec);
-  if (ec || path.empty()) return make_error(flag, "names no folder");
-  if (fs::exists(p, ec)) {
-    if (!fs::is_directory(p, ec)) return make_error(flag, path + " is a file, not a folder");
-    if (::access(p.c_str(), W_OK | X_OK) != 0)
-      return make_error(flag, "folder " + p.string() + " is not writable (" + errno_text() + ")");
-    return ok_status();
-  }
-  // It will be created: the nearest folder that exists must take new entries.
-  fs::path up = p.parent_path();
-  while (!up.empty() && !fs::exists(up, ec) && up != up.parent_path()) up = up.parent_path();
-  if (!fs::is_directory(up, ec)) return make_error(flag, up.string() + " is not a folder: " + path + " cannot be created");
-  if (::access(up.c_str(), W_OK | X_OK) != 0)
-    return make_error(flag, "folder " + up.string() + " is not writable (" + errno_text() + "): " + path + " cannot be created");
-  return ok_status();
 }
 
 }  // namespace loom::exec

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "executor/comm.hpp"
+#include "executor/run_checks.hpp"
 #include "sim/expected.hpp"
 #include "sim/plan.hpp"
 
@@ -67,16 +68,7 @@ struct RankHeader {
 };
 int64_t rank_file_bytes(const std::vector<Section>& sections);
 
-// A named point in a save at which a test makes one rank kill itself (SIGKILL), to check that
-// the last published checkpoint survives: after `bytes` bytes of its rank file, or at `point`.
-struct SaveFault {
-  int64_t rank = -1;
-  int64_t bytes = -1;
-  std::string point;
-};
-// The named points, in the order a save passes them (every rank reaches the first, rank 0 alone
-// the others).
-const std::vector<std::string>& save_fault_points();
+// SaveFault, save_fault_points: a rank killing itself part-way through a save (run_checks.hpp).
 
 // One rank file, written and fsynced (the caller renames nothing: the folder is unpublished).
 Status write_rank_file(const std::string& path, const RankHeader& header, const std::vector<Section>& sections,
@@ -97,11 +89,6 @@ Status save_checkpoint(Comm& comm, const std::string& folder, const RankHeader& 
 Expected<int64_t> load_checkpoint(Comm& comm, const std::string& folder, uint64_t fingerprint,
                                   const std::vector<Section>& sections, bool& lost);
 
-// Whether `path` can be written as a file (`flag` names it in the error): its folder exists and
-// is writable, and the path is not a folder or a non-writable file. Creates nothing.
-Status check_output_file(const std::string& path, const std::string& flag);
-// Whether `path` can be written as a checkpoint folder: it is a writable folder, or does not
-// exist and its nearest existing ancestor is a writable folder. Creates nothing.
-Status check_output_folder(const std::string& path, const std::string& flag);
+// check_output_file, check_output_folder: what --save and the other outputs must be (run_checks.hpp).
 
 }  // namespace loom::exec

@@ -2,6 +2,7 @@
 // deadline. Errors come back as values (MPI_ERRORS_RETURN); a wait that passes the deadline
 // names the peer, the operation and the group, because a peer that died or stalled would
 // otherwise hang this rank forever.
+#include <dlfcn.h>
 #include <mpi.h>
 
 #include <chrono>
@@ -20,6 +21,18 @@ std::string mpi_error(int code) {
   int len = 0;
   MPI_Error_string(code, text, &len);
   return std::string(text, static_cast<size_t>(len));
+}
+
+// Open MPI's components (mca_*.so, which MPI_Init dlopens) take the symbols of libmpi and
+// libopen-pal from the global scope without linking them (mca_btl_tcp.so names no libopen-pal).
+// This code runs inside a module that `loom` dlopens with RTLD_LOCAL (libloom_cpu.so,
+// libloom_cuda.so: executor/backend_entry.h), which loads libmpi and its dependencies local too:
+// re-open the library that holds MPI_Init with RTLD_GLOBAL (RTLD_NOLOAD: the copy already
+// mapped, its dependencies with it) before MPI_Init loads a component. mpi4py does the same.
+void make_mpi_symbols_global() {
+  Dl_info info{};
+  if (::dladdr(reinterpret_cast<void*>(&MPI_Init), &info) != 0 && info.dli_fname != nullptr)
+    ::dlopen(info.dli_fname, RTLD_NOW | RTLD_GLOBAL | RTLD_NOLOAD);
 }
 
 class MpiComm final : public RingComm {
@@ -113,6 +126,7 @@ class MpiComm final : public RingComm {
 Expected<std::unique_ptr<Comm>> make_mpi_comm(int* argc, char*** argv, const MpiOptions& options) {
   int initialized = 0;
   MPI_Initialized(&initialized);
+  if (!initialized) make_mpi_symbols_global();
   if (!initialized && MPI_Init(argc, argv) != MPI_SUCCESS) return make_error("MPI", "MPI_Init failed");
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
   return std::unique_ptr<Comm>(new MpiComm(options));

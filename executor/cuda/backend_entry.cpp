@@ -1,31 +1,17 @@
 // libloom_cuda.so's entry table (executor/cuda/backend_entry.h): the CUDA executor and the
-// calibration, behind plain C calls. No C++ exception crosses the boundary.
+// calibration, behind plain C calls. No C++ exception crosses the boundary (backend_guard.hpp).
 #include "executor/cuda/backend_entry.h"
 
-#include <cstdio>
-#include <exception>
-
+#include "executor/backend_guard.hpp"
 #include "executor/cuda/calibrate.cuh"
 #include "executor/cuda/cuda_execute.hpp"
 
 namespace {
 
-// Any exception that would cross into `loom` is a bug: one line and a distinct exit code.
-template <class F>
-int guarded(const char* what, F&& f) {
-  try {
-    return f();
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "loom: %s: internal error: %s\n", what, e.what());
-  } catch (...) {
-    std::fprintf(stderr, "loom: %s: internal error\n", what);
-  }
-  return 4;
-}
-
 // `loom execute --device cuda`: the one trainer on the CUDA compute backend (cuda_execute.hpp).
-int execute_entry(const LoomCudaExecuteArgs* a) {
-  return guarded("execute --device cuda", [a] {
+// It reads the plan file itself (a->plan_path); a->plan_json is the CPU module's.
+int execute_entry(const LoomExecuteArgs* a) {
+  return loom::exec::guarded_entry("execute --device cuda", [a] {
     loom::cuda::ParallelRunArgs r;
     r.plan_path = a->plan_path;
     r.report_path = a->report_path;
@@ -51,7 +37,7 @@ int execute_entry(const LoomCudaExecuteArgs* a) {
 }
 
 int calibrate_entry(const LoomCudaCalibrateArgs* a) {
-  return guarded("calibrate", [a] {
+  return loom::exec::guarded_entry("calibrate", [a] {
     loom::cuda::CalibrateOptions c;
     c.out = a->out;
     c.name = a->name;
@@ -61,7 +47,7 @@ int calibrate_entry(const LoomCudaCalibrateArgs* a) {
   });
 }
 
-constexpr LoomCudaBackend kBackend{LOOM_CUDA_BACKEND_ABI, execute_entry, calibrate_entry};
+constexpr LoomCudaBackend kBackend{LOOM_BACKEND_ABI, execute_entry, calibrate_entry};
 
 }  // namespace
 

@@ -5,7 +5,7 @@
 #include <memory>
 
 #include "planner/cli/command.hpp"
-#include "planner/cli/cuda_backend.hpp"
+#include "planner/cli/backend_module.hpp"
 #include "planner/cli/inputs.hpp"
 
 namespace loom::cli {

@@ -1,6 +1,8 @@
 // loom execute: run a plan. `mpirun -np N loom execute plan.json --device cpu --steps K` trains
 // the plan's model on N CPU ranks with exactly its parallelism and reports what it measured in
-// the prediction's field names (--report).
+// the prediction's field names (--report). The trainers are modules loaded here, after the flags,
+// the outputs and the plan were checked (planner/cli/backend_module.hpp): `loom` links neither
+// Open MPI nor CUDA.
 #include <fmt/core.h>
 
 #include <algorithm>
@@ -10,15 +12,15 @@
 #include <limits>
 #include <memory>
 
-#include "executor/comm.hpp"
+#include "executor/backend_entry.h"
 #include "executor/cuda/plan_limits.hpp"
-#include "executor/trainer.hpp"
+#include "executor/run_checks.hpp"
+#include "executor/trainer.hpp"  // ExecOptions: the flags' defaults, shared with the trainer
+#include "planner/cli/backend_module.hpp"
 #include "planner/cli/command.hpp"
-#include "planner/cli/cuda_backend.hpp"
 #include "planner/cli/flags.hpp"
 #include "planner/cli/inputs.hpp"
 #include "planner/cli/offload_cli.hpp"
-#include "sim/cost_model.hpp"
 #include "sim/json_reader.hpp"
 #include "sim/plan.hpp"
 
@@ -101,45 +103,19 @@ Status prepare(ExecuteOptions& o) {
   return check_outputs(o);
 }
 
-// Token positions (step x global batch + sequence) x (seq + 1) are int64 (cpu/synthetic_data).
-Status check_steps(const ExecuteOptions& o, const Plan& plan) {
-  if (int64_t n = 0; __builtin_mul_overflow(o.exec.steps, plan.train.global_batch, &n) ||
-                     __builtin_mul_overflow(n, plan.train.seq + 1, &n))
-    return make_error("--steps", "too many for this plan's global batch and sequence: token positions would "
-                                 "overflow int64 (got " + std::to_string(o.exec.steps) + ")");
-  return ok_status();
+// The arguments both modules take (executor/backend_entry.h); the strings stay owned by `o` and
+// `plan_json`, which outlive the call.
+LoomExecuteArgs execute_args(const ExecuteOptions& o, const std::string& plan_json) {
+  const exec::SaveFault& f = o.exec.save_fault;
+  return LoomExecuteArgs{o.plan_path.c_str(), plan_json.c_str(), o.report_path.c_str(), o.exec.trace_path.c_str(),
+                         o.exec.save_dir.c_str(), o.exec.resume_dir.c_str(), o.exec.weights_out.c_str(),
+                         o.exec.steps, o.exec.seed, o.quiet ? 0 : 1, o.lr_given ? o.exec.lr : 0.0,
+                         o.timeout_s, o.emulate_rank, o.exec.die_at_step, o.exec.die_rank,
+                         o.exec.nan_at_step, o.exec.stall ? 1 : 0, f.rank, f.bytes, f.point.c_str()};
 }
 
-// --emulate-rank's rules, the same on both devices.
-Status check_emulation(const ExecuteOptions& o, const Plan& plan) {
-  const int64_t world = plan.parallel.gpus();
-  if (o.emulate_rank >= world)
-    return make_error("--emulate-rank", "must be below the plan's " + std::to_string(world) + " ranks (dp " +
-                                            std::to_string(plan.parallel.dp) + " x tp " + std::to_string(plan.parallel.tp) +
-                                            " x pp " + std::to_string(plan.parallel.pp) + ")");
-  if (const char* n = std::getenv("OMPI_COMM_WORLD_SIZE"); n != nullptr && std::atoi(n) > 1)
-    return make_error("--emulate-rank", "runs one process: start it without mpirun");
-  if (!o.exec.save_dir.empty() || !o.exec.resume_dir.empty() || !o.exec.weights_out.empty())
-    return make_error("--emulate-rank", "trains no real model: --save, --resume and --weights-out do not apply");
-  return ok_status();
-}
-
-// One rank of a plan larger than this machine, in one process, without MPI: its shapes, layers,
-// schedule and memory, communication replaced by local copies (executor/comm.hpp).
-int run_emulated(const ExecuteOptions& o, const Plan& plan) {
-  const int64_t world = plan.parallel.gpus();
-  if (auto st = check_emulation(o, plan); !st) return fail(st.error());
-  auto comm = exec::make_emulated_comm(static_cast<int>(o.emulate_rank), static_cast<int>(world));
-  exec::ExecOptions eo = o.exec;
-  eo.emulated = true;
-  auto report = exec::execute_cpu(plan, *comm, eo);
-  if (!report) return fail(report.error());
-  if (!o.quiet)
-    fmt::print("rank {} of {} (emulated): {:.3f} s per step, peak {} bytes\n", o.emulate_rank, world,
-               (*report)["step_time_s"].get<double>(), (*report)["memory_bytes"]["peak"].get<int64_t>());
-  if (!o.report_path.empty())
-    if (auto st = write_text_file_atomic(o.report_path, report->dump(2) + "\n"); !st) return fail(st.error());
-  return 0;
+bool writes_model(const ExecuteOptions& o) {
+  return !o.exec.save_dir.empty() || !o.exec.resume_dir.empty() || !o.exec.weights_out.empty();
 }
 
 // The CUDA backend (executor/cuda: the same trainer on the CUDA compute backend, every flag
@@ -153,21 +129,20 @@ int run_cuda(const ExecuteOptions& o) {
   if (!o.stage_layers.empty())  // the module reads the plan file itself
     return refuse(make_error("--stage-layers", "the CUDA backend runs the plan file as written: put the layout in the plan"));
   if (auto st = cuda::check_cuda_plan(*plan); !st) return refuse(st.error());
-  if (auto st = check_steps(o, *plan); !st) return refuse(st.error());
+  if (auto st = exec::check_step_count(o.exec.steps, *plan); !st) return refuse(st.error());
   if (!plan->prediction.fits) return refuse(make_error(o.plan_path, "does not fit: " + plan->prediction.reason));
   if (o.emulate_rank >= 0)
-    if (auto st = check_emulation(o, *plan); !st) return refuse(st.error());
+    if (auto st = exec::check_emulation(o.emulate_rank, *plan, writes_model(o)); !st) return refuse(st.error());
   auto backend = load_cuda_backend("--device");
   if (!backend) return refuse(backend.error());
-  const exec::SaveFault& f = o.exec.save_fault;
-  const LoomCudaExecuteArgs args{o.plan_path.c_str(), o.report_path.c_str(), o.exec.trace_path.c_str(),
-                                 o.exec.save_dir.c_str(), o.exec.resume_dir.c_str(), o.exec.weights_out.c_str(),
-                                 o.exec.steps, o.exec.seed, o.quiet ? 0 : 1, o.lr_given ? o.exec.lr : 0.0,
-                                 o.timeout_s, o.emulate_rank, o.exec.die_at_step, o.exec.die_rank,
-                                 o.exec.nan_at_step, o.exec.stall ? 1 : 0, f.rank, f.bytes, f.point.c_str()};
+  const std::string plan_json = plan_to_json(*plan).dump();
+  const LoomExecuteArgs args = execute_args(o, plan_json);
   return (*backend)->execute(&args);
 }
 
+// The CPU reference trainer (libloom_cpu.so): the plan read, its --stage-layers applied, then
+// the module checks what the trainer runs (executor/trainer.hpp, check_cpu_plan), the steps and
+// the fit, and runs it on the ranks mpirun started, or one rank alone (--emulate-rank).
 int run_execute(const ExecuteOptions& o) {
   if (o.device == "cuda") return run_cuda(o);
   if (o.device != "cpu") return fail(make_error("--device", "must be cpu or cuda (got " + o.device + ")"));
@@ -175,53 +150,11 @@ int run_execute(const ExecuteOptions& o) {
   if (!plan) return fail(plan.error());
   if (auto st = refuse_offload(*plan, o.plan_path); !st) return fail(st.error());
   if (auto st = apply_stage_layers(*plan, o.stage_layers); !st) return fail(st.error());
-  if (auto st = exec::check_cpu_plan(*plan); !st) return fail(st.error());
-  if (auto st = check_steps(o, *plan); !st) return fail(st.error());
-  if (!plan->prediction.fits)
-    return fail(make_error(o.plan_path, "does not fit: " + plan->prediction.reason));
-
-  if (o.emulate_rank >= 0) return run_emulated(o, *plan);
-
-  auto comm = exec::make_mpi_comm(nullptr, nullptr, {o.timeout_s});
-  if (!comm) return fail(comm.error());
-  exec::Comm& c = **comm;
-  const int64_t want = plan->parallel.gpus();
-  if (c.world() != want) {
-    if (c.rank() == 0)
-      fmt::print(stderr, "loom: {}: the plan needs {} ranks (dp {} x tp {} x pp {}), but {} were started (mpirun -np {})\n",
-                 o.plan_path, want, plan->parallel.dp, plan->parallel.tp, plan->parallel.pp, c.world(), want);
-    exec::mpi_finalize();
-    return 2;
-  }
-  exec::Ending ending = exec::Ending::abort;
-  auto report = exec::execute_cpu(*plan, c, o.exec, &ending);
-  if (!report) {
-    // A refused input (a checkpoint that does not resume) is the same line on every rank:
-    // rank 0 prints it. A non-finite loss or a failed save is seen by every rank at the same
-    // point: they stop together. Anything else (a peer that died, a timeout) may leave ranks
-    // blocked: end the whole job.
-    if (ending != exec::Ending::refused || c.rank() == 0) fmt::print(stderr, "loom: {}\n", report.error().message);
-    if (ending == exec::Ending::abort) exec::mpi_abort(3);
-    exec::mpi_finalize();
-    return ending == exec::Ending::refused ? 2 : 3;
-  }
-  if (c.rank() == 0) {
-    if (!o.quiet) {
-      const auto& losses = (*report)["losses"];
-      for (size_t i = 0; i < losses.size(); ++i)
-        fmt::print("step {:>4}  loss {:.6f}\n", o.exec.steps - static_cast<int64_t>(losses.size()) + static_cast<int64_t>(i) + 1,
-                   losses[i].get<double>());
-      fmt::print("{} ranks, {:.3f} s per step\n", c.world(), (*report)["step_time_s"].get<double>());
-    }
-    if (!o.report_path.empty()) {
-      if (auto st = write_text_file_atomic(o.report_path, report->dump(2) + "\n"); !st) {
-        fmt::print(stderr, "loom: {}\n", st.error().message);
-        exec::mpi_abort(2);
-      }
-    }
-  }
-  exec::mpi_finalize();
-  return 0;
+  auto backend = load_cpu_backend("--device");
+  if (!backend) return refuse(backend.error());
+  const std::string plan_json = plan_to_json(*plan).dump();
+  const LoomExecuteArgs args = execute_args(o, plan_json);
+  return (*backend)->execute(&args);
 }
 
 }  // namespace
