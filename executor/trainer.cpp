@@ -223,6 +223,7 @@ void Trainer::record_row(std::vector<double>& row, double step_s, int64_t in_fli
   auto group_bytes = [&](GroupKind g) { return static_cast<double>(cc.by_group[static_cast<size_t>(g)]); };
   row[kCommBytes + 1] += group_bytes(GroupKind::edp);
   row[kCommEp] = group_bytes(GroupKind::ep) + group_bytes(GroupKind::etp);
+  row[kCommCp] = group_bytes(GroupKind::cp);  // the ring's K, V (and dK, dV) hops, stage_cp.cpp
   const MeasuredTimes mt = measured_times(rec_.events());
   row[kLastStep] = step_s;
   row[kForward] = mt.forward_s;

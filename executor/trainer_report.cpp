@@ -34,6 +34,7 @@ RankMeasurement rank_row(const std::vector<double>& v, int rank, const Coords& c
   m.flops = static_cast<FlopCount>(v[kFlops]);
   m.comm = {i64(kCommBytes), i64(kCommBytes + 1), i64(kCommBytes + 2)};
   m.comm.ep = i64(kCommEp);
+  m.comm.cp = i64(kCommCp);
   m.comm_world_bytes = i64(kCommBytes + 3);
   m.step_time_s = v[kMeanStep];
   m.time.compute_s = v[kForward] + v[kBackward] + v[kRecompute];
@@ -95,6 +96,7 @@ Estimate measured_estimate(const Plan& plan, const std::vector<RankMeasurement>&
     e.comm.tp = std::max(e.comm.tp, r.comm.tp);
     e.comm.dp = std::max(e.comm.dp, r.comm.dp);
     e.comm.pp = std::max(e.comm.pp, r.comm.pp);
+    e.comm.cp = std::max(e.comm.cp, r.comm.cp);
   }
   e.step_time_s = slowest->step_time_s;
   e.time = slowest->time;

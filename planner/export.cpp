@@ -500,6 +500,10 @@ ExportResult export_plan(const Plan& plan, Engine engine) {
   const auto& p = plan.parallel;
   if (p.dp_comm == DpComm::parameter_server) r.unexpressible.push_back("dp_comm ps: no engine here has a parameter server");
   if (p.grad_compression > 1) r.unexpressible.push_back("grad_compression: not expressible");
+  if (p.zero3_gather == Zero3Gather::tensor)
+    r.unexpressible.push_back("zero3_gather tensor: DeepSpeed 0.3's blocking per-tensor ZeRO-3 gathers; today's engines gather "
+                              "a layer (FSDP) or a sub-module's tensors coalesced and prefetched (DeepSpeed 0.19), as the "
+                              "exported run will");
   return r;
 }
 

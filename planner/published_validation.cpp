@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iomanip>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -12,6 +13,7 @@
 #include "planner/search.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/spec_json.hpp"
+#include "sim/stage_split.hpp"
 #include "sim/validate.hpp"
 #include "sim/validation.hpp"
 #include "sim/zoo.hpp"
@@ -142,7 +144,10 @@ const std::vector<Reason>& unexpressible_reasons() {
        "FP8 with current (dynamic) scaling, an amax pass over each tensor before its cast (Megatron-Bridge's FP8-CS, "
        "torchtitan's Float8), is not modelled: loom prices Transformer Engine's delayed scaling (sim/fp8.hpp)"},
       {"precision_unstated", "the table does not state the precision (the same setups in the neighbouring releases ran FP8)"},
-      {"uneven_stages", "a layer count that pp (x virtual stages) does not divide is not modelled"},
+      {"uneven_chunks",
+       "no split of the layers over pp stages of vpp chunks each that loom runs: its uneven stages (--stage-layers, "
+       "sim/stage_split.hpp) keep every stage a multiple of vpp, so vpp must divide the layers (Megatron-LM instead "
+       "counts the embedding and the loss as layers of the first and last chunk)"},
       {"recompute_unstated", "the table does not state which activations were recomputed"},
       {"model_unknown", "the table gives no dimensions for the model and loom's zoo has none"},
       {"gpu_unprofiled",
@@ -177,6 +182,7 @@ std::string describe(const ParallelConfig& p) {
   if (p.vpp > 1) d += " vpp " + itos(p.vpp);
   d += " rc " + to_string(p.recompute);
   if (p.sp) d += " sp";
+  if (p.zero >= 3 && p.zero3_gather == Zero3Gather::tensor) d += " gather per tensor";
   return d;
 }
 
@@ -297,10 +303,17 @@ Expected<Estimate> ptdp_estimate(const ModelSpec& m, const ClusterSpec& c, const
   return plain;
 }
 
+// ZeRO-3 as DeepSpeed ran it when the paper was written (v0.3.15, 2c2a7f31bcc2, 2021-04-19):
+// partition_parameters.py's _allgather_param all-gathers each parameter tensor on its own
+// after torch.cuda.synchronize(), and stage3.py's fetch_sub_module waits for them
+// (_synchronize_communication), so gathers do not overlap compute; gradients are
+// reduce-scattered tensor by tensor (_reduce_scatter_gradient) and the next fetch's
+// synchronize waits for those too. Hence Zero3Gather::tensor.
 Expected<Estimate> zero3_estimate(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t, const Row02& x) {
   ParallelConfig p;
   p.dp = x.gpus;
   p.zero = 3;
+  p.zero3_gather = Zero3Gather::tensor;
   p.micro_batch = x.micro_batch;
   p.recompute = Recompute::full;
   return predict(m, c, t, p);
@@ -347,7 +360,13 @@ Status table_02(const CsvTable& t, TableResult& out) {
       "configuration with t x p = that size (dp = GPUs / size), since the paper tuned it: split and vpp searched, "
       "schedule 1F1B or interleaved 1F1B (Megatron-LM 2021 had no other); pinned: the published micro-batch, ZeRO 0, "
       "full recompute, no SP, 16-bit gradients, order tp-dp-pp",
-      "ZeRO-3 no MP: dp = GPUs, tp = pp = 1, ZeRO-3, the published micro-batch",
+      "ZeRO-3 no MP: dp = GPUs, tp = pp = 1, ZeRO-3, the published micro-batch, gathers per tensor (zero3_gather "
+      "tensor): DeepSpeed's stage 3 at the paper's time (v0.3.15, commit 2c2a7f31bcc2, 2021-04-19): "
+      "partition_parameters.py _allgather_param runs one all-gather per parameter tensor after torch.cuda.synchronize() "
+      "and stage3.py fetch_sub_module waits for it, so no gather overlaps compute; gradients are reduce-scattered per "
+      "tensor (_reduce_scatter_gradient), waited for by the next fetch; 12 tensors per GPT layer, gathered in forward "
+      "and once in backward (recompute and backward share the gather); the one tensor stage3.py prefetches while a "
+      "sub-module computes (prefetch_next_sub_modules) is not credited",
       "recompute full in every row: the paper's TFLOP/s counts the recomputed forward pass (eq. 3)",
       "attention unfused and cross-entropy unfused (Megatron-LM 2021: no FlashAttention, vocab-parallel loss)",
       "the paper's fp16 mixed precision is priced as bf16: the same bytes and the same A100 peak (312 TFLOP/s)",
@@ -490,9 +509,11 @@ std::optional<std::string> llama_zoo_name(const std::string& model) {
   return it->second;
 }
 
-// Reasons common to the rows of 09 and 10 that name a model: it is unknown, or pp (x vpp)
-// does not divide its layers.
-Status model_reasons(const std::string& model, int64_t stages, std::vector<std::string>& ids, std::string& detail) {
+// Reasons common to the rows of 09 and 10 that name a model: it is unknown, or no split of
+// its layers over pp stages of vpp chunks is one loom runs (sim/stage_split.hpp: the even
+// split, or an uneven one of whole multiples of vpp per stage).
+Status model_reasons(const std::string& model, int64_t pp, int64_t vpp, std::vector<std::string>& ids,
+                     std::string& detail) {
   const auto name = llama_zoo_name(model);
   if (!name) {
     ids.push_back("model_unknown");
@@ -501,9 +522,11 @@ Status model_reasons(const std::string& model, int64_t stages, std::vector<std::
   }
   auto m = zoo_model(*name);
   if (!m) return m.error();
-  if (m->layers % stages != 0) {
-    ids.push_back("uneven_stages");
-    detail = itos(m->layers) + " layers on " + itos(stages) + " stages";
+  const auto splits = stage_split_candidates(m->layers, pp, vpp);
+  const bool none = std::all_of(splits.begin(), splits.end(), [](const auto& s) { return s.empty(); });
+  if (m->layers % (pp * vpp) != 0 && none) {
+    ids.push_back("uneven_chunks");
+    detail = itos(m->layers) + " layers on pp " + itos(pp) + " x vpp " + itos(vpp);
   }
   return ok_status();
 }
@@ -528,7 +551,7 @@ Expected<UnexpressedRow> row_09(const CsvTable& t, const CsvRow& r) {
   if (*precision == "FP8-CS") ids.push_back("fp8_current_scaling");
   else if (*precision != "BF16" && *precision != "FP8") ids.push_back("precision_unstated");
   std::string detail;
-  if (auto st = model_reasons(*model, *count_field(t, r, "pp", 1) * vp, ids, detail); !st) return st.error();
+  if (auto st = model_reasons(*model, *count_field(t, r, "pp", 1), vp, ids, detail); !st) return st.error();
   ids.push_back("recompute_unstated");
   const std::string label = *source + " " + *model + " " + itos(*count_field(t, r, "gpus", 1)) + " GPUs";
   return unexpressed(label, r.line, ids, detail);
@@ -573,7 +596,7 @@ Expected<std::vector<std::string>> reasons_10(const CsvTable& t, const CsvRow& r
   if (has(*tech, "Float8") || has(*tech, "fp8")) ids.push_back("fp8_current_scaling");  // torchao's dynamic scaling
   if (has(*tech, "compile") || has(*par, "compile")) ids.push_back("compile");
   if (ac->rfind("selective", 0) == 0) ids.push_back("selective_op");
-  if (auto st = model_reasons(*model, degree(*par, "PP"), ids, detail); !st) return st.error();
+  if (auto st = model_reasons(*model, degree(*par, "PP"), 1, ids, detail); !st) return st.error();
   if (seq->empty()) ids.push_back("seq_len_unstated");
   if (*table == "asynctp") ids.push_back("metric_unstated");
   return ids;
@@ -723,8 +746,22 @@ Expected<std::optional<PublishedPoint>> point_11(const CsvTable& t, const CsvRow
     out.unexpressed.push_back(unexpressed(x.script, r.line, {"config_rejected"}, e.error().message));
     return std::optional<PublishedPoint>{};
   }
+  // A physical bound, not a fit: the FLOPs the step's matrix kernels must do at least, over the
+  // GPUs' peak. run_gpt3_125M.sh's "8X A100 80GB SXM ... ~150ms/iter" needs 373 TFLOP/s per
+  // GPU of an A100's 312 (model FLOPs 4.48e14 per step; llm.c's own count, gpt2_estimate_mfu's
+  // 6 N + 6 L C T per token, gives 378). Such a row stays priced and counted (a bad point is
+  // never dropped); its note says that the stated hardware cannot have run it.
+  std::string note = fit_note(*e);
+  const double implied = static_cast<double>(e->flops_model) / (static_cast<double>(p.dp) * x.step_s.value);
+  if (implied > c->gpu.peak_flops_bf16) {
+    std::ostringstream why;
+    why.precision(0);
+    why << std::fixed << "the published time implies " << implied / 1e12 << " TFLOP/s per GPU > the " << c->gpu.name
+        << " peak " << c->gpu.peak_flops_bf16 / 1e12;
+    note = note.empty() ? why.str() : note + "; " + why.str();
+  }
   return std::optional<PublishedPoint>{PublishedPoint{x.script, r.line, "step s", x.step_s.value, e->step_time_s,
-                                                      x.step_s.approximate, describe(p), fit_note(*e)}};
+                                                      x.step_s.approximate, describe(p), note}};
 }
 
 Status table_11(const CsvTable& t, TableResult& out) {
@@ -736,6 +773,13 @@ Status table_11(const CsvTable& t, TableResult& out) {
       "as llm.c runs them: no dropout, vocabulary padded to 50304, cuDNN fused attention (USE_CUDNN=1), fused "
       "classifier, bf16 gradients; gpt3:c768 is llm.c's 12 layers, 768 channels, head size 64, seq 2048",
       "\"~\" figures are the scripts' rounded step times, compared as written",
+      "each row as its script runs it (karpathy/llm.c f1e2ace scripts/*.sh, train_gpt2.cu): 8 ranks, gradient "
+      "accumulation -d / (-b x -t x 8) micro-steps (1, 1, 2, 8, 1), -r 0, -z 1 (per-layer gradient reduce-scatters on "
+      "a second stream, then AdamW on the shard and an all-gather of the weights), on the GPU its header names",
+      "compute priced by the cluster's documented efficiency defaults (dgx-a100 has no measured profile; dgx-h100 "
+      "does not use the single-GPU h100-sxm profile, whose attention is loom's own kernel, not llm.c's cuDNN one)",
+      "a row whose published time needs more model FLOP/s than the GPU's peak is priced and counted like the "
+      "others; its note says so",
   };
   for (const CsvRow& r : t.rows) {
     auto x = parse_11(t, r);

@@ -12,6 +12,7 @@
 #include "sim/model_math.hpp"
 #include "sim/context_parallel.hpp"
 #include "sim/rank_grid.hpp"
+#include "sim/schedule.hpp"
 #include "sim/stage_split.hpp"
 #include "sim/stage_work.hpp"
 #include "sim/tp_overlap.hpp"
@@ -270,6 +271,31 @@ int64_t memory_lower_bound(StageWork& scratch, const ModelSpec& m, const Cluster
   return std::max(first, scratch.memory().peak());
 }
 
+// A floor under the step time of a candidate with tp-comm overlap on, from the estimate `off`
+// of the same candidate with it off: micro-batches x the largest compute of a stage per
+// micro-batch (forward + backward + recompute) + the optimizer step. It holds because
+//  - the step is at least micro-batches x the slowest stage's micro-batch time (its compute,
+//    its tp time less what the chunks hide, which is at most that time, and host, expert and
+//    context-parallel times, none negative) + the optimizer, every other term (bubble,
+//    exposed dp and pp time) being >= 0 (sim/cost_model.cpp, step_time);
+//  - overlap changes no op but the paired GEMMs, each cut into tp chunks of 1/tp the FLOPs
+//    and rows, tp times the calls, some slowed by sms / (sms - 16) >= 1
+//    (sim/tp_overlap.hpp), and on the documented efficiency curve (OpTimer::gemm) a chunk
+//    takes at least 1/tp of the whole: its FLOP term (F/tp + F_half) / (peak eff) sums to
+//    F + tp F_half >= F + F_half, its bytes term to e (M K + tp K N + M N) >= e (M K + K N +
+//    M N), its launches to tp >= 1; so no stage computes faster;
+//  - the optimizer step does not depend on the knob.
+// Where that argument does not reach (a measured profile prices bf16 GEMMs by table, FP8
+// GEMMs, MoE grouped GEMMs, context parallelism's ring) the floor is not used.
+bool overlap_floor_holds(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t) {
+  return !(c.calibration && t.dtype == Dtype::bf16) && !t.fp8 && !m.is_moe();
+}
+double overlap_floor_s(const Estimate& off) {
+  double compute_s = 0;
+  for (const StageEstimate& s : off.stages) compute_s = std::max(compute_s, s.forward_s + s.backward_s + s.recompute_s);
+  return static_cast<double>(off.micro_batches) * compute_s + off.time.optimizer_s;
+}
+
 Plan plan_of(const ModelSpec& m, const ClusterSpec& c, const Estimate& e) {
   return Plan{m, c, e.train, e.parallel, e};
 }
@@ -300,7 +326,7 @@ bool better(const Candidate& a, const Candidate& b) {
 
 bool same_links(const GroupLinks& a, const GroupLinks& b) {
   return a.size == b.size && a.busbw_bytes_per_s == b.busbw_bytes_per_s && a.latency_s == b.latency_s &&
-         a.nodes_spanned == b.nodes_spanned;
+         a.nodes_spanned == b.nodes_spanned && a.intra_latency_s == b.intra_latency_s;
 }
 bool same_links(const GroupLinksSet& a, const GroupLinksSet& b) {
   return same_links(a.tp, b.tp) && same_links(a.dp, b.dp) && same_links(a.pp, b.pp);
@@ -400,8 +426,40 @@ int64_t unit_size(const SearchSpace& space, const SplitSpace& sp) {
 
 const std::vector<bool> kOverlapOff = {false};  // the overlap choices where sp is off or tp == 1
 
+// The floor must exceed the k-th best by more than rounding (the step and the floor add up
+// the same terms in other orders) for the candidate to be skipped: then it is slower than k
+// candidates already found and cannot rank, nor tie.
+constexpr double kFloorMargin = 1e-9;
+
+// The tp-comm overlap variants `tpos` of candidate `p` (off first): evaluated in turn, the
+// memory being the same for all; a variant after the first is skipped, counted as feasible but
+// not evaluated, when overlap_floor_s of the first (`floor_ok`) cannot beat the k-th best.
+void evaluate_variants(const CostModel& model, ParallelConfig& p, const Unit& u, const std::vector<bool>& tpos,
+                       const SearchOptions& o, bool floor_ok, Tally& t, ZbVMakespans& zb_v) {
+  const auto variants = static_cast<int64_t>(tpos.size());
+  double floor_s = 0;
+  for (int64_t k = 0; k < variants; ++k) {
+    p.tp_comm_overlap = tpos[static_cast<size_t>(k)];
+    if (k > 0 && floor_s > 0 && !t.top.empty() && t.top.size() == o.top_k &&
+        floor_s > t.top.back().step_time_s * (1 + kFloorMargin)) {
+      ++t.feasible;
+      continue;
+    }
+    const Estimate e = model.evaluate(p, u.links, true, &zb_v);
+    ++t.evaluated;
+    if (!e.fits) {  // the same memory either way
+      t.reject(kDoesNotFitMemory, variants - k);
+      return;
+    }
+    ++t.feasible;
+    t.offer({e.step_time_s, e.memory.peak(), p, u.train, u.order, u.links}, o.top_k);
+    if (k == 0 && floor_ok && !p.tp_comm_overlap && p.cp == 1) floor_s = overlap_floor_s(e);
+  }
+}
+
 void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space,
-              const std::deque<CostModel>& models, const Unit& u, const SearchOptions& o, Tally& t) {
+              const std::deque<CostModel>& models, const Unit& u, const SearchOptions& o, Tally& t,
+              ZbVMakespans& zb_v) {
   static const FieldNamer as_is = [](const std::string& f) { return f; };
   const SplitSpace& sp = space.splits[u.split];
   const TrainSpec& train = space.trains[u.train];
@@ -415,6 +473,7 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
   p.zero = u.zero;
   p.order = space.orders[u.order];
   StageWork scratch;  // the memory bound's buffer list, its storage reused candidate after candidate
+  const bool floor_ok = o.prune && overlap_floor_holds(m, c, train);
   for (const auto& [ep, etp] : sp.experts)
   for (int64_t mb : sp.micro_batches)
     for (Recompute r : space.recompute)
@@ -444,17 +503,7 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
               t.reject(kDoesNotFitMemory, variants);
               continue;
             }
-            for (int64_t k = 0; k < variants; ++k) {
-              p.tp_comm_overlap = tpos[static_cast<size_t>(k)];
-              const Estimate e = models[u.train].evaluate(p, u.links);
-              ++t.evaluated;
-              if (!e.fits) {  // the same memory either way
-                t.reject(kDoesNotFitMemory, variants - k);
-                break;
-              }
-              ++t.feasible;
-              t.offer({e.step_time_s, e.memory.peak(), p, u.train, u.order, u.links}, o.top_k);
-            }
+            evaluate_variants(models[u.train], p, u, tpos, o, floor_ok, t, zb_v);
           }
 }
 
@@ -513,8 +562,9 @@ SearchResult search(const ModelSpec& m, const ClusterSpec& c, const SearchSpace&
   std::atomic<int64_t> done{0};
   const auto total = static_cast<int64_t>(units.size());
   auto worker = [&](int k) {
+    ZbVMakespans zb_v;  // this thread's: zb-v's tables compiled and played once per pattern
     for (size_t i = k; i < units.size(); i += threads) {
-      run_unit(m, c, space, models, units[i], o, tallies[k]);
+      run_unit(m, c, space, models, units[i], o, tallies[k], zb_v);
       const int64_t d = ++done;
       if (k == 0 && o.progress) o.progress(d, total);
     }

@@ -147,6 +147,14 @@ int64_t memory_lower_bound(const ModelSpec& m, const ClusterSpec& c, const Train
 int64_t memory_lower_bound(StageWork& scratch, const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t,
                            const ParallelConfig& p);
 
+// A floor under the step time of a candidate with tp-comm overlap on (sim/tp_overlap.hpp), from
+// the estimate `off` of the same candidate with it off: micro-batches x the largest compute of
+// a stage per micro-batch + the optimizer step. It holds where overlap_floor_holds (the
+// argument is in search.cpp); the search then skips the overlap variant when the floor cannot
+// beat the k-th best found so far, counting it as feasible (its memory is the off variant's).
+bool overlap_floor_holds(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t);
+double overlap_floor_s(const Estimate& off);
+
 // The plan of one ranked estimate (its train spec carries the grad dtype it was found with).
 Plan plan_of(const ModelSpec& m, const ClusterSpec& c, const Estimate& e);
 

@@ -1,7 +1,7 @@
 // NCCL collectives: bytes each rank sends and the time on a group's links.
 // Bus-bandwidth factors from NVIDIA/nccl-tests doc/PERFORMANCE.md ("Bus bandwidth"): all-reduce 2(n-1)/n,
 // all-gather and reduce-scatter (n-1)/n of the full buffer S. Time = S * factor / busbw plus
-// one latency per ring step (all-reduce 2(n-1) steps, all-gather/reduce-scatter n-1).
+// NCCL's latency, one per ring step, NVLink's inside a node and the NIC's between (ring_latency_s).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -22,21 +22,45 @@ inline int64_t collective_send_bytes(Collective c, int64_t bytes, int64_t n) {
   return (c == Collective::all_reduce ? 2 : 1) * (n - 1) * chunk;
 }
 
+// NCCL's latency model (NVIDIA/nccl src/graph/tuning.cc, ncclTopoTuneModel; the same formula
+// in v2.8.4 of early 2021 and v2.30.7): one hardware latency per step, where a ring all-reduce
+// has nsteps = 2 (n - 1) and all-gather or reduce-scatter n - 1, of which nInterSteps =
+// 2 (nNodes - 1), resp. nNodes - 1, cross between nodes at the network's latency (hwLat NET)
+// and the rest stay inside a node at NVLink's (hwLat NVLINK). The per-step latencies are the
+// cluster's (Simple-protocol values, cited in models/clusters/*.json). Worked example: an
+// all-gather over 1536 ranks on 192 nodes of dgx-a100 waits 1344 x 3.4 + 191 x 14 us =
+// 7.24 ms, where charging every step at the NIC's 14 us gave 21.5 ms.
+// Left out: tuning.cc's base latency per collective (8.4 us, ring Simple), because the
+// measured 8-GPU all-reduce of the smallest sizes (42-51 us, shared/data/published/14) is
+// already met by the steps alone (14 x 3.4 = 47.6 us; tests/test_published_collectives.cpp);
+// NCCL's choice of the LL/LL128 protocols for small messages (lower latency, lower bandwidth);
+// v2.19+'s floor of 3x the CPU's network overhead on the intra-node steps of a multi-node ring.
+inline double ring_latency_s(Collective c, const GroupLinks& g) {
+  const double per = c == Collective::all_reduce ? 2.0 : 1.0;
+  const double steps = per * static_cast<double>(g.size - 1);
+  if (g.nodes_spanned <= 1) return steps * g.latency_s;
+  const double inter = per * static_cast<double>(g.nodes_spanned - 1);
+  return (steps - inter) * g.intra_latency_s + inter * g.latency_s;
+}
+
 // An all-reduce whose group spans nodes may also run on NCCL's double binary tree (Sanders et
 // al. 2009; NCCL 2.4, "Massively Scale Your Deep Learning Training with NCCL 2.4", NVIDIA blog
 // 2019): a reduce up and a broadcast down, pipelined in chunks, at about the ring's bus
-// bandwidth but with 2 ceil(log2 n) steps of latency instead of 2 (n - 1). NCCL picks the
-// algorithm its tuning model predicts fastest for the size (src/graph/tuning.cc), so the time
-// is the lesser of the two. All-gather and reduce-scatter run on the ring.
+// bandwidth; tuning.cc's latency for it is 2 ((n / nNodes - 1) intra + log2i(nNodes) inter)
+// (priced with the ring's per-step latencies, and without the base, as the ring). NCCL picks the algorithm its tuning
+// model predicts fastest for the size, so the time is the lesser of the two. All-gather and
+// reduce-scatter run on the ring.
 inline double collective_time_s(Collective c, double bytes, const GroupLinks& g) {
   const int64_t n = g.size;
   if (n <= 1 || bytes <= 0) return 0;
   const double steps = (c == Collective::all_reduce ? 2.0 : 1.0) * static_cast<double>(n - 1);
-  const double factor = steps / static_cast<double>(n);
-  const double ring_s = bytes * factor / g.busbw_bytes_per_s + steps * g.latency_s;
+  const double transfer_s = bytes * steps / static_cast<double>(n) / g.busbw_bytes_per_s;
+  const double ring_s = transfer_s + ring_latency_s(c, g);
   if (c != Collective::all_reduce || g.nodes_spanned <= 1) return ring_s;
-  const double tree_steps = 2.0 * std::ceil(std::log2(static_cast<double>(n)));
-  return std::min(ring_s, bytes * factor / g.busbw_bytes_per_s + tree_steps * g.latency_s);
+  const double nodes = static_cast<double>(g.nodes_spanned);
+  const double per_node = std::max(0.0, std::floor(static_cast<double>(n) / nodes) - 1);
+  const double tree_lat = 2.0 * (per_node * g.intra_latency_s + std::floor(std::log2(nodes)) * g.latency_s);
+  return std::min(ring_s, transfer_s + tree_lat);
 }
 
 // All-to-all (MoE token dispatch and combine; NCCL's ncclAllToAll as grouped send/recv): each of

@@ -83,11 +83,20 @@ void cp_messages(std::vector<Message>& v, const ModelSpec& m, const TrainSpec& t
   const int64_t kv = 2 * cp_kv_block_bytes(m, t, p), steps = (p.cp - 1) * layers;
   const auto send = MessageKind::send;
   const auto mbc = Cadence::micro_batch;
-  v.push_back(message("cp kv ring", Group::cp, send, Pass::forward, mbc, kv, steps));
-  v.push_back(message("cp kv ring", Group::cp, send, Pass::backward, mbc, 2 * kv, steps));
-  v.push_back(message("cp dkv return", Group::cp, send, Pass::backward, mbc, kv, layers));
+  v.push_back(message(kCpRingMessage, Group::cp, send, Pass::forward, mbc, kv, steps));
+  v.push_back(message(kCpRingMessage, Group::cp, send, Pass::backward, mbc, 2 * kv, steps));
+  v.push_back(message(kCpReturnMessage, Group::cp, send, Pass::backward, mbc, kv, layers));
   if (p.recompute != Recompute::none)  // full: the layer's forward again; selective: its attention
-    v.push_back(message("cp kv ring", Group::cp, send, Pass::recompute, mbc, kv, steps));
+    v.push_back(message(kCpRingMessage, Group::cp, send, Pass::recompute, mbc, kv, steps));
+}
+
+// stage_work's attention_core: one fused attention op per pass, of count layers x cp, one call
+// per ring step; its forward kind runs in the forward and recompute passes.
+const Op* cp_block_of(const StageWork& w, const Message& msg) {
+  if (msg.group != Group::cp || std::strcmp(msg.name, kCpRingMessage) != 0) return nullptr;
+  for (const Op& o : w.ops)
+    if ((o.kind == OpKind::attention_fwd || o.kind == OpKind::attention_bwd) && o.pass == msg.pass) return &o;
+  return nullptr;
 }
 
 void cp_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p) {
@@ -95,18 +104,33 @@ void cp_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainSpec& t, 
   v.push_back({"cp kv ring", MemCategory::comm_buffers, Lifetime::transient, 8 * cp_kv_block_bytes(m, t, p)});
 }
 
-void price_cp_ring(const StageWork& w, const GroupLinks& cp, const OpTimer& op, StageEstimate& s) {
+CpRing cp_ring(const StageWork& w, const GroupLinks& cp, const OpTimer& op, bool overlap) {
+  CpRing r;
   for (const Message& msg : w.messages) {
-    if (msg.group != Group::cp) continue;
-    double block_s = 0;  // one ring step's attention block (stage_work: one call per step)
-    const bool beside_block = std::strcmp(msg.name, "cp dkv return") != 0;
-    for (const Op& o : w.ops)
-      if (beside_block)
-        if ((o.kind == OpKind::attention_fwd || o.kind == OpKind::attention_bwd) && o.pass == msg.pass)
-          block_s = op.op(o);
-    const double exposed = static_cast<double>(msg.count) * std::max(0.0, message_time_s(msg, cp) - block_s);
-    (msg.pass == Pass::forward ? s.forward_s : msg.pass == Pass::backward ? s.backward_s : s.recompute_s) += exposed;
+    if (msg.group != Group::cp || msg.pass == Pass::step) continue;
+    CpRingPass& x = msg.pass == Pass::forward ? r.forward : msg.pass == Pass::backward ? r.backward : r.recompute;
+    const double n = static_cast<double>(msg.count), hop_s = message_time_s(msg, cp);
+    x.bytes += msg.count * message_send_bytes(msg, cp.size);
+    const Op* block = overlap ? cp_block_of(w, msg) : nullptr;
+    if (block == nullptr) {
+      x.alone_s += n * hop_s;
+      x.exposed_s += n * hop_s;
+      continue;
+    }
+    const double block_s = op.op(*block);
+    x.block_s += n * block_s;
+    x.send_s += n * hop_s;
+    x.exposed_s += n * std::max(0.0, hop_s - block_s);
   }
+  return r;
+}
+
+void price_cp_ring(const StageWork& w, const GroupLinks& cp, const OpTimer& op, bool overlap, int64_t micro_batches,
+                   StageEstimate& s) {
+  const CpRing r = cp_ring(w, cp, op, overlap);
+  s.cp_forward_s = r.forward.exposed_s;
+  s.cp_comm_s = r.forward.exposed_s + r.backward.exposed_s + r.recompute.exposed_s;
+  s.comm.cp = micro_batches * (r.forward.bytes + r.backward.bytes + r.recompute.bytes);
 }
 
 }  // namespace loom

@@ -44,19 +44,48 @@ void add_cp_links(GroupLinksSet& links, const Topology& topo, const RankGrid& gr
 // Bytes of one K or V block a rank holds: b x (s / cp) tokens x kv / tp x e.
 int64_t cp_kv_block_bytes(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p);
 
+// The names of the ring's messages: the KV ring's hops, each beside one attention block of
+// its pass, and backward's last dK/dV hop home, beside nothing.
+inline constexpr const char* kCpRingMessage = "cp kv ring";
+inline constexpr const char* kCpReturnMessage = "cp dkv return";
+
 // The KV ring of one micro-batch on a stage of `layers` layers: per layer cp - 1 sends of K
 // and V forward (2 blocks) and in backward of K, V and their gradients (4 blocks), again in a
-// recompute's forward. Nothing with cp 1.
+// recompute's forward, each beside one attention block of its pass; in backward one more hop
+// of dK, dV per layer. Nothing with cp 1.
 void cp_messages(std::vector<Message>& v, const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p,
                  int64_t layers);
+
+// The attention op (one ring step's block) a cp message runs beside, from the stage's own op
+// list; nullptr for the last dK/dV hop, which nothing hides.
+const Op* cp_block_of(const StageWork& w, const Message& msg);
 
 // The ring's receive buffers: the block attended and the one arriving (two in flight), of K
 // and V and in backward of dK and dV too: 8 blocks, transient.
 void cp_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p);
 
-// Ring time not hidden behind attention, per micro-batch, added to its pass: each of the
-// cp - 1 steps of a layer sends while it computes one block, so a step lasts the longer of
-// the two and shows max(0, send - block) beyond the block (Liu et al. 2023, Sec. 3.1).
-void price_cp_ring(const StageWork& w, const GroupLinks& cp, const OpTimer& op, StageEstimate& s);
+// One pass's ring on one micro-batch, priced from the messages and the blocks they run beside
+// (cp_block_of). Each of the `hops` ring steps sends a hop while it computes a block, so it
+// lasts the longer of the two (Liu et al. 2023, Sec. 3.1): exposed_s = hops x max(0, hop -
+// block) + the hops beside nothing. Without overlap every hop shows in full. The simulator
+// plays the same numbers as tasks (block_s of attention beside send_s on the cp link, then
+// alone_s on it), which, the steps being equal, shows the same exposed time.
+struct CpRingPass {
+  double block_s = 0;    // the attention blocks the hops run beside
+  double send_s = 0;     // those hops
+  double alone_s = 0;    // hops nothing hides (backward's dK/dV return)
+  double exposed_s = 0;  // what the pass waits for beyond its blocks
+  int64_t bytes = 0;     // bytes one rank sends in this pass
+};
+struct CpRing {
+  CpRingPass forward, backward, recompute;
+  const CpRingPass& of(Pass p) const { return p == Pass::forward ? forward : p == Pass::backward ? backward : recompute; }
+};
+CpRing cp_ring(const StageWork& w, const GroupLinks& cp, const OpTimer& op, bool overlap);
+
+// The ring's exposed time per micro-batch into s.cp_comm_s (its forward part also into
+// s.cp_forward_s), and its bytes per step (`micro_batches` of them) into s.comm.cp.
+void price_cp_ring(const StageWork& w, const GroupLinks& cp, const OpTimer& op, bool overlap, int64_t micro_batches,
+                   StageEstimate& s);
 
 }  // namespace loom

@@ -91,7 +91,8 @@ struct DpWindow {
   double forward_s = 0, backward_s = 0;  // per micro-batch, all chunks
 };
 DpWindow dp_window(const StageWork& w, const GroupLinksSet& links, const StageEstimate& s) {
-  DpWindow win{s.forward_s, s.backward_s + s.recompute_s};
+  // The ring's exposed waits (cp) keep the pass going while the dp stream runs.
+  DpWindow win{s.forward_s + s.cp_forward_s, s.backward_s + s.recompute_s + s.cp_comm_s - s.cp_forward_s};
   if (links.tp.size > 1 && links.tp.nodes_spanned > 1 && links.dp.nodes_spanned > 1) return win;
   if (w.find(Group::tp, kTpOverlappedMessage) != nullptr) {  // --tp-comm-overlap: the exposed part only
     win.forward_s += s.tp_forward_s;
@@ -151,7 +152,9 @@ DpTimes dp_times(const StageWork& w, const GroupLinks& dpl) {
 // shows (ZeRO-2: every micro-batch). ZeRO-1/2 parameter all-gathers follow the optimizer step,
 // exposed. ZeRO-3 gathers are prefetched one layer ahead: each layer shows what its gather
 // (and, in backward, its reduce-scatter) exceeds its compute, plus the first layer's gather.
-// Without overlap every collective shows in full.
+// Without overlap every collective shows in full, as under Zero3Gather::tensor (DeepSpeed
+// v0.3.15, partition_parameters.py _allgather_param: torch.cuda.synchronize() before each
+// tensor's all-gather, and the sub-module's fetch waits for them; L then counts tensors).
 double dp_exposed_s(const DpTimes& d, int64_t mb, double chunks, const DpWindow& s, bool overlap) {
   const double m = static_cast<double>(mb);
   if (d.gather_layer_s > 0) {  // ZeRO-3
@@ -194,6 +197,13 @@ double zb_h1_steady_dp_s(const DpTimes& d, double period_s, int64_t mb) {
   return static_cast<double>(mb) * std::max(0.0, d.per_mb_grad_s - period_s) + d.gather_step_s;
 }
 
+// The micro-batches of zb-v's tables the cost model plays (zb_v_bubble_s): from 2p - 1 on the
+// tables repeat one period, so min(m, 4p) show every effect of the fill, the steady state and
+// the drain. Under ZeRO-2 a reduction c longer than a stage's period P grows its queue by
+// c - P per micro-batch: the played ones show that in zb_v_dp_tail_s, the others in
+// dp_comm_exposed_s (zb_h1_steady_dp_s over m - played).
+int64_t zb_v_played(int64_t mb, int64_t pp) { return std::min(mb, 4 * pp); }
+
 void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p, const GroupLinksSet& links,
               int64_t mb, int64_t e, StageEstimate& s, bool overlap) {
   const GroupLinks& dpl = links.dp;
@@ -209,6 +219,10 @@ void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p,
     s.dp_comm_exposed_s = zb_h1_steady_dp_s(d, s.micro_batch_s(), mb);
     return;
   }
+  if (p.schedule == Schedule::zb_v && p.zero < 3 && p.pp > 1 && overlap) {  // the tail: zb_v_dp_tail_s
+    s.dp_comm_exposed_s = zb_h1_steady_dp_s(d, s.micro_batch_s(), mb - zb_v_played(mb, p.pp));
+    return;
+  }
   DpWindow win = dp_window(w, links, s);
   // Interleaved, ZeRO 0/1: each chunk's gradients reduce once its last backward is done, and
   // Megatron-LM's schedule runs those last backwards chunk by chunk, pp of them per chunk
@@ -219,7 +233,8 @@ void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p,
     const double v = static_cast<double>(p.vpp);
     win.backward_s *= (1 + (v - 1) * static_cast<double>(p.pp)) / v;
   }
-  s.dp_comm_exposed_s = dp_exposed_s(d, mb, static_cast<double>(p.vpp), win, overlap);
+  const bool blocking = p.zero >= 3 && p.zero3_gather == Zero3Gather::tensor;  // nothing overlaps
+  s.dp_comm_exposed_s = dp_exposed_s(d, mb, static_cast<double>(p.vpp), win, overlap && !blocking);
 }
 
 }  // namespace
@@ -235,7 +250,7 @@ StageEstimate CostModel::price_stage(const StageWork& w, const ParallelConfig& p
   s.memory = w.memory();
   s.flops = w.flops_per_micro_batch() * mb;
   price_ops(w, op, s);
-  price_cp_ring(w, links.cp, op, s);  // context parallelism: the KV ring's exposed steps
+  price_cp_ring(w, links.cp, op, overlap, mb, s);  // context parallelism: the KV ring's exposed steps, its bytes
   price_messages(w, links, mb, s);
   if (p.tp_comm_overlap) {  // what the tp-chunked GEMMs hide of their collectives (sim/tp_overlap.hpp)
     const TpHiddenTime hidden = tp_overlap_hidden_s(w, links.tp, op);
@@ -277,8 +292,9 @@ struct SplitPass {
   double f = 0, b = 0, w = 0;
 };
 SplitPass split_pass(const StageEstimate& x) {
-  return {x.forward_s + x.tp_forward_s + x.ep_forward_s,
-          x.backward_s - x.weight_grad_s + x.recompute_s + x.tp_comm_s - x.tp_forward_s + x.ep_comm_s - x.ep_forward_s,
+  return {x.forward_s + x.tp_forward_s + x.ep_forward_s + x.cp_forward_s,
+          x.backward_s - x.weight_grad_s + x.recompute_s + x.tp_comm_s - x.tp_forward_s + x.ep_comm_s - x.ep_forward_s +
+              x.cp_comm_s - x.cp_forward_s,
           x.weight_grad_s};
 }
 
@@ -350,16 +366,45 @@ double one_f_one_b_bubble_s(const std::vector<StageEstimate>& stages, size_t s) 
 // chunk it is (p - 1) F for m >= 2p - 1, a sixth of a stage pass per micro-batch:
 // (p - 1)/(6m) of the step (tests/test_simulator.cpp). From 2p - 1 micro-batches on the tables
 // repeat one period, so the bubble no longer changes with m and min(m, 4p) are played.
-double zb_v_bubble_s(const std::vector<StageEstimate>& stages, size_t slow, int64_t mb) {
-  const int64_t pp = static_cast<int64_t>(stages.size()), played = std::min(mb, 4 * pp);
+// `memo` (a search thread's): the same makespan, its tables compiled once (schedule.hpp).
+std::vector<ChunkPassSeconds> zb_v_chunks(const std::vector<StageEstimate>& stages) {
   std::vector<ChunkPassSeconds> chunk;
   for (const StageEstimate& x : stages) {
     const SplitPass t = split_pass(x);
     chunk.push_back({t.f / 2, t.b / 2, t.w / 2});
   }
-  const auto step = table_makespan_s(make_schedule(Schedule::zb_v, pp, 2, played), Schedule::zb_v, 2, played, chunk);
+  return chunk;
+}
+double zb_v_bubble_s(const std::vector<StageEstimate>& stages, size_t slow, int64_t mb, ZbVMakespans* memo) {
+  const int64_t pp = static_cast<int64_t>(stages.size()), played = zb_v_played(mb, pp);
+  const std::vector<ChunkPassSeconds> chunk = zb_v_chunks(stages);
+  const auto step = memo ? memo->makespan_s(pp, played, chunk)
+                         : table_makespan_s(make_schedule(Schedule::zb_v, pp, 2, played), Schedule::zb_v, 2, played, chunk);
   const SplitPass s = split_pass(stages[slow]);
   return step ? std::max(0.0, *step - static_cast<double>(played) * (s.f + s.b + s.w)) : 0.0;
+}
+
+// What ZB-V's gradient reductions (ZeRO 0-2 on a ring, overlapped) add to the step: the same
+// tables played with each rank's reductions on its dp stream beside its W passes
+// (play_with_dp_s; each chunk holds half the stage's gradients and buckets, as the simulator
+// splits them), less the makespan without. The reductions of the drain's W passes, which come
+// back to back, are what mostly shows: the simulator's queue, played from the same table.
+double zb_v_dp_tail_s(const std::vector<StageEstimate>& stages, const std::vector<DpTimes>& dp, int64_t mb,
+                      ZbVMakespans* memo) {
+  const int64_t pp = static_cast<int64_t>(stages.size()), played = zb_v_played(mb, pp);
+  std::vector<DpBeside> beside;
+  bool any = false;
+  for (const DpTimes& d : dp) {
+    const double pieces = std::max(1.0, std::floor(d.pieces / 2));  // per chunk, as the simulator's buckets
+    beside.push_back({d.per_mb_grad_s / 2, d.grad_s / 2, pieces});
+    any = any || d.per_mb_grad_s > 0 || d.grad_s > 0;
+  }
+  if (!any) return 0;
+  const std::vector<ChunkPassSeconds> chunk = zb_v_chunks(stages);
+  ZbVMakespans local;
+  ZbVMakespans& m = memo ? *memo : local;
+  const auto plain = m.makespan_s(pp, played, chunk), with = m.makespan_s(pp, played, chunk, beside);
+  return plain && with ? std::max(0.0, *with - *plain) : 0.0;
 }
 
 // Of the largest optimizer step, what runs during the pipeline's drain (1F1B and GPipe): stage
@@ -384,9 +429,10 @@ double optimizer_in_drain_s(const std::vector<StageEstimate>& stages) {
 // equal jobs, whose makespan is one job's times plus (m - 1) times the slowest stage's, so its
 // bubble is the sum of the others' micro-batch times), and waits for the transfers
 // pp_exposed_s counts.
-// dp: each stage's zb_h1_dp (zb-h1 only). zb-h1's bubble is priced without the
+// dp: each stage's zb_h1_dp (zb-h1 and zb-v). Their bubbles are priced without the
 // gradient reduction; what the reduction's tail adds to it is exposed dp time.
-void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overlap, const std::vector<DpTimes>& dp) {
+void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overlap, const std::vector<DpTimes>& dp,
+               ZbVMakespans* zb_v_memo) {
   size_t slow = 0;
   double sum_mb = 0;
   for (size_t i = 0; i < est.stages.size(); ++i) {
@@ -398,6 +444,7 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overla
   est.time.compute_s = mb * (ss.forward_s + ss.backward_s + ss.recompute_s);
   est.time.tp_comm_s = mb * ss.tp_comm_s + ss.tp_grad_sync_s;
   est.time.ep_comm_s = mb * ss.ep_comm_s;  // MoE all-to-alls and expert tp, in-line as tp's
+  est.time.cp_comm_s = mb * ss.cp_comm_s;  // the KV ring's waits beyond its attention blocks
   const bool zb_h1 = p.schedule == Schedule::zb_h1 && p.pp > 1;
   double zb_h1_plain_s = 0, zb_h1_dp_tail_s = 0;
   if (zb_h1) {
@@ -411,7 +458,7 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overla
     zb_h1_dp_tail_s = std::max(0.0, zb_h1_bubble_s(est.stages, tails, est.micro_batches) - zb_h1_plain_s);
   }
   est.time.bubble_s = zb_h1 ? zb_h1_plain_s
-                     : p.schedule == Schedule::zb_v && p.pp > 1 ? zb_v_bubble_s(est.stages, slow, est.micro_batches)
+                     : p.schedule == Schedule::zb_v && p.pp > 1 ? zb_v_bubble_s(est.stages, slow, est.micro_batches, zb_v_memo)
                      : p.schedule == Schedule::one_f_one_b && p.pp > 1 ? one_f_one_b_bubble_s(est.stages, slow)
                                                                         : (sum_mb - ss.micro_batch_s()) / v;
   est.time.pp_comm_s = pp_exposed_s(est, p, slow, p2p_s, overlap);
@@ -421,6 +468,7 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overla
     est.time.host_comm_s = std::max(est.time.host_comm_s, s.host_step_s);  // offload's per-step copies
   }
   est.time.dp_comm_s += zb_h1_dp_tail_s;
+  if (p.schedule == Schedule::zb_v && p.pp > 1) est.time.dp_comm_s += zb_v_dp_tail_s(est.stages, dp, est.micro_batches, zb_v_memo);
   est.time.host_comm_s += mb * ss.host_s;
   if (p.schedule == Schedule::one_f_one_b || p.schedule == Schedule::gpipe)
     est.time.bubble_s = std::max(0.0, est.time.bubble_s - optimizer_in_drain_s(est.stages));
@@ -444,6 +492,7 @@ void peak_and_fit(Estimate& est, const ClusterSpec& c) {
     est.comm.pp = std::max(est.comm.pp, s.comm.pp);
     est.comm.host = std::max(est.comm.host, s.comm.host);
     est.comm.ep = std::max(est.comm.ep, s.comm.ep);
+    est.comm.cp = std::max(est.comm.cp, s.comm.cp);
   }
   est.memory = est.stages[est.peak_stage].memory;
   est.fits = est.memory.peak() <= est.usable_bytes;
@@ -472,6 +521,11 @@ void dp_alternatives(Estimate& est, const ClusterSpec& c, const ParallelConfig& 
 }  // namespace
 
 Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& given, bool overlap) const {
+  return evaluate(p, given, overlap, nullptr);
+}
+
+Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& given, bool overlap,
+                             ZbVMakespans* zb_v_memo) const {
   const ModelSpec& m = model_;
   const TrainSpec& tr = train_;
   const ClusterSpec& c = cluster_;
@@ -516,7 +570,7 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& given
     zb_h1_dp_of.push_back(zb_h1_dp(w, p, links.dp, overlap));
     if (const Message* send = w.find(Group::pp, "pp send")) p2p_s = message_time_s(*send, links.pp);
   }
-  step_time(est, p, p2p_s, overlap, zb_h1_dp_of);
+  step_time(est, p, p2p_s, overlap, zb_h1_dp_of, zb_v_memo);
   est.priced_by = priced_by(c, tr);
   est.flops_model = model_flops(m, tr.global_batch, tr.seq, AttentionFlops::causal);
   est.flops_model_paper = model_flops(m, tr.global_batch, tr.seq, AttentionFlops::full);

@@ -72,7 +72,12 @@ struct StageEstimate {
   // (in-line, like tp's), and its forward part; per step the expert gradients' reduction over
   // the expert-data-parallel group.
   double ep_comm_s = 0, ep_forward_s = 0, edp_step_s = 0;
-  double micro_batch_s() const { return forward_s + backward_s + recompute_s + tp_comm_s + host_s + ep_comm_s; }
+  // Context parallelism (sim/context_parallel.hpp): per micro-batch, the KV ring's time not
+  // hidden behind attention blocks, and its forward part.
+  double cp_comm_s = 0, cp_forward_s = 0;
+  double micro_batch_s() const {
+    return forward_s + backward_s + recompute_s + tp_comm_s + host_s + ep_comm_s + cp_comm_s;
+  }
   bool reported = true;            // false: a measured step where no rank of this stage reported
                                    // (an emulated rank); written as null
 };

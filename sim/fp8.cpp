@@ -106,6 +106,11 @@ void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weig
                           1, 1 / static_cast<double>(micro_batches)));
 }
 
+Fp8TpGathers fp8_sp_gathers(int64_t layers, int64_t mlp_free, bool full_recompute) {
+  const int64_t fwd = 2 * layers - mlp_free;
+  return {fwd, 2 * fwd, full_recompute ? fwd : 0};
+}
+
 // Micikevicius et al. 2022, Sec. 4: FP8 GEMMs read FP8 operands and write a higher-precision
 // output (bf16 here), so the roofline's bytes are M K + K N (1 byte) and 2 M N.
 double fp8_gemm_s(const OpTimer& t, double M, double N, double K) {

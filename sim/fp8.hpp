@@ -77,6 +77,26 @@ void fp8_buffers(std::vector<Buffer>& v, int zero, int64_t weights_rank, int64_t
 // per replica; `weights_rank` the stage's FP8 weights on this GPU (fp8_weight_params).
 void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weights_rank);
 
+// Sequence parallelism's all-gathers that Transformer Engine runs in FP8 (1 byte per element
+// instead of bf16's 2), per micro-batch on a stage of `layers` layers, `mlp_free` of them MoE
+// layers whose MLP runs no tp collective. TE quantizes a column-parallel layer's input before
+// its SP all-gather (LayerNormLinear: the norm writes FP8, then gather_along_first_dim with the
+// input quantizer; TransformerEngine v2.1, transformer_engine/pytorch/module/layernorm_linear.py
+// _LayerNormLinear.forward "with_quantized_all_gather", and distributed.py _all_gather_fp8,
+// which gathers the uint8 data; v1.13 the same with ln_out in torch.uint8), gathers it again
+// in FP8 for the weight gradient (the same file's backward), and casts a row-parallel layer's
+// output gradient to FP8 before its all-gather (module/base.py grad_output_preprocess, "FP8
+// with all-gather"). The reduce-scatters move the GEMMs' bf16 outputs. So per dense layer:
+// forward 2 FP8 gathers (qkv and fc1 inputs), backward 4 (the output gradients of the
+// projection and fc2, the two norm outputs again), a full recompute's forward 2 more; a MoE
+// layer without a tp MLP half of that. (With --tp-comm-overlap TE's userbuffers also gather FP8;
+// loom prices the overlapped halves at bf16 size.)
+inline constexpr const char* kFp8TpGatherMessage = "tp fp8 all-gathers";
+struct Fp8TpGathers {
+  int64_t forward = 0, backward = 0, recompute = 0;
+};
+Fp8TpGathers fp8_sp_gathers(int64_t layers, int64_t mlp_free, bool full_recompute);
+
 // Time of one FP8 GEMM call (M, N, K), its backward and the backward's weight-gradient half:
 // at peak_flops_fp8 with the efficiency a bf16 GEMM of that shape reaches (the cluster's
 // saturating curve, or the profile's measured bf16 time scaled by peak_bf16 / peak_fp8: the

@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "sim/tp_overlap.hpp"
+
 namespace loom {
 
 namespace {
@@ -55,17 +57,29 @@ double mla_core_head_size(const ModelSpec& m) {
   return static_cast<double>(a.qk() + a.dv) / 2;
 }
 
+// The tp collectives tp-comm overlap pairs with (sim/tp_overlap.hpp), as Megatron-Core builds
+// MLA with Transformer Engine (gpt_layer_specs.py; multi_latent_attention.py, MLASelfAttention):
+// the down-projections are TELinear in "duplicated" mode (no tp collective), linear_q_proj,
+// linear_q_up_proj and linear_kv_up_proj are column-parallel, linear_proj row-parallel. The
+// all-gather of the sequence-parallel layer input is linear_q_proj's (no q-LoRA, as
+// DeepSeek-V2-Lite; it gathers the b s h input itself) or, with q-LoRA, that of
+// linear_q_up_proj, the first column-parallel GEMM; linear_proj takes the reduce-scatter.
+// Megatron-Core names the q projections' userbuffers "q_proj" and "q_up_proj", which
+// Transformer Engine does not set up (only qkv, proj, fc1 and fc2), and its TELinear then turns
+// the overlap off (transformer_engine.py: "The user buffer name ... is not supported"); loom
+// prices the gather overlapped, as async TP's collective matmul runs any all-gather beside the
+// GEMM that reads it.
 void mla_gemms(std::vector<Op>& ops, const ModelSpec& m, int64_t T, int64_t t, Pass pass, int64_t L) {
   const Mla a = shape(m);
   if (a.cq > 0) {
     ops.push_back(gemm("mla q down", pass, T, a.cq, a.h, L));
-    ops.push_back(gemm("mla q up", pass, T, a.H * a.qk() / t, a.cq, L));
+    ops.push_back(beside_tp_collective(gemm("mla q up", pass, T, a.H * a.qk() / t, a.cq, L), TpOverlapSlot::qkv));
   } else {
-    ops.push_back(gemm("mla q", pass, T, a.H * a.qk() / t, a.h, L));
+    ops.push_back(beside_tp_collective(gemm("mla q", pass, T, a.H * a.qk() / t, a.h, L), TpOverlapSlot::qkv));
   }
   ops.push_back(gemm("mla kv down", pass, T, a.ckv + a.dr, a.h, L));
   ops.push_back(gemm("mla kv up", pass, T, a.H * (a.dn + a.dv) / t, a.ckv, L));
-  ops.push_back(gemm("attention projection", pass, T, a.h, a.H * a.dv / t, L));
+  ops.push_back(beside_tp_collective(gemm("attention projection", pass, T, a.h, a.H * a.dv / t, L), TpOverlapSlot::proj));
 }
 
 void mla_elementwise(std::vector<Op>& ops, const ModelSpec& m, int64_t T, int64_t t, int64_t e, Pass pass, int64_t L,

@@ -8,6 +8,7 @@
 #include "sim/rank_grid.hpp"
 #include "sim/schedule.hpp"
 #include "sim/topology.hpp"
+#include "sim/tp_overlap.hpp"
 
 namespace loom {
 
@@ -270,8 +271,10 @@ void moe_ops(std::vector<Op>& ops, const MoeStage& s, Pass pass) {
   ops.push_back(grouped_gemm("expert down", pass, s.R / local, s.h, s.fe / s.etp, local, L));
   if (s.gate > 0) ops.push_back(gemm("shared expert gate", pass, s.T, 1, s.h, L));  // Qwen2-MoE's sigmoid gate
   if (s.fs > 0) {
-    ops.push_back(gemm("shared expert gate|up", pass, s.T, 2 * s.fs / s.t, s.h, L));
-    ops.push_back(gemm("shared expert down", pass, s.T, s.h, s.fs / s.t, L));
+    // Megatron-Core's SharedExpertMLP is an MLP with userbuffers "fc1" and "fc2" (not an expert
+    // layer, so Transformer Engine overlaps its tp collectives as a dense MLP's; shared_experts.py)
+    ops.push_back(beside_tp_collective(gemm("shared expert gate|up", pass, s.T, 2 * s.fs / s.t, s.h, L), TpOverlapSlot::fc1));
+    ops.push_back(beside_tp_collective(gemm("shared expert down", pass, s.T, s.h, s.fs / s.t, L), TpOverlapSlot::fc2));
   }
   const double e = static_cast<double>(s.e);
   // Backward elementwise kernels read two tensors and write one: 1.5x the forward's time.

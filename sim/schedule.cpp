@@ -169,16 +169,17 @@ StageChunk slot_source(Schedule s, int64_t stage, int64_t c, Phase ph, int64_t p
   return slot_destination(s, stage, c, ph == Phase::forward ? Phase::backward : Phase::forward, pp, vpp);
 }
 
-Expected<double> table_makespan_s(const std::vector<std::vector<Slot>>& tables, Schedule s, int64_t vpp, int64_t m,
-                                  const std::vector<ChunkPassSeconds>& per_stage) {
+Expected<TableProgram> compile_tables(const std::vector<std::vector<Slot>>& tables, Schedule s, int64_t vpp,
+                                      int64_t m) {
   const int64_t pp = static_cast<int64_t>(tables.size()), chunks = pp * vpp;
-  // End time of (phase, virtual stage, micro-batch); negative: not run yet.
-  std::vector<double> end(static_cast<size_t>(3 * chunks * m), -1.0);
-  auto at = [&](Phase ph, int64_t vs, int64_t mb) -> double& {
-    return end[static_cast<size_t>((static_cast<int64_t>(ph) * chunks + vs) * m + mb)];
+  // The step that ran (phase, virtual stage, micro-batch); -1: not run yet.
+  std::vector<int32_t> ran(static_cast<size_t>(3 * chunks * m), -1);
+  auto at = [&](Phase ph, int64_t vs, int64_t mb) -> int32_t& {
+    return ran[static_cast<size_t>((static_cast<int64_t>(ph) * chunks + vs) * m + mb)];
   };
+  TableProgram out;
+  out.ranks = pp;
   std::vector<size_t> next(static_cast<size_t>(pp), 0);
-  std::vector<double> free_s(static_cast<size_t>(pp), 0.0);
   for (bool moved = true; moved;) {
     moved = false;
     for (int64_t r = 0; r < pp; ++r) {
@@ -187,22 +188,83 @@ Expected<double> table_makespan_s(const std::vector<std::vector<Slot>>& tables, 
         const Slot& x = t[k];
         const int64_t vs = virtual_stage(s, r, x.chunk, pp);
         const StageChunk src = slot_source(s, r, x.chunk, x.phase, pp, vpp);
-        double ready = 0;
-        if (x.phase == Phase::weight) ready = at(Phase::backward, vs, x.micro_batch);
-        else if (src.stage >= 0) ready = at(x.phase, virtual_stage(s, src.stage, src.chunk, pp), x.micro_batch);
-        else if (x.phase == Phase::backward) ready = at(Phase::forward, vs, x.micro_batch);
-        if (ready < 0) break;
-        const ChunkPassSeconds& c = per_stage[static_cast<size_t>(r)];
-        double& f = free_s[static_cast<size_t>(r)];
-        f = std::max(f, ready) + (x.phase == Phase::forward ? c.f : x.phase == Phase::backward ? c.b : c.w);
-        at(x.phase, vs, x.micro_batch) = f;
+        int32_t input = -1;  // a forward of the model's first chunk waits for nothing
+        if (x.phase == Phase::weight) input = at(Phase::backward, vs, x.micro_batch);
+        else if (src.stage >= 0) input = at(x.phase, virtual_stage(s, src.stage, src.chunk, pp), x.micro_batch);
+        else if (x.phase == Phase::backward) input = at(Phase::forward, vs, x.micro_batch);
+        const bool waits = x.phase == Phase::weight || src.stage >= 0 || x.phase == Phase::backward;
+        if (waits && input < 0) break;
+        at(x.phase, vs, x.micro_batch) = static_cast<int32_t>(out.steps.size());
+        out.steps.push_back({static_cast<int32_t>(r), input, x.phase, x.micro_batch == m - 1});
       }
     }
   }
   for (int64_t r = 0; r < pp; ++r)
     if (next[static_cast<size_t>(r)] < tables[static_cast<size_t>(r)].size())
       return make_error("schedule", "the tables wait on each other (stage " + std::to_string(r) + " never finishes)");
-  return *std::max_element(free_s.begin(), free_s.end());
+  return out;
+}
+
+double play_with_dp_s(const TableProgram& program, const std::vector<ChunkPassSeconds>& per_stage,
+                      const std::vector<DpBeside>& dp) {
+  std::vector<double> end(program.steps.size()), free_s(static_cast<size_t>(program.ranks), 0.0);
+  std::vector<double> queue_s(static_cast<size_t>(program.ranks), 0.0);
+  for (size_t i = 0; i < program.steps.size(); ++i) {
+    const TableProgram::Step& x = program.steps[i];
+    const double ready = x.input < 0 ? 0 : end[static_cast<size_t>(x.input)];
+    const ChunkPassSeconds& c = per_stage[static_cast<size_t>(x.rank)];
+    double& f = free_s[static_cast<size_t>(x.rank)];
+    const double start = std::max(f, ready);
+    const double dur = x.phase == Phase::forward ? c.f : x.phase == Phase::backward ? c.b : c.w;
+    f = start + dur;
+    end[i] = f;
+    if (x.phase != Phase::weight || dp.empty()) continue;
+    const DpBeside& d = dp[static_cast<size_t>(x.rank)];
+    const double job = d.per_w_s + (x.last_micro_batch ? d.last_s : 0.0);
+    if (job <= 0) continue;
+    double& q = queue_s[static_cast<size_t>(x.rank)];
+    q = std::max({q + job, start + dur / d.pieces + job, f + job / d.pieces});
+  }
+  double out = 0;
+  for (size_t r = 0; r < free_s.size(); ++r) out = std::max({out, free_s[r], queue_s[r]});
+  return out;
+}
+
+double play_s(const TableProgram& program, const std::vector<ChunkPassSeconds>& per_stage) {
+  return play_with_dp_s(program, per_stage, {});
+}
+
+Expected<double> table_makespan_s(const std::vector<std::vector<Slot>>& tables, Schedule s, int64_t vpp, int64_t m,
+                                  const std::vector<ChunkPassSeconds>& per_stage) {
+  auto program = compile_tables(tables, s, vpp, m);
+  if (!program) return program.error();
+  return play_s(*program, per_stage);
+}
+
+namespace {
+constexpr size_t kZbVPlayedBytes = size_t{16} << 20;  // of keys kept: 16 MiB
+}  // namespace
+
+Expected<double> ZbVMakespans::makespan_s(int64_t pp, int64_t m, const std::vector<ChunkPassSeconds>& per_stage) {
+  return makespan_s(pp, m, per_stage, {});
+}
+
+Expected<double> ZbVMakespans::makespan_s(int64_t pp, int64_t m, const std::vector<ChunkPassSeconds>& per_stage,
+                                          const std::vector<DpBeside>& dp) {
+  std::string key(reinterpret_cast<const char*>(&pp), sizeof pp);
+  key.append(reinterpret_cast<const char*>(&m), sizeof m);
+  key.append(reinterpret_cast<const char*>(per_stage.data()), per_stage.size() * sizeof(ChunkPassSeconds));
+  key.append(reinterpret_cast<const char*>(dp.data()), dp.size() * sizeof(DpBeside));
+  if (auto hit = played_.find(key); hit != played_.end()) return hit->second;
+  auto program = programs_.find({pp, m});
+  if (program == programs_.end())
+    program = programs_.emplace(std::pair{pp, m}, compile_tables(make_schedule(Schedule::zb_v, pp, 2, m), Schedule::zb_v, 2, m)).first;
+  if (!program->second) return program->second.error();
+  const double t = play_with_dp_s(*program->second, per_stage, dp);
+  if (played_bytes_ > kZbVPlayedBytes) played_.clear(), played_bytes_ = 0;  // bounded; a dropped one is played again
+  played_bytes_ += key.size();
+  played_.emplace(std::move(key), t);
+  return t;
 }
 
 }  // namespace loom

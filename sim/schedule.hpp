@@ -25,6 +25,9 @@
 //                2405.15362), the V-shaped zero-bubble schedule: zb_v_rank below (vpp = 2).
 #pragma once
 #include <cstdint>
+#include <map>
+#include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "sim/expected.hpp"
@@ -115,5 +118,58 @@ struct ChunkPassSeconds {
 };
 Expected<double> table_makespan_s(const std::vector<std::vector<Slot>>& tables, Schedule s, int64_t vpp,
                                   int64_t micro_batches, const std::vector<ChunkPassSeconds>& per_stage);
+
+// table_makespan_s in two halves, so that tables played many times are walked once: the slots
+// in an order where each comes after the slot it waits for (its input, as above) and after its
+// rank's previous slot, each with that input; then the play, one pass over the steps:
+// end = max(the rank's previous end, the input's end) + the slot's time: the arithmetic of
+// playing the tables slot by slot, so the same bits (tests/test_schedule_play.cpp keeps that
+// play as the reference and compares).
+struct TableProgram {
+  struct Step {
+    int32_t rank = 0;
+    int32_t input = -1;  // the step whose end it waits for; -1: none (the model's first forward)
+    Phase phase = Phase::forward;
+    bool last_micro_batch = false;  // the slot's micro-batch is the step's last
+  };
+  std::vector<Step> steps;
+  int64_t ranks = 0;
+};
+Expected<TableProgram> compile_tables(const std::vector<std::vector<Slot>>& tables, Schedule s, int64_t vpp,
+                                      int64_t micro_batches);
+double play_s(const TableProgram& program, const std::vector<ChunkPassSeconds>& per_stage);
+
+// A rank's gradient reductions on its own data-parallel stream beside the tables (ZeRO 0-2 on a
+// ring, in zb-h1 and zb-v, whose W passes yield the gradients): after each W a job of
+// `per_w_s` (ZeRO-2: every micro-batch's gradients of the chunk), or after the W of the last
+// micro-batch a job of `last_s` (ZeRO 0/1: the chunk's gradients once per step), each in
+// `pieces` equal buckets, bucket q of a W ready (q + 1) / pieces of the way through it (the
+// event simulator's add_buckets), served in order. A job of c after a W from t0 to t1 then ends
+// at max(the queue's previous end + c, t0 + w / pieces + c, t1 + c / pieces).
+struct DpBeside {
+  double per_w_s = 0, last_s = 0, pieces = 1;
+};
+// The makespan with those streams: the latest of every rank's compute and reduction ends. No
+// reduction (all zero) gives play_s's result.
+double play_with_dp_s(const TableProgram& program, const std::vector<ChunkPassSeconds>& per_stage,
+                      const std::vector<DpBeside>& dp);
+
+// ZB-V's makespans for a search: table_makespan_s(make_schedule(zb_v, pp, 2, m), ...) with each
+// (pp, m)'s tables compiled once and each played result kept by its exact inputs (pp, m and the
+// bits of every stage's F, B, W), so a stage-time pattern seen again (candidates differing only
+// in ZeRO stage or gradient dtype have the same passes) is not played again. The same bits out
+// as table_makespan_s. Not shared between threads: each search thread holds its own.
+class ZbVMakespans {
+ public:
+  Expected<double> makespan_s(int64_t pp, int64_t micro_batches, const std::vector<ChunkPassSeconds>& per_stage);
+  // The same with each rank's gradient reductions beside the tables (play_with_dp_s).
+  Expected<double> makespan_s(int64_t pp, int64_t micro_batches, const std::vector<ChunkPassSeconds>& per_stage,
+                              const std::vector<DpBeside>& dp);
+
+ private:
+  std::map<std::pair<int64_t, int64_t>, Expected<TableProgram>> programs_;
+  std::unordered_map<std::string, double> played_;  // key: pp, m and per_stage, as bytes
+  size_t played_bytes_ = 0;
+};
 
 }  // namespace loom

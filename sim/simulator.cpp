@@ -25,12 +25,13 @@ namespace {
 using trace_names::Stream;
 
 // The queues a rank's tasks are serialised on. Tensor-parallel collectives run on the compute
-// queue (in-line in Megatron's layers) though the trace draws them on their own track.
-enum Queue { kCompute = 0, kDp = 1, kPp = 2, kGather = 3, kHost = 4, kQueues = 5 };
+// queue (in-line in Megatron's layers) though the trace draws them on their own track; the cp
+// ring's hops on their own (TransformerEngine sends them on a separate stream).
+enum Queue { kCompute = 0, kDp = 1, kPp = 2, kGather = 3, kHost = 4, kCp = 5, kQueues = 6 };
 
 class Builder {
  public:
-  Builder(int64_t stages, bool overlap) : last_(stages, {-1, -1, -1, -1, -1}), overlap_(overlap) {}
+  Builder(int64_t stages, bool overlap) : last_(stages, {-1, -1, -1, -1, -1, -1}), overlap_(overlap) {}
   int32_t add(const SimTask& t, Queue q) {
     const auto id = static_cast<int32_t>(tasks.size());
     tasks.push_back(t);
@@ -85,6 +86,10 @@ struct StagePlan {
   double chunk_grad = 0, chunk_weights = 0, bucket_bytes = 0;
   int64_t per_chunk_buckets = 1, chunk_layers = 0;
   Collective grad_coll = Collective::all_reduce;
+  // ZeRO-3 per tensor (Zero3Gather::tensor): collectives per layer, and whether a gather waits
+  // for everything queued before it (DeepSpeed's torch.cuda.synchronize()).
+  int64_t tensors_per_layer = 1;
+  bool blocking = false;
 };
 
 StagePlan stage_plan(const SimInputs& in, int64_t s) {
@@ -94,13 +99,16 @@ StagePlan stage_plan(const SimInputs& in, int64_t s) {
   sp.v = static_cast<double>(p.vpp);
   sp.ring = dp_cp(p) > 1 && p.dp_comm == DpComm::ring;  // over dp x cp (context_parallel.hpp)
   sp.zero3 = sp.ring && p.zero >= 3;
-  sp.dpl = GroupLinks{in.dp_links.size, st.dp_busbw_bytes_per_s, in.dp_links.latency_s, in.dp_links.nodes_spanned};
+  sp.dpl = in.dp_links;
+  sp.dpl.busbw_bytes_per_s = st.dp_busbw_bytes_per_s;
   sp.chunk_grad = static_cast<double>(st.grad_bytes) / sp.v;
   sp.chunk_weights = static_cast<double>(st.weight_bytes) / sp.v;
   sp.per_chunk_buckets = std::max<int64_t>(1, st.grad_buckets / p.vpp);
   sp.bucket_bytes = sp.chunk_grad / static_cast<double>(sp.per_chunk_buckets);
   sp.grad_coll = p.zero == 0 ? Collective::all_reduce : Collective::reduce_scatter;
   sp.chunk_layers = st.layers / p.vpp;
+  sp.blocking = sp.zero3 && p.zero3_gather == Zero3Gather::tensor;
+  if (sp.blocking && st.layers > 0) sp.tensors_per_layer = std::max<int64_t>(1, st.grad_buckets / st.layers);
   return sp;
 }
 
@@ -118,48 +126,79 @@ StagePlan stage_plan(const SimInputs& in, int64_t s) {
 struct PassTasks {
   int32_t first = -1, compute = -1, end = -1;
 };
+// One layer's ZeRO-3 collective of `bytes`: one ring, or one per parameter tensor.
+double zero3_piece_s(const StagePlan& sp, Collective c, double bytes) {
+  const double k = static_cast<double>(sp.tensors_per_layer);
+  return k * collective_time_s(c, bytes / k, sp.dpl);
+}
 struct PassTimes {
   TaskKind kind = TaskKind::forward;
   double compute_s = 0, tp_s = 0;                      // per slot (one chunk)
   double recompute_s = 0, tp_recompute_s = 0;          // backward only
   bool makes_grads = false;                            // the pass that yields weight gradients
   double ep_s = 0, ep_recompute_s = 0;                 // MoE all-to-alls and expert tp, in-line
+  CpPassInputs cp, cp_recompute;                       // the KV ring (context parallelism)
 };
+
+// One piece's KV ring (sim/context_parallel.hpp): its attention blocks on the compute queue
+// with their hops beside them on the cp queue, starting together (the ring step lasts the
+// longer of its block and its hop; the blocks being equal, the sums show the same), then the
+// hops nothing hides, in-line; the pass's other compute follows both. Returns the blocks' task.
+int32_t add_cp_ring(Builder& b, int64_t s, const Slot& x, TaskKind k, const CpPassInputs& cp, double n, int32_t after) {
+  const int32_t blocks = b.add(make_task(k, Stream::compute, s, x, cp.block_s / n), kCompute);
+  b.dep(after, blocks);
+  SimTask hops = make_task(TaskKind::cp, Stream::tp, s, x, cp.send_s / n);
+  hops.bytes = static_cast<int64_t>(static_cast<double>(cp.bytes) / n);
+  const int32_t sent = b.add(hops, kCp);
+  b.dep(blocks, sent, 0.0);
+  const int32_t alone = b.add(make_task(TaskKind::cp, Stream::tp, s, x, cp.alone_s / n), kCompute);
+  b.dep(sent, alone);
+  return blocks;
+}
 PassTasks add_pass(Builder& b, const StagePlan& sp, const ParallelConfig& p, int64_t s, const Slot& x,
                    const PassTimes& pt, int32_t& prev_first) {
   PassTasks out;
   const int64_t pieces = sp.zero3 ? std::max<int64_t>(1, sp.chunk_layers) : 1;
   const double n = static_cast<double>(pieces);
-  auto compute = [&](TaskKind k, double dur, double tp_dur, double ep_dur, int32_t after) {
-    SimTask t = make_task(k, Stream::compute, s, x, dur / n);
+  // The piece's compute (its KV ring first, when cp > 1) and in-line collectives: {first, main}.
+  auto compute = [&](TaskKind k, double dur, double tp_dur, double ep_dur, const CpPassInputs& cp, int32_t after) {
+    const bool ring = cp.send_s + cp.alone_s > 0;
+    const int32_t first = ring ? add_cp_ring(b, s, x, k, cp, n, after) : -1;
+    SimTask t = make_task(k, Stream::compute, s, x, (dur - (ring ? cp.block_s : 0)) / n);
     t.layers = sp.chunk_layers / pieces;
     const int32_t id = b.add(t, kCompute);
     b.dep(after, id);
     if (tp_dur > 0) b.add(make_task(TaskKind::tp, Stream::tp, s, x, tp_dur / n), kCompute);
     if (ep_dur > 0) b.add(make_task(TaskKind::ep, Stream::tp, s, x, ep_dur / n), kCompute);
-    return id;
+    return std::array<int32_t, 2>{ring ? first : id, id};
   };
   const bool gathers = sp.zero3 && pt.kind != TaskKind::weight;
   for (int64_t l = 0; l < pieces; ++l) {
     int32_t gather = -1;
     if (gathers) {
-      SimTask g = make_task(TaskKind::dp_gather, Stream::dp_gather, s, x,
-                            collective_time_s(Collective::all_gather, sp.chunk_weights / n, sp.dpl));
+      SimTask g = make_task(TaskKind::dp_gather, Stream::dp_gather, s, x, zero3_piece_s(sp, Collective::all_gather, sp.chunk_weights / n));
       g.bytes = static_cast<int64_t>(sp.chunk_weights / n);
+      const int32_t before = b.last(s, kCompute), reduced = b.last(s, kDp);
       gather = b.add(g, kGather);
-      b.dep(prev_first, gather, 0.0);
+      if (sp.blocking) {  // issued once the GPU is idle: after the compute and reductions before it
+        b.dep(before, gather);
+        b.dep(reduced, gather);
+      } else {
+        b.dep(prev_first, gather, 0.0);
+      }
     }
     int32_t piece_first = -1;
     if (pt.recompute_s > 0)
-      piece_first = compute(TaskKind::recompute, pt.recompute_s, pt.tp_recompute_s, pt.ep_recompute_s, gather);
-    out.compute = compute(pt.kind, pt.compute_s, pt.tp_s, pt.ep_s, gather);
-    if (piece_first < 0) piece_first = out.compute;
+      piece_first = compute(TaskKind::recompute, pt.recompute_s, pt.tp_recompute_s, pt.ep_recompute_s,
+                            pt.cp_recompute, gather)[0];
+    const auto [first, main] = compute(pt.kind, pt.compute_s, pt.tp_s, pt.ep_s, pt.cp, gather);
+    out.compute = main;
+    if (piece_first < 0) piece_first = first;
     if (out.first < 0) out.first = piece_first;
     if (gathers) prev_first = piece_first;
     out.end = b.last(s, kCompute);
     if (sp.zero3 && pt.makes_grads) {
-      SimTask r = make_task(TaskKind::dp_grad, Stream::dp, s, x,
-                            collective_time_s(sp.grad_coll, sp.chunk_grad / n, sp.dpl));
+      SimTask r = make_task(TaskKind::dp_grad, Stream::dp, s, x, zero3_piece_s(sp, sp.grad_coll, sp.chunk_grad / n));
       r.bucket = static_cast<int32_t>((p.vpp - 1 - x.chunk) * pieces + l);
       r.bytes = static_cast<int64_t>(sp.chunk_grad / n);
       b.dep(out.compute, b.add(r, kDp));
@@ -240,19 +279,27 @@ void add_step_end(Builder& b, const SimInputs& in, const StagePlan& sp, int64_t 
   }
 }
 
+// One chunk's share of a pass's KV ring.
+CpPassInputs per_chunk(const CpPassInputs& c, double v) {
+  return {c.block_s / v, c.send_s / v, c.alone_s / v, static_cast<int64_t>(static_cast<double>(c.bytes) / v)};
+}
+
 // One slot's pass. A recompute runs inside the backward (Megatron recomputes when autograd
 // reaches the layer), so the slot, recompute included, waits for its gradient. zb-h1 splits
 // the backward's weight-gradient GEMMs off into the weight slot; the backward keeps the rest,
 // its recompute and its tp collectives (all on the input-gradient path).
 PassTimes pass_times(const StageInputs& st, double v, Phase ph, bool split) {
   switch (ph) {
-    case Phase::forward: return {TaskKind::forward, st.forward_s / v, st.tp_forward_s / v, 0, 0, false, st.ep_forward_s / v, 0};
-    case Phase::weight: return {TaskKind::weight, st.weight_grad_s / v, 0, 0, 0, true, 0, 0};
+    case Phase::forward:
+      return {TaskKind::forward, st.forward_s / v, st.tp_forward_s / v, 0, 0, false, st.ep_forward_s / v, 0,
+              per_chunk(st.cp_forward, v), {}};
+    case Phase::weight: return {TaskKind::weight, st.weight_grad_s / v, 0, 0, 0, true, 0, 0, {}, {}};
     case Phase::backward: break;
   }
   const double compute_s = split ? st.backward_s - st.weight_grad_s : st.backward_s;
   return {TaskKind::backward, compute_s / v,          st.tp_backward_s / v, st.recompute_s / v, st.tp_recompute_s / v,
-          !split,             st.ep_backward_s / v, st.ep_recompute_s / v};
+          !split,             st.ep_backward_s / v, st.ep_recompute_s / v, per_chunk(st.cp_backward, v),
+          per_chunk(st.cp_recompute, v)};
 }
 
 // Offload's copies of one slot (sim/offload.hpp) on the host-link queue: its first layer's
@@ -374,8 +421,9 @@ NicSharing nic_sharing(const SimInputs& in) {
   return ns;
 }
 
-// One stage's breakdown: busy time by kind; idle time of the compute stream is exposed dp
-// communication while a dp task of this stage runs, else exposed pp communication while a
+// One stage's breakdown: busy time by kind; idle time of the compute stream is exposed cp
+// communication while a KV-ring hop of this stage runs (the pass waits for it), else exposed
+// dp communication while a dp task of this stage runs, else exposed pp communication while a
 // send from or to it is in flight, else bubble.
 StageSim stage_breakdown(int64_t s, const std::vector<SimTask>& tasks, const std::vector<int32_t>& mine,
                          double makespan, int64_t chunk_layers) {
@@ -383,7 +431,7 @@ StageSim stage_breakdown(int64_t s, const std::vector<SimTask>& tasks, const std
   out.stage = s;
   struct Mark {
     double t;
-    int kind;  // 0 busy, 1 dp, 2 pp
+    int kind;  // 0 busy, 1 dp, 2 pp, 3 host, 4 cp
     int delta;
   };
   std::vector<Mark> marks;
@@ -414,19 +462,24 @@ StageSim stage_breakdown(int64_t s, const std::vector<SimTask>& tasks, const std
       }
     }
     if (t.dur_s <= 0) continue;
-    const int kind = is_busy(t.kind) ? 0 : is_dp(t.kind) ? 1 : t.kind == TaskKind::host_copy ? 3 : 2;
-    if ((kind == 1 || kind == 3) && t.stage != s) continue;
+    const int kind = is_busy(t.kind)                ? 0
+                     : is_dp(t.kind)                ? 1
+                     : t.kind == TaskKind::host_copy ? 3
+                     : t.kind == TaskKind::cp       ? 4
+                                                    : 2;
+    if ((kind == 1 || kind == 3 || kind == 4) && t.stage != s) continue;
     marks.push_back({t.start_s, kind, +1});
     marks.push_back({t.end_s(), kind, -1});
   }
   marks.push_back({makespan, 0, 0});
   std::sort(marks.begin(), marks.end(), [](const Mark& a, const Mark& b) { return a.t < b.t; });
-  int count[4] = {0, 0, 0, 0};
+  int count[5] = {0, 0, 0, 0, 0};
   double prev = 0;
   for (const Mark& mk : marks) {
     const double len = mk.t - prev;
     if (len > 0 && count[0] == 0) {
-      if (count[1] > 0) out.time.dp_comm_s += len;
+      if (count[4] > 0) out.time.cp_comm_s += len;
+      else if (count[1] > 0) out.time.dp_comm_s += len;
       else if (count[3] > 0) out.time.host_comm_s += len;
       else if (count[2] > 0) out.time.pp_comm_s += len;
       else out.time.bubble_s += len;
@@ -558,6 +611,14 @@ void read_messages(const StageWork& w, const GroupLinksSet& links, StageInputs& 
   }
 }
 
+// The KV ring by pass, priced as the cost model prices it (sim/context_parallel.hpp's cp_ring,
+// overlapped: SimOptions::overlap false serialises the hops behind the blocks instead).
+void read_cp(const StageWork& w, const GroupLinks& cp, const OpTimer& op, StageInputs& si) {
+  const CpRing r = cp_ring(w, cp, op, /*overlap=*/true);
+  auto in = [](const CpRingPass& x) { return CpPassInputs{x.block_s, x.send_s, x.alone_s, x.bytes}; };
+  si.cp_forward = in(r.forward), si.cp_backward = in(r.backward), si.cp_recompute = in(r.recompute);
+}
+
 // Offload's host-link copies, priced (sim/offload.hpp), and whether the CPU runs the optimizer.
 void read_offload(const StageWork& w, const HostSpec& h, int64_t micro_batches, StageInputs& si) {
   const HostLinkTimes t = host_link_times(w, h, micro_batches);
@@ -598,6 +659,7 @@ SimInputs sim_inputs(const CostModel& cm, const ParallelConfig& p, const Estimat
     si.layers = s.layers;
     si.weight_bytes = dtype_bytes(tr.dtype) * s.params;
     read_messages(w, links, si);
+    if (p.cp > 1) read_cp(w, links.cp, OpTimer::of(c, tr), si);  // context parallelism's KV ring
     if (p.tp_comm_overlap) {  // what the tp-chunked GEMMs hide of their collectives (sim/tp_overlap.hpp)
       const TpHiddenTime h = tp_overlap_hidden_s(w, links.tp, OpTimer::of(c, tr));
       si.tp_forward_s -= h.forward_s, si.tp_backward_s -= h.backward_s, si.tp_recompute_s -= h.recompute_s;
@@ -623,7 +685,8 @@ double sim_task_count(const SimInputs& in) {
     // per slot: compute and tp per piece (+ gather and reduce-scatter under ZeRO-3), a send,
     // recompute, buckets; per step a few.
     const double per_slot = static_cast<double>(pieces * 4 + 2 + std::max<int64_t>(1, st.grad_buckets / p.vpp) +
-                                                (p.offload != Offload::none ? 2 : 0));  // offload: two copies
+                                                (p.offload != Offload::none ? 2 : 0) +  // offload: two copies
+                                                (p.cp > 1 ? pieces * 6 : 0));  // cp: a ring's three tasks, twice
     const double slots = splits_backward(p.schedule) ? 3 : 2;  // zb-h1, zb-v: and a weight slot
     tasks += slots * static_cast<double>(in.micro_batches) * static_cast<double>(p.vpp) * per_slot + 8;
   }

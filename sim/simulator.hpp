@@ -55,6 +55,7 @@ enum class TaskKind : uint8_t {
   host_optimizer,                           // offload: AdamW on the CPU (the GPU idles)
   ep,                                       // MoE: all-to-alls and expert-tp collectives of one slot
   edp_grad,                                 // MoE: expert gradients over the expert-data-parallel group
+  cp,                                       // context parallelism: KV-ring hops on the cp links
 };
 
 struct SimTask {
@@ -72,6 +73,14 @@ struct SimTask {
 // What one stage's work (sim/stage_work.hpp) gives the simulator, priced: op times by pass
 // from the cost model's StageEstimate, messages by pass on the group links (a seam for
 // tests: uniform stages can be written by hand).
+// One pass's KV ring per micro-batch, all chunks (sim/context_parallel.hpp's CpRingPass): the
+// attention blocks (within the pass's compute time) that hops run beside, those hops, and the
+// hops nothing hides.
+struct CpPassInputs {
+  double block_s = 0, send_s = 0, alone_s = 0;
+  int64_t bytes = 0;
+};
+
 struct StageInputs {
   double forward_s = 0, backward_s = 0, recompute_s = 0;   // per micro-batch, all chunks
   double weight_grad_s = 0;     // of backward_s, the weight-gradient GEMMs (zb-h1 runs them as W)
@@ -97,6 +106,8 @@ struct StageInputs {
   // MoE (sim/moe.hpp): expert all-to-alls and expert-tp collectives per micro-batch by pass
   // (in-line after each pass, as tp's), the expert gradients' reduction per step.
   double ep_forward_s = 0, ep_backward_s = 0, ep_recompute_s = 0, edp_step_s = 0;
+  // Context parallelism: the KV ring by pass, played beside the attention blocks.
+  CpPassInputs cp_forward, cp_backward, cp_recompute;
 };
 
 struct SimInputs {

@@ -50,6 +50,11 @@ std::string to_string(Recompute r) { return recompute_names()[static_cast<int>(r
 std::string to_string(Schedule s) { return schedule_names()[static_cast<int>(s)]; }
 std::string to_string(Attention a) { return attention_names()[static_cast<int>(a)]; }
 std::string to_string(DpComm d) { return dp_comm_names()[static_cast<int>(d)]; }
+// ZeRO-3's gather granularity (Zero3Gather in specs.hpp): FSDP's layer or DeepSpeed 0.3's tensor.
+static const std::vector<std::string>& zero3_gather_names() {
+  static const std::vector<std::string> n{"layer", "tensor"};
+  return n;
+}
 
 template <class E>
 static void read_enum(ObjectReader& r, const std::string& key, const std::vector<std::string>& names,
@@ -435,6 +440,7 @@ Expected<ParallelConfig> parallel_from_json(const nlohmann::json& j, const std::
   r.opt_integer("ep", p.ep, 1, limits::kGpus);    // MoE: default 1
   r.opt_integer("etp", p.etp, 1, limits::kGpus);
   r.opt_integer("cp", p.cp, 1, limits::kGpus);    // context parallelism: default 1
+  read_enum(r, "zero3_gather", zero3_gather_names(), p.zero3_gather, false);  // default layer
   r.reject_unknown_keys();
   if (r.failed()) return *r.error();
   return p;
@@ -553,6 +559,7 @@ nlohmann::json to_json(const ParallelConfig& p) {
   if (p.ep > 1 || p.etp > 1) j["ep"] = p.ep, j["etp"] = p.etp;  // MoE: expert parallelism
   if (p.cp > 1) j["cp"] = p.cp;  // context parallelism: written where set
   if (p.tp_comm_overlap) j["tp_comm_overlap"] = true;  // written where on (sim/tp_overlap.hpp)
+  if (p.zero3_gather != Zero3Gather::layer) j["zero3_gather"] = zero3_gather_names()[static_cast<int>(p.zero3_gather)];
   return j;
 }
 

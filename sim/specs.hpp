@@ -180,6 +180,13 @@ struct TrainSpec {
 enum class Recompute { none, selective, full };
 enum class Schedule { gpipe, one_f_one_b, interleaved, zb_h1, zb_v };
 enum class DpComm { ring, parameter_server };
+// How ZeRO-3 moves a layer's weights and gradients. layer: one all-gather of the layer's flat
+// buffer (FSDP's FlatParameter, Zhao et al. 2023, Sec. 3.2), prefetched one layer ahead, and one
+// reduce-scatter per layer beside the next layer's backward. tensor: DeepSpeed 0.3-0.4's stage 3
+// (deepspeed/runtime/zero/partition_parameters.py at v0.3.15): one all-gather per parameter tensor
+// as its sub-module is fetched, each issued after torch.cuda.synchronize(), and one reduce-scatter
+// per parameter tensor, so none of them overlaps compute.
+enum class Zero3Gather { layer, tensor };
 // What a GPU keeps in host memory (sim/offload.hpp): the optimizer state with the update on the
 // CPU (ZeRO-Offload); that and the weights and gradients, streamed in and out layer by layer
 // (ZeRO-Infinity's offload_param, FSDP2's CPUOffloadPolicy; ZeRO-3 only); or the activations
@@ -214,6 +221,7 @@ struct ParallelConfig {
   std::vector<int64_t> stage_layers;
   std::string order = "tp-dp-pp";  // innermost first, as Megatron-core's order string
   DpComm dp_comm = DpComm::ring;
+  Zero3Gather zero3_gather = Zero3Gather::layer;  // zero 3 only
   int64_t ps_servers = 0;      // parameter-server layout only
   double grad_compression = 1; // original / sent bytes of DP gradient traffic (>= 1)
   Offload offload = Offload::none;

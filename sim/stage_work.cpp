@@ -220,15 +220,16 @@ void layer_gemms(std::vector<Op>& ops, const ModelSpec& m, const Dims& d, Pass p
   if (m.is_mla()) {
     mla_gemms(ops, m, d.T, d.t, pass, L);  // DeepSeek's latent attention (sim/mla.hpp)
   } else {
-    ops.push_back(gemm("qkv", pass, d.T, (d.q + 2 * d.kv) / d.t, d.h, L));
-    ops.push_back(gemm("attention projection", pass, d.T, d.h, d.q / d.t, L));
+    ops.push_back(beside_tp_collective(gemm("qkv", pass, d.T, (d.q + 2 * d.kv) / d.t, d.h, L), TpOverlapSlot::qkv));
+    ops.push_back(beside_tp_collective(gemm("attention projection", pass, d.T, d.h, d.q / d.t, L), TpOverlapSlot::proj));
   }
+  const int64_t Ld = L - d.moe.layers;  // MoE layers: moe_ops
   if (m.family == Family::gpt) {
-    ops.push_back(gemm("mlp fc1", pass, d.T, d.f / d.t, d.h, L - d.moe.layers));
+    ops.push_back(beside_tp_collective(gemm("mlp fc1", pass, d.T, d.f / d.t, d.h, Ld), TpOverlapSlot::fc1));
   } else {
-    ops.push_back(gemm("mlp gate|up", pass, d.T, 2 * d.f / d.t, d.h, L - d.moe.layers));  // MoE layers: moe_ops
+    ops.push_back(beside_tp_collective(gemm("mlp gate|up", pass, d.T, 2 * d.f / d.t, d.h, Ld), TpOverlapSlot::fc1));
   }
-  ops.push_back(gemm("mlp fc2", pass, d.T, d.h, d.f / d.t, L - d.moe.layers));
+  ops.push_back(beside_tp_collective(gemm("mlp fc2", pass, d.T, d.h, d.f / d.t, Ld), TpOverlapSlot::fc2));
 }
 
 // The attention core of one layer. Fused: causal FlashAttention (FlashAttention-2's backward
@@ -353,12 +354,17 @@ namespace {
 // of the max, the target logit and the sum of exponentials, 4 bytes per token each.
 // With SP the gradients of replicated parameters (norms, row-parallel biases, positions) are
 // partial sums: one all-reduce over tp per step.
-void tp_messages(std::vector<Message>& v, const ParallelConfig& p, const Dims& d) {
+void tp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelConfig& p, const Dims& d) {
   if (p.tp <= 1) return;
   const int64_t act = d.e * d.T * d.h, L = d.layers;
   const TpHalves moe = moe_tp_halves_saved(d.moe, p);  // MoE layers without an MLP over tp
   int64_t fwd = 4 * L - moe.forward, bwd = 4 * L + (p.sp ? 2 * L : 0) - moe.backward;
-  const int64_t rec = p.recompute == Recompute::full ? 4 * L - moe.forward : 0;
+  int64_t rec = p.recompute == Recompute::full ? 4 * L - moe.forward : 0;
+  // FP8 with SP (sim/fp8.hpp): the layers' all-gathers move FP8, 1 byte per element.
+  const Fp8TpGathers g8 = tr.fp8 && p.sp && !p.tp_comm_overlap
+                              ? fp8_sp_gathers(L, moe.forward / 2, p.recompute == Recompute::full)
+                              : Fp8TpGathers{};
+  fwd -= g8.forward, bwd -= g8.backward, rec -= g8.recompute;
   // --tp-comm-overlap (sim/tp_overlap.hpp): the layers' halves overlap the GEMMs beside them;
   // the model's ends keep theirs in-line.
   const int64_t ov_f = p.tp_comm_overlap ? fwd : 0, ov_b = p.tp_comm_overlap ? bwd : 0;
@@ -373,6 +379,11 @@ void tp_messages(std::vector<Message>& v, const ParallelConfig& p, const Dims& d
   if (ov_f > 0) v.push_back(message(kTpOverlappedMessage, Group::tp, rs, Pass::forward, mbc, act, ov_f));
   if (ov_b > 0) v.push_back(message(kTpOverlappedMessage, Group::tp, rs, Pass::backward, mbc, act, ov_b));
   if (ov_r > 0) v.push_back(message(kTpOverlappedMessage, Group::tp, rs, Pass::recompute, mbc, act, ov_r));
+  const Pass passes[] = {Pass::forward, Pass::backward, Pass::recompute};
+  const int64_t g8_counts[] = {g8.forward, g8.backward, g8.recompute};
+  for (int i = 0; i < 3; ++i)
+    if (g8_counts[i] > 0)
+      v.push_back(message(kFp8TpGatherMessage, Group::tp, MessageKind::all_gather, passes[i], mbc, d.T * d.h, g8_counts[i]));
   if (d.last)
     v.push_back(message("tp cross-entropy", Group::tp, MessageKind::all_reduce, Pass::forward, Cadence::micro_batch,
                         4 * d.T, 3));
@@ -394,6 +405,11 @@ void pp_messages(std::vector<Message>& v, const ParallelConfig& p, const Dims& d
   v.push_back(message("pp send", Group::pp, MessageKind::send, Pass::backward, Cadence::micro_batch, bytes,
                       p.vpp - (d.first ? 1 : 0) - turn));
 }
+
+// Parameter tensors of one layer, as a per-tensor ZeRO-3 gathers them: GPT (Megatron's fused
+// QKV) has the weight and bias of its two norms, QKV, projection and two FFN linears, 12;
+// Llama has its two norms' weights and q, k, v, o, gate, up and down, 9 (no biases).
+int64_t param_tensors_per_layer(const ModelSpec& m) { return m.family == Family::gpt ? 12 : 9; }
 
 // Data parallel (ZeRO paper, Rajbhandari et al. 2020, Sec. 7): G gradient bytes (after
 // compression) and W weight bytes of this rank's unsharded parameters. Stage 0: all-reduce of
@@ -422,10 +438,11 @@ void dp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelCon
                           p.zero == 2 ? mbc : Cadence::step, G, 1, buckets));
       v.push_back(message("dp gather params", Group::dp, MessageKind::all_gather, Pass::step, Cadence::step, W, 1));
     }
-    if (p.zero >= 3) {
-      v.push_back(message("dp gather", Group::dp, MessageKind::all_gather, Pass::forward, mbc, W, 1, L));
-      v.push_back(message("dp gather", Group::dp, MessageKind::all_gather, Pass::backward, mbc, W, 1, L));
-      v.push_back(message("dp gradients", Group::dp, MessageKind::reduce_scatter, Pass::backward, mbc, G, 1, L));
+    if (p.zero >= 3) {  // one collective per layer, or per parameter tensor (Zero3Gather::tensor)
+      const int64_t k = p.zero3_gather == Zero3Gather::tensor ? param_tensors_per_layer(m) : 1;
+      v.push_back(message("dp gather", Group::dp, MessageKind::all_gather, Pass::forward, mbc, W, 1, L * k));
+      v.push_back(message("dp gather", Group::dp, MessageKind::all_gather, Pass::backward, mbc, W, 1, L * k));
+      v.push_back(message("dp gradients", Group::dp, MessageKind::reduce_scatter, Pass::backward, mbc, G, 1, L * k));
     }
   }
   if (m.tied_embeddings && d.first != d.last) {  // two copies (zb-v's first stage holds one)
@@ -434,6 +451,27 @@ void dp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelCon
     emb.ranks = 2;
     v.push_back(emb);
   }
+}
+
+// DeepSpeed 0.3's per-tensor ZeRO-3 calls PyTorch's list-form collectives with one tensor per
+// rank (partition_parameters.py at v0.3.15: torch.distributed.all_gather(partitions, ...) in
+// _allgather_param, reduce_scatter(input_list[rank], input_list) in _reduce_scatter_gradient),
+// and ProcessGroupNCCL stages those through a flat buffer: after ncclAllGather it copies each of
+// the n outputs out of it, before ncclReduceScatter it copies the n inputs in
+// (flatten_for_scatter_gather). DeepSpeed PR #1188 (Oct 2021, "ZeRO3, improved parameter
+// all-gather operation") names this implicit memcpy and the synchronize before each gather as
+// what it removed. Per micro-batch: n copies of 1/n of every tensor for the forward gathers,
+// as many for the backward gathers and for the reduce-scatters; each copy reads and writes its
+// bytes and is one kernel launch. Blocking, like the collectives they follow.
+void zero3_tensor_copy_ops(std::vector<Op>& v, const ParallelConfig& p, const Dims& d, const ModelSpec& m,
+                           int64_t params) {
+  if (p.zero < 3 || p.zero3_gather != Zero3Gather::tensor || dp_cp(p) <= 1) return;
+  const int64_t calls = std::max<int64_t>(1, d.layers) * param_tensors_per_layer(m) * dp_cp(p);
+  const double W = static_cast<double>(d.e * params), G = static_cast<double>(d.g * params);
+  const double per_call = 1.0 / static_cast<double>(calls);
+  v.push_back(memory_op("zero-3 gather copy-out", Pass::forward, 2 * W * per_call, calls));
+  v.push_back(memory_op("zero-3 gather copy-out", Pass::backward, 2 * W * per_call, calls));
+  v.push_back(memory_op("zero-3 reduce-scatter copy-in", Pass::backward, 2 * G * per_call, calls));
 }
 
 // What offload (sim/offload.hpp) needs of this stage: the optimizer's shard, the largest layer
@@ -574,11 +612,12 @@ void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, co
   stage_ops(w.ops, m, tr, p, d);
   if (tr.fp8) fp8_ops(w.ops, p.zero, d.mb, fp8_weights);  // FP8 GEMMs and their casts (sim/fp8.hpp)
   if (p.tp_comm_overlap) chunk_overlapped_gemms(w.ops, c.gpu, p.tp);  // GEMMs in tp chunks (sim/tp_overlap.hpp)
-  tp_messages(w.messages, p, d);
+  tp_messages(w.messages, tr, p, d);
   mla_messages(w.messages, m, p, d.layers, d.g);  // latent attention's replicated weights (sim/mla.hpp)
   pp_messages(w.messages, p, d);
   cp_messages(w.messages, m, tr, p, d.layers);
   dp_messages(w.messages, tr, p, d, m, w.params - w.expert_params);
+  zero3_tensor_copy_ops(w.ops, p, d, m, w.params - w.expert_params);  // DeepSpeed 0.3's staging copies
   moe_messages(w.messages, d.moe, p, tr);
   offload_messages(w.messages, p, offload);
   w.optimizer_on_host = p.offload == Offload::optimizer || p.offload == Offload::optimizer_params;

@@ -35,6 +35,7 @@ nlohmann::json comm_json(const CommBytes& c) {
   nlohmann::json j = {{"tp", c.tp}, {"dp", c.dp}, {"pp", c.pp}};
   if (c.host > 0) j["host"] = c.host;  // offload's host-link bytes
   if (c.ep > 0) j["ep"] = c.ep;  // MoE: expert all-to-alls and expert tp
+  if (c.cp > 0) j["cp"] = c.cp;  // context parallelism: the KV ring
   return j;
 }
 
@@ -45,6 +46,7 @@ nlohmann::json time_json(const TimeBreakdown& t, const double* other) {
   if (other) j["other"] = *other;
   if (t.host_comm_s > 0) j["host_comm"] = t.host_comm_s;  // offload
   if (t.ep_comm_s > 0) j["ep_comm"] = t.ep_comm_s;  // MoE
+  if (t.cp_comm_s > 0) j["cp_comm"] = t.cp_comm_s;  // context parallelism
   return j;
 }
 
@@ -70,6 +72,10 @@ nlohmann::json stage_json(const StageEstimate& s) {
     j["ep_comm_s"] = s.ep_comm_s;
     j["ep_forward_s"] = s.ep_forward_s;
     j["edp_step_s"] = s.edp_step_s;
+  }
+  if (s.cp_comm_s > 0) {  // context parallelism: the KV ring's exposed waits
+    j["cp_comm_s"] = s.cp_comm_s;
+    j["cp_forward_s"] = s.cp_forward_s;
   }
   return j;
 }
@@ -253,6 +259,7 @@ void read_comm(ObjectReader& parent, const std::string& key, CommBytes& c, int64
   r.integer("pp", c.pp, 0, kMaxBytes);
   r.opt_integer("host", c.host, 0, kMaxBytes);
   r.opt_integer("ep", c.ep, 0, kMaxBytes);
+  r.opt_integer("cp", c.cp, 0, kMaxBytes);
   if (world) r.integer("world", *world, 0, kMaxBytes);
   r.reject_unknown_keys();
 }
@@ -270,6 +277,7 @@ void read_time(ObjectReader& parent, const std::string& key, TimeBreakdown& t, d
   r.number("optimizer", t.optimizer_s, 0, false);
   r.opt_number("host_comm", t.host_comm_s, 0, false);
   r.opt_number("ep_comm", t.ep_comm_s, 0, false);
+  r.opt_number("cp_comm", t.cp_comm_s, 0, false);
   if (other) r.opt_number("other", *other, 0, false);
   r.reject_unknown_keys();
 }
@@ -342,6 +350,8 @@ void read_stage(ObjectReader& parent, const std::string& key, const nlohmann::js
   r.opt_number("ep_comm_s", s.ep_comm_s, 0, false);
   r.opt_number("ep_forward_s", s.ep_forward_s, 0, false);
   r.opt_number("edp_step_s", s.edp_step_s, 0, false);
+  r.opt_number("cp_comm_s", s.cp_comm_s, 0, false);
+  r.opt_number("cp_forward_s", s.cp_forward_s, 0, false);
   r.reject_unknown_keys();
   if (!r.failed() && s.index != index)
     r.fail("stage", "must be its index in stages (" + std::to_string(index) + "; got " + std::to_string(s.index) + ")");

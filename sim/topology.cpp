@@ -72,11 +72,13 @@ GroupLinks Topology::price(const RankGrid& grid, Dim d, bool ring) const {
     }
   // The slowest link any ring crosses sets the pace of every group (they run in lockstep).
   double bw = std::numeric_limits<double>::infinity();
-  double lat = 0;
+  double lat = 0, intra_lat = 0;
+  const size_t gpu_links = static_cast<size_t>(2 * gpus_);  // edges below this join a GPU to its switch
   for (size_t e = 0; e < load.size(); ++e) {
     if (load[e] == 0) continue;
     bw = std::min(bw, bytes_per_s_[e] / load[e]);
     lat = std::max(lat, latency_s_[e]);
+    if (e < gpu_links) intra_lat = std::max(intra_lat, latency_s_[e]);
   }
   // A group is an arithmetic progression of ranks with the dimension's stride: with a stride
   // of a node or more every member is on its own node; with less it covers every node
@@ -90,6 +92,7 @@ GroupLinks Topology::price(const RankGrid& grid, Dim d, bool ring) const {
   }
   out.busbw_bytes_per_s = bw;
   out.latency_s = lat;
+  out.intra_latency_s = intra_lat;
   return out;
 }
 

@@ -21,8 +21,10 @@ namespace loom {
 struct GroupLinks {
   int64_t size = 1;                 // ranks in the group
   double busbw_bytes_per_s = 0;     // ring bus bandwidth of the slowest group of this kind
-  double latency_s = 0;             // per ring step on the slowest link crossed
+  double latency_s = 0;             // per ring step on the slowest link crossed (the NIC's
+                                    // when the group spans nodes)
   int64_t nodes_spanned = 1;        // most nodes any group of this kind spans
+  double intra_latency_s = 0;       // per ring step between GPUs of one node (NVLink/NVSwitch)
 };
 
 class Topology {

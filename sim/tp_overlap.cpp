@@ -1,6 +1,7 @@
 #include "sim/tp_overlap.hpp"
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 
 #include "sim/op_timer.hpp"
@@ -9,34 +10,32 @@ namespace loom {
 
 namespace {
 
-// Which layer GEMM each overlapped collective sits beside, as Transformer Engine pairs them
-// (its userbuffers names in brackets). Forward (and a full recompute's forward): the
-// all-gathers before QKV [qkv_fprop] and fc1 [fc1_fprop] by ring exchange, the reduce-scatters
-// after the projection [proj_fprop] and fc2 [fc2_fprop] by the SM-driven pipeline method.
-// Backward: the gathers of the output gradient before the projection's [proj_dgrad] and fc2's
-// [fc2_dgrad] data gradient by ring exchange; QKV's and fc1's backward carry two halves each,
-// the input gathered again for the weight gradient and the data gradient reduce-scattered,
-// by the SM-driven bulk method [qkv_dgrad, qkv_wgrad, fc1_dgrad, fc1_wgrad].
+// What each overlapped collective does beside the layer GEMM whose slot it is (Op::tp_slot, set
+// where the GEMMs are made), as Transformer Engine pairs them (its userbuffers names in
+// brackets). Forward (and a full recompute's forward): the all-gathers before QKV [qkv_fprop]
+// and fc1 [fc1_fprop] by ring exchange, the reduce-scatters after the projection [proj_fprop]
+// and fc2 [fc2_fprop] by the SM-driven pipeline method. Backward: the gathers of the output
+// gradient before the projection's [proj_dgrad] and fc2's [fc2_dgrad] data gradient by ring
+// exchange; QKV's and fc1's backward carry two halves each, the input gathered again for the
+// weight gradient and the data gradient reduce-scattered, by the SM-driven bulk method
+// [qkv_dgrad, qkv_wgrad, fc1_dgrad, fc1_wgrad].
 struct Pairing {
-  const char* gemm;
-  bool backward;
   int64_t halves;     // tp halves (b s h each) per layer beside this GEMM
   bool takes_sms;     // its collective runs on SMs the GEMM then does not have
 };
-constexpr Pairing kPairings[] = {
-    {"qkv", false, 1, false},          {"attention projection", false, 1, true},
-    {"mlp fc1", false, 1, false},      {"mlp gate|up", false, 1, false},
-    {"mlp fc2", false, 1, true},       {"attention projection", true, 1, false},
-    {"qkv", true, 2, true},            {"mlp fc2", true, 1, false},
-    {"mlp fc1", true, 2, true},        {"mlp gate|up", true, 2, true},
+// By slot (qkv, proj, fc1, fc2), then forward and backward.
+constexpr Pairing kPairings[4][2] = {
+    {{1, false}, {2, true}},   // qkv: all-gather; backward bulk reduce-scatter + all-gather
+    {{1, true}, {1, false}},   // proj: reduce-scatter; backward all-gather
+    {{1, false}, {2, true}},   // fc1: as qkv
+    {{1, true}, {1, false}},   // fc2: as proj
 };
 
 const Pairing* pairing_of(const Op& o) {
   if (o.pass == Pass::step || (o.kind != OpKind::gemm && o.kind != OpKind::gemm_bwd)) return nullptr;
-  const bool backward = o.pass == Pass::backward;
-  for (const Pairing& x : kPairings)
-    if (x.backward == backward && std::strcmp(x.gemm, o.name) == 0) return &x;
-  return nullptr;
+  if (o.tp_slot == TpOverlapSlot::none) return nullptr;
+  const size_t slot = static_cast<size_t>(o.tp_slot) - 1;
+  return &kPairings[slot][o.pass == Pass::backward ? 1 : 0];
 }
 
 }  // namespace

@@ -7,9 +7,11 @@
 //
 // In a stage's work (sim/stage_work.hpp) the knob shows twice: the layers' tp halves are the
 // message "tp overlapped activations" (the model's ends and the cross-entropy stay in-line),
-// and the GEMMs they pair with run as tp chunks of T / tp rows (chunk_overlapped_gemms), so a
-// skinny chunk costs what the GEMM time model says it costs. The cost model and the simulator
-// then take off the communication time the chunks hide (tp_overlap_hidden_s).
+// and the GEMMs they pair with (by Op::tp_slot: QKV or the attention's first column-parallel
+// GEMM, the projection, fc1 or gate|up, fc2, the shared experts' too) run as tp chunks of
+// T / tp rows (chunk_overlapped_gemms), so a skinny chunk costs what the GEMM time model says
+// it costs. The cost model and the simulator then take off the communication time the chunks
+// hide (tp_overlap_hidden_s).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -36,6 +38,13 @@ int64_t gpu_sm_count(const GpuSpec& gpu);
 // and the "ring_exchange" all-gathers 1 (their copies go over NVLink by copy engine), which
 // loom counts as none.
 inline constexpr int64_t kTpOverlapCommSms = 16;
+
+// `gemm` marked as the GEMM beside the tp collective of `slot` (Op::tp_slot): what
+// chunk_overlapped_gemms chunks and tp_overlap_hidden_s pairs, never a GEMM's name.
+inline Op beside_tp_collective(Op gemm, TpOverlapSlot slot) {
+  gemm.tp_slot = slot;
+  return gemm;
+}
 
 // Rewrites the layer GEMMs that pair with overlapped tp communication as `tp` chunks each
 // (rows T / tp, tp times the calls, the same FLOPs), the ones beside an SM-driven collective

@@ -199,6 +199,10 @@ Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec
     return fail("ps_servers", "servers are only used with dp_comm ps");
   if (p.dp_comm == DpComm::parameter_server && p.zero != 0)
     return fail("zero", "the parameter-server layout shards nothing: zero must be 0");
+  // DeepSpeed's per-tensor ZeRO-3 has no pipeline (its PipelineEngine refuses ZeRO stages 2 and 3).
+  if (p.zero3_gather == Zero3Gather::tensor && (p.zero != 3 || p.pp != 1 || p.cp != 1))
+    return fail("zero3_gather", "tensor (DeepSpeed's per-tensor ZeRO-3) needs zero 3, pp 1 and cp 1 (got zero " +
+                                    s(static_cast<int64_t>(p.zero)) + ", pp " + s(p.pp) + ", cp " + s(p.cp) + ")");
   if (!(p.grad_compression >= 1 && p.grad_compression <= 1e6))  // NaN fails both
     return fail("grad_compression", "must be in [1, 1e6] (original / sent bytes; got " + s(static_cast<long double>(p.grad_compression)) + ")");
   if (auto st = validate_offload(c, p, name); !st) return st;

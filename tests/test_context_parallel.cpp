@@ -16,6 +16,7 @@
 #include "sim/cost_model.hpp"
 #include "sim/simulator.hpp"
 #include "sim/stage_work.hpp"
+#include "sim/step_result.hpp"
 #include "sim/validate.hpp"
 #include "sim/zoo.hpp"
 
@@ -180,17 +181,68 @@ TEST_CASE("context parallelism: each ring step shows what its send exceeds its a
   const OpTimer timer = OpTimer::of(j.cluster, j.train);
   const double block_fwd = timer.op(*op(w, "attention", Pass::forward));
   const double block_bwd = timer.op(*op(w, "attention", Pass::backward));
+  // The ring's hops run beside the attention op of their pass; the last dK/dV hop beside none.
+  for (const Message& msg : w.messages) {
+    if (msg.group != Group::cp) continue;
+    const Op* block = cp_block_of(w, msg);
+    if (std::string(msg.name) == kCpReturnMessage) {
+      CHECK(block == nullptr);
+    } else {
+      REQUIRE(block != nullptr);
+      CHECK(block->pass == msg.pass);
+    }
+  }
   StageEstimate hidden;
-  price_cp_ring(w, GroupLinks{2, 1e15, 0, 1}, timer, hidden);  // sends far shorter than a block
-  CHECK(hidden.forward_s == 0);
+  price_cp_ring(w, GroupLinks{2, 1e15, 0, 1}, timer, true, 4, hidden);  // sends far shorter than a block
+  CHECK(hidden.cp_forward_s == 0);
   // dK and dV's last hop back to their owner has no block beside it: always exposed.
-  CHECK(hidden.backward_s == Approx(32 * 8388608 / 1e15).epsilon(1e-12));
+  CHECK(hidden.cp_comm_s == Approx(32 * 8388608 / 1e15).epsilon(1e-12));
+  CHECK(hidden.forward_s == 0);  // the ring's waits are its own, not the passes' compute
+  CHECK(hidden.backward_s == 0);
+  // Bytes per step: 4 micro-batches x 32 layers x (K, V forward; K, V, dK, dV backward; the
+  // dK, dV return) = 4 x 32 x 4 MiB x (2 + 4 + 2) = 4 GiB.
+  CHECK(hidden.comm.cp == 4'294'967'296);
   StageEstimate slow;
-  price_cp_ring(w, GroupLinks{2, 1e9, 0, 1}, timer, slow);  // 1 GB/s: 8.4 ms per forward send
+  price_cp_ring(w, GroupLinks{2, 1e9, 0, 1}, timer, true, 4, slow);  // 1 GB/s: 8.4 ms per forward send
   REQUIRE(block_fwd < 0.008388608);
-  CHECK(slow.forward_s == Approx(32 * (0.008388608 - block_fwd)).epsilon(1e-12));
-  CHECK(slow.backward_s == Approx(32 * std::max(0.0, 0.016777216 - block_bwd) + 32 * 0.008388608).epsilon(1e-12));
+  CHECK(slow.cp_forward_s == Approx(32 * (0.008388608 - block_fwd)).epsilon(1e-12));
+  CHECK(slow.cp_comm_s == Approx(slow.cp_forward_s + 32 * std::max(0.0, 0.016777216 - block_bwd) +
+                                 32 * 0.008388608).epsilon(1e-12));
   CHECK(slow.recompute_s == 0);
+  StageEstimate serial;  // without overlap every hop shows
+  price_cp_ring(w, GroupLinks{2, 1e9, 0, 1}, timer, false, 4, serial);
+  CHECK(serial.cp_comm_s == Approx(32 * (0.008388608 + 0.016777216 + 0.008388608)).epsilon(1e-12));
+}
+
+TEST_CASE("context parallelism: the ring's bytes and exposed time are the estimate's cp fields", "[cp]") {
+  const Job j = llama8b(16, 16, 8192);
+  const CostModel cm(j.model, j.cluster, j.train);
+  ParallelConfig p = tp2_cp2();
+  p.recompute = Recompute::full;  // the recomputed forward runs the ring again: 2 more blocks per hop
+  const Estimate e = cm.evaluate(p);
+  // 4 micro-batches x 32 layers x 4 MiB x (2 forward + 4 backward + 2 return + 2 recompute).
+  CHECK(e.comm.cp == 5'368'709'120);
+  CHECK(e.stages[0].comm.cp == e.comm.cp);
+  CHECK(e.time.cp_comm_s > 0);
+  CHECK(e.time.cp_comm_s == Approx(4 * e.stages[0].cp_comm_s).epsilon(1e-12));
+  CHECK(e.step_time_s == Approx(e.time.total_s()).epsilon(1e-12));
+  // In the step result, and back.
+  const nlohmann::json js = estimate_to_json(e);
+  CHECK(js["comm_bytes"]["cp"] == e.comm.cp);
+  CHECK(js["time_s"]["cp_comm"] == e.time.cp_comm_s);
+  auto back = estimate_from_json(js, "test");
+  REQUIRE(back.ok());
+  CHECK(back->comm.cp == e.comm.cp);
+  CHECK(back->time.cp_comm_s == e.time.cp_comm_s);
+  CHECK(back->stages[0].cp_comm_s == e.stages[0].cp_comm_s);
+  CHECK(back->stages[0].cp_forward_s == e.stages[0].cp_forward_s);
+  // A file written before the cp fields existed still reads.
+  ParallelConfig no_cp = tp2_cp2(8);
+  no_cp.cp = 1;
+  const nlohmann::json old = estimate_to_json(cm.evaluate(no_cp));
+  CHECK_FALSE(old["comm_bytes"].contains("cp"));
+  CHECK_FALSE(old["time_s"].contains("cp_comm"));
+  CHECK(estimate_from_json(old, "test").ok());
 }
 
 TEST_CASE("context parallelism: the simulator and the analytical step agree", "[cp]") {
@@ -214,6 +266,55 @@ TEST_CASE("context parallelism: the simulator and the analytical step agree", "[
       REQUIRE(plain.ok());
       CHECK(plain->time.compute_s == Approx(cm.evaluate(p, false).time.compute_s).epsilon(1e-9));
     }
+}
+
+// The ring as the simulator plays it: per slot the attention blocks with their hops beside them
+// on the cp links, then backward's last hop. Llama 3 8B at 32k tokens over cp 4 on one node
+// (the ring on NVLink), and 70B with tp 8, cp 4 (the ring between nodes, on their NICs) and pp 2.
+TEST_CASE("context parallelism: the simulator plays the ring as tasks and agrees with the analytical step",
+          "[cp][simulator]") {
+  struct Case {
+    const char* model;
+    int64_t gpus, batch, tp, cp, pp;
+    Recompute recompute;
+  };
+  for (const Case& c : {Case{"llama3-8b", 8, 8, 1, 4, 1, Recompute::none},
+                        Case{"llama3-8b", 8, 8, 1, 4, 1, Recompute::full},
+                        Case{"llama3-70b", 64, 16, 8, 4, 2, Recompute::full}}) {
+    auto m = load_model(c.model, "test", nullptr);
+    auto cl = load_cluster("dgx-h100", "test");
+    REQUIRE(m.ok());
+    REQUIRE(cl.ok());
+    REQUIRE(size_cluster(*cl, c.gpus, "test").ok());
+    TrainSpec t;
+    t.global_batch = c.batch;
+    t.seq = 32768;
+    t.dp_bucket_bytes = 40'000'000 * 2;  // Megatron-core's 40e6 elements of bf16
+    ParallelConfig p;
+    p.tp = c.tp, p.cp = c.cp, p.pp = c.pp, p.dp = c.gpus / (c.tp * c.cp * c.pp), p.sp = c.tp > 1;
+    p.zero = 1, p.recompute = c.recompute;
+    const Job j{*m, *cl, t};
+    REQUIRE(check(j, p) == "");
+    const CostModel cm(j.model, j.cluster, j.train);
+    const Estimate est = cm.evaluate(p);
+    auto sim = simulate(cm, p, SimOptions{});
+    REQUIRE(sim.ok());
+    INFO(c.model << " cp " << c.cp << " tp " << c.tp << ": simulated " << sim->step_time_s << " s, analytical "
+                 << est.step_time_s << " s; cp_comm " << sim->time.cp_comm_s << " against " << est.time.cp_comm_s);
+    CHECK(std::fabs(sim->step_time_s - est.step_time_s) <= 0.03 * est.step_time_s);
+    // The breakdown's cp_comm is the compute stream's wait for the hops: each stage's equal ring
+    // steps summed, the same sums as the cost model's (floating-point order only).
+    CHECK(est.time.cp_comm_s > 0);
+    CHECK(sim->time.cp_comm_s == Approx(est.time.cp_comm_s).epsilon(1e-9));
+    // Its hop tasks carry the bytes the estimate counts (pp 1, no ZeRO-3: one ring per slot).
+    if (c.pp == 1) {
+      int64_t bytes = 0, hops = 0;
+      for (const SimTask& task : sim->tasks)
+        if (task.kind == TaskKind::cp) bytes += task.bytes, hops += task.dur_s > 0;
+      CHECK(bytes == est.comm.cp);
+      CHECK(hops > 0);
+    }
+  }
 }
 
 TEST_CASE("context parallelism: the planner tries cp for long sequences only, or as pinned", "[cp]") {
@@ -246,6 +347,8 @@ TEST_CASE("loom predict --cp: the configuration line and a refused cp", "[cp][cl
   REQUIRE(ok.code == 0);
   CHECK(ok.out.find("dp 4  tp 2  pp 1") != std::string::npos);
   CHECK(ok.out.find("  cp 2") != std::string::npos);
+  CHECK(ok.out.find("context-parallel KV ring (exposed)") != std::string::npos);
+  CHECK(ok.out.find("bytes sent per GPU per step over the context-parallel ring: ") != std::string::npos);
   LoomRun odd = run_loom(job + "--seq 8190 --cp 2");
   CHECK(odd.code == 2);
   CHECK(odd.err == "loom: --cp: must split seq into 2 x cp equal chunks, the load-balanced causal split (8190 % 4 != 0)\n");

@@ -288,3 +288,47 @@ TEST_CASE("fp8: export writes Megatron's and torchtitan's FP8 options and import
     CHECK(j["prediction"]["step_time_s"] == nlohmann::json::parse(slurp(plan))["prediction"]["step_time_s"]);
   }
 }
+
+TEST_CASE("fp8: with sequence parallelism the layers' tp all-gathers move FP8, as Transformer Engine runs them", "[fp8]") {
+  // TE (v2.1, module/layernorm_linear.py, base.py grad_output_preprocess) quantizes before the
+  // SP all-gathers; the reduce-scatters move the GEMMs' bf16 outputs (sim/fp8.hpp).
+  const ClusterSpec c = cluster("dgx-h100", 8);
+  auto m = load_model("llama3-8b", "test", nullptr);
+  REQUIRE(m.ok());
+  ParallelConfig p;
+  p.tp = 8;
+  p.sp = true;
+  const TrainSpec f8 = train(1, 8192, true), bf = train(1, 8192, false);
+  const StageWork w = build_stage_work(*m, c, f8, p, 0, false);
+  // 32 layers: forward 2 x 32 gathers (qkv and fc1 inputs), backward 4 x 32 (the projection's
+  // and fc2's output gradients, both norm outputs again); T h = 8192 x 4096 FP8 bytes each.
+  int64_t fwd = 0, bwd = 0;
+  for (const Message& msg : w.messages) {
+    if (std::strcmp(msg.name, kFp8TpGatherMessage) != 0) continue;
+    CHECK(msg.kind == MessageKind::all_gather);
+    CHECK(msg.bytes == 8192LL * 4096);
+    (msg.pass == Pass::forward ? fwd : bwd) += msg.count;
+  }
+  CHECK(fwd == 64);
+  CHECK(bwd == 128);
+  // What is left in bf16: forward 2 x 32 reduce-scatters + the embedding's and the output
+  // layer's halves; backward 2 x 32 + the same two.
+  const Message* rest_f = nullptr;
+  for (const Message& msg : w.messages)
+    if (std::strcmp(msg.name, "tp activations") == 0 && msg.pass == Pass::forward) rest_f = &msg;
+  REQUIRE(rest_f != nullptr);
+  CHECK(rest_f->count == 66);
+  CHECK(rest_f->bytes == 2LL * 8192 * 4096);
+  // Time: each FP8 gather saves half of a bf16 gather's transfer, (n-1)/n x T h / busbw on the
+  // node's NVLink ring (370 GB/s, dgx-h100), the latency the same: 192 x 7/8 x 33554432 / 370e9
+  // = 15.236 ms per micro-batch (1 here).
+  const Estimate ef = CostModel(*m, c, f8).evaluate(p), eb = CostModel(*m, c, bf).evaluate(p);
+  CHECK(eb.time.tp_comm_s - ef.time.tp_comm_s == Approx(192 * 7.0 / 8 * 33554432 / 370e9).epsilon(1e-9));
+  CHECK(192 * 7.0 / 8 * 33554432 / 370e9 == Approx(0.015236).epsilon(1e-4));
+  // And the bytes each GPU sends over tp: 192 x 7/8 x 33554432 fewer.
+  CHECK(eb.comm.tp - ef.comm.tp == 192LL * 7 * 33554432 / 8);
+  // With --tp-comm-overlap the overlapped halves stay priced at bf16 size (sim/fp8.hpp).
+  p.tp_comm_overlap = true;
+  const StageWork wo = build_stage_work(*m, c, f8, p, 0, false);
+  CHECK(wo.find(Group::tp, kFp8TpGatherMessage) == nullptr);
+}

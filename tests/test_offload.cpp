@@ -12,6 +12,7 @@
 #include <string>
 
 #include "run_loom.hpp"
+#include "sim_fixtures.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/model_math.hpp"
 #include "sim/offload.hpp"
@@ -22,6 +23,7 @@
 #include "sim/zoo.hpp"
 
 using namespace loom;
+using namespace loom::test;
 
 namespace {
 
@@ -29,25 +31,6 @@ namespace {
 // terms): they agree to ~1e-12 relative; 1e-9 still catches a copy one of them leaves out.
 constexpr double kExact = 1e-9;
 bool close(double a, double b) { return std::fabs(a - b) <= kExact * std::max({std::fabs(a), std::fabs(b), 1e-30}); }
-
-struct Job {
-  ModelSpec model;
-  ClusterSpec cluster;
-  TrainSpec train;
-};
-
-Job job(const std::string& model, const std::string& cluster, int64_t gpus, int64_t batch, int64_t seq) {
-  auto m = load_model(model, "test", nullptr);
-  REQUIRE(m.ok());
-  auto c = load_cluster(cluster, "test");
-  REQUIRE(c.ok());
-  REQUIRE(size_cluster(*c, gpus, "test").ok());
-  TrainSpec t;
-  t.global_batch = batch;
-  t.seq = seq;
-  t.dp_bucket_bytes = 40'000'000 * 2;
-  return {*m, *c, t};
-}
 
 Status check(const Job& j, const ParallelConfig& p) {
   return validate_config(j.model, j.cluster, j.train, p, [](const std::string& f) { return f; });
@@ -363,30 +346,19 @@ TEST_CASE("offload on the command line: bad values, no host, too little host mem
 
 namespace {
 
+// The configuration and the predicted step time: what the import must give back.
 nlohmann::json configuration(const std::string& plan_path) {
-  auto j = nlohmann::json::parse(slurp(plan_path));
-  for (auto* k : {"name", "source", "published_params", "published_params_precision"}) j["model"].erase(k);
-  return {{"model", j["model"]}, {"train", j["train"]}, {"parallel", j["parallel"]},
-          {"step_time_s", j["prediction"]["step_time_s"]}};
+  nlohmann::json c = plan_configuration(plan_path);
+  c["step_time_s"] = nlohmann::json::parse(slurp(plan_path))["prediction"]["step_time_s"];
+  return c;
 }
 
 void round_trip(const std::string& engine, const std::string& predict_args, const std::string& import_args,
                 const std::string& name, const std::string& must_contain) {
-  const auto plan = temp_file(name + "_plan.json", ""), file = temp_file(name + "_" + engine + ".out", ""),
-             back = temp_file(name + "_imported.json", "");
   INFO(engine << " " << predict_args);
-  LoomRun pr = run_loom("predict " + predict_args + " -o " + plan);
-  INFO(pr.err);
-  REQUIRE(pr.code == 0);
-  LoomRun e = run_loom("export " + plan + " --to " + engine + " -o " + file);
-  INFO(e.err);
-  REQUIRE(e.code == 0);
-  CHECK(slurp(file).find(must_contain) != std::string::npos);
-  LoomRun i = run_loom("import " + engine + " " + file + " " + import_args + " -o " + back);
-  INFO(i.err);
-  REQUIRE(i.code == 0);
-  CHECK(configuration(back) == configuration(plan));
-  CHECK(configuration(back)["parallel"]["offload"] == configuration(plan)["parallel"]["offload"]);
+  const RoundTrip t = export_round_trip(engine, predict_args, import_args, name, must_contain);
+  CHECK(configuration(t.imported) == configuration(t.plan));
+  CHECK(configuration(t.imported)["parallel"]["offload"] == configuration(t.plan)["parallel"]["offload"]);
 }
 
 }  // namespace

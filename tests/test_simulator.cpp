@@ -13,6 +13,7 @@
 
 #include "planner/search.hpp"
 #include "run_loom.hpp"
+#include "sim_fixtures.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/schedule.hpp"
 #include "sim/shared_sweep.hpp"
@@ -22,6 +23,7 @@
 #include "sim/zoo.hpp"
 
 using namespace loom;
+using namespace loom::test;
 
 namespace {
 
@@ -45,45 +47,11 @@ ParallelConfig config(int64_t dp, int64_t tp, int64_t pp, Schedule s, int64_t vp
 
 // Uniform stages, no communication: t = 3 per micro-batch (forward 1, backward 2).
 SimInputs uniform(Schedule s, int64_t pp, int64_t vpp, int64_t m) {
-  SimInputs in;
-  in.parallel = config(1, 1, pp, s, vpp);
-  in.micro_batches = m;
   StageInputs st;
   st.forward_s = 1;
   st.backward_s = 2;
   st.layers = 4 * vpp;
-  in.stages.assign(pp, st);
-  return in;
-}
-
-SimOptions no_overlap() {
-  SimOptions o;
-  o.overlap = false;
-  return o;
-}
-
-// A cluster whose links are (practically) free: 1e30 bytes/s and no latency, so every
-// collective and send takes ~1e-21 s and only the pipeline's compute is left.
-ClusterSpec ideal_cluster(int64_t gpus) {
-  auto c = load_cluster("dgx-a100", "test");
-  REQUIRE(c.ok());
-  for (FabricSpec* f : {&c->intra_node, &c->inter_node}) {
-    f->busbw_bytes_per_s = 1e30;
-    f->link_bytes_per_s = 1e30;
-    f->latency_s = 0;
-  }
-  REQUIRE(size_cluster(*c, gpus, "test").ok());
-  return *c;
-}
-
-CostModel gpt2_model(const ClusterSpec& c, int64_t batch) {
-  auto m = load_model("gpt2-350m", "test", nullptr);
-  REQUIRE(m.ok());
-  TrainSpec t;
-  t.global_batch = batch;
-  t.seq = 1024;
-  t.dp_bucket_bytes = 80'000'000;
-  return CostModel(*m, c, t);
+  return equal_stages(s, pp, vpp, m, st);
 }
 
 ClusterSpec a100(int64_t gpus) {
@@ -183,7 +151,7 @@ TEST_CASE("with overlap off and free links the simulated step is CostModel's ste
   // the largest, ends the step). Interleaved is compared on uniform stages above: the
   // analytical (sum - slowest)/v is exact only when the stages are equal.
   const ClusterSpec c = ideal_cluster(8);
-  const CostModel cm = gpt2_model(c, 64);
+  const CostModel cm = gpt2_350m(c, 64);
   for (Schedule s : {Schedule::one_f_one_b, Schedule::gpipe})
     for (Recompute rc : {Recompute::none, Recompute::full}) {
       ParallelConfig p = config(1, 2, 4, s, 1, 2);
@@ -204,7 +172,7 @@ TEST_CASE("with overlap off and free links the simulated step is CostModel's ste
 
 TEST_CASE("communication: overlap hides what the analytical model exposes, never more than compute") {
   const ClusterSpec c = a100(64);
-  const CostModel cm = gpt2_model(c, 256);
+  const CostModel cm = gpt2_350m(c, 256);
   for (int zero : {0, 1, 2, 3}) {
     ParallelConfig p = config(8, 2, 4, Schedule::interleaved, 2, 2);
     p.zero = zero;
@@ -229,7 +197,7 @@ TEST_CASE("dp buckets of stages sharing a node's NICs stretch each other") {
   // ZeRO-2 reduce-scatters every micro-batch, so in 1F1B's steady state the stages' buckets
   // overlap.
   const ClusterSpec c = a100(16);
-  const CostModel cm = gpt2_model(c, 64);
+  const CostModel cm = gpt2_350m(c, 64);
   ParallelConfig p = config(2, 1, 8, Schedule::one_f_one_b, 1, 2);
   p.order = "tp-pp-dp";
   p.zero = 2;
@@ -246,7 +214,7 @@ TEST_CASE("dp buckets of stages sharing a node's NICs stretch each other") {
 
 TEST_CASE("trace: Chrome trace event format, one process per rank, one thread per stream") {
   const ClusterSpec c = a100(64);
-  const CostModel cm = gpt2_model(c, 256);
+  const CostModel cm = gpt2_350m(c, 256);
   ParallelConfig p = config(8, 2, 4, Schedule::interleaved, 2, 2);
   p.zero = 1;
   p.recompute = Recompute::selective;
@@ -400,7 +368,7 @@ TEST_CASE("ZeRO-3 with recompute: each layer's recompute runs under that layer's
   // FSDP gathers a layer in its pre-backward hook, then the checkpointed forward reruns: the
   // recompute of piece l directly precedes the backward of piece l, one gather for both.
   const ClusterSpec c = a100(16);
-  const CostModel cm = gpt2_model(c, 64);
+  const CostModel cm = gpt2_350m(c, 64);
   ParallelConfig p = config(8, 2, 1, Schedule::one_f_one_b, 1, 2);
   p.zero = 3;
   p.recompute = Recompute::selective;
@@ -636,7 +604,7 @@ TEST_CASE("zb-h1, GPT-2 350M on pp 4, overlap off and free links: the simulated 
   // Stage 3 (the logits) is the slowest: it runs without waiting once its first forward
   // arrives, and the step ends with the longest tail after its last B (zb_h1_bubble_s).
   const ClusterSpec c = ideal_cluster(8);
-  const CostModel cm = gpt2_model(c, 64);
+  const CostModel cm = gpt2_350m(c, 64);
   for (Recompute rc : {Recompute::none, Recompute::full}) {
     ParallelConfig p = config(1, 2, 4, Schedule::zb_h1, 1, 2);
     p.recompute = rc;
@@ -666,7 +634,7 @@ TEST_CASE("zb-h1, GPT-2 350M on pp 4, overlap off and free links: the simulated 
 
 TEST_CASE("zb-h1: gradient buckets and ZeRO-3 reduce-scatters follow W; W gathers no weights") {
   const ClusterSpec c = a100(16);
-  const CostModel cm = gpt2_model(c, 64);
+  const CostModel cm = gpt2_350m(c, 64);
   for (int zero : {0, 2, 3}) {
     ParallelConfig p = config(4, 1, 4, Schedule::zb_h1, 1, 2);
     p.zero = zero;
@@ -762,7 +730,7 @@ TEST_CASE("trace: no two events of one track overlap, so Perfetto nests them (re
 
 TEST_CASE("trace: the event count announced before writing equals the events written") {
   const ClusterSpec c = a100(16);
-  const CostModel cm = gpt2_model(c, 64);
+  const CostModel cm = gpt2_350m(c, 64);
   ParallelConfig p = config(2, 2, 4, Schedule::interleaved, 2, 4);
   p.zero = 3;
   auto r = simulate(cm, p, SimOptions{});

@@ -94,13 +94,90 @@ TEST_CASE("tp comm overlap: the layers' halves overlap, the GEMMs run in tp chun
   }
 }
 
+namespace {
+
+// Overlapped halves beside a layer GEMM of each slot, per layer (Transformer Engine's pairing,
+// sim/tp_overlap.cpp): forward one each; backward two beside QKV and fc1 (the input gathered
+// again for the weight gradient, the data gradient reduce-scattered), one beside the others.
+int64_t halves_beside(const Op& o) {
+  if (o.kind != OpKind::gemm && o.kind != OpKind::gemm_bwd) return 0;
+  const bool wide = o.tp_slot == TpOverlapSlot::qkv || o.tp_slot == TpOverlapSlot::fc1;
+  return o.tp_slot == TpOverlapSlot::none ? 0 : o.pass == Pass::backward && wide ? 2 : 1;
+}
+
+}  // namespace
+
+TEST_CASE("tp comm overlap pairs GEMMs by slot: every overlapped half has one GEMM beside it, MLA's and the "
+          "shared experts' too", "[tp_overlap]") {
+  struct Case {
+    const char* model;
+    int64_t gpus, tp, seq;
+    Recompute r;
+  };
+  // GPT (fc1), Llama (gate|up), and DeepSeek-V2-Lite: latent attention without q-LoRA (its
+  // all-gather beside "mla q"), one dense layer and 26 MoE layers with two shared experts (the
+  // MLP's halves beside "shared expert gate|up" and "shared expert down").
+  // GPT-3 at its learned position table's 2048 tokens.
+  for (const Case& k : {Case{"gpt3-175b", 8, 8, 2048, Recompute::full}, Case{"llama3-8b", 8, 4, 4096, Recompute::none},
+                        Case{"deepseek-v2-lite", 8, 2, 4096, Recompute::full}}) {
+    INFO(k.model);
+    const Job j = job(k.model, "dgx-h100", k.gpus, 16, k.seq);
+    ParallelConfig p = config(k.gpus / k.tp, k.tp, 1, true);
+    p.recompute = k.r;
+    REQUIRE(validate_config(j.m, j.c, j.t, p, field_namer));
+    const StageWork w = build_stage_work(j.m, j.c, j.t, p, 0);
+    int64_t beside[3] = {0, 0, 0}, overlapped[3] = {0, 0, 0};  // by pass: forward, backward, recompute
+    for (const Op& o : w.ops)
+      if (o.pass != Pass::step) beside[static_cast<int>(o.pass)] += halves_beside(o) * o.count / k.tp;  // chunks
+    for (const Message& msg : w.messages)
+      if (std::strcmp(msg.name, kTpOverlappedMessage) == 0) overlapped[static_cast<int>(msg.pass)] = msg.count;
+    for (int pass = 0; pass < 3; ++pass) {
+      INFO("pass " << pass);
+      CHECK(beside[pass] == overlapped[pass]);
+    }
+    CHECK(overlapped[1] == 6 * j.m.layers);
+  }
+}
+
+TEST_CASE("tp comm overlap on DeepSeek-V2-Lite: the all-gather beside MLA's q projection is hidden", "[tp_overlap]") {
+  const Job j = job("deepseek-v2-lite", "dgx-h100", 8, 16, 4096);
+  const ParallelConfig off = config(4, 2, 1, false), on = config(4, 2, 1, true);
+  REQUIRE(validate_config(j.m, j.c, j.t, on, field_namer));
+  const StageWork a = build_stage_work(j.m, j.c, j.t, off, 0), b = build_stage_work(j.m, j.c, j.t, on, 0);
+  for (const char* name : {"mla q", "shared expert gate|up", "shared expert down"}) {
+    INFO(name);
+    const Op &x = op_named(a, name, Pass::forward), &y = op_named(b, name, Pass::forward);
+    CHECK(y.m == x.m / 2);  // tp chunks of T / tp rows
+    CHECK(y.count == x.count * 2);
+  }
+  CHECK(op_named(b, "mla kv down", Pass::forward).count == op_named(a, "mla kv down", Pass::forward).count);
+  // What the q projection's chunks alone hide, over NVLink inside the node: more than nothing
+  // in either pass.
+  StageWork q_only = b;
+  q_only.ops.clear();
+  for (const Op& o : b.ops)
+    if (o.tp_slot == TpOverlapSlot::qkv) q_only.ops.push_back(o);
+  REQUIRE(q_only.ops.size() == 2);  // forward and backward
+  const GroupLinks tp{2, j.c.intra_node.busbw_bytes_per_s, j.c.intra_node.latency_s, 1};
+  const TpHiddenTime hidden = tp_overlap_hidden_s(q_only, tp, OpTimer::of(j.c, j.t));
+  CHECK(hidden.forward_s > 0);
+  CHECK(hidden.backward_s > 0);
+  // The step: less exposed tp time with the overlap, and the event simulator within 3% of it.
+  const CostModel cm(j.m, j.c, j.t);
+  const Estimate e_off = cm.evaluate(off), e_on = cm.evaluate(on);
+  CHECK(e_on.time.tp_comm_s < e_off.time.tp_comm_s);
+  auto sim = simulate(cm, on, SimOptions{});
+  REQUIRE(sim);
+  CHECK(std::fabs(sim->step_time_s - e_on.step_time_s) <= 0.03 * e_on.step_time_s);
+}
+
 TEST_CASE("tp comm overlap hides (1 - 1/tp) min(comm, gemm) per GEMM: a hand computation", "[tp_overlap]") {
   // One layer's QKV on tp 4, chunked: 4 calls of (1024, 1024, 1024), 2^31 FLOPs each at
   // 1e12 FLOP/s, no launch cost: g = 4 x 2.147483648e-3 s. One overlapped half beside it.
   OpTimer op;
   op.peak_flops = 1e12, op.gemm_eff = 1, op.gemm_half = 0, op.hbm = 1e18, op.mem_eff = 1, op.launch_s = 0;
   StageWork w;
-  w.ops.push_back(gemm("qkv", Pass::forward, 1024, 1024, 1024, 4));
+  w.ops.push_back(beside_tp_collective(gemm("qkv", Pass::forward, 1024, 1024, 1024, 4), TpOverlapSlot::qkv));
   const double g = 4 * 2.147483648e-3;
   // Ring reduce-scatter over 4 ranks at 1e11 B/s, no latency: 3/4 x bytes / 1e11 seconds.
   const GroupLinks tp{4, 1e11, 0, 1};

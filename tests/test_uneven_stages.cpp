@@ -14,6 +14,7 @@
 
 #include "planner/search.hpp"
 #include "run_loom.hpp"
+#include "sim_fixtures.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/plan.hpp"
 #include "sim/simulator.hpp"
@@ -24,29 +25,11 @@
 #include "sim/zoo.hpp"
 
 using namespace loom;
+using namespace loom::test;
 
 namespace {
 
 const FieldNamer kAsIs = [](const std::string& f) { return f; };
-
-struct Job {
-  ModelSpec model;
-  ClusterSpec cluster;
-  TrainSpec train;
-};
-
-Job job(const std::string& model, const std::string& cluster, int64_t gpus, int64_t batch, int64_t seq) {
-  auto m = load_model(model, "test", nullptr);
-  REQUIRE(m.ok());
-  auto c = load_cluster(cluster, "test");
-  REQUIRE(c.ok());
-  REQUIRE(size_cluster(*c, gpus, "test").ok());
-  TrainSpec t;
-  t.global_batch = batch;
-  t.seq = seq;
-  t.dp_bucket_bytes = 40'000'000 * 2;
-  return {*m, *c, t};
-}
 
 ParallelConfig pipeline(int64_t pp, std::vector<int64_t> layers, Schedule s = Schedule::one_f_one_b, int64_t vpp = 1) {
   ParallelConfig p;
@@ -60,17 +43,6 @@ ParallelConfig pipeline(int64_t pp, std::vector<int64_t> layers, Schedule s = Sc
 std::string rule(const Job& j, const ParallelConfig& p) {
   auto st = validate_config(j.model, j.cluster, j.train, p, kAsIs);
   return st ? std::string() : st.error().message;
-}
-
-// Links that cost nothing (1e30 bytes/s, no latency): only the pipeline's compute is left, so
-// the simulated timeline and the analytical step can be compared exactly.
-Job free_links(Job j) {
-  for (FabricSpec* f : {&j.cluster.intra_node, &j.cluster.inter_node}) {
-    f->busbw_bytes_per_s = 1e30;
-    f->link_bytes_per_s = 1e30;
-    f->latency_s = 0;
-  }
-  return j;
 }
 
 }  // namespace
@@ -166,7 +138,8 @@ TEST_CASE("uneven stages: candidate splits keep Megatron's first/last convention
 TEST_CASE("uneven stages: the simulator plays the split as the analytical step prices it") {
   // Free links, no overlap: compute, tp and the optimizer term by term, and the whole step for
   // GPipe and 1F1B with the slowest stage first, in the middle or last.
-  const Job j = free_links(job("gpt2-350m", "dgx-a100", 4, 64, 1024));
+  Job j = job("gpt2-350m", "dgx-a100", 4, 64, 1024);
+  free_links(j.cluster);
   const CostModel cm(j.model, j.cluster, j.train);
   SimOptions o;
   o.overlap = false;
@@ -319,30 +292,13 @@ TEST_CASE("uneven stages on the command line: --stage-layers, and bad lists exit
 
 namespace {
 
-nlohmann::json configuration(const std::string& plan_path) {
-  auto j = nlohmann::json::parse(slurp(plan_path));
-  for (auto* k : {"name", "source", "published_params", "published_params_precision"}) j["model"].erase(k);
-  return {{"model", j["model"]}, {"train", j["train"]}, {"parallel", j["parallel"]}};
-}
-
 // predict -o, export --to ENGINE, import ENGINE: the same configuration, split included.
 void round_trip(const std::string& engine, const std::string& predict_args, const std::string& import_args,
                 const std::string& name, const std::string& flag) {
-  const auto plan = temp_file(name + "_plan.json", ""), file = temp_file(name + "_" + engine + ".out", ""),
-             back = temp_file(name + "_imported.json", "");
   INFO(engine << " " << predict_args);
-  LoomRun pr = run_loom("predict " + predict_args + " -o " + plan);
-  INFO(pr.err);
-  REQUIRE(pr.code == 0);
-  LoomRun e = run_loom("export " + plan + " --to " + engine + " -o " + file);
-  INFO(e.err);
-  REQUIRE(e.code == 0);
-  CHECK(slurp(file).find(flag) != std::string::npos);
-  LoomRun i = run_loom("import " + engine + " " + file + " " + import_args + " -o " + back);
-  INFO(i.err);
-  REQUIRE(i.code == 0);
-  CHECK(configuration(back) == configuration(plan));
-  CHECK(configuration(back)["parallel"].contains("stage_layers"));
+  const RoundTrip t = export_round_trip(engine, predict_args, import_args, name, flag);
+  CHECK(plan_configuration(t.imported) == plan_configuration(t.plan));
+  CHECK(plan_configuration(t.imported)["parallel"].contains("stage_layers"));
 }
 
 }  // namespace

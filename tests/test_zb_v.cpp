@@ -13,6 +13,7 @@
 
 #include "planner/search.hpp"
 #include "run_loom.hpp"
+#include "sim_fixtures.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/plan.hpp"
 #include "sim/schedule.hpp"
@@ -22,6 +23,7 @@
 #include "sim/zoo.hpp"
 
 using namespace loom;
+using namespace loom::test;
 
 namespace {
 
@@ -39,48 +41,12 @@ ParallelConfig zb_v(int64_t dp, int64_t tp, int64_t pp, int64_t mb = 1) {
 // Equal stages, no communication: per chunk F = B = W = 1 (a stage's two chunks: forward 2,
 // backward 4 of which the weight gradients are 2).
 SimInputs equal_chunks(Schedule s, int64_t pp, int64_t vpp, int64_t m) {
-  SimInputs in;
-  in.parallel.pp = pp;
-  in.parallel.schedule = s;
-  in.parallel.vpp = vpp;
-  in.micro_batches = m;
   StageInputs st;
   st.forward_s = 2;
   st.backward_s = 4;
   st.weight_grad_s = 2;
   st.layers = 4;
-  in.stages.assign(pp, st);
-  return in;
-}
-
-SimOptions no_overlap() {
-  SimOptions o;
-  o.overlap = false;
-  return o;
-}
-
-// Links at 1e30 bytes/s without latency: only the pipeline's compute is left.
-ClusterSpec ideal_cluster(int64_t gpus) {
-  auto c = load_cluster("dgx-a100", "test");
-  REQUIRE(c.ok());
-  for (FabricSpec* f : {&c->intra_node, &c->inter_node}) {
-    f->busbw_bytes_per_s = 1e30;
-    f->link_bytes_per_s = 1e30;
-    f->latency_s = 0;
-  }
-  REQUIRE(size_cluster(*c, gpus, "test").ok());
-  return *c;
-}
-
-CostModel gpt2(const ClusterSpec& c, int64_t batch) {
-  auto m = load_model("gpt2-350m", "test", nullptr);
-  INFO((m ? std::string() : m.error().message));
-  REQUIRE(m.ok());
-  TrainSpec t;
-  t.global_batch = batch;
-  t.seq = 1024;
-  t.dp_bucket_bytes = 80'000'000;  // validate_config asks for one (the CLI sets the default)
-  return CostModel(*m, c, t);
+  return equal_stages(s, pp, vpp, m, st);
 }
 
 Status check(const CostModel& cm, const ParallelConfig& p) {
@@ -181,7 +147,7 @@ TEST_CASE("zb-v with F = B = W per chunk: step 6m + (p - 1), a bubble of (p-1)/(
 
 TEST_CASE("zb-v, GPT-2 350M on pp 4, free links, overlap off: the V's placement, priced as the simulator plays it") {
   const ClusterSpec c = ideal_cluster(8);
-  const CostModel cm = gpt2(c, 64);  // 32 micro-batches of 2 per replica
+  const CostModel cm = gpt2_350m(c, 64);  // 32 micro-batches of 2 per replica
   const ParallelConfig p = zb_v(1, 2, 4, 2);
   REQUIRE(check(cm, p).ok());
   const Estimate est = cm.evaluate(p);
@@ -229,7 +195,7 @@ TEST_CASE("zb-v, GPT-2 350M on pp 4, free links, overlap off: the V's placement,
 }
 
 TEST_CASE("zb-v's rules: vpp 2, pp > 1, even stages; fewer than 2p - 1 micro-batches run with a larger bubble") {
-  const CostModel cm = gpt2(ideal_cluster(8), 64);
+  const CostModel cm = gpt2_350m(ideal_cluster(8), 64);
   ParallelConfig p = zb_v(1, 2, 4);
   CHECK(check(cm, p).ok());
   p.vpp = 3;
@@ -242,7 +208,7 @@ TEST_CASE("zb-v's rules: vpp 2, pp > 1, even stages; fewer than 2p - 1 micro-bat
   p.stage_layers = {6, 6, 6, 6};
   CHECK(check(cm, p).ok());
   // 4 micro-batches on pp 4 (fewer than 7): the tables drop the missing ones' slots.
-  const CostModel few = gpt2(ideal_cluster(4), 4);
+  const CostModel few = gpt2_350m(ideal_cluster(4), 4);
   const ParallelConfig q = zb_v(1, 1, 4);
   REQUIRE(check(few, q).ok());
   auto r = simulate(few, q, no_overlap());

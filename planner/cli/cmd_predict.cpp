@@ -25,6 +25,7 @@ struct PredictOptions {
   std::string plan_path;
   std::string out_path;
   std::string dp_comm = "ring";
+  std::string zero3_gather = "layer";
   int64_t ps_servers = 0;
   double grad_compression = 1;
 };
@@ -86,6 +87,7 @@ Expected<ParallelConfig> parallel_from_flags(const PredictOptions& o, const Clus
     p.offload = *off;
   }
   p.dp_comm = static_cast<DpComm>(index_of(dp_comm_names(), o.dp_comm));
+  p.zero3_gather = o.zero3_gather == "tensor" ? Zero3Gather::tensor : Zero3Gather::layer;
   if (o.ps_servers < 0) return make_error("--ps-servers", "must be >= 0");
   p.ps_servers = o.ps_servers;
   p.grad_compression = o.grad_compression;
@@ -145,6 +147,10 @@ void add_predict(CLI::App& app, Run& run) {
   add_parallel_options(*cmd, o->par, FlagUse::configure);
   cmd->add_option("--dp-comm", o->dp_comm, "gradient sync: ring all-reduce or parameter server")
       ->check(CLI::IsMember(dp_comm_names()));
+  cmd->add_option("--zero3-gather", o->zero3_gather,
+                  "ZeRO-3 gathers: layer (FSDP, prefetched a layer ahead) or tensor (DeepSpeed 0.3: one blocking "
+                  "all-gather and reduce-scatter per parameter tensor)")
+      ->check(CLI::IsMember(std::vector<std::string>{"layer", "tensor"}));
   cmd->add_option("--ps-servers", o->ps_servers, "parameter servers (with --dp-comm ps)");
   cmd->add_option("--grad-compression", o->grad_compression, "gradient compression ratio (original / sent)")
       ->transform(Number(1, 1e6));

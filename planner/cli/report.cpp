@@ -64,6 +64,7 @@ std::string time_table(const Estimate& e) {
   row("optimizer step", t.optimizer_s);
   if (t.host_comm_s > 0) row("host-link copies (exposed, offload)", t.host_comm_s);
   if (t.ep_comm_s > 0) row("expert all-to-all and expert tp (MoE)", t.ep_comm_s);
+  if (t.cp_comm_s > 0) row("context-parallel KV ring (exposed)", t.cp_comm_s);
   row("step", e.step_time_s);
   return s;
 }
@@ -92,6 +93,8 @@ std::string full_report(const Estimate& e, const ClusterSpec& c) {
                    static_cast<double>(e.comm.dp), static_cast<double>(e.comm.pp));
   if (e.comm.ep > 0) s += fmt::format("bytes sent per GPU per step over the expert-parallel group: {:.3g}\n",
                                      static_cast<double>(e.comm.ep));
+  if (e.comm.cp > 0) s += fmt::format("bytes sent per GPU per step over the context-parallel ring: {:.3g}\n",
+                                     static_cast<double>(e.comm.cp));
   s += offload_report(e);
   if (e.parallel.dp > 1) {
     s += fmt::format("dp gradient sync alternatives: ring all-reduce {:.4f} s", e.dp_alternatives.ring_all_reduce_s);

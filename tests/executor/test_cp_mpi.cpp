@@ -4,61 +4,23 @@
 // Llama-family model (RoPE, GQA, SwiGLU) and a small GPT (learned positions) to the losses and
 // weights of one rank, step by step; each rank's memory, FLOPs and bytes are compared with the
 // cost model's prediction for it; and what the executor does not run with cp is refused in one line.
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <algorithm>
 #include <catch2/catch.hpp>
-#include <cmath>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
-#include <vector>
 
 #include "executor/cuda/plan_limits.hpp"
-#include "sim/cost_model.hpp"
+#include "mpi_harness.hpp"
 #include "sim/plan.hpp"
-#include "sim/validate.hpp"
-#include "sim/zoo.hpp"
 
-namespace fs = std::filesystem;
 using namespace loom;
+using namespace loom::test;
 
 namespace {
 
-fs::path cp_dir() {
-  static const fs::path dir = [] {
-    auto d = fs::temp_directory_path() / ("loom_cp_test_" + std::to_string(::getpid()));
-    fs::create_directories(d);
-    return d;
-  }();
-  return dir;
-}
-
-std::string read_all(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-struct Ran {
-  int code = -1;
-  std::string out;
-};
-
-// mpirun as CI runs it: as root, more ranks than cores, one thread per rank.
-Ran run_mpi(int ranks, const std::string& args) {
-  static int counter = 0;
-  const fs::path log = cp_dir() / ("log" + std::to_string(counter++));
-  const std::string cmd = "OMP_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np " + std::to_string(ranks) +
-                          " " + LOOM_BIN + " execute " + args + " >" + log.string() + " 2>&1";
-  const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), read_all(log)};
+MpiHarness& harness() {
+  static MpiHarness h("loom_cp_test_");
+  return h;
 }
 
 // Two layers of hidden 64, 4 heads over 2 kv heads (GQA), head size 16: every size divides by 2
@@ -93,92 +55,30 @@ ParallelConfig cp_config(int64_t dp, int64_t tp, int64_t cp, int zero = 0, Recom
 // cp > 1 runs the ring (fused attention: the log-sum-exp kept, not the probabilities); the
 // one-rank reference stores the probabilities (unfused), as the CPU executor runs cp = 1.
 Plan cp_plan(Family family, const ParallelConfig& p, bool validate = true) {
-  auto c = load_cluster("cpu-mpi", "--cluster");
-  REQUIRE(c.ok());
-  REQUIRE(size_cluster(*c, p.gpus(), "--gpus").ok());
-  Plan plan;
-  plan.model = tiny(family);
-  plan.cluster = *c;
-  plan.train.global_batch = 8;
-  plan.train.seq = 16;
-  plan.train.dtype = Dtype::fp32;
-  plan.train.grad_dtype = Dtype::fp32;
-  plan.train.attention = p.cp > 1 ? Attention::fused : Attention::unfused;
-  plan.train.dp_bucket_bytes = 16384;
-  plan.parallel = p;
-  if (validate) {
-    auto st = validate_config(plan.model, plan.cluster, plan.train, plan.parallel, [](const std::string& f) { return f; });
-    INFO((st ? std::string() : st.error().message));
-    REQUIRE(st.ok());
-    plan.prediction = CostModel(plan.model, plan.cluster, plan.train).evaluate(plan.parallel);
-  }
-  return plan;
-}
-
-std::string save_plan(const std::string& name, const Plan& plan) {
-  const fs::path path = cp_dir() / (name + ".json");
-  std::ofstream(path) << plan_to_json(plan).dump(2);
-  return path.string();
-}
-
-struct Trained {
-  nlohmann::json report;
-  std::vector<float> weights;
-};
-
-Trained train(const std::string& name, const Plan& plan) {
-  const std::string path = save_plan(name, plan);
-  const fs::path report = cp_dir() / (name + ".measured.json"), weights = cp_dir() / (name + ".weights");
-  const Ran r = run_mpi(static_cast<int>(plan.parallel.gpus()), path + " --device cpu --quiet --timeout-s 60 --steps 3 --report " +
-                                                                    report.string() + " --weights-out " + weights.string());
-  INFO(r.out);
-  REQUIRE(r.code == 0);
-  Trained out;
-  out.report = nlohmann::json::parse(read_all(report));
-  const std::string bytes = read_all(weights);
-  out.weights.resize(bytes.size() / sizeof(float));
-  std::memcpy(out.weights.data(), bytes.data(), bytes.size());
-  return out;
+  return cpu_plan(tiny(family), tiny_train(p.cp > 1 ? Attention::fused : Attention::unfused), p, validate);
 }
 
 const Trained& one_rank(Family family) {
   static std::map<Family, Trained> refs;
   auto it = refs.find(family);
-  if (it == refs.end()) it = refs.emplace(family, train(family == Family::llama ? "llama_ref" : "gpt_ref",
-                                                       cp_plan(family, cp_config(1, 1, 1)))).first;
+  if (it == refs.end())
+    it = refs.emplace(family, harness().train(family == Family::llama ? "llama_ref" : "gpt_ref",
+                                              cp_plan(family, cp_config(1, 1, 1)))).first;
   return it->second;
 }
 
-// Tolerances as the dense matrix's (test_parallel.cpp: fp32 sums in another order, a few ulps on
+// Tolerances as the dense matrix's (mpi_harness.hpp: fp32 sums in another order, a few ulps on
 // the losses, Adam magnifying rounding of near-zero gradients on the weights); here the ring also
 // adds each row's softmax block by block (ring attention alone: within 1e-6 of the full
 // attention, test_ring_attention.cpp). A token at the wrong position, a block skipped or a
 // gradient summed over the wrong group moves the loss by > 1e-4 and weights by about one step.
-constexpr double kLossTol = 1e-6;
-constexpr double kWeightTol = 5e-5;
-
-void check_like_one_rank(Family family, const Trained& r) {
-  const Trained& ref = one_rank(family);
-  const auto& a = r.report["losses"];
-  const auto& b = ref.report["losses"];
-  REQUIRE(a.size() == b.size());
-  for (size_t i = 0; i < a.size(); ++i) {
-    INFO("step " << i << ": " << a[i].get<double>() << " against " << b[i].get<double>());
-    CHECK(std::fabs(a[i].get<double>() - b[i].get<double>()) <= kLossTol);
-  }
-  CHECK(b[b.size() - 1].get<double>() < b[0].get<double>());  // it trains
-  REQUIRE(r.weights.size() == ref.weights.size());
-  double worst = 0;
-  for (size_t i = 0; i < r.weights.size(); ++i) worst = std::max(worst, std::fabs(double(r.weights[i]) - ref.weights[i]));
-  INFO("largest weight difference " << worst);
-  CHECK(worst <= kWeightTol);
-}
+void check_like_one_rank(Family family, const Trained& r) { check_like_reference(r, one_rank(family)); }
 
 // Each rank's measurement against the cost model's prediction for it, exactly: the GEMM and
 // attention FLOPs (each cp rank does 1/cp of the sequence's), the weights, gradients and
 // optimizer state (ZeRO shards over dp x cp), the activations (a log-sum-exp per head and token
-// in place of the probabilities), the buffers, and the tp and dp bytes (gradients reduced over
-// dp x cp).
+// in place of the probabilities), the buffers, the tp and dp bytes (gradients reduced over
+// dp x cp) and the bytes of the KV ring.
 void check_against_cost_model(const Plan& plan, const nlohmann::json& report) {
   const StageEstimate& s = plan.prediction.stages[0];
   CHECK(report["flops"]["hardware"].get<double>() == static_cast<double>(plan.prediction.flops_hardware));
@@ -195,7 +95,16 @@ void check_against_cost_model(const Plan& plan, const nlohmann::json& report) {
     CHECK(mem["workspace"].get<int64_t>() == s.memory.workspace);
     CHECK(r["comm_bytes"]["tp"].get<int64_t>() == s.comm.tp);
     CHECK(r["comm_bytes"]["dp"].get<int64_t>() == s.comm.dp);
+    CHECK(r["comm_bytes"].value("cp", int64_t{0}) == s.comm.cp);  // the KV ring's hops
   }
+  // The ring's bytes, counted by hand: per micro-batch and layer cp - 1 hops of K and V forward
+  // (again in a full recompute's forward) and of K, V, dK and dV backward, then dK and dV home;
+  // a block is micro_batch x seq / cp tokens x kv channels / tp x 4 bytes (fp32).
+  const auto& p = plan.parallel;
+  const int64_t block = p.micro_batch * (plan.train.seq / p.cp) * (plan.model.kv_dim() / p.tp) * 4;
+  const int64_t hops = (p.cp - 1) * (2 + 4 + (p.recompute == Recompute::full ? 2 : 0)) + 2;
+  const int64_t micro_batches = plan.train.global_batch / (p.dp * p.micro_batch);
+  CHECK(s.comm.cp == micro_batches * plan.model.layers * block * hops);
 }
 
 struct Case {
@@ -214,7 +123,7 @@ TEST_CASE("context parallelism trains as one rank, step by step, priced as the c
                         Case{"gpt_cp2", Family::gpt, cp_config(1, 1, 2)}}) {
     INFO(c.name);
     const Plan plan = cp_plan(c.family, c.p);
-    const Trained r = train(c.name, plan);
+    const Trained r = harness().train(c.name, plan);
     check_like_one_rank(c.family, r);
     check_against_cost_model(plan, r.report);
   }
@@ -238,8 +147,8 @@ TEST_CASE("what the CPU executor does not run with cp is refused in one line", "
     INFO(c.name);
     Plan plan = cp_plan(Family::llama, c.p);
     plan.train.attention = c.attention;
-    const Ran r = run_mpi(static_cast<int>(c.p.gpus()), save_plan(std::string("refused_") + c.name, plan) +
-                                                             " --device cpu --quiet --steps 1");
+    const Run r = harness().mpirun(static_cast<int>(c.p.gpus()), harness().write_plan(std::string("refused_") + c.name, plan) +
+                                                                     " --device cpu --quiet --steps 1");
     INFO(r.out);
     CHECK(r.code == 2);
     CHECK(r.out.find(c.expect) != std::string::npos);

@@ -3,15 +3,7 @@
 // FLOPs in total, and a plan the expert grid cannot hold is refused in one line. Also the
 // pieces under it: the all-to-all, the expert grid of sim/rank_grid.hpp, and the MoE layer rule
 // of the reference model against the cost model's.
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <algorithm>
 #include <catch2/catch.hpp>
-#include <cmath>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -20,47 +12,19 @@
 
 #include "executor/comm.hpp"
 #include "executor/cpu/moe.hpp"
-#include "sim/cost_model.hpp"
+#include "mpi_harness.hpp"
 #include "sim/moe.hpp"
 #include "sim/plan.hpp"
 #include "sim/rank_grid.hpp"
-#include "sim/validate.hpp"
-#include "sim/zoo.hpp"
 
-namespace fs = std::filesystem;
 using namespace loom;
+using namespace loom::test;
 
 namespace {
 
-fs::path moe_dir() {
-  static const fs::path dir = [] {
-    auto d = fs::temp_directory_path() / ("loom_moe_test_" + std::to_string(::getpid()));
-    fs::create_directories(d);
-    return d;
-  }();
-  return dir;
-}
-
-std::string read_all(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-struct Ran {
-  int code = -1;
-  std::string out;
-};
-
-// mpirun as CI runs it: as root, more ranks than cores, one thread per rank.
-Ran run_mpi(int ranks, const std::string& args) {
-  static int counter = 0;
-  const fs::path log = moe_dir() / ("log" + std::to_string(counter++));
-  const std::string cmd = "OMP_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np " + std::to_string(ranks) +
-                          " " + LOOM_BIN + " execute " + args + " >" + log.string() + " 2>&1";
-  const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), read_all(log)};
+MpiHarness& harness() {
+  static MpiHarness h("loom_moe_test_");
+  return h;
 }
 
 // Llama family (the cost model prices SwiGLU experts), 4 experts, top-2, one shared expert, two
@@ -96,68 +60,17 @@ ParallelConfig moe_config(int64_t dp, int64_t tp, int64_t pp, int64_t ep, int64_
 }
 
 Plan moe_plan(const ParallelConfig& p, bool validate = true) {
-  auto c = load_cluster("cpu-mpi", "--cluster");
-  REQUIRE(c.ok());
-  REQUIRE(size_cluster(*c, p.gpus(), "--gpus").ok());
-  Plan plan;
-  plan.model = tiny_moe();
-  plan.cluster = *c;
-  plan.train.global_batch = 8;
-  plan.train.seq = 16;
-  plan.train.dtype = Dtype::fp32;
-  plan.train.grad_dtype = Dtype::fp32;
-  plan.train.attention = Attention::unfused;
-  plan.train.dp_bucket_bytes = 16384;
+  TrainSpec t = tiny_train(Attention::unfused);
   // E / k: every expert can take all of a rank's rows, so none is dropped and every plan computes
   // what one rank does, with the GEMMs and all-to-alls at the cost model's capacity shapes.
-  plan.train.moe_capacity_factor = 2.0;
-  plan.parallel = p;
-  if (validate) {
-    auto st = validate_config(plan.model, plan.cluster, plan.train, plan.parallel, [](const std::string& f) { return f; });
-    INFO((st ? std::string() : st.error().message));
-    REQUIRE(st.ok());
-    plan.prediction = CostModel(plan.model, plan.cluster, plan.train).evaluate(plan.parallel);
-  }
-  return plan;
-}
-
-std::string save_plan(const std::string& name, const Plan& plan) {
-  const fs::path path = moe_dir() / (name + ".json");
-  std::ofstream(path) << plan_to_json(plan).dump(2);
-  return path.string();
-}
-
-struct Trained {
-  nlohmann::json report;
-  std::vector<float> weights;
-};
-
-Trained train(const std::string& name, const Plan& plan) {
-  const std::string path = save_plan(name, plan);
-  const fs::path report = moe_dir() / (name + ".measured.json"), weights = moe_dir() / (name + ".weights");
-  const Ran r = run_mpi(static_cast<int>(plan.parallel.gpus()), path + " --device cpu --quiet --timeout-s 60 --steps 3 --report " +
-                                                                    report.string() + " --weights-out " + weights.string());
-  INFO(r.out);
-  REQUIRE(r.code == 0);
-  Trained out;
-  out.report = nlohmann::json::parse(read_all(report));
-  const std::string bytes = read_all(weights);
-  out.weights.resize(bytes.size() / sizeof(float));
-  std::memcpy(out.weights.data(), bytes.data(), bytes.size());
-  return out;
+  t.moe_capacity_factor = 2.0;
+  return cpu_plan(tiny_moe(), t, p, validate);
 }
 
 const Trained& one_rank() {
-  static const Trained r = train("moe_reference", moe_plan(moe_config(1, 1, 1, 1, 1)));
+  static const Trained r = harness().train("moe_reference", moe_plan(moe_config(1, 1, 1, 1, 1)));
   return r;
 }
-
-// Tolerances as the dense matrix's (test_parallel.cpp explains them: fp32 sums in another order,
-// a few ulps on the losses, Adam magnifying rounding of near-zero gradients on the weights). A
-// router whose top-k flipped between plans, or an expert gradient summed over the wrong group,
-// moves the loss by > 1e-4 and weights by about one step (lr 1e-3).
-constexpr double kLossTol = 1e-6;
-constexpr double kWeightTol = 5e-5;
 
 // What each rank measured against the cost model's prediction for its stage (sim/moe.hpp: GEMMs
 // and all-to-alls at capacity, expert weights over ep and etp, expert gradients over edp), field
@@ -187,23 +100,18 @@ void check_against_cost_model(const Plan& plan, const nlohmann::json& report) {
 const Trained& run_plan(const std::string& name, const ParallelConfig& p) {
   static std::map<std::string, Trained> runs;
   auto it = runs.find(name);
-  if (it == runs.end()) it = runs.emplace(name, train(name, moe_plan(p))).first;
+  if (it == runs.end()) it = runs.emplace(name, harness().train(name, moe_plan(p))).first;
   return it->second;
 }
 
+// Tolerances as the dense matrix's (mpi_harness.hpp explains them: fp32 sums in another order,
+// a few ulps on the losses, Adam magnifying rounding of near-zero gradients on the weights). A
+// router whose top-k flipped between plans, or an expert gradient summed over the wrong group,
+// moves the loss by > 1e-4 and weights by about one step (lr 1e-3).
 void check_like_one_rank(const std::string& name, const ParallelConfig& p) {
   const Trained& r = run_plan(name, p);
   const Trained& ref = one_rank();
-  const auto& a = r.report["losses"];
-  const auto& b = ref.report["losses"];
-  REQUIRE(a.size() == b.size());
-  for (size_t i = 0; i < a.size(); ++i) CHECK(std::fabs(a[i].get<double>() - b[i].get<double>()) <= kLossTol);
-  CHECK(b[b.size() - 1].get<double>() < b[0].get<double>());  // it trains
-  REQUIRE(r.weights.size() == ref.weights.size());
-  double worst = 0;
-  for (size_t i = 0; i < r.weights.size(); ++i) worst = std::max(worst, std::fabs(double(r.weights[i]) - ref.weights[i]));
-  INFO("largest weight difference " << worst);
-  CHECK(worst <= kWeightTol);
+  check_like_reference(r, ref);
   // The same GEMMs, split: tp and etp cut their widths, ep their experts, dp and pp their rows and
   // layers, SP the router's and shared experts' rows; no token is routed twice or dropped.
   CHECK(r.report["flops"]["hardware"].get<double>() == ref.report["flops"]["hardware"].get<double>());
@@ -243,8 +151,8 @@ TEST_CASE("MoE: a plan whose ep does not divide the experts or fit tp x dp is re
   for (const auto& [name, p] : {std::pair{std::string("ep8_of_4"), moe_config(8, 1, 1, 8, 1)},
                                 std::pair{std::string("ep4_dp2"), moe_config(2, 1, 1, 4, 1)}}) {
     INFO(name);
-    const std::string path = save_plan("moe_bad_" + name, moe_plan(p, false));
-    const Ran r = run_mpi(static_cast<int>(p.gpus()), path + " --device cpu --quiet --steps 1");
+    const std::string path = harness().write_plan("moe_bad_" + name, moe_plan(p, false));
+    const Run r = harness().mpirun(static_cast<int>(p.gpus()), path + " --device cpu --quiet --steps 1");
     INFO(r.out);
     CHECK(r.code == 2);
     CHECK(r.out.find("ep") != std::string::npos);

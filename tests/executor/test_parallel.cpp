@@ -5,133 +5,43 @@
 // loss stops with step and rank, a plan for another world size is refused. Last the checkpoint
 // and output promises ([checkpoint]): a save killed anywhere leaves a checkpoint that resumes
 // bit-identically, and bad checkpoints, outputs and flags are refused before the first step.
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <array>
 #include <catch2/catch.hpp>
-#include <chrono>
+#include <cstdlib>
 #include <cstring>
-#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
-#include <sstream>
 
 #include "executor/checkpoint.hpp"
-#include "sim/collectives.hpp"
+#include "mpi_harness.hpp"
 #include "sim/cost_model.hpp"
-#include "sim/json_reader.hpp"
-#include "sim/model_math.hpp"
 #include "sim/plan.hpp"
-#include "sim/validate.hpp"
 #include "sim/zoo.hpp"
 
 namespace fs = std::filesystem;
 using namespace loom;
+using namespace loom::test;
 
 namespace {
 
-struct Run {
-  int code = -1;
-  std::string out;
-  double seconds = 0;
-};
-
-fs::path work_dir() {
-  static const fs::path dir = [] {
-    auto d = fs::temp_directory_path() / ("loom_exec_test_" + std::to_string(::getpid()));
-    fs::create_directories(d);
-    return d;
-  }();
-  return dir;
+MpiHarness& harness() {
+  static MpiHarness h("loom_exec_test_");
+  return h;
 }
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-Run shell(const std::string& command) {
-  static int counter = 0;
-  const fs::path log = work_dir() / ("log" + std::to_string(counter++));
-  const std::string cmd = command + " >" + log.string() + " 2>&1";
-  const auto t0 = std::chrono::steady_clock::now();
-  const int status = std::system(cmd.c_str());
-  Run r;
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = slurp(log);
-  return r;
-}
-
-// mpirun as CI runs it: as root, more ranks than cores, one thread per rank.
-Run mpirun(int ranks, const std::string& args) {
-  return shell("OMP_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np " + std::to_string(ranks) + " " +
-               LOOM_BIN + " execute " + args);
-}
-
-// One process, no mpirun: `loom <args>`.
-Run run_loom(const std::string& args) { return shell(std::string("OMP_NUM_THREADS=1 ") + LOOM_BIN + " " + args); }
-
-Plan make_plan(ParallelConfig p) {
+Plan make_plan(const ParallelConfig& p) {
   auto m = load_model(std::string(LOOM_TEST_DATA) + "/tiny-gpt.json", "--model", nullptr);
   REQUIRE(m.ok());
-  auto c = load_cluster("cpu-mpi", "--cluster");
-  REQUIRE(c.ok());
-  REQUIRE(size_cluster(*c, p.gpus(), "--gpus").ok());
-  Plan plan;
-  plan.model = *m;
-  plan.cluster = *c;
-  plan.train.global_batch = 8;
-  plan.train.seq = 16;
-  plan.train.dtype = Dtype::fp32;
-  plan.train.grad_dtype = Dtype::fp32;
-  plan.train.attention = Attention::unfused;
-  plan.train.dp_bucket_bytes = 16384;  // several buckets per stage
-  plan.parallel = p;
-  auto st = validate_config(plan.model, plan.cluster, plan.train, plan.parallel, [](const std::string& f) { return f; });
-  INFO((st ? std::string() : st.error().message));
-  REQUIRE(st.ok());
-  plan.prediction = CostModel(plan.model, plan.cluster, plan.train).evaluate(plan.parallel);
-  return plan;
+  return cpu_plan(*m, tiny_train(Attention::unfused), p);
 }
 
-std::string write_plan(const std::string& name, const Plan& plan) {
-  const fs::path path = work_dir() / (name + ".json");
-  std::ofstream(path) << plan_to_json(plan).dump(2);
-  return path.string();
-}
-
-struct Result {
-  nlohmann::json report;
-  std::vector<float> weights;
-};
-
-Result execute(const std::string& name, const Plan& plan, int steps = 3, const std::string& extra = "") {
-  const std::string path = write_plan(name, plan);
-  const fs::path report = work_dir() / (name + ".measured.json"), weights = work_dir() / (name + ".weights");
-  const Run r = mpirun(static_cast<int>(plan.parallel.gpus()),
-                       path + " --device cpu --quiet --timeout-s 60 --steps " + std::to_string(steps) + " --report " +
-                           report.string() + " --weights-out " + weights.string() + " " + extra);
-  INFO(r.out);
-  REQUIRE(r.code == 0);
-  Result out;
-  out.report = nlohmann::json::parse(slurp(report));
-  const std::string bytes = slurp(weights);
-  out.weights.resize(bytes.size() / sizeof(float));
-  std::memcpy(out.weights.data(), bytes.data(), bytes.size());
-  return out;
-}
-
-const Result& reference() {
-  static const Result r = execute("reference", make_plan(ParallelConfig{}));
+const Trained& reference() {
+  static const Trained r = harness().train("reference", make_plan(ParallelConfig{}));
   return r;
 }
 
@@ -177,35 +87,11 @@ void check_exact(const Plan& plan, const nlohmann::json& report) {
   for (const auto& r : report["ranks"]) check_rank_exact(plan, r);
 }
 
-// Tolerances. Every plan computes the same sums in a different order (ring all-reduce order,
-// tp partial sums, gradient accumulation over other micro-batch splits), so fp32 results differ
-// in the last bits: measured up to 3e-8 on the losses (about 4.1, i.e. a few float ulps) and
-// 4e-6 on the weights after 3 AdamW steps at lr 1e-3 (Adam divides by sqrt(v), which magnifies
-// rounding of gradients near zero). The bounds are 1e-6 and 5e-5: well above that rounding and
-// far below what a real bug does (a lost or doubled reduction, a wrong shard or a skipped
-// micro-batch moves the loss by > 1e-4 and weights by about one step, lr = 1e-3).
-constexpr double kLossTol = 1e-6;
-constexpr double kWeightTol = 5e-5;
-
-void check_equivalent(const Result& r) {
-  const Result& ref = reference();
-  const auto& a = r.report["losses"];
-  const auto& b = ref.report["losses"];
-  REQUIRE(a.size() == b.size());
-  for (size_t i = 0; i < a.size(); ++i) CHECK(std::fabs(a[i].get<double>() - b[i].get<double>()) <= kLossTol);
-  CHECK(b[b.size() - 1].get<double>() < b[0].get<double>());  // it trains
-  REQUIRE(r.weights.size() == ref.weights.size());
-  double worst = 0;
-  for (size_t i = 0; i < r.weights.size(); ++i) worst = std::max(worst, std::fabs(double(r.weights[i]) - ref.weights[i]));
-  INFO("largest weight difference " << worst);
-  CHECK(worst <= kWeightTol);
-}
-
 void check_plan(const std::string& name, const ParallelConfig& p) {
   const Plan plan = make_plan(p);
-  const Result r = execute(name, plan);
+  const Trained r = harness().train(name, plan);
   check_exact(plan, r.report);
-  check_equivalent(r);
+  check_like_reference(r, reference());
 }
 
 }  // namespace
@@ -259,38 +145,61 @@ TEST_CASE("3D: dp 2 x tp 2 x pp 2", "[equivalence]") {
   check_plan("mix_z3_full", config(2, 2, 2, 3, Schedule::one_f_one_b, 1, Recompute::full));
 }
 
+namespace {
+
+// The zero-bubble schedules' cases: pp 2 and pp 4 with 8 micro-batches, and tp 2 with SP and
+// selective recompute on pp 2.
+struct ZeroBubbleCase {
+  const char* name;
+  int64_t tp, pp;
+  Recompute rc;
+  bool sp;
+};
+const ZeroBubbleCase kZeroBubbleCases[] = {{"pp2", 1, 2, Recompute::none, false},
+                                           {"pp4", 1, 4, Recompute::none, false},
+                                           {"tp2sp_pp2_sel", 2, 2, Recompute::selective, true}};
+
+struct BesideOneFOneB {
+  Plan plan;                  // the zero-bubble plan
+  Trained run, one_f_one_b;   // it and 1F1B on the same split, trained
+};
+
+// Case `c` under `s` (vpp chunks a rank) and under 1F1B, trained as <prefix><name> and
+// <prefix>ref_<name>: every rank priced exactly, losses and weights 1F1B's bit for bit.
+BesideOneFOneB check_as_1f1b(const std::string& prefix, const ZeroBubbleCase& c, Schedule s, int64_t vpp) {
+  const Plan zb = make_plan(config(1, c.tp, c.pp, 0, s, vpp, c.rc, c.sp));
+  const Plan f = make_plan(config(1, c.tp, c.pp, 0, Schedule::one_f_one_b, 1, c.rc, c.sp));
+  BesideOneFOneB out{zb, harness().train(prefix + c.name, zb), harness().train(prefix + "ref_" + c.name, f)};
+  const Trained &rz = out.run, &rf = out.one_f_one_b;
+  check_exact(zb, rz.report);
+  CHECK(rz.report["losses"] == rf.report["losses"]);
+  REQUIRE(rz.weights.size() == rf.weights.size());
+  CHECK(std::memcmp(rz.weights.data(), rf.weights.data(), rz.weights.size() * sizeof(float)) == 0);
+  return out;
+}
+
+}  // namespace
+
 // ZB-H1 (sim/schedule.hpp) splits each layer's backward into B (input gradient) and W (the
 // GEMMs' weight gradients), W's in micro-batch order: each weight's gradient is the same sum, in
 // the same order, as under 1F1B, so losses and weights are 1F1B's bit for bit (no tolerance).
 // A stash is freed by its W, so every rank holds 1F1B's first rank's min(pp, m) micro-batches:
 // the first rank's ledger is 1F1B's, the largest stash count over ranks is 1F1B's, and each
-// rank's bytes are the cost model's exactly. Cases: pp 2 and pp 4 with 8 micro-batches, and
-// tp 2 with SP and selective recompute on pp 2 (proj's and o's weight gradients stay in B).
+// rank's bytes are the cost model's exactly. In the tp 2 case proj's and o's weight gradients
+// stay in B.
 TEST_CASE("zb-h1: the split backward trains as 1F1B bit for bit at 1F1B's peak, priced exactly", "[equivalence]") {
-  struct Case {
-    const char* name;
-    int64_t tp, pp;
-    Recompute rc;
-    bool sp;
-  };
-  for (const Case& c : {Case{"pp2", 1, 2, Recompute::none, false}, Case{"pp4", 1, 4, Recompute::none, false},
-                        Case{"tp2sp_pp2_sel", 2, 2, Recompute::selective, true}}) {
+  for (const ZeroBubbleCase& c : kZeroBubbleCases) {
     INFO(c.name);
-    const Plan zb = make_plan(config(1, c.tp, c.pp, 0, Schedule::zb_h1, 1, c.rc, c.sp));
-    const Plan f = make_plan(config(1, c.tp, c.pp, 0, Schedule::one_f_one_b, 1, c.rc, c.sp));
-    const Result rz = execute(std::string("zb_") + c.name, zb), rf = execute(std::string("zb_ref_") + c.name, f);
-    check_exact(zb, rz.report);
-    CHECK(rz.report["losses"] == rf.report["losses"]);
-    REQUIRE(rz.weights.size() == rf.weights.size());
-    CHECK(std::memcmp(rz.weights.data(), rf.weights.data(), rz.weights.size() * sizeof(float)) == 0);
-    const int64_t m = zb.train.global_batch / zb.parallel.micro_batch;
+    const BesideOneFOneB r = check_as_1f1b("zb_", c, Schedule::zb_h1, 1);
+    const Trained &rz = r.run, &rf = r.one_f_one_b;
+    const int64_t m = r.plan.train.global_batch / r.plan.parallel.micro_batch;
     int64_t most_1f1b = 0;
     for (const auto& s : rf.report["stages"]) most_1f1b = std::max(most_1f1b, s["in_flight"].get<int64_t>());
     for (const auto& s : rz.report["stages"]) CHECK(s["in_flight"].get<int64_t>() == std::min(c.pp, m));
     CHECK(most_1f1b == std::min(c.pp, m));
-    for (const auto& r : rz.report["ranks"])
+    for (const auto& x : rz.report["ranks"])
       for (const auto& q : rf.report["ranks"])
-        if (r["rank"] == q["rank"] && r["pp"] == 0) CHECK(r["memory_bytes"]["peak"] == q["memory_bytes"]["peak"]);
+        if (x["rank"] == q["rank"] && x["pp"] == 0) CHECK(x["memory_bytes"]["peak"] == q["memory_bytes"]["peak"]);
   }
 }
 
@@ -298,37 +207,24 @@ TEST_CASE("zb-h1: the split backward trains as 1F1B bit for bit at 1F1B's peak, 
 // embedding and the loss head and the last stage hands chunk 0's output to its own chunk 1
 // unsent. Each weight's gradient is still the sum over micro-batches in micro-batch order (each
 // chunk's W's run in that order), so losses and weights are 1F1B's bit for bit, and every
-// rank's bytes, FLOPs and bytes sent are its stage's prediction exactly. Cases: pp 2 and pp 4
-// (8 micro-batches, at least 2 pp - 1), tp 2 with SP and selective recompute on pp 2.
+// rank's bytes, FLOPs and bytes sent are its stage's prediction exactly (8 micro-batches: at
+// least 2 pp - 1).
 TEST_CASE("zb-v: the V trains as 1F1B bit for bit, priced exactly", "[equivalence]") {
-  struct Case {
-    const char* name;
-    int64_t tp, pp;
-    Recompute rc;
-    bool sp;
-  };
-  for (const Case& c : {Case{"pp2", 1, 2, Recompute::none, false}, Case{"pp4", 1, 4, Recompute::none, false},
-                        Case{"tp2sp_pp2_sel", 2, 2, Recompute::selective, true}}) {
+  for (const ZeroBubbleCase& c : kZeroBubbleCases) {
     INFO(c.name);
-    const Plan zb = make_plan(config(1, c.tp, c.pp, 0, Schedule::zb_v, 2, c.rc, c.sp));
-    const Plan f = make_plan(config(1, c.tp, c.pp, 0, Schedule::one_f_one_b, 1, c.rc, c.sp));
-    const Result rz = execute(std::string("zbv_") + c.name, zb), rf = execute(std::string("zbv_ref_") + c.name, f);
-    check_exact(zb, rz.report);
-    CHECK(rz.report["losses"] == rf.report["losses"]);
-    REQUIRE(rz.weights.size() == rf.weights.size());
-    CHECK(std::memcmp(rz.weights.data(), rf.weights.data(), rz.weights.size() * sizeof(float)) == 0);
-    for (const auto& s : rz.report["stages"]) CHECK(s["in_flight"].get<int64_t>() == 2 * c.pp);
+    const BesideOneFOneB r = check_as_1f1b("zbv_", c, Schedule::zb_v, 2);
+    for (const auto& s : r.run.report["stages"]) CHECK(s["in_flight"].get<int64_t>() == 2 * c.pp);
   }
 }
 
 TEST_CASE("compare: predicted against measured, field by field", "[compare]") {
   const Plan plan = make_plan(config(2, 1, 1, 2));
-  const Result r = execute("compare", plan, 1);
-  const std::string cmd = std::string(LOOM_BIN) + " compare " + (work_dir() / "compare.json").string() + " " +
-                          (work_dir() / "compare.measured.json").string() + " --json > " +
-                          (work_dir() / "compare.out").string();
+  const Trained r = harness().train("compare", plan, 1);
+  const std::string cmd = std::string(LOOM_BIN) + " compare " + (harness().dir() / "compare.json").string() + " " +
+                          (harness().dir() / "compare.measured.json").string() + " --json > " +
+                          (harness().dir() / "compare.out").string();
   REQUIRE(std::system(cmd.c_str()) == 0);
-  const auto fields = nlohmann::json::parse(slurp(work_dir() / "compare.out"))["fields"];
+  const auto fields = nlohmann::json::parse(slurp(harness().dir() / "compare.out"))["fields"];
   std::map<std::string, nlohmann::json> by_name;
   for (const auto& f : fields) by_name[f["name"]] = f;
   for (const char* exact : {"memory_bytes.weights", "memory_bytes.grads", "memory_bytes.optimizer",
@@ -344,11 +240,11 @@ TEST_CASE("compare: predicted against measured, field by field", "[compare]") {
 
 TEST_CASE("resume at step k continues bit-identically", "[reliability]") {
   const Plan plan = make_plan(config(2, 1, 2, 1));
-  const Result full = execute("straight", plan, 4);
-  const std::string ckpt = (work_dir() / "ckpt").string();
-  execute("first_half", plan, 2, "--save " + ckpt);
+  const Trained full = harness().train("straight", plan, 4);
+  const std::string ckpt = (harness().dir() / "ckpt").string();
+  harness().train("first_half", plan, 2, "--save " + ckpt);
   CHECK(fs::exists(fs::path(ckpt) / "checkpoint.json"));
-  const Result resumed = execute("second_half", plan, 4, "--resume " + ckpt);
+  const Trained resumed = harness().train("second_half", plan, 4, "--resume " + ckpt);
   const auto& a = full.report["losses"];
   const auto& b = resumed.report["losses"];
   REQUIRE(b.size() == 2);
@@ -358,8 +254,8 @@ TEST_CASE("resume at step k continues bit-identically", "[reliability]") {
 }
 
 TEST_CASE("a rank that dies ends the job in bounded time, with a message", "[reliability]") {
-  const std::string path = write_plan("die", make_plan(config(1, 1, 2)));
-  const Run r = mpirun(2, path + " --device cpu --steps 4 --timeout-s 10 --die-at-step 1 --die-rank 1");
+  const std::string path = harness().write_plan("die", make_plan(config(1, 1, 2)));
+  const Run r = harness().mpirun(2, path + " --device cpu --steps 4 --timeout-s 10 --die-at-step 1 --die-rank 1");
   INFO(r.out);
   CHECK(r.code != 0);
   CHECK(r.seconds < 60);
@@ -368,8 +264,8 @@ TEST_CASE("a rank that dies ends the job in bounded time, with a message", "[rel
 
 TEST_CASE("a rank that hangs is detected by the others' deadline", "[reliability]") {
   // mpirun does not notice a stopped process: the survivors' own timeout (5 s) must end the job.
-  const std::string path = write_plan("stall", make_plan(config(1, 1, 2)));
-  const Run r = mpirun(2, path + " --device cpu --steps 4 --timeout-s 5 --die-at-step 1 --die-rank 1 --stall");
+  const std::string path = harness().write_plan("stall", make_plan(config(1, 1, 2)));
+  const Run r = harness().mpirun(2, path + " --device cpu --steps 4 --timeout-s 5 --die-at-step 1 --die-rank 1 --stall");
   INFO(r.out);
   CHECK(r.code != 0);
   CHECK(r.seconds < 60);
@@ -378,8 +274,8 @@ TEST_CASE("a rank that hangs is detected by the others' deadline", "[reliability
 }
 
 TEST_CASE("a NaN loss stops every rank with the step and the rank", "[reliability]") {
-  const std::string path = write_plan("nan", make_plan(config(2, 1, 1)));
-  const Run r = mpirun(2, path + " --device cpu --steps 3 --nan-at-step 1");
+  const std::string path = harness().write_plan("nan", make_plan(config(2, 1, 1)));
+  const Run r = harness().mpirun(2, path + " --device cpu --steps 3 --nan-at-step 1");
   INFO(r.out);
   CHECK(r.code == 3);
   CHECK(r.out.find("loss is not finite") != std::string::npos);
@@ -388,8 +284,8 @@ TEST_CASE("a NaN loss stops every rank with the step and the rank", "[reliabilit
 }
 
 TEST_CASE("a plan for another world size is refused", "[reliability]") {
-  const std::string path = write_plan("world", make_plan(config(2, 1, 1)));
-  const Run r = mpirun(1, path + " --device cpu --steps 1");
+  const std::string path = harness().write_plan("world", make_plan(config(2, 1, 1)));
+  const Run r = harness().mpirun(1, path + " --device cpu --steps 1");
   INFO(r.out);
   CHECK(r.code == 2);
   CHECK(r.out.find("needs 2 ranks") != std::string::npos);
@@ -399,12 +295,12 @@ TEST_CASE("an emulated rank measures what that rank measures in the whole job", 
   // dp 2 x tp 2 x pp 2, ZeRO-1, interleaved, selective recompute, SP: every rank differs in
   // shapes, layers, schedule or the collectives it runs.
   const Plan plan = make_plan(config(2, 2, 2, 1, Schedule::interleaved, 2, Recompute::selective, true));
-  const Result job = execute("emu_job", plan, 1);
-  const std::string path = (work_dir() / "emu_job.json").string();
+  const Trained job = harness().train("emu_job", plan, 1);
+  const std::string path = (harness().dir() / "emu_job.json").string();
   for (int r = 0; r < 8; ++r) {
     INFO("rank " << r);
-    const fs::path report = work_dir() / ("emu" + std::to_string(r) + ".json");
-    const Run run = run_loom("execute " + path + " --quiet --steps 1 --emulate-rank " + std::to_string(r) + " --report " +
+    const fs::path report = harness().dir() / ("emu" + std::to_string(r) + ".json");
+    const Run run = harness().loom("execute " + path + " --quiet --steps 1 --emulate-rank " + std::to_string(r) + " --report " +
                          report.string());
     INFO(run.out);
     REQUIRE(run.code == 0);
@@ -426,14 +322,14 @@ TEST_CASE("an emulated rank measures what that rank measures in the whole job", 
 }
 
 TEST_CASE("--emulate-rank refuses what it cannot do, in one line", "[emulate]") {
-  const std::string path = write_plan("emu_bad", make_plan(config(2, 1, 1)));
-  const Run high = run_loom("execute " + path + " --emulate-rank 2");
+  const std::string path = harness().write_plan("emu_bad", make_plan(config(2, 1, 1)));
+  const Run high = harness().loom("execute " + path + " --emulate-rank 2");
   CHECK(high.code == 2);
   CHECK(high.out.find("--emulate-rank: must be below the plan's 2 ranks") != std::string::npos);
-  const Run save = run_loom("execute " + path + " --emulate-rank 1 --save " + (work_dir() / "emu_ckpt").string());
+  const Run save = harness().loom("execute " + path + " --emulate-rank 1 --save " + (harness().dir() / "emu_ckpt").string());
   CHECK(save.code == 2);
   CHECK(save.out.find("--save, --resume and --weights-out do not apply") != std::string::npos);
-  const Run trace = run_loom("execute " + path + " --emulate-rank 1 --trace /nonexistent/dir/t.json");
+  const Run trace = harness().loom("execute " + path + " --emulate-rank 1 --trace /nonexistent/dir/t.json");
   CHECK(trace.code == 2);
   CHECK(trace.out.find("--trace: folder /nonexistent/dir does not exist") != std::string::npos);
 }
@@ -462,10 +358,10 @@ std::set<std::string> names(const std::vector<nlohmann::json>& events, const std
 
 TEST_CASE("zb-h1: the measured trace names each B and W as loom simulate does, on every rank", "[trace]") {
   const Plan plan = make_plan(config(1, 1, 2, 0, Schedule::zb_h1));
-  const fs::path measured_path = work_dir() / "zb.measured.trace.json";
-  const fs::path predicted_path = work_dir() / "zb.predicted.trace.json";
-  execute("zb_traced", plan, 2, "--trace " + measured_path.string());
-  const Run sim = run_loom("simulate " + (work_dir() / "zb_traced.json").string() + " --ranks 0-1 --trace " +
+  const fs::path measured_path = harness().dir() / "zb.measured.trace.json";
+  const fs::path predicted_path = harness().dir() / "zb.predicted.trace.json";
+  harness().train("zb_traced", plan, 2, "--trace " + measured_path.string());
+  const Run sim = harness().loom("simulate " + (harness().dir() / "zb_traced.json").string() + " --ranks 0-1 --trace " +
                        predicted_path.string());
   INFO(sim.out);
   REQUIRE(sim.code == 0);
@@ -486,9 +382,10 @@ TEST_CASE("a measured trace names what ran as loom simulate does, on every rank"
   // tp 2 with SP x pp 2, full recompute: forward, recompute, backward, optimizer, SP collectives
   // and pipeline transfers on each rank.
   const Plan plan = make_plan(config(1, 2, 2, 0, Schedule::one_f_one_b, 1, Recompute::full, true));
-  const fs::path measured_path = work_dir() / "measured.trace.json", predicted_path = work_dir() / "predicted.trace.json";
-  const Result r = execute("traced", plan, 2, "--trace " + measured_path.string());
-  const Run sim = run_loom("simulate " + (work_dir() / "traced.json").string() + " --ranks 0-3 --trace " +
+  const fs::path measured_path = harness().dir() / "measured.trace.json";
+  const fs::path predicted_path = harness().dir() / "predicted.trace.json";
+  const Trained r = harness().train("traced", plan, 2, "--trace " + measured_path.string());
+  const Run sim = harness().loom("simulate " + (harness().dir() / "traced.json").string() + " --ranks 0-3 --trace " +
                        predicted_path.string());
   INFO(sim.out);
   REQUIRE(sim.code == 0);
@@ -529,7 +426,7 @@ TEST_CASE("a measured trace names what ran as loom simulate does, on every rank"
   }
   CHECK(r.report["stages"][1]["micro_batch_time_s"]["recompute"].get<double>() > 0);
   // loom compare matches the two traces by name.
-  const Run cmp = run_loom("compare " + predicted_path.string() + " " + measured_path.string());
+  const Run cmp = harness().loom("compare " + predicted_path.string() + " " + measured_path.string());
   INFO(cmp.out);
   CHECK(cmp.code == 0);
   CHECK(cmp.out.find("ranks 0,1,2,3 (in both traces)") != std::string::npos);
@@ -557,13 +454,6 @@ std::vector<std::string> listing(const fs::path& dir) {
   return out;
 }
 
-std::vector<float> read_floats(const fs::path& p) {
-  const std::string bytes = slurp(p);
-  std::vector<float> out(bytes.size() / sizeof(float));
-  std::memcpy(out.data(), bytes.data(), out.size() * sizeof(float));
-  return out;
-}
-
 void write_text(const fs::path& p, const std::string& text) { std::ofstream(p, std::ios::binary | std::ios::trunc) << text; }
 
 // The lines loom itself printed (mpirun adds its own banner when a rank exits non-zero).
@@ -576,12 +466,12 @@ int loom_lines(const std::string& out) {
 // dp 2 with ZeRO-1: each rank's file holds its own shard of Adam m and v.
 Plan ckpt_plan() { return make_plan(config(2, 1, 1, 1)); }
 
-// A fresh checkpoint of `plan` after `steps` steps in work_dir()/name.
+// A fresh checkpoint of `plan` after `steps` steps in harness().dir()/name.
 fs::path saved(const std::string& name, const Plan& plan, int steps) {
-  const fs::path dir = work_dir() / name;
+  const fs::path dir = harness().dir() / name;
   fs::remove_all(dir);
-  const Run r = mpirun(2, write_plan(name, plan) + " --device cpu --quiet --timeout-s 20 --steps " + std::to_string(steps) +
-                              " --save " + dir.string());
+  const Run r = harness().mpirun(2, harness().write_plan(name, plan) + " --device cpu --quiet --timeout-s 20 --steps " +
+                                        std::to_string(steps) + " --save " + dir.string());
   INFO(r.out);
   REQUIRE(r.code == 0);
   return dir;
@@ -652,7 +542,7 @@ TEST_CASE("the checkpoint index is read strictly: type, range, unknown keys", "[
 }
 
 TEST_CASE("output paths are checked without leaving anything behind", "[checkpoint]") {
-  const fs::path dir = work_dir() / "outputs";
+  const fs::path dir = harness().dir() / "outputs";
   fs::remove_all(dir);
   fs::create_directories(dir / "sub");
   write_text(dir / "a_file", "x");
@@ -681,9 +571,9 @@ TEST_CASE("output paths are checked without leaving anything behind", "[checkpoi
 
 TEST_CASE("a save killed at any point leaves a checkpoint that resumes bit-identically", "[checkpoint]") {
   const Plan plan = ckpt_plan();
-  const std::string path = write_plan("crash", plan);
+  const std::string path = harness().write_plan("crash", plan);
   auto run = [&](const fs::path& dir, int steps, const std::string& extra) {
-    return mpirun(2, path + " --device cpu --quiet --timeout-s 10 --steps " + std::to_string(steps) + " --resume " +
+    return harness().mpirun(2, path + " --device cpu --quiet --timeout-s 10 --steps " + std::to_string(steps) + " --resume " +
                          dir.string() + " " + extra);
   };
   // The rank files an index names, by name, with their bytes.
@@ -694,8 +584,8 @@ TEST_CASE("a save killed at any point leaves a checkpoint that resumes bit-ident
       files[e.path().filename().string()] = slurp(e.path());
     return std::make_pair(index.at("step").get<int64_t>(), files);
   };
-  const Result straight = execute("crash_straight", plan, 4);
-  const fs::path pristine = saved("crash_pristine", plan, 2), after = work_dir() / "crash_after";
+  const Trained straight = harness().train("crash_straight", plan, 4);
+  const fs::path pristine = saved("crash_pristine", plan, 2), after = harness().dir() / "crash_after";
   // The uninterrupted save of step 3 over the step-2 checkpoint.
   fs::remove_all(after);
   fs::copy(pristine, after, fs::copy_options::recursive);
@@ -712,7 +602,7 @@ TEST_CASE("a save killed at any point leaves a checkpoint that resumes bit-ident
   std::mt19937_64 rng(20261205);
   for (int i = 0; i < 2; ++i)
     faults.push_back(std::to_string(i % 2) + ":" + std::to_string(std::uniform_int_distribution<int64_t>(1, file_bytes - 1)(rng)));
-  const fs::path dir = work_dir() / "crash_ckpt", weights = work_dir() / "crash.weights";
+  const fs::path dir = harness().dir() / "crash_ckpt", weights = harness().dir() / "crash.weights";
   for (const std::string& fault : faults) {
     INFO("--die-in-save " << fault);
     fs::remove_all(dir);
@@ -746,11 +636,11 @@ TEST_CASE("a save killed at any point leaves a checkpoint that resumes bit-ident
 TEST_CASE("a checkpoint index with a wrong type is refused in one line naming the field", "[checkpoint]") {
   const Plan plan = ckpt_plan();
   const fs::path dir = saved("badindex", plan, 1);
-  const std::string path = (work_dir() / "badindex.json").string();
+  const std::string path = (harness().dir() / "badindex.json").string();
   auto index = nlohmann::json::parse(slurp(dir / "checkpoint.json"));
   index["step"] = "1";
   write_text(dir / "checkpoint.json", index.dump());
-  const Run r = mpirun(2, path + " --device cpu --steps 2 --timeout-s 10 --resume " + dir.string());
+  const Run r = harness().mpirun(2, path + " --device cpu --steps 2 --timeout-s 10 --resume " + dir.string());
   INFO(r.out);
   CHECK(r.code == 2);
   CHECK(r.out.find("loom: " + (dir / "checkpoint.json").string() + ": /step: must be an integer") != std::string::npos);
@@ -772,8 +662,8 @@ TEST_CASE("a rank file changed in place is refused by its checksum, naming the f
     f.seekp(200);
     f.write(&c, 1);
   }
-  const Run r = mpirun(2, (work_dir() / "flipped.json").string() + " --device cpu --steps 2 --timeout-s 10 --resume " +
-                              dir.string());
+  const Run r = harness().mpirun(2, (harness().dir() / "flipped.json").string() +
+                                        " --device cpu --steps 2 --timeout-s 10 --resume " + dir.string());
   INFO(r.out);
   CHECK(r.code == 2);
   CHECK(r.out.find(file.string() + ": checksum mismatch") != std::string::npos);
@@ -788,8 +678,8 @@ TEST_CASE("a checkpoint of another plan is refused by its fingerprint", "[checkp
   b.train.global_batch = 16;
   b.prediction = CostModel(b.model, b.cluster, b.train).evaluate(b.parallel);
   const fs::path dir_a = saved("plan_a", a, 1), dir_b = saved("plan_b", b, 1);
-  const std::string path_b = (work_dir() / "plan_b.json").string();
-  const Run index = mpirun(2, path_b + " --device cpu --steps 2 --timeout-s 10 --resume " + dir_a.string());
+  const std::string path_b = (harness().dir() / "plan_b.json").string();
+  const Run index = harness().mpirun(2, path_b + " --device cpu --steps 2 --timeout-s 10 --resume " + dir_a.string());
   INFO(index.out);
   CHECK(index.code == 2);
   CHECK(index.out.find((dir_a / "checkpoint.json").string() + ": /fingerprint: written for another plan") != std::string::npos);
@@ -798,7 +688,7 @@ TEST_CASE("a checkpoint of another plan is refused by its fingerprint", "[checkp
   auto j = nlohmann::json::parse(slurp(dir_a / "checkpoint.json"));
   j["fingerprint"] = nlohmann::json::parse(slurp(dir_b / "checkpoint.json"))["fingerprint"];
   write_text(dir_a / "checkpoint.json", j.dump());
-  const Run files = mpirun(2, path_b + " --device cpu --steps 2 --timeout-s 10 --resume " + dir_a.string());
+  const Run files = harness().mpirun(2, path_b + " --device cpu --steps 2 --timeout-s 10 --resume " + dir_a.string());
   INFO(files.out);
   CHECK(files.code == 2);
   CHECK(files.out.find("rank-00000.ckpt: written for another plan") != std::string::npos);
@@ -806,8 +696,8 @@ TEST_CASE("a checkpoint of another plan is refused by its fingerprint", "[checkp
 }
 
 TEST_CASE("outputs that cannot be written are refused before the first step", "[checkpoint]") {
-  const std::string path = write_plan("outputs_plan", ckpt_plan());
-  const fs::path folder = work_dir() / "outputs_folder", file = work_dir() / "outputs_file";
+  const std::string path = harness().write_plan("outputs_plan", ckpt_plan());
+  const fs::path folder = harness().dir() / "outputs_folder", file = harness().dir() / "outputs_file";
   fs::create_directories(folder);
   write_text(file, "x");
   const std::vector<std::pair<std::string, std::string>> cases = {
@@ -821,9 +711,9 @@ TEST_CASE("outputs that cannot be written are refused before the first step", "[
     const auto& [flag, message] = cases[i];
     INFO(flag);
     // A checkpoint saved after the last step would show that the steps ran.
-    const fs::path ckpt = work_dir() / ("outputs_ckpt" + std::to_string(i));
+    const fs::path ckpt = harness().dir() / ("outputs_ckpt" + std::to_string(i));
     const std::string save = flag.rfind("--save", 0) == 0 ? "" : " --save " + ckpt.string();
-    const Run r = mpirun(2, path + " --device cpu --steps 3 --timeout-s 10 " + flag + save);
+    const Run r = harness().mpirun(2, path + " --device cpu --steps 3 --timeout-s 10 " + flag + save);
     INFO(r.out);
     CHECK(r.code == 2);
     CHECK(r.out.find("loom: " + message) != std::string::npos);
@@ -834,7 +724,7 @@ TEST_CASE("outputs that cannot be written are refused before the first step", "[
 }
 
 TEST_CASE("execute's numeric flags are refused unless they are what they look like", "[checkpoint]") {
-  const std::string path = write_plan("flags_plan", make_plan(ParallelConfig{}));
+  const std::string path = harness().write_plan("flags_plan", make_plan(ParallelConfig{}));
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"--timeout-s nan", "--timeout-s: must be a finite decimal number (got nan)"},
       {"--timeout-s inf", "--timeout-s: must be a finite decimal number (got inf)"},
@@ -852,7 +742,8 @@ TEST_CASE("execute's numeric flags are refused unless they are what they look li
   for (const auto& [flag, message] : cases) {
     INFO(flag);
     // Bounded: a step count that wraps around would otherwise train for ever.
-    const Run r = shell(std::string("OMP_NUM_THREADS=1 timeout 60 ") + LOOM_BIN + " execute " + path + " --device cpu --quiet " + flag);
+    const Run r = harness().shell(std::string("OMP_NUM_THREADS=1 timeout 60 ") + LOOM_BIN + " execute " + path +
+                                  " --device cpu --quiet " + flag);
     INFO(r.out);
     CHECK(r.code == 2);
     CHECK(r.out.find("loom: " + message) != std::string::npos);
@@ -890,7 +781,7 @@ TEST_CASE("--device cuda refuses the plans its kernels cannot run, in one line",
       {cuda_plan(config(1, 1, 1), [&](Plan& p) { head64(p); p.train.seq = 32; p.model.seq_len = 32; }),
        "loom: train.seq: the CUDA attention kernel needs a positive multiple of 64 (got 32)"}};
   for (const auto& [plan, line] : plans) {
-    const Run r = run_loom("execute " + write_plan("cuda_plan", plan) + " --device cuda --lr 1e-4");
+    const Run r = harness().loom("execute " + harness().write_plan("cuda_plan", plan) + " --device cuda --lr 1e-4");
     INFO(r.out);
     CHECK(r.code == 2);
     CHECK(r.out.rfind(line, 0) == 0);
@@ -899,13 +790,13 @@ TEST_CASE("--device cuda refuses the plans its kernels cannot run, in one line",
   // A plan the kernels take: --emulate-rank keeps its rules; the flags the separate CUDA path
   // refused (--save, --resume, --timeout-s, faults) are forwarded, so what stops this run is the
   // machine (no module in a CPU-only build, no GPU in a CUDA build without one), named as --device.
-  const std::string ok = write_plan("cuda_ok", cuda_plan(config(1, 1, 1), head64));
+  const std::string ok = harness().write_plan("cuda_ok", cuda_plan(config(1, 1, 1), head64));
   const std::pair<std::string, std::string> flags[] = {
       {"--emulate-rank 1", "loom: --emulate-rank: must be below the plan's 1 ranks"},
-      {"--emulate-rank 0 --save " + (work_dir() / "cuda_ck").string(), "loom: --emulate-rank: trains no real model"},
-      {"--save " + (work_dir() / "cuda_ck").string() + " --timeout-s 5 --die-at-step 1 --die-rank 0", "loom: --device: "}};
+      {"--emulate-rank 0 --save " + (harness().dir() / "cuda_ck").string(), "loom: --emulate-rank: trains no real model"},
+      {"--save " + (harness().dir() / "cuda_ck").string() + " --timeout-s 5 --die-at-step 1 --die-rank 0", "loom: --device: "}};
   for (const auto& [flag, line] : flags) {
-    const Run r = run_loom("execute " + ok + " --device cuda " + flag);
+    const Run r = harness().loom("execute " + ok + " --device cuda " + flag);
     INFO(flag << ": " << r.out);
     CHECK(r.code == 2);
     CHECK(r.out.rfind(line, 0) == 0);

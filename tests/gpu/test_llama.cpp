@@ -25,6 +25,7 @@
 #include "executor/cuda/rope.cuh"
 #include "executor/cuda/swiglu.cuh"
 #include "gpu_testing.hpp"
+#include "model_testing.hpp"
 #include "sim/model_math.hpp"
 #include "sim/validate.hpp"
 #include "sim/zoo.hpp"
@@ -56,63 +57,16 @@ Qkv split_qkv(const std::vector<float>& qkv, int64_t BT, int64_t H, int64_t Hkv,
 // A small Llama-3-style model: GQA (2 q heads per kv head), SwiGLU, untied head, RoPE base of
 // Llama 3 (models/llama3-8b.json), head size 64 as the CUDA attention needs.
 loom::ModelSpec tiny_llama() {
-  loom::ModelSpec s;
+  loom::ModelSpec s = tiny_gpt();  // 2 layers, ffn 512, vocab 250 padded to 256, seq 128
   s.name = "tiny-llama";
   s.family = loom::Family::llama;
-  s.layers = 2;
   s.hidden = 256;
   s.heads = 4;
   s.kv_heads = 2;
-  s.ffn_hidden = 512;
-  s.vocab = 250;  // padded to 256 on both sides
-  s.seq_len = 128;
   s.tied_embeddings = false;
   s.rope_theta = 500000;
   s.norm_eps = 1e-5;
   return s;
-}
-
-// The GPU's flat fp32 buffer in the CPU model's layout: q, k, v are consecutive row blocks of
-// attn.qkv, gate and up of mlp.gate_up.
-std::vector<float> to_cpu_layout(const Gpt& gpu, const std::vector<float>& flat, const loom::cpu::Gpt& cpu) {
-  std::map<std::string, const ParamTensor*> by_name;
-  for (const ParamTensor& t : gpu.tensors()) by_name[t.name] = &t;
-  struct Fused {
-    const char* fused;
-    std::vector<const char*> parts;
-  };
-  const std::vector<Fused> groups{{".attn.qkv.", {".attn.q.", ".attn.k.", ".attn.v."}},
-                                  {".mlp.gate_up.", {".mlp.gate.", ".mlp.up."}}};
-  std::vector<float> out(cpu.params().size(), 0.0f);
-  for (const loom::cpu::TensorInfo& t : cpu.tensors()) {
-    std::string name = t.name;
-    int64_t skip = 0;
-    for (const Fused& f : groups) {
-      for (size_t i = 0; i < f.parts.size(); i++) {
-        const auto pos = t.name.find(f.parts[i]);
-        if (pos == std::string::npos) continue;
-        for (size_t j = 0; j < i; j++) {  // the parts before it, same layer and suffix
-          std::string before = t.name;
-          before.replace(pos, std::string(f.parts[i]).size(), f.parts[j]);
-          skip += cpu.find(before)->numel;
-        }
-        name.replace(pos, std::string(f.parts[i]).size(), f.fused);
-      }
-    }
-    INFO(t.name);
-    REQUIRE(by_name.count(name) == 1);
-    const ParamTensor& g = *by_name[name];
-    REQUIRE(skip + t.numel <= g.numel);
-    for (int64_t i = 0; i < t.numel; i++) out[t.offset + i] = flat[g.offset + skip + i];
-  }
-  return out;
-}
-
-std::vector<float> download(const float* p, int64_t n) {
-  std::vector<float> v(static_cast<size_t>(n));
-  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-  REQUIRE(cudaMemcpy(v.data(), p, sizeof(float) * v.size(), cudaMemcpyDeviceToHost) == cudaSuccess);
-  return v;
 }
 
 }  // namespace
@@ -360,9 +314,7 @@ TEST_CASE("the CUDA llama trains like the CPU reference model, and full recomput
   CHECK(gpu.rope_theta() == cpu.rope_theta());  // both cpu::default_rope_theta(spec)
   CHECK(rc.memory().activations < gpu.memory().activations);
 
-  // init: the same draws; only libm's last bit may differ
-  const auto init = to_cpu_layout(gpu, download(gpu.master(), gpu.num_param_elements()), cpu);
-  CHECK(rel_error(init, cpu.params()) < 1e-7);
+  check_same_init(gpu, cpu);
 
   const loom::cpu::SyntheticStream data{spec.vocab, 7, T / 2};
   std::vector<int32_t> tokens(2 * B * T);
@@ -382,17 +334,7 @@ TEST_CASE("the CUDA llama trains like the CPU reference model, and full recomput
     REQUIRE(gpu.forward_backward(d_tokens.get(), d_tokens.get() + B * T, 1.0f).ok());
     REQUIRE(rc.forward_backward(d_tokens.get(), d_tokens.get() + B * T, 1.0f).ok());
     if (step == 1) {  // gradients of the first step, before any update
-      const auto g = to_cpu_layout(gpu, download(gpu.grads(), gpu.num_param_elements()), cpu);
-      // bf16 activations through two layers (and RoPE's extra rounding of q, k): a few 1e-3
-      // per tensor; 3e-2 leaves room and still catches any layout, pairing or head-mapping
-      // error (those give errors of order 1)
-      CHECK(rel_error(g, cpu.grads()) < 3e-2);
-      for (const auto& t : cpu.tensors()) {
-        std::vector<float> a(g.begin() + t.offset, g.begin() + t.offset + t.numel);
-        std::vector<float> r(cpu.grads().begin() + t.offset, cpu.grads().begin() + t.offset + t.numel);
-        INFO(t.name);
-        CHECK(rel_error(a, r) < 1e-1);
-      }
+      check_first_grads(gpu, cpu);
       // full recompute rebuilds the same activations with the same kernels: only the embedding
       // gradient's fp32 atomics (encoder.cuh) may add in another order
       const auto g_rc = download(rc.grads(), rc.num_param_elements());
@@ -410,9 +352,7 @@ TEST_CASE("the CUDA llama trains like the CPU reference model, and full recomput
     gpu_losses.push_back(loss_norm->first);
     INFO("step " << step << " cpu loss " << *cpu_loss << " gpu loss " << loss_norm->first << " recompute loss "
                  << rc_loss_norm->first << " cpu norm " << cpu_norm << " gpu norm " << loss_norm->second);
-    // the loss is a mean over B*T positions of bf16 logits: 1e-2 relative
-    CHECK(std::abs(loss_norm->first - *cpu_loss) < 1e-2 * *cpu_loss);
-    CHECK(std::abs(loss_norm->second - cpu_norm) < 3e-2 * cpu_norm);
+    check_step(loss_norm->first, *cpu_loss, loss_norm->second, cpu_norm);
     // the recompute model's weights drift from the other's only by the atomics' last bits
     CHECK(std::abs(rc_loss_norm->first - loss_norm->first) < 1e-4 * loss_norm->first);
   }
@@ -447,16 +387,7 @@ TEST_CASE("the gpt family's buffers are unchanged by llama support: recorded H10
 
 TEST_CASE("full recompute on the gpt family: the same loss and gradients with less memory",
           "[gpu][model][recompute]") {
-  loom::ModelSpec spec;  // test_model.cpp's tiny GPT
-  spec.name = "tiny-gpt";
-  spec.family = loom::Family::gpt;
-  spec.layers = 2;
-  spec.hidden = 128;
-  spec.heads = 2;
-  spec.kv_heads = 2;
-  spec.ffn_hidden = 512;
-  spec.vocab = 250;
-  spec.seq_len = 128;
+  const loom::ModelSpec spec = tiny_gpt();  // test_model.cpp's
   const int64_t B = 4, T = 128;
   auto a_or = Gpt::create(spec, B, T, 1337, nullptr);
   auto b_or = Gpt::create(spec, B, T, 1337, nullptr, loom::Recompute::full);
