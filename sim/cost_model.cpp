@@ -124,6 +124,22 @@ double zero3_exposed_s(double g, double rs, double f, double b, double L, double
   return chunks * (fwd + bwd) + g;
 }
 
+// The same under a schedule that splits each backward (zb-h1, zb-v: sim/schedule.hpp): the B
+// pass (time b_B per layer) gathers each layer's weights again, one layer ahead, and shows
+// max(0, g - b_B) per layer; the W pass (w per layer) gathers nothing and yields the
+// gradients, layer by layer, each reduce-scattered on the dp stream once its layer's W is done.
+// Those n reduce-scatters queue: the last ends max(rs, n rs - (n - 1) w) after the W pass (the
+// first can start after one w; with rs >= w the queue never drains), and that spill shares the
+// links with the gathers of the pass that follows (a forward in the steady state), as the
+// non-split backward's last reduce-scatter does.
+double zero3_split_exposed_s(double g, double rs, double f, double b_b, double w, double L, double chunks) {
+  auto over = [](double x) { return std::max(0.0, x); };
+  const double n = L / chunks;
+  const double spill = rs <= w ? rs : n * rs - (n - 1) * w;
+  const double fwd = std::max(n * over(g - f), n * (g - f) + spill);
+  return chunks * (fwd + n * over(g - b_b)) + g;
+}
+
 // A stage's data-parallel messages, timed on the dp links: the gradient reduction (per
 // micro-batch under ZeRO-2, else once per step) in `pieces` buckets, ZeRO-1/2's gather of the
 // updated weights after the optimizer, and ZeRO-3's per-layer gather and reduce-scatter.
@@ -155,11 +171,17 @@ DpTimes dp_times(const StageWork& w, const GroupLinks& dpl) {
 // Without overlap every collective shows in full, as under Zero3Gather::tensor (DeepSpeed
 // v0.3.15, partition_parameters.py _allgather_param: torch.cuda.synchronize() before each
 // tensor's all-gather, and the sub-module's fetch waits for them; L then counts tensors).
-double dp_exposed_s(const DpTimes& d, int64_t mb, double chunks, const DpWindow& s, bool overlap) {
+// `weight_grad_s` > 0: a schedule that splits the backward (zero3_split_exposed_s), W's time
+// per micro-batch, within s.backward_s.
+double dp_exposed_s(const DpTimes& d, int64_t mb, double chunks, const DpWindow& s, bool overlap,
+                    double weight_grad_s) {
   const double m = static_cast<double>(mb);
   if (d.gather_layer_s > 0) {  // ZeRO-3
     const double L = d.pieces;
     if (!overlap) return m * L * (2 * d.gather_layer_s + d.rs_layer_s);
+    if (weight_grad_s > 0)
+      return m * zero3_split_exposed_s(d.gather_layer_s, d.rs_layer_s, s.forward_s / L,
+                                       (s.backward_s - weight_grad_s) / L, weight_grad_s / L, L, chunks);
     return m * zero3_exposed_s(d.gather_layer_s, d.rs_layer_s, s.forward_s / L, s.backward_s / L, L, chunks);
   }
   if (!overlap) return d.grad_s + m * d.per_mb_grad_s + d.gather_step_s;
@@ -234,7 +256,8 @@ void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p,
     win.backward_s *= (1 + (v - 1) * static_cast<double>(p.pp)) / v;
   }
   const bool blocking = p.zero >= 3 && p.zero3_gather == Zero3Gather::tensor;  // nothing overlaps
-  s.dp_comm_exposed_s = dp_exposed_s(d, mb, static_cast<double>(p.vpp), win, overlap && !blocking);
+  const double split_w_s = splits_backward(p.schedule) && p.pp > 1 ? s.weight_grad_s : 0.0;
+  s.dp_comm_exposed_s = dp_exposed_s(d, mb, static_cast<double>(p.vpp), win, overlap && !blocking, split_w_s);
 }
 
 }  // namespace

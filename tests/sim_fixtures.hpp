@@ -33,14 +33,19 @@ inline TrainSpec batch_of(int64_t batch, int64_t seq) {
   return t;
 }
 
+// The zoo's `cluster` sized to `gpus`.
+inline ClusterSpec sized(const std::string& cluster, int64_t gpus) {
+  auto c = load_cluster(cluster, "test");
+  REQUIRE(c.ok());
+  REQUIRE(size_cluster(*c, gpus, "test").ok());
+  return *c;
+}
+
 // `model` on `gpus` GPUs of `cluster` (zoo names or paths), trained as batch_of(batch, seq).
 inline Job job(const std::string& model, const std::string& cluster, int64_t gpus, int64_t batch, int64_t seq) {
   auto m = load_model(model, "test", nullptr);
   REQUIRE(m.ok());
-  auto c = load_cluster(cluster, "test");
-  REQUIRE(c.ok());
-  REQUIRE(size_cluster(*c, gpus, "test").ok());
-  return {*m, *c, batch_of(batch, seq)};
+  return {*m, sized(cluster, gpus), batch_of(batch, seq)};
 }
 
 // Links at 1e30 bytes/s without latency: every collective and send takes ~1e-21 s, so only the

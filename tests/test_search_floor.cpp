@@ -8,31 +8,14 @@
 #include "sim/rank_grid.hpp"
 #include "sim/validate.hpp"
 #include "sim/zoo.hpp"
+#include "sim_fixtures.hpp"
 
 using namespace loom;
 
 namespace {
 
-struct Job {
-  ModelSpec model;
-  ClusterSpec cluster;
-  TrainSpec train;
-};
-
-// `model` on `gpus` GPUs of `cluster` (zoo names), `batch` sequences of `seq` tokens, 80 MB
-// data-parallel buckets (Megatron-core's 40e6 bf16 elements, as the CLI's default).
-Job job(const std::string& model, const std::string& cluster, int64_t gpus, int64_t batch, int64_t seq) {
-  auto m = load_model(model, "test", nullptr);
-  REQUIRE(m.ok());
-  auto c = load_cluster(cluster, "test");
-  REQUIRE(c.ok());
-  REQUIRE(size_cluster(*c, gpus, "test").ok());
-  TrainSpec t;
-  t.global_batch = batch;
-  t.seq = seq;
-  t.dp_bucket_bytes = 80'000'000;
-  return {*m, *c, t};
-}
+using test::Job;  // sim_fixtures.hpp: a job from the zoo, 80 MB dp buckets
+using test::job;
 
 }  // namespace
 

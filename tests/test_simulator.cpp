@@ -390,15 +390,18 @@ TEST_CASE("ZeRO-3 with recompute: each layer's recompute runs under that layer's
 }
 
 TEST_CASE("analytical and simulated steps agree within 3% on the ten best of the README's plans") {
-  // The two searches README.md shows (`loom plan` for GPT-3 175B and for GPT-2 350M): the ten
-  // best by the simulator, what the planner ranks by, each priced by both models.
+  // The searches README.md shows (`loom plan` for GPT-3 175B, GPT-2 350M and Llama 3 70B at
+  // 8192 tokens, whose ten best mix zb-v, ZeRO-3 and context parallelism): the ten best by the
+  // simulator, what the planner ranks by, each priced by both models.
   struct Job {
     const char *model, *cluster;
-    int64_t gpus, batch;
+    int64_t gpus, batch, seq;
   };
-  for (const Job& j : {Job{"gpt3-175b", "dgx-a100", 1024, 1536}, Job{"gpt2-350m", "dgx-a100", 16, 64}}) {
+  for (const Job& j : {Job{"gpt3-175b", "dgx-a100", 1024, 1536, 0}, Job{"gpt2-350m", "dgx-a100", 16, 64, 0},
+                       Job{"llama3-70b", "dgx-h100", 1024, 512, 8192}}) {
     const LoomRun run = run_loom(std::string("plan --model ") + j.model + " --cluster " + j.cluster + " --gpus " +
                                  std::to_string(j.gpus) + " --global-batch " + std::to_string(j.batch) +
+                                 (j.seq > 0 ? " --seq " + std::to_string(j.seq) : std::string()) +
                                  " --top 10 --refine 10 --json");
     REQUIRE(run.code == 0);
     const auto doc = nlohmann::json::parse(run.out);

@@ -4,17 +4,11 @@
 #include "sim/cost_model.hpp"
 #include "sim/validate.hpp"
 #include "sim/zoo.hpp"
+#include "sim_fixtures.hpp"
 
 using namespace loom;
 
-namespace {
-ClusterSpec sized(const std::string& name, int64_t gpus) {
-  auto c = load_cluster(name, "test");
-  REQUIRE(c.ok());
-  REQUIRE(size_cluster(*c, gpus, "test").ok());
-  return *c;
-}
-}  // namespace
+using test::sized;  // sim_fixtures.hpp: a zoo cluster sized to its GPUs
 
 TEST_CASE("dgx-a100: tp inside a node, dp across nodes sharing the NICs") {
   const ClusterSpec c = sized("dgx-a100", 16);

@@ -19,17 +19,11 @@
 #include "sim/cost_model.hpp"
 #include "sim/validate.hpp"
 #include "sim/zoo.hpp"
+#include "sim_fixtures.hpp"
 
 using namespace loom;
 
-namespace {
-ClusterSpec sized(const std::string& name, int64_t gpus) {
-  auto c = load_cluster(name, "test");
-  REQUIRE(c.ok());
-  REQUIRE(size_cluster(*c, gpus, "test").ok());
-  return *c;
-}
-}  // namespace
+using test::sized;  // sim_fixtures.hpp: a zoo cluster sized to its GPUs
 
 TEST_CASE("NCCL ring latency: intra-node steps at NVLink's latency, inter-node steps at the NIC's") {
   // 1536 ranks on 192 nodes of 8 (dgx-a100's Simple-protocol latencies 3.4 and 14 us), a
