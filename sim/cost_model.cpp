@@ -107,21 +107,41 @@ DpWindow dp_window(const StageWork& w, const GroupLinksSet& links, const StageEs
   return win;
 }
 
-// ZeRO-3's exposed time per micro-batch, FSDP's order (Zhao et al. 2023, "PyTorch FSDP", Sec.
-// 3.3): layer l+1's gather is issued when layer l starts (one layer of prefetch); in backward
-// layer l's reduce-scatter is issued when it ends and runs beside the next layer. So a forward
-// layer hides a gather in its time f, and a backward layer a gather and the previous layer's
-// reduce-scatter in its time b. The last reduce-scatter of a backward chunk runs on into
-// whatever comes next, a forward chunk in every schedule (1F1B alternates them), whose n
-// layers have n f to carry n gathers and it; a backward chunk carries n gathers and n - 1
-// reduce-scatters in n b. Each chunk shows the larger of its layers' own shortfalls and its
-// total shortfall. Plus the first gather, which nothing hides. L layers in `chunks` chunks.
-double zero3_exposed_s(double g, double rs, double f, double b, double L, double chunks) {
+// ZeRO-3's exposed time per step, FSDP's order (Zhao et al. 2023, "PyTorch FSDP", Sec. 3.3):
+// layer l+1's gather is issued when layer l starts (one layer of prefetch; a pass's last layer
+// prefetches the next pass's first), and in backward layer l's reduce-scatter is issued when it
+// ends and runs beside the next layer. So a forward layer hides a gather in its time f, and a
+// backward layer a gather and the previous layer's reduce-scatter in its time b; each pass of
+// n layers shows the larger of its layers' own shortfalls and its total shortfall. A backward
+// pass's last reduce-scatter runs on into the pass that follows: a forward in the steady state
+// (forward carries n gathers and it in n f), the next backward in the drain (n gathers and n
+// reduce-scatters in n b); a pass after a forward carries none. How many passes follow which is
+// the schedule's (Zero3Passes), and the step shows the first gather, which nothing hides, and
+// the last reduce-scatter, which the optimizer waits for.
+struct Zero3Passes {
+  double forward_after_backward = 0, forward_after_forward = 0, backward_after_forward = 0,
+         backward_after_backward = 0;
+};
+// Megatron-LM's tables (sim/schedule.hpp): `warm-up` forwards (warmup_slots), then forward and
+// backward alternating, then as many backwards as there were warm-up forwards; GPipe's warm-up
+// is every forward.
+Zero3Passes zero3_passes(Schedule sched, int64_t pp, int64_t vpp, int64_t stage, int64_t mb) {
+  const int64_t passes = mb * vpp, warm = warmup_slots(sched, pp, vpp, stage, mb), steady = passes - warm;
+  Zero3Passes z;
+  z.forward_after_backward = static_cast<double>(std::max<int64_t>(0, steady - 1));
+  z.forward_after_forward = static_cast<double>(passes) - z.forward_after_backward;
+  z.backward_after_forward = static_cast<double>(std::max<int64_t>(1, steady));
+  z.backward_after_backward = static_cast<double>(passes) - z.backward_after_forward;
+  return z;
+}
+double zero3_exposed_s(double g, double rs, double f, double b, double n, const Zero3Passes& z) {
   auto over = [](double x) { return std::max(0.0, x); };
-  const double n = L / chunks;  // layers per chunk
-  const double fwd = std::max(n * over(g - f), n * (g - f) + rs);
+  const double fwd = n * over(g - f);
+  const double fwd_spill = std::max(fwd, n * (g - f) + rs);
   const double bwd = std::max((n - 1) * over(g + rs - b) + over(g - b), n * (g - b) + (n - 1) * rs);
-  return chunks * (fwd + bwd) + g;
+  const double bwd_spill = std::max(n * over(g + rs - b), n * (g - b) + n * rs);
+  return z.forward_after_backward * fwd_spill + z.forward_after_forward * fwd + z.backward_after_forward * bwd +
+         z.backward_after_backward * bwd_spill + g + rs;
 }
 
 // The same under a schedule that splits each backward (zb-h1, zb-v: sim/schedule.hpp): the B
@@ -172,9 +192,9 @@ DpTimes dp_times(const StageWork& w, const GroupLinks& dpl) {
 // v0.3.15, partition_parameters.py _allgather_param: torch.cuda.synchronize() before each
 // tensor's all-gather, and the sub-module's fetch waits for them; L then counts tensors).
 // `weight_grad_s` > 0: a schedule that splits the backward (zero3_split_exposed_s), W's time
-// per micro-batch, within s.backward_s.
+// per micro-batch, within s.backward_s; else ZeRO-3's passes follow one another as `z` counts.
 double dp_exposed_s(const DpTimes& d, int64_t mb, double chunks, const DpWindow& s, bool overlap,
-                    double weight_grad_s) {
+                    double weight_grad_s, const Zero3Passes& z) {
   const double m = static_cast<double>(mb);
   if (d.gather_layer_s > 0) {  // ZeRO-3
     const double L = d.pieces;
@@ -182,7 +202,7 @@ double dp_exposed_s(const DpTimes& d, int64_t mb, double chunks, const DpWindow&
     if (weight_grad_s > 0)
       return m * zero3_split_exposed_s(d.gather_layer_s, d.rs_layer_s, s.forward_s / L,
                                        (s.backward_s - weight_grad_s) / L, weight_grad_s / L, L, chunks);
-    return m * zero3_exposed_s(d.gather_layer_s, d.rs_layer_s, s.forward_s / L, s.backward_s / L, L, chunks);
+    return zero3_exposed_s(d.gather_layer_s, d.rs_layer_s, s.forward_s / L, s.backward_s / L, L / chunks, z);
   }
   if (!overlap) return d.grad_s + m * d.per_mb_grad_s + d.gather_step_s;
   if (d.per_mb_grad_s > 0)
@@ -257,7 +277,8 @@ void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p,
   }
   const bool blocking = p.zero >= 3 && p.zero3_gather == Zero3Gather::tensor;  // nothing overlaps
   const double split_w_s = splits_backward(p.schedule) && p.pp > 1 ? s.weight_grad_s : 0.0;
-  s.dp_comm_exposed_s = dp_exposed_s(d, mb, static_cast<double>(p.vpp), win, overlap && !blocking, split_w_s);
+  const Zero3Passes z = zero3_passes(p.schedule, p.pp, p.vpp, w.stage, mb);
+  s.dp_comm_exposed_s = dp_exposed_s(d, mb, static_cast<double>(p.vpp), win, overlap && !blocking, split_w_s, z);
 }
 
 }  // namespace
