@@ -35,6 +35,11 @@ Status check_output_folder(const std::string& path, const std::string& flag);
 // int64 (cpu/synthetic_data), so steps x global_batch x (seq + 1) must not overflow.
 Status check_step_count(int64_t steps, const Plan& plan);
 
+// What the plan cannot run on the CPU executor (fp32, unfused attention but for cp's ring, the
+// model features and parallel layouts its trainer implements), as one line naming the field:
+// checked by `loom execute` before it loads the module, and by the trainer before any allocation.
+Status check_cpu_plan(const Plan& plan);
+
 // --emulate-rank's rules, the same on both devices: a rank of the plan, one process (not under
 // mpirun with more than one), and no real model to save, resume or write (`writes_model`).
 Status check_emulation(int64_t emulate_rank, const Plan& plan, bool writes_model);

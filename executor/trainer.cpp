@@ -16,44 +16,6 @@ namespace loom::exec {
 
 namespace tn = trace_names;
 
-Status check_cpu_plan(const Plan& plan) {
-  const auto& m = plan.model;
-  const auto& t = plan.train;
-  const auto& p = plan.parallel;
-  if (t.fp8) return make_error("train.dtype", "the CPU executor runs fp32 GEMMs, not FP8: must be fp32 (got fp8)");
-  if (t.dtype != Dtype::fp32 || t.grad_dtype != Dtype::fp32)
-    return make_error("train.dtype", "the CPU executor runs fp32: dtype and grad_dtype must be fp32");
-  if (p.cp == 1 && t.attention != Attention::unfused)
-    return make_error("train.attention", "the CPU executor stores softmax probabilities: attention must be unfused");
-  if (auto st = check_cpu_cp(plan); !st) return st;  // cp > 1: the ring (trainer_cp.cpp)
-  if (m.dropout) return make_error("model.dropout", "the CPU executor has no dropout: must be false");
-  if (m.head_size > 0 && m.head_size * m.heads != m.hidden)
-    return make_error("model.head_size", "the CPU executor runs heads of hidden / heads only: must be " +
-                                             std::to_string(m.hidden / std::max<int64_t>(1, m.heads)) + " or unset");
-  if (m.qk_norm) return make_error("model.qk_norm", "the CPU executor has no q/k norms: must be false");
-  if (m.post_norms) return make_error("model.post_norms", "the CPU executor has no post-norms: must be false");
-  if (m.is_mla())
-    return make_error("model.kv_lora_rank", "the CPU executor has no multi-head latent attention: must be 0 (got " +
-                                                std::to_string(m.kv_lora_rank) + ")");
-  if (m.gated_gelu) return make_error("model.gated_gelu", "the CPU executor's gated MLP is SwiGLU: must be false");
-  if (m.tied_embeddings && (p.pp > 1 || (p.zero >= 2 && p.dp > 1)))
-    return make_error("model.tied_embeddings",
-                      "the CPU executor ties embeddings only with pp = 1 and zero < 2 (untie them in the model file)");
-  if (p.dp_comm != DpComm::ring) return make_error("parallel.dp_comm", "the CPU executor runs the ring only");
-  if (p.grad_compression != 1) return make_error("parallel.grad_compression", "the CPU executor does not compress");
-  if (p.sp && p.zero >= 2 && p.dp > 1)
-    return make_error("parallel.sp", "the CPU executor runs sequence parallelism with zero < 2 only");
-  if (auto st = check_cpu_moe(plan); !st) return st;
-  // A split backward keeps each layer's stash for its W and adds a micro-batch's gradients in
-  // two passes: full recompute keeps no stash, ZeRO-2/3 reduce each micro-batch's at once.
-  if (splits_backward(p.schedule) && p.recompute == Recompute::full)
-    return make_error("parallel.recompute", "the CPU executor runs " + to_string(p.schedule) + " without full recompute (got full)");
-  if (splits_backward(p.schedule) && p.zero >= 2 && p.dp > 1)
-    return make_error("parallel.zero", "the CPU executor runs " + to_string(p.schedule) + " with zero < 2 (got " + std::to_string(p.zero) + ")");
-  if (splits_backward(p.schedule) && m.is_moe())  // the split covers the dense layer's GEMMs
-    return make_error("parallel.schedule", "the CPU executor runs " + to_string(p.schedule) + " on dense models only (got a MoE model)");
-  return ok_status();
-}
 
 namespace {
 using Clock = std::chrono::steady_clock;

@@ -12,6 +12,7 @@
 
 #include "executor/checkpoint.hpp"
 #include "executor/comm.hpp"
+#include "executor/run_checks.hpp"
 #include "executor/compute.hpp"
 #include "sim/expected.hpp"
 #include "sim/plan.hpp"
@@ -44,9 +45,7 @@ enum class Ending {
              // not resume): the same one-line error on every rank, exit 2
 };
 
-// What the plan cannot run on this backend, as one line naming the field (checked before any
-// allocation): family/dtype/attention/dropout/tied-embedding limits of the CPU executor.
-Status check_cpu_plan(const Plan& plan);
+// check_cpu_plan: what the CPU executor cannot run (executor/run_checks.hpp).
 
 // Runs on every rank. Returns the measured report on rank 0 (other ranks: an empty object; an
 // emulated rank reports itself).

@@ -24,36 +24,8 @@ Group group_of(GroupKind kind, const std::vector<int64_t>& ranks, int rank) {
   return g;
 }
 
-std::string got(int64_t v) { return " (got " + std::to_string(v) + ")"; }
-
 }  // namespace
 
-// What the CPU executor runs with cp > 1: the ring (fused attention: a log-sum-exp per head and
-// token is kept, not the probabilities), on dense models, one pipeline stage, without selective
-// recompute (it would rerun the whole ring) or a split backward, and the rules that involve the
-// data-parallel size applied to dp x cp, over which the gradients are reduced.
-Status check_cpu_cp(const Plan& plan) {
-  const auto& p = plan.parallel;
-  const auto& t = plan.train;
-  if (p.cp < 1) return make_error("parallel.cp", "must be at least 1" + got(p.cp));
-  if (p.cp == 1) return ok_status();
-  if (t.attention != Attention::fused)
-    return make_error("train.attention", "the CPU executor runs cp > 1 as a ring of flash-attention blocks: must be fused");
-  if (t.seq % (2 * p.cp) != 0)
-    return make_error("train.seq", "must split into 2 x cp equal chunks (Megatron's load-balanced split)" + got(t.seq));
-  if (p.sp && (t.seq / p.cp * p.micro_batch) % p.tp != 0)
-    return make_error("parallel.sp", "needs tp to divide a cp rank's tokens, micro_batch x seq / cp" + got(p.tp));
-  if (plan.model.is_moe()) return make_error("parallel.cp", "the CPU executor runs cp > 1 on dense models only" + got(p.cp));
-  if (p.pp > 1) return make_error("parallel.cp", "the CPU executor runs cp > 1 with pp = 1 only" + got(p.cp));
-  if (p.recompute == Recompute::selective)
-    return make_error("parallel.recompute", "the CPU executor runs cp > 1 with recompute none or full (got selective)");
-  if (splits_backward(p.schedule))
-    return make_error("parallel.schedule", "the CPU executor runs cp > 1 without a split backward");
-  if (p.zero >= 2 && (plan.model.tied_embeddings || p.sp))
-    return make_error("parallel.zero", "the CPU executor runs cp > 1 with tied embeddings or sp at zero < 2 only" +
-                                           got(p.zero));
-  return ok_status();
-}
 
 // The cp group (the ring), and with cp > 1 the dp-cp group in place of dp: gradient reduction
 // and ZeRO's shards span it.

@@ -26,11 +26,6 @@
 
 namespace loom::exec {
 
-// The CPU executor's rules for MoE plans (trainer_moe.cpp), as one line naming the field.
-Status check_cpu_moe(const Plan& plan);
-// The CPU executor's rules for context parallelism (trainer_cp.cpp), as one line naming the field.
-Status check_cpu_cp(const Plan& plan);
-
 // What one (micro-batch, chunk) keeps between its forward and its backward.
 struct ChunkStash {
   std::vector<Buffer> xs;                           // each layer's input (Ns, C)

@@ -14,33 +14,6 @@ namespace loom::exec {
 
 namespace tn = trace_names;
 
-Status check_cpu_moe(const Plan& plan) {
-  const auto& m = plan.model;
-  const auto& p = plan.parallel;
-  const auto got = [](int64_t v) { return " (got " + std::to_string(v) + ")"; };
-  if (!m.is_moe()) {
-    if (p.ep != 1 || p.etp != 1)
-      return make_error("parallel.ep", "ep and etp need a MoE model (experts > 0): must be 1" + got(p.ep * p.etp));
-    return ok_status();
-  }
-  if (m.shared_expert_gate)
-    return make_error("model.shared_expert_gate", "the CPU executor's shared experts have no gate (Qwen2-MoE): must be false");
-  if (p.ep < 1 || m.experts % p.ep != 0)
-    return make_error("parallel.ep", "must divide the experts (" + std::to_string(m.experts) + ")" + got(p.ep));
-  if (p.etp < 1 || (p.tp * p.dp) % (p.ep * p.etp) != 0)
-    return make_error("parallel.ep", "ep x etp must divide tp x dp (" + std::to_string(p.tp * p.dp) + ")" +
-                                         got(p.ep * p.etp));
-  if (m.expert_ffn_hidden % p.etp != 0)
-    return make_error("parallel.etp", "must divide expert_ffn_hidden (" + std::to_string(m.expert_ffn_hidden) + ")" +
-                                          got(p.etp));
-  // Megatron-LM's rule: with tp > 1 the MoE layer routes the sequence-parallel shard, so each
-  // token is routed by one rank.
-  if (p.tp > 1 && !p.sp) return make_error("parallel.sp", "MoE layers with tp > 1 need sequence parallelism (got off)");
-  if (p.zero != 0 && p.dp > 1)
-    return make_error("parallel.zero", "the CPU executor runs MoE models with zero 0" + got(p.zero));
-  return ok_status();
-}
-
 Status Trainer::setup_experts() {
   const auto& p = plan_.parallel;
   const auto& m = plan_.model;

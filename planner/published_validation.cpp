@@ -514,6 +514,9 @@ std::optional<std::string> llama_zoo_name(const std::string& model) {
 // split, or an uneven one of whole multiples of vpp per stage).
 Status model_reasons(const std::string& model, int64_t pp, int64_t vpp, std::vector<std::string>& ids,
                      std::string& detail) {
+  if (pp < 1 || vpp < 1)
+    return make_error("pp", "the row's pipeline size and virtual stages must be >= 1 (got pp " + itos(pp) + ", vpp " +
+                                itos(vpp) + ")");
   const auto name = llama_zoo_name(model);
   if (!name) {
     ids.push_back("model_unknown");

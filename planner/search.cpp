@@ -329,7 +329,7 @@ bool same_links(const GroupLinks& a, const GroupLinks& b) {
          a.nodes_spanned == b.nodes_spanned && a.intra_latency_s == b.intra_latency_s;
 }
 bool same_links(const GroupLinksSet& a, const GroupLinksSet& b) {
-  return same_links(a.tp, b.tp) && same_links(a.dp, b.dp) && same_links(a.pp, b.pp);
+  return same_links(a.tp, b.tp) && same_links(a.dp, b.dp) && same_links(a.pp, b.pp) && same_links(a.cp, b.cp);
 }
 
 // Which links a group crosses depends on the grid only through the group's size and stride

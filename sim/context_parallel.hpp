@@ -79,7 +79,6 @@ struct CpRingPass {
 };
 struct CpRing {
   CpRingPass forward, backward, recompute;
-  const CpRingPass& of(Pass p) const { return p == Pass::forward ? forward : p == Pass::backward ? backward : recompute; }
 };
 CpRing cp_ring(const StageWork& w, const GroupLinks& cp, const OpTimer& op, bool overlap);
 

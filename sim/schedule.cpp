@@ -221,7 +221,7 @@ double play_with_dp_s(const TableProgram& program, const std::vector<ChunkPassSe
     if (x.phase != Phase::weight || dp.empty()) continue;
     const DpBeside& d = dp[static_cast<size_t>(x.rank)];
     const double job = d.per_w_s + (x.last_micro_batch ? d.last_s : 0.0);
-    if (job <= 0) continue;
+    if (job <= 0 || d.pieces < 1) continue;
     double& q = queue_s[static_cast<size_t>(x.rank)];
     q = std::max({q + job, start + dur / d.pieces + job, f + job / d.pieces});
   }
@@ -251,8 +251,13 @@ Expected<double> ZbVMakespans::makespan_s(int64_t pp, int64_t m, const std::vect
 
 Expected<double> ZbVMakespans::makespan_s(int64_t pp, int64_t m, const std::vector<ChunkPassSeconds>& per_stage,
                                           const std::vector<DpBeside>& dp) {
+  // pp stages' passes and pp (or no) dp streams: the lengths make the bytes unambiguous.
+  if (static_cast<int64_t>(per_stage.size()) != pp || (!dp.empty() && static_cast<int64_t>(dp.size()) != pp))
+    return make_error("schedule", "zb-v's tables need one entry per stage (" + std::to_string(pp) + ")");
+  const int64_t streams = static_cast<int64_t>(dp.size());
   std::string key(reinterpret_cast<const char*>(&pp), sizeof pp);
   key.append(reinterpret_cast<const char*>(&m), sizeof m);
+  key.append(reinterpret_cast<const char*>(&streams), sizeof streams);
   key.append(reinterpret_cast<const char*>(per_stage.data()), per_stage.size() * sizeof(ChunkPassSeconds));
   key.append(reinterpret_cast<const char*>(dp.data()), dp.size() * sizeof(DpBeside));
   if (auto hit = played_.find(key); hit != played_.end()) return hit->second;

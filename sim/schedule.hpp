@@ -147,7 +147,7 @@ double play_s(const TableProgram& program, const std::vector<ChunkPassSeconds>& 
 // event simulator's add_buckets), served in order. A job of c after a W from t0 to t1 then ends
 // at max(the queue's previous end + c, t0 + w / pieces + c, t1 + c / pieces).
 struct DpBeside {
-  double per_w_s = 0, last_s = 0, pieces = 1;
+  double per_w_s = 0, last_s = 0, pieces = 1;  // pieces >= 1 (a stream with fewer takes no job)
 };
 // The makespan with those streams: the latest of every rank's compute and reduction ends. No
 // reduction (all zero) gives play_s's result.

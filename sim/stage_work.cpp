@@ -408,8 +408,12 @@ void pp_messages(std::vector<Message>& v, const ParallelConfig& p, const Dims& d
 
 // Parameter tensors of one layer, as a per-tensor ZeRO-3 gathers them: GPT (Megatron's fused
 // QKV) has the weight and bias of its two norms, QKV, projection and two FFN linears, 12;
-// Llama has its two norms' weights and q, k, v, o, gate, up and down, 9 (no biases).
-int64_t param_tensors_per_layer(const ModelSpec& m) { return m.family == Family::gpt ? 12 : 9; }
+// Llama has its two norms' weights and q, k, v, o, gate, up and down, 9, and 3 more with q, k, v
+// biases (Qwen2), 2 with q/k norms (Qwen3), 2 with Gemma 2's post-norms.
+int64_t param_tensors_per_layer(const ModelSpec& m) {
+  if (m.family == Family::gpt) return 12;
+  return 9 + (m.qkv_bias ? 3 : 0) + (m.qk_norm ? 2 : 0) + (m.post_norms ? 2 : 0);
+}
 
 // Data parallel (ZeRO paper, Rajbhandari et al. 2020, Sec. 7): G gradient bytes (after
 // compression) and W weight bytes of this rank's unsharded parameters. Stage 0: all-reduce of

@@ -74,6 +74,21 @@ TEST_CASE("loom links no MPI: the CPU executor is a module, and without it execu
   const LoomRun missing = run_at(alone / "loom", "execute " + (alone / "none.json").string());
   CHECK(missing.code == 2);
   CHECK(missing.err.find("libloom_cpu.so") == std::string::npos);
+  // So do the CPU executor's plan rules (executor/run_checks.hpp check_cpu_plan): a bf16 plan,
+  // and ZeRO-3 priced as DeepSpeed 0.3 gathered it, are refused before any module is looked for.
+  const std::string bf16 = (alone / "bf16.json").string(), z3 = (alone / "z3.json").string();
+  REQUIRE(run_loom("predict --model " + std::string(LOOM_SOURCE_DIR) + "/tests/executor/data/tiny-gpt.json "
+                   "--cluster cpu-mpi --gpus 1 --global-batch 8 --tp 1 --pp 1 --attention unfused -o " + bf16).code == 0);
+  const LoomRun dtype = run_at(alone / "loom", "execute " + bf16 + " --steps 1");
+  CHECK(dtype.code == 2);
+  CHECK(dtype.err == "loom: train.dtype: the CPU executor runs fp32: dtype and grad_dtype must be fp32\n");
+  REQUIRE(run_loom("predict --model " + std::string(LOOM_SOURCE_DIR) + "/tests/executor/data/tiny-gpt.json "
+                   "--cluster cpu-mpi --gpus 2 --global-batch 8 --dp 2 --tp 1 --pp 1 --zero 3 --zero3-gather tensor "
+                   "--dtype fp32 --grad-dtype fp32 --attention unfused -o " + z3).code == 0);
+  const LoomRun gather = run_at(alone / "loom", "execute " + z3 + " --steps 1");
+  CHECK(gather.code == 2);
+  CHECK(gather.err == "loom: parallel.zero3_gather: the CPU executor gathers ZeRO-3 weights layer by layer: must be "
+                      "layer (got tensor)\n");
   fs::remove_all(alone.parent_path());
 }
 

@@ -30,14 +30,14 @@ mkdir -p "$OUT"
 echo "== configure and build ($BUILD)"
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$NVCC" \
   -DCMAKE_CUDA_ARCHITECTURES=90 >"$OUT/cmake.log" 2>&1 || { tail -40 "$OUT/cmake.log"; exit 1; }
-cmake --build "$BUILD" -j "$(nproc)" --target loom_cuda_train loom_gpu_tests loom_device_comm_test loom_cuda >"$OUT/build.log" 2>&1 \
+cmake --build "$BUILD" -j "$(nproc)" --target loom_cuda_train loom_gpu_tests loom_device_comm_test loom_cuda loom_cpu >"$OUT/build.log" 2>&1 \
   || { grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1; }
 # The planner makes the plans; if `loom` does not build here, the plans saved beside this script
 # (the same `loom predict ... -o` output) are used.
 have_loom=0
 if [ "${USE_SAVED_PLANS:-0}" != 1 ]; then
   have_loom=1
-  cmake --build "$BUILD" -j "$(nproc)" --target loom >"$OUT/build-loom.log" 2>&1 || have_loom=0
+  cmake --build "$BUILD" -j "$(nproc)" --target loom loom_cpu >"$OUT/build-loom.log" 2>&1 || have_loom=0
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader | tee "$OUT/gpu.txt"
 

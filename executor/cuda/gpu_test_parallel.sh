@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The parallel trainer on the CUDA backend, part of `make gpu-test` (gpu_test.sh states what it
-# checks): executor/cuda/gpu_test_parallel.sh BUILD OUT. Needs BUILD/loom and BUILD/libloom_cuda.so.
+# checks): executor/cuda/gpu_test_parallel.sh BUILD OUT. Needs BUILD/loom, BUILD/libloom_cuda.so and
+# BUILD/libloom_cpu.so (the CPU reference runs); builds them when one is missing.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=$1 OUT=$2
@@ -10,8 +11,8 @@ MPIRUN=(mpirun --oversubscribe --allow-run-as-root)
 status=0
 : >"$OUT/parallel.jsonl"
 : >"$OUT/parallel.txt"
-if [ ! -x "$LOOM" ]; then
-  cmake --build "$BUILD" -j "$(nproc)" --target loom loom_cuda >"$OUT/build-parallel.log" 2>&1 \
+if [ ! -x "$LOOM" ] || [ ! -f "$BUILD/libloom_cuda.so" ] || [ ! -f "$BUILD/libloom_cpu.so" ]; then
+  cmake --build "$BUILD" -j "$(nproc)" --target loom loom_cuda loom_cpu >"$OUT/build-parallel.log" 2>&1 \
     || { echo "loom does not build: see $OUT/build-parallel.log"; exit 1; }
 fi
 summary() { python3 executor/cuda/parallel_summary.py "$@" 2>>"$OUT/parallel.txt" >>"$OUT/parallel.jsonl"; }

@@ -34,6 +34,8 @@ inline Status check_cuda_plan(const Plan& plan) {
   if (p.cp > 1)
     return make_error("parallel.cp", "the CUDA backend has no ring attention (context parallelism) yet: must be 1" + got(p.cp));
   if (p.dp_comm != DpComm::ring) return make_error("parallel.dp_comm", "the trainer runs the ring only");
+  if (p.zero3_gather != Zero3Gather::layer)
+    return make_error("parallel.zero3_gather", "the trainer gathers ZeRO-3 weights layer by layer: must be layer (got tensor)");
   if (p.grad_compression != 1) return make_error("parallel.grad_compression", "the trainer does not compress");
   if (p.sp && p.zero >= 2 && p.dp > 1)
     return make_error("parallel.sp", "the trainer runs sequence parallelism with zero < 2 only");

@@ -12,6 +12,23 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// Where a module is looked up: beside the running executable (/proc/self/exe: the build tree),
+// then in ../lib/loom/ from it (an install prefix: bin/loom, lib/loom/libloom_cpu.so).
+struct BackendModule {
+  const char* file;     // "libloom_cpu.so"
+  const char* symbol;   // the one C function it exports, returning its entry table
+  const char* what;     // "the CPU executor", in "<flag>: <what> is not available: <why>"
+  const char* target;   // its CMake target, for the line that says how to build it
+  const char* needs;    // what the configure must find to define that target (when it did not)
+  bool configured;      // whether this build's configure found it (then the target exists)
+};
+
+// LOOM_CPU_MODULE_CONFIGURED, LOOM_CUDA_MODULE_CONFIGURED: set on this file by planner/CMakeLists.txt.
+constexpr BackendModule kCpuModule{"libloom_cpu.so", LOOM_CPU_BACKEND_SYMBOL, "the CPU executor", "loom_cpu",
+                                   "Open MPI (libopenmpi-dev)", LOOM_CPU_MODULE_CONFIGURED != 0};
+constexpr BackendModule kCudaModule{"libloom_cuda.so", LOOM_CUDA_BACKEND_SYMBOL, "the CUDA backend", "loom_cuda",
+                                    "nvcc or Open MPI", LOOM_CUDA_MODULE_CONFIGURED != 0};
+
 // The folder of the running executable; empty without /proc.
 fs::path exe_dir() {
   std::error_code ec;

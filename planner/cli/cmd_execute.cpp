@@ -140,9 +140,10 @@ int run_cuda(const ExecuteOptions& o) {
   return (*backend)->execute(&args);
 }
 
-// The CPU reference trainer (libloom_cpu.so): the plan read, its --stage-layers applied, then
-// the module checks what the trainer runs (executor/trainer.hpp, check_cpu_plan), the steps and
-// the fit, and runs it on the ranks mpirun started, or one rank alone (--emulate-rank).
+// The CPU reference trainer (libloom_cpu.so): the plan read, its --stage-layers applied, what
+// the trainer runs (check_cpu_plan), the steps, the fit and --emulate-rank's rules checked here,
+// so a plan it cannot run is refused in one line whether or not the module is built; then the
+// module runs it on the ranks mpirun started, or one rank alone (--emulate-rank).
 int run_execute(const ExecuteOptions& o) {
   if (o.device == "cuda") return run_cuda(o);
   if (o.device != "cpu") return fail(make_error("--device", "must be cpu or cuda (got " + o.device + ")"));
@@ -150,6 +151,11 @@ int run_execute(const ExecuteOptions& o) {
   if (!plan) return fail(plan.error());
   if (auto st = refuse_offload(*plan, o.plan_path); !st) return fail(st.error());
   if (auto st = apply_stage_layers(*plan, o.stage_layers); !st) return fail(st.error());
+  if (auto st = exec::check_cpu_plan(*plan); !st) return fail(st.error());
+  if (auto st = exec::check_step_count(o.exec.steps, *plan); !st) return fail(st.error());
+  if (!plan->prediction.fits) return fail(make_error(o.plan_path, "does not fit: " + plan->prediction.reason));
+  if (o.emulate_rank >= 0)
+    if (auto st = exec::check_emulation(o.emulate_rank, *plan, writes_model(o)); !st) return fail(st.error());
   auto backend = load_cpu_backend("--device");
   if (!backend) return refuse(backend.error());
   const std::string plan_json = plan_to_json(*plan).dump();
@@ -164,7 +170,7 @@ void add_execute(CLI::App& app, Run& run) {
   auto* cmd = app.add_subcommand("execute", "train a plan (under mpirun -np N, one rank per device) and measure it");
   cmd->add_option("plan", o->plan_path, "plan.json (from loom plan or loom predict -o)")->required();
   cmd->add_option("--device", o->device,
-                  "cpu (the fp32 reference backend) or cuda (bf16 on GPUs, one rank per GPU or several sharing one; builds with nvcc)");
+                  "cpu (the fp32 reference backend) or cuda (bf16 on GPUs, one rank per GPU or several sharing one; built where nvcc and Open MPI are found)");
   cmd->add_option("--steps", o->exec.steps, "train until this step")->transform(Integer(INT64_MIN, INT64_MAX));
   cmd->add_option("--report", o->report_path, "write what was measured (Estimate field names, ranks[] beside)");
   cmd->add_option("--save", o->exec.save_dir, "write a checkpoint to this folder after the last step");
