@@ -435,7 +435,7 @@ constexpr double kFloorMargin = 1e-9;
 // memory being the same for all; a variant after the first is skipped, counted as feasible but
 // not evaluated, when overlap_floor_s of the first (`floor_ok`) cannot beat the k-th best.
 void evaluate_variants(const CostModel& model, ParallelConfig& p, const Unit& u, const std::vector<bool>& tpos,
-                       const SearchOptions& o, bool floor_ok, Tally& t, ZbVMakespans& zb_v) {
+                       const SearchOptions& o, bool floor_ok, Tally& t, TableMakespans& tables) {
   const auto variants = static_cast<int64_t>(tpos.size());
   double floor_s = 0;
   for (int64_t k = 0; k < variants; ++k) {
@@ -445,7 +445,7 @@ void evaluate_variants(const CostModel& model, ParallelConfig& p, const Unit& u,
       ++t.feasible;
       continue;
     }
-    const Estimate e = model.evaluate(p, u.links, true, &zb_v);
+    const Estimate e = model.evaluate(p, u.links, true, &tables);
     ++t.evaluated;
     if (!e.fits) {  // the same memory either way
       t.reject(kDoesNotFitMemory, variants - k);
@@ -459,7 +459,7 @@ void evaluate_variants(const CostModel& model, ParallelConfig& p, const Unit& u,
 
 void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space,
               const std::deque<CostModel>& models, const Unit& u, const SearchOptions& o, Tally& t,
-              ZbVMakespans& zb_v) {
+              TableMakespans& tables) {
   static const FieldNamer as_is = [](const std::string& f) { return f; };
   const SplitSpace& sp = space.splits[u.split];
   const TrainSpec& train = space.trains[u.train];
@@ -503,7 +503,7 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
               t.reject(kDoesNotFitMemory, variants);
               continue;
             }
-            evaluate_variants(models[u.train], p, u, tpos, o, floor_ok, t, zb_v);
+            evaluate_variants(models[u.train], p, u, tpos, o, floor_ok, t, tables);
           }
 }
 
@@ -562,9 +562,9 @@ SearchResult search(const ModelSpec& m, const ClusterSpec& c, const SearchSpace&
   std::atomic<int64_t> done{0};
   const auto total = static_cast<int64_t>(units.size());
   auto worker = [&](int k) {
-    ZbVMakespans zb_v;  // this thread's: zb-v's tables compiled and played once per pattern
+    TableMakespans tables;  // this thread's: schedule tables compiled and played once per pattern
     for (size_t i = k; i < units.size(); i += threads) {
-      run_unit(m, c, space, models, units[i], o, tallies[k], zb_v);
+      run_unit(m, c, space, models, units[i], o, tallies[k], tables);
       const int64_t d = ++done;
       if (k == 0 && o.progress) o.progress(d, total);
     }

@@ -423,10 +423,10 @@ std::vector<ChunkPassSeconds> zb_v_chunks(const std::vector<StageEstimate>& stag
   }
   return chunk;
 }
-double zb_v_bubble_s(const std::vector<StageEstimate>& stages, size_t slow, int64_t mb, ZbVMakespans* memo) {
+double zb_v_bubble_s(const std::vector<StageEstimate>& stages, size_t slow, int64_t mb, TableMakespans* memo) {
   const int64_t pp = static_cast<int64_t>(stages.size()), played = zb_v_played(mb, pp);
   const std::vector<ChunkPassSeconds> chunk = zb_v_chunks(stages);
-  const auto step = memo ? memo->makespan_s(pp, played, chunk)
+  const auto step = memo ? memo->makespan_s(Schedule::zb_v, pp, 2, played, chunk)
                          : table_makespan_s(make_schedule(Schedule::zb_v, pp, 2, played), Schedule::zb_v, 2, played, chunk);
   const SplitPass s = split_pass(stages[slow]);
   return step ? std::max(0.0, *step - static_cast<double>(played) * (s.f + s.b + s.w)) : 0.0;
@@ -438,7 +438,7 @@ double zb_v_bubble_s(const std::vector<StageEstimate>& stages, size_t slow, int6
 // splits them), less the makespan without. The reductions of the drain's W passes, which come
 // back to back, are what mostly shows: the simulator's queue, played from the same table.
 double zb_v_dp_tail_s(const std::vector<StageEstimate>& stages, const std::vector<DpTimes>& dp, int64_t mb,
-                      ZbVMakespans* memo) {
+                      TableMakespans* memo) {
   const int64_t pp = static_cast<int64_t>(stages.size()), played = zb_v_played(mb, pp);
   std::vector<DpBeside> beside;
   bool any = false;
@@ -449,10 +449,46 @@ double zb_v_dp_tail_s(const std::vector<StageEstimate>& stages, const std::vecto
   }
   if (!any) return 0;
   const std::vector<ChunkPassSeconds> chunk = zb_v_chunks(stages);
-  ZbVMakespans local;
-  ZbVMakespans& m = memo ? *memo : local;
-  const auto plain = m.makespan_s(pp, played, chunk), with = m.makespan_s(pp, played, chunk, beside);
+  TableMakespans local;
+  TableMakespans& m = memo ? *memo : local;
+  const auto plain = m.makespan_s(Schedule::zb_v, pp, 2, played, chunk),
+             with = m.makespan_s(Schedule::zb_v, pp, 2, played, chunk, beside);
   return plain && with ? std::max(0.0, *with - *plain) : 0.0;
+}
+
+// Interleaved 1F1B's fill and drain. With equal stages (p - 1)(F + B) / v (Narayanan et al.
+// 2021, Sec. 2.2.2), and with stages that differ only by the embedding and the loss head (an
+// even split) the same form over the other stages: (sum of their F + B) / v. An uneven split
+// (whole layers more on some stages) is priced from the schedule itself: Megatron-LM's tables
+// (make_schedule) played with each chunk taking a vpp-th of its stage's F and B, less the
+// slowest stage's m (F + B). There the closed form reads up to 3.5x the bubble when the heaviest
+// stage is the first: the lighter stages catch up between its chunks (Llama 3 70B on 42/38
+// layers, vpp 2: 0.35 s against the simulator's 0.10 s). min(m, 4p) micro-batches are played
+// (a multiple of p, as the schedule needs): by then the fill and drain have settled to within
+// 1% of the step in a sweep of stage times (BENCHMARKS.md), and the play stays cheap enough for
+// the search. `tables`: a search thread's memo.
+bool uneven_split(const std::vector<StageEstimate>& stages) {
+  for (const StageEstimate& x : stages)
+    if (x.layers != stages.front().layers) return true;
+  return false;
+}
+double interleaved_bubble_s(const std::vector<StageEstimate>& stages, size_t slow, int64_t mb, int64_t vpp,
+                            TableMakespans* tables) {
+  double sum = 0;
+  for (const StageEstimate& x : stages) sum += x.micro_batch_s();
+  const double v = static_cast<double>(vpp);
+  if (!uneven_split(stages)) return (sum - stages[slow].micro_batch_s()) / v;
+  const int64_t pp = static_cast<int64_t>(stages.size()), played = std::min(mb, 4 * pp);
+  std::vector<ChunkPassSeconds> chunk;
+  for (const StageEstimate& x : stages) {
+    const SplitPass t = split_pass(x);
+    chunk.push_back({t.f / v, (t.b + t.w) / v, 0});
+  }
+  TableMakespans local;
+  TableMakespans& m = tables ? *tables : local;
+  const auto step = m.makespan_s(Schedule::interleaved, pp, vpp, played, chunk);
+  const double busy = static_cast<double>(played) * stages[slow].micro_batch_s();
+  return step ? std::max(0.0, *step - busy) : (sum - stages[slow].micro_batch_s()) / v;
 }
 
 // Of the largest optimizer step, what runs during the pipeline's drain (1F1B and GPipe): stage
@@ -480,7 +516,7 @@ double optimizer_in_drain_s(const std::vector<StageEstimate>& stages) {
 // dp: each stage's zb_h1_dp (zb-h1 and zb-v). Their bubbles are priced without the
 // gradient reduction; what the reduction's tail adds to it is exposed dp time.
 void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overlap, const std::vector<DpTimes>& dp,
-               ZbVMakespans* zb_v_memo) {
+               TableMakespans* tables) {
   size_t slow = 0;
   double sum_mb = 0;
   for (size_t i = 0; i < est.stages.size(); ++i) {
@@ -506,9 +542,11 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overla
     zb_h1_dp_tail_s = std::max(0.0, zb_h1_bubble_s(est.stages, tails, est.micro_batches) - zb_h1_plain_s);
   }
   est.time.bubble_s = zb_h1 ? zb_h1_plain_s
-                     : p.schedule == Schedule::zb_v && p.pp > 1 ? zb_v_bubble_s(est.stages, slow, est.micro_batches, zb_v_memo)
+                     : p.schedule == Schedule::zb_v && p.pp > 1 ? zb_v_bubble_s(est.stages, slow, est.micro_batches, tables)
                      : p.schedule == Schedule::one_f_one_b && p.pp > 1 ? one_f_one_b_bubble_s(est.stages, slow)
-                                                                        : (sum_mb - ss.micro_batch_s()) / v;
+                     : p.schedule == Schedule::interleaved && p.pp > 1
+                         ? interleaved_bubble_s(est.stages, slow, est.micro_batches, p.vpp, tables)
+                         : (sum_mb - ss.micro_batch_s()) / v;
   est.time.pp_comm_s = pp_exposed_s(est, p, slow, p2p_s, overlap);
   for (const auto& s : est.stages) {
     est.time.dp_comm_s = std::max(est.time.dp_comm_s, s.dp_comm_exposed_s);
@@ -516,7 +554,7 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overla
     est.time.host_comm_s = std::max(est.time.host_comm_s, s.host_step_s);  // offload's per-step copies
   }
   est.time.dp_comm_s += zb_h1_dp_tail_s;
-  if (p.schedule == Schedule::zb_v && p.pp > 1) est.time.dp_comm_s += zb_v_dp_tail_s(est.stages, dp, est.micro_batches, zb_v_memo);
+  if (p.schedule == Schedule::zb_v && p.pp > 1) est.time.dp_comm_s += zb_v_dp_tail_s(est.stages, dp, est.micro_batches, tables);
   est.time.host_comm_s += mb * ss.host_s;
   if (p.schedule == Schedule::one_f_one_b || p.schedule == Schedule::gpipe)
     est.time.bubble_s = std::max(0.0, est.time.bubble_s - optimizer_in_drain_s(est.stages));
@@ -573,7 +611,7 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& given
 }
 
 Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& given, bool overlap,
-                             ZbVMakespans* zb_v_memo) const {
+                             TableMakespans* tables) const {
   const ModelSpec& m = model_;
   const TrainSpec& tr = train_;
   const ClusterSpec& c = cluster_;
@@ -618,7 +656,7 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& given
     zb_h1_dp_of.push_back(zb_h1_dp(w, p, links.dp, overlap));
     if (const Message* send = w.find(Group::pp, "pp send")) p2p_s = message_time_s(*send, links.pp);
   }
-  step_time(est, p, p2p_s, overlap, zb_h1_dp_of, zb_v_memo);
+  step_time(est, p, p2p_s, overlap, zb_h1_dp_of, tables);
   est.priced_by = priced_by(c, tr);
   est.flops_model = model_flops(m, tr.global_batch, tr.seq, AttentionFlops::causal);
   est.flops_model_paper = model_flops(m, tr.global_batch, tr.seq, AttentionFlops::full);

@@ -15,7 +15,7 @@
 
 namespace loom {
 
-class ZbVMakespans;  // sim/schedule.hpp
+class TableMakespans;  // sim/schedule.hpp
 
 // The links each kind of group crosses, for one rank grid on one cluster.
 struct GroupLinksSet {
@@ -40,9 +40,9 @@ class CostModel {
   // hides behind compute (the event simulator's SimOptions::overlap = false prices the same).
   Estimate evaluate(const ParallelConfig& p, bool overlap = true) const;
   Estimate evaluate(const ParallelConfig& p, const GroupLinksSet& links, bool overlap = true) const;
-  // The same, zb-v's schedule tables played through `zb_v_memo` (sim/schedule.hpp; one per
-  // thread, the search's): the same estimate, bit for bit.
-  Estimate evaluate(const ParallelConfig& p, const GroupLinksSet& links, bool overlap, ZbVMakespans* zb_v_memo) const;
+  // The same, the schedule tables it plays (zb-v's, an uneven interleaved split's) through
+  // `tables` (sim/schedule.hpp; one per thread, the search's): the same estimate, bit for bit.
+  Estimate evaluate(const ParallelConfig& p, const GroupLinksSet& links, bool overlap, TableMakespans* tables) const;
 
  private:
   StageEstimate price_stage(const StageWork& w, const ParallelConfig& p, const GroupLinksSet& links, int64_t mb,

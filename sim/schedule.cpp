@@ -242,31 +242,32 @@ Expected<double> table_makespan_s(const std::vector<std::vector<Slot>>& tables, 
 }
 
 namespace {
-constexpr size_t kZbVPlayedBytes = size_t{16} << 20;  // of keys kept: 16 MiB
+constexpr size_t kPlayedBytes = size_t{16} << 20;  // of keys kept: 16 MiB
 }  // namespace
 
-Expected<double> ZbVMakespans::makespan_s(int64_t pp, int64_t m, const std::vector<ChunkPassSeconds>& per_stage) {
-  return makespan_s(pp, m, per_stage, {});
+Expected<double> TableMakespans::makespan_s(Schedule s, int64_t pp, int64_t vpp, int64_t m,
+                                            const std::vector<ChunkPassSeconds>& per_stage) {
+  return makespan_s(s, pp, vpp, m, per_stage, {});
 }
 
-Expected<double> ZbVMakespans::makespan_s(int64_t pp, int64_t m, const std::vector<ChunkPassSeconds>& per_stage,
-                                          const std::vector<DpBeside>& dp) {
+Expected<double> TableMakespans::makespan_s(Schedule s, int64_t pp, int64_t vpp, int64_t m,
+                                            const std::vector<ChunkPassSeconds>& per_stage,
+                                            const std::vector<DpBeside>& dp) {
   // pp stages' passes and pp (or no) dp streams: the lengths make the bytes unambiguous.
   if (static_cast<int64_t>(per_stage.size()) != pp || (!dp.empty() && static_cast<int64_t>(dp.size()) != pp))
-    return make_error("schedule", "zb-v's tables need one entry per stage (" + std::to_string(pp) + ")");
-  const int64_t streams = static_cast<int64_t>(dp.size());
-  std::string key(reinterpret_cast<const char*>(&pp), sizeof pp);
-  key.append(reinterpret_cast<const char*>(&m), sizeof m);
-  key.append(reinterpret_cast<const char*>(&streams), sizeof streams);
+    return make_error("schedule", "the tables need one entry per stage (" + std::to_string(pp) + ")");
+  const std::array<int64_t, 5> head{static_cast<int64_t>(s), pp, vpp, m, static_cast<int64_t>(dp.size())};
+  std::string key(reinterpret_cast<const char*>(head.data()), sizeof head);
   key.append(reinterpret_cast<const char*>(per_stage.data()), per_stage.size() * sizeof(ChunkPassSeconds));
   key.append(reinterpret_cast<const char*>(dp.data()), dp.size() * sizeof(DpBeside));
   if (auto hit = played_.find(key); hit != played_.end()) return hit->second;
-  auto program = programs_.find({pp, m});
+  const std::array<int64_t, 4> which{static_cast<int64_t>(s), pp, vpp, m};
+  auto program = programs_.find(which);
   if (program == programs_.end())
-    program = programs_.emplace(std::pair{pp, m}, compile_tables(make_schedule(Schedule::zb_v, pp, 2, m), Schedule::zb_v, 2, m)).first;
+    program = programs_.emplace(which, compile_tables(make_schedule(s, pp, vpp, m), s, vpp, m)).first;
   if (!program->second) return program->second.error();
   const double t = play_with_dp_s(*program->second, per_stage, dp);
-  if (played_bytes_ > kZbVPlayedBytes) played_.clear(), played_bytes_ = 0;  // bounded; a dropped one is played again
+  if (played_bytes_ > kPlayedBytes) played_.clear(), played_bytes_ = 0;  // bounded; a dropped one is played again
   played_bytes_ += key.size();
   played_.emplace(std::move(key), t);
   return t;

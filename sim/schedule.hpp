@@ -24,6 +24,7 @@
 //   zb-v:        Qi et al. 2024, "Pipeline Parallelism with Controllable Memory" (arXiv
 //                2405.15362), the V-shaped zero-bubble schedule: zb_v_rank below (vpp = 2).
 #pragma once
+#include <array>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -154,21 +155,23 @@ struct DpBeside {
 double play_with_dp_s(const TableProgram& program, const std::vector<ChunkPassSeconds>& per_stage,
                       const std::vector<DpBeside>& dp);
 
-// ZB-V's makespans for a search: table_makespan_s(make_schedule(zb_v, pp, 2, m), ...) with each
-// (pp, m)'s tables compiled once and each played result kept by its exact inputs (pp, m and the
-// bits of every stage's F, B, W), so a stage-time pattern seen again (candidates differing only
-// in ZeRO stage or gradient dtype have the same passes) is not played again. The same bits out
-// as table_makespan_s. Not shared between threads: each search thread holds its own.
-class ZbVMakespans {
+// Played schedule tables for a search (zb-v's bubble, an uneven split's interleaved bubble):
+// table_makespan_s(make_schedule(s, pp, vpp, m), ...) with each (s, pp, vpp, m)'s tables compiled
+// once and each played result kept by its exact inputs (those and the bits of every stage's F,
+// B, W), so a stage-time pattern seen again (candidates differing only in ZeRO stage or gradient
+// dtype have the same passes) is not played again. The same bits out as table_makespan_s. Not
+// shared between threads: each search thread holds its own.
+class TableMakespans {
  public:
-  Expected<double> makespan_s(int64_t pp, int64_t micro_batches, const std::vector<ChunkPassSeconds>& per_stage);
+  Expected<double> makespan_s(Schedule s, int64_t pp, int64_t vpp, int64_t micro_batches,
+                              const std::vector<ChunkPassSeconds>& per_stage);
   // The same with each rank's gradient reductions beside the tables (play_with_dp_s).
-  Expected<double> makespan_s(int64_t pp, int64_t micro_batches, const std::vector<ChunkPassSeconds>& per_stage,
-                              const std::vector<DpBeside>& dp);
+  Expected<double> makespan_s(Schedule s, int64_t pp, int64_t vpp, int64_t micro_batches,
+                              const std::vector<ChunkPassSeconds>& per_stage, const std::vector<DpBeside>& dp);
 
  private:
-  std::map<std::pair<int64_t, int64_t>, Expected<TableProgram>> programs_;
-  std::unordered_map<std::string, double> played_;  // key: pp, m and per_stage, as bytes
+  std::map<std::array<int64_t, 4>, Expected<TableProgram>> programs_;  // (schedule, pp, vpp, m)
+  std::unordered_map<std::string, double> played_;  // key: those, per_stage and dp, as bytes
   size_t played_bytes_ = 0;
 };
 

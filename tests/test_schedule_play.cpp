@@ -1,5 +1,5 @@
 // Playing schedule tables fast (sim/schedule.hpp): table_makespan_s as compile_tables + play_s,
-// and ZbVMakespans, the search's per-thread memo of zb-v's played tables. Both must give the
+// and TableMakespans, the search's per-thread memo of played tables. Both must give the
 // bits the straightforward play gives (the rule the cost model's zb-v bubble is defined by),
 // over a grid of pipeline sizes, micro-batch counts and F/B/W ratios, equal and unequal stages.
 #include <catch2/catch.hpp>
@@ -75,7 +75,7 @@ bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; 
 
 TEST_CASE("compiled tables play to the reference's bits, zb-v through the search's memo too", "[schedule][zb_v]") {
   const std::vector<ChunkPassSeconds> ratios{{1, 1, 1}, {1, 2, 1}, {1, 1.5, 0.5}, {0.3, 0.7, 0.11}, {2.5, 3.1, 1.7}};
-  ZbVMakespans memo;
+  TableMakespans memo;
   int64_t played = 0;
   for (int64_t p : {2, 3, 4, 5, 8, 16})
     for (int64_t m : {int64_t{1}, int64_t{2}, int64_t{3}, 2 * p - 2, 2 * p - 1, 2 * p, 4 * p, 4 * p + 3})
@@ -90,7 +90,7 @@ TEST_CASE("compiled tables play to the reference's bits, zb-v through the search
           REQUIRE(got.ok());
           CHECK(same_bits(*got, want));
           for (int again = 0; again < 2; ++again) {  // the first call plays, the second finds it
-            const auto kept = memo.makespan_s(p, m, stages);
+            const auto kept = memo.makespan_s(Schedule::zb_v, p, 2, m, stages);
             REQUIRE(kept.ok());
             CHECK(same_bits(*kept, want));
           }
@@ -125,7 +125,7 @@ TEST_CASE("a deadlocked table is an error from the compiled play too", "[schedul
 TEST_CASE("the cost model prices zb-v the same with and without the search's memo", "[zb_v][planner]") {
   const Job j = job("gpt2-350m", "dgx-a100", 16, 64, 1024);
   const CostModel cm(j.model, j.cluster, j.train);
-  ZbVMakespans memo;
+  TableMakespans memo;
   int64_t compared = 0, with_bubble = 0;
   for (int64_t pp : {2, 4, 8})
     for (int64_t mb : {1, 2, 4})
