@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <sstream>
 
 #include "sim/collectives.hpp"
@@ -250,6 +251,26 @@ double zb_h1_steady_dp_s(const DpTimes& d, double period_s, int64_t mb) {
 // dp_comm_exposed_s (zb_h1_steady_dp_s over m - played).
 int64_t zb_v_played(int64_t mb, int64_t pp) { return std::min(mb, 4 * pp); }
 
+// Interleaved 1F1B, ZeRO 0/1: each chunk's gradients (a vpp-th of them, in as many of the
+// buckets) reduce once its last backward is done, and Megatron-LM's schedule runs those last
+// backwards chunk by chunk, pp of them per chunk (the final group of pp micro-batches): chunk
+// c's last backward ends c pp chunk backwards (b / v each) before the stage's last, chunk 0's at
+// the end. The dp stream takes the chunks' reductions in that order, each job J of n buckets
+// ending max(the queue's previous end + J, its backward's start + (b / v) / n + J, its end +
+// J / n) (bucket q ready (q + 1) / n of the way through, as the simulator's buckets); what the
+// queue runs past the stage's last backward shows. The drain's waits between those backwards
+// (which give the queue more time) are not counted.
+double interleaved_grad_tail_s(const DpTimes& d, double b, int64_t pp, int64_t vpp) {
+  const double v = static_cast<double>(vpp), chunk_b = b / v, job = d.grad_s / v;
+  const double n = std::max(1.0, std::floor(d.pieces / v));
+  double q = -std::numeric_limits<double>::infinity();
+  for (int64_t c = vpp - 1; c >= 0; --c) {
+    const double end = -static_cast<double>(c * pp) * chunk_b, start = end - chunk_b;
+    q = std::max({q + job, start + chunk_b / n + job, end + job / n});
+  }
+  return std::max(0.0, q);
+}
+
 void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p, const GroupLinksSet& links,
               int64_t mb, int64_t e, StageEstimate& s, bool overlap) {
   const GroupLinks& dpl = links.dp;
@@ -270,14 +291,9 @@ void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p,
     return;
   }
   DpWindow win = dp_window(w, links, s);
-  // Interleaved, ZeRO 0/1: each chunk's gradients reduce once its last backward is done, and
-  // Megatron-LM's schedule runs those last backwards chunk by chunk, pp of them per chunk
-  // (the final group of pp micro-batches), so chunk v - 1's buckets start (v - 1) pp chunk
-  // backwards before the stage's last: the reduction has (1 + (v - 1) pp) / v of a
-  // micro-batch's backward to hide in, not one (the simulator's buckets follow the same slots).
-  if (p.schedule == Schedule::interleaved && p.vpp > 1 && p.zero < 2) {
-    const double v = static_cast<double>(p.vpp);
-    win.backward_s *= (1 + (v - 1) * static_cast<double>(p.pp)) / v;
+  if (p.schedule == Schedule::interleaved && p.vpp > 1 && p.zero < 2 && overlap && d.grad_s > 0) {
+    s.dp_comm_exposed_s = interleaved_grad_tail_s(d, win.backward_s, p.pp, p.vpp) + d.gather_step_s;
+    return;
   }
   const bool blocking = p.zero >= 3 && p.zero3_gather == Zero3Gather::tensor;  // nothing overlaps
   const double split_w_s = splits_backward(p.schedule) && p.pp > 1 ? s.weight_grad_s : 0.0;
