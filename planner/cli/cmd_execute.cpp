@@ -118,6 +118,17 @@ bool writes_model(const ExecuteOptions& o) {
   return !o.exec.save_dir.empty() || !o.exec.resume_dir.empty() || !o.exec.weights_out.empty();
 }
 
+// What both devices check before they load a trainer, in this order: the device's rules for
+// the plan (`device_rules`, already evaluated), --steps against the plan, the fit, and
+// --emulate-rank's rules.
+Status check_run(const ExecuteOptions& o, const Plan& plan, Status device_rules) {
+  if (!device_rules) return device_rules;
+  if (auto st = exec::check_step_count(o.exec.steps, plan); !st) return st;
+  if (!plan.prediction.fits) return make_error(o.plan_path, "does not fit: " + plan.prediction.reason);
+  if (o.emulate_rank >= 0) return exec::check_emulation(o.emulate_rank, plan, writes_model(o));
+  return ok_status();
+}
+
 // The CUDA backend (executor/cuda: the same trainer on the CUDA compute backend, every flag
 // forwarded), loaded only here, after the flags and the plan were checked: a bad plan gets the
 // same line as on the CPU backend, and a plan the CUDA path cannot run is refused before the
@@ -128,11 +139,7 @@ int run_cuda(const ExecuteOptions& o) {
   if (auto st = refuse_offload(*plan, o.plan_path); !st) return refuse(st.error());
   if (!o.stage_layers.empty())  // the module reads the plan file itself
     return refuse(make_error("--stage-layers", "the CUDA backend runs the plan file as written: put the layout in the plan"));
-  if (auto st = cuda::check_cuda_plan(*plan); !st) return refuse(st.error());
-  if (auto st = exec::check_step_count(o.exec.steps, *plan); !st) return refuse(st.error());
-  if (!plan->prediction.fits) return refuse(make_error(o.plan_path, "does not fit: " + plan->prediction.reason));
-  if (o.emulate_rank >= 0)
-    if (auto st = exec::check_emulation(o.emulate_rank, *plan, writes_model(o)); !st) return refuse(st.error());
+  if (auto st = check_run(o, *plan, cuda::check_cuda_plan(*plan)); !st) return refuse(st.error());
   auto backend = load_cuda_backend("--device");
   if (!backend) return refuse(backend.error());
   const std::string plan_json = plan_to_json(*plan).dump();
@@ -151,11 +158,7 @@ int run_execute(const ExecuteOptions& o) {
   if (!plan) return fail(plan.error());
   if (auto st = refuse_offload(*plan, o.plan_path); !st) return fail(st.error());
   if (auto st = apply_stage_layers(*plan, o.stage_layers); !st) return fail(st.error());
-  if (auto st = exec::check_cpu_plan(*plan); !st) return fail(st.error());
-  if (auto st = exec::check_step_count(o.exec.steps, *plan); !st) return fail(st.error());
-  if (!plan->prediction.fits) return fail(make_error(o.plan_path, "does not fit: " + plan->prediction.reason));
-  if (o.emulate_rank >= 0)
-    if (auto st = exec::check_emulation(o.emulate_rank, *plan, writes_model(o)); !st) return fail(st.error());
+  if (auto st = check_run(o, *plan, exec::check_cpu_plan(*plan)); !st) return fail(st.error());
   auto backend = load_cpu_backend("--device");
   if (!backend) return refuse(backend.error());
   const std::string plan_json = plan_to_json(*plan).dump();
