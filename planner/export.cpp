@@ -158,6 +158,14 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
   }
   megatron_offload(p, a, no);
   if (p.dp > 1) a.push_back({"--overlap-grad-reduce", ""});  // loom overlaps gradient reduction with backward
+  // The distributed optimizer's weight all-gather under the next forward (arguments.py asserts
+  // --use-distributed-optimizer and --overlap-grad-reduce beside it).
+  if (p.overlap_param_gather && p.zero == 1) a.push_back({"--overlap-param-gather", ""});
+  // Megatron-FSDP (zero 2 here) overlaps its parameter all-gathers with compute itself
+  // (megatron/core/distributed/fsdp/src/README.md, "Communication Overlapping"): no flag.
+  if (!p.overlap_param_gather && p.zero == 2 && p.dp > 1)
+    no.push_back("overlap_param_gather off: Megatron-FSDP overlaps its weight gathers with the forward, as the exported "
+                 "run will");
   if (p.recompute == Recompute::selective) a.push_back({"--recompute-granularity", "selective"});
   if (p.recompute == Recompute::full) {
     a.push_back({"--recompute-granularity", "full"});
@@ -391,6 +399,8 @@ ExportResult torchtitan(const Plan& plan) {
   if (t.grad_dtype == Dtype::bf16)
     no.push_back("grad dtype bf16: torchtitan v0.2.2 reduces gradients in float32 only; emitted float32");
   tt_parallelism(m, t, p, o, no);
+  if (p.overlap_param_gather)
+    no.push_back("overlap_param_gather: torchtitan shards with FSDP (ZeRO-3), not ZeRO 1/2");
   if (p.tp_comm_overlap) {
     o += "[compile]\nenable = true\ncomponents = [\"model\"]\n\n";
     no.push_back("tp_comm_overlap: async TP runs only under torch.compile, whose kernel fusion loom does not price");
@@ -472,6 +482,9 @@ ExportResult deepspeed(const Plan& plan) {
   if (p.sp) no.push_back("sp on: DeepSpeed has no Megatron-style sequence parallelism (its sequence_parallel_size is Ulysses)");
   if (p.tp_comm_overlap)
     no.push_back("tp_comm_overlap on: DeepSpeed has no tensor-parallel communication overlapped with GEMMs");
+  if (p.overlap_param_gather)
+    no.push_back("overlap_param_gather on: DeepSpeed's ZeRO 1/2 gathers the updated weights after the step, not under "
+                 "the next forward");
   if (p.recompute == Recompute::selective) no.push_back("recompute selective: not expressible in DeepSpeed");
   if (p.recompute == Recompute::full && p.pp == 1)
     no.push_back("recompute full without pp: the model code must call deepspeed.checkpointing");

@@ -60,6 +60,9 @@ Status check_pins(const ClusterSpec& c, const SearchPins& p) {
     return make_error("--sp", "sequence parallelism needs tensor parallelism (tp > 1)");
   if (p.tp_comm_overlap && *p.tp_comm_overlap && ((p.sp && !*p.sp) || p.tp.value_or(2) < 2 || p.max_tp.value_or(2) < 2))
     return make_error("--tp-comm-overlap", "tensor-parallel communication overlap needs --sp on and tp > 1");
+  if (p.overlap_param_gather && *p.overlap_param_gather && p.zero && *p.zero != 1 && *p.zero != 2)
+    return make_error("--overlap-param-gather", "overlaps ZeRO 1/2's weight all-gather: needs --zero 1 or 2 (got " +
+                                                    search_str(*p.zero) + ")");
   if (p.vpp && *p.vpp != 2 && p.schedule && *p.schedule == Schedule::zb_v)
     return make_error("--vpp", "the zb-v schedule runs two chunks per rank, a V: must be 2 (got " + search_str(*p.vpp) + ")");
   if (p.vpp && *p.vpp > 1 && p.schedule && *p.schedule != Schedule::interleaved && *p.schedule != Schedule::zb_v)
@@ -203,6 +206,7 @@ Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c
   if (pins.tp_comm_overlap && *pins.tp_comm_overlap && gpu_sm_count(c.gpu) == 0)
     return make_error("--tp-comm-overlap", "needs the GPU's SM count, which loom knows for A100, H100 and H200 (got " +
                                                c.gpu.name + ")");
+  if (pins.overlap_param_gather) space.overlap_param_gather = *pins.overlap_param_gather;
   if (pins.tp_comm_overlap) space.tp_comm_overlap = {*pins.tp_comm_overlap};
   else if (gpu_sm_count(c.gpu) > 0) space.tp_comm_overlap = {false, true};
   if (space.splits.empty())
@@ -317,7 +321,8 @@ bool better(const Candidate& a, const Candidate& b) {
   auto key = [](const Candidate& c) {
     const auto& p = c.p;
     return std::make_tuple(c.step_time_s, c.peak_bytes, p.dp, p.tp, p.pp, p.zero, p.micro_batch,
-                           static_cast<int>(p.recompute), p.sp, p.tp_comm_overlap, static_cast<int>(p.schedule), p.vpp, c.train,
+                           static_cast<int>(p.recompute), p.sp, p.tp_comm_overlap, p.overlap_param_gather,
+                           static_cast<int>(p.schedule), p.vpp, c.train,
                            c.order, static_cast<int>(p.offload), p.ep, p.etp);
   };
   const auto ka = key(a), kb = key(b);
@@ -472,6 +477,7 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
   p.cp = sp.cp;
   p.zero = u.zero;
   p.order = space.orders[u.order];
+  p.overlap_param_gather = space.overlap_param_gather && (p.zero == 1 || p.zero == 2) && dp_cp(p) > 1;
   StageWork scratch;  // the memory bound's buffer list, its storage reused candidate after candidate
   const bool floor_ok = o.prune && overlap_floor_holds(m, c, train);
   for (const auto& [ep, etp] : sp.experts)

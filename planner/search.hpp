@@ -60,6 +60,9 @@ struct SearchPins {
   // --tp-comm-overlap (sim/tp_overlap.hpp); unset: off and on are both tried where sp is on and
   // tp > 1, on a GPU whose SM count loom knows.
   std::optional<bool> tp_comm_overlap;
+  // --overlap-param-gather (ZeRO 1/2's weight all-gather under the next forward); unset: on
+  // wherever zero 1 or 2 runs on a ring (it only ever hides time, so off is never faster).
+  std::optional<bool> overlap_param_gather;
   std::optional<Schedule> schedule;
   std::optional<Dtype> grad_dtype;
   std::optional<std::string> order;
@@ -95,6 +98,8 @@ struct SearchSpace {
   std::vector<Offload> offload = {Offload::none};
   // tp communication overlap tried where sp is on and tp > 1 (off alone elsewhere).
   std::vector<bool> tp_comm_overlap = {false};
+  // ZeRO 1/2's weight all-gather overlapped with the next forward where it applies.
+  bool overlap_param_gather = true;
 };
 
 // Errors name the flag ("--tp: must divide --gpus (8 % 3 != 0)"), for pins that contradict

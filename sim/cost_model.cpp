@@ -251,6 +251,19 @@ double zb_h1_steady_dp_s(const DpTimes& d, double period_s, int64_t mb) {
 // dp_comm_exposed_s (zb_h1_steady_dp_s over m - played).
 int64_t zb_v_played(int64_t mb, int64_t pp) { return std::min(mb, 4 * pp); }
 
+// ZeRO 1/2 with the updated weights' all-gather under the next step's first forward
+// (Megatron-LM's --overlap-param-gather, megatron/core/distributed: the first bucket's gather is
+// dispatched before the forward and each forward pre-hook dispatches the next bucket's,
+// param_and_grad_buffer.py start_param_sync / distributed_data_parallel.py forward pre-hooks):
+// the first of n buckets shows, the others run beside the compute of the layers before them,
+// the first n - 1 n-ths of the first forward chunk, F. Exposed: max(G / n, G - F (n - 1) / n).
+// The event simulator issues the gather at the step's start and starts the first forward at
+// that point of it (simulator.cpp, build_stage), so the two agree.
+double param_gather_exposed_s(double gather_s, double buckets, double first_forward_s) {
+  const double n = std::max(1.0, buckets);
+  return std::max(gather_s / n, gather_s - first_forward_s * (n - 1) / n);
+}
+
 // Interleaved 1F1B, ZeRO 0/1: each chunk's gradients (a vpp-th of them, in as many of the
 // buckets) reduce once its last backward is done, and Megatron-LM's schedule runs those last
 // backwards chunk by chunk, pp of them per chunk (the final group of pp micro-batches): chunk
@@ -281,7 +294,9 @@ void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p,
                                              static_cast<double>(e * w.params));
     return;
   }
-  const DpTimes d = dp_times(w, dpl);
+  DpTimes d = dp_times(w, dpl);
+  if (p.overlap_param_gather && overlap)  // ZeRO 1/2: the gather under the next step's first forward
+    d.gather_step_s = param_gather_exposed_s(d.gather_step_s, d.pieces, s.forward_s / static_cast<double>(p.vpp));
   if (p.schedule == Schedule::zb_h1 && p.zero < 3 && p.pp > 1 && overlap) {  // the tail: zb_h1_tail_s
     s.dp_comm_exposed_s = zb_h1_steady_dp_s(d, s.micro_batch_s(), mb);
     return;

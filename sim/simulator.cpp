@@ -271,7 +271,7 @@ void add_step_end(Builder& b, const SimInputs& in, const StagePlan& sp, int64_t 
     b.dep(host_last, id);  // offload's last copies
     return id;
   }();
-  if (sp.ring && (p.zero == 1 || p.zero == 2)) {  // updated shards back to every rank
+  if (sp.ring && (p.zero == 1 || p.zero == 2) && !p.overlap_param_gather) {  // updated shards back to every rank
     SimTask t = make_task(TaskKind::dp_gather_params, Stream::dp, s, Slot{-1, -1, Phase::forward},
                           collective_time_s(Collective::all_gather, static_cast<double>(st.weight_bytes), sp.dpl));
     t.bytes = st.weight_bytes;
@@ -337,6 +337,26 @@ struct HostCopies {
   }
 };
 
+// ZeRO 1/2 with --overlap-param-gather (sim/specs.hpp): the updated weights' all-gather at the
+// step's start, on the dp queue, and the stage's first forward starts once max(G / n,
+// G - F (n - 1) / n) of it has run (F: that forward's compute, n the buckets): the cost model's
+// param_gather_exposed_s, the last buckets landing as the layers before them compute.
+struct ParamGatherAhead {
+  int32_t task = -1;
+  double frac = 1;
+};
+ParamGatherAhead param_gather_ahead(Builder& b, const SimInputs& in, const StagePlan& sp, int64_t s) {
+  const ParallelConfig& p = in.parallel;
+  const StageInputs& st = in.stages[s];
+  if (!p.overlap_param_gather || !sp.ring || (p.zero != 1 && p.zero != 2)) return {};
+  const double g = collective_time_s(Collective::all_gather, static_cast<double>(st.weight_bytes), sp.dpl);
+  if (g <= 0) return {};
+  SimTask t = make_task(TaskKind::dp_gather_params, Stream::dp, s, Slot{-1, -1, Phase::forward}, g);
+  t.bytes = st.weight_bytes;
+  const double n = std::max<double>(1, static_cast<double>(st.grad_buckets)), f = st.forward_s / sp.v;
+  return {b.add(t, kDp), std::max(1 / n, 1 - f * (n - 1) / (n * g))};
+}
+
 // One stage's tasks in the order of its schedule table.
 void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, const std::vector<Slot>& table) {
   const ParallelConfig& p = in.parallel;
@@ -345,12 +365,14 @@ void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, con
   const int64_t m = in.micro_batches;
   int32_t prev_first = -1;
   HostCopies host;
+  ParamGatherAhead ahead = param_gather_ahead(b, in, sp, s);
   for (const Slot& x : table) {
     const PassTimes pt = pass_times(st, sp.v, x.phase, splits_backward(p.schedule));
     host.before(b, st, s, x, sp.v);
     const PassTasks t = add_pass(b, sp, p, s, x, pt, prev_first);
     host.after(b, s, x, t.first);
     const int32_t slot_first = t.first;
+    if (ahead.task >= 0) b.dep(ahead.task, slot_first, ahead.frac), ahead.task = -1;  // the first slot only
     idx.first[idx.at(s, x.phase, x.chunk, x.micro_batch)] = slot_first;
     const auto [ds, dc] = slot_destination(p.schedule, s, x.chunk, x.phase, p.pp, p.vpp);
     if (ds == s) {  // zb-v's turn of the V: the rank keeps the tensor for its other chunk

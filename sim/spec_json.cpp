@@ -428,6 +428,7 @@ Expected<ParallelConfig> parallel_from_json(const nlohmann::json& j, const std::
   r.integer("micro_batch", p.micro_batch, 1, limits::kGlobalBatch);
   r.boolean("sp", p.sp);
   r.opt_boolean("tp_comm_overlap", p.tp_comm_overlap);  // default off (sim/tp_overlap.hpp)
+  r.opt_boolean("overlap_param_gather", p.overlap_param_gather);  // default off: ZeRO 1/2's gather exposed
   read_enum(r, "recompute", recompute_names(), p.recompute, true);
   read_enum(r, "schedule", schedule_names(), p.schedule, true);
   r.integer("vpp", p.vpp, 1, limits::kLayers);
@@ -559,6 +560,7 @@ nlohmann::json to_json(const ParallelConfig& p) {
   if (p.ep > 1 || p.etp > 1) j["ep"] = p.ep, j["etp"] = p.etp;  // MoE: expert parallelism
   if (p.cp > 1) j["cp"] = p.cp;  // context parallelism: written where set
   if (p.tp_comm_overlap) j["tp_comm_overlap"] = true;  // written where on (sim/tp_overlap.hpp)
+  if (p.overlap_param_gather) j["overlap_param_gather"] = true;  // written where on
   if (p.zero3_gather != Zero3Gather::layer) j["zero3_gather"] = zero3_gather_names()[static_cast<int>(p.zero3_gather)];
   return j;
 }

@@ -203,6 +203,10 @@ struct ParallelConfig {
   // Megatron's --tp-comm-overlap / torchtitan's async TP: the tp all-gathers and reduce-scatters
   // of sequence parallelism split into chunks that overlap the GEMMs beside them.
   bool tp_comm_overlap = false;
+  // ZeRO 1/2: the all-gather of the updated weights runs under the next step's first forward,
+  // bucket by bucket (Megatron-LM's --overlap-param-gather with the distributed optimizer),
+  // instead of after the optimizer step. Off: the gather shows in full (DeepSpeed's ZeRO 1/2).
+  bool overlap_param_gather = false;
   // Expert parallelism (MoE models only): the experts of a layer are split over ep ranks and
   // each expert's FFN over etp ranks. The expert grid reuses the dense grid's tp x dp ranks of a
   // stage (Megatron-core): ep * etp divides tp * dp, and ep divides experts.

@@ -116,10 +116,17 @@ TEST_CASE("import megatron reads back more plans: FSDP, micro-batches, full reco
   round_trip("megatron",
              "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 32 --seq 4096 --tp 2 --pp 1 --zero 3 --sp on",
              "--cluster dgx-h100 --gpus 16", "mg_fsdp");
+  // ZeRO-2 is Megatron-FSDP's optim_grads, which overlaps its weight gathers itself: the plan
+  // that round-trips has --overlap-param-gather on (one with it off exports with a note).
   round_trip("megatron",
              "--model gpt2-350m --cluster dgx-a100 --gpus 8 --global-batch 64 --tp 1 --pp 2 --zero 2 --micro-batch 4 "
-             "--recompute full --grad-dtype fp32",
+             "--recompute full --grad-dtype fp32 --overlap-param-gather on",
              "--cluster dgx-a100 --gpus 8", "mg_zero2");
+  // The distributed optimizer with its weight gather under the next forward.
+  round_trip("megatron",
+             "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 32 --seq 4096 --tp 2 --pp 1 --zero 1 --sp on "
+             "--overlap-param-gather on",
+             "--cluster dgx-h100 --gpus 16", "mg_opg");
 }
 
 namespace {

@@ -87,6 +87,9 @@ double brute_force_best(const Job& j) {
                   for (Schedule s : {Schedule::gpipe, Schedule::one_f_one_b, Schedule::interleaved})
                     for (int64_t v : divisors(j.model.layers)) {
                       p.zero = z;
+                      // ZeRO 1/2's weight gather under the next forward where it applies: it
+                      // only ever hides time, so the best has it on (the search's rule).
+                      p.overlap_param_gather = (z == 1 || z == 2) && p.dp > 1;
                       p.micro_batch = mb;
                       p.recompute = r;
                       p.sp = sp;

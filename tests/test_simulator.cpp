@@ -1,11 +1,13 @@
 // The event simulator: schedule tables, exactness against the analytical model where the
 // two must agree, the bubble formulas, in-flight micro-batches, the trace format and the CLI.
 #include <catch2/catch.hpp>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <regex>
 #include <set>
@@ -744,4 +746,55 @@ TEST_CASE("trace: the event count announced before writing equals the events wri
     const auto doc = trace_json(*r, p, *grid, ranks);
     CHECK(trace_event_count(*r, p, *grid, ranks) == static_cast<int64_t>(doc["traceEvents"].size()));
   }
+}
+
+// ZeRO 1/2 with the updated weights' all-gather under the next step's first forward
+// (--overlap-param-gather, Megatron-LM's flag): less exposed data-parallel time than after the
+// optimizer, never more, the simulator playing the same; the rules, the plan file, the search
+// (on wherever it applies unless pinned) and the Megatron-LM export and import.
+TEST_CASE("overlap-param-gather: ZeRO 1/2's weight gather under the next forward", "[simulator][planner]") {
+  const test::Job j = test::job("llama3-8b", "dgx-h100", 64, 512, 4096);
+  const CostModel cm(j.model, j.cluster, j.train);
+  ParallelConfig p;
+  p.dp = 64, p.zero = 2, p.micro_batch = 2;
+  const auto rules = [&](const ParallelConfig& q) {
+    auto st = validate_config(j.model, j.cluster, j.train, q, [](const std::string& f) { return f; });
+    return st ? std::string() : st.error().message;
+  };
+  REQUIRE(rules(p).empty());
+  const Estimate off = cm.evaluate(p);
+  p.overlap_param_gather = true;
+  REQUIRE(rules(p).empty());
+  const Estimate on = cm.evaluate(p);
+  CHECK(on.time.dp_comm_s < off.time.dp_comm_s);
+  CHECK(on.step_time_s < off.step_time_s);
+  for (const Estimate* e : {&off, &on}) {
+    ParallelConfig q = e->parallel;
+    auto sim = simulate(cm, q, SimOptions{});
+    REQUIRE(sim.ok());
+    INFO("overlap " << q.overlap_param_gather << ": analytical " << e->step_time_s << ", simulated " << sim->step_time_s);
+    CHECK(std::fabs(sim->step_time_s / e->step_time_s - 1) <= 0.01);
+  }
+  ParallelConfig zero3 = p;
+  zero3.zero = 3;
+  CHECK(rules(zero3) ==
+        "overlap_param_gather: overlapping the updated weights' all-gather needs zero 1 or 2 with dp x cp > 1 on the ring "
+        "(got zero 3, dp x cp 64)");
+  // The plan file keeps it; the search turns it on where it applies, or as pinned.
+  const std::string dir = std::filesystem::temp_directory_path().string();
+  const std::string planned = dir + "/loom_opg_" + std::to_string(::getpid()) + ".json";
+  const std::string job = "--model llama3-8b --cluster dgx-h100 --gpus 64 --global-batch 512 --seq 4096 --top 1 ";
+  REQUIRE(run_loom("plan " + job + "--zero 1 -o " + planned).code == 0);
+  CHECK(plan_configuration(planned)["parallel"]["overlap_param_gather"] == true);
+  REQUIRE(run_loom("plan " + job + "--zero 1 --overlap-param-gather off -o " + planned).code == 0);
+  CHECK_FALSE(plan_configuration(planned)["parallel"].contains("overlap_param_gather"));
+  const LoomRun bad = run_loom("plan " + job + "--zero 3 --overlap-param-gather on");
+  CHECK(bad.code == 2);
+  CHECK(bad.err == "loom: --overlap-param-gather: overlaps ZeRO 1/2's weight all-gather: needs --zero 1 or 2 (got 3)\n");
+  // Megatron-LM: --overlap-param-gather beside the distributed optimizer, and back.
+  const RoundTrip rt = export_round_trip("megatron", job.substr(0, job.find("--top")) + "--tp 1 --pp 1 --zero 1 "
+                                                     "--overlap-param-gather on",
+                                         "--cluster dgx-h100 --gpus 64", "opg", "--overlap-param-gather");
+  CHECK(plan_configuration(rt.imported)["parallel"]["overlap_param_gather"] == true);
+  std::filesystem::remove(planned);
 }

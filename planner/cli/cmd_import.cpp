@@ -26,6 +26,7 @@
 #include "planner/cli/flags.hpp"
 #include "planner/cli/inputs.hpp"
 #include "planner/cli/report.hpp"
+#include "sim/context_parallel.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/json_reader.hpp"
 #include "sim/mla.hpp"
@@ -291,12 +292,16 @@ Status read_parallel(MegatronArgs& a, const ModelSpec& m, TrainSpec& t, Parallel
   if (!st) return st;
   p.sp = a.has("--sequence-parallel");
   p.tp_comm_overlap = a.has("--tp-comm-overlap");  // validate_config: needs sp and tp > 1, as arguments.py
+  p.overlap_param_gather = a.has("--overlap-param-gather");  // validate_config: needs zero 1 or 2 and dp > 1
   if (a.has("--use-distributed-optimizer")) p.zero = 1;
   if (a.has("--use-megatron-fsdp")) {
     const std::string s = get_str(a, "--data-parallel-sharding-strategy", "optim_grads_params");
     if (s != "optim_grads" && s != "optim_grads_params")
       return make_error(a.where + ": --data-parallel-sharding-strategy", "must be optim_grads or optim_grads_params (got " + s + ")");
     p.zero = s == "optim_grads" ? 2 : 3;
+    // Megatron-FSDP overlaps its parameter all-gathers with compute itself (its README,
+    // "Communication Overlapping"), ZeRO-2's gather of the updated weights included.
+    if (p.zero == 2) p.overlap_param_gather = true;
   }
   const std::string rg = get_str(a, "--recompute-granularity", "");
   if (rg == "selective") p.recompute = Recompute::selective;
@@ -405,6 +410,7 @@ Expected<Plan> plan_from_megatron(const ImportOptions& o) {
     return make_error("--gpus", "must be a multiple of tp x pp x cp = " + std::to_string(p.tp * p.pp) + " x " +
                                     std::to_string(p.cp));
   p.dp = *o.gpus / (p.tp * p.pp) / p.cp;  // Megatron: dp = WORLD_SIZE / (tp x pp x cp)
+  if (dp_cp(p) <= 1) p.overlap_param_gather = false;  // one replica: no weight gather to overlap
   std::vector<std::pair<std::string, std::string>> ignored;
   for (const auto& [flag, v] : a->values)
     if (!a->used.count(flag)) ignored.emplace_back(flag, v);

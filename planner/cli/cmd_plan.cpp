@@ -63,6 +63,7 @@ SearchPins pins_from(const PlanOptions& o) {
   p.recompute = enum_pin<Recompute>(f.recompute, recompute_names());
   if (!f.sp.empty()) p.sp = f.sp == "on";
   if (!f.tp_comm_overlap.empty()) p.tp_comm_overlap = f.tp_comm_overlap == "on";
+  if (!f.overlap_param_gather.empty()) p.overlap_param_gather = f.overlap_param_gather == "on";
   p.schedule = enum_pin<Schedule>(f.schedule, schedule_names());
   if (o.cmd->count("--grad-dtype") > 0) p.grad_dtype = o.job.grad_dtype == "fp32" ? Dtype::fp32 : Dtype::bf16;
   if (!f.order.empty()) p.order = f.order;
@@ -115,6 +116,7 @@ std::string row_extras(const ParallelConfig& p) {
   if (!p.stage_layers.empty()) out += "  stages " + folded_split(p.stage_layers);
   if (p.offload != Offload::none) out += "  offload " + to_string(p.offload);
   if (p.tp_comm_overlap) out += "  tpo";  // tp communication overlapped with the GEMMs
+  if (p.overlap_param_gather) out += "  opg";  // ZeRO 1/2's weight gather under the next forward
   return out;
 }
 
@@ -137,6 +139,8 @@ std::string table(const std::vector<Estimate>& top) {
   for (size_t i = 0; i < top.size(); ++i) s += table_row(i + 1, top[i]);
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.tp_comm_overlap; }))
     s += "(tpo: tensor-parallel communication overlapped with the GEMMs, --tp-comm-overlap on)\n";
+  if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.overlap_param_gather; }))
+    s += "(opg: ZeRO 1/2's weight all-gather under the next step's first forward, --overlap-param-gather on)\n";
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.simulated_step_time_s > 0; }))
     s += "(rows with a sim s are ranked by it, and their tokens/s, TFLOP/s and MFU are at that time)\n";
   s += "(TFLOP/s and MFU count causal attention, what the kernels do; the best plan's throughput line gives both counts)\n";

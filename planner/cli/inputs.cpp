@@ -40,6 +40,17 @@ void add_job_options(CLI::App& cmd, JobOptions& o) {
   cmd.add_flag("--json", o.json, "print JSON instead of tables");
 }
 
+namespace {
+// An on|off option whose bare form means on.
+void add_on_off(CLI::App& cmd, const std::string& name, std::string& value, const std::string& help) {
+  cmd.add_option(name, value, help)
+      ->expected(0, 1)
+      ->default_str("on")
+      ->option_text("[on|off]")
+      ->check(CLI::IsMember({"on", "off"}));
+}
+}  // namespace
+
 void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
   const bool pin = use == FlagUse::pin;
   // predict: the value and its default; plan: a pin, and an unset flag is searched.
@@ -64,19 +75,16 @@ void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
       ->transform(Integer(1, limits::kGlobalBatch));
   cmd.add_option("--recompute", o.recompute, text("activation recompute", "default none"))
       ->check(CLI::IsMember(recompute_names()));
-  cmd.add_option("--sp", o.sp, text("sequence parallelism, on or off (a bare --sp means on; needs tp > 1)", "default off"))
-      ->expected(0, 1)
-      ->default_str("on")
-      ->option_text("[on|off]")
-      ->check(CLI::IsMember({"on", "off"}));
-  cmd.add_option("--tp-comm-overlap", o.tp_comm_overlap,
-                 text("tensor-parallel communication overlapped with the GEMMs beside it, on or off (Megatron-LM's "
-                      "--tp-comm-overlap, torchtitan's async TP; needs --sp and tp > 1; a bare flag means on)",
-                      "default off"))
-      ->expected(0, 1)
-      ->default_str("on")
-      ->option_text("[on|off]")
-      ->check(CLI::IsMember({"on", "off"}));
+  add_on_off(cmd, "--sp", o.sp, text("sequence parallelism, on or off (a bare --sp means on; needs tp > 1)", "default off"));
+  add_on_off(cmd, "--tp-comm-overlap", o.tp_comm_overlap,
+             text("tensor-parallel communication overlapped with the GEMMs beside it, on or off (Megatron-LM's "
+                  "--tp-comm-overlap, torchtitan's async TP; needs --sp and tp > 1; a bare flag means on)",
+                  "default off"));
+  add_on_off(cmd, "--overlap-param-gather", o.overlap_param_gather,
+             text("ZeRO 1/2: the updated weights' all-gather under the next step's first forward, on or off "
+                  "(Megatron-LM's --overlap-param-gather; needs --zero 1 or 2 and dp > 1; a bare flag means on; "
+                  "`plan` turns it on wherever it applies unless pinned)",
+                  "default off"));
   cmd.add_option("--schedule", o.schedule, text("the pipeline schedule", "default 1f1b"))
       ->check(CLI::IsMember(schedule_names()));
   cmd.add_option("--vpp", o.vpp,

@@ -48,6 +48,7 @@ struct ParallelFlags {
   std::optional<int64_t> cp;                   // context-parallel size (sim/context_parallel.hpp)
   std::string recompute, sp, schedule, order;  // "" = not given
   std::string tp_comm_overlap;                 // --tp-comm-overlap on|off; "" = not given
+  std::string overlap_param_gather;            // --overlap-param-gather on|off; "" = not given
   std::string stage_layers;                    // --stage-layers "8,8,7"; "" = not given
   std::string offload;                         // --offload (planner/cli/offload_cli.hpp); "" = not given
   std::optional<double> memory_headroom;       // over the cluster's runtime_memory.memory_headroom
