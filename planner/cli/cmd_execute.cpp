@@ -129,6 +129,15 @@ Status check_run(const ExecuteOptions& o, const Plan& plan, Status device_rules)
   return ok_status();
 }
 
+// The plan, as checked, on a trainer module's entry table (either device), every flag passed.
+template <class Backend>
+int run_module(const Expected<const Backend*>& backend, const ExecuteOptions& o, const Plan& plan) {
+  if (!backend) return refuse(backend.error());
+  const std::string plan_json = plan_to_json(plan).dump();
+  const LoomExecuteArgs args = execute_args(o, plan_json);
+  return (*backend)->execute(&args);
+}
+
 // The CUDA backend (executor/cuda: the same trainer on the CUDA compute backend, every flag
 // forwarded), loaded only here, after the flags and the plan were checked: a bad plan gets the
 // same line as on the CPU backend, and a plan the CUDA path cannot run is refused before the
@@ -140,11 +149,7 @@ int run_cuda(const ExecuteOptions& o) {
   if (!o.stage_layers.empty())  // the module reads the plan file itself
     return refuse(make_error("--stage-layers", "the CUDA backend runs the plan file as written: put the layout in the plan"));
   if (auto st = check_run(o, *plan, cuda::check_cuda_plan(*plan)); !st) return refuse(st.error());
-  auto backend = load_cuda_backend("--device");
-  if (!backend) return refuse(backend.error());
-  const std::string plan_json = plan_to_json(*plan).dump();
-  const LoomExecuteArgs args = execute_args(o, plan_json);
-  return (*backend)->execute(&args);
+  return run_module(load_cuda_backend("--device"), o, *plan);
 }
 
 // The CPU reference trainer (libloom_cpu.so): the plan read, its --stage-layers applied, what
@@ -159,11 +164,7 @@ int run_execute(const ExecuteOptions& o) {
   if (auto st = refuse_offload(*plan, o.plan_path); !st) return fail(st.error());
   if (auto st = apply_stage_layers(*plan, o.stage_layers); !st) return fail(st.error());
   if (auto st = check_run(o, *plan, exec::check_cpu_plan(*plan)); !st) return fail(st.error());
-  auto backend = load_cpu_backend("--device");
-  if (!backend) return refuse(backend.error());
-  const std::string plan_json = plan_to_json(*plan).dump();
-  const LoomExecuteArgs args = execute_args(o, plan_json);
-  return (*backend)->execute(&args);
+  return run_module(load_cpu_backend("--device"), o, *plan);
 }
 
 }  // namespace
