@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <sstream>
 
@@ -168,14 +169,21 @@ double zero3_split_exposed_s(double g, double rs, double f, double b_b, double w
 // A stage's data-parallel messages, timed on the dp links: the gradient reduction (per
 // micro-batch under ZeRO-2, else once per step) in `pieces` buckets, ZeRO-1/2's gather of the
 // updated weights after the optimizer, and ZeRO-3's per-layer gather and reduce-scatter.
+// regather_s: DeepSpeed 0.3's second gathers in each backward under full recompute, per
+// micro-batch (stage_work.cpp, zero3_backward_regather), blocking like the others.
 struct DpTimes {
   double grad_s = 0, per_mb_grad_s = 0, gather_step_s = 0, gather_layer_s = 0, rs_layer_s = 0, pieces = 1;
+  double regather_s = 0;
 };
 DpTimes dp_times(const StageWork& w, const GroupLinks& dpl) {
   DpTimes d;
   for (const Message& msg : w.messages) {
     if (msg.group != Group::dp || msg.ranks > 0 || msg.kind == MessageKind::send) continue;
     const double t = message_time_s(msg, dpl);
+    if (std::strcmp(msg.name, kZero3RegatherMessage) == 0) {
+      d.regather_s += t;
+      continue;
+    }
     if (msg.kind == MessageKind::all_gather && msg.cadence == Cadence::step) d.gather_step_s += t;
     if (msg.kind == MessageKind::all_gather && msg.cadence == Cadence::micro_batch)
       d.gather_layer_s = t / static_cast<double>(msg.pieces);
@@ -203,7 +211,7 @@ double dp_exposed_s(const DpTimes& d, int64_t mb, double chunks, const DpWindow&
   const double m = static_cast<double>(mb);
   if (d.gather_layer_s > 0) {  // ZeRO-3
     const double L = d.pieces;
-    if (!overlap) return m * L * (2 * d.gather_layer_s + d.rs_layer_s);
+    if (!overlap) return m * (L * (2 * d.gather_layer_s + d.rs_layer_s) + d.regather_s);
     if (weight_grad_s > 0)
       return m * zero3_split_exposed_s(d.gather_layer_s, d.rs_layer_s, s.forward_s / L,
                                        (s.backward_s - weight_grad_s) / L, weight_grad_s / L, L, chunks);
@@ -316,6 +324,46 @@ void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p,
   s.dp_comm_exposed_s = dp_exposed_s(d, mb, static_cast<double>(p.vpp), win, overlap && !blocking, split_w_s, z);
 }
 
+// The share of the GPU's SMs a collective over `g` occupies while it runs: NCCL executes each
+// channel as one CTA, resident on its own SM for the collective's whole duration (its threads
+// spin on the channel's FIFOs; NCCL's "zero-CTA" copy-engine collectives exist to give those
+// SMs back: NCCL user guide, "Zero-CTA Optimization"), and a GEMM's CTAs do not fit beside one,
+// so compute running at the same time has sm_count - channels SMs. The channel count is the
+// cluster file's, for the node's fabric or, for a group that leaves the node, the network.
+double nccl_sm_share(const ClusterSpec& c, const GroupLinks& g) {
+  const int64_t channels = g.nodes_spanned > 1 ? c.inter_node.nccl_channels : c.intra_node.nccl_channels;
+  if (channels <= 0 || c.gpu.sm_count <= 0) return 0;
+  return static_cast<double>(channels) / static_cast<double>(c.gpu.sm_count);
+}
+
+// Compute that shares the GPU with the data-parallel collectives hidden behind it (gradient
+// buckets during the backward, ZeRO-3's prefetched gathers and reduce-scatters, ZeRO 1/2's
+// gather under the next forward) runs on the SMs they leave: for the H seconds per step the
+// collectives run beside it, at 1 - share of its rate, so the stage's compute takes share x H
+// longer (the work a (1 - share) rate leaves undone, then done at the full rate). H is the
+// collectives' busy time less what shows (dp_comm_exposed_s); blocking collectives (no overlap,
+// DeepSpeed 0.3's per-tensor gathers) and the parameter server hide nothing. The slowdown is
+// spread over the stage's forward, backward and recompute (their times grow by the same
+// factor), so the simulator, which plays those times, sees it too; price_dp then prices the
+// exposure again over the longer passes. Tensor-parallel overlap prices its own SMs
+// (sim/tp_overlap.hpp); the context-parallel ring's hops are not counted here.
+void slow_compute_beside_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p,
+                            const GroupLinksSet& links, int64_t mb, int64_t e, bool overlap, StageEstimate& s) {
+  if (!overlap || dp_cp(p) <= 1 || p.dp_comm == DpComm::parameter_server) return;
+  if (p.zero >= 3 && p.zero3_gather == Zero3Gather::tensor) return;
+  const double share = nccl_sm_share(c, links.dp);
+  const double m = static_cast<double>(mb), compute_s = m * (s.forward_s + s.backward_s + s.recompute_s);
+  if (share <= 0 || compute_s <= 0) return;
+  const DpTimes d = dp_times(w, links.dp);
+  const double busy_s = d.gather_layer_s > 0 ? m * d.pieces * (2 * d.gather_layer_s + d.rs_layer_s)
+                                             : d.grad_s + m * d.per_mb_grad_s + d.gather_step_s;
+  const double hidden_s = std::max(0.0, busy_s - s.dp_comm_exposed_s);
+  s.sm_contention_s = share * hidden_s;
+  const double k = 1 + s.sm_contention_s / compute_s;
+  s.forward_s *= k, s.backward_s *= k, s.recompute_s *= k, s.weight_grad_s *= k;
+  price_dp(w, c, p, links, mb, e, s, overlap);
+}
+
 }  // namespace
 
 StageEstimate CostModel::price_stage(const StageWork& w, const ParallelConfig& p, const GroupLinksSet& links,
@@ -336,6 +384,7 @@ StageEstimate CostModel::price_stage(const StageWork& w, const ParallelConfig& p
     s.tp_comm_s -= hidden.total_s(), s.tp_forward_s -= hidden.forward_s;
   }
   price_dp(w, cluster_, p, links, mb, dtype_bytes(train_.dtype), s, overlap);
+  slow_compute_beside_dp(w, cluster_, p, links, mb, dtype_bytes(train_.dtype), overlap, s);
   s.dp_comm_exposed_s += s.edp_step_s;  // MoE: the expert gradients after the last backward, exposed
   s.optimizer_s = w.optimizer_on_host ? cpu_optimizer_s(cluster_, w.optimizer_bytes)
                                       : op.optimizer(static_cast<double>(w.optimizer_params), w.optimizer_bytes);

@@ -7,6 +7,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <iterator>
 
 #include "sim/collectives.hpp"
@@ -90,6 +91,9 @@ struct StagePlan {
   // for everything queued before it (DeepSpeed's torch.cuda.synchronize()).
   int64_t tensors_per_layer = 1;
   bool blocking = false;
+  // The backward's second gathers after its recompute (StageInputs::regather_bytes), per chunk.
+  double chunk_regather = 0;
+  int64_t regather_tensors_per_layer = 0;
 };
 
 StagePlan stage_plan(const SimInputs& in, int64_t s) {
@@ -109,6 +113,10 @@ StagePlan stage_plan(const SimInputs& in, int64_t s) {
   sp.chunk_layers = st.layers / p.vpp;
   sp.blocking = sp.zero3 && p.zero3_gather == Zero3Gather::tensor;
   if (sp.blocking && st.layers > 0) sp.tensors_per_layer = std::max<int64_t>(1, st.grad_buckets / st.layers);
+  if (sp.blocking && st.layers > 0 && st.regather_tensors > 0) {
+    sp.chunk_regather = static_cast<double>(st.regather_bytes) / sp.v;
+    sp.regather_tensors_per_layer = st.regather_tensors / st.layers;
+  }
   return sp;
 }
 
@@ -187,11 +195,23 @@ PassTasks add_pass(Builder& b, const StagePlan& sp, const ParallelConfig& p, int
         b.dep(prev_first, gather, 0.0);
       }
     }
-    int32_t piece_first = -1;
-    if (pt.recompute_s > 0)
-      piece_first = compute(TaskKind::recompute, pt.recompute_s, pt.tp_recompute_s, pt.ep_recompute_s,
-                            pt.cp_recompute, gather)[0];
-    const auto [first, main] = compute(pt.kind, pt.compute_s, pt.tp_s, pt.ep_s, pt.cp, gather);
+    int32_t piece_first = -1, before_main = gather;
+    if (pt.recompute_s > 0) {
+      const auto rec = compute(TaskKind::recompute, pt.recompute_s, pt.tp_recompute_s, pt.ep_recompute_s,
+                               pt.cp_recompute, gather);
+      piece_first = rec[0];
+      if (gathers && sp.chunk_regather > 0) {  // DeepSpeed 0.3: what the recompute released, again
+        const double k = static_cast<double>(sp.regather_tensors_per_layer), bytes = sp.chunk_regather / n;
+        SimTask g = make_task(TaskKind::dp_gather, Stream::dp_gather, s, x,
+                              k * collective_time_s(Collective::all_gather, bytes / k, sp.dpl));
+        g.bytes = static_cast<int64_t>(bytes);
+        const int32_t computed = b.last(s, kCompute), reduced = b.last(s, kDp);
+        before_main = b.add(g, kGather);
+        b.dep(computed, before_main);
+        b.dep(reduced, before_main);
+      }
+    }
+    const auto [first, main] = compute(pt.kind, pt.compute_s, pt.tp_s, pt.ep_s, pt.cp, before_main);
     out.compute = main;
     if (piece_first < 0) piece_first = first;
     if (out.first < 0) out.first = piece_first;
@@ -625,6 +645,10 @@ void read_messages(const StageWork& w, const GroupLinksSet& links, StageInputs& 
       si.p2p_s = message_time_s(msg, links.pp);
     }
     if (msg.group != Group::dp || msg.ranks > 0) continue;
+    if (std::strcmp(msg.name, kZero3RegatherMessage) == 0) {
+      si.regather_bytes = msg.bytes, si.regather_tensors = msg.pieces;
+      continue;
+    }
     if (msg.kind == MessageKind::all_gather) si.weight_bytes = msg.bytes;
     if (msg.kind == MessageKind::send || msg.kind == MessageKind::reduce_scatter || msg.kind == MessageKind::all_reduce) {
       si.grad_bytes = msg.bytes;
@@ -719,7 +743,9 @@ Expected<SimResult> simulate(const CostModel& cm, const ParallelConfig& p, const
   auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order, p.cp);
   if (!grid) return grid.error();
   const GroupLinksSet links = group_links(cm.topology(), *grid);
-  const Estimate est = cm.evaluate(p, links);
+  // The stage times the simulator plays are the cost model's under the same overlap (what the
+  // collectives hidden behind compute take from it, cost_model.cpp's slow_compute_beside_dp).
+  const Estimate est = cm.evaluate(p, links, opt.overlap);
   auto r = simulate(sim_inputs(cm, p, est, links), opt);
   if (r) r->analytical_step_s = est.step_time_s;
   return r;

@@ -92,6 +92,9 @@ struct StageInputs {
   int64_t grad_bytes = 0;       // gradients this GPU reduces (after compression)
   int64_t grad_buckets = 1;     // collectives the reduction runs as, over all chunks
   int64_t weight_bytes = 0;     // weights this GPU holds unsharded
+  // DeepSpeed 0.3's ZeRO-3 under full recompute: what each backward gathers a second time,
+  // after its recompute (kZero3RegatherMessage), and in how many per-tensor collectives.
+  int64_t regather_bytes = 0, regather_tensors = 0;
   int64_t p2p_bytes = 0;        // one pipeline send of one micro-batch
   double p2p_s = 0;
   double dp_busbw_bytes_per_s = 0;  // this stage's dp rings alone (NIC sharing within the stage)

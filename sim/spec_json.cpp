@@ -299,10 +299,20 @@ static void read_fabric(ObjectReader& parent, const std::string& key, FabricSpec
   r.number("busbw_bytes_per_s", f.busbw_bytes_per_s, 0, !none, limits::kRate);
   r.number("latency_s", f.latency_s, 0, false, limits::kTimeS);
   r.integer("nics_per_node", f.nics_per_node, key == "inter_node" ? min_int : 0, limits::kNicsPerNode);
+  r.opt_integer("nccl_channels", f.nccl_channels, 1, limits::kNcclChannels);  // absent: 0, not stated
   r.string("source", f.source);
   if (!r.failed() && f.busbw_bytes_per_s > f.link_bytes_per_s)
     r.fail("busbw_bytes_per_s", "must be <= link_bytes_per_s");
   r.reject_unknown_keys();
+}
+
+// A collective's CTAs take SMs from the compute beside it (cost_model.cpp, nccl_sm_share):
+// NCCL's channels on either level must leave the compute some.
+static void check_nccl_channels(ObjectReader& r, const ClusterSpec& c) {
+  for (auto [k, f] : {std::pair{"intra_node", &c.intra_node}, {"inter_node", &c.inter_node}})
+    if (!r.failed() && f->nccl_channels > 0 && c.gpu.sm_count > 0 && f->nccl_channels >= c.gpu.sm_count)
+      r.fail(std::string(k) + ".nccl_channels", "must be < gpu.sm_count (" + std::to_string(c.gpu.sm_count) +
+                                                    "; got " + std::to_string(f->nccl_channels) + ")");
 }
 
 // The host side of a node (offload, sim/offload.hpp): optional; all three numbers when given.
@@ -343,6 +353,7 @@ Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::stri
   r.opt_integer("gpus", c.gpus, 1, limits::kGpus);
   read_fabric(r, "intra_node", c.intra_node);
   read_fabric(r, "inter_node", c.inter_node);
+  check_nccl_channels(r, c);
   if (auto* e = r.object("efficiency")) {
     ObjectReader er(r, "efficiency", *e);
     er.number("gemm", c.efficiency.gemm, limits::kMinEfficiency, false);
@@ -480,12 +491,14 @@ nlohmann::json to_json(const ModelSpec& m) {
 }
 
 static nlohmann::json fabric_json(const FabricSpec& f) {
-  return {{"kind", f.kind},
-          {"link_bytes_per_s", f.link_bytes_per_s},
-          {"busbw_bytes_per_s", f.busbw_bytes_per_s},
-          {"latency_s", f.latency_s},
-          {"nics_per_node", f.nics_per_node},
-          {"source", f.source}};
+  nlohmann::json j = {{"kind", f.kind},
+                      {"link_bytes_per_s", f.link_bytes_per_s},
+                      {"busbw_bytes_per_s", f.busbw_bytes_per_s},
+                      {"latency_s", f.latency_s},
+                      {"nics_per_node", f.nics_per_node},
+                      {"source", f.source}};
+  if (f.nccl_channels > 0) j["nccl_channels"] = f.nccl_channels;
+  return j;
 }
 
 nlohmann::json to_json(const ClusterSpec& c) {

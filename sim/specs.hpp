@@ -100,6 +100,10 @@ struct FabricSpec {            // one level of the interconnect
   double busbw_bytes_per_s = 0;// achievable NCCL ring bus bandwidth over that link
   double latency_s = 0;        // per ring step
   int64_t nics_per_node = 0;   // inter-node only
+  // Channels NCCL runs a collective over on this level (one CTA, so one SM, each while the
+  // collective is in flight; the cost model's nccl_sm_share). 0: not stated, and compute
+  // overlapped with collectives is priced as if it kept every SM.
+  int64_t nccl_channels = 0;
   std::string source;
 };
 

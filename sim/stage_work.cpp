@@ -415,6 +415,49 @@ int64_t param_tensors_per_layer(const ModelSpec& m) {
   return 9 + (m.qkv_bias ? 3 : 0) + (m.qk_norm ? 2 : 0) + (m.post_norms ? 2 : 0);
 }
 
+// DeepSpeed 0.3's stage 3 under full recompute (deepspeed/runtime/zero/stage3.py at v0.3.15,
+// commit 2c2a7f31bcc2): every sub-module's forward hooks fetch its parameters and release them
+// after it ran, also when the checkpointed forward reruns inside the backward; the backward
+// pre-hook then fetches them again. A release is skipped only when the module's parameters are
+// used again within stage3_max_reuse_distance elements of other parameters (_keep_for_later,
+// get_reuse_distance_in_numel over the recorded module trace; default 1e9 in
+// zero/constants.py). After a module's recompute, the trace runs the layer's later modules'
+// recompute, then their backwards (last first), then the module's own backward: its reuse
+// distance is twice the parameters of the modules after it in the layer. So the backward
+// gathers again every module of the layer but those near its end. The modules (per tp rank,
+// in forward order): GPT's two LayerNorms, fused QKV, projection, fc1, fc2, each with a bias;
+// the llama family's RMSNorms, q, k, v (with Qwen2's biases, Qwen3's q/k norms), o, gate, up,
+// down (and Gemma 2's post-norms). Other layers (MoE, latent attention) are not modelled:
+// nothing is gathered twice there.
+struct Zero3Regather {
+  int64_t params_per_layer = 0, tensors_per_layer = 0;
+};
+Zero3Regather zero3_backward_regather(const ModelSpec& m, const ParallelConfig& p, const Dims& d) {
+  constexpr double kMaxReuseDistance = 1e9;  // stage3_max_reuse_distance's default, in elements
+  if (p.zero < 3 || p.zero3_gather != Zero3Gather::tensor || p.recompute != Recompute::full) return {};
+  if (m.experts > 0 || m.is_mla()) return {};
+  const int64_t h = d.h, q = d.q / d.t, kv = d.kv / d.t, f = d.f / d.t;
+  std::vector<std::pair<int64_t, int64_t>> mods;  // (elements, tensors)
+  if (m.family == Family::gpt) {
+    mods = {{2 * h, 2}, {h * (q + 2 * kv) + q + 2 * kv, 2}, {q * h + h, 2}, {2 * h, 2}, {h * f + f, 2}, {f * h + h, 2}};
+  } else {
+    const int64_t bias = m.qkv_bias ? 1 : 0, hd = m.head_dim();
+    mods = {{h, 1}, {h * q + bias * q, 1 + bias}, {h * kv + bias * kv, 1 + bias}, {h * kv + bias * kv, 1 + bias}};
+    if (m.qk_norm) mods.insert(mods.end(), {{hd, 1}, {hd, 1}});
+    mods.push_back({q * h, 1});
+    if (m.post_norms) mods.push_back({h, 1});
+    mods.insert(mods.end(), {{h, 1}, {h * f, 1}, {h * f, 1}, {f * h, 1}});
+    if (m.post_norms) mods.push_back({h, 1});
+  }
+  Zero3Regather r;
+  double after = 0;  // elements of the modules after this one
+  for (auto it = mods.rbegin(); it != mods.rend(); ++it) {
+    if (2 * after >= kMaxReuseDistance) r.params_per_layer += it->first, r.tensors_per_layer += it->second;
+    after += static_cast<double>(it->first);
+  }
+  return r;
+}
+
 // Data parallel (ZeRO paper, Rajbhandari et al. 2020, Sec. 7): G gradient bytes (after
 // compression) and W weight bytes of this rank's unsharded parameters. Stage 0: all-reduce of
 // G once per step, in buckets (Megatron-core's 40e6-element default) per model chunk. 1: a
@@ -447,6 +490,10 @@ void dp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelCon
       v.push_back(message("dp gather", Group::dp, MessageKind::all_gather, Pass::forward, mbc, W, 1, L * k));
       v.push_back(message("dp gather", Group::dp, MessageKind::all_gather, Pass::backward, mbc, W, 1, L * k));
       v.push_back(message("dp gradients", Group::dp, MessageKind::reduce_scatter, Pass::backward, mbc, G, 1, L * k));
+      const Zero3Regather re = zero3_backward_regather(m, p, d);  // DeepSpeed 0.3 under full recompute
+      if (re.tensors_per_layer > 0)
+        v.push_back(message(kZero3RegatherMessage, Group::dp, MessageKind::all_gather, Pass::backward, mbc,
+                            d.e * L * re.params_per_layer, 1, L * re.tensors_per_layer));
     }
   }
   if (m.tied_embeddings && d.first != d.last) {  // two copies (zb-v's first stage holds one)
@@ -467,15 +514,20 @@ void dp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelCon
 // what it removed. Per micro-batch: n copies of 1/n of every tensor for the forward gathers,
 // as many for the backward gathers and for the reduce-scatters; each copy reads and writes its
 // bytes and is one kernel launch. Blocking, like the collectives they follow.
-void zero3_tensor_copy_ops(std::vector<Op>& v, const ParallelConfig& p, const Dims& d, const ModelSpec& m,
+void zero3_tensor_copy_ops(std::vector<Op>& v, const ModelSpec& m, const ParallelConfig& p, const Dims& d,
                            int64_t params) {
   if (p.zero < 3 || p.zero3_gather != Zero3Gather::tensor || dp_cp(p) <= 1) return;
-  const int64_t calls = std::max<int64_t>(1, d.layers) * param_tensors_per_layer(m) * dp_cp(p);
+  const int64_t L = std::max<int64_t>(1, d.layers), calls = L * param_tensors_per_layer(m) * dp_cp(p);
   const double W = static_cast<double>(d.e * params), G = static_cast<double>(d.g * params);
   const double per_call = 1.0 / static_cast<double>(calls);
   v.push_back(memory_op("zero-3 gather copy-out", Pass::forward, 2 * W * per_call, calls));
   v.push_back(memory_op("zero-3 gather copy-out", Pass::backward, 2 * W * per_call, calls));
   v.push_back(memory_op("zero-3 reduce-scatter copy-in", Pass::backward, 2 * G * per_call, calls));
+  const Zero3Regather re = zero3_backward_regather(m, p, d);  // the backward's second gathers
+  if (re.tensors_per_layer == 0) return;
+  const int64_t re_calls = L * re.tensors_per_layer * dp_cp(p);
+  const double re_w = static_cast<double>(d.e * L * re.params_per_layer);
+  v.push_back(memory_op("zero-3 regather copy-out", Pass::backward, 2 * re_w / static_cast<double>(re_calls), re_calls));
 }
 
 // What offload (sim/offload.hpp) needs of this stage: the optimizer's shard, the largest layer
@@ -621,7 +673,7 @@ void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, co
   pp_messages(w.messages, p, d);
   cp_messages(w.messages, m, tr, p, d.layers);
   dp_messages(w.messages, tr, p, d, m, w.params - w.expert_params);
-  zero3_tensor_copy_ops(w.ops, p, d, m, w.params - w.expert_params);  // DeepSpeed 0.3's staging copies
+  zero3_tensor_copy_ops(w.ops, m, p, d, w.params - w.expert_params);  // DeepSpeed 0.3's staging copies
   moe_messages(w.messages, d.moe, p, tr);
   offload_messages(w.messages, p, offload);
   w.optimizer_on_host = p.offload == Offload::optimizer || p.offload == Offload::optimizer_params;

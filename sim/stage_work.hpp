@@ -108,6 +108,10 @@ enum class Group : uint8_t { tp, dp, pp, host,  // host: the GPU's own link to h
 enum class MessageKind : uint8_t { all_reduce, all_gather, reduce_scatter, send, to_host, to_device, all_to_all };
 enum class Cadence : uint8_t { micro_batch, step };
 
+// DeepSpeed 0.3's ZeRO-3 with full recompute: the backward's second gather of the parameter
+// tensors its recompute released (zero3_backward_regather in stage_work.cpp).
+inline constexpr const char* kZero3RegatherMessage = "dp regather";
+
 struct Message {
   const char* name = "";
   Group group = Group::tp;

@@ -77,6 +77,7 @@ nlohmann::json stage_json(const StageEstimate& s) {
     j["cp_comm_s"] = s.cp_comm_s;
     j["cp_forward_s"] = s.cp_forward_s;
   }
+  if (s.sm_contention_s > 0) j["sm_contention_s"] = s.sm_contention_s;  // within the pass times
   return j;
 }
 
@@ -353,6 +354,7 @@ void read_stage(ObjectReader& parent, const std::string& key, const nlohmann::js
   r.opt_number("edp_step_s", s.edp_step_s, 0, false);
   r.opt_number("cp_comm_s", s.cp_comm_s, 0, false);
   r.opt_number("cp_forward_s", s.cp_forward_s, 0, false);
+  r.opt_number("sm_contention_s", s.sm_contention_s, 0, false);
   r.reject_unknown_keys();
   if (!r.failed() && s.index != index)
     r.fail("stage", "must be its index in stages (" + std::to_string(index) + "; got " + std::to_string(s.index) + ")");

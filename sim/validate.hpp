@@ -31,6 +31,7 @@ inline constexpr int64_t kGpusPerNode = int64_t{1} << 16;
 inline constexpr int64_t kNodes = int64_t{1} << 20;
 inline constexpr int64_t kGpus = int64_t{1} << 24;          // GPUs in use, and dp, tp, pp each
 inline constexpr int64_t kNicsPerNode = int64_t{1} << 10;
+inline constexpr int64_t kNcclChannels = 1024;  // NCCL's own cap is MAXCHANNELS (32, 64 in 2.2x)
 inline constexpr double kRate = 1e18;  // FLOP/s and bytes/s of one GPU or link (H100: ~1e15)
 inline constexpr double kTimeS = 1.0;  // a latency or a kernel launch (real ones: microseconds)
 inline constexpr double kMinEfficiency = 1e-4;  // a fraction of peak below this is not a measurement

@@ -17,6 +17,7 @@
 #include "run_loom.hpp"
 #include "sim/collectives.hpp"
 #include "sim/cost_model.hpp"
+#include "sim/stage_work.hpp"
 #include "sim/validate.hpp"
 #include "sim/zoo.hpp"
 #include "sim_fixtures.hpp"
@@ -85,9 +86,23 @@ TEST_CASE("ZeRO-3 per tensor (DeepSpeed 0.3): every tensor's gathers and reduce-
   Topology topo(c);
   const GroupLinks dp = group_links(topo, *RankGrid::make(1, 384, 1, "tp-dp-pp")).dp;
   const double per_tensor = 2 * params / pieces;
-  const double expected = pieces * (2 * collective_time_s(Collective::all_gather, per_tensor, dp) +
-                                    collective_time_s(Collective::reduce_scatter, per_tensor, dp));
+  double expected = pieces * (2 * collective_time_s(Collective::all_gather, per_tensor, dp) +
+                              collective_time_s(Collective::reduce_scatter, per_tensor, dp));
+  // Under full recompute the backward gathers again what its recompute released: every module
+  // whose reuse distance, twice the elements of the layer's modules after it, reaches
+  // stage3_max_reuse_distance (1e9). h = 12288: fc2 (distance 0) stays; fc1 (2 x 4h^2 =
+  // 1.21e9) and every module before it go: 10 tensors, 8h^2 + 12h elements.
+  const double h = 12288, regather_bytes = 2 * (8 * h * h + 12 * h);
+  expected += 96 * 10 * collective_time_s(Collective::all_gather, regather_bytes / 10, dp);
   CHECK(e.time.dp_comm_s == Approx(expected).epsilon(1e-9));
+  const Message* again = build_stage_work(*m, c, t, p, 0).find(Group::dp, kZero3RegatherMessage);
+  REQUIRE(again != nullptr);
+  CHECK(again->bytes == static_cast<int64_t>(96 * regather_bytes));
+  CHECK(again->pieces == 96 * 10);
+  // Without recompute the forward's release is the only one: one gather in each pass.
+  ParallelConfig kept = p;
+  kept.recompute = Recompute::selective;
+  CHECK(build_stage_work(*m, c, t, kept, 0).find(Group::dp, kZero3RegatherMessage) == nullptr);
   // FSDP's layer-wise gathers, prefetched a layer ahead, hide behind this micro-batch of 4 x 2048.
   p.zero3_gather = Zero3Gather::layer;
   const Estimate fsdp = cm.evaluate(p);
@@ -96,6 +111,24 @@ TEST_CASE("ZeRO-3 per tensor (DeepSpeed 0.3): every tensor's gathers and reduce-
   // or into (reduce-scatter) a flat buffer: 3 x 96 x 12 x 384 copy kernels per micro-batch,
   // each at least a launch, which FSDP's flat buffers do not pay.
   CHECK(e.time.compute_s - fsdp.time.compute_s >= 3 * 96 * 12 * 384 * c.efficiency.kernel_launch_s);
+}
+
+TEST_CASE("ZeRO-3 per tensor under full recompute: a small model's layer stays within the reuse distance") {
+  // GPT-2 1.5B (h 1600): a whole layer is 12 h^2 = 3.1e7 elements, twice that far below 1e9, so
+  // DeepSpeed 0.3 keeps every module from its recompute to its backward: nothing is gathered twice.
+  auto m = load_model("gpt2-1.5b", "test", nullptr);
+  REQUIRE(m.ok());
+  const ClusterSpec c = sized("dgx-a100", 16);
+  TrainSpec t;
+  t.global_batch = 64;
+  t.seq = 1024;
+  ParallelConfig p;
+  p.dp = 16;
+  p.zero = 3;
+  p.micro_batch = 4;
+  p.recompute = Recompute::full;
+  p.zero3_gather = Zero3Gather::tensor;
+  CHECK(build_stage_work(*m, c, t, p, 0).find(Group::dp, kZero3RegatherMessage) == nullptr);
 }
 
 TEST_CASE("ZeRO-3 per tensor: the simulator plays the blocking gathers as the cost model prices them") {

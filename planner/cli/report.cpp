@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "planner/cli/offload_cli.hpp"
 #include "sim/fp8.hpp"
 #include "sim/offload.hpp"
@@ -58,6 +60,9 @@ std::string time_table(const Estimate& e) {
     s += fmt::format("  {:<38}{:>11.4f}{:>7.1f}\n", name, v, e.step_time_s > 0 ? 100 * v / e.step_time_s : 0);
   };
   row("compute", t.compute_s);
+  double contention_s = 0;  // the most any stage's compute grew by (the step's stage, mostly)
+  for (const StageEstimate& st : e.stages) contention_s = std::max(contention_s, st.sm_contention_s);
+  if (contention_s > 0) row("  of which NCCL kernels' SMs (dp beside)", contention_s);
   row("tensor-parallel comm (exposed)", t.tp_comm_s);
   row("data-parallel comm (exposed)", t.dp_comm_s);
   row("pipeline p2p (exposed)", t.pp_comm_s);
