@@ -364,9 +364,11 @@ Status table_02(const CsvTable& t, TableResult& out) {
       "tensor): DeepSpeed's stage 3 at the paper's time (v0.3.15, commit 2c2a7f31bcc2, 2021-04-19): "
       "partition_parameters.py _allgather_param runs one all-gather per parameter tensor after torch.cuda.synchronize() "
       "and stage3.py fetch_sub_module waits for it, so no gather overlaps compute; gradients are reduce-scattered per "
-      "tensor (_reduce_scatter_gradient), waited for by the next fetch; 12 tensors per GPT layer, gathered in forward "
-      "and once in backward (recompute and backward share the gather); the one tensor stage3.py prefetches while a "
-      "sub-module computes (prefetch_next_sub_modules) is not credited",
+      "tensor (_reduce_scatter_gradient), waited for by the next fetch; 12 tensors per GPT layer, gathered in forward, "
+      "again for the recompute in backward, and a third time for the backward itself where the recompute released "
+      "them: a module's parameters are kept only when reused within stage3_max_reuse_distance (default 1e9) "
+      "elements, and at h 12288 and 20480 only fc2 is (10 of 12 tensors gathered again); the one tensor stage3.py "
+      "prefetches while a sub-module computes (prefetch_next_sub_modules) is not credited",
       "recompute full in every row: the paper's TFLOP/s counts the recomputed forward pass (eq. 3)",
       "attention unfused and cross-entropy unfused (Megatron-LM 2021: no FlashAttention, vocab-parallel loss)",
       "the paper's fp16 mixed precision is priced as bf16: the same bytes and the same A100 peak (312 TFLOP/s)",
