@@ -176,6 +176,8 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
   megatron_fp8(t, a);  // FP8 GEMMs (planner/export_fp8.hpp)
   if (t.grad_dtype == Dtype::bf16) a.push_back({"--grad-reduce-in-bf16", ""});
   else if (t.dtype == Dtype::bf16) a.push_back({"--accumulate-allreduce-grads-in-fp32", ""});
+  // Gradient accumulation fusion is on by default (arguments.py); loom's separate add is its off.
+  if (t.grad_accumulation == GradAccumulation::separate) a.push_back({"--no-gradient-accumulation-fusion", ""});
   // Context parallelism (sim/context_parallel.hpp): the ring of KV blocks over point-to-point
   // sends, which --cp-comm-type p2p selects (Megatron-core's default).
   if (p.cp > 1) {
@@ -250,6 +252,16 @@ ExportResult megatron(const Plan& plan) {
 constexpr const char* kTorchtitanCommit = "73a0e6979dd10b6b1904098eb3c8f62c18ab87ce";
 
 std::string q(const std::string& v) { return "\"" + v + "\""; }
+
+// A plan that adds micro-batches' gradients in the weight-gradient GEMM (GradAccumulation::fused)
+// with more than one micro-batch per step, for an engine that adds them in a separate pass
+// (autograd's AccumulateGrad or its own buffers), which runs it slower: a note saying so.
+void note_fused_accumulation(const TrainSpec& t, const ParallelConfig& p, const std::string& engine,
+                             std::vector<std::string>& no) {
+  if (t.grad_accumulation == GradAccumulation::fused && t.global_batch / (p.dp * p.micro_batch) > 1)
+    no.push_back("grad_accumulation fused: " + engine + " adds each micro-batch's gradients in a separate pass "
+                 "(plan with --grad-accumulation separate)");
+}
 
 std::string llama3_flavor(const ModelSpec& m) {
   if (m.name == "llama3-8b") return "8B";
@@ -413,6 +425,7 @@ ExportResult torchtitan(const Plan& plan) {
   }
   if (p.order != "tp-dp-pp") no.push_back("rank order " + p.order + ": torchtitan builds its own device mesh");
   if (t.attention == Attention::unfused) no.push_back("attention unfused: torchtitan uses fused SDPA");
+  note_fused_accumulation(t, p, "torchtitan", no);
   r.text = o;
   return r;
 }
@@ -486,6 +499,7 @@ ExportResult deepspeed(const Plan& plan) {
     no.push_back("overlap_param_gather on: DeepSpeed's ZeRO 1/2 gathers the updated weights after the step, not under "
                  "the next forward");
   if (p.recompute == Recompute::selective) no.push_back("recompute selective: not expressible in DeepSpeed");
+  note_fused_accumulation(t, p, "DeepSpeed", no);
   if (p.recompute == Recompute::full && p.pp == 1)
     no.push_back("recompute full without pp: the model code must call deepspeed.checkpointing");
   no.push_back("model shape and architecture: not in the DeepSpeed config (the model code defines them)");

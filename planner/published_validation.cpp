@@ -335,7 +335,11 @@ Expected<std::optional<PublishedPoint>> point_02(const Row02& x, const CsvRow& r
   if (!c) return c.error();
   // Megatron-LM 2021 computes attention with batched GEMMs and a fused softmax that keeps
   // the s^2 scores (FlashAttention came in 2022) and the vocab-parallel cross-entropy.
-  const TrainSpec t = train_of(x.global_batch, 2048, Attention::unfused, CrossEntropy::unfused);
+  TrainSpec t = train_of(x.global_batch, 2048, Attention::unfused, CrossEntropy::unfused);
+  // Neither engine had gradient accumulation fusion: each micro-batch's gradients are added by
+  // a kernel of their own (GradAccumulation::separate; Megatron-LM at the paper's commit, f938e19,
+  // megatron/model/distributed.py, or autograd's AccumulateGrad without contiguous buffers).
+  t.grad_accumulation = GradAccumulation::separate;
   auto e = ptdp ? ptdp_estimate(**m, *c, t, x) : zero3_estimate(**m, *c, t, x);
   if (!e) {
     out.unexpressed.push_back(unexpressed(x.label, r.line, {"config_rejected"}, e.error().message));
@@ -372,6 +376,10 @@ Status table_02(const CsvTable& t, TableResult& out) {
       "recompute full in every row: the paper's TFLOP/s counts the recomputed forward pass (eq. 3)",
       "attention unfused and cross-entropy unfused (Megatron-LM 2021: no FlashAttention, vocab-parallel loss)",
       "the paper's fp16 mixed precision is priced as bf16: the same bytes and the same A100 peak (312 TFLOP/s)",
+      "gradients accumulated over micro-batches by a separate add (grad_accumulation separate): Megatron-LM at the "
+      "paper's time (commit f938e19, 2021-04) had no gradient accumulation fusion; its DDP adds each micro-batch's "
+      "gradient into the accumulated one (megatron/model/distributed.py, param.main_grad.add_), as autograd does "
+      "without contiguous buffers",
       "predicted TFLOP/s per GPU = eq. 3 FLOPs / (GPUs x predicted step time); \"2560*\": the footnoted row ran "
       "global batch 2560 on 640 GPUs, as written",
   };

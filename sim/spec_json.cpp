@@ -44,6 +44,11 @@ const std::vector<std::string>& cross_entropy_names() {
   return n;
 }
 std::string to_string(CrossEntropy c) { return cross_entropy_names()[static_cast<int>(c)]; }
+const std::vector<std::string>& grad_accumulation_names() {
+  static const std::vector<std::string> n{"fused", "separate"};
+  return n;
+}
+std::string to_string(GradAccumulation g) { return grad_accumulation_names()[static_cast<int>(g)]; }
 std::string to_string(Family f) { return family_names()[static_cast<int>(f)]; }
 std::string to_string(Dtype d) { return dtype_names()[static_cast<int>(d)]; }
 std::string to_string(Recompute r) { return recompute_names()[static_cast<int>(r)]; }
@@ -418,6 +423,7 @@ Expected<TrainSpec> train_from_json(const nlohmann::json& j, const std::string& 
   read_enum(r, "grad_dtype", dtype_names(), t.grad_dtype, true);
   read_enum(r, "attention", attention_names(), t.attention, true);
   read_enum(r, "cross_entropy", cross_entropy_names(), t.cross_entropy, false);  // default unfused
+  read_enum(r, "grad_accumulation", grad_accumulation_names(), t.grad_accumulation, false);  // default fused
   r.integer("dp_bucket_bytes", t.dp_bucket_bytes, 1, limits::kBytes);
   r.opt_number("moe_capacity_factor", t.moe_capacity_factor, 0, true, 1e6);  // MoE (sim/moe.hpp)
   r.reject_unknown_keys();
@@ -551,6 +557,8 @@ nlohmann::json to_json(const TrainSpec& t) {
           {"dp_bucket_bytes", t.dp_bucket_bytes}};
   // MoE: written when set apart from its documented default (TrainSpec), so dense plans stay as they were.
   if (t.moe_capacity_factor != TrainSpec{}.moe_capacity_factor) j["moe_capacity_factor"] = t.moe_capacity_factor;
+  // Written when separate, so plans that accumulate in the GEMM stay as they were.
+  if (t.grad_accumulation != GradAccumulation::fused) j["grad_accumulation"] = to_string(t.grad_accumulation);
   return j;
 }
 

@@ -19,6 +19,7 @@ const std::vector<std::string>& schedule_names();
 const std::vector<std::string>& attention_names();
 const std::vector<std::string>& dp_comm_names();
 const std::vector<std::string>& cross_entropy_names();
+const std::vector<std::string>& grad_accumulation_names();
 std::string to_string(Family f);
 std::string to_string(Dtype d);
 std::string to_string(Recompute r);
@@ -26,6 +27,7 @@ std::string to_string(Schedule s);
 std::string to_string(Attention a);
 std::string to_string(DpComm d);
 std::string to_string(CrossEntropy c);
+std::string to_string(GradAccumulation g);
 
 // A loom model file, or a Hugging Face config.json (recognised by "model_type"). Keys of a
 // Hugging Face config that loom does not use are appended to `ignored_keys`.

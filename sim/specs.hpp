@@ -163,6 +163,14 @@ enum class Attention { fused, unfused };  // fused: flash-style, no s^2 tensor s
 // fused classifier, the CUDA executor); unfused: the softmax is kept in fp32 for backward
 // (Megatron's vocab-parallel cross-entropy, the CPU reference executor).
 enum class CrossEntropy { unfused, fused };
+// How a step's micro-batches add up their weight gradients. fused: the weight-gradient GEMM
+// accumulates into the gradient buffer itself (beta = 1; Megatron-LM's gradient accumulation
+// fusion, on by default: its --no-gradient-accumulation-fusion turns it off; llm.c's matmul
+// backward): nothing beyond the GEMM. separate: each micro-batch's gradients are written, then
+// added into the accumulated ones by a memory-bound kernel (PyTorch autograd's AccumulateGrad,
+// as torchtitan and DeepSpeed accumulate, and Megatron-LM before the fusion: its DDP hook
+// param.main_grad.add_(param.grad) at the 2021 commit Narayanan et al. measured; stage_work.cpp).
+enum class GradAccumulation { fused, separate };
 
 struct TrainSpec {
   int64_t global_batch = 0;    // sequences per optimizer step
@@ -171,6 +179,7 @@ struct TrainSpec {
   Dtype grad_dtype = Dtype::bf16;
   Attention attention = Attention::fused;
   CrossEntropy cross_entropy = CrossEntropy::unfused;
+  GradAccumulation grad_accumulation = GradAccumulation::fused;
   int64_t dp_bucket_bytes = 0; // gradient bucket size for DP overlap
   // MoE: expert capacity as a multiple of the mean load (Switch Transformer, Fedus et al. 2021,
   // Sec. 2.2: capacity = tokens x top-k / experts x factor; GShard pads every expert to it).

@@ -530,6 +530,20 @@ void zero3_tensor_copy_ops(std::vector<Op>& v, const ModelSpec& m, const Paralle
   v.push_back(memory_op("zero-3 regather copy-out", Pass::backward, 2 * re_w / static_cast<double>(re_calls), re_calls));
 }
 
+// GradAccumulation::separate (sim/specs.hpp): every micro-batch but a step's first adds its
+// weight gradients into the accumulated ones, one memory-bound pass that reads both and writes
+// the sum (3 g bytes per gradient; autograd's AccumulateGrad keeps the first micro-batch's
+// gradient as the buffer). Spread over the step's m micro-batches: (m - 1) / m of a pass each, in
+// backward. The gradients a GPU accumulates are its parameters' (ZeRO 0/1), or under ZeRO 2/3,
+// which reduce-scatter every micro-batch, its shard of them (1 / (dp x cp)).
+void grad_accumulation_ops(std::vector<Op>& v, const TrainSpec& tr, const ParallelConfig& p, const Dims& d,
+                           int64_t params) {
+  if (tr.grad_accumulation != GradAccumulation::separate || d.mb <= 1) return;
+  const double held = static_cast<double>(params) / static_cast<double>(p.zero >= 2 ? dp_cp(p) : 1);
+  const double m = static_cast<double>(d.mb);
+  v.push_back(memory_op("gradient accumulation", Pass::backward, 3 * static_cast<double>(d.g) * held * (m - 1) / m, 1));
+}
+
 // What offload (sim/offload.hpp) needs of this stage: the optimizer's shard, the largest layer
 // (or end) of this GPU's shard, and one layer's saved activations.
 OffloadShape offload_shape(const ModelSpec& m, const TrainSpec& tr, const ParallelConfig& p, const Dims& d,
@@ -674,6 +688,7 @@ void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, co
   cp_messages(w.messages, m, tr, p, d.layers);
   dp_messages(w.messages, tr, p, d, m, w.params - w.expert_params);
   zero3_tensor_copy_ops(w.ops, m, p, d, w.params - w.expert_params);  // DeepSpeed 0.3's staging copies
+  grad_accumulation_ops(w.ops, tr, p, d, w.params);
   moe_messages(w.messages, d.moe, p, tr);
   offload_messages(w.messages, p, offload);
   w.optimizer_on_host = p.offload == Offload::optimizer || p.offload == Offload::optimizer_params;

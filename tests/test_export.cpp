@@ -72,6 +72,7 @@ std::map<std::string, std::string> parse_args(const std::string& text, std::vect
 // Every Megatron-LM option the notes verified (section 1), and nothing else may be emitted.
 const std::set<std::string> kMegatronVerified{
     "--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--num-layers-per-virtual-pipeline-stage",
+    "--no-gradient-accumulation-fusion",
     "--sequence-parallel", "--use-distributed-optimizer", "--use-megatron-fsdp", "--data-parallel-sharding-strategy",
     "--ckpt-format", "--micro-batch-size", "--global-batch-size", "--seq-length", "--max-position-embeddings",
     "--recompute-granularity", "--recompute-method", "--recompute-num-layers", "--num-layers", "--hidden-size",

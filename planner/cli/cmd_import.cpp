@@ -319,6 +319,8 @@ void read_train(MegatronArgs& a, TrainSpec& t) {
   t.dtype = a.has("--bf16") ? Dtype::bf16 : Dtype::fp32;
   // Gradients are reduced in fp32 unless --grad-reduce-in-bf16 (arguments.py).
   t.grad_dtype = a.has("--grad-reduce-in-bf16") ? Dtype::bf16 : Dtype::fp32;
+  // Gradient accumulation fusion (the weight-gradient GEMM adds into main_grad) unless turned off.
+  t.grad_accumulation = a.has("--no-gradient-accumulation-fusion") ? GradAccumulation::separate : GradAccumulation::fused;
   a.used.insert("--accumulate-allreduce-grads-in-fp32");
   const std::string backend = get_str(a, "--attention-backend", "auto");
   t.attention = backend == "unfused" ? Attention::unfused : Attention::fused;

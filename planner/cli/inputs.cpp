@@ -30,6 +30,11 @@ void add_job_options(CLI::App& cmd, JobOptions& o) {
   cmd.add_option("--cross-entropy", o.cross_entropy,
                  "unfused (fp32 softmax kept for backward, Megatron) or fused (gradient written over the logits, llm.c)")
       ->check(CLI::IsMember({"unfused", "fused"}));
+  cmd.add_option("--grad-accumulation", o.grad_accumulation,
+                 "how micro-batches add up their gradients: fused (into the buffer by the weight-gradient GEMM, "
+                 "Megatron-LM's default) or separate (an add kernel per micro-batch: torchtitan, DeepSpeed, "
+                 "Megatron-LM's --no-gradient-accumulation-fusion)")
+      ->check(CLI::IsMember({"fused", "separate"}));
   cmd.add_option("--dp-bucket-bytes", o.dp_bucket_bytes,
                  "gradient bucket for DP overlap (default 40e6 elements of grad dtype, Megatron-core's)")
       ->transform(Integer(1, limits::kBytes));
@@ -193,6 +198,7 @@ Expected<Job> load_job(const JobOptions& o) {
   job.train.grad_dtype = parse_dtype(o.grad_dtype);
   job.train.attention = o.attention == "unfused" ? Attention::unfused : Attention::fused;
   job.train.cross_entropy = o.cross_entropy == "fused" ? CrossEntropy::fused : CrossEntropy::unfused;
+  job.train.grad_accumulation = o.grad_accumulation == "separate" ? GradAccumulation::separate : GradAccumulation::fused;
   job.train.dp_bucket_bytes = o.dp_bucket_bytes.value_or(40'000'000 * dtype_bytes(job.train.grad_dtype));
   if (job.train.dp_bucket_bytes < 1) return make_error("--dp-bucket-bytes", "must be >= 1");
   if (o.moe_capacity_factor) job.train.moe_capacity_factor = *o.moe_capacity_factor;

@@ -23,6 +23,7 @@ struct JobOptions {
   std::string grad_dtype = "bf16";
   std::string attention = "fused";
   std::string cross_entropy = "unfused";
+  std::string grad_accumulation = "fused";
   std::optional<int64_t> dp_bucket_bytes;
   std::optional<double> moe_capacity_factor;  // MoE: expert capacity over the mean load
   bool json = false;
