@@ -260,7 +260,9 @@ TEST_CASE("fp8: loom plan --dtype fp8 searches FP8 plans; analytical and simulat
 TEST_CASE("fp8: export writes Megatron's and torchtitan's FP8 options and import reads them back", "[fp8][import]") {
   const std::string plan = temp_file("fp8_plan.json", ""), mg = temp_file("fp8_megatron.sh", ""),
                     tt = temp_file("fp8_torchtitan.toml", ""), ds = temp_file("fp8_ds.json", "");
-  LoomRun pr = run_loom("predict --model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 32 --seq 4096 --tp 4 "
+  // One micro-batch per step (4 over dp 4): the engines' ways of adding micro-batches' gradients
+  // (GradAccumulation) do not differ there.
+  LoomRun pr = run_loom("predict --model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 4 --seq 4096 --tp 4 "
                         "--pp 1 --zero 3 --sp on --recompute full --grad-dtype fp32 --dtype fp8 -o " + plan);
   REQUIRE(pr.code == 0);
   LoomRun e = run_loom("export " + plan + " --to megatron -o " + mg);

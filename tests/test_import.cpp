@@ -52,42 +52,47 @@ int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), 
 
 TEST_CASE("import torchtitan reads back what export torchtitan wrote", "[import]") {
   // Pure data parallelism is DDP (zero 0), with gradient accumulation 64 / (2 x 16) = 2; a
-  // flavor registered in Python ("tinyllama-1.1b"), its shape from --model.
+  // flavor registered in Python ("tinyllama-1.1b"), its shape from --model. torchtitan and
+  // DeepSpeed add micro-batches' gradients in a pass of their own: where a step has more than
+  // one, the plans are priced with --grad-accumulation separate, as the imports read them.
   round_trip("torchtitan",
              "--model tinyllama-1.1b --cluster dgx-h100 --gpus 16 --global-batch 64 --seq 2048 --tp 1 --pp 1 --micro-batch 2 "
-             "--grad-dtype fp32",
+             "--grad-dtype fp32 --grad-accumulation separate",
              "--cluster dgx-h100 --gpus 16 --model tinyllama-1.1b", "tt_ddp");
   // FSDP resharding after forward (zero 3), tp 4 with sequence parallelism, full recompute.
   round_trip("torchtitan",
              "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 4096 --tp 4 --pp 1 --zero 3 --sp on "
-             "--recompute full --grad-dtype fp32",
+             "--recompute full --grad-dtype fp32 --grad-accumulation separate",
              "--cluster dgx-h100 --gpus 16", "tt_fsdp");
   // FSDP without resharding (zero 2), tp 2, interleaved pipeline of 2 x 2 stages of 8 layers.
   round_trip("torchtitan",
              "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 32 --seq 2048 --tp 2 --pp 2 --zero 2 --sp on "
-             "--schedule interleaved --vpp 2 --micro-batch 2 --grad-dtype fp32",
+             "--schedule interleaved --vpp 2 --micro-batch 2 --grad-dtype fp32 --grad-accumulation separate",
              "--cluster dgx-h100 --gpus 16", "tt_interleaved");
   // GPipe over 4 stages, fp32 weights, full recompute; a Hugging Face model as a flavor
   // registered in Python.
   round_trip("torchtitan",
              "--model " + hf("mistral_7b_config.json") + " --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 4096 "
-             "--tp 1 --pp 4 --zero 2 --schedule gpipe --dtype fp32 --grad-dtype fp32 --recompute full",
+             "--tp 1 --pp 4 --zero 2 --schedule gpipe --dtype fp32 --grad-dtype fp32 --recompute full "
+             "--grad-accumulation separate",
              "--cluster dgx-h100 --gpus 16 --model " + hf("mistral_7b_config.json"), "tt_gpipe", false);
 }
 
 TEST_CASE("import deepspeed reads back what export deepspeed wrote", "[import]") {
   // ZeRO-2, micro-batch 4 and accumulation 2, bf16 gradients in buckets of 4e7 elements.
-  round_trip("deepspeed", "--model gpt2-350m --cluster dgx-a100 --gpus 8 --global-batch 64 --tp 1 --pp 1 --zero 2 --micro-batch 4",
+  round_trip("deepspeed",
+             "--model gpt2-350m --cluster dgx-a100 --gpus 8 --global-batch 64 --tp 1 --pp 1 --zero 2 --micro-batch 4 "
+             "--grad-accumulation separate",
              "--model gpt2-350m --cluster dgx-a100 --gpus 8", "ds_zero2");
   // ZeRO-1 with a pipeline of 2 (PipelineModule, --pp) and full recompute, fp32 gradients.
   round_trip("deepspeed",
              "--model gpt2-350m --cluster dgx-a100 --gpus 8 --global-batch 32 --tp 1 --pp 2 --zero 1 --recompute full "
-             "--grad-dtype fp32",
+             "--grad-dtype fp32 --grad-accumulation separate",
              "--model gpt2-350m --cluster dgx-a100 --gpus 8 --pp 2", "ds_pipe");
   // No ZeRO, AutoTP 2: DeepSpeed's fixed 5e8-element buckets of bf16 gradients.
   round_trip("deepspeed",
              "--model llama3-8b --cluster dgx-h100 --gpus 8 --global-batch 16 --seq 2048 --tp 2 --pp 1 "
-             "--dp-bucket-bytes 1000000000",
+             "--dp-bucket-bytes 1000000000 --grad-accumulation separate",
              "--model llama3-8b --seq 2048 --cluster dgx-h100 --gpus 8", "ds_autotp");
   // ZeRO-3; the model code's recompute comes from --recompute.
   round_trip("deepspeed",
@@ -319,7 +324,7 @@ TEST_CASE("import reads back tp comm overlap: Megatron's --tp-comm-overlap, torc
              "--cluster dgx-h100 --gpus 16", "mg_tpo");
   round_trip("torchtitan",
              "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 32 --seq 4096 --tp 8 --sp --pp 1 --zero 3 "
-             "--micro-batch 2 --grad-dtype fp32 --tp-comm-overlap on",
+             "--micro-batch 2 --grad-dtype fp32 --tp-comm-overlap on --grad-accumulation separate",
              "--cluster dgx-h100 --gpus 16", "tt_tpo");
 }
 
@@ -332,7 +337,7 @@ TEST_CASE("import reads back context parallelism: Megatron's --context-parallel-
   // FSDP over dp x cp = 4 x 2, the ring rotation ("alltoall").
   round_trip("torchtitan",
              "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 8192 --tp 2 --sp --pp 1 --cp 2 "
-             "--zero 3 --grad-dtype fp32",
+             "--zero 3 --grad-dtype fp32 --grad-accumulation separate",
              "--cluster dgx-h100 --gpus 16", "tt_cp");
   // Megatron's other CP communication types are not the ring loom prices.
   const auto plan = temp_file("mg_cp_a2a_plan.json", ""), file = temp_file("mg_cp_a2a.sh", "");

@@ -365,12 +365,13 @@ void round_trip(const std::string& engine, const std::string& predict_args, cons
 
 TEST_CASE("offload exported in each engine's names reads back as the same plan", "[offload][import]") {
   round_trip("deepspeed",
-             "--model gpt2-350m --cluster dgx-a100 --gpus 8 --global-batch 64 --tp 1 --pp 1 --zero 2 --offload optimizer",
+             "--model gpt2-350m --cluster dgx-a100 --gpus 8 --global-batch 64 --tp 1 --pp 1 --zero 2 --offload optimizer "
+             "--grad-accumulation separate",
              "--model gpt2-350m --cluster dgx-a100 --gpus 8", "ds_opt",
              "\"offload_optimizer\": {\n      \"device\": \"cpu\",\n      \"pin_memory\": true");
   round_trip("deepspeed",
              "--model gpt2-350m --cluster dgx-a100 --gpus 8 --global-batch 64 --tp 1 --pp 1 --zero 3 "
-             "--offload optimizer+params",
+             "--offload optimizer+params --grad-accumulation separate",
              "--model gpt2-350m --cluster dgx-a100 --gpus 8", "ds_params", "\"offload_param\"");
   round_trip("megatron",
              "--model gpt3-175b --cluster dgx-a100 --gpus 64 --global-batch 64 --tp 8 --pp 8 --zero 1 "
@@ -379,7 +380,7 @@ TEST_CASE("offload exported in each engine's names reads back as the same plan",
              "--optimizer-cpu-offload \\\n  --optimizer-offload-fraction 1.0 \\\n  --use-precision-aware-optimizer");
   round_trip("torchtitan",
              "--model llama3-8b --cluster dgx-h100 --gpus 8 --global-batch 16 --seq 2048 --tp 1 --pp 1 --zero 3 "
-             "--offload optimizer+params --grad-dtype fp32",
+             "--offload optimizer+params --grad-dtype fp32 --grad-accumulation separate",
              "--cluster dgx-h100 --gpus 8", "tt_params", "enable_cpu_offload = true");
 }
 

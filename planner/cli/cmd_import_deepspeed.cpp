@@ -153,6 +153,9 @@ Status ds_batch(ObjectReader& r, int64_t dp, ParallelConfig& p, TrainSpec& t) {
                                   " (got {})", micro, accum, dp, train));
   t.global_batch = train;
   p.micro_batch = micro;
+  // DeepSpeed adds each accumulation step's gradients in a pass of their own (autograd, or
+  // ZeRO's own buffers): GradAccumulation::separate when there is more than one.
+  if (accum > 1) t.grad_accumulation = GradAccumulation::separate;
   return ok_status();
 }
 
