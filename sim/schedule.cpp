@@ -206,12 +206,14 @@ Expected<TableProgram> compile_tables(const std::vector<std::vector<Slot>>& tabl
 }
 
 double play_with_dp_s(const TableProgram& program, const std::vector<ChunkPassSeconds>& per_stage,
-                      const std::vector<DpBeside>& dp) {
+                      const std::vector<DpBeside>& dp, double p2p_s) {
   std::vector<double> end(program.steps.size()), free_s(static_cast<size_t>(program.ranks), 0.0);
   std::vector<double> queue_s(static_cast<size_t>(program.ranks), 0.0);
   for (size_t i = 0; i < program.steps.size(); ++i) {
     const TableProgram::Step& x = program.steps[i];
-    const double ready = x.input < 0 ? 0 : end[static_cast<size_t>(x.input)];
+    const size_t in = static_cast<size_t>(x.input);
+    const double ready =
+        x.input < 0 ? 0 : end[in] + (p2p_s > 0 && program.steps[in].rank != x.rank ? p2p_s : 0.0);
     const ChunkPassSeconds& c = per_stage[static_cast<size_t>(x.rank)];
     double& f = free_s[static_cast<size_t>(x.rank)];
     const double start = std::max(f, ready);
@@ -252,7 +254,7 @@ Expected<double> TableMakespans::makespan_s(Schedule s, int64_t pp, int64_t vpp,
 
 Expected<double> TableMakespans::makespan_s(Schedule s, int64_t pp, int64_t vpp, int64_t m,
                                             const std::vector<ChunkPassSeconds>& per_stage,
-                                            const std::vector<DpBeside>& dp) {
+                                            const std::vector<DpBeside>& dp, double p2p_s) {
   // pp stages' passes and pp (or no) dp streams: the lengths make the bytes unambiguous.
   if (static_cast<int64_t>(per_stage.size()) != pp || (!dp.empty() && static_cast<int64_t>(dp.size()) != pp))
     return make_error("schedule", "the tables need one entry per stage (" + std::to_string(pp) + ")");
@@ -260,13 +262,14 @@ Expected<double> TableMakespans::makespan_s(Schedule s, int64_t pp, int64_t vpp,
   std::string key(reinterpret_cast<const char*>(head.data()), sizeof head);
   key.append(reinterpret_cast<const char*>(per_stage.data()), per_stage.size() * sizeof(ChunkPassSeconds));
   key.append(reinterpret_cast<const char*>(dp.data()), dp.size() * sizeof(DpBeside));
+  key.append(reinterpret_cast<const char*>(&p2p_s), sizeof p2p_s);
   if (auto hit = played_.find(key); hit != played_.end()) return hit->second;
   const std::array<int64_t, 4> which{static_cast<int64_t>(s), pp, vpp, m};
   auto program = programs_.find(which);
   if (program == programs_.end())
     program = programs_.emplace(which, compile_tables(make_schedule(s, pp, vpp, m), s, vpp, m)).first;
   if (!program->second) return program->second.error();
-  const double t = play_with_dp_s(*program->second, per_stage, dp);
+  const double t = play_with_dp_s(*program->second, per_stage, dp, p2p_s);
   if (played_bytes_ > kPlayedBytes) played_.clear(), played_bytes_ = 0;  // bounded; a dropped one is played again
   played_bytes_ += key.size();
   played_.emplace(std::move(key), t);

@@ -151,9 +151,11 @@ struct DpBeside {
   double per_w_s = 0, last_s = 0, pieces = 1;  // pieces >= 1 (a stream with fewer takes no job)
 };
 // The makespan with those streams: the latest of every rank's compute and reduction ends. No
-// reduction (all zero) gives play_s's result.
+// reduction (all zero) gives play_s's result. `p2p_s` > 0: a slot whose input comes from another
+// rank starts no earlier than p2p_s after that input ends (the pipeline transfer, on a stream of
+// its own beside the sender's compute, as the event simulator sends).
 double play_with_dp_s(const TableProgram& program, const std::vector<ChunkPassSeconds>& per_stage,
-                      const std::vector<DpBeside>& dp);
+                      const std::vector<DpBeside>& dp, double p2p_s = 0);
 
 // Played schedule tables for a search (zb-v's bubble, an uneven split's interleaved bubble):
 // table_makespan_s(make_schedule(s, pp, vpp, m), ...) with each (s, pp, vpp, m)'s tables compiled
@@ -165,9 +167,11 @@ class TableMakespans {
  public:
   Expected<double> makespan_s(Schedule s, int64_t pp, int64_t vpp, int64_t micro_batches,
                               const std::vector<ChunkPassSeconds>& per_stage);
-  // The same with each rank's gradient reductions beside the tables (play_with_dp_s).
+  // The same with each rank's gradient reductions beside the tables, and transfers between
+  // ranks taking p2p_s (play_with_dp_s).
   Expected<double> makespan_s(Schedule s, int64_t pp, int64_t vpp, int64_t micro_batches,
-                              const std::vector<ChunkPassSeconds>& per_stage, const std::vector<DpBeside>& dp);
+                              const std::vector<ChunkPassSeconds>& per_stage, const std::vector<DpBeside>& dp,
+                              double p2p_s = 0);
 
  private:
   std::map<std::array<int64_t, 4>, Expected<TableProgram>> programs_;  // (schedule, pp, vpp, m)
