@@ -293,8 +293,9 @@ double interleaved_grad_tail_s(const DpTimes& d, double b, int64_t pp, int64_t v
   return std::max(0.0, q);
 }
 
+// `raw`: dp_times of the stage's messages on the dp links (a ring's; priced once per stage).
 void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p, const GroupLinksSet& links,
-              int64_t mb, int64_t e, StageEstimate& s, bool overlap) {
+              int64_t mb, int64_t e, StageEstimate& s, bool overlap, const DpTimes& raw) {
   const GroupLinks& dpl = links.dp;
   if (dp_cp(p) <= 1) return;  // the gradients are reduced over dp x cp (context_parallel.hpp)
   if (p.dp_comm == DpComm::parameter_server) {
@@ -303,7 +304,7 @@ void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p,
                                              static_cast<double>(e * w.params));
     return;
   }
-  DpTimes d = dp_times(w, dpl);
+  DpTimes d = raw;
   if (p.overlap_param_gather && overlap)  // ZeRO 1/2: the gather under the next step's first forward
     d.gather_step_s = param_gather_exposed_s(d.gather_step_s, d.pieces, s.forward_s / static_cast<double>(p.vpp));
   if (p.schedule == Schedule::zb_h1 && p.zero < 3 && p.pp > 1 && overlap) {  // the tail: zb_h1_tail_s
@@ -349,20 +350,20 @@ double nccl_sm_share(const ClusterSpec& c, const GroupLinks& g) {
 // exposure again over the longer passes. Tensor-parallel overlap prices its own SMs
 // (sim/tp_overlap.hpp); the context-parallel ring's hops are not counted here.
 void slow_compute_beside_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p,
-                            const GroupLinksSet& links, int64_t mb, int64_t e, bool overlap, StageEstimate& s) {
+                            const GroupLinksSet& links, int64_t mb, int64_t e, bool overlap, const DpTimes& d,
+                            StageEstimate& s) {
   if (!overlap || dp_cp(p) <= 1 || p.dp_comm == DpComm::parameter_server) return;
   if (p.zero >= 3 && p.zero3_gather == Zero3Gather::tensor) return;
   const double share = nccl_sm_share(c, links.dp);
   const double m = static_cast<double>(mb), compute_s = m * (s.forward_s + s.backward_s + s.recompute_s);
   if (share <= 0 || compute_s <= 0) return;
-  const DpTimes d = dp_times(w, links.dp);
   const double busy_s = d.gather_layer_s > 0 ? m * d.pieces * (2 * d.gather_layer_s + d.rs_layer_s)
                                              : d.grad_s + m * d.per_mb_grad_s + d.gather_step_s;
   const double hidden_s = std::max(0.0, busy_s - s.dp_comm_exposed_s);
   s.sm_contention_s = share * hidden_s;
   const double k = 1 + s.sm_contention_s / compute_s;
   s.forward_s *= k, s.backward_s *= k, s.recompute_s *= k, s.weight_grad_s *= k;
-  price_dp(w, c, p, links, mb, e, s, overlap);
+  price_dp(w, c, p, links, mb, e, s, overlap, d);
 }
 
 }  // namespace
@@ -384,8 +385,10 @@ StageEstimate CostModel::price_stage(const StageWork& w, const ParallelConfig& p
     const TpHiddenTime hidden = tp_overlap_hidden_s(w, links.tp, op);
     s.tp_comm_s -= hidden.total_s(), s.tp_forward_s -= hidden.forward_s;
   }
-  price_dp(w, cluster_, p, links, mb, dtype_bytes(train_.dtype), s, overlap);
-  slow_compute_beside_dp(w, cluster_, p, links, mb, dtype_bytes(train_.dtype), overlap, s);
+  const int64_t e = dtype_bytes(train_.dtype);
+  const DpTimes dp = dp_cp(p) > 1 && p.dp_comm == DpComm::ring ? dp_times(w, links.dp) : DpTimes{};
+  price_dp(w, cluster_, p, links, mb, e, s, overlap, dp);
+  slow_compute_beside_dp(w, cluster_, p, links, mb, e, overlap, dp, s);
   s.dp_comm_exposed_s += s.edp_step_s;  // MoE: the expert gradients after the last backward, exposed
   s.optimizer_s = w.optimizer_on_host ? cpu_optimizer_s(cluster_, w.optimizer_bytes)
                                       : op.optimizer(static_cast<double>(w.optimizer_params), w.optimizer_bytes);
@@ -579,11 +582,16 @@ double interleaved_bubble_s(const std::vector<StageEstimate>& stages, size_t slo
 // rank that is waiting for it, so the chain of v p chunks each micro-batch runs through waits
 // for v p - 1 transfers in the fill and again in the drain, where pp_exposed_s's closed form
 // counts 2 (p - 1) (GPT-2 350M, dp 8, pp 2, vpp 12, m 2: 0.0007 s against the simulator's
-// 0.0104 s). Nothing for longer steps, where the closed form holds, or without tables.
-std::optional<double> interleaved_pp_played_s(const std::vector<StageEstimate>& stages, int64_t mb, int64_t vpp,
-                                              double p2p_s, TableMakespans* tables) {
+// 0.0104 s). Nothing for longer steps, where the closed form holds, and nothing either where
+// all those fill and drain transfers end to end, 2 (v p - 1) p2p_s, come to less than 0.5% of
+// the slowest stage's compute: the closed form is then within that of the play, which the
+// search would pay for on every candidate.
+std::optional<double> interleaved_pp_played_s(const std::vector<StageEstimate>& stages, size_t slow, int64_t mb,
+                                              int64_t vpp, double p2p_s, TableMakespans* tables) {
   const int64_t pp = static_cast<int64_t>(stages.size());
   if (vpp <= 1 || mb > 4 * pp || p2p_s <= 0) return std::nullopt;
+  const double chain_s = 2 * static_cast<double>(vpp * pp - 1) * p2p_s;
+  if (chain_s < 0.005 * static_cast<double>(mb) * stages[slow].micro_batch_s()) return std::nullopt;
   const double v = static_cast<double>(vpp);
   std::vector<ChunkPassSeconds> chunk;
   for (const StageEstimate& x : stages) {
@@ -656,7 +664,7 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overla
                          : (sum_mb - ss.micro_batch_s()) / v;
   est.time.pp_comm_s = pp_exposed_s(est, p, slow, p2p_s, overlap);
   if (p.schedule == Schedule::interleaved && p.pp > 1 && overlap)
-    if (auto played = interleaved_pp_played_s(est.stages, est.micro_batches, p.vpp, p2p_s, tables))
+    if (auto played = interleaved_pp_played_s(est.stages, slow, est.micro_batches, p.vpp, p2p_s, tables))
       est.time.pp_comm_s = *played;
   for (const auto& s : est.stages) {
     est.time.dp_comm_s = std::max(est.time.dp_comm_s, s.dp_comm_exposed_s);
