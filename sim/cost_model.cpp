@@ -556,6 +556,17 @@ bool uneven_split(const std::vector<StageEstimate>& stages) {
     if (x.layers != stages.front().layers) return true;
   return false;
 }
+// Each stage's chunk passes for interleaved 1F1B's tables: a vpp-th of its forward and of its
+// backward (B and W together: Megatron-LM does not split them).
+std::vector<ChunkPassSeconds> interleaved_chunks(const std::vector<StageEstimate>& stages, int64_t vpp) {
+  const double v = static_cast<double>(vpp);
+  std::vector<ChunkPassSeconds> chunk;
+  for (const StageEstimate& x : stages) {
+    const SplitPass t = split_pass(x);
+    chunk.push_back({t.f / v, (t.b + t.w) / v, 0});
+  }
+  return chunk;
+}
 double interleaved_bubble_s(const std::vector<StageEstimate>& stages, size_t slow, int64_t mb, int64_t vpp,
                             TableMakespans* tables) {
   double sum = 0;
@@ -563,14 +574,9 @@ double interleaved_bubble_s(const std::vector<StageEstimate>& stages, size_t slo
   const double v = static_cast<double>(vpp);
   if (!uneven_split(stages)) return (sum - stages[slow].micro_batch_s()) / v;
   const int64_t pp = static_cast<int64_t>(stages.size()), played = std::min(mb, 4 * pp);
-  std::vector<ChunkPassSeconds> chunk;
-  for (const StageEstimate& x : stages) {
-    const SplitPass t = split_pass(x);
-    chunk.push_back({t.f / v, (t.b + t.w) / v, 0});
-  }
   TableMakespans local;
   TableMakespans& m = tables ? *tables : local;
-  const auto step = m.makespan_s(Schedule::interleaved, pp, vpp, played, chunk);
+  const auto step = m.makespan_s(Schedule::interleaved, pp, vpp, played, interleaved_chunks(stages, vpp));
   const double busy = static_cast<double>(played) * stages[slow].micro_batch_s();
   return step ? std::max(0.0, *step - busy) : (sum - stages[slow].micro_batch_s()) / v;
 }
@@ -592,12 +598,7 @@ std::optional<double> interleaved_pp_played_s(const std::vector<StageEstimate>& 
   if (vpp <= 1 || mb > 4 * pp || p2p_s <= 0) return std::nullopt;
   const double chain_s = 2 * static_cast<double>(vpp * pp - 1) * p2p_s;
   if (chain_s < 0.005 * static_cast<double>(mb) * stages[slow].micro_batch_s()) return std::nullopt;
-  const double v = static_cast<double>(vpp);
-  std::vector<ChunkPassSeconds> chunk;
-  for (const StageEstimate& x : stages) {
-    const SplitPass t = split_pass(x);
-    chunk.push_back({t.f / v, (t.b + t.w) / v, 0});
-  }
+  const std::vector<ChunkPassSeconds> chunk = interleaved_chunks(stages, vpp);
   TableMakespans local;
   TableMakespans& m = tables ? *tables : local;
   const auto with = m.makespan_s(Schedule::interleaved, pp, vpp, mb, chunk, {}, p2p_s);

@@ -116,19 +116,10 @@ TEST_CASE("ZeRO-3 per tensor (DeepSpeed 0.3): every tensor's gathers and reduce-
 TEST_CASE("ZeRO-3 per tensor under full recompute: a small model's layer stays within the reuse distance") {
   // GPT-2 1.5B (h 1600): a whole layer is 12 h^2 = 3.1e7 elements, twice that far below 1e9, so
   // DeepSpeed 0.3 keeps every module from its recompute to its backward: nothing is gathered twice.
-  auto m = load_model("gpt2-1.5b", "test", nullptr);
-  REQUIRE(m.ok());
-  const ClusterSpec c = sized("dgx-a100", 16);
-  TrainSpec t;
-  t.global_batch = 64;
-  t.seq = 1024;
+  const test::Job j = test::job("gpt2-1.5b", "dgx-a100", 16, 64, 1024);
   ParallelConfig p;
-  p.dp = 16;
-  p.zero = 3;
-  p.micro_batch = 4;
-  p.recompute = Recompute::full;
-  p.zero3_gather = Zero3Gather::tensor;
-  CHECK(build_stage_work(*m, c, t, p, 0).find(Group::dp, kZero3RegatherMessage) == nullptr);
+  p.dp = 16, p.zero = 3, p.micro_batch = 4, p.recompute = Recompute::full, p.zero3_gather = Zero3Gather::tensor;
+  CHECK(build_stage_work(j.model, j.cluster, j.train, p, 0).find(Group::dp, kZero3RegatherMessage) == nullptr);
 }
 
 TEST_CASE("ZeRO-3 per tensor: the simulator plays the blocking gathers as the cost model prices them") {
