@@ -178,6 +178,9 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
   else if (t.dtype == Dtype::bf16) a.push_back({"--accumulate-allreduce-grads-in-fp32", ""});
   // Gradient accumulation fusion is on by default (arguments.py); loom's separate add is its off.
   if (t.grad_accumulation == GradAccumulation::separate) a.push_back({"--no-gradient-accumulation-fusion", ""});
+  if (!t.tp_backward_overlap && p.tp > 1)
+    no.push_back("tp_backward_overlap off: Megatron-LM's column-parallel layers always overlap their backward "
+                 "collectives with their gradient GEMMs");
   // Context parallelism (sim/context_parallel.hpp): the ring of KV blocks over point-to-point
   // sends, which --cp-comm-type p2p selects (Megatron-core's default).
   if (p.cp > 1) {
@@ -261,6 +264,15 @@ void note_fused_accumulation(const TrainSpec& t, const ParallelConfig& p, const 
   if (t.grad_accumulation == GradAccumulation::fused && t.global_batch / (p.dp * p.micro_batch) > 1)
     no.push_back("grad_accumulation fused: " + engine + " adds each micro-batch's gradients in a separate pass "
                  "(plan with --grad-accumulation separate)");
+}
+
+// A plan whose tensor-parallel backward runs its collectives beside the GEMMs (Megatron-LM's
+// TrainSpec::tp_backward_overlap), for an engine whose tensor parallelism runs them in-line.
+void note_tp_backward_overlap(const TrainSpec& t, const ParallelConfig& p, const std::string& engine,
+                              std::vector<std::string>& no) {
+  if (t.tp_backward_overlap && p.tp > 1 && !p.tp_comm_overlap)
+    no.push_back("tp_backward_overlap on: " + engine + "'s tensor-parallel backward runs its collectives in-line "
+                 "(plan with --tp-backward-overlap off)");
 }
 
 std::string llama3_flavor(const ModelSpec& m) {
@@ -426,6 +438,7 @@ ExportResult torchtitan(const Plan& plan) {
   if (p.order != "tp-dp-pp") no.push_back("rank order " + p.order + ": torchtitan builds its own device mesh");
   if (t.attention == Attention::unfused) no.push_back("attention unfused: torchtitan uses fused SDPA");
   note_fused_accumulation(t, p, "torchtitan", no);
+  note_tp_backward_overlap(t, p, "torchtitan", no);
   r.text = o;
   return r;
 }
@@ -500,6 +513,7 @@ ExportResult deepspeed(const Plan& plan) {
                  "the next forward");
   if (p.recompute == Recompute::selective) no.push_back("recompute selective: not expressible in DeepSpeed");
   note_fused_accumulation(t, p, "DeepSpeed", no);
+  note_tp_backward_overlap(t, p, "DeepSpeed", no);
   if (p.recompute == Recompute::full && p.pp == 1)
     no.push_back("recompute full without pp: the model code must call deepspeed.checkpointing");
   no.push_back("model shape and architecture: not in the DeepSpeed config (the model code defines them)");

@@ -340,6 +340,9 @@ Expected<std::optional<PublishedPoint>> point_02(const Row02& x, const CsvRow& r
   // a kernel of their own (GradAccumulation::separate; Megatron-LM at the paper's commit, f938e19,
   // megatron/model/distributed.py, or autograd's AccumulateGrad without contiguous buffers).
   t.grad_accumulation = GradAccumulation::separate;
+  // Nor the asynchronous tensor-parallel backward (megatron/mpu/layers.py at f938e19 has none;
+  // LinearWithGradAccumulationAndAsyncAllreduce came in 2022): its collectives run in-line.
+  t.tp_backward_overlap = false;
   auto e = ptdp ? ptdp_estimate(**m, *c, t, x) : zero3_estimate(**m, *c, t, x);
   if (!e) {
     out.unexpressed.push_back(unexpressed(x.label, r.line, {"config_rejected"}, e.error().message));
@@ -380,6 +383,9 @@ Status table_02(const CsvTable& t, TableResult& out) {
       "paper's time (commit f938e19, 2021-04) had no gradient accumulation fusion; its DDP adds each micro-batch's "
       "gradient into the accumulated one (megatron/model/distributed.py, param.main_grad.add_), as autograd does "
       "without contiguous buffers",
+      "tensor-parallel backward collectives in-line (tp_backward_overlap off): the asynchronous all-reduce beside the "
+      "weight-gradient GEMM (LinearWithGradAccumulationAndAsyncAllreduce) came to Megatron-LM in 2022; Korthikanti et "
+      "al.'s per-layer times (table 06) are priced with it",
       "predicted TFLOP/s per GPU = eq. 3 FLOPs / (GPUs x predicted step time); \"2560*\": the footnoted row ran "
       "global batch 2560 on 640 GPUs, as written",
   };

@@ -360,8 +360,8 @@ void slow_compute_beside_dp(const StageWork& w, const ClusterSpec& c, const Para
   const double busy_s = d.gather_layer_s > 0 ? m * d.pieces * (2 * d.gather_layer_s + d.rs_layer_s)
                                              : d.grad_s + m * d.per_mb_grad_s + d.gather_step_s;
   const double hidden_s = std::max(0.0, busy_s - s.dp_comm_exposed_s);
-  s.sm_contention_s = share * hidden_s;
-  const double k = 1 + s.sm_contention_s / compute_s;
+  s.sm_contention_s += share * hidden_s;
+  const double k = 1 + share * hidden_s / compute_s;
   s.forward_s *= k, s.backward_s *= k, s.recompute_s *= k, s.weight_grad_s *= k;
   price_dp(w, c, p, links, mb, e, s, overlap, d);
 }
@@ -384,6 +384,14 @@ StageEstimate CostModel::price_stage(const StageWork& w, const ParallelConfig& p
   if (p.tp_comm_overlap) {  // what the tp-chunked GEMMs hide of their collectives (sim/tp_overlap.hpp)
     const TpHiddenTime hidden = tp_overlap_hidden_s(w, links.tp, op);
     s.tp_comm_s -= hidden.total_s(), s.tp_forward_s -= hidden.forward_s;
+  } else if (train_.tp_backward_overlap && p.tp > 1) {
+    // Megatron-LM's column-parallel backward: its collectives beside its GEMMs, which run on the
+    // SMs NCCL's channels leave them (nccl_sm_share) while they do.
+    const double hidden = tp_backward_hidden_s(w, links.tp, op, p.sp);
+    const double slowed = nccl_sm_share(cluster_, links.tp) * hidden;
+    s.tp_comm_s -= hidden;
+    s.backward_s += slowed;
+    s.sm_contention_s += slowed * static_cast<double>(mb);
   }
   const int64_t e = dtype_bytes(train_.dtype);
   const DpTimes dp = dp_cp(p) > 1 && p.dp_comm == DpComm::ring ? dp_times(w, links.dp) : DpTimes{};

@@ -76,8 +76,9 @@ struct StageEstimate {
   // hidden behind attention blocks, and its forward part.
   double cp_comm_s = 0, cp_forward_s = 0;
   // Per step: what NCCL's kernels, taking SMs from the compute beside them, add to this
-  // stage's compute (within forward_s, backward_s and recompute_s; cost_model.cpp,
-  // slow_compute_beside_dp).
+  // stage's compute (within forward_s, backward_s and recompute_s; cost_model.cpp: the hidden
+  // data-parallel collectives' in slow_compute_beside_dp, the tensor-parallel backward's in
+  // price_stage).
   double sm_contention_s = 0;
   double micro_batch_s() const {
     return forward_s + backward_s + recompute_s + tp_comm_s + host_s + ep_comm_s + cp_comm_s;

@@ -424,6 +424,7 @@ Expected<TrainSpec> train_from_json(const nlohmann::json& j, const std::string& 
   read_enum(r, "attention", attention_names(), t.attention, true);
   read_enum(r, "cross_entropy", cross_entropy_names(), t.cross_entropy, false);  // default unfused
   read_enum(r, "grad_accumulation", grad_accumulation_names(), t.grad_accumulation, false);  // default fused
+  r.opt_boolean("tp_backward_overlap", t.tp_backward_overlap);  // default true (Megatron-LM's)
   r.integer("dp_bucket_bytes", t.dp_bucket_bytes, 1, limits::kBytes);
   r.opt_number("moe_capacity_factor", t.moe_capacity_factor, 0, true, 1e6);  // MoE (sim/moe.hpp)
   r.reject_unknown_keys();
@@ -559,6 +560,7 @@ nlohmann::json to_json(const TrainSpec& t) {
   if (t.moe_capacity_factor != TrainSpec{}.moe_capacity_factor) j["moe_capacity_factor"] = t.moe_capacity_factor;
   // Written when separate, so plans that accumulate in the GEMM stay as they were.
   if (t.grad_accumulation != GradAccumulation::fused) j["grad_accumulation"] = to_string(t.grad_accumulation);
+  if (!t.tp_backward_overlap) j["tp_backward_overlap"] = false;  // written when off, as above
   return j;
 }
 

@@ -180,6 +180,14 @@ struct TrainSpec {
   Attention attention = Attention::fused;
   CrossEntropy cross_entropy = CrossEntropy::unfused;
   GradAccumulation grad_accumulation = GradAccumulation::fused;
+  // Megatron-LM's tensor-parallel backward (megatron/core/tensor_parallel/layers.py,
+  // LinearWithGradAccumulationAndAsyncCommunication.backward, at d98e8a64; since 2022, absent at
+  // the 2021 commit f938e19): a column-parallel layer issues its input gradient's all-reduce
+  // asynchronously and computes its weight gradient meanwhile; with sequence parallelism the
+  // all-gather of its input runs beside the input-gradient GEMM and the reduce-scatter beside
+  // the weight-gradient GEMM (sim/tp_overlap.hpp, tp_backward_hidden_s). false: those
+  // collectives run in-line, as torchtitan's and DeepSpeed's tensor parallelism run them.
+  bool tp_backward_overlap = true;
   int64_t dp_bucket_bytes = 0; // gradient bucket size for DP overlap
   // MoE: expert capacity as a multiple of the mean load (Switch Transformer, Fedus et al. 2021,
   // Sec. 2.2: capacity = tokens x top-k / experts x factor; GShard pads every expert to it).

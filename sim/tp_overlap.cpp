@@ -57,6 +57,23 @@ void chunk_overlapped_gemms(std::vector<Op>& ops, const GpuSpec& gpu, int64_t tp
   }
 }
 
+double tp_backward_hidden_s(const StageWork& w, const GroupLinks& tp, const OpTimer& op, bool sp) {
+  double half_s = 0;
+  for (const Message& msg : w.messages)
+    if (msg.group == Group::tp && msg.pass == Pass::backward && std::strcmp(msg.name, "tp activations") == 0)
+      half_s = message_time_s(msg, tp);
+  if (tp.size <= 1 || half_s <= 0) return 0;
+  double hidden = 0;
+  for (const Op& o : w.ops) {
+    if (o.pass != Pass::backward || o.kind != OpKind::gemm_bwd || o.count == 0) continue;
+    if (o.tp_slot != TpOverlapSlot::qkv && o.tp_slot != TpOverlapSlot::fc1) continue;
+    const double wgrad = o.scale * op.wgrad(o), dgrad = op.op(o) - wgrad;
+    const double per_layer = sp ? std::min(half_s, dgrad) + std::min(half_s, wgrad) : std::min(2 * half_s, wgrad);
+    hidden += static_cast<double>(o.count) * per_layer;
+  }
+  return hidden;
+}
+
 TpHiddenTime tp_overlap_hidden_s(const StageWork& w, const GroupLinks& tp, const OpTimer& op) {
   TpHiddenTime out;
   double half_s[3] = {0, 0, 0};  // one half's time, by pass (forward, backward, recompute)

@@ -61,4 +61,15 @@ struct TpHiddenTime {
 // place of c + g, so it hides (1 - 1/tp) min(c, g). Zero without overlapped halves.
 TpHiddenTime tp_overlap_hidden_s(const StageWork& w, const GroupLinks& tp, const OpTimer& op);
 
+// Megatron-LM's tensor-parallel backward (TrainSpec::tp_backward_overlap), without
+// --tp-comm-overlap: per micro-batch, the communication time a column-parallel layer's backward
+// (Op::tp_slot qkv and fc1) hides behind its own GEMMs. Without sequence parallelism its input
+// gradient's all-reduce (two halves, c each) runs beside its weight-gradient GEMM w: min(2c, w);
+// with it, the all-gather of its input beside the input-gradient GEMM d and the reduce-scatter
+// of that gradient beside w: min(c, d) + min(c, w). The row-parallel layers' backward
+// collectives (SP's all-gathers of the output gradient) and the recomputed forward's stay
+// in-line. c is one "tp activations" half on the tp links (bf16, also under FP8, whose SP
+// gathers move FP8: an upper bound there).
+double tp_backward_hidden_s(const StageWork& w, const GroupLinks& tp, const OpTimer& op, bool sp);
+
 }  // namespace loom

@@ -54,7 +54,8 @@ TEST_CASE("import torchtitan reads back what export torchtitan wrote", "[import]
   // Pure data parallelism is DDP (zero 0), with gradient accumulation 64 / (2 x 16) = 2; a
   // flavor registered in Python ("tinyllama-1.1b"), its shape from --model. torchtitan and
   // DeepSpeed add micro-batches' gradients in a pass of their own: where a step has more than
-  // one, the plans are priced with --grad-accumulation separate, as the imports read them.
+  // one, the plans are priced with --grad-accumulation separate, as the imports read them; and
+  // their tensor parallelism runs the backward's collectives in-line: --tp-backward-overlap off.
   round_trip("torchtitan",
              "--model tinyllama-1.1b --cluster dgx-h100 --gpus 16 --global-batch 64 --seq 2048 --tp 1 --pp 1 --micro-batch 2 "
              "--grad-dtype fp32 --grad-accumulation separate",
@@ -62,12 +63,12 @@ TEST_CASE("import torchtitan reads back what export torchtitan wrote", "[import]
   // FSDP resharding after forward (zero 3), tp 4 with sequence parallelism, full recompute.
   round_trip("torchtitan",
              "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 4096 --tp 4 --pp 1 --zero 3 --sp on "
-             "--recompute full --grad-dtype fp32 --grad-accumulation separate",
+             "--recompute full --grad-dtype fp32 --grad-accumulation separate --tp-backward-overlap off",
              "--cluster dgx-h100 --gpus 16", "tt_fsdp");
   // FSDP without resharding (zero 2), tp 2, interleaved pipeline of 2 x 2 stages of 8 layers.
   round_trip("torchtitan",
              "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 32 --seq 2048 --tp 2 --pp 2 --zero 2 --sp on "
-             "--schedule interleaved --vpp 2 --micro-batch 2 --grad-dtype fp32 --grad-accumulation separate",
+             "--schedule interleaved --vpp 2 --micro-batch 2 --grad-dtype fp32 --grad-accumulation separate --tp-backward-overlap off",
              "--cluster dgx-h100 --gpus 16", "tt_interleaved");
   // GPipe over 4 stages, fp32 weights, full recompute; a Hugging Face model as a flavor
   // registered in Python.
@@ -92,7 +93,7 @@ TEST_CASE("import deepspeed reads back what export deepspeed wrote", "[import]")
   // No ZeRO, AutoTP 2: DeepSpeed's fixed 5e8-element buckets of bf16 gradients.
   round_trip("deepspeed",
              "--model llama3-8b --cluster dgx-h100 --gpus 8 --global-batch 16 --seq 2048 --tp 2 --pp 1 "
-             "--dp-bucket-bytes 1000000000 --grad-accumulation separate",
+             "--dp-bucket-bytes 1000000000 --grad-accumulation separate --tp-backward-overlap off",
              "--model llama3-8b --seq 2048 --cluster dgx-h100 --gpus 8", "ds_autotp");
   // ZeRO-3; the model code's recompute comes from --recompute.
   round_trip("deepspeed",
@@ -324,7 +325,7 @@ TEST_CASE("import reads back tp comm overlap: Megatron's --tp-comm-overlap, torc
              "--cluster dgx-h100 --gpus 16", "mg_tpo");
   round_trip("torchtitan",
              "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 32 --seq 4096 --tp 8 --sp --pp 1 --zero 3 "
-             "--micro-batch 2 --grad-dtype fp32 --tp-comm-overlap on --grad-accumulation separate",
+             "--micro-batch 2 --grad-dtype fp32 --tp-comm-overlap on --grad-accumulation separate --tp-backward-overlap off",
              "--cluster dgx-h100 --gpus 16", "tt_tpo");
 }
 
@@ -337,7 +338,7 @@ TEST_CASE("import reads back context parallelism: Megatron's --context-parallel-
   // FSDP over dp x cp = 4 x 2, the ring rotation ("alltoall").
   round_trip("torchtitan",
              "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 8192 --tp 2 --sp --pp 1 --cp 2 "
-             "--zero 3 --grad-dtype fp32 --grad-accumulation separate",
+             "--zero 3 --grad-dtype fp32 --grad-accumulation separate --tp-backward-overlap off",
              "--cluster dgx-h100 --gpus 16", "tt_cp");
   // Megatron's other CP communication types are not the ring loom prices.
   const auto plan = temp_file("mg_cp_a2a_plan.json", ""), file = temp_file("mg_cp_a2a.sh", "");

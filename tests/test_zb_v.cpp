@@ -257,8 +257,8 @@ TEST_CASE("import torchtitan reads ZBVZeroBubble back as zb-v; an uneven V is re
   const std::string plan = temp_file("zbv_rt_plan.json", ""), file = temp_file("zbv_rt.toml", ""),
                     back = temp_file("zbv_rt_back.json", "");
   REQUIRE(run_loom("predict --model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 32 --seq 2048 --tp 2 --pp 4 "
-                   "--zero 2 --sp on --schedule zb-v --micro-batch 2 --grad-dtype fp32 --grad-accumulation separate -o " +
-                   plan)
+                   "--zero 2 --sp on --schedule zb-v --micro-batch 2 --grad-dtype fp32 --grad-accumulation separate "
+                   "--tp-backward-overlap off -o " + plan)
               .code == 0);
   REQUIRE(run_loom("export " + plan + " --to torchtitan -o " + file).code == 0);
   LoomRun i = run_loom("import torchtitan " + file + " --cluster dgx-h100 --gpus 16 -o " + back);

@@ -159,6 +159,11 @@ Status ds_batch(ObjectReader& r, int64_t dp, ParallelConfig& p, TrainSpec& t) {
   return ok_status();
 }
 
+// AutoTP (deepspeed/module_inject): its backward's all-reduces run in-line.
+void ds_tp_backward(const ParallelConfig& p, TrainSpec& t) {
+  if (p.tp > 1) t.tp_backward_overlap = false;
+}
+
 // Tensor and pipeline sizes: --tp/--pp, or tensor_parallel.autotp_size and pipeline.stages;
 // recompute: pipeline.activation_checkpoint_interval with pp, else --recompute.
 Status ds_parallel(ObjectReader& r, const ImportOptions& o, ParallelConfig& p, Ignored& ig) {
@@ -263,6 +268,7 @@ Expected<Plan> plan_from_deepspeed(const ImportOptions& o) {
     return make_error(o.path + ": zero_optimization.stage",
                       fmt::format("ZeRO-2 and ZeRO-3 are incompatible with DeepSpeed's pipeline engine (pp {}; got {})", p.pp, p.zero));
   if (st = ds_batch(r, p.dp, p, plan.train); !st) return st.error();
+  ds_tp_backward(p, plan.train);
   // Stage 0 reduces in fixed buckets of 5e8 elements; ZeRO 1-3 in reduce_bucket_size ones.
   if (p.zero == 0) bucket_elems = 500'000'000;
   plan.train.dp_bucket_bytes = bucket_elems * dtype_bytes(plan.train.grad_dtype);

@@ -426,11 +426,14 @@ Status tt_pipeline(TomlKeys& k, int64_t layers, ParallelConfig& p) {
   return ok_status();
 }
 
-// torchtitan adds each micro-batch's gradients in autograd (AccumulateGrad), whether the
-// micro-batches are gradient accumulation steps or a pipeline's: GradAccumulation::separate
-// when a step has more than one.
-void accumulate_in_autograd(const ParallelConfig& p, TrainSpec& t) {
+// How torchtitan's backward runs: it adds each micro-batch's gradients in autograd
+// (AccumulateGrad), whether the micro-batches are gradient accumulation steps or a pipeline's
+// (GradAccumulation::separate when a step has more than one), and its tensor parallelism
+// (DTensor) runs the backward's collectives in-line (async TP aside, which --tp-comm-overlap
+// prices instead).
+void torchtitan_backward(const ParallelConfig& p, TrainSpec& t) {
   if (t.global_batch / (p.dp * p.micro_batch) > 1) t.grad_accumulation = GradAccumulation::separate;
+  if (p.tp > 1) t.tp_backward_overlap = false;
 }
 
 // Global batch and micro-batch (train.py): without PP a forward takes local_batch_size and
@@ -445,7 +448,7 @@ Status tt_batch(TomlKeys& k, const TtBatch& b, ParallelConfig& p, TrainSpec& t) 
   t.global_batch = global;
   if (p.pp == 1) {
     p.micro_batch = b.local;
-    accumulate_in_autograd(p, t);
+    torchtitan_backward(p, t);
     return ok_status();
   }
   if (global != b.local * p.dp)
@@ -454,7 +457,7 @@ Status tt_batch(TomlKeys& k, const TtBatch& b, ParallelConfig& p, TrainSpec& t) 
                                global / p.dp));
   if (b.local % p.micro_batch != 0)
     return refused(k, "parallelism.pipeline_parallel_microbatch_size", fmt::format("must divide local_batch_size {}", b.local));
-  accumulate_in_autograd(p, t);
+  torchtitan_backward(p, t);
   return ok_status();
 }
 

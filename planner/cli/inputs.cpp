@@ -35,6 +35,10 @@ void add_job_options(CLI::App& cmd, JobOptions& o) {
                  "Megatron-LM's default) or separate (an add kernel per micro-batch: torchtitan, DeepSpeed, "
                  "Megatron-LM's --no-gradient-accumulation-fusion)")
       ->check(CLI::IsMember({"fused", "separate"}));
+  cmd.add_option("--tp-backward-overlap", o.tp_backward_overlap,
+                 "tensor-parallel backward: the column-parallel layers' collectives beside their gradient GEMMs (on, "
+                 "Megatron-LM's) or in-line (off, torchtitan's and DeepSpeed's tensor parallelism) (default on)")
+      ->check(CLI::IsMember({"on", "off"}));
   cmd.add_option("--dp-bucket-bytes", o.dp_bucket_bytes,
                  "gradient bucket for DP overlap (default 40e6 elements of grad dtype, Megatron-core's)")
       ->transform(Integer(1, limits::kBytes));
@@ -199,6 +203,7 @@ Expected<Job> load_job(const JobOptions& o) {
   job.train.attention = o.attention == "unfused" ? Attention::unfused : Attention::fused;
   job.train.cross_entropy = o.cross_entropy == "fused" ? CrossEntropy::fused : CrossEntropy::unfused;
   job.train.grad_accumulation = o.grad_accumulation == "separate" ? GradAccumulation::separate : GradAccumulation::fused;
+  job.train.tp_backward_overlap = o.tp_backward_overlap == "on";
   job.train.dp_bucket_bytes = o.dp_bucket_bytes.value_or(40'000'000 * dtype_bytes(job.train.grad_dtype));
   if (job.train.dp_bucket_bytes < 1) return make_error("--dp-bucket-bytes", "must be >= 1");
   if (o.moe_capacity_factor) job.train.moe_capacity_factor = *o.moe_capacity_factor;

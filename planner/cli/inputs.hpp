@@ -24,6 +24,7 @@ struct JobOptions {
   std::string attention = "fused";
   std::string cross_entropy = "unfused";
   std::string grad_accumulation = "fused";
+  std::string tp_backward_overlap = "on";
   std::optional<int64_t> dp_bucket_bytes;
   std::optional<double> moe_capacity_factor;  // MoE: expert capacity over the mean load
   bool json = false;

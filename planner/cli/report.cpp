@@ -62,7 +62,7 @@ std::string time_table(const Estimate& e) {
   row("compute", t.compute_s);
   double contention_s = 0;  // the most any stage's compute grew by (the step's stage, mostly)
   for (const StageEstimate& st : e.stages) contention_s = std::max(contention_s, st.sm_contention_s);
-  if (contention_s > 0) row("  of which NCCL kernels' SMs (dp beside)", contention_s);
+  if (contention_s > 0) row("  of which NCCL kernels' SMs", contention_s);
   row("tensor-parallel comm (exposed)", t.tp_comm_s);
   row("data-parallel comm (exposed)", t.dp_comm_s);
   row("pipeline p2p (exposed)", t.pp_comm_s);
