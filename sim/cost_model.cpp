@@ -384,7 +384,7 @@ StageEstimate CostModel::price_stage(const StageWork& w, const ParallelConfig& p
   if (p.tp_comm_overlap) {  // what the tp-chunked GEMMs hide of their collectives (sim/tp_overlap.hpp)
     const TpHiddenTime hidden = tp_overlap_hidden_s(w, links.tp, op);
     s.tp_comm_s -= hidden.total_s(), s.tp_forward_s -= hidden.forward_s;
-  } else if (train_.tp_backward_overlap && p.tp > 1) {
+  } else if (tp_backward_beside_gemms(train_, p)) {
     // Megatron-LM's column-parallel backward: its collectives beside its GEMMs, which run on the
     // SMs NCCL's channels leave them (nccl_sm_share) while they do.
     const double hidden = tp_backward_hidden_s(w, links.tp, op, p.sp);

@@ -709,7 +709,7 @@ SimInputs sim_inputs(const CostModel& cm, const ParallelConfig& p, const Estimat
     if (p.tp_comm_overlap) {  // what the tp-chunked GEMMs hide of their collectives (sim/tp_overlap.hpp)
       const TpHiddenTime h = tp_overlap_hidden_s(w, links.tp, OpTimer::of(c, tr));
       si.tp_forward_s -= h.forward_s, si.tp_backward_s -= h.backward_s, si.tp_recompute_s -= h.recompute_s;
-    } else if (tr.tp_backward_overlap && p.tp > 1) {  // Megatron-LM's column-parallel backward
+    } else if (tp_backward_beside_gemms(tr, p)) {  // Megatron-LM's column-parallel backward
       si.tp_backward_s -= tp_backward_hidden_s(w, links.tp, OpTimer::of(c, tr), p.sp);
     }
     read_offload(w, c.host, est.micro_batches, si);

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "sim/op_timer.hpp"
+#include "sim/schedule.hpp"
 
 namespace loom {
 
@@ -55,6 +56,10 @@ void chunk_overlapped_gemms(std::vector<Op>& ops, const GpuSpec& gpu, int64_t tp
     o.count *= tp;
     if (x->takes_sms) o.scale *= slowdown;
   }
+}
+
+bool tp_backward_beside_gemms(const TrainSpec& t, const ParallelConfig& p) {
+  return t.tp_backward_overlap && p.tp > 1 && !p.tp_comm_overlap && !(splits_backward(p.schedule) && p.pp > 1);
 }
 
 double tp_backward_hidden_s(const StageWork& w, const GroupLinks& tp, const OpTimer& op, bool sp) {

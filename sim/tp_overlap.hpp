@@ -71,5 +71,10 @@ TpHiddenTime tp_overlap_hidden_s(const StageWork& w, const GroupLinks& tp, const
 // in-line. c is one "tp activations" half on the tp links (bf16, also under FP8, whose SP
 // gathers move FP8: an upper bound there).
 double tp_backward_hidden_s(const StageWork& w, const GroupLinks& tp, const OpTimer& op, bool sp);
+// Whether a plan's tensor-parallel backward hides anything that way: the knob on, tp > 1, and
+// neither --tp-comm-overlap (which prices its own) nor a schedule that splits the backward
+// (zb-h1, zb-v: the weight gradients wait for the W pass, and Megatron-LM then waits for the
+// collective at once: wgrad_compute false in the same backward).
+bool tp_backward_beside_gemms(const TrainSpec& t, const ParallelConfig& p);
 
 }  // namespace loom

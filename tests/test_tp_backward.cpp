@@ -113,3 +113,18 @@ TEST_CASE("tp backward overlap in a plan and the engines", "[tp_backward]") {
   CHECK(bad.err.find("--tp-backward-overlap") != std::string::npos);
   std::remove(plan.c_str());
 }
+
+TEST_CASE("tp backward: schedules that split the backward hide nothing that way", "[tp_backward]") {
+  // zb-h1 and zb-v defer the weight-gradient GEMMs to the W pass: Megatron-LM's column-parallel
+  // backward then waits for its collective at once (nothing computes beside it).
+  Setting on(true), off(true);
+  off.j.train.tp_backward_overlap = false;
+  for (Setting* x : {&on, &off}) x->p.tp = 4, x->p.pp = 2, x->p.schedule = Schedule::zb_v, x->p.vpp = 2;
+  const Estimate a = CostModel(on.j.model, on.j.cluster, on.j.train).evaluate(on.p);
+  const Estimate b = CostModel(off.j.model, off.j.cluster, off.j.train).evaluate(off.p);
+  CHECK(a.step_time_s == b.step_time_s);
+  CHECK(a.stages[0].tp_comm_s == b.stages[0].tp_comm_s);
+  on.p.schedule = Schedule::one_f_one_b, off.p.schedule = Schedule::one_f_one_b, on.p.vpp = off.p.vpp = 1;
+  CHECK(CostModel(on.j.model, on.j.cluster, on.j.train).evaluate(on.p).step_time_s <
+        CostModel(off.j.model, off.j.cluster, off.j.train).evaluate(off.p).step_time_s);
+}
