@@ -5,6 +5,7 @@
 #include <string>
 
 #include "executor/run_checks.hpp"
+#include "executor/trainer_plan_rules.hpp"
 #include "sim/schedule.hpp"
 #include "sim/spec_json.hpp"
 
@@ -91,15 +92,7 @@ Status check_cpu_plan(const Plan& plan) {
     return make_error("model.kv_lora_rank", "the CPU executor has no multi-head latent attention: must be 0 (got " +
                                                 std::to_string(m.kv_lora_rank) + ")");
   if (m.gated_gelu) return make_error("model.gated_gelu", "the CPU executor's gated MLP is SwiGLU: must be false");
-  if (m.tied_embeddings && (p.pp > 1 || (p.zero >= 2 && p.dp > 1)))
-    return make_error("model.tied_embeddings",
-                      "the CPU executor ties embeddings only with pp = 1 and zero < 2 (untie them in the model file)");
-  if (p.dp_comm != DpComm::ring) return make_error("parallel.dp_comm", "the CPU executor runs the ring only");
-  if (p.zero3_gather != Zero3Gather::layer)
-    return make_error("parallel.zero3_gather", "the CPU executor gathers ZeRO-3 weights layer by layer: must be layer (got tensor)");
-  if (p.grad_compression != 1) return make_error("parallel.grad_compression", "the CPU executor does not compress");
-  if (p.sp && p.zero >= 2 && p.dp > 1)
-    return make_error("parallel.sp", "the CPU executor runs sequence parallelism with zero < 2 only");
+  if (auto st = check_trainer_plan(plan, "the CPU executor"); !st) return st;
   if (auto st = check_cpu_moe(plan); !st) return st;
   // A split backward keeps each layer's stash for its W and adds a micro-batch's gradients in
   // two passes: full recompute keeps no stash, ZeRO-2/3 reduce each micro-batch's at once.

@@ -197,6 +197,13 @@ DpTimes dp_times(const StageWork& w, const GroupLinks& dpl) {
   return d;
 }
 
+// A step's data-parallel collectives end to end: what shows when nothing overlaps them.
+double dp_busy_s(const DpTimes& d, int64_t mb) {
+  const double m = static_cast<double>(mb);
+  if (d.gather_layer_s > 0) return m * (d.pieces * (2 * d.gather_layer_s + d.rs_layer_s) + d.regather_s);
+  return d.grad_s + m * d.per_mb_grad_s + d.gather_step_s;
+}
+
 // Exposed data-parallel time per step. Gradient reduction runs in buckets during the backward
 // that produces them: only the part longer than that backward, and at least the last bucket,
 // shows (ZeRO-2: every micro-batch). ZeRO-1/2 parameter all-gathers follow the optimizer step,
@@ -212,13 +219,13 @@ double dp_exposed_s(const DpTimes& d, int64_t mb, double chunks, const DpWindow&
   const double m = static_cast<double>(mb);
   if (d.gather_layer_s > 0) {  // ZeRO-3
     const double L = d.pieces;
-    if (!overlap) return m * (L * (2 * d.gather_layer_s + d.rs_layer_s) + d.regather_s);
+    if (!overlap) return dp_busy_s(d, mb);
     if (weight_grad_s > 0)
       return m * zero3_split_exposed_s(d.gather_layer_s, d.rs_layer_s, s.forward_s / L,
                                        (s.backward_s - weight_grad_s) / L, weight_grad_s / L, L, chunks);
     return zero3_exposed_s(d.gather_layer_s, d.rs_layer_s, s.forward_s / L, s.backward_s / L, L / chunks, z);
   }
-  if (!overlap) return d.grad_s + m * d.per_mb_grad_s + d.gather_step_s;
+  if (!overlap) return dp_busy_s(d, mb);
   if (d.per_mb_grad_s > 0)
     return m * std::max(d.per_mb_grad_s - s.backward_s, d.per_mb_grad_s / d.pieces) + d.gather_step_s;
   if (d.grad_s > 0) return std::max(d.grad_s - s.backward_s, d.grad_s / d.pieces) + d.gather_step_s;
@@ -357,9 +364,7 @@ void slow_compute_beside_dp(const StageWork& w, const ClusterSpec& c, const Para
   const double share = nccl_sm_share(c, links.dp);
   const double m = static_cast<double>(mb), compute_s = m * (s.forward_s + s.backward_s + s.recompute_s);
   if (share <= 0 || compute_s <= 0) return;
-  const double busy_s = d.gather_layer_s > 0 ? m * d.pieces * (2 * d.gather_layer_s + d.rs_layer_s)
-                                             : d.grad_s + m * d.per_mb_grad_s + d.gather_step_s;
-  const double hidden_s = std::max(0.0, busy_s - s.dp_comm_exposed_s);
+  const double hidden_s = std::max(0.0, dp_busy_s(d, mb) - s.dp_comm_exposed_s);
   s.sm_contention_s += share * hidden_s;
   const double k = 1 + share * hidden_s / compute_s;
   s.forward_s *= k, s.backward_s *= k, s.recompute_s *= k, s.weight_grad_s *= k;

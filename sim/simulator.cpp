@@ -134,10 +134,13 @@ StagePlan stage_plan(const SimInputs& in, int64_t s) {
 struct PassTasks {
   int32_t first = -1, compute = -1, end = -1;
 };
-// One layer's ZeRO-3 collective of `bytes`: one ring, or one per parameter tensor.
-double zero3_piece_s(const StagePlan& sp, Collective c, double bytes) {
-  const double k = static_cast<double>(sp.tensors_per_layer);
+// One layer's ZeRO-3 collective of `bytes` over `tensors` rings (one, or one per parameter tensor).
+double zero3_piece_s(const StagePlan& sp, Collective c, double bytes, int64_t tensors) {
+  const double k = static_cast<double>(tensors);
   return k * collective_time_s(c, bytes / k, sp.dpl);
+}
+double zero3_piece_s(const StagePlan& sp, Collective c, double bytes) {
+  return zero3_piece_s(sp, c, bytes, sp.tensors_per_layer);
 }
 struct PassTimes {
   TaskKind kind = TaskKind::forward;
@@ -201,9 +204,9 @@ PassTasks add_pass(Builder& b, const StagePlan& sp, const ParallelConfig& p, int
                                pt.cp_recompute, gather);
       piece_first = rec[0];
       if (gathers && sp.chunk_regather > 0) {  // DeepSpeed 0.3: what the recompute released, again
-        const double k = static_cast<double>(sp.regather_tensors_per_layer), bytes = sp.chunk_regather / n;
+        const double bytes = sp.chunk_regather / n;
         SimTask g = make_task(TaskKind::dp_gather, Stream::dp_gather, s, x,
-                              k * collective_time_s(Collective::all_gather, bytes / k, sp.dpl));
+                              zero3_piece_s(sp, Collective::all_gather, bytes, sp.regather_tensors_per_layer));
         g.bytes = static_cast<int64_t>(bytes);
         const int32_t computed = b.last(s, kCompute), reduced = b.last(s, kDp);
         before_main = b.add(g, kGather);

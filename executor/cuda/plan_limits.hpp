@@ -5,6 +5,7 @@
 #pragma once
 #include <string>
 
+#include "executor/trainer_plan_rules.hpp"
 #include "sim/plan.hpp"
 
 namespace loom::cuda {
@@ -29,16 +30,9 @@ inline Status check_cuda_plan(const Plan& plan) {
                                                    {m.experts > 0, "model.experts"}, {m.is_mla(), "model.kv_lora_rank"}};
   for (const auto& [on, field] : features)
     if (on) return make_error(field, "the CUDA compute backend does not run it yet: must be off (false or 0)");
-  if (m.tied_embeddings && (p.pp > 1 || (p.zero >= 2 && p.dp > 1)))
-    return make_error("model.tied_embeddings", "the trainer ties embeddings only with pp = 1 and zero < 2 (untie them in the model file)");
+  if (auto st = exec::check_trainer_plan(plan, "the trainer"); !st) return st;
   if (p.cp > 1)
     return make_error("parallel.cp", "the CUDA backend has no ring attention (context parallelism) yet: must be 1" + got(p.cp));
-  if (p.dp_comm != DpComm::ring) return make_error("parallel.dp_comm", "the trainer runs the ring only");
-  if (p.zero3_gather != Zero3Gather::layer)
-    return make_error("parallel.zero3_gather", "the trainer gathers ZeRO-3 weights layer by layer: must be layer (got tensor)");
-  if (p.grad_compression != 1) return make_error("parallel.grad_compression", "the trainer does not compress");
-  if (p.sp && p.zero >= 2 && p.dp > 1)
-    return make_error("parallel.sp", "the trainer runs sequence parallelism with zero < 2 only");
   if (p.schedule == Schedule::zb_h1) return make_error("parallel.schedule", "the CUDA backend does not split the backward that zb-h1 needs yet (got zb-h1)");
   if (p.schedule == Schedule::zb_v) return make_error("parallel.schedule", "the CUDA backend does not split the backward that zb-v needs yet (got zb-v)");
   if (p.micro_batch < 1 || t.global_batch % (p.micro_batch * p.dp) != 0)
