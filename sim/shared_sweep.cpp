@@ -78,6 +78,13 @@ class Sharing {
     return -1;
   }
   int32_t task(size_t i) const { return active_[i].task; }
+  // When the running task `task` is down to `remaining_s` of work, at this pace.
+  double reaches_s(int32_t task, double remaining_s, double now) const {
+    return now + std::max(0.0, remaining_[task] - remaining_s) / rate_[task];
+  }
+  bool reached(int32_t task, double remaining_s, double now) const {
+    return remaining_[task] <= remaining_s + 1e-12 * std::max(1.0, now);
+  }
 
  private:
   struct Active {
@@ -124,6 +131,14 @@ Expected<double> sweep_shared(std::vector<SimTask>& tasks, const std::vector<Swe
     if (--pending[to] == 0) starts.push({ready[to], to});
   };
   Sharing running(ns, n, ns.solo_bytes_per_s.size());
+  // Edges from a sharing task at 0 < frac < 1: `to` may start once that task has done frac of
+  // its work, however much sharing stretches it (ZeRO 1/2's weight gather, whose first buckets
+  // the first forward needs, not the last).
+  struct Mark {
+    int32_t from, to;
+    double remaining_s;
+  };
+  std::vector<Mark> marks;
   double now = 0, added = 0;
   size_t started = 0;
   auto start = [&](int32_t u) {
@@ -135,6 +150,7 @@ Expected<double> sweep_shared(std::vector<SimTask>& tasks, const std::vector<Swe
       const SweepEdge& e = out.edges[k];
       if (who == User::fixed) resolve(e.to, now + e.frac * t.dur_s);
       else if (e.frac == 0) resolve(e.to, now);
+      else if (e.frac < 1) marks.push_back({u, e.to, (1 - e.frac) * t.dur_s});
     }
     if (who != User::fixed) running.add(u, t.stage, who, t.dur_s);
   };
@@ -144,14 +160,23 @@ Expected<double> sweep_shared(std::vector<SimTask>& tasks, const std::vector<Swe
     added += (now - t.start_s) - t.dur_s;
     t.dur_s = now - t.start_s;
     for (int32_t k = out.begin[u]; k < out.begin[u + 1]; ++k)
-      if (out.edges[k].frac != 0) resolve(out.edges[k].to, now);
+      if (out.edges[k].frac >= 1) resolve(out.edges[k].to, now);
     running.remove(i);
   };
   while (!starts.empty() || !running.empty()) {
     const double t_start = starts.empty() ? std::numeric_limits<double>::infinity() : starts.top().first;
-    const double t = std::min(t_start, running.next_end_s(now));
+    double t = std::min(t_start, running.next_end_s(now));
+    for (const Mark& m : marks) t = std::min(t, running.reaches_s(m.from, m.remaining_s, now));
     running.advance(t - now);
     now = t;
+    const auto hit = std::find_if(marks.begin(), marks.end(),
+                                  [&](const Mark& m) { return running.reached(m.from, m.remaining_s, now); });
+    if (hit != marks.end()) {
+      const int32_t to = hit->to;
+      marks.erase(hit);
+      resolve(to, now);
+      continue;
+    }
     if (int64_t i = running.done(now); i >= 0) {
       finish(static_cast<size_t>(i));
       continue;

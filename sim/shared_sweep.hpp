@@ -24,7 +24,8 @@ namespace loom {
 struct SimTask;
 
 // An edge of the task graph: `to` starts no earlier than from.start + frac * from.dur (frac 1:
-// when `from` ends). A sharing task's edges are resolved at its start (frac 0) or its end.
+// when `from` ends). A sharing task's edges are resolved at its start (frac 0), at its end
+// (frac 1), or in between once it has done frac of its work at the pace sharing leaves it.
 struct SweepEdge {
   int32_t from = 0, to = 0;
   double frac = 1;

@@ -339,6 +339,26 @@ TEST_CASE("shared links: processor sharing gives each running collective an equa
   CHECK(*added == Approx(4).epsilon(1e-12));  // (6 - 4) + (4 - 2)
 }
 
+TEST_CASE("shared links: an edge at frac f fires once the sharing task has done f of its work") {
+  // A 4 s gather shares the rings with a 4 s reduction from 0 s: each runs at half speed. A
+  // forward that may start a quarter of the way into the gather (ZeRO 1/2's first bucket
+  // landed) starts when 1 s of its work is done, at 2 s, not at the gather's end (8 s).
+  NicSharing ns;
+  ns.solo_bytes_per_s = {1e9};
+  ns.tp_shares_nic = {0};
+  std::vector<SimTask> tasks = {comm_task(TaskKind::dp_grad, 0, 4), comm_task(TaskKind::dp_gather_params, 0, 4),
+                                comm_task(TaskKind::forward, 0, 1)};
+  REQUIRE(sweep_shared(tasks, {{1, 2, 0.25}}, ns).ok());
+  CHECK(tasks[2].start_s == Approx(2).epsilon(1e-12));
+  CHECK(tasks[1].end_s() == Approx(8).epsilon(1e-12));
+  // frac 0 at the start, frac 1 at the end, as before.
+  std::vector<SimTask> ends = {comm_task(TaskKind::dp_grad, 0, 4), comm_task(TaskKind::dp_gather_params, 0, 4),
+                               comm_task(TaskKind::forward, 0, 1), comm_task(TaskKind::forward, 0, 1)};
+  REQUIRE(sweep_shared(ends, {{1, 2, 0.0}, {1, 3, 1.0}}, ns).ok());
+  CHECK(ends[2].start_s == 0);
+  CHECK(ends[3].start_s == Approx(8).epsilon(1e-12));
+}
+
 TEST_CASE("shared links: a node's NICs split between two stages' dp rings by their ring edges") {
   // Two stages, each priced alone at 100 GB/s; a node carries 1 ring edge of stage 0 and 3 of
   // stage 1 on 200 GB/s of NICs. Together each edge gets 200/4 = 50 GB/s: stage 0 runs at half
