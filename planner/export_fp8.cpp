@@ -7,6 +7,10 @@ namespace loom {
 void megatron_fp8(const TrainSpec& t, std::vector<std::pair<std::string, std::string>>& a) {
   if (!t.fp8) return;
   a.push_back({"--fp8-format", "hybrid"});
+  if (t.fp8_recipe == Fp8Recipe::tensorwise) {  // current scaling: no amax history
+    a.push_back({"--fp8-recipe", "tensorwise"});
+    return;
+  }
   a.push_back({"--fp8-amax-history-len", std::to_string(kFp8AmaxHistory)});
   a.push_back({"--fp8-amax-compute-algo", "max"});
 }
@@ -14,8 +18,10 @@ void megatron_fp8(const TrainSpec& t, std::vector<std::pair<std::string, std::st
 std::string torchtitan_fp8(const TrainSpec& t, std::string& converters, std::vector<std::string>& no) {
   if (!t.fp8) return "";
   converters = "converters = [\"quantize.linear.float8\"]\n";
-  no.push_back("fp8: torchtitan's Float8 scales each tensor dynamically (an amax pass per cast), loom prices Transformer "
-               "Engine's delayed scaling; torchtitan needs [compile] enable = true for its casts to fuse");
+  if (t.fp8_recipe == Fp8Recipe::delayed)
+    no.push_back("fp8: torchtitan's Float8 scales each tensor from its own amax (an amax pass per cast, the plan's "
+                 "--fp8-recipe tensorwise); this plan is priced with Transformer Engine's delayed scaling");
+  no.push_back("fp8: torchtitan needs [compile] enable = true for its Float8 casts to fuse");
   return "[quantize.linear.float8]\nrecipe_name = \"tensorwise\"\nfilter_fqns = [\"output\"]\n\n";
 }
 

@@ -85,8 +85,9 @@ void fp8_buffers(std::vector<Buffer>& v, int zero, int64_t weights_rank, int64_t
 // (2 + 1 + 1 bytes per weight; one call per weight, scale 1 / m: once per step) and the
 // delayed-scaling update, which reads and writes each of the G calls' three amax histories
 // (input, weight, output gradient: kFp8AmaxHistory fp32 values each).
-void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weights_rank) {
+void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weights_rank, Fp8Recipe recipe) {
   const size_t n = ops.size();
+  const bool current = recipe == Fp8Recipe::tensorwise;
   int64_t calls = 0;
   for (size_t i = 0; i < n; ++i) {
     Op& o = ops[i];
@@ -95,12 +96,15 @@ void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weig
     const bool bwd = o.kind == OpKind::gemm_bwd;
     if (!bwd && o.pass == Pass::forward) calls += o.count;
     const double elems = o.m * (bwd ? o.n : o.k) * o.batch;  // grouped GEMMs: every product
+    if (current) ops.push_back(memory_op(bwd ? "fp8 gradient amax" : "fp8 input amax", o.pass, 2 * elems, o.count));
     ops.push_back(memory_op(bwd ? "fp8 gradient cast" : "fp8 input cast", o.pass, 4 * elems, o.count));
   }
   if (calls == 0) return;
   const double per_step = zero >= 3 ? 1 : 1 / static_cast<double>(micro_batches);
-  ops.push_back(memory_op("fp8 weight cast", Pass::forward,
-                          4 * static_cast<double>(weights_rank) / static_cast<double>(calls), calls, per_step));
+  const double weight_bytes = static_cast<double>(weights_rank) / static_cast<double>(calls);
+  if (current) ops.push_back(memory_op("fp8 weight amax", Pass::forward, 2 * weight_bytes, calls, per_step));
+  ops.push_back(memory_op("fp8 weight cast", Pass::forward, 4 * weight_bytes, calls, per_step));
+  if (current) return;  // the scale comes from the tensor itself: no history
   const double history_bytes = 2.0 * 4 * kFp8AmaxHistory;  // read and write, fp32
   ops.push_back(memory_op("fp8 amax and scale update", Pass::forward, 3 * static_cast<double>(calls) * history_bytes,
                           1, 1 / static_cast<double>(micro_batches)));

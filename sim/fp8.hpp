@@ -75,7 +75,13 @@ void fp8_buffers(std::vector<Buffer>& v, int zero, int64_t weights_rank, int64_t
 
 // Marks the FP8 GEMMs among `ops` and appends their casts (see above). `micro_batches` per step
 // per replica; `weights_rank` the stage's FP8 weights on this GPU (fp8_weight_params).
-void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weights_rank);
+// Fp8Recipe::tensorwise (current scaling) adds before each cast an amax pass that reads the
+// bf16 tensor once more (TE's compute_amax kernel ahead of the cast: transformer_engine/common/
+// recipe/current_scaling.cu, nvte_compute_amax, then nvte_compute_scale_from_amax and the
+// cast; Float8CurrentScalingQuantizer in transformer_engine/pytorch/tensor/float8_tensor.py) and
+// has no amax history to update. The amax all-reduce over the tensor-parallel group that TE runs
+// for sequence-parallel inputs (one fp32 per cast, latency-bound) is not priced.
+void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weights_rank, Fp8Recipe recipe);
 
 // Sequence parallelism's all-gathers that Transformer Engine runs in FP8 (1 byte per element
 // instead of bf16's 2), per micro-batch on a stage of `layers` layers, `mlp_free` of them MoE

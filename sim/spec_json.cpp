@@ -49,6 +49,11 @@ const std::vector<std::string>& grad_accumulation_names() {
   return n;
 }
 std::string to_string(GradAccumulation g) { return grad_accumulation_names()[static_cast<int>(g)]; }
+const std::vector<std::string>& fp8_recipe_names() {
+  static const std::vector<std::string> n{"delayed", "tensorwise"};
+  return n;
+}
+std::string to_string(Fp8Recipe f) { return fp8_recipe_names()[static_cast<int>(f)]; }
 std::string to_string(Family f) { return family_names()[static_cast<int>(f)]; }
 std::string to_string(Dtype d) { return dtype_names()[static_cast<int>(d)]; }
 std::string to_string(Recompute r) { return recompute_names()[static_cast<int>(r)]; }
@@ -427,8 +432,12 @@ Expected<TrainSpec> train_from_json(const nlohmann::json& j, const std::string& 
   r.opt_boolean("tp_backward_overlap", t.tp_backward_overlap);  // default true (Megatron-LM's)
   r.integer("dp_bucket_bytes", t.dp_bucket_bytes, 1, limits::kBytes);
   r.opt_number("moe_capacity_factor", t.moe_capacity_factor, 0, true, 1e6);  // MoE (sim/moe.hpp)
+  const bool has_recipe = j.is_object() && j.contains("fp8_recipe");
+  read_enum(r, "fp8_recipe", fp8_recipe_names(), t.fp8_recipe, false);  // default delayed
   r.reject_unknown_keys();
   if (r.failed()) return *r.error();
+  if (has_recipe && !t.fp8)
+    return make_error(where, pointer + "/fp8_recipe: only with dtype \"fp8\" (got dtype \"" + train_dtype_name(t) + "\")");
   return t;
 }
 
@@ -561,6 +570,7 @@ nlohmann::json to_json(const TrainSpec& t) {
   // Written when separate, so plans that accumulate in the GEMM stay as they were.
   if (t.grad_accumulation != GradAccumulation::fused) j["grad_accumulation"] = to_string(t.grad_accumulation);
   if (!t.tp_backward_overlap) j["tp_backward_overlap"] = false;  // written when off, as above
+  if (t.fp8 && t.fp8_recipe != Fp8Recipe::delayed) j["fp8_recipe"] = to_string(t.fp8_recipe);  // as above
   return j;
 }
 

@@ -28,6 +28,8 @@ std::string to_string(Attention a);
 std::string to_string(DpComm d);
 std::string to_string(CrossEntropy c);
 std::string to_string(GradAccumulation g);
+const std::vector<std::string>& fp8_recipe_names();
+std::string to_string(Fp8Recipe f);
 
 // A loom model file, or a Hugging Face config.json (recognised by "model_type"). Keys of a
 // Hugging Face config that loom does not use are appended to `ignored_keys`.

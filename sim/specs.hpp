@@ -171,6 +171,13 @@ enum class CrossEntropy { unfused, fused };
 // as torchtitan and DeepSpeed accumulate, and Megatron-LM before the fusion: its DDP hook
 // param.main_grad.add_(param.grad) at the 2021 commit Narayanan et al. measured; stage_work.cpp).
 enum class GradAccumulation { fused, separate };
+// How FP8 GEMM inputs get their per-tensor scale (TrainSpec::fp8; sim/fp8.hpp). delayed: from
+// the amax history of earlier steps, the amax of this cast computed in the cast kernel itself
+// (Transformer Engine's DelayedScaling, Megatron-LM's --fp8-recipe delayed, its default).
+// tensorwise: from the tensor's own amax, read in a pass of its own before the cast (TE's
+// Float8CurrentScaling, Megatron-LM's --fp8-recipe tensorwise, Megatron-Bridge's "FP8-CS",
+// torchtitan's Float8 "tensorwise").
+enum class Fp8Recipe { delayed, tensorwise };
 
 struct TrainSpec {
   int64_t global_batch = 0;    // sequences per optimizer step
@@ -196,6 +203,7 @@ struct TrainSpec {
   // FP8 training as Transformer Engine runs it (dtype stays bf16): the linear layers' GEMMs in
   // FP8 with per-tensor scaling and the casts they need, bf16 everywhere else.
   bool fp8 = false;
+  Fp8Recipe fp8_recipe = Fp8Recipe::delayed;  // with fp8 only
 };
 
 enum class Recompute { none, selective, full };

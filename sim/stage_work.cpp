@@ -680,7 +680,7 @@ void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, co
                                               : n * static_cast<double>(12 + d.g + 12);
   if (memory_only) return;
   stage_ops(w.ops, m, tr, p, d);
-  if (tr.fp8) fp8_ops(w.ops, p.zero, d.mb, fp8_weights);  // FP8 GEMMs and their casts (sim/fp8.hpp)
+  if (tr.fp8) fp8_ops(w.ops, p.zero, d.mb, fp8_weights, tr.fp8_recipe);  // FP8 GEMMs and their casts (sim/fp8.hpp)
   if (p.tp_comm_overlap) chunk_overlapped_gemms(w.ops, c.gpu, p.tp);  // GEMMs in tp chunks (sim/tp_overlap.hpp)
   tp_messages(w.messages, tr, p, d);
   mla_messages(w.messages, m, p, d.layers, d.g);  // latent attention's replicated weights (sim/mla.hpp)

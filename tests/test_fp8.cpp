@@ -144,6 +144,39 @@ TEST_CASE("fp8: the linear GEMMs are FP8, with their casts, weight copies and FP
   CHECK(buffer_bytes(fp8, "layer activations") - buffer_bytes(bf16, "layer activations") == -10240);
 }
 
+TEST_CASE("fp8: tensorwise (current) scaling reads each cast tensor once more for its amax, no history", "[fp8]") {
+  // The layers of the case above: the amax passes read the bf16 tensors (2 bytes per element),
+  // half a cast's 4 bytes per element; the weights' once per step; no amax history to roll.
+  const ModelSpec m = tiny_llama();
+  const ClusterSpec c = cluster("dgx-h100", 2);
+  ParallelConfig p;
+  p.tp = 2;
+  TrainSpec cs = train(2, 32, true);
+  cs.fp8_recipe = Fp8Recipe::tensorwise;
+  const StageWork delayed = build_stage_work(m, c, train(2, 32, true), p, 0), current = build_stage_work(m, c, cs, p, 0);
+  CHECK(op_bytes(current, "fp8 input amax") == 57344 / 2);
+  CHECK(op_bytes(current, "fp8 gradient amax") == 81920 / 2);
+  CHECK(op_bytes(current, "fp8 weight amax") == 147456 / 2);
+  CHECK(op_bytes(current, "fp8 input cast") == 57344);
+  CHECK(op_bytes(current, "fp8 amax and scale update") == 0);
+  CHECK(op_bytes(delayed, "fp8 input amax") == 0);
+  CHECK(current.memory().weights == delayed.memory().weights);
+  // Plans write the recipe when it is not the default, and refuse it without fp8.
+  CHECK(to_json(cs)["fp8_recipe"] == "tensorwise");
+  CHECK_FALSE(to_json(train(2, 32, true)).contains("fp8_recipe"));
+  auto back = train_from_json(to_json(cs), "plan.json", "/train");
+  REQUIRE(back.ok());
+  CHECK(back->fp8_recipe == Fp8Recipe::tensorwise);
+  nlohmann::json bf16 = to_json(train(2, 32, false));
+  bf16["fp8_recipe"] = "tensorwise";
+  auto refused = train_from_json(bf16, "plan.json", "/train");
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().message == "plan.json: /train/fp8_recipe: only with dtype \"fp8\" (got dtype \"bf16\")");
+  nlohmann::json odd = to_json(cs);
+  odd["fp8_recipe"] = "mxfp8";
+  CHECK_FALSE(train_from_json(odd, "plan.json", "/train").ok());
+}
+
 TEST_CASE("fp8: the weight copy counts exactly the FP8 GEMMs' weights", "[fp8]") {
   // fp8_weight_params (from the parameter counts) against the GEMM shapes (N K per call) of the
   // forward pass, on models with biases (GPT), GQA (Llama 3) and q/k/v biases (Qwen2).
@@ -281,20 +314,33 @@ TEST_CASE("fp8: export writes Megatron's and torchtitan's FP8 options and import
   LoomRun d = run_loom("export " + plan + " --to deepspeed -o " + ds);
   REQUIRE(d.code == 0);
   CHECK(d.err.find("fp8: not expressible in the DeepSpeed config") != std::string::npos);
-  // torchtitan's tensor-parallel backward runs its collectives in-line: its import is that plan
-  // with --tp-backward-overlap off.
+  CHECK(t.err.find("priced with Transformer Engine's delayed scaling") != std::string::npos);
+  // torchtitan's tensor-parallel backward runs its collectives in-line and its Float8 scales each
+  // tensor from its own amax: its import is that plan with --tp-backward-overlap off and
+  // --fp8-recipe tensorwise.
   const std::string in_line = temp_file("fp8_plan_in_line.json", "");
   REQUIRE(run_loom("predict --model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 4 --seq 4096 --tp 4 --pp 1 "
-                   "--zero 3 --sp on --recompute full --grad-dtype fp32 --dtype fp8 --tp-backward-overlap off -o " +
-                   in_line)
+                   "--zero 3 --sp on --recompute full --grad-dtype fp32 --dtype fp8 --fp8-recipe tensorwise "
+                   "--tp-backward-overlap off -o " + in_line)
               .code == 0);
-  for (const auto& [engine, file, same] : {std::tuple{"megatron", mg, plan}, {"torchtitan", tt, in_line}}) {
+  // Megatron-LM's --fp8-recipe tensorwise, written and read back.
+  const std::string cs = temp_file("fp8_plan_cs.json", ""), mg_cs = temp_file("fp8_megatron_cs.sh", "");
+  REQUIRE(run_loom("predict --model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 4 --seq 4096 --tp 4 --pp 1 "
+                   "--zero 3 --sp on --recompute full --grad-dtype fp32 --dtype fp8 --fp8-recipe tensorwise -o " + cs)
+              .code == 0);
+  REQUIRE(run_loom("export " + cs + " --to megatron -o " + mg_cs).code == 0);
+  const std::string script_cs = slurp(mg_cs);
+  CHECK(script_cs.find("--fp8-recipe tensorwise") != std::string::npos);
+  CHECK(script_cs.find("--fp8-amax-history-len") == std::string::npos);
+  for (const auto& [engine, file, same] :
+       {std::tuple{"megatron", mg, plan}, {"torchtitan", tt, in_line}, {"megatron", mg_cs, cs}}) {
     const std::string back = temp_file(std::string("fp8_back_") + engine + ".json", "");
     LoomRun i = run_loom(std::string("import ") + engine + " " + file + " --cluster dgx-h100 --gpus 16 -o " + back);
     INFO(engine << ": " << i.err);
     REQUIRE(i.code == 0);
     const auto j = nlohmann::json::parse(slurp(back));
     CHECK(j["train"]["dtype"] == "fp8");
+    CHECK(j["train"].value("fp8_recipe", "delayed") == nlohmann::json::parse(slurp(same))["train"].value("fp8_recipe", "delayed"));
     CHECK(j["prediction"]["step_time_s"] == nlohmann::json::parse(slurp(same))["prediction"]["step_time_s"]);
   }
 }

@@ -329,18 +329,22 @@ void read_train(MegatronArgs& a, TrainSpec& t) {
 
 // FP8 (sim/fp8.hpp; what planner/export_fp8.hpp writes): --fp8-format hybrid or e4m3 (the same
 // GEMMs; the formats differ in range, not in time) with --bf16, under Transformer Engine's
-// delayed per-tensor scaling (--fp8-recipe delayed, the default). The amax history and its
-// reduction are read as given: loom prices any of them the same.
+// delayed per-tensor scaling (--fp8-recipe delayed, the default) or current per-tensor scaling
+// (--fp8-recipe tensorwise: Fp8Recipe::tensorwise). The amax history and its reduction are
+// read as given: loom prices any of them the same. mxfp8 and blockwise scale blocks of a
+// tensor, which loom does not price.
 Status read_fp8(MegatronArgs& a, TrainSpec& t) {
   for (const char* f : {"--fp8-amax-history-len", "--fp8-amax-compute-algo"}) a.used.insert(f);
   if (!a.has("--fp8-format")) return ok_status();
   const std::string format = a.values["--fp8-format"], recipe = get_str(a, "--fp8-recipe", "delayed");
   if (format != "hybrid" && format != "e4m3")
     return make_error(a.where + ": --fp8-format", "must be hybrid or e4m3 (got " + format + ")");
-  if (recipe != "delayed")
-    return make_error(a.where + ": --fp8-recipe", "loom prices delayed per-tensor scaling only (got " + recipe + ")");
+  if (recipe != "delayed" && recipe != "tensorwise")
+    return make_error(a.where + ": --fp8-recipe",
+                      "loom prices per-tensor scaling only, delayed or tensorwise (got " + recipe + ")");
   if (t.dtype != Dtype::bf16) return make_error(a.where + ": --fp8-format", "FP8 training needs --bf16 beside it");
   t.fp8 = true;
+  t.fp8_recipe = recipe == "tensorwise" ? Fp8Recipe::tensorwise : Fp8Recipe::delayed;
   return ok_status();
 }
 

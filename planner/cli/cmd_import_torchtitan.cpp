@@ -205,7 +205,9 @@ Expected<ModelSpec> load_flavor_or_model(TomlKeys& k, const ImportOptions& o, co
 
 // Float8 training (sim/fp8.hpp; what planner/export_fp8.hpp writes): model.converters =
 // ["quantize.linear.float8"] swaps the linear layers for torchao's Float8Linear. recipe_name
-// "tensorwise" (the default) or "rowwise" scale per tensor or per row, FP8 GEMMs either way;
+// "tensorwise" (the default) or "rowwise" scale per tensor or per row from the tensor's own
+// amax, FP8 GEMMs either way: both priced as Fp8Recipe::tensorwise (an amax pass over each
+// tensor before its cast; per row or per tensor, the same bytes read);
 // "rowwise_with_gw_hp" keeps the weight-gradient GEMM in bf16, which loom does not price. loom
 // prices the output layer in bf16: filter_fqns must hold "output" (torchtitan's default list is
 // empty, so the output layer would run in FP8).
@@ -229,6 +231,7 @@ Status tt_fp8(TomlKeys& k, TrainSpec& t) {
   if (t.dtype != Dtype::bf16)
     return refused(k, "training.mixed_precision_param", "Float8 training needs \"bfloat16\" beside it");
   t.fp8 = true;
+  t.fp8_recipe = Fp8Recipe::tensorwise;
   return ok_status();
 }
 

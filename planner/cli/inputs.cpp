@@ -23,6 +23,12 @@ void add_job_options(CLI::App& cmd, JobOptions& o) {
   cmd.add_option("--dtype", o.dtype, "compute and weight dtype (fp8: FP8 GEMMs in the linear layers, bf16 elsewhere, "
                                     "as Transformer Engine runs them)")
       ->check(CLI::IsMember({"bf16", "fp32", "fp8"}));
+  cmd.add_option("--fp8-recipe", o.fp8_recipe,
+                 "with --dtype fp8, how each FP8 tensor is scaled: delayed (from an amax history, Transformer Engine's "
+                 "DelayedScaling, Megatron-LM's default) or tensorwise (from the tensor's own amax, read in a pass "
+                 "before the cast: TE's current scaling, Megatron-Bridge's FP8-CS, torchtitan's Float8) (default "
+                 "delayed)")
+      ->check(CLI::IsMember({"delayed", "tensorwise"}));
   cmd.add_option("--grad-dtype", o.grad_dtype, "gradient dtype (bf16: ZeRO/DeepSpeed; fp32: Megatron's default)")
       ->check(CLI::IsMember({"bf16", "fp32"}));
   cmd.add_option("--attention", o.attention, "fused (FlashAttention-style) or unfused (stores softmax)")
@@ -199,6 +205,10 @@ Expected<Job> load_job(const JobOptions& o) {
   job.train.dtype = parse_dtype(o.dtype);
   set_train_dtype(job.train, o.dtype);  // "fp8": dtype bf16 with FP8 GEMMs (sim/fp8.hpp)
   if (auto st = check_fp8(job.cluster, job.train, "--dtype"); !st) return st.error();
+  if (o.fp8_recipe) {
+    if (!job.train.fp8) return make_error("--fp8-recipe", "only with --dtype fp8 (got --dtype " + o.dtype + ")");
+    job.train.fp8_recipe = *o.fp8_recipe == "tensorwise" ? Fp8Recipe::tensorwise : Fp8Recipe::delayed;
+  }
   job.train.grad_dtype = parse_dtype(o.grad_dtype);
   job.train.attention = o.attention == "unfused" ? Attention::unfused : Attention::fused;
   job.train.cross_entropy = o.cross_entropy == "fused" ? CrossEntropy::fused : CrossEntropy::unfused;
