@@ -12,6 +12,7 @@
 
 #include "planner/search.hpp"
 #include "sim/cost_model.hpp"
+#include "sim/fp8.hpp"
 #include "sim/spec_json.hpp"
 #include "sim/stage_split.hpp"
 #include "sim/validate.hpp"
@@ -140,15 +141,17 @@ FlopCount narayanan_flops(int64_t batch, int64_t seq, int64_t layers, int64_t hi
 
 const std::vector<Reason>& unexpressible_reasons() {
   static const std::vector<Reason> reasons = {
-      {"fp8_current_scaling",
-       "FP8 with current (dynamic) scaling, an amax pass over each tensor before its cast (Megatron-Bridge's FP8-CS, "
-       "torchtitan's Float8), is not modelled: loom prices Transformer Engine's delayed scaling (sim/fp8.hpp)"},
       {"precision_unstated", "the table does not state the precision (the same setups in the neighbouring releases ran FP8)"},
       {"uneven_chunks",
        "no split of the layers over pp stages of vpp chunks each that loom runs: its uneven stages (--stage-layers, "
        "sim/stage_split.hpp) keep every stage a multiple of vpp, so vpp must divide the layers (Megatron-LM instead "
        "counts the embedding and the loss as layers of the first and last chunk)"},
-      {"recompute_unstated", "the table does not state which activations were recomputed"},
+      {"recompute_unstated",
+       "the table does not state which activations were recomputed, and loom has not read it from the release's code"},
+      {"recompute_partial",
+       "a full recompute of some of a stage's layers only (Megatron's --recompute-method block with "
+       "--recompute-num-layers below the stage's layers) is not a policy loom models"},
+      {"config_unsettled", "the configurations published around the release disagree on what the row ran"},
       {"model_unknown", "the table gives no dimensions for the model and loom's zoo has none"},
       {"gpu_unprofiled",
        "the GPUs are not one loom has a cluster or profile for (torchtitan: H100 96 GB HBM2e, 2.4 TB/s, 500 W limit)"},
@@ -550,40 +553,153 @@ Status model_reasons(const std::string& model, int64_t pp, int64_t vpp, std::vec
   return ok_status();
 }
 
-Expected<UnexpressedRow> row_09(const CsvTable& t, const CsvRow& r) {
-  for (const char* col : {"gpus", "gbs", "mbs", "seq_len", "tp", "pp", "cp"})
-    if (auto v = count_field(t, r, col, 1); !v) return v.error();
-  for (const char* col : {"tokens_per_sec_per_gpu", "model_tflops_per_gpu"})
-    if (auto v = number_field(t, r, col); !v) return v.error();
+struct Row09 {
+  std::string source, model, precision;
+  int64_t gpus = 0, gbs = 0, mbs = 0, seq = 0, tp = 0, pp = 0, cp = 0, vp = 1, fsdp = 0;
+  PublishedNumber tokens_per_gpu;
+};
+
+Expected<Row09> parse_09(const CsvTable& t, const CsvRow& r) {
+  Row09 x;
+  int64_t* dst[] = {&x.gpus, &x.gbs, &x.mbs, &x.seq, &x.tp, &x.pp, &x.cp};
+  const char* cols[] = {"gpus", "gbs", "mbs", "seq_len", "tp", "pp", "cp"};
+  for (int i = 0; i < 7; ++i) {
+    auto v = count_field(t, r, cols[i], 1);
+    if (!v) return v.error();
+    *dst[i] = *v;
+  }
+  auto tokens = number_field(t, r, "tokens_per_sec_per_gpu");
+  if (!tokens) return tokens.error();
+  x.tokens_per_gpu = *tokens;
+  if (auto v = number_field(t, r, "model_tflops_per_gpu"); !v) return v.error();
   auto source = text_field(t, r, "source"), model = text_field(t, r, "model"), precision = text_field(t, r, "precision");
-  auto vp_text = text_field(t, r, "vp");
-  if (auto e = first_error(source, model, precision, vp_text)) return *e;
-  int64_t vp = 1;
-  if (*vp_text != "n/a") {
+  auto vp = text_field(t, r, "vp"), fsdp = text_field(t, r, "fsdp");
+  if (auto e = first_error(source, model, precision, vp, fsdp)) return *e;
+  x.source = *source, x.model = *model, x.precision = *precision;
+  if (*vp != "n/a") {
     auto v = count_field(t, r, "vp", 1);
     if (!v) return v.error();
-    vp = *v;
+    x.vp = *v;
   }
+  if (!fsdp->empty()) {
+    auto v = count_field(t, r, "fsdp", 0);
+    if (!v) return v.error();
+    x.fsdp = *v;
+  }
+  return x;
+}
+
+bool megatron_bridge(const Row09& x) { return x.source.rfind("MBridge", 0) == 0; }
+
+// What the code of a row's release says about recompute (the tables never state it): "none",
+// "partial" (a full recompute of some layers only) or "unsettled" (the configurations near the
+// release disagree); empty: not looked up. Sources in table_09's rules.
+std::string recompute_09(const Row09& x) {
+  if (megatron_bridge(x)) {
+    if (x.model == "LLAMA3_70B" || x.model == "LLAMA3.1_405B") return "none";
+    if (x.model == "LLAMA3_8B") return x.source == "MBridge25.09" ? "none" : "partial";
+    return "";
+  }
+  if (x.source == "NeMo24.07") {
+    if (x.model == "LLAMA3-8B" || x.model == "LLAMA3-70B") return "none";
+    if (x.model == "GPT3-175B") return "unsettled";
+  }
+  return "";
+}
+
+// The reasons a row of 09 cannot be priced; none: it can.
+Expected<std::vector<std::string>> reasons_09(const Row09& x, std::string& detail) {
   std::vector<std::string> ids;
-  // "FP8": Transformer Engine's delayed scaling (NeMo's and Megatron-Bridge's default FP8 recipe),
-  // priced (sim/fp8.hpp); "FP8-CS": current scaling.
-  if (*precision == "FP8-CS") ids.push_back("fp8_current_scaling");
-  else if (*precision != "BF16" && *precision != "FP8") ids.push_back("precision_unstated");
-  std::string detail;
-  if (auto st = model_reasons(*model, *count_field(t, r, "pp", 1), vp, ids, detail); !st) return st.error();
-  ids.push_back("recompute_unstated");
-  const std::string label = *source + " " + *model + " " + itos(*count_field(t, r, "gpus", 1)) + " GPUs";
-  return unexpressed(label, r.line, ids, detail);
+  // "FP8": Transformer Engine's delayed scaling at NeMo 24.07, current (tensorwise) scaling in
+  // Megatron-Bridge, whose H100 presets are FP8-CS only (table_09's rules); both priced.
+  if (x.precision != "BF16" && x.precision != "FP8" && x.precision != "FP8-CS") ids.push_back("precision_unstated");
+  if (auto st = model_reasons(x.model, x.pp, x.vp, ids, detail); !st) return st.error();
+  const std::string rc = recompute_09(x);
+  if (rc.empty()) ids.push_back("recompute_unstated");
+  if (rc == "partial") ids.push_back("recompute_partial");
+  if (rc == "unsettled") ids.push_back("config_unsettled");
+  return ids;
+}
+
+// The row as its release's code ran it (table_09's rules).
+Expected<Estimate> estimate_09(const Row09& x) {
+  auto m = zoo_model(*llama_zoo_name(x.model));
+  if (!m) return m.error();
+  auto c = sized_cluster("dgx-h100", x.gpus);
+  if (!c) return c.error();
+  TrainSpec t = train_of(x.gbs, x.seq, Attention::fused, CrossEntropy::fused);
+  set_train_dtype(t, "fp8");
+  t.fp8_recipe = megatron_bridge(x) ? Fp8Recipe::tensorwise : Fp8Recipe::delayed;
+  ParallelConfig p;
+  p.tp = x.tp, p.pp = x.pp, p.cp = x.cp, p.vpp = x.vp;
+  if (x.gpus % (x.tp * x.pp * x.cp) != 0)
+    return make_error("gpus", "must be a multiple of tp x pp x cp (got " + itos(x.gpus) + ")");
+  p.dp = x.gpus / (x.tp * x.pp * x.cp);
+  p.micro_batch = x.mbs;
+  p.schedule = x.vp > 1 ? Schedule::interleaved : Schedule::one_f_one_b;
+  p.zero = 1;
+  p.overlap_param_gather = p.dp > 1;
+  p.sp = p.tp_comm_overlap = x.tp > 1;
+  return predict(*m, *c, t, p);
+}
+
+std::string describe_09(const Estimate& e, const Row09& x) {
+  std::string d = describe(e.parallel);
+  if (e.parallel.cp > 1) d += " cp " + itos(e.parallel.cp);
+  if (e.parallel.tp_comm_overlap) d += " tpo";
+  return d + (megatron_bridge(x) ? " fp8 tensorwise" : " fp8 delayed");
 }
 
 Status table_09(const CsvTable& t, TableResult& out) {
   out.title = "NeMo 24.07 and Megatron-Bridge 25.09-26.06 DGX-H100 performance tables";
   out.metric = "tokens/s per GPU";
-  out.rules = {"no row states which activations were recomputed; each row's further reasons are listed"};
+  out.rules = {
+      "no row states its recompute, FP8 recipe or overlaps; the rows priced are those whose release's code says "
+      "what ran: NeMo 24.07's Llama 3 8B and 70B (NVIDIA/NeMo-Framework-Launcher launcher_scripts/conf/training/llama/"
+      "llama3_8b.yaml and llama3_70b.yaml at fee1762f, 2024-08-02, the first commit with the table's vp 5; "
+      "examples/training/llama/h100/llama3_{8b,70b}_fp8.sh at tag 24.07) and Megatron-Bridge's Llama 3 70B from "
+      "25.11 on (NVIDIA-NeMo/Megatron-Bridge tags v0.2.0, v0.3.0, v0.3.1, v0.4.0, v0.4.2 for 25.11 to 26.04.01, "
+      "docs/releases/software-versions.md: scripts/performance/configs/llama*/*workload_base_configs.py "
+      "LLAMA3_70B_*_H100_FP8_CS_*, llama3_llm_pretrain.py, utils/overrides.py, the llama3 recipe)",
+      "no recompute in any of them (NeMo: activations_checkpoint_granularity null; Megatron-Bridge: "
+      "recompute_granularity None); Megatron-Bridge's 8B preset of 25.11 recomputes 5 layers in full "
+      "(recompute_num_layers 5, method block), which loom does not express",
+      "FP8 GEMMs in every linear layer: NeMo 24.07 with Transformer Engine's delayed scaling (fp8_hybrid, amax history "
+      "1024, max), Megatron-Bridge with current (tensorwise) scaling (bf16_with_fp8_current_scaling_mixed, "
+      "first_last_layers_bf16 False; its H100 presets are FP8-CS only, so the 26.02+ \"FP8\" is FP8-CS); the FP8 "
+      "weight all-gather Megatron-Bridge runs (fp8_param_gather) is priced as a bf16 one",
+      "the distributed optimizer (NeMo's distributed_fused_adam, Megatron-core's) as ZeRO-1 with the weight gather "
+      "overlapped (overlap_param_sync / overlap_param_gather; Megatron-Bridge's overlap with the optimizer step is "
+      "priced as under the first forward), 16-bit gradient reduction (grad_sync_dtype bf16, grad_reduce_in_fp32 "
+      "False), gradient accumulation fusion, fused attention (Transformer Engine's choice on Hopper, cuDNN), fused "
+      "cross-entropy (cross_entropy_loss_fusion true)",
+      "sequence parallelism and Transformer Engine's userbuffers overlap (ub_tp_comm_overlap / tp_comm_overlap) where "
+      "tp > 1; interleaved 1F1B where vp > 1; dp = GPUs / (tp x pp x cp); rank order tp-dp-pp; the deferred "
+      "embedding weight gradient (defer_embedding_wgrad_compute, NeMo's 70B) is not modelled",
+      "NeMo 24.07's GPT-3 175B rows are not priced: the launcher's gpt3/175b.yaml and example script around the "
+      "release disagree (vp 12 or 6, tensor-parallel overlap on or off, selective recompute or none), and the "
+      "512-GPU figure links to an MLPerf configuration that came later",
+      "predicted tokens/s per GPU = gbs x seq / (GPUs x predicted step time)",
+  };
   for (const CsvRow& r : t.rows) {
-    auto u = row_09(t, r);
-    if (!u) return u.error();
-    out.unexpressed.push_back(*u);
+    auto x = parse_09(t, r);
+    if (!x) return x.error();
+    std::string detail;
+    auto ids = reasons_09(*x, detail);
+    if (!ids) return ids.error();
+    const std::string label = x->source + " " + x->model + " " + itos(x->gpus) + " GPUs";
+    if (!ids->empty()) {
+      out.unexpressed.push_back(unexpressed(label, r.line, *ids, detail));
+      continue;
+    }
+    auto e = estimate_09(*x);
+    if (!e) {
+      out.unexpressed.push_back(unexpressed(label, r.line, {"config_rejected"}, e.error().message));
+      continue;
+    }
+    const double tokens = static_cast<double>(x->gbs * x->seq) / (static_cast<double>(x->gpus) * e->step_time_s);
+    out.points.push_back({label, r.line, "tokens/s per GPU", x->tokens_per_gpu.value, tokens,
+                          x->tokens_per_gpu.approximate, describe_09(*e, *x), fit_note(*e)});
   }
   return ok_status();
 }
@@ -612,7 +728,7 @@ Expected<std::vector<std::string>> reasons_10(const CsvTable& t, const CsvRow& r
   auto ac = text_field(t, r, "activation_ckpt"), tech = text_field(t, r, "technique"), seq = text_field(t, r, "seq_len");
   if (auto e = first_error(table, model, par, ac, tech, seq)) return *e;
   std::vector<std::string> ids = {"gpu_unprofiled"};
-  if (has(*tech, "Float8") || has(*tech, "fp8")) ids.push_back("fp8_current_scaling");  // torchao's dynamic scaling
+  // Float8 (tensorwise or rowwise, scaled from each tensor's own amax): Fp8Recipe::tensorwise, priced.
   if (has(*tech, "compile") || has(*par, "compile")) ids.push_back("compile");
   if (ac->rfind("selective", 0) == 0) ids.push_back("selective_op");
   if (auto st = model_reasons(*model, degree(*par, "PP"), 1, ids, detail); !st) return st.error();
