@@ -63,7 +63,6 @@ Status Trainer::setup() {
   m_ = plan_.train.global_batch / (p.dp * p.micro_batch);
   vpp_ = p.vpp;
   pp_size_ = p.pp;
-  L_chunk_ = chunk_layer_count(p, plan_.model.layers, coords_.pp);  // this rank's stage (uneven stages)
   setup_dims();
   if (auto st = setup_experts(); !st) return st;
 

@@ -91,6 +91,11 @@ class Trainer {
   // This rank's chunk `chunk` as a virtual stage of the model (zb-v: the V), and whether this
   // rank holds the output layer and loss (zb-v: the first stage).
   int64_t vstage(int chunk) const { return virtual_stage(plan_.parallel.schedule, coords_.pp, chunk, pp_size_); }
+  // Layers of this rank's chunk `chunk` (uneven stages may leave the model's first or last chunk
+  // short: chunk_layers_at).
+  int64_t layers_in(int chunk) const {
+    return chunk_layers_at(plan_.parallel, plan_.model.layers, coords_.pp, chunk);
+  }
   bool holds_head() const { return coords_.pp == head_stage(plan_.parallel.schedule, pp_size_); }
   Status forward_layers(ChunkStash& cs, const std::vector<int>& ids, size_t& ui, int mb, int chunk, bool last);
   Status forward_head(ChunkStash& cs, const Unit& u, const Tokens& targets, int mb, int chunk);
@@ -147,7 +152,7 @@ class Trainer {
   Group cp_;                    // context parallelism's ring (dp_ is then the dp-cp group: trainer_cp.cpp)
   ExpertCoords expert_coords_;  // MoE: this rank's place in the expert grid
   int zero_ = 0;  // effective stage (dp = 1 shards nothing)
-  int64_t m_ = 0, vpp_ = 1, pp_size_ = 1, L_chunk_ = 0;
+  int64_t m_ = 0, vpp_ = 1, pp_size_ = 1;
   Dims d_;
   Ledger ledger_;
   cpu::FlopCounter flops_;

@@ -41,7 +41,7 @@ Expected<ChunkStash*> Trainer::open_stash(int mb, int chunk) {
   const Recompute rc = plan_.parallel.recompute;
   const bool last = vstage(chunk) == pp_size_ * vpp_ - 1;
   ChunkStash& cs = stash_[{mb, chunk}];
-  for (int64_t i = 0; i < L_chunk_; ++i) {
+  for (int64_t i = 0; i < layers_in(chunk); ++i) {
     auto x = compute_->alloc(Mem::activations, d_.Ns * d_.C);
     if (!x) return x.error();
     cs.xs.push_back(std::move(*x));
@@ -55,7 +55,7 @@ Expected<ChunkStash*> Trainer::open_stash(int mb, int chunk) {
     if (!h) return h.error();
     cs.head = std::move(*h);
   }
-  if (L_chunk_ == 0 && !last) return make_error("parallel.pp", "a pipeline chunk without layers");
+  if (layers_in(chunk) == 0 && !last) return make_error("parallel.pp", "a pipeline chunk without layers");
   return &cs;
 }
 
@@ -109,10 +109,10 @@ Status Trainer::send_from(const float* src, int mb, int chunk, Phase phase) {
 Status Trainer::forward_layers(ChunkStash& cs, const std::vector<int>& ids, size_t& ui, int mb, int chunk, bool last) {
   const Recompute rc = plan_.parallel.recompute;
   const std::string gather = tn::dp_gather(true, mb, chunk);
-  for (int64_t i = 0; i < L_chunk_; ++i) {
+  for (int64_t i = 0; i < layers_in(chunk); ++i) {
     const Unit& u = unit(ids[ui++]);
     float* out;
-    if (i + 1 < L_chunk_) {
+    if (i + 1 < layers_in(chunk)) {
       out = cs.xs[static_cast<size_t>(i + 1)].data();
     } else if (last) {
       out = compute_->head_input(*cs.head);
@@ -154,7 +154,7 @@ Status Trainer::forward_slot(int64_t step, int mb, int chunk) {
   const auto& ids = chunk_units(chunk);
   size_t ui = 0;
   rec_.compute_begin(tn::forward(mb, chunk), mb, chunk);
-  float* x0 = L_chunk_ > 0 ? (*cs)->xs[0].data() : compute_->head_input(*(*cs)->head);
+  float* x0 = layers_in(chunk) > 0 ? (*cs)->xs[0].data() : compute_->head_input(*(*cs)->head);
   if (first) {
     const Unit& u = unit(ids[ui++]);
     auto P = acquire(u, tn::dp_gather(true, mb, chunk));
@@ -166,7 +166,7 @@ Status Trainer::forward_slot(int64_t step, int mb, int chunk) {
   if (auto st = forward_layers(**cs, ids, ui, mb, chunk, last); !st) return st;
   if (last) {
     if (auto st = forward_head(**cs, unit(ids[ui++]), targets, mb, chunk); !st) return st;
-  } else if (auto st = send_from(L_chunk_ == 0 ? x0 : send_buf_.data(), mb, chunk, Phase::forward); !st) {
+  } else if (auto st = send_from(layers_in(chunk) == 0 ? x0 : send_buf_.data(), mb, chunk, Phase::forward); !st) {
     return st;
   }
   rec_.compute_end();
@@ -238,7 +238,7 @@ Status Trainer::backward_slot(int64_t step, int mb, int chunk) {
   } else if (auto st = receive(mb, chunk, Phase::backward, d); !st) {
     return st;
   }
-  for (int64_t i = L_chunk_ - 1; i >= 0; --i)
+  for (int64_t i = layers_in(chunk) - 1; i >= 0; --i)
     if (auto st = backward_layer(cs, unit(ids[static_cast<size_t>(ui--)]), i, mb, chunk, d); !st) return st;
   if (first) {
     if (auto st = backward_embed(unit(ids[static_cast<size_t>(ui--)]), tokens, mb, chunk, d); !st) return st;
@@ -261,7 +261,7 @@ Status Trainer::weight_slot(int mb, int chunk) {
   const auto& ids = chunk_units(chunk);
   const bool first = vstage(chunk) == 0;
   rec_.compute_begin(tn::weight(mb, chunk), mb, chunk);
-  for (int64_t i = 0; i < L_chunk_; ++i) {
+  for (int64_t i = 0; i < layers_in(chunk); ++i) {
     const Unit& u = unit(ids[static_cast<size_t>(i + (first ? 1 : 0))]);
     auto G = grads_for(u);
     if (!G) return G.error();

@@ -110,26 +110,37 @@ void megatron_model(const ModelSpec& m, const TrainSpec& t, const ParallelConfig
 // Uneven stages (arguments.py: --decoder-first-pipeline-num-layers and
 // --decoder-last-pipeline-num-layers; Megatron-core's get_num_layers_to_build splits the
 // layers left over evenly between the other stages, and a stage's layers evenly between its
-// virtual stages). Returns whether either flag was written.
-bool megatron_stage_layers(const ParallelConfig& p, Args& a, std::vector<std::string>& no) {
+// virtual stages, so each must be a multiple of them), or, for a split whose first or last
+// chunk is short, the embedding and the loss counted as layers (--account-for-embedding-in-
+// pipeline-split, --account-for-loss-in-pipeline-split: megatron_account_split). Returns
+// whether any of those flags was written.
+bool megatron_stage_layers(const ModelSpec& m, const ParallelConfig& p, Args& a, std::vector<std::string>& no) {
   if (p.stage_layers.empty()) return false;
   const auto fl = megatron_first_last(p.stage_layers);
-  if (!fl) {
-    no.push_back("stage_layers " + stage_layers_text(p.stage_layers) +
-                 ": Megatron-LM's --decoder-first/last-pipeline-num-layers keep the middle stages equal; emitted as the "
-                 "even split");
-    return false;
+  const bool whole_chunks =
+      std::all_of(p.stage_layers.begin(), p.stage_layers.end(), [&](int64_t x) { return x % p.vpp == 0; });
+  if (fl && whole_chunks) {
+    if (fl->first > 0) a.push_back({"--decoder-first-pipeline-num-layers", s(fl->first)});
+    if (fl->last > 0) a.push_back({"--decoder-last-pipeline-num-layers", s(fl->last)});
+    return fl->first > 0 || fl->last > 0;
   }
-  if (fl->first > 0) a.push_back({"--decoder-first-pipeline-num-layers", s(fl->first)});
-  if (fl->last > 0) a.push_back({"--decoder-last-pipeline-num-layers", s(fl->last)});
-  return fl->first > 0 || fl->last > 0;
+  if (const auto af = megatron_account_for(p.stage_layers, m.layers, p.vpp)) {
+    if (af->embedding) a.push_back({"--account-for-embedding-in-pipeline-split", ""});
+    if (af->loss) a.push_back({"--account-for-loss-in-pipeline-split", ""});
+    return true;
+  }
+  no.push_back("stage_layers " + stage_layers_text(p.stage_layers) +
+               ": Megatron-LM's --decoder-first/last-pipeline-num-layers keep the middle stages equal and each stage a "
+               "multiple of its chunks, and --account-for-embedding/loss-in-pipeline-split take one layer from the first "
+               "and last chunk; emitted as the even split");
+  return false;
 }
 
 void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p, Args& a,
                        std::vector<std::string>& no) {
   a.push_back({"--tensor-model-parallel-size", s(p.tp)});
   a.push_back({"--pipeline-model-parallel-size", s(p.pp)});
-  const bool uneven = megatron_stage_layers(p, a, no);
+  const bool uneven = megatron_stage_layers(m, p, a, no);
   // No --virtual-pipeline-model-parallel-size flag exists; layers per virtual stage instead, or
   // with uneven stages chunks per rank (arguments.py refuses layers per virtual stage there).
   if (p.schedule == Schedule::interleaved && uneven)
@@ -291,7 +302,7 @@ std::string llama3_flavor(const ModelSpec& m) {
 // smaller, so an uneven split with vpp > 1 (every chunk of a stage smaller) rarely fits.
 std::optional<std::pair<int64_t, int64_t>> tt_less_layers(const ModelSpec& m, const ParallelConfig& p) {
   std::vector<int64_t> chunks;  // loom's layers per virtual stage, in torchtitan's order
-  for (int64_t c = 0; c < p.pp * p.vpp; ++c) chunks.push_back(chunk_layer_count(p, m.layers, c % p.pp));
+  for (int64_t c = 0; c < p.pp * p.vpp; ++c) chunks.push_back(chunk_layers_at(p, m.layers, c % p.pp, c / p.pp));
   const int64_t stages = p.pp * p.vpp, most = (m.layers + stages - 1) / stages + 1;
   for (int64_t a = 0; a <= most; ++a)
     for (int64_t b = 0; b <= most; ++b) {

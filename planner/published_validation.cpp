@@ -144,8 +144,8 @@ const std::vector<Reason>& unexpressible_reasons() {
       {"precision_unstated", "the table does not state the precision (the same setups in the neighbouring releases ran FP8)"},
       {"uneven_chunks",
        "no split of the layers over pp stages of vpp chunks each that loom runs: its uneven stages (--stage-layers, "
-       "sim/stage_split.hpp) keep every stage a multiple of vpp, so vpp must divide the layers (Megatron-LM instead "
-       "counts the embedding and the loss as layers of the first and last chunk)"},
+       "sim/stage_split.hpp) keep every stage a multiple of vpp but for a short model-end chunk on the first and "
+       "last stage"},
       {"recompute_unstated",
        "the table does not state which activations were recomputed, and loom has not read it from the release's code"},
       {"recompute_partial",
@@ -521,7 +521,9 @@ std::optional<std::string> llama_zoo_name(const std::string& model) {
       {"LLAMA3_8B", "llama3-8b"},        {"LLAMA3-8B", "llama3-8b"},     {"Llama3.1-8B", "llama3-8b"},
       {"Llama3-8B", "llama3-8b"},        {"LLAMA3_70B", "llama3-70b"},   {"LLAMA3-70B", "llama3-70b"},
       {"Llama3.1-70B", "llama3-70b"},    {"Llama3-70B", "llama3-70b"},   {"LLAMA3.1_405B", "llama3-405b"},
-      {"Llama3.1-405B", "llama3-405b"},  {"GPT3-175B", "gpt3-175b"},
+      {"Llama3.1-405B", "llama3-405b"},  {"GPT3-175B", "gpt3-175b"},     {"LLAMA2-7B", "llama2-7b"},
+      {"LLAMA2-13B", "llama2-13b"},      {"LLAMA2-70B", "llama2-70b"},   {"GPT3-5B", "nemo-gpt3-5b"},
+      {"GPT3-20B", "nemo-gpt3-20b"},
   };
   const auto it = names.find(model);
   if (it == names.end()) return std::nullopt;
@@ -530,7 +532,7 @@ std::optional<std::string> llama_zoo_name(const std::string& model) {
 
 // Reasons common to the rows of 09 and 10 that name a model: it is unknown, or no split of
 // its layers over pp stages of vpp chunks is one loom runs (sim/stage_split.hpp: the even
-// split, or an uneven one of whole multiples of vpp per stage).
+// split, or an uneven one of whole multiples of vpp per stage but a short first or last chunk).
 Status model_reasons(const std::string& model, int64_t pp, int64_t vpp, std::vector<std::string>& ids,
                      std::string& detail) {
   if (pp < 1 || vpp < 1)
@@ -591,20 +593,28 @@ Expected<Row09> parse_09(const CsvTable& t, const CsvRow& r) {
 
 bool megatron_bridge(const Row09& x) { return x.source.rfind("MBridge", 0) == 0; }
 
-// What the code of a row's release says about recompute (the tables never state it): "none",
-// "partial" (a full recompute of some layers only) or "unsettled" (the configurations near the
-// release disagree); empty: not looked up. Sources in table_09's rules.
-std::string recompute_09(const Row09& x) {
+// What the code of a row's release says the row ran where the table does not (table_09's rules
+// cite it): its recompute ("none"; "partial": a full recompute of some layers only;
+// "unsettled": the configurations around the release disagree) and whether its cross-entropy
+// was fused. Rows not listed: not looked up.
+struct Setup09 {
+  std::string recompute;
+  bool ce_fused = false;
+};
+std::optional<Setup09> setup_09(const Row09& x) {
   if (megatron_bridge(x)) {
-    if (x.model == "LLAMA3_70B" || x.model == "LLAMA3.1_405B") return "none";
-    if (x.model == "LLAMA3_8B") return x.source == "MBridge25.09" ? "none" : "partial";
-    return "";
+    if (x.model == "LLAMA3_70B" || x.model == "LLAMA3.1_405B") return Setup09{"none", true};
+    if (x.model == "LLAMA3_8B") return Setup09{x.source == "MBridge25.09" ? "none" : "partial", true};
+    return std::nullopt;
   }
-  if (x.source == "NeMo24.07") {
-    if (x.model == "LLAMA3-8B" || x.model == "LLAMA3-70B") return "none";
-    if (x.model == "GPT3-175B") return "unsettled";
-  }
-  return "";
+  if (x.source != "NeMo24.07") return std::nullopt;
+  if (x.model == "LLAMA3-8B" || x.model == "LLAMA3-70B") return Setup09{"none", true};  // fee1762f
+  if (x.model.rfind("LLAMA2-", 0) == 0 || x.model == "GPT3-5B" || x.model == "GPT3-20B")  // tag 24.07
+    return Setup09{"none", false};
+  // GPT-3 175B: the launcher's yaml and script disagree; Nemotron: the table's GPUs, batch and
+  // micro-batch appear in no launcher file of the release.
+  if (x.model == "GPT3-175B" || x.model.rfind("Nemotron-", 0) == 0) return Setup09{"unsettled", false};
+  return std::nullopt;
 }
 
 // The reasons a row of 09 cannot be priced; none: it can.
@@ -614,10 +624,10 @@ Expected<std::vector<std::string>> reasons_09(const Row09& x, std::string& detai
   // Megatron-Bridge, whose H100 presets are FP8-CS only (table_09's rules); both priced.
   if (x.precision != "BF16" && x.precision != "FP8" && x.precision != "FP8-CS") ids.push_back("precision_unstated");
   if (auto st = model_reasons(x.model, x.pp, x.vp, ids, detail); !st) return st.error();
-  const std::string rc = recompute_09(x);
-  if (rc.empty()) ids.push_back("recompute_unstated");
-  if (rc == "partial") ids.push_back("recompute_partial");
-  if (rc == "unsettled") ids.push_back("config_unsettled");
+  const auto set = setup_09(x);
+  if (!set) ids.push_back("recompute_unstated");
+  if (set && set->recompute == "partial") ids.push_back("recompute_partial");
+  if (set && set->recompute == "unsettled") ids.push_back("config_unsettled");
   return ids;
 }
 
@@ -627,11 +637,16 @@ Expected<Estimate> estimate_09(const Row09& x) {
   if (!m) return m.error();
   auto c = sized_cluster("dgx-h100", x.gpus);
   if (!c) return c.error();
-  TrainSpec t = train_of(x.gbs, x.seq, Attention::fused, CrossEntropy::fused);
+  TrainSpec t = train_of(x.gbs, x.seq, Attention::fused, setup_09(x)->ce_fused ? CrossEntropy::fused : CrossEntropy::unfused);
   set_train_dtype(t, "fp8");
   t.fp8_recipe = megatron_bridge(x) ? Fp8Recipe::tensorwise : Fp8Recipe::delayed;
   ParallelConfig p;
   p.tp = x.tp, p.pp = x.pp, p.cp = x.cp, p.vpp = x.vp;
+  if (m->layers % (x.pp * x.vp) != 0) {  // 405B: the embedding and the loss counted as layers
+    auto split = megatron_account_split(m->layers, x.pp, x.vp, AccountFor{true, true}, "stage_layers");
+    if (!split) return split.error();
+    p.stage_layers = *split;
+  }
   if (x.gpus % (x.tp * x.pp * x.cp) != 0)
     return make_error("gpus", "must be a multiple of tp x pp x cp (got " + itos(x.gpus) + ")");
   p.dp = x.gpus / (x.tp * x.pp * x.cp);
@@ -647,6 +662,7 @@ std::string describe_09(const Estimate& e, const Row09& x) {
   std::string d = describe(e.parallel);
   if (e.parallel.cp > 1) d += " cp " + itos(e.parallel.cp);
   if (e.parallel.tp_comm_overlap) d += " tpo";
+  if (!e.parallel.stage_layers.empty()) d += " stages " + stage_layers_text(e.parallel.stage_layers);
   return d + (megatron_bridge(x) ? " fp8 tensorwise" : " fp8 delayed");
 }
 
@@ -655,30 +671,38 @@ Status table_09(const CsvTable& t, TableResult& out) {
   out.metric = "tokens/s per GPU";
   out.rules = {
       "no row states its recompute, FP8 recipe or overlaps; the rows priced are those whose release's code says "
-      "what ran: NeMo 24.07's Llama 3 8B and 70B (NVIDIA/NeMo-Framework-Launcher launcher_scripts/conf/training/llama/"
-      "llama3_8b.yaml and llama3_70b.yaml at fee1762f, 2024-08-02, the first commit with the table's vp 5; "
-      "examples/training/llama/h100/llama3_{8b,70b}_fp8.sh at tag 24.07) and Megatron-Bridge's Llama 3 70B from "
-      "25.11 on (NVIDIA-NeMo/Megatron-Bridge tags v0.2.0, v0.3.0, v0.3.1, v0.4.0, v0.4.2 for 25.11 to 26.04.01, "
-      "docs/releases/software-versions.md: scripts/performance/configs/llama*/*workload_base_configs.py "
-      "LLAMA3_70B_*_H100_FP8_CS_*, llama3_llm_pretrain.py, utils/overrides.py, the llama3 recipe)",
+      "what ran. NeMo 24.07 (NVIDIA/NeMo-Framework-Launcher launcher_scripts/conf/training/ and examples/training/*/h100/"
+      "*_fp8.sh): Llama 2 7B, 13B, 70B and GPT-3 5B, 20B as at tag 24.07 (8325688d; its llama2_70b.yaml has the "
+      "table's vp 20), Llama 3 8B and 70B as at fee1762f (2024-08-02, the first commit with the table's vp 5). "
+      "Megatron-Bridge (NVIDIA-NeMo/Megatron-Bridge tags v0.1.0rc3, v0.2.0, v0.3.0, v0.3.1, v0.4.0, v0.4.2, v0.5.0 for "
+      "25.09 to 26.06, docs/releases/software-versions.md): Llama 3 70B and 3.1 405B (scripts/performance/configs/"
+      "llama*/*workload_base_configs.py *_H100_FP8_CS_*, llama3_llm_pretrain.py, utils/overrides.py, the llama3 recipe)",
       "no recompute in any of them (NeMo: activations_checkpoint_granularity null; Megatron-Bridge: "
       "recompute_granularity None); Megatron-Bridge's 8B preset of 25.11 recomputes 5 layers in full "
       "(recompute_num_layers 5, method block), which loom does not express",
-      "FP8 GEMMs in every linear layer: NeMo 24.07 with Transformer Engine's delayed scaling (fp8_hybrid, amax history "
-      "1024, max), Megatron-Bridge with current (tensorwise) scaling (bf16_with_fp8_current_scaling_mixed, "
-      "first_last_layers_bf16 False; its H100 presets are FP8-CS only, so the 26.02+ \"FP8\" is FP8-CS); the FP8 "
-      "weight all-gather Megatron-Bridge runs (fp8_param_gather) is priced as a bf16 one",
+      "FP8 GEMMs in every linear layer: NeMo 24.07 with Transformer Engine's delayed scaling (fp8_hybrid; amax "
+      "history 1024, max; Llama 2 13B and 70B: 1 and most_recent, priced the same), Megatron-Bridge with current "
+      "(tensorwise) scaling (bf16_with_fp8_current_scaling_mixed, first_last_layers_bf16 False; its H100 presets are "
+      "FP8-CS only, so the 26.02+ \"FP8\" is FP8-CS; 25.09's recipe, delayed or current, is not stated); the FP8 weight "
+      "all-gather Megatron-Bridge runs (fp8_param_gather) is priced as a bf16 one, and its weights as bf16 ones beside "
+      "FP8 copies",
       "the distributed optimizer (NeMo's distributed_fused_adam, Megatron-core's) as ZeRO-1 with the weight gather "
       "overlapped (overlap_param_sync / overlap_param_gather; Megatron-Bridge's overlap with the optimizer step is "
       "priced as under the first forward), 16-bit gradient reduction (grad_sync_dtype bf16, grad_reduce_in_fp32 "
-      "False), gradient accumulation fusion, fused attention (Transformer Engine's choice on Hopper, cuDNN), fused "
-      "cross-entropy (cross_entropy_loss_fusion true)",
+      "False), gradient accumulation fusion, fused attention (Transformer Engine's choice on Hopper, cuDNN); "
+      "cross-entropy fused for Llama 3 (cross_entropy_loss_fusion true), unfused for Llama 2 and GPT-3 at tag 24.07 "
+      "(the key absent: Megatron-core's default)",
       "sequence parallelism and Transformer Engine's userbuffers overlap (ub_tp_comm_overlap / tp_comm_overlap) where "
-      "tp > 1; interleaved 1F1B where vp > 1; dp = GPUs / (tp x pp x cp); rank order tp-dp-pp; the deferred "
-      "embedding weight gradient (defer_embedding_wgrad_compute, NeMo's 70B) is not modelled",
+      "tp > 1; interleaved 1F1B where vp > 1; dp = GPUs / (tp x pp x cp), the table's GPUs (Llama 2 13B's script "
+      "ran 8, the table says 16); rank order tp-dp-pp; vocabularies unpadded; the deferred embedding weight gradient "
+      "(defer_embedding_wgrad_compute, NeMo's Llama 3 70B) is not modelled",
+      "Llama 3.1 405B (126 layers on pp 8 x vp 8): the embedding and the loss counted as layers "
+      "(account_for_embedding_in_pipeline_split and account_for_loss_in_pipeline_split, the llama3 recipe), so stage 0 "
+      "and stage 7 hold 15 layers, their model-end chunk 1, the others 16",
       "NeMo 24.07's GPT-3 175B rows are not priced: the launcher's gpt3/175b.yaml and example script around the "
       "release disagree (vp 12 or 6, tensor-parallel overlap on or off, selective recompute or none), and the "
-      "512-GPU figure links to an MLPerf configuration that came later",
+      "512-GPU figure links to an MLPerf configuration that came later; Nemotron's squared-ReLU, layernorm1p and "
+      "half-rotary layers are not a model family loom has",
       "predicted tokens/s per GPU = gbs x seq / (GPUs x predicted step time)",
   };
   for (const CsvRow& r : t.rows) {

@@ -193,19 +193,18 @@ Status check_moe_config(const ModelSpec& m, const TrainSpec& t, const ParallelCo
 MoeStage moe_stage(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p, int64_t stage) {
   MoeStage s;
   if (!m.is_moe()) return s;
-  // Chunk c of stage i starts after c full rounds of every stage's chunk and stage i's
-  // predecessors' chunks of round c (Megatron-core's interleaved layer assignment).
-  int64_t round = 0, before = 0;
-  for (int64_t i = 0; i < p.pp; ++i) {
-    round += chunk_layer_count(p, m.layers, i);
-    if (i < stage) before += chunk_layer_count(p, m.layers, i);
-  }
-  const int64_t chunk = chunk_layer_count(p, m.layers, stage);
+  // Chunk c of stage i starts after the chunks of every stage in rounds 0 .. c - 1 and stage i's
+  // predecessors' chunks of round c (Megatron-core's interleaved layer assignment; a round's
+  // chunks may differ by stage: chunk_layers_at).
+  int64_t start = 0;
   for (int64_t c = 0; c < p.vpp; ++c) {
+    const int64_t chunk = chunk_layers_at(p, m.layers, stage, c);
+    int64_t first = start;
+    for (int64_t i = 0; i < stage; ++i) first += chunk_layers_at(p, m.layers, i, c);
+    for (int64_t i = 0; i < p.pp; ++i) start += chunk_layers_at(p, m.layers, i, c);
     // zb-v (even stages only, validate_config): chunk c holds virtual stage zb_v_virtual_stage.
-    const int64_t start = p.schedule == Schedule::zb_v ? virtual_stage(p.schedule, stage, c, p.pp) * chunk
-                                                       : c * round + before;
-    const int64_t n = moe_layers_in(m, start, chunk);
+    if (p.schedule == Schedule::zb_v) first = virtual_stage(p.schedule, stage, c, p.pp) * chunk;
+    const int64_t n = moe_layers_in(m, first, chunk);
     s.layers += n;
     s.layers_chunk = std::max(s.layers_chunk, n);
   }

@@ -11,10 +11,11 @@ namespace loom {
 std::vector<LayerPlacement> layer_placement(int64_t layers, int64_t pp, int64_t vpp,
                                             const std::vector<int64_t>& stage_layers) {
   std::vector<LayerPlacement> out;
+  ParallelConfig p;
+  p.pp = pp, p.vpp = vpp, p.stage_layers = stage_layers;
   int64_t l = 0;
   for (int64_t c = 0; c < pp * vpp; ++c) {
-    const int64_t stage = c % pp, chunk = c / pp;
-    const int64_t n = (stage_layers.empty() ? layers / pp : stage_layers[static_cast<size_t>(stage)]) / vpp;
+    const int64_t stage = c % pp, chunk = c / pp, n = chunk_layers_at(p, layers, stage, chunk);
     for (int64_t i = 0; i < n && l < layers; ++i, ++l) out.push_back({l, stage, chunk});
   }
   return out;

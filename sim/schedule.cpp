@@ -84,26 +84,32 @@ std::vector<Slot> zb_h1_rank(int64_t pp, int64_t rank, int64_t m) {
 
 }  // namespace
 
+std::vector<Slot> schedule_rank(Schedule s, int64_t pp, int64_t vpp, int64_t r, int64_t m) {
+  return s == Schedule::gpipe   ? gpipe_rank(vpp, m)
+         : s == Schedule::zb_h1 ? zb_h1_rank(pp, r, m)
+         : s == Schedule::zb_v  ? zb_v_rank(pp, r, m)
+                                : one_f_one_b_rank(s, pp, vpp, r, m);
+}
+
 std::vector<std::vector<Slot>> make_schedule(Schedule s, int64_t pp, int64_t vpp, int64_t m) {
   std::vector<std::vector<Slot>> out(pp);
-  for (int64_t r = 0; r < pp; ++r)
-    out[r] = s == Schedule::gpipe   ? gpipe_rank(vpp, m)
-             : s == Schedule::zb_h1 ? zb_h1_rank(pp, r, m)
-             : s == Schedule::zb_v  ? zb_v_rank(pp, r, m)
-                                    : one_f_one_b_rank(s, pp, vpp, r, m);
+  for (int64_t r = 0; r < pp; ++r) out[r] = schedule_rank(s, pp, vpp, r, m);
   return out;
 }
 
-int64_t peak_in_flight(const std::vector<Slot>& slots) {
+int64_t peak_in_flight(const std::vector<Slot>& slots, const std::vector<int64_t>& per_chunk) {
   const bool split = std::any_of(slots.begin(), slots.end(), [](const Slot& x) { return x.phase == Phase::weight; });
   const Phase frees = split ? Phase::weight : Phase::backward;
   int64_t now = 0, peak = 0;
   for (const Slot& x : slots) {
-    now += x.phase == Phase::forward ? 1 : x.phase == frees ? -1 : 0;
+    const int64_t w = per_chunk.empty() ? 1 : per_chunk[static_cast<size_t>(x.chunk)];
+    now += x.phase == Phase::forward ? w : x.phase == frees ? -w : 0;
     peak = std::max(peak, now);
   }
   return peak;
 }
+
+int64_t peak_in_flight(const std::vector<Slot>& slots) { return peak_in_flight(slots, {}); }
 
 std::vector<Slot> zb_v_rank(int64_t pp, int64_t rank, int64_t m) {
   const int64_t padded = std::max(2 * pp - 1, m);  // PyTorch's n_micro

@@ -52,6 +52,8 @@ struct Slot {
 // its backward). vpp must be 1 unless the schedule is interleaved (gpipe accepts any vpp:
 // every chunk's forwards, then every backward) or zb-v (vpp = 2: zb_v_rank's tables).
 std::vector<std::vector<Slot>> make_schedule(Schedule s, int64_t pp, int64_t vpp, int64_t micro_batches);
+// Rank `rank`'s table alone (make_schedule(...)[rank]).
+std::vector<Slot> schedule_rank(Schedule s, int64_t pp, int64_t vpp, int64_t rank, int64_t micro_batches);
 
 // Forward slots of the interleaved schedule's virtual micro-batch k (Megatron-LM's
 // get_model_chunk_id / get_microbatch_id_in_model_chunk, in groups of pp micro-batches).
@@ -93,6 +95,9 @@ inline bool splits_backward(Schedule s) { return s == Schedule::zb_h1 || s == Sc
 // W's (the stash keeps what W reads, B's output gradients written over what only B read),
 // else its B. Equals in_flight_chunks() of the cost model.
 int64_t peak_in_flight(const std::vector<Slot>& slots);
+// The same count with each chunk weighing `per_chunk[chunk]` (its layers, where a stage's chunks
+// differ: chunk_layers_at): the most layers' activations the rank holds at once.
+int64_t peak_in_flight(const std::vector<Slot>& slots, const std::vector<int64_t>& per_chunk);
 
 // ZB-V (Qi et al. 2024, "Pipeline Parallelism with Controllable Memory", the V-shaped zero-bubble
 // schedule; in the order of PyTorch's ScheduleZBVZeroBubble, torch/distributed/pipelining):

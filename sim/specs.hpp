@@ -267,9 +267,25 @@ struct ParallelConfig {
 inline int64_t stage_layer_count(const ParallelConfig& p, int64_t layers, int64_t stage) {
   return p.stage_layers.empty() ? layers / p.pp : p.stage_layers[static_cast<size_t>(stage)];
 }
-// Layers of each of stage `stage`'s vpp chunks.
+// Layers of stage `stage`'s chunk `chunk` (of its vpp): the stage's layers / vpp. Where vpp does
+// not divide them (the first and last stage only: check_stage_layers), every chunk of the stage
+// holds ceil(layers / vpp) but the model's first chunk (stage 0's chunk 0) or last chunk (the
+// last stage's chunk vpp - 1), which holds the rest: Megatron-LM's
+// --account-for-embedding-in-pipeline-split and --account-for-loss-in-pipeline-split, where the
+// embedding and the loss take a layer's place (megatron/core/transformer/transformer_block.py,
+// get_num_layers_to_build), and torchtitan's first/last stage "less layers". The cost model and
+// the simulator spread a stage's work evenly over its chunks, as they spread the embedding and
+// the loss head; the executors build each chunk's own layers.
+inline int64_t chunk_layers_at(const ParallelConfig& p, int64_t layers, int64_t stage, int64_t chunk) {
+  const int64_t n = stage_layer_count(p, layers, stage), v = p.vpp, each = (n + v - 1) / v;
+  if (n % v == 0) return n / v;
+  const bool rest = (stage == 0 && chunk == 0) || (stage == p.pp - 1 && stage > 0 && chunk == v - 1);
+  return rest ? n - (v - 1) * each : each;
+}
+// The most layers any of stage `stage`'s vpp chunks holds (what a chunk in flight keeps).
 inline int64_t chunk_layer_count(const ParallelConfig& p, int64_t layers, int64_t stage) {
-  return stage_layer_count(p, layers, stage) / p.vpp;
+  const int64_t n = stage_layer_count(p, layers, stage);
+  return (n + p.vpp - 1) / p.vpp;
 }
 
 }  // namespace loom

@@ -11,6 +11,10 @@ int64_t split_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t round_up(int64_t a, int64_t m) { return split_ceil_div(a, m) * m; }
 }  // namespace
 
+bool chunk_rest_fits(int64_t layers, int64_t vpp) {
+  return layers % vpp == 0 || layers - (vpp - 1) * split_ceil_div(layers, vpp) >= 1;
+}
+
 Status check_stage_layers(const ModelSpec& m, const ParallelConfig& p, const FieldNamer& name) {
   const auto& v = p.stage_layers;
   auto fail = [&](const std::string& rule) -> Status { return Error{name("stage_layers") + ": " + rule}; };
@@ -21,9 +25,11 @@ Status check_stage_layers(const ModelSpec& m, const ParallelConfig& p, const Fie
   for (size_t i = 0; i < v.size(); ++i) {
     if (v[i] < 1 || v[i] > m.layers)
       return fail("each stage must hold 1 to " + split_str(m.layers) + " layers (got " + split_str(v[i]) + " on stage " + split_str(static_cast<int64_t>(i)) + ")");
-    if (v[i] % p.vpp != 0)
-      return fail("each stage's layers must be a multiple of vpp " + split_str(p.vpp) + ", equal per chunk (got " + split_str(v[i]) +
-                  " on stage " + split_str(static_cast<int64_t>(i)) + ")");
+    const bool end = i == 0 || i + 1 == v.size();
+    if (v[i] % p.vpp != 0 && (!end || !chunk_rest_fits(v[i], p.vpp)))
+      return fail("each stage's layers must be a multiple of vpp " + split_str(p.vpp) +
+                  ", equal per chunk, but the first and last stage's, whose first (last) chunk may hold fewer than the "
+                  "others and at least 1 (got " + split_str(v[i]) + " on stage " + split_str(static_cast<int64_t>(i)) + ")");
     sum += v[i];
   }
   if (sum != m.layers) return fail("must sum to the model's " + split_str(m.layers) + " layers (got " + split_str(sum) + ")");
@@ -79,12 +85,17 @@ std::vector<std::vector<int64_t>> stage_split_candidates(int64_t L, int64_t pp, 
   auto even = [&](const std::vector<int64_t>& v) {
     return std::all_of(v.begin(), v.end(), [&](int64_t x) { return x * pp == L; });
   };
-  auto offer = [&](int64_t c, int64_t first, int64_t last) {
-    if (first < vpp || last < vpp || first > c || last > c || first % vpp != 0 || last % vpp != 0) return;
-    std::vector<int64_t> v(static_cast<size_t>(pp), c);
-    v.front() = first, v.back() = last;
+  auto add = [&](std::vector<int64_t> v) {
     if (even(v) || std::find(out.begin(), out.end(), v) != out.end()) return;
     out.push_back(std::move(v));
+  };
+  auto offer = [&](int64_t c, int64_t first, int64_t last) {
+    if (first < vpp || last < vpp || first > c || last > c || !chunk_rest_fits(first, vpp) ||
+        !chunk_rest_fits(last, vpp))
+      return;
+    std::vector<int64_t> v(static_cast<size_t>(pp), c);
+    v.front() = first, v.back() = last;
+    add(std::move(v));
   };
   const int64_t c0 = round_up(split_ceil_div(L, pp), vpp);
   for (int64_t c : {c0, c0 + vpp}) {
@@ -96,9 +107,39 @@ std::vector<std::vector<int64_t>> stage_split_candidates(int64_t L, int64_t pp, 
     offer(c, c, rest - c);
     const int64_t half = round_up(split_ceil_div(rest, 2), vpp);
     offer(c, half, rest - half);
+    if (half != split_ceil_div(rest, 2)) offer(c, split_ceil_div(rest, 2), rest - split_ceil_div(rest, 2));
+  }
+  for (const AccountFor a : {AccountFor{true, true}, AccountFor{false, true}, AccountFor{true, false}}) {
+    auto v = megatron_account_split(L, pp, vpp, a, "");
+    if (v && !v->empty()) add(std::move(*v));
   }
   if (out.empty()) out.push_back({});
   return out;
+}
+
+Expected<std::vector<int64_t>> megatron_account_split(int64_t layers, int64_t pp, int64_t vpp, AccountFor a,
+                                                      const std::string& where) {
+  const int64_t total = layers + a.embedding + a.loss;
+  if (!a.embedding && !a.loss) return std::vector<int64_t>{};
+  if (pp < 2 || total % pp != 0 || (total / pp) % vpp != 0)
+    return make_error(where, "with the embedding and the loss counted as layers, " + split_str(layers) + " + " +
+                                 split_str(a.embedding + a.loss) + " layers must split evenly over pp " + split_str(pp) +
+                                 " stages of vpp " + split_str(vpp) + " chunks");
+  const int64_t c = total / pp;
+  if (c / vpp < 2) return make_error(where, "the first or last chunk would hold no layer (" + split_str(c / vpp) + " per chunk)");
+  std::vector<int64_t> v(static_cast<size_t>(pp), c);
+  v.front() -= a.embedding;
+  v.back() -= a.loss;
+  return v;
+}
+
+std::optional<AccountFor> megatron_account_for(const std::vector<int64_t>& v, int64_t layers, int64_t vpp) {
+  const int64_t pp = static_cast<int64_t>(v.size());
+  for (const AccountFor a : {AccountFor{true, true}, AccountFor{false, true}, AccountFor{true, false}}) {
+    auto s = megatron_account_split(layers, pp, vpp, a, "");
+    if (s && *s == v) return a;
+  }
+  return std::nullopt;
 }
 
 std::optional<FirstLastLayers> megatron_first_last(const std::vector<int64_t>& v) {

@@ -4,8 +4,9 @@
 // stage layer counts, torchtitan's first/last "less layers").
 //
 // A split gives stage s (all of its vpp chunks) stage_layers[s] layers; each chunk of stage s
-// holds stage_layers[s] / vpp of them, and model chunk c = k pp + s (stage s's k-th chunk)
-// holds the layers after those of chunks 0 .. c - 1 (Megatron-core's interleaved order).
+// holds stage_layers[s] / vpp of them (chunk_layers_at in sim/specs.hpp: the first and last
+// stage's may leave their model-end chunk short), and model chunk c = k pp + s (stage s's k-th
+// chunk) holds the layers after those of chunks 0 .. c - 1 (Megatron-core's interleaved order).
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -22,8 +23,13 @@
 namespace loom {
 
 // The rules of p.stage_layers (empty: the even split, checked by validate_config itself):
-// pp entries, each >= 1 and a multiple of vpp, summing to the model's layers.
+// pp entries, each >= 1, summing to the model's layers; each a multiple of vpp, but the first
+// and the last, whose model-end chunk may hold fewer than the stage's others and at least one
+// (chunk_rest_fits).
 Status check_stage_layers(const ModelSpec& m, const ParallelConfig& p, const FieldNamer& name);
+// Whether `layers` fit vpp chunks of ceil(layers / vpp) each with one chunk holding the rest, at
+// least one layer.
+bool chunk_rest_fits(int64_t layers, int64_t vpp);
 
 // Reads the optional "stage_layers" member of the object `j` that `r` reads (absent: left
 // empty): an array of counts, each an integer in [1, limits::kLayers].
@@ -39,9 +45,25 @@ Expected<std::vector<int64_t>> parse_stage_layers(const std::string& text, const
 // the middle stages splitting the rest evenly, the first and last holding no more than a middle
 // one (they carry the embedding and the loss head): for middle counts c = ceil(L / pp) and the
 // next multiple of vpp above it, the first stage c and the last the rest, or the first and the
-// last halves of the rest. At most five, in a fixed order; {} alone when nothing else fits (so
-// validate_config names what is wrong).
+// last halves of the rest (each a multiple of vpp, or with a short model-end chunk:
+// chunk_rest_fits); then Megatron-LM's embedding and loss counted as layers (both, then the
+// loss, then the embedding: megatron_account_split). At most eight, in a fixed order; {} alone
+// when nothing else fits (so validate_config names what is wrong).
 std::vector<std::vector<int64_t>> stage_split_candidates(int64_t layers, int64_t pp, int64_t vpp);
+
+// Megatron-LM's --account-for-embedding-in-pipeline-split and --account-for-loss-in-pipeline-split
+// (megatron/core/transformer/transformer_block.py, get_num_layers_to_build): the embedding and
+// the loss count as a layer each, layers + embedding + loss split evenly over pp ranks (and each
+// rank's evenly over its vpp chunks, Megatron refusing what does not divide), then the first
+// chunk of stage 0 gives one up for the embedding and the last chunk of the last stage one for
+// the loss. megatron_account_split: the split the flags build ({} when even; an error where
+// Megatron-LM refuses); megatron_account_for: the flags that build `stage_layers`, if any do.
+struct AccountFor {
+  bool embedding = false, loss = false;
+};
+Expected<std::vector<int64_t>> megatron_account_split(int64_t layers, int64_t pp, int64_t vpp, AccountFor a,
+                                                      const std::string& where);
+std::optional<AccountFor> megatron_account_for(const std::vector<int64_t>& stage_layers, int64_t layers, int64_t vpp);
 
 // Megatron-LM's --decoder-first-pipeline-num-layers and --decoder-last-pipeline-num-layers for
 // a split (0: not given, the stage takes the even share), when its middle stages hold equal

@@ -85,6 +85,29 @@ void add(std::vector<Buffer>& v, const char* name, MemCategory c, Lifetime l, in
   if (bytes > 0) v.push_back({name, c, l, bytes});
 }
 
+// Where a stage's chunks hold different layer counts (a short model-end chunk:
+// chunk_layers_at), the activations its schedule table holds at its peak, each forward adding
+// its chunk's layers (layer_bytes each) and, on the model's first and last chunk, the
+// embedding's or the head's per-micro-batch bytes, each backward taking them away: the
+// layers' part and the ends' part at that moment.
+struct HeldAtPeak {
+  int64_t layers = 0, ends = 0;
+};
+HeldAtPeak uneven_chunks_peak(const ModelSpec& m, const ParallelConfig& p, const Dims& d, int64_t stage,
+                              int64_t layer_bytes, int64_t first_mb, int64_t last_mb) {
+  const int64_t v = p.vpp;
+  auto ends = [&](int32_t c) { return (d.first && c == 0 ? first_mb : 0) + (d.last && c == v - 1 ? last_mb : 0); };
+  HeldAtPeak now, peak;
+  for (const Slot& x : schedule_rank(p.schedule, p.pp, v, stage, d.mb)) {
+    if (x.phase == Phase::weight) continue;  // interleaved only: no W slots
+    const int64_t sign = x.phase == Phase::forward ? 1 : -1;
+    now.layers += sign * chunk_layers_at(p, m.layers, stage, x.chunk) * layer_bytes;
+    now.ends += sign * ends(x.chunk);
+    if (now.layers + now.ends > peak.layers + peak.ends) peak = now;
+  }
+  return peak;
+}
+
 // Activations (Korthikanti et al. 2022, Sec. 4; per layer in layer_activation_bytes): the
 // chunks in flight, what a recompute rebuilds for one layer in backward (a full recompute the
 // layer's activations less the input it already holds, a selective one the attention core),
@@ -98,8 +121,14 @@ void activation_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainS
   // FP8 (sim/fp8.hpp): the FP8 GEMMs' saved inputs in FP8; what a recompute rebuilds likewise.
   const int64_t fp8 = tr.fp8 ? fp8_layer_activation_delta_bytes(m, d.b, d.s, d.t, p.sp, p.recompute, tr.attention, true) : 0;
   const int64_t fp8_full = tr.fp8 ? fp8_layer_activation_delta_bytes(m, d.b, d.s, d.t, p.sp, Recompute::none, tr.attention, true) : 0;
+  const int64_t mask = m.dropout ? 1 : 0, norm_stats = m.family == Family::gpt ? 2 : 1;
+  const int64_t first_mb = d.first ? mask * d.T * d.h / d.rep : 0;
+  const int64_t last_mb = d.last ? d.e * d.T * d.h / d.rep + norm_stats * 4 * d.T / d.rep + d.e * d.T * d.h : 0;
+  const bool uneven = d.layers % p.vpp != 0 && p.schedule == Schedule::interleaved;
+  const HeldAtPeak held = uneven ? uneven_chunks_peak(m, p, d, stage, act.total() + fp8, first_mb, last_mb) : HeldAtPeak{};
   add(v, "layer activations", MemCategory::activations, Lifetime::in_flight,
-      in_flight * (d.layers_chunk - d.moe.layers_chunk) * (act.total() + fp8));
+      uneven ? held.layers - in_flight * d.moe.layers_chunk * (act.total() + fp8)
+             : in_flight * (d.layers_chunk - d.moe.layers_chunk) * (act.total() + fp8));
   if (d.moe.layers_chunk > 0) {  // MoE layers (sim/moe.hpp), the most of any chunk of the stage
     const int64_t moe_act = moe_layer_activation_bytes(m, d.moe, d.b, d.s, p.sp, p.recompute, tr.attention, tr.dtype);
     add(v, "moe layer activations", MemCategory::activations, Lifetime::in_flight,
@@ -111,16 +140,13 @@ void activation_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainS
   }
   if (p.recompute != Recompute::none)
     add(v, "recomputed layer", MemCategory::activations, Lifetime::transient, full.total() + fp8_full - act.total() - fp8);
-  const int64_t mask = m.dropout ? 1 : 0, norm_stats = m.family == Family::gpt ? 2 : 1;
-  const int64_t first_mb = d.first ? mask * d.T * d.h / d.rep : 0;
-  const int64_t last_mb = d.last ? d.e * d.T * d.h / d.rep + norm_stats * 4 * d.T / d.rep + d.e * d.T * d.h : 0;
   int64_t held_first = p.schedule == Schedule::gpipe ? d.mb : std::min<int64_t>(p.pp - stage, d.mb);
   int64_t held_last = held_first;
   // zb-v (zb_v_rank's first table): chunk 0, the embedding's, holds min(2p, m) micro-batches
   // from F to B; chunk 1, the head's, runs each F, B, W in a row (one at a time).
   if (p.schedule == Schedule::zb_v) held_first = std::min<int64_t>(2 * p.pp, d.mb), held_last = 1;
   add(v, "embedding and head activations", MemCategory::activations, Lifetime::in_flight,
-      held_first * first_mb + held_last * last_mb);
+      uneven ? held.ends : held_first * first_mb + held_last * last_mb);
   // Logits (e, consumed by the cross-entropy) and the fp32 probabilities (4) the unfused
   // cross-entropy keeps for backward (Megatron's vocab-parallel cross-entropy): one
   // micro-batch's at a time, except GPipe, which runs every forward before the first backward.

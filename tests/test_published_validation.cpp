@@ -152,13 +152,13 @@ TEST_CASE("published tables: every row compared or listed, with known reason ids
       CHECK(p.predicted > 0);
     }
   }
-  // Rows in the files, never dropped: 02 has 12, 06 5 (two figures each), 09 25 (7 priced: the
-  // Llama 3 rows whose release's code says what ran), 10 24 of which 6 hold two figures, 11 5.
+  // Rows in the files, never dropped: 02 has 12, 06 5 (two figures each), 09 25 (16 priced: the
+  // rows whose release's code says what ran), 10 24 of which 6 hold two figures, 11 5.
   CHECK(table(*ts, "02").points.size() == 12);
   CHECK(table(*ts, "02").unexpressed.empty());
   CHECK(table(*ts, "06").points.size() == 10);
-  CHECK(table(*ts, "09").points.size() == 7);
-  CHECK(table(*ts, "09").unexpressed.size() == 18);
+  CHECK(table(*ts, "09").points.size() == 16);
+  CHECK(table(*ts, "09").unexpressed.size() == 9);
   CHECK(table(*ts, "10").points.empty());
   CHECK(table(*ts, "10").unexpressed.size() == 30);
   // 11: all five priced, run_gpt3_125M.sh's ~0.150 s on 8 A100s too (its note says the time
@@ -173,21 +173,22 @@ TEST_CASE("published tables: why rows cannot be expressed", "[published]") {
   const TableResult& nemo = table(*ts, "09");
   // FP8, delayed or current (tensorwise) scaling, is priced (sim/fp8.hpp): no longer a reason;
   // recompute is read from the release's code where loom has looked (table_09's rules).
-  CHECK(reasons_at(nemo, 3) == Ids{"model_unknown", "recompute_unstated"});  // GPT3-5B
+  CHECK(reasons_at(nemo, 10) == Ids{"model_unknown", "config_unsettled"});  // Nemotron-8B
   CHECK(reasons_at(nemo, 5) == Ids{"config_unsettled"});  // GPT3-175B: yaml and script disagree
   CHECK(reasons_at(nemo, 21) == Ids{"recompute_partial"});  // 25.11 LLAMA3_8B: 5 layers recomputed in full
   CHECK(reasons_at(nemo, 18) == Ids{"precision_unstated"});  // 25.09 LLAMA3_8B: delayed or current FP8
-  // 405B: 126 layers on pp 8 x vpp 8: loom's uneven stages keep each a multiple of vpp (8 does not divide 126).
-  CHECK(reasons_at(nemo, 20) == Ids{"precision_unstated", "uneven_chunks"});
-  CHECK(reasons_at(nemo, 25) == Ids{"uneven_chunks"});
-  // Priced: NeMo 24.07's Llama 3 8B (cp 2) and 70B with delayed FP8, Megatron-Bridge's 70B from
-  // 25.11 on with current scaling.
+  // 405B: 126 layers on pp 8 x vpp 8, the embedding and the loss counted as layers: priced.
+  CHECK(reasons_at(nemo, 20) == Ids{"precision_unstated"});
+  // Priced: NeMo 24.07's GPT-3 5B and 20B, Llama 2 and Llama 3 with delayed FP8,
+  // Megatron-Bridge's Llama 3 70B and 3.1 405B from 25.11 on with current scaling.
   std::vector<int64_t> priced;
   for (const PublishedPoint& x : nemo.points) priced.push_back(x.line);
-  CHECK(priced == std::vector<int64_t>{13, 14, 22, 24, 26, 27, 28});
-  CHECK(nemo.points[0].config == "dp 4 tp 1 pp 1 zero 1 mb 1 1f1b rc none cp 2 fp8 delayed");
-  CHECK(nemo.points[2].config ==
+  CHECK(priced == std::vector<int64_t>{3, 4, 7, 8, 9, 13, 14, 22, 23, 24, 25, 26, 27, 28, 29, 30});
+  CHECK(nemo.points[5].config == "dp 4 tp 1 pp 1 zero 1 mb 1 1f1b rc none cp 2 fp8 delayed");
+  CHECK(nemo.points[7].config ==
         "dp 2 tp 4 pp 8 zero 1 mb 1 interleaved vpp 5 rc none sp tpo fp8 tensorwise");
+  CHECK(nemo.points[8].config == "dp 8 tp 8 pp 8 zero 1 mb 1 interleaved vpp 8 rc none sp cp 2 tpo stages "
+                                 "15,16,16,16,16,16,16,15 fp8 tensorwise");
   // llm.c's GPT-3 125M row: 524288 tokens of gpt3:c768 (12 layers, 768 channels, vocab 50304, seq
   // 2048) in 0.150 s on 8 A100s needs more model FLOP/s per GPU than an A100's 312 TFLOP/s peak:
   // priced and counted, with a note.

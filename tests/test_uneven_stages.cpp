@@ -89,8 +89,18 @@ TEST_CASE("uneven stages: the rules of a split, each one line naming stage_layer
   CHECK(rule(j, pipeline(4, {6, 6, 6, 5})) == "stage_layers: must sum to the model's 24 layers (got 23)");
   CHECK(rule(j, pipeline(4, {12, 12, 0, 0})) == "stage_layers: each stage must hold 1 to 24 layers (got 0 on stage 2)");
   CHECK(rule(j, pipeline(4, {7, 7, 7, 3}, Schedule::interleaved, 2)) ==
-        "stage_layers: each stage's layers must be a multiple of vpp 2, equal per chunk (got 7 on stage 0)");
+        "stage_layers: each stage's layers must be a multiple of vpp 2, equal per chunk, but the first and last "
+        "stage's, whose first (last) chunk may hold fewer than the others and at least 1 (got 7 on stage 1)");
   CHECK(rule(j, pipeline(4, {8, 6, 6, 4}, Schedule::interleaved, 2)).empty());
+  // The first and last stage may leave their model-end chunk short (Megatron-LM's embedding and
+  // loss counted as layers): 7 = 4 + 3 on stage 0, 5 = 3 + 2 on stage 3; never an empty chunk.
+  CHECK(rule(j, pipeline(4, {7, 6, 6, 5}, Schedule::interleaved, 2)).empty());
+  CHECK(rule(j, pipeline(4, {5, 7, 6, 6}, Schedule::interleaved, 2)) ==
+        "stage_layers: each stage's layers must be a multiple of vpp 2, equal per chunk, but the first and last "
+        "stage's, whose first (last) chunk may hold fewer than the others and at least 1 (got 7 on stage 1)");
+  const Job j8 = job("gpt2-350m", "dgx-h100", 2, 8, 1024);
+  CHECK(rule(j8, pipeline(2, {20, 4}, Schedule::interleaved, 4)).empty());
+  CHECK_FALSE(rule(j8, pipeline(2, {21, 3}, Schedule::interleaved, 4)).empty());  // 3 over 4 chunks: one empty
   // pp 5 does not divide 24 layers: refused as an even split, valid with a split.
   ParallelConfig five = pipeline(5, {5, 5, 5, 5, 4});
   const Job j5 = job("gpt2-350m", "dgx-h100", 5, 10, 1024);
@@ -109,6 +119,33 @@ TEST_CASE("uneven stages: layer placement, chunk by chunk, as Megatron-core inte
     CHECK(l[i].stage == stage[i]);
     CHECK(l[i].chunk == chunk[i]);
   }
+  // Llama 3.1 405B as Megatron-Bridge runs it: 126 layers on pp 8 x vpp 8 with the embedding and
+  // the loss counted as layers (15, 16 x 6, 15): two layers per chunk but the model's first
+  // chunk (layer 0, stage 0) and its last (layer 125, stage 7).
+  const std::vector<int64_t> mb = {15, 16, 16, 16, 16, 16, 16, 15};
+  CHECK(megatron_account_split(126, 8, 8, AccountFor{true, true}, "x").value() == mb);
+  CHECK(megatron_account_for(mb, 126, 8).has_value());
+  const auto big = layer_placement(126, 8, 8, mb);
+  REQUIRE(big.size() == 126);
+  CHECK(big[0].stage == 0);
+  CHECK(big[1].stage == 1);  // chunk 0 of stage 0 holds layer 0 alone
+  CHECK(big[2].stage == 1);
+  CHECK(big[3].stage == 2);
+  CHECK(big[124].stage == 6);
+  CHECK(big[125].stage == 7);  // the last chunk of stage 7 holds layer 125 alone
+  CHECK(big[125].chunk == 7);
+  ParallelConfig p405;
+  p405.pp = 8, p405.vpp = 8, p405.stage_layers = mb;
+  CHECK(chunk_layers_at(p405, 126, 0, 0) == 1);
+  CHECK(chunk_layers_at(p405, 126, 0, 1) == 2);
+  CHECK(chunk_layers_at(p405, 126, 7, 7) == 1);
+  CHECK(chunk_layers_at(p405, 126, 7, 0) == 2);
+  CHECK(chunk_layer_count(p405, 126, 0) == 2);  // the most a chunk of stage 0 holds
+  // Megatron-LM refuses what does not divide: (126 + 1) over 8 stages.
+  CHECK_FALSE(megatron_account_split(126, 8, 8, AccountFor{false, true}, "x").ok());
+  // The planner tries it.
+  const auto cands = stage_split_candidates(126, 8, 8);
+  CHECK(std::find(cands.begin(), cands.end(), mb) != cands.end());
   // Without a split, the even blocks as before.
   const auto e = layer_placement(8, 2, 2);
   CHECK(e[2].stage == 1);
@@ -313,6 +350,13 @@ TEST_CASE("uneven stages: export writes the engines' first/last stage flags and 
              "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 2048 --tp 4 --pp 4 --zero 1 "
              "--grad-dtype fp32 --schedule interleaved --vpp 2 --stage-layers 6,10,10,6",
              "--cluster dgx-h100 --gpus 16", "uneven_mg_int", "--num-virtual-stages-per-pipeline-rank 2");
+  // A short first and last chunk: Llama 3.1 405B as Megatron-Bridge runs it, the embedding and
+  // the loss counted as layers ((126 + 2) / (8 x 8) = 2 per chunk, 1 in the model's first and last).
+  round_trip("megatron",
+             "--model llama3-405b --cluster dgx-h100 --gpus 1024 --global-batch 128 --seq 2048 --tp 8 --pp 8 --zero 1 "
+             "--grad-dtype fp32 --recompute full --schedule interleaved --vpp 8 --stage-layers 15,16,16,16,16,16,16,15",
+             "--cluster dgx-h100 --gpus 1024", "uneven_mg_account",
+             "--account-for-embedding-in-pipeline-split \\\n  --account-for-loss-in-pipeline-split");
   // torchtitan: the embedding and the output as 2 layers each, (32 + 4) / 4 = 9 per stage.
   round_trip("torchtitan",
              "--model llama3-8b --cluster dgx-h100 --gpus 32 --global-batch 16 --seq 2048 --tp 4 --pp 4 --zero 2 --sp on "

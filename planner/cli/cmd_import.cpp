@@ -180,6 +180,25 @@ Status read_uneven_stages(MegatronArgs& a, const ModelSpec& m, ParallelConfig& p
   return ok_status();
 }
 
+// --account-for-embedding-in-pipeline-split and --account-for-loss-in-pipeline-split: the
+// embedding and the loss counted as layers of the model's first and last chunk, which give one
+// up each (sim/stage_split.hpp megatron_account_split); read once pp and the chunks per rank are.
+Status read_account_for(MegatronArgs& a, const ModelSpec& m, int64_t per_virtual, ParallelConfig& p) {
+  const AccountFor f{a.has("--account-for-embedding-in-pipeline-split"), a.has("--account-for-loss-in-pipeline-split")};
+  if (!f.embedding && !f.loss) return ok_status();
+  const std::string flag = a.where + ": " + (f.embedding ? "--account-for-embedding-in-pipeline-split"
+                                                         : "--account-for-loss-in-pipeline-split");
+  if (!p.stage_layers.empty())
+    return make_error(flag, "Megatron-LM refuses it beside --decoder-first/last-pipeline-num-layers");
+  if (per_virtual > 0)
+    return make_error(flag, "give the chunks per rank (--num-virtual-stages-per-pipeline-rank), not "
+                            "--num-layers-per-virtual-pipeline-stage, beside it");
+  auto v = megatron_account_split(m.layers, p.pp, p.vpp, f, flag);
+  if (!v) return v.error();
+  p.stage_layers = *v;
+  return ok_status();
+}
+
 // --optimizer-cpu-offload (with --use-precision-aware-optimizer, which it needs): the whole
 // optimizer on the CPU, loom's offload optimizer; a fraction below 1 splits it, not modelled.
 Status read_offload(MegatronArgs& a, ParallelConfig& p) {
@@ -283,6 +302,7 @@ Status read_parallel(MegatronArgs& a, const ModelSpec& m, TrainSpec& t, Parallel
       return make_error(a.where + ": --num-layers-per-virtual-pipeline-stage", "pp x it must divide --num-layers");
     p.schedule = Schedule::interleaved, p.vpp = m.layers / (p.pp * per_virtual);
   }
+  if (st) st = read_account_for(a, m, per_virtual, p);
   if (st) st = get_int(a, "--context-parallel-size", p.cp, limits::kGpus);
   // The ring of KV blocks (p2p, the default) is what loom prices; a2a is Ulysses, allgather
   // gathers every block (sim/context_parallel.hpp).

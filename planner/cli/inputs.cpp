@@ -109,7 +109,8 @@ void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
                  pin ? "pin the layers of each pipeline stage, first to last, e.g. 7,8,8,7 (sets pp; default: the even "
                        "split and splits with lighter first and last stages are searched)"
                      : "the layers of each pipeline stage, first to last, e.g. 7,8,8,7: pp entries summing to the "
-                       "layers, each a multiple of vpp (default layers / pp each)");
+                       "layers, each a multiple of vpp but the first and last, whose model-end chunk may hold fewer "
+                       "(default layers / pp each)");
   cmd.add_option("--offload", o.offload,
                  pin ? "offload choices to search: none, optimizer, optimizer+params, activations, a comma-separated "
                        "list of them, or any (default none)"

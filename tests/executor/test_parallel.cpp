@@ -118,7 +118,9 @@ TEST_CASE("PP 2 and 4 with each schedule", "[equivalence]") {
 }
 // Uneven stages (ParallelConfig::stage_layers): pp 3 on the 8 layers, which pp does not divide
 // (1F1B, with ZeRO-1 over dp 2 sharding each stage's own parameters); pp 4 with lighter first and
-// last stages (GPipe); pp 2 interleaved with 3 and 1 layers per chunk. Each trains as one rank
+// last stages (GPipe); pp 2 interleaved with 3 and 1 layers per chunk, and with the model's first
+// and last chunk short (2 + 3 and 2 + 1: Megatron-LM's embedding and loss counted as layers).
+// Each trains as one rank
 // does and every rank's memory, FLOPs and bytes are its stage's prediction exactly.
 TEST_CASE("uneven pipeline stages train as one rank, priced exactly", "[equivalence]") {
   struct Case {
@@ -128,7 +130,8 @@ TEST_CASE("uneven pipeline stages train as one rank, priced exactly", "[equivale
   };
   for (const Case& c : {Case{"uneven_pp3", config(2, 1, 3, 1), {2, 4, 2}},
                         Case{"uneven_pp4", config(1, 1, 4, 0, Schedule::gpipe), {1, 3, 3, 1}},
-                        Case{"uneven_int", config(1, 1, 2, 0, Schedule::interleaved, 2), {6, 2}}}) {
+                        Case{"uneven_int", config(1, 1, 2, 0, Schedule::interleaved, 2), {6, 2}},
+                        Case{"uneven_int_short", config(1, 1, 2, 0, Schedule::interleaved, 2), {5, 3}}}) {
     INFO(c.name);
     ParallelConfig p = c.p;
     p.stage_layers = c.layers;
