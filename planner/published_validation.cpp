@@ -14,6 +14,7 @@
 #include "sim/cost_model.hpp"
 #include "sim/fp8.hpp"
 #include "sim/spec_json.hpp"
+#include "sim/simulator.hpp"
 #include "sim/stage_split.hpp"
 #include "sim/validate.hpp"
 #include "sim/validation.hpp"
@@ -224,6 +225,17 @@ Expected<Estimate> predict(const ModelSpec& m, const ClusterSpec& c, const Train
 
 std::string fit_note(const Estimate& e) { return e.fits ? "" : "loom's memory model: " + e.reason; }
 
+// The event simulator's step for the configuration `e` priced, against `e`'s analytical step:
+// (simulated / analytical - 1) x 100 (what `loom plan` re-ranks by; the two should agree).
+std::optional<double> sim_vs_analytical_pct(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t,
+                                            const Estimate& e) {
+  SimOptions o;
+  o.keep_tasks = false;
+  auto r = simulate(CostModel(m, c, t), e.parallel, o);
+  if (!r || e.step_time_s <= 0) return std::nullopt;
+  return (r->step_time_s / e.step_time_s - 1) * 100;
+}
+
 }  // namespace
 
 // ---- 02: Megatron-LM PTD-P against ZeRO-3 (Narayanan et al. 2021, Table 2) ----------------
@@ -356,6 +368,7 @@ Expected<std::optional<PublishedPoint>> point_02(const Row02& x, const CsvRow& r
   PublishedPoint p{x.label, r.line, "TFLOP/s per GPU", x.tflops.value,
                    flops / (static_cast<double>(x.gpus) * e->step_time_s) / 1e12, x.tflops.approximate,
                    describe(e->parallel), fit_note(*e)};
+  p.sim_vs_analytical_pct = sim_vs_analytical_pct(mm, *c, t, *e);
   return std::optional<PublishedPoint>{p};
 }
 
@@ -631,8 +644,12 @@ Expected<std::vector<std::string>> reasons_09(const Row09& x, std::string& detai
   return ids;
 }
 
-// The row as its release's code ran it (table_09's rules).
-Expected<Estimate> estimate_09(const Row09& x) {
+// The row as its release's code ran it (table_09's rules), and the simulator's step beside it.
+struct Priced09 {
+  Estimate e;
+  std::optional<double> sim_pct;
+};
+Expected<Priced09> estimate_09(const Row09& x) {
   auto m = zoo_model(*llama_zoo_name(x.model));
   if (!m) return m.error();
   auto c = sized_cluster("dgx-h100", x.gpus);
@@ -655,7 +672,9 @@ Expected<Estimate> estimate_09(const Row09& x) {
   p.zero = 1;
   p.overlap_param_gather = p.dp > 1;
   p.sp = p.tp_comm_overlap = x.tp > 1;
-  return predict(*m, *c, t, p);
+  auto e = predict(*m, *c, t, p);
+  if (!e) return e.error();
+  return Priced09{*e, sim_vs_analytical_pct(*m, *c, t, *e)};
 }
 
 std::string describe_09(const Estimate& e, const Row09& x) {
@@ -721,9 +740,11 @@ Status table_09(const CsvTable& t, TableResult& out) {
       out.unexpressed.push_back(unexpressed(label, r.line, {"config_rejected"}, e.error().message));
       continue;
     }
-    const double tokens = static_cast<double>(x->gbs * x->seq) / (static_cast<double>(x->gpus) * e->step_time_s);
-    out.points.push_back({label, r.line, "tokens/s per GPU", x->tokens_per_gpu.value, tokens,
-                          x->tokens_per_gpu.approximate, describe_09(*e, *x), fit_note(*e)});
+    const double tokens = static_cast<double>(x->gbs * x->seq) / (static_cast<double>(x->gpus) * e->e.step_time_s);
+    PublishedPoint pt{label, r.line, "tokens/s per GPU", x->tokens_per_gpu.value, tokens,
+                      x->tokens_per_gpu.approximate, describe_09(e->e, *x), fit_note(e->e)};
+    pt.sim_vs_analytical_pct = e->sim_pct;
+    out.points.push_back(pt);
   }
   return ok_status();
 }
@@ -919,8 +940,9 @@ Expected<std::optional<PublishedPoint>> point_11(const CsvTable& t, const CsvRow
         << " peak " << c->gpu.peak_flops_bf16 / 1e12;
     note = note.empty() ? why.str() : note + "; " + why.str();
   }
-  return std::optional<PublishedPoint>{PublishedPoint{x.script, r.line, "step s", x.step_s.value, e->step_time_s,
-                                                      x.step_s.approximate, describe(p), note}};
+  PublishedPoint out_p{x.script, r.line, "step s", x.step_s.value, e->step_time_s, x.step_s.approximate, describe(p), note};
+  out_p.sim_vs_analytical_pct = sim_vs_analytical_pct(**m, *c, tr, *e);
+  return std::optional<PublishedPoint>{out_p};
 }
 
 Status table_11(const CsvTable& t, TableResult& out) {
@@ -1008,9 +1030,11 @@ Expected<std::vector<TableResult>> validate_published(const std::string& dir) {
 namespace {
 
 nlohmann::json point_json(const PublishedPoint& p) {
-  return {{"row", p.label},           {"line", p.line},       {"metric", p.metric},
-          {"published", p.published}, {"predicted", p.predicted}, {"error_pct", p.error_pct()},
-          {"approximate", p.approximate}, {"config", p.config},   {"note", p.note}};
+  nlohmann::json j = {{"row", p.label},           {"line", p.line},       {"metric", p.metric},
+                      {"published", p.published}, {"predicted", p.predicted}, {"error_pct", p.error_pct()},
+                      {"approximate", p.approximate}, {"config", p.config},   {"note", p.note}};
+  j["simulated_vs_analytical_pct"] = p.sim_vs_analytical_pct ? nlohmann::json(*p.sim_vs_analytical_pct) : nullptr;
+  return j;
 }
 
 }  // namespace

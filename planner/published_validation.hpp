@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -86,6 +87,9 @@ struct PublishedPoint {
   bool approximate = false;  // the published figure is marked "~"
   std::string config;        // what loom priced: "dp 4 tp 8 pp 12 zero 0 mb 1 ..."
   std::string note;          // e.g. that loom's memory model says the configuration does not fit
+  // Where the figure comes from a whole step: the event simulator's step for the same
+  // configuration against the analytical one, (simulated / analytical - 1) x 100.
+  std::optional<double> sim_vs_analytical_pct;
   double error_pct() const { return (predicted - published) / published * 100.0; }
 };
 

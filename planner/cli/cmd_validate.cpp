@@ -58,21 +58,46 @@ void print_table(const std::vector<ValidationRow>& rows, const ValidationSummary
 
 // ---- --published --------------------------------------------------------------------------
 
+// How many of a table's figures priced from a whole step have the simulator's step within 3% of
+// the analytical one, and the farthest.
+struct SimAgreement {
+  size_t rows = 0, within = 0;
+  double worst_pct = 0;
+  std::string worst_label;
+};
+SimAgreement sim_agreement(const TableResult& t) {
+  SimAgreement a;
+  for (const auto& p : t.points) {
+    if (!p.sim_vs_analytical_pct) continue;
+    const double d = *p.sim_vs_analytical_pct;
+    ++a.rows;
+    a.within += std::abs(d) <= 3.0;
+    if (std::abs(d) >= std::abs(a.worst_pct)) a.worst_pct = d, a.worst_label = p.label;
+  }
+  return a;
+}
+
 void print_points(const TableResult& t) {
   if (t.points.empty()) {
     fmt::print("no row can be expressed\n");
     return;
   }
-  fmt::print("{:<44} {:>5}  {:<16} {:>10} {:>10} {:>8}  {}\n", "row", "line", "metric", "published", "predicted",
-             "error %", "loom configuration");
+  fmt::print("{:<44} {:>5}  {:<16} {:>10} {:>10} {:>8} {:>7}  {}\n", "row", "line", "metric", "published", "predicted",
+             "error %", "sim %", "loom configuration");
   for (const auto& p : t.points) {
-    fmt::print("{:<44} {:>5}  {:<16} {:>10} {:>10.4g} {:>+8.2f}  {}\n", p.label, p.line, p.metric,
-               (p.approximate ? "~" : "") + fmt::format("{:.4g}", p.published), p.predicted, p.error_pct(), p.config);
+    const std::string sim = p.sim_vs_analytical_pct ? fmt::format("{:+.2f}", *p.sim_vs_analytical_pct) : "-";
+    fmt::print("{:<44} {:>5}  {:<16} {:>10} {:>10.4g} {:>+8.2f} {:>7}  {}\n", p.label, p.line, p.metric,
+               (p.approximate ? "~" : "") + fmt::format("{:.4g}", p.published), p.predicted, p.error_pct(), sim,
+               p.config);
     if (!p.note.empty()) fmt::print("{:<44}        note: {}\n", "", p.note);
   }
   const auto& w = t.points[t.worst];
   fmt::print("MAPE {:.2f}% over {} figures; worst: {} (line {}) {} {:+.2f}%\n", t.mape_pct, t.points.size(), w.label,
              w.line, w.metric, w.error_pct());
+  const SimAgreement a = sim_agreement(t);
+  if (a.rows > 0)
+    fmt::print("analytical and simulated steps within 3%: {} of {} (worst {:+.2f}%, {})\n", a.within, a.rows, a.worst_pct,
+               a.worst_label);
 }
 
 std::string join(const std::vector<std::string>& v, const char* sep) {
