@@ -104,6 +104,12 @@ struct FabricSpec {            // one level of the interconnect
   // collective is in flight; the cost model's nccl_sm_share). 0: not stated, and compute
   // overlapped with collectives is priced as if it kept every SM.
   int64_t nccl_channels = 0;
+  // NVLink SHARP (NVLS: the NVSwitch reduces and multicasts, Hopper on): an all-reduce's
+  // achievable bus bandwidth and its latency where every rank of the group sits on this level's
+  // switch (intra-node only; 0: no NVLS). collectives.hpp prices an all-reduce on it when NCCL's
+  // model would pick it.
+  double nvls_busbw_bytes_per_s = 0;
+  double nvls_latency_s = 0;
   std::string source;
 };
 

@@ -6,7 +6,13 @@
 namespace loom {
 
 Topology::Topology(const ClusterSpec& c)
-    : g_(c.gpus + c.nodes + 1), gpus_(c.gpus), gpus_per_node_(c.gpus_per_node), nodes_(c.nodes) {
+    : g_(c.gpus + c.nodes + 1),
+      gpus_(c.gpus),
+      gpus_per_node_(c.gpus_per_node),
+      nodes_(c.nodes),
+      intra_busbw_(c.intra_node.busbw_bytes_per_s),
+      nvls_busbw_(c.intra_node.nvls_busbw_bytes_per_s),
+      nvls_latency_s_(c.intra_node.nvls_latency_s) {
   const int64_t core = gpus_ + nodes_;
   const LinkProps intra{c.intra_node.busbw_bytes_per_s, c.intra_node.latency_s};
   const LinkProps inter{c.inter_node.busbw_bytes_per_s * static_cast<double>(c.inter_node.nics_per_node),
@@ -93,6 +99,10 @@ GroupLinks Topology::price(const RankGrid& grid, Dim d, bool ring) const {
   out.busbw_bytes_per_s = bw;
   out.latency_s = lat;
   out.intra_latency_s = intra_lat;
+  if (ring && out.nodes_spanned <= 1 && nvls_busbw_ > 0 && intra_busbw_ > 0) {
+    out.nvls_busbw_bytes_per_s = nvls_busbw_ * std::min(1.0, bw / intra_busbw_);
+    out.nvls_latency_s = nvls_latency_s_;
+  }
   return out;
 }
 

@@ -27,6 +27,7 @@
 
 #include "sim/collectives.hpp"
 #include "sim/cost_model.hpp"
+#include "sim/spec_json.hpp"
 #include "sim/validate.hpp"
 #include "sim/validation.hpp"
 #include "sim/zoo.hpp"
@@ -153,21 +154,25 @@ TEST_CASE("A100 8-GPU all-reduce busbw against Azure ND A100 v4 (nccl-tests)") {
 
 TEST_CASE("H100 8-GPU all-reduce busbw against Azure ND H100 v5 (NVLS)") {
   const CurveErrors e = compare_curve("ND H100 v5 (NCCL 2.18.5, NVLS)", "dgx-h100", &Point::h100);
-  // The Azure H100 column is NVLink SHARP all-reduce (~480 GB/s, nccl-tests#212, #290); loom
-  // prices the ring (~370 GB/s, the maintainers' figure for NCCL_ALGO=RING and for every
-  // other collective). So loom is below it by 1 - 370/480 = 23% at the largest sizes: a known
-  // gap, not fitted away. Bounds: within [-25%, -15%] per large point (today -17 to -23%).
-  for (double x : e.large) {
-    CHECK(x <= -15.0);
-    CHECK(x >= -25.0);
-  }
-  // Small: NVLS/LL small-message latency is about 26 us at 1 KiB, below loom's 47.6 us, so loom
-  // is pessimistic: within [-50%, 0] (today -12 to -46%).
+  // The Azure H100 column is NVLink SHARP all-reduce, which loom prices where a group stays in a
+  // node with NVLS (collectives.hpp): the maintainer's ~480 GB/s busbw (nccl-tests#212) and
+  // NCCL's own NVLS latency, 25 us (tuning.cc), both from dgx-h100.json, neither from this table.
+  // Large: within 10% per point (today +0.2 to +8.1%), 5% on average (today 2.5%).
+  CHECK(mape_pct(e.large) <= 5.0);
+  for (double x : e.large) CHECK(std::fabs(x) <= 10.0);
+  // Small: 1-8 KiB within 10% (today +2 to +8%: the 25 us latency); from 16 KiB to 1 MiB the
+  // measured NVLS time stays near 42 us where NCCL's model has 25 us, so loom is optimistic by
+  // up to about +67%: a known gap of NCCL's tuning model, recorded, not fitted (fails past 70%).
   for (double x : e.small) {
-    CHECK(x <= 0.0);
-    CHECK(x >= -50.0);
+    CHECK(x >= -10.0);
+    CHECK(x <= 70.0);
   }
-  for (double x : e.mid) CHECK(std::fabs(x) <= 30.0);  // today -1 to -22%
+  // Mid (2-268 MiB): NVLS ramps to its bandwidth more slowly than a latency + bandwidth model
+  // does ("needs large messages", nccl-tests#212): optimistic by +10 to +53% today; bound 60%.
+  for (double x : e.mid) {
+    CHECK(x >= 0.0);
+    CHECK(x <= 60.0);
+  }
 }
 
 TEST_CASE("maintainers' expected bandwidths through the Topology (15_nccl_maintainer_expected_bw.csv)") {
@@ -179,8 +184,10 @@ TEST_CASE("maintainers' expected bandwidths through the Topology (15_nccl_mainta
     double lo, hi;      // the published figure or range, GB/s
     double bound_pct;   // |error| allowed against the nearest end of the range
     const char* source;
+    bool ring_only = false;  // NCCL_ALGO=RING: NVLS left out
   };
-  // Intra-node: one 8-GPU ring. Inter-node, one ring over 2 nodes (tp 1, dp 16): it leaves
+  // Intra-node: one 8-GPU ring (NCCL_ALGO=RING), and the all-reduce as NCCL runs it by default
+  // there, on NVLink SHARP (the cluster's NVLS figure). Inter-node, one ring over 2 nodes (tp 1, dp 16): it leaves
   // each node once and NCCL spreads its channels over all 8 NICs (rail-optimised). Per NIC:
   // tp 8 inside the nodes, 8 dp rings of 2 across them, sharing the node's 8 NICs: each ring
   // gets one NIC's worth. These figures are where the cluster files' busbw came from, so the
@@ -194,7 +201,9 @@ TEST_CASE("maintainers' expected bandwidths through the Topology (15_nccl_mainta
       {"A100 intra-node ring", "dgx-a100", 8, 1, 230, 230, 1, "NVIDIA/nccl-tests#149"},
       {"A100 2 nodes, 8 HDR NICs", "dgx-a100", 1, 16, 192, 192, 1, "NVIDIA/nccl#812"},
       {"A100 per HDR NIC", "dgx-a100", 8, 2, 24, 24, 1, "NVIDIA/nccl-tests#119"},
-      {"H100 intra-node ring", "dgx-h100", 8, 1, 370, 370, 1, "NVIDIA/nccl-tests#212"},
+      {"H100 intra-node ring", "dgx-h100", 8, 1, 370, 370, 1, "NVIDIA/nccl-tests#212", true},
+      {"H100 intra-node NVLS", "dgx-h100", 8, 1, 480, 480, 1, "NVIDIA/nccl-tests#212"},
+      {"H100 intra-node all-reduce", "dgx-h100", 8, 1, 476, 476, 1, "NVIDIA/nccl-tests#290"},
       {"H100 2 nodes, 8 NDR NICs", "dgx-h100", 1, 16, 380, 400, 8, "NVIDIA/nccl-tests#309"},
       {"H100 2 nodes, 8 NDR NICs", "dgx-h100", 1, 16, 396, 396, 8, "NVIDIA/nccl-tests#319"},
       {"H100 per NDR NIC", "dgx-h100", 8, 2, 46, 48, 1, "NVIDIA/nccl-tests#290"},
@@ -204,7 +213,8 @@ TEST_CASE("maintainers' expected bandwidths through the Topology (15_nccl_mainta
               "source");
   for (const Case& c : cases) {
     require_cited(c.source);
-    const GroupLinks g = links(c.cluster, c.tp, c.dp, c.dp > 1 ? Dim::dp : Dim::tp);
+    GroupLinks g = links(c.cluster, c.tp, c.dp, c.dp > 1 ? Dim::dp : Dim::tp);
+    if (c.ring_only) g.nvls_busbw_bytes_per_s = 0;
     const double loom = busbw_GBps(S, g);
     // Error against the nearest end of a range (0 inside it).
     const double ref = loom < c.lo ? c.lo : loom > c.hi ? c.hi : loom;
@@ -215,4 +225,31 @@ TEST_CASE("maintainers' expected bandwidths through the Topology (15_nccl_mainta
     INFO(c.what << " " << c.source << ": loom " << loom << " GB/s");
     CHECK(std::fabs(err) <= c.bound_pct);
   }
+}
+
+TEST_CASE("NVLink SHARP: read from intra_node, priced for all-reduce inside a node only") {
+  // dgx-h100 states it (nvls_busbw_bytes_per_s, nvls_latency_s); dgx-a100 has none (Ampere).
+  const GroupLinks h100 = links("dgx-h100", 8, 1, Dim::tp), a100 = links("dgx-a100", 8, 1, Dim::tp);
+  CHECK(h100.nvls_busbw_bytes_per_s == 480e9);
+  CHECK(h100.nvls_latency_s == 25e-6);
+  CHECK(a100.nvls_busbw_bytes_per_s == 0);
+  // 1 GiB: NVLS's 2 (n-1)/n S / 480e9 + 25 us beats the ring's; all-gather stays on the ring.
+  const double S = 1073741824.0;
+  CHECK(collective_time_s(Collective::all_reduce, S, h100) == Approx(S * 14 / 8 / 480e9 + 25e-6).epsilon(1e-12));
+  CHECK(collective_time_s(Collective::all_gather, S, h100) ==
+        Approx(S * 7 / 8 / 370e9 + 7 * 3.4e-6).epsilon(1e-12));
+  // A group across nodes has no NVLS.
+  CHECK(links("dgx-h100", 1, 16, Dim::dp).nvls_busbw_bytes_per_s == 0);
+  // Strictly read: both fields or neither, and on intra_node only.
+  nlohmann::json c = to_json(sized("dgx-h100", 16));
+  REQUIRE(cluster_from_json(c, "test.json").ok());
+  nlohmann::json half = c;
+  half["intra_node"].erase("nvls_latency_s");
+  CHECK_FALSE(cluster_from_json(half, "test.json").ok());
+  nlohmann::json inter = c;
+  inter["inter_node"]["nvls_busbw_bytes_per_s"] = 1e9;
+  inter["inter_node"]["nvls_latency_s"] = 1e-6;
+  auto bad = cluster_from_json(inter, "test.json");
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.error().message.find("intra_node only") != std::string::npos);
 }
