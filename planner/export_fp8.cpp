@@ -7,6 +7,7 @@ namespace loom {
 void megatron_fp8(const TrainSpec& t, std::vector<std::pair<std::string, std::string>>& a) {
   if (!t.fp8) return;
   a.push_back({"--fp8-format", "hybrid"});
+  if (t.fp8_param_gather) a.push_back({"--fp8-param-gather", ""});
   if (t.fp8_recipe == Fp8Recipe::tensorwise) {  // current scaling: no amax history
     a.push_back({"--fp8-recipe", "tensorwise"});
     return;

@@ -657,6 +657,7 @@ Expected<Priced09> estimate_09(const Row09& x) {
   TrainSpec t = train_of(x.gbs, x.seq, Attention::fused, setup_09(x)->ce_fused ? CrossEntropy::fused : CrossEntropy::unfused);
   set_train_dtype(t, "fp8");
   t.fp8_recipe = megatron_bridge(x) ? Fp8Recipe::tensorwise : Fp8Recipe::delayed;
+  t.fp8_param_gather = megatron_bridge(x);  // mixed_precision.py: fp8_param_gather True
   ParallelConfig p;
   p.tp = x.tp, p.pp = x.pp, p.cp = x.cp, p.vpp = x.vp;
   if (m->layers % (x.pp * x.vp) != 0) {  // 405B: the embedding and the loss counted as layers
@@ -702,9 +703,9 @@ Status table_09(const CsvTable& t, TableResult& out) {
       "FP8 GEMMs in every linear layer: NeMo 24.07 with Transformer Engine's delayed scaling (fp8_hybrid; amax "
       "history 1024, max; Llama 2 13B and 70B: 1 and most_recent, priced the same), Megatron-Bridge with current "
       "(tensorwise) scaling (bf16_with_fp8_current_scaling_mixed, first_last_layers_bf16 False; its H100 presets are "
-      "FP8-CS only, so the 26.02+ \"FP8\" is FP8-CS; 25.09's recipe, delayed or current, is not stated); the FP8 weight "
-      "all-gather Megatron-Bridge runs (fp8_param_gather) is priced as a bf16 one, and its weights as bf16 ones beside "
-      "FP8 copies",
+      "FP8-CS only, so the 26.02+ \"FP8\" is FP8-CS; 25.09's recipe, delayed or current, is not stated); "
+      "Megatron-Bridge stores the FP8 GEMMs' weights in FP8 and gathers them so (fp8_param_gather True: "
+      "--fp8-param-gather), NeMo 24.07 keeps them in bf16 (fp8_params absent: False)",
       "the distributed optimizer (NeMo's distributed_fused_adam, Megatron-core's) as ZeRO-1 with the weight gather "
       "overlapped (overlap_param_sync / overlap_param_gather; Megatron-Bridge's overlap with the optimizer step is "
       "priced as under the first forward), 16-bit gradient reduction (grad_sync_dtype bf16, grad_reduce_in_fp32 "

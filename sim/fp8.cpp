@@ -71,10 +71,10 @@ int64_t fp8_layer_activation_delta_bytes(const ModelSpec& m, int64_t b, int64_t 
   return delta;
 }
 
-void fp8_buffers(std::vector<Buffer>& v, int zero, int64_t weights_rank, int64_t layers) {
+void fp8_buffers(std::vector<Buffer>& v, int zero, int64_t weights_rank, int64_t layers, bool fp8_params) {
   const bool sharded = zero >= 3 && layers > 0;
   const int64_t held = sharded ? (weights_rank + layers - 1) / layers : weights_rank;
-  const int64_t bytes = 2 * held;  // FP8 copy + FP8 transpose
+  const int64_t bytes = (fp8_params ? 1 : 2) * held;  // FP8 copy + FP8 transpose, or the transpose
   if (bytes > 0)
     v.push_back({"fp8 weight copies", MemCategory::weights, sharded ? Lifetime::transient : Lifetime::step, bytes});
 }
@@ -85,7 +85,8 @@ void fp8_buffers(std::vector<Buffer>& v, int zero, int64_t weights_rank, int64_t
 // (2 + 1 + 1 bytes per weight; one call per weight, scale 1 / m: once per step) and the
 // delayed-scaling update, which reads and writes each of the G calls' three amax histories
 // (input, weight, output gradient: kFp8AmaxHistory fp32 values each).
-void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weights_rank, Fp8Recipe recipe) {
+void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weights_rank, Fp8Recipe recipe,
+             bool fp8_params) {
   const size_t n = ops.size();
   const bool current = recipe == Fp8Recipe::tensorwise;
   int64_t calls = 0;
@@ -102,8 +103,8 @@ void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weig
   if (calls == 0) return;
   const double per_step = zero >= 3 ? 1 : 1 / static_cast<double>(micro_batches);
   const double weight_bytes = static_cast<double>(weights_rank) / static_cast<double>(calls);
-  if (current) ops.push_back(memory_op("fp8 weight amax", Pass::forward, 2 * weight_bytes, calls, per_step));
-  ops.push_back(memory_op("fp8 weight cast", Pass::forward, 4 * weight_bytes, calls, per_step));
+  if (current && !fp8_params) ops.push_back(memory_op("fp8 weight amax", Pass::forward, 2 * weight_bytes, calls, per_step));
+  ops.push_back(memory_op("fp8 weight cast", Pass::forward, (fp8_params ? 2 : 4) * weight_bytes, calls, per_step));
   if (current) return;  // the scale comes from the tensor itself: no history
   const double history_bytes = 2.0 * 4 * kFp8AmaxHistory;  // read and write, fp32
   ops.push_back(memory_op("fp8 amax and scale update", Pass::forward, 3 * static_cast<double>(calls) * history_bytes,

@@ -69,9 +69,10 @@ int64_t fp8_weight_params(const ModelSpec& m, int64_t tp, int64_t layers, const 
 int64_t fp8_layer_activation_delta_bytes(const ModelSpec& m, int64_t micro_batch, int64_t seq, int64_t tp, bool sp,
                                          Recompute r, Attention a, bool mlp);
 
-// The FP8 weight copy and its transpose (2 bytes per weight): `weights_rank` for the step, or
-// under ZeRO-3 one gathered layer's of the stage's `layers` (their mean), transient.
-void fp8_buffers(std::vector<Buffer>& v, int zero, int64_t weights_rank, int64_t layers);
+// The FP8 weight copy and its transpose (2 bytes per weight; the transpose alone where the
+// weights are FP8 themselves, fp8_param_gather): `weights_rank` for the step, or under ZeRO-3
+// one gathered layer's of the stage's `layers` (their mean), transient.
+void fp8_buffers(std::vector<Buffer>& v, int zero, int64_t weights_rank, int64_t layers, bool fp8_params);
 
 // Marks the FP8 GEMMs among `ops` and appends their casts (see above). `micro_batches` per step
 // per replica; `weights_rank` the stage's FP8 weights on this GPU (fp8_weight_params).
@@ -81,7 +82,10 @@ void fp8_buffers(std::vector<Buffer>& v, int zero, int64_t weights_rank, int64_t
 // cast; Float8CurrentScalingQuantizer in transformer_engine/pytorch/tensor/float8_tensor.py) and
 // has no amax history to update. The amax all-reduce over the tensor-parallel group that TE runs
 // for sequence-parallel inputs (one fp32 per cast, latency-bound) is not priced.
-void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weights_rank, Fp8Recipe recipe);
+// With fp8_params the weight cast is the transpose of the FP8 weights alone (read 1, write 1
+// byte per weight: the optimizer writes the FP8 weights from its master copy).
+void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weights_rank, Fp8Recipe recipe,
+             bool fp8_params);
 
 // Sequence parallelism's all-gathers that Transformer Engine runs in FP8 (1 byte per element
 // instead of bf16's 2), per micro-batch on a stage of `layers` layers, `mlp_free` of them MoE

@@ -441,10 +441,12 @@ Expected<TrainSpec> train_from_json(const nlohmann::json& j, const std::string& 
   r.opt_number("moe_capacity_factor", t.moe_capacity_factor, 0, true, 1e6);  // MoE (sim/moe.hpp)
   const bool has_recipe = j.is_object() && j.contains("fp8_recipe");
   read_enum(r, "fp8_recipe", fp8_recipe_names(), t.fp8_recipe, false);  // default delayed
+  r.opt_boolean("fp8_param_gather", t.fp8_param_gather);                 // default false
   r.reject_unknown_keys();
   if (r.failed()) return *r.error();
-  if (has_recipe && !t.fp8)
-    return make_error(where, pointer + "/fp8_recipe: only with dtype \"fp8\" (got dtype \"" + train_dtype_name(t) + "\")");
+  for (const auto& [key, set] : {std::pair{"fp8_recipe", has_recipe}, {"fp8_param_gather", t.fp8_param_gather}})
+    if (set && !t.fp8)
+      return make_error(where, pointer + "/" + key + ": only with dtype \"fp8\" (got dtype \"" + train_dtype_name(t) + "\")");
   return t;
 }
 
@@ -580,6 +582,7 @@ nlohmann::json to_json(const TrainSpec& t) {
   if (t.grad_accumulation != GradAccumulation::fused) j["grad_accumulation"] = to_string(t.grad_accumulation);
   if (!t.tp_backward_overlap) j["tp_backward_overlap"] = false;  // written when off, as above
   if (t.fp8 && t.fp8_recipe != Fp8Recipe::delayed) j["fp8_recipe"] = to_string(t.fp8_recipe);  // as above
+  if (t.fp8 && t.fp8_param_gather) j["fp8_param_gather"] = true;                                    // as above
   return j;
 }
 

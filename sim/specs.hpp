@@ -210,6 +210,11 @@ struct TrainSpec {
   // FP8 with per-tensor scaling and the casts they need, bf16 everywhere else.
   bool fp8 = false;
   Fp8Recipe fp8_recipe = Fp8Recipe::delayed;  // with fp8 only
+  // With fp8 only: the FP8 GEMMs' weights stored in FP8 (Megatron-LM's --fp8-param-gather,
+  // Transformer Engine's fp8_model_init): 1 byte each where bf16 keeps 2, no FP8 copy beside
+  // them (their transpose stays), the ZeRO weight all-gather moving FP8, the optimizer writing
+  // them from its fp32 master copy (sim/fp8.hpp).
+  bool fp8_param_gather = false;
 };
 
 enum class Recompute { none, selective, full };

@@ -496,7 +496,10 @@ Zero3Regather zero3_backward_regather(const ModelSpec& m, const ParallelConfig& 
 void dp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelConfig& p, const Dims& d,
                  const ModelSpec& m, int64_t params) {
   const int64_t G = static_cast<int64_t>(std::ceil(static_cast<double>(d.g * params) / p.grad_compression));
-  const int64_t W = d.e * params;
+  // FP8 weights (TrainSpec::fp8_param_gather) gather at 1 byte each (Megatron-LM's
+  // --fp8-param-gather: the distributed optimizer's all-gather moves the FP8 weights).
+  const int64_t fp8 = tr.fp8 && tr.fp8_param_gather ? fp8_weight_params(m, p.tp, d.layers, d.moe) - d.moe.expert_params : 0;
+  const int64_t W = d.e * params - (d.e - 1) * fp8;
   if (p.dp > 1 && p.dp_comm == DpComm::parameter_server) {
     v.push_back(message("dp push", Group::dp, MessageKind::send, Pass::step, Cadence::step, G, 1));
   } else if (dp_cp(p) > 1) {  // reduced over dp x cp: the weights are replicated over cp
@@ -686,6 +689,12 @@ void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, co
     const ModelStateBytes x = model_state_bytes(w.expert_params, d.moe.edp, p.zero, tr.dtype, tr.grad_dtype);
     state.weights += x.weights, state.grads += x.grads, state.optimizer += x.optimizer;
   }
+  // FP8 weights (TrainSpec::fp8_param_gather): 1 byte each of the FP8 GEMMs' weights, the same
+  // shard of them as of the rest.
+  if (tr.fp8 && tr.fp8_param_gather && w.params > 0)
+    state.weights -= static_cast<int64_t>(static_cast<double>(state.weights) / static_cast<double>(d.e) *
+                                          static_cast<double>(fp8_weight_params(m, p.tp, d.layers, d.moe)) /
+                                          static_cast<double>(w.params));
   add(w.buffers, "weights", MemCategory::weights, Lifetime::step, state.weights);
   add(w.buffers, "gradients", MemCategory::grads, Lifetime::step, state.grads);
   add(w.buffers, "optimizer state", MemCategory::optimizer, Lifetime::step, state.optimizer);
@@ -696,7 +705,7 @@ void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, co
   const OffloadShape offload = offload_shape(m, tr, p, d, w.optimizer_params);
   offload_buffers(w.buffers, p, offload);
   const int64_t fp8_weights = tr.fp8 ? fp8_weight_params(m, p.tp, d.layers, d.moe) : 0;  // sim/fp8.hpp
-  if (tr.fp8) fp8_buffers(w.buffers, p.zero, fp8_weights, d.layers);
+  if (tr.fp8) fp8_buffers(w.buffers, p.zero, fp8_weights, d.layers, tr.fp8_param_gather);
   runtime_buffers(w.buffers, c, p, m, d);
   // AdamW reads and writes the fp32 state and weights of its shard (memory-bound): read
   // master, m, v (12) and the gradient (g); write master, m, v (12) and the working copy (e).
@@ -706,7 +715,7 @@ void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, co
                                               : n * static_cast<double>(12 + d.g + 12);
   if (memory_only) return;
   stage_ops(w.ops, m, tr, p, d);
-  if (tr.fp8) fp8_ops(w.ops, p.zero, d.mb, fp8_weights, tr.fp8_recipe);  // FP8 GEMMs and their casts (sim/fp8.hpp)
+  if (tr.fp8) fp8_ops(w.ops, p.zero, d.mb, fp8_weights, tr.fp8_recipe, tr.fp8_param_gather);  // sim/fp8.hpp
   if (p.tp_comm_overlap) chunk_overlapped_gemms(w.ops, c.gpu, p.tp);  // GEMMs in tp chunks (sim/tp_overlap.hpp)
   tp_messages(w.messages, tr, p, d);
   mla_messages(w.messages, m, p, d.layers, d.g);  // latent attention's replicated weights (sim/mla.hpp)

@@ -177,6 +177,52 @@ TEST_CASE("fp8: tensorwise (current) scaling reads each cast tensor once more fo
   CHECK_FALSE(train_from_json(odd, "plan.json", "/train").ok());
 }
 
+TEST_CASE("fp8: --fp8-param-gather stores the FP8 GEMMs' weights in FP8 and gathers them so", "[fp8]") {
+  // The layers of the cases above (36864 FP8 weights on the stage), dp 2 with ZeRO-1: the
+  // weights lose a byte each of the FP8 ones, the copies keep the transpose alone (1 byte), and
+  // the distributed optimizer's all-gather moves one byte less per FP8 weight.
+  const ModelSpec m = tiny_llama();
+  const ClusterSpec c = cluster("dgx-h100", 4);
+  ParallelConfig p;
+  p.tp = 2, p.dp = 2, p.zero = 1;
+  TrainSpec on = train(4, 32, true);
+  on.fp8_param_gather = true;
+  const StageWork plain = build_stage_work(m, c, train(4, 32, true), p, 0), fp8w = build_stage_work(m, c, on, p, 0);
+  CHECK(buffer_bytes(plain, "fp8 weight copies") == 73728);
+  CHECK(buffer_bytes(fp8w, "fp8 weight copies") == 36864);
+  CHECK(buffer_bytes(plain, "weights") - buffer_bytes(fp8w, "weights") == 36864);
+  auto gather = [](const StageWork& w) {
+    for (const Message& x : w.messages)
+      if (std::strcmp(x.name, "dp gather params") == 0) return x.bytes;
+    return int64_t{-1};
+  };
+  CHECK(gather(plain) - gather(fp8w) == 36864);
+  CHECK(op_bytes(fp8w, "fp8 weight cast") == op_bytes(plain, "fp8 weight cast") / 2);  // the transpose alone
+  // Written and read back; refused without fp8, on the command line too.
+  CHECK(to_json(on)["fp8_param_gather"] == true);
+  auto back = train_from_json(to_json(on), "plan.json", "/train");
+  REQUIRE(back.ok());
+  CHECK(back->fp8_param_gather);
+  nlohmann::json bf16 = to_json(train(4, 32, false));
+  bf16["fp8_param_gather"] = true;
+  auto refused = train_from_json(bf16, "plan.json", "/train");
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().message == "plan.json: /train/fp8_param_gather: only with dtype \"fp8\" (got dtype \"bf16\")");
+  LoomRun r = run_loom("predict --model llama3-8b --cluster dgx-h100 --gpus 8 --global-batch 8 --tp 8 --pp 1 "
+                       "--fp8-param-gather on");
+  CHECK(r.code == 2);
+  CHECK(r.err == "loom: --fp8-param-gather: only with --dtype fp8 (got --dtype bf16)\n");
+  // Megatron-LM's flag, written and read back.
+  const std::string plan = temp_file("fp8pg_plan.json", ""), mg = temp_file("fp8pg.sh", ""),
+                    back_plan = temp_file("fp8pg_back.json", "");
+  REQUIRE(run_loom("predict --model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 4096 --tp 4 --pp 1 "
+                   "--zero 1 --sp on --grad-dtype fp32 --dtype fp8 --fp8-param-gather on -o " + plan).code == 0);
+  REQUIRE(run_loom("export " + plan + " --to megatron -o " + mg).code == 0);
+  CHECK(slurp(mg).find("--fp8-param-gather") != std::string::npos);
+  REQUIRE(run_loom("import megatron " + mg + " --cluster dgx-h100 --gpus 16 -o " + back_plan).code == 0);
+  CHECK(nlohmann::json::parse(slurp(back_plan))["train"]["fp8_param_gather"] == true);
+}
+
 TEST_CASE("fp8: the weight copy counts exactly the FP8 GEMMs' weights", "[fp8]") {
   // fp8_weight_params (from the parameter counts) against the GEMM shapes (N K per call) of the
   // forward pass, on models with biases (GPT), GQA (Llama 3) and q/k/v biases (Qwen2).

@@ -365,6 +365,7 @@ Status read_fp8(MegatronArgs& a, TrainSpec& t) {
   if (t.dtype != Dtype::bf16) return make_error(a.where + ": --fp8-format", "FP8 training needs --bf16 beside it");
   t.fp8 = true;
   t.fp8_recipe = recipe == "tensorwise" ? Fp8Recipe::tensorwise : Fp8Recipe::delayed;
+  t.fp8_param_gather = a.has("--fp8-param-gather");
   return ok_status();
 }
 

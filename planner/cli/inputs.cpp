@@ -29,6 +29,10 @@ void add_job_options(CLI::App& cmd, JobOptions& o) {
                  "before the cast: TE's current scaling, Megatron-Bridge's FP8-CS, torchtitan's Float8) (default "
                  "delayed)")
       ->check(CLI::IsMember({"delayed", "tensorwise"}));
+  cmd.add_option("--fp8-param-gather", o.fp8_param_gather,
+                 "with --dtype fp8, the FP8 GEMMs' weights stored in FP8: 1 byte each instead of bf16's 2 and no FP8 "
+                 "copy beside them, gathered in FP8 by ZeRO (Megatron-LM's --fp8-param-gather) (default off)")
+      ->check(CLI::IsMember({"on", "off"}));
   cmd.add_option("--grad-dtype", o.grad_dtype, "gradient dtype (bf16: ZeRO/DeepSpeed; fp32: Megatron's default)")
       ->check(CLI::IsMember({"bf16", "fp32"}));
   cmd.add_option("--attention", o.attention, "fused (FlashAttention-style) or unfused (stores softmax)")
@@ -209,6 +213,10 @@ Expected<Job> load_job(const JobOptions& o) {
   if (o.fp8_recipe) {
     if (!job.train.fp8) return make_error("--fp8-recipe", "only with --dtype fp8 (got --dtype " + o.dtype + ")");
     job.train.fp8_recipe = *o.fp8_recipe == "tensorwise" ? Fp8Recipe::tensorwise : Fp8Recipe::delayed;
+  }
+  if (o.fp8_param_gather) {
+    if (!job.train.fp8) return make_error("--fp8-param-gather", "only with --dtype fp8 (got --dtype " + o.dtype + ")");
+    job.train.fp8_param_gather = *o.fp8_param_gather == "on";
   }
   job.train.grad_dtype = parse_dtype(o.grad_dtype);
   job.train.attention = o.attention == "unfused" ? Attention::unfused : Attention::fused;

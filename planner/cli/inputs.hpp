@@ -26,6 +26,7 @@ struct JobOptions {
   std::string grad_accumulation = "fused";
   std::string tp_backward_overlap = "on";
   std::optional<std::string> fp8_recipe;  // with --dtype fp8 only
+  std::optional<std::string> fp8_param_gather;  // with --dtype fp8 only: "on" or "off" 
   std::optional<int64_t> dp_bucket_bytes;
   std::optional<double> moe_capacity_factor;  // MoE: expert capacity over the mean load
   bool json = false;
