@@ -233,12 +233,18 @@ PassTasks add_pass(Builder& b, const StagePlan& sp, const ParallelConfig& p, int
 // Gradient buckets fill as the backward walks its layers: bucket k of n is ready at (k + 1) / n
 // of the backward. ZeRO 0/1 reduce once, in the last micro-batch; 2 reduce-scatters every
 // micro-batch (only a shard of the gradients is kept).
-void add_buckets(Builder& b, const StagePlan& sp, const ParallelConfig& p, int64_t s, const Slot& x, int32_t compute) {
+void add_buckets(Builder& b, const StagePlan& sp, const ParallelConfig& p, int64_t s, const Slot& x,
+                 const PassTasks& pass) {
   for (int64_t k = 0; k < sp.per_chunk_buckets; ++k) {
     SimTask t = make_task(TaskKind::dp_grad, Stream::dp, s, x, collective_time_s(sp.grad_coll, sp.bucket_bytes, sp.dpl));
     t.bucket = static_cast<int32_t>((p.vpp - 1 - x.chunk) * sp.per_chunk_buckets + k);
     t.bytes = static_cast<int64_t>(sp.bucket_bytes);
-    b.dep(compute, b.add(t, kDp), static_cast<double>(k + 1) / static_cast<double>(sp.per_chunk_buckets));
+    const int32_t id = b.add(t, kDp);
+    // The last bucket holds the chunk's first layers (the embedding's on the first stage), whose
+    // gradients come after every in-line tensor-parallel collective of the pass: it waits for
+    // the whole pass, as the cost model's exposed last bucket does (dp_exposed_s).
+    if (k + 1 == sp.per_chunk_buckets) b.dep(pass.end, id);
+    else b.dep(pass.compute, id, static_cast<double>(k + 1) / static_cast<double>(sp.per_chunk_buckets));
   }
 }
 
@@ -409,7 +415,7 @@ void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, con
       idx.recv[idx.at(ds, x.phase, dc, x.micro_batch)] = id;
     }
     if (pt.makes_grads && sp.ring && !sp.zero3 && (p.zero >= 2 || x.micro_batch == m - 1))
-      add_buckets(b, sp, p, s, x, t.compute);
+      add_buckets(b, sp, p, s, x, t);
     if (!sp.zero3) prev_first = slot_first;
   }
   add_step_end(b, in, sp, s);
