@@ -670,8 +670,8 @@ Expected<Priced09> estimate_09(const Row09& x) {
   p.dp = x.gpus / (x.tp * x.pp * x.cp);
   p.micro_batch = x.mbs;
   p.schedule = x.vp > 1 ? Schedule::interleaved : Schedule::one_f_one_b;
-  p.zero = 1;
-  p.overlap_param_gather = p.dp > 1;
+  p.zero = x.fsdp > 0 ? 3 : 1;  // Megatron-FSDP (optim_grads_params) shards as ZeRO-3; else the distributed optimizer
+  p.overlap_param_gather = p.zero == 1 && p.dp > 1;
   p.sp = p.tp_comm_overlap = x.tp > 1;
   auto e = predict(*m, *c, t, p);
   if (!e) return e.error();

@@ -49,9 +49,10 @@ inline double ring_latency_s(Collective c, const GroupLinks& g) {
 // bandwidth; tuning.cc's latency for it is 2 ((n / nNodes - 1) intra + log2i(nNodes) inter)
 // (priced with the ring's per-step latencies, and without the base, as the ring). One inside
 // a node whose NVSwitch reduces (NVLink SHARP, GroupLinks::nvls_*) may run on NVLS: each rank
-// sends its buffer to the switch once and reads the reduced result once, at the NVLS bus
-// bandwidth with one latency (tuning.cc at v2.30.7: NVLS's is hwLat NVLINK NVLS Simple, 25 us,
-// no per-step term). NCCL picks the algorithm its tuning model predicts fastest for the size,
+// sends its buffer to the switch once and reads the reduced result once, so the buffer moves at
+// the NVLS algorithm bandwidth whatever the group's size (a ring of 2 moves the same bytes and
+// is faster there), with one latency (tuning.cc at v2.30.7: NVLS's is hwLat NVLINK NVLS
+// Simple, 25 us, no per-step term). NCCL picks the algorithm its tuning model predicts fastest for the size,
 // so the time is the least of them. All-gather and reduce-scatter run on the ring (NCCL's
 // model gives NVLS (n - 1) / n of the all-reduce's per-channel bandwidth for them, below the
 // ring's).
@@ -61,8 +62,8 @@ inline double collective_time_s(Collective c, double bytes, const GroupLinks& g)
   const double steps = (c == Collective::all_reduce ? 2.0 : 1.0) * static_cast<double>(n - 1);
   const double transfer_s = bytes * steps / static_cast<double>(n) / g.busbw_bytes_per_s;
   const double ring_s = transfer_s + ring_latency_s(c, g);
-  if (c == Collective::all_reduce && g.nodes_spanned <= 1 && g.nvls_busbw_bytes_per_s > 0)
-    return std::min(ring_s, bytes * steps / static_cast<double>(n) / g.nvls_busbw_bytes_per_s + g.nvls_latency_s);
+  if (c == Collective::all_reduce && g.nodes_spanned <= 1 && g.nvls_algbw_bytes_per_s > 0)
+    return std::min(ring_s, bytes / g.nvls_algbw_bytes_per_s + g.nvls_latency_s);
   if (c != Collective::all_reduce || g.nodes_spanned <= 1) return ring_s;
   const double nodes = static_cast<double>(g.nodes_spanned);
   const double per_node = std::max(0.0, std::floor(static_cast<double>(n) / nodes) - 1);

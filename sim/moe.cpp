@@ -307,7 +307,9 @@ void moe_messages(std::vector<Message>& v, const MoeStage& s, const ParallelConf
   // Expert gradients over the expert-data-parallel group (Megatron-core's expert DDP), as the
   // dense ones over dp (ZeRO paper, Sec. 7): ZeRO-0 an all-reduce, ZeRO-1 a reduce-scatter
   // and, after the optimizer, an all-gather of the updated weights.
-  const int64_t G = dtype_bytes(t.grad_dtype) * s.expert_params, W = s.e * s.expert_params;
+  // FP8 weights (TrainSpec::fp8_param_gather): the experts' are FP8 GEMM weights, gathered at a byte.
+  const int64_t G = dtype_bytes(t.grad_dtype) * s.expert_params,
+                W = (t.fp8 && t.fp8_param_gather ? 1 : s.e) * s.expert_params;
   const auto kind = p.zero == 0 ? MessageKind::all_reduce : MessageKind::reduce_scatter;
   v.push_back(Message{"expert gradients", Group::edp, kind, Pass::step, Cadence::step, G, 1});
   if (p.zero >= 1)

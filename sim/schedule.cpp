@@ -97,19 +97,16 @@ std::vector<std::vector<Slot>> make_schedule(Schedule s, int64_t pp, int64_t vpp
   return out;
 }
 
-int64_t peak_in_flight(const std::vector<Slot>& slots, const std::vector<int64_t>& per_chunk) {
+int64_t peak_in_flight(const std::vector<Slot>& slots) {
   const bool split = std::any_of(slots.begin(), slots.end(), [](const Slot& x) { return x.phase == Phase::weight; });
   const Phase frees = split ? Phase::weight : Phase::backward;
   int64_t now = 0, peak = 0;
   for (const Slot& x : slots) {
-    const int64_t w = per_chunk.empty() ? 1 : per_chunk[static_cast<size_t>(x.chunk)];
-    now += x.phase == Phase::forward ? w : x.phase == frees ? -w : 0;
+    now += x.phase == Phase::forward ? 1 : x.phase == frees ? -1 : 0;
     peak = std::max(peak, now);
   }
   return peak;
 }
-
-int64_t peak_in_flight(const std::vector<Slot>& slots) { return peak_in_flight(slots, {}); }
 
 std::vector<Slot> zb_v_rank(int64_t pp, int64_t rank, int64_t m) {
   const int64_t padded = std::max(2 * pp - 1, m);  // PyTorch's n_micro

@@ -95,9 +95,7 @@ inline bool splits_backward(Schedule s) { return s == Schedule::zb_h1 || s == Sc
 // W's (the stash keeps what W reads, B's output gradients written over what only B read),
 // else its B. Equals in_flight_chunks() of the cost model.
 int64_t peak_in_flight(const std::vector<Slot>& slots);
-// The same count with each chunk weighing `per_chunk[chunk]` (its layers, where a stage's chunks
-// differ: chunk_layers_at): the most layers' activations the rank holds at once.
-int64_t peak_in_flight(const std::vector<Slot>& slots, const std::vector<int64_t>& per_chunk);
+
 
 // ZB-V (Qi et al. 2024, "Pipeline Parallelism with Controllable Memory", the V-shaped zero-bubble
 // schedule; in the order of PyTorch's ScheduleZBVZeroBubble, torch/distributed/pipelining):

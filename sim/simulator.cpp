@@ -110,7 +110,7 @@ StagePlan stage_plan(const SimInputs& in, int64_t s) {
   sp.per_chunk_buckets = std::max<int64_t>(1, st.grad_buckets / p.vpp);
   sp.bucket_bytes = sp.chunk_grad / static_cast<double>(sp.per_chunk_buckets);
   sp.grad_coll = p.zero == 0 ? Collective::all_reduce : Collective::reduce_scatter;
-  sp.chunk_layers = st.layers / p.vpp;
+  sp.chunk_layers = (st.layers + p.vpp - 1) / p.vpp;  // the most a chunk holds (chunk_layer_count)
   sp.blocking = sp.zero3 && p.zero3_gather == Zero3Gather::tensor;
   if (sp.blocking && st.layers > 0) sp.tensors_per_layer = std::max<int64_t>(1, st.grad_buckets / st.layers);
   if (sp.blocking && st.layers > 0 && st.regather_tensors > 0) {
@@ -737,7 +737,7 @@ double sim_task_count(const SimInputs& in) {
   const ParallelConfig& p = in.parallel;
   double tasks = 0;
   for (const StageInputs& st : in.stages) {
-    const int64_t chunk_layers = std::max<int64_t>(1, st.layers / p.vpp);
+    const int64_t chunk_layers = std::max<int64_t>(1, (st.layers + p.vpp - 1) / p.vpp);
     const int64_t pieces = dp_cp(p) > 1 && p.zero >= 3 ? chunk_layers : 1;
     // per slot: compute and tp per piece (+ gather and reduce-scatter under ZeRO-3), a send,
     // recompute, buckets; per step a few.

@@ -310,11 +310,11 @@ static void read_fabric(ObjectReader& parent, const std::string& key, FabricSpec
   r.number("latency_s", f.latency_s, 0, false, limits::kTimeS);
   r.integer("nics_per_node", f.nics_per_node, key == "inter_node" ? min_int : 0, limits::kNicsPerNode);
   r.opt_integer("nccl_channels", f.nccl_channels, 1, limits::kNcclChannels);  // absent: 0, not stated
-  const bool nvls = j->contains("nvls_busbw_bytes_per_s") || j->contains("nvls_latency_s");
+  const bool nvls = j->contains("nvls_algbw_bytes_per_s") || j->contains("nvls_latency_s");
   if (nvls && key != "intra_node")
-    return r.fail("nvls_busbw_bytes_per_s", "NVLink SHARP runs on a node's NVSwitch: intra_node only");
+    return r.fail("nvls_algbw_bytes_per_s", "NVLink SHARP runs on a node's NVSwitch: intra_node only");
   if (nvls) {  // both or neither
-    r.number("nvls_busbw_bytes_per_s", f.nvls_busbw_bytes_per_s, 0, true, limits::kRate);
+    r.number("nvls_algbw_bytes_per_s", f.nvls_algbw_bytes_per_s, 0, true, limits::kRate);
     r.number("nvls_latency_s", f.nvls_latency_s, 0, false, limits::kTimeS);
   }
   r.string("source", f.source);
@@ -523,8 +523,8 @@ static nlohmann::json fabric_json(const FabricSpec& f) {
                       {"nics_per_node", f.nics_per_node},
                       {"source", f.source}};
   if (f.nccl_channels > 0) j["nccl_channels"] = f.nccl_channels;
-  if (f.nvls_busbw_bytes_per_s > 0)
-    j["nvls_busbw_bytes_per_s"] = f.nvls_busbw_bytes_per_s, j["nvls_latency_s"] = f.nvls_latency_s;
+  if (f.nvls_algbw_bytes_per_s > 0)
+    j["nvls_algbw_bytes_per_s"] = f.nvls_algbw_bytes_per_s, j["nvls_latency_s"] = f.nvls_latency_s;
   return j;
 }
 

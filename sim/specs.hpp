@@ -105,10 +105,11 @@ struct FabricSpec {            // one level of the interconnect
   // overlapped with collectives is priced as if it kept every SM.
   int64_t nccl_channels = 0;
   // NVLink SHARP (NVLS: the NVSwitch reduces and multicasts, Hopper on): an all-reduce's
-  // achievable bus bandwidth and its latency where every rank of the group sits on this level's
-  // switch (intra-node only; 0: no NVLS). collectives.hpp prices an all-reduce on it when NCCL's
-  // model would pick it.
-  double nvls_busbw_bytes_per_s = 0;
+  // achievable algorithm bandwidth (buffer bytes per second: each GPU sends its buffer to the
+  // switch once and reads the result once, whatever the group's size) and its latency, where
+  // every rank of the group sits on this level's switch (intra-node only; 0: no NVLS).
+  // collectives.hpp prices an all-reduce on it when it is faster than the ring.
+  double nvls_algbw_bytes_per_s = 0;
   double nvls_latency_s = 0;
   std::string source;
 };

@@ -25,7 +25,8 @@ Status check_stage_layers(const ModelSpec& m, const ParallelConfig& p, const Fie
   for (size_t i = 0; i < v.size(); ++i) {
     if (v[i] < 1 || v[i] > m.layers)
       return fail("each stage must hold 1 to " + split_str(m.layers) + " layers (got " + split_str(v[i]) + " on stage " + split_str(static_cast<int64_t>(i)) + ")");
-    const bool end = i == 0 || i + 1 == v.size();
+    // The short model-end chunk is the interleaved schedule's (zb-v places its chunks as a V).
+    const bool end = (i == 0 || i + 1 == v.size()) && p.schedule == Schedule::interleaved;
     if (v[i] % p.vpp != 0 && (!end || !chunk_rest_fits(v[i], p.vpp)))
       return fail("each stage's layers must be a multiple of vpp " + split_str(p.vpp) +
                   ", equal per chunk, but the first and last stage's, whose first (last) chunk may hold fewer than the "
@@ -86,7 +87,9 @@ std::vector<std::vector<int64_t>> stage_split_candidates(int64_t L, int64_t pp, 
     return std::all_of(v.begin(), v.end(), [&](int64_t x) { return x * pp == L; });
   };
   auto add = [&](std::vector<int64_t> v) {
-    if (even(v) || std::find(out.begin(), out.end(), v) != out.end()) return;
+    // The equal split is {} where pp x vpp divides the layers; otherwise only a short first or
+    // last chunk lets it run, and it is offered as such.
+    if ((even(v) && L % (pp * vpp) == 0) || std::find(out.begin(), out.end(), v) != out.end()) return;
     out.push_back(std::move(v));
   };
   auto offer = [&](int64_t c, int64_t first, int64_t last) {

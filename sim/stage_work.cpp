@@ -126,6 +126,8 @@ void activation_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainS
   const int64_t last_mb = d.last ? d.e * d.T * d.h / d.rep + norm_stats * 4 * d.T / d.rep + d.e * d.T * d.h : 0;
   const bool uneven = d.layers % p.vpp != 0 && p.schedule == Schedule::interleaved;
   const HeldAtPeak held = uneven ? uneven_chunks_peak(m, p, d, stage, act.total() + fp8, first_mb, last_mb) : HeldAtPeak{};
+  // (MoE with a short chunk: the MoE layers are taken off at the most any chunk holds, which can
+  // leave the dense line low and the MoE line high; the sum stays an upper bound.)
   add(v, "layer activations", MemCategory::activations, Lifetime::in_flight,
       uneven ? held.layers - in_flight * d.moe.layers_chunk * (act.total() + fp8)
              : in_flight * (d.layers_chunk - d.moe.layers_chunk) * (act.total() + fp8));

@@ -123,6 +123,8 @@ void config_into(nlohmann::json& j, const Estimate& e) {
   if (p.cp > 1) j["cp"] = p.cp;  // context parallelism (sim/context_parallel.hpp)
   if (e.train.moe_capacity_factor != TrainSpec{}.moe_capacity_factor)
     j["moe_capacity_factor"] = e.train.moe_capacity_factor;
+  if (e.train.fp8 && e.train.fp8_recipe != Fp8Recipe::delayed) j["fp8_recipe"] = to_string(e.train.fp8_recipe);
+  if (e.train.fp8 && e.train.fp8_param_gather) j["fp8_param_gather"] = true;
 }
 
 // The measurement's own fields; those a producer did not measure (zero, empty) are left out.
@@ -407,6 +409,10 @@ void read_config(ObjectReader& r, Estimate& e) {
   r.opt_boolean("overlap_param_gather", p.overlap_param_gather);
   r.opt_integer("cp", p.cp, 1, kMaxCount);  // context parallelism: default 1
   r.opt_number("moe_capacity_factor", e.train.moe_capacity_factor, 0, true, 1e6);
+  int recipe = 0;
+  r.opt_choice("fp8_recipe", fp8_recipe_names(), recipe);  // FP8 (sim/fp8.hpp): default delayed
+  e.train.fp8_recipe = static_cast<Fp8Recipe>(recipe);
+  r.opt_boolean("fp8_param_gather", e.train.fp8_param_gather);
   p.recompute = static_cast<Recompute>(rc);
   p.schedule = static_cast<Schedule>(sched);
   set_train_dtype(e.train, train_dtype_names()[static_cast<size_t>(dt)]);
@@ -615,7 +621,9 @@ std::optional<std::string> configuration_difference(const Estimate& a, const std
             {"/train/global_batch", n(e.train.global_batch)},
             {"/train/seq", n(e.train.seq)},
             {"/train/dtype", train_dtype_name(e.train)},
-            {"/train/grad_dtype", to_string(e.train.grad_dtype)}};
+            {"/train/grad_dtype", to_string(e.train.grad_dtype)},
+            {"/train/fp8_recipe", e.train.fp8 ? to_string(e.train.fp8_recipe) : "-"},
+            {"/train/fp8_param_gather", e.train.fp8 && e.train.fp8_param_gather ? "true" : "false"}};
   };
   const auto fa = fields(a), fb = fields(b);
   for (size_t i = 0; i < fa.size(); ++i)

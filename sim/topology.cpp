@@ -11,7 +11,7 @@ Topology::Topology(const ClusterSpec& c)
       gpus_per_node_(c.gpus_per_node),
       nodes_(c.nodes),
       intra_busbw_(c.intra_node.busbw_bytes_per_s),
-      nvls_busbw_(c.intra_node.nvls_busbw_bytes_per_s),
+      nvls_algbw_(c.intra_node.nvls_algbw_bytes_per_s),
       nvls_latency_s_(c.intra_node.nvls_latency_s) {
   const int64_t core = gpus_ + nodes_;
   const LinkProps intra{c.intra_node.busbw_bytes_per_s, c.intra_node.latency_s};
@@ -99,8 +99,8 @@ GroupLinks Topology::price(const RankGrid& grid, Dim d, bool ring) const {
   out.busbw_bytes_per_s = bw;
   out.latency_s = lat;
   out.intra_latency_s = intra_lat;
-  if (ring && out.nodes_spanned <= 1 && nvls_busbw_ > 0 && intra_busbw_ > 0) {
-    out.nvls_busbw_bytes_per_s = nvls_busbw_ * std::min(1.0, bw / intra_busbw_);
+  if (ring && out.nodes_spanned <= 1 && nvls_algbw_ > 0 && intra_busbw_ > 0) {
+    out.nvls_algbw_bytes_per_s = nvls_algbw_ * std::min(1.0, bw / intra_busbw_);
     out.nvls_latency_s = nvls_latency_s_;
   }
   return out;

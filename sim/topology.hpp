@@ -27,7 +27,7 @@ struct GroupLinks {
   double intra_latency_s = 0;       // per ring step between GPUs of one node (NVLink/NVSwitch)
   // NVLink SHARP where every group stays inside a node whose switch has it (FabricSpec), at
   // the share of the GPU's links the ring gets; 0: none.
-  double nvls_busbw_bytes_per_s = 0, nvls_latency_s = 0;
+  double nvls_algbw_bytes_per_s = 0, nvls_latency_s = 0;
 };
 
 class Topology {
@@ -59,7 +59,7 @@ class Topology {
 
   Graph g_;
   int64_t gpus_ = 0, gpus_per_node_ = 1, nodes_ = 1;
-  double intra_busbw_ = 0, nvls_busbw_ = 0, nvls_latency_s_ = 0;
+  double intra_busbw_ = 0, nvls_algbw_ = 0, nvls_latency_s_ = 0;
   // The graph's link properties flattened by edge index (gpu up, gpu down per GPU, then node
   // up, node down per node), so pricing a group reads arrays rather than walking the graph.
   std::vector<double> bytes_per_s_, latency_s_;

@@ -98,6 +98,8 @@ TEST_CASE("uneven stages: the rules of a split, each one line naming stage_layer
   CHECK(rule(j, pipeline(4, {5, 7, 6, 6}, Schedule::interleaved, 2)) ==
         "stage_layers: each stage's layers must be a multiple of vpp 2, equal per chunk, but the first and last "
         "stage's, whose first (last) chunk may hold fewer than the others and at least 1 (got 7 on stage 1)");
+  // zb-v places its chunks as a V: no short chunk there.
+  CHECK_FALSE(rule(j, pipeline(4, {7, 6, 6, 5}, Schedule::zb_v, 2)).empty());
   const Job j8 = job("gpt2-350m", "dgx-h100", 2, 8, 1024);
   CHECK(rule(j8, pipeline(2, {20, 4}, Schedule::interleaved, 4)).empty());
   CHECK_FALSE(rule(j8, pipeline(2, {21, 3}, Schedule::interleaved, 4)).empty());  // 3 over 4 chunks: one empty
@@ -141,6 +143,9 @@ TEST_CASE("uneven stages: layer placement, chunk by chunk, as Megatron-core inte
   CHECK(chunk_layers_at(p405, 126, 7, 7) == 1);
   CHECK(chunk_layers_at(p405, 126, 7, 0) == 2);
   CHECK(chunk_layer_count(p405, 126, 0) == 2);  // the most a chunk of stage 0 holds
+  // An equal split that vpp does not divide runs with short end chunks, and is offered.
+  const auto six = stage_split_candidates(6, 2, 2);
+  CHECK(std::find(six.begin(), six.end(), std::vector<int64_t>{3, 3}) != six.end());
   // Megatron-LM refuses what does not divide: (126 + 1) over 8 stages.
   CHECK_FALSE(megatron_account_split(126, 8, 8, AccountFor{false, true}, "x").ok());
   // The planner tries it.
@@ -362,6 +367,16 @@ TEST_CASE("uneven stages: export writes the engines' first/last stage flags and 
              "--model llama3-8b --cluster dgx-h100 --gpus 32 --global-batch 16 --seq 2048 --tp 4 --pp 4 --zero 2 --sp on "
              "--grad-dtype fp32 --stage-layers 7,9,9,7 --grad-accumulation separate --tp-backward-overlap off",
              "--cluster dgx-h100 --gpus 32", "uneven_tt", "pipeline_parallel_first_stage_less_layers = 2");
+  // Megatron-core refuses a first stage its chunks do not divide; so does the import.
+  const auto odd = temp_file("uneven_odd_first.sh",
+                             "pretrain_gpt.py --num-layers 12 --hidden-size 256 --num-attention-heads 4 --seq-length 128 "
+                             "--max-position-embeddings 128 --micro-batch-size 1 --global-batch-size 16 --bf16 --vocab-size 1024 "
+                             "--tensor-model-parallel-size 1 --pipeline-model-parallel-size 2 "
+                             "--num-virtual-stages-per-pipeline-rank 2 --decoder-first-pipeline-num-layers 5\n");
+  LoomRun oi = run_loom("import megatron " + odd + " --cluster dgx-h100 --gpus 2");
+  CHECK(oi.code == 2);
+  CHECK(oi.err.find("--decoder-first-pipeline-num-layers: must be a multiple of the chunks per rank, 2") !=
+        std::string::npos);
   // A split Megatron's flags cannot write (unequal middle stages) is named, not mis-written.
   const auto plan = temp_file("uneven_odd.json", "");
   REQUIRE(run_loom("predict " + llama.substr(0, llama.find("--stage-layers")) + "--stage-layers 7,8,10,7 -o " + plan).code == 0);

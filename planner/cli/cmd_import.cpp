@@ -302,6 +302,13 @@ Status read_parallel(MegatronArgs& a, const ModelSpec& m, TrainSpec& t, Parallel
       return make_error(a.where + ": --num-layers-per-virtual-pipeline-stage", "pp x it must divide --num-layers");
     p.schedule = Schedule::interleaved, p.vpp = m.layers / (p.pp * per_virtual);
   }
+  // Megatron-core refuses a first or last stage its chunks do not divide ("must be divisible by
+  // virtual pipeline parallel degree"): only the account-for flags leave a chunk short.
+  for (size_t i : {size_t{0}, p.stage_layers.size() - 1})
+    if (st && !p.stage_layers.empty() && p.stage_layers[i] % p.vpp != 0)
+      return make_error(a.where + ": " + (i == 0 ? "--decoder-first-pipeline-num-layers" : "--decoder-last-pipeline-num-layers"),
+                        "must be a multiple of the chunks per rank, " + std::to_string(p.vpp) + ", as Megatron-LM requires (got " +
+                            std::to_string(p.stage_layers[i]) + ")");
   if (st) st = read_account_for(a, m, per_virtual, p);
   if (st) st = get_int(a, "--context-parallel-size", p.cp, limits::kGpus);
   // The ring of KV blocks (p2p, the default) is what loom prices; a2a is Ulysses, allgather
