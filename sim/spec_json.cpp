@@ -312,7 +312,8 @@ static void read_fabric(ObjectReader& parent, const std::string& key, FabricSpec
   r.opt_integer("nccl_channels", f.nccl_channels, 1, limits::kNcclChannels);  // absent: 0, not stated
   const bool nvls = j->contains("nvls_algbw_bytes_per_s") || j->contains("nvls_latency_s");
   if (nvls && key != "intra_node")
-    return r.fail("nvls_algbw_bytes_per_s", "NVLink SHARP runs on a node's NVSwitch: intra_node only");
+    return r.fail(j->contains("nvls_algbw_bytes_per_s") ? "nvls_algbw_bytes_per_s" : "nvls_latency_s",
+                  "NVLink SHARP runs on a node's NVSwitch: intra_node only");
   if (nvls) {  // both or neither
     r.number("nvls_algbw_bytes_per_s", f.nvls_algbw_bytes_per_s, 0, true, limits::kRate);
     r.number("nvls_latency_s", f.nvls_latency_s, 0, false, limits::kTimeS);
