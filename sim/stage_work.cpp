@@ -95,16 +95,26 @@ struct HeldAtPeak {
 };
 HeldAtPeak uneven_chunks_peak(const ModelSpec& m, const ParallelConfig& p, const Dims& d, int64_t stage,
                               int64_t layer_bytes, int64_t first_mb, int64_t last_mb) {
-  const int64_t v = p.vpp;
-  auto ends = [&](int32_t c) { return (d.first && c == 0 ? first_mb : 0) + (d.last && c == v - 1 ? last_mb : 0); };
+  const int64_t v = p.vpp, group = p.pp * v;
+  std::vector<HeldAtPeak> chunk(static_cast<size_t>(v));  // what one micro-batch of each chunk holds
+  for (int64_t c = 0; c < v; ++c)
+    chunk[static_cast<size_t>(c)] = {chunk_layers_at(p, m.layers, stage, c) * layer_bytes,
+                                     (d.first && c == 0 ? first_mb : 0) + (d.last && c == v - 1 ? last_mb : 0)};
+  // The table's order without building it (one_f_one_b_rank over interleaved_slot, m a multiple
+  // of pp as validate_config requires): warm-up forwards, then a forward and a backward in turn,
+  // then the cool-down backwards; forward k runs chunk (k mod pp v) / pp, backward k the mirror.
   HeldAtPeak now, peak;
-  for (const Slot& x : schedule_rank(p.schedule, p.pp, v, stage, d.mb)) {
-    if (x.phase == Phase::weight) continue;  // interleaved only: no W slots
-    const int64_t sign = x.phase == Phase::forward ? 1 : -1;
-    now.layers += sign * chunk_layers_at(p, m.layers, stage, x.chunk) * layer_bytes;
-    now.ends += sign * ends(x.chunk);
+  auto run = [&](int64_t k, bool forward) {
+    const int64_t c = (k % group) / p.pp;
+    const HeldAtPeak& x = chunk[static_cast<size_t>(forward ? c : v - 1 - c)];
+    const int64_t sign = forward ? 1 : -1;
+    now.layers += sign * x.layers, now.ends += sign * x.ends;
     if (now.layers + now.ends > peak.layers + peak.ends) peak = now;
-  }
+  };
+  const int64_t total = d.mb * v, warmup = warmup_slots(p.schedule, p.pp, v, stage, d.mb);
+  for (int64_t k = 0; k < warmup; ++k) run(k, true);
+  for (int64_t k = 0; k < total - warmup; ++k) run(k + warmup, true), run(k, false);
+  for (int64_t k = std::max<int64_t>(0, total - warmup); k < total; ++k) run(k, false);
   return peak;
 }
 
