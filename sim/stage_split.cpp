@@ -11,6 +11,10 @@ int64_t split_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t round_up(int64_t a, int64_t m) { return split_ceil_div(a, m) * m; }
 }  // namespace
 
+// Megatron-LM's account-for flags in the order the planner offers and export prefers them: both,
+// the loss alone, the embedding alone.
+constexpr AccountFor kAccountForOrder[] = {{true, true}, {false, true}, {true, false}};
+
 bool chunk_rest_fits(int64_t layers, int64_t vpp) {
   return layers % vpp == 0 || layers - (vpp - 1) * split_ceil_div(layers, vpp) >= 1;
 }
@@ -112,7 +116,7 @@ std::vector<std::vector<int64_t>> stage_split_candidates(int64_t L, int64_t pp, 
     offer(c, half, rest - half);
     if (half != split_ceil_div(rest, 2)) offer(c, split_ceil_div(rest, 2), rest - split_ceil_div(rest, 2));
   }
-  for (const AccountFor a : {AccountFor{true, true}, AccountFor{false, true}, AccountFor{true, false}}) {
+  for (const AccountFor a : kAccountForOrder) {
     auto v = megatron_account_split(L, pp, vpp, a, "");
     if (v && !v->empty()) add(std::move(*v));
   }
@@ -138,7 +142,7 @@ Expected<std::vector<int64_t>> megatron_account_split(int64_t layers, int64_t pp
 
 std::optional<AccountFor> megatron_account_for(const std::vector<int64_t>& v, int64_t layers, int64_t vpp) {
   const int64_t pp = static_cast<int64_t>(v.size());
-  for (const AccountFor a : {AccountFor{true, true}, AccountFor{false, true}, AccountFor{true, false}}) {
+  for (const AccountFor a : kAccountForOrder) {
     auto s = megatron_account_split(layers, pp, vpp, a, "");
     if (s && *s == v) return a;
   }
