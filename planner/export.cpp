@@ -136,6 +136,15 @@ bool megatron_stage_layers(const ModelSpec& m, const ParallelConfig& p, Args& a,
   return false;
 }
 
+// Megatron-LM 2021's scatter/gather of pipeline transfers (TrainSpec::pp_scatter_gather),
+// which no engine loom exports to runs today.
+void note_pp_scatter_gather(const TrainSpec& t, const ParallelConfig& p, const std::string& engine,
+                            std::vector<std::string>& no) {
+  if (t.pp_scatter_gather && p.pp > 1 && p.tp > 1 && !p.sp)
+    no.push_back("pp_scatter_gather on: " + engine + " sends each pipeline tensor whole from every tp rank (plan with "
+                 "--pp-scatter-gather off)");
+}
+
 void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p, Args& a,
                        std::vector<std::string>& no) {
   a.push_back({"--tensor-model-parallel-size", s(p.tp)});
@@ -154,6 +163,14 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
   if (p.schedule == Schedule::zb_v)
     no.push_back("schedule zb-v: Megatron-LM has no zero-bubble V schedule; emitted as 1F1B with one block of layers per "
                  "stage (1F1B's bubble, about the same memory)");
+  // Pipeline sends (ParallelConfig::pp_comm_overlap): Megatron-core overlaps them with the next
+  // chunk in the interleaved schedule only, on unless --no-overlap-p2p-communication; arguments.py
+  // sets overlap_p2p_comm False for any other schedule, whose sends then block.
+  if (p.pp > 1 && p.schedule == Schedule::interleaved && !p.pp_overlapped())
+    a.push_back({"--no-overlap-p2p-communication", ""});
+  if (p.pp > 1 && p.schedule != Schedule::interleaved && p.pp_overlapped())
+    no.push_back("pp_comm_overlap on: Megatron-LM overlaps pipeline sends with compute only in the interleaved schedule; "
+                 "the exported run's sends block (--pp-comm-overlap off prices that)");
   if (p.sp) a.push_back({"--sequence-parallel", ""});
   // Transformer Engine's userbuffers overlap of the SP collectives with their GEMMs, as loom
   // prices it (sim/tp_overlap.hpp); arguments.py asserts --sequence-parallel beside it.
@@ -192,6 +209,7 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
   if (!t.tp_backward_overlap && p.tp > 1)
     no.push_back("tp_backward_overlap off: Megatron-LM's column-parallel layers always overlap their backward "
                  "collectives with their gradient GEMMs");
+  note_pp_scatter_gather(t, p, "Megatron-LM (since 2023)", no);
   // Context parallelism (sim/context_parallel.hpp): the ring of KV blocks over point-to-point
   // sends, which --cp-comm-type p2p selects (Megatron-core's default).
   if (p.cp > 1) {
@@ -436,6 +454,11 @@ ExportResult torchtitan(const Plan& plan) {
   tt_parallelism(m, t, p, o, no);
   if (p.overlap_param_gather)
     no.push_back("overlap_param_gather: torchtitan shards with FSDP (ZeRO-3), not ZeRO 1/2");
+  // torch.distributed.pipelining's schedules post their sends asynchronously and wait only on
+  // the receives the next action needs.
+  if (p.pp > 1 && !p.pp_overlapped())
+    no.push_back("pp_comm_overlap off: torch.distributed.pipelining's sends are asynchronous; the exported run overlaps "
+                 "them");
   if (p.tp_comm_overlap) {
     o += "[compile]\nenable = true\ncomponents = [\"model\"]\n\n";
     no.push_back("tp_comm_overlap: async TP runs only under torch.compile, whose kernel fusion loom does not price");
@@ -450,6 +473,7 @@ ExportResult torchtitan(const Plan& plan) {
   if (t.attention == Attention::unfused) no.push_back("attention unfused: torchtitan uses fused SDPA");
   note_fused_accumulation(t, p, "torchtitan", no);
   note_tp_backward_overlap(t, p, "torchtitan", no);
+  note_pp_scatter_gather(t, p, "torchtitan", no);
   r.text = o;
   return r;
 }
@@ -459,6 +483,27 @@ ExportResult torchtitan(const Plan& plan) {
 // (0.19.6): deepspeed/runtime/constants.py, config.py, zero/config.py, precision_config.py,
 // tensor_parallel/config.py, pipe/engine.py. Sub-configs reject unknown keys.
 // ---------------------------------------------------------------------------------------------
+// DeepSpeed's pipeline engine (PipelineModule): what of a pp > 1 plan its JSON holds, and what not.
+void deepspeed_pipeline(const ParallelConfig& p, nlohmann::ordered_json& j, std::vector<std::string>& no) {
+  j["pipeline"] = {{"activation_checkpoint_interval", p.recompute == Recompute::full ? 1 : 0}};
+  no.push_back("pp " + s(p.pp) + ": not in the JSON; build PipelineModule(layers, num_stages=" + s(p.pp) +
+               ", topology=PipeModelDataParallelTopology(num_pp=" + s(p.pp) + ", num_mp=" + s(p.tp) +
+               ", num_dp=" + s(p.dp) + "), partition_method=\"uniform\")");
+  // pipe/module.py's partition methods balance layer counts, parameters or layers of a type;
+  // none takes counts per stage.
+  if (!p.stage_layers.empty())
+    no.push_back("stage_layers " + stage_layers_text(p.stage_layers) +
+                 ": DeepSpeed's partition_method (uniform, parameters, type:regex) takes no per-stage layer counts; "
+                 "\"parameters\" also lightens the stages holding the embedding and output");
+  if (p.schedule != Schedule::one_f_one_b)
+    no.push_back("schedule " + to_string(p.schedule) + ": DeepSpeed runs its own 1F1B-style TrainSchedule");
+  if (p.tp > 1) no.push_back("tp " + s(p.tp) + " with pp > 1: tensor parallelism must come from the model code (e.g. Megatron-DeepSpeed)");
+  // deepspeed/runtime/pipe/p2p.py send(): dist.send, synchronous ("Doesn't support async_op true").
+  if (p.pp_overlapped())
+    no.push_back("pp_comm_overlap on: DeepSpeed's pipeline engine sends synchronously (pipe/p2p.py dist.send); the "
+                 "exported run's sends block");
+}
+
 ExportResult deepspeed(const Plan& plan) {
   ExportResult r;
   auto& no = r.unexpressible;
@@ -497,19 +542,7 @@ ExportResult deepspeed(const Plan& plan) {
   deepspeed_offload(p, zero, zero_j, no);
   j["zero_optimization"] = zero_j;
   if (p.pp > 1) {
-    j["pipeline"] = {{"activation_checkpoint_interval", p.recompute == Recompute::full ? 1 : 0}};
-    no.push_back("pp " + s(p.pp) + ": not in the JSON; build PipelineModule(layers, num_stages=" + s(p.pp) +
-                 ", topology=PipeModelDataParallelTopology(num_pp=" + s(p.pp) + ", num_mp=" + s(p.tp) +
-                 ", num_dp=" + s(p.dp) + "), partition_method=\"uniform\")");
-    // pipe/module.py's partition methods balance layer counts, parameters or layers of a type;
-    // none takes counts per stage.
-    if (!p.stage_layers.empty())
-      no.push_back("stage_layers " + stage_layers_text(p.stage_layers) +
-                   ": DeepSpeed's partition_method (uniform, parameters, type:regex) takes no per-stage layer counts; "
-                   "\"parameters\" also lightens the stages holding the embedding and output");
-    if (p.schedule != Schedule::one_f_one_b)
-      no.push_back("schedule " + to_string(p.schedule) + ": DeepSpeed runs its own 1F1B-style TrainSchedule");
-    if (p.tp > 1) no.push_back("tp " + s(p.tp) + " with pp > 1: tensor parallelism must come from the model code (e.g. Megatron-DeepSpeed)");
+    deepspeed_pipeline(p, j, no);
   } else if (p.tp > 1) {
     j["tensor_parallel"] = {{"autotp_size", p.tp}};
     no.push_back("train_batch_size assumes DeepSpeed counts the DP size (" + s(p.dp) +
@@ -525,6 +558,7 @@ ExportResult deepspeed(const Plan& plan) {
   if (p.recompute == Recompute::selective) no.push_back("recompute selective: not expressible in DeepSpeed");
   note_fused_accumulation(t, p, "DeepSpeed", no);
   note_tp_backward_overlap(t, p, "DeepSpeed", no);
+  note_pp_scatter_gather(t, p, "DeepSpeed", no);
   if (p.recompute == Recompute::full && p.pp == 1)
     no.push_back("recompute full without pp: the model code must call deepspeed.checkpointing");
   no.push_back("model shape and architecture: not in the DeepSpeed config (the model code defines them)");

@@ -296,6 +296,7 @@ Expected<Estimate> ptdp_search(const ModelSpec& m, const ClusterSpec& c, const T
   pins.grad_dtype = Dtype::bf16;
   pins.order = "tp-dp-pp";
   pins.schedule = schedule;
+  pins.pp_comm_overlap = false;
   pins.dp_bucket_bytes = t.dp_bucket_bytes;
   auto space = make_search_space(m, c, t, pins);
   if (!space) return space.error();
@@ -358,6 +359,9 @@ Expected<std::optional<PublishedPoint>> point_02(const Row02& x, const CsvRow& r
   // Nor the asynchronous tensor-parallel backward (megatron/mpu/layers.py at f938e19 has none;
   // LinearWithGradAccumulationAndAsyncAllreduce came in 2022): its collectives run in-line.
   t.tp_backward_overlap = false;
+  // Pipeline transfers scattered over the tp ranks and gathered again by the receiver
+  // (megatron/p2p_communication.py at f938e19: scatter_gather_tensors_in_pipeline, on by default).
+  t.pp_scatter_gather = true;
   auto e = ptdp ? ptdp_estimate(**m, *c, t, x) : zero3_estimate(**m, *c, t, x);
   if (!e) {
     out.unexpressed.push_back(unexpressed(x.label, r.line, {"config_rejected"}, e.error().message));
@@ -402,6 +406,11 @@ Status table_02(const CsvTable& t, TableResult& out) {
       "tensor-parallel backward collectives in-line (tp_backward_overlap off): the asynchronous all-reduce beside the "
       "weight-gradient GEMM (LinearWithGradAccumulationAndAsyncAllreduce) came to Megatron-LM in 2022; Korthikanti et "
       "al.'s per-layer times (table 06) are priced with it",
+      "PTD-P's pipeline sends block their sender (pp_comm_overlap off) and are scattered over the tp ranks "
+      "(pp_scatter_gather on): megatron/p2p_communication.py at f938e19 waits on each batch_isend_irecv and then "
+      "torch.cuda.synchronize(), and with scatter_gather_tensors_in_pipeline (on unless --no-scatter-gather-tensors-"
+      "in-pipeline) each tp rank sends 1/t of the tensor and the receiver all-gathers it over its tp group "
+      "(mpu.gather_split_1d_tensor); overlap_p2p_comm came to Megatron-core's interleaved schedule later",
       "predicted TFLOP/s per GPU = eq. 3 FLOPs / (GPUs x predicted step time); \"2560*\": the footnoted row ran "
       "global batch 2560 on 640 GPUs, as written",
   };

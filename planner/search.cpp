@@ -207,6 +207,7 @@ Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c
     return make_error("--tp-comm-overlap", "needs the GPU's SM count, which loom knows for A100, H100 and H200 (got " +
                                                c.gpu.name + ")");
   if (pins.overlap_param_gather) space.overlap_param_gather = *pins.overlap_param_gather;
+  if (pins.pp_comm_overlap) space.pp_comm_overlap = *pins.pp_comm_overlap;
   if (pins.tp_comm_overlap) space.tp_comm_overlap = {*pins.tp_comm_overlap};
   else if (gpu_sm_count(c.gpu) > 0) space.tp_comm_overlap = {false, true};
   if (space.splits.empty())
@@ -322,7 +323,7 @@ bool better(const Candidate& a, const Candidate& b) {
     const auto& p = c.p;
     return std::make_tuple(c.step_time_s, c.peak_bytes, p.dp, p.tp, p.pp, p.zero, p.micro_batch,
                            static_cast<int>(p.recompute), p.sp, p.tp_comm_overlap, p.overlap_param_gather,
-                           static_cast<int>(p.schedule), p.vpp, c.train,
+                           p.pp_overlapped(), static_cast<int>(p.schedule), p.vpp, c.train,
                            c.order, static_cast<int>(p.offload), p.ep, p.etp);
   };
   const auto ka = key(a), kb = key(b);
@@ -478,6 +479,7 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
   p.zero = u.zero;
   p.order = space.orders[u.order];
   p.overlap_param_gather = space.overlap_param_gather && (p.zero == 1 || p.zero == 2) && dp_cp(p) > 1;
+  p.pp_comm_overlap = space.pp_comm_overlap;
   StageWork scratch;  // the memory bound's buffer list, its storage reused candidate after candidate
   const bool floor_ok = o.prune && overlap_floor_holds(m, c, train);
   for (const auto& [ep, etp] : sp.experts)

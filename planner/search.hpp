@@ -63,6 +63,9 @@ struct SearchPins {
   // --overlap-param-gather (ZeRO 1/2's weight all-gather under the next forward); unset: on
   // wherever zero 1 or 2 runs on a ring (it only ever hides time, so off is never faster).
   std::optional<bool> overlap_param_gather;
+  // --pp-comm-overlap (pipeline sends on their own stream); unset: as Megatron-core runs each
+  // schedule (ParallelConfig::pp_overlapped: blocking in 1F1B, overlapped elsewhere).
+  std::optional<bool> pp_comm_overlap;
   std::optional<Schedule> schedule;
   std::optional<Dtype> grad_dtype;
   std::optional<std::string> order;
@@ -100,6 +103,9 @@ struct SearchSpace {
   std::vector<bool> tp_comm_overlap = {false};
   // ZeRO 1/2's weight all-gather overlapped with the next forward where it applies.
   bool overlap_param_gather = true;
+  // Pipeline transfers overlapped with the next chunk (ParallelConfig::pp_comm_overlap; unset:
+  // each schedule's default).
+  std::optional<bool> pp_comm_overlap;
 };
 
 // Errors name the flag ("--tp: must divide --gpus (8 % 3 != 0)"), for pins that contradict

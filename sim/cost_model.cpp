@@ -77,6 +77,20 @@ void price_messages(const StageWork& w, const GroupLinksSet& links, int64_t mb, 
   }
 }
 
+// Pipeline sends that block their sender (ParallelConfig::pp_overlapped false, or no overlap
+// at all): each is stage time, like an in-line tensor-parallel collective, so the 1F1B period
+// of the slowest stage is F + B + its sends (Megatron-core's non-interleaved schedule waits on
+// each batch_isend_irecv) and the fill and drain carry the others' (the bubble formulas read
+// the stages' pass times). An end stage sends in one direction only.
+void price_blocking_sends(const StageWork& w, const GroupLinks& pp, StageEstimate& s) {
+  for (const Message& msg : w.messages) {
+    if (msg.group != Group::pp) continue;
+    const double t = static_cast<double>(msg.count) * message_time_s(msg, pp);
+    s.pp_block_s += t;
+    if (msg.pass == Pass::forward) s.pp_block_forward_s += t;
+  }
+}
+
 // Parameter server (Li et al., OSDI 2014): each worker pushes G/r and pulls W; each of k
 // servers takes n/k workers' traffic over one NIC. Not overlapped.
 double parameter_server_s(const ClusterSpec& c, const GroupLinks& dpl, int64_t n, int64_t servers, double G,
@@ -386,6 +400,7 @@ StageEstimate CostModel::price_stage(const StageWork& w, const ParallelConfig& p
   price_ops(w, op, s);
   price_cp_ring(w, links.cp, op, overlap, mb, s);  // context parallelism: the KV ring's exposed steps, its bytes
   price_messages(w, links, mb, s);
+  if (!(overlap && p.pp_overlapped())) price_blocking_sends(w, links.pp, s);
   if (p.tp_comm_overlap) {  // what the tp-chunked GEMMs hide of their collectives (sim/tp_overlap.hpp)
     const TpHiddenTime hidden = tp_overlap_hidden_s(w, links.tp, op);
     s.tp_comm_s -= hidden.total_s(), s.tp_forward_s -= hidden.forward_s;
@@ -411,18 +426,16 @@ StageEstimate CostModel::price_stage(const StageWork& w, const ParallelConfig& p
 
 namespace {
 
-// Exposed pipeline transfers of one step, each taking p2p_s. Without overlap every transfer
-// blocks its sender: (m v + p - 1) forward and backward transfers on the critical path. With
-// overlap (transfers on their own stream, Megatron-LM's overlap_p2p_comm) the fill and the
-// drain still wait for theirs, 2 (p - 1); in the steady state the slowest stage waits for a
+// Exposed pipeline transfers of one step, each taking p2p_s, when they overlap compute
+// (transfers on their own stream, Megatron-LM's overlap_p2p_comm; blocking ones are stage time,
+// price_blocking_sends): the fill and the drain still wait for theirs, 2 (p - 1); in the steady state the slowest stage waits for a
 // chunk's input only when it is not already there: when its neighbours are slower than it by
 // less than a transfer, each of its m v chunks waits p2p_s - slack (1F1B's period becomes
 // F + B + p2p_s, the simulator's timeline). Under ZeRO-3 a chunk also waits for its weights:
 // the two waits run at once, so the time a chunk already waits for its gathers counts as slack.
-double pp_exposed_s(const Estimate& est, const ParallelConfig& p, size_t slow, double p2p_s, bool overlap) {
+double pp_exposed_s(const Estimate& est, const ParallelConfig& p, size_t slow, double p2p_s) {
   if (p.pp <= 1) return 0;
   const double chunks = static_cast<double>(est.micro_batches * p.vpp);
-  if (!overlap) return (chunks + static_cast<double>(p.pp - 1)) * 2 * p2p_s;
   double next = 0;  // the slowest of the other stages, per micro-batch
   for (size_t i = 0; i < est.stages.size(); ++i)
     if (i != slow) next = std::max(next, est.stages[i].micro_batch_s());
@@ -437,9 +450,9 @@ struct SplitPass {
   double f = 0, b = 0, w = 0;
 };
 SplitPass split_pass(const StageEstimate& x) {
-  return {x.forward_s + x.tp_forward_s + x.ep_forward_s + x.cp_forward_s,
+  return {x.forward_s + x.tp_forward_s + x.ep_forward_s + x.cp_forward_s + x.pp_block_forward_s,
           x.backward_s - x.weight_grad_s + x.recompute_s + x.tp_comm_s - x.tp_forward_s + x.ep_comm_s - x.ep_forward_s +
-              x.cp_comm_s - x.cp_forward_s,
+              x.cp_comm_s - x.cp_forward_s + x.pp_block_s - x.pp_block_forward_s,
           x.weight_grad_s};
 }
 
@@ -676,8 +689,9 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overla
                      : p.schedule == Schedule::interleaved && p.pp > 1
                          ? interleaved_bubble_s(est.stages, slow, est.micro_batches, p.vpp, tables)
                          : (sum_mb - ss.micro_batch_s()) / v;
-  est.time.pp_comm_s = pp_exposed_s(est, p, slow, p2p_s, overlap);
-  if (p.schedule == Schedule::interleaved && p.pp > 1 && overlap)
+  const bool pp_overlap = overlap && p.pp_overlapped();
+  est.time.pp_comm_s = pp_overlap ? pp_exposed_s(est, p, slow, p2p_s) : mb * ss.pp_block_s;
+  if (p.schedule == Schedule::interleaved && p.pp > 1 && pp_overlap)
     if (auto played = interleaved_pp_played_s(est.stages, slow, est.micro_batches, p.vpp, p2p_s, tables))
       est.time.pp_comm_s = *played;
   for (const auto& s : est.stages) {

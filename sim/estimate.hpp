@@ -75,13 +75,17 @@ struct StageEstimate {
   // Context parallelism (sim/context_parallel.hpp): per micro-batch, the KV ring's time not
   // hidden behind attention blocks, and its forward part.
   double cp_comm_s = 0, cp_forward_s = 0;
+  // Per micro-batch: pipeline sends that block this stage (ParallelConfig::pp_overlapped false:
+  // each chunk's output or input gradient on the wire before its next chunk starts), and the
+  // forward's part. Zero where the sends overlap compute (cost_model.cpp's pp_exposed_s).
+  double pp_block_s = 0, pp_block_forward_s = 0;
   // Per step: what NCCL's kernels, taking SMs from the compute beside them, add to this
   // stage's compute (within forward_s, backward_s and recompute_s; cost_model.cpp: the hidden
   // data-parallel collectives' in slow_compute_beside_dp, the tensor-parallel backward's in
   // price_stage).
   double sm_contention_s = 0;
   double micro_batch_s() const {
-    return forward_s + backward_s + recompute_s + tp_comm_s + host_s + ep_comm_s + cp_comm_s;
+    return forward_s + backward_s + recompute_s + tp_comm_s + host_s + ep_comm_s + cp_comm_s + pp_block_s;
   }
   bool reported = true;            // false: a measured step where no rank of this stage reported
                                    // (an emulated rank); written as null

@@ -207,6 +207,13 @@ static void read_bool(ObjectReader& r, const nlohmann::json* v, const std::strin
 }
 void ObjectReader::boolean(const std::string& key, bool& out) { read_bool(*this, member(key, true), key, out); }
 void ObjectReader::opt_boolean(const std::string& key, bool& out) { read_bool(*this, member(key, false), key, out); }
+void ObjectReader::opt_boolean(const std::string& key, std::optional<bool>& out) {
+  const nlohmann::json* v = member(key, false);
+  if (!v) return;
+  bool b = false;
+  read_bool(*this, v, key, b);
+  if (!failed()) out = b;
+}
 
 static void read_string(ObjectReader& r, const nlohmann::json* v, const std::string& key,
                         std::string& out, bool allow_empty) {

@@ -63,6 +63,7 @@ class ObjectReader {
   void opt_integer(const std::string& key, int64_t& out, int64_t min = 1, int64_t max = INT64_MAX);
   void opt_number(const std::string& key, double& out, double min, bool min_exclusive, double max = kNoMax);
   void opt_boolean(const std::string& key, bool& out);
+  void opt_boolean(const std::string& key, std::optional<bool>& out);  // absent: left unset
   void opt_string(const std::string& key, std::string& out);
   void opt_choice(const std::string& key, const std::vector<std::string>& names, int& out);
   bool has(const std::string& key) const;

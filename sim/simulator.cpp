@@ -410,7 +410,7 @@ void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, con
       SimTask send = make_task(TaskKind::pp_send, Stream::pp, s, x, st.p2p_s);
       send.peer_stage = ds;
       send.bytes = st.p2p_bytes;
-      const int32_t id = b.add(send, kPp);
+      const int32_t id = b.add(send, p.pp_overlapped() ? kPp : kCompute);  // off: the send blocks its sender
       b.dep(t.end, id);
       idx.recv[idx.at(ds, x.phase, dc, x.micro_batch)] = id;
     }

@@ -438,6 +438,7 @@ Expected<TrainSpec> train_from_json(const nlohmann::json& j, const std::string& 
   read_enum(r, "cross_entropy", cross_entropy_names(), t.cross_entropy, false);  // default unfused
   read_enum(r, "grad_accumulation", grad_accumulation_names(), t.grad_accumulation, false);  // default fused
   r.opt_boolean("tp_backward_overlap", t.tp_backward_overlap);  // default true (Megatron-LM's)
+  r.opt_boolean("pp_scatter_gather", t.pp_scatter_gather);  // default false (Megatron-core's)
   r.integer("dp_bucket_bytes", t.dp_bucket_bytes, 1, limits::kBytes);
   r.opt_number("moe_capacity_factor", t.moe_capacity_factor, 0, true, 1e6);  // MoE (sim/moe.hpp)
   const bool has_recipe = j.is_object() && j.contains("fp8_recipe");
@@ -466,6 +467,7 @@ Expected<ParallelConfig> parallel_from_json(const nlohmann::json& j, const std::
   r.boolean("sp", p.sp);
   r.opt_boolean("tp_comm_overlap", p.tp_comm_overlap);  // default off (sim/tp_overlap.hpp)
   r.opt_boolean("overlap_param_gather", p.overlap_param_gather);  // default off: ZeRO 1/2's gather exposed
+  r.opt_boolean("pp_comm_overlap", p.pp_comm_overlap);  // unset: as Megatron-core runs the schedule
   read_enum(r, "recompute", recompute_names(), p.recompute, true);
   read_enum(r, "schedule", schedule_names(), p.schedule, true);
   r.integer("vpp", p.vpp, 1, limits::kLayers);
@@ -582,6 +584,7 @@ nlohmann::json to_json(const TrainSpec& t) {
   // Written when separate, so plans that accumulate in the GEMM stay as they were.
   if (t.grad_accumulation != GradAccumulation::fused) j["grad_accumulation"] = to_string(t.grad_accumulation);
   if (!t.tp_backward_overlap) j["tp_backward_overlap"] = false;  // written when off, as above
+  if (t.pp_scatter_gather) j["pp_scatter_gather"] = true;  // written when on
   if (t.fp8 && t.fp8_recipe != Fp8Recipe::delayed) j["fp8_recipe"] = to_string(t.fp8_recipe);  // as above
   if (t.fp8 && t.fp8_param_gather) j["fp8_param_gather"] = true;                                    // as above
   return j;
@@ -607,6 +610,7 @@ nlohmann::json to_json(const ParallelConfig& p) {
   if (p.cp > 1) j["cp"] = p.cp;  // context parallelism: written where set
   if (p.tp_comm_overlap) j["tp_comm_overlap"] = true;  // written where on (sim/tp_overlap.hpp)
   if (p.overlap_param_gather) j["overlap_param_gather"] = true;  // written where on
+  if (p.pp_comm_overlap) j["pp_comm_overlap"] = *p.pp_comm_overlap;  // written where set
   if (p.zero3_gather != Zero3Gather::layer) j["zero3_gather"] = zero3_gather_names()[static_cast<int>(p.zero3_gather)];
   return j;
 }

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -202,6 +203,13 @@ struct TrainSpec {
   // the weight-gradient GEMM (sim/tp_overlap.hpp, tp_backward_hidden_s). false: those
   // collectives run in-line, as torchtitan's and DeepSpeed's tensor parallelism run them.
   bool tp_backward_overlap = true;
+  // Megatron-LM 2021's scatter/gather of pipeline transfers (Narayanan et al. 2021, Sec. 4.1;
+  // megatron/p2p_communication.py at f938e19, on unless --no-scatter-gather-tensors-in-pipeline):
+  // with tp > 1 and no sequence parallelism each tp rank sends 1/tp of the (s, b, h) tensor its
+  // tp group holds in full, and the receiver all-gathers the pieces over NVLink
+  // (mpu.gather_split_1d_tensor) before using them. Megatron-core dropped it (2023); with
+  // sequence parallelism the tensor is split already.
+  bool pp_scatter_gather = false;
   int64_t dp_bucket_bytes = 0; // gradient bucket size for DP overlap
   // MoE: expert capacity as a multiple of the mean load (Switch Transformer, Fedus et al. 2021,
   // Sec. 2.2: capacity = tokens x top-k / experts x factor; GShard pads every expert to it).
@@ -248,6 +256,14 @@ struct ParallelConfig {
   // bucket by bucket (Megatron-LM's --overlap-param-gather with the distributed optimizer),
   // instead of after the optimizer step. Off: the gather shows in full (DeepSpeed's ZeRO 1/2).
   bool overlap_param_gather = false;
+  // Pipeline transfers (pp > 1) on their own stream, waited for only where the next chunk needs
+  // them, so a stage computes its next chunk while its last output is on the wire (Megatron-
+  // core's overlap_p2p_comm, on by default in its interleaved schedule; torch.distributed.
+  // pipelining's asynchronous sends). false: each send blocks its sender until it is through
+  // (Megatron-core's non-interleaved 1F1B, which refuses overlap_p2p_comm; DeepSpeed's pipeline
+  // engine; Megatron-LM 2021's batch_isend_irecv followed by torch.cuda.synchronize()). Unset:
+  // as Megatron-core runs the schedule (pp_overlapped()).
+  std::optional<bool> pp_comm_overlap;
   // Expert parallelism (MoE models only): the experts of a layer are split over ep ranks and
   // each expert's FFN over etp ranks. The expert grid reuses the dense grid's tp x dp ranks of a
   // stage (Megatron-core): ep * etp divides tp * dp, and ep divides experts.
@@ -272,6 +288,10 @@ struct ParallelConfig {
   Offload offload = Offload::none;
 
   int64_t gpus() const { return dp * tp * pp * cp; }
+  // Whether pipeline sends overlap compute: pp_comm_overlap, or where unset off for 1F1B alone
+  // (Megatron-core overlaps them in its interleaved schedule only; loom's other schedules, as
+  // torch.distributed.pipelining runs them, send asynchronously).
+  bool pp_overlapped() const { return pp_comm_overlap.value_or(schedule != Schedule::one_f_one_b); }
 };
 
 // Layers on pipeline stage `stage` of a model of `layers` layers: stage_layers[stage], or the

@@ -432,16 +432,28 @@ void tp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelCon
 
 // Pipeline (Narayanan et al. 2021, Sec. 2.2): each chunk sends its output forward and its
 // input gradient backward, the tensor each tp rank holds (b s h; b s h / t with SP), per
-// micro-batch, except at the model's ends.
-void pp_messages(std::vector<Message>& v, const ParallelConfig& p, const Dims& d) {
+// micro-batch, except at the model's ends. With the scatter/gather of TrainSpec::
+// pp_scatter_gather (tp > 1, no SP) each rank sends 1/t of it, and each chunk that receives
+// one (its input in forward, its output gradient in backward) all-gathers it over its tp
+// group in-line first.
+void pp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelConfig& p, const Dims& d) {
   if (p.pp <= 1) return;
-  const int64_t bytes = d.e * d.T * d.h / d.rep;
+  const bool scatter = tr.pp_scatter_gather && p.tp > 1 && !p.sp;
+  const int64_t bytes = d.e * d.T * d.h / (scatter ? p.tp : d.rep);
   // zb-v's last stage turns the V: its chunk 0 feeds its own chunk 1 (and the gradient back) unsent.
   const int64_t turn = d.turn ? 1 : 0;
   v.push_back(message("pp send", Group::pp, MessageKind::send, Pass::forward, Cadence::micro_batch, bytes,
                       p.vpp - (d.last ? 1 : 0) - turn));
   v.push_back(message("pp send", Group::pp, MessageKind::send, Pass::backward, Cadence::micro_batch, bytes,
                       p.vpp - (d.first ? 1 : 0) - turn));
+  if (!scatter) return;
+  const int64_t full = d.e * d.T * d.h;
+  if (p.vpp - (d.first ? 1 : 0) - turn > 0)
+    v.push_back(message(kPpGatherMessage, Group::tp, MessageKind::all_gather, Pass::forward, Cadence::micro_batch, full,
+                        p.vpp - (d.first ? 1 : 0) - turn));
+  if (p.vpp - (d.last ? 1 : 0) - turn > 0)
+    v.push_back(message(kPpGatherMessage, Group::tp, MessageKind::all_gather, Pass::backward, Cadence::micro_batch, full,
+                        p.vpp - (d.last ? 1 : 0) - turn));
 }
 
 // Parameter tensors of one layer, as a per-tensor ZeRO-3 gathers them: GPT (Megatron's fused
@@ -731,7 +743,7 @@ void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, co
   if (p.tp_comm_overlap) chunk_overlapped_gemms(w.ops, c.gpu, p.tp);  // GEMMs in tp chunks (sim/tp_overlap.hpp)
   tp_messages(w.messages, tr, p, d);
   mla_messages(w.messages, m, p, d.layers, d.g);  // latent attention's replicated weights (sim/mla.hpp)
-  pp_messages(w.messages, p, d);
+  pp_messages(w.messages, tr, p, d);
   cp_messages(w.messages, m, tr, p, d.layers);
   dp_messages(w.messages, tr, p, d, m, w.params - w.expert_params);
   zero3_tensor_copy_ops(w.ops, m, p, d, w.params - w.expert_params);  // DeepSpeed 0.3's staging copies

@@ -111,6 +111,8 @@ enum class Cadence : uint8_t { micro_batch, step };
 // DeepSpeed 0.3's ZeRO-3 with full recompute: the backward's second gather of the parameter
 // tensors its recompute released (zero3_backward_regather in stage_work.cpp).
 inline constexpr const char* kZero3RegatherMessage = "dp regather";
+// TrainSpec::pp_scatter_gather: the receiver's all-gather of a pipeline transfer's pieces.
+inline constexpr const char* kPpGatherMessage = "tp pipeline gather";
 
 struct Message {
   const char* name = "";

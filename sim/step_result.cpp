@@ -120,6 +120,7 @@ void config_into(nlohmann::json& j, const Estimate& e) {
   if (p.ep > 1 || p.etp > 1) j["ep"] = p.ep, j["etp"] = p.etp;  // MoE
   if (p.tp_comm_overlap) j["tp_comm_overlap"] = true;  // sim/tp_overlap.hpp
   if (p.overlap_param_gather) j["overlap_param_gather"] = true;  // ZeRO 1/2 (sim/specs.hpp)
+  if (p.pp_comm_overlap) j["pp_comm_overlap"] = *p.pp_comm_overlap;  // where set (sim/specs.hpp)
   if (p.cp > 1) j["cp"] = p.cp;  // context parallelism (sim/context_parallel.hpp)
   if (e.train.moe_capacity_factor != TrainSpec{}.moe_capacity_factor)
     j["moe_capacity_factor"] = e.train.moe_capacity_factor;
@@ -407,6 +408,7 @@ void read_config(ObjectReader& r, Estimate& e) {
   r.opt_integer("etp", p.etp, 1, kMaxCount);
   r.opt_boolean("tp_comm_overlap", p.tp_comm_overlap);
   r.opt_boolean("overlap_param_gather", p.overlap_param_gather);
+  r.opt_boolean("pp_comm_overlap", p.pp_comm_overlap);
   r.opt_integer("cp", p.cp, 1, kMaxCount);  // context parallelism: default 1
   r.opt_number("moe_capacity_factor", e.train.moe_capacity_factor, 0, true, 1e6);
   int recipe = 0;

@@ -362,10 +362,12 @@ TEST_CASE("uneven stages: export writes the engines' first/last stage flags and 
              "--grad-dtype fp32 --recompute full --schedule interleaved --vpp 8 --stage-layers 15,16,16,16,16,16,16,15",
              "--cluster dgx-h100 --gpus 1024", "uneven_mg_account",
              "--account-for-embedding-in-pipeline-split \\\n  --account-for-loss-in-pipeline-split");
-  // torchtitan: the embedding and the output as 2 layers each, (32 + 4) / 4 = 9 per stage.
+  // torchtitan: the embedding and the output as 2 layers each, (32 + 4) / 4 = 9 per stage; its
+  // 1F1B sends asynchronously (--pp-comm-overlap on).
   round_trip("torchtitan",
              "--model llama3-8b --cluster dgx-h100 --gpus 32 --global-batch 16 --seq 2048 --tp 4 --pp 4 --zero 2 --sp on "
-             "--grad-dtype fp32 --stage-layers 7,9,9,7 --grad-accumulation separate --tp-backward-overlap off",
+             "--grad-dtype fp32 --stage-layers 7,9,9,7 --grad-accumulation separate --tp-backward-overlap off "
+             "--pp-comm-overlap on",
              "--cluster dgx-h100 --gpus 32", "uneven_tt", "pipeline_parallel_first_stage_less_layers = 2");
   // Megatron-core refuses a first stage its chunks do not divide; so does the import.
   const auto odd = temp_file("uneven_odd_first.sh",

@@ -320,6 +320,10 @@ Status read_parallel(MegatronArgs& a, const ModelSpec& m, TrainSpec& t, Parallel
   p.sp = a.has("--sequence-parallel");
   p.tp_comm_overlap = a.has("--tp-comm-overlap");  // validate_config: needs sp and tp > 1, as arguments.py
   p.overlap_param_gather = a.has("--overlap-param-gather");  // validate_config: needs zero 1 or 2 and dp > 1
+  // Pipeline sends overlapped with compute in the interleaved schedule unless turned off;
+  // arguments.py turns overlap_p2p_comm off for every other schedule, whose sends block (what
+  // an unset ParallelConfig::pp_comm_overlap prices).
+  if (a.has("--no-overlap-p2p-communication") && p.schedule == Schedule::interleaved) p.pp_comm_overlap = false;
   if (a.has("--use-distributed-optimizer")) p.zero = 1;
   if (a.has("--use-megatron-fsdp")) {
     const std::string s = get_str(a, "--data-parallel-sharding-strategy", "optim_grads_params");

@@ -425,6 +425,8 @@ Status tt_pipeline(TomlKeys& k, int64_t layers, ParallelConfig& p) {
   if (std::any_of(per_rank.begin(), per_rank.end(), [&](int64_t x) { return x != per_rank.front(); }))
     p.stage_layers = per_rank;
   p.schedule = lower == "gpipe" ? Schedule::gpipe : multi ? Schedule::interleaved : Schedule::one_f_one_b;
+  // torch.distributed.pipelining posts its sends asynchronously in every schedule, 1F1B's too.
+  if (p.schedule == Schedule::one_f_one_b) p.pp_comm_overlap = true;
   p.micro_batch = mb;
   return ok_status();
 }

@@ -64,6 +64,7 @@ SearchPins pins_from(const PlanOptions& o) {
   if (!f.sp.empty()) p.sp = f.sp == "on";
   if (!f.tp_comm_overlap.empty()) p.tp_comm_overlap = f.tp_comm_overlap == "on";
   if (!f.overlap_param_gather.empty()) p.overlap_param_gather = f.overlap_param_gather == "on";
+  if (!f.pp_comm_overlap.empty()) p.pp_comm_overlap = f.pp_comm_overlap == "on";
   p.schedule = enum_pin<Schedule>(f.schedule, schedule_names());
   if (o.cmd->count("--grad-dtype") > 0) p.grad_dtype = o.job.grad_dtype == "fp32" ? Dtype::fp32 : Dtype::bf16;
   if (!f.order.empty()) p.order = f.order;
@@ -117,6 +118,7 @@ std::string row_extras(const ParallelConfig& p) {
   if (p.offload != Offload::none) out += "  offload " + to_string(p.offload);
   if (p.tp_comm_overlap) out += "  tpo";  // tp communication overlapped with the GEMMs
   if (p.overlap_param_gather) out += "  opg";  // ZeRO 1/2's weight gather under the next forward
+  if (p.pp > 1 && p.pp_comm_overlap) out += *p.pp_comm_overlap ? "  ppo" : "  ppo off";  // pinned pipeline sends
   return out;
 }
 
@@ -141,6 +143,10 @@ std::string table(const std::vector<Estimate>& top) {
     s += "(tpo: tensor-parallel communication overlapped with the GEMMs, --tp-comm-overlap on)\n";
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.overlap_param_gather; }))
     s += "(opg: ZeRO 1/2's weight all-gather under the next step's first forward, --overlap-param-gather on)\n";
+  if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.pp > 1 && e.parallel.pp_comm_overlap; }))
+    s += "(ppo: pipeline sends overlapped with compute, --pp-comm-overlap on; ppo off: each send blocks its sender; "
+         "unpinned, 1F1B's block and the other schedules' overlap, as Megatron-core and torch.distributed.pipelining "
+         "run them)\n";
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.simulated_step_time_s > 0; }))
     s += "(rows with a sim s are ranked by it, and their tokens/s, TFLOP/s and MFU are at that time)\n";
   s += "(TFLOP/s and MFU count causal attention, what the kernels do; the best plan's throughput line gives both counts)\n";

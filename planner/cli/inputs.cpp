@@ -49,6 +49,11 @@ void add_job_options(CLI::App& cmd, JobOptions& o) {
                  "tensor-parallel backward: the column-parallel layers' collectives beside their gradient GEMMs (on, "
                  "Megatron-LM's) or in-line (off, torchtitan's and DeepSpeed's tensor parallelism) (default on)")
       ->check(CLI::IsMember({"on", "off"}));
+  cmd.add_option("--pp-scatter-gather", o.pp_scatter_gather,
+                 "pipeline transfers with tp > 1 and no SP: each tp rank sends 1/tp of the tensor and the receiver "
+                 "all-gathers it over its tp group (on, Megatron-LM 2021's scatter/gather) or every rank sends it whole "
+                 "(off, Megatron-core's) (default off)")
+      ->check(CLI::IsMember({"on", "off"}));
   cmd.add_option("--dp-bucket-bytes", o.dp_bucket_bytes,
                  "gradient bucket for DP overlap (default 40e6 elements of grad dtype, Megatron-core's)")
       ->transform(Integer(1, limits::kBytes));
@@ -104,6 +109,11 @@ void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
                   "(Megatron-LM's --overlap-param-gather; needs --zero 1 or 2 and dp > 1; a bare flag means on; "
                   "`plan` turns it on wherever it applies unless pinned)",
                   "default off"));
+  add_on_off(cmd, "--pp-comm-overlap", o.pp_comm_overlap,
+             text("pipeline sends on their own stream, overlapped with the next chunk's compute, on or off (off: "
+                  "each send blocks its sender, as Megatron-LM's non-interleaved 1F1B and --no-overlap-p2p-"
+                  "communication run; a bare flag means on)",
+                  "default on"));
   cmd.add_option("--schedule", o.schedule, text("the pipeline schedule", "default 1f1b"))
       ->check(CLI::IsMember(schedule_names()));
   cmd.add_option("--vpp", o.vpp,
@@ -223,6 +233,7 @@ Expected<Job> load_job(const JobOptions& o) {
   job.train.cross_entropy = o.cross_entropy == "fused" ? CrossEntropy::fused : CrossEntropy::unfused;
   job.train.grad_accumulation = o.grad_accumulation == "separate" ? GradAccumulation::separate : GradAccumulation::fused;
   job.train.tp_backward_overlap = o.tp_backward_overlap == "on";
+  job.train.pp_scatter_gather = o.pp_scatter_gather == "on";
   job.train.dp_bucket_bytes = o.dp_bucket_bytes.value_or(40'000'000 * dtype_bytes(job.train.grad_dtype));
   if (job.train.dp_bucket_bytes < 1) return make_error("--dp-bucket-bytes", "must be >= 1");
   if (o.moe_capacity_factor) job.train.moe_capacity_factor = *o.moe_capacity_factor;

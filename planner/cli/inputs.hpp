@@ -25,6 +25,7 @@ struct JobOptions {
   std::string cross_entropy = "unfused";
   std::string grad_accumulation = "fused";
   std::string tp_backward_overlap = "on";
+  std::string pp_scatter_gather = "off";
   std::optional<std::string> fp8_recipe;  // with --dtype fp8 only
   std::optional<std::string> fp8_param_gather;  // with --dtype fp8 only: "on" or "off" 
   std::optional<int64_t> dp_bucket_bytes;
@@ -53,6 +54,7 @@ struct ParallelFlags {
   std::string recompute, sp, schedule, order;  // "" = not given
   std::string tp_comm_overlap;                 // --tp-comm-overlap on|off; "" = not given
   std::string overlap_param_gather;            // --overlap-param-gather on|off; "" = not given
+  std::string pp_comm_overlap;                 // --pp-comm-overlap on|off; "" = not given
   std::string stage_layers;                    // --stage-layers "8,8,7"; "" = not given
   std::string offload;                         // --offload (planner/cli/offload_cli.hpp); "" = not given
   std::optional<double> memory_headroom;       // over the cluster's runtime_memory.memory_headroom
