@@ -25,7 +25,7 @@ std::string describe_config(const Estimate& e) {
   s += fmt::format("  recompute {}  sp {}", to_string(p.recompute), p.sp ? "on" : "off");
   if (p.tp_comm_overlap) s += "  tp-comm-overlap on";
   if (p.overlap_param_gather) s += "  overlap-param-gather on";
-  if (p.pp > 1) s += p.pp_overlapped() ? "  pp-comm-overlap on" : "  pp-comm-overlap off";
+  if (p.pp > 1 && !p.pp_overlapped()) s += "  pp-comm-overlap off";  // each pipeline send blocks its sender
   if (p.order != "tp-dp-pp") s += "  order " + p.order;
   if (p.offload != Offload::none) s += "  offload " + to_string(p.offload);
   if (p.ep > 1 || p.etp > 1) s += fmt::format("  ep {}  etp {}", p.ep, p.etp);  // MoE
