@@ -128,8 +128,20 @@ TEST_CASE("pipeline send settings: plan file, CLI and Megatron-LM's flags", "[cl
   const RoundTrip rt = export_round_trip("megatron", job + "--schedule interleaved --vpp 2 --pp-comm-overlap off",
                                          "--cluster dgx-h100 --gpus 16", "ppo_off", "--no-overlap-p2p-communication");
   CHECK(plan_configuration(rt.imported)["parallel"]["pp_comm_overlap"] == false);
-  // 1F1B overlapped is what Megatron-LM cannot run: named, not dropped.
+  // 1F1B overlapped is what Megatron-LM and DeepSpeed cannot run, 1F1B blocking what torchtitan
+  // does not: each named on stderr, not dropped.
   const LoomRun pred = run_loom("predict " + job + "--pp-comm-overlap on --json");
   REQUIRE(pred.code == 0);
   CHECK(nlohmann::json::parse(pred.out)["pp_comm_overlap"] == true);
+  const std::string on = temp_file("ppo_on_plan.json", ""), off = temp_file("ppo_unset_plan.json", "");
+  REQUIRE(run_loom("predict " + job + "--pp-comm-overlap on -o " + on).code == 0);
+  REQUIRE(run_loom("predict " + job + "-o " + off).code == 0);
+  const LoomRun mg = run_loom("export " + on + " --to megatron"), ds = run_loom("export " + on + " --to deepspeed"),
+                tt = run_loom("export " + off + " --to torchtitan"), mg_off = run_loom("export " + off + " --to megatron");
+  CHECK(mg.err.find("pp_comm_overlap on: Megatron-LM overlaps pipeline sends with compute only in the interleaved") !=
+        std::string::npos);
+  CHECK(ds.err.find("pp_comm_overlap on: DeepSpeed's pipeline engine sends synchronously") != std::string::npos);
+  CHECK(tt.err.find("pp_comm_overlap off: torch.distributed.pipelining's sends are asynchronous") != std::string::npos);
+  CHECK(mg_off.err.find("pp_comm_overlap") == std::string::npos);  // Megatron-core's own 1F1B
+  CHECK(mg_off.out.find("overlap-p2p") == std::string::npos);
 }
