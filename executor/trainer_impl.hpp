@@ -29,7 +29,7 @@ namespace loom::exec {
 // What one (micro-batch, chunk) keeps between its forward and its backward.
 struct ChunkStash {
   std::vector<Buffer> xs;                           // each layer's input (Ns, C)
-  std::vector<std::unique_ptr<LayerState>> layers;  // empty under full recompute
+  std::vector<std::unique_ptr<LayerState>> layers;  // null for a layer recomputed in full
   std::unique_ptr<HeadState> head;                  // last model chunk
 };
 
@@ -96,6 +96,9 @@ class Trainer {
   int64_t layers_in(int chunk) const {
     return chunk_layers_at(plan_.parallel, plan_.model.layers, coords_.pp, chunk);
   }
+  // Whether layer i of a chunk is recomputed in full (all under recompute full, or the chunk's
+  // first recompute_layers: ParallelConfig::recomputed_layers).
+  bool recomputes(int chunk, int64_t i) const { return i < plan_.parallel.recomputed_layers(layers_in(chunk)); }
   bool holds_head() const { return coords_.pp == head_stage(plan_.parallel.schedule, pp_size_); }
   Status forward_layers(ChunkStash& cs, const std::vector<int>& ids, size_t& ui, int mb, int chunk, bool last);
   Status forward_head(ChunkStash& cs, const Unit& u, const Tokens& targets, int mb, int chunk);

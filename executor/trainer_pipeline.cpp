@@ -35,8 +35,8 @@ void Trainer::tokens_for(int64_t step, int64_t mb, Tokens& in, Tokens& tg) const
   keep_cp_tokens(tg);
 }
 
-// The stash of (mb, chunk) for its backward: each layer's input, each layer's state (none under
-// full recompute) and, on the last model chunk, the head's.
+// The stash of (mb, chunk) for its backward: each layer's input, each layer's state (none for a
+// layer recomputed in full) and, on the last model chunk, the head's.
 Expected<ChunkStash*> Trainer::open_stash(int mb, int chunk) {
   const Recompute rc = plan_.parallel.recompute;
   const bool last = vstage(chunk) == pp_size_ * vpp_ - 1;
@@ -45,7 +45,10 @@ Expected<ChunkStash*> Trainer::open_stash(int mb, int chunk) {
     auto x = compute_->alloc(Mem::activations, d_.Ns * d_.C);
     if (!x) return x.error();
     cs.xs.push_back(std::move(*x));
-    if (rc == Recompute::full) continue;
+    if (recomputes(chunk, i)) {
+      cs.layers.emplace_back();
+      continue;
+    }
     auto st = compute_->layer_state(rc == Recompute::selective ? StashKind::no_attention_core : StashKind::full);
     if (!st) return st.error();
     cs.layers.push_back(std::move(*st));
@@ -107,7 +110,6 @@ Status Trainer::send_from(const float* src, int mb, int chunk, Phase phase) {
 // The chunk's layers: each writes the next layer's input, the head's input (last chunk) or the
 // send buffer (once the previous send is done).
 Status Trainer::forward_layers(ChunkStash& cs, const std::vector<int>& ids, size_t& ui, int mb, int chunk, bool last) {
-  const Recompute rc = plan_.parallel.recompute;
   const std::string gather = tn::dp_gather(true, mb, chunk);
   for (int64_t i = 0; i < layers_in(chunk); ++i) {
     const Unit& u = unit(ids[ui++]);
@@ -123,7 +125,7 @@ Status Trainer::forward_layers(ChunkStash& cs, const std::vector<int>& ids, size
     auto P = acquire(u, gather);
     if (!P) return P.error();
     const float* x = cs.xs[static_cast<size_t>(i)].data();
-    if (rc == Recompute::full) {  // the layer's state lives only for this call
+    if (recomputes(chunk, i)) {  // the layer's state lives only for this call
       auto tmp = compute_->layer_state(StashKind::full);
       if (!tmp) return tmp.error();
       if (auto st = compute_->layer_forward(*P, u.o, x, **tmp, out); !st) return st;
@@ -198,7 +200,7 @@ Status Trainer::backward_layer(ChunkStash& cs, const Unit& u, int64_t i, int mb,
   if (splits_backward(plan_.parallel.schedule)) {  // check_cpu_plan: no full recompute
     auto& st = *cs.layers[static_cast<size_t>(i)];
     if (auto s = compute_->layer_backward_input(*P, *G, u.o, x, st, d, rc == Recompute::selective); !s) return s;
-  } else if (rc == Recompute::full) {
+  } else if (recomputes(chunk, i)) {
     auto tmp = compute_->layer_state(StashKind::full);
     if (!tmp) return tmp.error();
     rec_.compute_begin(tn::recompute(mb, chunk), mb, chunk);

@@ -136,6 +136,13 @@ bool megatron_stage_layers(const ModelSpec& m, const ParallelConfig& p, Args& a,
   return false;
 }
 
+// A block recompute (ParallelConfig::recompute_layers), for an engine that recomputes every layer.
+void note_recompute_layers(const ParallelConfig& p, const std::string& what, std::vector<std::string>& no) {
+  if (p.recompute == Recompute::full && p.recompute_layers > 0)
+    no.push_back("recompute_layers " + s(p.recompute_layers) + ": " + what +
+                 " recomputes every layer, not each chunk's first; emitted as full recompute");
+}
+
 // Megatron-LM 2021's scatter/gather of pipeline transfers (TrainSpec::pp_scatter_gather),
 // which no engine loom exports to runs today.
 void note_pp_scatter_gather(const TrainSpec& t, const ParallelConfig& p, const std::string& engine,
@@ -195,10 +202,10 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
     no.push_back("overlap_param_gather off: Megatron-FSDP overlaps its weight gathers with the forward, as the exported "
                  "run will");
   if (p.recompute == Recompute::selective) a.push_back({"--recompute-granularity", "selective"});
-  if (p.recompute == Recompute::full) {
+  if (p.recompute == Recompute::full) {  // every layer (uniform, groups of 1) or a block of each chunk's first
     a.push_back({"--recompute-granularity", "full"});
-    a.push_back({"--recompute-method", "uniform"});
-    a.push_back({"--recompute-num-layers", "1"});
+    a.push_back({"--recompute-method", p.recompute_layers > 0 ? "block" : "uniform"});
+    a.push_back({"--recompute-num-layers", s(p.recompute_layers > 0 ? p.recompute_layers : 1)});
   }
   if (t.dtype == Dtype::bf16) a.push_back({"--bf16", ""});
   megatron_fp8(t, a);  // FP8 GEMMs (planner/export_fp8.hpp)
@@ -465,6 +472,7 @@ ExportResult torchtitan(const Plan& plan) {
   }
   o += "[activation_checkpoint]\n";
   o += std::string("mode = ") + q(to_string(p.recompute)) + "\n";
+  note_recompute_layers(p, "torchtitan's full activation checkpointing", no);
   if (p.recompute == Recompute::selective) {
     o += "selective_ac_option = \"op\"\n";
     no.push_back("recompute selective: torchtitan's is per-op (saves matmul outputs), not Megatron's attention-core recompute");
@@ -556,6 +564,7 @@ ExportResult deepspeed(const Plan& plan) {
     no.push_back("overlap_param_gather on: DeepSpeed's ZeRO 1/2 gathers the updated weights after the step, not under "
                  "the next forward");
   if (p.recompute == Recompute::selective) no.push_back("recompute selective: not expressible in DeepSpeed");
+  note_recompute_layers(p, "DeepSpeed's activation checkpointing", no);
   note_fused_accumulation(t, p, "DeepSpeed", no);
   note_tp_backward_overlap(t, p, "DeepSpeed", no);
   note_pp_scatter_gather(t, p, "DeepSpeed", no);

@@ -13,6 +13,7 @@
 #include "sim/context_parallel.hpp"
 #include "sim/rank_grid.hpp"
 #include "sim/schedule.hpp"
+#include "sim/spec_json.hpp"
 #include "sim/stage_split.hpp"
 #include "sim/stage_work.hpp"
 #include "sim/tp_overlap.hpp"
@@ -60,6 +61,9 @@ Status check_pins(const ClusterSpec& c, const SearchPins& p) {
     return make_error("--sp", "sequence parallelism needs tensor parallelism (tp > 1)");
   if (p.tp_comm_overlap && *p.tp_comm_overlap && ((p.sp && !*p.sp) || p.tp.value_or(2) < 2 || p.max_tp.value_or(2) < 2))
     return make_error("--tp-comm-overlap", "tensor-parallel communication overlap needs --sp on and tp > 1");
+  if (p.recompute_layers && p.recompute && *p.recompute != Recompute::full)
+    return make_error("--recompute-layers", "recomputes the first layers of each chunk in full: needs --recompute full "
+                                            "(got " + to_string(*p.recompute) + ")");
   if (p.overlap_param_gather && *p.overlap_param_gather && p.zero && *p.zero != 1 && *p.zero != 2)
     return make_error("--overlap-param-gather", "overlaps ZeRO 1/2's weight all-gather: needs --zero 1 or 2 (got " +
                                                     search_str(*p.zero) + ")");
@@ -193,8 +197,11 @@ Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c
   else space.orders = all_orders();
   for (int z = 0; z <= 3; ++z)
     if (!pins.zero || *pins.zero == z) space.zero.push_back(z);
+  // A block recompute pinned (--recompute-layers) is a full recompute of some layers.
+  const std::optional<Recompute> rc = pins.recompute_layers ? std::optional<Recompute>(Recompute::full) : pins.recompute;
   for (Recompute r : {Recompute::none, Recompute::selective, Recompute::full})
-    if (!pins.recompute || *pins.recompute == r) space.recompute.push_back(r);
+    if (!rc || *rc == r) space.recompute.push_back(r);
+  space.recompute_layers = pins.recompute_layers.value_or(0);
   for (Dtype g : {Dtype::bf16, Dtype::fp32}) {
     if (pins.grad_dtype && *pins.grad_dtype != g) continue;
     TrainSpec tg = t;
@@ -480,6 +487,7 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
   p.order = space.orders[u.order];
   p.overlap_param_gather = space.overlap_param_gather && (p.zero == 1 || p.zero == 2) && dp_cp(p) > 1;
   p.pp_comm_overlap = space.pp_comm_overlap;
+  p.recompute_layers = space.recompute_layers;  // only full recompute is tried where set
   StageWork scratch;  // the memory bound's buffer list, its storage reused candidate after candidate
   const bool floor_ok = o.prune && overlap_floor_holds(m, c, train);
   for (const auto& [ep, etp] : sp.experts)

@@ -56,6 +56,8 @@ struct SearchPins {
   std::optional<int64_t> cp;       // context-parallel size (--cp)
   std::optional<int> zero;
   std::optional<Recompute> recompute;
+  // --recompute-layers (a block recompute of each chunk's first N layers); needs recompute full.
+  std::optional<int64_t> recompute_layers;
   std::optional<bool> sp;
   // --tp-comm-overlap (sim/tp_overlap.hpp); unset: off and on are both tried where sp is on and
   // tp > 1, on a GPU whose SM count loom knows.
@@ -97,6 +99,7 @@ struct SearchSpace {
   std::vector<std::string> orders;  // candidates, canonical (Megatron's default) first
   std::vector<int> zero;
   std::vector<Recompute> recompute;
+  int64_t recompute_layers = 0;     // with recompute full (ParallelConfig::recompute_layers)
   std::vector<TrainSpec> trains;    // one per grad dtype tried (grad dtype and bucket differ)
   std::vector<Offload> offload = {Offload::none};
   // tp communication overlap tried where sp is on and tp > 1 (off alone elsewhere).

@@ -78,7 +78,7 @@ int64_t cp_kv_block_bytes(const ModelSpec& m, const TrainSpec& t, const Parallel
 // accumulated dK, dV the same way, and dK, dV take one more hop after the last block to reach
 // the rank that owns K and V (cp hops in all; nothing computes beside that last one).
 void cp_messages(std::vector<Message>& v, const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p,
-                 int64_t layers) {
+                 int64_t layers, int64_t recomputed) {
   if (p.cp <= 1 || layers <= 0) return;
   const int64_t kv = 2 * cp_kv_block_bytes(m, t, p), steps = (p.cp - 1) * layers;
   const auto send = MessageKind::send;
@@ -86,8 +86,9 @@ void cp_messages(std::vector<Message>& v, const ModelSpec& m, const TrainSpec& t
   v.push_back(message(kCpRingMessage, Group::cp, send, Pass::forward, mbc, kv, steps));
   v.push_back(message(kCpRingMessage, Group::cp, send, Pass::backward, mbc, 2 * kv, steps));
   v.push_back(message(kCpReturnMessage, Group::cp, send, Pass::backward, mbc, kv, layers));
-  if (p.recompute != Recompute::none)  // full: the layer's forward again; selective: its attention
-    v.push_back(message(kCpRingMessage, Group::cp, send, Pass::recompute, mbc, kv, steps));
+  const int64_t again = p.recompute == Recompute::selective ? layers : recomputed;
+  if (again > 0)  // full: the layer's forward again; selective: its attention
+    v.push_back(message(kCpRingMessage, Group::cp, send, Pass::recompute, mbc, kv, (p.cp - 1) * again));
 }
 
 // stage_work's attention_core: one fused attention op per pass, of count layers x cp, one call

@@ -51,10 +51,11 @@ inline constexpr const char* kCpReturnMessage = "cp dkv return";
 
 // The KV ring of one micro-batch on a stage of `layers` layers: per layer cp - 1 sends of K
 // and V forward (2 blocks) and in backward of K, V and their gradients (4 blocks), again in a
-// recompute's forward, each beside one attention block of its pass; in backward one more hop
-// of dK, dV per layer. Nothing with cp 1.
+// recompute's forward for each of its `recomputed` layers (a full recompute's; every layer
+// under a selective one), each beside one attention block of its pass; in backward one more
+// hop of dK, dV per layer. Nothing with cp 1.
 void cp_messages(std::vector<Message>& v, const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p,
-                 int64_t layers);
+                 int64_t layers, int64_t recomputed);
 
 // The attention op (one ring step's block) a cp message runs beside, from the stage's own op
 // list; nullptr for the last dK/dV hop, which nothing hides.

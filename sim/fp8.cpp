@@ -111,9 +111,11 @@ void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weig
                           1, 1 / static_cast<double>(micro_batches)));
 }
 
-Fp8TpGathers fp8_sp_gathers(int64_t layers, int64_t mlp_free, bool full_recompute) {
+Fp8TpGathers fp8_sp_gathers(int64_t layers, int64_t mlp_free, int64_t recomputed) {
   const int64_t fwd = 2 * layers - mlp_free;
-  return {fwd, 2 * fwd, full_recompute ? fwd : 0};
+  // Every layer recomputed: the forward's gathers again; some (a block recompute, dense layers
+  // only: validate_config), 2 each.
+  return {fwd, 2 * fwd, recomputed >= layers ? fwd : 2 * recomputed};
 }
 
 // Micikevicius et al. 2022, Sec. 4: FP8 GEMMs read FP8 operands and write a higher-precision

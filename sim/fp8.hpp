@@ -98,14 +98,14 @@ void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weig
 // output gradient to FP8 before its all-gather (module/base.py grad_output_preprocess, "FP8
 // with all-gather"). The reduce-scatters move the GEMMs' bf16 outputs. So per dense layer:
 // forward 2 FP8 gathers (qkv and fc1 inputs), backward 4 (the output gradients of the
-// projection and fc2, the two norm outputs again), a full recompute's forward 2 more; a MoE
-// layer without a tp MLP half of that. (With --tp-comm-overlap TE's userbuffers also gather FP8;
+// projection and fc2, the two norm outputs again), a full recompute's forward 2 more per
+// recomputed layer (`recomputed` of them); a MoE layer without a tp MLP half of that. (With --tp-comm-overlap TE's userbuffers also gather FP8;
 // loom prices the overlapped halves at bf16 size.)
 inline constexpr const char* kFp8TpGatherMessage = "tp fp8 all-gathers";
 struct Fp8TpGathers {
   int64_t forward = 0, backward = 0, recompute = 0;
 };
-Fp8TpGathers fp8_sp_gathers(int64_t layers, int64_t mlp_free, bool full_recompute);
+Fp8TpGathers fp8_sp_gathers(int64_t layers, int64_t mlp_free, int64_t recomputed);
 
 // Time of one FP8 GEMM call (M, N, K), its backward and the backward's weight-gradient half:
 // at peak_flops_fp8 with the efficiency a bf16 GEMM of that shape reaches (the cluster's

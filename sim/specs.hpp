@@ -3,6 +3,7 @@
 // (ParallelConfig). Plain data; loading, saving and validation live in spec_json.hpp and
 // validate.hpp.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -273,6 +274,12 @@ struct ParallelConfig {
   int64_t micro_batch = 1;
   bool sp = false;             // sequence parallel (needs tp > 1)
   Recompute recompute = Recompute::none;
+  // With recompute full: 0 recomputes every layer (Megatron-LM's --recompute-method uniform
+  // --recompute-num-layers 1); N > 0 only the first N layers of each model chunk (virtual
+  // stage), the others keeping their activations (--recompute-method block
+  // --recompute-num-layers N: megatron/core/transformer/transformer_block.py _checkpointed_forward
+  // checkpoints layer l of a chunk while l < recompute_num_layers).
+  int64_t recompute_layers = 0;
   Schedule schedule = Schedule::one_f_one_b;
   int64_t vpp = 1;             // virtual stages per rank (interleaved only)
   // Transformer layers of each pipeline stage (all its chunks), first to last; empty: layers /
@@ -292,6 +299,11 @@ struct ParallelConfig {
   // (Megatron-core overlaps them in its interleaved schedule only; loom's other schedules, as
   // torch.distributed.pipelining runs them, send asynchronously).
   bool pp_overlapped() const { return pp_comm_overlap.value_or(schedule != Schedule::one_f_one_b); }
+  // The layers of a chunk of `layers_in_chunk` recomputed in full in backward (recompute_layers).
+  int64_t recomputed_layers(int64_t layers_in_chunk) const {
+    if (recompute != Recompute::full) return 0;
+    return recompute_layers > 0 ? std::min(recompute_layers, layers_in_chunk) : layers_in_chunk;
+  }
 };
 
 // Layers on pipeline stage `stage` of a model of `layers` layers: stage_layers[stage], or the

@@ -38,6 +38,7 @@ struct Dims {
   int64_t Vr = 0;                // vocabulary rows per tp rank
   int64_t mb = 1;                // micro-batches per step per replica
   int64_t layers = 0, layers_chunk = 0;
+  int64_t rec_layers = 0;        // of layers, those recomputed in full (ParallelConfig::recomputed_layers)
   int64_t layer_rank = 0, embed_rank = 0, out_rank = 0;  // parameters on this GPU
   int64_t replicated = 0;        // tp-replicated parameters on this stage (SP's gradient all-reduce)
   bool first = false, last = false;  // holds the embedding; holds the output layer and loss
@@ -63,6 +64,7 @@ Dims make_dims(const ModelSpec& m, const TrainSpec& tr, const ParallelConfig& p,
   d.mb = tr.global_batch / (p.dp * p.micro_batch);
   d.layers = stage_layer_count(p, m.layers, stage);  // uneven stages: p.stage_layers
   d.layers_chunk = chunk_layer_count(p, m.layers, stage);
+  for (int64_t c = 0; c < p.vpp; ++c) d.rec_layers += p.recomputed_layers(chunk_layers_at(p, m.layers, stage, c));
   d.first = stage == 0;
   d.last = stage == head_stage(p.schedule, p.pp);  // zb-v: the first stage holds both ends (the V)
   d.turn = p.schedule == Schedule::zb_v && stage == p.pp - 1;
@@ -87,18 +89,19 @@ void add(std::vector<Buffer>& v, const char* name, MemCategory c, Lifetime l, in
 
 // Where a stage's chunks hold different layer counts (a short model-end chunk:
 // chunk_layers_at), the activations its schedule table holds at its peak, each forward adding
-// its chunk's layers (layer_bytes each) and, on the model's first and last chunk, the
+// its chunk's layers (chunk_bytes of its layer count) and, on the model's first and last chunk, the
 // embedding's or the head's per-micro-batch bytes, each backward taking them away: the
 // layers' part and the ends' part at that moment.
 struct HeldAtPeak {
   int64_t layers = 0, ends = 0;
 };
+template <class ChunkBytes>
 HeldAtPeak uneven_chunks_peak(const ModelSpec& m, const ParallelConfig& p, const Dims& d, int64_t stage,
-                              int64_t layer_bytes, int64_t first_mb, int64_t last_mb) {
+                              const ChunkBytes& chunk_bytes, int64_t first_mb, int64_t last_mb) {
   const int64_t v = p.vpp, group = p.pp * v;
   std::vector<HeldAtPeak> chunk(static_cast<size_t>(v));  // what one micro-batch of each chunk holds
   for (int64_t c = 0; c < v; ++c)
-    chunk[static_cast<size_t>(c)] = {chunk_layers_at(p, m.layers, stage, c) * layer_bytes,
+    chunk[static_cast<size_t>(c)] = {chunk_bytes(chunk_layers_at(p, m.layers, stage, c)),
                                      (d.first && c == 0 ? first_mb : 0) + (d.last && c == v - 1 ? last_mb : 0)};
   // The table's order without building it (one_f_one_b_rank over interleaved_slot, m a multiple
   // of pp as validate_config requires): warm-up forwards, then a forward and a backward in turn,
@@ -134,13 +137,20 @@ void activation_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainS
   const int64_t mask = m.dropout ? 1 : 0, norm_stats = m.family == Family::gpt ? 2 : 1;
   const int64_t first_mb = d.first ? mask * d.T * d.h / d.rep : 0;
   const int64_t last_mb = d.last ? d.e * d.T * d.h / d.rep + norm_stats * 4 * d.T / d.rep + d.e * d.T * d.h : 0;
+  // What one micro-batch of a chunk of n layers holds: with a block recompute
+  // (ParallelConfig::recompute_layers) its first layers keep their input only, the rest all.
+  const int64_t kept = full.total() + fp8_full;
+  auto chunk_bytes = [&](int64_t n) {
+    const int64_t r = p.recompute_layers > 0 ? p.recomputed_layers(n) : n;
+    return r * (act.total() + fp8) + (n - r) * kept;
+  };
   const bool uneven = d.layers % p.vpp != 0 && p.schedule == Schedule::interleaved;
-  const HeldAtPeak held = uneven ? uneven_chunks_peak(m, p, d, stage, act.total() + fp8, first_mb, last_mb) : HeldAtPeak{};
+  const HeldAtPeak held = uneven ? uneven_chunks_peak(m, p, d, stage, chunk_bytes, first_mb, last_mb) : HeldAtPeak{};
   // (MoE with a short chunk: the MoE layers are taken off at the most any chunk holds, which can
   // leave the dense line low and the MoE line high; the sum stays an upper bound.)
   add(v, "layer activations", MemCategory::activations, Lifetime::in_flight,
       uneven ? held.layers - in_flight * d.moe.layers_chunk * (act.total() + fp8)
-             : in_flight * (d.layers_chunk - d.moe.layers_chunk) * (act.total() + fp8));
+             : in_flight * (chunk_bytes(d.layers_chunk) - d.moe.layers_chunk * (act.total() + fp8)));
   if (d.moe.layers_chunk > 0) {  // MoE layers (sim/moe.hpp), the most of any chunk of the stage
     const int64_t moe_act = moe_layer_activation_bytes(m, d.moe, d.b, d.s, p.sp, p.recompute, tr.attention, tr.dtype);
     add(v, "moe layer activations", MemCategory::activations, Lifetime::in_flight,
@@ -365,7 +375,7 @@ void stage_ops(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& tr, co
   layer_gemms(ops, m, d, Pass::backward, L);
   attention_core(ops, m, tr, d, Pass::backward, L);
   layer_elementwise(ops, m, d, Pass::backward, L);
-  if (p.recompute == Recompute::full) layer_forward(ops, m, tr, d, Pass::recompute, L);
+  if (p.recompute == Recompute::full) layer_forward(ops, m, tr, d, Pass::recompute, d.rec_layers);
   if (p.recompute == Recompute::selective) attention_core(ops, m, tr, d, Pass::recompute, L);
   end_ops(ops, tr, d);
 }
@@ -397,11 +407,10 @@ void tp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelCon
   const int64_t act = d.e * d.T * d.h, L = d.layers;
   const TpHalves moe = moe_tp_halves_saved(d.moe, p);  // MoE layers without an MLP over tp
   int64_t fwd = 4 * L - moe.forward, bwd = 4 * L + (p.sp ? 2 * L : 0) - moe.backward;
-  int64_t rec = p.recompute == Recompute::full ? 4 * L - moe.forward : 0;
+  int64_t rec = p.recompute == Recompute::full ? 4 * d.rec_layers - moe.forward : 0;
   // FP8 with SP (sim/fp8.hpp): the layers' all-gathers move FP8, 1 byte per element.
-  const Fp8TpGathers g8 = tr.fp8 && p.sp && !p.tp_comm_overlap
-                              ? fp8_sp_gathers(L, moe.forward / 2, p.recompute == Recompute::full)
-                              : Fp8TpGathers{};
+  const Fp8TpGathers g8 = tr.fp8 && p.sp && !p.tp_comm_overlap ? fp8_sp_gathers(L, moe.forward / 2, d.rec_layers)
+                                                              : Fp8TpGathers{};
   fwd -= g8.forward, bwd -= g8.backward, rec -= g8.recompute;
   // --tp-comm-overlap (sim/tp_overlap.hpp): the layers' halves overlap the GEMMs beside them;
   // the model's ends keep theirs in-line.
@@ -744,7 +753,7 @@ void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, co
   tp_messages(w.messages, tr, p, d);
   mla_messages(w.messages, m, p, d.layers, d.g);  // latent attention's replicated weights (sim/mla.hpp)
   pp_messages(w.messages, tr, p, d);
-  cp_messages(w.messages, m, tr, p, d.layers);
+  cp_messages(w.messages, m, tr, p, d.layers, d.rec_layers);
   dp_messages(w.messages, tr, p, d, m, w.params - w.expert_params);
   zero3_tensor_copy_ops(w.ops, m, p, d, w.params - w.expert_params);  // DeepSpeed 0.3's staging copies
   grad_accumulation_ops(w.ops, tr, p, d, w.params);

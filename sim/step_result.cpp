@@ -121,6 +121,7 @@ void config_into(nlohmann::json& j, const Estimate& e) {
   if (p.tp_comm_overlap) j["tp_comm_overlap"] = true;  // sim/tp_overlap.hpp
   if (p.overlap_param_gather) j["overlap_param_gather"] = true;  // ZeRO 1/2 (sim/specs.hpp)
   if (p.pp_comm_overlap) j["pp_comm_overlap"] = *p.pp_comm_overlap;  // where set (sim/specs.hpp)
+  if (p.recompute_layers > 0) j["recompute_layers"] = p.recompute_layers;  // a block recompute
   if (p.cp > 1) j["cp"] = p.cp;  // context parallelism (sim/context_parallel.hpp)
   if (e.train.moe_capacity_factor != TrainSpec{}.moe_capacity_factor)
     j["moe_capacity_factor"] = e.train.moe_capacity_factor;
@@ -409,6 +410,7 @@ void read_config(ObjectReader& r, Estimate& e) {
   r.opt_boolean("tp_comm_overlap", p.tp_comm_overlap);
   r.opt_boolean("overlap_param_gather", p.overlap_param_gather);
   r.opt_boolean("pp_comm_overlap", p.pp_comm_overlap);
+  r.opt_integer("recompute_layers", p.recompute_layers, 0, kMaxCount);
   r.opt_integer("cp", p.cp, 1, kMaxCount);  // context parallelism: default 1
   r.opt_number("moe_capacity_factor", e.train.moe_capacity_factor, 0, true, 1e6);
   int recipe = 0;
@@ -613,6 +615,7 @@ std::optional<std::string> configuration_difference(const Estimate& a, const std
             {"/parallel/vpp", n(p.vpp)},
             {"/parallel/schedule", to_string(p.schedule)},
             {"/parallel/recompute", to_string(p.recompute)},
+            {"/parallel/recompute_layers", n(p.recompute_layers)},
             {"/parallel/sp", p.sp ? "true" : "false"},
             {"/parallel/order", p.order},
             {"/parallel/offload", to_string(p.offload)},

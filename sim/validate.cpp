@@ -148,6 +148,26 @@ Status check_zb_v(const ParallelConfig& p, const FieldNamer& name) {
 }
 }  // namespace
 
+namespace {
+
+// A block recompute (ParallelConfig::recompute_layers): the first N layers of each chunk
+// recomputed in full, priced for dense layers and Megatron's engine only.
+Status check_recompute_layers(const ModelSpec& m, const ParallelConfig& p, const FieldNamer& name) {
+  if (p.recompute_layers == 0) return ok_status();
+  auto fail = [&](const std::string& rule) -> Status { return Error{name("recompute_layers") + ": " + rule}; };
+  if (p.recompute_layers < 0 || p.recompute_layers > limits::kLayers)
+    return fail("must be in [0, " + s(limits::kLayers) + "] (got " + s(p.recompute_layers) + ")");
+  if (p.recompute != Recompute::full)
+    return fail("recomputes the first layers of each chunk in full: needs recompute full (got recompute " +
+                to_string(p.recompute) + ")");
+  if (m.is_moe()) return fail("a block recompute is priced for dense layers only (the model has MoE layers)");
+  if (p.zero3_gather == Zero3Gather::tensor)
+    return fail("a block recompute is priced with layer-by-layer ZeRO-3 gathers only (got zero3_gather tensor)");
+  return ok_status();
+}
+
+}  // namespace
+
 Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t, const ParallelConfig& p,
                        const FieldNamer& name) {
   auto fail = [&](const std::string& field, const std::string& rule) -> Status {
@@ -175,6 +195,7 @@ Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec
                                               s(p.pp * p.vpp) + " != 0)");
   }
   if (p.sp && p.tp < 2) return fail("sp", "sequence parallelism needs tensor parallelism (tp > 1)");
+  if (auto st = check_recompute_layers(m, p, name); !st) return st;
   if (p.tp_comm_overlap && !(p.sp && p.tp > 1))  // Megatron-LM's arguments.py asserts the same
     return fail("tp_comm_overlap", std::string("tensor-parallel communication overlap needs sequence parallelism and ") +
                                        "tp > 1 (got sp " + (p.sp ? "on" : "off") + ", tp " + s(p.tp) + ")");

@@ -338,9 +338,18 @@ Status read_parallel(MegatronArgs& a, const ModelSpec& m, TrainSpec& t, Parallel
   if (rg == "selective") p.recompute = Recompute::selective;
   else if (rg == "full") p.recompute = Recompute::full;
   else if (!rg.empty()) return make_error(a.where + ": --recompute-granularity", "must be selective or full (got " + rg + ")");
-  if (p.recompute == Recompute::full &&
-      (get_str(a, "--recompute-method", "uniform") != "uniform" || get_str(a, "--recompute-num-layers", "1") != "1"))
-    return make_error(a.where + ": --recompute-method", "loom prices full recompute of every layer (uniform, 1 layer)");
+  if (p.recompute == Recompute::full) {
+    // uniform with groups of 1 layer: every layer; block: each chunk's first N layers
+    // (ParallelConfig::recompute_layers). uniform groups of N > 1 hold N layers' activations at
+    // once in backward, which loom does not price.
+    const std::string method = get_str(a, "--recompute-method", "uniform");
+    int64_t n = 1;
+    if (auto st = get_int(a, "--recompute-num-layers", n, limits::kLayers); !st) return st;
+    if (method == "block") p.recompute_layers = n;
+    else if (method != "uniform" || n != 1)
+      return make_error(a.where + ": --recompute-method", "loom prices full recompute of every layer (uniform, 1 layer) "
+                                                          "or of each chunk's first N (block, N layers)");
+  }
   if (a.has("--use-tp-pp-dp-mapping")) p.order = "tp-pp-dp";
   return read_offload(a, p);
 }

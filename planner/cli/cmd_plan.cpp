@@ -61,6 +61,7 @@ SearchPins pins_from(const PlanOptions& o) {
   p.cp = f.cp;
   if (f.zero) p.zero = static_cast<int>(*f.zero);
   p.recompute = enum_pin<Recompute>(f.recompute, recompute_names());
+  p.recompute_layers = f.recompute_layers;
   if (!f.sp.empty()) p.sp = f.sp == "on";
   if (!f.tp_comm_overlap.empty()) p.tp_comm_overlap = f.tp_comm_overlap == "on";
   if (!f.overlap_param_gather.empty()) p.overlap_param_gather = f.overlap_param_gather == "on";

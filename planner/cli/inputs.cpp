@@ -99,6 +99,11 @@ void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
       ->transform(Integer(1, limits::kGlobalBatch));
   cmd.add_option("--recompute", o.recompute, text("activation recompute", "default none"))
       ->check(CLI::IsMember(recompute_names()));
+  cmd.add_option("--recompute-layers", o.recompute_layers,
+                 text("with --recompute full: recompute only the first N layers of each model chunk, the others keeping "
+                      "their activations (Megatron-LM's --recompute-method block --recompute-num-layers N)",
+                      "default every layer"))
+      ->transform(Integer(1, limits::kLayers));
   add_on_off(cmd, "--sp", o.sp, text("sequence parallelism, on or off (a bare --sp means on; needs tp > 1)", "default off"));
   add_on_off(cmd, "--tp-comm-overlap", o.tp_comm_overlap,
              text("tensor-parallel communication overlapped with the GEMMs beside it, on or off (Megatron-LM's "

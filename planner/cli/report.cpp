@@ -22,7 +22,9 @@ std::string describe_config(const Estimate& e) {
                               p.pp, p.zero, p.micro_batch, e.micro_batches, to_string(p.schedule));
   if (p.vpp > 1) s += fmt::format(" vpp {}", p.vpp);
   if (!p.stage_layers.empty()) s += "  stage layers " + stage_layers_text(p.stage_layers);
-  s += fmt::format("  recompute {}  sp {}", to_string(p.recompute), p.sp ? "on" : "off");
+  s += fmt::format("  recompute {}", to_string(p.recompute));
+  if (p.recompute_layers > 0) s += fmt::format(" (first {} layers of each chunk)", p.recompute_layers);
+  s += fmt::format("  sp {}", p.sp ? "on" : "off");
   if (p.tp_comm_overlap) s += "  tp-comm-overlap on";
   if (p.overlap_param_gather) s += "  overlap-param-gather on";
   if (p.pp > 1 && !p.pp_overlapped()) s += "  pp-comm-overlap off";  // each pipeline send blocks its sender

@@ -143,6 +143,24 @@ TEST_CASE("recompute selective and full", "[equivalence]") {
   check_plan("rc_sel", config(1, 2, 1, 0, Schedule::one_f_one_b, 1, Recompute::selective));
   check_plan("rc_full", config(1, 2, 2, 0, Schedule::one_f_one_b, 1, Recompute::full, true));
 }
+// Megatron-LM's --recompute-method block: each chunk's first N layers recomputed in full, the
+// others keeping their activations; 1F1B over pp 2 (1 of each stage's 4 layers), and the
+// interleaved schedule with the model's first and last chunk short (2 + 3 and 2 + 1 layers, 2 of
+// each chunk recomputed, so the short chunks recompute both of theirs).
+TEST_CASE("recompute of each chunk's first layers (block), priced exactly", "[equivalence]") {
+  ParallelConfig block = config(1, 2, 2, 0, Schedule::one_f_one_b, 1, Recompute::full, true);
+  block.recompute_layers = 1;
+  ParallelConfig all = block, none = block;
+  all.recompute_layers = 0, none.recompute = Recompute::none, none.recompute_layers = 0;
+  const int64_t a_block = make_plan(block).prediction.stages[0].memory.activations;
+  CHECK(a_block > make_plan(all).prediction.stages[0].memory.activations);
+  CHECK(a_block < make_plan(none).prediction.stages[0].memory.activations);
+  check_plan("rc_block", block);
+  ParallelConfig short_chunks = config(1, 1, 2, 0, Schedule::interleaved, 2, Recompute::full);
+  short_chunks.stage_layers = {5, 3};
+  short_chunks.recompute_layers = 2;
+  check_plan("rc_block_int_short", short_chunks);
+}
 TEST_CASE("3D: dp 2 x tp 2 x pp 2", "[equivalence]") {
   check_plan("mix_z1_int_sel", config(2, 2, 2, 1, Schedule::interleaved, 2, Recompute::selective));
   check_plan("mix_z3_full", config(2, 2, 2, 3, Schedule::one_f_one_b, 1, Recompute::full));
