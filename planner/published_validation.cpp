@@ -149,9 +149,6 @@ const std::vector<Reason>& unexpressible_reasons() {
        "last stage"},
       {"recompute_unstated",
        "the table does not state which activations were recomputed, and loom has not read it from the release's code"},
-      {"recompute_partial",
-       "a full recompute of some of a stage's layers only (Megatron's --recompute-method block with "
-       "--recompute-num-layers below the stage's layers) is not a policy loom models"},
       {"config_unsettled", "the configurations published around the release disagree on what the row ran"},
       {"model_unknown", "the table gives no dimensions for the model and loom's zoo has none"},
       {"gpu_unprofiled",
@@ -185,6 +182,7 @@ std::string describe(const ParallelConfig& p) {
                   itos(p.micro_batch) + " " + to_string(p.schedule);
   if (p.vpp > 1) d += " vpp " + itos(p.vpp);
   d += " rc " + to_string(p.recompute);
+  if (p.recompute_layers > 0) d += " block " + itos(p.recompute_layers);  // each chunk's first N layers
   if (p.sp) d += " sp";
   if (p.zero >= 3 && p.zero3_gather == Zero3Gather::tensor) d += " gather per tensor";
   return d;
@@ -616,17 +614,20 @@ Expected<Row09> parse_09(const CsvTable& t, const CsvRow& r) {
 bool megatron_bridge(const Row09& x) { return x.source.rfind("MBridge", 0) == 0; }
 
 // What the code of a row's release says the row ran where the table does not (table_09's rules
-// cite it): its recompute ("none"; "partial": a full recompute of some layers only;
-// "unsettled": the configurations around the release disagree) and whether its cross-entropy
-// was fused. Rows not listed: not looked up.
+// cite it): its recompute ("none"; "block": a full recompute of each chunk's first
+// `recompute_layers`; "unsettled": the configurations around the release disagree) and whether
+// its cross-entropy was fused. Rows not listed: not looked up.
 struct Setup09 {
   std::string recompute;
   bool ce_fused = false;
+  int64_t recompute_layers = 0;
 };
 std::optional<Setup09> setup_09(const Row09& x) {
   if (megatron_bridge(x)) {
     if (x.model == "LLAMA3_70B" || x.model == "LLAMA3.1_405B") return Setup09{"none", true};
-    if (x.model == "LLAMA3_8B") return Setup09{x.source == "MBridge25.09" ? "none" : "partial", true};
+    // LLAMA3_8B_H100_FP8_CS_BASE_CONFIG: recompute_num_layers=5, which utils/helpers.py
+    // set_recompute_overrides turns into recompute_granularity full, recompute_method block.
+    if (x.model == "LLAMA3_8B") return x.source == "MBridge25.09" ? Setup09{"none", true} : Setup09{"block", true, 5};
     return std::nullopt;
   }
   if (x.source != "NeMo24.07") return std::nullopt;
@@ -648,7 +649,6 @@ Expected<std::vector<std::string>> reasons_09(const Row09& x, std::string& detai
   if (auto st = model_reasons(x.model, x.pp, x.vp, ids, detail); !st) return st.error();
   const auto set = setup_09(x);
   if (!set) ids.push_back("recompute_unstated");
-  if (set && set->recompute == "partial") ids.push_back("recompute_partial");
   if (set && set->recompute == "unsettled") ids.push_back("config_unsettled");
   return ids;
 }
@@ -679,7 +679,10 @@ Expected<Priced09> estimate_09(const Row09& x) {
   p.dp = x.gpus / (x.tp * x.pp * x.cp);
   p.micro_batch = x.mbs;
   p.schedule = x.vp > 1 ? Schedule::interleaved : Schedule::one_f_one_b;
+  if (setup_09(x)->recompute == "block") p.recompute = Recompute::full, p.recompute_layers = setup_09(x)->recompute_layers;
   p.zero = x.fsdp > 0 ? 3 : 1;  // Megatron-FSDP (optim_grads_params) shards as ZeRO-3; else the distributed optimizer
+  // llama3_llm_pretrain.py's H100 configs under Megatron-FSDP: gradient_accumulation_fusion False.
+  if (p.zero == 3) t.grad_accumulation = GradAccumulation::separate;
   p.overlap_param_gather = p.zero == 1 && p.dp > 1;
   p.sp = p.tp_comm_overlap = x.tp > 1;
   auto e = predict(*m, *c, t, p);
@@ -707,8 +710,13 @@ Status table_09(const CsvTable& t, TableResult& out) {
       "25.09 to 26.06, docs/releases/software-versions.md): Llama 3 70B and 3.1 405B (scripts/performance/configs/"
       "llama*/*workload_base_configs.py *_H100_FP8_CS_*, llama3_llm_pretrain.py, utils/overrides.py, the llama3 recipe)",
       "no recompute in any of them (NeMo: activations_checkpoint_granularity null; Megatron-Bridge: "
-      "recompute_granularity None); Megatron-Bridge's 8B preset of 25.11 recomputes 5 layers in full "
-      "(recompute_num_layers 5, method block), which loom does not express",
+      "recompute_granularity None), but Megatron-Bridge's 8B preset from 25.11 on, which recomputes the first 5 "
+      "layers in full (LLAMA3_8B_H100_FP8_CS_BASE_CONFIG recompute_num_layers 5, which utils/helpers.py "
+      "set_recompute_overrides turns into recompute_granularity full, recompute_method block: --recompute-layers 5)",
+      "the table's FSDP column as Megatron-FSDP (use_megatron_fsdp, data_parallel_sharding_strategy "
+      "optim_grads_params: ZeRO-3 over dp, the 8B rows' 8), which the perf scripts take as an override; "
+      "llama3_llm_pretrain.py's H100 configs then turn gradient_accumulation_fusion off (grad_accumulation "
+      "separate)",
       "FP8 GEMMs in every linear layer: NeMo 24.07 with Transformer Engine's delayed scaling (fp8_hybrid; amax "
       "history 1024, max; Llama 2 13B and 70B: 1 and most_recent, priced the same), Megatron-Bridge with current "
       "(tensorwise) scaling (bf16_with_fp8_current_scaling_mixed, first_last_layers_bf16 False; its H100 presets are "

@@ -268,6 +268,10 @@ Expected<MeasuredReport> run_cuda(const Plan& plan, const CudaOptions& opt) {
     if (n != 1)
       return make_error(field, "loom_cuda_train runs one GPU (dp = tp = pp = 1); use loom execute --device cuda (got " +
                                    std::to_string(n) + ")");
+  if (plan.parallel.recompute_layers > 0)  // cuda::Gpt recomputes every layer or none
+    return make_error("parallel.recompute_layers", "loom_cuda_train recomputes every layer or none: must be 0; use loom "
+                                                   "execute --device cuda (got " +
+                                                       std::to_string(plan.parallel.recompute_layers) + ")");
   MeasuredReport report;
   Run r(plan, opt, report);
   r.B = plan.parallel.micro_batch;
