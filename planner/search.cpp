@@ -6,6 +6,7 @@
 #include <chrono>
 #include <deque>
 #include <cmath>
+#include <limits>
 #include <thread>
 #include <tuple>
 
@@ -202,6 +203,7 @@ Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c
   for (Recompute r : {Recompute::none, Recompute::selective, Recompute::full})
     if (!rc || *rc == r) space.recompute.push_back(r);
   space.recompute_layers = pins.recompute_layers.value_or(0);
+  space.block_recompute = !pins.recompute && !pins.recompute_layers && !m.is_moe();
   for (Dtype g : {Dtype::bf16, Dtype::fp32}) {
     if (pins.grad_dtype && *pins.grad_dtype != g) continue;
     TrainSpec tg = t;
@@ -330,7 +332,7 @@ bool better(const Candidate& a, const Candidate& b) {
     const auto& p = c.p;
     return std::make_tuple(c.step_time_s, c.peak_bytes, p.dp, p.tp, p.pp, p.zero, p.micro_batch,
                            static_cast<int>(p.recompute), p.sp, p.tp_comm_overlap, p.overlap_param_gather,
-                           p.pp_overlapped(), static_cast<int>(p.schedule), p.vpp, c.train,
+                           p.pp_overlapped(), p.recompute_layers, static_cast<int>(p.schedule), p.vpp, c.train,
                            c.order, static_cast<int>(p.offload), p.ep, p.etp);
   };
   const auto ka = key(a), kb = key(b);
@@ -444,30 +446,106 @@ const std::vector<bool> kOverlapOff = {false};  // the overlap choices where sp 
 // candidates already found and cannot rank, nor tie.
 constexpr double kFloorMargin = 1e-9;
 
+// A floor under the step of the same candidate with less recompute (a block recompute of a full
+// one): removing recompute shortens each stage's micro-batch by at most its recompute share, the
+// compute and the bubble scale with the stage times, and no communication gets shorter for
+// having less compute to hide behind. So step >= this step x (1 - the largest share).
+double less_recompute_floor_s(const Estimate& e) {
+  double share = 0;
+  for (const StageEstimate& s : e.stages)
+    if (s.micro_batch_s() > 0) share = std::max(share, s.recompute_s / s.micro_batch_s());
+  return e.step_time_s * (1 - share);
+}
+
+bool beaten(const Tally& t, const SearchOptions& o, double floor_s) {
+  return floor_s > 0 && !t.top.empty() && t.top.size() == o.top_k && floor_s > t.top.back().step_time_s * (1 + kFloorMargin);
+}
+
 // The tp-comm overlap variants `tpos` of candidate `p` (off first): evaluated in turn, the
 // memory being the same for all; a variant after the first is skipped, counted as feasible but
 // not evaluated, when overlap_floor_s of the first (`floor_ok`) cannot beat the k-th best.
-void evaluate_variants(const CostModel& model, ParallelConfig& p, const Unit& u, const std::vector<bool>& tpos,
-                       const SearchOptions& o, bool floor_ok, Tally& t, TableMakespans& tables) {
+// Returns the least less_recompute_floor_s of the variants, a floor under each variant's with
+// less recompute; 0 (none) where they do not fit or one was skipped.
+double evaluate_variants(const CostModel& model, ParallelConfig& p, const Unit& u, const std::vector<bool>& tpos,
+                         const SearchOptions& o, bool floor_ok, Tally& t, TableMakespans& tables) {
   const auto variants = static_cast<int64_t>(tpos.size());
-  double floor_s = 0;
+  double floor_s = 0, less_recompute_s = std::numeric_limits<double>::infinity();
   for (int64_t k = 0; k < variants; ++k) {
     p.tp_comm_overlap = tpos[static_cast<size_t>(k)];
-    if (k > 0 && floor_s > 0 && !t.top.empty() && t.top.size() == o.top_k &&
-        floor_s > t.top.back().step_time_s * (1 + kFloorMargin)) {
+    if (k > 0 && beaten(t, o, floor_s)) {
       ++t.feasible;
+      less_recompute_s = 0;  // no estimate of this variant, so no floor under its block
       continue;
     }
     const Estimate e = model.evaluate(p, u.links, true, &tables);
     ++t.evaluated;
     if (!e.fits) {  // the same memory either way
       t.reject(kDoesNotFitMemory, variants - k);
-      return;
+      return 0;
     }
     ++t.feasible;
     t.offer({e.step_time_s, e.memory.peak(), p, u.train, u.order, u.links}, o.top_k);
     if (k == 0 && floor_ok && !p.tp_comm_overlap && p.cp == 1) floor_s = overlap_floor_s(e);
+    less_recompute_s = std::min(less_recompute_s, less_recompute_floor_s(e));
   }
+  return less_recompute_s;
+}
+
+// The cost model's peak exactly: the largest of every stage's buffer total (memory_lower_bound
+// builds two of them).
+int64_t memory_peak(StageWork& scratch, const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t,
+                    const ParallelConfig& p) {
+  int64_t peak = 0;
+  for (int64_t i = 0; i < p.pp; ++i) {
+    build_stage_work(scratch, m, c, t, p, i, /*memory_only=*/true);
+    peak = std::max(peak, scratch.memory().peak());
+  }
+  return peak;
+}
+
+// The block recompute (ParallelConfig::recompute_layers) of full-recompute candidate `p`: the
+// fewest layers per chunk recomputed that fit memory, found by bisection on the exact peak (the
+// activations shrink as N grows), with `p`'s tp-comm overlap variants. Nothing where the chunks
+// hold one layer, where only recomputing them all fits, or where recomputing none fits (that
+// candidate is faster than any block of it). With pruning its variants are counted as feasible
+// but not evaluated where `floor_s`, the full candidate's less_recompute_floor_s, cannot beat
+// the k-th best (they fit: the peak is exact).
+void evaluate_block_recompute(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& train, const CostModel& model,
+                              ParallelConfig& p, const Unit& u, const std::vector<bool>& tpos, const SearchOptions& o,
+                              bool floor_ok, double floor_s, int64_t usable, StageWork& scratch, Tally& t,
+                              TableMakespans& tables) {
+  int64_t most = 0;
+  for (int64_t s = 0; s < p.pp; ++s) most = std::max(most, chunk_layer_count(p, m.layers, s));
+  if (most <= 1) return;
+  // memory_lower_bound (two stages) first, the exact peak (every stage) only where it fits.
+  auto fits = [&](bool exact) {
+    return memory_lower_bound(scratch, m, c, train, p) <= usable &&
+           (!exact || memory_peak(scratch, m, c, train, p) <= usable);
+  };
+  p.recompute = Recompute::none;
+  const bool none_fits = fits(true);
+  p.recompute = Recompute::full;
+  p.recompute_layers = most - 1;
+  if (none_fits || !fits(true)) {
+    p.recompute_layers = 0;
+    return;
+  }
+  // The fewest whose bound fits, by bisection; the exact peak fits from there up (most - 1 does).
+  int64_t lo = 1, hi = most - 1;
+  while (lo < hi) {
+    p.recompute_layers = lo + (hi - lo) / 2;
+    if (fits(false)) hi = p.recompute_layers;
+    else lo = p.recompute_layers + 1;
+  }
+  for (p.recompute_layers = lo; p.recompute_layers < most - 1 && !fits(true);) ++p.recompute_layers;
+  t.considered += static_cast<int64_t>(tpos.size());
+  if (o.prune && beaten(t, o, floor_s)) {
+    t.feasible += static_cast<int64_t>(tpos.size());
+  } else {
+    p.tp_comm_overlap = tpos.front();
+    evaluate_variants(model, p, u, tpos, o, floor_ok, t, tables);
+  }
+  p.recompute_layers = 0;
 }
 
 void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space,
@@ -519,7 +597,10 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
               t.reject(kDoesNotFitMemory, variants);
               continue;
             }
-            evaluate_variants(models[u.train], p, u, tpos, o, floor_ok, t, tables);
+            const double less_recompute_s = evaluate_variants(models[u.train], p, u, tpos, o, floor_ok, t, tables);
+            if (r == Recompute::full && space.block_recompute && p.zero3_gather == Zero3Gather::layer)
+              evaluate_block_recompute(m, c, train, models[u.train], p, u, tpos, o, floor_ok, less_recompute_s, usable,
+                                       scratch, t, tables);
           }
 }
 

@@ -100,6 +100,10 @@ struct SearchSpace {
   std::vector<int> zero;
   std::vector<Recompute> recompute;
   int64_t recompute_layers = 0;     // with recompute full (ParallelConfig::recompute_layers)
+  // Beside each full-recompute candidate, the block recompute of the fewest layers per chunk that
+  // fits memory (recompute unpinned, a dense model): between recomputing none, which does not
+  // fit there, and every layer.
+  bool block_recompute = false;
   std::vector<TrainSpec> trains;    // one per grad dtype tried (grad dtype and bucket differ)
   std::vector<Offload> offload = {Offload::none};
   // tp communication overlap tried where sp is on and tp > 1 (off alone elsewhere).

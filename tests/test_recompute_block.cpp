@@ -125,3 +125,32 @@ TEST_CASE("block recompute: rules, CLI and Megatron-LM's flags", "[cli][import]"
                                          "--recompute-method block \\\n  --recompute-num-layers 5");
   CHECK(plan_configuration(rt.imported)["parallel"]["recompute_layers"] == 5);
 }
+
+TEST_CASE("plan: the block recompute of the fewest layers that fit, where recomputing none does not", "[planner]") {
+  // Llama 3 8B, seq 8192, on 8 H100s with every split pinned to dp 8: no recompute does not fit,
+  // and the planner finds the fewest layers of the one chunk whose recompute does.
+  const std::string job = "--model llama3-8b --cluster dgx-h100 --gpus 8 --global-batch 128 --seq 8192 --tp 1 --pp 1 "
+                          "--cp 1 --zero 1 --micro-batch 1 --grad-dtype bf16 ";
+  const LoomRun planned = run_loom("plan " + job + "--top 1 --refine 0 --json");
+  REQUIRE(planned.code == 0);
+  const auto best = nlohmann::json::parse(planned.out)["top"][0];
+  REQUIRE(best["recompute"] == "full");
+  const int64_t n = best["recompute_layers"].get<int64_t>();
+  CHECK(n > 1);
+  CHECK(n < 32);
+  auto fits = [&](int64_t layers) {
+    const LoomRun r = run_loom("predict " + job + "--recompute full --recompute-layers " + std::to_string(layers) +
+                               " --overlap-param-gather on --json");
+    REQUIRE(r.code == 0);
+    return nlohmann::json::parse(r.out)["fits"].get<bool>();
+  };
+  CHECK(fits(n));
+  CHECK_FALSE(fits(n - 1));
+  const LoomRun none = run_loom("predict " + job + "--overlap-param-gather on --json");
+  REQUIRE(none.code == 0);
+  CHECK_FALSE(nlohmann::json::parse(none.out)["fits"].get<bool>());
+  // Faster than recomputing every layer.
+  const LoomRun all = run_loom("predict " + job + "--recompute full --overlap-param-gather on --json");
+  REQUIRE(all.code == 0);
+  CHECK(best["step_time_s"].get<double>() < nlohmann::json::parse(all.out)["step_time_s"].get<double>());
+}

@@ -113,6 +113,7 @@ std::string folded_split(const std::vector<int64_t>& layers) {
 // an uneven pipeline split, offload), so rows that differ only there read apart.
 std::string row_extras(const ParallelConfig& p) {
   std::string out;
+  if (p.recompute_layers > 0) out += fmt::format("  block {}", p.recompute_layers);  // each chunk's first N
   if (p.ep > 1 || p.etp > 1) out += fmt::format("  ep {} etp {}", p.ep, p.etp);
   if (p.cp > 1) out += fmt::format("  cp {}", p.cp);
   if (!p.stage_layers.empty()) out += "  stages " + folded_split(p.stage_layers);
@@ -140,6 +141,8 @@ std::string table_row(size_t rank, const Estimate& e) {
 std::string table(const std::vector<Estimate>& top) {
   std::string s = table_header();
   for (size_t i = 0; i < top.size(); ++i) s += table_row(i + 1, top[i]);
+  if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.recompute_layers > 0; }))
+    s += "(block N: recompute full of each chunk's first N layers only, the fewest that fit, --recompute-layers N)\n";
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.tp_comm_overlap; }))
     s += "(tpo: tensor-parallel communication overlapped with the GEMMs, --tp-comm-overlap on)\n";
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.overlap_param_gather; }))
