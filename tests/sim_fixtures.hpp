@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <string>
 
 #include "run_loom.hpp"
@@ -46,6 +47,15 @@ inline Job job(const std::string& model, const std::string& cluster, int64_t gpu
   auto m = load_model(model, "test", nullptr);
   REQUIRE(m.ok());
   return {*m, sized(cluster, gpus), batch_of(batch, seq)};
+}
+
+// The simulator's step for `p` against the cost model's, within `rel` of it.
+inline void check_simulated_step(const CostModel& cm, const ParallelConfig& p, double rel) {
+  const Estimate e = cm.evaluate(p);
+  auto sim = simulate(cm, p, SimOptions{});
+  REQUIRE(sim.ok());
+  INFO("analytical " << e.step_time_s << " s, simulated " << sim->step_time_s << " s");
+  CHECK(std::fabs(sim->step_time_s / e.step_time_s - 1) <= rel);
 }
 
 // Links at 1e30 bytes/s without latency: every collective and send takes ~1e-21 s, so only the

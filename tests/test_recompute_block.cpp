@@ -86,12 +86,7 @@ TEST_CASE("block recompute over interleaved chunks: the simulator plays the same
   ParallelConfig p;
   p.dp = 2, p.tp = 2, p.pp = 4, p.sp = true, p.schedule = Schedule::interleaved, p.vpp = 2;
   p.recompute = Recompute::full, p.recompute_layers = 2;  // 2 of each chunk's 4 layers
-  const CostModel cm(j.model, j.cluster, j.train);
-  const Estimate e = cm.evaluate(p);
-  auto sim = simulate(cm, p, SimOptions{});
-  REQUIRE(sim.ok());
-  INFO("analytical " << e.step_time_s << " s, simulated " << sim->step_time_s << " s");
-  CHECK(std::fabs(sim->step_time_s / e.step_time_s - 1) <= 0.01);
+  check_simulated_step(CostModel(j.model, j.cluster, j.train), p, 0.01);
 }
 
 TEST_CASE("block recompute: rules, CLI and Megatron-LM's flags", "[cli][import]") {
