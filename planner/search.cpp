@@ -504,8 +504,9 @@ int64_t memory_peak(StageWork& scratch, const ModelSpec& m, const ClusterSpec& c
 }
 
 // The block recompute (ParallelConfig::recompute_layers) of full-recompute candidate `p`: the
-// fewest layers per chunk recomputed that fit memory, found by bisection on the exact peak (the
-// activations shrink as N grows), with `p`'s tp-comm overlap variants. Nothing where the chunks
+// fewest layers per chunk recomputed that fit memory (the activations shrink as N grows: the
+// fewest whose memory_lower_bound fits by bisection, then up from there to the first whose
+// exact peak fits), with `p`'s tp-comm overlap variants. Nothing where the chunks
 // hold one layer, where only recomputing them all fits, or where recomputing none fits (that
 // candidate is faster than any block of it). With pruning its variants are counted as feasible
 // but not evaluated where `floor_s`, the full candidate's less_recompute_floor_s, cannot beat
