@@ -64,7 +64,8 @@ Dims make_dims(const ModelSpec& m, const TrainSpec& tr, const ParallelConfig& p,
   d.mb = tr.global_batch / (p.dp * p.micro_batch);
   d.layers = stage_layer_count(p, m.layers, stage);  // uneven stages: p.stage_layers
   d.layers_chunk = chunk_layer_count(p, m.layers, stage);
-  for (int64_t c = 0; c < p.vpp; ++c) d.rec_layers += p.recomputed_layers(chunk_layers_at(p, m.layers, stage, c));
+  if (p.recompute == Recompute::full)  // the search builds millions of stages: walk the chunks only here
+    for (int64_t c = 0; c < p.vpp; ++c) d.rec_layers += p.recomputed_layers(chunk_layers_at(p, m.layers, stage, c));
   d.first = stage == 0;
   d.last = stage == head_stage(p.schedule, p.pp);  // zb-v: the first stage holds both ends (the V)
   d.turn = p.schedule == Schedule::zb_v && stage == p.pp - 1;
