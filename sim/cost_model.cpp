@@ -709,10 +709,20 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overla
 
 // Which numbers priced the compute (OpTimer::of: the profile serves bf16 plans only).
 std::string priced_by(const ClusterSpec& c, const TrainSpec& t) {
-  const std::string fp8 = t.fp8 ? "; FP8 GEMMs at the FP8 peak with the bf16 efficiency of each shape (sim/fp8.hpp)" : "";
-  if (c.calibration && t.dtype == Dtype::bf16)
+  if (c.calibration && t.dtype == Dtype::bf16) {
+    const std::string fp8 = t.fp8 ? "; FP8 GEMMs at the FP8 peak with the bf16 efficiency of each shape (sim/fp8.hpp)" : "";
     return "measured profile " + c.calibration->name + " (loom calibrate on " + c.calibration->device + ")" + fp8;
-  return "documented efficiency defaults of " + c.name + " (not measured)" + fp8;
+  }
+  std::string s = "documented efficiency defaults of " + c.name + " (not measured)";
+  if (c.gemm_model && t.dtype == Dtype::bf16) {
+    const auto& ref = *c.efficiency.gemm_model;
+    s += "; GEMMs by the tile and wave model of " + ref.from +
+         (c.gemm_model_measured ? " (measured on this GPU)" : " (carried to this GPU by stated ratios, not measured)");
+    if (t.fp8) s += ", FP8 GEMMs by the same model at the FP8 peak with 1-byte operands (not measured)";
+  } else if (t.fp8) {
+    s += "; FP8 GEMMs at the FP8 peak with the bf16 efficiency of each shape (sim/fp8.hpp)";
+  }
+  return s;
 }
 
 // Peak: the stage with the largest peak; comm: the largest per field.

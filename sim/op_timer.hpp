@@ -3,11 +3,13 @@
 // comes from what `loom calibrate` measured: GEMMs from its shape table (exact shape, else the
 // nearest measured shape's FLOP/s), attention from its forward and backward times,
 // memory-bound kernels from its bandwidth-against-size curve, the optimizer from its AdamW +
-// gradient-norm time per parameter. Without one, the cluster's EfficiencySpec defaults.
+// gradient-norm time per parameter. Without one, the cluster's EfficiencySpec defaults, with
+// GEMMs from the tile and wave model its "gemm_model" carries from a profile when it names one.
 #pragma once
 #include <algorithm>
 
 #include "sim/fp8.hpp"
+#include "sim/gemm_model.hpp"
 #include "sim/profile.hpp"
 #include "sim/specs.hpp"
 #include "sim/stage_work.hpp"
@@ -19,6 +21,7 @@ struct OpTimer {
   double e = 2;  // bytes per element
   const HardwareProfile* prof = nullptr;
   double peak_flops_fp8 = 0;  // FP8 GEMMs (Op::fp8, sim/fp8.hpp)
+  const GemmModel* gemm_model = nullptr;  // bf16 GEMMs without a profile (sim/gemm_model.hpp)
 
   static OpTimer of(const ClusterSpec& c, const TrainSpec& t) {
     const bool bf16 = t.dtype == Dtype::bf16;
@@ -33,14 +36,18 @@ struct OpTimer {
                    static_cast<double>(dtype_bytes(t.dtype)),
                    prof};
     o.peak_flops_fp8 = c.gpu.peak_flops_fp8;
+    if (bf16 && !prof) o.gemm_model = c.gemm_model.get();
     return o;
   }
 
-  // Matrix work at peak x an efficiency that grows with size: eff(F) = gemm * F / (F + F_half)
-  // (a saturating curve; F_half from the cluster file until `loom calibrate` measures it),
-  // never faster than streaming its operands from HBM (roofline), plus one launch.
-  double gemm(double M, double N, double K) const {
-    if (prof) return prof->gemm_s(M, N, K);
+  // Matrix work: the profile's measured shape or its fitted model, the cluster's GEMM model,
+  // or else peak x an efficiency that grows with size: eff(F) = gemm * F / (F + F_half) (a
+  // saturating curve; F_half from the cluster file), never faster than streaming its operands
+  // from HBM (roofline), plus one launch. `accumulate_fp32`: a weight gradient added into an
+  // fp32 buffer (its output read and written in fp32).
+  double gemm(double M, double N, double K, bool accumulate_fp32 = false) const {
+    if (prof) return prof->gemm_s(M, N, K, accumulate_fp32);
+    if (gemm_model) return gemm_model->seconds(M, N, K, accumulate_fp32 ? 8 : 2);
     const double flops = 2 * M * N * K;
     const double eff = gemm_eff * flops / (flops + gemm_half);
     const double bytes = e * (M * K + K * N + M * N);
@@ -49,12 +56,12 @@ struct OpTimer {
   // Backward of out (M, N) = in (M, K) W: the input gradient (M, K, N) and the weight
   // gradient (N, K, M); without a profile, twice the forward.
   double gemm_bwd(double M, double N, double K) const {
-    if (prof) return prof->gemm_s(M, K, N) + prof->gemm_s(N, K, M);
+    if (prof || gemm_model) return gemm(M, K, N) + gemm(N, K, M, true);
     return 2 * gemm(M, N, K);
   }
   // The weight-gradient half of gemm_bwd alone: (N, K, M), of the same FLOPs as the forward.
   double gemm_wgrad(double M, double N, double K) const {
-    if (prof) return prof->gemm_s(N, K, M);
+    if (prof || gemm_model) return gemm(N, K, M, true);
     return gemm(M, N, K);
   }
   // The weight-gradient half of a gemm_bwd op's call, FP8 or not (of all its `batch` products).

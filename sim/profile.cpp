@@ -100,7 +100,10 @@ double attention_lookup(const std::vector<ProfileAttention>& pts, double bh, dou
 
 }  // namespace
 
-double HardwareProfile::gemm_s(double M, double N, double K) const {
+double HardwareProfile::gemm_s(double M, double N, double K, bool accumulate_fp32) const {
+  for (const auto& g : gemm)
+    if (g.m == M && g.n == N && g.k == K && g.accumulate_fp32 == accumulate_fp32) return g.seconds;
+  if (gemm_model.valid()) return gemm_model.seconds(M, N, K, accumulate_fp32 ? 8 : 2);
   const ProfileGemm* nearest = nullptr;
   double best = std::numeric_limits<double>::infinity();
   for (const auto& g : gemm) {
@@ -109,6 +112,44 @@ double HardwareProfile::gemm_s(double M, double N, double K) const {
   }
   if (!nearest) return 0;
   return nearest->seconds * (M * N * K) / (static_cast<double>(nearest->m) * nearest->n * nearest->k);
+}
+
+std::vector<GemmSample> HardwareProfile::gemm_samples() const {
+  std::vector<GemmSample> v;
+  v.reserve(gemm.size());
+  for (const auto& g : gemm)
+    v.push_back({static_cast<double>(g.m), static_cast<double>(g.n), static_cast<double>(g.k),
+                 g.accumulate_fp32 ? 8.0 : 2.0, g.seconds});
+  return v;
+}
+
+void read_gemm_model(ObjectReader& r, GemmModel& g) {
+  auto& c = g.c;
+  r.number("mainloop_efficiency", c.mainloop_efficiency, 0, true, 1);
+  r.number("tile_overhead_s", c.tile_overhead_s, 0, false, limits::kTimeS);
+  r.number("memory_efficiency", c.memory_efficiency, 0, true, 1);
+  r.number("launch_s", c.launch_s, 0, false, limits::kTimeS);
+  r.number("peak_flops", g.hw.peak_flops, 0, true, limits::kRate);
+  r.integer("sm_count", g.hw.sm_count, 1, 100000);
+  r.number("hbm_bytes_per_s", g.hw.hbm_bytes_per_s, 0, true, limits::kRate);
+  r.integer("samples", g.samples, 1, 1000000);
+  r.number("fit_mape", g.fit_mape, 0, false, 100);
+  r.number("fit_worst", g.fit_worst, 0, false, 1000);
+  r.string("source", g.source);
+}
+
+nlohmann::json to_json(const GemmModel& g) {
+  return {{"mainloop_efficiency", g.c.mainloop_efficiency},
+          {"tile_overhead_s", g.c.tile_overhead_s},
+          {"memory_efficiency", g.c.memory_efficiency},
+          {"launch_s", g.c.launch_s},
+          {"peak_flops", g.hw.peak_flops},
+          {"sm_count", g.hw.sm_count},
+          {"hbm_bytes_per_s", g.hw.hbm_bytes_per_s},
+          {"samples", g.samples},
+          {"fit_mape", g.fit_mape},
+          {"fit_worst", g.fit_worst},
+          {"source", g.source}};
 }
 
 double HardwareProfile::attention_fwd_s(double bh, double seq, double d) const {
@@ -158,6 +199,7 @@ Expected<HardwareProfile> profile_from_json(const nlohmann::json& j, const std::
       e.integer("n", g.n, 1, kMaxDim);
       e.integer("k", g.k, 1, kMaxDim);
       e.number("seconds", g.seconds, 0, true, kMaxSeconds);
+      if (!kind) e.opt_boolean("accumulate_fp32", g.accumulate_fp32);
       out.push_back(g);
     };
   };
@@ -186,6 +228,13 @@ Expected<HardwareProfile> profile_from_json(const nlohmann::json& j, const std::
     orr.number("bytes_per_param", p.optimizer.bytes_per_param, 0, true, 1024);
     orr.reject_unknown_keys();
   }
+  if (r.has("gemm_model")) {
+    if (auto* gm = r.object("gemm_model")) {
+      ObjectReader gr(r, "gemm_model", *gm);
+      read_gemm_model(gr, p.gemm_model);
+      gr.reject_unknown_keys();
+    }
+  }
   if (auto* m = r.object("memory")) {
     ObjectReader mr(r, "memory", *m);
     auto& pm = p.memory;
@@ -212,6 +261,7 @@ nlohmann::json to_json(const HardwareProfile& p) {
       e["n"] = g.n;
       e["k"] = g.k;
       e["seconds"] = g.seconds;
+      if (g.accumulate_fp32) e["accumulate_fp32"] = true;
       a.push_back(e);
     }
     return a;
@@ -228,6 +278,7 @@ nlohmann::json to_json(const HardwareProfile& p) {
                       {"kernel_launch_s", p.kernel_launch_s},
                       {"gemm", gemms(p.gemm, false)}};
   if (!p.gemm_variants.empty()) j["gemm_variants"] = gemms(p.gemm_variants, true);
+  if (p.gemm_model.valid()) j["gemm_model"] = to_json(p.gemm_model);
   j["attention"] = att;
   j["memory_bound"] = bw;
   j["optimizer"] = {{"params", p.optimizer.params},

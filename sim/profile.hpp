@@ -11,7 +11,13 @@
 //     "gemm": [ {"m": 8192, "n": 2304, "k": 768, "seconds": 1.2e-4}, ... ],
 //         // plain bf16 GEMM through cuBLASLt (the executor's Gemm class), D (m x n, bf16) =
 //         // A (m x k) B (k x n), fp32 accumulate, no epilogue; median GPU time over repeats,
-//         // launched back to back (CUDA events), so a launch gap is inside each time
+//         // launched back to back (CUDA events), so a launch gap is inside each time;
+//         // "accumulate_fp32": true marks a weight gradient, D fp32 += A B (read and written)
+//     "gemm_model": {"mainloop_efficiency": .., "tile_overhead_s": ..,
+//                    "memory_efficiency": .., "launch_s": .., "peak_flops": .., "sm_count": ..,
+//                    "hbm_bytes_per_s": .., "samples": .., "fit_mape": .., "fit_worst": .., "source": ".."}
+//         // optional: the tile and wave model (sim/gemm_model.hpp) fitted to "gemm" by
+//         // `loom calibrate` (or `loom calibrate --fit-gemm` on a profile already measured)
 //     "gemm_variants": [ {"kind": "fwd_bias", "m":..,"n":..,"k":.., "seconds":..}, ... ],
 //         // the executor's own calls at the same shapes (fwd_bias, fwd_bias_gelu, bwd_input,
 //         // bwd_input_dgelu, bwd_weight (fp32 += with the bias column sum)): for per-op
@@ -31,10 +37,11 @@
 //   }
 //
 // Lookups (what the cost model does with the numbers):
-//  - gemm_s(M, N, K): the measured time of that exact shape; any other shape takes the
-//    efficiency (FLOP/s) of the NEAREST measured shape, distance |ln M/M'| + |ln N/N'| +
-//    |ln K/K'|, i.e. time = t' x (M N K)/(M' N' K'). The grid covers the shapes GPT layers and
-//    logits produce, so training shapes are mostly exact hits.
+//  - gemm_s(M, N, K, accumulate_fp32): the measured time of that exact shape (and output);
+//    any other shape from the fitted gemm_model when the profile has one, else the efficiency
+//    (FLOP/s) of the NEAREST measured shape, distance |ln M/M'| + |ln N/N'| + |ln K/K'|, i.e.
+//    time = t' x (M N K)/(M' N' K'). Held out by hidden size, the model predicts the measured
+//    shapes better than the nearest one does (tests/test_gemm_model.cpp).
 //  - attention_fwd_s / attention_bwd_s(bh, seq, d): at the nearest measured seq (log
 //    distance), linear in bh between the two measured bh around it (proportional beyond the
 //    ends), then scaled by (seq / seq')^2 x d / d'.
@@ -49,12 +56,14 @@
 #include <vector>
 
 #include "sim/expected.hpp"
+#include "sim/gemm_model.hpp"
 
 namespace loom {
 
 struct ProfileGemm {
   std::string kind;  // "" for the plain table; a variant name in gemm_variants
   int64_t m = 0, n = 0, k = 0;
+  bool accumulate_fp32 = false;  // a weight gradient: D fp32 += A B
   double seconds = 0;
 };
 struct ProfileAttention {
@@ -87,8 +96,11 @@ struct HardwareProfile {
   std::vector<ProfileBandwidth> memory_bound;
   ProfileOptimizer optimizer;
   ProfileMemory memory;
+  GemmModel gemm_model;  // fitted to `gemm`; !valid() when the profile has none
 
-  double gemm_s(double M, double N, double K) const;
+  double gemm_s(double M, double N, double K, bool accumulate_fp32 = false) const;
+  // The measured GEMMs as the model's samples.
+  std::vector<GemmSample> gemm_samples() const;
   double attention_fwd_s(double bh, double seq, double head_dim) const;
   double attention_bwd_s(double bh, double seq, double head_dim) const;
   double memory_s(double bytes) const;
@@ -100,6 +112,9 @@ struct HardwareProfile {
 inline constexpr const char* kProfileSchema = "loom-profile-1";
 
 Expected<HardwareProfile> profile_from_json(const nlohmann::json& j, const std::string& where);
+class ObjectReader;
+void read_gemm_model(ObjectReader& r, GemmModel& g);
+nlohmann::json to_json(const GemmModel& g);
 nlohmann::json to_json(const HardwareProfile& p);
 // Reads a profile file. A relative path is tried as given (from the working directory), then
 // beside `relative_to` (the cluster file's folder, when there is one), then from the

@@ -334,6 +334,37 @@ static void check_nccl_channels(ObjectReader& r, const ClusterSpec& c) {
 }
 
 // The host side of a node (offload, sim/offload.hpp): optional; all three numbers when given.
+// efficiency.gemm_model: which profile's fitted GEMM model, carried by which ratios.
+static void read_gemm_model_ref(ObjectReader& parent, EfficiencySpec::GemmModelRef& g) {
+  const auto* o = parent.object("gemm_model");
+  if (!o) return;
+  ObjectReader r(parent, "gemm_model", *o);
+  r.string("from", g.from);
+  r.number("mainloop_efficiency_scale", g.mainloop_efficiency_scale, 0, true, 2);
+  r.number("clock_ratio", g.clock_ratio, 0, true, 10);
+  r.string("source", g.source);
+  r.reject_unknown_keys();
+}
+
+// Loads the profile efficiency.gemm_model names and carries its model to this cluster's GPU.
+static Status resolve_gemm_model(ClusterSpec& c, const std::string& where) {
+  const auto& ref = *c.efficiency.gemm_model;
+  const bool from_file = where.rfind("zoo:", 0) != 0;
+  const std::string dir = from_file ? std::filesystem::path(where).parent_path().string() : "";
+  auto prof = load_profile(ref.from, dir);
+  if (!prof) return prof.error();
+  const GemmModel& m = (*prof)->gemm_model;
+  if (!m.valid()) return Error{ref.from + ": the profile has no gemm_model (run `loom calibrate --fit-gemm " + ref.from + "`)"};
+  const GemmHardware to{c.gpu.peak_flops_bf16, c.gpu.sm_count, c.gpu.hbm_bytes_per_s};
+  if (to.sm_count <= 0) return Error{"needs gpu/sm_count: the model prices tiles per SM"};
+  c.gemm_model = std::make_shared<const GemmModel>(
+      scale_gemm_model(m, to, ref.mainloop_efficiency_scale, ref.clock_ratio));
+  c.gemm_model_measured = ref.mainloop_efficiency_scale == 1 && ref.clock_ratio == 1 &&
+                          m.hw.sm_count == to.sm_count && m.hw.peak_flops == to.peak_flops &&
+                          m.hw.hbm_bytes_per_s == to.hbm_bytes_per_s;
+  return ok_status();
+}
+
 static void read_host(ObjectReader& parent, HostSpec& h) {
   auto* j = parent.opt_object("host");
   if (!j) return;
@@ -343,6 +374,23 @@ static void read_host(ObjectReader& parent, HostSpec& h) {
   r.number("memory_bytes_per_s", h.memory_bytes_per_s, 0, true, limits::kRate);
   r.string("source", h.source);
   r.reject_unknown_keys();
+}
+
+static void read_efficiency(ObjectReader& r, EfficiencySpec& eff) {
+  if (auto* e = r.object("efficiency")) {
+    ObjectReader er(r, "efficiency", *e);
+    er.number("gemm", eff.gemm, limits::kMinEfficiency, false);
+    er.number("gemm_half_size_flops", eff.gemm_half_size_flops, 0, false, limits::kRate);
+    er.number("attention", eff.attention, limits::kMinEfficiency, false);
+    er.number("memory_bound", eff.memory_bound, limits::kMinEfficiency, false);
+    er.number("kernel_launch_s", eff.kernel_launch_s, 0, false, limits::kTimeS);
+    if (er.has("gemm_model")) read_gemm_model_ref(er, eff.gemm_model.emplace());
+    er.string("source", eff.source);
+    for (auto [k, v] : {std::pair{"gemm", eff.gemm}, {"attention", eff.attention},
+                        {"memory_bound", eff.memory_bound}})
+      if (!er.failed() && v > 1) er.fail(k, "must be a fraction <= 1");
+    er.reject_unknown_keys();
+  }
 }
 
 Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::string& where,
@@ -372,19 +420,7 @@ Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::stri
   read_fabric(r, "intra_node", c.intra_node);
   read_fabric(r, "inter_node", c.inter_node);
   check_nccl_channels(r, c);
-  if (auto* e = r.object("efficiency")) {
-    ObjectReader er(r, "efficiency", *e);
-    er.number("gemm", c.efficiency.gemm, limits::kMinEfficiency, false);
-    er.number("gemm_half_size_flops", c.efficiency.gemm_half_size_flops, 0, false, limits::kRate);
-    er.number("attention", c.efficiency.attention, limits::kMinEfficiency, false);
-    er.number("memory_bound", c.efficiency.memory_bound, limits::kMinEfficiency, false);
-    er.number("kernel_launch_s", c.efficiency.kernel_launch_s, 0, false, limits::kTimeS);
-    er.string("source", c.efficiency.source);
-    for (auto [k, v] : {std::pair{"gemm", c.efficiency.gemm}, {"attention", c.efficiency.attention},
-                        {"memory_bound", c.efficiency.memory_bound}})
-      if (!er.failed() && v > 1) er.fail(k, "must be a fraction <= 1");
-    er.reject_unknown_keys();
-  }
+  read_efficiency(r, c.efficiency);
   if (auto* m = r.object("runtime_memory")) {
     ObjectReader mr(r, "runtime_memory", *m);
     auto& rm = c.runtime_memory;
@@ -410,6 +446,9 @@ Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::stri
     auto prof = load_profile(c.profile, dir);
     if (!prof) return make_error(where, pointer + "/profile: " + prof.error().message);
     c.calibration = *prof;
+  }
+  if (c.efficiency.gemm_model) {
+    if (auto s = resolve_gemm_model(c, where); !s) return make_error(where, pointer + "/efficiency/gemm_model/from: " + s.error().message);
   }
   if (c.gpus > limits::kGpus)
     return make_error(where, pointer + "/gpus: must be <= " + std::to_string(limits::kGpus) + " (got " +
@@ -565,6 +604,11 @@ nlohmann::json to_json(const ClusterSpec& c) {
             {"memory_headroom", rm.memory_headroom},
             {"source", rm.source}}}};
   if (!c.profile.empty()) j["profile"] = c.profile;
+  if (const auto& g = e.gemm_model)
+    j["efficiency"]["gemm_model"] = {{"from", g->from},
+                                     {"mainloop_efficiency_scale", g->mainloop_efficiency_scale},
+                                     {"clock_ratio", g->clock_ratio},
+                                     {"source", g->source}};
   if (c.gpu.peak_flops_fp8 > 0) j["gpu"]["peak_flops_fp8"] = c.gpu.peak_flops_fp8;
   if (c.gpu.sm_count > 0) j["gpu"]["sm_count"] = c.gpu.sm_count;
   if (c.host.memory_bytes > 0)

@@ -13,6 +13,7 @@
 namespace loom {
 
 struct HardwareProfile;  // sim/profile.hpp: what `loom calibrate` measured
+struct GemmModel;        // sim/gemm_model.hpp: the tile and wave GEMM time model
 
 enum class Family { gpt, llama };  // gpt: learned positions, LayerNorm, GELU, biases;
                                    // llama: RoPE, RMSNorm, SwiGLU, no biases.
@@ -123,6 +124,15 @@ struct EfficiencySpec {
   double attention = 0;        // fused attention kernel, fraction of peak
   double memory_bound = 0;     // fraction of HBM bandwidth elementwise kernels reach
   double kernel_launch_s = 0;  // per kernel
+  // Optional: GEMMs priced by the tile and wave model (sim/gemm_model.hpp) that `loom
+  // calibrate` fitted in a profile, carried to this GPU by stated ratios ("gemm_model":
+  // {"from": profile path, "mainloop_efficiency_scale": .., "clock_ratio": .., "source": ..};
+  // both ratios 1 on the GPU that was measured). Instead of `gemm` and `gemm_half_size_flops`.
+  struct GemmModelRef {
+    std::string from, source;
+    double mainloop_efficiency_scale = 1, clock_ratio = 1;
+  };
+  std::optional<GemmModelRef> gemm_model;
   std::string source;
 };
 
@@ -164,6 +174,10 @@ struct ClusterSpec {
   // the runtime memory terms from it instead of `efficiency` and `runtime_memory`.
   std::string profile;
   std::shared_ptr<const HardwareProfile> calibration;  // loaded from `profile`; null without one
+  // The GEMM model efficiency.gemm_model resolves to (null without one), and whether it
+  // describes this GPU as measured (both ratios 1, the profile's own GPU) or was carried here.
+  std::shared_ptr<const GemmModel> gemm_model;
+  bool gemm_model_measured = false;
   std::string source;
 };
 

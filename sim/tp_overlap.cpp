@@ -23,13 +23,14 @@ namespace {
 struct Pairing {
   int64_t halves;     // tp halves (b s h each) per layer beside this GEMM
   bool takes_sms;     // its collective runs on SMs the GEMM then does not have
+  bool bulk;          // the whole collective beside the whole GEMM; else pipelined in tp chunks
 };
 // By slot (qkv, proj, fc1, fc2), then forward and backward.
 constexpr Pairing kPairings[4][2] = {
-    {{1, false}, {2, true}},   // qkv: all-gather; backward bulk reduce-scatter + all-gather
-    {{1, true}, {1, false}},   // proj: reduce-scatter; backward all-gather
-    {{1, false}, {2, true}},   // fc1: as qkv
-    {{1, true}, {1, false}},   // fc2: as proj
+    {{1, false, false}, {2, true, true}},   // qkv: all-gather; backward bulk reduce-scatter + all-gather
+    {{1, true, false}, {1, false, false}},  // proj: reduce-scatter; backward all-gather
+    {{1, false, false}, {2, true, true}},   // fc1: as qkv
+    {{1, true, false}, {1, false, false}},  // fc2: as proj
 };
 
 const Pairing* pairing_of(const Op& o) {
@@ -49,12 +50,13 @@ void chunk_overlapped_gemms(std::vector<Op>& ops, const GpuSpec& gpu, int64_t tp
   for (Op& o : ops) {
     const Pairing* x = pairing_of(o);
     if (x == nullptr) continue;
+    if (x->takes_sms) o.scale *= slowdown;
+    if (o.pass == Pass::backward) continue;  // whole GEMMs (tp_overlap.hpp)
     // T = b s rows; sequence parallelism makes tp divide s, so the chunks are whole rows and
     // each chunk's FLOPs are exactly 1/tp of the GEMM's.
     o.m /= static_cast<double>(tp);
     o.flops /= tp;
     o.count *= tp;
-    if (x->takes_sms) o.scale *= slowdown;
   }
 }
 
@@ -91,9 +93,13 @@ TpHiddenTime tp_overlap_hidden_s(const StageWork& w, const GroupLinks& tp, const
     const Pairing* x = pairing_of(o);
     if (x == nullptr || o.count == 0) continue;
     const int pass = static_cast<int>(o.pass);
-    const double layers = static_cast<double>(o.count) / t;
-    const double comm_s = static_cast<double>(x->halves) * half_s[pass], gemm_s = t * op.op(o);
-    const double hidden = layers * (1 - 1 / t) * std::min(comm_s, gemm_s);
+    // Forward GEMMs are counted in tp chunks (chunk_overlapped_gemms), backward ones whole.
+    const double chunks = o.pass == Pass::backward ? 1 : t;
+    const double layers = static_cast<double>(o.count) / chunks;
+    const double comm_s = static_cast<double>(x->halves) * half_s[pass], gemm_s = chunks * op.op(o);
+    // A pipeline leaves its first (or last) chunk's transfer exposed; the bulk method none.
+    const double exposed = x->bulk ? 0 : 1 / t;
+    const double hidden = layers * (1 - exposed) * std::min(comm_s, gemm_s);
     (o.pass == Pass::forward ? out.forward_s : o.pass == Pass::backward ? out.backward_s : out.recompute_s) += hidden;
   }
   return out;

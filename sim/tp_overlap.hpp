@@ -8,9 +8,13 @@
 // In a stage's work (sim/stage_work.hpp) the knob shows twice: the layers' tp halves are the
 // message "tp overlapped activations" (the model's ends and the cross-entropy stay in-line),
 // and the GEMMs they pair with (by Op::tp_slot: QKV or the attention's first column-parallel
-// GEMM, the projection, fc1 or gate|up, fc2, the shared experts' too) run as tp chunks of
-// T / tp rows (chunk_overlapped_gemms), so a skinny chunk costs what the GEMM time model says
-// it costs. The cost model and the simulator then take off the communication time the chunks
+// GEMM, the projection, fc1 or gate|up, fc2, the shared experts' too) run in the forward as tp
+// chunks of T / tp rows (chunk_overlapped_gemms), so a skinny chunk costs what the GEMM time
+// model says it costs. The backward's GEMMs run whole: QKV's and fc1's by the bulk method (one
+// GEMM beside one collective), and Transformer Engine splits only the data gradient of the
+// projection and fc2 (ring exchange), never a weight gradient, whose fp32 accumulator a split
+// would read and write tp times; that dgrad split is not priced (its chunks keep all of N and
+// K, so they lose little to tiles). The cost model and the simulator then take off the communication time the chunks
 // hide (tp_overlap_hidden_s).
 #pragma once
 #include <cstdint>

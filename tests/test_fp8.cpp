@@ -259,9 +259,16 @@ TEST_CASE("fp8: the weight copy counts exactly the FP8 GEMMs' weights", "[fp8]")
 TEST_CASE("fp8: GEMMs at the FP8 peak with bf16's efficiency; the casts make a step less than 2x faster", "[fp8]") {
   const ClusterSpec c = cluster("dgx-h100", 8);
   const OpTimer t = OpTimer::of(c, train(8, 2048, true));
-  // A large GEMM (8192 x 8192 x 8192): compute-bound; eff(F) = gemm F / (F + F_half).
+  // With the cluster's GEMM model: the model at the FP8 peak with 1-byte operands.
+  REQUIRE(c.gemm_model != nullptr);
+  CHECK(fp8_gemm_s(t, 8192, 8192, 8192) ==
+        Approx(c.gemm_model->seconds_at(8192, 8192, 8192, 2, 1, 1978.9e12)).epsilon(1e-12));
+  // Without one, a large GEMM (8192 x 8192 x 8192) is compute-bound at eff(F) = gemm F / (F + F_half).
+  ClusterSpec plain = c;
+  plain.gemm_model = nullptr;
   const double F = 2.0 * 8192 * 8192 * 8192, eff = c.efficiency.gemm * F / (F + c.efficiency.gemm_half_size_flops);
-  CHECK(fp8_gemm_s(t, 8192, 8192, 8192) == Approx(F / (1978.9e12 * eff) + c.efficiency.kernel_launch_s).epsilon(1e-12));
+  CHECK(fp8_gemm_s(OpTimer::of(plain, train(8, 2048, true)), 8192, 8192, 8192) ==
+        Approx(F / (1978.9e12 * eff) + c.efficiency.kernel_launch_s).epsilon(1e-12));
   Op o = gemm("qkv", Pass::forward, 8192, 8192, 8192, 1);
   const double bf16_s = t.op(o);
   o.fp8 = true;
@@ -319,7 +326,7 @@ TEST_CASE("fp8: loom predict --dtype fp8, refused on an A100, printed back as fp
   LoomRun text = run_loom("predict " + job + " --cluster dgx-h100 --dtype fp8");
   REQUIRE(text.code == 0);
   CHECK(text.out.find("tokens, fp8\n") != std::string::npos);
-  CHECK(text.out.find("FP8 GEMMs at the FP8 peak") != std::string::npos);
+  CHECK(text.out.find("FP8 GEMMs by the same model at the FP8 peak with 1-byte operands") != std::string::npos);
 }
 
 TEST_CASE("fp8: loom plan --dtype fp8 searches FP8 plans; analytical and simulated agree within 3%", "[fp8][cli]") {

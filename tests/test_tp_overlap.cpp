@@ -128,7 +128,8 @@ TEST_CASE("tp comm overlap pairs GEMMs by slot: every overlapped half has one GE
     const StageWork w = build_stage_work(j.m, j.c, j.t, p, 0);
     int64_t beside[3] = {0, 0, 0}, overlapped[3] = {0, 0, 0};  // by pass: forward, backward, recompute
     for (const Op& o : w.ops)
-      if (o.pass != Pass::step) beside[static_cast<int>(o.pass)] += halves_beside(o) * o.count / k.tp;  // chunks
+      if (o.pass != Pass::step)  // forward GEMMs in tp chunks, backward ones whole
+        beside[static_cast<int>(o.pass)] += halves_beside(o) * o.count / (o.pass == Pass::backward ? 1 : k.tp);
     for (const Message& msg : w.messages)
       if (std::strcmp(msg.name, kTpOverlappedMessage) == 0) overlapped[static_cast<int>(msg.pass)] = msg.count;
     for (int pass = 0; pass < 3; ++pass) {

@@ -150,12 +150,14 @@ Status alloc_gemm_buffers(GemmBuffers& g, const std::vector<int64_t>& tokens, in
 struct GemmTimer {
   Bench& b;
   std::set<std::tuple<int64_t, int64_t, int64_t>> seen;
-  Status operator()(const char* kind, int64_t m, int64_t n, int64_t k, const std::function<Status(int)>& f) {
+  // accumulate_fp32: a weight gradient, D fp32 += A B (the model prices its fp32 output).
+  Status operator()(const char* kind, int64_t m, int64_t n, int64_t k, const std::function<Status(int)>& f,
+                    bool accumulate_fp32 = false) {
     const bool plain = kind[0] == '\0';
     if (plain && !seen.insert({m, n, k}).second) return ok_status();
     auto t = b.timer.median(f);
     if (!t) return t.error();
-    (plain ? b.prof.gemm : b.prof.gemm_variants).push_back({kind, m, n, k, *t});
+    (plain ? b.prof.gemm : b.prof.gemm_variants).push_back({kind, m, n, k, plain && accumulate_fp32, *t});
     if (b.o.progress)
       std::fprintf(stderr, "gemm %-16s %6lld x %6lld x %6lld  %9.1f us  %6.1f TFLOP/s\n", plain ? "plain" : kind,
                    static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k), *t * 1e6,
@@ -178,9 +180,10 @@ Status bench_linear(GemmTimer& add, Gemm& gemm, GemmBuffers& g, const Lin& l, in
   // input gradient: din (T, C) = dout (T, OC) W: (T, C, OC)
   LOOM_TRY(add("", T, C, OC, [&](int) { return matmul_backward_input(gemm, g.y.p, g.x.p, g.w.p, nullptr, T, C, OC, stream); }));
   // weight gradient: dW (OC, C) += dout^T in, fp32: (OC, C, T)
-  LOOM_TRY(add("", OC, C, T, [&](int) {
-    return matmul_backward_weight(gemm, g.dw.p, nullptr, g.scratch.p, g.x.p, g.y.p, T, C, OC, stream);
-  }));
+  LOOM_TRY(add(
+      "", OC, C, T,
+      [&](int) { return matmul_backward_weight(gemm, g.dw.p, nullptr, g.scratch.p, g.x.p, g.y.p, T, C, OC, stream); },
+      true));
   if (l.bias) {
     LOOM_TRY(add(l.gelu_out ? "fwd_bias_gelu" : "fwd_bias", T, OC, C, [&](int) {
       return matmul_forward(gemm, g.y.p, l.gelu_out ? g.aux.p : nullptr, g.x.p, g.w.p, g.bias.p, T, C, OC, stream);

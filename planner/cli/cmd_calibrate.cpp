@@ -1,20 +1,56 @@
 // loom calibrate: GPU microbenchmarks into a hardware profile (sim/profile.hpp) that a cluster
 // file names ("profile"). The work is the CUDA backend's (executor/cuda/calibrate.cpp), loaded
 // only when this command runs; where it is not available (a build without nvcc, no driver) one
-// line says so and loom exits 2.
+// line says so and loom exits 2. With --cluster, the GEMM model (sim/gemm_model.hpp) is then
+// fitted to the GEMMs measured, against that cluster's GPU figures, and written into the
+// profile. `--fit-gemm PROFILE --cluster NAME` does only that, on a profile already measured
+// (no GPU needed).
+#include <cstdio>
 #include <memory>
 
-#include "planner/cli/command.hpp"
 #include "planner/cli/backend_module.hpp"
+#include "planner/cli/command.hpp"
 #include "planner/cli/inputs.hpp"
+#include "sim/json_reader.hpp"
+#include "sim/profile.hpp"
+#include "sim/zoo.hpp"
 
 namespace loom::cli {
 
 namespace {
 struct CalibrateCliOptions {
-  std::string out, name = "h100-sxm";
+  std::string out, name = "h100-sxm", cluster, fit_gemm;
   bool quick = false, quiet = false;
 };
+
+// Fits the GEMM model to the profile at `in` and writes the profile, the model in it, to `out`.
+Status fit_profile_gemm(const std::string& in, const std::string& out, const std::string& cluster, bool quiet) {
+  auto c = load_cluster(cluster, "--cluster");
+  if (!c) return c.error();
+  auto j = read_json_file(in);
+  if (!j) return j.error();
+  auto p = profile_from_json(*j, in);
+  if (!p) return p.error();
+  const GemmHardware hw{c->gpu.peak_flops_bf16, c->gpu.sm_count, c->gpu.hbm_bytes_per_s};
+  auto g = fit_gemm_model(p->gemm_samples(), hw);
+  if (!g) return make_error(in, g.error().message);
+  g->source = "loom calibrate --fit-gemm: the tile and wave model (sim/gemm_model.hpp) fitted by least squares on "
+              "ln(time) to this profile's " + std::to_string(g->samples) + " measured GEMMs, against " + c->name +
+              "'s GPU figures (peak, SMs, HBM)";
+  p->gemm_model = *g;
+  if (!quiet)
+    std::fprintf(stderr,
+                 "gemm model: mainloop_efficiency %.4f, tile_overhead %.3g s, "
+                 "memory_efficiency %.4f, launch %.3g s; over %lld GEMMs: mean |error| %.1f%%, worst %.1f%%\n",
+                 g->c.mainloop_efficiency, g->c.tile_overhead_s, g->c.memory_efficiency,
+                 g->c.launch_s, static_cast<long long>(g->samples), 100 * g->fit_mape, 100 * g->fit_worst);
+  const std::string text = to_json(*p).dump(1) + "\n";
+  if (out.empty()) {
+    std::fputs(text.c_str(), stdout);
+    return ok_status();
+  }
+  return write_text_file_atomic(out, text);
+}
 }  // namespace
 
 void add_calibrate(CLI::App& app, Run& run) {
@@ -22,14 +58,33 @@ void add_calibrate(CLI::App& app, Run& run) {
   auto* cmd = app.add_subcommand("calibrate", "GPU microbenchmarks (GEMM shapes, attention, bandwidth, launch, optimizer, memory) into a profile");
   cmd->add_option("--out", o->out, "profile to write, e.g. traces/profiles/h100-sxm.json (default: print)");
   cmd->add_option("--name", o->name, "profile name");
+  cmd->add_option("--cluster", o->cluster,
+                  "the measured GPU's cluster (zoo name or file): fit the GEMM model to the measured GEMMs against its "
+                  "peak, SMs and HBM, and write it into the profile");
+  cmd->add_option("--fit-gemm", o->fit_gemm,
+                  "only fit the GEMM model to this profile's measured GEMMs (needs --cluster; no GPU); written to --out "
+                  "(default: print)");
   cmd->add_flag("--quick", o->quick, "a small grid (tests)");
   cmd->add_flag("--quiet", o->quiet, "no progress lines");
   cmd->callback([o, &run] {
     run = [o] {
+      if (!o->fit_gemm.empty() || !o->cluster.empty()) {
+        if (o->cluster.empty()) return fail(Error{"--fit-gemm: needs --cluster (the GPU the profile was measured on)"});
+        if (o->fit_gemm.empty() && o->out.empty())
+          return fail(Error{"--cluster: needs --out (the profile to fit the GEMM model in)"});
+        if (auto c = load_cluster(o->cluster, "--cluster"); !c) return fail(c.error());
+      }
+      if (!o->fit_gemm.empty()) {
+        auto s = fit_profile_gemm(o->fit_gemm, o->out, o->cluster, o->quiet);
+        return s ? 0 : fail(s.error());
+      }
       auto backend = load_cuda_backend("calibrate");
       if (!backend) return fail(backend.error());
       const LoomCudaCalibrateArgs args{o->out.c_str(), o->name.c_str(), o->quick ? 1 : 0, o->quiet ? 0 : 1};
-      return (*backend)->calibrate(&args);
+      const int rc = (*backend)->calibrate(&args);
+      if (rc != 0 || o->cluster.empty()) return rc;
+      auto s = fit_profile_gemm(o->out, o->out, o->cluster, o->quiet);
+      return s ? 0 : fail(s.error());
     };
   });
 }

@@ -1,0 +1,138 @@
+#include "sim/gemm_model.hpp"
+
+#include <boost/math/tools/minima.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+
+namespace loom {
+
+namespace {
+
+double ceil_div(double a, double b) { return std::ceil(a / b); }
+
+// One kernel choice (tile tm x tn, split-K s) for a shape; the header states the formula.
+struct Operands {
+  double out_bytes, in_bytes, peak_flops;
+};
+
+GemmChoice price_choice(const GemmModel& g, double M, double N, double K, const Operands& o, int64_t tm, int64_t tn,
+                        int64_t s) {
+  const double sms = static_cast<double>(g.hw.sm_count);
+  const double tiles = ceil_div(M, tm) * ceil_div(N, tn) * static_cast<double>(s);
+  const double waves = ceil_div(tiles, sms);
+  const double k_tile = kGemmKStep * ceil_div(K, static_cast<double>(kGemmKStep * s));
+  const double tile_s = g.c.tile_overhead_s + 2.0 * tm * tn * k_tile / (o.peak_flops / sms * g.c.mainloop_efficiency);
+  // Split-K writes s fp32 partial outputs and a reduction reads them back.
+  const double partial_bytes = s > 1 ? 8.0 * M * N * static_cast<double>(s) : 0.0;
+  const double bytes = o.in_bytes * (M * K + K * N) + o.out_bytes * M * N + partial_bytes;
+  const double memory_s = bytes / (g.hw.hbm_bytes_per_s * g.c.memory_efficiency);
+  return {tm, tn, s, static_cast<int64_t>(tiles), static_cast<int64_t>(waves),
+          g.c.launch_s + std::max(waves * tile_s, memory_s)};
+}
+
+constexpr int kCoefficients = 4;
+
+double& coefficient(GemmCoefficients& c, int i) {
+  switch (i) {
+    case 0: return c.mainloop_efficiency;
+    case 1: return c.tile_overhead_s;
+    case 2: return c.memory_efficiency;
+    default: return c.launch_s;
+  }
+}
+
+// The range each coefficient is searched over (a fraction, seconds, a fraction, seconds).
+constexpr std::array<std::pair<double, double>, kCoefficients> kRanges = {
+    {{0.2, 1.0}, {1e-9, 1e-4}, {0.2, 1.0}, {1e-7, 1e-4}}};
+
+double mean_sq_log_error(const GemmModel& g, const std::vector<GemmSample>& v) {
+  double sum = 0;
+  for (const auto& x : v) {
+    const double e = std::log(g.seconds(x.m, x.n, x.k, x.out_bytes) / x.seconds);
+    sum += e * e;
+  }
+  return sum / static_cast<double>(v.size());
+}
+
+Status check_samples(const std::vector<GemmSample>& v, const GemmHardware& hw) {
+  if (hw.peak_flops <= 0 || hw.sm_count <= 0 || hw.hbm_bytes_per_s <= 0)
+    return Error{"gemm model: the GPU's peak_flops_bf16, sm_count and hbm_bytes_per_s are needed"};
+  if (v.size() < 8)
+    return Error{"gemm model: at least 8 measured GEMMs are needed (got " + std::to_string(v.size()) + ")"};
+  for (size_t i = 0; i < v.size(); ++i) {
+    const auto& x = v[i];
+    if (!(x.m >= 1 && x.n >= 1 && x.k >= 1 && x.seconds > 0 && x.out_bytes > 0))
+      return Error{"gemm model: sample " + std::to_string(i) + " needs m, n, k >= 1 and seconds > 0"};
+  }
+  return ok_status();
+}
+
+}  // namespace
+
+GemmChoice gemm_choice(const GemmModel& g, double M, double N, double K, double out_bytes, double in_bytes,
+                       double peak_flops) {
+  const Operands o{out_bytes, in_bytes, peak_flops > 0 ? peak_flops : g.hw.peak_flops};
+  GemmChoice best;
+  best.seconds = std::numeric_limits<double>::infinity();
+  for (const auto& [tm, tn] : kGemmTiles)
+    for (const int64_t s : kGemmSplitK) {
+      if (s > 1 && K < static_cast<double>(2 * kGemmKStep * s)) break;  // each part keeps two K steps
+      const GemmChoice c = price_choice(g, M, N, K, o, tm, tn, s);
+      if (c.seconds < best.seconds) best = c;
+    }
+  return best;
+}
+
+double GemmModel::seconds(double M, double N, double K, double out_bytes) const {
+  return gemm_choice(*this, M, N, K, out_bytes).seconds;
+}
+
+double GemmModel::seconds_at(double M, double N, double K, double out_bytes, double in_bytes, double peak) const {
+  return gemm_choice(*this, M, N, K, out_bytes, in_bytes, peak).seconds;
+}
+
+Expected<GemmModel> fit_gemm_model(const std::vector<GemmSample>& samples, const GemmHardware& hw) {
+  if (auto s = check_samples(samples, hw); !s) return s.error();
+  GemmModel g;
+  g.hw = hw;
+  // A start inside every range: the mid-range guesses of a tensor-core GPU.
+  g.c = {0.8, 1e-6, 0.85, 3e-6};
+  double err = mean_sq_log_error(g, samples);
+  for (int sweep = 0; sweep < 40; ++sweep) {
+    const double before = err;
+    for (int i = 0; i < kCoefficients; ++i) {
+      auto f = [&](double ln_v) {
+        GemmModel t = g;
+        coefficient(t.c, i) = std::exp(ln_v);
+        return mean_sq_log_error(t, samples);
+      };
+      const auto [lo, hi] = kRanges[static_cast<size_t>(i)];
+      boost::uintmax_t iters = 100;
+      const auto [x, fx] = boost::math::tools::brent_find_minima(f, std::log(lo), std::log(hi), 20, iters);
+      if (fx < err) coefficient(g.c, i) = std::exp(x), err = fx;
+    }
+    if (before - err < 1e-5) break;
+  }
+  g.samples = static_cast<int64_t>(samples.size());
+  double sum = 0, worst = 0;
+  for (const auto& x : samples) {
+    const double e = std::abs(g.seconds(x.m, x.n, x.k, x.out_bytes) / x.seconds - 1);
+    sum += e, worst = std::max(worst, e);
+  }
+  g.fit_mape = sum / static_cast<double>(samples.size());
+  g.fit_worst = worst;
+  return g;
+}
+
+GemmModel scale_gemm_model(const GemmModel& from, const GemmHardware& to, double efficiency_scale, double clock_ratio) {
+  GemmModel g = from;
+  g.hw = to;
+  g.c.mainloop_efficiency = std::min(1.0, from.c.mainloop_efficiency * efficiency_scale);
+  g.c.tile_overhead_s = from.c.tile_overhead_s / clock_ratio;
+  return g;
+}
+
+}  // namespace loom
