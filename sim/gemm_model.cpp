@@ -18,21 +18,6 @@ struct Operands {
   double out_bytes, in_bytes, peak_flops;
 };
 
-GemmChoice price_choice(const GemmModel& g, double M, double N, double K, const Operands& o, int64_t tm, int64_t tn,
-                        int64_t s) {
-  const double sms = static_cast<double>(g.hw.sm_count);
-  const double tiles = ceil_div(M, tm) * ceil_div(N, tn) * static_cast<double>(s);
-  const double waves = ceil_div(tiles, sms);
-  const double k_tile = kGemmKStep * ceil_div(K, static_cast<double>(kGemmKStep * s));
-  const double tile_s = g.c.tile_overhead_s + 2.0 * tm * tn * k_tile / (o.peak_flops / sms * g.c.mainloop_efficiency);
-  // Split-K writes s fp32 partial outputs and a reduction reads them back.
-  const double partial_bytes = s > 1 ? 8.0 * M * N * static_cast<double>(s) : 0.0;
-  const double bytes = o.in_bytes * (M * K + K * N) + o.out_bytes * M * N + partial_bytes;
-  const double memory_s = bytes / (g.hw.hbm_bytes_per_s * g.c.memory_efficiency);
-  return {tm, tn, s, static_cast<int64_t>(tiles), static_cast<int64_t>(waves),
-          g.c.launch_s + std::max(waves * tile_s, memory_s)};
-}
-
 constexpr int kCoefficients = 4;
 
 double& coefficient(GemmCoefficients& c, int i) {
@@ -72,17 +57,34 @@ Status check_samples(const std::vector<GemmSample>& v, const GemmHardware& hw) {
 
 }  // namespace
 
+// The header's formula for every (tile, split-K), with what does not depend on the choice
+// hoisted: the planner prices millions of GEMMs, so the loop is integer tile counts and one
+// multiply-add per candidate.
 GemmChoice gemm_choice(const GemmModel& g, double M, double N, double K, double out_bytes, double in_bytes,
                        double peak_flops) {
   const Operands o{out_bytes, in_bytes, peak_flops > 0 ? peak_flops : g.hw.peak_flops};
+  const int64_t sms = g.hw.sm_count;
+  const double step_flops_s = 2.0 * kGemmKStep / (o.peak_flops / static_cast<double>(sms) * g.c.mainloop_efficiency);
+  const double byte_s = 1 / (g.hw.hbm_bytes_per_s * g.c.memory_efficiency);
+  const double bytes = o.in_bytes * (M * K + K * N) + o.out_bytes * M * N;
+  const double partial_bytes = 8.0 * M * N;  // per split-K part: fp32 written, then read by the reduction
+  const auto ceil_i = [](double a, double b) { return static_cast<int64_t>(std::ceil(a / b)); };
+  const int64_t k_steps = ceil_i(K, kGemmKStep);
   GemmChoice best;
   best.seconds = std::numeric_limits<double>::infinity();
-  for (const auto& [tm, tn] : kGemmTiles)
+  for (const auto& [tm, tn] : kGemmTiles) {
+    const int64_t tiles = ceil_i(M, static_cast<double>(tm)) * ceil_i(N, static_cast<double>(tn));
+    const double tile_step_s = static_cast<double>(tm * tn) * step_flops_s;
     for (const int64_t s : kGemmSplitK) {
       if (s > 1 && K < static_cast<double>(2 * kGemmKStep * s)) break;  // each part keeps two K steps
-      const GemmChoice c = price_choice(g, M, N, K, o, tm, tn, s);
-      if (c.seconds < best.seconds) best = c;
+      const int64_t waves = (tiles * s + sms - 1) / sms;
+      const int64_t steps = (k_steps + s - 1) / s;
+      const double compute_s = static_cast<double>(waves) * (g.c.tile_overhead_s + static_cast<double>(steps) * tile_step_s);
+      const double memory_s = (bytes + (s > 1 ? partial_bytes * static_cast<double>(s) : 0.0)) * byte_s;
+      const double t = g.c.launch_s + std::max(compute_s, memory_s);
+      if (t < best.seconds) best = {tm, tn, s, tiles * s, waves, t};
     }
+  }
   return best;
 }
 
