@@ -467,7 +467,7 @@ bool beaten(const Tally& t, const SearchOptions& o, double floor_s) {
 // Returns the least less_recompute_floor_s of the variants, a floor under each variant's with
 // less recompute; 0 (none) where they do not fit or one was skipped.
 double evaluate_variants(const CostModel& model, ParallelConfig& p, const Unit& u, const std::vector<bool>& tpos,
-                         const SearchOptions& o, bool floor_ok, Tally& t, TableMakespans& tables) {
+                         const SearchOptions& o, bool floor_ok, Tally& t, EvalMemo& memo) {
   const auto variants = static_cast<int64_t>(tpos.size());
   double floor_s = 0, less_recompute_s = std::numeric_limits<double>::infinity();
   for (int64_t k = 0; k < variants; ++k) {
@@ -477,7 +477,7 @@ double evaluate_variants(const CostModel& model, ParallelConfig& p, const Unit& 
       less_recompute_s = 0;  // no estimate of this variant, so no floor under its block
       continue;
     }
-    const Estimate e = model.evaluate(p, u.links, true, &tables);
+    const Estimate e = model.evaluate(p, u.links, true, &memo);
     ++t.evaluated;
     if (!e.fits) {  // the same memory either way
       t.reject(kDoesNotFitMemory, variants - k);
@@ -514,7 +514,7 @@ int64_t memory_peak(StageWork& scratch, const ModelSpec& m, const ClusterSpec& c
 void evaluate_block_recompute(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& train, const CostModel& model,
                               ParallelConfig& p, const Unit& u, const std::vector<bool>& tpos, const SearchOptions& o,
                               bool floor_ok, double floor_s, int64_t usable, StageWork& scratch, Tally& t,
-                              TableMakespans& tables) {
+                              EvalMemo& memo) {
   int64_t most = 0;
   for (int64_t s = 0; s < p.pp; ++s) most = std::max(most, chunk_layer_count(p, m.layers, s));
   if (most <= 1) return;
@@ -544,14 +544,14 @@ void evaluate_block_recompute(const ModelSpec& m, const ClusterSpec& c, const Tr
     t.feasible += static_cast<int64_t>(tpos.size());
   } else {
     p.tp_comm_overlap = tpos.front();
-    evaluate_variants(model, p, u, tpos, o, floor_ok, t, tables);
+    evaluate_variants(model, p, u, tpos, o, floor_ok, t, memo);
   }
   p.recompute_layers = 0;
 }
 
 void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space,
               const std::deque<CostModel>& models, const Unit& u, const SearchOptions& o, Tally& t,
-              TableMakespans& tables) {
+              EvalMemo& memo) {
   static const FieldNamer as_is = [](const std::string& f) { return f; };
   const SplitSpace& sp = space.splits[u.split];
   const TrainSpec& train = space.trains[u.train];
@@ -598,10 +598,10 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
               t.reject(kDoesNotFitMemory, variants);
               continue;
             }
-            const double less_recompute_s = evaluate_variants(models[u.train], p, u, tpos, o, floor_ok, t, tables);
+            const double less_recompute_s = evaluate_variants(models[u.train], p, u, tpos, o, floor_ok, t, memo);
             if (r == Recompute::full && space.block_recompute && p.zero3_gather == Zero3Gather::layer)
               evaluate_block_recompute(m, c, train, models[u.train], p, u, tpos, o, floor_ok, less_recompute_s, usable,
-                                       scratch, t, tables);
+                                       scratch, t, memo);
           }
 }
 
@@ -660,9 +660,9 @@ SearchResult search(const ModelSpec& m, const ClusterSpec& c, const SearchSpace&
   std::atomic<int64_t> done{0};
   const auto total = static_cast<int64_t>(units.size());
   auto worker = [&](int k) {
-    TableMakespans tables;  // this thread's: schedule tables compiled and played once per pattern
+    EvalMemo memo;  // this thread's: schedule tables compiled and played once per pattern, GEMM times
     for (size_t i = k; i < units.size(); i += threads) {
-      run_unit(m, c, space, models, units[i], o, tallies[k], tables);
+      run_unit(m, c, space, models, units[i], o, tallies[k], memo);
       const int64_t d = ++done;
       if (k == 0 && o.progress) o.progress(d, total);
     }

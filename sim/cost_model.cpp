@@ -388,8 +388,9 @@ void slow_compute_beside_dp(const StageWork& w, const ClusterSpec& c, const Para
 }  // namespace
 
 StageEstimate CostModel::price_stage(const StageWork& w, const ParallelConfig& p, const GroupLinksSet& links,
-                                     int64_t mb, bool overlap) const {
-  const OpTimer op = OpTimer::of(cluster_, train_);
+                                     int64_t mb, bool overlap, GemmMemo* gemms) const {
+  OpTimer op = OpTimer::of(cluster_, train_);
+  op.gemm_memo = gemms;
   StageEstimate s;
   s.index = w.stage;
   s.layers = w.layers;
@@ -767,7 +768,8 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& given
 }
 
 Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& given, bool overlap,
-                             TableMakespans* tables) const {
+                             EvalMemo* memo) const {
+  TableMakespans* tables = memo ? &memo->tables : nullptr;
   const ModelSpec& m = model_;
   const TrainSpec& tr = train_;
   const ClusterSpec& c = cluster_;
@@ -808,7 +810,7 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& given
       continue;
     }
     if (is_interior_stage(i, p.pp)) interior = i;
-    est.stages.push_back(price_stage(w, p, links, est.micro_batches, overlap));
+    est.stages.push_back(price_stage(w, p, links, est.micro_batches, overlap, memo ? &memo->gemms : nullptr));
     zb_h1_dp_of.push_back(zb_h1_dp(w, p, links.dp, overlap));
     if (const Message* send = w.find(Group::pp, "pp send")) p2p_s = message_time_s(*send, links.pp);
   }

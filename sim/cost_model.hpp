@@ -7,6 +7,8 @@
 #include <cstdint>
 
 #include "sim/estimate.hpp"
+#include "sim/gemm_model.hpp"
+#include "sim/schedule.hpp"
 #include "sim/expected.hpp"
 #include "sim/rank_grid.hpp"
 #include "sim/specs.hpp"
@@ -15,7 +17,7 @@
 
 namespace loom {
 
-class TableMakespans;  // sim/schedule.hpp
+struct EvalMemo;  // below
 
 // The links each kind of group crosses, for one rank grid on one cluster.
 struct GroupLinksSet {
@@ -27,6 +29,13 @@ struct GroupLinksSet {
   GroupLinks cp;
 };
 GroupLinksSet group_links(const Topology& topo, const RankGrid& grid);
+
+// What one search thread keeps between evaluations (never shared between threads): the
+// schedule tables it compiled and played (sim/schedule.hpp) and the GEMM times it priced.
+struct EvalMemo {
+  TableMakespans tables;
+  GemmMemo gemms;
+};
 
 class CostModel {
  public:
@@ -40,13 +49,13 @@ class CostModel {
   // hides behind compute (the event simulator's SimOptions::overlap = false prices the same).
   Estimate evaluate(const ParallelConfig& p, bool overlap = true) const;
   Estimate evaluate(const ParallelConfig& p, const GroupLinksSet& links, bool overlap = true) const;
-  // The same, the schedule tables it plays (zb-v's, an uneven interleaved split's) through
-  // `tables` (sim/schedule.hpp; one per thread, the search's): the same estimate, bit for bit.
-  Estimate evaluate(const ParallelConfig& p, const GroupLinksSet& links, bool overlap, TableMakespans* tables) const;
+  // The same, the schedule tables it plays (zb-v's, an uneven interleaved split's) and the GEMM
+  // times it prices kept in `memo` (one per thread, the search's): the same estimate, bit for bit.
+  Estimate evaluate(const ParallelConfig& p, const GroupLinksSet& links, bool overlap, EvalMemo* memo) const;
 
  private:
   StageEstimate price_stage(const StageWork& w, const ParallelConfig& p, const GroupLinksSet& links, int64_t mb,
-                            bool overlap) const;
+                            bool overlap, GemmMemo* gemms) const;
   ModelSpec model_;
   ClusterSpec cluster_;
   TrainSpec train_;

@@ -122,7 +122,7 @@ Fp8TpGathers fp8_sp_gathers(int64_t layers, int64_t mlp_free, int64_t recomputed
 // output (bf16 here), so the roofline's bytes are M K + K N (1 byte) and 2 M N.
 double fp8_gemm_s(const OpTimer& t, double M, double N, double K, bool accumulate_fp32) {
   const double flops = 2 * M * N * K, bytes = M * K + K * N + 2 * M * N;
-  if (t.gemm_model) return t.gemm_model->seconds_at(M, N, K, accumulate_fp32 ? 8 : 2, 1, t.peak_flops_fp8);
+  if (t.gemm_model) return t.model_s(M, N, K, accumulate_fp32 ? 8 : 2, 1, t.peak_flops_fp8);
   if (t.prof) {
     const double bf16_s = t.prof->gemm_s(M, N, K) - t.launch_s;  // the profile's time holds one launch
     return std::max(bf16_s * t.peak_flops / t.peak_flops_fp8, t.prof->memory_s(bytes)) + t.launch_s;

@@ -5,15 +5,15 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <bit>
+#include <cstdint>
 #include <limits>
 
 namespace loom {
 
 namespace {
 
-double ceil_div(double a, double b) { return std::ceil(a / b); }
-
-// One kernel choice (tile tm x tn, split-K s) for a shape; the header states the formula.
+// What a GEMM's operands are: bytes per output and input element, and the peak they run at.
 struct Operands {
   double out_bytes, in_bytes, peak_flops;
 };
@@ -94,6 +94,27 @@ double GemmModel::seconds(double M, double N, double K, double out_bytes) const 
 
 double GemmModel::seconds_at(double M, double N, double K, double out_bytes, double in_bytes, double peak) const {
   return gemm_choice(*this, M, N, K, out_bytes, in_bytes, peak).seconds;
+}
+
+// The inputs' bits mixed by multiply and shift (std::hash<double> hashes bytes, too slow here).
+size_t GemmMemo::KeyHash::operator()(const Key& k) const {
+  uint64_t h = reinterpret_cast<uintptr_t>(k.model);
+  for (double v : {k.m, k.n, k.k, k.out_bytes, k.in_bytes, k.peak_flops}) {
+    h = (h ^ std::bit_cast<uint64_t>(v)) * 0x9E3779B97F4A7C15ull;
+    h ^= h >> 29;
+  }
+  return static_cast<size_t>(h);
+}
+
+double GemmMemo::seconds(const GemmModel& g, double M, double N, double K, double out_bytes, double in_bytes,
+                         double peak_flops) {
+  // A bound on what one thread keeps (a search sees a few thousand shapes).
+  if (times_.size() >= (size_t{1} << 16)) times_.clear();
+  const Key key{&g, M, N, K, out_bytes, in_bytes, peak_flops};
+  if (auto it = times_.find(key); it != times_.end()) return it->second;
+  const double t = g.seconds_at(M, N, K, out_bytes, in_bytes, peak_flops);
+  times_.emplace(key, t);
+  return t;
 }
 
 Expected<GemmModel> fit_gemm_model(const std::vector<GemmSample>& samples, const GemmHardware& hw) {

@@ -29,6 +29,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "sim/expected.hpp"
@@ -76,6 +77,26 @@ GemmChoice gemm_choice(const GemmModel& m, double M, double N, double K, double 
 inline constexpr std::array<std::pair<int64_t, int64_t>, 3> kGemmTiles = {{{128, 256}, {256, 128}, {128, 128}}};
 inline constexpr std::array<int64_t, 5> kGemmSplitK = {1, 2, 4, 8, 16};
 inline constexpr int64_t kGemmKStep = 64;
+
+// GEMM times by their exact inputs, for one search thread (never shared between threads): a
+// planner prices the same layer shapes in thousands of configurations, and the model's choice
+// of tile and split is the cost model's hottest loop. The same bits out as GemmModel::seconds_at.
+class GemmMemo {
+ public:
+  double seconds(const GemmModel& g, double M, double N, double K, double out_bytes, double in_bytes,
+                 double peak_flops);
+
+ private:
+  struct Key {
+    const GemmModel* model;
+    double m, n, k, out_bytes, in_bytes, peak_flops;
+    bool operator==(const Key&) const = default;
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const;
+  };
+  std::unordered_map<Key, double, KeyHash> times_;
+};
 
 // One measured GEMM: bf16 inputs, output of `out_bytes` per element (see above).
 struct GemmSample {

@@ -22,6 +22,7 @@ struct OpTimer {
   const HardwareProfile* prof = nullptr;
   double peak_flops_fp8 = 0;  // FP8 GEMMs (Op::fp8, sim/fp8.hpp)
   const GemmModel* gemm_model = nullptr;  // bf16 GEMMs without a profile (sim/gemm_model.hpp)
+  GemmMemo* gemm_memo = nullptr;          // a search thread's memo of gemm_model's times, or none
 
   static OpTimer of(const ClusterSpec& c, const TrainSpec& t) {
     const bool bf16 = t.dtype == Dtype::bf16;
@@ -47,11 +48,16 @@ struct OpTimer {
   // fp32 buffer (its output read and written in fp32).
   double gemm(double M, double N, double K, bool accumulate_fp32 = false) const {
     if (prof) return prof->gemm_s(M, N, K, accumulate_fp32);
-    if (gemm_model) return gemm_model->seconds(M, N, K, accumulate_fp32 ? 8 : 2);
+    if (gemm_model) return model_s(M, N, K, accumulate_fp32 ? 8 : 2, 2, gemm_model->hw.peak_flops);
     const double flops = 2 * M * N * K;
     const double eff = gemm_eff * flops / (flops + gemm_half);
     const double bytes = e * (M * K + K * N + M * N);
     return std::max(flops / (peak_flops * eff), bytes / (hbm * mem_eff)) + launch_s;
+  }
+  // The cluster's GEMM model for one call (through the memo when there is one).
+  double model_s(double M, double N, double K, double out_bytes, double in_bytes, double peak) const {
+    return gemm_memo ? gemm_memo->seconds(*gemm_model, M, N, K, out_bytes, in_bytes, peak)
+                     : gemm_model->seconds_at(M, N, K, out_bytes, in_bytes, peak);
   }
   // Backward of out (M, N) = in (M, K) W: the input gradient (M, K, N) and the weight
   // gradient (N, K, M); without a profile, twice the forward.

@@ -335,7 +335,7 @@ static void check_nccl_channels(ObjectReader& r, const ClusterSpec& c) {
 
 // The host side of a node (offload, sim/offload.hpp): optional; all three numbers when given.
 // efficiency.gemm_model: which profile's fitted GEMM model, carried by which ratios.
-static void read_gemm_model_ref(ObjectReader& parent, EfficiencySpec::GemmModelRef& g) {
+static void read_gemm_model_ref(ObjectReader& parent, GemmModelRef& g) {
   const auto* o = parent.object("gemm_model");
   if (!o) return;
   ObjectReader r(parent, "gemm_model", *o);

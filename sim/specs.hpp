@@ -117,6 +117,15 @@ struct FabricSpec {            // one level of the interconnect
   std::string source;
 };
 
+// Optional in EfficiencySpec: GEMMs priced by the tile and wave model (sim/gemm_model.hpp) that
+// `loom calibrate` fitted in a profile, carried to this GPU by stated ratios ("gemm_model":
+// {"from": profile path, "mainloop_efficiency_scale": .., "clock_ratio": .., "source": ..};
+// both ratios 1 on the GPU that was measured). Instead of `gemm` and `gemm_half_size_flops`.
+struct GemmModelRef {
+  std::string from, source;
+  double mainloop_efficiency_scale = 1, clock_ratio = 1;
+};
+
 // Efficiencies the time model multiplies peaks with until `loom calibrate` measures them.
 struct EfficiencySpec {
   double gemm = 0;             // fraction of peak FLOP/s a large GEMM reaches
@@ -124,15 +133,7 @@ struct EfficiencySpec {
   double attention = 0;        // fused attention kernel, fraction of peak
   double memory_bound = 0;     // fraction of HBM bandwidth elementwise kernels reach
   double kernel_launch_s = 0;  // per kernel
-  // Optional: GEMMs priced by the tile and wave model (sim/gemm_model.hpp) that `loom
-  // calibrate` fitted in a profile, carried to this GPU by stated ratios ("gemm_model":
-  // {"from": profile path, "mainloop_efficiency_scale": .., "clock_ratio": .., "source": ..};
-  // both ratios 1 on the GPU that was measured). Instead of `gemm` and `gemm_half_size_flops`.
-  struct GemmModelRef {
-    std::string from, source;
-    double mainloop_efficiency_scale = 1, clock_ratio = 1;
-  };
-  std::optional<GemmModelRef> gemm_model;
+  std::optional<GemmModelRef> gemm_model;  // see GemmModelRef
   std::string source;
 };
 

@@ -125,7 +125,8 @@ TEST_CASE("a deadlocked table is an error from the compiled play too", "[schedul
 TEST_CASE("the cost model prices zb-v the same with and without the search's memo", "[zb_v][planner]") {
   const Job j = job("gpt2-350m", "dgx-a100", 16, 64, 1024);
   const CostModel cm(j.model, j.cluster, j.train);
-  TableMakespans memo;
+  REQUIRE(j.cluster.gemm_model != nullptr);  // its GEMM times kept in the memo too
+  EvalMemo memo;
   int64_t compared = 0, with_bubble = 0;
   for (int64_t pp : {2, 4, 8})
     for (int64_t mb : {1, 2, 4})
@@ -144,6 +145,7 @@ TEST_CASE("the cost model prices zb-v the same with and without the search's mem
           with_bubble += plain.time.bubble_s > 0 ? 1 : 0;  // else the heavy first stage hides the fill
           CHECK(same_bits(kept.time.bubble_s, plain.time.bubble_s));
           CHECK(same_bits(kept.step_time_s, plain.step_time_s));
+          CHECK(same_bits(cm.evaluate(p, links, true, &memo).step_time_s, plain.step_time_s));  // from the memo
           ++compared;
         }
   CHECK(compared > 20);
