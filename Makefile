@@ -31,7 +31,7 @@ CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Release -DLOOM_UNITY_BUILD=ON $(if $(
 # The fuzz tree: clang, libFuzzer, ASan and UBSan on every object; only loom_fuzz is built.
 FUZZ_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DLOOM_FUZZ=ON
 
-.PHONY: deps plan-deps configure plan-configure build fuzz-build plan test gpu-test clean
+.PHONY: deps plan-deps configure plan-configure build fuzz-build plan test gpu-test calibrate clean
 
 # deps installs every package, plan-deps only those `loom` builds with. --force-unsafe-io: dpkg
 # skips its fsync after each unpacked file (what Debian's container images set), a quarter of the
@@ -87,6 +87,11 @@ test: build fuzz-build
 # On a machine with an NVIDIA GPU: CUDA build, GPU kernel tests, loom vs PyTorch GPT-2 throughput.
 gpu-test:
 	executor/cuda/gpu_test.sh
+
+# On a GPU: the profile (GEMMs, attention, bandwidth, launch, optimizer, memory) with the GEMM
+# model fitted to it, then the single-GPU configurations under traces/h100 run against it.
+calibrate:
+	executor/cuda/calibrate_run.sh
 
 clean:
 	rm -rf $(BUILD) $(FUZZ_BUILD)

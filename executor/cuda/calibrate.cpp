@@ -216,6 +216,60 @@ Status bench_gemm(Bench& b, Gemm& gemm) {
   return ok_status();
 }
 
+// ---- GEMMs of the layers the planner prices beyond GPT-2's: tensor-parallel slices of
+// Llama-sized layers (hidden 2048-16384 at tp 1 and 8; GQA's QKV of 1.25 hidden, SwiGLU's
+// gate|up of 2 x 3.5 hidden, the down and output projections) at 2048 and 16384 tokens, and
+// logits over vocabularies of 32000-256000, each as forward, input gradient and fp32 weight
+// gradient, so that the GEMM model (sim/gemm_model.hpp) is fitted over the shapes it prices.
+// A GEMM of more than kMaxSweepFlops is left out: such shapes are in the model's large-shape
+// regime already, and the sweep stays within its minute.
+constexpr double kMaxSweepFlops = 3e13;
+
+struct SweepShape {
+  int64_t T, C, OC;
+};
+
+std::vector<SweepShape> planner_sweep() {
+  std::vector<SweepShape> v;
+  for (int64_t h : {2048, 4096, 8192, 16384})
+    for (int64_t tp : {1, 8})
+      for (int64_t T : {2048, 16384}) {
+        const int64_t ffn = h * 7 / 2;
+        for (auto [C, OC] : {std::pair{h, h * 5 / 4 / tp}, {h / tp, h}, {h, 2 * ffn / tp}, {ffn / tp, h}})
+          if (2.0 * T * C * OC <= kMaxSweepFlops) v.push_back({T, C, OC});
+      }
+  for (int64_t V : {32000, 128256, 256000})
+    for (int64_t tp : {1, 8}) v.push_back({8192, 4096, V / tp});
+  return v;
+}
+
+Status bench_planner_gemms(Bench& b, Gemm& gemm) {
+  const std::vector<SweepShape> shapes = planner_sweep();
+  int64_t in = 0, out = 0, w = 0;
+  for (const auto& s : shapes)
+    in = std::max(in, s.T * s.C), out = std::max(out, s.T * s.OC), w = std::max(w, s.C * s.OC);
+  DevBuf<bf16> x, y, wt;
+  DevBuf<float> dw;
+  LOOM_TRY(x.alloc(in, "sweep x"));
+  LOOM_TRY(y.alloc(std::max(in, out), "sweep y"));
+  LOOM_TRY(wt.alloc(w, "sweep w"));
+  LOOM_TRY(dw.alloc(w, "sweep dw"));
+  LOOM_TRY(fill_random_bf16(x.p, in, 11, 1.0f, b.stream));
+  LOOM_TRY(fill_random_bf16(y.p, std::max(in, out), 12, 1.0f, b.stream));
+  LOOM_TRY(fill_random_bf16(wt.p, w, 13, 0.05f, b.stream));
+  LOOM_TRY(fill_random_f32(dw.p, w, 14, 0.01f, b.stream));
+  GemmTimer add{b, {}};
+  for (const auto& g : b.prof.gemm) add.seen.insert({g.m, g.n, g.k});  // each shape once in the profile
+  for (const auto& [T, C, OC] : shapes) {
+    LOOM_TRY(add("", T, OC, C, [&](int) { return matmul_forward(gemm, y.p, nullptr, x.p, wt.p, nullptr, T, C, OC, b.stream); }));
+    LOOM_TRY(add("", T, C, OC, [&](int) { return matmul_backward_input(gemm, x.p, y.p, wt.p, nullptr, T, C, OC, b.stream); }));
+    LOOM_TRY(add(
+        "", OC, C, T,
+        [&](int) { return matmul_backward_weight(gemm, dw.p, nullptr, nullptr, y.p, x.p, T, C, OC, b.stream); }, true));
+  }
+  return ok_status();
+}
+
 // ---- attention: the executor's kernel, head size 64, causal
 Status bench_attention(Bench& b) {
   const std::vector<std::pair<int64_t, int64_t>> bnh =
@@ -325,7 +379,9 @@ std::string profile_source(const cudaDeviceProp& prop) {
          ". Microbenchmarks only (CUDA events, median of 7 batches of back-to-back launches, random inputs); "
          "no coefficient is fitted to an end-to-end step. gemm: the executor's cuBLASLt calls without "
          "bias/GELU epilogues (forward (T, OC, C), input gradient (T, C, OC), fp32 weight gradient "
-         "(OC, C, T)); GEMM inputs are not rotated (small shapes may run from L2). memory: "
+         "(OC, C, T)) over GPT-2's layers and, beyond them, Llama-sized tensor-parallel slices and "
+         "vocabularies (bench_planner_gemms); GEMM inputs are not rotated (small shapes may run from "
+         "L2). memory: "
          "cudaMemGetInfo deltas (context against cudaMemGetInfo's total, after cudaFree(0)).";
 }
 
@@ -343,6 +399,7 @@ Status run_benchmarks(const CalibrateOptions& o, HardwareProfile& prof, cudaStre
   Bench b{o, prof, stream, timer};
   LOOM_TRY(bench_launch(b));
   LOOM_TRY(bench_gemm(b, *gemm));
+  if (!o.quick) LOOM_TRY(bench_planner_gemms(b, *gemm));
   LOOM_TRY(bench_attention(b));
   LOOM_TRY(bench_memory_bound(b));
   for (int64_t P : o.quick ? std::vector<int64_t>{int64_t{1} << 24} : std::vector<int64_t>{124475904, 1557611200})

@@ -2,8 +2,11 @@
 # One device call: build the CUDA backend, run `loom calibrate` (loom_calibrate: the same code
 # without MPI) and then every end-to-end configuration under traces/h100/*/plan.json with
 # `loom execute --device cuda --report` (loom_cuda_train: the same execute_cuda_command).
-# Results go to $OUT: profile.json, results.tgz (traces/h100/<name>/measured.json + logs), log.
-#   OUT=/tmp/cal executor/cuda/calibrate_run.sh        STEPS (10) BUILD (build-gpu)
+# The GEMM model (sim/gemm_model.hpp) is then fitted to the GEMMs measured, against the zoo
+# cluster of the GPU found (h200-sxm on an H200, else h100-sxm; CLUSTER overrides), and written
+# into the profile. Results go to $OUT: profile.json, results.tgz (traces/h100/<name>/measured.json
+# + logs), log.
+#   OUT=/tmp/cal executor/cuda/calibrate_run.sh        STEPS (10) BUILD (build-gpu) CLUSTER
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build-gpu}
@@ -14,12 +17,17 @@ mkdir -p "$OUT"
 echo "== build ($(date +%T))"
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$NVCC" \
   -DCMAKE_CUDA_ARCHITECTURES=90 >"$OUT/cmake.log" 2>&1 || { tail -40 "$OUT/cmake.log"; exit 1; }
-cmake --build "$BUILD" -j "$(nproc)" --target loom_cuda_train loom_calibrate >"$OUT/build.log" 2>&1 \
+cmake --build "$BUILD" -j "$(nproc)" --target loom loom_cuda_train loom_calibrate >"$OUT/build.log" 2>&1 \
   || { grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader | tee "$OUT/gpu.txt"
 echo "== calibrate ($(date +%T))"
 "$BUILD/loom_calibrate" --out "$OUT/profile.json" 2>"$OUT/calibrate.log"; echo "calibrate rc $?"
 tail -6 "$OUT/calibrate.log"
+if [ -z "${CLUSTER:-}" ]; then
+  case "$(cut -d, -f1 "$OUT/gpu.txt")" in *H200*) CLUSTER=h200-sxm ;; *) CLUSTER=h100-sxm ;; esac
+fi
+"$BUILD/loom" calibrate --fit-gemm "$OUT/profile.json" --cluster "$CLUSTER" --out "$OUT/profile.json"
+echo "gemm model fit ($CLUSTER) rc $?"
 echo "== end-to-end ($(date +%T))"
 mkdir -p "$OUT/h100"
 for d in traces/h100/*/; do
