@@ -181,16 +181,81 @@ void activation_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainS
   }
 }
 
+// DeepSpeed 0.3's stage 3 under full recompute (deepspeed/runtime/zero/stage3.py at v0.3.15,
+// commit 2c2a7f31bcc2): every sub-module's forward hooks fetch its parameters and release them
+// after it ran, also when the checkpointed forward reruns inside the backward; the backward
+// pre-hook then fetches them again. A release is skipped only when the module's parameters are
+// used again within stage3_max_reuse_distance elements of other parameters (_keep_for_later,
+// get_reuse_distance_in_numel over the recorded module trace; default 1e9 in
+// zero/constants.py). After a module's recompute, the trace runs the layer's later modules'
+// recompute, then their backwards (last first), then the module's own backward: its reuse
+// distance is twice the parameters of the modules after it in the layer. So the backward
+// gathers again every module of the layer but those near its end. The modules (per tp rank,
+// in forward order): GPT's two LayerNorms, fused QKV, projection, fc1, fc2, each with a bias;
+// the llama family's RMSNorms, q, k, v (with Qwen2's biases, Qwen3's q/k norms), o, gate, up,
+// down (and Gemma 2's post-norms). Other layers (MoE, latent attention) are not modelled:
+// nothing is gathered twice there.
+constexpr double kZero3MaxReuseDistance = 1e9;  // stage3_max_reuse_distance's default, in elements
+
+// A layer's sub-modules as (elements, tensors) per tp rank, in forward order; empty for the
+// layers not modelled (above).
+std::vector<std::pair<int64_t, int64_t>> zero3_modules(const ModelSpec& m, const Dims& d) {
+  if (m.experts > 0 || m.is_mla()) return {};
+  const int64_t h = d.h, q = d.q / d.t, kv = d.kv / d.t, f = d.f / d.t;
+  if (m.family == Family::gpt)
+    return {{2 * h, 2}, {h * (q + 2 * kv) + q + 2 * kv, 2}, {q * h + h, 2}, {2 * h, 2}, {h * f + f, 2}, {f * h + h, 2}};
+  const int64_t bias = m.qkv_bias ? 1 : 0, hd = m.head_dim();
+  std::vector<std::pair<int64_t, int64_t>> mods = {
+      {h, 1}, {h * q + bias * q, 1 + bias}, {h * kv + bias * kv, 1 + bias}, {h * kv + bias * kv, 1 + bias}};
+  if (m.qk_norm) mods.insert(mods.end(), {{hd, 1}, {hd, 1}});
+  mods.push_back({q * h, 1});
+  if (m.post_norms) mods.push_back({h, 1});
+  mods.insert(mods.end(), {{h, 1}, {h * f, 1}, {h * f, 1}, {f * h, 1}});
+  if (m.post_norms) mods.push_back({h, 1});
+  return mods;
+}
+
+// The modules a full recompute's backward gathers again (their reuse distance too long), and
+// the elements of those it keeps gathered from their recompute to their backward.
+struct Zero3Regather {
+  int64_t params_per_layer = 0, tensors_per_layer = 0, kept_per_layer = 0;
+};
+Zero3Regather zero3_backward_regather(const ModelSpec& m, const ParallelConfig& p, const Dims& d) {
+  if (p.zero < 3 || p.zero3_gather != Zero3Gather::tensor || p.recompute != Recompute::full) return {};
+  const auto mods = zero3_modules(m, d);
+  Zero3Regather r;
+  double after = 0;  // elements of the modules after this one
+  for (auto it = mods.rbegin(); it != mods.rend(); ++it) {
+    if (2 * after >= kZero3MaxReuseDistance) r.params_per_layer += it->first, r.tensors_per_layer += it->second;
+    else r.kept_per_layer += it->first;
+    after += static_cast<double>(it->first);
+  }
+  return r;
+}
+
 // Communication buffers: the SP all-gather output (b s h), the PP send and receive buffers
 // (the tensor each tp rank holds, as Megatron-core sends it: b s h, or its b s h / t sequence
 // shard with SP), ZeRO-3's gathered current and prefetched layer, and under ZeRO-2/3 one
-// layer's full gradient waiting for its reduce-scatter.
-void comm_buffers(std::vector<Buffer>& v, const ParallelConfig& p, const Dims& d) {
+// layer's full gradient waiting for its reduce-scatter. ZeRO-3 gathering tensor by tensor
+// (DeepSpeed 0.3, above) holds instead the module running and the one prefetched beside it
+// (stage3.py's prefetch_next_sub_modules: at most the largest module twice), or the running one
+// and those a full recompute's backward keeps for later, and one module's full gradient.
+void comm_buffers(std::vector<Buffer>& v, const ModelSpec& m, const ParallelConfig& p, const Dims& d) {
   const int64_t largest = std::max({d.layer_rank, d.embed_rank, d.out_rank});
   if (p.sp) add(v, "sp all-gather", MemCategory::comm_buffers, Lifetime::transient, d.e * d.T * d.h);
   if (p.pp > 1) add(v, "pp send and receive", MemCategory::comm_buffers, Lifetime::transient, 2 * d.e * d.T * d.h / d.rep);
-  if (p.zero >= 3 && dp_cp(p) > 1) add(v, "zero-3 gathered layers", MemCategory::comm_buffers, Lifetime::transient, 2 * d.e * largest);
-  if (p.zero >= 2 && dp_cp(p) > 1) add(v, "zero-2/3 layer gradient", MemCategory::comm_buffers, Lifetime::transient, d.g * largest);
+  if (p.zero < 2 || dp_cp(p) <= 1) return;
+  const auto mods = zero3_modules(m, d);
+  if (p.zero >= 3 && p.zero3_gather == Zero3Gather::tensor && !mods.empty()) {
+    int64_t module = std::max(d.embed_rank, d.out_rank);
+    for (const auto& [elements, tensors] : mods) module = std::max(module, elements);
+    const int64_t kept = zero3_backward_regather(m, p, d).kept_per_layer;
+    add(v, "zero-3 gathered modules", MemCategory::comm_buffers, Lifetime::transient, d.e * (module + std::max(module, kept)));
+    add(v, "zero-3 module gradient", MemCategory::comm_buffers, Lifetime::transient, d.g * module);
+    return;
+  }
+  if (p.zero >= 3) add(v, "zero-3 gathered layers", MemCategory::comm_buffers, Lifetime::transient, 2 * d.e * largest);
+  add(v, "zero-2/3 layer gradient", MemCategory::comm_buffers, Lifetime::transient, d.g * largest);
 }
 
 // Backward scratch, reused layer after layer: gradients of the layer input, of both norm
@@ -475,49 +540,6 @@ int64_t param_tensors_per_layer(const ModelSpec& m) {
   return 9 + (m.qkv_bias ? 3 : 0) + (m.qk_norm ? 2 : 0) + (m.post_norms ? 2 : 0);
 }
 
-// DeepSpeed 0.3's stage 3 under full recompute (deepspeed/runtime/zero/stage3.py at v0.3.15,
-// commit 2c2a7f31bcc2): every sub-module's forward hooks fetch its parameters and release them
-// after it ran, also when the checkpointed forward reruns inside the backward; the backward
-// pre-hook then fetches them again. A release is skipped only when the module's parameters are
-// used again within stage3_max_reuse_distance elements of other parameters (_keep_for_later,
-// get_reuse_distance_in_numel over the recorded module trace; default 1e9 in
-// zero/constants.py). After a module's recompute, the trace runs the layer's later modules'
-// recompute, then their backwards (last first), then the module's own backward: its reuse
-// distance is twice the parameters of the modules after it in the layer. So the backward
-// gathers again every module of the layer but those near its end. The modules (per tp rank,
-// in forward order): GPT's two LayerNorms, fused QKV, projection, fc1, fc2, each with a bias;
-// the llama family's RMSNorms, q, k, v (with Qwen2's biases, Qwen3's q/k norms), o, gate, up,
-// down (and Gemma 2's post-norms). Other layers (MoE, latent attention) are not modelled:
-// nothing is gathered twice there.
-struct Zero3Regather {
-  int64_t params_per_layer = 0, tensors_per_layer = 0;
-};
-Zero3Regather zero3_backward_regather(const ModelSpec& m, const ParallelConfig& p, const Dims& d) {
-  constexpr double kMaxReuseDistance = 1e9;  // stage3_max_reuse_distance's default, in elements
-  if (p.zero < 3 || p.zero3_gather != Zero3Gather::tensor || p.recompute != Recompute::full) return {};
-  if (m.experts > 0 || m.is_mla()) return {};
-  const int64_t h = d.h, q = d.q / d.t, kv = d.kv / d.t, f = d.f / d.t;
-  std::vector<std::pair<int64_t, int64_t>> mods;  // (elements, tensors)
-  if (m.family == Family::gpt) {
-    mods = {{2 * h, 2}, {h * (q + 2 * kv) + q + 2 * kv, 2}, {q * h + h, 2}, {2 * h, 2}, {h * f + f, 2}, {f * h + h, 2}};
-  } else {
-    const int64_t bias = m.qkv_bias ? 1 : 0, hd = m.head_dim();
-    mods = {{h, 1}, {h * q + bias * q, 1 + bias}, {h * kv + bias * kv, 1 + bias}, {h * kv + bias * kv, 1 + bias}};
-    if (m.qk_norm) mods.insert(mods.end(), {{hd, 1}, {hd, 1}});
-    mods.push_back({q * h, 1});
-    if (m.post_norms) mods.push_back({h, 1});
-    mods.insert(mods.end(), {{h, 1}, {h * f, 1}, {h * f, 1}, {f * h, 1}});
-    if (m.post_norms) mods.push_back({h, 1});
-  }
-  Zero3Regather r;
-  double after = 0;  // elements of the modules after this one
-  for (auto it = mods.rbegin(); it != mods.rend(); ++it) {
-    if (2 * after >= kMaxReuseDistance) r.params_per_layer += it->first, r.tensors_per_layer += it->second;
-    after += static_cast<double>(it->first);
-  }
-  return r;
-}
-
 // Data parallel (ZeRO paper, Rajbhandari et al. 2020, Sec. 7): G gradient bytes (after
 // compression) and W weight bytes of this rank's unsharded parameters. Stage 0: all-reduce of
 // G once per step, in buckets (Megatron-core's 40e6-element default) per model chunk. 1: a
@@ -733,7 +755,7 @@ void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, co
   add(w.buffers, "gradients", MemCategory::grads, Lifetime::step, state.grads);
   add(w.buffers, "optimizer state", MemCategory::optimizer, Lifetime::step, state.optimizer);
   activation_buffers(w.buffers, m, tr, p, d, w.in_flight, stage);
-  comm_buffers(w.buffers, p, d);
+  comm_buffers(w.buffers, m, p, d);
   cp_buffers(w.buffers, m, tr, p);  // context parallelism's KV ring
   moe_buffers(w.buffers, d.moe, p);
   const OffloadShape offload = offload_shape(m, tr, p, d, w.optimizer_params);

@@ -122,6 +122,30 @@ TEST_CASE("ZeRO-3 per tensor under full recompute: a small model's layer stays w
   CHECK(build_stage_work(j.model, j.cluster, j.train, p, 0).find(Group::dp, kZero3RegatherMessage) == nullptr);
 }
 
+TEST_CASE("ZeRO-3 per tensor holds modules, not layers: the running one and the one prefetched, one gradient") {
+  // Megatron's 530B (h 20480) on 640 A100s, as Narayanan et al. 2021 Table 2 ran it with
+  // DeepSpeed 0.3: the largest module is fc1, 4h^2 weights and 4h biases (the 51200 x h
+  // embedding is smaller); fc2, kept from its recompute to its backward, is smaller still. So
+  // the gathered buffers are two fc1s and the gradient one, bf16, where FSDP's layer-wise gathers
+  // hold two whole layers (12h^2 + 13h each) and one layer's gradient.
+  const test::Job j = test::job("megatron-529.6b", "dgx-a100", 640, 2560, 2048);
+  ParallelConfig p;
+  p.dp = 640, p.zero = 3, p.micro_batch = 4, p.recompute = Recompute::full, p.zero3_gather = Zero3Gather::tensor;
+  auto bytes_of = [&](const ParallelConfig& q, const char* name) {
+    for (const Buffer& b : build_stage_work(j.model, j.cluster, j.train, q, 0).buffers)
+      if (std::string(b.name) == name) return b.bytes;
+    return int64_t{-1};
+  };
+  const int64_t h = 20480, fc1 = 4 * h * h + 4 * h, layer = 12 * h * h + 13 * h;
+  CHECK(bytes_of(p, "zero-3 gathered modules") == 2 * 2 * fc1);
+  CHECK(bytes_of(p, "zero-3 module gradient") == 2 * fc1);
+  CHECK(bytes_of(p, "zero-3 gathered layers") == -1);
+  ParallelConfig fsdp = p;
+  fsdp.zero3_gather = Zero3Gather::layer;
+  CHECK(bytes_of(fsdp, "zero-3 gathered layers") == 2 * 2 * layer);
+  CHECK(bytes_of(fsdp, "zero-2/3 layer gradient") == 2 * layer);
+}
+
 TEST_CASE("ZeRO-3 per tensor: the simulator plays the blocking gathers as the cost model prices them") {
   const std::string plan = "zero3_tensor_plan.json";
   const LoomRun predict = run_loom(
