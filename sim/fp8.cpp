@@ -120,11 +120,11 @@ Fp8TpGathers fp8_sp_gathers(int64_t layers, int64_t mlp_free, int64_t recomputed
 
 // Micikevicius et al. 2022, Sec. 4: FP8 GEMMs read FP8 operands and write a higher-precision
 // output (bf16 here), so the roofline's bytes are M K + K N (1 byte) and 2 M N.
-double fp8_gemm_s(const OpTimer& t, double M, double N, double K, bool accumulate_fp32) {
+double fp8_gemm_s(const OpTimer& t, double M, double N, double K, double out_bytes) {
   const double flops = 2 * M * N * K, bytes = M * K + K * N + 2 * M * N;
-  if (t.gemm_model) return t.model_s(M, N, K, accumulate_fp32 ? 8 : 2, 1, t.peak_flops_fp8);
-  if (t.prof) {
-    const double bf16_s = t.prof->gemm_s(M, N, K) - t.launch_s;  // the profile's time holds one launch
+  if (t.gemm_model) return t.model_s(M, N, K, out_bytes, 1, t.peak_flops_fp8);
+  if (t.prof) {  // the profile's time holds one launch
+    const double bf16_s = std::max(0.0, t.prof->gemm_s(M, N, K, out_bytes) - t.gemm_launch_s(M, N, K, out_bytes));
     return std::max(bf16_s * t.peak_flops / t.peak_flops_fp8, t.prof->memory_s(bytes)) + t.launch_s;
   }
   const double eff = t.gemm_eff * flops / (flops + t.gemm_half);
@@ -137,6 +137,6 @@ double fp8_gemm_bwd_s(const OpTimer& t, double M, double N, double K) {
   return fp8_gemm_s(t, M, K, N) + fp8_gemm_wgrad_s(t, M, N, K);
 }
 
-double fp8_gemm_wgrad_s(const OpTimer& t, double M, double N, double K) { return fp8_gemm_s(t, N, K, M, true); }
+double fp8_gemm_wgrad_s(const OpTimer& t, double M, double N, double K) { return fp8_gemm_s(t, N, K, M, t.wgrad_out); }
 
 }  // namespace loom

@@ -14,6 +14,9 @@ namespace loom {
 namespace {
 
 // What a GEMM's operands are: bytes per output and input element, and the peak they run at.
+// A count as int64 for GemmChoice, capped where a double holds more than int64 can.
+int64_t saturate(double x) { return x >= 9.2e18 ? INT64_MAX : static_cast<int64_t>(x); }
+
 struct Operands {
   double out_bytes, in_bytes, peak_flops;
 };
@@ -50,7 +53,7 @@ Status check_samples(const std::vector<GemmSample>& v, const GemmHardware& hw) {
   for (size_t i = 0; i < v.size(); ++i) {
     const auto& x = v[i];
     if (!(x.m >= 1 && x.n >= 1 && x.k >= 1 && x.seconds > 0 && x.out_bytes > 0))
-      return Error{"gemm model: sample " + std::to_string(i) + " needs m, n, k >= 1 and seconds > 0"};
+      return Error{"gemm/" + std::to_string(i) + ": needs m, n, k >= 1 and seconds > 0"};
   }
   return ok_status();
 }
@@ -68,21 +71,23 @@ GemmChoice gemm_choice(const GemmModel& g, double M, double N, double K, double 
   const double byte_s = 1 / (g.hw.hbm_bytes_per_s * g.c.memory_efficiency);
   const double bytes = o.in_bytes * (M * K + K * N) + o.out_bytes * M * N;
   const double partial_bytes = 8.0 * M * N;  // per split-K part: fp32 written, then read by the reduction
-  const auto ceil_i = [](double a, double b) { return static_cast<int64_t>(std::ceil(a / b)); };
-  const int64_t k_steps = ceil_i(K, kGemmKStep);
+  // Counts in double: exact for the integers a real shape gives (below 2^53), and no int64
+  // overflow for the largest dimensions a profile may hold (2^40).
+  const double k_steps = std::ceil(K / kGemmKStep), sm_d = static_cast<double>(sms);
   GemmChoice best;
   best.seconds = std::numeric_limits<double>::infinity();
   for (const auto& [tm, tn] : kGemmTiles) {
-    const int64_t tiles = ceil_i(M, static_cast<double>(tm)) * ceil_i(N, static_cast<double>(tn));
+    const double tiles = std::ceil(M / static_cast<double>(tm)) * std::ceil(N / static_cast<double>(tn));
     const double tile_step_s = static_cast<double>(tm * tn) * step_flops_s;
     for (const int64_t s : kGemmSplitK) {
       if (s > 1 && K < static_cast<double>(2 * kGemmKStep * s)) break;  // each part keeps two K steps
-      const int64_t waves = (tiles * s + sms - 1) / sms;
-      const int64_t steps = (k_steps + s - 1) / s;
-      const double compute_s = static_cast<double>(waves) * (g.c.tile_overhead_s + static_cast<double>(steps) * tile_step_s);
-      const double memory_s = (bytes + (s > 1 ? partial_bytes * static_cast<double>(s) : 0.0)) * byte_s;
+      const double parts = static_cast<double>(s);
+      const double waves = std::ceil(tiles * parts / sm_d);
+      const double steps = std::ceil(k_steps / parts);
+      const double compute_s = waves * (g.c.tile_overhead_s + steps * tile_step_s);
+      const double memory_s = (bytes + (s > 1 ? partial_bytes * parts : 0.0)) * byte_s;
       const double t = g.c.launch_s + std::max(compute_s, memory_s);
-      if (t < best.seconds) best = {tm, tn, s, tiles * s, waves, t};
+      if (t < best.seconds) best = {tm, tn, s, saturate(tiles * parts), saturate(waves), t};
     }
   }
   return best;

@@ -81,6 +81,8 @@ inline constexpr int64_t kGemmKStep = 64;
 // GEMM times by their exact inputs, for one search thread (never shared between threads): a
 // planner prices the same layer shapes in thousands of configurations, and the model's choice
 // of tile and split is the cost model's hottest loop. The same bits out as GemmModel::seconds_at.
+// Keyed by the model's address: a memo must not outlive the models it saw (a search's memo
+// lives inside the search, its clusters outside).
 class GemmMemo {
  public:
   double seconds(const GemmModel& g, double M, double N, double K, double out_bytes, double in_bytes,

@@ -23,6 +23,9 @@ struct OpTimer {
   double peak_flops_fp8 = 0;  // FP8 GEMMs (Op::fp8, sim/fp8.hpp)
   const GemmModel* gemm_model = nullptr;  // bf16 GEMMs without a profile (sim/gemm_model.hpp)
   GemmMemo* gemm_memo = nullptr;          // a search thread's memo of gemm_model's times, or none
+  // Bytes per output element of a weight-gradient GEMM: accumulated into the gradient buffer in
+  // the GEMM (read and written: 8 in fp32, 4 in bf16), or written in bf16 for a separate add.
+  double wgrad_out = 8;
 
   static OpTimer of(const ClusterSpec& c, const TrainSpec& t) {
     const bool bf16 = t.dtype == Dtype::bf16;
@@ -38,17 +41,18 @@ struct OpTimer {
                    prof};
     o.peak_flops_fp8 = c.gpu.peak_flops_fp8;
     if (bf16 && !prof) o.gemm_model = c.gemm_model.get();
+    o.wgrad_out = t.grad_accumulation == GradAccumulation::separate ? 2 : t.grad_dtype == Dtype::fp32 ? 8 : 4;
     return o;
   }
 
   // Matrix work: the profile's measured shape or its fitted model, the cluster's GEMM model,
   // or else peak x an efficiency that grows with size: eff(F) = gemm * F / (F + F_half) (a
   // saturating curve; F_half from the cluster file), never faster than streaming its operands
-  // from HBM (roofline), plus one launch. `accumulate_fp32`: a weight gradient added into an
-  // fp32 buffer (its output read and written in fp32).
-  double gemm(double M, double N, double K, bool accumulate_fp32 = false) const {
-    if (prof) return prof->gemm_s(M, N, K, accumulate_fp32);
-    if (gemm_model) return model_s(M, N, K, accumulate_fp32 ? 8 : 2, 2, gemm_model->hw.peak_flops);
+  // from HBM (roofline), plus one launch. `out_bytes`: per output element (wgrad_out for a
+  // weight gradient).
+  double gemm(double M, double N, double K, double out_bytes = 2) const {
+    if (prof) return prof->gemm_s(M, N, K, out_bytes);
+    if (gemm_model) return model_s(M, N, K, out_bytes, 2, gemm_model->hw.peak_flops);
     const double flops = 2 * M * N * K;
     const double eff = gemm_eff * flops / (flops + gemm_half);
     const double bytes = e * (M * K + K * N + M * N);
@@ -59,27 +63,42 @@ struct OpTimer {
     return gemm_memo ? gemm_memo->seconds(*gemm_model, M, N, K, out_bytes, in_bytes, peak)
                      : gemm_model->seconds_at(M, N, K, out_bytes, in_bytes, peak);
   }
+  // The launch inside gemm(M, N, K, out_bytes)'s time: the model's where a model priced it,
+  // else the measured or documented one (launch_s).
+  double gemm_launch_s(double M, double N, double K, double out_bytes = 2) const {
+    if (prof) return prof->measured(M, N, K, out_bytes) || !prof->gemm_model.valid() ? launch_s : prof->gemm_model.c.launch_s;
+    return gemm_model ? gemm_model->c.launch_s : launch_s;
+  }
+  // The launch inside an FP8 GEMM's time (sim/fp8.hpp).
+  double fp8_launch_s() const { return gemm_model ? gemm_model->c.launch_s : launch_s; }
   // Backward of out (M, N) = in (M, K) W: the input gradient (M, K, N) and the weight
-  // gradient (N, K, M); without a profile, twice the forward.
+  // gradient (N, K, M); without a profile or model, twice the forward.
   double gemm_bwd(double M, double N, double K) const {
-    if (prof || gemm_model) return gemm(M, K, N) + gemm(N, K, M, true);
+    if (prof || gemm_model) return gemm(M, K, N) + gemm(N, K, M, wgrad_out);
     return 2 * gemm(M, N, K);
+  }
+  double gemm_bwd_launch_s(double M, double N, double K) const {
+    if (prof || gemm_model) return gemm_launch_s(M, K, N) + gemm_launch_s(N, K, M, wgrad_out);
+    return 2 * launch_s;
   }
   // The weight-gradient half of gemm_bwd alone: (N, K, M), of the same FLOPs as the forward.
   double gemm_wgrad(double M, double N, double K) const {
-    if (prof || gemm_model) return gemm(N, K, M, true);
+    if (prof || gemm_model) return gemm(N, K, M, wgrad_out);
     return gemm(M, N, K);
   }
   // The weight-gradient half of a gemm_bwd op's call, FP8 or not (of all its `batch` products).
   double wgrad(const Op& o) const {
-    return grouped(o, o.fp8 ? fp8_gemm_wgrad_s(*this, o.m, o.n, o.k) : gemm_wgrad(o.m, o.n, o.k), 1);
+    if (o.fp8) return grouped(o, fp8_gemm_wgrad_s(*this, o.m, o.n, o.k), fp8_launch_s());
+    const double launch = prof || gemm_model ? gemm_launch_s(o.n, o.k, o.m, wgrad_out) : launch_s;
+    return grouped(o, gemm_wgrad(o.m, o.n, o.k), launch);
   }
   // A gemm or gemm_bwd op of `batch` > 1 is a grouped GEMM (MoE experts, Megatron's
   // --moe-grouped-gemm): `batch` products of their own (m, n, k) in one launch per GEMM, so
-  // each product's time less its launch, `batch` times, plus the launches.
-  double grouped(const Op& o, double one_s, double launches) const {
+  // each product's time less the launches inside one_s (`launches_s`), `batch` times, plus
+  // the launches.
+  double grouped(const Op& o, double one_s, double launches_s) const {
     if (o.batch <= 1) return one_s;
-    return (one_s - launches * launch_s) * o.batch + launches * launch_s;
+    return std::max(0.0, one_s - launches_s) * o.batch + launches_s;
   }
   // Memory-bound kernels: bytes moved at HBM bandwidth x efficiency, plus one launch.
   double memory(double bytes) const {
@@ -107,11 +126,19 @@ struct OpTimer {
   double op(const Op& o) const {
     double t = 0;
     switch (o.kind) {
-      case OpKind::gemm: t = grouped(o, o.fp8 ? fp8_gemm_s(*this, o.m, o.n, o.k) : gemm(o.m, o.n, o.k), 1); break;
-      case OpKind::gemm_bwd:
-        t = grouped(o, o.fp8 ? fp8_gemm_bwd_s(*this, o.m, o.n, o.k) : gemm_bwd(o.m, o.n, o.k), 2);
+      case OpKind::gemm:
+        t = o.fp8 ? grouped(o, fp8_gemm_s(*this, o.m, o.n, o.k), fp8_launch_s())
+                  : grouped(o, gemm(o.m, o.n, o.k), gemm_launch_s(o.m, o.n, o.k));
         break;
-      case OpKind::batched_gemm: t = (gemm(o.m, o.n, o.k) - launch_s) * o.batch + launch_s; break;
+      case OpKind::gemm_bwd:
+        t = o.fp8 ? grouped(o, fp8_gemm_bwd_s(*this, o.m, o.n, o.k), 2 * fp8_launch_s())
+                  : grouped(o, gemm_bwd(o.m, o.n, o.k), gemm_bwd_launch_s(o.m, o.n, o.k));
+        break;
+      case OpKind::batched_gemm: {  // `batch` products in one launch (unfused attention's scores)
+        const double launch = gemm_launch_s(o.m, o.n, o.k);
+        t = std::max(0.0, gemm(o.m, o.n, o.k) - launch) * o.batch + launch;
+        break;
+      }
       case OpKind::attention_fwd: t = attention_fwd(o.m, o.n, o.k); break;
       case OpKind::attention_bwd: t = attention_bwd(o.m, o.n, o.k); break;
       case OpKind::memory: t = memory(o.bytes); break;

@@ -46,11 +46,11 @@ constexpr double kMaxSeconds = 1e6;
 // writes them), so a reader sees the curve in order.
 void check_tables(ObjectReader& r, const HardwareProfile& p) {
   auto unique_gemms = [&r](const std::vector<ProfileGemm>& v, const std::string& key) {
-    std::set<std::tuple<std::string, int64_t, int64_t, int64_t>> seen;
+    std::set<std::tuple<std::string, int64_t, int64_t, int64_t, bool>> seen;
     for (size_t i = 0; i < v.size() && !r.failed(); ++i)
-      if (!seen.insert({v[i].kind, v[i].m, v[i].n, v[i].k}).second)
+      if (!seen.insert({v[i].kind, v[i].m, v[i].n, v[i].k, v[i].accumulate_fp32}).second)
         r.fail(key + "/" + std::to_string(i), "the same GEMM shape" + std::string(v[i].kind.empty() ? "" : " and kind") +
-                                                  " appears twice");
+                                                  " (and accumulate_fp32) appears twice");
   };
   unique_gemms(p.gemm, "gemm");
   unique_gemms(p.gemm_variants, "gemm_variants");
@@ -100,10 +100,21 @@ double attention_lookup(const std::vector<ProfileAttention>& pts, double bh, dou
 
 }  // namespace
 
-double HardwareProfile::gemm_s(double M, double N, double K, bool accumulate_fp32) const {
-  for (const auto& g : gemm)
-    if (g.m == M && g.n == N && g.k == K && g.accumulate_fp32 == accumulate_fp32) return g.seconds;
-  if (gemm_model.valid()) return gemm_model.seconds(M, N, K, accumulate_fp32 ? 8 : 2);
+static const ProfileGemm* exact_row(const std::vector<ProfileGemm>& rows, double M, double N, double K, double out_bytes) {
+  const bool acc = out_bytes == 8;
+  if (!acc && out_bytes != 2) return nullptr;
+  for (const auto& g : rows)
+    if (g.m == M && g.n == N && g.k == K && g.accumulate_fp32 == acc) return &g;
+  return nullptr;
+}
+
+bool HardwareProfile::measured(double M, double N, double K, double out_bytes) const {
+  return exact_row(gemm, M, N, K, out_bytes) != nullptr;
+}
+
+double HardwareProfile::gemm_s(double M, double N, double K, double out_bytes) const {
+  if (const ProfileGemm* g = exact_row(gemm, M, N, K, out_bytes)) return g->seconds;
+  if (gemm_model.valid()) return gemm_model.seconds(M, N, K, out_bytes);
   const ProfileGemm* nearest = nullptr;
   double best = std::numeric_limits<double>::infinity();
   for (const auto& g : gemm) {

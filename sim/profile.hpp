@@ -37,7 +37,7 @@
 //   }
 //
 // Lookups (what the cost model does with the numbers):
-//  - gemm_s(M, N, K, accumulate_fp32): the measured time of that exact shape (and output);
+//  - gemm_s(M, N, K, out_bytes): the measured time of that exact shape (and output);
 //    any other shape from the fitted gemm_model when the profile has one, else the efficiency
 //    (FLOP/s) of the NEAREST measured shape, distance |ln M/M'| + |ln N/N'| + |ln K/K'|, i.e.
 //    time = t' x (M N K)/(M' N' K'). Held out by hidden size, the model predicts the measured
@@ -98,7 +98,10 @@ struct HardwareProfile {
   ProfileMemory memory;
   GemmModel gemm_model;  // fitted to `gemm`; !valid() when the profile has none
 
-  double gemm_s(double M, double N, double K, bool accumulate_fp32 = false) const;
+  // out_bytes: 2 for a bf16 output; 8 for an fp32 accumulation (the measured rows marked
+  // accumulate_fp32), any other for the model only.
+  double gemm_s(double M, double N, double K, double out_bytes = 2) const;
+  bool measured(double M, double N, double K, double out_bytes = 2) const;  // an exact row
   // The measured GEMMs as the model's samples.
   std::vector<GemmSample> gemm_samples() const;
   double attention_fwd_s(double bh, double seq, double head_dim) const;

@@ -333,7 +333,6 @@ static void check_nccl_channels(ObjectReader& r, const ClusterSpec& c) {
                                                     "; got " + std::to_string(f->nccl_channels) + ")");
 }
 
-// The host side of a node (offload, sim/offload.hpp): optional; all three numbers when given.
 // efficiency.gemm_model: which profile's fitted GEMM model, carried by which ratios.
 static void read_gemm_model_ref(ObjectReader& parent, GemmModelRef& g) {
   const auto* o = parent.object("gemm_model");
@@ -346,17 +345,22 @@ static void read_gemm_model_ref(ObjectReader& parent, GemmModelRef& g) {
   r.reject_unknown_keys();
 }
 
-// Loads the profile efficiency.gemm_model names and carries its model to this cluster's GPU.
-static Status resolve_gemm_model(ClusterSpec& c, const std::string& where) {
+// Loads the profile efficiency.gemm_model names and carries its model to this cluster's GPU;
+// an error names its field from the cluster's root (`pointer`).
+static Status resolve_gemm_model(ClusterSpec& c, const std::string& where, const std::string& pointer) {
   const auto& ref = *c.efficiency.gemm_model;
+  if (c.gpu.sm_count <= 0)
+    return make_error(where, pointer + "/gpu/sm_count: is required with efficiency.gemm_model (the model prices tiles per SM)");
+  const std::string from = pointer + "/efficiency/gemm_model/from: ";
   const bool from_file = where.rfind("zoo:", 0) != 0;
   const std::string dir = from_file ? std::filesystem::path(where).parent_path().string() : "";
   auto prof = load_profile(ref.from, dir);
-  if (!prof) return prof.error();
+  if (!prof) return make_error(where, from + prof.error().message);
   const GemmModel& m = (*prof)->gemm_model;
-  if (!m.valid()) return Error{ref.from + ": the profile has no gemm_model (run `loom calibrate --fit-gemm " + ref.from + "`)"};
+  if (!m.valid())
+    return make_error(where, from + ref.from + ": the profile has no gemm_model (run `loom calibrate --fit-gemm " +
+                                 ref.from + " --cluster NAME`)");
   const GemmHardware to{c.gpu.peak_flops_bf16, c.gpu.sm_count, c.gpu.hbm_bytes_per_s};
-  if (to.sm_count <= 0) return Error{"needs gpu/sm_count: the model prices tiles per SM"};
   c.gemm_model = std::make_shared<const GemmModel>(
       scale_gemm_model(m, to, ref.mainloop_efficiency_scale, ref.clock_ratio));
   c.gemm_model_measured = ref.mainloop_efficiency_scale == 1 && ref.clock_ratio == 1 &&
@@ -365,6 +369,7 @@ static Status resolve_gemm_model(ClusterSpec& c, const std::string& where) {
   return ok_status();
 }
 
+// The host side of a node (offload, sim/offload.hpp): optional; all three numbers when given.
 static void read_host(ObjectReader& parent, HostSpec& h) {
   auto* j = parent.opt_object("host");
   if (!j) return;
@@ -447,9 +452,8 @@ Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::stri
     if (!prof) return make_error(where, pointer + "/profile: " + prof.error().message);
     c.calibration = *prof;
   }
-  if (c.efficiency.gemm_model) {
-    if (auto s = resolve_gemm_model(c, where); !s) return make_error(where, pointer + "/efficiency/gemm_model/from: " + s.error().message);
-  }
+  if (c.efficiency.gemm_model)
+    if (auto s = resolve_gemm_model(c, where, pointer); !s) return s.error();
   if (c.gpus > limits::kGpus)
     return make_error(where, pointer + "/gpus: must be <= " + std::to_string(limits::kGpus) + " (got " +
                                  std::to_string(c.gpus) + " = nodes x gpus_per_node; set gpus or nodes)");

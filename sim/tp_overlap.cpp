@@ -96,7 +96,11 @@ TpHiddenTime tp_overlap_hidden_s(const StageWork& w, const GroupLinks& tp, const
     // Forward GEMMs are counted in tp chunks (chunk_overlapped_gemms), backward ones whole.
     const double chunks = o.pass == Pass::backward ? 1 : t;
     const double layers = static_cast<double>(o.count) / chunks;
-    const double comm_s = static_cast<double>(x->halves) * half_s[pass], gemm_s = chunks * op.op(o);
+    // Beside a backward pipeline (the projection's and fc2's output-gradient gathers) runs the
+    // data gradient only; a bulk collective beside the whole GEMM.
+    const double whole_s = chunks * op.op(o);
+    const double gemm_s = o.pass == Pass::backward && !x->bulk && o.kind == OpKind::gemm_bwd ? whole_s - o.scale * op.wgrad(o) : whole_s;
+    const double comm_s = static_cast<double>(x->halves) * half_s[pass];
     // A pipeline leaves its first (or last) chunk's transfer exposed; the bulk method none.
     const double exposed = x->bulk ? 0 : 1 / t;
     const double hidden = layers * (1 - exposed) * std::min(comm_s, gemm_s);

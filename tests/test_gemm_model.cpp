@@ -7,6 +7,8 @@
 
 #include "sim/gemm_model.hpp"
 #include "sim/json_reader.hpp"
+#include "sim/op_timer.hpp"
+#include "sim/stage_work.hpp"
 #include "sim/profile.hpp"
 #include "sim/spec_json.hpp"
 #include "sim/zoo.hpp"
@@ -99,7 +101,7 @@ TEST_CASE("gemm model: the fit recovers the coefficients that made its samples",
   v[3].seconds = 0;
   auto bad = fit_gemm_model(v, truth.hw);
   REQUIRE_FALSE(bad);
-  CHECK(bad.error().message == "gemm model: sample 3 needs m, n, k >= 1 and seconds > 0");
+  CHECK(bad.error().message == "gemm/3: needs m, n, k >= 1 and seconds > 0");
 }
 
 TEST_CASE("gemm model: the H100 profile's model is the fit of its 379 GEMMs, and it predicts a held-out hidden size "
@@ -139,8 +141,15 @@ TEST_CASE("gemm model: the H100 profile's model is the fit of its 379 GEMMs, and
   CHECK(mean_abs_error(model_err) < 0.12);
   CHECK(mean_abs_error(model_err) < mean_abs_error(nearest_err));
   // The profile's lookup: a measured shape is its measurement, any other shape the model.
-  for (const auto& g : p.gemm)
-    if (g.m == 32768 && g.n == 3072 && g.k == 1024) CHECK(p.gemm_s(32768, 3072, 1024) == g.seconds);
+  const ProfileGemm& fwd = p.gemm[0];  // 256 x 2304 x 768, a forward GEMM
+  const ProfileGemm& acc = p.gemm[2];  // 2304 x 768 x 256, its weight gradient (fp32 accumulated)
+  REQUIRE_FALSE(fwd.accumulate_fp32);
+  REQUIRE(acc.accumulate_fp32);
+  CHECK(p.gemm_s(fwd.m, fwd.n, fwd.k) == fwd.seconds);
+  CHECK(p.gemm_s(acc.m, acc.n, acc.k, 8) == acc.seconds);
+  CHECK(p.measured(acc.m, acc.n, acc.k, 8));
+  CHECK_FALSE(p.measured(acc.m, acc.n, acc.k, 2));  // measured only as an accumulation
+  CHECK(p.gemm_s(acc.m, acc.n, acc.k, 2) == p.gemm_model.seconds(acc.m, acc.n, acc.k, 2));
   CHECK(p.gemm_s(8192, 7168, 8192) == p.gemm_model.seconds(8192, 7168, 8192, 2));
 }
 
@@ -168,6 +177,38 @@ TEST_CASE("gemm model: clusters carry the H100 model by their stated ratios", "[
   CHECK(j["efficiency"]["gemm_model"]["clock_ratio"] == 0.7705);
 }
 
+TEST_CASE("gemm model: batched and grouped GEMMs take off the launch the model put in", "[gemm_model]") {
+  // Unfused attention's score GEMMs (one launch for the batch) and MoE's grouped experts: each
+  // product's time less the model's launch, times the batch, plus that launch once; never less
+  // than the launch, whatever the cluster's kernel_launch_s.
+  const ClusterSpec c = *load_cluster("dgx-h100", "--cluster");
+  TrainSpec t;
+  const OpTimer op = OpTimer::of(c, t);
+  REQUIRE(op.gemm_model != nullptr);
+  const double L = op.gemm_model->c.launch_s;
+  REQUIRE(L != op.launch_s);
+  for (const int64_t m : {64, 2048}) {
+    Op b = gemm("scores", Pass::forward, m, m, 64, 1);
+    b.kind = OpKind::batched_gemm;
+    b.batch = 96;
+    const double one = op.gemm_model->seconds(double(m), double(m), 64);
+    CHECK(op.op(b) == Approx((one - L) * 96 + L).epsilon(1e-12));
+    CHECK(op.op(b) > L);
+    Op g = gemm("experts", Pass::forward, m, 1024, 4096, 1);
+    g.batch = 8;
+    CHECK(op.op(g) == Approx((op.gemm_model->seconds(m, 1024, 4096) - L) * 8 + L).epsilon(1e-12));
+  }
+  // The weight gradient's output: accumulated in fp32 (8 bytes read and written), in bf16 (4),
+  // or written for a separate add (2).
+  t.grad_dtype = Dtype::fp32;
+  CHECK(OpTimer::of(c, t).wgrad_out == 8);
+  t.grad_dtype = Dtype::bf16;
+  CHECK(OpTimer::of(c, t).wgrad_out == 4);
+  t.grad_accumulation = GradAccumulation::separate;
+  CHECK(OpTimer::of(c, t).wgrad_out == 2);
+  CHECK(OpTimer::of(c, t).gemm_wgrad(8192, 4096, 4096) == op.gemm_model->seconds(4096, 4096, 8192, 2));
+}
+
 TEST_CASE("gemm model: bad input is one line naming the field, exit 2", "[gemm_model][cli]") {
   auto base = nlohmann::json::parse(slurp(std::string(LOOM_SOURCE_DIR) + "/models/clusters/dgx-a100.json"));
   auto with = [&](const nlohmann::json& ref) {
@@ -189,8 +230,13 @@ TEST_CASE("gemm model: bad input is one line naming the field, exit 2", "[gemm_m
   auto missing = with({{"from", "no/such.json"}, {"mainloop_efficiency_scale", 1.0}, {"clock_ratio", 1.0},
                        {"source", "s"}});
   REQUIRE_FALSE(missing);
-  CHECK(missing.error().message.find("efficiency/gemm_model/from: no/such.json: no such profile file") !=
-        std::string::npos);
+  CHECK(missing.error().message.find("c.json: /efficiency/gemm_model/from: no/such.json: no such profile file") == 0);
+  auto no_sms = base;
+  no_sms["gpu"].erase("sm_count");
+  auto nsm = cluster_from_json(no_sms, "c.json");
+  REQUIRE_FALSE(nsm);
+  CHECK(nsm.error().message ==
+        "c.json: /gpu/sm_count: is required with efficiency.gemm_model (the model prices tiles per SM)");
   // The command line: --fit-gemm needs the GPU's cluster.
   const LoomRun r = run_loom("calibrate --fit-gemm traces/profiles/h100-sxm.json");
   CHECK(r.code == 2);

@@ -207,7 +207,9 @@ TEST_CASE("moe: each local expert is its own product of a grouped GEMM, one laun
   // Time: each product's time less its launch, four times, plus one launch; slower than one
   // 5120-row GEMM (the efficiency curve of smaller products), faster than four launches.
   const OpTimer op = OpTimer::of(*c, t);
-  const double one = op.gemm(1280, 2 * 14336, 4096), launch = c->efficiency.kernel_launch_s;
+  // (The launch inside `one` is the cluster's GEMM model's where it has one.)
+  const double one = op.gemm(1280, 2 * 14336, 4096), launch = op.gemm_launch_s(1280, 2 * 14336, 4096);
+  CHECK(launch == (c->gemm_model ? c->gemm_model->c.launch_s : c->efficiency.kernel_launch_s));
   CHECK(op.op(*up) == Approx(4 * (one - launch) + launch).epsilon(1e-12));
   CHECK(op.op(*up) > op.gemm(5120, 2 * 14336, 4096));
   CHECK(op.op(*up) < 4 * one);

@@ -134,7 +134,7 @@ TEST_CASE("profile: tables and sizes are validated, one line naming the pointer"
   CHECK(error_of(j) == "p.json: /memory_bound/1: must be sorted by bytes, each size once");
   j = small_profile();
   j["gemm"][1] = j["gemm"][0];
-  CHECK(error_of(j) == "p.json: /gemm/1: the same GEMM shape appears twice");
+  CHECK(error_of(j) == "p.json: /gemm/1: the same GEMM shape (and accumulate_fp32) appears twice");
   j = small_profile();
   j["memory_bound"][0]["bytes_per_s"] = 0;
   CHECK(error_of(j) == "p.json: /memory_bound/0/bytes_per_s: must be >= 1 (got 0)");

@@ -149,12 +149,12 @@ Status alloc_gemm_buffers(GemmBuffers& g, const std::vector<int64_t>& tokens, in
 // Times one GEMM shape (plain shapes once each; variants: "fwd_bias", ...) into the profile.
 struct GemmTimer {
   Bench& b;
-  std::set<std::tuple<int64_t, int64_t, int64_t>> seen;
+  std::set<std::tuple<int64_t, int64_t, int64_t, bool>> seen;  // a shape once per output kind
   // accumulate_fp32: a weight gradient, D fp32 += A B (the model prices its fp32 output).
   Status operator()(const char* kind, int64_t m, int64_t n, int64_t k, const std::function<Status(int)>& f,
                     bool accumulate_fp32 = false) {
     const bool plain = kind[0] == '\0';
-    if (plain && !seen.insert({m, n, k}).second) return ok_status();
+    if (plain && !seen.insert({m, n, k, accumulate_fp32}).second) return ok_status();
     auto t = b.timer.median(f);
     if (!t) return t.error();
     (plain ? b.prof.gemm : b.prof.gemm_variants).push_back({kind, m, n, k, plain && accumulate_fp32, *t});
@@ -259,7 +259,7 @@ Status bench_planner_gemms(Bench& b, Gemm& gemm) {
   LOOM_TRY(fill_random_bf16(wt.p, w, 13, 0.05f, b.stream));
   LOOM_TRY(fill_random_f32(dw.p, w, 14, 0.01f, b.stream));
   GemmTimer add{b, {}};
-  for (const auto& g : b.prof.gemm) add.seen.insert({g.m, g.n, g.k});  // each shape once in the profile
+  for (const auto& g : b.prof.gemm) add.seen.insert({g.m, g.n, g.k, g.accumulate_fp32});  // once in the profile
   for (const auto& [T, C, OC] : shapes) {
     LOOM_TRY(add("", T, OC, C, [&](int) { return matmul_forward(gemm, y.p, nullptr, x.p, wt.p, nullptr, T, C, OC, b.stream); }));
     LOOM_TRY(add("", T, C, OC, [&](int) { return matmul_backward_input(gemm, x.p, y.p, wt.p, nullptr, T, C, OC, b.stream); }));

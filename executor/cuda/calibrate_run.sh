@@ -3,9 +3,9 @@
 # without MPI) and then every end-to-end configuration under traces/h100/*/plan.json with
 # `loom execute --device cuda --report` (loom_cuda_train: the same execute_cuda_command).
 # The GEMM model (sim/gemm_model.hpp) is then fitted to the GEMMs measured, against the zoo
-# cluster of the GPU found (h200-sxm on an H200, else h100-sxm; CLUSTER overrides), and written
-# into the profile. Results go to $OUT: profile.json, results.tgz (traces/h100/<name>/measured.json
-# + logs), log.
+# cluster of the GPU found (h200-sxm on an H200, h100-sxm on an H100 SXM; CLUSTER names another;
+# none: not fitted), and written into the profile. Results go to $OUT: profile.json,
+# results.tgz (traces/h100/<name>/measured.json + logs), log.
 #   OUT=/tmp/cal executor/cuda/calibrate_run.sh        STEPS (10) BUILD (build-gpu) CLUSTER
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,10 +24,17 @@ echo "== calibrate ($(date +%T))"
 "$BUILD/loom_calibrate" --out "$OUT/profile.json" 2>"$OUT/calibrate.log"; echo "calibrate rc $?"
 tail -6 "$OUT/calibrate.log"
 if [ -z "${CLUSTER:-}" ]; then
-  case "$(cut -d, -f1 "$OUT/gpu.txt")" in *H200*) CLUSTER=h200-sxm ;; *) CLUSTER=h100-sxm ;; esac
+  case "$(cut -d, -f1 "$OUT/gpu.txt")" in
+    *H200*) CLUSTER=h200-sxm ;;
+    *"H100 80GB HBM3"*) CLUSTER=h100-sxm ;;
+  esac
 fi
-"$BUILD/loom" calibrate --fit-gemm "$OUT/profile.json" --cluster "$CLUSTER" --out "$OUT/profile.json"
-echo "gemm model fit ($CLUSTER) rc $?"
+if [ -n "${CLUSTER:-}" ]; then
+  "$BUILD/loom" calibrate --fit-gemm "$OUT/profile.json" --cluster "$CLUSTER" --out "$OUT/profile.json"
+  echo "gemm model fit ($CLUSTER) rc $?"
+else
+  echo "gemm model not fitted: no zoo cluster for $(cut -d, -f1 "$OUT/gpu.txt"); set CLUSTER= to one whose gpu is this GPU"
+fi
 echo "== end-to-end ($(date +%T))"
 mkdir -p "$OUT/h100"
 for d in traces/h100/*/; do
