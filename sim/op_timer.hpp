@@ -88,17 +88,20 @@ struct OpTimer {
   }
   // The weight-gradient half of a gemm_bwd op's call, FP8 or not (of all its `batch` products).
   double wgrad(const Op& o) const {
-    if (o.fp8) return grouped(o, fp8_gemm_wgrad_s(*this, o.m, o.n, o.k), fp8_launch_s());
-    const double launch = prof || gemm_model ? gemm_launch_s(o.n, o.k, o.m, wgrad_out) : launch_s;
-    return grouped(o, gemm_wgrad(o.m, o.n, o.k), launch);
+    if (o.fp8) return grouped(o, fp8_gemm_wgrad_s(*this, o.m, o.n, o.k), [&] { return fp8_launch_s(); });
+    return grouped(o, gemm_wgrad(o.m, o.n, o.k), [&] {
+      return prof || gemm_model ? gemm_launch_s(o.n, o.k, o.m, wgrad_out) : launch_s;
+    });
   }
   // A gemm or gemm_bwd op of `batch` > 1 is a grouped GEMM (MoE experts, Megatron's
   // --moe-grouped-gemm): `batch` products of their own (m, n, k) in one launch per GEMM, so
-  // each product's time less the launches inside one_s (`launches_s`), `batch` times, plus
-  // the launches.
-  double grouped(const Op& o, double one_s, double launches_s) const {
+  // each product's time less the launches inside one_s (`launches_s()`, asked only then: a
+  // profile's answer is a search of its rows), `batch` times, plus the launches.
+  template <class Launches>
+  double grouped(const Op& o, double one_s, Launches launches_s) const {
     if (o.batch <= 1) return one_s;
-    return std::max(0.0, one_s - launches_s) * o.batch + launches_s;
+    const double l = launches_s();
+    return std::max(0.0, one_s - l) * o.batch + l;
   }
   // Memory-bound kernels: bytes moved at HBM bandwidth x efficiency, plus one launch.
   double memory(double bytes) const {
@@ -127,12 +130,12 @@ struct OpTimer {
     double t = 0;
     switch (o.kind) {
       case OpKind::gemm:
-        t = o.fp8 ? grouped(o, fp8_gemm_s(*this, o.m, o.n, o.k), fp8_launch_s())
-                  : grouped(o, gemm(o.m, o.n, o.k), gemm_launch_s(o.m, o.n, o.k));
+        t = o.fp8 ? grouped(o, fp8_gemm_s(*this, o.m, o.n, o.k), [&] { return fp8_launch_s(); })
+                  : grouped(o, gemm(o.m, o.n, o.k), [&] { return gemm_launch_s(o.m, o.n, o.k); });
         break;
       case OpKind::gemm_bwd:
-        t = o.fp8 ? grouped(o, fp8_gemm_bwd_s(*this, o.m, o.n, o.k), 2 * fp8_launch_s())
-                  : grouped(o, gemm_bwd(o.m, o.n, o.k), gemm_bwd_launch_s(o.m, o.n, o.k));
+        t = o.fp8 ? grouped(o, fp8_gemm_bwd_s(*this, o.m, o.n, o.k), [&] { return 2 * fp8_launch_s(); })
+                  : grouped(o, gemm_bwd(o.m, o.n, o.k), [&] { return gemm_bwd_launch_s(o.m, o.n, o.k); });
         break;
       case OpKind::batched_gemm: {  // `batch` products in one launch (unfused attention's scores)
         const double launch = gemm_launch_s(o.m, o.n, o.k);

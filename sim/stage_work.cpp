@@ -245,8 +245,9 @@ void comm_buffers(std::vector<Buffer>& v, const ModelSpec& m, const ParallelConf
   if (p.sp) add(v, "sp all-gather", MemCategory::comm_buffers, Lifetime::transient, d.e * d.T * d.h);
   if (p.pp > 1) add(v, "pp send and receive", MemCategory::comm_buffers, Lifetime::transient, 2 * d.e * d.T * d.h / d.rep);
   if (p.zero < 2 || dp_cp(p) <= 1) return;
-  const auto mods = zero3_modules(m, d);
-  if (p.zero >= 3 && p.zero3_gather == Zero3Gather::tensor && !mods.empty()) {
+  const auto mods = p.zero >= 3 && p.zero3_gather == Zero3Gather::tensor ? zero3_modules(m, d)
+                                                                          : std::vector<std::pair<int64_t, int64_t>>{};
+  if (!mods.empty()) {
     int64_t module = std::max(d.embed_rank, d.out_rank);
     for (const auto& [elements, tensors] : mods) module = std::max(module, elements);
     const int64_t kept = zero3_backward_regather(m, p, d).kept_per_layer;

@@ -7,6 +7,7 @@
 // (no GPU needed).
 #include <cstdio>
 #include <memory>
+#include <optional>
 
 #include "planner/cli/backend_module.hpp"
 #include "planner/cli/command.hpp"
@@ -24,18 +25,16 @@ struct CalibrateCliOptions {
 };
 
 // Fits the GEMM model to the profile at `in` and writes the profile, the model in it, to `out`.
-Status fit_profile_gemm(const std::string& in, const std::string& out, const std::string& cluster, bool quiet) {
-  auto c = load_cluster(cluster, "--cluster");
-  if (!c) return c.error();
+Status fit_profile_gemm(const std::string& in, const std::string& out, const ClusterSpec& c, bool quiet) {
   auto j = read_json_file(in);
   if (!j) return j.error();
   auto p = profile_from_json(*j, in);
   if (!p) return p.error();
-  const GemmHardware hw{c->gpu.peak_flops_bf16, c->gpu.sm_count, c->gpu.hbm_bytes_per_s};
+  const GemmHardware hw{c.gpu.peak_flops_bf16, c.gpu.sm_count, c.gpu.hbm_bytes_per_s};
   auto g = fit_gemm_model(p->gemm_samples(), hw);
   if (!g) return make_error(in, g.error().message);
   g->source = "loom calibrate --fit-gemm: the tile and wave model (sim/gemm_model.hpp) fitted by least squares on "
-              "ln(time) to this profile's " + std::to_string(g->samples) + " measured GEMMs, against " + c->name +
+              "ln(time) to this profile's " + std::to_string(g->samples) + " measured GEMMs, against " + c.name +
               "'s GPU figures (peak, SMs, HBM)";
   p->gemm_model = *g;
   if (!quiet)
@@ -68,14 +67,18 @@ void add_calibrate(CLI::App& app, Run& run) {
   cmd->add_flag("--quiet", o->quiet, "no progress lines");
   cmd->callback([o, &run] {
     run = [o] {
+      // The cluster is read before anything is measured, so a bad one wastes no GPU time.
+      std::optional<ClusterSpec> cluster;
       if (!o->fit_gemm.empty() || !o->cluster.empty()) {
         if (o->cluster.empty()) return fail(Error{"--fit-gemm: needs --cluster (the GPU the profile was measured on)"});
         if (o->fit_gemm.empty() && o->out.empty())
           return fail(Error{"--cluster: needs --out (the profile to fit the GEMM model in)"});
-        if (auto c = load_cluster(o->cluster, "--cluster"); !c) return fail(c.error());
+        auto c = load_cluster(o->cluster, "--cluster");
+        if (!c) return fail(c.error());
+        cluster = std::move(*c);
       }
       if (!o->fit_gemm.empty()) {
-        auto s = fit_profile_gemm(o->fit_gemm, o->out, o->cluster, o->quiet);
+        auto s = fit_profile_gemm(o->fit_gemm, o->out, *cluster, o->quiet);
         return s ? 0 : fail(s.error());
       }
       auto backend = load_cuda_backend("calibrate");
@@ -83,7 +86,7 @@ void add_calibrate(CLI::App& app, Run& run) {
       const LoomCudaCalibrateArgs args{o->out.c_str(), o->name.c_str(), o->quick ? 1 : 0, o->quiet ? 0 : 1};
       const int rc = (*backend)->calibrate(&args);
       if (rc != 0 || o->cluster.empty()) return rc;
-      auto s = fit_profile_gemm(o->out, o->out, o->cluster, o->quiet);
+      auto s = fit_profile_gemm(o->out, o->out, *cluster, o->quiet);
       return s ? 0 : fail(s.error());
     };
   });
