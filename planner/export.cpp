@@ -7,6 +7,7 @@
 
 #include "planner/export_fp8.hpp"
 #include "planner/export_offload.hpp"
+#include "sim/context_parallel.hpp"
 #include "sim/moe.hpp"
 #include "sim/rank_grid.hpp"
 #include "sim/spec_json.hpp"
@@ -152,6 +153,32 @@ void note_pp_scatter_gather(const TrainSpec& t, const ParallelConfig& p, const s
                  "--pp-scatter-gather off)");
 }
 
+// ZeRO (the distributed optimizer, Megatron-FSDP), offload and the data-parallel overlaps.
+void megatron_data_parallel(const ParallelConfig& p, Args& a, std::vector<std::string>& no) {
+  if (p.zero == 1) a.push_back({"--use-distributed-optimizer", ""});
+  if (p.zero >= 2) {
+    a.push_back({"--use-megatron-fsdp", ""});
+    a.push_back({"--data-parallel-sharding-strategy", p.zero == 2 ? "optim_grads" : "optim_grads_params"});
+    a.push_back({"--ckpt-format", "fsdp_dtensor"});
+    if (p.pp > 1) no.push_back("zero " + s(p.zero) + " with pp > 1: Megatron-FSDP does not document pipeline parallelism");
+  }
+  megatron_offload(p, a, no);
+  // The gradient reduction beside the backward (ParallelConfig::overlap_grad_reduce); without the
+  // flag Megatron-core reduces after it (finalize_model_grads), as loom's off prices.
+  if (dp_cp(p) > 1 && p.overlap_grad_reduce) a.push_back({"--overlap-grad-reduce", ""});
+  // The distributed optimizer's weight all-gather under the next forward (arguments.py asserts
+  // --use-distributed-optimizer and --overlap-grad-reduce beside it).
+  if (p.overlap_param_gather && p.zero == 1 && p.overlap_grad_reduce) a.push_back({"--overlap-param-gather", ""});
+  if (p.overlap_param_gather && p.zero == 1 && !p.overlap_grad_reduce)
+    no.push_back("overlap_param_gather on with overlap_grad_reduce off: Megatron-LM's arguments.py requires "
+                 "--overlap-grad-reduce beside --overlap-param-gather; emitted without either (the weight gather shows)");
+  // Megatron-FSDP (zero 2 here) overlaps its parameter all-gathers with compute itself
+  // (megatron/core/distributed/fsdp/src/README.md, "Communication Overlapping"): no flag.
+  if (!p.overlap_param_gather && p.zero == 2 && p.dp > 1)
+    no.push_back("overlap_param_gather off: Megatron-FSDP overlaps its weight gathers with the forward, as the exported "
+                 "run will");
+}
+
 void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p, Args& a,
                        std::vector<std::string>& no) {
   a.push_back({"--tensor-model-parallel-size", s(p.tp)});
@@ -184,23 +211,7 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
   if (p.tp_comm_overlap) a.push_back({"--tp-comm-overlap", ""});
   a.push_back({"--micro-batch-size", s(p.micro_batch)});
   a.push_back({"--global-batch-size", s(t.global_batch)});
-  if (p.zero == 1) a.push_back({"--use-distributed-optimizer", ""});
-  if (p.zero >= 2) {
-    a.push_back({"--use-megatron-fsdp", ""});
-    a.push_back({"--data-parallel-sharding-strategy", p.zero == 2 ? "optim_grads" : "optim_grads_params"});
-    a.push_back({"--ckpt-format", "fsdp_dtensor"});
-    if (p.pp > 1) no.push_back("zero " + s(p.zero) + " with pp > 1: Megatron-FSDP does not document pipeline parallelism");
-  }
-  megatron_offload(p, a, no);
-  if (p.dp > 1) a.push_back({"--overlap-grad-reduce", ""});  // loom overlaps gradient reduction with backward
-  // The distributed optimizer's weight all-gather under the next forward (arguments.py asserts
-  // --use-distributed-optimizer and --overlap-grad-reduce beside it).
-  if (p.overlap_param_gather && p.zero == 1) a.push_back({"--overlap-param-gather", ""});
-  // Megatron-FSDP (zero 2 here) overlaps its parameter all-gathers with compute itself
-  // (megatron/core/distributed/fsdp/src/README.md, "Communication Overlapping"): no flag.
-  if (!p.overlap_param_gather && p.zero == 2 && p.dp > 1)
-    no.push_back("overlap_param_gather off: Megatron-FSDP overlaps its weight gathers with the forward, as the exported "
-                 "run will");
+  megatron_data_parallel(p, a, no);
   if (p.recompute == Recompute::selective) a.push_back({"--recompute-granularity", "selective"});
   if (p.recompute == Recompute::full) {  // every layer (uniform, groups of 1) or a block of each chunk's first
     a.push_back({"--recompute-granularity", "full"});
@@ -461,6 +472,10 @@ ExportResult torchtitan(const Plan& plan) {
   tt_parallelism(m, t, p, o, no);
   if (p.overlap_param_gather)
     no.push_back("overlap_param_gather: torchtitan shards with FSDP (ZeRO-3), not ZeRO 1/2");
+  // FSDP2 and DDP (replicate) reduce each bucket as the backward produces it: no switch.
+  if (!p.overlap_grad_reduce && dp_cp(p) > 1)
+    no.push_back("overlap_grad_reduce off: torchtitan's FSDP and DDP reduce gradients beside the backward; the exported "
+                 "run overlaps them");
   // torch.distributed.pipelining's schedules post their sends asynchronously and wait only on
   // the receives the next action needs.
   if (p.pp > 1 && !p.pp_overlapped())
@@ -541,6 +556,14 @@ ExportResult deepspeed(const Plan& plan) {
     zero = 1;
   }
   nlohmann::ordered_json zero_j = {{"stage", zero}};
+  // overlap_comm (zero/config.py; default on for stage 3 only): each bucket reduced on its own
+  // stream during the backward, else on the compute stream. Without ZeRO, and in the pipeline
+  // engine, DeepSpeed reduces after the backward (engine.py allreduce_gradients,
+  // pipe/engine.py _exec_reduce_grads).
+  if (zero >= 1) zero_j["overlap_comm"] = p.overlap_grad_reduce;
+  if (p.overlap_grad_reduce && dp_cp(p) > 1 && (zero == 0 || p.pp > 1))
+    no.push_back("overlap_grad_reduce on: DeepSpeed" + std::string(p.pp > 1 ? "'s pipeline engine" : " without ZeRO") +
+                 " reduces gradients after the backward (--overlap-grad-reduce off prices the exported run)");
   // Gradient buckets (engine.py): ZeRO 1-3 reduce in buckets of reduce_bucket_size elements;
   // without ZeRO DeepSpeed reduces in fixed buckets of 5e8 (MEMORY_OPT_ALLREDUCE_SIZE).
   const int64_t bucket_elems = t.dp_bucket_bytes / dtype_bytes(t.grad_dtype);

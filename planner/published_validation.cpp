@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "planner/search.hpp"
+#include "sim/context_parallel.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/fp8.hpp"
 #include "sim/spec_json.hpp"
@@ -185,6 +186,7 @@ std::string describe(const ParallelConfig& p) {
   if (p.recompute_layers > 0) d += " block " + itos(p.recompute_layers);  // each chunk's first N layers
   if (p.sp) d += " sp";
   if (p.zero >= 3 && p.zero3_gather == Zero3Gather::tensor) d += " gather per tensor";
+  if (!p.overlap_grad_reduce && dp_cp(p) > 1) d += " ogr off";  // the gradient reduction after the backward
   return d;
 }
 
@@ -295,6 +297,7 @@ Expected<Estimate> ptdp_search(const ModelSpec& m, const ClusterSpec& c, const T
   pins.order = "tp-dp-pp";
   pins.schedule = schedule;
   pins.pp_comm_overlap = false;
+  pins.overlap_grad_reduce = false;  // local DDP: allreduce_gradients after forward_backward
   pins.dp_bucket_bytes = t.dp_bucket_bytes;
   auto space = make_search_space(m, c, t, pins);
   if (!space) return space.error();
@@ -409,6 +412,9 @@ Status table_02(const CsvTable& t, TableResult& out) {
       "torch.cuda.synchronize(), and with scatter_gather_tensors_in_pipeline (on unless --no-scatter-gather-tensors-"
       "in-pipeline) each tp rank sends 1/t of the tensor and the receiver all-gathers it over its tp group "
       "(mpu.gather_split_1d_tensor); overlap_p2p_comm came to Megatron-core's interleaved schedule later",
+      "PTD-P's data-parallel gradient all-reduce after the backward (overlap_grad_reduce off): megatron/training.py "
+      "train_step at f938e19 calls each model's allreduce_gradients once forward_backward_func has returned "
+      "(--DDP-impl local, the default)",
       "predicted TFLOP/s per GPU = eq. 3 FLOPs / (GPUs x predicted step time); \"2560*\": the footnoted row ran "
       "global batch 2560 on 640 GPUs, as written",
   };

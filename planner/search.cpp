@@ -68,6 +68,9 @@ Status check_pins(const ClusterSpec& c, const SearchPins& p) {
   if (p.overlap_param_gather && *p.overlap_param_gather && p.zero && *p.zero != 1 && *p.zero != 2)
     return make_error("--overlap-param-gather", "overlaps ZeRO 1/2's weight all-gather: needs --zero 1 or 2 (got " +
                                                     search_str(*p.zero) + ")");
+  if (p.overlap_grad_reduce && !*p.overlap_grad_reduce && p.zero && *p.zero == 3)
+    return make_error("--overlap-grad-reduce", "off reduces the gradients after the backward: needs --zero 0-2 (ZeRO-3 "
+                                               "reduce-scatters each layer beside the backward; got 3)");
   if (p.vpp && *p.vpp != 2 && p.schedule && *p.schedule == Schedule::zb_v)
     return make_error("--vpp", "the zb-v schedule runs two chunks per rank, a V: must be 2 (got " + search_str(*p.vpp) + ")");
   if (p.vpp && *p.vpp > 1 && p.schedule && *p.schedule != Schedule::interleaved && *p.schedule != Schedule::zb_v)
@@ -196,7 +199,9 @@ Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c
   }
   if (pins.order) space.orders = {*pins.order};
   else space.orders = all_orders();
-  for (int z = 0; z <= 3; ++z)
+  // The gradient reduction after the backward (--overlap-grad-reduce off) rules ZeRO-3 out.
+  const int max_zero = pins.overlap_grad_reduce.value_or(true) ? 3 : 2;
+  for (int z = 0; z <= max_zero; ++z)
     if (!pins.zero || *pins.zero == z) space.zero.push_back(z);
   // A block recompute pinned (--recompute-layers) is a full recompute of some layers.
   const std::optional<Recompute> rc = pins.recompute_layers ? std::optional<Recompute>(Recompute::full) : pins.recompute;
@@ -216,6 +221,7 @@ Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c
     return make_error("--tp-comm-overlap", "needs the GPU's SM count, which loom knows for A100, H100 and H200 (got " +
                                                c.gpu.name + ")");
   if (pins.overlap_param_gather) space.overlap_param_gather = *pins.overlap_param_gather;
+  if (pins.overlap_grad_reduce) space.overlap_grad_reduce = *pins.overlap_grad_reduce;
   if (pins.pp_comm_overlap) space.pp_comm_overlap = *pins.pp_comm_overlap;
   if (pins.tp_comm_overlap) space.tp_comm_overlap = {*pins.tp_comm_overlap};
   else if (gpu_sm_count(c.gpu) > 0) space.tp_comm_overlap = {false, true};
@@ -332,7 +338,7 @@ bool better(const Candidate& a, const Candidate& b) {
     const auto& p = c.p;
     return std::make_tuple(c.step_time_s, c.peak_bytes, p.dp, p.tp, p.pp, p.zero, p.micro_batch,
                            static_cast<int>(p.recompute), p.sp, p.tp_comm_overlap, p.overlap_param_gather,
-                           p.pp_overlapped(), p.recompute_layers, static_cast<int>(p.schedule), p.vpp, c.train,
+                           p.overlap_grad_reduce, p.pp_overlapped(), p.recompute_layers, static_cast<int>(p.schedule), p.vpp, c.train,
                            c.order, static_cast<int>(p.offload), p.ep, p.etp);
   };
   const auto ka = key(a), kb = key(b);
@@ -565,6 +571,7 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
   p.zero = u.zero;
   p.order = space.orders[u.order];
   p.overlap_param_gather = space.overlap_param_gather && (p.zero == 1 || p.zero == 2) && dp_cp(p) > 1;
+  p.overlap_grad_reduce = space.overlap_grad_reduce;  // off: validate_config refuses ZeRO-3
   p.pp_comm_overlap = space.pp_comm_overlap;
   p.recompute_layers = space.recompute_layers;  // only full recompute is tried where set
   StageWork scratch;  // the memory bound's buffer list, its storage reused candidate after candidate

@@ -65,6 +65,9 @@ struct SearchPins {
   // --overlap-param-gather (ZeRO 1/2's weight all-gather under the next forward); unset: on
   // wherever zero 1 or 2 runs on a ring (it only ever hides time, so off is never faster).
   std::optional<bool> overlap_param_gather;
+  // --overlap-grad-reduce (ZeRO 0-2's gradient reduction beside the backward); unset: on (it
+  // only ever hides time, so off is never faster); off rules ZeRO-3 out.
+  std::optional<bool> overlap_grad_reduce;
   // --pp-comm-overlap (pipeline sends on their own stream); unset: as Megatron-core runs each
   // schedule (ParallelConfig::pp_overlapped: blocking in 1F1B, overlapped elsewhere).
   std::optional<bool> pp_comm_overlap;
@@ -110,6 +113,8 @@ struct SearchSpace {
   std::vector<bool> tp_comm_overlap = {false};
   // ZeRO 1/2's weight all-gather overlapped with the next forward where it applies.
   bool overlap_param_gather = true;
+  // ZeRO 0-2's gradient reduction beside the backward (ParallelConfig::overlap_grad_reduce).
+  bool overlap_grad_reduce = true;
   // Pipeline transfers overlapped with the next chunk (ParallelConfig::pp_comm_overlap; unset:
   // each schedule's default).
   std::optional<bool> pp_comm_overlap;

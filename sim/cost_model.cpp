@@ -264,9 +264,10 @@ double zb_h1_tail_s(double w, int64_t k, const DpTimes& d) {
 }
 
 // The dp times zb_h1_tail_s reads: a ring's gradient reduction overlapped with compute (none
-// under ZeRO-3, the parameter server or without overlap: then only the W's).
+// under ZeRO-3, the parameter server, without overlap or with the reduction after the
+// backward: then only the W's).
 DpTimes zb_h1_dp(const StageWork& w, const ParallelConfig& p, const GroupLinks& dpl, bool overlap) {
-  const bool ring = dp_cp(p) > 1 && p.dp_comm == DpComm::ring && p.zero < 3 && overlap;
+  const bool ring = dp_cp(p) > 1 && p.dp_comm == DpComm::ring && p.zero < 3 && overlap && p.overlap_grad_reduce;
   return ring ? dp_times(w, dpl) : DpTimes{};
 }
 
@@ -328,23 +329,26 @@ void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p,
   DpTimes d = raw;
   if (p.overlap_param_gather && overlap)  // ZeRO 1/2: the gather under the next step's first forward
     d.gather_step_s = param_gather_exposed_s(d.gather_step_s, d.pieces, s.forward_s / static_cast<double>(p.vpp));
-  if (p.schedule == Schedule::zb_h1 && p.zero < 3 && p.pp > 1 && overlap) {  // the tail: zb_h1_tail_s
+  // The gradient reduction beside the backward (ParallelConfig::overlap_grad_reduce); off, it
+  // shows in full after it (dp_busy_s), the weight gather keeping its own overlap.
+  const bool grads_beside = overlap && p.overlap_grad_reduce;
+  if (p.schedule == Schedule::zb_h1 && p.zero < 3 && p.pp > 1 && grads_beside) {  // the tail: zb_h1_tail_s
     s.dp_comm_exposed_s = zb_h1_steady_dp_s(d, s.micro_batch_s(), mb);
     return;
   }
-  if (p.schedule == Schedule::zb_v && p.zero < 3 && p.pp > 1 && overlap) {  // the tail: zb_v_dp_tail_s
+  if (p.schedule == Schedule::zb_v && p.zero < 3 && p.pp > 1 && grads_beside) {  // the tail: zb_v_dp_tail_s
     s.dp_comm_exposed_s = zb_h1_steady_dp_s(d, s.micro_batch_s(), mb - zb_v_played(mb, p.pp));
     return;
   }
   DpWindow win = dp_window(w, links, s);
-  if (p.schedule == Schedule::interleaved && p.vpp > 1 && p.zero < 2 && overlap && d.grad_s > 0) {
+  if (p.schedule == Schedule::interleaved && p.vpp > 1 && p.zero < 2 && grads_beside && d.grad_s > 0) {
     s.dp_comm_exposed_s = interleaved_grad_tail_s(d, win.backward_s, p.pp, p.vpp) + d.gather_step_s;
     return;
   }
   const bool blocking = p.zero >= 3 && p.zero3_gather == Zero3Gather::tensor;  // nothing overlaps
   const double split_w_s = splits_backward(p.schedule) && p.pp > 1 ? s.weight_grad_s : 0.0;
   const Zero3Passes z = zero3_passes(p.schedule, p.pp, p.vpp, w.stage, mb);
-  s.dp_comm_exposed_s = dp_exposed_s(d, mb, static_cast<double>(p.vpp), win, overlap && !blocking, split_w_s, z);
+  s.dp_comm_exposed_s = dp_exposed_s(d, mb, static_cast<double>(p.vpp), win, grads_beside && !blocking, split_w_s, z);
 }
 
 // The share of the GPU's SMs a collective over `g` occupies while it runs: NCCL executes each

@@ -232,20 +232,35 @@ PassTasks add_pass(Builder& b, const StagePlan& sp, const ParallelConfig& p, int
 
 // Gradient buckets fill as the backward walks its layers: bucket k of n is ready at (k + 1) / n
 // of the backward. ZeRO 0/1 reduce once, in the last micro-batch; 2 reduce-scatters every
-// micro-batch (only a shard of the gradients is kept).
+// micro-batch (only a shard of the gradients is kept). With the reduction after the backward
+// (ParallelConfig::overlap_grad_reduce off) ZeRO-2's buckets block the compute stream, as
+// DeepSpeed without overlap_comm runs them; ZeRO 0/1 reduce at the step's end (add_step_end).
+SimTask grad_bucket(const StagePlan& sp, const ParallelConfig& p, int64_t s, const Slot& x, int64_t chunk, int64_t k) {
+  SimTask t = make_task(TaskKind::dp_grad, Stream::dp, s, x, collective_time_s(sp.grad_coll, sp.bucket_bytes, sp.dpl));
+  t.bucket = static_cast<int32_t>((p.vpp - 1 - chunk) * sp.per_chunk_buckets + k);
+  t.bytes = static_cast<int64_t>(sp.bucket_bytes);
+  return t;
+}
 void add_buckets(Builder& b, const StagePlan& sp, const ParallelConfig& p, int64_t s, const Slot& x,
                  const PassTasks& pass) {
   for (int64_t k = 0; k < sp.per_chunk_buckets; ++k) {
-    SimTask t = make_task(TaskKind::dp_grad, Stream::dp, s, x, collective_time_s(sp.grad_coll, sp.bucket_bytes, sp.dpl));
-    t.bucket = static_cast<int32_t>((p.vpp - 1 - x.chunk) * sp.per_chunk_buckets + k);
-    t.bytes = static_cast<int64_t>(sp.bucket_bytes);
-    const int32_t id = b.add(t, kDp);
+    const int32_t id = b.add(grad_bucket(sp, p, s, x, x.chunk, k), p.overlap_grad_reduce ? kDp : kCompute);
     // The last bucket holds the chunk's first layers (the embedding's on the first stage), whose
     // gradients come after every in-line tensor-parallel collective of the pass: it waits for
     // the whole pass, as the cost model's exposed last bucket does (dp_exposed_s).
     if (k + 1 == sp.per_chunk_buckets) b.dep(pass.end, id);
     else b.dep(pass.compute, id, static_cast<double>(k + 1) / static_cast<double>(sp.per_chunk_buckets));
   }
+}
+// ZeRO 0/1 with the reduction after the backward: every chunk's buckets once the stage's last
+// compute is done (Megatron-core's finalize_model_grads without --overlap-grad-reduce), on the
+// dp queue, which the optimizer waits for.
+void add_grads_after_backward(Builder& b, const StagePlan& sp, const ParallelConfig& p, int64_t s) {
+  if (!sp.ring || sp.zero3 || p.zero >= 2 || p.overlap_grad_reduce) return;
+  const int32_t last_compute = b.last(s, kCompute);
+  for (int64_t c = p.vpp - 1; c >= 0; --c)
+    for (int64_t k = 0; k < sp.per_chunk_buckets; ++k)
+      b.dep(last_compute, b.add(grad_bucket(sp, p, s, Slot{-1, static_cast<int32_t>(c), Phase::backward}, c, k), kDp));
 }
 
 // Offload with the optimizer on the CPU (ZeRO-Offload): once every gradient, send and copy of
@@ -283,6 +298,7 @@ void add_step_end(Builder& b, const SimInputs& in, const StagePlan& sp, int64_t 
   const StageInputs& st = in.stages[s];
   const Slot none{-1, -1, Phase::backward};
   if (st.tp_grad_sync_s > 0) b.add(make_task(TaskKind::tp, Stream::tp, s, none, st.tp_grad_sync_s), kCompute);
+  add_grads_after_backward(b, sp, p, s);
   const int32_t last_compute = b.last(s, kCompute);
   if (st.edp_step_s > 0)  // MoE: expert gradients over edp once the last backward is done
     b.dep(last_compute, b.add(make_task(TaskKind::edp_grad, Stream::dp, s, none, st.edp_step_s), kDp));
@@ -414,7 +430,7 @@ void build_stage(Builder& b, SlotIndex& idx, const SimInputs& in, int64_t s, con
       b.dep(t.end, id);
       idx.recv[idx.at(ds, x.phase, dc, x.micro_batch)] = id;
     }
-    if (pt.makes_grads && sp.ring && !sp.zero3 && (p.zero >= 2 || x.micro_batch == m - 1))
+    if (pt.makes_grads && sp.ring && !sp.zero3 && (p.zero >= 2 || (x.micro_batch == m - 1 && p.overlap_grad_reduce)))
       add_buckets(b, sp, p, s, x, t);
     if (!sp.zero3) prev_first = slot_first;
   }

@@ -510,6 +510,7 @@ Expected<ParallelConfig> parallel_from_json(const nlohmann::json& j, const std::
   r.boolean("sp", p.sp);
   r.opt_boolean("tp_comm_overlap", p.tp_comm_overlap);  // default off (sim/tp_overlap.hpp)
   r.opt_boolean("overlap_param_gather", p.overlap_param_gather);  // default off: ZeRO 1/2's gather exposed
+  r.opt_boolean("overlap_grad_reduce", p.overlap_grad_reduce);  // default on: buckets beside the backward
   r.opt_boolean("pp_comm_overlap", p.pp_comm_overlap);  // unset: as Megatron-core runs the schedule
   read_enum(r, "recompute", recompute_names(), p.recompute, true);
   r.opt_integer("recompute_layers", p.recompute_layers, 0, limits::kLayers);  // 0: every layer (validate_config)
@@ -659,6 +660,7 @@ nlohmann::json to_json(const ParallelConfig& p) {
   if (p.cp > 1) j["cp"] = p.cp;  // context parallelism: written where set
   if (p.tp_comm_overlap) j["tp_comm_overlap"] = true;  // written where on (sim/tp_overlap.hpp)
   if (p.overlap_param_gather) j["overlap_param_gather"] = true;  // written where on
+  if (!p.overlap_grad_reduce) j["overlap_grad_reduce"] = false;  // written where off
   if (p.pp_comm_overlap) j["pp_comm_overlap"] = *p.pp_comm_overlap;  // written where set
   if (p.recompute_layers > 0) j["recompute_layers"] = p.recompute_layers;  // a block recompute
   if (p.zero3_gather != Zero3Gather::layer) j["zero3_gather"] = zero3_gather_names()[static_cast<int>(p.zero3_gather)];

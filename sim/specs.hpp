@@ -272,6 +272,14 @@ struct ParallelConfig {
   // bucket by bucket (Megatron-LM's --overlap-param-gather with the distributed optimizer),
   // instead of after the optimizer step. Off: the gather shows in full (DeepSpeed's ZeRO 1/2).
   bool overlap_param_gather = false;
+  // ZeRO 0-2: the gradient reduction runs bucket by bucket on its own stream as the backward
+  // produces the buckets (Megatron-core's --overlap-grad-reduce, DeepSpeed's overlap_comm,
+  // PyTorch DDP and FSDP always), so only what the backward does not cover shows. false: it
+  // runs after the backward, in full, before the optimizer (Megatron-core without the flag, its
+  // default, and Megatron-LM 2021's local DDP: training.py's allreduce_gradients after
+  // forward_backward; DeepSpeed without overlap_comm, its default for ZeRO 0-2, on the compute
+  // stream). ZeRO-3 reduce-scatters each layer beside the next one's backward: on only.
+  bool overlap_grad_reduce = true;
   // Pipeline transfers (pp > 1) on their own stream, waited for only where the next chunk needs
   // them, so a stage computes its next chunk while its last output is on the wire (Megatron-
   // core's overlap_p2p_comm, on by default in its interleaved schedule; torch.distributed.

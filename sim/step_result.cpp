@@ -120,6 +120,7 @@ void config_into(nlohmann::json& j, const Estimate& e) {
   if (p.ep > 1 || p.etp > 1) j["ep"] = p.ep, j["etp"] = p.etp;  // MoE
   if (p.tp_comm_overlap) j["tp_comm_overlap"] = true;  // sim/tp_overlap.hpp
   if (p.overlap_param_gather) j["overlap_param_gather"] = true;  // ZeRO 1/2 (sim/specs.hpp)
+  if (!p.overlap_grad_reduce) j["overlap_grad_reduce"] = false;  // the reduction after the backward
   if (p.pp_comm_overlap) j["pp_comm_overlap"] = *p.pp_comm_overlap;  // where set (sim/specs.hpp)
   if (p.recompute_layers > 0) j["recompute_layers"] = p.recompute_layers;  // a block recompute
   if (p.cp > 1) j["cp"] = p.cp;  // context parallelism (sim/context_parallel.hpp)
@@ -409,6 +410,7 @@ void read_config(ObjectReader& r, Estimate& e) {
   r.opt_integer("etp", p.etp, 1, kMaxCount);
   r.opt_boolean("tp_comm_overlap", p.tp_comm_overlap);
   r.opt_boolean("overlap_param_gather", p.overlap_param_gather);
+  r.opt_boolean("overlap_grad_reduce", p.overlap_grad_reduce);
   r.opt_boolean("pp_comm_overlap", p.pp_comm_overlap);
   r.opt_integer("recompute_layers", p.recompute_layers, 0, kMaxCount);
   r.opt_integer("cp", p.cp, 1, kMaxCount);  // context parallelism: default 1

@@ -202,6 +202,10 @@ Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec
   if (p.overlap_param_gather && !((p.zero == 1 || p.zero == 2) && dp_cp(p) > 1 && p.dp_comm == DpComm::ring))
     return fail("overlap_param_gather", "overlapping the updated weights' all-gather needs zero 1 or 2 with dp x cp > 1 on "
                                         "the ring (got zero " + s(static_cast<int64_t>(p.zero)) + ", dp x cp " + s(dp_cp(p)) + ")");
+  if (!p.overlap_grad_reduce && (p.zero >= 3 || p.dp_comm != DpComm::ring))
+    return fail("overlap_grad_reduce", std::string("a gradient reduction after the backward needs zero 0-2 on the ring (ZeRO-3 ") +
+                                           "reduce-scatters each layer beside the backward; got zero " +
+                                           s(static_cast<int64_t>(p.zero)) + ", dp_comm " + to_string(p.dp_comm) + ")");
   if (p.tp_comm_overlap && gpu_sm_count(c.gpu) == 0)
     return fail("tp_comm_overlap", "needs the GPU's SM count: the cluster file's gpu.sm_count is not set (got " +
                                        c.gpu.name + ")");

@@ -291,12 +291,13 @@ TEST_CASE("deepspeed: the notes' GPT-3 175B example, key by key") {
                                    {"bf16", {{"enabled", true}}},
                                    {"data_types", {{"grad_accum_dtype", "fp32"}}},
                                    {"communication_data_type", "fp32"},
-                                   {"zero_optimization", {{"stage", 1}, {"reduce_bucket_size", 40000000}}},
+                                   {"zero_optimization", {{"stage", 1}, {"overlap_comm", true}, {"reduce_bucket_size", 40000000}}},
                                    {"pipeline", {{"activation_checkpoint_interval", 0}}}};
   CHECK(j == expected);
   CHECK(mentions(r.unexpressible, "PipelineModule(layers, num_stages=16"));
   CHECK(mentions(r.unexpressible, "num_mp=8, num_dp=8"));
   CHECK(mentions(r.unexpressible, "schedule interleaved"));
+  CHECK(mentions(r.unexpressible, "overlap_grad_reduce on: DeepSpeed's pipeline engine reduces gradients after the backward"));
   CHECK(mentions(r.unexpressible, "sp on"));
   CHECK(mentions(r.unexpressible, "recompute selective"));
 }

@@ -320,6 +320,9 @@ Status read_parallel(MegatronArgs& a, const ModelSpec& m, TrainSpec& t, Parallel
   p.sp = a.has("--sequence-parallel");
   p.tp_comm_overlap = a.has("--tp-comm-overlap");  // validate_config: needs sp and tp > 1, as arguments.py
   p.overlap_param_gather = a.has("--overlap-param-gather");  // validate_config: needs zero 1 or 2 and dp > 1
+  // Without --overlap-grad-reduce (its default) Megatron-core reduces the gradients after the
+  // backward (finalize_model_grads).
+  p.overlap_grad_reduce = a.has("--overlap-grad-reduce");
   // Pipeline sends overlapped with compute in the interleaved schedule unless turned off;
   // arguments.py turns overlap_p2p_comm off for every other schedule, whose sends block (what
   // an unset ParallelConfig::pp_comm_overlap prices).
@@ -333,6 +336,7 @@ Status read_parallel(MegatronArgs& a, const ModelSpec& m, TrainSpec& t, Parallel
     // Megatron-FSDP overlaps its parameter all-gathers with compute itself (its README,
     // "Communication Overlapping"), ZeRO-2's gather of the updated weights included.
     if (p.zero == 2) p.overlap_param_gather = true;
+    p.overlap_grad_reduce = true;  // and its gradient reduce-scatters with the backward (the same README)
   }
   const std::string rg = get_str(a, "--recompute-granularity", "");
   if (rg == "selective") p.recompute = Recompute::selective;
@@ -445,9 +449,9 @@ Expected<Plan> plan_from_megatron(const ImportOptions& o) {
   if (auto st = read_moe(*a, plan.model, plan.train, plan.parallel); !st) return st.error();
   read_train(*a, plan.train);
   if (auto st = read_fp8(*a, plan.train); !st) return st.error();
-  // Read but priced the same either way: data and checkpoint settings, loom's own vocabulary
-  // padding (to a multiple of tp), and gradient-reduce overlap (loom always overlaps it).
-  for (auto* f : {"--tokenizer-type", "--mock-data", "--padded-vocab-size", "--ckpt-format", "--overlap-grad-reduce"})
+  // Read but priced the same either way: data and checkpoint settings, and loom's own
+  // vocabulary padding (to a multiple of tp).
+  for (auto* f : {"--tokenizer-type", "--mock-data", "--padded-vocab-size", "--ckpt-format"})
     a->used.insert(f);
   auto c = import_cluster(o);
   if (!c) return c.error();
@@ -458,6 +462,7 @@ Expected<Plan> plan_from_megatron(const ImportOptions& o) {
                                     std::to_string(p.cp));
   p.dp = *o.gpus / (p.tp * p.pp) / p.cp;  // Megatron: dp = WORLD_SIZE / (tp x pp x cp)
   if (dp_cp(p) <= 1) p.overlap_param_gather = false;  // one replica: no weight gather to overlap
+  if (dp_cp(p) <= 1) p.overlap_grad_reduce = true;     // nor gradients to reduce: the default stays
   std::vector<std::pair<std::string, std::string>> ignored;
   for (const auto& [flag, v] : a->values)
     if (!a->used.count(flag)) ignored.emplace_back(flag, v);

@@ -94,14 +94,25 @@ Status ds_precision(ObjectReader& r, int zero, TrainSpec& t, Ignored& ig) {
   return ok_status();
 }
 
-// zero_optimization: the stage, the reduce bucket, no offload; other ZeRO options are listed.
-Status ds_zero(ObjectReader& r, int& zero, int64_t& bucket_elems, Ignored& ig) {
+// zero_optimization: the stage, the reduce bucket, overlap_comm, no offload; other ZeRO options
+// are listed. overlap_comm (zero/config.py, default on for stage 3 only) reduces each bucket on
+// a stream of its own beside the backward; off, stage_1_and_2.py reduces on the compute stream.
+// Without ZeRO engine.py all-reduces after the backward (allreduce_gradients).
+Status ds_zero(ObjectReader& r, ParallelConfig& p, int64_t& bucket_elems, Ignored& ig) {
+  p.overlap_grad_reduce = false;  // stage 0
   const nlohmann::json* z = r.opt_object("zero_optimization");
   if (!z) return r.failed() ? Status(*r.error()) : ok_status();
   ObjectReader zr(r, "zero_optimization", *z);
   int64_t stage = 0;
   zr.opt_integer("stage", stage, 0, 3);
   zr.opt_integer("reduce_bucket_size", bucket_elems, 1, limits::kBytes);
+  bool overlap = stage == 3;
+  zr.opt_boolean("overlap_comm", overlap);
+  if (zr.failed()) return *zr.error();
+  if (stage == 3 && !overlap)
+    return make_error(r.where() + ": zero_optimization.overlap_comm",
+                      "stage 3 with its reduce-scatters on the compute stream is not modelled (got false)");
+  p.overlap_grad_reduce = stage >= 1 && overlap;
   for (const char* key : {"offload_optimizer", "offload_param"}) {
     if (z->contains(key) && z->at(key).is_null()) {  // Optional in zero/config.py: null is no offload
       zr.skip(key);
@@ -126,7 +137,7 @@ Status ds_zero(ObjectReader& r, int& zero, int64_t& bucket_elems, Ignored& ig) {
       return make_error(r.where() + ": zero_optimization." + key, "not a DeepSpeed ZeRO option (DeepSpeed refuses it)");
     ig.emplace_back("zero_optimization." + key, z->at(key).dump());
   }
-  zero = static_cast<int>(stage);
+  p.zero = static_cast<int>(stage);
   return ok_status();
 }
 
@@ -256,7 +267,7 @@ Expected<Plan> plan_from_deepspeed(const ImportOptions& o) {
   auto& p = plan.parallel;
   int64_t bucket_elems = 500'000'000;  // zero/config.py reduce_bucket_size; engine.py MEMORY_OPT_ALLREDUCE_SIZE
   Status st = ds_refuse_unpriced(r);
-  if (st) st = ds_zero(r, p.zero, bucket_elems, ig);
+  if (st) st = ds_zero(r, p, bucket_elems, ig);
   if (st) st = offload_from_deepspeed(*doc, o.path, p);
   if (st) st = ds_precision(r, p.zero, plan.train, ig);
   if (st) st = ds_parallel(r, o, p, ig);
@@ -267,6 +278,10 @@ Expected<Plan> plan_from_deepspeed(const ImportOptions& o) {
   if (p.pp > 1 && p.zero >= 2)  // pipe/engine.py
     return make_error(o.path + ": zero_optimization.stage",
                       fmt::format("ZeRO-2 and ZeRO-3 are incompatible with DeepSpeed's pipeline engine (pp {}; got {})", p.pp, p.zero));
+  // The pipeline engine reduces once its last backward is done (pipe/engine.py _exec_reduce_grads);
+  // one replica has nothing to reduce (the default stays).
+  if (p.pp > 1) p.overlap_grad_reduce = false;
+  if (p.dp <= 1) p.overlap_grad_reduce = true;
   if (st = ds_batch(r, p.dp, p, plan.train); !st) return st.error();
   ds_tp_backward(p, plan.train);
   // Stage 0 reduces in fixed buckets of 5e8 elements; ZeRO 1-3 in reduce_bucket_size ones.

@@ -65,6 +65,7 @@ SearchPins pins_from(const PlanOptions& o) {
   if (!f.sp.empty()) p.sp = f.sp == "on";
   if (!f.tp_comm_overlap.empty()) p.tp_comm_overlap = f.tp_comm_overlap == "on";
   if (!f.overlap_param_gather.empty()) p.overlap_param_gather = f.overlap_param_gather == "on";
+  if (!f.overlap_grad_reduce.empty()) p.overlap_grad_reduce = f.overlap_grad_reduce == "on";
   if (!f.pp_comm_overlap.empty()) p.pp_comm_overlap = f.pp_comm_overlap == "on";
   p.schedule = enum_pin<Schedule>(f.schedule, schedule_names());
   if (o.cmd->count("--grad-dtype") > 0) p.grad_dtype = o.job.grad_dtype == "fp32" ? Dtype::fp32 : Dtype::bf16;
@@ -120,6 +121,7 @@ std::string row_extras(const ParallelConfig& p) {
   if (p.offload != Offload::none) out += "  offload " + to_string(p.offload);
   if (p.tp_comm_overlap) out += "  tpo";  // tp communication overlapped with the GEMMs
   if (p.overlap_param_gather) out += "  opg";  // ZeRO 1/2's weight gather under the next forward
+  if (!p.overlap_grad_reduce) out += "  ogr off";  // the gradient reduction after the backward
   if (p.pp > 1 && p.pp_comm_overlap) out += *p.pp_comm_overlap ? "  ppo" : "  ppo off";  // pinned pipeline sends
   return out;
 }
@@ -147,6 +149,8 @@ std::string table(const std::vector<Estimate>& top) {
     s += "(tpo: tensor-parallel communication overlapped with the GEMMs, --tp-comm-overlap on)\n";
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.overlap_param_gather; }))
     s += "(opg: ZeRO 1/2's weight all-gather under the next step's first forward, --overlap-param-gather on)\n";
+  if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return !e.parallel.overlap_grad_reduce; }))
+    s += "(ogr off: the gradient reduction after the backward, in full, --overlap-grad-reduce off)\n";
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.pp > 1 && e.parallel.pp_comm_overlap; }))
     s += "(ppo: pipeline sends overlapped with compute, --pp-comm-overlap on; ppo off: each send blocks its sender; "
          "unpinned, 1F1B's block and the other schedules' overlap, as Megatron-core and torch.distributed.pipelining "

@@ -71,6 +71,7 @@ Expected<ParallelConfig> parallel_from_flags(const PredictOptions& o, const Clus
   p.sp = f.sp == "on";
   p.tp_comm_overlap = f.tp_comm_overlap == "on";  // sim/tp_overlap.hpp
   p.overlap_param_gather = f.overlap_param_gather == "on";  // ZeRO 1/2 (sim/specs.hpp)
+  p.overlap_grad_reduce = f.overlap_grad_reduce != "off";  // ZeRO 0-2; default on (sim/specs.hpp)
   if (!f.pp_comm_overlap.empty()) p.pp_comm_overlap = f.pp_comm_overlap == "on";  // unset: the schedule's default
   p.schedule = static_cast<Schedule>(index_of(schedule_names(), f.schedule.empty() ? "1f1b" : f.schedule));
   p.vpp = f.vpp.value_or(p.schedule == Schedule::zb_v ? 2 : 1);  // zb-v: two chunks per rank, a V

@@ -114,6 +114,11 @@ void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
                   "(Megatron-LM's --overlap-param-gather; needs --zero 1 or 2 and dp > 1; a bare flag means on; "
                   "`plan` turns it on wherever it applies unless pinned)",
                   "default off"));
+  add_on_off(cmd, "--overlap-grad-reduce", o.overlap_grad_reduce,
+             text("ZeRO 0-2: the gradient reduction bucket by bucket beside the backward (on: Megatron-LM's "
+                  "--overlap-grad-reduce, DeepSpeed's overlap_comm, PyTorch DDP and FSDP) or after it, in full "
+                  "(off: Megatron-LM's and DeepSpeed's default); off needs --zero 0-2; a bare flag means on",
+                  "default on"));
   add_on_off(cmd, "--pp-comm-overlap", o.pp_comm_overlap,
              text("pipeline sends on their own stream, overlapped with the next chunk's compute, on or off (off: "
                   "each send blocks its sender, as Megatron-LM's non-interleaved 1F1B and --no-overlap-p2p-"

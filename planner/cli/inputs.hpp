@@ -55,6 +55,7 @@ struct ParallelFlags {
   std::string recompute, sp, schedule, order;  // "" = not given
   std::string tp_comm_overlap;                 // --tp-comm-overlap on|off; "" = not given
   std::string overlap_param_gather;            // --overlap-param-gather on|off; "" = not given
+  std::string overlap_grad_reduce;             // --overlap-grad-reduce on|off; "" = not given
   std::string pp_comm_overlap;                 // --pp-comm-overlap on|off; "" = not given
   std::string stage_layers;                    // --stage-layers "8,8,7"; "" = not given
   std::string offload;                         // --offload (planner/cli/offload_cli.hpp); "" = not given

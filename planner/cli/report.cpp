@@ -27,6 +27,7 @@ std::string describe_config(const Estimate& e) {
   s += fmt::format("  sp {}", p.sp ? "on" : "off");
   if (p.tp_comm_overlap) s += "  tp-comm-overlap on";
   if (p.overlap_param_gather) s += "  overlap-param-gather on";
+  if (!p.overlap_grad_reduce) s += "  overlap-grad-reduce off";  // the reduction after the backward
   if (p.pp > 1 && !p.pp_overlapped()) s += "  pp-comm-overlap off";  // each pipeline send blocks its sender
   if (p.order != "tp-dp-pp") s += "  order " + p.order;
   if (p.offload != Offload::none) s += "  offload " + to_string(p.offload);

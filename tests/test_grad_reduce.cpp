@@ -1,0 +1,157 @@
+// The data-parallel gradient reduction beside the backward or after it
+// (ParallelConfig::overlap_grad_reduce): the cost model and the simulator price the same step,
+// the planner and the plan file carry the knob, and Megatron-LM's and DeepSpeed's switches
+// export and import as it.
+#include <catch2/catch.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <string>
+
+#include "run_loom.hpp"
+#include "sim_fixtures.hpp"
+#include "sim/cost_model.hpp"
+#include "sim/simulator.hpp"
+#include "sim/spec_json.hpp"
+#include "sim/validate.hpp"
+
+using namespace loom;
+using namespace loom::test;
+
+namespace {
+
+std::string rules(const Job& j, const ParallelConfig& p) {
+  auto st = validate_config(j.model, j.cluster, j.train, p, [](const std::string& f) { return f; });
+  return st ? std::string() : st.error().message;
+}
+
+ParallelConfig split(int64_t dp, int64_t tp, int64_t pp, int zero, Schedule s, int64_t vpp) {
+  ParallelConfig p;
+  p.dp = dp, p.tp = tp, p.pp = pp, p.zero = zero, p.schedule = s, p.vpp = vpp;
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("overlap-grad-reduce off: the whole reduction shows, as without any overlap", "[cost_model]") {
+  const Job j = job("llama3-8b", "dgx-h100", 64, 512, 4096);
+  const CostModel cm(j.model, j.cluster, j.train);
+  for (int zero : {0, 1, 2}) {
+    ParallelConfig on = split(64, 1, 1, zero, Schedule::one_f_one_b, 1);
+    on.micro_batch = 2;
+    ParallelConfig off = on;
+    off.overlap_grad_reduce = false;
+    REQUIRE(rules(j, off).empty());
+    INFO("zero " << zero);
+    const Estimate e_on = cm.evaluate(on), e_off = cm.evaluate(off), none = cm.evaluate(on, /*overlap=*/false);
+    // One stage, no tp or pp: every collective is dp's, so "after the backward" is exactly the
+    // step with nothing overlapped (no SMs shared either: nothing runs beside the compute).
+    CHECK(e_off.time.dp_comm_s == none.time.dp_comm_s);
+    CHECK(e_off.step_time_s == none.step_time_s);
+    CHECK(e_off.stages[0].sm_contention_s == 0);
+    CHECK(e_on.time.dp_comm_s < e_off.time.dp_comm_s);
+    CHECK(e_on.step_time_s < e_off.step_time_s);
+    // Memory is the same either way: the buckets live in the gradient buffer.
+    CHECK(e_on.memory.peak() == e_off.memory.peak());
+  }
+}
+
+TEST_CASE("overlap-grad-reduce off: the simulator plays the reduction after the last backward", "[simulator]") {
+  const Job j = job("llama3-8b", "dgx-h100", 64, 512, 4096);
+  const CostModel cm(j.model, j.cluster, j.train);
+  struct Case {
+    const char* name;
+    ParallelConfig p;
+  };
+  const Case cases[] = {
+      {"zero 0, one stage", split(64, 1, 1, 0, Schedule::one_f_one_b, 1)},
+      {"zero 2, one stage", split(64, 1, 1, 2, Schedule::one_f_one_b, 1)},
+      {"zero 1, 1f1b pp 4", split(8, 2, 4, 1, Schedule::one_f_one_b, 1)},
+      {"zero 1, interleaved pp 4 vpp 2", split(8, 2, 4, 1, Schedule::interleaved, 2)},
+      {"zero 0, zb-h1 pp 4", split(16, 1, 4, 0, Schedule::zb_h1, 1)},
+      {"zero 1, zb-v pp 4", split(16, 1, 4, 1, Schedule::zb_v, 2)},
+  };
+  for (const Case& c : cases) {
+    ParallelConfig off = c.p;
+    off.overlap_grad_reduce = false;
+    REQUIRE(rules(j, off).empty());
+    const Estimate on = cm.evaluate(c.p), e = cm.evaluate(off);
+    auto sim = simulate(cm, off, SimOptions{});
+    REQUIRE(sim.ok());
+    INFO(c.name << ": analytical " << e.step_time_s << " s, simulated " << sim->step_time_s << " s, overlapped "
+                << on.step_time_s << " s");
+    CHECK(e.step_time_s > on.step_time_s);
+    CHECK(std::fabs(sim->step_time_s / e.step_time_s - 1) <= 0.01);
+  }
+}
+
+TEST_CASE("overlap-grad-reduce: the rule, the plan file and the search", "[cli][planner]") {
+  const Job j = job("llama3-8b", "dgx-h100", 64, 512, 4096);
+  ParallelConfig p = split(64, 1, 1, 3, Schedule::one_f_one_b, 1);
+  p.overlap_grad_reduce = false;
+  CHECK(rules(j, p) ==
+        "overlap_grad_reduce: a gradient reduction after the backward needs zero 0-2 on the ring (ZeRO-3 reduce-scatters "
+        "each layer beside the backward; got zero 3, dp_comm ring)");
+  p.zero = 1;
+  CHECK(to_json(p)["overlap_grad_reduce"] == false);
+  CHECK_FALSE(to_json(ParallelConfig{}).contains("overlap_grad_reduce"));  // on: the default, not written
+  auto back = parallel_from_json(to_json(p), "test");
+  REQUIRE(back.ok());
+  CHECK_FALSE(back->overlap_grad_reduce);
+
+  const std::string job_args = "--model llama3-8b --cluster dgx-h100 --gpus 64 --global-batch 512 --seq 4096 ";
+  const LoomRun bad = run_loom("plan " + job_args + "--zero 3 --overlap-grad-reduce off");
+  CHECK(bad.code == 2);
+  CHECK(bad.err == "loom: --overlap-grad-reduce: off reduces the gradients after the backward: needs --zero 0-2 (ZeRO-3 "
+                   "reduce-scatters each layer beside the backward; got 3)\n");
+  const std::string planned = temp_file("ogr_plan.json", "");
+  const LoomRun pinned = run_loom("plan " + job_args + "--top 3 --overlap-grad-reduce off -o " + planned);
+  INFO(pinned.err);
+  REQUIRE(pinned.code == 0);
+  CHECK(pinned.out.find("ogr off") != std::string::npos);
+  const nlohmann::json par = plan_configuration(planned)["parallel"];
+  CHECK(par["overlap_grad_reduce"] == false);
+  CHECK(par["zero"].get<int>() <= 2);
+  const LoomRun pred = run_loom("predict " + job_args + "--tp 1 --pp 1 --zero 1 --overlap-grad-reduce off");
+  REQUIRE(pred.code == 0);
+  CHECK(pred.out.find("overlap-grad-reduce off") != std::string::npos);
+}
+
+TEST_CASE("overlap-grad-reduce: Megatron-LM's --overlap-grad-reduce and DeepSpeed's overlap_comm", "[export][import]") {
+  const std::string job_args = "--model llama3-8b --cluster dgx-h100 --gpus 64 --global-batch 512 --seq 4096 --tp 1 --pp 1 ";
+  const std::string import_args = "--cluster dgx-h100 --gpus 64";
+  // Megatron-LM: the flag where on, its absence (Megatron-core's default) where off.
+  const RoundTrip mg_on = export_round_trip("megatron", job_args + "--zero 1", import_args, "ogr_mg_on", "--overlap-grad-reduce");
+  CHECK_FALSE(plan_configuration(mg_on.imported)["parallel"].contains("overlap_grad_reduce"));
+  const RoundTrip mg_off = export_round_trip("megatron", job_args + "--zero 1 --overlap-grad-reduce off", import_args,
+                                             "ogr_mg_off", "--use-distributed-optimizer");
+  CHECK(slurp(mg_off.exported).find("--overlap-grad-reduce") == std::string::npos);
+  CHECK(plan_configuration(mg_off.imported)["parallel"]["overlap_grad_reduce"] == false);
+  // DeepSpeed: overlap_comm written either way and read back; its default is off for ZeRO 1/2.
+  const std::string ds_import = import_args + " --model llama3-8b --seq 4096";
+  const RoundTrip ds_on = export_round_trip("deepspeed", job_args + "--zero 2", ds_import, "ogr_ds_on", "\"overlap_comm\": true");
+  CHECK_FALSE(plan_configuration(ds_on.imported)["parallel"].contains("overlap_grad_reduce"));
+  const RoundTrip ds_off = export_round_trip("deepspeed", job_args + "--zero 2 --overlap-grad-reduce off", ds_import,
+                                             "ogr_ds_off", "\"overlap_comm\": false");
+  CHECK(plan_configuration(ds_off.imported)["parallel"]["overlap_grad_reduce"] == false);
+  const std::string plain = temp_file("ogr_ds_default.json",
+                                      R"({"train_batch_size": 512, "train_micro_batch_size_per_gpu": 1,
+                                          "bf16": {"enabled": true}, "zero_optimization": {"stage": 1}})");
+  const std::string plain_plan = temp_file("ogr_ds_default_plan.json", "");
+  REQUIRE(run_loom("import deepspeed " + plain + " " + ds_import + " -o " + plain_plan).code == 0);
+  CHECK(plan_configuration(plain_plan)["parallel"]["overlap_grad_reduce"] == false);
+  const std::string z3 = temp_file("ogr_ds_z3.json",
+                                   R"({"train_batch_size": 512, "train_micro_batch_size_per_gpu": 1,
+                                       "bf16": {"enabled": true}, "zero_optimization": {"stage": 3, "overlap_comm": false}})");
+  const LoomRun refused = run_loom("import deepspeed " + z3 + " " + ds_import);
+  CHECK(refused.code == 2);
+  CHECK(refused.err == "loom: " + z3 + ": zero_optimization.overlap_comm: stage 3 with its reduce-scatters on the compute "
+                                       "stream is not modelled (got false)\n");
+  // torchtitan's FSDP and DDP always overlap: off is named, not dropped.
+  const std::string off_plan = temp_file("ogr_off_plan.json", "");
+  REQUIRE(run_loom("predict " + job_args + "--zero 1 --overlap-grad-reduce off -o " + off_plan).code == 0);
+  const LoomRun tt = run_loom("export " + off_plan + " --to torchtitan");
+  CHECK(tt.err.find("overlap_grad_reduce off: torchtitan's FSDP and DDP reduce gradients beside the backward") !=
+        std::string::npos);
+}
