@@ -166,6 +166,9 @@ void megatron_data_parallel(const ParallelConfig& p, Args& a, std::vector<std::s
   // The gradient reduction beside the backward (ParallelConfig::overlap_grad_reduce); without the
   // flag Megatron-core reduces after it (finalize_model_grads), as loom's off prices.
   if (dp_cp(p) > 1 && p.overlap_grad_reduce) a.push_back({"--overlap-grad-reduce", ""});
+  if (dp_cp(p) > 1 && !p.overlap_grad_reduce && p.zero >= 2)
+    no.push_back("overlap_grad_reduce off: Megatron-FSDP reduce-scatters the gradients beside the backward, as the "
+                 "exported run will");
   // The distributed optimizer's weight all-gather under the next forward (arguments.py asserts
   // --use-distributed-optimizer and --overlap-grad-reduce beside it).
   if (p.overlap_param_gather && p.zero == 1 && p.overlap_grad_reduce) a.push_back({"--overlap-param-gather", ""});

@@ -71,6 +71,9 @@ Status check_pins(const ClusterSpec& c, const SearchPins& p) {
   if (p.overlap_grad_reduce && !*p.overlap_grad_reduce && p.zero && *p.zero == 3)
     return make_error("--overlap-grad-reduce", "off reduces the gradients after the backward: needs --zero 0-2 (ZeRO-3 "
                                                "reduce-scatters each layer beside the backward; got 3)");
+  if (p.overlap_grad_reduce && !*p.overlap_grad_reduce && !p.offload.empty() &&
+      std::all_of(p.offload.begin(), p.offload.end(), [](Offload o) { return o == Offload::optimizer_params; }))
+    return make_error("--overlap-grad-reduce", "off needs --zero 0-2, and --offload optimizer+params needs ZeRO-3");
   if (p.vpp && *p.vpp != 2 && p.schedule && *p.schedule == Schedule::zb_v)
     return make_error("--vpp", "the zb-v schedule runs two chunks per rank, a V: must be 2 (got " + search_str(*p.vpp) + ")");
   if (p.vpp && *p.vpp > 1 && p.schedule && *p.schedule != Schedule::interleaved && *p.schedule != Schedule::zb_v)
@@ -570,8 +573,12 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
   p.cp = sp.cp;
   p.zero = u.zero;
   p.order = space.orders[u.order];
-  p.overlap_param_gather = space.overlap_param_gather && (p.zero == 1 || p.zero == 2) && dp_cp(p) > 1;
-  p.overlap_grad_reduce = space.overlap_grad_reduce;  // off: validate_config refuses ZeRO-3
+  // Off only where there are gradients to reduce (validate_config refuses it with ZeRO-3).
+  p.overlap_grad_reduce = space.overlap_grad_reduce || dp_cp(p) <= 1;
+  // Megatron-LM's distributed optimizer overlaps its weight gather only beside an overlapped
+  // gradient reduction (arguments.py asserts --overlap-grad-reduce with --overlap-param-gather).
+  p.overlap_param_gather = space.overlap_param_gather && (p.zero == 1 || p.zero == 2) && dp_cp(p) > 1 &&
+                           (p.overlap_grad_reduce || p.zero == 2);
   p.pp_comm_overlap = space.pp_comm_overlap;
   p.recompute_layers = space.recompute_layers;  // only full recompute is tried where set
   StageWork scratch;  // the memory bound's buffer list, its storage reused candidate after candidate

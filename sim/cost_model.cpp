@@ -220,7 +220,8 @@ double dp_busy_s(const DpTimes& d, int64_t mb) {
 
 // Exposed data-parallel time per step. Gradient reduction runs in buckets during the backward
 // that produces them: only the part longer than that backward, and at least the last bucket,
-// shows (ZeRO-2: every micro-batch). ZeRO-1/2 parameter all-gathers follow the optimizer step,
+// shows (ZeRO-2: every micro-batch); with overlap false (and the gradient reduction after the
+// backward: price_dp) all of it. ZeRO-1/2 parameter all-gathers follow the optimizer step,
 // exposed. ZeRO-3 gathers are prefetched one layer ahead: each layer shows what its gather
 // (and, in backward, its reduce-scatter) exceeds its compute, plus the first layer's gather.
 // Without overlap every collective shows in full, as under Zero3Gather::tensor (DeepSpeed
@@ -642,15 +643,20 @@ std::optional<double> interleaved_pp_played_s(const std::vector<StageEstimate>& 
 // i's last backward ends sum_{j<i} b_j before stage 0's (the last gradient still goes back
 // through the stages before it), and its optimizer starts then, so the step ends
 // max_i (o_i - sum_{j<i} b_j) after stage 0's last backward rather than max_i o_i. With uneven
-// stages the stage holding the most parameters need not be the first.
-double optimizer_in_drain_s(const std::vector<StageEstimate>& stages) {
-  double largest = 0, exposed = 0, drain = 0;
+// stages the stage holding the most parameters need not be the first. With the gradient
+// reduction after the backward (ParallelConfig::overlap_grad_reduce off) each stage's tail is
+// its reduction D_i (dp_comm_exposed_s) and then its optimizer: what max_i (D_i + o_i -
+// sum_{j<i} b_j) saves of max_i D_i + max_i o_i.
+double tail_in_drain_s(const std::vector<StageEstimate>& stages, bool grads_after) {
+  double largest_o = 0, largest_d = 0, exposed = 0, drain = 0;
   for (const StageEstimate& x : stages) {
-    largest = std::max(largest, x.optimizer_s);
-    exposed = std::max(exposed, x.optimizer_s - drain);
+    const double d = grads_after ? x.dp_comm_exposed_s : 0.0;
+    largest_o = std::max(largest_o, x.optimizer_s);
+    largest_d = std::max(largest_d, d);
+    exposed = std::max(exposed, d + x.optimizer_s - drain);
     drain += x.micro_batch_s() - split_pass(x).f;
   }
-  return largest - exposed;
+  return largest_o + largest_d - exposed;
 }
 
 // Step time (Narayanan et al. 2021, Sec. 2.2): the slowest stage runs m micro-batches; the
@@ -707,8 +713,10 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overla
   est.time.dp_comm_s += zb_h1_dp_tail_s;
   if (p.schedule == Schedule::zb_v && p.pp > 1) est.time.dp_comm_s += zb_v_dp_tail_s(est.stages, dp, est.micro_batches, tables);
   est.time.host_comm_s += mb * ss.host_s;
-  if (p.schedule == Schedule::one_f_one_b || p.schedule == Schedule::gpipe)
-    est.time.bubble_s = std::max(0.0, est.time.bubble_s - optimizer_in_drain_s(est.stages));
+  if (p.schedule == Schedule::one_f_one_b || p.schedule == Schedule::gpipe) {
+    const bool grads_after = overlap && !p.overlap_grad_reduce;  // each stage's reduction in its own drain
+    est.time.bubble_s = std::max(0.0, est.time.bubble_s - tail_in_drain_s(est.stages, grads_after));
+  }
   est.step_time_s = est.time.total_s();
 }
 

@@ -9,7 +9,9 @@
 // pipeline sends on the pp stream. Edges: stream order within a rank, a slot's input from
 // the rank that sends it (forward from the previous stage, gradients from the next), a
 // gradient bucket from the backward that produces it (at the fraction of that backward
-// where its bucket fills; zb-h1: from the W), the optimizer from the last bucket.
+// where its bucket fills; zb-h1: from the W), the optimizer from the last bucket. With the
+// reduction after the backward (ParallelConfig::overlap_grad_reduce off) ZeRO-2's buckets
+// queue on the compute stream and ZeRO 0/1's follow the stage's last compute.
 // Times. Each stage's work (sim/stage_work.hpp) as the cost model prices it: op times per
 // pass split evenly over the stage's chunks, each message on its group's links
 // (collectives.hpp), tensor-parallel ones after the pass they belong to. A topological

@@ -206,6 +206,11 @@ Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec
     return fail("overlap_grad_reduce", std::string("a gradient reduction after the backward needs zero 0-2 on the ring (ZeRO-3 ") +
                                            "reduce-scatters each layer beside the backward; got zero " +
                                            s(static_cast<int64_t>(p.zero)) + ", dp_comm " + to_string(p.dp_comm) + ")");
+  // ZeRO-2's per-micro-batch reduce-scatters blocking the compute stream stretch every pipeline
+  // period, which the cost model does not price (and no engine runs: DeepSpeed's pipeline engine
+  // refuses ZeRO-2, Megatron-FSDP always overlaps).
+  if (!p.overlap_grad_reduce && p.zero == 2 && p.pp > 1)
+    return fail("overlap_grad_reduce", "off with zero 2 needs pp 1 (got pp " + s(p.pp) + ")");
   if (p.tp_comm_overlap && gpu_sm_count(c.gpu) == 0)
     return fail("tp_comm_overlap", "needs the GPU's SM count: the cluster file's gpu.sm_count is not set (got " +
                                        c.gpu.name + ")");

@@ -323,6 +323,9 @@ Status read_parallel(MegatronArgs& a, const ModelSpec& m, TrainSpec& t, Parallel
   // Without --overlap-grad-reduce (its default) Megatron-core reduces the gradients after the
   // backward (finalize_model_grads).
   p.overlap_grad_reduce = a.has("--overlap-grad-reduce");
+  if (p.overlap_param_gather && !p.overlap_grad_reduce && !a.has("--use-megatron-fsdp"))
+    return make_error(a.where + ": --overlap-param-gather", "needs --overlap-grad-reduce beside it, as Megatron-LM's "
+                                                            "arguments.py asserts");
   // Pipeline sends overlapped with compute in the interleaved schedule unless turned off;
   // arguments.py turns overlap_p2p_comm off for every other schedule, whose sends block (what
   // an unset ParallelConfig::pp_comm_overlap prices).

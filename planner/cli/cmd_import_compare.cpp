@@ -18,6 +18,8 @@ namespace loom::cli {
 
 namespace {
 
+std::string on_off(bool on) { return on ? "on" : "off"; }
+
 // The configuration fields that differ, one row each: field, yours, loom's.
 std::string differing_fields(const Estimate& a, const Estimate& b) {
   const auto& p = a.parallel;
@@ -32,6 +34,9 @@ std::string differing_fields(const Estimate& a, const Estimate& b) {
       {"vpp", std::to_string(p.vpp), std::to_string(q.vpp)},
       {"recompute", to_string(p.recompute), to_string(q.recompute)},
       {"sp", p.sp ? "on" : "off", q.sp ? "on" : "off"},
+      {"tp comm overlap", on_off(p.tp_comm_overlap), on_off(q.tp_comm_overlap)},
+      {"overlap param gather", on_off(p.overlap_param_gather), on_off(q.overlap_param_gather)},
+      {"overlap grad reduce", on_off(p.overlap_grad_reduce), on_off(q.overlap_grad_reduce)},
       {"order", p.order, q.order},
       {"offload", to_string(p.offload), to_string(q.offload)},
       {"grad dtype", to_string(a.train.grad_dtype), to_string(b.train.grad_dtype)},

@@ -249,6 +249,23 @@ Status ds_refuse_unpriced(ObjectReader& r) {
   return ok_status();
 }
 
+// Where DeepSpeed reduces after the backward whatever overlap_comm says: the pipeline engine,
+// once its last backward is done (pipe/engine.py _exec_reduce_grads), and stage 0
+// (engine.py allreduce_gradients); said on stderr where the config asks for the overlap. One
+// replica has nothing to reduce: the default stays.
+void ds_grad_reduce_rules(const nlohmann::json& doc, const std::string& path, ParallelConfig& p) {
+  const nlohmann::json* z = doc.contains("zero_optimization") ? &doc.at("zero_optimization") : nullptr;
+  const bool asked = z && z->is_object() && z->contains("overlap_comm") && z->at("overlap_comm") == true;
+  if (p.pp > 1 || p.zero == 0) {
+    if (asked && p.dp > 1)
+      fmt::print(stderr, "loom: {}: zero_optimization.overlap_comm true: {} reduces gradients after the backward ({}); "
+                         "priced so\n", path, p.pp > 1 ? "the pipeline engine" : "stage 0",
+                 p.pp > 1 ? "pipe/engine.py _exec_reduce_grads" : "engine.py allreduce_gradients");
+    p.overlap_grad_reduce = false;
+  }
+  if (p.dp <= 1) p.overlap_grad_reduce = true;
+}
+
 }  // namespace
 
 Expected<Plan> plan_from_deepspeed(const ImportOptions& o) {
@@ -278,10 +295,7 @@ Expected<Plan> plan_from_deepspeed(const ImportOptions& o) {
   if (p.pp > 1 && p.zero >= 2)  // pipe/engine.py
     return make_error(o.path + ": zero_optimization.stage",
                       fmt::format("ZeRO-2 and ZeRO-3 are incompatible with DeepSpeed's pipeline engine (pp {}; got {})", p.pp, p.zero));
-  // The pipeline engine reduces once its last backward is done (pipe/engine.py _exec_reduce_grads);
-  // one replica has nothing to reduce (the default stays).
-  if (p.pp > 1) p.overlap_grad_reduce = false;
-  if (p.dp <= 1) p.overlap_grad_reduce = true;
+  ds_grad_reduce_rules(*doc, o.path, p);
   if (st = ds_batch(r, p.dp, p, plan.train); !st) return st.error();
   ds_tp_backward(p, plan.train);
   // Stage 0 reduces in fixed buckets of 5e8 elements; ZeRO 1-3 in reduce_bucket_size ones.

@@ -15,6 +15,7 @@
 #include "planner/cli/report.hpp"
 #include "planner/cli/flags.hpp"
 #include "planner/search.hpp"
+#include "sim/context_parallel.hpp"
 #include "sim/fp8.hpp"
 #include "sim/json_reader.hpp"
 #include "sim/offload.hpp"
@@ -121,7 +122,7 @@ std::string row_extras(const ParallelConfig& p) {
   if (p.offload != Offload::none) out += "  offload " + to_string(p.offload);
   if (p.tp_comm_overlap) out += "  tpo";  // tp communication overlapped with the GEMMs
   if (p.overlap_param_gather) out += "  opg";  // ZeRO 1/2's weight gather under the next forward
-  if (!p.overlap_grad_reduce) out += "  ogr off";  // the gradient reduction after the backward
+  if (!p.overlap_grad_reduce && dp_cp(p) > 1) out += "  ogr off";  // the gradient reduction after the backward
   if (p.pp > 1 && p.pp_comm_overlap) out += *p.pp_comm_overlap ? "  ppo" : "  ppo off";  // pinned pipeline sends
   return out;
 }
@@ -149,7 +150,8 @@ std::string table(const std::vector<Estimate>& top) {
     s += "(tpo: tensor-parallel communication overlapped with the GEMMs, --tp-comm-overlap on)\n";
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.overlap_param_gather; }))
     s += "(opg: ZeRO 1/2's weight all-gather under the next step's first forward, --overlap-param-gather on)\n";
-  if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return !e.parallel.overlap_grad_reduce; }))
+  if (std::any_of(top.begin(), top.end(),
+                  [](const Estimate& e) { return !e.parallel.overlap_grad_reduce && dp_cp(e.parallel) > 1; }))
     s += "(ogr off: the gradient reduction after the backward, in full, --overlap-grad-reduce off)\n";
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.pp > 1 && e.parallel.pp_comm_overlap; }))
     s += "(ppo: pipeline sends overlapped with compute, --pp-comm-overlap on; ppo off: each send blocks its sender; "

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "planner/cli/offload_cli.hpp"
+#include "sim/context_parallel.hpp"
 #include "sim/fp8.hpp"
 #include "sim/offload.hpp"
 #include "sim/spec_json.hpp"
@@ -27,7 +28,7 @@ std::string describe_config(const Estimate& e) {
   s += fmt::format("  sp {}", p.sp ? "on" : "off");
   if (p.tp_comm_overlap) s += "  tp-comm-overlap on";
   if (p.overlap_param_gather) s += "  overlap-param-gather on";
-  if (!p.overlap_grad_reduce) s += "  overlap-grad-reduce off";  // the reduction after the backward
+  if (!p.overlap_grad_reduce && dp_cp(p) > 1) s += "  overlap-grad-reduce off";  // the reduction after the backward
   if (p.pp > 1 && !p.pp_overlapped()) s += "  pp-comm-overlap off";  // each pipeline send blocks its sender
   if (p.order != "tp-dp-pp") s += "  order " + p.order;
   if (p.offload != Offload::none) s += "  offload " + to_string(p.offload);
