@@ -88,6 +88,7 @@ class Trainer {
   Expected<ChunkStash*> open_stash(int mb, int chunk);
   Status receive(int mb, int chunk, Phase phase, float* dst);
   Status send_from(const float* src, int mb, int chunk, Phase phase);
+  Status finish_blocking_send();
   // This rank's chunk `chunk` as a virtual stage of the model (zb-v: the V), and whether this
   // rank holds the output layer and loss (zb-v: the first stage).
   int64_t vstage(int chunk) const { return virtual_stage(plan_.parallel.schedule, coords_.pp, chunk, pp_size_); }

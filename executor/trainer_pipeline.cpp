@@ -62,8 +62,21 @@ Expected<ChunkStash*> Trainer::open_stash(int mb, int chunk) {
   return &cs;
 }
 
+// Pipeline sends that block their sender (ParallelConfig::pp_overlapped() false: Megatron-core's
+// non-interleaved 1F1B, DeepSpeed's pipeline engine, which the simulator plays on the sender's
+// compute stream): the slot after a send computes only once the send is through. It waits once
+// its own receive is in, as Megatron-LM pairs them (p2p_communication.py
+// send_forward_recv_backward and the like: one batch of isend and irecv, then a wait on both);
+// waiting right after the isend could leave two neighbours that send to each other each waiting
+// for the other to post its receive. Overlapped sends are waited for only before their buffer is
+// written again.
+Status Trainer::finish_blocking_send() {
+  if (plan_.parallel.pp_overlapped()) return ok_status();
+  return comm_.wait(send_req_, "pipeline send");
+}
+
 // The activation (forward) or its gradient (backward) of (mb, chunk) from the stage before
-// (after), into `dst`. zb-v's turn of the V on the last stage stays on the rank: chunk 0's
+// (after), into `dst`; then the previous send, where sends block (finish_blocking_send). zb-v's turn of the V on the last stage stays on the rank: chunk 0's
 // forward left its output in recv_buf_, and chunk 1's backward its input gradient in dres_, the
 // backward's `dst`. Neither is written over before it is read: zb_v_rank's last table runs no
 // receiving slot (chunk 0's F, chunk 1's B) between a chunk-0 F and its chunk-1 F, and a
@@ -72,13 +85,17 @@ Status Trainer::receive(int mb, int chunk, Phase phase, float* dst) {
   const int64_t stage = coords_.pp, chunks = pp_size_ * vpp_, mc = vstage(chunk);
   const bool fwd = phase == Phase::forward;
   const StageChunk src = slot_source(plan_.parallel.schedule, stage, chunk, phase, pp_size_, vpp_);
-  if (src.stage == stage) return fwd ? compute_->copy(dst, recv_buf_.data(), d_.Ns * d_.C) : ok_status();
+  if (src.stage == stage) {
+    if (auto st = finish_blocking_send(); !st) return st;
+    return fwd ? compute_->copy(dst, recv_buf_.data(), d_.Ns * d_.C) : ok_status();
+  }
   const int from = pp_.ranks[static_cast<size_t>(src.stage)];
   comm_.label(tn::pp_recv(fwd, mb), tn::pp_recv_stream(fwd));
   if (auto st = comm_.recv(from, recv_buf_.data(), recv_buf_.bytes(), p2p_tag(mb, mc, chunks, fwd ? 0 : 1),
                            fwd ? "pipeline forward receive" : "pipeline backward receive");
       !st)
     return st;
+  if (auto st = finish_blocking_send(); !st) return st;
   return compute_->copy(dst, recv_buf_.data(), d_.Ns * d_.C);
 }
 
@@ -155,15 +172,15 @@ Status Trainer::forward_slot(int64_t step, int mb, int chunk) {
   tokens_for(step, mb, tokens, targets);
   const auto& ids = chunk_units(chunk);
   size_t ui = 0;
-  rec_.compute_begin(tn::forward(mb, chunk), mb, chunk);
   float* x0 = layers_in(chunk) > 0 ? (*cs)->xs[0].data() : compute_->head_input(*(*cs)->head);
+  // The input first (a blocking send before waits after it), then the slot's compute.
+  if (auto st = first ? finish_blocking_send() : receive(mb, chunk, Phase::forward, x0); !st) return st;
+  rec_.compute_begin(tn::forward(mb, chunk), mb, chunk);
   if (first) {
     const Unit& u = unit(ids[ui++]);
     auto P = acquire(u, tn::dp_gather(true, mb, chunk));
     if (!P) return P.error();
     if (auto st = compute_->embed_forward(*P, u.o, tokens.data(), x0); !st) return st;
-  } else if (auto st = receive(mb, chunk, Phase::forward, x0); !st) {
-    return st;
   }
   if (auto st = forward_layers(**cs, ids, ui, mb, chunk, last); !st) return st;
   if (last) {
@@ -234,11 +251,11 @@ Status Trainer::backward_slot(int64_t step, int mb, int chunk) {
   const auto& ids = chunk_units(chunk);
   int ui = static_cast<int>(ids.size()) - 1;
   float* d = dres_.data();
+  // The gradient first (a blocking send before waits after it), then the slot's compute.
+  if (auto st = last ? finish_blocking_send() : receive(mb, chunk, Phase::backward, d); !st) return st;
   rec_.compute_begin(tn::backward(mb, chunk), mb, chunk);
   if (last) {
     if (auto st = backward_head(cs, unit(ids[static_cast<size_t>(ui--)]), targets, mb, chunk, d); !st) return st;
-  } else if (auto st = receive(mb, chunk, Phase::backward, d); !st) {
-    return st;
   }
   for (int64_t i = layers_in(chunk) - 1; i >= 0; --i)
     if (auto st = backward_layer(cs, unit(ids[static_cast<size_t>(ui--)]), i, mb, chunk, d); !st) return st;
@@ -262,6 +279,7 @@ Status Trainer::weight_slot(int mb, int chunk) {
   ChunkStash& cs = it->second;
   const auto& ids = chunk_units(chunk);
   const bool first = vstage(chunk) == 0;
+  if (auto st = finish_blocking_send(); !st) return st;  // a W receives nothing
   rec_.compute_begin(tn::weight(mb, chunk), mb, chunk);
   for (int64_t i = 0; i < layers_in(chunk); ++i) {
     const Unit& u = unit(ids[static_cast<size_t>(i + (first ? 1 : 0))]);
