@@ -26,6 +26,7 @@ struct Dims {  // per micro-batch, per rank
   // Context parallelism (cpu/ring_attention.hpp): each sequence split over cp ranks, T = seq / cp
   // tokens of it on this rank (chunks cp_rank and 2 cp - 1 - cp_rank), attention as a ring.
   int64_t cp = 1, cp_rank = 0;
+  bool cp_all_gather = false;  // K and V gathered whole instead of passed round (CpComm::all_gather)
   int64_t C = 0, hd = 0, Hl = 0, Hkvl = 0, Ql = 0, KVl = 0, Fl = 0, V = 0, Vr = 0;
   bool gpt = true, sp = false;
   double eps = 1e-5, rope_theta = 10000;

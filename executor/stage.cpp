@@ -121,7 +121,10 @@ Scratch make_scratch(Ledger& l, const Dims& d, bool last_stage) {
   s.att_out = Buf(l, W, d.N * d.Ql);
   if (d.sp) s.sp_gather = Buf(l, Mem::comm_buffers, d.N * d.C);
   if (last_stage) s.logits = Buf(l, Mem::logits, d.N * d.Vr);
-  if (d.cp > 1) {  // k, v, dk, dv of one block each
+  if (d.cp > 1 && d.cp_all_gather) {  // every rank's k, v (forward and backward), and dk, dv of every block
+    s.ring_a = Buf(l, Mem::comm_buffers, 2 * d.cp * d.N * d.KVl);
+    s.ring_b = Buf(l, Mem::comm_buffers, 2 * d.cp * d.N * d.KVl);
+  } else if (d.cp > 1) {  // k, v, dk, dv of one block each
     s.ring_a = Buf(l, Mem::comm_buffers, 4 * d.N * d.KVl);
     s.ring_b = Buf(l, Mem::comm_buffers, 4 * d.N * d.KVl);
   }

@@ -37,7 +37,9 @@ HeadStash make_head_stash(Ledger& l, const Dims& d);
 struct Scratch {
   Buf full_a, full_b, d_full, d_ln_full, d_fch_act, d_fch, d_up, d_atty, dq, dk, dv, dq0, dk0, rows3, att_out;
   Buf sp_gather, logits;
-  Buf ring_a, ring_b;  // context parallelism: the K, V (and dK, dV) block held and the one arriving
+  // Context parallelism: the K, V (and dK, dV) block held and the one arriving; with
+  // CpComm::all_gather every rank's K, V (a) and every block's dK, dV (b).
+  Buf ring_a, ring_b;
 };
 Scratch make_scratch(Ledger& l, const Dims& d, bool last_stage);
 

@@ -1,6 +1,7 @@
 // Context parallelism in a layer (stage.hpp): the attention core of this rank's tokens as a ring
 // over the cp group (cpu/ring_attention.hpp), its K and V blocks sent to the next cp rank and
-// received from the previous one over MPI, and RoPE at the tokens' global positions.
+// received from the previous one over MPI, or (CpComm::all_gather) every block all-gathered
+// first and the K and V gradients reduce-scattered after; and RoPE at the tokens' global positions.
 #include <algorithm>
 
 #include "executor/cpu/ring_attention.hpp"
@@ -38,20 +39,38 @@ cpu::RingShift shift(StageCtx& c) {
   };
 }
 
+// CpComm::all_gather's collectives over the cp group: K and V gathered, dK and dV reduce-scattered.
+cpu::RingCollective gather(StageCtx& c) {
+  return [&c](float* data, int64_t n) { return c.comm.all_gather(*c.cp, data, n); };
+}
+cpu::RingCollective reduce_scatter(StageCtx& c) {
+  return [&c](float* data, int64_t n) { return c.comm.reduce_scatter(*c.cp, data, n); };
+}
+
 }  // namespace
 
 int64_t cp_position(const Dims& d, int64_t t) { return split(d).position(t); }
 
+// The ring, or with CpComm::all_gather every K and V block gathered into ring_a first.
 Status cp_attention_forward(StageCtx& c, LayerStash& st) {
   const Dims& d = c.d;
+  if (d.cp_all_gather)
+    return cpu::gathered_attention_forward(st.atty.data(), st.lse.data(), st.q.data(), st.k.data(), st.v.data(),
+                                           shape(d), c.s.ring_a.data(), c.s.att_out.data(), gather(c), c.flops);
   return cpu::ring_attention_forward(st.atty.data(), st.lse.data(), st.q.data(), st.k.data(), st.v.data(), shape(d),
                                      buffers(c), shift(c), c.flops);
 }
 
-// s.dq, s.dk, s.dv (zeroed by the caller) from s.d_atty, the stashed output and log-sum-exp.
+// s.dq, s.dk, s.dv (zeroed by the caller) from s.d_atty, the stashed output and log-sum-exp; with
+// CpComm::all_gather, K and V gathered into ring_a again and every block's dK, dV in ring_b.
 Status cp_attention_backward(StageCtx& c, LayerStash& st) {
   const Dims& d = c.d;
   Scratch& s = c.s;
+  if (d.cp_all_gather)
+    return cpu::gathered_attention_backward(s.dq.data(), s.dk.data(), s.dv.data(), s.d_atty.data(), st.atty.data(),
+                                            st.lse.data(), st.q.data(), st.k.data(), st.v.data(), shape(d),
+                                            s.ring_a.data(), s.ring_b.data(), s.att_out.data(), gather(c),
+                                            reduce_scatter(c), c.flops);
   return cpu::ring_attention_backward(s.dq.data(), s.dk.data(), s.dv.data(), s.d_atty.data(), st.atty.data(),
                                       st.lse.data(), st.q.data(), st.k.data(), st.v.data(), shape(d), buffers(c),
                                       shift(c), c.flops);

@@ -95,6 +95,9 @@ auto TracedComm::timed(const Group* g, const char* op, int64_t bytes, F&& f) -> 
     const bool sp_op = std::string(op) != "all_reduce";
     e.name = sp_ && sp_op ? tn::kTpSequenceParallel : tn::kTpAllReduce;
     e.stream = tn::Stream::tp;
+  } else if (g->kind == GroupKind::cp) {  // CpComm::all_gather's (the ring's hops are point-to-point)
+    e.name = std::string(op) == "all_gather" ? tn::kCpAllGather : std::string("cp ") + op;
+    e.stream = tn::Stream::tp;
   } else if (g->kind == GroupKind::dp || g->kind == GroupKind::edp) {
     e.name = std::string(group_name(g->kind)) + " " + op;
     e.stream = tn::Stream::dp;

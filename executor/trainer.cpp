@@ -28,6 +28,7 @@ void Trainer::setup_dims() {
   d_.T = plan_.train.seq / p.cp;  // context parallelism: this rank's chunks of each sequence
   d_.cp = p.cp;
   d_.cp_rank = coords_.cp;
+  d_.cp_all_gather = p.cp_comm == CpComm::all_gather;
   d_.N = d_.B * d_.T;
   d_.Ns = p.sp ? d_.N / p.tp : d_.N;
   d_.C = m.hidden;

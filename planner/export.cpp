@@ -232,10 +232,10 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
                  "collectives with their gradient GEMMs");
   note_pp_scatter_gather(t, p, "Megatron-LM (since 2023)", no);
   // Context parallelism (sim/context_parallel.hpp): the ring of KV blocks over point-to-point
-  // sends, which --cp-comm-type p2p selects (Megatron-core's default).
+  // sends (--cp-comm-type p2p, Megatron-core's default) or K and V all-gathered (all_gather).
   if (p.cp > 1) {
     a.push_back({"--context-parallel-size", s(p.cp)});
-    a.push_back({"--cp-comm-type", "p2p"});
+    a.push_back({"--cp-comm-type", to_string(p.cp_comm)});
   }
   // Megatron-LM orders ranks tp-cp-ep-dp-pp (loom's tp-dp-pp, tp-cp-dp-pp in full); --use-tp-pp-dp-mapping
   // gives tp-cp-ep-pp-dp (loom's tp-pp-dp). No option sets any other order.
@@ -423,11 +423,12 @@ void tt_parallelism(const ModelSpec& m, const TrainSpec& t, const ParallelConfig
     o += "pipeline_parallel_microbatch_size = " + s(p.micro_batch) + "\n";
     tt_stage_layers(m, p, o, no);
   }
-  // Context parallelism (v0.2.2 job_config.py): torchtitan's default rotation is "allgather"
-  // (each rank gathers every K and V); "alltoall" passes the blocks around the ring, as loom
-  // prices it (sim/context_parallel.hpp). FSDP then shards over dp x cp, as loom's ZeRO does.
+  // Context parallelism (v0.2.2 job_config.py): torchtitan's rotation "allgather" (its default:
+  // each rank gathers every K and V, loom's CpComm::all_gather) or "alltoall" (the blocks passed
+  // around the ring, CpComm::p2p). FSDP then shards over dp x cp, as loom's ZeRO does.
   o += "context_parallel_degree = " + s(p.cp) + "\n";
-  if (p.cp > 1) o += "context_parallel_rotate_method = " + q("alltoall") + "\n";
+  if (p.cp > 1)
+    o += "context_parallel_rotate_method = " + q(p.cp_comm == CpComm::all_gather ? "allgather" : "alltoall") + "\n";
   tt_experts(m, t, p, o, no);
   o += "\n";
 }

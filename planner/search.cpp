@@ -74,6 +74,8 @@ Status check_pins(const ClusterSpec& c, const SearchPins& p) {
   if (p.overlap_grad_reduce && !*p.overlap_grad_reduce && !p.offload.empty() &&
       std::all_of(p.offload.begin(), p.offload.end(), [](Offload o) { return o == Offload::optimizer_params; }))
     return make_error("--overlap-grad-reduce", "off needs --zero 0-2, and --offload optimizer+params needs ZeRO-3");
+  if (p.cp_comm && *p.cp_comm != CpComm::p2p && p.cp && *p.cp == 1)
+    return make_error("--cp-comm-type", to_string(*p.cp_comm) + " needs cp > 1 (got --cp 1)");
   if (p.vpp && *p.vpp != 2 && p.schedule && *p.schedule == Schedule::zb_v)
     return make_error("--vpp", "the zb-v schedule runs two chunks per rank, a V: must be 2 (got " + search_str(*p.vpp) + ")");
   if (p.vpp && *p.vpp > 1 && p.schedule && *p.schedule != Schedule::interleaved && *p.schedule != Schedule::zb_v)
@@ -134,6 +136,9 @@ SplitSpace split_space(const ModelSpec& m, const TrainSpec& t, const SearchPins&
                        int64_t pp, int64_t cp) {
   SplitSpace sp{dp, tp, pp, {}, {}, {}, {}, expert_splits(m, pins, dp, tp)};
   sp.cp = cp;
+  // The KV ring or the all-gather (CpComm): the pin, else both.
+  if (cp > 1 && pins.cp_comm) sp.cp_comms = {*pins.cp_comm};
+  else if (cp > 1) sp.cp_comms = {CpComm::p2p, CpComm::all_gather};
   // Micro-batch: the pin, else every divisor of the per-replica batch; when dp does not divide
   // the global batch there is none, and one candidate (1) carries that rejection.
   if (pins.micro_batch) sp.micro_batches = {*pins.micro_batch};
@@ -342,7 +347,7 @@ bool better(const Candidate& a, const Candidate& b) {
     return std::make_tuple(c.step_time_s, c.peak_bytes, p.dp, p.tp, p.pp, p.zero, p.micro_batch,
                            static_cast<int>(p.recompute), p.sp, p.tp_comm_overlap, p.overlap_param_gather,
                            p.overlap_grad_reduce, p.pp_overlapped(), p.recompute_layers, static_cast<int>(p.schedule), p.vpp, c.train,
-                           c.order, static_cast<int>(p.offload), p.ep, p.etp);
+                           c.order, static_cast<int>(p.offload), p.ep, p.etp, static_cast<int>(p.cp_comm));
   };
   const auto ka = key(a), kb = key(b);
   return ka != kb ? ka < kb : a.p.stage_layers < b.p.stage_layers;
@@ -445,7 +450,7 @@ int64_t unit_size(const SearchSpace& space, const SplitSpace& sp) {
   size_t sps = 0;  // (sp, tp comm overlap) pairs
   for (bool on : sp.sp) sps += on && sp.tp > 1 ? space.tp_comm_overlap.size() : 1;
   return static_cast<int64_t>(sp.micro_batches.size() * space.recompute.size() * sps * schedules *
-                              space.offload.size() * sp.experts.size());
+                              space.offload.size() * sp.experts.size() * sp.cp_comms.size());
 }
 
 const std::vector<bool> kOverlapOff = {false};  // the overlap choices where sp is off or tp == 1
@@ -583,6 +588,7 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
   p.recompute_layers = space.recompute_layers;  // only full recompute is tried where set
   StageWork scratch;  // the memory bound's buffer list, its storage reused candidate after candidate
   const bool floor_ok = o.prune && overlap_floor_holds(m, c, train);
+  for (CpComm cc : sp.cp_comms)
   for (const auto& [ep, etp] : sp.experts)
   for (int64_t mb : sp.micro_batches)
     for (Recompute r : space.recompute)
@@ -591,6 +597,7 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
           for (const auto& split : splits_of(sp, si))
             for (Offload off : space.offload) {
             p.offload = off;
+            p.cp_comm = cc;
             p.ep = ep, p.etp = etp;
             p.micro_batch = mb;
             p.recompute = r;

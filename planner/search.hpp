@@ -54,6 +54,7 @@ struct SearchPins {
   std::optional<int64_t> dp, tp, pp, max_tp, micro_batch, vpp;
   std::optional<int64_t> ep, etp;  // MoE: expert-parallel and expert-tp sizes (--ep, --etp)
   std::optional<int64_t> cp;       // context-parallel size (--cp)
+  std::optional<CpComm> cp_comm;   // --cp-comm-type; unset: p2p and all_gather both tried where cp > 1
   std::optional<int> zero;
   std::optional<Recompute> recompute;
   // --recompute-layers (a block recompute of each chunk's first N layers); needs recompute full.
@@ -95,6 +96,7 @@ struct SplitSpace {
   std::vector<std::vector<std::vector<int64_t>>> stage_splits;
   std::vector<std::pair<int64_t, int64_t>> experts = {{1, 1}};  // (ep, etp) tried (MoE models)
   int64_t cp = 1;  // context parallelism: gpus = dp x tp x pp x cp
+  std::vector<CpComm> cp_comms = {CpComm::p2p};  // how K and V move, tried where cp > 1
 };
 
 struct SearchSpace {

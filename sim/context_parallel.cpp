@@ -7,6 +7,7 @@
 #include <string>
 
 #include "sim/cost_model.hpp"
+#include "sim/spec_json.hpp"
 #include "sim/topology.hpp"
 
 namespace loom {
@@ -27,6 +28,8 @@ int position(const RankGrid& g, Dim d) {
 Status check_context_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p,
                               const FieldNamer& name) {
   auto fail = [&](const std::string& rule) -> Status { return Error{name("cp") + ": " + rule}; };
+  if (p.cp <= 1 && p.cp_comm != CpComm::p2p)
+    return Error{name("cp_comm") + ": " + to_string(p.cp_comm) + " needs cp > 1 (got cp " + cp_str(p.cp) + ")"};
   if (p.cp <= 1) return ok_status();
   if (t.seq % (2 * p.cp) != 0)  // Megatron: each rank holds chunks i and 2 cp - 1 - i of 2 cp
     return fail("must split seq into 2 x cp equal chunks, the load-balanced causal split (" + cp_str(t.seq) + " % " +
@@ -77,16 +80,37 @@ int64_t cp_kv_block_bytes(const ModelSpec& m, const TrainSpec& t, const Parallel
 // while sending it on and receiving the next (cp - 1 sends); backward passes K, V and the
 // accumulated dK, dV the same way, and dK, dV take one more hop after the last block to reach
 // the rank that owns K and V (cp hops in all; nothing computes beside that last one).
+namespace {
+
+// TransformerEngine's AttnFuncWithCPAndKVAllGather (CpComm::all_gather): per layer an all-gather
+// of K and V (cp blocks of each gathered) before the forward's attention, the same again before
+// the backward's, where the full-sequence dK and dV are then reduce-scattered back to their
+// owners; a recompute gathers again. All in-line: none runs beside a block.
+void cp_all_gather_messages(std::vector<Message>& v, int64_t kv, const ParallelConfig& p, int64_t layers,
+                            int64_t again) {
+  const int64_t gathered = p.cp * kv;
+  const auto mbc = Cadence::micro_batch;
+  v.push_back(message(kCpGatherMessage, Group::cp, MessageKind::all_gather, Pass::forward, mbc, gathered, layers));
+  v.push_back(message(kCpGatherMessage, Group::cp, MessageKind::all_gather, Pass::backward, mbc, gathered, layers));
+  v.push_back(message(kCpReduceScatterMessage, Group::cp, MessageKind::reduce_scatter, Pass::backward, mbc, gathered,
+                      layers));
+  if (again > 0)
+    v.push_back(message(kCpGatherMessage, Group::cp, MessageKind::all_gather, Pass::recompute, mbc, gathered, again));
+}
+
+}  // namespace
+
 void cp_messages(std::vector<Message>& v, const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p,
                  int64_t layers, int64_t recomputed) {
   if (p.cp <= 1 || layers <= 0) return;
   const int64_t kv = 2 * cp_kv_block_bytes(m, t, p), steps = (p.cp - 1) * layers;
+  const int64_t again = p.recompute == Recompute::selective ? layers : recomputed;
+  if (p.cp_comm == CpComm::all_gather) return cp_all_gather_messages(v, kv, p, layers, again);
   const auto send = MessageKind::send;
   const auto mbc = Cadence::micro_batch;
   v.push_back(message(kCpRingMessage, Group::cp, send, Pass::forward, mbc, kv, steps));
   v.push_back(message(kCpRingMessage, Group::cp, send, Pass::backward, mbc, 2 * kv, steps));
   v.push_back(message(kCpReturnMessage, Group::cp, send, Pass::backward, mbc, kv, layers));
-  const int64_t again = p.recompute == Recompute::selective ? layers : recomputed;
   if (again > 0)  // full: the layer's forward again; selective: its attention
     v.push_back(message(kCpRingMessage, Group::cp, send, Pass::recompute, mbc, kv, (p.cp - 1) * again));
 }
@@ -102,7 +126,12 @@ const Op* cp_block_of(const StageWork& w, const Message& msg) {
 
 void cp_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p) {
   if (p.cp <= 1) return;
-  v.push_back({"cp kv ring", MemCategory::comm_buffers, Lifetime::transient, 8 * cp_kv_block_bytes(m, t, p)});
+  const int64_t block = cp_kv_block_bytes(m, t, p);
+  if (p.cp_comm == CpComm::all_gather) {
+    v.push_back({"cp kv all-gather", MemCategory::comm_buffers, Lifetime::transient, 4 * p.cp * block});
+    return;
+  }
+  v.push_back({"cp kv ring", MemCategory::comm_buffers, Lifetime::transient, 8 * block});
 }
 
 CpRing cp_ring(const StageWork& w, const GroupLinks& cp, const OpTimer& op, bool overlap) {

@@ -48,12 +48,17 @@ int64_t cp_kv_block_bytes(const ModelSpec& m, const TrainSpec& t, const Parallel
 // its pass, and backward's last dK/dV hop home, beside nothing.
 inline constexpr const char* kCpRingMessage = "cp kv ring";
 inline constexpr const char* kCpReturnMessage = "cp dkv return";
+// CpComm::all_gather's: K and V gathered whole, dK and dV reduce-scattered back.
+inline constexpr const char* kCpGatherMessage = "cp kv all-gather";
+inline constexpr const char* kCpReduceScatterMessage = "cp dkv reduce-scatter";
 
 // The KV ring of one micro-batch on a stage of `layers` layers: per layer cp - 1 sends of K
 // and V forward (2 blocks) and in backward of K, V and their gradients (4 blocks), again in a
 // recompute's forward for each of its `recomputed` layers (a full recompute's; every layer
 // under a selective one), each beside one attention block of its pass; in backward one more
-// hop of dK, dV per layer. Nothing with cp 1.
+// hop of dK, dV per layer. Nothing with cp 1. CpComm::all_gather instead: per layer an
+// all-gather of K and V (cp blocks of each) in forward, again in backward with a reduce-scatter
+// of dK and dV, and again in a recompute (cp_all_gather_messages).
 void cp_messages(std::vector<Message>& v, const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p,
                  int64_t layers, int64_t recomputed);
 
@@ -62,7 +67,11 @@ void cp_messages(std::vector<Message>& v, const ModelSpec& m, const TrainSpec& t
 const Op* cp_block_of(const StageWork& w, const Message& msg);
 
 // The ring's receive buffers: the block attended and the one arriving (two in flight), of K
-// and V and in backward of dK and dV too: 8 blocks, transient.
+// and V and in backward of dK and dV too: 8 blocks, transient. CpComm::all_gather: the gathered
+// K and V (cp blocks each) and, in backward, the full-sequence dK and dV before their
+// reduce-scatter: 4 cp blocks, transient (TransformerEngine's reordering of the gathered blocks
+// into sequence order, index_select, holds one more cp blocks for the instant of the copy; not
+// counted).
 void cp_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p);
 
 // One pass's ring on one micro-batch, priced from the messages and the blocks they run beside

@@ -60,6 +60,11 @@ std::string to_string(Recompute r) { return recompute_names()[static_cast<int>(r
 std::string to_string(Schedule s) { return schedule_names()[static_cast<int>(s)]; }
 std::string to_string(Attention a) { return attention_names()[static_cast<int>(a)]; }
 std::string to_string(DpComm d) { return dp_comm_names()[static_cast<int>(d)]; }
+const std::vector<std::string>& cp_comm_names() {
+  static const std::vector<std::string> n{"p2p", "all_gather"};  // Megatron-core's --cp-comm-type names
+  return n;
+}
+std::string to_string(CpComm c) { return cp_comm_names()[static_cast<int>(c)]; }
 // ZeRO-3's gather granularity (Zero3Gather in specs.hpp): FSDP's layer or DeepSpeed 0.3's tensor.
 static const std::vector<std::string>& zero3_gather_names() {
   static const std::vector<std::string> n{"layer", "tensor"};
@@ -522,6 +527,7 @@ Expected<ParallelConfig> parallel_from_json(const nlohmann::json& j, const std::
   r.integer("ps_servers", p.ps_servers, 0, limits::kGpus);
   r.number("grad_compression", p.grad_compression, 1, false, 1e6);
   read_enum(r, "offload", offload_names(), p.offload, false);  // default none
+  read_enum(r, "cp_comm", cp_comm_names(), p.cp_comm, false);   // default p2p
   r.opt_integer("ep", p.ep, 1, limits::kGpus);    // MoE: default 1
   r.opt_integer("etp", p.etp, 1, limits::kGpus);
   r.opt_integer("cp", p.cp, 1, limits::kGpus);    // context parallelism: default 1
@@ -658,6 +664,7 @@ nlohmann::json to_json(const ParallelConfig& p) {
   if (p.offload != Offload::none) j["offload"] = to_string(p.offload);
   if (p.ep > 1 || p.etp > 1) j["ep"] = p.ep, j["etp"] = p.etp;  // MoE: expert parallelism
   if (p.cp > 1) j["cp"] = p.cp;  // context parallelism: written where set
+  if (p.cp_comm != CpComm::p2p) j["cp_comm"] = to_string(p.cp_comm);
   if (p.tp_comm_overlap) j["tp_comm_overlap"] = true;  // written where on (sim/tp_overlap.hpp)
   if (p.overlap_param_gather) j["overlap_param_gather"] = true;  // written where on
   if (!p.overlap_grad_reduce) j["overlap_grad_reduce"] = false;  // written where off

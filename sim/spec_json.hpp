@@ -26,6 +26,8 @@ std::string to_string(Recompute r);
 std::string to_string(Schedule s);
 std::string to_string(Attention a);
 std::string to_string(DpComm d);
+std::string to_string(CpComm c);
+const std::vector<std::string>& cp_comm_names();
 std::string to_string(CrossEntropy c);
 std::string to_string(GradAccumulation g);
 const std::vector<std::string>& fp8_recipe_names();

@@ -257,6 +257,14 @@ enum class Zero3Gather { layer, tensor };
 // (ZeRO-Infinity's offload_param, FSDP2's CPUOffloadPolicy; ZeRO-3 only); or the activations
 // kept for backward, as the alternative to recompute.
 enum class Offload { none, optimizer, optimizer_params, activations };
+// How context parallelism moves K and V (sim/context_parallel.hpp): p2p, a ring of blocks each
+// passed on beside the attention of the one before (Megatron-core's --cp-comm-type p2p,
+// TransformerEngine's AttnFuncWithCPAndKVP2P, torchtitan's rotate method "alltoall");
+// all_gather, every block gathered before the attention and, in backward, gathered again and
+// the K and V gradients reduce-scattered after it, none of it overlapped (--cp-comm-type
+// all_gather, AttnFuncWithCPAndKVAllGather: Llama 3's choice, Dubey et al. 2024, Sec. 3.3.2;
+// torchtitan's "allgather").
+enum class CpComm { p2p, all_gather };
 
 struct ParallelConfig {
   int64_t dp = 1;
@@ -265,6 +273,7 @@ struct ParallelConfig {
   // Context parallelism (Megatron-core's cp): each sequence split over cp ranks, attention as a
   // ring passing KV blocks around the cp group. Its ranks sit between tp and dp in the order.
   int64_t cp = 1;
+  CpComm cp_comm = CpComm::p2p;  // with cp > 1
   // Megatron's --tp-comm-overlap / torchtitan's async TP: the tp all-gathers and reduce-scatters
   // of sequence parallelism split into chunks that overlap the GEMMs beside them.
   bool tp_comm_overlap = false;

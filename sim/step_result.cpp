@@ -124,6 +124,7 @@ void config_into(nlohmann::json& j, const Estimate& e) {
   if (p.pp_comm_overlap) j["pp_comm_overlap"] = *p.pp_comm_overlap;  // where set (sim/specs.hpp)
   if (p.recompute_layers > 0) j["recompute_layers"] = p.recompute_layers;  // a block recompute
   if (p.cp > 1) j["cp"] = p.cp;  // context parallelism (sim/context_parallel.hpp)
+  if (p.cp_comm != CpComm::p2p) j["cp_comm"] = to_string(p.cp_comm);
   if (e.train.moe_capacity_factor != TrainSpec{}.moe_capacity_factor)
     j["moe_capacity_factor"] = e.train.moe_capacity_factor;
   if (e.train.fp8 && e.train.fp8_recipe != Fp8Recipe::delayed) j["fp8_recipe"] = to_string(e.train.fp8_recipe);
@@ -414,6 +415,9 @@ void read_config(ObjectReader& r, Estimate& e) {
   r.opt_boolean("pp_comm_overlap", p.pp_comm_overlap);
   r.opt_integer("recompute_layers", p.recompute_layers, 0, kMaxCount);
   r.opt_integer("cp", p.cp, 1, kMaxCount);  // context parallelism: default 1
+  int cp_comm = 0;
+  r.opt_choice("cp_comm", cp_comm_names(), cp_comm);  // default p2p
+  p.cp_comm = static_cast<CpComm>(cp_comm);
   r.opt_number("moe_capacity_factor", e.train.moe_capacity_factor, 0, true, 1e6);
   int recipe = 0;
   r.opt_choice("fp8_recipe", fp8_recipe_names(), recipe);  // FP8 (sim/fp8.hpp): default delayed

@@ -64,7 +64,7 @@ std::string task_name(const SimTask& t, const ParallelConfig& p, bool receiver) 
     case TaskKind::host_optimizer: return tn::kCpuOptimizer;
     case TaskKind::ep: return tn::kEpAllToAll;
     case TaskKind::edp_grad: return tn::kEdpGradients;
-    case TaskKind::cp: return tn::kCpRing;
+    case TaskKind::cp: return p.cp_comm == CpComm::all_gather ? tn::kCpAllGather : tn::kCpRing;
   }
   return "?";
 }

@@ -15,6 +15,7 @@
 #include "sim/context_parallel.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/simulator.hpp"
+#include "sim/spec_json.hpp"
 #include "sim/stage_work.hpp"
 #include "sim/step_result.hpp"
 #include "sim/validate.hpp"
@@ -355,4 +356,68 @@ TEST_CASE("loom predict --cp: the configuration line and a refused cp", "[cp][cl
   LoomRun split = run_loom(job + "--seq 8192 --cp 3");
   CHECK(split.code == 2);
   CHECK(split.err == "loom: --cp: tp x pp x cp must divide --gpus (16 GPUs, tp x pp 2, cp 3)\n");
+}
+
+// CpComm::all_gather (TransformerEngine's AttnFuncWithCPAndKVAllGather): per layer K and V
+// all-gathered in forward, again in backward with dK and dV reduce-scattered, again in a
+// recompute; nothing beside the attention, so all of it shows.
+TEST_CASE("context parallelism all-gathered: messages, exposure, memory, simulator", "[cp]") {
+  const Job j = llama8b(16, 16, 8192);
+  const CostModel cm(j.model, j.cluster, j.train);
+  ParallelConfig p = tp2_cp2();
+  p.recompute = Recompute::full;
+  p.cp_comm = CpComm::all_gather;
+  REQUIRE(check(j, p).empty());
+  const StageWork w = build_stage_work(j.model, j.cluster, j.train, p, 0);
+  // A block: 1 sequence x 4096 tokens x 1024 kv channels / tp 2 x 2 bytes = 4 MiB; K and V of
+  // the cp 2 ranks gathered: 16 MiB per layer and pass.
+  const int64_t block = 4 * 1024 * 1024;
+  int64_t gathers = 0, scatters = 0;
+  for (const Message& m : w.messages) {
+    if (m.group != Group::cp) continue;
+    CHECK(m.bytes == 2 * 2 * block);
+    CHECK(m.count == 32);
+    (m.kind == MessageKind::all_gather ? gathers : scatters) += 1;
+    CHECK((m.kind == MessageKind::all_gather || (m.kind == MessageKind::reduce_scatter && m.pass == Pass::backward)));
+  }
+  CHECK(gathers == 3);  // forward, backward, recompute
+  CHECK(scatters == 1);
+  REQUIRE(buffer(w, "cp kv all-gather") != nullptr);
+  CHECK(buffer(w, "cp kv all-gather")->bytes == 4 * 2 * block);  // gathered K, V and full dK, dV
+  CHECK(buffer(w, "cp kv ring") == nullptr);
+  // Bytes sent: each collective sends (cp - 1) / cp of what it gathers or scatters.
+  const Estimate e = cm.evaluate(p);
+  CHECK(e.comm.cp == int64_t{4} * 32 * 4 * (2 * block));  // 4 micro-batches x 32 layers x 4 collectives x half of 16 MiB
+  // Nothing overlaps: the exposed time is every collective's whole time.
+  auto grid = RankGrid::make(p.tp, p.dp, p.pp, p.order, p.cp);
+  REQUIRE(grid.ok());
+  const GroupLinksSet links = group_links(cm.topology(), *grid);
+  double all_s = 0, forward_s = 0;
+  for (const Message& m : w.messages)
+    if (m.group == Group::cp) {
+      const double t = static_cast<double>(m.count) * message_time_s(m, links.cp);
+      all_s += t;
+      if (m.pass == Pass::forward) forward_s += t;
+    }
+  CHECK(e.stages[0].cp_comm_s == Approx(all_s).epsilon(1e-12));
+  CHECK(e.stages[0].cp_forward_s == Approx(forward_s).epsilon(1e-12));
+  // The ring hides most of its hops beside the attention: for Llama 3 8B's 8 kv heads the
+  // gathered bytes are small, yet they all show.
+  ParallelConfig ring = p;
+  ring.cp_comm = CpComm::p2p;
+  CHECK(cm.evaluate(ring).time.cp_comm_s < e.time.cp_comm_s);
+  // The simulator plays the same exposed time.
+  auto sim = simulate(cm, p, SimOptions{});
+  REQUIRE(sim.ok());
+  CHECK(std::fabs(sim->step_time_s - e.step_time_s) <= 0.03 * e.step_time_s);
+  CHECK(sim->time.cp_comm_s == Approx(e.time.cp_comm_s).epsilon(1e-9));
+  // The rule, the plan file.
+  ParallelConfig lone = tp2_cp2(8);
+  lone.cp = 1, lone.cp_comm = CpComm::all_gather;
+  CHECK(check(j, lone) == "cp_comm: all_gather needs cp > 1 (got cp 1)");
+  CHECK(to_json(p)["cp_comm"] == "all_gather");
+  CHECK_FALSE(to_json(ring).contains("cp_comm"));
+  auto back = parallel_from_json(to_json(p), "test");
+  REQUIRE(back.ok());
+  CHECK(back->cp_comm == CpComm::all_gather);
 }

@@ -210,10 +210,11 @@ TEST_CASE("import torchtitan: refusals name the key and the rule", "[import]") {
           "model.converters: loom prices the converter [\"quantize.linear.float8\"] only");
   std::string cp = base;
   cp.insert(cp.find("tensor_parallel_degree"), "context_parallel_degree = 2\n");
-  // Context parallelism is priced as the ring of K and V blocks ("alltoall"), not torchtitan's
-  // default rotation, which gathers every block first.
-  refused("tt_cp2.toml", cp, "parallelism.context_parallel_rotate_method: loom prices the ring of K and V blocks, "
-                             "\"alltoall\"; \"allgather\" (torchtitan's default) is not modelled");
+  // torchtitan's default rotation gathers every K and V block first: CpComm::all_gather.
+  const LoomRun gathered = import_toml("tt_cp2.toml", cp, "--json");
+  INFO(gathered.err);
+  REQUIRE(gathered.code == 0);
+  CHECK(nlohmann::json::parse(gathered.out)["cp_comm"] == "all_gather");
   refused("tt_flavor.toml", "[model]\nflavor = \"debugmodel\"\n", "model.flavor: loom knows the llama3 flavors");
   // torchtitan's default less-layers (1 and 1) over 2 x 2 looped stages: 34 effective layers
   // split 9, 9, 8, 8, less 1 on the first and the last: rank 1's chunks hold 9 and 7 layers.
@@ -341,7 +342,16 @@ TEST_CASE("import reads back context parallelism: Megatron's --context-parallel-
              "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 8192 --tp 2 --sp --pp 1 --cp 2 "
              "--zero 3 --grad-dtype fp32 --grad-accumulation separate --tp-backward-overlap off",
              "--cluster dgx-h100 --gpus 16", "tt_cp");
-  // Megatron's other CP communication types are not the ring loom prices.
+  // K and V all-gathered (--cp-comm-type all_gather; torchtitan's rotate method "allgather").
+  round_trip("megatron",
+             "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 8192 --tp 2 --sp --pp 1 --cp 2 "
+             "--cp-comm-type all_gather --zero 1",
+             "--cluster dgx-h100 --gpus 16", "mg_cp_ag");
+  round_trip("torchtitan",
+             "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 8192 --tp 2 --sp --pp 1 --cp 2 "
+             "--cp-comm-type all_gather --zero 3 --grad-dtype fp32 --grad-accumulation separate --tp-backward-overlap off",
+             "--cluster dgx-h100 --gpus 16", "tt_cp_ag");
+  // Megatron's other CP communication types (Ulysses' all-to-all) are not priced.
   const auto plan = temp_file("mg_cp_a2a_plan.json", ""), file = temp_file("mg_cp_a2a.sh", "");
   REQUIRE(run_loom("predict --model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 8192 --tp 2 --sp --pp 1 "
                    "--cp 2 --zero 1 -o " + plan).code == 0);
@@ -352,7 +362,7 @@ TEST_CASE("import reads back context parallelism: Megatron's --context-parallel-
   text.replace(text.find("--cp-comm-type p2p"), 18, "--cp-comm-type a2a");
   LoomRun a2a = run_loom("import megatron " + temp_file("mg_cp_a2a2.sh", text) + " --cluster dgx-h100 --gpus 16");
   CHECK(a2a.code == 2);
-  CHECK(a2a.err.find("--cp-comm-type: loom prices the p2p ring only (got a2a)") != std::string::npos);
+  CHECK(a2a.err.find("--cp-comm-type: loom prices p2p and all_gather (got a2a)") != std::string::npos);
   // DeepSpeed has no ring attention: its export names cp as what it cannot express.
   LoomRun ds = run_loom("export " + plan + " --to deepspeed");
   CHECK(ds.code == 0);

@@ -126,36 +126,78 @@ void backward_block(float* dq, float* dk, float* dv, const float* dout, const fl
 
 void copy(float* dst, const float* src, int64_t n) { std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float)); }
 
+void start_forward(float* out, float* lse, float* rows, const RingShape& s) {
+  std::fill(out, out + s.B * s.split.local() * s.n_heads * s.d, 0.0f);
+  std::fill(lse, lse + s.row_elems(), -INFINITY);  // the running maximum until the end
+  std::fill(rows, rows + s.row_elems(), 0.0f);
+}
+
+// out = acc / sum; lse = max + log(sum). Every row saw at least its own key, so sum >= 1.
+void finish_forward(float* out, float* lse, const float* rows, const RingShape& s, FlopCounter& flops) {
+  const int64_t Tl = s.split.local(), d = s.d;
+  for (int64_t b = 0; b < s.B; b++)
+    for (int64_t h = 0; h < s.n_heads; h++)
+      for (int64_t t = 0; t < Tl; t++) {
+        const int64_t row = (b * s.n_heads + h) * Tl + t;
+        float* out_t = out + ((b * Tl + t) * s.n_heads + h) * d;
+        const float inv = 1.0f / rows[row];
+        for (int64_t i = 0; i < d; i++) out_t[i] *= inv;
+        lse[row] += std::log(rows[row]);
+      }
+  flops.attention_flops += 2 * (2 * s.B * s.n_heads * Tl * s.split.T * d);  // q k^T and p v
+}
+
+// D = dout . out per row (FlashAttention-2, Algorithm 2, line 4).
+void backward_rows(float* rows, const float* dout, const float* out, const RingShape& s) {
+  const int64_t Tl = s.split.local(), d = s.d, H = s.n_heads;
+  for (int64_t b = 0; b < s.B; b++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t t = 0; t < Tl; t++) {
+        const int64_t off = ((b * Tl + t) * H + h) * d;
+        rows[(b * H + h) * Tl + t] = dot(dout + off, out + off, d);
+      }
+}
+
+// This rank's [k | v] into its block of `kv` and every block gathered.
+Status gather_kv(float* kv, const float* k, const float* v, const RingShape& s, const RingCollective& gather) {
+  const int64_t nkv = s.kv_elems();
+  copy(kv + s.split.rank * 2 * nkv, k, nkv);
+  copy(kv + s.split.rank * 2 * nkv + nkv, v, nkv);
+  return gather(kv, s.split.cp * 2 * nkv);
+}
+
 }  // namespace
 
 Status ring_attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                               const RingShape& s, const RingBuffers& buf, const RingShift& shift,
                               FlopCounter& flops) {
-  const int64_t nkv = s.kv_elems(), rows = s.row_elems(), Tl = s.split.local(), d = s.d;
+  const int64_t nkv = s.kv_elems();
   float* cur = buf.a;
   float* next = buf.b;
   copy(cur, k, nkv);
   copy(cur + nkv, v, nkv);
-  std::fill(out, out + s.B * Tl * s.n_heads * d, 0.0f);
-  std::fill(lse, lse + rows, -INFINITY);  // the running maximum until the end
-  std::fill(buf.rows, buf.rows + rows, 0.0f);
+  start_forward(out, lse, buf.rows, s);
   for (int64_t step = 0; step < s.split.cp; step++) {
     forward_block(out, lse, buf.rows, q, cur, cur + nkv, s, s.split.of_rank(owner_at(s.split, step)));
     if (step + 1 == s.split.cp) break;
     if (auto st = shift(cur, next, 2 * nkv); !st) return st;
     std::swap(cur, next);
   }
-  // out = acc / sum; lse = max + log(sum). Every row saw at least its own key, so sum >= 1.
-  for (int64_t b = 0; b < s.B; b++)
-    for (int64_t h = 0; h < s.n_heads; h++)
-      for (int64_t t = 0; t < Tl; t++) {
-        const int64_t row = (b * s.n_heads + h) * Tl + t;
-        float* out_t = out + ((b * Tl + t) * s.n_heads + h) * d;
-        const float inv = 1.0f / buf.rows[row];
-        for (int64_t i = 0; i < d; i++) out_t[i] *= inv;
-        lse[row] += std::log(buf.rows[row]);
-      }
-  flops.attention_flops += 2 * (2 * s.B * s.n_heads * Tl * s.split.T * d);  // q k^T and p v
+  finish_forward(out, lse, buf.rows, s, flops);
+  return ok_status();
+}
+
+Status gathered_attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                                  const RingShape& s, float* kv, float* rows, const RingCollective& gather,
+                                  FlopCounter& flops) {
+  const int64_t nkv = s.kv_elems();
+  if (auto st = gather_kv(kv, k, v, s, gather); !st) return st;
+  start_forward(out, lse, rows, s);
+  for (int64_t step = 0; step < s.split.cp; step++) {  // the ring's order: the same sums
+    const int64_t o = owner_at(s.split, step);
+    forward_block(out, lse, rows, q, kv + o * 2 * nkv, kv + o * 2 * nkv + nkv, s, s.split.of_rank(o));
+  }
+  finish_forward(out, lse, rows, s, flops);
   return ok_status();
 }
 
@@ -164,12 +206,7 @@ Status ring_attention_backward(float* dq, float* dk, float* dv, const float* dou
                                const RingShape& s, const RingBuffers& buf, const RingShift& shift,
                                FlopCounter& flops) {
   const int64_t nkv = s.kv_elems(), Tl = s.split.local(), d = s.d, H = s.n_heads;
-  for (int64_t b = 0; b < s.B; b++)  // D = dout . out per row
-    for (int64_t h = 0; h < H; h++)
-      for (int64_t t = 0; t < Tl; t++) {
-        const int64_t off = ((b * Tl + t) * H + h) * d;
-        buf.rows[(b * H + h) * Tl + t] = dot(dout + off, out + off, d);
-      }
+  backward_rows(buf.rows, dout, out, s);
   float* cur = buf.a;  // k | v | dk | dv of the block held
   float* next = buf.b;
   copy(cur, k, nkv);
@@ -194,6 +231,29 @@ Status ring_attention_backward(float* dq, float* dk, float* dv, const float* dou
     dv[i] += home[nkv + i];
   }
   flops.attention_flops += 4 * (2 * s.B * H * Tl * s.split.T * d);  // as attention_backward counts
+  return ok_status();
+}
+
+Status gathered_attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,
+                                   const float* lse, const float* q, const float* k, const float* v,
+                                   const RingShape& s, float* kv, float* dkv, float* rows, const RingCollective& gather,
+                                   const RingCollective& reduce_scatter, FlopCounter& flops) {
+  const int64_t nkv = s.kv_elems(), cp = s.split.cp;
+  if (auto st = gather_kv(kv, k, v, s, gather); !st) return st;
+  backward_rows(rows, dout, out, s);
+  std::fill(dkv, dkv + cp * 2 * nkv, 0.0f);
+  for (int64_t step = 0; step < cp; step++) {
+    const int64_t o = owner_at(s.split, step);
+    backward_block(dq, dkv + o * 2 * nkv, dkv + o * 2 * nkv + nkv, dout, lse, rows, q, kv + o * 2 * nkv,
+                   kv + o * 2 * nkv + nkv, s, s.split.of_rank(o));
+  }
+  if (auto st = reduce_scatter(dkv, cp * 2 * nkv); !st) return st;  // block `rank`: every rank's share of it
+  const float* home = dkv + s.split.rank * 2 * nkv;
+  for (int64_t i = 0; i < nkv; i++) {
+    dk[i] += home[i];
+    dv[i] += home[nkv + i];
+  }
+  flops.attention_flops += 4 * (2 * s.B * s.n_heads * s.split.local() * s.split.T * s.d);  // as the ring counts
   return ok_status();
 }
 

@@ -79,6 +79,23 @@ Status ring_attention_backward(float* dq, float* dk, float* dv, const float* dou
                                const RingShape& s, const RingBuffers& buf, const RingShift& shift,
                                FlopCounter& flops);
 
+// The same attention with K and V gathered whole first (TransformerEngine's
+// AttnFuncWithCPAndKVAllGather, Megatron's --cp-comm-type all_gather): `gather` all-gathers the
+// n floats of each rank's [k | v] in place over the ring (n / cp per rank, rank order), and the
+// blocks are attended in the ring's order from the gathered buffer, so out and lse are the
+// ring's bit for bit. `kv` holds cp blocks of 2 kv_elems() floats.
+using RingCollective = std::function<Status(float* data, int64_t n)>;
+Status gathered_attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                                  const RingShape& s, float* kv, float* rows, const RingCollective& gather,
+                                  FlopCounter& flops);
+// Backward: K and V gathered again into `kv`, every block's dk, dv of this rank's queries into
+// `dkv` (cp blocks of 2 kv_elems()), then `reduce_scatter` (in place: block `rank` ends up holding
+// the sum over the ring) and this rank's block added into dk, dv.
+Status gathered_attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,
+                                   const float* lse, const float* q, const float* k, const float* v,
+                                   const RingShape& s, float* kv, float* dkv, float* rows, const RingCollective& gather,
+                                   const RingCollective& reduce_scatter, FlopCounter& flops);
+
 // RoPE (rope.hpp) on this rank's tokens by their global positions: inp, out (B, Tl, n_heads, d),
 // each of the two chunks rotated from its first position. out and inp may alias.
 void cp_rope_forward(float* out, const float* inp, int64_t B, const CpSplit& split, int64_t n_heads,

@@ -311,10 +311,11 @@ Status read_parallel(MegatronArgs& a, const ModelSpec& m, TrainSpec& t, Parallel
                             std::to_string(p.stage_layers[i]) + ")");
   if (st) st = read_account_for(a, m, per_virtual, p);
   if (st) st = get_int(a, "--context-parallel-size", p.cp, limits::kGpus);
-  // The ring of KV blocks (p2p, the default) is what loom prices; a2a is Ulysses, allgather
-  // gathers every block (sim/context_parallel.hpp).
-  if (st && p.cp > 1 && get_str(a, "--cp-comm-type", "p2p") != "p2p")
-    return make_error(a.where + ": --cp-comm-type", "loom prices the p2p ring only (got " + get_str(a, "--cp-comm-type", "") + ")");
+  // p2p (the ring, the default) or all_gather (sim/context_parallel.hpp); a2a is Ulysses.
+  const std::string cp_comm = get_str(a, "--cp-comm-type", "p2p");
+  if (st && p.cp > 1 && cp_comm != "p2p" && cp_comm != "all_gather")
+    return make_error(a.where + ": --cp-comm-type", "loom prices p2p and all_gather (got " + cp_comm + ")");
+  if (p.cp > 1 && cp_comm == "all_gather") p.cp_comm = CpComm::all_gather;
   a.used.insert("--cp-comm-type");
   if (!st) return st;
   p.sp = a.has("--sequence-parallel");

@@ -60,6 +60,7 @@ SearchPins pins_from(const PlanOptions& o) {
   p.ep = f.ep;
   p.etp = f.etp;
   p.cp = f.cp;
+  p.cp_comm = enum_pin<CpComm>(f.cp_comm_type, cp_comm_names());
   if (f.zero) p.zero = static_cast<int>(*f.zero);
   p.recompute = enum_pin<Recompute>(f.recompute, recompute_names());
   p.recompute_layers = f.recompute_layers;
@@ -118,6 +119,7 @@ std::string row_extras(const ParallelConfig& p) {
   if (p.recompute_layers > 0) out += fmt::format("  block {}", p.recompute_layers);  // each chunk's first N
   if (p.ep > 1 || p.etp > 1) out += fmt::format("  ep {} etp {}", p.ep, p.etp);
   if (p.cp > 1) out += fmt::format("  cp {}", p.cp);
+  if (p.cp > 1 && p.cp_comm == CpComm::all_gather) out += " ag";  // K and V all-gathered, not passed round a ring
   if (!p.stage_layers.empty()) out += "  stages " + folded_split(p.stage_layers);
   if (p.offload != Offload::none) out += "  offload " + to_string(p.offload);
   if (p.tp_comm_overlap) out += "  tpo";  // tp communication overlapped with the GEMMs
@@ -150,6 +152,9 @@ std::string table(const std::vector<Estimate>& top) {
     s += "(tpo: tensor-parallel communication overlapped with the GEMMs, --tp-comm-overlap on)\n";
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.overlap_param_gather; }))
     s += "(opg: ZeRO 1/2's weight all-gather under the next step's first forward, --overlap-param-gather on)\n";
+  if (std::any_of(top.begin(), top.end(),
+                  [](const Estimate& e) { return e.parallel.cp > 1 && e.parallel.cp_comm == CpComm::all_gather; }))
+    s += "(cp N ag: context parallelism with K and V all-gathered, not passed round a ring, --cp-comm-type all_gather)\n";
   if (std::any_of(top.begin(), top.end(),
                   [](const Estimate& e) { return !e.parallel.overlap_grad_reduce && dp_cp(e.parallel) > 1; }))
     s += "(ogr off: the gradient reduction after the backward, in full, --overlap-grad-reduce off)\n";

@@ -79,6 +79,7 @@ Expected<ParallelConfig> parallel_from_flags(const PredictOptions& o, const Clus
   p.ep = f.ep.value_or(1);  // MoE; a dense model refuses ep or etp > 1 (validate_config)
   p.etp = f.etp.value_or(1);
   p.cp = f.cp.value_or(1);  // context parallelism (sim/context_parallel.hpp)
+  p.cp_comm = static_cast<CpComm>(index_of(cp_comm_names(), f.cp_comm_type.empty() ? "p2p" : f.cp_comm_type));
   if (!f.order.empty()) p.order = f.order;
   if (!f.stage_layers.empty()) {
     auto v = parse_stage_layers(f.stage_layers, "--stage-layers");

@@ -73,6 +73,21 @@ void add_on_off(CLI::App& cmd, const std::string& name, std::string& value, cons
       ->option_text("[on|off]")
       ->check(CLI::IsMember({"on", "off"}));
 }
+
+// Context parallelism's size and how it moves K and V (sim/context_parallel.hpp).
+template <class Text>
+void add_cp_options(CLI::App& cmd, ParallelFlags& o, const Text& text) {
+  cmd.add_option("--cp", o.cp, text("the context-parallel size: each sequence split over cp ranks, attention as a "
+                                    "ring passing K and V blocks (Megatron's --context-parallel-size; 2 x cp divides seq)",
+                                    "default 1"))
+      ->transform(Integer(1, limits::kGpus));
+  cmd.add_option("--cp-comm-type", o.cp_comm_type,
+                 text("with cp > 1, how K and V move: p2p (a ring of blocks, each passed on beside the attention of "
+                      "the one before) or all_gather (every block gathered before the attention, the K and V "
+                      "gradients reduce-scattered after it, none overlapped); Megatron's --cp-comm-type",
+                      "default p2p"))
+      ->check(CLI::IsMember(cp_comm_names()));
+}
 }  // namespace
 
 void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
@@ -88,10 +103,7 @@ void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
       ->transform(Integer(1, limits::kGpus));
   cmd.add_option("--etp", o.etp, text("the expert tensor-parallel size (MoE models; <= tp)", "default 1"))
       ->transform(Integer(1, limits::kGpus));
-  cmd.add_option("--cp", o.cp, text("the context-parallel size: each sequence split over cp ranks, attention as a "
-                                    "ring passing K and V blocks (Megatron's --context-parallel-size; 2 x cp divides seq)",
-                                    "default 1"))
-      ->transform(Integer(1, limits::kGpus));
+  add_cp_options(cmd, o, text);
   cmd.add_option("--dp", o.dp, text("the data-parallel size", "default gpus / (tp x pp x cp)"))->transform(Integer(1, limits::kGpus));
   cmd.add_option("--zero", o.zero, text("the ZeRO stage 0-3 (3 = FSDP full shard)", "default 0"))
       ->transform(Integer(INT32_MIN, INT32_MAX));  // decimal, an int (the stage rule is checked later)

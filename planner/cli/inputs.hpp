@@ -58,6 +58,7 @@ struct ParallelFlags {
   std::string overlap_grad_reduce;             // --overlap-grad-reduce on|off; "" = not given
   std::string pp_comm_overlap;                 // --pp-comm-overlap on|off; "" = not given
   std::string stage_layers;                    // --stage-layers "8,8,7"; "" = not given
+  std::string cp_comm_type;                    // --cp-comm-type p2p|all_gather; "" = not given
   std::string offload;                         // --offload (planner/cli/offload_cli.hpp); "" = not given
   std::optional<double> memory_headroom;       // over the cluster's runtime_memory.memory_headroom
 };

@@ -34,6 +34,7 @@ std::string describe_config(const Estimate& e) {
   if (p.offload != Offload::none) s += "  offload " + to_string(p.offload);
   if (p.ep > 1 || p.etp > 1) s += fmt::format("  ep {}  etp {}", p.ep, p.etp);  // MoE
   if (p.cp > 1) s += fmt::format("  cp {}", p.cp);  // context parallelism
+  if (p.cp > 1 && p.cp_comm == CpComm::all_gather) s += " (all-gather)";  // K and V gathered whole
   return s;
 }
 
@@ -75,7 +76,9 @@ std::string time_table(const Estimate& e) {
   row("optimizer step", t.optimizer_s);
   if (t.host_comm_s > 0) row("host-link copies (exposed, offload)", t.host_comm_s);
   if (t.ep_comm_s > 0) row("expert all-to-all and expert tp (MoE)", t.ep_comm_s);
-  if (t.cp_comm_s > 0) row("context-parallel KV ring (exposed)", t.cp_comm_s);
+  if (t.cp_comm_s > 0)
+    row(e.parallel.cp_comm == CpComm::all_gather ? "context-parallel K/V all-gather" : "context-parallel KV ring (exposed)",
+        t.cp_comm_s);
   row("step", e.step_time_s);
   return s;
 }

@@ -99,12 +99,21 @@ void check_against_cost_model(const Plan& plan, const nlohmann::json& report) {
   }
   // The ring's bytes, counted by hand: per micro-batch and layer cp - 1 hops of K and V forward
   // (again in a full recompute's forward) and of K, V, dK and dV backward, then dK and dV home;
-  // a block is micro_batch x seq / cp tokens x kv channels / tp x 4 bytes (fp32).
+  // a block is micro_batch x seq / cp tokens x kv channels / tp x 4 bytes (fp32). All-gathered:
+  // the ring all-gather of K and V sends cp - 1 blocks of each, forward, backward and in a
+  // recompute, and the reduce-scatter of dK and dV as many; nothing goes home.
   const auto& p = plan.parallel;
   const int64_t block = p.micro_batch * (plan.train.seq / p.cp) * (plan.model.kv_dim() / p.tp) * 4;
-  const int64_t hops = (p.cp - 1) * (2 + 4 + (p.recompute == Recompute::full ? 2 : 0)) + 2;
+  const int64_t hops = (p.cp - 1) * (2 + 4 + (p.recompute == Recompute::full ? 2 : 0)) +
+                       (p.cp_comm == CpComm::all_gather ? 0 : 2);
   const int64_t micro_batches = plan.train.global_batch / (p.dp * p.micro_batch);
   CHECK(s.comm.cp == micro_batches * plan.model.layers * block * hops);
+}
+
+// K and V all-gathered (CpComm::all_gather, TransformerEngine's AttnFuncWithCPAndKVAllGather).
+ParallelConfig all_gathered(ParallelConfig p) {
+  p.cp_comm = CpComm::all_gather;
+  return p;
 }
 
 struct Case {
@@ -120,7 +129,10 @@ TEST_CASE("context parallelism trains as one rank, step by step, priced as the c
                         Case{"dp2cp2_zero1", Family::llama, cp_config(2, 1, 2, 1)},
                         Case{"tp2cp2_sp", Family::llama, cp_config(1, 2, 2, 0, Recompute::none, true)},
                         Case{"cp2_full_recompute_zero3", Family::llama, cp_config(1, 1, 2, 3, Recompute::full)},
-                        Case{"gpt_cp2", Family::gpt, cp_config(1, 1, 2)}}) {
+                        Case{"gpt_cp2", Family::gpt, cp_config(1, 1, 2)},
+                        Case{"cp4_allgather", Family::llama, all_gathered(cp_config(1, 1, 4))},
+                        Case{"tp2cp2_sp_allgather_full_recompute", Family::llama,
+                             all_gathered(cp_config(1, 2, 2, 0, Recompute::full, true))}}) {
     INFO(c.name);
     const Plan plan = cp_plan(c.family, c.p);
     const Trained r = harness().train(c.name, plan);
