@@ -6,6 +6,7 @@
 
 #include "executor/cpu/ring_attention.hpp"
 #include "executor/stage.hpp"
+#include "executor/step_trace.hpp"
 
 namespace loom::exec {
 
@@ -24,6 +25,12 @@ cpu::RingShape shape(const Dims& d) { return {d.B, d.Hl, d.Hkvl, d.hd, split(d)}
 // that holds selective recompute's discarded output, which a cp plan does not run (check_cpu_plan).
 cpu::RingBuffers buffers(StageCtx& c) { return {c.s.ring_a.data(), c.s.ring_b.data(), c.s.att_out.data()}; }
 
+// The hop's name in a measured trace (step_trace.hpp), as the simulator names it, so the time
+// counts as context parallelism's, not the pipeline's.
+void label_hop(StageCtx& c) {
+  if (auto* traced = dynamic_cast<TracedComm*>(&c.comm)) traced->label(trace_names::kCpRing, trace_names::Stream::tp);
+}
+
 // One hop: send to the next rank of the cp group, receive from the previous one, both posted
 // before either waits.
 cpu::RingShift shift(StageCtx& c) {
@@ -32,8 +39,10 @@ cpu::RingShift shift(StageCtx& c) {
     const int next = g.ranks[static_cast<size_t>((g.index + 1) % g.size())];
     const int prev = g.ranks[static_cast<size_t>((g.index + g.size() - 1) % g.size())];
     const int64_t bytes = n * static_cast<int64_t>(sizeof(float));
+    label_hop(c);
     auto req = c.comm.isend(next, send, bytes, kCpRingTag, GroupKind::cp);
     if (!req) return req.error();
+    label_hop(c);
     if (auto st = c.comm.recv(prev, recv, bytes, kCpRingTag, "cp ring receive"); !st) return st;
     return c.comm.wait(*req, "cp ring send");
   };

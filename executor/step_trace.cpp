@@ -57,7 +57,9 @@ MeasuredTimes measured_times(const std::vector<MeasuredEvent>& events) {
   for (const MeasuredEvent& e : events) {
     const std::string& n = e.name;
     auto starts = [&](const char* p) { return n.rfind(p, 0) == 0; };
-    if (e.stream == tn::Stream::compute) {
+    if (starts("cp ") && e.stream != tn::Stream::compute) {
+      t.cp_s += e.dur_s;
+    } else if (e.stream == tn::Stream::compute) {
       if (starts("F ")) t.forward_s += e.dur_s;
       else if (starts("B ") || starts("W ")) t.backward_s += e.dur_s;  // W: zb-h1's weight gradients
       else if (starts("R ")) t.recompute_s += e.dur_s;
@@ -95,8 +97,8 @@ auto TracedComm::timed(const Group* g, const char* op, int64_t bytes, F&& f) -> 
     const bool sp_op = std::string(op) != "all_reduce";
     e.name = sp_ && sp_op ? tn::kTpSequenceParallel : tn::kTpAllReduce;
     e.stream = tn::Stream::tp;
-  } else if (g->kind == GroupKind::cp) {  // CpComm::all_gather's (the ring's hops are point-to-point)
-    e.name = std::string(op) == "all_gather" ? tn::kCpAllGather : std::string("cp ") + op;
+  } else if (g->kind == GroupKind::cp) {  // CpComm::all_gather's (the ring's hops are labelled, stage_cp.cpp)
+    e.name = tn::kCpAllGather;
     e.stream = tn::Stream::tp;
   } else if (g->kind == GroupKind::dp || g->kind == GroupKind::edp) {
     e.name = std::string(group_name(g->kind)) + " " + op;

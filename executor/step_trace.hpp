@@ -62,6 +62,7 @@ class StepRecorder {
 struct MeasuredTimes {
   double forward_s = 0, backward_s = 0, recompute_s = 0, optimizer_s = 0;
   double tp_s = 0, tp_grad_sync_s = 0, dp_s = 0, pp_s = 0, world_s = 0;
+  double cp_s = 0;  // context parallelism's calls (names "cp ...": the ring's hops, the all-gathers)
   double compute_s() const { return forward_s + backward_s + recompute_s; }
 };
 MeasuredTimes measured_times(const std::vector<MeasuredEvent>& events);

@@ -185,7 +185,7 @@ void Trainer::record_row(std::vector<double>& row, double step_s, int64_t in_fli
   auto group_bytes = [&](GroupKind g) { return static_cast<double>(cc.by_group[static_cast<size_t>(g)]); };
   row[kCommBytes + 1] += group_bytes(GroupKind::edp);
   row[kCommEp] = group_bytes(GroupKind::ep) + group_bytes(GroupKind::etp);
-  row[kCommCp] = group_bytes(GroupKind::cp);  // the ring's K, V (and dK, dV) hops, stage_cp.cpp
+  row[kCommCp] = group_bytes(GroupKind::cp);  // the ring's hops or the all-gathered variant's collectives, stage_cp.cpp
   const MeasuredTimes mt = measured_times(rec_.events());
   row[kLastStep] = step_s;
   row[kForward] = mt.forward_s;
@@ -197,6 +197,7 @@ void Trainer::record_row(std::vector<double>& row, double step_s, int64_t in_fli
   row[kDp] = mt.dp_s;
   row[kPp] = mt.pp_s;
   row[kWorld] = mt.world_s;
+  row[kCp] = mt.cp_s;
   row[kParams] = static_cast<double>(layout_.total);
   row[kInFlight] = static_cast<double>(in_flight);
 }

@@ -43,7 +43,8 @@ enum Field : int {
   kParams,               // parameters this rank holds (its tp shard, before ZeRO sharding)
   kInFlight,             // (micro-batch, chunk) activation stashes held at once, at most
   kCommEp,               // MoE: bytes of the ep all-to-alls and the etp collectives (the cost model's comm.ep)
-  kCommCp,               // context parallelism: bytes of the KV ring's hops (the cost model's comm.cp)
+  kCommCp,               // context parallelism: bytes of the KV ring's hops or all-gathers (the cost model's comm.cp)
+  kCp,                   // context parallelism: seconds in its communication calls (the cost model's cp_comm_s)
   kFields
 };
 

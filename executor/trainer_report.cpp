@@ -41,6 +41,7 @@ RankMeasurement rank_row(const std::vector<double>& v, int rank, const Coords& c
   m.time.tp_comm_s = v[kTp] + v[kTpSync];
   m.time.dp_comm_s = v[kDp];
   m.time.pp_comm_s = v[kPp];
+  m.time.cp_comm_s = v[kCp];
   m.time.optimizer_s = v[kOptimizer];
   m.other_s = std::max(0.0, v[kLastStep] - m.time.total_s());
   return m;
@@ -61,6 +62,7 @@ StageEstimate stage_row(const std::vector<double>& v, const RankMeasurement& r, 
   s.backward_s = v[kBackward] / n;
   s.recompute_s = v[kRecompute] / n;
   s.tp_comm_s = v[kTp] / n;
+  s.cp_comm_s = v[kCp] / n;
   s.tp_grad_sync_s = v[kTpSync];
   s.dp_comm_exposed_s = v[kDp];
   s.optimizer_s = v[kOptimizer];

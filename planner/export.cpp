@@ -423,12 +423,16 @@ void tt_parallelism(const ModelSpec& m, const TrainSpec& t, const ParallelConfig
     o += "pipeline_parallel_microbatch_size = " + s(p.micro_batch) + "\n";
     tt_stage_layers(m, p, o, no);
   }
-  // Context parallelism (v0.2.2 job_config.py): torchtitan's rotation "allgather" (its default:
-  // each rank gathers every K and V, loom's CpComm::all_gather) or "alltoall" (the blocks passed
-  // around the ring, CpComm::p2p). FSDP then shards over dp x cp, as loom's ZeRO does.
+  // Context parallelism (v0.2.2 job_config.py): "alltoall" passes the K and V blocks around the
+  // ring, as loom's CpComm::p2p prices it; torchtitan's default "allgather" gathers K and V first
+  // but passes dK and dV round a ring in backward (PyTorch's _templated_ring_attention_backward),
+  // which is not TransformerEngine's all-gather (CpComm::all_gather). FSDP then shards over dp x
+  // cp, as loom's ZeRO does.
   o += "context_parallel_degree = " + s(p.cp) + "\n";
-  if (p.cp > 1)
-    o += "context_parallel_rotate_method = " + q(p.cp_comm == CpComm::all_gather ? "allgather" : "alltoall") + "\n";
+  if (p.cp > 1) o += "context_parallel_rotate_method = " + q("alltoall") + "\n";
+  if (p.cp > 1 && p.cp_comm == CpComm::all_gather)
+    no.push_back("cp_comm all_gather: torchtitan has no TransformerEngine-style K/V all-gather (its \"allgather\" "
+                 "passes dK and dV round a ring); emitted as the ring, \"alltoall\"");
   tt_experts(m, t, p, o, no);
   o += "\n";
 }

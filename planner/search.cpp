@@ -128,7 +128,7 @@ std::vector<std::pair<int64_t, int64_t>> expert_splits(const ModelSpec& m, const
 // leaves every rank at least 2048 tokens of it.
 bool cp_searched(const ModelSpec& m, const TrainSpec& t, const SearchPins& pins, int64_t cp) {
   if (pins.cp) return cp == *pins.cp;
-  if (cp == 1) return true;
+  if (cp == 1) return !pins.cp_comm || *pins.cp_comm == CpComm::p2p;  // --cp-comm-type all_gather: cp > 1 only
   return !m.is_moe() && t.seq >= 8192 && t.seq % (2 * cp) == 0 && t.seq / cp >= 2048;
 }
 

@@ -63,7 +63,8 @@ void cp_messages(std::vector<Message>& v, const ModelSpec& m, const TrainSpec& t
                  int64_t layers, int64_t recomputed);
 
 // The attention op (one ring step's block) a cp message runs beside, from the stage's own op
-// list; nullptr for the last dK/dV hop, which nothing hides.
+// list; nullptr for the last dK/dV hop and for CpComm::all_gather's collectives, which nothing
+// hides.
 const Op* cp_block_of(const StageWork& w, const Message& msg);
 
 // The ring's receive buffers: the block attended and the one arriving (two in flight), of K
@@ -92,8 +93,9 @@ struct CpRing {
 };
 CpRing cp_ring(const StageWork& w, const GroupLinks& cp, const OpTimer& op, bool overlap);
 
-// The ring's exposed time per micro-batch into s.cp_comm_s (its forward part also into
-// s.cp_forward_s), and its bytes per step (`micro_batches` of them) into s.comm.cp.
+// The ring's exposed time per micro-batch (CpComm::all_gather: its collectives' whole time) into
+// s.cp_comm_s (its forward part also into s.cp_forward_s), and its bytes per step
+// (`micro_batches` of them) into s.comm.cp.
 void price_cp_ring(const StageWork& w, const GroupLinks& cp, const OpTimer& op, bool overlap, int64_t micro_batches,
                    StageEstimate& s);
 

@@ -43,7 +43,7 @@ struct TimeBreakdown {       // exposed time only; they add up to the step time
   double optimizer_s = 0;
   double host_comm_s = 0;    // host-link copies of offload not hidden behind compute
   double ep_comm_s = 0;      // MoE: all-to-alls over the ep group and expert-tp collectives, in-line
-  double cp_comm_s = 0;      // context parallel: ring transfers not hidden behind attention blocks
+  double cp_comm_s = 0;      // context parallel: ring transfers not hidden behind attention blocks (all-gathers: all)
   double total_s() const {
     return compute_s + tp_comm_s + dp_comm_s + pp_comm_s + bubble_s + optimizer_s + host_comm_s + ep_comm_s +
            cp_comm_s;

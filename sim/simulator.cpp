@@ -155,14 +155,19 @@ struct PassTimes {
 // with their hops beside them on the cp queue, starting together (the ring step lasts the
 // longer of its block and its hop; the blocks being equal, the sums show the same), then the
 // hops nothing hides, in-line; the pass's other compute follows both. Returns the blocks' task.
+// CpComm::all_gather has no hops beside blocks: its collectives are all in-line, and the bytes
+// go with them.
 int32_t add_cp_ring(Builder& b, int64_t s, const Slot& x, TaskKind k, const CpPassInputs& cp, double n, int32_t after) {
   const int32_t blocks = b.add(make_task(k, Stream::compute, s, x, cp.block_s / n), kCompute);
   b.dep(after, blocks);
+  const int64_t bytes = static_cast<int64_t>(static_cast<double>(cp.bytes) / n);
   SimTask hops = make_task(TaskKind::cp, Stream::tp, s, x, cp.send_s / n);
-  hops.bytes = static_cast<int64_t>(static_cast<double>(cp.bytes) / n);
+  hops.bytes = cp.send_s > 0 ? bytes : 0;
   const int32_t sent = b.add(hops, kCp);
   b.dep(blocks, sent, 0.0);
-  const int32_t alone = b.add(make_task(TaskKind::cp, Stream::tp, s, x, cp.alone_s / n), kCompute);
+  SimTask in_line = make_task(TaskKind::cp, Stream::tp, s, x, cp.alone_s / n);
+  in_line.bytes = cp.send_s > 0 ? 0 : bytes;
+  const int32_t alone = b.add(in_line, kCompute);
   b.dep(sent, alone);
   return blocks;
 }

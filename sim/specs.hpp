@@ -271,7 +271,8 @@ struct ParallelConfig {
   int64_t tp = 1;
   int64_t pp = 1;
   // Context parallelism (Megatron-core's cp): each sequence split over cp ranks, attention as a
-  // ring passing KV blocks around the cp group. Its ranks sit between tp and dp in the order.
+  // ring passing KV blocks around the cp group, or over K and V all-gathered from it (cp_comm).
+  // Its ranks sit between tp and dp in the order.
   int64_t cp = 1;
   CpComm cp_comm = CpComm::p2p;  // with cp > 1
   // Megatron's --tp-comm-overlap / torchtitan's async TP: the tp all-gathers and reduce-scatters

@@ -80,7 +80,8 @@ inline constexpr const char* kEdpGradients = "edp expert gradients";
 // Context parallelism (sim/context_parallel.hpp): a slot's KV-ring hops on the tp stream (no cp
 // stream yet), beside its attention blocks on the compute stream.
 inline constexpr const char* kCpRing = "cp kv ring";
-inline constexpr const char* kCpAllGather = "cp kv all-gather";  // CpComm::all_gather
+// CpComm::all_gather's collectives, in-line: K and V gathered, in backward dK, dV reduce-scattered.
+inline constexpr const char* kCpAllGather = "cp kv all-gather, dkv reduce-scatter";
 
 // Offload, on the "host link" stream: a slot's copies "host copy F mb3 c0" / "host copy B mb3 c0"
 // (both directions), per step "host to_host gradients" and "host to_device weights" around the

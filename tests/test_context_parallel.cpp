@@ -349,7 +349,7 @@ TEST_CASE("loom predict --cp: the configuration line and a refused cp", "[cp][cl
   CHECK(ok.out.find("dp 4  tp 2  pp 1") != std::string::npos);
   CHECK(ok.out.find("  cp 2") != std::string::npos);
   CHECK(ok.out.find("context-parallel KV ring (exposed)") != std::string::npos);
-  CHECK(ok.out.find("bytes sent per GPU per step over the context-parallel ring: ") != std::string::npos);
+  CHECK(ok.out.find("bytes sent per GPU per step over the context-parallel group: ") != std::string::npos);
   LoomRun odd = run_loom(job + "--seq 8190 --cp 2");
   CHECK(odd.code == 2);
   CHECK(odd.err == "loom: --cp: must split seq into 2 x cp equal chunks, the load-balanced causal split (8190 % 4 != 0)\n");
@@ -420,4 +420,40 @@ TEST_CASE("context parallelism all-gathered: messages, exposure, memory, simulat
   auto back = parallel_from_json(to_json(p), "test");
   REQUIRE(back.ok());
   CHECK(back->cp_comm == CpComm::all_gather);
+}
+
+TEST_CASE("loom plan and predict --cp-comm-type: pinned, searched, refused without cp", "[cp][cli]") {
+  const std::string job = "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 8192 ";
+  const LoomRun lone = run_loom("predict " + job + "--tp 2 --sp --pp 1 --cp-comm-type all_gather");
+  CHECK(lone.code == 2);
+  CHECK(lone.err == "loom: --cp-comm-type: all_gather needs cp > 1 (got cp 1)\n");
+  const LoomRun pinned_one = run_loom("plan " + job + "--cp 1 --cp-comm-type all_gather");
+  CHECK(pinned_one.code == 2);
+  CHECK(pinned_one.err == "loom: --cp-comm-type: all_gather needs cp > 1 (got --cp 1)\n");
+  // Pinned: every row all-gathers (cp 1 is not tried); unpinned, the ring and the all-gather
+  // are both tried where cp > 1.
+  const LoomRun ag = run_loom("plan " + job + "--top 5 --cp-comm-type all_gather");
+  REQUIRE(ag.code == 0);
+  const std::string table = ag.out.substr(0, ag.out.find("best plan"));
+  size_t rows = 0, gathered = 0;
+  for (size_t at = table.find("\n  "); at != std::string::npos; at = table.find("\n  ", at + 1)) {
+    const std::string line = table.substr(at + 1, table.find('\n', at + 1) - at - 1);
+    if (line.find("tp-") == std::string::npos) continue;
+    ++rows;
+    gathered += line.find(" ag") != std::string::npos;
+  }
+  CHECK(rows == 5);
+  CHECK(gathered == rows);
+  CHECK(ag.out.find("(cp N ag: context parallelism with K and V all-gathered") != std::string::npos);
+  ModelSpec m = *load_model("llama3-8b", "test", nullptr);
+  ClusterSpec c = *load_cluster("dgx-h100", "test");
+  REQUIRE(size_cluster(c, 16, "test").ok());
+  TrainSpec t;
+  t.global_batch = 16, t.seq = 8192;
+  SearchPins pins;
+  pins.cp = 2;
+  auto space = make_search_space(m, c, t, pins);
+  REQUIRE(space.ok());
+  for (const SplitSpace& sp : space->splits)
+    CHECK(sp.cp_comms == std::vector<CpComm>{CpComm::p2p, CpComm::all_gather});
 }

@@ -210,11 +210,11 @@ TEST_CASE("import torchtitan: refusals name the key and the rule", "[import]") {
           "model.converters: loom prices the converter [\"quantize.linear.float8\"] only");
   std::string cp = base;
   cp.insert(cp.find("tensor_parallel_degree"), "context_parallel_degree = 2\n");
-  // torchtitan's default rotation gathers every K and V block first: CpComm::all_gather.
-  const LoomRun gathered = import_toml("tt_cp2.toml", cp, "--json");
-  INFO(gathered.err);
-  REQUIRE(gathered.code == 0);
-  CHECK(nlohmann::json::parse(gathered.out)["cp_comm"] == "all_gather");
+  // Context parallelism is priced as the ring of K and V blocks ("alltoall") or TransformerEngine's
+  // all-gather, not torchtitan's default rotation (K and V gathered, dK and dV round a ring).
+  refused("tt_cp2.toml", cp, "parallelism.context_parallel_rotate_method: loom prices the ring of K and V blocks, "
+                             "\"alltoall\"; \"allgather\" (torchtitan's default: K and V gathered, dK and dV passed "
+                             "round a ring) is not modelled");
   refused("tt_flavor.toml", "[model]\nflavor = \"debugmodel\"\n", "model.flavor: loom knows the llama3 flavors");
   // torchtitan's default less-layers (1 and 1) over 2 x 2 looped stages: 34 effective layers
   // split 9, 9, 8, 8, less 1 on the first and the last: rank 1's chunks hold 9 and 7 layers.
@@ -342,15 +342,19 @@ TEST_CASE("import reads back context parallelism: Megatron's --context-parallel-
              "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 8192 --tp 2 --sp --pp 1 --cp 2 "
              "--zero 3 --grad-dtype fp32 --grad-accumulation separate --tp-backward-overlap off",
              "--cluster dgx-h100 --gpus 16", "tt_cp");
-  // K and V all-gathered (--cp-comm-type all_gather; torchtitan's rotate method "allgather").
+  // K and V all-gathered (--cp-comm-type all_gather), as TransformerEngine runs it.
   round_trip("megatron",
              "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 8192 --tp 2 --sp --pp 1 --cp 2 "
              "--cp-comm-type all_gather --zero 1",
              "--cluster dgx-h100 --gpus 16", "mg_cp_ag");
-  round_trip("torchtitan",
-             "--model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 8192 --tp 2 --sp --pp 1 --cp 2 "
-             "--cp-comm-type all_gather --zero 3 --grad-dtype fp32 --grad-accumulation separate --tp-backward-overlap off",
-             "--cluster dgx-h100 --gpus 16", "tt_cp_ag");
+  // torchtitan has no TransformerEngine-style all-gather: said, and emitted as the ring.
+  const auto ag_plan = temp_file("tt_cp_ag_plan.json", "");
+  REQUIRE(run_loom("predict --model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 8192 --tp 2 --sp "
+                   "--pp 1 --cp 2 --cp-comm-type all_gather --zero 3 -o " + ag_plan).code == 0);
+  const LoomRun tt_ag = run_loom("export " + ag_plan + " --to torchtitan");
+  CHECK(tt_ag.code == 0);
+  CHECK(tt_ag.out.find("context_parallel_rotate_method = \"alltoall\"") != std::string::npos);
+  CHECK(tt_ag.err.find("cp_comm all_gather: torchtitan has no TransformerEngine-style K/V all-gather") != std::string::npos);
   // Megatron's other CP communication types (Ulysses' all-to-all) are not priced.
   const auto plan = temp_file("mg_cp_a2a_plan.json", ""), file = temp_file("mg_cp_a2a.sh", "");
   REQUIRE(run_loom("predict --model llama3-8b --cluster dgx-h100 --gpus 16 --global-batch 16 --seq 8192 --tp 2 --sp --pp 1 "

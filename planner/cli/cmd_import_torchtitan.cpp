@@ -310,11 +310,18 @@ Status tt_refuse_unpriced(TomlKeys& k) {
 Status tt_degrees(TomlKeys& k, int64_t gpus, ParallelConfig& p) {
   int64_t rep = 1, shard = -1, tp = 1, pp = 1, cp = 1;
   Status st = get_int(k, "parallelism.data_parallel_replicate_degree", rep, 1, limits::kGpus);
-  // Context parallelism (sim/context_parallel.hpp): torchtitan's rotate method "allgather" (its
-  // default: every block gathered first, CpComm::all_gather) or "alltoall" (the ring, p2p).
+  // Context parallelism (sim/context_parallel.hpp): loom prices the ring passing K and V blocks,
+  // torchtitan's rotate method "alltoall". Its default, "allgather", is neither that nor
+  // TransformerEngine's all-gather (CpComm::all_gather): PyTorch's ring attention gathers K and V
+  // once, overlapping the first block, but still passes dK and dV round a ring in backward
+  // (torch.distributed.tensor.experimental._attention, _templated_ring_attention_backward).
   std::string rotate = "allgather";
   if (st) st = get_int(k, "parallelism.context_parallel_degree", cp, 1, gpus);
   if (st) st = get_str(k, "parallelism.context_parallel_rotate_method", rotate, {"allgather", "alltoall"});
+  if (st && cp > 1 && rotate != "alltoall")
+    return refused(k, "parallelism.context_parallel_rotate_method",
+                   "loom prices the ring of K and V blocks, \"alltoall\"; \"allgather\" (torchtitan's default: K and V "
+                   "gathered, dK and dV passed round a ring) is not modelled");
   if (st) st = get_int(k, "parallelism.data_parallel_shard_degree", shard, -1, limits::kGpus);
   if (st && shard == 0) return refused(k, "parallelism.data_parallel_shard_degree", "must be -1 (the GPUs left) or >= 1");
   if (st) st = get_int(k, "parallelism.tensor_parallel_degree", tp, 1, limits::kGpus);
@@ -338,7 +345,6 @@ Status tt_degrees(TomlKeys& k, int64_t gpus, ParallelConfig& p) {
   if (rep > 1 && (tp > 1 || pp > 1))
     return refused(k, "parallelism.data_parallel_replicate_degree", "torchtitan v0.2.2 has no DDP with tensor or pipeline parallelism");
   p.dp = rep * shard, p.tp = tp, p.pp = pp, p.cp = cp;
-  p.cp_comm = cp > 1 && rotate == "allgather" ? CpComm::all_gather : CpComm::p2p;
   p.sp = tp > 1;  // torchtitan always shards the sequence between TP regions
   bool async_tp = false, compiled = false;  // async TP (parallelize.py): needs the model compiled
   if (auto b = get_bool(k, "parallelism.enable_async_tensor_parallel", async_tp); !b) return b;

@@ -100,6 +100,7 @@ Expected<ParallelConfig> parallel_from_flags(const PredictOptions& o, const Clus
 }
 
 std::string flag_name(const std::string& field) {
+  if (field == "cp_comm") return "--cp-comm-type";  // Megatron-LM's name for it
   std::string f = field;
   for (auto& ch : f)
     if (ch == '_') ch = '-';

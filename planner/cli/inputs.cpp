@@ -77,8 +77,8 @@ void add_on_off(CLI::App& cmd, const std::string& name, std::string& value, cons
 // Context parallelism's size and how it moves K and V (sim/context_parallel.hpp).
 template <class Text>
 void add_cp_options(CLI::App& cmd, ParallelFlags& o, const Text& text) {
-  cmd.add_option("--cp", o.cp, text("the context-parallel size: each sequence split over cp ranks, attention as a "
-                                    "ring passing K and V blocks (Megatron's --context-parallel-size; 2 x cp divides seq)",
+  cmd.add_option("--cp", o.cp, text("the context-parallel size: each sequence split over cp ranks, attention over K "
+                                    "and V blocks passed round them (Megatron's --context-parallel-size; 2 x cp divides seq)",
                                     "default 1"))
       ->transform(Integer(1, limits::kGpus));
   cmd.add_option("--cp-comm-type", o.cp_comm_type,

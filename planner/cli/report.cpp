@@ -107,7 +107,7 @@ std::string full_report(const Estimate& e, const ClusterSpec& c) {
                    static_cast<double>(e.comm.dp), static_cast<double>(e.comm.pp));
   if (e.comm.ep > 0) s += fmt::format("bytes sent per GPU per step over the expert-parallel group: {:.3g}\n",
                                      static_cast<double>(e.comm.ep));
-  if (e.comm.cp > 0) s += fmt::format("bytes sent per GPU per step over the context-parallel ring: {:.3g}\n",
+  if (e.comm.cp > 0) s += fmt::format("bytes sent per GPU per step over the context-parallel group: {:.3g}\n",
                                      static_cast<double>(e.comm.cp));
   s += offload_report(e);
   if (e.parallel.dp > 1) {

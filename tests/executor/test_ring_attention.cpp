@@ -121,6 +121,72 @@ Full ring_rank(const Case& c, int64_t r, const Vec& q, const Vec& k, const Vec& 
   return f;
 }
 
+// All-gather and reduce-scatter between threads (the ring's group, RingComm's chunking: chunk i
+// of n floats is [i n / cp, (i + 1) n / cp), here n a multiple of cp).
+class ThreadCollectives {
+ public:
+  explicit ThreadCollectives(int cp) : cp_(cp), bar_(cp), full_(static_cast<size_t>(cp)) {}
+  RingCollective gather_for(int r) {
+    return [this, r](float* data, int64_t n) -> loom::Status {
+      const int64_t c = n / cp_;
+      full_[static_cast<size_t>(r)].assign(data + r * c, data + (r + 1) * c);
+      bar_.arrive_and_wait();
+      for (int q = 0; q < cp_; q++) std::copy(full_[static_cast<size_t>(q)].begin(), full_[static_cast<size_t>(q)].end(), data + q * c);
+      bar_.arrive_and_wait();
+      return loom::ok_status();
+    };
+  }
+  RingCollective reduce_scatter_for(int r) {
+    return [this, r](float* data, int64_t n) -> loom::Status {
+      const int64_t c = n / cp_;
+      full_[static_cast<size_t>(r)].assign(data, data + n);
+      bar_.arrive_and_wait();
+      for (int64_t i = 0; i < c; i++) {
+        float sum = 0;
+        for (int q = 0; q < cp_; q++) sum += full_[static_cast<size_t>(q)][static_cast<size_t>(r * c + i)];
+        data[r * c + i] = sum;
+      }
+      bar_.arrive_and_wait();
+      return loom::ok_status();
+    };
+  }
+
+ private:
+  int cp_;
+  std::barrier<> bar_;
+  std::vector<Vec> full_;
+};
+
+// One cp rank with K and V all-gathered (gathered_attention_forward / _backward), else as ring_rank.
+Full gathered_rank(const Case& c, int64_t r, const Vec& q, const Vec& k, const Vec& v, const Vec& dout,
+                   ThreadCollectives& coll) {
+  const CpSplit sp{c.T, c.cp, r};
+  const RingShape s{c.B, c.H, c.Hkv, c.d, sp};
+  const int64_t Tl = sp.local(), Q = c.B * Tl * c.H * c.d, KV = s.kv_elems();
+  Vec ql = local_rows(q, sp, c.B, c.H * c.d), kl = local_rows(k, sp, c.B, c.Hkv * c.d);
+  const Vec vl = local_rows(v, sp, c.B, c.Hkv * c.d), dl = local_rows(dout, sp, c.B, c.H * c.d);
+  if (c.rope) {
+    cp_rope_forward(ql.data(), ql.data(), c.B, sp, c.H, c.d, kRopeThetaDefault);
+    cp_rope_forward(kl.data(), kl.data(), c.B, sp, c.Hkv, c.d, kRopeThetaDefault);
+  }
+  Vec kv(2 * c.cp * KV), dkv(2 * c.cp * KV), rows(s.row_elems()), lse(s.row_elems()), dqr(Q, 0.0f), dkr(KV, 0.0f);
+  Full f{Vec(Q), Vec(Q, 0.0f), Vec(KV, 0.0f), Vec(KV, 0.0f), {}};
+  const int ri = static_cast<int>(r);
+  f.ok = gathered_attention_forward(f.out.data(), lse.data(), ql.data(), kl.data(), vl.data(), s, kv.data(), rows.data(),
+                                    coll.gather_for(ri), f.flops).ok() &&
+         gathered_attention_backward(dqr.data(), dkr.data(), f.dv.data(), dl.data(), f.out.data(), lse.data(), ql.data(),
+                                     kl.data(), vl.data(), s, kv.data(), dkv.data(), rows.data(), coll.gather_for(ri),
+                                     coll.reduce_scatter_for(ri), f.flops).ok();
+  if (c.rope) {
+    cp_rope_backward(f.dq.data(), dqr.data(), c.B, sp, c.H, c.d, kRopeThetaDefault);
+    cp_rope_backward(f.dk.data(), dkr.data(), c.B, sp, c.Hkv, c.d, kRopeThetaDefault);
+  } else {
+    f.dq = dqr;
+    f.dk = dkr;
+  }
+  return f;
+}
+
 float worst_difference(const Vec& a, const Vec& b) {
   REQUIRE(a.size() == b.size());
   float w = 0;
@@ -166,6 +232,44 @@ TEST_CASE("ring attention over cp ranks equals full causal attention, GQA and Ro
       flops += f.flops.attention_flops;
     }
     CHECK(flops == ref.flops.attention_flops);
+  }
+}
+
+// K and V all-gathered (TransformerEngine's AttnFuncWithCPAndKVAllGather): the blocks attended
+// in the ring's order from the gathered buffer, so the forward is the ring's bit for bit; the
+// backward sums each block's dK, dV over the ranks in another order (the reduce-scatter), within
+// the ring test's tolerance of full attention.
+TEST_CASE("all-gathered context parallelism: the ring's forward bit for bit, its gradients within tolerance", "[ops][ring]") {
+  constexpr float kTol = 1e-5f;
+  for (const Case& c : {Case{2, 24, 4, 2, 8, 2, true}, Case{1, 24, 2, 2, 8, 3, false}, Case{2, 16, 4, 1, 8, 4, true}}) {
+    INFO("B " << c.B << " T " << c.T << " heads " << c.H << "/" << c.Hkv << " cp " << c.cp);
+    const Vec q = random_floats(c.B * c.T * c.H * c.d, 1), k = random_floats(c.B * c.T * c.Hkv * c.d, 2);
+    const Vec v = random_floats(c.B * c.T * c.Hkv * c.d, 3), dout = random_floats(c.B * c.T * c.H * c.d, 4);
+    const Full ref = full_attention(c, q, k, v, dout);
+    ThreadRing ring(static_cast<int>(c.cp));
+    ThreadCollectives coll(static_cast<int>(c.cp));
+    std::vector<Full> ringed(static_cast<size_t>(c.cp)), gathered(static_cast<size_t>(c.cp));
+    {
+      std::vector<std::jthread> threads;
+      for (int64_t r = 0; r < c.cp; r++)
+        threads.emplace_back([&, r] { ringed[static_cast<size_t>(r)] = ring_rank(c, r, q, k, v, dout, ring.shift_for(int(r))); });
+    }
+    {
+      std::vector<std::jthread> threads;
+      for (int64_t r = 0; r < c.cp; r++)
+        threads.emplace_back([&, r] { gathered[static_cast<size_t>(r)] = gathered_rank(c, r, q, k, v, dout, coll); });
+    }
+    for (int64_t r = 0; r < c.cp; r++) {
+      INFO("rank " << r);
+      const CpSplit sp{c.T, c.cp, r};
+      const Full& g = gathered[static_cast<size_t>(r)];
+      REQUIRE(g.ok);
+      CHECK(g.out == ringed[static_cast<size_t>(r)].out);
+      CHECK(g.dq == ringed[static_cast<size_t>(r)].dq);  // dq sums the blocks in the ring's order too
+      CHECK(worst_difference(g.dk, local_rows(ref.dk, sp, c.B, c.Hkv * c.d)) <= kTol);
+      CHECK(worst_difference(g.dv, local_rows(ref.dv, sp, c.B, c.Hkv * c.d)) <= kTol);
+      CHECK(g.flops.attention_flops == ringed[static_cast<size_t>(r)].flops.attention_flops);
+    }
   }
 }
 
