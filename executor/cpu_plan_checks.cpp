@@ -15,8 +15,8 @@ namespace {
 
 std::string got(int64_t v) { return " (got " + std::to_string(v) + ")"; }
 
-// What the CPU executor runs with cp > 1: the ring or its all-gathered variant (fused attention: a log-sum-exp per head and
-// token is kept, not the probabilities), on dense models, one pipeline stage, without selective
+// What the CPU executor runs with cp > 1: the ring or its all-gathered variant (fused
+// attention: a log-sum-exp per head and token is kept, not the probabilities), on dense models, one pipeline stage, without selective
 // recompute (it would rerun the whole ring) or a split backward, and the rules that involve the
 // data-parallel size applied to dp x cp, over which the gradients are reduced.
 Status check_cpu_cp(const Plan& plan) {

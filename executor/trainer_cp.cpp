@@ -1,10 +1,10 @@
 // Context parallelism in the trainer (Megatron-core's context_parallel_size): each sequence of a
 // micro-batch split over the cp ranks of a group, rank r keeping chunks r and 2 cp - 1 - r of
 // 2 cp (cpu/ring_attention.hpp), attention as a ring over the group or over K and V gathered from
-// it (stage_cp.cpp). The weights
-// are replicated over cp, so gradients are summed, and ZeRO shards, over the dp x cp ranks that
-// share a tp and pp coordinate (Megatron-core's "dp-cp" group, sim/rank_grid.hpp): the trainer's
-// dp_ is that group, and the loss is the mean over every token of every cp rank.
+// it (stage_cp.cpp). The weights are replicated over cp, so gradients are summed, and ZeRO shards,
+// over the dp x cp ranks that share a tp and pp coordinate (Megatron-core's "dp-cp" group,
+// sim/rank_grid.hpp): the trainer's dp_ is that group, and the loss is the mean over every token
+// of every cp rank.
 #include <algorithm>
 #include <string>
 

@@ -76,8 +76,9 @@ Status Trainer::finish_blocking_send() {
 }
 
 // The activation (forward) or its gradient (backward) of (mb, chunk) from the stage before
-// (after), into `dst`; then the previous send, where sends block (finish_blocking_send). zb-v's turn of the V on the last stage stays on the rank: chunk 0's
-// forward left its output in recv_buf_, and chunk 1's backward its input gradient in dres_, the
+// (after), into `dst`; then the previous send, where sends block (finish_blocking_send). zb-v's
+// turn of the V on the last stage stays on the rank: chunk 0's forward left its output in
+// recv_buf_, and chunk 1's backward its input gradient in dres_, the
 // backward's `dst`. Neither is written over before it is read: zb_v_rank's last table runs no
 // receiving slot (chunk 0's F, chunk 1's B) between a chunk-0 F and its chunk-1 F, and a
 // chunk-1 B's next B is its chunk-0 B (tests/test_simulator.cpp pins both).

@@ -76,10 +76,6 @@ int64_t cp_kv_block_bytes(const ModelSpec& m, const TrainSpec& t, const Parallel
   return p.micro_batch * (t.seq / p.cp) * (m.kv_dim() / p.tp) * dtype_bytes(t.dtype);
 }
 
-// TransformerEngine's AttnFuncWithCPAndKVP2P: forward, step i computes on the KV block it holds
-// while sending it on and receiving the next (cp - 1 sends); backward passes K, V and the
-// accumulated dK, dV the same way, and dK, dV take one more hop after the last block to reach
-// the rank that owns K and V (cp hops in all; nothing computes beside that last one).
 namespace {
 
 // TransformerEngine's AttnFuncWithCPAndKVAllGather (CpComm::all_gather): per layer an all-gather
@@ -100,6 +96,10 @@ void cp_all_gather_messages(std::vector<Message>& v, int64_t kv, const ParallelC
 
 }  // namespace
 
+// TransformerEngine's AttnFuncWithCPAndKVP2P: forward, step i computes on the KV block it holds
+// while sending it on and receiving the next (cp - 1 sends); backward passes K, V and the
+// accumulated dK, dV the same way, and dK, dV take one more hop after the last block to reach
+// the rank that owns K and V (cp hops in all; nothing computes beside that last one).
 void cp_messages(std::vector<Message>& v, const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p,
                  int64_t layers, int64_t recomputed) {
   if (p.cp <= 1 || layers <= 0) return;

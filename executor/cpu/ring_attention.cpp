@@ -158,6 +158,16 @@ void backward_rows(float* rows, const float* dout, const float* out, const RingS
       }
 }
 
+// This rank's dk, dv += its own block's gradient from every rank (`home`: dk then dv).
+void finish_backward(float* dk, float* dv, const float* home, const RingShape& s, FlopCounter& flops) {
+  const int64_t nkv = s.kv_elems();
+  for (int64_t i = 0; i < nkv; i++) {
+    dk[i] += home[i];
+    dv[i] += home[nkv + i];
+  }
+  flops.attention_flops += 4 * (2 * s.B * s.n_heads * s.split.local() * s.split.T * s.d);  // as attention_backward counts
+}
+
 // This rank's [k | v] into its block of `kv` and every block gathered.
 Status gather_kv(float* kv, const float* k, const float* v, const RingShape& s, const RingCollective& gather) {
   const int64_t nkv = s.kv_elems();
@@ -205,7 +215,7 @@ Status ring_attention_backward(float* dq, float* dk, float* dv, const float* dou
                                const float* lse, const float* q, const float* k, const float* v,
                                const RingShape& s, const RingBuffers& buf, const RingShift& shift,
                                FlopCounter& flops) {
-  const int64_t nkv = s.kv_elems(), Tl = s.split.local(), d = s.d, H = s.n_heads;
+  const int64_t nkv = s.kv_elems();
   backward_rows(buf.rows, dout, out, s);
   float* cur = buf.a;  // k | v | dk | dv of the block held
   float* next = buf.b;
@@ -226,11 +236,7 @@ Status ring_attention_backward(float* dq, float* dk, float* dv, const float* dou
     if (auto st = shift(cur + 2 * nkv, next + 2 * nkv, 2 * nkv); !st) return st;
     home = next + 2 * nkv;
   }
-  for (int64_t i = 0; i < nkv; i++) {
-    dk[i] += home[i];
-    dv[i] += home[nkv + i];
-  }
-  flops.attention_flops += 4 * (2 * s.B * H * Tl * s.split.T * d);  // as attention_backward counts
+  finish_backward(dk, dv, home, s, flops);
   return ok_status();
 }
 
@@ -248,12 +254,7 @@ Status gathered_attention_backward(float* dq, float* dk, float* dv, const float*
                    kv + o * 2 * nkv + nkv, s, s.split.of_rank(o));
   }
   if (auto st = reduce_scatter(dkv, cp * 2 * nkv); !st) return st;  // block `rank`: every rank's share of it
-  const float* home = dkv + s.split.rank * 2 * nkv;
-  for (int64_t i = 0; i < nkv; i++) {
-    dk[i] += home[i];
-    dv[i] += home[nkv + i];
-  }
-  flops.attention_flops += 4 * (2 * s.B * s.n_heads * s.split.local() * s.split.T * s.d);  // as the ring counts
+  finish_backward(dk, dv, dkv + s.split.rank * 2 * nkv, s, flops);
   return ok_status();
 }
 

@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -92,10 +93,14 @@ Full full_attention(const Case& c, const Vec& q, const Vec& k, const Vec& v, con
   return f;
 }
 
-// One cp rank: its rows of q, k, v and dout, RoPE at global positions, the ring forward and
+// The attention of one cp rank, forward then backward, on its RoPE'd rows: out, lse, dq, dk, dv
+// as the ring functions take them. Returns whether both passes succeeded.
+using Attend = std::function<bool(const RingShape& s, const Vec& ql, const Vec& kl, const Vec& vl, const Vec& dl,
+                                  Full& f, Vec& lse, Vec& dqr, Vec& dkr)>;
+
+// One cp rank: its rows of q, k, v and dout, RoPE at global positions, `attend` forward and
 // backward, the gradients back through RoPE. Returns out, dq, dk, dv in local order.
-Full ring_rank(const Case& c, int64_t r, const Vec& q, const Vec& k, const Vec& v, const Vec& dout,
-               const RingShift& shift) {
+Full cp_rank(const Case& c, int64_t r, const Vec& q, const Vec& k, const Vec& v, const Vec& dout, const Attend& attend) {
   const CpSplit sp{c.T, c.cp, r};
   const RingShape s{c.B, c.H, c.Hkv, c.d, sp};
   const int64_t Tl = sp.local(), Q = c.B * Tl * c.H * c.d, KV = s.kv_elems();
@@ -105,12 +110,9 @@ Full ring_rank(const Case& c, int64_t r, const Vec& q, const Vec& k, const Vec& 
     cp_rope_forward(ql.data(), ql.data(), c.B, sp, c.H, c.d, kRopeThetaDefault);
     cp_rope_forward(kl.data(), kl.data(), c.B, sp, c.Hkv, c.d, kRopeThetaDefault);
   }
-  Vec a(4 * KV), b(4 * KV), rows(s.row_elems()), lse(s.row_elems()), dqr(Q, 0.0f), dkr(KV, 0.0f);
+  Vec lse(s.row_elems()), dqr(Q, 0.0f), dkr(KV, 0.0f);
   Full f{Vec(Q), Vec(Q, 0.0f), Vec(KV, 0.0f), Vec(KV, 0.0f), {}};
-  const RingBuffers buf{a.data(), b.data(), rows.data()};
-  f.ok = ring_attention_forward(f.out.data(), lse.data(), ql.data(), kl.data(), vl.data(), s, buf, shift, f.flops).ok() &&
-         ring_attention_backward(dqr.data(), dkr.data(), f.dv.data(), dl.data(), f.out.data(), lse.data(), ql.data(),
-                                 kl.data(), vl.data(), s, buf, shift, f.flops).ok();
+  f.ok = attend(s, ql, kl, vl, dl, f, lse, dqr, dkr);
   if (c.rope) {
     cp_rope_backward(f.dq.data(), dqr.data(), c.B, sp, c.H, c.d, kRopeThetaDefault);
     cp_rope_backward(f.dk.data(), dkr.data(), c.B, sp, c.Hkv, c.d, kRopeThetaDefault);
@@ -119,6 +121,19 @@ Full ring_rank(const Case& c, int64_t r, const Vec& q, const Vec& k, const Vec& 
     f.dk = dkr;
   }
   return f;
+}
+
+// The ring (ring_attention_forward / _backward) between threads.
+Full ring_rank(const Case& c, int64_t r, const Vec& q, const Vec& k, const Vec& v, const Vec& dout,
+               const RingShift& shift) {
+  return cp_rank(c, r, q, k, v, dout, [&](const RingShape& s, const Vec& ql, const Vec& kl, const Vec& vl, const Vec& dl,
+                                          Full& f, Vec& lse, Vec& dqr, Vec& dkr) {
+    Vec a(4 * s.kv_elems()), b(4 * s.kv_elems()), rows(s.row_elems());
+    const RingBuffers buf{a.data(), b.data(), rows.data()};
+    return ring_attention_forward(f.out.data(), lse.data(), ql.data(), kl.data(), vl.data(), s, buf, shift, f.flops).ok() &&
+           ring_attention_backward(dqr.data(), dkr.data(), f.dv.data(), dl.data(), f.out.data(), lse.data(), ql.data(),
+                                   kl.data(), vl.data(), s, buf, shift, f.flops).ok();
+  });
 }
 
 // All-gather and reduce-scatter between threads (the ring's group, RingComm's chunking: chunk i
@@ -157,34 +172,19 @@ class ThreadCollectives {
   std::vector<Vec> full_;
 };
 
-// One cp rank with K and V all-gathered (gathered_attention_forward / _backward), else as ring_rank.
+// K and V all-gathered (gathered_attention_forward / _backward) between threads.
 Full gathered_rank(const Case& c, int64_t r, const Vec& q, const Vec& k, const Vec& v, const Vec& dout,
                    ThreadCollectives& coll) {
-  const CpSplit sp{c.T, c.cp, r};
-  const RingShape s{c.B, c.H, c.Hkv, c.d, sp};
-  const int64_t Tl = sp.local(), Q = c.B * Tl * c.H * c.d, KV = s.kv_elems();
-  Vec ql = local_rows(q, sp, c.B, c.H * c.d), kl = local_rows(k, sp, c.B, c.Hkv * c.d);
-  const Vec vl = local_rows(v, sp, c.B, c.Hkv * c.d), dl = local_rows(dout, sp, c.B, c.H * c.d);
-  if (c.rope) {
-    cp_rope_forward(ql.data(), ql.data(), c.B, sp, c.H, c.d, kRopeThetaDefault);
-    cp_rope_forward(kl.data(), kl.data(), c.B, sp, c.Hkv, c.d, kRopeThetaDefault);
-  }
-  Vec kv(2 * c.cp * KV), dkv(2 * c.cp * KV), rows(s.row_elems()), lse(s.row_elems()), dqr(Q, 0.0f), dkr(KV, 0.0f);
-  Full f{Vec(Q), Vec(Q, 0.0f), Vec(KV, 0.0f), Vec(KV, 0.0f), {}};
   const int ri = static_cast<int>(r);
-  f.ok = gathered_attention_forward(f.out.data(), lse.data(), ql.data(), kl.data(), vl.data(), s, kv.data(), rows.data(),
-                                    coll.gather_for(ri), f.flops).ok() &&
-         gathered_attention_backward(dqr.data(), dkr.data(), f.dv.data(), dl.data(), f.out.data(), lse.data(), ql.data(),
-                                     kl.data(), vl.data(), s, kv.data(), dkv.data(), rows.data(), coll.gather_for(ri),
-                                     coll.reduce_scatter_for(ri), f.flops).ok();
-  if (c.rope) {
-    cp_rope_backward(f.dq.data(), dqr.data(), c.B, sp, c.H, c.d, kRopeThetaDefault);
-    cp_rope_backward(f.dk.data(), dkr.data(), c.B, sp, c.Hkv, c.d, kRopeThetaDefault);
-  } else {
-    f.dq = dqr;
-    f.dk = dkr;
-  }
-  return f;
+  return cp_rank(c, r, q, k, v, dout, [&](const RingShape& s, const Vec& ql, const Vec& kl, const Vec& vl, const Vec& dl,
+                                          Full& f, Vec& lse, Vec& dqr, Vec& dkr) {
+    Vec kv(2 * c.cp * s.kv_elems()), dkv(2 * c.cp * s.kv_elems()), rows(s.row_elems());
+    return gathered_attention_forward(f.out.data(), lse.data(), ql.data(), kl.data(), vl.data(), s, kv.data(),
+                                      rows.data(), coll.gather_for(ri), f.flops).ok() &&
+           gathered_attention_backward(dqr.data(), dkr.data(), f.dv.data(), dl.data(), f.out.data(), lse.data(),
+                                       ql.data(), kl.data(), vl.data(), s, kv.data(), dkv.data(), rows.data(),
+                                       coll.gather_for(ri), coll.reduce_scatter_for(ri), f.flops).ok();
+  });
 }
 
 float worst_difference(const Vec& a, const Vec& b) {
