@@ -720,10 +720,14 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overla
   est.step_time_s = est.time.total_s();
 }
 
+}  // namespace
+
 // Which numbers priced the compute (OpTimer::of: the profile serves bf16 plans only).
 std::string priced_by(const ClusterSpec& c, const TrainSpec& t) {
   if (c.calibration && t.dtype == Dtype::bf16) {
-    const std::string fp8 = t.fp8 ? "; FP8 GEMMs at the FP8 peak with the bf16 efficiency of each shape (sim/fp8.hpp)" : "";
+    const std::string fp8 = !t.fp8                              ? ""
+                            : c.calibration->has_fp8_gemms() ? "; FP8 GEMMs measured in the same profile"
+                                                             : "; FP8 GEMMs at the FP8 peak with the bf16 efficiency of each shape (sim/fp8.hpp)";
     return "measured profile " + c.calibration->name + " (loom calibrate on " + c.calibration->device + ")" + fp8;
   }
   std::string s = "documented efficiency defaults of " + c.name + " (not measured)";
@@ -731,12 +735,18 @@ std::string priced_by(const ClusterSpec& c, const TrainSpec& t) {
     const auto& ref = *c.efficiency.gemm_model;
     s += "; GEMMs by the tile and wave model of " + ref.from +
          (c.gemm_model_measured ? " (measured on this GPU)" : " (carried to this GPU by stated ratios, not measured)");
-    if (t.fp8) s += ", FP8 GEMMs by the same model at the FP8 peak with 1-byte operands (not measured)";
+    if (t.fp8 && c.gemm_model_fp8)
+      s += ", FP8 GEMMs by its FP8 model" + std::string(c.gemm_model_fp8_measured ? " (measured on this GPU)"
+                                                                               : " (carried by the same ratios, not measured)");
+    else if (t.fp8)
+      s += ", FP8 GEMMs by the same model at the FP8 peak with 1-byte operands (not measured)";
   } else if (t.fp8) {
     s += "; FP8 GEMMs at the FP8 peak with the bf16 efficiency of each shape (sim/fp8.hpp)";
   }
   return s;
 }
+
+namespace {
 
 // Peak: the stage with the largest peak; comm: the largest per field.
 void peak_and_fit(Estimate& est, const ClusterSpec& c) {

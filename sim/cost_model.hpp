@@ -37,6 +37,10 @@ struct EvalMemo {
   GemmMemo gemms;
 };
 
+// Which numbers price a plan's compute, in words (Estimate::priced_by): a measured profile, a
+// cluster's documented efficiencies, the GEMM models it carries, and how FP8 GEMMs are timed.
+std::string priced_by(const ClusterSpec& c, const TrainSpec& t);
+
 class CostModel {
  public:
   // The cluster must already be sized (cluster.gpus set).

@@ -122,6 +122,8 @@ Fp8TpGathers fp8_sp_gathers(int64_t layers, int64_t mlp_free, int64_t recomputed
 // output (bf16 here), so the roofline's bytes are M K + K N (1 byte) and 2 M N.
 double fp8_gemm_s(const OpTimer& t, double M, double N, double K, double out_bytes) {
   const double flops = 2 * M * N * K, bytes = M * K + K * N + 2 * M * N;
+  if (t.prof && t.prof->has_fp8_gemms()) return t.prof->fp8_gemm_s(M, N, K, out_bytes);
+  if (t.gemm_model_fp8) return t.model_s(*t.gemm_model_fp8, M, N, K, out_bytes, 1, t.gemm_model_fp8->hw.peak_flops);
   if (t.gemm_model) return t.model_s(M, N, K, out_bytes, 1, t.peak_flops_fp8);
   if (t.prof) {  // the profile's time holds one launch
     const double bf16_s = std::max(0.0, t.prof->gemm_s(M, N, K, out_bytes) - t.gemm_launch_s(M, N, K, out_bytes));

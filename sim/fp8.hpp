@@ -108,12 +108,15 @@ struct Fp8TpGathers {
 Fp8TpGathers fp8_sp_gathers(int64_t layers, int64_t mlp_free, int64_t recomputed);
 
 // Time of one FP8 GEMM call (M, N, K), its backward and the backward's weight-gradient half
-// (its output of OpTimer::wgrad_out bytes per element): with the cluster's GEMM model, that model at peak_flops_fp8 with
-// 1-byte operands (sim/gemm_model.hpp: the bf16 fit carried over, not measured in FP8);
-// otherwise at peak_flops_fp8 with the efficiency a bf16 GEMM of that shape reaches (the
-// cluster's saturating curve, or the profile's measured bf16 time scaled by peak_bf16 /
-// peak_fp8: the profile holds bf16 GEMMs only), never faster than streaming its FP8 operands
-// and bf16 output from HBM, plus one launch.
+// (its output of OpTimer::wgrad_out bytes per element), from the first of:
+//  - the profile's FP8 GEMMs (HardwareProfile::fp8_gemm_s: measured by `loom calibrate`);
+//  - the FP8 GEMM model the cluster carries from a profile that measured FP8 (gemm_model_fp8);
+//  - the cluster's bf16 GEMM model at peak_flops_fp8 with 1-byte operands (sim/gemm_model.hpp:
+//    the bf16 fit carried over, not measured in FP8);
+//  - peak_flops_fp8 with the efficiency a bf16 GEMM of that shape reaches (the cluster's
+//    saturating curve, or a bf16-only profile's measured time scaled by peak_bf16 /
+//    peak_fp8), never faster than streaming its FP8 operands and bf16 output from HBM, plus
+//    one launch.
 double fp8_gemm_s(const OpTimer& t, double M, double N, double K, double out_bytes = 2);
 double fp8_gemm_bwd_s(const OpTimer& t, double M, double N, double K);
 double fp8_gemm_wgrad_s(const OpTimer& t, double M, double N, double K);

@@ -39,7 +39,7 @@ constexpr std::array<std::pair<double, double>, kCoefficients> kRanges = {
 double mean_sq_log_error(const GemmModel& g, const std::vector<GemmSample>& v) {
   double sum = 0;
   for (const auto& x : v) {
-    const double e = std::log(g.seconds(x.m, x.n, x.k, x.out_bytes) / x.seconds);
+    const double e = std::log(g.seconds_at(x.m, x.n, x.k, x.out_bytes, x.in_bytes, g.hw.peak_flops) / x.seconds);
     sum += e * e;
   }
   return sum / static_cast<double>(v.size());
@@ -47,13 +47,17 @@ double mean_sq_log_error(const GemmModel& g, const std::vector<GemmSample>& v) {
 
 Status check_samples(const std::vector<GemmSample>& v, const GemmHardware& hw) {
   if (hw.peak_flops <= 0 || hw.sm_count <= 0 || hw.hbm_bytes_per_s <= 0)
-    return Error{"gemm model: the GPU's peak_flops_bf16, sm_count and hbm_bytes_per_s are needed"};
+    return Error{"gemm model: the GPU's peak_flops (of the GEMMs' input type), sm_count and hbm_bytes_per_s are needed"};
   if (v.size() < 8)
     return Error{"gemm model: at least 8 measured GEMMs are needed (got " + std::to_string(v.size()) + ")"};
   for (size_t i = 0; i < v.size(); ++i) {
     const auto& x = v[i];
     if (!(x.m >= 1 && x.n >= 1 && x.k >= 1 && x.seconds > 0 && x.out_bytes > 0))
       return Error{"gemm/" + std::to_string(i) + ": needs m, n, k >= 1 and seconds > 0"};
+    if (x.in_bytes != v.front().in_bytes)
+      return Error{"gemm/" + std::to_string(i) + ": input bytes " + std::to_string(static_cast<int>(x.in_bytes)) +
+                   " differ from the first sample's " + std::to_string(static_cast<int>(v.front().in_bytes)) +
+                   " (one model per input type)"};
   }
   return ok_status();
 }
@@ -94,7 +98,7 @@ GemmChoice gemm_choice(const GemmModel& g, double M, double N, double K, double 
 }
 
 double GemmModel::seconds(double M, double N, double K, double out_bytes) const {
-  return gemm_choice(*this, M, N, K, out_bytes).seconds;
+  return gemm_choice(*this, M, N, K, out_bytes, in_bytes).seconds;
 }
 
 double GemmModel::seconds_at(double M, double N, double K, double out_bytes, double in_bytes, double peak) const {
@@ -126,6 +130,7 @@ Expected<GemmModel> fit_gemm_model(const std::vector<GemmSample>& samples, const
   if (auto s = check_samples(samples, hw); !s) return s.error();
   GemmModel g;
   g.hw = hw;
+  g.in_bytes = samples.front().in_bytes;
   // A start inside every range: the mid-range guesses of a tensor-core GPU.
   g.c = {0.8, 1e-6, 0.85, 3e-6};
   double err = mean_sq_log_error(g, samples);
@@ -147,7 +152,7 @@ Expected<GemmModel> fit_gemm_model(const std::vector<GemmSample>& samples, const
   g.samples = static_cast<int64_t>(samples.size());
   double sum = 0, worst = 0;
   for (const auto& x : samples) {
-    const double e = std::abs(g.seconds(x.m, x.n, x.k, x.out_bytes) / x.seconds - 1);
+    const double e = std::abs(g.seconds_at(x.m, x.n, x.k, x.out_bytes, x.in_bytes, hw.peak_flops) / x.seconds - 1);
     sum += e, worst = std::max(worst, e);
   }
   g.fit_mape = sum / static_cast<double>(samples.size());

@@ -22,7 +22,7 @@
 // H100 profile is no better (10.6% against 10.8% mean error) and picks 64-wide tiles for large
 // shapes, which cuBLAS does not.
 //
-// Bytes: inputs bf16 (2 bytes; FP8: 1, seconds_at); the output is `out_bytes` per element: 2 for a bf16 result,
+// Bytes: inputs of `in_bytes` each (bf16: 2; a model fitted to FP8 GEMMs, 1); the output is `out_bytes` per element: 2 for a bf16 result,
 // 8 for a weight gradient accumulated into fp32 (read and written: beta = 1, as Megatron-LM's
 // gradient-accumulation fusion and loom's executor run it).
 #pragma once
@@ -38,7 +38,7 @@ namespace loom {
 
 // The GPU a model describes (its own figures, so a model read from a profile is complete).
 struct GemmHardware {
-  double peak_flops = 0;       // dense bf16 tensor-core peak
+  double peak_flops = 0;       // dense tensor-core peak of the operands' type (bf16, or FP8)
   int64_t sm_count = 0;
   double hbm_bytes_per_s = 0;
 };
@@ -53,6 +53,7 @@ struct GemmCoefficients {
 struct GemmModel {
   GemmHardware hw;
   GemmCoefficients c;
+  double in_bytes = 2;      // bytes per input element of the GEMMs it describes (FP8: 1)
   int64_t samples = 0;      // measured shapes it was fitted to
   double fit_mape = 0;      // mean |predicted / measured - 1| over them
   double fit_worst = 0;     // the largest |predicted / measured - 1|
@@ -62,7 +63,8 @@ struct GemmModel {
   double seconds(double M, double N, double K, double out_bytes = 2) const;
   // Another input precision: operands of `in_bytes` each, a tensor-core peak of `peak_flops`
   // (FP8: 1 byte, twice the bf16 peak on Hopper), the fitted coefficients unchanged. Not
-  // measured: the same kernels' structure carried to the other data type.
+  // measured where the model was fitted to another type: the same kernels' structure carried
+  // to the other data type.
   double seconds_at(double M, double N, double K, double out_bytes, double in_bytes, double peak_flops) const;
 };
 
@@ -100,15 +102,18 @@ class GemmMemo {
   std::unordered_map<Key, double, KeyHash> times_;
 };
 
-// One measured GEMM: bf16 inputs, output of `out_bytes` per element (see above).
+// One measured GEMM: inputs of `in_bytes` per element (bf16 2, FP8 1), output of `out_bytes`
+// per element (see above).
 struct GemmSample {
-  double m = 0, n = 0, k = 0, out_bytes = 2, seconds = 0;
+  double m = 0, n = 0, k = 0, out_bytes = 2, seconds = 0, in_bytes = 2;
 };
 
 // Fits the four coefficients by least squares on ln(predicted / measured): coordinate descent,
 // each coefficient in turn by Brent's method over its range in log space (boost::math
 // brent_find_minima), until a sweep improves the error by less than 1e-5. Deterministic.
-// Errors: fewer than 8 samples, a non-positive dimension or time, or hardware figures missing.
+// `hw.peak_flops` is the peak of the samples' input type (an FP8 fit: the FP8 peak), and the
+// model keeps their in_bytes. Errors: fewer than 8 samples, a non-positive dimension or time,
+// samples of two input widths, or hardware figures missing.
 Expected<GemmModel> fit_gemm_model(const std::vector<GemmSample>& samples, const GemmHardware& hw);
 
 // A model carried to another GPU by stated hardware ratios (a cluster file's "gemm_model"):

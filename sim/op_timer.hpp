@@ -22,6 +22,7 @@ struct OpTimer {
   const HardwareProfile* prof = nullptr;
   double peak_flops_fp8 = 0;  // FP8 GEMMs (Op::fp8, sim/fp8.hpp)
   const GemmModel* gemm_model = nullptr;  // bf16 GEMMs without a profile (sim/gemm_model.hpp)
+  const GemmModel* gemm_model_fp8 = nullptr;  // FP8 GEMMs without a profile, where measured (sim/fp8.hpp)
   GemmMemo* gemm_memo = nullptr;          // a search thread's memo of gemm_model's times, or none
   // Bytes per output element of a weight-gradient GEMM: accumulated into the gradient buffer in
   // the GEMM (read and written: 8 in fp32, 4 in bf16), or written in bf16 for a separate add.
@@ -40,7 +41,7 @@ struct OpTimer {
                    static_cast<double>(dtype_bytes(t.dtype)),
                    prof};
     o.peak_flops_fp8 = c.gpu.peak_flops_fp8;
-    if (bf16 && !prof) o.gemm_model = c.gemm_model.get();
+    if (bf16 && !prof) o.gemm_model = c.gemm_model.get(), o.gemm_model_fp8 = c.gemm_model_fp8.get();
     o.wgrad_out = t.grad_accumulation == GradAccumulation::separate ? 2 : t.grad_dtype == Dtype::fp32 ? 8 : 4;
     return o;
   }
@@ -60,8 +61,12 @@ struct OpTimer {
   }
   // The cluster's GEMM model for one call (through the memo when there is one).
   double model_s(double M, double N, double K, double out_bytes, double in_bytes, double peak) const {
-    return gemm_memo ? gemm_memo->seconds(*gemm_model, M, N, K, out_bytes, in_bytes, peak)
-                     : gemm_model->seconds_at(M, N, K, out_bytes, in_bytes, peak);
+    return model_s(*gemm_model, M, N, K, out_bytes, in_bytes, peak);
+  }
+  double model_s(const GemmModel& g, double M, double N, double K, double out_bytes, double in_bytes,
+                 double peak) const {
+    return gemm_memo ? gemm_memo->seconds(g, M, N, K, out_bytes, in_bytes, peak)
+                     : g.seconds_at(M, N, K, out_bytes, in_bytes, peak);
   }
   // The launch inside gemm(M, N, K, out_bytes)'s time: the model's where a model priced it,
   // else the measured or documented one (launch_s).
@@ -69,8 +74,12 @@ struct OpTimer {
     if (prof) return prof->measured(M, N, K, out_bytes) || !prof->gemm_model.valid() ? launch_s : prof->gemm_model.c.launch_s;
     return gemm_model ? gemm_model->c.launch_s : launch_s;
   }
-  // The launch inside an FP8 GEMM's time (sim/fp8.hpp).
-  double fp8_launch_s() const { return gemm_model ? gemm_model->c.launch_s : launch_s; }
+  // The launch inside an FP8 GEMM's time (sim/fp8.hpp): the FP8 model's where one priced it.
+  double fp8_launch_s() const {
+    if (prof && prof->has_fp8_gemms()) return prof->gemm_model_fp8.valid() ? prof->gemm_model_fp8.c.launch_s : launch_s;
+    if (gemm_model_fp8) return gemm_model_fp8->c.launch_s;
+    return gemm_model ? gemm_model->c.launch_s : launch_s;
+  }
   // Backward of out (M, N) = in (M, K) W: the input gradient (M, K, N) and the weight
   // gradient (N, K, M); without a profile or model, twice the forward.
   double gemm_bwd(double M, double N, double K) const {

@@ -54,6 +54,12 @@ void check_tables(ObjectReader& r, const HardwareProfile& p) {
   };
   unique_gemms(p.gemm, "gemm");
   unique_gemms(p.gemm_variants, "gemm_variants");
+  unique_gemms(p.gemm_fp8, "gemm_fp8");
+  // Each model describes its own table's operands: bf16 (2 bytes) and FP8 (1 byte).
+  for (auto [key, model, bytes] : {std::tuple{"gemm_model", &p.gemm_model, 2.0}, {"gemm_model_fp8", &p.gemm_model_fp8, 1.0}})
+    if (!r.failed() && model->valid() && model->in_bytes != bytes)
+      r.fail(std::string(key) + "/in_bytes", "must be " + std::to_string(static_cast<int>(bytes)) + " (got " +
+                                                 nlohmann::json(model->in_bytes).dump() + ")");
   for (size_t i = 1; i < p.attention.size() && !r.failed(); ++i) {
     const auto& a = p.attention[i - 1];
     const auto& b = p.attention[i];
@@ -108,16 +114,15 @@ static const ProfileGemm* exact_row(const std::vector<ProfileGemm>& rows, double
   return nullptr;
 }
 
-bool HardwareProfile::measured(double M, double N, double K, double out_bytes) const {
-  return exact_row(gemm, M, N, K, out_bytes) != nullptr;
-}
-
-double HardwareProfile::gemm_s(double M, double N, double K, double out_bytes) const {
-  if (const ProfileGemm* g = exact_row(gemm, M, N, K, out_bytes)) return g->seconds;
-  if (gemm_model.valid()) return gemm_model.seconds(M, N, K, out_bytes);
+// A GEMM's time from one table and its model: the exact row, the model, or the nearest row's
+// FLOP/s (distance |ln M/M'| + |ln N/N'| + |ln K/K'|).
+static double table_gemm_s(const std::vector<ProfileGemm>& rows, const GemmModel& model, double M, double N, double K,
+                           double out_bytes) {
+  if (const ProfileGemm* g = exact_row(rows, M, N, K, out_bytes)) return g->seconds;
+  if (model.valid()) return model.seconds(M, N, K, out_bytes);
   const ProfileGemm* nearest = nullptr;
   double best = std::numeric_limits<double>::infinity();
-  for (const auto& g : gemm) {
+  for (const auto& g : rows) {
     const double dist = std::abs(std::log(M / g.m)) + std::abs(std::log(N / g.n)) + std::abs(std::log(K / g.k));
     if (dist < best) best = dist, nearest = &g;
   }
@@ -125,14 +130,34 @@ double HardwareProfile::gemm_s(double M, double N, double K, double out_bytes) c
   return nearest->seconds * (M * N * K) / (static_cast<double>(nearest->m) * nearest->n * nearest->k);
 }
 
-std::vector<GemmSample> HardwareProfile::gemm_samples() const {
+static std::vector<GemmSample> samples_of(const std::vector<ProfileGemm>& rows, double in_bytes) {
   std::vector<GemmSample> v;
-  v.reserve(gemm.size());
-  for (const auto& g : gemm)
+  v.reserve(rows.size());
+  for (const auto& g : rows)
     v.push_back({static_cast<double>(g.m), static_cast<double>(g.n), static_cast<double>(g.k),
-                 g.accumulate_fp32 ? 8.0 : 2.0, g.seconds});
+                 g.accumulate_fp32 ? 8.0 : 2.0, g.seconds, in_bytes});
   return v;
 }
+
+bool HardwareProfile::measured(double M, double N, double K, double out_bytes) const {
+  return exact_row(gemm, M, N, K, out_bytes) != nullptr;
+}
+
+double HardwareProfile::gemm_s(double M, double N, double K, double out_bytes) const {
+  return table_gemm_s(gemm, gemm_model, M, N, K, out_bytes);
+}
+
+std::vector<GemmSample> HardwareProfile::gemm_samples() const { return samples_of(gemm, 2); }
+
+bool HardwareProfile::fp8_measured(double M, double N, double K, double out_bytes) const {
+  return exact_row(gemm_fp8, M, N, K, out_bytes) != nullptr;
+}
+
+double HardwareProfile::fp8_gemm_s(double M, double N, double K, double out_bytes) const {
+  return table_gemm_s(gemm_fp8, gemm_model_fp8, M, N, K, out_bytes);
+}
+
+std::vector<GemmSample> HardwareProfile::fp8_gemm_samples() const { return samples_of(gemm_fp8, 1); }
 
 void read_gemm_model(ObjectReader& r, GemmModel& g) {
   auto& c = g.c;
@@ -143,6 +168,7 @@ void read_gemm_model(ObjectReader& r, GemmModel& g) {
   r.number("peak_flops", g.hw.peak_flops, 0, true, limits::kRate);
   r.integer("sm_count", g.hw.sm_count, 1, 100000);
   r.number("hbm_bytes_per_s", g.hw.hbm_bytes_per_s, 0, true, limits::kRate);
+  r.opt_number("in_bytes", g.in_bytes, 0, true, 8);
   r.integer("samples", g.samples, 1, 1000000);
   r.number("fit_mape", g.fit_mape, 0, false, 100);
   r.number("fit_worst", g.fit_worst, 0, false, 1000);
@@ -150,7 +176,7 @@ void read_gemm_model(ObjectReader& r, GemmModel& g) {
 }
 
 nlohmann::json to_json(const GemmModel& g) {
-  return {{"mainloop_efficiency", g.c.mainloop_efficiency},
+  nlohmann::json j = {{"mainloop_efficiency", g.c.mainloop_efficiency},
           {"tile_overhead_s", g.c.tile_overhead_s},
           {"memory_efficiency", g.c.memory_efficiency},
           {"launch_s", g.c.launch_s},
@@ -161,6 +187,8 @@ nlohmann::json to_json(const GemmModel& g) {
           {"fit_mape", g.fit_mape},
           {"fit_worst", g.fit_worst},
           {"source", g.source}};
+  if (g.in_bytes != 2) j["in_bytes"] = g.in_bytes;  // bf16 models leave it out
+  return j;
 }
 
 double HardwareProfile::attention_fwd_s(double bh, double seq, double d) const {
@@ -216,6 +244,7 @@ Expected<HardwareProfile> profile_from_json(const nlohmann::json& j, const std::
   };
   read_profile_array(r, j, "gemm", true, gemm_entry(p.gemm, false));
   read_profile_array(r, j, "gemm_variants", false, gemm_entry(p.gemm_variants, true));
+  read_profile_array(r, j, "gemm_fp8", false, gemm_entry(p.gemm_fp8, false));
   read_profile_array(r, j, "attention", true, [&p](ObjectReader& e) {
     ProfileAttention a;
     e.integer("bh", a.bh, 1, kMaxDim);
@@ -239,13 +268,13 @@ Expected<HardwareProfile> profile_from_json(const nlohmann::json& j, const std::
     orr.number("bytes_per_param", p.optimizer.bytes_per_param, 0, true, 1024);
     orr.reject_unknown_keys();
   }
-  if (r.has("gemm_model")) {
-    if (auto* gm = r.object("gemm_model")) {
-      ObjectReader gr(r, "gemm_model", *gm);
-      read_gemm_model(gr, p.gemm_model);
-      gr.reject_unknown_keys();
-    }
-  }
+  for (auto [key, model] : {std::pair{"gemm_model", &p.gemm_model}, {"gemm_model_fp8", &p.gemm_model_fp8}})
+    if (r.has(key))
+      if (auto* gm = r.object(key)) {
+        ObjectReader gr(r, key, *gm);
+        read_gemm_model(gr, *model);
+        gr.reject_unknown_keys();
+      }
   if (auto* m = r.object("memory")) {
     ObjectReader mr(r, "memory", *m);
     auto& pm = p.memory;
@@ -290,6 +319,8 @@ nlohmann::json to_json(const HardwareProfile& p) {
                       {"gemm", gemms(p.gemm, false)}};
   if (!p.gemm_variants.empty()) j["gemm_variants"] = gemms(p.gemm_variants, true);
   if (p.gemm_model.valid()) j["gemm_model"] = to_json(p.gemm_model);
+  if (!p.gemm_fp8.empty()) j["gemm_fp8"] = gemms(p.gemm_fp8, false);
+  if (p.gemm_model_fp8.valid()) j["gemm_model_fp8"] = to_json(p.gemm_model_fp8);
   j["attention"] = att;
   j["memory_bound"] = bw;
   j["optimizer"] = {{"params", p.optimizer.params},

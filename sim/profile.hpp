@@ -18,6 +18,13 @@
 //                    "hbm_bytes_per_s": .., "samples": .., "fit_mape": .., "fit_worst": .., "source": ".."}
 //         // optional: the tile and wave model (sim/gemm_model.hpp) fitted to "gemm" by
 //         // `loom calibrate` (or `loom calibrate --fit-gemm` on a profile already measured)
+//     "gemm_fp8": [ {"m": 8192, "n": 2304, "k": 768, "seconds": 7.1e-5}, ... ],
+//     "gemm_model_fp8": { as gemm_model, with "in_bytes": 1 and the FP8 peak }
+//         // optional (GPUs with FP8 tensor cores): FP8 GEMMs as Transformer Engine runs a
+//         // linear layer's, through cuBLASLt: E4M3 (forward) or E5M2 gradients times E4M3
+//         // operands, both K-major (the only layout cuBLASLt runs FP8 in), per-tensor scales,
+//         // bf16 output or, "accumulate_fp32", a weight gradient added into fp32; the model
+//         // fitted to them as gemm_model is to "gemm"
 //     "gemm_variants": [ {"kind": "fwd_bias", "m":..,"n":..,"k":.., "seconds":..}, ... ],
 //         // the executor's own calls at the same shapes (fwd_bias, fwd_bias_gelu, bwd_input,
 //         // bwd_input_dgelu, bwd_weight (fp32 += with the bias column sum)): for per-op
@@ -42,6 +49,8 @@
 //    (FLOP/s) of the NEAREST measured shape, distance |ln M/M'| + |ln N/N'| + |ln K/K'|, i.e.
 //    time = t' x (M N K)/(M' N' K'). Held out by hidden size, the model predicts the measured
 //    shapes better than the nearest one does (tests/test_gemm_model.cpp).
+//  - fp8_gemm_s(M, N, K, out_bytes): the same over gemm_fp8 and gemm_model_fp8 (has_fp8_gemms:
+//    whether the profile measured any; without, sim/fp8.hpp carries the bf16 times over).
 //  - attention_fwd_s / attention_bwd_s(bh, seq, d): at the nearest measured seq (log
 //    distance), linear in bh between the two measured bh around it (proportional beyond the
 //    ends), then scaled by (seq / seq')^2 x d / d'.
@@ -92,11 +101,13 @@ struct HardwareProfile {
   std::string name, device, source;
   double kernel_launch_s = 0;
   std::vector<ProfileGemm> gemm, gemm_variants;
+  std::vector<ProfileGemm> gemm_fp8;  // FP8 GEMMs (see the schema); empty where not measured
   std::vector<ProfileAttention> attention;
   std::vector<ProfileBandwidth> memory_bound;
   ProfileOptimizer optimizer;
   ProfileMemory memory;
   GemmModel gemm_model;  // fitted to `gemm`; !valid() when the profile has none
+  GemmModel gemm_model_fp8;  // fitted to `gemm_fp8`; !valid() when the profile has none
 
   // out_bytes: 2 for a bf16 output; 8 for an fp32 accumulation (the measured rows marked
   // accumulate_fp32), any other for the model only.
@@ -104,6 +115,11 @@ struct HardwareProfile {
   bool measured(double M, double N, double K, double out_bytes = 2) const;  // an exact row
   // The measured GEMMs as the model's samples.
   std::vector<GemmSample> gemm_samples() const;
+  // FP8 GEMMs: an exact gemm_fp8 row, else gemm_model_fp8, else the nearest row's FLOP/s.
+  bool has_fp8_gemms() const { return !gemm_fp8.empty() || gemm_model_fp8.valid(); }
+  double fp8_gemm_s(double M, double N, double K, double out_bytes = 2) const;
+  bool fp8_measured(double M, double N, double K, double out_bytes = 2) const;  // an exact row
+  std::vector<GemmSample> fp8_gemm_samples() const;
   double attention_fwd_s(double bh, double seq, double head_dim) const;
   double attention_bwd_s(double bh, double seq, double head_dim) const;
   double memory_s(double bytes) const;

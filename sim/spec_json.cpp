@@ -368,9 +368,17 @@ static Status resolve_gemm_model(ClusterSpec& c, const std::string& where, const
   const GemmHardware to{c.gpu.peak_flops_bf16, c.gpu.sm_count, c.gpu.hbm_bytes_per_s};
   c.gemm_model = std::make_shared<const GemmModel>(
       scale_gemm_model(m, to, ref.mainloop_efficiency_scale, ref.clock_ratio));
-  c.gemm_model_measured = ref.mainloop_efficiency_scale == 1 && ref.clock_ratio == 1 &&
-                          m.hw.sm_count == to.sm_count && m.hw.peak_flops == to.peak_flops &&
+  const bool same_ratios = ref.mainloop_efficiency_scale == 1 && ref.clock_ratio == 1;
+  c.gemm_model_measured = same_ratios && m.hw.sm_count == to.sm_count && m.hw.peak_flops == to.peak_flops &&
                           m.hw.hbm_bytes_per_s == to.hbm_bytes_per_s;
+  const GemmModel& f = (*prof)->gemm_model_fp8;
+  if (f.valid() && c.gpu.peak_flops_fp8 > 0) {
+    const GemmHardware to8{c.gpu.peak_flops_fp8, c.gpu.sm_count, c.gpu.hbm_bytes_per_s};
+    c.gemm_model_fp8 = std::make_shared<const GemmModel>(
+        scale_gemm_model(f, to8, ref.mainloop_efficiency_scale, ref.clock_ratio));
+    c.gemm_model_fp8_measured = same_ratios && f.hw.sm_count == to8.sm_count && f.hw.peak_flops == to8.peak_flops &&
+                                f.hw.hbm_bytes_per_s == to8.hbm_bytes_per_s;
+  }
   return ok_status();
 }
 

@@ -179,6 +179,10 @@ struct ClusterSpec {
   // describes this GPU as measured (both ratios 1, the profile's own GPU) or was carried here.
   std::shared_ptr<const GemmModel> gemm_model;
   bool gemm_model_measured = false;
+  // The same profile's FP8 GEMM model (gemm_model_fp8) carried by the same ratios to this GPU's
+  // FP8 peak; null where the profile measured no FP8 GEMMs or the GPU has no FP8 peak.
+  std::shared_ptr<const GemmModel> gemm_model_fp8;
+  bool gemm_model_fp8_measured = false;
   std::string source;
 };
 

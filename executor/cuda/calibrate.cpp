@@ -150,6 +150,7 @@ Status alloc_gemm_buffers(GemmBuffers& g, const std::vector<int64_t>& tokens, in
 struct GemmTimer {
   Bench& b;
   std::set<std::tuple<int64_t, int64_t, int64_t, bool>> seen;  // a shape once per output kind
+  std::vector<ProfileGemm>* table = nullptr;  // where plain shapes go (default: the bf16 table)
   // accumulate_fp32: a weight gradient, D fp32 += A B (the model prices its fp32 output).
   Status operator()(const char* kind, int64_t m, int64_t n, int64_t k, const std::function<Status(int)>& f,
                     bool accumulate_fp32 = false) {
@@ -157,9 +158,10 @@ struct GemmTimer {
     if (plain && !seen.insert({m, n, k, accumulate_fp32}).second) return ok_status();
     auto t = b.timer.median(f);
     if (!t) return t.error();
-    (plain ? b.prof.gemm : b.prof.gemm_variants).push_back({kind, m, n, k, plain && accumulate_fp32, *t});
+    (plain ? (table ? *table : b.prof.gemm) : b.prof.gemm_variants).push_back({kind, m, n, k, plain && accumulate_fp32, *t});
     if (b.o.progress)
-      std::fprintf(stderr, "gemm %-16s %6lld x %6lld x %6lld  %9.1f us  %6.1f TFLOP/s\n", plain ? "plain" : kind,
+      std::fprintf(stderr, "gemm %-16s %6lld x %6lld x %6lld  %9.1f us  %6.1f TFLOP/s\n",
+                   plain ? (table ? "fp8" : "plain") : kind,
                    static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k), *t * 1e6,
                    2.0 * m * n * k / *t / 1e12);
     return ok_status();
@@ -229,7 +231,8 @@ struct SweepShape {
   int64_t T, C, OC;
 };
 
-std::vector<SweepShape> planner_sweep() {
+// The linear layers' shapes.
+std::vector<SweepShape> layer_sweep() {
   std::vector<SweepShape> v;
   for (int64_t h : {2048, 4096, 8192, 16384})
     for (int64_t tp : {1, 8})
@@ -238,13 +241,13 @@ std::vector<SweepShape> planner_sweep() {
         for (auto [C, OC] : {std::pair{h, h * 5 / 4 / tp}, {h / tp, h}, {h, 2 * ffn / tp}, {ffn / tp, h}})
           if (2.0 * T * C * OC <= kMaxSweepFlops) v.push_back({T, C, OC});
       }
-  for (int64_t V : {32000, 128256, 256000})
-    for (int64_t tp : {1, 8}) v.push_back({8192, 4096, V / tp});
   return v;
 }
 
 Status bench_planner_gemms(Bench& b, Gemm& gemm) {
-  const std::vector<SweepShape> shapes = planner_sweep();
+  std::vector<SweepShape> shapes = layer_sweep();
+  for (int64_t V : {32000, 128256, 256000})  // the logits
+    for (int64_t tp : {1, 8}) shapes.push_back({8192, 4096, V / tp});
   int64_t in = 0, out = 0, w = 0;
   for (const auto& s : shapes)
     in = std::max(in, s.T * s.C), out = std::max(out, s.T * s.OC), w = std::max(w, s.C * s.OC);
@@ -266,6 +269,54 @@ Status bench_planner_gemms(Bench& b, Gemm& gemm) {
     LOOM_TRY(add(
         "", OC, C, T,
         [&](int) { return matmul_backward_weight(gemm, dw.p, nullptr, nullptr, y.p, x.p, T, C, OC, b.stream); }, true));
+  }
+  return ok_status();
+}
+
+// ---- FP8 GEMMs: the linear layers of the planner's sweep (not the logits: Transformer Engine
+// and Megatron-LM keep the output layer in bf16) as Transformer Engine runs them in FP8, each
+// operand K-major (cuBLASLt's only FP8 layout; TE keeps FP8 transposes for it): the forward
+// E4M3 x E4M3 with fast accumulation, the input gradient E4M3 weights x E5M2 output gradient,
+// the weight gradient E4M3 inputs x E5M2 output gradient added into fp32, both with fp32
+// promotion (TE's defaults); per-tensor scales of 1. Recorded with the bf16 table's (M, N, K)
+// convention: forward (T, OC, C), input gradient (T, C, OC), weight gradient (OC, C, T).
+bool has_fp8_tensor_cores() {
+  int dev = 0, major = 0, minor = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  return major * 10 + minor >= 89;
+}
+
+Status bench_fp8_gemms(Bench& b, Gemm& gemm) {
+  std::vector<SweepShape> shapes = layer_sweep();
+  std::erase_if(shapes, [](const SweepShape& s) { return s.T % 16 != 0 || s.C % 16 != 0 || s.OC % 16 != 0; });
+  int64_t in = 0, out = 0, w = 0;
+  for (const auto& s : shapes)
+    in = std::max(in, s.T * s.C), out = std::max(out, s.T * s.OC), w = std::max(w, s.C * s.OC);
+  DevBuf<uint8_t> x, dy, wt;
+  DevBuf<bf16> y;
+  DevBuf<float> dw, scales;
+  LOOM_TRY(x.alloc(in, "fp8 x"));
+  LOOM_TRY(dy.alloc(out, "fp8 dy"));
+  LOOM_TRY(wt.alloc(w, "fp8 w"));
+  LOOM_TRY(y.alloc(std::max(in, out), "fp8 y"));
+  LOOM_TRY(dw.alloc(w, "fp8 dw"));
+  LOOM_TRY(scales.alloc(2, "fp8 scales"));
+  LOOM_TRY(fill_random_fp8(x.p, in, 41, 1.0f, false, b.stream));
+  LOOM_TRY(fill_random_fp8(dy.p, out, 42, 1.0f, true, b.stream));
+  LOOM_TRY(fill_random_fp8(wt.p, w, 43, 0.5f, false, b.stream));
+  LOOM_TRY(fill_random_f32(dw.p, w, 44, 0.01f, b.stream));
+  const float ones[2] = {1.0f, 1.0f};
+  LOOM_TRY(cuda_status(cudaMemcpy(scales.p, ones, sizeof(ones), cudaMemcpyHostToDevice), "fp8 scales", {}));
+  GemmTimer add{b, {}, &b.prof.gemm_fp8};
+  const float* sc = scales.p;
+  for (const auto& [T, C, OC] : shapes) {
+    LOOM_TRY(add("", T, OC, C, [&](int) { return matmul_fp8(gemm, y.p, false, wt.p, false, x.p, false, sc, OC, T, C, true, b.stream); }));
+    LOOM_TRY(add("", T, C, OC, [&](int) { return matmul_fp8(gemm, y.p, false, wt.p, false, dy.p, true, sc, C, T, OC, false, b.stream); }));
+    LOOM_TRY(add(
+        "", OC, C, T, [&](int) { return matmul_fp8(gemm, dw.p, true, x.p, false, dy.p, true, sc, C, OC, T, false, b.stream); },
+        true));
   }
   return ok_status();
 }
@@ -380,7 +431,9 @@ std::string profile_source(const cudaDeviceProp& prop) {
          "no coefficient is fitted to an end-to-end step. gemm: the executor's cuBLASLt calls without "
          "bias/GELU epilogues (forward (T, OC, C), input gradient (T, C, OC), fp32 weight gradient "
          "(OC, C, T)) over GPT-2's layers and, beyond them, Llama-sized tensor-parallel slices and "
-         "vocabularies (bench_planner_gemms); GEMM inputs are not rotated (small shapes may run from "
+         "vocabularies (bench_planner_gemms); gemm_fp8: the linear layers of that sweep as FP8 GEMMs, K-major "
+         "operands, E4M3 (forward, fast accumulation) or E5M2 output gradients times E4M3, unit per-tensor "
+         "scales (bench_fp8_gemms); GEMM inputs are not rotated (small shapes may run from "
          "L2). memory: "
          "cudaMemGetInfo deltas (context against cudaMemGetInfo's total, after cudaFree(0)).";
 }
@@ -400,6 +453,10 @@ Status run_benchmarks(const CalibrateOptions& o, HardwareProfile& prof, cudaStre
   LOOM_TRY(bench_launch(b));
   LOOM_TRY(bench_gemm(b, *gemm));
   if (!o.quick) LOOM_TRY(bench_planner_gemms(b, *gemm));
+  if (!o.quick && has_fp8_tensor_cores())
+    LOOM_TRY(bench_fp8_gemms(b, *gemm));
+  else if (o.progress)
+    std::fprintf(stderr, "fp8 gemm: not measured (%s)\n", o.quick ? "--quick" : "no FP8 tensor cores: compute capability < 8.9");
   LOOM_TRY(bench_attention(b));
   LOOM_TRY(bench_memory_bound(b));
   for (int64_t P : o.quick ? std::vector<int64_t>{int64_t{1} << 24} : std::vector<int64_t>{124475904, 1557611200})
@@ -454,8 +511,9 @@ int calibrate_command(const CalibrateOptions& o) {
     std::fprintf(stderr, "loom: %s\n", st.error().message.c_str());
     return 2;
   }
-  std::printf("wrote %s: %zu GEMM shapes (+%zu variants), %zu attention points, %zu bandwidth points\n", o.out.c_str(),
-              prof->gemm.size(), prof->gemm_variants.size(), prof->attention.size(), prof->memory_bound.size());
+  std::printf("wrote %s: %zu GEMM shapes (+%zu variants, %zu FP8), %zu attention points, %zu bandwidth points\n",
+              o.out.c_str(), prof->gemm.size(), prof->gemm_variants.size(), prof->gemm_fp8.size(),
+              prof->attention.size(), prof->memory_bound.size());
   return 0;
 }
 

@@ -1,5 +1,7 @@
 #include "executor/cuda/calibrate.cuh"
 
+#include <cuda_fp8.h>
+
 namespace loom::cuda {
 namespace {
 
@@ -21,6 +23,14 @@ __global__ void fill_f32_kernel(float* x, int64_t n, uint64_t seed, float scale)
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
     const float u = static_cast<float>(mix(seed ^ static_cast<uint64_t>(i)) >> 40) * (1.0f / 16777216.0f);
     x[i] = (2.0f * u - 1.0f) * scale;
+  }
+}
+
+template <class Fp8>
+__global__ void fill_fp8_kernel(Fp8* x, int64_t n, uint64_t seed, float scale) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    const float u = static_cast<float>(mix(seed ^ static_cast<uint64_t>(i)) >> 40) * (1.0f / 16777216.0f);
+    x[i] = Fp8((2.0f * u - 1.0f) * scale);
   }
 }
 
@@ -54,6 +64,14 @@ Status fill_random_bf16(bf16* x, int64_t n, uint64_t seed, float scale, cudaStre
 Status fill_random_f32(float* x, int64_t n, uint64_t seed, float scale, cudaStream_t stream) {
   fill_f32_kernel<<<grid_for(n, 256), 256, 0, stream>>>(x, n, seed, scale);
   return check_launch("fill_random_f32", {{"n", n}});
+}
+
+Status fill_random_fp8(void* x, int64_t n, uint64_t seed, float scale, bool e5m2, cudaStream_t stream) {
+  if (e5m2)
+    fill_fp8_kernel<<<grid_for(n, 256), 256, 0, stream>>>(static_cast<__nv_fp8_e5m2*>(x), n, seed, scale);
+  else
+    fill_fp8_kernel<<<grid_for(n, 256), 256, 0, stream>>>(static_cast<__nv_fp8_e4m3*>(x), n, seed, scale);
+  return check_launch("fill_random_fp8", {{"n", n}});
 }
 
 Status add_bf16(bf16* out, const bf16* a, const bf16* b, int64_t n, cudaStream_t stream) {

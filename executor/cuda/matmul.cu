@@ -125,14 +125,21 @@ Status Gemm::run(const Call& c, cudaStream_t stream, const char* op, Dims dims) 
     cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &c.aux, sizeof(c.aux));
     cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &c.ldaux, sizeof(c.ldaux));
   }
+  if (c.a_type != CUDA_R_16BF) {  // FP8: the scales and the accumulation mode
+    cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &c.a_scale, sizeof(c.a_scale));
+    cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &c.b_scale, sizeof(c.b_scale));
+    const int8_t fast = c.fast_accum ? 1 : 0;
+    cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast));
+  }
   const uint64_t a_rows = c.trans_a ? c.k : c.m, a_cols = c.trans_a ? c.m : c.k;
   const uint64_t b_rows = c.trans_b ? c.n : c.k, b_cols = c.trans_b ? c.k : c.n;
-  LOOM_TRY(cublas_status(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, a_rows, a_cols, c.lda), "layout A", op, dims));
-  LOOM_TRY(cublas_status(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, b_rows, b_cols, c.ldb), "layout B", op, dims));
+  LOOM_TRY(cublas_status(cublasLtMatrixLayoutCreate(&la, c.a_type, a_rows, a_cols, c.lda), "layout A", op, dims));
+  LOOM_TRY(cublas_status(cublasLtMatrixLayoutCreate(&lb, c.b_type, b_rows, b_cols, c.ldb), "layout B", op, dims));
   LOOM_TRY(cublas_status(cublasLtMatrixLayoutCreate(&ld, dtype_d, c.m, c.n, c.ldd), "layout D", op, dims));
 
   const Key key{c.trans_a, c.trans_b, c.m, c.n, c.k, c.lda, c.ldb, c.ldd, c.d_fp32, c.beta != 0,
-                static_cast<int>(c.epilogue), c.ldaux};
+                static_cast<int>(c.epilogue), c.ldaux, static_cast<int>(c.a_type), static_cast<int>(c.b_type),
+                c.fast_accum};
   auto it = algos_.find(key);
   if (it == algos_.end()) {
     cublasLtMatmulPreference_t pref = nullptr;
@@ -221,6 +228,27 @@ Status matmul_backward_weight(Gemm& gemm, float* dweight, float* dbias, float* s
   LOOM_TRY(gemm.run(c, stream, "matmul_backward_weight", dims));
   if (dbias) LOOM_TRY(column_sum(dbias, scratch, dout, N, OC, stream));
   return ok_status();
+}
+
+Status matmul_fp8(Gemm& gemm, void* d, bool d_fp32_accumulate, const void* a, bool a_e5m2, const void* b, bool b_e5m2,
+                  const float* scales, int64_t m, int64_t n, int64_t k, bool fast_accum, cudaStream_t stream) {
+  const Dims dims{{"m", m}, {"n", n}, {"k", k}};
+  if (m < 16 || n < 16 || k < 16 || m % 16 != 0 || n % 16 != 0 || k % 16 != 0)
+    return shape_error("matmul_fp8", dims, "needs m, n, k positive multiples of 16");
+  if (a_e5m2 && b_e5m2) return shape_error("matmul_fp8", dims, "cuBLASLt has no E5M2 x E5M2 GEMM");
+  Gemm::Call c;
+  c.trans_a = true;  // TN: both operands K-major
+  c.m = m, c.n = n, c.k = k;
+  c.a = a, c.lda = k;
+  c.b = b, c.ldb = k;
+  c.a_type = a_e5m2 ? CUDA_R_8F_E5M2 : CUDA_R_8F_E4M3;
+  c.b_type = b_e5m2 ? CUDA_R_8F_E5M2 : CUDA_R_8F_E4M3;
+  c.a_scale = scales, c.b_scale = scales + 1;
+  c.fast_accum = fast_accum;
+  c.d = d, c.ldd = m;
+  c.d_fp32 = d_fp32_accumulate;
+  c.beta = d_fp32_accumulate ? 1.0f : 0.0f;
+  return gemm.run(c, stream, "matmul_fp8", dims);
 }
 
 }  // namespace loom::cuda

@@ -26,15 +26,24 @@ class Gemm {
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
 
-  // D (m, n) = op(A) op(B) (+ beta D), column-major as cuBLAS sees it. A and B bf16; D bf16 or
-  // fp32. bias (m) bf16 and aux (m, n) bf16 as the epilogue needs.
+  // D (m, n) = op(A) op(B) (+ beta D), column-major as cuBLAS sees it. A and B bf16, or FP8
+  // (a_type / b_type E4M3 or E5M2, not both E5M2; then op(A) = A^T and op(B) = B, the only
+  // layout cuBLASLt runs FP8 in, each with its per-tensor scale: a device float, A's times B's
+  // multiplies the product); D bf16 or fp32. bias (m) bf16 and aux (m, n) bf16 as the epilogue
+  // needs. fast_accum: FP8 only, accumulate in the tensor cores' own precision without
+  // promoting partial sums to fp32 (CUBLASLT_MATMUL_DESC_FAST_ACCUM; Transformer Engine's
+  // forward GEMMs, not its backward ones).
   struct Call {
     bool trans_a = false, trans_b = false;
     int64_t m = 0, n = 0, k = 0;
-    const bf16* a = nullptr;
+    const void* a = nullptr;
     int64_t lda = 0;
-    const bf16* b = nullptr;
+    const void* b = nullptr;
     int64_t ldb = 0;
+    cudaDataType_t a_type = CUDA_R_16BF, b_type = CUDA_R_16BF;
+    const float* a_scale = nullptr;
+    const float* b_scale = nullptr;
+    bool fast_accum = false;
     void* d = nullptr;
     int64_t ldd = 0;
     bool d_fp32 = false;
@@ -49,7 +58,7 @@ class Gemm {
  private:
   Gemm() = default;
   using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool,
-                         bool, int, int64_t>;
+                         bool, int, int64_t, int, int, bool>;
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   std::map<Key, cublasLtMatmulAlgo_t> algos_;
@@ -74,6 +83,15 @@ Status matmul_backward_input(Gemm& gemm, bf16* dinp, const bf16* dout, const bf1
 Status matmul_backward_weight(Gemm& gemm, float* dweight, float* dbias, float* scratch,
                               const bf16* dout, const bf16* inp, int64_t N, int64_t C, int64_t OC,
                               cudaStream_t stream);
+
+// One FP8 GEMM as Transformer Engine runs a linear layer's (its forward, input gradient or
+// weight gradient): D (m, n) = A^T B over K-major operands, A (k, m) and B (k, n) column-major
+// (leading dimension k), each E4M3 or E5M2 (`a_e5m2`, `b_e5m2`; not both) with its per-tensor
+// scale (`scales`: two device floats, A's and B's); D bf16 (ld m) or, with `d_fp32_accumulate`,
+// fp32 added into (beta 1: a weight gradient accumulated into its fp32 buffer). m, n and k
+// multiples of 16 (cuBLASLt's FP8 alignment). Needs an FP8 GPU (compute capability 8.9+).
+Status matmul_fp8(Gemm& gemm, void* d, bool d_fp32_accumulate, const void* a, bool a_e5m2, const void* b, bool b_e5m2,
+                  const float* scales, int64_t m, int64_t n, int64_t k, bool fast_accum, cudaStream_t stream);
 
 // out (OC) += sum over the N rows of x (N, OC); the kernel behind dbias.
 Status column_sum(float* out, float* scratch, const bf16* x, int64_t N, int64_t OC,

@@ -8,6 +8,7 @@
 //   fp32 outputs (losses, AdamW, norms): only summation order and fast-math exp differ: 1e-4
 //     or tighter, as stated beside each.
 #include <catch2/catch.hpp>
+#include <cuda_fp8.h>
 
 #include <cmath>
 #include <vector>
@@ -97,6 +98,62 @@ TEST_CASE("matmul refuses shapes the tensor cores cannot take, naming op and sha
   const auto s = matmul_forward(*gemm, nullptr, nullptr, nullptr, nullptr, nullptr, 4, 12, 16, nullptr);
   REQUIRE_FALSE(s.ok());
   CHECK(s.error().message.find("matmul_forward (N=4, C=12, OC=16)") != std::string::npos);
+}
+
+// FP8 GEMMs (loom calibrate's gemm_fp8 sweep): references from the FP8 values the GPU really
+// reads, so the bound covers the accumulation and the output rounding only: bf16 out 5e-3 with
+// fp32 promotion; fast accumulation (the tensor cores' own partial sums, about 2^-13 relative
+// each on Hopper) 1e-2; fp32 accumulated into, summation order only.
+TEST_CASE("matmul_fp8: E4M3 and E5M2 operands, per-tensor scales, bf16 or fp32 accumulated output", "[gpu][matmul]") {
+  int dev = 0, major = 0, minor = 0;
+  REQUIRE(cudaGetDevice(&dev) == cudaSuccess);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  if (major * 10 + minor < 89) {
+    WARN("no FP8 tensor cores (compute capability " << major << "." << minor << "): matmul_fp8 not run");
+    return;
+  }
+  const int64_t m = 192, n = 256, k = 320;
+  auto gemm = make_gemm();
+  const auto fa = random_floats(k * m, 21), fb = random_floats(k * n, 22, 0.5);
+  std::vector<__nv_fp8_e4m3> a(fa.begin(), fa.end());
+  std::vector<__nv_fp8_e5m2> b(fb.begin(), fb.end());
+  const std::vector<float> scales{2.0f, 0.25f}, d0 = random_floats(m * n, 23);
+  // D (m, n) column-major = scale_a scale_b A^T B, A (k, m) and B (k, n) column-major
+  std::vector<float> ref(m * n);
+  for (int64_t j = 0; j < n; j++)
+    for (int64_t i = 0; i < m; i++) {
+      double acc = 0;
+      for (int64_t x = 0; x < k; x++) acc += double(float(a[i * k + x])) * double(float(b[j * k + x]));
+      ref[j * m + i] = static_cast<float>(acc * scales[0] * scales[1]);
+    }
+  DeviceBuffer<__nv_fp8_e4m3> d_a(k * m);
+  DeviceBuffer<__nv_fp8_e5m2> d_b(k * n);
+  DeviceBuffer<float> d_scales(2), d_acc(m * n);
+  DeviceBuffer<bf> d_out(m * n);
+  d_a.upload(a);
+  d_b.upload(b);
+  d_scales.upload(scales);
+  for (bool fast : {false, true}) {
+    REQUIRE(matmul_fp8(*gemm, d_out.get(), false, d_a.get(), false, d_b.get(), true, d_scales.get(), m, n, k, fast,
+                       nullptr).ok());
+    CHECK(rel_error(to_float(d_out.download()), ref) < (fast ? 1e-2 : kBf16Out));
+  }
+  d_acc.upload(d0);
+  REQUIRE(matmul_fp8(*gemm, d_acc.get(), true, d_a.get(), false, d_b.get(), true, d_scales.get(), m, n, k, false,
+                     nullptr).ok());
+  std::vector<float> ref_acc = ref;
+  for (size_t i = 0; i < ref_acc.size(); i++) ref_acc[i] += d0[i];
+  CHECK(rel_error(d_acc.download(), ref_acc) < 1e-5);
+
+  const auto both = matmul_fp8(*gemm, d_out.get(), false, d_b.get(), true, d_b.get(), true, d_scales.get(), 256, 256,
+                               320, false, nullptr);
+  REQUIRE_FALSE(both.ok());
+  CHECK(both.error().message.find("no E5M2 x E5M2") != std::string::npos);
+  const auto odd = matmul_fp8(*gemm, d_out.get(), false, d_a.get(), false, d_b.get(), true, d_scales.get(), 200, 256,
+                              320, false, nullptr);
+  REQUIRE_FALSE(odd.ok());
+  CHECK(odd.error().message.find("matmul_fp8 (m=200, n=256, k=320)") != std::string::npos);
 }
 
 TEST_CASE("layernorm forward (fused residual) and backward", "[gpu][layernorm]") {
