@@ -75,7 +75,7 @@ Status Trainer::moe_dp_sync() {
     const Group& g = r.expert ? edp_ : dp_;
     if (g.size() <= 1) continue;
     const int64_t n = g.size();
-    int64_t bucket = plan_.train.dp_bucket_bytes > 0 ? plan_.train.dp_bucket_bytes / 4 / n * n : r.n;
+    int64_t bucket = dp_bucket_bytes_for(plan_.train, plan_.parallel) / 4 / n * n;
     bucket = std::max(bucket, n);
     for (int64_t b0 = 0; b0 < r.n; b0 += bucket) {
       comm_.label(tn::dp_bucket("allreduce", grad_bucket_++), tn::Stream::dp);

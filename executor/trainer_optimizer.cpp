@@ -47,7 +47,7 @@ Status Trainer::dp_sync() {
   const int64_t total = layout_.total;
   if (zero_ == 0) {
     const int64_t n = dp_.size();
-    int64_t bucket = plan_.train.dp_bucket_bytes > 0 ? plan_.train.dp_bucket_bytes / 4 / n * n : total;
+    int64_t bucket = dp_bucket_bytes_for(plan_.train, plan_.parallel) / 4 / n * n;
     bucket = std::max(bucket, n);
     for (int64_t b0 = 0; b0 < total; b0 += bucket) {
       comm_.label(tn::dp_bucket("allreduce", grad_bucket_++), tn::Stream::dp);

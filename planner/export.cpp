@@ -215,6 +215,10 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
   a.push_back({"--micro-batch-size", s(p.micro_batch)});
   a.push_back({"--global-batch-size", s(t.global_batch)});
   megatron_data_parallel(p, a, no);
+  // A bucket other than Megatron-core's default for this dp (dp_bucket_bytes_for): in elements.
+  if (dp_cp(p) > 1 && t.dp_bucket_bytes > 0 &&
+      t.dp_bucket_bytes / dtype_bytes(t.grad_dtype) != megatron_bucket_elements(p.dp))
+    a.push_back({"--ddp-bucket-size", s(t.dp_bucket_bytes / dtype_bytes(t.grad_dtype))});
   if (p.recompute == Recompute::selective) a.push_back({"--recompute-granularity", "selective"});
   if (p.recompute == Recompute::full) {  // every layer (uniform, groups of 1) or a block of each chunk's first
     a.push_back({"--recompute-granularity", "full"});
@@ -574,7 +578,7 @@ ExportResult deepspeed(const Plan& plan) {
                  " reduces gradients after the backward (--overlap-grad-reduce off prices the exported run)");
   // Gradient buckets (engine.py): ZeRO 1-3 reduce in buckets of reduce_bucket_size elements;
   // without ZeRO DeepSpeed reduces in fixed buckets of 5e8 (MEMORY_OPT_ALLREDUCE_SIZE).
-  const int64_t bucket_elems = t.dp_bucket_bytes / dtype_bytes(t.grad_dtype);
+  const int64_t bucket_elems = dp_bucket_bytes_for(t, p) / dtype_bytes(t.grad_dtype);
   if (zero >= 1) zero_j["reduce_bucket_size"] = bucket_elems;
   else if (p.dp > 1 && bucket_elems != 500'000'000)
     no.push_back("dp bucket " + s(bucket_elems) + " elements: DeepSpeed without ZeRO reduces in fixed buckets of 500000000");

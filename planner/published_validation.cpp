@@ -212,7 +212,7 @@ TrainSpec train_of(int64_t global_batch, int64_t seq, Attention a, CrossEntropy 
   t.grad_dtype = Dtype::bf16;
   t.attention = a;
   t.cross_entropy = ce;
-  t.dp_bucket_bytes = 40'000'000 * dtype_bytes(t.grad_dtype);
+  t.dp_bucket_bytes = 0;  // Megatron-core's default bucket for the row's dp (dp_bucket_bytes_for)
   return t;
 }
 

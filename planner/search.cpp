@@ -28,8 +28,6 @@ std::string search_str(int64_t v) { return std::to_string(v); }
 
 // divisors(n): sim/model_math.hpp (by factoring: sqrt(n) steps, not n).
 
-// Megatron-core's default gradient bucket: 40e6 elements of the gradient dtype (as load_job).
-constexpr int64_t kBucketElements = 40'000'000;
 
 Status check_pins(const ClusterSpec& c, const SearchPins& p) {
   const int64_t n = c.gpus;
@@ -221,7 +219,7 @@ Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c
     if (pins.grad_dtype && *pins.grad_dtype != g) continue;
     TrainSpec tg = t;
     tg.grad_dtype = g;
-    tg.dp_bucket_bytes = pins.dp_bucket_bytes.value_or(kBucketElements * dtype_bytes(g));
+    tg.dp_bucket_bytes = pins.dp_bucket_bytes.value_or(0);  // 0: Megatron-core's default for each dp
     space.trains.push_back(tg);
   }
   if (!pins.offload.empty()) space.offload = pins.offload;

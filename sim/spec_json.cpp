@@ -495,7 +495,7 @@ Expected<TrainSpec> train_from_json(const nlohmann::json& j, const std::string& 
   read_enum(r, "grad_accumulation", grad_accumulation_names(), t.grad_accumulation, false);  // default fused
   r.opt_boolean("tp_backward_overlap", t.tp_backward_overlap);  // default true (Megatron-LM's)
   r.opt_boolean("pp_scatter_gather", t.pp_scatter_gather);  // default false (Megatron-core's)
-  r.integer("dp_bucket_bytes", t.dp_bucket_bytes, 1, limits::kBytes);
+  r.integer("dp_bucket_bytes", t.dp_bucket_bytes, 0, limits::kBytes);  // 0: Megatron-core's default for dp
   r.opt_number("moe_capacity_factor", t.moe_capacity_factor, 0, true, 1e6);  // MoE (sim/moe.hpp)
   const bool has_recipe = j.is_object() && j.contains("fp8_recipe");
   read_enum(r, "fp8_recipe", fp8_recipe_names(), t.fp8_recipe, false);  // default delayed

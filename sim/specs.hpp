@@ -230,7 +230,9 @@ struct TrainSpec {
   // (mpu.gather_split_1d_tensor) before using them. Megatron-core dropped it (2023); with
   // sequence parallelism the tensor is split already.
   bool pp_scatter_gather = false;
-  int64_t dp_bucket_bytes = 0; // gradient bucket size for DP overlap
+  // Gradient bucket of the data-parallel reduction, in bytes of the gradient dtype; 0:
+  // Megatron-core's default for the configuration's dp (dp_bucket_bytes_for, below).
+  int64_t dp_bucket_bytes = 0;
   // MoE: expert capacity as a multiple of the mean load (Switch Transformer, Fedus et al. 2021,
   // Sec. 2.2: capacity = tokens x top-k / experts x factor; GShard pads every expert to it).
   // Expert GEMMs and all-to-alls are priced at capacity, the busiest expert's load.
@@ -367,6 +369,18 @@ inline int64_t chunk_layers_at(const ParallelConfig& p, int64_t layers, int64_t 
 inline int64_t chunk_layer_count(const ParallelConfig& p, int64_t layers, int64_t stage) {
   const int64_t n = stage_layer_count(p, layers, stage);
   return (n + p.vpp - 1) / p.vpp;
+}
+
+// Megatron-core's gradient bucket when none is given: max(40e6, 1e6 x dp) elements, "larger DP
+// sizes need larger buckets to ensure collectives do not become latency-bound" (megatron/core/
+// distributed/distributed_data_parallel.py and distributed_data_parallel_config.py bucket_size,
+// NVIDIA/Megatron-LM core v0.7 on; dp without context parallelism, get_data_parallel_world_size()).
+inline int64_t megatron_bucket_elements(int64_t dp) { return std::max<int64_t>(40'000'000, 1'000'000 * dp); }
+
+// The bucket a plan reduces its gradients in, in bytes: TrainSpec::dp_bucket_bytes where set,
+// else Megatron-core's default for its dp.
+inline int64_t dp_bucket_bytes_for(const TrainSpec& t, const ParallelConfig& p) {
+  return t.dp_bucket_bytes > 0 ? t.dp_bucket_bytes : megatron_bucket_elements(p.dp) * dtype_bytes(t.grad_dtype);
 }
 
 }  // namespace loom

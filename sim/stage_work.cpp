@@ -24,9 +24,6 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // needs no master copy (8).
 int64_t optimizer_bytes_per_param(Dtype d) { return d == Dtype::bf16 ? 12 : 8; }
 
-// Megatron-core's default gradient bucket when none is given: 40e6 elements.
-constexpr int64_t kDefaultBucketElements = 40'000'000;
-
 // The sizes every term below is written in, for one stage of one configuration.
 struct Dims {
   int64_t e = 2, g = 2;          // bytes per element of weights/activations, of gradients
@@ -543,7 +540,8 @@ int64_t param_tensors_per_layer(const ModelSpec& m) {
 
 // Data parallel (ZeRO paper, Rajbhandari et al. 2020, Sec. 7): G gradient bytes (after
 // compression) and W weight bytes of this rank's unsharded parameters. Stage 0: all-reduce of
-// G once per step, in buckets (Megatron-core's 40e6-element default) per model chunk. 1: a
+// G once per step, in buckets (dp_bucket_bytes_for: Megatron-core's default where the plan sets
+// none) per model chunk. 1: a
 // reduce-scatter of G and an all-gather of W after the optimizer. 2: the reduce-scatter every
 // micro-batch (only a shard of the gradients is kept). 3 (FSDP): every micro-batch gathers W
 // layer by layer in forward and again in backward, and reduce-scatters G layer by layer.
@@ -560,7 +558,7 @@ void dp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelCon
   if (p.dp > 1 && p.dp_comm == DpComm::parameter_server) {
     v.push_back(message("dp push", Group::dp, MessageKind::send, Pass::step, Cadence::step, G, 1));
   } else if (dp_cp(p) > 1) {  // reduced over dp x cp: the weights are replicated over cp
-    const int64_t bucket = tr.dp_bucket_bytes > 0 ? tr.dp_bucket_bytes : kDefaultBucketElements * d.g;
+    const int64_t bucket = dp_bucket_bytes_for(tr, p);
     const int64_t buckets = p.vpp * std::max<int64_t>(1, ceil_div(ceil_div(G, p.vpp), bucket));
     const int64_t L = std::max<int64_t>(1, d.layers);
     const auto mbc = Cadence::micro_batch;

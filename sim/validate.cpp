@@ -92,7 +92,7 @@ Status check_model_sizes(const ModelSpec& m, const FieldNamer& name) {
 Status check_train_sizes(const ModelSpec& m, const TrainSpec& t, const FieldNamer& name) {
   if (auto st = in_range(name, "global_batch", t.global_batch, 1, limits::kGlobalBatch); !st) return st;
   if (auto st = in_range(name, "seq", t.seq, 1, limits::kSeq); !st) return st;
-  if (auto st = in_range(name, "dp_bucket_bytes", t.dp_bucket_bytes, 1, limits::kBytes); !st) return st;
+  if (auto st = in_range(name, "dp_bucket_bytes", t.dp_bucket_bytes, 0, limits::kBytes); !st) return st;
   const Wide tokens = Wide(t.global_batch) * t.seq;
   if (tokens > limits::kTokensPerStep)
     return Error{name("global_batch") + ": tokens per step (global_batch x seq) must be <= " +

@@ -103,10 +103,19 @@ inline SimInputs equal_stages(Schedule s, int64_t pp, int64_t vpp, int64_t m, co
   return in;
 }
 
+// A plan's gradient bucket as the bytes it resolves to: 0 is Megatron-core's default for the
+// plan's dp (sim/specs.hpp dp_bucket_bytes_for), which an engine's file states as a number.
+inline void resolve_bucket(nlohmann::json& j) {
+  auto& b = j["train"]["dp_bucket_bytes"];
+  if (b == 0)
+    b = loom::megatron_bucket_elements(j["parallel"]["dp"].get<int64_t>()) * (j["train"]["grad_dtype"] == "bf16" ? 2 : 4);
+}
+
 // A plan file's configuration: its model (less the descriptive keys), train and parallel.
 inline nlohmann::json plan_configuration(const std::string& plan_path) {
   auto j = nlohmann::json::parse(slurp(plan_path));
   for (auto* k : {"name", "source", "published_params", "published_params_precision"}) j["model"].erase(k);
+  resolve_bucket(j);
   return {{"model", j["model"]}, {"train", j["train"]}, {"parallel", j["parallel"]}};
 }
 

@@ -85,7 +85,9 @@ const std::set<std::string> kMegatronVerified{
     "--rotary-base", "--hidden-dropout", "--attention-dropout", "--add-qkv-bias", "--use-tp-pp-dp-mapping",
     // Uneven stages (arguments.py, TransformerConfig's decoder_first/last_pipeline_num_layers;
     // --num-virtual-stages-per-pipeline-rank, which arguments.py asks for with them).
-    "--decoder-first-pipeline-num-layers", "--decoder-last-pipeline-num-layers", "--num-virtual-stages-per-pipeline-rank"};
+    "--decoder-first-pipeline-num-layers", "--decoder-last-pipeline-num-layers", "--num-virtual-stages-per-pipeline-rank",
+    // arguments.py: --ddp-bucket-size (type=int, default None: Megatron-core's max(40e6, 1e6 x dp)).
+    "--ddp-bucket-size"};
 
 // "[section]" and "key = value" lines -> "section.key" -> value (strings keep their quotes).
 std::map<std::string, std::string> parse_toml(const std::string& text) {

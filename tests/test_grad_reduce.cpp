@@ -190,3 +190,50 @@ TEST_CASE("overlap-grad-reduce: Megatron-LM's --overlap-grad-reduce and DeepSpee
   CHECK(tt.err.find("overlap_grad_reduce off: torchtitan's FSDP and DDP reduce gradients beside the backward") !=
         std::string::npos);
 }
+
+TEST_CASE("gradient buckets: Megatron-core's default, max(40e6, 1e6 x dp) elements, where the plan sets none; "
+          "Megatron-LM's --ddp-bucket-size where it sets one", "[stage_work][export][import]") {
+  CHECK(megatron_bucket_elements(8) == 40'000'000);
+  CHECK(megatron_bucket_elements(40) == 40'000'000);
+  CHECK(megatron_bucket_elements(64) == 64'000'000);
+  Job j = job("llama3-8b", "dgx-h100", 128, 512, 4096);
+  j.train.dp_bucket_bytes = 0;
+  const ParallelConfig p = split(64, 2, 1, 1, Schedule::one_f_one_b, 1);
+  const int64_t g = dtype_bytes(j.train.grad_dtype);
+  CHECK(dp_bucket_bytes_for(j.train, p) == 64'000'000 * g);
+  auto buckets = [&](const TrainSpec& t) {
+    const StageWork w = build_stage_work(j.model, j.cluster, t, p, 0);
+    const Message* m = w.find(Group::dp, "dp gradients");
+    REQUIRE(m);
+    return std::pair{m->pieces, m->bytes};
+  };
+  const auto [n, bytes] = buckets(j.train);
+  CHECK(n == (bytes + 64'000'000 * g - 1) / (64'000'000 * g));
+  TrainSpec set = j.train;
+  set.dp_bucket_bytes = 10'000'000;
+  CHECK(dp_bucket_bytes_for(set, p) == 10'000'000);
+  CHECK(buckets(set).first == (bytes + 10'000'000 - 1) / 10'000'000);
+
+  // The plan file keeps 0 (the default for whatever dp it runs); Megatron-LM's export leaves the
+  // flag out then, and writes the elements of any other bucket, which import reads back.
+  const std::string args = "--model llama3-8b --cluster dgx-h100 --gpus 128 --global-batch 512 --seq 4096 --tp 2 --pp 1 "
+                           "--zero 1 --grad-dtype bf16 ";
+  const std::string import_args = "--cluster dgx-h100 --gpus 128";
+  const RoundTrip def = export_round_trip("megatron", args, import_args, "bucket_default", "--use-distributed-optimizer");
+  CHECK(nlohmann::json::parse(slurp(def.plan))["train"]["dp_bucket_bytes"] == 0);
+  CHECK(slurp(def.exported).find("--ddp-bucket-size") == std::string::npos);
+  CHECK(nlohmann::json::parse(slurp(def.imported))["train"]["dp_bucket_bytes"] == 0);
+  const RoundTrip mine = export_round_trip("megatron", args + "--dp-bucket-bytes 100000000", import_args, "bucket_set",
+                                           "--ddp-bucket-size 50000000");
+  CHECK(nlohmann::json::parse(slurp(mine.imported))["train"]["dp_bucket_bytes"] == 100'000'000);
+  // DeepSpeed states its bucket: the default's elements for the plan's dp.
+  const RoundTrip ds = export_round_trip("deepspeed", args, import_args + " --model llama3-8b --seq 4096", "bucket_ds",
+                                         "\"reduce_bucket_size\": 64000000");
+  // Bad input: one line naming the flag and the rule.
+  std::string script = slurp(mine.exported);
+  script.replace(script.find("--ddp-bucket-size 50000000"), 26, "--ddp-bucket-size 0");
+  const std::string bad = temp_file("bucket_bad.sh", script);
+  const LoomRun r = run_loom("import megatron " + bad + " " + import_args);
+  CHECK(r.code == 2);
+  CHECK(r.err.find(": --ddp-bucket-size: must be an integer in [1, ") != std::string::npos);
+}

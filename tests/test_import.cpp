@@ -9,6 +9,7 @@
 #include <string>
 
 #include "run_loom.hpp"
+#include "sim_fixtures.hpp"
 
 namespace {
 
@@ -21,6 +22,7 @@ nlohmann::json configuration(const std::string& plan_path) {
   for (auto* k : {"name", "source", "published_params", "published_params_precision", "published_active_params",
                   "published_active_params_precision"})
     j["model"].erase(k);
+  loom::test::resolve_bucket(j);
   return {{"model", j["model"]}, {"train", j["train"]}, {"parallel", j["parallel"]},
           {"step_time_s", j["prediction"]["step_time_s"]}};
 }

@@ -362,8 +362,8 @@ Status read_parallel(MegatronArgs& a, const ModelSpec& m, TrainSpec& t, Parallel
   return read_offload(a, p);
 }
 
-void read_train(MegatronArgs& a, TrainSpec& t) {
-  if (a.has("--fp16")) return;  // refused in refuse_unpriced
+Status read_train(MegatronArgs& a, TrainSpec& t) {
+  if (a.has("--fp16")) return ok_status();  // refused in refuse_unpriced
   t.dtype = a.has("--bf16") ? Dtype::bf16 : Dtype::fp32;
   // Gradients are reduced in fp32 unless --grad-reduce-in-bf16 (arguments.py).
   t.grad_dtype = a.has("--grad-reduce-in-bf16") ? Dtype::bf16 : Dtype::fp32;
@@ -372,7 +372,12 @@ void read_train(MegatronArgs& a, TrainSpec& t) {
   a.used.insert("--accumulate-allreduce-grads-in-fp32");
   const std::string backend = get_str(a, "--attention-backend", "auto");
   t.attention = backend == "unfused" ? Attention::unfused : Attention::fused;
-  t.dp_bucket_bytes = 40'000'000 * dtype_bytes(t.grad_dtype);  // Megatron-LM's default bucket: 40M elements
+  // --ddp-bucket-size (elements); absent: Megatron-core's default for the dp, max(40e6, 1e6 x dp)
+  // (dp_bucket_bytes_for).
+  int64_t elements = 0;
+  if (auto st = get_int(a, "--ddp-bucket-size", elements, limits::kBytes / 4); !st) return st;
+  t.dp_bucket_bytes = elements * dtype_bytes(t.grad_dtype);
+  return ok_status();
 }
 
 // FP8 (sim/fp8.hpp; what planner/export_fp8.hpp writes): --fp8-format hybrid or e4m3 (the same
@@ -451,7 +456,7 @@ Expected<Plan> plan_from_megatron(const ImportOptions& o) {
   if (auto st = read_mla(*a, plan.model); !st) return st.error();
   if (auto st = read_parallel(*a, plan.model, plan.train, plan.parallel); !st) return st.error();
   if (auto st = read_moe(*a, plan.model, plan.train, plan.parallel); !st) return st.error();
-  read_train(*a, plan.train);
+  if (auto st = read_train(*a, plan.train); !st) return st.error();
   if (auto st = read_fp8(*a, plan.train); !st) return st.error();
   // Read but priced the same either way: data and checkpoint settings, and loom's own
   // vocabulary padding (to a multiple of tp).

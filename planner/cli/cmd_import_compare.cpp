@@ -40,8 +40,8 @@ std::string differing_fields(const Estimate& a, const Estimate& b) {
       {"order", p.order, q.order},
       {"offload", to_string(p.offload), to_string(q.offload)},
       {"grad dtype", to_string(a.train.grad_dtype), to_string(b.train.grad_dtype)},
-      {"dp bucket (elements)", std::to_string(a.train.dp_bucket_bytes / dtype_bytes(a.train.grad_dtype)),
-       std::to_string(b.train.dp_bucket_bytes / dtype_bytes(b.train.grad_dtype))}};
+      {"dp bucket (elements)", std::to_string(dp_bucket_bytes_for(a.train, a.parallel) / dtype_bytes(a.train.grad_dtype)),
+       std::to_string(dp_bucket_bytes_for(b.train, b.parallel) / dtype_bytes(b.train.grad_dtype))}};
   std::string s;
   for (const auto& [name, x, y] : rows)
     if (x != y) s += fmt::format("  {:<26}{:>14}{:>14}\n", name, x, y);

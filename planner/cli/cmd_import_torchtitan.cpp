@@ -286,7 +286,7 @@ Status tt_training(TomlKeys& k, TrainSpec& t, TtBatch& b) {
   t.dtype = param == "bfloat16" ? Dtype::bf16 : Dtype::fp32;
   t.grad_dtype = Dtype::fp32;
   t.attention = Attention::fused;  // SDPA
-  t.dp_bucket_bytes = 40'000'000 * dtype_bytes(t.grad_dtype);  // loom's default bucket (FSDP reduces per layer)
+  t.dp_bucket_bytes = 0;  // loom's default bucket (FSDP reduces per layer)
   return ok_status();
 }
 

@@ -55,7 +55,8 @@ void add_job_options(CLI::App& cmd, JobOptions& o) {
                  "(off, Megatron-core's) (default off)")
       ->check(CLI::IsMember({"on", "off"}));
   cmd.add_option("--dp-bucket-bytes", o.dp_bucket_bytes,
-                 "gradient bucket for DP overlap (default 40e6 elements of grad dtype, Megatron-core's)")
+                 "gradient bucket for DP overlap (default Megatron-core's: max(40e6, 1e6 x dp) elements of the "
+                 "gradient dtype)")
       ->transform(Integer(1, limits::kBytes));
   cmd.add_option("--moe-capacity-factor", o.moe_capacity_factor,
                  "MoE: each expert's capacity as a multiple of its mean token load; expert GEMMs and all-to-alls "
@@ -256,8 +257,8 @@ Expected<Job> load_job(const JobOptions& o) {
   job.train.grad_accumulation = o.grad_accumulation == "separate" ? GradAccumulation::separate : GradAccumulation::fused;
   job.train.tp_backward_overlap = o.tp_backward_overlap == "on";
   job.train.pp_scatter_gather = o.pp_scatter_gather == "on";
-  job.train.dp_bucket_bytes = o.dp_bucket_bytes.value_or(40'000'000 * dtype_bytes(job.train.grad_dtype));
-  if (job.train.dp_bucket_bytes < 1) return make_error("--dp-bucket-bytes", "must be >= 1");
+  job.train.dp_bucket_bytes = o.dp_bucket_bytes.value_or(0);  // 0: Megatron-core's default for each dp
+  if (o.dp_bucket_bytes && *o.dp_bucket_bytes < 1) return make_error("--dp-bucket-bytes", "must be >= 1");
   if (o.moe_capacity_factor) job.train.moe_capacity_factor = *o.moe_capacity_factor;
   // Tokens, activations and FLOPs of a step must be representable before anything (the
   // planner's search included) multiplies them: one line naming the flag.
