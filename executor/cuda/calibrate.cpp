@@ -321,40 +321,66 @@ Status bench_fp8_gemms(Bench& b, Gemm& gemm) {
   return ok_status();
 }
 
-// ---- attention: the executor's kernel, head size 64, causal
-Status bench_attention(Bench& b) {
+// ---- attention: the executor's kernel, causal. GPT's head size 64 with as many K/V heads as
+// query heads over GPT-2's shapes, and Llama's head size 128 with grouped-query attention (8
+// query heads per K/V pair of 2, i.e. Llama 3's 4:1 ratio) from 1k to 128k tokens, the lengths
+// context parallelism leaves a rank. Recorded by (bh = batch x query heads, seq, head size).
+struct AttentionPoint {
+  int64_t B, NH, NKV, HS, T;
+};
+
+std::vector<AttentionPoint> attention_sweep(bool quick) {
+  std::vector<AttentionPoint> v;
   const std::vector<std::pair<int64_t, int64_t>> bnh =
-      b.o.quick ? std::vector<std::pair<int64_t, int64_t>>{{1, 12}, {4, 12}}
-                : std::vector<std::pair<int64_t, int64_t>>{{1, 12}, {1, 25}, {4, 12}, {4, 25}, {16, 12}, {16, 25}, {32, 25}};
-  const std::vector<int64_t> seqs = b.o.quick ? std::vector<int64_t>{256, 1024} : std::vector<int64_t>{256, 512, 1024, 2048};
-  int64_t maxe = 0;
-  for (auto [B, NH] : bnh) maxe = std::max(maxe, B * NH * seqs.back() * 64);
+      quick ? std::vector<std::pair<int64_t, int64_t>>{{1, 12}, {4, 12}}
+            : std::vector<std::pair<int64_t, int64_t>>{{1, 12}, {1, 25}, {4, 12}, {4, 25}, {16, 12}, {16, 25}, {32, 25}};
+  const std::vector<int64_t> seqs = quick ? std::vector<int64_t>{256, 1024} : std::vector<int64_t>{256, 512, 1024, 2048};
+  for (int64_t T : seqs)
+    for (auto [B, NH] : bnh) v.push_back({B, NH, NH, 64, T});
+  if (quick) return v;
+  for (int64_t T : {1024, 2048, 4096, 8192})
+    for (auto [B, NH] : {std::pair<int64_t, int64_t>{1, 8}, {1, 32}, {4, 32}}) v.push_back({B, NH, NH / 4, 128, T});
+  for (int64_t T : {16384, 32768, 65536, 131072}) v.push_back({1, 8, 2, 128, T});
+  return v;
+}
+
+Status bench_attention(Bench& b) {
+  const std::vector<AttentionPoint> pts = attention_sweep(b.o.quick);
+  int64_t max_qkv = 0, max_out = 0, max_rows = 0;
+  for (const auto& p : pts) {
+    max_qkv = std::max(max_qkv, p.B * p.T * (p.NH + 2 * p.NKV) * p.HS);
+    max_out = std::max(max_out, p.B * p.T * p.NH * p.HS);
+    max_rows = std::max(max_rows, p.B * p.NH * p.T);
+  }
   DevBuf<bf16> qkv, out, dout, dqkv;
   DevBuf<float> lse, delta;
-  LOOM_TRY(qkv.alloc(3 * maxe, "attention qkv"));
-  LOOM_TRY(out.alloc(maxe, "attention out"));
-  LOOM_TRY(dout.alloc(maxe, "attention dout"));
-  LOOM_TRY(dqkv.alloc(3 * maxe, "attention dqkv"));
-  LOOM_TRY(lse.alloc(maxe / 64, "attention lse"));
-  LOOM_TRY(delta.alloc(maxe / 64, "attention delta"));
-  LOOM_TRY(fill_random_bf16(qkv.p, 3 * maxe, 11, 1.0f, b.stream));
-  LOOM_TRY(fill_random_bf16(dout.p, maxe, 12, 1.0f, b.stream));
-  for (int64_t T : seqs) {
-    for (auto [B, NH] : bnh) {
-      auto tf = b.timer.median([&](int) { return attention_forward(out.p, lse.p, qkv.p, B, T, NH, b.stream); });
-      if (!tf) return tf.error();
-      auto tb = b.timer.median([&](int) {
-        return attention_backward(dqkv.p, delta.p, dout.p, qkv.p, out.p, lse.p, B, T, NH, b.stream);
-      });
-      if (!tb) return tb.error();
-      b.prof.attention.push_back({B * NH, T, 64, *tf, *tb});
-      if (b.o.progress) {
-        const double fl = 2.0 * B * NH * T * T * 64;  // causal forward: 2 products, half the square
-        std::fprintf(stderr, "attention bh %4lld seq %5lld  fwd %8.1f us (%5.1f TFLOP/s)  bwd %8.1f us\n",
-                     static_cast<long long>(B * NH), static_cast<long long>(T), *tf * 1e6, fl / *tf / 1e12, *tb * 1e6);
-      }
+  LOOM_TRY(qkv.alloc(max_qkv, "attention qkv"));
+  LOOM_TRY(out.alloc(max_out, "attention out"));
+  LOOM_TRY(dout.alloc(max_out, "attention dout"));
+  LOOM_TRY(dqkv.alloc(max_qkv, "attention dqkv"));
+  LOOM_TRY(lse.alloc(max_rows, "attention lse"));
+  LOOM_TRY(delta.alloc(max_rows, "attention delta"));
+  LOOM_TRY(fill_random_bf16(qkv.p, max_qkv, 11, 1.0f, b.stream));
+  LOOM_TRY(fill_random_bf16(dout.p, max_out, 12, 1.0f, b.stream));
+  for (const auto& [B, NH, NKV, HS, T] : pts) {
+    auto tf = b.timer.median([&](int) { return attention_forward(out.p, lse.p, qkv.p, B, T, NH, NKV, HS, b.stream); });
+    if (!tf) return tf.error();
+    auto tb = b.timer.median([&](int) {
+      return attention_backward(dqkv.p, delta.p, dout.p, qkv.p, out.p, lse.p, B, T, NH, NKV, HS, b.stream);
+    });
+    if (!tb) return tb.error();
+    b.prof.attention.push_back({B * NH, T, HS, *tf, *tb});
+    if (b.o.progress) {
+      const double fl = 2.0 * B * NH * T * T * HS;  // causal forward: 2 products, half the square
+      std::fprintf(stderr, "attention bh %4lld seq %6lld hs %3lld kv %2lld  fwd %9.1f us (%5.1f TFLOP/s)  bwd %9.1f us\n",
+                   static_cast<long long>(B * NH), static_cast<long long>(T), static_cast<long long>(HS),
+                   static_cast<long long>(NKV), *tf * 1e6, fl / *tf / 1e12, *tb * 1e6);
     }
   }
+  // The profile's table is sorted by (seq, head size, bh) (sim/profile.hpp).
+  std::sort(b.prof.attention.begin(), b.prof.attention.end(), [](const auto& x, const auto& y) {
+    return std::tie(x.seq, x.head_dim, x.bh) < std::tie(y.seq, y.head_dim, y.bh);
+  });
   return ok_status();
 }
 
@@ -431,7 +457,8 @@ std::string profile_source(const cudaDeviceProp& prop) {
          "no coefficient is fitted to an end-to-end step. gemm: the executor's cuBLASLt calls without "
          "bias/GELU epilogues (forward (T, OC, C), input gradient (T, C, OC), fp32 weight gradient "
          "(OC, C, T)) over GPT-2's layers and, beyond them, Llama-sized tensor-parallel slices and "
-         "vocabularies (bench_planner_gemms); gemm_fp8: the linear layers of that sweep as FP8 GEMMs, K-major "
+         "vocabularies (bench_planner_gemms); attention: the executor's causal kernel, head size 64 (heads as "
+         "K/V heads) and 128 (grouped-query, 4 query heads per K/V head), 256 to 131072 tokens; gemm_fp8: the linear layers of that sweep as FP8 GEMMs, K-major "
          "operands, E4M3 (forward, fast accumulation) or E5M2 output gradients times E4M3, unit per-tensor "
          "scales (bench_fp8_gemms); GEMM inputs are not rotated (small shapes may run from "
          "L2). memory: "
