@@ -5,6 +5,7 @@
 # The GEMM model (sim/gemm_model.hpp) is then fitted to the GEMMs measured, against the zoo
 # cluster of the GPU found (h200-sxm on an H200, h100-sxm on an H100 SXM; CLUSTER names another;
 # none: not fitted), and written into the profile. Results go to $OUT: profile.json,
+# profile_summary.txt (executor/cuda/profile_summary.py: the models, FP8 against bf16, attention),
 # results.tgz (traces/h100/<name>/measured.json + logs), log.
 #   OUT=/tmp/cal executor/cuda/calibrate_run.sh        STEPS (10) BUILD (build-gpu) CLUSTER
 set -uo pipefail
@@ -35,6 +36,8 @@ if [ -n "${CLUSTER:-}" ]; then
 else
   echo "gemm model not fitted: no zoo cluster for $(cut -d, -f1 "$OUT/gpu.txt"); set CLUSTER= to one whose gpu is this GPU"
 fi
+python3 executor/cuda/profile_summary.py "$OUT/profile.json" > "$OUT/profile_summary.txt" 2>&1
+head -4 "$OUT/profile_summary.txt"; grep "^median FP8" "$OUT/profile_summary.txt"
 echo "== end-to-end ($(date +%T))"
 mkdir -p "$OUT/h100"
 for d in traces/h100/*/; do
@@ -45,4 +48,4 @@ for d in traces/h100/*/; do
   echo "$n rc $? $(cat "$OUT/h100/$n/stdout.log")"
 done
 echo "== done ($(date +%T))"
-(cd "$OUT" && tar czf results.tgz h100 calibrate.log build.log gpu.txt)
+(cd "$OUT" && tar czf results.tgz h100 calibrate.log build.log gpu.txt profile_summary.txt)
