@@ -302,14 +302,16 @@ double param_gather_exposed_s(double gather_s, double buckets, double first_forw
 // c's last backward ends c pp chunk backwards (b / v each) before the stage's last, chunk 0's at
 // the end. The dp stream takes the chunks' reductions in that order, each job J of n buckets
 // ending max(the queue's previous end + J, its backward's start + (b / v) / n + J, its end +
-// J / n) (bucket q ready (q + 1) / n of the way through, as the simulator's buckets); what the
-// queue runs past the stage's last backward shows. The drain's waits between those backwards
-// (which give the queue more time) are not counted.
-double interleaved_grad_tail_s(const DpTimes& d, double b, int64_t pp, int64_t vpp) {
+// J / n) (bucket q ready (q + 1) / n of the way through, as the simulator's buckets; n the
+// chunk's own, chunk_buckets_of: under Megatron-core's rule one but for the first stage's first
+// chunk); what the queue runs past the stage's last backward shows. The drain's waits between
+// those backwards (which give the queue more time) are not counted.
+double interleaved_grad_tail_s(const DpTimes& d, double b, const ParallelConfig& p) {
+  const int64_t pp = p.pp, vpp = p.vpp;
   const double v = static_cast<double>(vpp), chunk_b = b / v, job = d.grad_s / v;
-  const double n = std::max(1.0, std::floor(d.pieces / v));
   double q = -std::numeric_limits<double>::infinity();
   for (int64_t c = vpp - 1; c >= 0; --c) {
+    const double n = static_cast<double>(chunk_buckets_of(p, static_cast<int64_t>(d.pieces), c));
     const double end = -static_cast<double>(c * pp) * chunk_b, start = end - chunk_b;
     q = std::max({q + job, start + chunk_b / n + job, end + job / n});
   }
@@ -343,7 +345,7 @@ void price_dp(const StageWork& w, const ClusterSpec& c, const ParallelConfig& p,
   }
   DpWindow win = dp_window(w, links, s);
   if (p.schedule == Schedule::interleaved && p.vpp > 1 && p.zero < 2 && grads_beside && d.grad_s > 0) {
-    s.dp_comm_exposed_s = interleaved_grad_tail_s(d, win.backward_s, p.pp, p.vpp) + d.gather_step_s;
+    s.dp_comm_exposed_s = interleaved_grad_tail_s(d, win.backward_s, p) + d.gather_step_s;
     return;
   }
   const bool blocking = p.zero >= 3 && p.zero3_gather == Zero3Gather::tensor;  // nothing overlaps
@@ -639,22 +641,24 @@ std::optional<double> interleaved_pp_played_s(const std::vector<StageEstimate>& 
   return std::max(0.0, *with - *without);
 }
 
-// Of the largest optimizer step, what runs during the pipeline's drain (1F1B and GPipe): stage
-// i's last backward ends sum_{j<i} b_j before stage 0's (the last gradient still goes back
-// through the stages before it), and its optimizer starts then, so the step ends
-// max_i (o_i - sum_{j<i} b_j) after stage 0's last backward rather than max_i o_i. With uneven
-// stages the stage holding the most parameters need not be the first. With the gradient
-// reduction after the backward (ParallelConfig::overlap_grad_reduce off) each stage's tail is
-// its reduction D_i (dp_comm_exposed_s) and then its optimizer: what max_i (D_i + o_i -
-// sum_{j<i} b_j) saves of max_i D_i + max_i o_i.
-double tail_in_drain_s(const std::vector<StageEstimate>& stages, bool grads_after) {
+// Of the largest optimizer step, what runs during the pipeline's drain (1F1B, GPipe and
+// interleaved 1F1B): stage i's last backward ends sum_{j<i} b_j / v before stage 0's (the last
+// gradient still goes back through the stages before it, a chunk's backward, b / v, on each),
+// and its optimizer starts then, so the step ends max_i (o_i - sum_{j<i} b_j / v) after stage
+// 0's last backward rather than max_i o_i. With uneven stages the stage holding the most
+// parameters need not be the first. Where each stage's exposed data-parallel time D_i
+// (dp_comm_exposed_s) also comes after its own last backward (`grads_after`: ZeRO 0/1, whose
+// reduction runs past it, in one bucket on every stage but the first under Megatron-core's
+// rule, chunk_grad_buckets; or any reduction after the backward) its tail is D_i and then its
+// optimizer: what max_i (D_i + o_i - sum_{j<i} b_j / v) saves of max_i D_i + max_i o_i.
+double tail_in_drain_s(const std::vector<StageEstimate>& stages, bool grads_after, int64_t vpp) {
   double largest_o = 0, largest_d = 0, exposed = 0, drain = 0;
   for (const StageEstimate& x : stages) {
     const double d = grads_after ? x.dp_comm_exposed_s : 0.0;
     largest_o = std::max(largest_o, x.optimizer_s);
     largest_d = std::max(largest_d, d);
     exposed = std::max(exposed, d + x.optimizer_s - drain);
-    drain += x.micro_batch_s() - split_pass(x).f;
+    drain += (x.micro_batch_s() - split_pass(x).f) / static_cast<double>(vpp);
   }
   return largest_o + largest_d - exposed;
 }
@@ -713,9 +717,10 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overla
   est.time.dp_comm_s += zb_h1_dp_tail_s;
   if (p.schedule == Schedule::zb_v && p.pp > 1) est.time.dp_comm_s += zb_v_dp_tail_s(est.stages, dp, est.micro_batches, tables);
   est.time.host_comm_s += mb * ss.host_s;
-  if (p.schedule == Schedule::one_f_one_b || p.schedule == Schedule::gpipe) {
-    const bool grads_after = overlap && !p.overlap_grad_reduce;  // each stage's reduction in its own drain
-    est.time.bubble_s = std::max(0.0, est.time.bubble_s - tail_in_drain_s(est.stages, grads_after));
+  if (p.schedule == Schedule::one_f_one_b || p.schedule == Schedule::gpipe ||
+      (p.schedule == Schedule::interleaved && p.pp > 1)) {
+    const bool grads_after = overlap && (p.zero <= 1 || !p.overlap_grad_reduce);  // each stage's in its own drain
+    est.time.bubble_s = std::max(0.0, est.time.bubble_s - tail_in_drain_s(est.stages, grads_after, p.vpp));
   }
   est.step_time_s = est.time.total_s();
 }

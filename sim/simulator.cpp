@@ -84,8 +84,8 @@ struct StagePlan {
   double v = 1;
   bool ring = false, zero3 = false;
   GroupLinks dpl;
-  double chunk_grad = 0, chunk_weights = 0, bucket_bytes = 0;
-  int64_t per_chunk_buckets = 1, chunk_layers = 0;
+  double chunk_grad = 0, chunk_weights = 0;
+  int64_t grad_buckets = 1, chunk_layers = 0;  // the stage's buckets over all chunks (chunk_buckets_of)
   Collective grad_coll = Collective::all_reduce;
   // ZeRO-3 per tensor (Zero3Gather::tensor): collectives per layer, and whether a gather waits
   // for everything queued before it (DeepSpeed's torch.cuda.synchronize()).
@@ -107,8 +107,7 @@ StagePlan stage_plan(const SimInputs& in, int64_t s) {
   sp.dpl.busbw_bytes_per_s = st.dp_busbw_bytes_per_s;
   sp.chunk_grad = static_cast<double>(st.grad_bytes) / sp.v;
   sp.chunk_weights = static_cast<double>(st.weight_bytes) / sp.v;
-  sp.per_chunk_buckets = std::max<int64_t>(1, st.grad_buckets / p.vpp);
-  sp.bucket_bytes = sp.chunk_grad / static_cast<double>(sp.per_chunk_buckets);
+  sp.grad_buckets = st.grad_buckets;
   sp.grad_coll = p.zero == 0 ? Collective::all_reduce : Collective::reduce_scatter;
   sp.chunk_layers = (st.layers + p.vpp - 1) / p.vpp;  // the most a chunk holds (chunk_layer_count)
   sp.blocking = sp.zero3 && p.zero3_gather == Zero3Gather::tensor;
@@ -240,21 +239,28 @@ PassTasks add_pass(Builder& b, const StagePlan& sp, const ParallelConfig& p, int
 // micro-batch (only a shard of the gradients is kept). With the reduction after the backward
 // (ParallelConfig::overlap_grad_reduce off) ZeRO-2's buckets block the compute stream, as
 // DeepSpeed without overlap_comm runs them; ZeRO 0/1 reduce at the step's end (add_step_end).
+// Chunk `chunk` runs its reduction as chunk_buckets_of(...) equal buckets (Megatron-core's rule
+// makes the first stage's first chunk the only one of several); they are numbered from the
+// last chunk's, the first reduced, up.
 SimTask grad_bucket(const StagePlan& sp, const ParallelConfig& p, int64_t s, const Slot& x, int64_t chunk, int64_t k) {
-  SimTask t = make_task(TaskKind::dp_grad, Stream::dp, s, x, collective_time_s(sp.grad_coll, sp.bucket_bytes, sp.dpl));
-  t.bucket = static_cast<int32_t>((p.vpp - 1 - chunk) * sp.per_chunk_buckets + k);
-  t.bytes = static_cast<int64_t>(sp.bucket_bytes);
+  const double bytes = sp.chunk_grad / static_cast<double>(chunk_buckets_of(p, sp.grad_buckets, chunk));
+  SimTask t = make_task(TaskKind::dp_grad, Stream::dp, s, x, collective_time_s(sp.grad_coll, bytes, sp.dpl));
+  int64_t before = 0;
+  for (int64_t c = p.vpp - 1; c > chunk; --c) before += chunk_buckets_of(p, sp.grad_buckets, c);
+  t.bucket = static_cast<int32_t>(before + k);
+  t.bytes = static_cast<int64_t>(bytes);
   return t;
 }
 void add_buckets(Builder& b, const StagePlan& sp, const ParallelConfig& p, int64_t s, const Slot& x,
                  const PassTasks& pass) {
-  for (int64_t k = 0; k < sp.per_chunk_buckets; ++k) {
+  const int64_t n = chunk_buckets_of(p, sp.grad_buckets, x.chunk);
+  for (int64_t k = 0; k < n; ++k) {
     const int32_t id = b.add(grad_bucket(sp, p, s, x, x.chunk, k), p.overlap_grad_reduce ? kDp : kCompute);
     // The last bucket holds the chunk's first layers (the embedding's on the first stage), whose
     // gradients come after every in-line tensor-parallel collective of the pass: it waits for
     // the whole pass, as the cost model's exposed last bucket does (dp_exposed_s).
-    if (k + 1 == sp.per_chunk_buckets) b.dep(pass.end, id);
-    else b.dep(pass.compute, id, static_cast<double>(k + 1) / static_cast<double>(sp.per_chunk_buckets));
+    if (k + 1 == n) b.dep(pass.end, id);
+    else b.dep(pass.compute, id, static_cast<double>(k + 1) / static_cast<double>(n));
   }
 }
 // ZeRO 0/1 with the reduction after the backward: every chunk's buckets once the stage's last
@@ -264,7 +270,7 @@ void add_grads_after_backward(Builder& b, const StagePlan& sp, const ParallelCon
   if (!sp.ring || sp.zero3 || p.zero >= 2 || p.overlap_grad_reduce) return;
   const int32_t last_compute = b.last(s, kCompute);
   for (int64_t c = p.vpp - 1; c >= 0; --c)
-    for (int64_t k = 0; k < sp.per_chunk_buckets; ++k)
+    for (int64_t k = 0; k < chunk_buckets_of(p, sp.grad_buckets, c); ++k)
       b.dep(last_compute, b.add(grad_bucket(sp, p, s, Slot{-1, static_cast<int32_t>(c), Phase::backward}, c, k), kDp));
 }
 

@@ -548,8 +548,27 @@ int64_t param_tensors_per_layer(const ModelSpec& m) {
 // Parameter server (Li et al., OSDI 2014): each worker pushes G and pulls W once per step.
 // Tied embeddings split over the first and last stage all-reduce their gradient between the
 // two copies once per step (Megatron's embedding group); counted in dp bytes.
+}  // namespace
+
+static bool megatron_buckets(const ParallelConfig& p) {
+  return p.zero <= 1 && (p.schedule == Schedule::one_f_one_b || p.schedule == Schedule::interleaved);
+}
+
+int64_t chunk_grad_buckets(const ParallelConfig& p, int64_t stage, int64_t chunk, int64_t chunk_grad_bytes,
+                           int64_t bucket_bytes) {
+  if (megatron_buckets(p) && (!p.overlap_grad_reduce || stage > 0 || chunk > 0)) return 1;
+  return std::max<int64_t>(1, ceil_div(chunk_grad_bytes, bucket_bytes));
+}
+
+int64_t chunk_buckets_of(const ParallelConfig& p, int64_t total, int64_t chunk) {
+  if (megatron_buckets(p)) return chunk == 0 ? std::max<int64_t>(1, total - (p.vpp - 1)) : 1;
+  return std::max<int64_t>(1, total / p.vpp);
+}
+
+namespace {
+
 void dp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelConfig& p, const Dims& d,
-                 const ModelSpec& m, int64_t params) {
+                 const ModelSpec& m, int64_t params, int64_t stage) {
   const int64_t G = static_cast<int64_t>(std::ceil(static_cast<double>(d.g * params) / p.grad_compression));
   // FP8 weights (TrainSpec::fp8_param_gather) gather at 1 byte each (Megatron-LM's
   // --fp8-param-gather: the distributed optimizer's all-gather moves the FP8 weights).
@@ -559,7 +578,8 @@ void dp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelCon
     v.push_back(message("dp push", Group::dp, MessageKind::send, Pass::step, Cadence::step, G, 1));
   } else if (dp_cp(p) > 1) {  // reduced over dp x cp: the weights are replicated over cp
     const int64_t bucket = dp_bucket_bytes_for(tr, p);
-    const int64_t buckets = p.vpp * std::max<int64_t>(1, ceil_div(ceil_div(G, p.vpp), bucket));
+    int64_t buckets = 0;
+    for (int64_t c = 0; c < p.vpp; ++c) buckets += chunk_grad_buckets(p, stage, c, ceil_div(G, p.vpp), bucket);
     const int64_t L = std::max<int64_t>(1, d.layers);
     const auto mbc = Cadence::micro_batch;
     if (p.zero == 0)
@@ -776,7 +796,7 @@ void build_stage_work(StageWork& w, const ModelSpec& m, const ClusterSpec& c, co
   mla_messages(w.messages, m, p, d.layers, d.g);  // latent attention's replicated weights (sim/mla.hpp)
   pp_messages(w.messages, tr, p, d);
   cp_messages(w.messages, m, tr, p, d.layers, d.rec_layers);
-  dp_messages(w.messages, tr, p, d, m, w.params - w.expert_params);
+  dp_messages(w.messages, tr, p, d, m, w.params - w.expert_params, w.stage);
   zero3_tensor_copy_ops(w.ops, m, p, d, w.params - w.expert_params);  // DeepSpeed 0.3's staging copies
   grad_accumulation_ops(w.ops, tr, p, d, w.params);
   moe_messages(w.messages, d.moe, p, tr);

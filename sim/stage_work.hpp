@@ -131,6 +131,23 @@ struct Message {
 Message message(const char* name, Group g, MessageKind k, Pass pass, Cadence c, int64_t bytes, int64_t count,
                 int64_t pieces = 1);
 
+// Gradient buckets of model chunk `chunk` on pipeline stage `stage` whose reduction moves
+// `chunk_grad_bytes` in buckets of `bucket_bytes`, as Megatron-core builds them for its
+// schedules (1F1B, interleaved) under ZeRO 0/1 (DDP, the distributed optimizer): only the first
+// stage's first chunk is cut into buckets of that size, and only with the reduction beside the
+// backward; every other chunk is one bucket (megatron/core/distributed/
+// distributed_data_parallel.py: bucket_size None "if we are on a pipeline stage that is not the
+// first (since data-parallel communication on these stages is not on the critical path)" and
+// without overlap_grad_reduce; megatron/training/training.py get_model: disable_bucketing for
+// model chunks after the first). Any other schedule or ZeRO stage: every chunk by size.
+int64_t chunk_grad_buckets(const ParallelConfig& p, int64_t stage, int64_t chunk, int64_t chunk_grad_bytes,
+                           int64_t bucket_bytes);
+// The buckets of chunk `chunk` when a stage's reduction runs as `total` of them over its vpp
+// chunks (the "dp gradients" message's pieces, built from chunk_grad_buckets): under
+// Megatron-core's rule the first chunk holds all but one per other chunk; otherwise the chunks
+// hold equal shares.
+int64_t chunk_buckets_of(const ParallelConfig& p, int64_t total, int64_t chunk);
+
 struct StageWork {
   int64_t stage = 0;
   int64_t layers = 0;              // transformer layers on this stage (all chunks)

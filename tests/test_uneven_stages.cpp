@@ -414,9 +414,11 @@ TEST_CASE("interleaved over an uneven split: the played tables' bubble, as the s
   // Under half the closed form's bubble (the lighter stage's micro-batch time over vpp).
   REQUIRE(est.stages[0].micro_batch_s() > est.stages[1].micro_batch_s());
   CHECK(est.time.bubble_s < est.stages[1].micro_batch_s() / 2 / 2);
-  // Even splits keep the closed form: (sum - slowest) / vpp.
+  // Even splits keep the closed form: (sum - slowest) / vpp, less what of the last stage's
+  // larger optimizer step (it holds the output layer) the drain hides, here under a nanosecond.
   p.stage_layers.clear();
   const Estimate even = cm.evaluate(p);
   size_t slow = even.stages[0].micro_batch_s() >= even.stages[1].micro_batch_s() ? 0 : 1;
-  CHECK(even.time.bubble_s == Approx(even.stages[1 - slow].micro_batch_s() / 2).epsilon(1e-12));
+  CHECK(even.time.bubble_s == Approx(even.stages[1 - slow].micro_batch_s() / 2).epsilon(1e-8));
+  CHECK(even.time.bubble_s <= even.stages[1 - slow].micro_batch_s() / 2);
 }
