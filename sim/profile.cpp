@@ -149,10 +149,6 @@ double HardwareProfile::gemm_s(double M, double N, double K, double out_bytes) c
 
 std::vector<GemmSample> HardwareProfile::gemm_samples() const { return samples_of(gemm, 2); }
 
-bool HardwareProfile::fp8_measured(double M, double N, double K, double out_bytes) const {
-  return exact_row(gemm_fp8, M, N, K, out_bytes) != nullptr;
-}
-
 double HardwareProfile::fp8_gemm_s(double M, double N, double K, double out_bytes) const {
   return table_gemm_s(gemm_fp8, gemm_model_fp8, M, N, K, out_bytes);
 }

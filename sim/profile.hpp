@@ -118,7 +118,6 @@ struct HardwareProfile {
   // FP8 GEMMs: an exact gemm_fp8 row, else gemm_model_fp8, else the nearest row's FLOP/s.
   bool has_fp8_gemms() const { return !gemm_fp8.empty() || gemm_model_fp8.valid(); }
   double fp8_gemm_s(double M, double N, double K, double out_bytes = 2) const;
-  bool fp8_measured(double M, double N, double K, double out_bytes = 2) const;  // an exact row
   std::vector<GemmSample> fp8_gemm_samples() const;
   double attention_fwd_s(double bh, double seq, double head_dim) const;
   double attention_bwd_s(double bh, double seq, double head_dim) const;

@@ -366,18 +366,20 @@ static Status resolve_gemm_model(ClusterSpec& c, const std::string& where, const
     return make_error(where, from + ref.from + ": the profile has no gemm_model (run `loom calibrate --fit-gemm " +
                                  ref.from + " --cluster NAME`)");
   const GemmHardware to{c.gpu.peak_flops_bf16, c.gpu.sm_count, c.gpu.hbm_bytes_per_s};
+  // Measured: carried with both ratios 1 to the very GPU the profile describes.
+  auto measured_here = [&](const GemmModel& from, const GemmHardware& here) {
+    return ref.mainloop_efficiency_scale == 1 && ref.clock_ratio == 1 && from.hw.sm_count == here.sm_count &&
+           from.hw.peak_flops == here.peak_flops && from.hw.hbm_bytes_per_s == here.hbm_bytes_per_s;
+  };
   c.gemm_model = std::make_shared<const GemmModel>(
       scale_gemm_model(m, to, ref.mainloop_efficiency_scale, ref.clock_ratio));
-  const bool same_ratios = ref.mainloop_efficiency_scale == 1 && ref.clock_ratio == 1;
-  c.gemm_model_measured = same_ratios && m.hw.sm_count == to.sm_count && m.hw.peak_flops == to.peak_flops &&
-                          m.hw.hbm_bytes_per_s == to.hbm_bytes_per_s;
+  c.gemm_model_measured = measured_here(m, to);
   const GemmModel& f = (*prof)->gemm_model_fp8;
   if (f.valid() && c.gpu.peak_flops_fp8 > 0) {
     const GemmHardware to8{c.gpu.peak_flops_fp8, c.gpu.sm_count, c.gpu.hbm_bytes_per_s};
     c.gemm_model_fp8 = std::make_shared<const GemmModel>(
         scale_gemm_model(f, to8, ref.mainloop_efficiency_scale, ref.clock_ratio));
-    c.gemm_model_fp8_measured = same_ratios && f.hw.sm_count == to8.sm_count && f.hw.peak_flops == to8.peak_flops &&
-                                f.hw.hbm_bytes_per_s == to8.hbm_bytes_per_s;
+    c.gemm_model_fp8_measured = measured_here(f, to8);
   }
   return ok_status();
 }

@@ -538,16 +538,6 @@ int64_t param_tensors_per_layer(const ModelSpec& m) {
   return 9 + (m.qkv_bias ? 3 : 0) + (m.qk_norm ? 2 : 0) + (m.post_norms ? 2 : 0);
 }
 
-// Data parallel (ZeRO paper, Rajbhandari et al. 2020, Sec. 7): G gradient bytes (after
-// compression) and W weight bytes of this rank's unsharded parameters. Stage 0: all-reduce of
-// G once per step, in buckets (dp_bucket_bytes_for: Megatron-core's default where the plan sets
-// none) per model chunk. 1: a
-// reduce-scatter of G and an all-gather of W after the optimizer. 2: the reduce-scatter every
-// micro-batch (only a shard of the gradients is kept). 3 (FSDP): every micro-batch gathers W
-// layer by layer in forward and again in backward, and reduce-scatters G layer by layer.
-// Parameter server (Li et al., OSDI 2014): each worker pushes G and pulls W once per step.
-// Tied embeddings split over the first and last stage all-reduce their gradient between the
-// two copies once per step (Megatron's embedding group); counted in dp bytes.
 }  // namespace
 
 static bool megatron_buckets(const ParallelConfig& p) {
@@ -567,6 +557,16 @@ int64_t chunk_buckets_of(const ParallelConfig& p, int64_t total, int64_t chunk) 
 
 namespace {
 
+// Data parallel (ZeRO paper, Rajbhandari et al. 2020, Sec. 7): G gradient bytes (after
+// compression) and W weight bytes of this rank's unsharded parameters. Stage 0: all-reduce of
+// G once per step, in buckets of dp_bucket_bytes_for (Megatron-core's default where the plan
+// sets none) as chunk_grad_buckets cuts each model chunk's share. 1: a reduce-scatter of G and
+// an all-gather of W after the optimizer. 2: the reduce-scatter every micro-batch (only a
+// shard of the gradients is kept). 3 (FSDP): every micro-batch gathers W
+// layer by layer in forward and again in backward, and reduce-scatters G layer by layer.
+// Parameter server (Li et al., OSDI 2014): each worker pushes G and pulls W once per step.
+// Tied embeddings split over the first and last stage all-reduce their gradient between the
+// two copies once per step (Megatron's embedding group); counted in dp bytes.
 void dp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelConfig& p, const Dims& d,
                  const ModelSpec& m, int64_t params, int64_t stage) {
   const int64_t G = static_cast<int64_t>(std::ceil(static_cast<double>(d.g * params) / p.grad_compression));
