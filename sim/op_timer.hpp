@@ -2,8 +2,8 @@
 // With a calibration profile (cluster "profile", sim/profile.hpp; bf16 plans only) every term
 // comes from what `loom calibrate` measured: GEMMs from its shape table (exact shape, else the
 // nearest measured shape's FLOP/s), attention from its forward and backward times,
-// memory-bound kernels from its bandwidth-against-size curve, the optimizer from its AdamW +
-// gradient-norm time per parameter. Without one, the cluster's EfficiencySpec defaults, with
+// memory-bound kernels from the bandwidth-against-size curve of their kind (or of the plain
+// elementwise sum), the optimizer from its AdamW + gradient-norm time per parameter. Without one, the cluster's EfficiencySpec defaults, with
 // GEMMs from the tile and wave model its "gemm_model" carries from a profile when it names one.
 #pragma once
 #include <algorithm>
@@ -117,6 +117,18 @@ struct OpTimer {
     if (prof) return prof->memory_s(bytes);
     return bytes / (hbm * mem_eff) + launch_s;
   }
+  // A memory op's call, its scale included: at its kind's measured bandwidth where the profile
+  // has that kind's curve (sim/profile.hpp), looked up at the bytes the call moves (in backward
+  // the scale is the call's own traffic, elsewhere a share of calls: sim/stage_work.hpp's
+  // memory_op); else scale x memory(bytes).
+  double memory_call(const Op& o) const {
+    if (prof) {
+      const bool bwd = o.pass == Pass::backward;
+      const double call_bytes = bwd ? o.bytes * o.scale : o.bytes;
+      if (const double bw = prof->kind_bandwidth(o.mem, bwd, call_bytes); bw > 0) return o.scale * o.bytes / bw;
+    }
+    return o.scale * memory(o.bytes);
+  }
   // Causal fused attention of bh (batch x heads) sequences of s tokens, head size d: causal
   // FlashAttention runs half of the non-causal 4 bh s^2 d; FlashAttention-2's backward runs
   // 2.5x the forward's matmul FLOPs (Dao 2023, Sec. 3).
@@ -153,7 +165,7 @@ struct OpTimer {
       }
       case OpKind::attention_fwd: t = attention_fwd(o.m, o.n, o.k); break;
       case OpKind::attention_bwd: t = attention_bwd(o.m, o.n, o.k); break;
-      case OpKind::memory: t = memory(o.bytes); break;
+      case OpKind::memory: return memory_call(o);
     }
     return o.scale * t;
   }

@@ -69,6 +69,11 @@ void check_tables(ObjectReader& r, const HardwareProfile& p) {
   for (size_t i = 1; i < p.memory_bound.size() && !r.failed(); ++i)
     if (!(p.memory_bound[i - 1].bytes < p.memory_bound[i].bytes))
       r.fail("memory_bound/" + std::to_string(i), "must be sorted by bytes, each size once");
+  auto key = [](const ProfileKindBandwidth& b) { return std::tuple{static_cast<int>(b.kind), b.backward, b.bytes}; };
+  for (size_t i = 1; i < p.memory_by_kind.size() && !r.failed(); ++i)
+    if (!(key(p.memory_by_kind[i - 1]) < key(p.memory_by_kind[i])))
+      r.fail("memory_by_kind/" + std::to_string(i),
+             "must be sorted by (kind in sim/mem_kind.hpp's order, pass forward before backward, bytes), each point once");
 }
 
 double lerp_log(double x, double x0, double y0, double x1, double y1) {
@@ -194,15 +199,39 @@ double HardwareProfile::attention_bwd_s(double bh, double seq, double d) const {
   return attention_lookup(attention, bh, seq, d, false);
 }
 
+namespace {
+
+// Bytes per second at `bytes` on a curve of points sorted by bytes (check_tables): linear in
+// ln(bytes) between neighbours, clamped at the ends; 0 for no points.
+template <class It>
+double curve_bandwidth(It first, It last, double bytes) {
+  if (first == last) return 0;
+  if (bytes <= first->bytes) return first->bytes_per_s;
+  if (bytes >= std::prev(last)->bytes) return std::prev(last)->bytes_per_s;
+  It hi = first;
+  while (hi->bytes < bytes) ++hi;
+  const auto lo = std::prev(hi);
+  return lerp_log(bytes, lo->bytes, lo->bytes_per_s, hi->bytes, hi->bytes_per_s);
+}
+
+}  // namespace
+
 double HardwareProfile::bandwidth(double bytes) const {
-  if (memory_bound.empty()) return 0;
-  std::vector<ProfileBandwidth> pts = memory_bound;
-  std::sort(pts.begin(), pts.end(), [](const auto& a, const auto& b) { return a.bytes < b.bytes; });
-  if (bytes <= pts.front().bytes) return pts.front().bytes_per_s;
-  if (bytes >= pts.back().bytes) return pts.back().bytes_per_s;
-  size_t i = 1;
-  while (pts[i].bytes < bytes) ++i;
-  return lerp_log(bytes, pts[i - 1].bytes, pts[i - 1].bytes_per_s, pts[i].bytes, pts[i].bytes_per_s);
+  return curve_bandwidth(memory_bound.begin(), memory_bound.end(), bytes);
+}
+
+double HardwareProfile::kind_bandwidth(MemKind kind, bool backward, double bytes) const {
+  for (bool pass : {backward, false}) {
+    auto in_curve = [&](const ProfileKindBandwidth& b) { return b.kind == kind && b.backward == pass; };
+    const auto first = std::find_if(memory_by_kind.begin(), memory_by_kind.end(), in_curve);
+    const auto last = std::find_if_not(first, memory_by_kind.end(), in_curve);
+    if (first != last) return curve_bandwidth(first, last, bytes);
+  }
+  return 0;
+}
+
+bool HardwareProfile::has_kind(MemKind kind) const {
+  return std::any_of(memory_by_kind.begin(), memory_by_kind.end(), [&](const auto& b) { return b.kind == kind; });
 }
 
 double HardwareProfile::memory_s(double bytes) const {
@@ -255,6 +284,30 @@ Expected<HardwareProfile> profile_from_json(const nlohmann::json& j, const std::
     e.number("bytes", b.bytes, 1, false, static_cast<double>(limits::kBytes));
     e.number("bytes_per_s", b.bytes_per_s, 1, false, limits::kRate);
     p.memory_bound.push_back(b);
+  });
+  read_profile_array(r, j, "memory_by_kind", false, [&p](ObjectReader& e) {
+    ProfileKindBandwidth b;
+    std::string kind, pass;
+    e.string("kind", kind);
+    e.string("pass", pass);
+    if (e.failed()) return;
+    const auto k = mem_kind_from_name(kind);
+    if (!k || *k == MemKind::elementwise) {
+      std::string names;
+      for (MemKind x : kMemKinds)
+        if (x != MemKind::elementwise) names += std::string(names.empty() ? "" : ", ") + mem_kind_name(x);
+      e.fail("kind", "must be one of " + names + " (the plain elementwise sum is memory_bound) (got \"" + kind + "\")");
+      return;
+    }
+    if (pass != "forward" && pass != "backward") {
+      e.fail("pass", "must be forward or backward (got \"" + pass + "\")");
+      return;
+    }
+    b.kind = *k;
+    b.backward = pass == "backward";
+    e.number("bytes", b.bytes, 1, false, static_cast<double>(limits::kBytes));
+    e.number("bytes_per_s", b.bytes_per_s, 1, false, limits::kRate);
+    p.memory_by_kind.push_back(b);
   });
   if (auto* o = r.object("optimizer")) {
     ObjectReader orr(r, "optimizer", *o);
@@ -319,6 +372,15 @@ nlohmann::json to_json(const HardwareProfile& p) {
   if (p.gemm_model_fp8.valid()) j["gemm_model_fp8"] = to_json(p.gemm_model_fp8);
   j["attention"] = att;
   j["memory_bound"] = bw;
+  if (!p.memory_by_kind.empty()) {
+    nlohmann::json kinds = nlohmann::json::array();
+    for (const auto& b : p.memory_by_kind)
+      kinds.push_back({{"kind", mem_kind_name(b.kind)},
+                       {"pass", b.backward ? "backward" : "forward"},
+                       {"bytes", b.bytes},
+                       {"bytes_per_s", b.bytes_per_s}});
+    j["memory_by_kind"] = kinds;
+  }
   j["optimizer"] = {{"params", p.optimizer.params},
                     {"adamw_s", p.optimizer.adamw_s},
                     {"grad_norm_s", p.optimizer.grad_norm_s},

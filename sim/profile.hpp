@@ -34,6 +34,12 @@
 //     "memory_bound": [ {"bytes": 1.0e9, "bytes_per_s": 2.9e12}, ... ],
 //         // a bf16 elementwise kernel (read two tensors, write one; 16-byte accesses),
 //         // bytes read + written over its median time, buffers rotated so that L2 holds none
+//     "memory_by_kind": [ {"kind": "norm", "pass": "forward", "bytes": 6.7e7, "bytes_per_s": 2.4e12}, ... ],
+//         // optional: a kernel of each kind (sim/mem_kind.hpp: norm, activation, rotary,
+//         // softmax, dropout, cast, ...) on tensors of growing size, forward and backward;
+//         // "bytes" are those loom's cost model counts for that op on that tensor (the
+//         // mem_kind.hpp formulas, times its backward scale), so that the op priced at that
+//         // size gets the measured time back; sorted by (kind, pass, bytes), each once
 //     "optimizer": {"params": 1.5e9, "adamw_s": .., "grad_norm_s": .., "bytes_per_param": 34},
 //         // the executor's AdamW (fp32 master, m, v, grads; bf16 copy) and gradient norm
 //     "memory": {"cuda_context_bytes": .., "cublaslt_handle_bytes": .., "kernel_modules_bytes": ..,
@@ -56,6 +62,9 @@
 //    ends), then scaled by (seq / seq')^2 x d / d'.
 //  - memory_s(bytes): bytes over the bandwidth interpolated linearly in ln(bytes) between
 //    measured sizes (clamped at the ends); no launch is added (it is inside the measurement).
+//  - kind_bandwidth(kind, backward, bytes): the same over that kind's curve for that pass (a
+//    backward without its own curve takes the forward's); 0 where the kind has none, and the
+//    caller takes memory_s.
 #pragma once
 #include <nlohmann/json.hpp>
 
@@ -66,6 +75,7 @@
 
 #include "sim/expected.hpp"
 #include "sim/gemm_model.hpp"
+#include "sim/mem_kind.hpp"
 
 namespace loom {
 
@@ -80,6 +90,11 @@ struct ProfileAttention {
   double fwd_s = 0, bwd_s = 0;
 };
 struct ProfileBandwidth {
+  double bytes = 0, bytes_per_s = 0;
+};
+struct ProfileKindBandwidth {
+  MemKind kind = MemKind::elementwise;
+  bool backward = false;
   double bytes = 0, bytes_per_s = 0;
 };
 struct ProfileOptimizer {
@@ -104,6 +119,7 @@ struct HardwareProfile {
   std::vector<ProfileGemm> gemm_fp8;  // FP8 GEMMs (see the schema); empty where not measured
   std::vector<ProfileAttention> attention;
   std::vector<ProfileBandwidth> memory_bound;
+  std::vector<ProfileKindBandwidth> memory_by_kind;  // empty where not measured
   ProfileOptimizer optimizer;
   ProfileMemory memory;
   GemmModel gemm_model;  // fitted to `gemm`; !valid() when the profile has none
@@ -123,6 +139,9 @@ struct HardwareProfile {
   double attention_bwd_s(double bh, double seq, double head_dim) const;
   double memory_s(double bytes) const;
   double bandwidth(double bytes) const;  // bytes per second at that size
+  // A kind's measured bytes per second at that size, or 0 (see the lookups above).
+  double kind_bandwidth(MemKind kind, bool backward, double bytes) const;
+  bool has_kind(MemKind kind) const;
   // AdamW + gradient norm of `params` parameters (linear in params from the measured size).
   double optimizer_s(double params) const;
 };

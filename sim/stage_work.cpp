@@ -313,10 +313,11 @@ Op gemm(const char* name, Pass pass, int64_t M, int64_t N, int64_t K, int64_t co
   return o;
 }
 
-Op memory_op(const char* name, Pass pass, double bytes, int64_t count, double scale) {
+Op memory_op(const char* name, MemKind kind, Pass pass, double bytes, int64_t count, double scale) {
   Op o;
   o.name = name;
   o.kind = OpKind::memory;
+  o.mem = kind;
   o.pass = pass;
   o.bytes = bytes;
   o.count = count;
@@ -372,7 +373,7 @@ void attention_core(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& t
     ops.push_back(o);
     return;
   }
-  const double scale = bwd ? 2 : 1;
+  const double scale = bwd ? kUnfusedAttentionBackwardScale : 1;
   Op bmm;
   bmm.name = "attention scores and values";
   bmm.kind = OpKind::batched_gemm;
@@ -384,8 +385,8 @@ void attention_core(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& t
   bmm.scale = scale;
   ops.push_back(bmm);
   const double scores = static_cast<double>(heads_rank * d.b * d.s * d.s), e = static_cast<double>(d.e);
-  ops.push_back(memory_op("softmax", pass, 2 * e * scores, L, scale));
-  if (m.dropout) ops.push_back(memory_op("attention dropout", pass, (2 * e + 1) * scores, L, scale));
+  ops.push_back(memory_op("softmax", MemKind::softmax, pass, softmax_bytes(scores, e), L, scale));
+  if (m.dropout) ops.push_back(memory_op("attention dropout", MemKind::dropout, pass, dropout_bytes(scores, e), L, scale));
 }
 
 // A layer's memory-bound kernels: two norms (four with Gemma 2's post-norms), two residual
@@ -395,15 +396,15 @@ void attention_core(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& t
 void layer_elementwise(std::vector<Op>& ops, const ModelSpec& m, const Dims& d, Pass pass, int64_t L) {
   const double e = static_cast<double>(d.e), T = static_cast<double>(d.T), h = static_cast<double>(d.h);
   const double rep = static_cast<double>(d.rep), t = static_cast<double>(d.t);
-  const double scale = pass == Pass::backward ? 1.5 : 1;
+  const double scale = pass == Pass::backward ? kElementwiseBackwardScale : 1;
   const bool gpt = m.family == Family::gpt;
-  ops.push_back(memory_op("norms", pass, 2 * e * T * h / rep, (m.post_norms ? 4 : 2) * L, scale));
-  ops.push_back(memory_op("residual adds", pass, 3 * e * T * h / rep, 2 * L, scale));
-  ops.push_back(memory_op(gpt ? "gelu" : "swiglu", pass, (gpt ? 2 : 3) * e * T * static_cast<double>(d.f) / t, L - d.moe.layers, scale));
-  if (!gpt && !m.is_mla()) ops.push_back(memory_op("rope", pass, 2 * e * T * static_cast<double>(d.q + d.kv) / t, L, scale));
+  ops.push_back(memory_op("norms", MemKind::norm, pass, norm_bytes(T * h / rep, e), (m.post_norms ? 4 : 2) * L, scale));
+  ops.push_back(memory_op("residual adds", MemKind::residual, pass, residual_bytes(T * h / rep, e), 2 * L, scale));
+  ops.push_back(memory_op(gpt ? "gelu" : "swiglu", MemKind::activation, pass, gpt ? gelu_bytes(T * static_cast<double>(d.f) / t, e) : gated_unit_bytes(T * static_cast<double>(d.f) / t, e), L - d.moe.layers, scale));
+  if (!gpt && !m.is_mla()) ops.push_back(memory_op("rope", MemKind::rotary, pass, rotary_bytes(T * static_cast<double>(d.q + d.kv) / t, e), L, scale));
   if (m.is_mla()) mla_elementwise(ops, m, d.T, d.t, d.e, pass, L, scale);  // RoPE, latent norms (sim/mla.hpp)
-  if (m.qk_norm) ops.push_back(memory_op("q/k norms", pass, 2 * e * T * static_cast<double>(d.q + d.kv) / t, L, scale));
-  if (m.dropout) ops.push_back(memory_op("dropouts", pass, (2 * e + 1) * T * h / rep, 2 * L, scale));
+  if (m.qk_norm) ops.push_back(memory_op("q/k norms", MemKind::norm, pass, norm_bytes(T * static_cast<double>(d.q + d.kv) / t, e), L, scale));
+  if (m.dropout) ops.push_back(memory_op("dropouts", MemKind::dropout, pass, dropout_bytes(T * h / rep, e), 2 * L, scale));
 }
 
 void layer_forward(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& tr, const Dims& d, Pass pass, int64_t L) {
@@ -419,15 +420,15 @@ void layer_forward(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& tr
 void end_ops(std::vector<Op>& ops, const TrainSpec& tr, const Dims& d) {
   const double e = static_cast<double>(d.e), T = static_cast<double>(d.T), h = static_cast<double>(d.h);
   const double rep = static_cast<double>(d.rep), Vr = static_cast<double>(d.Vr);
-  if (d.first) ops.push_back(memory_op("embedding", Pass::forward, 2 * e * T * h, 1));
+  if (d.first) ops.push_back(memory_op("embedding", MemKind::embedding, Pass::forward, 2 * e * T * h, 1));
   if (!d.last) return;
   const bool fused = tr.cross_entropy == CrossEntropy::fused;
-  ops.push_back(memory_op("final norm", Pass::forward, 2 * e * T * h / rep, 1));
+  ops.push_back(memory_op("final norm", MemKind::norm, Pass::forward, norm_bytes(T * h / rep, e), 1));
   ops.push_back(gemm("logits", Pass::forward, d.T, d.Vr, d.h, 1));
-  ops.push_back(memory_op("cross-entropy", Pass::forward, fused ? 2 * e * T * Vr : (e + 4) * T * Vr, 1));
-  ops.push_back(memory_op("final norm", Pass::backward, 3 * e * T * h / rep, 1));
+  ops.push_back(memory_op("cross-entropy", MemKind::cross_entropy, Pass::forward, fused ? fused_cross_entropy_bytes(T * Vr, e) : (e + 4) * T * Vr, 1));
+  ops.push_back(memory_op("final norm", MemKind::norm, Pass::backward, kElementwiseBackwardScale * norm_bytes(T * h / rep, e), 1));
   ops.push_back(gemm("logits", Pass::backward, d.T, d.Vr, d.h, 1));
-  if (!fused) ops.push_back(memory_op("cross-entropy", Pass::backward, (4 + e) * T * Vr, 1));
+  if (!fused) ops.push_back(memory_op("cross-entropy", MemKind::cross_entropy, Pass::backward, (4 + e) * T * Vr, 1));
 }
 
 void stage_ops(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& tr, const ParallelConfig& p, const Dims& d) {
@@ -624,14 +625,14 @@ void zero3_tensor_copy_ops(std::vector<Op>& v, const ModelSpec& m, const Paralle
   const int64_t L = std::max<int64_t>(1, d.layers), calls = L * param_tensors_per_layer(m) * dp_cp(p);
   const double W = static_cast<double>(d.e * params), G = static_cast<double>(d.g * params);
   const double per_call = 1.0 / static_cast<double>(calls);
-  v.push_back(memory_op("zero-3 gather copy-out", Pass::forward, 2 * W * per_call, calls));
-  v.push_back(memory_op("zero-3 gather copy-out", Pass::backward, 2 * W * per_call, calls));
-  v.push_back(memory_op("zero-3 reduce-scatter copy-in", Pass::backward, 2 * G * per_call, calls));
+  v.push_back(memory_op("zero-3 gather copy-out", MemKind::copy, Pass::forward, 2 * W * per_call, calls));
+  v.push_back(memory_op("zero-3 gather copy-out", MemKind::copy, Pass::backward, 2 * W * per_call, calls));
+  v.push_back(memory_op("zero-3 reduce-scatter copy-in", MemKind::copy, Pass::backward, 2 * G * per_call, calls));
   const Zero3Regather re = zero3_backward_regather(m, p, d);  // the backward's second gathers
   if (re.tensors_per_layer == 0) return;
   const int64_t re_calls = L * re.tensors_per_layer * dp_cp(p);
   const double re_w = static_cast<double>(d.e * L * re.params_per_layer);
-  v.push_back(memory_op("zero-3 regather copy-out", Pass::backward, 2 * re_w / static_cast<double>(re_calls), re_calls));
+  v.push_back(memory_op("zero-3 regather copy-out", MemKind::copy, Pass::backward, 2 * re_w / static_cast<double>(re_calls), re_calls));
 }
 
 // GradAccumulation::separate (sim/specs.hpp): every micro-batch but a step's first adds its
@@ -645,7 +646,7 @@ void grad_accumulation_ops(std::vector<Op>& v, const TrainSpec& tr, const Parall
   if (tr.grad_accumulation != GradAccumulation::separate || d.mb <= 1) return;
   const double held = static_cast<double>(params) / static_cast<double>(p.zero >= 2 ? dp_cp(p) : 1);
   const double m = static_cast<double>(d.mb);
-  v.push_back(memory_op("gradient accumulation", Pass::backward, 3 * static_cast<double>(d.g) * held * (m - 1) / m, 1));
+  v.push_back(memory_op("gradient accumulation", MemKind::residual, Pass::backward, 3 * static_cast<double>(d.g) * held * (m - 1) / m, 1));
 }
 
 // What offload (sim/offload.hpp) needs of this stage: the optimizer's shard, the largest layer

@@ -14,6 +14,7 @@
 
 #include "sim/collectives.hpp"
 #include "sim/estimate.hpp"
+#include "sim/mem_kind.hpp"
 #include "sim/model_math.hpp"
 #include "sim/specs.hpp"
 
@@ -67,6 +68,7 @@ struct Op {
   int64_t count = 1;                      // calls per micro-batch on this stage (e.g. its layers)
   double scale = 1;                       // time multiplier of one call (see stage_work.cpp)
   bool fp8 = false;                       // gemm/gemm_bwd with FP8 inputs (sim/fp8.hpp)
+  MemKind mem = MemKind::elementwise;     // memory: what the kernel does (sim/mem_kind.hpp)
   TpOverlapSlot tp_slot = TpOverlapSlot::none;  // the collective tp-comm overlap pairs it with
 };
 
@@ -74,8 +76,11 @@ struct Op {
 // MoE layers, offload). gemm: the (M, N, K) product of `pass`, 2MNK FLOPs forward and 4MNK
 // backward (the input- and the weight-gradient products); `count` calls per micro-batch.
 Op gemm(const char* name, Pass pass, int64_t M, int64_t N, int64_t K, int64_t count);
-// A memory-bound kernel moving `bytes` per call; `scale` multiplies its time.
-Op memory_op(const char* name, Pass pass, double bytes, int64_t count, double scale = 1);
+// A memory-bound kernel of kind `kind` moving `bytes` per call; `scale` multiplies its time. In
+// backward a scale is the call's own traffic against the forward's (kElementwiseBackwardScale:
+// its kernels read two tensors where the forward read one), elsewhere the share of calls a
+// micro-batch makes (once per step: 1 / micro-batches); OpTimer reads it so.
+Op memory_op(const char* name, MemKind kind, Pass pass, double bytes, int64_t count, double scale = 1);
 
 // Activation bytes one layer keeps for backward, for one micro-batch on one tp rank.
 struct LayerActivationBytes {

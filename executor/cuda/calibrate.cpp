@@ -15,6 +15,7 @@
 #include "executor/cuda/adamw.cuh"
 #include "executor/cuda/attention.cuh"
 #include "executor/cuda/calibrate.cuh"
+#include "executor/cuda/calibrate_memory.hpp"
 #include "executor/cuda/grad_norm.cuh"
 #include "executor/cuda/matmul.cuh"
 #include "sim/json_reader.hpp"
@@ -461,7 +462,9 @@ std::string profile_source(const cudaDeviceProp& prop) {
          "K/V heads) and 128 (grouped-query, 4 query heads per K/V head), 256 to 131072 tokens; gemm_fp8: the linear layers of that sweep as FP8 GEMMs, K-major "
          "operands, E4M3 (forward, fast accumulation) or E5M2 output gradients times E4M3, unit per-tensor "
          "scales (bench_fp8_gemms); GEMM inputs are not rotated (small shapes may run from "
-         "L2). memory: "
+         "L2). memory_by_kind: the executor's RMSNorm, SwiGLU, RoPE and fused cross-entropy and calibrate's row "
+         "softmax, dropout and FP8 cast-transpose on tensors of 2^18 to 2^26 elements rotated through 256 MiB "
+         "pools, bytes as loom's cost model counts the op (sim/mem_kind.hpp). memory: "
          "cudaMemGetInfo deltas (context against cudaMemGetInfo's total, after cudaFree(0)).";
 }
 
@@ -486,6 +489,8 @@ Status run_benchmarks(const CalibrateOptions& o, HardwareProfile& prof, cudaStre
     std::fprintf(stderr, "fp8 gemm: not measured (%s)\n", o.quick ? "--quick" : "no FP8 tensor cores: compute capability < 8.9");
   LOOM_TRY(bench_attention(b));
   LOOM_TRY(bench_memory_bound(b));
+  MemoryKindBench kinds{o.quick, o.progress, stream, [&timer](const std::function<Status(int)>& f) { return timer.median(f); }};
+  LOOM_TRY(bench_memory_kinds(kinds, prof));
   for (int64_t P : o.quick ? std::vector<int64_t>{int64_t{1} << 24} : std::vector<int64_t>{124475904, 1557611200})
     LOOM_TRY(bench_optimizer(b, P));
   LOOM_TRY(cuda_status(cudaStreamSynchronize(stream), "sync", {}));
@@ -538,9 +543,10 @@ int calibrate_command(const CalibrateOptions& o) {
     std::fprintf(stderr, "loom: %s\n", st.error().message.c_str());
     return 2;
   }
-  std::printf("wrote %s: %zu GEMM shapes (+%zu variants, %zu FP8), %zu attention points, %zu bandwidth points\n",
+  std::printf("wrote %s: %zu GEMM shapes (+%zu variants, %zu FP8), %zu attention points, %zu bandwidth points "
+              "(+%zu by kind)\n",
               o.out.c_str(), prof->gemm.size(), prof->gemm_variants.size(), prof->gemm_fp8.size(),
-              prof->attention.size(), prof->memory_bound.size());
+              prof->attention.size(), prof->memory_bound.size(), prof->memory_by_kind.size());
   return 0;
 }
 

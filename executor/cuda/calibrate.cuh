@@ -32,5 +32,16 @@ Status fill_random_fp8(void* x, int64_t n, uint64_t seed, float scale, bool e5m2
 // out (n) = a + b, bf16, 16-byte accesses (n a multiple of 8).
 Status add_bf16(bf16* out, const bf16* a, const bf16* b, int64_t n, cudaStream_t stream);
 Status empty_kernel(cudaStream_t stream);
+// The memory-bound kinds the executor has no kernel of its own for (sim/mem_kind.hpp):
+// y (rows, cols) = softmax of each row of x, and its backward dx = y (dy - rowsum(y dy));
+// cols a multiple of 8.
+Status softmax_rows(bf16* y, const bf16* x, int64_t rows, int64_t cols, cudaStream_t stream);
+Status softmax_rows_backward(bf16* dx, const bf16* y, const bf16* dy, int64_t rows, int64_t cols, cudaStream_t stream);
+// Dropout of probability p with a one-byte mask (n a multiple of 8), and its backward.
+Status dropout_forward(bf16* y, uint8_t* mask, const bf16* x, int64_t n, float p, uint64_t seed, cudaStream_t stream);
+Status dropout_backward(bf16* dx, const bf16* dy, const uint8_t* mask, int64_t n, float p, cudaStream_t stream);
+// E4M3 out (rows, cols) and out_t (cols, rows) = in x scale, *amax = max(*amax, max |in|).
+Status fp8_cast_transpose(void* out, void* out_t, float* amax, const bf16* in, int64_t rows, int64_t cols, float scale,
+                          cudaStream_t stream);
 
 }  // namespace loom::cuda

@@ -1,0 +1,177 @@
+// Memory-bound kernels by kind (sim/mem_kind.hpp): the kind every memory op of a stage carries,
+// the profile's "memory_by_kind" curves `loom calibrate` measures (sim/profile.hpp), and how
+// the cost model's OpTimer prices an op from its kind's curve: at a measured size, the op gets
+// the measured time back, since calibrate counts a kernel's bytes with the formulas stage_work
+// counts the op's with.
+#include <catch2/catch.hpp>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "sim/op_timer.hpp"
+#include "sim/profile.hpp"
+#include "sim/stage_work.hpp"
+#include "sim/zoo.hpp"
+
+using namespace loom;
+
+namespace {
+
+HardwareProfile h100() {
+  auto p = load_profile("traces/profiles/h100-sxm.json");
+  REQUIRE(p);
+  return **p;
+}
+
+// A norm curve as calibrate writes it for RMSNorm over (N, 4096): forward points at the bytes
+// norm_bytes counts, backward at 1.5x those, with the times given.
+HardwareProfile with_norm_curve(double n0, double t_fwd0, double t_fwd1, double t_bwd0) {
+  HardwareProfile p = h100();
+  const double b0 = norm_bytes(n0, 2), b1 = norm_bytes(4 * n0, 2);
+  p.memory_by_kind = {{MemKind::norm, false, b0, b0 / t_fwd0},
+                      {MemKind::norm, false, b1, b1 / t_fwd1},
+                      {MemKind::norm, true, kElementwiseBackwardScale * b0, kElementwiseBackwardScale * b0 / t_bwd0}};
+  return p;
+}
+
+OpTimer timer_of(const HardwareProfile& p) {
+  OpTimer t;
+  t.prof = &p;
+  t.launch_s = p.kernel_launch_s;
+  return t;
+}
+
+const Op* find_op(const StageWork& w, const std::string& name, Pass pass) {
+  for (const Op& o : w.ops)
+    if (o.name == name && o.pass == pass) return &o;
+  return nullptr;
+}
+
+}  // namespace
+
+TEST_CASE("memory_by_kind: read strictly, written back as read") {
+  HardwareProfile p = with_norm_curve(1 << 20, 4e-6, 12e-6, 7e-6);
+  p.memory_by_kind.push_back({MemKind::cast, false, 4e6, 2e12});
+  const nlohmann::json j = to_json(p);
+  auto back = profile_from_json(j, "p.json");
+  REQUIRE(back);
+  REQUIRE(back->memory_by_kind.size() == 4);
+  CHECK(back->memory_by_kind[3].kind == MemKind::cast);
+  CHECK(back->memory_by_kind[2].backward);
+  CHECK(back->memory_by_kind[1].bytes_per_s == p.memory_by_kind[1].bytes_per_s);
+  CHECK(to_json(*back) == j);
+  // A profile without the table (every profile measured before it) reads as before.
+  nlohmann::json none = j;
+  none.erase("memory_by_kind");
+  REQUIRE(profile_from_json(none, "p.json"));
+
+  auto rejects = [&](const std::function<void(nlohmann::json&)>& edit, const std::string& what) {
+    nlohmann::json bad = j;
+    edit(bad);
+    auto r = profile_from_json(bad, "p.json");
+    REQUIRE_FALSE(r);
+    INFO(r.error().message);
+    CHECK(r.error().message.find(what) != std::string::npos);
+  };
+  rejects([](nlohmann::json& b) { b["memory_by_kind"][0]["kind"] = "layernorm"; }, "memory_by_kind/0/kind");
+  rejects([](nlohmann::json& b) { b["memory_by_kind"][0]["kind"] = "elementwise"; }, "memory_bound");
+  rejects([](nlohmann::json& b) { b["memory_by_kind"][0]["pass"] = "recompute"; }, "must be forward or backward");
+  rejects([](nlohmann::json& b) { b["memory_by_kind"][0]["bytes_per_s"] = 0; }, "memory_by_kind/0/bytes_per_s");
+  rejects([](nlohmann::json& b) { b["memory_by_kind"][0]["extra"] = 1; }, "extra");
+  rejects([](nlohmann::json& b) { std::swap(b["memory_by_kind"][0], b["memory_by_kind"][1]); }, "must be sorted");
+  rejects([](nlohmann::json& b) { std::swap(b["memory_by_kind"][2], b["memory_by_kind"][3]); }, "must be sorted");
+  rejects([](nlohmann::json& b) { b["memory_by_kind"] = nlohmann::json::array(); }, "non-empty");
+}
+
+TEST_CASE("kind_bandwidth: the kind's curve for the pass, else its forward curve, else none") {
+  const double n = 1 << 20;
+  const HardwareProfile p = with_norm_curve(n, 4e-6, 12e-6, 7e-6);
+  const double b0 = norm_bytes(n, 2), b1 = norm_bytes(4 * n, 2);
+  CHECK(p.kind_bandwidth(MemKind::norm, false, b0) == b0 / 4e-6);
+  CHECK(p.kind_bandwidth(MemKind::norm, false, b1) == b1 / 12e-6);
+  // Between the points: linear in ln(bytes); beyond them, the end's.
+  CHECK(p.kind_bandwidth(MemKind::norm, false, 2 * b0) == Approx((b0 / 4e-6 + b1 / 12e-6) / 2).epsilon(1e-12));
+  CHECK(p.kind_bandwidth(MemKind::norm, false, b0 / 10) == b0 / 4e-6);
+  CHECK(p.kind_bandwidth(MemKind::norm, false, b1 * 10) == b1 / 12e-6);
+  // The backward curve is one point: flat.
+  CHECK(p.kind_bandwidth(MemKind::norm, true, b1) == kElementwiseBackwardScale * b0 / 7e-6);
+  // A kind measured forward only: its backward takes the forward curve.
+  HardwareProfile c = p;
+  c.memory_by_kind.push_back({MemKind::cast, false, 4e6, 2e12});
+  CHECK(c.kind_bandwidth(MemKind::cast, true, 4e6) == 2e12);
+  CHECK(c.has_kind(MemKind::cast));
+  CHECK_FALSE(c.has_kind(MemKind::rotary));
+  CHECK(c.kind_bandwidth(MemKind::rotary, false, 4e6) == 0);
+}
+
+TEST_CASE("an op of a measured kind and size is priced at the time calibrate measured") {
+  // RMSNorm over 8192 tokens x 4096: calibrate recorded norm_bytes(n, 2) and 1.5x in backward.
+  const double n = 8192.0 * 4096;
+  const HardwareProfile p = with_norm_curve(n, 30e-6, 110e-6, 52e-6);
+  const OpTimer t = timer_of(p);
+  CHECK(t.op(memory_op("norms", MemKind::norm, Pass::forward, norm_bytes(n, 2), 1)) == Approx(30e-6).epsilon(1e-12));
+  CHECK(t.op(memory_op("norms", MemKind::norm, Pass::backward, norm_bytes(n, 2), 1, kElementwiseBackwardScale)) ==
+        Approx(52e-6).epsilon(1e-12));
+  // The recompute pass runs forward kernels: the forward curve.
+  CHECK(t.op(memory_op("norms", MemKind::norm, Pass::recompute, norm_bytes(n, 2), 1)) == Approx(30e-6).epsilon(1e-12));
+  // A once-per-step op (scale 1 / micro-batches) is looked up at its call's bytes, then shared.
+  CHECK(t.op(memory_op("norms", MemKind::norm, Pass::forward, norm_bytes(n, 2), 1, 0.25)) == Approx(7.5e-6).epsilon(1e-12));
+  // A kind without a curve keeps the elementwise curve: scale x memory_s(bytes), as before.
+  const Op rope = memory_op("rope", MemKind::rotary, Pass::backward, 1e8, 1, kElementwiseBackwardScale);
+  CHECK(t.op(rope) == kElementwiseBackwardScale * p.memory_s(1e8));
+  // Without a profile nothing changes: the cluster's bandwidth x efficiency plus a launch.
+  OpTimer d;
+  d.hbm = 3.35e12, d.mem_eff = 0.85, d.launch_s = 4e-6;
+  CHECK(d.op(memory_op("norms", MemKind::norm, Pass::backward, 1e8, 1, 1.5)) == Approx(1.5 * (1e8 / (3.35e12 * 0.85) + 4e-6)));
+}
+
+TEST_CASE("every memory op of a stage names its kind, with the bytes calibrate counts for it") {
+  auto m = load_model("llama3-8b", "test", nullptr);
+  REQUIRE(m);
+  auto c = load_cluster("h100-sxm", "test");
+  REQUIRE(c);
+  TrainSpec t;
+  t.global_batch = 8;
+  t.seq = 4096;
+  ParallelConfig p;
+  p.micro_batch = 1;
+  const StageWork w = build_stage_work(*m, *c, t, p, 0);
+  const double T = 4096, h = 4096, f = 14336, qk = (32 + 8) * 128;
+  struct Want {
+    const char* name;
+    MemKind kind;
+    double fwd_bytes;
+  };
+  for (const Want& x : {Want{"norms", MemKind::norm, norm_bytes(T * h, 2)},
+                        Want{"residual adds", MemKind::residual, residual_bytes(T * h, 2)},
+                        Want{"swiglu", MemKind::activation, gated_unit_bytes(T * f, 2)},
+                        Want{"rope", MemKind::rotary, rotary_bytes(T * qk, 2)},
+                        Want{"final norm", MemKind::norm, norm_bytes(T * h, 2)}}) {
+    INFO(x.name);
+    const Op* fwd = find_op(w, x.name, Pass::forward);
+    REQUIRE(fwd);
+    CHECK(fwd->mem == x.kind);
+    CHECK(fwd->bytes == x.fwd_bytes);
+    // Backward: the same bytes at 1.5x (the final norm's backward carries the 1.5 in its bytes).
+    const Op* bwd = find_op(w, x.name, Pass::backward);
+    REQUIRE(bwd);
+    CHECK(bwd->mem == x.kind);
+    CHECK(bwd->bytes * bwd->scale == kElementwiseBackwardScale * x.fwd_bytes);
+  }
+  const Op* ce = find_op(w, "cross-entropy", Pass::forward);
+  REQUIRE(ce);
+  CHECK(ce->mem == MemKind::cross_entropy);
+  const Op* emb = find_op(w, "embedding", Pass::forward);
+  REQUIRE(emb);
+  CHECK(emb->mem == MemKind::embedding);
+  // FP8: the casts before each FP8 GEMM are cast-transposes of its input.
+  TrainSpec f8 = t;
+  f8.fp8 = true;
+  const StageWork w8 = build_stage_work(*m, *c, f8, p, 0);
+  const Op* cast = find_op(w8, "fp8 input cast", Pass::forward);
+  REQUIRE(cast);
+  CHECK(cast->mem == MemKind::cast);
+  CHECK(cast->bytes == fp8_cast_bytes(T * h));  // the QKV GEMM's (T, h) input
+}
