@@ -748,6 +748,14 @@ std::string priced_by(const ClusterSpec& c, const TrainSpec& t) {
   } else if (t.fp8) {
     s += "; FP8 GEMMs at the FP8 peak with the bf16 efficiency of each shape (sim/fp8.hpp)";
   }
+  if (c.memory_curves && t.dtype == Dtype::bf16) {
+    std::string kinds;
+    for (MemKind k : kMemKinds)
+      if (c.memory_curves->has_kind(k)) kinds += std::string(kinds.empty() ? "" : ", ") + mem_kind_name(k);
+    s += "; residual adds" + (kinds.empty() ? std::string() : " and the " + kinds + " kernels") +
+         " by the memory-bound bandwidth curves of " + c.efficiency.memory_curves->from +
+         (c.memory_curves_measured ? " (measured on this GPU)" : " (carried by the stated bandwidth ratio, not measured)");
+  }
   return s;
 }
 

@@ -20,6 +20,9 @@ struct OpTimer {
   double peak_flops = 0, gemm_eff = 0, gemm_half = 0, attn_eff = 0, hbm = 0, mem_eff = 0, launch_s = 0;
   double e = 2;  // bytes per element
   const HardwareProfile* prof = nullptr;
+  // Where memory-bound kernels' bandwidth curves come from: the profile, else the curves the
+  // cluster carries (efficiency.memory_curves); none: hbm x mem_eff plus a launch.
+  const HardwareProfile* mem_prof = nullptr;
   double peak_flops_fp8 = 0;  // FP8 GEMMs (Op::fp8, sim/fp8.hpp)
   const GemmModel* gemm_model = nullptr;  // bf16 GEMMs without a profile (sim/gemm_model.hpp)
   const GemmModel* gemm_model_fp8 = nullptr;  // FP8 GEMMs without a profile, where measured (sim/fp8.hpp)
@@ -41,6 +44,7 @@ struct OpTimer {
                    static_cast<double>(dtype_bytes(t.dtype)),
                    prof};
     o.peak_flops_fp8 = c.gpu.peak_flops_fp8;
+    o.mem_prof = prof ? prof : bf16 ? c.memory_curves.get() : nullptr;
     if (bf16 && !prof) o.gemm_model = c.gemm_model.get(), o.gemm_model_fp8 = c.gemm_model_fp8.get();
     o.wgrad_out = t.grad_accumulation == GradAccumulation::separate ? 2 : t.grad_dtype == Dtype::fp32 ? 8 : 4;
     return o;
@@ -117,15 +121,20 @@ struct OpTimer {
     if (prof) return prof->memory_s(bytes);
     return bytes / (hbm * mem_eff) + launch_s;
   }
-  // A memory op's call, its scale included: at its kind's measured bandwidth where the profile
+  // A memory op's call, its scale included: at its kind's measured bandwidth where mem_prof
   // has that kind's curve (sim/profile.hpp), looked up at the bytes the call moves (in backward
   // the scale is the call's own traffic, elsewhere a share of calls: sim/stage_work.hpp's
-  // memory_op); else scale x memory(bytes).
+  // memory_op). Otherwise a residual add (or other sum of two tensors) at the measured a + b's
+  // bandwidth, which is that very kernel; any other kind at the profile's a + b curve too, but
+  // with curves a cluster carries (no profile) at the documented hbm x mem_eff: a norm, a
+  // rotary embedding or a cast reaches less of HBM than a plain sum, and where its own curve is
+  // missing the documented figure is the nearer one.
   double memory_call(const Op& o) const {
-    if (prof) {
+    if (mem_prof) {
       const bool bwd = o.pass == Pass::backward;
       const double call_bytes = bwd ? o.bytes * o.scale : o.bytes;
-      if (const double bw = prof->kind_bandwidth(o.mem, bwd, call_bytes); bw > 0) return o.scale * o.bytes / bw;
+      if (const double bw = mem_prof->kind_bandwidth(o.mem, bwd, call_bytes); bw > 0) return o.scale * o.bytes / bw;
+      if (o.mem == MemKind::residual) return o.scale * mem_prof->memory_s(o.bytes);
     }
     return o.scale * memory(o.bytes);
   }

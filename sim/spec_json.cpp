@@ -384,6 +384,36 @@ static Status resolve_gemm_model(ClusterSpec& c, const std::string& where, const
   return ok_status();
 }
 
+// efficiency.memory_curves: which profile's memory-bound curves, carried by which ratio.
+static void read_memory_curves_ref(ObjectReader& parent, MemoryCurvesRef& m) {
+  const auto* o = parent.object("memory_curves");
+  if (!o) return;
+  ObjectReader r(parent, "memory_curves", *o);
+  r.string("from", m.from);
+  r.number("bandwidth_ratio", m.bandwidth_ratio, 0, true, 10);
+  r.string("source", m.source);
+  r.reject_unknown_keys();
+}
+
+// Loads the profile efficiency.memory_curves names and keeps its bandwidth curves, scaled.
+static Status resolve_memory_curves(ClusterSpec& c, const std::string& where, const std::string& pointer) {
+  const auto& ref = *c.efficiency.memory_curves;
+  const bool from_file = where.rfind("zoo:", 0) != 0;
+  const std::string dir = from_file ? std::filesystem::path(where).parent_path().string() : "";
+  auto prof = load_profile(ref.from, dir);
+  if (!prof) return make_error(where, pointer + "/efficiency/memory_curves/from: " + prof.error().message);
+  HardwareProfile curves;
+  curves.name = (*prof)->name;
+  curves.device = (*prof)->device;
+  curves.memory_bound = (*prof)->memory_bound;
+  curves.memory_by_kind = (*prof)->memory_by_kind;
+  for (auto& b : curves.memory_bound) b.bytes_per_s *= ref.bandwidth_ratio;
+  for (auto& b : curves.memory_by_kind) b.bytes_per_s *= ref.bandwidth_ratio;
+  c.memory_curves = std::make_shared<const HardwareProfile>(std::move(curves));
+  c.memory_curves_measured = ref.bandwidth_ratio == 1;
+  return ok_status();
+}
+
 // The host side of a node (offload, sim/offload.hpp): optional; all three numbers when given.
 static void read_host(ObjectReader& parent, HostSpec& h) {
   auto* j = parent.opt_object("host");
@@ -405,6 +435,7 @@ static void read_efficiency(ObjectReader& r, EfficiencySpec& eff) {
     er.number("memory_bound", eff.memory_bound, limits::kMinEfficiency, false);
     er.number("kernel_launch_s", eff.kernel_launch_s, 0, false, limits::kTimeS);
     if (er.has("gemm_model")) read_gemm_model_ref(er, eff.gemm_model.emplace());
+    if (er.has("memory_curves")) read_memory_curves_ref(er, eff.memory_curves.emplace());
     er.string("source", eff.source);
     for (auto [k, v] : {std::pair{"gemm", eff.gemm}, {"attention", eff.attention},
                         {"memory_bound", eff.memory_bound}})
@@ -469,6 +500,8 @@ Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::stri
   }
   if (c.efficiency.gemm_model)
     if (auto s = resolve_gemm_model(c, where, pointer); !s) return s.error();
+  if (c.efficiency.memory_curves)
+    if (auto s = resolve_memory_curves(c, where, pointer); !s) return s.error();
   if (c.gpus > limits::kGpus)
     return make_error(where, pointer + "/gpus: must be <= " + std::to_string(limits::kGpus) + " (got " +
                                  std::to_string(c.gpus) + " = nodes x gpus_per_node; set gpus or nodes)");
@@ -630,6 +663,8 @@ nlohmann::json to_json(const ClusterSpec& c) {
                                      {"mainloop_efficiency_scale", g->mainloop_efficiency_scale},
                                      {"clock_ratio", g->clock_ratio},
                                      {"source", g->source}};
+  if (const auto& m = e.memory_curves)
+    j["efficiency"]["memory_curves"] = {{"from", m->from}, {"bandwidth_ratio", m->bandwidth_ratio}, {"source", m->source}};
   if (c.gpu.peak_flops_fp8 > 0) j["gpu"]["peak_flops_fp8"] = c.gpu.peak_flops_fp8;
   if (c.gpu.sm_count > 0) j["gpu"]["sm_count"] = c.gpu.sm_count;
   if (c.host.memory_bytes > 0)

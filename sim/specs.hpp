@@ -126,6 +126,15 @@ struct GemmModelRef {
   double mainloop_efficiency_scale = 1, clock_ratio = 1;
 };
 
+// efficiency.memory_curves: the memory-bound kernels' bandwidth curves of a profile (its plain
+// elementwise sum and, where measured, each kind's: sim/profile.hpp) carried to this GPU, every
+// bandwidth times `bandwidth_ratio` (1 on the GPU that was measured: {"from": profile path,
+// "bandwidth_ratio": .., "source": ..}). Instead of `memory_bound` for bf16 plans.
+struct MemoryCurvesRef {
+  std::string from, source;
+  double bandwidth_ratio = 1;
+};
+
 // Efficiencies the time model multiplies peaks with until `loom calibrate` measures them.
 struct EfficiencySpec {
   double gemm = 0;             // fraction of peak FLOP/s a large GEMM reaches
@@ -134,6 +143,7 @@ struct EfficiencySpec {
   double memory_bound = 0;     // fraction of HBM bandwidth elementwise kernels reach
   double kernel_launch_s = 0;  // per kernel
   std::optional<GemmModelRef> gemm_model;  // see GemmModelRef
+  std::optional<MemoryCurvesRef> memory_curves;  // see MemoryCurvesRef
   std::string source;
 };
 
@@ -183,6 +193,10 @@ struct ClusterSpec {
   // FP8 peak; null where the profile measured no FP8 GEMMs or the GPU has no FP8 peak.
   std::shared_ptr<const GemmModel> gemm_model_fp8;
   bool gemm_model_fp8_measured = false;
+  // The curves efficiency.memory_curves resolves to (a profile holding only memory_bound and
+  // memory_by_kind, scaled; null without one), and whether measured here (ratio 1).
+  std::shared_ptr<const HardwareProfile> memory_curves;
+  bool memory_curves_measured = false;
   std::string source;
 };
 

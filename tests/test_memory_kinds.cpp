@@ -10,8 +10,10 @@
 #include <string>
 #include <utility>
 
+#include "sim/cost_model.hpp"
 #include "sim/op_timer.hpp"
 #include "sim/profile.hpp"
+#include "sim/spec_json.hpp"
 #include "sim/stage_work.hpp"
 #include "sim/zoo.hpp"
 
@@ -39,6 +41,7 @@ HardwareProfile with_norm_curve(double n0, double t_fwd0, double t_fwd1, double 
 OpTimer timer_of(const HardwareProfile& p) {
   OpTimer t;
   t.prof = &p;
+  t.mem_prof = &p;
   t.launch_s = p.kernel_launch_s;
   return t;
 }
@@ -174,4 +177,65 @@ TEST_CASE("every memory op of a stage names its kind, with the bytes calibrate c
   REQUIRE(cast);
   CHECK(cast->mem == MemKind::cast);
   CHECK(cast->bytes == fp8_cast_bytes(T * h));  // the QKV GEMM's (T, h) input
+}
+
+TEST_CASE("a cluster carries a profile's memory-bound curves: residual adds and measured kinds only") {
+  auto c = load_cluster("dgx-h100", "test");
+  REQUIRE(c);
+  REQUIRE(c->memory_curves);
+  CHECK(c->memory_curves_measured);
+  const HardwareProfile p = h100();
+  TrainSpec t;
+  t.global_batch = 8;
+  t.seq = 4096;
+  const OpTimer timer = OpTimer::of(*c, t);
+  CHECK(timer.prof == nullptr);  // dgx-h100 is priced by its documented defaults and models
+  REQUIRE(timer.mem_prof == c->memory_curves.get());
+  // A residual add is the measured a + b itself: its curve.
+  const Op add = memory_op("residual adds", MemKind::residual, Pass::backward, 1e8, 2, kElementwiseBackwardScale);
+  CHECK(timer.op(add) == kElementwiseBackwardScale * p.memory_s(1e8));
+  // A norm without its own curve keeps the documented bandwidth x efficiency and launch.
+  const Op norm = memory_op("norms", MemKind::norm, Pass::forward, 1e8, 2);
+  CHECK(timer.op(norm) == Approx(1e8 / (c->gpu.hbm_bytes_per_s * c->efficiency.memory_bound) + c->efficiency.kernel_launch_s)
+                              .epsilon(1e-12));
+  // Once the profile has the norm's curve, the cluster prices norms by it.
+  ClusterSpec with = *c;
+  with.memory_curves = std::make_shared<const HardwareProfile>(with_norm_curve(5e7 / 4, 20e-6, 60e-6, 30e-6));
+  const Op measured = memory_op("norms", MemKind::norm, Pass::forward, norm_bytes(5e7, 2), 2);
+  CHECK(OpTimer::of(with, t).op(measured) == Approx(60e-6).epsilon(1e-12));
+  CHECK(priced_by(*c, t).find("residual adds by the memory-bound bandwidth curves of traces/profiles/h100-sxm.json "
+                              "(measured on this GPU)") != std::string::npos);
+  CHECK(priced_by(with, t).find("residual adds and the norm kernels by") != std::string::npos);
+  // fp32 plans keep the documented figures.
+  TrainSpec f32 = t;
+  f32.dtype = Dtype::fp32;
+  CHECK(OpTimer::of(*c, f32).mem_prof == nullptr);
+}
+
+TEST_CASE("efficiency.memory_curves: read strictly, written back, a ratio carries the curves") {
+  auto c = load_cluster("dgx-h100", "test");
+  REQUIRE(c);
+  const nlohmann::json j = to_json(*c);
+  REQUIRE(j["efficiency"]["memory_curves"]["from"] == "traces/profiles/h100-sxm.json");
+  auto back = cluster_from_json(j, "c.json");
+  REQUIRE(back);
+  CHECK(to_json(*back) == j);
+  nlohmann::json half = j;
+  half["efficiency"]["memory_curves"]["bandwidth_ratio"] = 0.5;
+  auto h = cluster_from_json(half, "c.json");
+  REQUIRE(h);
+  CHECK_FALSE(h->memory_curves_measured);
+  CHECK(h->memory_curves->bandwidth(1e9) == 0.5 * c->memory_curves->bandwidth(1e9));
+  CHECK(priced_by(*h, TrainSpec{}).find("carried by the stated bandwidth ratio, not measured") != std::string::npos);
+  auto rejects = [&](const std::function<void(nlohmann::json&)>& edit, const std::string& what) {
+    nlohmann::json bad = j;
+    edit(bad);
+    auto r = cluster_from_json(bad, "c.json");
+    REQUIRE_FALSE(r);
+    INFO(r.error().message);
+    CHECK(r.error().message.find(what) != std::string::npos);
+  };
+  rejects([](nlohmann::json& b) { b["efficiency"]["memory_curves"]["bandwidth_ratio"] = 0; }, "memory_curves/bandwidth_ratio");
+  rejects([](nlohmann::json& b) { b["efficiency"]["memory_curves"]["from"] = "no/such.json"; }, "efficiency/memory_curves/from");
+  rejects([](nlohmann::json& b) { b["efficiency"]["memory_curves"]["scale"] = 1; }, "scale");
 }

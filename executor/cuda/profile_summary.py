@@ -1,6 +1,7 @@
 # What a profile `loom calibrate` wrote says about its GPU, as a table for BENCHMARKS.md: the
 # fitted GEMM models (bf16 and FP8), FP8 against bf16 at every shape measured in both (the
-# planner's linear layers), and the attention kernel's TFLOP/s by head size and length.
+# planner's linear layers), the attention kernel's TFLOP/s by head size and length, and the
+# memory-bound kernels' bandwidth by kind against the plain elementwise sum's.
 #   python3 executor/cuda/profile_summary.py build-gpu/calibrate/profile.json
 import json, statistics, sys
 
@@ -46,6 +47,31 @@ def attention_section(p):
               f"{2.5 * fl / a['bwd_s'] / 1e12:8.1f}")
 
 
+def bandwidth_at(curve, size):
+    """The curve's bytes/s at the point nearest `size` (log distance)."""
+    import math
+    return min(curve, key=lambda b: abs(math.log(b["bytes"] / size)))
+
+
+def memory_section(p):
+    plain = p["memory_bound"]
+    kinds = p.get("memory_by_kind", [])
+    print("\nmemory-bound kernels: GB/s (bytes as loom's cost model counts them) by size; "
+          "'sum' is the plain elementwise a + b")
+    if not kinds:
+        print("by kind: not measured (a profile from before memory_by_kind)")
+        return
+    sizes = sorted({b["bytes"] for b in kinds})
+    cols = [sizes[0], sizes[len(sizes) // 2], sizes[-1]]
+    print(f"{'kind':>13} {'pass':>8}  " + "  ".join(f"{c / 1e6:>9.1f}MB" for c in cols))
+    print(f"{'sum':>13} {'':>8}  " + "  ".join(f"{bandwidth_at(plain, c)['bytes_per_s'] / 1e9:>11.0f}" for c in cols))
+    curves = {}
+    for b in kinds:
+        curves.setdefault((b["kind"], b["pass"]), []).append(b)
+    for (kind, pas), curve in curves.items():
+        print(f"{kind:>13} {pas:>8}  " + "  ".join(f"{bandwidth_at(curve, c)['bytes_per_s'] / 1e9:>11.0f}" for c in cols))
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: profile_summary.py PROFILE.json")
@@ -54,6 +80,7 @@ def main():
     print(f"{p['name']}: {p['device']}")
     gemm_section(p)
     attention_section(p)
+    memory_section(p)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,15 @@
 #include <catch2/catch.hpp>
 #include <cuda_fp8.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "executor/cpu/ops.hpp"
 #include "executor/cuda/adamw.cuh"
 #include "executor/cuda/attention.cuh"
+#include "executor/cuda/calibrate.cuh"
 #include "executor/cuda/crossentropy.cuh"
 #include "executor/cuda/encoder.cuh"
 #include "executor/cuda/grad_norm.cuh"
@@ -354,4 +357,64 @@ TEST_CASE("AdamW over a chunk table and the gradient norm match the CPU referenc
   const auto dn = d_norm.download();
   const double norm = std::sqrt(loom::cpu::grad_norm_squared(grads.data(), n));
   CHECK(dn[1] == Approx(loom::cpu::clip_scale(norm, 0.5)).epsilon(1e-5));
+}
+
+// Calibrate's own memory-bound kernels (executor/cuda/calibrate_kernels.cu), which time the
+// kinds the executor has no kernel for (sim/mem_kind.hpp): they must do the work they stand for.
+TEST_CASE("calibrate's softmax, dropout and FP8 cast-transpose kernels compute what they time",
+          "[gpu][calibrate]") {
+  const int64_t rows = 37, cols = 264;
+  const auto x = round_bf16(random_floats(rows * cols, 61, 4.0)), dy = round_bf16(random_floats(rows * cols, 62));
+  std::vector<float> y(rows * cols), dx(rows * cols);
+  for (int64_t r = 0; r < rows; r++) {
+    double mx = -1e30, sum = 0, dot = 0;
+    for (int64_t c = 0; c < cols; c++) mx = std::max(mx, double(x[r * cols + c]));
+    for (int64_t c = 0; c < cols; c++) sum += std::exp(double(x[r * cols + c]) - mx);
+    for (int64_t c = 0; c < cols; c++) y[r * cols + c] = float(std::exp(double(x[r * cols + c]) - mx) / sum);
+    const auto yb = round_bf16(std::vector<float>(y.begin() + r * cols, y.begin() + (r + 1) * cols));
+    for (int64_t c = 0; c < cols; c++) dot += double(yb[c]) * dy[r * cols + c];
+    for (int64_t c = 0; c < cols; c++) dx[r * cols + c] = float(yb[c] * (dy[r * cols + c] - dot));
+  }
+  DeviceBuffer<bf> d_x(rows * cols), d_y(rows * cols), d_dy(rows * cols), d_dx(rows * cols);
+  d_x.upload(to_bf16(x));
+  d_dy.upload(to_bf16(dy));
+  REQUIRE(loom::cuda::softmax_rows(d_y.get(), d_x.get(), rows, cols, nullptr).ok());
+  CHECK(rel_error(to_float(d_y.download()), y) < kBf16Out);
+  REQUIRE(loom::cuda::softmax_rows_backward(d_dx.get(), d_y.get(), d_dy.get(), rows, cols, nullptr).ok());
+  CHECK(rel_error(to_float(d_dx.download()), dx) < 1e-2);
+  CHECK_FALSE(loom::cuda::softmax_rows(d_y.get(), d_x.get(), rows, 100, nullptr).ok());
+
+  // Dropout p = 0.25: every output is 0 or x / 0.75, as the mask says; about a quarter dropped;
+  // the backward passes the gradient through the same mask.
+  const int64_t n = rows * cols;
+  DeviceBuffer<uint8_t> d_mask(n);
+  REQUIRE(loom::cuda::dropout_forward(d_y.get(), d_mask.get(), d_x.get(), n, 0.25f, 7, nullptr).ok());
+  const auto yo = to_float(d_y.download());
+  const auto mask = d_mask.download();
+  int64_t dropped = 0;
+  for (int64_t i = 0; i < n; i++) {
+    REQUIRE(mask[i] <= 1);
+    dropped += mask[i] == 0;
+    CHECK(yo[i] == Approx(mask[i] ? x[i] / 0.75f : 0.0f).epsilon(1e-2).margin(1e-6));
+  }
+  CHECK(std::abs(double(dropped) / double(n) - 0.25) < 0.03);
+  REQUIRE(loom::cuda::dropout_backward(d_dx.get(), d_dy.get(), d_mask.get(), n, 0.25f, nullptr).ok());
+  const auto dxo = to_float(d_dx.download());
+  for (int64_t i = 0; i < n; i++) CHECK(dxo[i] == Approx(mask[i] ? dy[i] / 0.75f : 0.0f).epsilon(1e-2).margin(1e-6));
+
+  // FP8 cast-transpose: E4M3 of x * 0.5, as is and transposed, and the amax of |x|.
+  DeviceBuffer<__nv_fp8_e4m3> d_q(n), d_qt(n);
+  DeviceBuffer<float> d_amax(1);
+  d_amax.upload(std::vector<float>{0.0f});
+  REQUIRE(loom::cuda::fp8_cast_transpose(d_q.get(), d_qt.get(), d_amax.get(), d_x.get(), rows, cols, 0.5f, nullptr).ok());
+  const auto q = d_q.download(), qt = d_qt.download();
+  float amax = 0;
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++) {
+      const float want = float(__nv_fp8_e4m3(x[r * cols + c] * 0.5f));
+      CHECK(float(q[r * cols + c]) == want);
+      CHECK(float(qt[c * rows + r]) == want);
+      amax = std::max(amax, std::abs(x[r * cols + c]));
+    }
+  CHECK(d_amax.download()[0] == amax);
 }
