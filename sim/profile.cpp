@@ -244,6 +244,35 @@ double HardwareProfile::optimizer_s(double params) const {
   return (optimizer.adamw_s + optimizer.grad_norm_s) * params / static_cast<double>(optimizer.params);
 }
 
+// "memory_by_kind": optional; each point's kind one of sim/mem_kind.hpp's but the plain
+// elementwise sum (that is memory_bound), its pass forward or backward.
+static void read_memory_by_kind(ObjectReader& r, const nlohmann::json& j, HardwareProfile& p) {
+  read_profile_array(r, j, "memory_by_kind", false, [&p](ObjectReader& e) {
+    ProfileKindBandwidth b;
+    std::string kind, pass;
+    e.string("kind", kind);
+    e.string("pass", pass);
+    if (e.failed()) return;
+    const auto k = mem_kind_from_name(kind);
+    if (!k || *k == MemKind::elementwise) {
+      std::string names;
+      for (MemKind x : kMemKinds)
+        if (x != MemKind::elementwise) names += std::string(names.empty() ? "" : ", ") + mem_kind_name(x);
+      e.fail("kind", "must be one of " + names + " (the plain elementwise sum is memory_bound) (got \"" + kind + "\")");
+      return;
+    }
+    if (pass != "forward" && pass != "backward") {
+      e.fail("pass", "must be forward or backward (got \"" + pass + "\")");
+      return;
+    }
+    b.kind = *k;
+    b.backward = pass == "backward";
+    e.number("bytes", b.bytes, 1, false, static_cast<double>(limits::kBytes));
+    e.number("bytes_per_s", b.bytes_per_s, 1, false, limits::kRate);
+    p.memory_by_kind.push_back(b);
+  });
+}
+
 Expected<HardwareProfile> profile_from_json(const nlohmann::json& j, const std::string& where) {
   HardwareProfile p;
   ObjectReader r(j, where);
@@ -285,30 +314,7 @@ Expected<HardwareProfile> profile_from_json(const nlohmann::json& j, const std::
     e.number("bytes_per_s", b.bytes_per_s, 1, false, limits::kRate);
     p.memory_bound.push_back(b);
   });
-  read_profile_array(r, j, "memory_by_kind", false, [&p](ObjectReader& e) {
-    ProfileKindBandwidth b;
-    std::string kind, pass;
-    e.string("kind", kind);
-    e.string("pass", pass);
-    if (e.failed()) return;
-    const auto k = mem_kind_from_name(kind);
-    if (!k || *k == MemKind::elementwise) {
-      std::string names;
-      for (MemKind x : kMemKinds)
-        if (x != MemKind::elementwise) names += std::string(names.empty() ? "" : ", ") + mem_kind_name(x);
-      e.fail("kind", "must be one of " + names + " (the plain elementwise sum is memory_bound) (got \"" + kind + "\")");
-      return;
-    }
-    if (pass != "forward" && pass != "backward") {
-      e.fail("pass", "must be forward or backward (got \"" + pass + "\")");
-      return;
-    }
-    b.kind = *k;
-    b.backward = pass == "backward";
-    e.number("bytes", b.bytes, 1, false, static_cast<double>(limits::kBytes));
-    e.number("bytes_per_s", b.bytes_per_s, 1, false, limits::kRate);
-    p.memory_by_kind.push_back(b);
-  });
+  read_memory_by_kind(r, j, p);
   if (auto* o = r.object("optimizer")) {
     ObjectReader orr(r, "optimizer", *o);
     orr.integer("params", p.optimizer.params, 1, limits::kParams);

@@ -46,6 +46,18 @@ OpTimer timer_of(const HardwareProfile& p) {
   return t;
 }
 
+// `read` refuses `j` edited by `edit`, with a message that contains `what`.
+template <class Read>
+void check_rejected(const nlohmann::json& j, const std::function<void(nlohmann::json&)>& edit, const std::string& what,
+                    Read read) {
+  nlohmann::json bad = j;
+  edit(bad);
+  auto r = read(bad);
+  REQUIRE_FALSE(r);
+  INFO(r.error().message);
+  CHECK(r.error().message.find(what) != std::string::npos);
+}
+
 const Op* find_op(const StageWork& w, const std::string& name, Pass pass) {
   for (const Op& o : w.ops)
     if (o.name == name && o.pass == pass) return &o;
@@ -71,12 +83,7 @@ TEST_CASE("memory_by_kind: read strictly, written back as read") {
   REQUIRE(profile_from_json(none, "p.json"));
 
   auto rejects = [&](const std::function<void(nlohmann::json&)>& edit, const std::string& what) {
-    nlohmann::json bad = j;
-    edit(bad);
-    auto r = profile_from_json(bad, "p.json");
-    REQUIRE_FALSE(r);
-    INFO(r.error().message);
-    CHECK(r.error().message.find(what) != std::string::npos);
+    check_rejected(j, edit, what, [](const nlohmann::json& x) { return profile_from_json(x, "p.json"); });
   };
   rejects([](nlohmann::json& b) { b["memory_by_kind"][0]["kind"] = "layernorm"; }, "memory_by_kind/0/kind");
   rejects([](nlohmann::json& b) { b["memory_by_kind"][0]["kind"] = "elementwise"; }, "memory_bound");
@@ -228,12 +235,7 @@ TEST_CASE("efficiency.memory_curves: read strictly, written back, a ratio carrie
   CHECK(h->memory_curves->bandwidth(1e9) == 0.5 * c->memory_curves->bandwidth(1e9));
   CHECK(priced_by(*h, TrainSpec{}).find("carried by the stated bandwidth ratio, not measured") != std::string::npos);
   auto rejects = [&](const std::function<void(nlohmann::json&)>& edit, const std::string& what) {
-    nlohmann::json bad = j;
-    edit(bad);
-    auto r = cluster_from_json(bad, "c.json");
-    REQUIRE_FALSE(r);
-    INFO(r.error().message);
-    CHECK(r.error().message.find(what) != std::string::npos);
+    check_rejected(j, edit, what, [](const nlohmann::json& x) { return cluster_from_json(x, "c.json"); });
   };
   rejects([](nlohmann::json& b) { b["efficiency"]["memory_curves"]["bandwidth_ratio"] = 0; }, "memory_curves/bandwidth_ratio");
   rejects([](nlohmann::json& b) { b["efficiency"]["memory_curves"]["from"] = "no/such.json"; }, "efficiency/memory_curves/from");
