@@ -14,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "executor/compute.hpp"
@@ -118,6 +119,8 @@ class Trainer {
   // trainer_optimizer.cpp
   Status sp_sync();
   Status dp_sync();
+  // ZeRO-0's gradient buckets, (offset, elements) in the gradient buffer.
+  std::vector<std::pair<int64_t, int64_t>> zero0_buckets(int64_t align) const;
   template <class F>
   Status for_each_owned(F&& f);
   Status add_grad_sum_squares(double& sum);

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "executor/trainer_impl.hpp"
+#include "sim/stage_work.hpp"
 
 namespace loom::exec {
 
@@ -38,20 +39,43 @@ Status Trainer::sp_sync() {
   return ok_status();
 }
 
-// Gradient reduction over dp after the last micro-batch. ZeRO-0: all-reduce in buckets of
-// dp_bucket_bytes (each a multiple of dp elements). ZeRO-1: reduce-scatter of each unit.
-// ZeRO-2/3 reduced every micro-batch already (trainer_zero.cpp).
+// ZeRO-0's buckets as the stage's work prices them: the "dp gradients" message's pieces
+// (sim/stage_work.hpp), which Megatron-core's rule sets per model chunk (chunk_grad_buckets:
+// the first stage's first chunk cut by the bucket size, every other chunk one bucket; other
+// schedules by size), shared among the chunks by chunk_buckets_of. Each chunk's units lie
+// together in the buffer; its range is cut into that many near-equal buckets, each a multiple
+// of `align` elements but the last.
+std::vector<std::pair<int64_t, int64_t>> Trainer::zero0_buckets(int64_t align) const {
+  const StageWork w = build_stage_work(plan_.model, plan_.cluster, plan_.train, plan_.parallel, coords_.pp);
+  const Message* msg = w.find(loom::Group::dp, "dp gradients");
+  const int64_t total = msg ? msg->pieces : 1;
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (size_t c = 0; c < layout_.chunk_units.size(); ++c) {
+    const auto& ids = layout_.chunk_units[c];
+    if (ids.empty()) continue;
+    const int64_t begin = layout_.units[static_cast<size_t>(ids.front())].offset;
+    const Unit& last = layout_.units[static_cast<size_t>(ids.back())];
+    const int64_t len = last.offset + last.size - begin;
+    const int64_t k = chunk_buckets_of(plan_.parallel, total, static_cast<int64_t>(c));
+    const int64_t share = (len + k - 1) / k;
+    const int64_t piece = std::max(align, (share + align - 1) / align * align);
+    for (int64_t b = 0; b < len; b += piece) out.emplace_back(begin + b, std::min(piece, len - b));
+  }
+  return out;
+}
+
+// Gradient reduction over dp after the last micro-batch. ZeRO-0: all-reduce in the buckets the
+// stage's work prices (zero0_buckets). ZeRO-1: reduce-scatter of each unit (each unit is
+// sharded over dp on its own, so a bucket across units has no equal share per rank: here the
+// count differs from Megatron-core's buckets). ZeRO-2/3 reduced every micro-batch already
+// (trainer_zero.cpp).
 Status Trainer::dp_sync() {
   if (plan_.model.is_moe()) return moe_dp_sync();  // expert gradients over edp (trainer_moe.cpp)
   if (dp_.size() <= 1) return ok_status();
-  const int64_t total = layout_.total;
   if (zero_ == 0) {
-    const int64_t n = dp_.size();
-    int64_t bucket = dp_bucket_bytes_for(plan_.train, plan_.parallel) / 4 / n * n;
-    bucket = std::max(bucket, n);
-    for (int64_t b0 = 0; b0 < total; b0 += bucket) {
+    for (const auto& [b0, n] : zero0_buckets(dp_.size())) {
       comm_.label(tn::dp_bucket("allreduce", grad_bucket_++), tn::Stream::dp);
-      if (auto st = comm_.all_reduce(dp_, grads_.data() + b0, std::min(bucket, total - b0)); !st) return st;
+      if (auto st = comm_.all_reduce(dp_, grads_.data() + b0, n); !st) return st;
     }
   } else if (zero_ == 1) {
     for (const Unit& u : layout_.units) {

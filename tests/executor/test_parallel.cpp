@@ -400,6 +400,34 @@ TEST_CASE("zb-h1: the measured trace names each B and W as loom simulate does, o
   }
 }
 
+TEST_CASE("ZeRO-0's gradient buckets in the measured trace are those loom simulate plays, stage by stage", "[trace]") {
+  // dp 2 x pp 2, 1F1B, a bucket far smaller than a stage's gradients: Megatron-core's rule cuts
+  // the first stage's gradients into buckets and reduces the second stage's as one
+  // (chunk_grad_buckets); the executor's all-reduces follow the stage's work.
+  Plan plan = make_plan(config(2, 1, 2));
+  plan.train.dp_bucket_bytes = 4096;
+  const fs::path measured_path = harness().dir() / "buckets.measured.trace.json";
+  const fs::path predicted_path = harness().dir() / "buckets.predicted.trace.json";
+  harness().train("buckets_traced", plan, 1, "--trace " + measured_path.string());
+  const Run sim = harness().loom("simulate " + (harness().dir() / "buckets_traced.json").string() +
+                                 " --ranks 0-3 --trace " + predicted_path.string());
+  INFO(sim.out);
+  REQUIRE(sim.code == 0);
+  const auto m = events_by_rank(nlohmann::json::parse(slurp(measured_path)));
+  const auto p = events_by_rank(nlohmann::json::parse(slurp(predicted_path)));
+  REQUIRE(m.size() == 4);
+  std::set<size_t> counts;
+  for (const auto& [rank, events] : m) {
+    INFO("rank " << rank);
+    REQUIRE(p.count(rank));
+    const auto measured = names(events, {"dp allreduce bucket "});
+    CHECK(measured == names(p.at(rank), {"dp allreduce bucket "}));
+    counts.insert(measured.size());
+  }
+  CHECK(counts.count(1) == 1);  // the second stage: one bucket
+  CHECK(*counts.rbegin() > 1);  // the first: cut by the bucket size
+}
+
 namespace {
 
 bool slot_compute(const nlohmann::json& e) {
