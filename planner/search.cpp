@@ -214,7 +214,7 @@ Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c
   for (Recompute r : {Recompute::none, Recompute::selective, Recompute::full})
     if (!rc || *rc == r) space.recompute.push_back(r);
   space.recompute_layers = pins.recompute_layers.value_or(0);
-  space.block_recompute = !pins.recompute && !pins.recompute_layers && !m.is_moe();
+  space.block_recompute = !pins.recompute && !pins.recompute_layers;
   for (Dtype g : {Dtype::bf16, Dtype::fp32}) {
     if (pins.grad_dtype && *pins.grad_dtype != g) continue;
     TrainSpec tg = t;
@@ -618,7 +618,8 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
               continue;
             }
             const double less_recompute_s = evaluate_variants(models[u.train], p, u, tpos, o, floor_ok, t, memo);
-            if (r == Recompute::full && space.block_recompute && p.zero3_gather == Zero3Gather::layer)
+            if (r == Recompute::full && space.block_recompute && p.zero3_gather == Zero3Gather::layer &&
+                block_recompute_priced(m, p))
               evaluate_block_recompute(m, c, train, models[u.train], p, u, tpos, o, floor_ok, less_recompute_s, usable,
                                        scratch, t, memo);
           }

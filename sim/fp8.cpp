@@ -111,11 +111,12 @@ void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weig
                           1, 1 / static_cast<double>(micro_batches)));
 }
 
-Fp8TpGathers fp8_sp_gathers(int64_t layers, int64_t mlp_free, int64_t recomputed) {
+Fp8TpGathers fp8_sp_gathers(int64_t layers, int64_t mlp_free, int64_t recomputed, int64_t recomputed_mlp_free) {
   const int64_t fwd = 2 * layers - mlp_free;
-  // Every layer recomputed: the forward's gathers again; some (a block recompute, dense layers
-  // only: validate_config), 2 each.
-  return {fwd, 2 * fwd, recomputed >= layers ? fwd : 2 * recomputed};
+  // The recompute runs the forward's gathers again for the layers it recomputes (every layer, or
+  // a block recompute's first layers of each chunk): 2 each, less those of its MoE layers
+  // without an MLP over tp.
+  return {fwd, 2 * fwd, 2 * recomputed - recomputed_mlp_free};
 }
 
 // Micikevicius et al. 2022, Sec. 4: FP8 GEMMs read FP8 operands and write a higher-precision

@@ -99,13 +99,14 @@ void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weig
 // with all-gather"). The reduce-scatters move the GEMMs' bf16 outputs. So per dense layer:
 // forward 2 FP8 gathers (qkv and fc1 inputs), backward 4 (the output gradients of the
 // projection and fc2, the two norm outputs again), a full recompute's forward 2 more per
-// recomputed layer (`recomputed` of them); a MoE layer without a tp MLP half of that. (With --tp-comm-overlap TE's userbuffers also gather FP8;
+// recomputed layer (`recomputed` of them); a MoE layer without a tp MLP half of that (`mlp_free`
+// of the stage's layers, `recomputed_mlp_free` of those recomputed). (With --tp-comm-overlap TE's userbuffers also gather FP8;
 // loom prices the overlapped halves at bf16 size.)
 inline constexpr const char* kFp8TpGatherMessage = "tp fp8 all-gathers";
 struct Fp8TpGathers {
   int64_t forward = 0, backward = 0, recompute = 0;
 };
-Fp8TpGathers fp8_sp_gathers(int64_t layers, int64_t mlp_free, int64_t recomputed);
+Fp8TpGathers fp8_sp_gathers(int64_t layers, int64_t mlp_free, int64_t recomputed, int64_t recomputed_mlp_free);
 
 // Time of one FP8 GEMM call (M, N, K), its backward and the backward's weight-gradient half
 // (its output of OpTimer::wgrad_out bytes per element), from the first of:

@@ -190,6 +190,16 @@ Status check_moe_config(const ModelSpec& m, const TrainSpec& t, const ParallelCo
 
 // ---- One stage's expert work ---------------------------------------------------------------
 
+int64_t chunk_first_layer(const ModelSpec& m, const ParallelConfig& p, int64_t stage, int64_t chunk) {
+  const int64_t n = chunk_layers_at(p, m.layers, stage, chunk);
+  if (p.schedule == Schedule::zb_v) return virtual_stage(p.schedule, stage, chunk, p.pp) * n;
+  int64_t first = 0;
+  for (int64_t c = 0; c < chunk; ++c)
+    for (int64_t i = 0; i < p.pp; ++i) first += chunk_layers_at(p, m.layers, i, c);
+  for (int64_t i = 0; i < stage; ++i) first += chunk_layers_at(p, m.layers, i, chunk);
+  return first;
+}
+
 MoeStage moe_stage(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p, int64_t stage) {
   MoeStage s;
   if (!m.is_moe()) return s;
@@ -207,6 +217,7 @@ MoeStage moe_stage(const ModelSpec& m, const TrainSpec& t, const ParallelConfig&
     const int64_t n = moe_layers_in(m, first, chunk);
     s.layers += n;
     s.layers_chunk = std::max(s.layers_chunk, n);
+    if (p.recompute == Recompute::full) s.rec_layers += moe_layers_in(m, first, p.recomputed_layers(chunk));
   }
   s.e = dtype_bytes(t.dtype);
   s.E = m.experts, s.k = m.experts_per_token, s.h = m.hidden, s.fe = m.expert_ffn_hidden;
@@ -259,7 +270,7 @@ static Op grouped_gemm(const char* name, Pass pass, int64_t M, int64_t N, int64_
 }
 
 void moe_ops(std::vector<Op>& ops, const MoeStage& s, Pass pass) {
-  const int64_t L = s.layers;
+  const int64_t L = pass == Pass::recompute ? s.rec_layers : s.layers;
   if (L <= 0) return;
   ops.push_back(gemm("router", pass, s.Tr, s.E, s.h, L));
   // Each of the rank's E / ep experts multiplies its own rows, ep etp C of them at capacity:
@@ -293,14 +304,16 @@ void moe_messages(std::vector<Message>& v, const MoeStage& s, const ParallelConf
   std::vector<Pass> passes{Pass::forward, Pass::backward};
   if (p.recompute == Recompute::full) passes.push_back(Pass::recompute);
   for (Pass pass : passes) {
+    const int64_t n = pass == Pass::recompute ? s.rec_layers : L;
+    if (n <= 0) continue;
     if (p.ep > 1)
       v.push_back(Message{"ep all-to-all", Group::ep, MessageKind::all_to_all, pass, Cadence::micro_batch,
-                          s.dispatch_bytes, 2 * L});
+                          s.dispatch_bytes, 2 * n});
     if (p.etp > 1) {
       v.push_back(Message{"etp all-gather", Group::etp, MessageKind::all_gather, pass, Cadence::micro_batch,
-                          s.gathered_bytes, L});
+                          s.gathered_bytes, n});
       v.push_back(Message{"etp reduce-scatter", Group::etp, MessageKind::reduce_scatter, pass, Cadence::micro_batch,
-                          s.gathered_bytes, L});
+                          s.gathered_bytes, n});
     }
   }
   if (s.edp <= 1 || s.expert_params <= 0) return;
@@ -318,7 +331,7 @@ void moe_messages(std::vector<Message>& v, const MoeStage& s, const ParallelConf
 
 TpHalves moe_tp_halves_saved(const MoeStage& s, const ParallelConfig& p) {
   if (p.tp <= 1 || s.fs > 0) return {};
-  return {2 * s.layers, (2 + (p.sp ? 1 : 0)) * s.layers};
+  return {2 * s.layers, (2 + (p.sp ? 1 : 0)) * s.layers, 2 * s.rec_layers};
 }
 
 // ---- Links ---------------------------------------------------------------------------------

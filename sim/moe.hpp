@@ -76,6 +76,8 @@ Status check_moe_config(const ModelSpec& m, const TrainSpec& t, const ParallelCo
 struct MoeStage {
   int64_t layers = 0;          // MoE layers on the stage (all chunks)
   int64_t layers_chunk = 0;    // most MoE layers in one of its chunks
+  int64_t rec_layers = 0;      // of layers, those a full recompute runs again (a block recompute:
+                               // those among each chunk's first recompute_layers layers)
   int64_t e = 2;               // bytes per element
   int64_t E = 0, k = 0, h = 0, fe = 0, fs = 0, t = 1, ep = 1, etp = 1, edp = 1;
   int64_t T = 0;               // micro-batch tokens b s
@@ -93,6 +95,9 @@ struct MoeStage {
 // `first_layer`: the stage's first layer; the stage holds p.vpp chunks of `chunk_layers` each
 // (chunk c of stage i starts at layer (c pp + i) chunk_layers, Megatron's interleaving).
 MoeStage moe_stage(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p, int64_t stage);
+// The model layer chunk `chunk` of stage `stage` starts at (the assignment moe_stage walks:
+// Megatron-core's interleaving, zb-v's V).
+int64_t chunk_first_layer(const ModelSpec& m, const ParallelConfig& p, int64_t stage, int64_t chunk);
 
 // Activation bytes one MoE layer keeps for backward (one micro-batch, one rank): the dense
 // layer's (layer_activation_bytes) less its MLP's inner tensors 3 e T f / t, plus router
@@ -105,20 +110,22 @@ int64_t moe_layer_activation_bytes(const ModelSpec& m, const MoeStage& s, int64_
 // the etp-gathered rows (R h e, with etp > 1) as comm buffers; the backward's expert scratch
 // (gradients of the gathered input and of gate, up and product: e R (h + 3 fe / etp)) as workspace.
 void moe_buffers(std::vector<Buffer>& v, const MoeStage& s, const ParallelConfig& p);
-// The MoE layers' ops of one pass (count = the stage's MoE layers): router GEMM (Tr, E, h),
+// The MoE layers' ops of one pass (count = the stage's MoE layers; in the recompute pass, those
+// recomputed): router GEMM (Tr, E, h),
 // expert gate|up (R, 2 fe / etp, h) and down (R, h, fe / etp) as grouped GEMMs, shared experts
 // (T, 2 fs / t, h) and (T, h, fs / t), and the memory-bound router softmax/top-k, token
 // permutation and SwiGLU (backward 1.5x the forward's time, as the dense layers').
 void moe_ops(std::vector<Op>& ops, const MoeStage& s, Pass pass);
 // Messages: per pass 2 all-to-alls (dispatch, combine) of E C h e over ep and, with etp > 1, an
-// all-gather and a reduce-scatter of R h e over etp, per MoE layer; per step the expert
+// all-gather and a reduce-scatter of R h e over etp, per MoE layer (the recompute pass: per
+// recomputed MoE layer); per step the expert
 // gradients over edp (all-reduce; ZeRO-1: reduce-scatter, then the updated weights' all-gather).
 void moe_messages(std::vector<Message>& v, const MoeStage& s, const ParallelConfig& p, const TrainSpec& t);
 // Tensor-parallel halves (reduce-scatter or all-gather of b s h) a MoE layer saves against a
 // dense one, per pass: without shared experts the router reads the sequence-parallel shard, so
 // the MLP's two halves go (and SP's re-gather of the MLP input in backward). {forward, backward}.
 struct TpHalves {
-  int64_t forward = 0, backward = 0;
+  int64_t forward = 0, backward = 0, recompute = 0;
 };
 TpHalves moe_tp_halves_saved(const MoeStage& s, const ParallelConfig& p);
 

@@ -119,6 +119,32 @@ HeldAtPeak uneven_chunks_peak(const ModelSpec& m, const ParallelConfig& p, const
   return peak;
 }
 
+// One micro-batch's activations of the chunk of a stage that holds the most under a block
+// recompute of a MoE model, as two lines: its layers as dense ones (chunk_bytes) less its MoE
+// layers' share, and its MoE layers (sim/moe.hpp): each chunk's first recompute_layers layers
+// keep their input only (a recomputed MoE layer as a dense one, moe_layer_activation_bytes),
+// the others all of theirs.
+struct MoeChunkBytes {
+  int64_t dense = 0, moe = 0;
+};
+struct LayerBytes {
+  int64_t recomputed = 0, kept = 0;          // a dense layer's, as chunk_bytes counts it
+  int64_t moe_recomputed = 0, moe_kept = 0;  // a MoE layer's
+};
+template <class ChunkBytes>
+MoeChunkBytes block_moe_chunk(const ModelSpec& m, const ParallelConfig& p, int64_t stage, const ChunkBytes& chunk_bytes,
+                              const LayerBytes& b) {
+  MoeChunkBytes best{-1, 0};
+  for (int64_t c = 0; c < p.vpp; ++c) {
+    const int64_t n = chunk_layers_at(p, m.layers, stage, c), first = chunk_first_layer(m, p, stage, c);
+    const int64_t all = moe_layers_in(m, first, n), rec = moe_layers_in(m, first, p.recomputed_layers(n));
+    const MoeChunkBytes x{chunk_bytes(n) - rec * b.recomputed - (all - rec) * b.kept,
+                          rec * b.moe_recomputed + (all - rec) * b.moe_kept};
+    if (x.dense + x.moe > best.dense + best.moe) best = x;
+  }
+  return best;
+}
+
 // Activations (Korthikanti et al. 2022, Sec. 4; per layer in layer_activation_bytes): the
 // chunks in flight, what a recompute rebuilds for one layer in backward (a full recompute the
 // layer's activations less the input it already holds, a selective one the attention core),
@@ -144,20 +170,29 @@ void activation_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainS
   };
   const bool uneven = d.layers % p.vpp != 0 && p.schedule == Schedule::interleaved;
   const HeldAtPeak held = uneven ? uneven_chunks_peak(m, p, d, stage, chunk_bytes, first_mb, last_mb) : HeldAtPeak{};
-  // (MoE with a short chunk: the MoE layers are taken off at the most any chunk holds, which can
-  // leave the dense line low and the MoE line high; the sum stays an upper bound.)
-  add(v, "layer activations", MemCategory::activations, Lifetime::in_flight,
-      uneven ? held.layers - in_flight * d.moe.layers_chunk * (act.total() + fp8)
-             : in_flight * (chunk_bytes(d.layers_chunk) - d.moe.layers_chunk * (act.total() + fp8)));
-  if (d.moe.layers_chunk > 0) {  // MoE layers (sim/moe.hpp), the most of any chunk of the stage
-    const int64_t moe_act = moe_layer_activation_bytes(m, d.moe, d.b, d.s, p.sp, p.recompute, tr.attention, tr.dtype);
-    add(v, "moe layer activations", MemCategory::activations, Lifetime::in_flight,
-        in_flight * d.moe.layers_chunk * moe_act);
-    const int64_t moe_full = moe_layer_activation_bytes(m, d.moe, d.b, d.s, p.sp, Recompute::none, tr.attention, tr.dtype);
-    if (p.recompute != Recompute::none)  // a recomputed MoE layer rebuilds more than a dense one
-      add(v, "recomputed moe layer", MemCategory::activations, Lifetime::transient,
-          (moe_full - moe_act) - (full.total() - act.total()));
+  const int64_t moe_act = d.moe.layers_chunk > 0 ? moe_layer_activation_bytes(m, d.moe, d.b, d.s, p.sp, p.recompute,
+                                                                              tr.attention, tr.dtype)
+                                                 : 0;
+  const int64_t moe_full = d.moe.layers_chunk > 0 ? moe_layer_activation_bytes(m, d.moe, d.b, d.s, p.sp, Recompute::none,
+                                                                               tr.attention, tr.dtype)
+                                                  : 0;
+  if (p.recompute_layers > 0 && d.moe.layers_chunk > 0) {  // a block recompute of MoE layers
+    const MoeChunkBytes c = block_moe_chunk(m, p, stage, chunk_bytes, {act.total() + fp8, kept, moe_act, moe_full});
+    add(v, "layer activations", MemCategory::activations, Lifetime::in_flight, in_flight * c.dense);
+    add(v, "moe layer activations", MemCategory::activations, Lifetime::in_flight, in_flight * c.moe);
+  } else {
+    // (MoE with a short chunk: the MoE layers are taken off at the most any chunk holds, which can
+    // leave the dense line low and the MoE line high; the sum stays an upper bound.)
+    add(v, "layer activations", MemCategory::activations, Lifetime::in_flight,
+        uneven ? held.layers - in_flight * d.moe.layers_chunk * (act.total() + fp8)
+               : in_flight * (chunk_bytes(d.layers_chunk) - d.moe.layers_chunk * (act.total() + fp8)));
+    if (d.moe.layers_chunk > 0)  // MoE layers (sim/moe.hpp), the most of any chunk of the stage
+      add(v, "moe layer activations", MemCategory::activations, Lifetime::in_flight,
+          in_flight * d.moe.layers_chunk * moe_act);
   }
+  if (d.moe.layers_chunk > 0 && p.recompute != Recompute::none)  // a recomputed MoE layer rebuilds more than a dense one
+    add(v, "recomputed moe layer", MemCategory::activations, Lifetime::transient,
+        (moe_full - moe_act) - (full.total() - act.total()));
   if (p.recompute != Recompute::none)
     add(v, "recomputed layer", MemCategory::activations, Lifetime::transient, full.total() + fp8_full - act.total() - fp8);
   int64_t held_first = p.schedule == Schedule::gpipe ? d.mb : std::min<int64_t>(p.pp - stage, d.mb);
@@ -336,7 +371,8 @@ void layer_gemms(std::vector<Op>& ops, const ModelSpec& m, const Dims& d, Pass p
     ops.push_back(beside_tp_collective(gemm("qkv", pass, d.T, (d.q + 2 * d.kv) / d.t, d.h, L), TpOverlapSlot::qkv));
     ops.push_back(beside_tp_collective(gemm("attention projection", pass, d.T, d.h, d.q / d.t, L), TpOverlapSlot::proj));
   }
-  const int64_t Ld = L - d.moe.layers;  // MoE layers: moe_ops
+  // MoE layers (the recompute pass: those it recomputes) run moe_ops instead of an MLP.
+  const int64_t Ld = L - (pass == Pass::recompute ? d.moe.rec_layers : d.moe.layers);
   if (m.family == Family::gpt) {
     ops.push_back(beside_tp_collective(gemm("mlp fc1", pass, d.T, d.f / d.t, d.h, Ld), TpOverlapSlot::fc1));
   } else {
@@ -400,7 +436,10 @@ void layer_elementwise(std::vector<Op>& ops, const ModelSpec& m, const Dims& d, 
   const bool gpt = m.family == Family::gpt;
   ops.push_back(memory_op("norms", MemKind::norm, pass, norm_bytes(T * h / rep, e), (m.post_norms ? 4 : 2) * L, scale));
   ops.push_back(memory_op("residual adds", MemKind::residual, pass, residual_bytes(T * h / rep, e), 2 * L, scale));
-  ops.push_back(memory_op(gpt ? "gelu" : "swiglu", MemKind::activation, pass, gpt ? gelu_bytes(T * static_cast<double>(d.f) / t, e) : gated_unit_bytes(T * static_cast<double>(d.f) / t, e), L - d.moe.layers, scale));
+  const double mlp_out = T * static_cast<double>(d.f) / t;  // the activation's output elements
+  const int64_t mlp_layers = L - (pass == Pass::recompute ? d.moe.rec_layers : d.moe.layers);  // MoE layers: moe_ops
+  ops.push_back(memory_op(gpt ? "gelu" : "swiglu", MemKind::activation, pass,
+                          gpt ? gelu_bytes(mlp_out, e) : gated_unit_bytes(mlp_out, e), mlp_layers, scale));
   if (!gpt && !m.is_mla()) ops.push_back(memory_op("rope", MemKind::rotary, pass, rotary_bytes(T * static_cast<double>(d.q + d.kv) / t, e), L, scale));
   if (m.is_mla()) mla_elementwise(ops, m, d.T, d.t, d.e, pass, L, scale);  // RoPE, latent norms (sim/mla.hpp)
   if (m.qk_norm) ops.push_back(memory_op("q/k norms", MemKind::norm, pass, norm_bytes(T * static_cast<double>(d.q + d.kv) / t, e), L, scale));
@@ -472,10 +511,11 @@ void tp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelCon
   const int64_t act = d.e * d.T * d.h, L = d.layers;
   const TpHalves moe = moe_tp_halves_saved(d.moe, p);  // MoE layers without an MLP over tp
   int64_t fwd = 4 * L - moe.forward, bwd = 4 * L + (p.sp ? 2 * L : 0) - moe.backward;
-  int64_t rec = p.recompute == Recompute::full ? 4 * d.rec_layers - moe.forward : 0;
+  int64_t rec = p.recompute == Recompute::full ? 4 * d.rec_layers - moe.recompute : 0;
   // FP8 with SP (sim/fp8.hpp): the layers' all-gathers move FP8, 1 byte per element.
-  const Fp8TpGathers g8 = tr.fp8 && p.sp && !p.tp_comm_overlap ? fp8_sp_gathers(L, moe.forward / 2, d.rec_layers)
-                                                              : Fp8TpGathers{};
+  const Fp8TpGathers g8 = tr.fp8 && p.sp && !p.tp_comm_overlap
+                              ? fp8_sp_gathers(L, moe.forward / 2, d.rec_layers, moe.recompute / 2)
+                              : Fp8TpGathers{};
   fwd -= g8.forward, bwd -= g8.backward, rec -= g8.recompute;
   // --tp-comm-overlap (sim/tp_overlap.hpp): the layers' halves overlap the GEMMs beside them;
   // the model's ends keep theirs in-line.

@@ -148,10 +148,17 @@ Status check_zb_v(const ParallelConfig& p, const FieldNamer& name) {
 }
 }  // namespace
 
+bool block_recompute_priced(const ModelSpec& m, const ParallelConfig& p) {
+  if (!m.is_moe() || p.schedule != Schedule::interleaved) return true;
+  for (int64_t i = 0; i < p.pp; ++i)
+    if (stage_layer_count(p, m.layers, i) % p.vpp != 0) return false;
+  return true;
+}
+
 namespace {
 
 // A block recompute (ParallelConfig::recompute_layers): the first N layers of each chunk
-// recomputed in full, priced for dense layers and Megatron's engine only.
+// recomputed in full, priced for Megatron's engine only.
 Status check_recompute_layers(const ModelSpec& m, const ParallelConfig& p, const FieldNamer& name) {
   if (p.recompute_layers == 0) return ok_status();
   auto fail = [&](const std::string& rule) -> Status { return Error{name("recompute_layers") + ": " + rule}; };
@@ -160,7 +167,9 @@ Status check_recompute_layers(const ModelSpec& m, const ParallelConfig& p, const
   if (p.recompute != Recompute::full)
     return fail("recomputes the first layers of each chunk in full: needs recompute full (got recompute " +
                 to_string(p.recompute) + ")");
-  if (m.is_moe()) return fail("a block recompute is priced for dense layers only (the model has MoE layers)");
+  if (!block_recompute_priced(m, p))
+    return fail("a block recompute of MoE layers is priced with equal interleaved chunks only (stage_layers leaves a "
+                "short chunk)");
   if (p.zero3_gather == Zero3Gather::tensor)
     return fail("a block recompute is priced with layer-by-layer ZeRO-3 gathers only (got zero3_gather tensor)");
   return ok_status();

@@ -61,4 +61,9 @@ Status size_cluster(ClusterSpec& cluster, int64_t gpus, const std::string& where
 Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t,
                        const ParallelConfig& p, const FieldNamer& name);
 
+// Whether a block recompute (ParallelConfig::recompute_layers) of this split is priced: a MoE
+// model's needs equal interleaved chunks (the stage work finds the chunk holding the most by
+// walking equal chunks), which validate_config requires and the search asks before it tries one.
+bool block_recompute_priced(const ModelSpec& m, const ParallelConfig& p);
+
 }  // namespace loom

@@ -147,6 +147,22 @@ TEST_CASE("MoE: what each rank measures equals the cost model's prediction for i
   }
 }
 
+TEST_CASE("MoE: a block recompute of the first layer trains as one rank, measured as priced", "[moe]") {
+  // Full recompute of each chunk's first layer (Megatron-LM's --recompute-method block
+  // --recompute-num-layers 1): the first MoE layer keeps only its input, the second everything.
+  for (auto [name, p] : {std::pair{"moe_dp2_ep2_block1", moe_config(2, 1, 1, 2, 1)},
+                         std::pair{"moe_tp2_ep2_block1", moe_config(1, 2, 1, 2, 1)}}) {
+    INFO(name);
+    p.recompute = Recompute::full;
+    p.recompute_layers = 1;
+    const Trained& r = run_plan(name, p);
+    check_like_reference(r, one_rank());
+    // One layer's forward more than the reference's GEMM FLOPs, as the cost model counts them.
+    CHECK(r.report["flops"]["hardware"].get<double>() > one_rank().report["flops"]["hardware"].get<double>());
+    check_against_cost_model(moe_plan(p), r.report);
+  }
+}
+
 TEST_CASE("MoE: a plan whose ep does not divide the experts or fit tp x dp is refused in one line", "[moe]") {
   for (const auto& [name, p] : {std::pair{std::string("ep8_of_4"), moe_config(8, 1, 1, 8, 1)},
                                 std::pair{std::string("ep4_dp2"), moe_config(2, 1, 1, 4, 1)}}) {
