@@ -3,8 +3,10 @@
 // comes from what `loom calibrate` measured: GEMMs from its shape table (exact shape, else the
 // nearest measured shape's FLOP/s), attention from its forward and backward times,
 // memory-bound kernels from the bandwidth-against-size curve of their kind (or of the plain
-// elementwise sum), the optimizer from its AdamW + gradient-norm time per parameter. Without one, the cluster's EfficiencySpec defaults, with
-// GEMMs from the tile and wave model its "gemm_model" carries from a profile when it names one.
+// elementwise sum), the optimizer from its AdamW + gradient-norm time per parameter. Without
+// one, the cluster's EfficiencySpec defaults, with GEMMs from the tile and wave model its
+// "gemm_model" carries from a profile when it names one, and memory-bound kernels from the
+// curves its "memory_curves" carries (memory_call).
 #pragma once
 #include <algorithm>
 

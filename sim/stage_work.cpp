@@ -170,12 +170,10 @@ void activation_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainS
   };
   const bool uneven = d.layers % p.vpp != 0 && p.schedule == Schedule::interleaved;
   const HeldAtPeak held = uneven ? uneven_chunks_peak(m, p, d, stage, chunk_bytes, first_mb, last_mb) : HeldAtPeak{};
-  const int64_t moe_act = d.moe.layers_chunk > 0 ? moe_layer_activation_bytes(m, d.moe, d.b, d.s, p.sp, p.recompute,
-                                                                              tr.attention, tr.dtype)
-                                                 : 0;
-  const int64_t moe_full = d.moe.layers_chunk > 0 ? moe_layer_activation_bytes(m, d.moe, d.b, d.s, p.sp, Recompute::none,
-                                                                               tr.attention, tr.dtype)
-                                                  : 0;
+  auto moe_layer = [&](Recompute r) {
+    return d.moe.layers_chunk > 0 ? moe_layer_activation_bytes(m, d.moe, d.b, d.s, p.sp, r, tr.attention, tr.dtype) : 0;
+  };
+  const int64_t moe_act = moe_layer(p.recompute), moe_full = moe_layer(Recompute::none);
   if (p.recompute_layers > 0 && d.moe.layers_chunk > 0) {  // a block recompute of MoE layers
     const MoeChunkBytes c = block_moe_chunk(m, p, stage, chunk_bytes, {act.total() + fp8, kept, moe_act, moe_full});
     add(v, "layer activations", MemCategory::activations, Lifetime::in_flight, in_flight * c.dense);
@@ -190,7 +188,8 @@ void activation_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainS
       add(v, "moe layer activations", MemCategory::activations, Lifetime::in_flight,
           in_flight * d.moe.layers_chunk * moe_act);
   }
-  if (d.moe.layers_chunk > 0 && p.recompute != Recompute::none)  // a recomputed MoE layer rebuilds more than a dense one
+  // A recomputed MoE layer rebuilds more than a dense one.
+  if (d.moe.layers_chunk > 0 && p.recompute != Recompute::none)
     add(v, "recomputed moe layer", MemCategory::activations, Lifetime::transient,
         (moe_full - moe_act) - (full.total() - act.total()));
   if (p.recompute != Recompute::none)
@@ -422,7 +421,8 @@ void attention_core(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& t
   ops.push_back(bmm);
   const double scores = static_cast<double>(heads_rank * d.b * d.s * d.s), e = static_cast<double>(d.e);
   ops.push_back(memory_op("softmax", MemKind::softmax, pass, softmax_bytes(scores, e), L, scale));
-  if (m.dropout) ops.push_back(memory_op("attention dropout", MemKind::dropout, pass, dropout_bytes(scores, e), L, scale));
+  if (m.dropout)
+    ops.push_back(memory_op("attention dropout", MemKind::dropout, pass, dropout_bytes(scores, e), L, scale));
 }
 
 // A layer's memory-bound kernels: two norms (four with Gemma 2's post-norms), two residual
@@ -440,10 +440,12 @@ void layer_elementwise(std::vector<Op>& ops, const ModelSpec& m, const Dims& d, 
   const int64_t mlp_layers = L - (pass == Pass::recompute ? d.moe.rec_layers : d.moe.layers);  // MoE layers: moe_ops
   ops.push_back(memory_op(gpt ? "gelu" : "swiglu", MemKind::activation, pass,
                           gpt ? gelu_bytes(mlp_out, e) : gated_unit_bytes(mlp_out, e), mlp_layers, scale));
-  if (!gpt && !m.is_mla()) ops.push_back(memory_op("rope", MemKind::rotary, pass, rotary_bytes(T * static_cast<double>(d.q + d.kv) / t, e), L, scale));
+  const double qk = T * static_cast<double>(d.q + d.kv) / t;  // q and k elements
+  if (!gpt && !m.is_mla()) ops.push_back(memory_op("rope", MemKind::rotary, pass, rotary_bytes(qk, e), L, scale));
   if (m.is_mla()) mla_elementwise(ops, m, d.T, d.t, d.e, pass, L, scale);  // RoPE, latent norms (sim/mla.hpp)
-  if (m.qk_norm) ops.push_back(memory_op("q/k norms", MemKind::norm, pass, norm_bytes(T * static_cast<double>(d.q + d.kv) / t, e), L, scale));
-  if (m.dropout) ops.push_back(memory_op("dropouts", MemKind::dropout, pass, dropout_bytes(T * h / rep, e), 2 * L, scale));
+  if (m.qk_norm) ops.push_back(memory_op("q/k norms", MemKind::norm, pass, norm_bytes(qk, e), L, scale));
+  if (m.dropout)
+    ops.push_back(memory_op("dropouts", MemKind::dropout, pass, dropout_bytes(T * h / rep, e), 2 * L, scale));
 }
 
 void layer_forward(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& tr, const Dims& d, Pass pass, int64_t L) {
@@ -464,8 +466,10 @@ void end_ops(std::vector<Op>& ops, const TrainSpec& tr, const Dims& d) {
   const bool fused = tr.cross_entropy == CrossEntropy::fused;
   ops.push_back(memory_op("final norm", MemKind::norm, Pass::forward, norm_bytes(T * h / rep, e), 1));
   ops.push_back(gemm("logits", Pass::forward, d.T, d.Vr, d.h, 1));
-  ops.push_back(memory_op("cross-entropy", MemKind::cross_entropy, Pass::forward, fused ? fused_cross_entropy_bytes(T * Vr, e) : (e + 4) * T * Vr, 1));
-  ops.push_back(memory_op("final norm", MemKind::norm, Pass::backward, kElementwiseBackwardScale * norm_bytes(T * h / rep, e), 1));
+  ops.push_back(memory_op("cross-entropy", MemKind::cross_entropy, Pass::forward,
+                          fused ? fused_cross_entropy_bytes(T * Vr, e) : (e + 4) * T * Vr, 1));
+  ops.push_back(
+      memory_op("final norm", MemKind::norm, Pass::backward, kElementwiseBackwardScale * norm_bytes(T * h / rep, e), 1));
   ops.push_back(gemm("logits", Pass::backward, d.T, d.Vr, d.h, 1));
   if (!fused) ops.push_back(memory_op("cross-entropy", MemKind::cross_entropy, Pass::backward, (4 + e) * T * Vr, 1));
 }
@@ -672,7 +676,8 @@ void zero3_tensor_copy_ops(std::vector<Op>& v, const ModelSpec& m, const Paralle
   if (re.tensors_per_layer == 0) return;
   const int64_t re_calls = L * re.tensors_per_layer * dp_cp(p);
   const double re_w = static_cast<double>(d.e * L * re.params_per_layer);
-  v.push_back(memory_op("zero-3 regather copy-out", MemKind::copy, Pass::backward, 2 * re_w / static_cast<double>(re_calls), re_calls));
+  v.push_back(memory_op("zero-3 regather copy-out", MemKind::copy, Pass::backward, 2 * re_w / static_cast<double>(re_calls),
+                        re_calls));
 }
 
 // GradAccumulation::separate (sim/specs.hpp): every micro-batch but a step's first adds its
@@ -686,7 +691,8 @@ void grad_accumulation_ops(std::vector<Op>& v, const TrainSpec& tr, const Parall
   if (tr.grad_accumulation != GradAccumulation::separate || d.mb <= 1) return;
   const double held = static_cast<double>(params) / static_cast<double>(p.zero >= 2 ? dp_cp(p) : 1);
   const double m = static_cast<double>(d.mb);
-  v.push_back(memory_op("gradient accumulation", MemKind::residual, Pass::backward, 3 * static_cast<double>(d.g) * held * (m - 1) / m, 1));
+  v.push_back(memory_op("gradient accumulation", MemKind::residual, Pass::backward,
+                        3 * static_cast<double>(d.g) * held * (m - 1) / m, 1));
 }
 
 // What offload (sim/offload.hpp) needs of this stage: the optimizer's shard, the largest layer
