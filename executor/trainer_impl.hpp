@@ -7,11 +7,10 @@
 //   trainer_report.cpp      the measured report and the Chrome trace
 // The math runs on a Compute backend (compute.hpp), the communication on a Comm (comm.hpp).
 #pragma once
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <utility>

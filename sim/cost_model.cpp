@@ -754,7 +754,8 @@ std::string priced_by(const ClusterSpec& c, const TrainSpec& t) {
       if (c.memory_curves->has_kind(k)) kinds += std::string(kinds.empty() ? "" : ", ") + mem_kind_name(k);
     s += "; residual adds" + (kinds.empty() ? std::string() : " and the " + kinds + " kernels") +
          " by the memory-bound bandwidth curves of " + c.efficiency.memory_curves->from +
-         (c.memory_curves_measured ? " (measured on this GPU)" : " (carried by the stated bandwidth ratio, not measured)");
+         (c.memory_curves_measured ? " (measured on this GPU)"
+                                   : " (carried by the stated bandwidth ratio, not measured)");
   }
   return s;
 }

@@ -97,18 +97,22 @@ void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weig
     const bool bwd = o.kind == OpKind::gemm_bwd;
     if (!bwd && o.pass == Pass::forward) calls += o.count;
     const double elems = o.m * (bwd ? o.n : o.k) * o.batch;  // grouped GEMMs: every product
-    if (current) ops.push_back(memory_op(bwd ? "fp8 gradient amax" : "fp8 input amax", MemKind::cast, o.pass, 2 * elems, o.count));
-    ops.push_back(memory_op(bwd ? "fp8 gradient cast" : "fp8 input cast", MemKind::cast, o.pass, fp8_cast_bytes(elems), o.count));
+    if (current)
+      ops.push_back(memory_op(bwd ? "fp8 gradient amax" : "fp8 input amax", MemKind::cast, o.pass, 2 * elems, o.count));
+    ops.push_back(
+        memory_op(bwd ? "fp8 gradient cast" : "fp8 input cast", MemKind::cast, o.pass, fp8_cast_bytes(elems), o.count));
   }
   if (calls == 0) return;
   const double per_step = zero >= 3 ? 1 : 1 / static_cast<double>(micro_batches);
   const double weight_bytes = static_cast<double>(weights_rank) / static_cast<double>(calls);
-  if (current && !fp8_params) ops.push_back(memory_op("fp8 weight amax", MemKind::cast, Pass::forward, 2 * weight_bytes, calls, per_step));
-  ops.push_back(memory_op("fp8 weight cast", MemKind::cast, Pass::forward, (fp8_params ? 2 : 4) * weight_bytes, calls, per_step));
+  if (current && !fp8_params)
+    ops.push_back(memory_op("fp8 weight amax", MemKind::cast, Pass::forward, 2 * weight_bytes, calls, per_step));
+  ops.push_back(
+      memory_op("fp8 weight cast", MemKind::cast, Pass::forward, (fp8_params ? 2 : 4) * weight_bytes, calls, per_step));
   if (current) return;  // the scale comes from the tensor itself: no history
   const double history_bytes = 2.0 * 4 * kFp8AmaxHistory;  // read and write, fp32
-  ops.push_back(memory_op("fp8 amax and scale update", MemKind::elementwise, Pass::forward, 3 * static_cast<double>(calls) * history_bytes,
-                          1, 1 / static_cast<double>(micro_batches)));
+  ops.push_back(memory_op("fp8 amax and scale update", MemKind::elementwise, Pass::forward,
+                          3 * static_cast<double>(calls) * history_bytes, 1, 1 / static_cast<double>(micro_batches)));
 }
 
 Fp8TpGathers fp8_sp_gathers(int64_t layers, int64_t mlp_free, int64_t recomputed, int64_t recomputed_mlp_free) {

@@ -100,8 +100,8 @@ void fp8_ops(std::vector<Op>& ops, int zero, int64_t micro_batches, int64_t weig
 // forward 2 FP8 gathers (qkv and fc1 inputs), backward 4 (the output gradients of the
 // projection and fc2, the two norm outputs again), a full recompute's forward 2 more per
 // recomputed layer (`recomputed` of them); a MoE layer without a tp MLP half of that (`mlp_free`
-// of the stage's layers, `recomputed_mlp_free` of those recomputed). (With --tp-comm-overlap TE's userbuffers also gather FP8;
-// loom prices the overlapped halves at bf16 size.)
+// of the stage's layers, `recomputed_mlp_free` of those recomputed). (With --tp-comm-overlap TE's userbuffers also
+// gather FP8; loom prices the overlapped halves at bf16 size.)
 inline constexpr const char* kFp8TpGatherMessage = "tp fp8 all-gathers";
 struct Fp8TpGathers {
   int64_t forward = 0, backward = 0, recompute = 0;

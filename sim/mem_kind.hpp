@@ -27,24 +27,34 @@ enum class MemKind : uint8_t {
   copy,           // layout copies: ZeRO-3's flat buffers, MoE token permutes
 };
 
-inline constexpr MemKind kMemKinds[] = {MemKind::elementwise, MemKind::norm,    MemKind::activation,
-                                        MemKind::residual,    MemKind::rotary,  MemKind::softmax,
-                                        MemKind::dropout,     MemKind::cast,    MemKind::cross_entropy,
-                                        MemKind::embedding,   MemKind::copy};
+inline constexpr MemKind kMemKinds[] = {
+    MemKind::elementwise, MemKind::norm, MemKind::activation,    MemKind::residual,  MemKind::rotary, MemKind::softmax,
+    MemKind::dropout,     MemKind::cast, MemKind::cross_entropy, MemKind::embedding, MemKind::copy};
 
 inline const char* mem_kind_name(MemKind k) {
   switch (k) {
-    case MemKind::elementwise: return "elementwise";
-    case MemKind::norm: return "norm";
-    case MemKind::activation: return "activation";
-    case MemKind::residual: return "residual";
-    case MemKind::rotary: return "rotary";
-    case MemKind::softmax: return "softmax";
-    case MemKind::dropout: return "dropout";
-    case MemKind::cast: return "cast";
-    case MemKind::cross_entropy: return "cross_entropy";
-    case MemKind::embedding: return "embedding";
-    case MemKind::copy: return "copy";
+    case MemKind::elementwise:
+      return "elementwise";
+    case MemKind::norm:
+      return "norm";
+    case MemKind::activation:
+      return "activation";
+    case MemKind::residual:
+      return "residual";
+    case MemKind::rotary:
+      return "rotary";
+    case MemKind::softmax:
+      return "softmax";
+    case MemKind::dropout:
+      return "dropout";
+    case MemKind::cast:
+      return "cast";
+    case MemKind::cross_entropy:
+      return "cross_entropy";
+    case MemKind::embedding:
+      return "embedding";
+    case MemKind::copy:
+      return "copy";
   }
   return "elementwise";
 }

@@ -86,9 +86,12 @@ void mla_elementwise(std::vector<Op>& ops, const ModelSpec& m, int64_t T, int64_
                      double scale) {
   const Mla a = shape(m);
   const double E = static_cast<double>(e), N = static_cast<double>(T);
-  ops.push_back(memory_op("rope", MemKind::rotary, pass, rotary_bytes(N * static_cast<double>(a.H / t * a.dr + a.dr), E), L, scale));
-  ops.push_back(memory_op("mla latent norms", MemKind::norm, pass, norm_bytes(N * static_cast<double>(a.ckv + a.cq), E), L, scale));
-  ops.push_back(memory_op("mla q/k assembly", MemKind::copy, pass, 2 * E * N * static_cast<double>(2 * a.H / t * a.qk()), L, scale));
+  ops.push_back(memory_op("rope", MemKind::rotary, pass,
+                          rotary_bytes(N * static_cast<double>(a.H / t * a.dr + a.dr), E), L, scale));
+  ops.push_back(memory_op("mla latent norms", MemKind::norm, pass, norm_bytes(N * static_cast<double>(a.ckv + a.cq), E),
+                          L, scale));
+  ops.push_back(memory_op("mla q/k assembly", MemKind::copy, pass,
+                          2 * E * N * static_cast<double>(2 * a.H / t * a.qk()), L, scale));
 }
 
 MlaActivationBytes mla_activation_bytes(const ModelSpec& m, int64_t T, int64_t t, int64_t e) {

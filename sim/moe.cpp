@@ -290,12 +290,17 @@ void moe_ops(std::vector<Op>& ops, const MoeStage& s, Pass pass) {
   // Backward elementwise kernels read two tensors and write one: 1.5x the forward's time.
   const double bwd_scale = pass == Pass::backward ? kElementwiseBackwardScale : 1;
   // Router: fp32 softmax and top-k read and write Tr x E scores.
-  ops.push_back(memory_op("router softmax and top-k", MemKind::softmax, pass, 2.0 * 4 * static_cast<double>(s.Tr * s.E), L, bwd_scale));
+  ops.push_back(memory_op("router softmax and top-k", MemKind::softmax, pass, 2.0 * 4 * static_cast<double>(s.Tr * s.E),
+                          L, bwd_scale));
   // Permute into the padded dispatch buffer and unpermute the combined outputs: each reads and
   // writes E C rows of h.
-  ops.push_back(memory_op("token permute and unpermute", MemKind::copy, pass, 2 * 2 * e * static_cast<double>(s.E * s.C * s.h), L, bwd_scale));
-  ops.push_back(memory_op("expert swiglu", MemKind::activation, pass, gated_unit_bytes(static_cast<double>(s.R * s.fe / s.etp), e), L, bwd_scale));
-  if (s.fs > 0) ops.push_back(memory_op("shared expert swiglu", MemKind::activation, pass, gated_unit_bytes(static_cast<double>(s.T * s.fs / s.t), e), L, bwd_scale));
+  ops.push_back(memory_op("token permute and unpermute", MemKind::copy, pass,
+                          2 * 2 * e * static_cast<double>(s.E * s.C * s.h), L, bwd_scale));
+  ops.push_back(memory_op("expert swiglu", MemKind::activation, pass,
+                          gated_unit_bytes(static_cast<double>(s.R * s.fe / s.etp), e), L, bwd_scale));
+  if (s.fs > 0)
+    ops.push_back(memory_op("shared expert swiglu", MemKind::activation, pass,
+                            gated_unit_bytes(static_cast<double>(s.T * s.fs / s.t), e), L, bwd_scale));
 }
 
 void moe_messages(std::vector<Message>& v, const MoeStage& s, const ParallelConfig& p, const TrainSpec& t) {

@@ -176,7 +176,8 @@ struct OpTimer {
       }
       case OpKind::attention_fwd: t = attention_fwd(o.m, o.n, o.k); break;
       case OpKind::attention_bwd: t = attention_bwd(o.m, o.n, o.k); break;
-      case OpKind::memory: return memory_call(o);
+      case OpKind::memory:
+        return memory_call(o);
     }
     return o.scale * t;
   }

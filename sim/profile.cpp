@@ -72,8 +72,9 @@ void check_tables(ObjectReader& r, const HardwareProfile& p) {
   auto key = [](const ProfileKindBandwidth& b) { return std::tuple{static_cast<int>(b.kind), b.backward, b.bytes}; };
   for (size_t i = 1; i < p.memory_by_kind.size() && !r.failed(); ++i)
     if (!(key(p.memory_by_kind[i - 1]) < key(p.memory_by_kind[i])))
-      r.fail("memory_by_kind/" + std::to_string(i),
-             "must be sorted by (kind in sim/mem_kind.hpp's order, pass forward before backward, bytes), each point once");
+      r.fail(
+          "memory_by_kind/" + std::to_string(i),
+          "must be sorted by (kind in sim/mem_kind.hpp's order, pass forward before backward, bytes), each point once");
 }
 
 double lerp_log(double x, double x0, double y0, double x1, double y1) {

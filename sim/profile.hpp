@@ -66,10 +66,9 @@
 //    backward without its own curve takes the forward's); 0 where the kind has none, and the
 //    caller takes memory_s.
 #pragma once
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 

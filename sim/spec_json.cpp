@@ -664,7 +664,8 @@ nlohmann::json to_json(const ClusterSpec& c) {
                                      {"clock_ratio", g->clock_ratio},
                                      {"source", g->source}};
   if (const auto& m = e.memory_curves)
-    j["efficiency"]["memory_curves"] = {{"from", m->from}, {"bandwidth_ratio", m->bandwidth_ratio}, {"source", m->source}};
+    j["efficiency"]["memory_curves"] = {
+        {"from", m->from}, {"bandwidth_ratio", m->bandwidth_ratio}, {"source", m->source}};
   if (c.gpu.peak_flops_fp8 > 0) j["gpu"]["peak_flops_fp8"] = c.gpu.peak_flops_fp8;
   if (c.gpu.sm_count > 0) j["gpu"]["sm_count"] = c.gpu.sm_count;
   if (c.host.memory_bytes > 0)

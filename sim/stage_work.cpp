@@ -468,8 +468,8 @@ void end_ops(std::vector<Op>& ops, const TrainSpec& tr, const Dims& d) {
   ops.push_back(gemm("logits", Pass::forward, d.T, d.Vr, d.h, 1));
   ops.push_back(memory_op("cross-entropy", MemKind::cross_entropy, Pass::forward,
                           fused ? fused_cross_entropy_bytes(T * Vr, e) : (e + 4) * T * Vr, 1));
-  ops.push_back(
-      memory_op("final norm", MemKind::norm, Pass::backward, kElementwiseBackwardScale * norm_bytes(T * h / rep, e), 1));
+  ops.push_back(memory_op("final norm", MemKind::norm, Pass::backward,
+                          kElementwiseBackwardScale * norm_bytes(T * h / rep, e), 1));
   ops.push_back(gemm("logits", Pass::backward, d.T, d.Vr, d.h, 1));
   if (!fused) ops.push_back(memory_op("cross-entropy", MemKind::cross_entropy, Pass::backward, (4 + e) * T * Vr, 1));
 }
@@ -676,8 +676,8 @@ void zero3_tensor_copy_ops(std::vector<Op>& v, const ModelSpec& m, const Paralle
   if (re.tensors_per_layer == 0) return;
   const int64_t re_calls = L * re.tensors_per_layer * dp_cp(p);
   const double re_w = static_cast<double>(d.e * L * re.params_per_layer);
-  v.push_back(memory_op("zero-3 regather copy-out", MemKind::copy, Pass::backward, 2 * re_w / static_cast<double>(re_calls),
-                        re_calls));
+  v.push_back(memory_op("zero-3 regather copy-out", MemKind::copy, Pass::backward,
+                        2 * re_w / static_cast<double>(re_calls), re_calls));
 }
 
 // GradAccumulation::separate (sim/specs.hpp): every micro-batch but a step's first adds its

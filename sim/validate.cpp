@@ -168,8 +168,9 @@ Status check_recompute_layers(const ModelSpec& m, const ParallelConfig& p, const
     return fail("recomputes the first layers of each chunk in full: needs recompute full (got recompute " +
                 to_string(p.recompute) + ")");
   if (!block_recompute_priced(m, p))
-    return fail("a block recompute of MoE layers is priced with equal interleaved chunks only (stage_layers leaves a "
-                "short chunk)");
+    return fail(
+        "a block recompute of MoE layers is priced with equal interleaved chunks only (stage_layers leaves a "
+        "short chunk)");
   if (p.zero3_gather == Zero3Gather::tensor)
     return fail("a block recompute is priced with layer-by-layer ZeRO-3 gathers only (got zero3_gather tensor)");
   return ok_status();

@@ -4,7 +4,6 @@
 // the measured time back, since calibrate counts a kernel's bytes with the formulas stage_work
 // counts the op's with.
 #include <catch2/catch.hpp>
-
 #include <functional>
 #include <memory>
 #include <string>
@@ -127,14 +126,16 @@ TEST_CASE("an op of a measured kind and size is priced at the time calibrate mea
   // The recompute pass runs forward kernels: the forward curve.
   CHECK(t.op(memory_op("norms", MemKind::norm, Pass::recompute, norm_bytes(n, 2), 1)) == Approx(30e-6).epsilon(1e-12));
   // A once-per-step op (scale 1 / micro-batches) is looked up at its call's bytes, then shared.
-  CHECK(t.op(memory_op("norms", MemKind::norm, Pass::forward, norm_bytes(n, 2), 1, 0.25)) == Approx(7.5e-6).epsilon(1e-12));
+  CHECK(t.op(memory_op("norms", MemKind::norm, Pass::forward, norm_bytes(n, 2), 1, 0.25)) ==
+        Approx(7.5e-6).epsilon(1e-12));
   // A kind without a curve keeps the elementwise curve: scale x memory_s(bytes), as before.
   const Op rope = memory_op("rope", MemKind::rotary, Pass::backward, 1e8, 1, kElementwiseBackwardScale);
   CHECK(t.op(rope) == kElementwiseBackwardScale * p.memory_s(1e8));
   // Without a profile nothing changes: the cluster's bandwidth x efficiency plus a launch.
   OpTimer d;
   d.hbm = 3.35e12, d.mem_eff = 0.85, d.launch_s = 4e-6;
-  CHECK(d.op(memory_op("norms", MemKind::norm, Pass::backward, 1e8, 1, 1.5)) == Approx(1.5 * (1e8 / (3.35e12 * 0.85) + 4e-6)));
+  CHECK(d.op(memory_op("norms", MemKind::norm, Pass::backward, 1e8, 1, 1.5)) ==
+        Approx(1.5 * (1e8 / (3.35e12 * 0.85) + 4e-6)));
 }
 
 TEST_CASE("every memory op of a stage names its kind, with the bytes calibrate counts for it") {
@@ -203,8 +204,9 @@ TEST_CASE("a cluster carries a profile's memory-bound curves: residual adds and 
   CHECK(timer.op(add) == kElementwiseBackwardScale * p.memory_s(1e8));
   // A norm without its own curve keeps the documented bandwidth x efficiency and launch.
   const Op norm = memory_op("norms", MemKind::norm, Pass::forward, 1e8, 2);
-  CHECK(timer.op(norm) == Approx(1e8 / (c->gpu.hbm_bytes_per_s * c->efficiency.memory_bound) + c->efficiency.kernel_launch_s)
-                              .epsilon(1e-12));
+  CHECK(timer.op(norm) ==
+        Approx(1e8 / (c->gpu.hbm_bytes_per_s * c->efficiency.memory_bound) + c->efficiency.kernel_launch_s)
+            .epsilon(1e-12));
   // Once the profile has the norm's curve, the cluster prices norms by it.
   ClusterSpec with = *c;
   with.memory_curves = std::make_shared<const HardwareProfile>(with_norm_curve(5e7 / 4, 20e-6, 60e-6, 30e-6));
@@ -237,7 +239,9 @@ TEST_CASE("efficiency.memory_curves: read strictly, written back, a ratio carrie
   auto rejects = [&](const std::function<void(nlohmann::json&)>& edit, const std::string& what) {
     check_rejected(j, edit, what, [](const nlohmann::json& x) { return cluster_from_json(x, "c.json"); });
   };
-  rejects([](nlohmann::json& b) { b["efficiency"]["memory_curves"]["bandwidth_ratio"] = 0; }, "memory_curves/bandwidth_ratio");
-  rejects([](nlohmann::json& b) { b["efficiency"]["memory_curves"]["from"] = "no/such.json"; }, "efficiency/memory_curves/from");
+  rejects([](nlohmann::json& b) { b["efficiency"]["memory_curves"]["bandwidth_ratio"] = 0; },
+          "memory_curves/bandwidth_ratio");
+  rejects([](nlohmann::json& b) { b["efficiency"]["memory_curves"]["from"] = "no/such.json"; },
+          "efficiency/memory_curves/from");
   rejects([](nlohmann::json& b) { b["efficiency"]["memory_curves"]["scale"] = 1; }, "scale");
 }

@@ -5,11 +5,9 @@
 // trains it and measures its memory to the byte: tests/executor/test_parallel.cpp and, MoE,
 // test_moe_mpi.cpp.)
 #include <catch2/catch.hpp>
-
-#include <nlohmann/json.hpp>
-
 #include <cmath>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "run_loom.hpp"
@@ -118,13 +116,15 @@ TEST_CASE("block recompute: rules, CLI and Megatron-LM's flags", "[cli][import]"
   const LoomRun zero = run_loom("predict " + job + "--tp 1 --pp 1 --recompute full --recompute-layers 0");
   CHECK(zero.code == 2);
   // MoE layers: priced (tests below), but only over equal interleaved chunks.
-  const std::string mixtral = "predict --model mixtral-8x7b --cluster dgx-h100 --gpus 32 --global-batch 32 --tp 1 --pp 4 "
-                              "--ep 8 --schedule interleaved --vpp 2 --recompute full --recompute-layers 2";
+  const std::string mixtral =
+      "predict --model mixtral-8x7b --cluster dgx-h100 --gpus 32 --global-batch 32 --tp 1 --pp 4 "
+      "--ep 8 --schedule interleaved --vpp 2 --recompute full --recompute-layers 2";
   CHECK(run_loom(mixtral).code == 0);
   const LoomRun short_chunk = run_loom(mixtral + " --stage-layers 7,8,8,9");
   CHECK(short_chunk.code == 2);
-  CHECK(short_chunk.err == "loom: --recompute-layers: a block recompute of MoE layers is priced with equal interleaved "
-                           "chunks only (stage_layers leaves a short chunk)\n");
+  CHECK(short_chunk.err ==
+        "loom: --recompute-layers: a block recompute of MoE layers is priced with equal interleaved "
+        "chunks only (stage_layers leaves a short chunk)\n");
   // plan: a pinned block makes every candidate a full recompute of those layers.
   const LoomRun planned = run_loom("plan " + job + "--recompute-layers 5 --top 1 --refine 0 --json");
   REQUIRE(planned.code == 0);
@@ -170,8 +170,9 @@ TEST_CASE("plan: the block recompute of the fewest layers that fit, where recomp
 TEST_CASE("plan: a MoE model's block recompute, the fewest layers that fit", "[planner][moe]") {
   // DeepSeek-V2-Lite, seq 8192, on 8 H100s pinned to dp 8 x ep 8: no recompute does not fit; the
   // planner recomputes the fewest of the 27 layers (the dense first one among them) that do.
-  const std::string job = "--model deepseek-v2-lite --cluster dgx-h100 --gpus 8 --global-batch 64 --seq 8192 --tp 1 "
-                          "--pp 1 --cp 1 --ep 8 --zero 1 --micro-batch 1 --grad-dtype bf16 ";
+  const std::string job =
+      "--model deepseek-v2-lite --cluster dgx-h100 --gpus 8 --global-batch 64 --seq 8192 --tp 1 "
+      "--pp 1 --cp 1 --ep 8 --zero 1 --micro-batch 1 --grad-dtype bf16 ";
   const LoomRun planned = run_loom("plan " + job + "--top 1 --refine 0 --json");
   REQUIRE(planned.code == 0);
   const auto best = nlohmann::json::parse(planned.out)["top"][0];
@@ -206,13 +207,14 @@ TEST_CASE("block recompute of MoE layers: each chunk's first N layers, dense or 
   CHECK(message_count(w, "ep all-to-all", Pass::recompute) == 2 * 4);
   CHECK(message_count(w, "ep all-to-all", Pass::forward) == 2 * 26);
   // Memory: the recomputed layers keep their input (a MoE layer as a dense one), the rest all.
-  const auto rec = layer_activation_bytes(j.model, 1, 4096, 1, false, Recompute::full, j.train.attention, j.train.dtype);
+  const auto rec =
+      layer_activation_bytes(j.model, 1, 4096, 1, false, Recompute::full, j.train.attention, j.train.dtype);
   const MoeStage ms = moe_stage(j.model, j.train, p, 0);
   CHECK(ms.rec_layers == 4);
-  const int64_t moe_rec = moe_layer_activation_bytes(j.model, ms, 1, 4096, false, Recompute::full, j.train.attention,
-                                                     j.train.dtype);
-  const int64_t moe_kept = moe_layer_activation_bytes(j.model, ms, 1, 4096, false, Recompute::none, j.train.attention,
-                                                      j.train.dtype);
+  const int64_t moe_rec =
+      moe_layer_activation_bytes(j.model, ms, 1, 4096, false, Recompute::full, j.train.attention, j.train.dtype);
+  const int64_t moe_kept =
+      moe_layer_activation_bytes(j.model, ms, 1, 4096, false, Recompute::none, j.train.attention, j.train.dtype);
   CHECK(buffer_bytes(w, "layer activations") == rec.total());  // the dense layer, recomputed
   CHECK(buffer_bytes(w, "moe layer activations") == 4 * moe_rec + 22 * moe_kept);
   // N at or beyond the chunk's layers is a full recompute, to the byte and the second.

@@ -2,6 +2,8 @@
 // CUDA events around a batch of back-to-back launches (batch sized to about 1 ms), takes the
 // median of the batches, and writes the profile (sim/profile.hpp). Inputs are random (never
 // zeros); the elementwise benchmark rotates through buffers larger than L2.
+#include "executor/cuda/calibrate.cuh"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -14,7 +16,6 @@
 
 #include "executor/cuda/adamw.cuh"
 #include "executor/cuda/attention.cuh"
-#include "executor/cuda/calibrate.cuh"
 #include "executor/cuda/calibrate_memory.hpp"
 #include "executor/cuda/grad_norm.cuh"
 #include "executor/cuda/matmul.cuh"
@@ -452,14 +453,15 @@ std::string profile_source(const cudaDeviceProp& prop) {
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof(date), "%Y-%m-%d", std::gmtime(&now));
   return std::string("loom calibrate (executor/cuda/calibrate.cpp) on ") + prop.name + ", " +
-         std::to_string(prop.multiProcessorCount) + " SMs, driver API " + std::to_string(driver) +
-         ", runtime " + std::to_string(runtime) + ", " + date +
+         std::to_string(prop.multiProcessorCount) + " SMs, driver API " + std::to_string(driver) + ", runtime " +
+         std::to_string(runtime) + ", " + date +
          ". Microbenchmarks only (CUDA events, median of 7 batches of back-to-back launches, random inputs); "
          "no coefficient is fitted to an end-to-end step. gemm: the executor's cuBLASLt calls without "
          "bias/GELU epilogues (forward (T, OC, C), input gradient (T, C, OC), fp32 weight gradient "
          "(OC, C, T)) over GPT-2's layers and, beyond them, Llama-sized tensor-parallel slices and "
          "vocabularies (bench_planner_gemms); attention: the executor's causal kernel, head size 64 (heads as "
-         "K/V heads) and 128 (grouped-query, 4 query heads per K/V head), 256 to 131072 tokens; gemm_fp8: the linear layers of that sweep as FP8 GEMMs, K-major "
+         "K/V heads) and 128 (grouped-query, 4 query heads per K/V head), 256 to 131072 tokens; gemm_fp8: the linear "
+         "layers of that sweep as FP8 GEMMs, K-major "
          "operands, E4M3 (forward, fast accumulation) or E5M2 output gradients times E4M3, unit per-tensor "
          "scales (bench_fp8_gemms); GEMM inputs are not rotated (small shapes may run from "
          "L2). memory_by_kind: the executor's RMSNorm, SwiGLU, RoPE and fused cross-entropy and calibrate's row "
@@ -489,7 +491,8 @@ Status run_benchmarks(const CalibrateOptions& o, HardwareProfile& prof, cudaStre
     std::fprintf(stderr, "fp8 gemm: not measured (%s)\n", o.quick ? "--quick" : "no FP8 tensor cores: compute capability < 8.9");
   LOOM_TRY(bench_attention(b));
   LOOM_TRY(bench_memory_bound(b));
-  MemoryKindBench kinds{o.quick, o.progress, stream, [&timer](const std::function<Status(int)>& f) { return timer.median(f); }};
+  MemoryKindBench kinds{o.quick, o.progress, stream,
+                        [&timer](const std::function<Status(int)>& f) { return timer.median(f); }};
   LOOM_TRY(bench_memory_kinds(kinds, prof));
   for (int64_t P : o.quick ? std::vector<int64_t>{int64_t{1} << 24} : std::vector<int64_t>{124475904, 1557611200})
     LOOM_TRY(bench_optimizer(b, P));
@@ -543,10 +546,11 @@ int calibrate_command(const CalibrateOptions& o) {
     std::fprintf(stderr, "loom: %s\n", st.error().message.c_str());
     return 2;
   }
-  std::printf("wrote %s: %zu GEMM shapes (+%zu variants, %zu FP8), %zu attention points, %zu bandwidth points "
-              "(+%zu by kind)\n",
-              o.out.c_str(), prof->gemm.size(), prof->gemm_variants.size(), prof->gemm_fp8.size(),
-              prof->attention.size(), prof->memory_bound.size(), prof->memory_by_kind.size());
+  std::printf(
+      "wrote %s: %zu GEMM shapes (+%zu variants, %zu FP8), %zu attention points, %zu bandwidth points "
+      "(+%zu by kind)\n",
+      o.out.c_str(), prof->gemm.size(), prof->gemm_variants.size(), prof->gemm_fp8.size(), prof->attention.size(),
+      prof->memory_bound.size(), prof->memory_by_kind.size());
   return 0;
 }
 

@@ -1,7 +1,6 @@
-#include "executor/cuda/calibrate.cuh"
-
 #include <cuda_fp8.h>
 
+#include "executor/cuda/calibrate.cuh"
 #include "executor/cuda/vec8.cuh"
 
 namespace loom::cuda {
@@ -205,7 +204,8 @@ Status add_bf16(bf16* out, const bf16* a, const bf16* b, int64_t n, cudaStream_t
 }
 
 Status softmax_rows(bf16* y, const bf16* x, int64_t rows, int64_t cols, cudaStream_t stream) {
-  if (cols % 8 != 0 || rows < 1) return shape_error("softmax_rows", {{"rows", rows}, {"cols", cols}}, "cols must be a multiple of 8");
+  if (cols % 8 != 0 || rows < 1)
+    return shape_error("softmax_rows", {{"rows", rows}, {"cols", cols}}, "cols must be a multiple of 8");
   const dim3 block(32, 8);
   softmax_rows_kernel<<<static_cast<unsigned>((rows + 7) / 8), block, 0, stream>>>(y, x, rows, cols);
   return check_launch("softmax_rows", {{"rows", rows}, {"cols", cols}});
@@ -233,10 +233,11 @@ Status dropout_backward(bf16* dx, const bf16* dy, const uint8_t* mask, int64_t n
 
 Status fp8_cast_transpose(void* out, void* out_t, float* amax, const bf16* in, int64_t rows, int64_t cols, float scale,
                           cudaStream_t stream) {
-  if (rows < 1 || cols < 1) return shape_error("fp8_cast_transpose", {{"rows", rows}, {"cols", cols}}, "must be positive");
+  if (rows < 1 || cols < 1)
+    return shape_error("fp8_cast_transpose", {{"rows", rows}, {"cols", cols}}, "must be positive");
   const dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>((rows + 31) / 32)), block(32, 8);
-  fp8_cast_transpose_kernel<<<grid, block, 0, stream>>>(static_cast<__nv_fp8_e4m3*>(out),
-                                                        static_cast<__nv_fp8_e4m3*>(out_t), amax, in, rows, cols, scale);
+  fp8_cast_transpose_kernel<<<grid, block, 0, stream>>>(
+      static_cast<__nv_fp8_e4m3*>(out), static_cast<__nv_fp8_e4m3*>(out_t), amax, in, rows, cols, scale);
   return check_launch("fp8_cast_transpose", {{"rows", rows}, {"cols", cols}});
 }
 

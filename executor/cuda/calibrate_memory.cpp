@@ -82,12 +82,19 @@ Status bench_norm(Kinds& k) {
     const int64_t N = n / C, slots = k.pool / n;
     auto scratch = p.alloc<float>(rmsnorm_scratch_floats(N, C), "norm scratch");
     if (!scratch) return scratch.error();
-    LOOM_TRY(record(k, MemKind::norm, false, norm_bytes(static_cast<double>(n), 2), [&](int64_t s) {
-      return rmsnorm_forward(nullptr, *y + s * n, *rstd + s * N, *x + s * n, nullptr, *w, N, C, 1e-5, k.in.stream);
-    }, slots));
-    LOOM_TRY(record(k, MemKind::norm, true, kElementwiseBackwardScale * norm_bytes(static_cast<double>(n), 2), [&](int64_t s) {
-      return rmsnorm_backward(*y + s * n, *dw, *scratch, *dy + s * n, *x + s * n, *w, *rstd + s * N, N, C, k.in.stream);
-    }, slots));
+    LOOM_TRY(record(
+        k, MemKind::norm, false, norm_bytes(static_cast<double>(n), 2),
+        [&](int64_t s) {
+          return rmsnorm_forward(nullptr, *y + s * n, *rstd + s * N, *x + s * n, nullptr, *w, N, C, 1e-5, k.in.stream);
+        },
+        slots));
+    LOOM_TRY(record(
+        k, MemKind::norm, true, kElementwiseBackwardScale * norm_bytes(static_cast<double>(n), 2),
+        [&](int64_t s) {
+          return rmsnorm_backward(*y + s * n, *dw, *scratch, *dy + s * n, *x + s * n, *w, *rstd + s * N, N, C,
+                                  k.in.stream);
+        },
+        slots));
   }
   return ok_status();
 }
@@ -103,12 +110,13 @@ Status bench_activation(Kinds& k) {
   LOOM_TRY(fill_random_bf16(*out, k.pool, 45, 1.0f, k.in.stream));
   for (int64_t n : sizes(k.in.quick)) {
     const int64_t N = n / F, slots = k.pool / n;
-    LOOM_TRY(record(k, MemKind::activation, false, gated_unit_bytes(static_cast<double>(n), 2), [&](int64_t s) {
-      return swiglu_forward(*out + s * n, *gu + 2 * s * n, N, F, k.in.stream);
-    }, slots));
-    LOOM_TRY(record(k, MemKind::activation, true, kElementwiseBackwardScale * gated_unit_bytes(static_cast<double>(n), 2),
-                    [&](int64_t s) { return swiglu_backward(*dgu + 2 * s * n, *out + s * n, *gu + 2 * s * n, N, F, k.in.stream); },
-                    slots));
+    LOOM_TRY(record(
+        k, MemKind::activation, false, gated_unit_bytes(static_cast<double>(n), 2),
+        [&](int64_t s) { return swiglu_forward(*out + s * n, *gu + 2 * s * n, N, F, k.in.stream); }, slots));
+    LOOM_TRY(record(
+        k, MemKind::activation, true, kElementwiseBackwardScale * gated_unit_bytes(static_cast<double>(n), 2),
+        [&](int64_t s) { return swiglu_backward(*dgu + 2 * s * n, *out + s * n, *gu + 2 * s * n, N, F, k.in.stream); },
+        slots));
   }
   return ok_status();
 }
@@ -125,10 +133,12 @@ Status bench_rotary(Kinds& k) {
   for (int64_t n : sizes(k.in.quick)) {
     const int64_t T = std::max<int64_t>(1, n / qk), slots = std::max<int64_t>(1, tokens_pool / T);
     const double bytes = rotary_bytes(static_cast<double>(T * qk), 2);
-    LOOM_TRY(record(k, MemKind::rotary, false, bytes,
-                    [&](int64_t s) { return rope_forward(*qkv + s * T * row, 1, T, NH, NKV, D, 500000.0, k.in.stream); }, slots));
-    LOOM_TRY(record(k, MemKind::rotary, true, kElementwiseBackwardScale * bytes,
-                    [&](int64_t s) { return rope_backward(*qkv + s * T * row, 1, T, NH, NKV, D, 500000.0, k.in.stream); }, slots));
+    LOOM_TRY(record(
+        k, MemKind::rotary, false, bytes,
+        [&](int64_t s) { return rope_forward(*qkv + s * T * row, 1, T, NH, NKV, D, 500000.0, k.in.stream); }, slots));
+    LOOM_TRY(record(
+        k, MemKind::rotary, true, kElementwiseBackwardScale * bytes,
+        [&](int64_t s) { return rope_backward(*qkv + s * T * row, 1, T, NH, NKV, D, 500000.0, k.in.stream); }, slots));
   }
   return ok_status();
 }
@@ -144,11 +154,13 @@ Status bench_softmax(Kinds& k) {
   LOOM_TRY(fill_random_bf16(*dy, k.pool, 48, 1.0f, k.in.stream));
   for (int64_t n : sizes(k.in.quick)) {
     const int64_t rows = n / S, slots = k.pool / n;
-    LOOM_TRY(record(k, MemKind::softmax, false, softmax_bytes(static_cast<double>(n), 2),
-                    [&](int64_t s) { return softmax_rows(*y + s * n, *x + s * n, rows, S, k.in.stream); }, slots));
-    LOOM_TRY(record(k, MemKind::softmax, true, kUnfusedAttentionBackwardScale * softmax_bytes(static_cast<double>(n), 2),
-                    [&](int64_t s) { return softmax_rows_backward(*dx + s * n, *y + s * n, *dy + s * n, rows, S, k.in.stream); },
-                    slots));
+    LOOM_TRY(record(
+        k, MemKind::softmax, false, softmax_bytes(static_cast<double>(n), 2),
+        [&](int64_t s) { return softmax_rows(*y + s * n, *x + s * n, rows, S, k.in.stream); }, slots));
+    LOOM_TRY(record(
+        k, MemKind::softmax, true, kUnfusedAttentionBackwardScale * softmax_bytes(static_cast<double>(n), 2),
+        [&](int64_t s) { return softmax_rows_backward(*dx + s * n, *y + s * n, *dy + s * n, rows, S, k.in.stream); },
+        slots));
   }
   return ok_status();
 }
@@ -162,12 +174,14 @@ Status bench_dropout(Kinds& k) {
   LOOM_TRY(fill_random_bf16(*x, k.pool, 49, 1.0f, k.in.stream));
   for (int64_t n : sizes(k.in.quick)) {
     const int64_t slots = k.pool / n;
-    LOOM_TRY(record(k, MemKind::dropout, false, dropout_bytes(static_cast<double>(n), 2), [&](int64_t s) {
-      return dropout_forward(*y + s * n, *mask + s * n, *x + s * n, n, 0.1f, 50 + s, k.in.stream);
-    }, slots));
-    LOOM_TRY(record(k, MemKind::dropout, true, kElementwiseBackwardScale * dropout_bytes(static_cast<double>(n), 2),
-                    [&](int64_t s) { return dropout_backward(*x + s * n, *y + s * n, *mask + s * n, n, 0.1f, k.in.stream); },
-                    slots));
+    LOOM_TRY(record(
+        k, MemKind::dropout, false, dropout_bytes(static_cast<double>(n), 2),
+        [&](int64_t s) { return dropout_forward(*y + s * n, *mask + s * n, *x + s * n, n, 0.1f, 50 + s, k.in.stream); },
+        slots));
+    LOOM_TRY(record(
+        k, MemKind::dropout, true, kElementwiseBackwardScale * dropout_bytes(static_cast<double>(n), 2),
+        [&](int64_t s) { return dropout_backward(*x + s * n, *y + s * n, *mask + s * n, n, 0.1f, k.in.stream); },
+        slots));
   }
   return ok_status();
 }
@@ -184,9 +198,12 @@ Status bench_cast(Kinds& k) {
   LOOM_TRY(cuda_status(cudaMemsetAsync(*amax, 0, sizeof(float), k.in.stream), "memset", {}));
   for (int64_t n : sizes(k.in.quick)) {
     const int64_t rows = n / C, slots = k.pool / n;
-    LOOM_TRY(record(k, MemKind::cast, false, fp8_cast_bytes(static_cast<double>(n)), [&](int64_t s) {
-      return fp8_cast_transpose(*out + s * n, *out_t + s * n, *amax, *x + s * n, rows, C, 1.0f, k.in.stream);
-    }, slots));
+    LOOM_TRY(record(
+        k, MemKind::cast, false, fp8_cast_bytes(static_cast<double>(n)),
+        [&](int64_t s) {
+          return fp8_cast_transpose(*out + s * n, *out_t + s * n, *amax, *x + s * n, rows, C, 1.0f, k.in.stream);
+        },
+        slots));
   }
   return ok_status();
 }
@@ -204,9 +221,13 @@ Status bench_cross_entropy(Kinds& k) {
                        "memset", {}));
   for (int64_t n : sizes(k.in.quick)) {
     const int64_t N = n / V, slots = k.pool / n;
-    LOOM_TRY(record(k, MemKind::cross_entropy, false, fused_cross_entropy_bytes(static_cast<double>(n), 2), [&](int64_t s) {
-      return crossentropy_forward_backward(*losses + s * N, *logits + s * n, *targets + s * N, 1.0f, N, V, V, k.in.stream);
-    }, slots));
+    LOOM_TRY(record(
+        k, MemKind::cross_entropy, false, fused_cross_entropy_bytes(static_cast<double>(n), 2),
+        [&](int64_t s) {
+          return crossentropy_forward_backward(*losses + s * N, *logits + s * n, *targets + s * N, 1.0f, N, V, V,
+                                               k.in.stream);
+        },
+        slots));
   }
   return ok_status();
 }
@@ -215,12 +236,13 @@ Status bench_cross_entropy(Kinds& k) {
 
 Status bench_memory_kinds(const MemoryKindBench& in, HardwareProfile& prof) {
   Kinds k{in, prof, int64_t{1} << (in.quick ? 24 : 27)};
-  for (auto bench : {bench_norm, bench_activation, bench_rotary, bench_softmax, bench_dropout, bench_cast,
-                     bench_cross_entropy})
+  for (auto bench :
+       {bench_norm, bench_activation, bench_rotary, bench_softmax, bench_dropout, bench_cast, bench_cross_entropy})
     LOOM_TRY(bench(k));
   // The profile's table is sorted by (kind, pass, bytes) (sim/profile.hpp).
   std::sort(prof.memory_by_kind.begin(), prof.memory_by_kind.end(), [](const auto& a, const auto& b) {
-    return std::tuple{static_cast<int>(a.kind), a.backward, a.bytes} < std::tuple{static_cast<int>(b.kind), b.backward, b.bytes};
+    return std::tuple{static_cast<int>(a.kind), a.backward, a.bytes} <
+           std::tuple{static_cast<int>(b.kind), b.backward, b.bytes};
   });
   return ok_status();
 }

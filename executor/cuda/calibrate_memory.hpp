@@ -9,8 +9,8 @@
 namespace loom::cuda {
 
 struct MemoryKindBench {
-  bool quick = false;     // sizes to 2^22 elements and a smaller pool (tests)
-  bool progress = true;   // one line per point on stderr
+  bool quick = false;    // sizes to 2^22 elements and a smaller pool (tests)
+  bool progress = true;  // one line per point on stderr
   cudaStream_t stream = nullptr;
   // The median seconds of one call of f(i) (i counts the calls), as calibrate's Timer takes it.
   std::function<Expected<double>(const std::function<Status(int)>&)> median;

@@ -7,12 +7,14 @@
 //     second product, a second rounding of the same size: bound 1e-2 forward, 2e-2 backward.
 //   fp32 outputs (losses, AdamW, norms): only summation order and fast-math exp differ: 1e-4
 //     or tighter, as stated beside each.
-#include <catch2/catch.hpp>
 #include <cuda_fp8.h>
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "executor/cpu/ops.hpp"
@@ -24,6 +26,7 @@
 #include "executor/cuda/grad_norm.cuh"
 #include "executor/cuda/layernorm.cuh"
 #include "executor/cuda/matmul.cuh"
+#include "sim/profile.hpp"
 #include "gpu_testing.hpp"
 
 using namespace loom::cuda;
@@ -361,8 +364,7 @@ TEST_CASE("AdamW over a chunk table and the gradient norm match the CPU referenc
 
 // Calibrate's own memory-bound kernels (executor/cuda/calibrate_kernels.cu), which time the
 // kinds the executor has no kernel for (sim/mem_kind.hpp): they must do the work they stand for.
-TEST_CASE("calibrate's softmax, dropout and FP8 cast-transpose kernels compute what they time",
-          "[gpu][calibrate]") {
+TEST_CASE("calibrate's softmax, dropout and FP8 cast-transpose kernels compute what they time", "[gpu][calibrate]") {
   const int64_t rows = 37, cols = 264;
   const auto x = round_bf16(random_floats(rows * cols, 61, 4.0)), dy = round_bf16(random_floats(rows * cols, 62));
   std::vector<float> y(rows * cols), dx(rows * cols);
@@ -406,7 +408,8 @@ TEST_CASE("calibrate's softmax, dropout and FP8 cast-transpose kernels compute w
   DeviceBuffer<__nv_fp8_e4m3> d_q(n), d_qt(n);
   DeviceBuffer<float> d_amax(1);
   d_amax.upload(std::vector<float>{0.0f});
-  REQUIRE(loom::cuda::fp8_cast_transpose(d_q.get(), d_qt.get(), d_amax.get(), d_x.get(), rows, cols, 0.5f, nullptr).ok());
+  REQUIRE(
+      loom::cuda::fp8_cast_transpose(d_q.get(), d_qt.get(), d_amax.get(), d_x.get(), rows, cols, 0.5f, nullptr).ok());
   const auto q = d_q.download(), qt = d_qt.download();
   float amax = 0;
   for (int64_t r = 0; r < rows; r++)
@@ -417,4 +420,28 @@ TEST_CASE("calibrate's softmax, dropout and FP8 cast-transpose kernels compute w
       amax = std::max(amax, std::abs(x[r * cols + c]));
     }
   CHECK(d_amax.download()[0] == amax);
+}
+
+// `loom calibrate --quick` end to end: the profile it writes reads back strictly (sorted tables,
+// known kinds), with a curve for every memory-bound kind it measures, forward and backward.
+TEST_CASE("calibrate --quick writes a profile that reads back, with every memory-bound kind", "[gpu][calibrate]") {
+  const std::string out = "loom_gpu_test_quick_profile.json";
+  loom::cuda::CalibrateOptions o;
+  o.out = out;
+  o.name = "gpu-test";
+  o.quick = true;
+  o.progress = false;
+  REQUIRE(loom::cuda::calibrate_command(o) == 0);
+  auto prof = loom::load_profile(out);
+  std::remove(out.c_str());
+  REQUIRE(prof);
+  const loom::HardwareProfile& p = **prof;
+  using loom::MemKind;
+  for (MemKind k : {MemKind::norm, MemKind::activation, MemKind::rotary, MemKind::softmax, MemKind::dropout,
+                    MemKind::cast, MemKind::cross_entropy}) {
+    INFO(loom::mem_kind_name(k));
+    CHECK(p.has_kind(k));
+    CHECK(p.kind_bandwidth(k, false, 1e8) > 1e10);  // above 10 GB/s at 100 MB on any GPU
+    CHECK(p.kind_bandwidth(k, true, 1e8) > 1e10);
+  }
 }
