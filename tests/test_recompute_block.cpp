@@ -51,6 +51,27 @@ double pass_flops(const StageWork& w, Pass pass) {
   return f;
 }
 
+// `loom plan` for `job` (every split pinned, one chunk of `layers`), where recomputing none does
+// not fit: its best recomputes the fewest first layers that fit, in full. Returns that row.
+nlohmann::json check_fewest_block_that_fits(const std::string& job, int64_t layers) {
+  const LoomRun planned = run_loom("plan " + job + "--top 1 --refine 0 --json");
+  REQUIRE(planned.code == 0);
+  const auto best = nlohmann::json::parse(planned.out)["top"][0];
+  REQUIRE(best["recompute"] == "full");
+  const int64_t n = best["recompute_layers"].get<int64_t>();
+  CHECK(n > 1);
+  CHECK(n < layers);
+  auto fits = [&](const std::string& recompute) {
+    const LoomRun r = run_loom("predict " + job + recompute + " --overlap-param-gather on --json");
+    REQUIRE(r.code == 0);
+    return nlohmann::json::parse(r.out)["fits"].get<bool>();
+  };
+  CHECK(fits("--recompute full --recompute-layers " + std::to_string(n)));
+  CHECK_FALSE(fits("--recompute full --recompute-layers " + std::to_string(n - 1)));
+  CHECK_FALSE(fits("--recompute none"));
+  return best;
+}
+
 }  // namespace
 
 TEST_CASE("block recompute: the first N layers keep their input, the rest everything", "[stage_work]") {
@@ -143,24 +164,7 @@ TEST_CASE("plan: the block recompute of the fewest layers that fit, where recomp
   // and the planner finds the fewest layers of the one chunk whose recompute does.
   const std::string job = "--model llama3-8b --cluster dgx-h100 --gpus 8 --global-batch 128 --seq 8192 --tp 1 --pp 1 "
                           "--cp 1 --zero 1 --micro-batch 1 --grad-dtype bf16 ";
-  const LoomRun planned = run_loom("plan " + job + "--top 1 --refine 0 --json");
-  REQUIRE(planned.code == 0);
-  const auto best = nlohmann::json::parse(planned.out)["top"][0];
-  REQUIRE(best["recompute"] == "full");
-  const int64_t n = best["recompute_layers"].get<int64_t>();
-  CHECK(n > 1);
-  CHECK(n < 32);
-  auto fits = [&](int64_t layers) {
-    const LoomRun r = run_loom("predict " + job + "--recompute full --recompute-layers " + std::to_string(layers) +
-                               " --overlap-param-gather on --json");
-    REQUIRE(r.code == 0);
-    return nlohmann::json::parse(r.out)["fits"].get<bool>();
-  };
-  CHECK(fits(n));
-  CHECK_FALSE(fits(n - 1));
-  const LoomRun none = run_loom("predict " + job + "--overlap-param-gather on --json");
-  REQUIRE(none.code == 0);
-  CHECK_FALSE(nlohmann::json::parse(none.out)["fits"].get<bool>());
+  const nlohmann::json best = check_fewest_block_that_fits(job, 32);
   // Faster than recomputing every layer.
   const LoomRun all = run_loom("predict " + job + "--recompute full --overlap-param-gather on --json");
   REQUIRE(all.code == 0);
@@ -170,24 +174,9 @@ TEST_CASE("plan: the block recompute of the fewest layers that fit, where recomp
 TEST_CASE("plan: a MoE model's block recompute, the fewest layers that fit", "[planner][moe]") {
   // DeepSeek-V2-Lite, seq 8192, on 8 H100s pinned to dp 8 x ep 8: no recompute does not fit; the
   // planner recomputes the fewest of the 27 layers (the dense first one among them) that do.
-  const std::string job =
-      "--model deepseek-v2-lite --cluster dgx-h100 --gpus 8 --global-batch 64 --seq 8192 --tp 1 "
-      "--pp 1 --cp 1 --ep 8 --zero 1 --micro-batch 1 --grad-dtype bf16 ";
-  const LoomRun planned = run_loom("plan " + job + "--top 1 --refine 0 --json");
-  REQUIRE(planned.code == 0);
-  const auto best = nlohmann::json::parse(planned.out)["top"][0];
-  REQUIRE(best["recompute"] == "full");
-  const int64_t n = best["recompute_layers"].get<int64_t>();
-  CHECK(n > 1);
-  CHECK(n < 27);
-  auto fits = [&](const std::string& recompute) {
-    const LoomRun r = run_loom("predict " + job + recompute + " --overlap-param-gather on --json");
-    REQUIRE(r.code == 0);
-    return nlohmann::json::parse(r.out)["fits"].get<bool>();
-  };
-  CHECK(fits("--recompute full --recompute-layers " + std::to_string(n)));
-  CHECK_FALSE(fits("--recompute full --recompute-layers " + std::to_string(n - 1)));
-  CHECK_FALSE(fits("--recompute none"));
+  check_fewest_block_that_fits("--model deepseek-v2-lite --cluster dgx-h100 --gpus 8 --global-batch 64 --seq 8192 "
+                               "--tp 1 --pp 1 --cp 1 --ep 8 --zero 1 --micro-batch 1 --grad-dtype bf16 ",
+                               27);
 }
 
 TEST_CASE("block recompute of MoE layers: each chunk's first N layers, dense or MoE, run again", "[stage_work][moe]") {
