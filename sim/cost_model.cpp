@@ -750,8 +750,8 @@ std::string priced_by(const ClusterSpec& c, const TrainSpec& t) {
   }
   if (c.memory_curves && t.dtype == Dtype::bf16) {
     std::string kinds;
-    for (MemKind k : kMemKinds)
-      if (c.memory_curves->has_kind(k)) kinds += std::string(kinds.empty() ? "" : ", ") + mem_kind_name(k);
+    for (const MemKindName& k : kMemKinds)
+      if (c.memory_curves->has_kind(k.kind)) kinds += std::string(kinds.empty() ? "" : ", ") + k.name;
     s += "; residual adds" + (kinds.empty() ? std::string() : " and the " + kinds + " kernels") +
          " by the memory-bound bandwidth curves of " + c.efficiency.memory_curves->from +
          (c.memory_curves_measured ? " (measured on this GPU)"

@@ -8,6 +8,7 @@
 // sides, not a claim about the kernel's exact traffic.
 #pragma once
 #include <cstdint>
+#include <iterator>
 #include <optional>
 #include <string>
 
@@ -27,41 +28,29 @@ enum class MemKind : uint8_t {
   copy,           // layout copies: ZeRO-3's flat buffers, MoE token permutes
 };
 
-inline constexpr MemKind kMemKinds[] = {
-    MemKind::elementwise, MemKind::norm, MemKind::activation,    MemKind::residual,  MemKind::rotary, MemKind::softmax,
-    MemKind::dropout,     MemKind::cast, MemKind::cross_entropy, MemKind::embedding, MemKind::copy};
+// Every kind in the enum's order, with the name profiles use for it.
+struct MemKindName {
+  MemKind kind;
+  const char* name;
+};
+inline constexpr MemKindName kMemKinds[] = {
+    {MemKind::elementwise, "elementwise"}, {MemKind::norm, "norm"},       {MemKind::activation, "activation"},
+    {MemKind::residual, "residual"},       {MemKind::rotary, "rotary"},   {MemKind::softmax, "softmax"},
+    {MemKind::dropout, "dropout"},         {MemKind::cast, "cast"},       {MemKind::cross_entropy, "cross_entropy"},
+    {MemKind::embedding, "embedding"},     {MemKind::copy, "copy"}};
 
-inline const char* mem_kind_name(MemKind k) {
-  switch (k) {
-    case MemKind::elementwise:
-      return "elementwise";
-    case MemKind::norm:
-      return "norm";
-    case MemKind::activation:
-      return "activation";
-    case MemKind::residual:
-      return "residual";
-    case MemKind::rotary:
-      return "rotary";
-    case MemKind::softmax:
-      return "softmax";
-    case MemKind::dropout:
-      return "dropout";
-    case MemKind::cast:
-      return "cast";
-    case MemKind::cross_entropy:
-      return "cross_entropy";
-    case MemKind::embedding:
-      return "embedding";
-    case MemKind::copy:
-      return "copy";
-  }
-  return "elementwise";
+constexpr bool mem_kinds_in_enum_order() {
+  for (int i = 0; i < static_cast<int>(std::size(kMemKinds)); ++i)
+    if (static_cast<int>(kMemKinds[i].kind) != i) return false;
+  return true;
 }
+static_assert(mem_kinds_in_enum_order(), "kMemKinds is indexed by MemKind");
+
+inline const char* mem_kind_name(MemKind k) { return kMemKinds[static_cast<int>(k)].name; }
 
 inline std::optional<MemKind> mem_kind_from_name(const std::string& s) {
-  for (MemKind k : kMemKinds)
-    if (s == mem_kind_name(k)) return k;
+  for (const MemKindName& k : kMemKinds)
+    if (s == k.name) return k.kind;
   return std::nullopt;
 }
 

@@ -257,8 +257,8 @@ static void read_memory_by_kind(ObjectReader& r, const nlohmann::json& j, Hardwa
     const auto k = mem_kind_from_name(kind);
     if (!k || *k == MemKind::elementwise) {
       std::string names;
-      for (MemKind x : kMemKinds)
-        if (x != MemKind::elementwise) names += std::string(names.empty() ? "" : ", ") + mem_kind_name(x);
+      for (const MemKindName& x : kMemKinds)
+        if (x.kind != MemKind::elementwise) names += std::string(names.empty() ? "" : ", ") + x.name;
       e.fail("kind", "must be one of " + names + " (the plain elementwise sum is memory_bound) (got \"" + kind + "\")");
       return;
     }

@@ -338,6 +338,14 @@ static void check_nccl_channels(ObjectReader& r, const ClusterSpec& c) {
                                                     "; got " + std::to_string(f->nccl_channels) + ")");
 }
 
+// The profile `path` names, read beside the cluster file `where` (a zoo cluster: from the
+// working directory or the repository root; load_profile).
+static Expected<std::shared_ptr<const HardwareProfile>> profile_beside(const std::string& where,
+                                                                      const std::string& path) {
+  const bool from_file = where.rfind("zoo:", 0) != 0;
+  return load_profile(path, from_file ? std::filesystem::path(where).parent_path().string() : "");
+}
+
 // efficiency.gemm_model: which profile's fitted GEMM model, carried by which ratios.
 static void read_gemm_model_ref(ObjectReader& parent, GemmModelRef& g) {
   const auto* o = parent.object("gemm_model");
@@ -357,9 +365,7 @@ static Status resolve_gemm_model(ClusterSpec& c, const std::string& where, const
   if (c.gpu.sm_count <= 0)
     return make_error(where, pointer + "/gpu/sm_count: is required with efficiency.gemm_model (the model prices tiles per SM)");
   const std::string from = pointer + "/efficiency/gemm_model/from: ";
-  const bool from_file = where.rfind("zoo:", 0) != 0;
-  const std::string dir = from_file ? std::filesystem::path(where).parent_path().string() : "";
-  auto prof = load_profile(ref.from, dir);
+  auto prof = profile_beside(where, ref.from);
   if (!prof) return make_error(where, from + prof.error().message);
   const GemmModel& m = (*prof)->gemm_model;
   if (!m.valid())
@@ -398,9 +404,7 @@ static void read_memory_curves_ref(ObjectReader& parent, MemoryCurvesRef& m) {
 // Loads the profile efficiency.memory_curves names and keeps its bandwidth curves, scaled.
 static Status resolve_memory_curves(ClusterSpec& c, const std::string& where, const std::string& pointer) {
   const auto& ref = *c.efficiency.memory_curves;
-  const bool from_file = where.rfind("zoo:", 0) != 0;
-  const std::string dir = from_file ? std::filesystem::path(where).parent_path().string() : "";
-  auto prof = load_profile(ref.from, dir);
+  auto prof = profile_beside(where, ref.from);
   if (!prof) return make_error(where, pointer + "/efficiency/memory_curves/from: " + prof.error().message);
   HardwareProfile curves;
   curves.name = (*prof)->name;
@@ -492,9 +496,7 @@ Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::stri
   r.reject_unknown_keys();
   if (r.failed()) return *r.error();
   if (!c.profile.empty()) {
-    const bool from_file = where.rfind("zoo:", 0) != 0;
-    const std::string dir = from_file ? std::filesystem::path(where).parent_path().string() : "";
-    auto prof = load_profile(c.profile, dir);
+    auto prof = profile_beside(where, c.profile);
     if (!prof) return make_error(where, pointer + "/profile: " + prof.error().message);
     c.calibration = *prof;
   }
