@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <optional>
@@ -727,12 +728,25 @@ void step_time(Estimate& est, const ParallelConfig& p, double p2p_s, bool overla
 
 }  // namespace
 
+// A ratio as the cluster file states it, to four significant digits.
+static std::string number_text(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.4g", v);
+  return b;
+}
+
 // Which numbers priced the compute (OpTimer::of: the profile serves bf16 plans only).
 std::string priced_by(const ClusterSpec& c, const TrainSpec& t) {
+  const double fp8_ratio = c.efficiency.fp8_gemm_efficiency_ratio;
+  const std::string fp8_efficiency =
+      fp8_ratio > 0 ? number_text(fp8_ratio) +
+                          " x the bf16 efficiency of each shape (efficiency.fp8_gemm_efficiency_ratio, published, not "
+                          "measured here)"
+                    : "the bf16 efficiency of each shape";
   if (c.calibration && t.dtype == Dtype::bf16) {
     const std::string fp8 = !t.fp8                              ? ""
                             : c.calibration->has_fp8_gemms() ? "; FP8 GEMMs measured in the same profile"
-                                                             : "; FP8 GEMMs at the FP8 peak with the bf16 efficiency of each shape (sim/fp8.hpp)";
+                                                             : "; FP8 GEMMs at the FP8 peak with " + fp8_efficiency;
     return "measured profile " + c.calibration->name + " (loom calibrate on " + c.calibration->device + ")" + fp8;
   }
   std::string s = "documented efficiency defaults of " + c.name + " (not measured)";
@@ -740,13 +754,15 @@ std::string priced_by(const ClusterSpec& c, const TrainSpec& t) {
     const auto& ref = *c.efficiency.gemm_model;
     s += "; GEMMs by the tile and wave model of " + ref.from +
          (c.gemm_model_measured ? " (measured on this GPU)" : " (carried to this GPU by stated ratios, not measured)");
-    if (t.fp8 && c.gemm_model_fp8)
+    if (t.fp8 && c.gemm_model_fp8_from_bf16)
+      s += ", FP8 GEMMs by the same model at the FP8 peak with 1-byte operands and its main loop at " + fp8_efficiency;
+    else if (t.fp8 && c.gemm_model_fp8)
       s += ", FP8 GEMMs by its FP8 model" + std::string(c.gemm_model_fp8_measured ? " (measured on this GPU)"
                                                                                : " (carried by the same ratios, not measured)");
     else if (t.fp8)
       s += ", FP8 GEMMs by the same model at the FP8 peak with 1-byte operands (not measured)";
   } else if (t.fp8) {
-    s += "; FP8 GEMMs at the FP8 peak with the bf16 efficiency of each shape (sim/fp8.hpp)";
+    s += "; FP8 GEMMs at the FP8 peak with " + fp8_efficiency;
   }
   if (c.memory_curves && t.dtype == Dtype::bf16) {
     std::string kinds;

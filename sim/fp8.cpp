@@ -130,11 +130,14 @@ double fp8_gemm_s(const OpTimer& t, double M, double N, double K, double out_byt
   if (t.prof && t.prof->has_fp8_gemms()) return t.prof->fp8_gemm_s(M, N, K, out_bytes);
   if (t.gemm_model_fp8) return t.model_s(*t.gemm_model_fp8, M, N, K, out_bytes, 1, t.gemm_model_fp8->hw.peak_flops);
   if (t.gemm_model) return t.model_s(M, N, K, out_bytes, 1, t.peak_flops_fp8);
+  // Without an FP8 model: the bf16 time of the shape at the FP8 peak, its efficiency times the
+  // cluster's stated FP8-over-bf16 ratio (fp8_efficiency_ratio).
   if (t.prof) {  // the profile's time holds one launch
     const double bf16_s = std::max(0.0, t.prof->gemm_s(M, N, K, out_bytes) - t.gemm_launch_s(M, N, K, out_bytes));
-    return std::max(bf16_s * t.peak_flops / t.peak_flops_fp8, t.prof->memory_s(bytes)) + t.launch_s;
+    return std::max(bf16_s * t.peak_flops / (t.peak_flops_fp8 * t.fp8_efficiency_ratio), t.prof->memory_s(bytes)) +
+           t.launch_s;
   }
-  const double eff = t.gemm_eff * flops / (flops + t.gemm_half);
+  const double eff = t.gemm_eff * t.fp8_efficiency_ratio * flops / (flops + t.gemm_half);
   return std::max(flops / (t.peak_flops_fp8 * eff), bytes / (t.hbm * t.mem_eff)) + t.launch_s;
 }
 

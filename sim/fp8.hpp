@@ -9,8 +9,10 @@
 // shared experts; not the attention core, not the router, not the output layer, which TE and
 // Megatron keep in bf16):
 //  - the forward, input-gradient and weight-gradient GEMMs at the GPU's FP8 peak
-//    (GpuSpec::peak_flops_fp8) with the efficiency bf16 GEMMs of that shape reach (see
-//    fp8_gemm_s): FP8 operands (1 byte), bf16 output;
+//    (GpuSpec::peak_flops_fp8): measured FP8 GEMMs where a profile has them, else the
+//    efficiency bf16 GEMMs of that shape reach times the cluster's stated FP8-over-bf16 ratio
+//    (EfficiencySpec::fp8_gemm_efficiency_ratio; see fp8_gemm_s): FP8 operands (1 byte), bf16
+//    output;
 //  - the casts, memory-bound: each GEMM input cast to FP8 with its FP8 transpose for the
 //    weight-gradient GEMM (TE's fused cast-transpose: read 2, write 1 + 1 bytes per element,
 //    the amax computed in the same pass), in forward and in a full recompute's forward; the
@@ -111,13 +113,15 @@ Fp8TpGathers fp8_sp_gathers(int64_t layers, int64_t mlp_free, int64_t recomputed
 // Time of one FP8 GEMM call (M, N, K), its backward and the backward's weight-gradient half
 // (its output of OpTimer::wgrad_out bytes per element), from the first of:
 //  - the profile's FP8 GEMMs (HardwareProfile::fp8_gemm_s: measured by `loom calibrate`);
-//  - the FP8 GEMM model the cluster carries from a profile that measured FP8 (gemm_model_fp8);
+//  - the FP8 GEMM model the cluster carries (gemm_model_fp8): from a profile that measured FP8,
+//    or its bf16 model at peak_flops_fp8 with the main loop's efficiency times the cluster's
+//    fp8_gemm_efficiency_ratio where it states one;
 //  - the cluster's bf16 GEMM model at peak_flops_fp8 with 1-byte operands (sim/gemm_model.hpp:
-//    the bf16 fit carried over, not measured in FP8);
-//  - peak_flops_fp8 with the efficiency a bf16 GEMM of that shape reaches (the cluster's
-//    saturating curve, or a bf16-only profile's measured time scaled by peak_bf16 /
-//    peak_fp8), never faster than streaming its FP8 operands and bf16 output from HBM, plus
-//    one launch.
+//    the bf16 fit carried over, not measured in FP8; no ratio stated);
+//  - peak_flops_fp8 with the efficiency a bf16 GEMM of that shape reaches times
+//    fp8_efficiency_ratio (the cluster's saturating curve, or a bf16-only profile's measured
+//    time scaled by peak_bf16 / peak_fp8), never faster than streaming its FP8 operands and
+//    bf16 output from HBM, plus one launch.
 double fp8_gemm_s(const OpTimer& t, double M, double N, double K, double out_bytes = 2);
 double fp8_gemm_bwd_s(const OpTimer& t, double M, double N, double K);
 double fp8_gemm_wgrad_s(const OpTimer& t, double M, double N, double K);

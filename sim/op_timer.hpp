@@ -26,6 +26,9 @@ struct OpTimer {
   // cluster carries (efficiency.memory_curves); none: hbm x mem_eff plus a launch.
   const HardwareProfile* mem_prof = nullptr;
   double peak_flops_fp8 = 0;  // FP8 GEMMs (Op::fp8, sim/fp8.hpp)
+  // FP8 GEMMs priced from bf16 ones (no FP8 measured): their efficiency over the bf16 one
+  // (EfficiencySpec::fp8_gemm_efficiency_ratio; 1 where the cluster states none).
+  double fp8_efficiency_ratio = 1;
   const GemmModel* gemm_model = nullptr;  // bf16 GEMMs without a profile (sim/gemm_model.hpp)
   const GemmModel* gemm_model_fp8 = nullptr;  // FP8 GEMMs without a profile, where measured (sim/fp8.hpp)
   GemmMemo* gemm_memo = nullptr;          // a search thread's memo of gemm_model's times, or none
@@ -46,6 +49,7 @@ struct OpTimer {
                    static_cast<double>(dtype_bytes(t.dtype)),
                    prof};
     o.peak_flops_fp8 = c.gpu.peak_flops_fp8;
+    if (c.efficiency.fp8_gemm_efficiency_ratio > 0) o.fp8_efficiency_ratio = c.efficiency.fp8_gemm_efficiency_ratio;
     o.mem_prof = prof ? prof : bf16 ? c.memory_curves.get() : nullptr;
     if (bf16 && !prof) o.gemm_model = c.gemm_model.get(), o.gemm_model_fp8 = c.gemm_model_fp8.get();
     o.wgrad_out = t.grad_accumulation == GradAccumulation::separate ? 2 : t.grad_dtype == Dtype::fp32 ? 8 : 4;

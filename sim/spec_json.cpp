@@ -381,11 +381,18 @@ static Status resolve_gemm_model(ClusterSpec& c, const std::string& where, const
       scale_gemm_model(m, to, ref.mainloop_efficiency_scale, ref.clock_ratio));
   c.gemm_model_measured = measured_here(m, to);
   const GemmModel& f = (*prof)->gemm_model_fp8;
+  const GemmHardware to8{c.gpu.peak_flops_fp8, c.gpu.sm_count, c.gpu.hbm_bytes_per_s};
+  const double fp8_ratio = c.efficiency.fp8_gemm_efficiency_ratio;
   if (f.valid() && c.gpu.peak_flops_fp8 > 0) {
-    const GemmHardware to8{c.gpu.peak_flops_fp8, c.gpu.sm_count, c.gpu.hbm_bytes_per_s};
     c.gemm_model_fp8 = std::make_shared<const GemmModel>(
         scale_gemm_model(f, to8, ref.mainloop_efficiency_scale, ref.clock_ratio));
     c.gemm_model_fp8_measured = measured_here(f, to8);
+  } else if (fp8_ratio > 0 && c.gpu.peak_flops_fp8 > 0) {
+    // No FP8 GEMM measured: the bf16 model's tiles at the FP8 peak, their main loop reaching the
+    // stated fraction of the bf16 one's efficiency (operand bytes are 1 where it is called).
+    c.gemm_model_fp8 = std::make_shared<const GemmModel>(
+        scale_gemm_model(m, to8, ref.mainloop_efficiency_scale * fp8_ratio, ref.clock_ratio));
+    c.gemm_model_fp8_from_bf16 = true;
   }
   return ok_status();
 }
@@ -438,6 +445,7 @@ static void read_efficiency(ObjectReader& r, EfficiencySpec& eff) {
     er.number("attention", eff.attention, limits::kMinEfficiency, false);
     er.number("memory_bound", eff.memory_bound, limits::kMinEfficiency, false);
     er.number("kernel_launch_s", eff.kernel_launch_s, 0, false, limits::kTimeS);
+    er.opt_number("fp8_gemm_efficiency_ratio", eff.fp8_gemm_efficiency_ratio, 0, true, 2);
     if (er.has("gemm_model")) read_gemm_model_ref(er, eff.gemm_model.emplace());
     if (er.has("memory_curves")) read_memory_curves_ref(er, eff.memory_curves.emplace());
     er.string("source", eff.source);
@@ -669,6 +677,7 @@ nlohmann::json to_json(const ClusterSpec& c) {
     j["efficiency"]["memory_curves"] = {
         {"from", m->from}, {"bandwidth_ratio", m->bandwidth_ratio}, {"source", m->source}};
   if (c.gpu.peak_flops_fp8 > 0) j["gpu"]["peak_flops_fp8"] = c.gpu.peak_flops_fp8;
+  if (e.fp8_gemm_efficiency_ratio > 0) j["efficiency"]["fp8_gemm_efficiency_ratio"] = e.fp8_gemm_efficiency_ratio;
   if (c.gpu.sm_count > 0) j["gpu"]["sm_count"] = c.gpu.sm_count;
   if (c.host.memory_bytes > 0)
     j["host"] = {{"link_bytes_per_s", c.host.link_bytes_per_s},

@@ -142,6 +142,11 @@ struct EfficiencySpec {
   double attention = 0;        // fused attention kernel, fraction of peak
   double memory_bound = 0;     // fraction of HBM bandwidth elementwise kernels reach
   double kernel_launch_s = 0;  // per kernel
+  // FP8 GEMMs where none was measured on this GPU: the fraction of the FP8 peak they reach over
+  // the fraction of the bf16 peak a bf16 GEMM of the same shape reaches (a published FP8 and bf16
+  // measurement of the same GPU and library, cited in `source`). 0: not stated, FP8 GEMMs priced
+  // at the bf16 efficiency of each shape.
+  double fp8_gemm_efficiency_ratio = 0;
   std::optional<GemmModelRef> gemm_model;  // see GemmModelRef
   std::optional<MemoryCurvesRef> memory_curves;  // see MemoryCurvesRef
   std::string source;
@@ -190,9 +195,12 @@ struct ClusterSpec {
   std::shared_ptr<const GemmModel> gemm_model;
   bool gemm_model_measured = false;
   // The same profile's FP8 GEMM model (gemm_model_fp8) carried by the same ratios to this GPU's
-  // FP8 peak; null where the profile measured no FP8 GEMMs or the GPU has no FP8 peak.
+  // FP8 peak; where the profile measured no FP8 GEMMs, its bf16 model at the FP8 peak with the
+  // mainloop efficiency times efficiency.fp8_gemm_efficiency_ratio (gemm_model_fp8_from_bf16),
+  // when the cluster states one; null otherwise or where the GPU has no FP8 peak.
   std::shared_ptr<const GemmModel> gemm_model_fp8;
   bool gemm_model_fp8_measured = false;
+  bool gemm_model_fp8_from_bf16 = false;
   // The curves efficiency.memory_curves resolves to (a profile holding only memory_bound and
   // memory_by_kind, scaled; null without one), and whether measured here (ratio 1).
   std::shared_ptr<const HardwareProfile> memory_curves;

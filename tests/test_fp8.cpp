@@ -256,24 +256,46 @@ TEST_CASE("fp8: the weight copy counts exactly the FP8 GEMMs' weights", "[fp8]")
   CHECK(fp8_weight_params(*qwen, 2, qwen->layers, MoeStage{}) == shapes);
 }
 
-TEST_CASE("fp8: GEMMs at the FP8 peak with bf16's efficiency; the casts make a step less than 2x faster", "[fp8]") {
+TEST_CASE("fp8: GEMMs at the FP8 peak with bf16's efficiency times the cluster's FP8 ratio; the casts make a step "
+          "less than 2x faster", "[fp8]") {
   const ClusterSpec c = cluster("dgx-h100", 8);
   const OpTimer t = OpTimer::of(c, train(8, 2048, true));
-  // With the cluster's GEMM model: the model at the FP8 peak with 1-byte operands.
+  // The Hopper clusters state the published H100 FP8 / bf16 best-shape ratio (0.7087 / 0.8033).
+  const double r = c.efficiency.fp8_gemm_efficiency_ratio;
+  CHECK(r == 0.8822);
+  // With the cluster's GEMM model and no FP8 GEMM measured: the bf16 model at the FP8 peak with
+  // 1-byte operands and its main loop at r of the bf16 one's efficiency.
   REQUIRE(c.gemm_model != nullptr);
+  REQUIRE(c.gemm_model_fp8 != nullptr);
+  CHECK(c.gemm_model_fp8_from_bf16);
+  CHECK_FALSE(c.gemm_model_fp8_measured);
+  CHECK(c.gemm_model_fp8->c.mainloop_efficiency == c.gemm_model->c.mainloop_efficiency * r);
+  CHECK(c.gemm_model_fp8->c.tile_overhead_s == c.gemm_model->c.tile_overhead_s);
+  CHECK(c.gemm_model_fp8->hw.peak_flops == 1978.9e12);
   CHECK(fp8_gemm_s(t, 8192, 8192, 8192) ==
+        Approx(c.gemm_model_fp8->seconds_at(8192, 8192, 8192, 2, 1, 1978.9e12)).epsilon(1e-12));
+  // A cluster stating no ratio: the bf16 model itself at the FP8 peak, slower by no factor.
+  ClusterSpec unstated = c;
+  unstated.gemm_model_fp8 = nullptr;
+  unstated.efficiency.fp8_gemm_efficiency_ratio = 0;
+  const OpTimer tu = OpTimer::of(unstated, train(8, 2048, true));
+  CHECK(fp8_gemm_s(tu, 8192, 8192, 8192) ==
         Approx(c.gemm_model->seconds_at(8192, 8192, 8192, 2, 1, 1978.9e12)).epsilon(1e-12));
-  // Without one, a large GEMM (8192 x 8192 x 8192) is compute-bound at eff(F) = gemm F / (F + F_half).
+  CHECK(fp8_gemm_s(tu, 8192, 8192, 8192) < fp8_gemm_s(t, 8192, 8192, 8192));
+  // Without a model, a large GEMM (8192 x 8192 x 8192) is compute-bound at r eff(F), where
+  // eff(F) = gemm F / (F + F_half).
   ClusterSpec plain = c;
   plain.gemm_model = nullptr;
+  plain.gemm_model_fp8 = nullptr;
   const double F = 2.0 * 8192 * 8192 * 8192, eff = c.efficiency.gemm * F / (F + c.efficiency.gemm_half_size_flops);
   CHECK(fp8_gemm_s(OpTimer::of(plain, train(8, 2048, true)), 8192, 8192, 8192) ==
-        Approx(F / (1978.9e12 * eff) + c.efficiency.kernel_launch_s).epsilon(1e-12));
+        Approx(F / (1978.9e12 * eff * r) + c.efficiency.kernel_launch_s).epsilon(1e-12));
   Op o = gemm("qkv", Pass::forward, 8192, 8192, 8192, 1);
   const double bf16_s = t.op(o);
   o.fp8 = true;
   CHECK(t.op(o) < bf16_s);
-  // The profile's bf16 time (less its launch) at the FP8 rate (989.4e12 / 1978.9e12 of it).
+  // The profile's bf16 time (less its launch) at the FP8 rate (989.4e12 / 1978.9e12 of it) and
+  // r of its efficiency.
   const ClusterSpec h = cluster("h100-sxm", 1);
   REQUIRE(h.calibration != nullptr);
   const OpTimer tp = OpTimer::of(h, train(8, 2048, true));
@@ -281,7 +303,8 @@ TEST_CASE("fp8: GEMMs at the FP8 peak with bf16's efficiency; the casts make a s
   // (8192^3 is not a measured shape: the profile's model priced it, with the model's launch.)
   const double launch = tp.gemm_launch_s(8192, 8192, 8192);
   CHECK(launch == h.calibration->gemm_model.c.launch_s);
-  CHECK(fp8_gemm_s(tp, 8192, 8192, 8192) == Approx((measured - launch) * 989.4e12 / 1978.9e12 + tp.launch_s).epsilon(1e-12));
+  CHECK(fp8_gemm_s(tp, 8192, 8192, 8192) ==
+        Approx((measured - launch) * 989.4e12 / (1978.9e12 * r) + tp.launch_s).epsilon(1e-12));
   // Llama 3 8B on a DGX H100 node, tp 8: faster in FP8, but not twice (attention, norms and
   // casts stay memory- or bf16-bound).
   auto m = load_model("llama3-8b", "test", nullptr);
@@ -293,6 +316,36 @@ TEST_CASE("fp8: GEMMs at the FP8 peak with bf16's efficiency; the casts make a s
   const double f = CostModel(*m, c, train(8, 8192, true)).evaluate(p).step_time_s;
   CHECK(f < b);
   CHECK(f > b / 2);
+}
+
+TEST_CASE("fp8: efficiency.fp8_gemm_efficiency_ratio is read strictly and written back", "[fp8][cli]") {
+  auto base = nlohmann::json::parse(slurp(std::string(LOOM_SOURCE_DIR) + "/models/clusters/dgx-h100.json"));
+  auto with = [&](const nlohmann::json& v) {
+    auto j = base;
+    j["efficiency"]["fp8_gemm_efficiency_ratio"] = v;
+    return cluster_from_json(j, "c.json");
+  };
+  for (const nlohmann::json& bad : {nlohmann::json(0.0), nlohmann::json(-0.5), nlohmann::json(2.5), nlohmann::json("x")}) {
+    auto c = with(bad);
+    REQUIRE_FALSE(c);
+    CHECK(c.error().message.rfind("c.json: /efficiency/fp8_gemm_efficiency_ratio: ", 0) == 0);
+  }
+  auto c = with(0.9);
+  REQUIRE(c);
+  CHECK(c->efficiency.fp8_gemm_efficiency_ratio == 0.9);
+  CHECK(to_json(*c)["efficiency"]["fp8_gemm_efficiency_ratio"] == 0.9);
+  auto none = base;
+  none["efficiency"].erase("fp8_gemm_efficiency_ratio");
+  auto n = cluster_from_json(none, "c.json");
+  REQUIRE(n);
+  CHECK(n->efficiency.fp8_gemm_efficiency_ratio == 0);
+  CHECK(n->gemm_model_fp8 == nullptr);
+  CHECK_FALSE(to_json(*n)["efficiency"].contains("fp8_gemm_efficiency_ratio"));
+  TrainSpec t = train(8, 2048, true);
+  CHECK(priced_by(*n, t).find("FP8 GEMMs by the same model at the FP8 peak with 1-byte operands (not measured)") !=
+        std::string::npos);
+  CHECK(priced_by(*c, t).find("FP8 GEMMs by the same model at the FP8 peak with 1-byte operands and its main loop at "
+                              "0.9 x the bf16 efficiency of each shape") != std::string::npos);
 }
 
 TEST_CASE("fp8: the executors refuse FP8 plans in one line", "[fp8]") {
