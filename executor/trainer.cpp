@@ -106,7 +106,8 @@ Status Trainer::allocate() {
                         {&send_buf_, Mem::comm_buffers, rows, pp},
                         {&recv_buf_, Mem::comm_buffers, rows, pp},
                         {&dres_, Mem::workspace, rows, true},
-                        {&rec_out_, Mem::workspace, rows, plan_.parallel.recompute == Recompute::full}};
+                        {&rec_out_, Mem::workspace, rows,
+                         stage_recomputed_layers(plan_.parallel, plan_.model.layers, coords_.pp) > 0}};
   for (const Want& w : wants) {
     if (!w.needed) continue;
     auto b = compute_->alloc(w.cat, w.n);

@@ -98,9 +98,9 @@ class Trainer {
   int64_t layers_in(int chunk) const {
     return chunk_layers_at(plan_.parallel, plan_.model.layers, coords_.pp, chunk);
   }
-  // Whether layer i of a chunk is recomputed in full (all under recompute full, or the chunk's
-  // first recompute_layers: ParallelConfig::recomputed_layers).
-  bool recomputes(int chunk, int64_t i) const { return i < plan_.parallel.recomputed_layers(layers_in(chunk)); }
+  // Whether layer i of a chunk is recomputed in full (all under recompute full, the chunk's
+  // first recompute_layers, or every recompute_every-th: ParallelConfig::layer_recomputed).
+  bool recomputes(int chunk, int64_t i) const { return plan_.parallel.layer_recomputed(i, layers_in(chunk)); }
   bool holds_head() const { return coords_.pp == head_stage(plan_.parallel.schedule, pp_size_); }
   Status forward_layers(ChunkStash& cs, const std::vector<int>& ids, size_t& ui, int mb, int chunk, bool last);
   Status forward_head(ChunkStash& cs, const Unit& u, const Tokens& targets, int mb, int chunk);

@@ -143,6 +143,25 @@ void note_recompute_layers(const ParallelConfig& p, const std::string& what, std
     no.push_back("recompute_layers " + s(p.recompute_layers) + ": " + what +
                  " recomputes every layer, not each chunk's first; emitted as full recompute");
 }
+// Every K-th layer of each chunk recomputed (ParallelConfig::recompute_every), likewise.
+void note_recompute_every(const ParallelConfig& p, const std::string& what, std::vector<std::string>& no) {
+  if (p.recompute == Recompute::full && p.recompute_every > 0)
+    no.push_back("recompute_every " + s(p.recompute_every) + ": " + what +
+                 " recomputes every layer, not every K-th of each chunk; emitted as full recompute");
+}
+
+// Every K-th layer of each chunk recomputed (ParallelConfig::recompute_every) as Megatron-LM's
+// block of each chunk's first N layers: the same N wherever every chunk recomputes as many
+// (chunk_layers / K), which for a dense model costs the same time and memory; none otherwise.
+std::optional<int64_t> every_as_block(const ModelSpec& m, const ParallelConfig& p) {
+  std::optional<int64_t> n;
+  for (int64_t c = 0; c < p.pp * p.vpp; ++c) {
+    const int64_t r = p.recomputed_layers(chunk_layers_at(p, m.layers, c % p.pp, c / p.pp));
+    if (n && *n != r) return std::nullopt;
+    n = r;
+  }
+  return n;
+}
 
 // Megatron-LM 2021's scatter/gather of pipeline transfers (TrainSpec::pp_scatter_gather),
 // which no engine loom exports to runs today.
@@ -220,10 +239,19 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
       t.dp_bucket_bytes / dtype_bytes(t.grad_dtype) != megatron_bucket_elements(p.dp))
     a.push_back({"--ddp-bucket-size", s(t.dp_bucket_bytes / dtype_bytes(t.grad_dtype))});
   if (p.recompute == Recompute::selective) a.push_back({"--recompute-granularity", "selective"});
+  // Every K-th layer of each chunk: Megatron-LM's block of as many first layers where it can.
+  const std::optional<int64_t> every_block = p.recompute_every > 0 ? every_as_block(m, p) : std::nullopt;
+  if (p.recompute == Recompute::full && p.recompute_every > 0)
+    no.push_back("recompute_every " + s(p.recompute_every) + ": Megatron-LM recomputes a block of each chunk's first "
+                 "layers, not every K-th; " +
+                 (every_block && *every_block > 0
+                      ? "emitted as the block of as many (" + s(*every_block) + "), which costs a dense model the same"
+                      : "its chunks recompute unequal counts; emitted as full recompute"));
+  const int64_t block = p.recompute_layers > 0 ? p.recompute_layers : every_block.value_or(0);
   if (p.recompute == Recompute::full) {  // every layer (uniform, groups of 1) or a block of each chunk's first
     a.push_back({"--recompute-granularity", "full"});
-    a.push_back({"--recompute-method", p.recompute_layers > 0 ? "block" : "uniform"});
-    a.push_back({"--recompute-num-layers", s(p.recompute_layers > 0 ? p.recompute_layers : 1)});
+    a.push_back({"--recompute-method", block > 0 ? "block" : "uniform"});
+    a.push_back({"--recompute-num-layers", s(block > 0 ? block : 1)});
   }
   if (t.dtype == Dtype::bf16) a.push_back({"--bf16", ""});
   megatron_fp8(t, a);  // FP8 GEMMs (planner/export_fp8.hpp)
@@ -498,7 +526,11 @@ ExportResult torchtitan(const Plan& plan) {
     no.push_back("tp_comm_overlap: async TP runs only under torch.compile, whose kernel fusion loom does not price");
   }
   o += "[activation_checkpoint]\n";
-  o += std::string("mode = ") + q(to_string(p.recompute)) + "\n";
+  if (p.recompute == Recompute::full && p.recompute_every > 0) {  // torchtitan's layer-level selective checkpointing
+    o += "mode = \"selective\"\nselective_ac_option = " + q(s(p.recompute_every)) + "\n";
+  } else {
+    o += std::string("mode = ") + q(to_string(p.recompute)) + "\n";
+  }
   note_recompute_layers(p, "torchtitan's full activation checkpointing", no);
   if (p.recompute == Recompute::selective) {
     o += "selective_ac_option = \"op\"\n";
@@ -600,6 +632,7 @@ ExportResult deepspeed(const Plan& plan) {
                  "the next forward");
   if (p.recompute == Recompute::selective) no.push_back("recompute selective: not expressible in DeepSpeed");
   note_recompute_layers(p, "DeepSpeed's activation checkpointing", no);
+  note_recompute_every(p, "DeepSpeed's activation checkpointing", no);
   note_fused_accumulation(t, p, "DeepSpeed", no);
   note_tp_backward_overlap(t, p, "DeepSpeed", no);
   note_pp_scatter_gather(t, p, "DeepSpeed", no);

@@ -184,6 +184,7 @@ std::string describe(const ParallelConfig& p) {
   if (p.vpp > 1) d += " vpp " + itos(p.vpp);
   d += " rc " + to_string(p.recompute);
   if (p.recompute_layers > 0) d += " block " + itos(p.recompute_layers);  // each chunk's first N layers
+  if (p.recompute_every > 0) d += " every " + itos(p.recompute_every);     // each chunk's K-th layers
   if (p.sp) d += " sp";
   if (p.zero >= 3 && p.zero3_gather == Zero3Gather::tensor) d += " gather per tensor";
   if (!p.overlap_grad_reduce && dp_cp(p) > 1) d += " ogr off";  // the gradient reduction after the backward

@@ -63,6 +63,11 @@ Status check_pins(const ClusterSpec& c, const SearchPins& p) {
   if (p.recompute_layers && p.recompute && *p.recompute != Recompute::full)
     return make_error("--recompute-layers", "recomputes the first layers of each chunk in full: needs --recompute full "
                                             "(got " + to_string(*p.recompute) + ")");
+  if (p.recompute_every && p.recompute && *p.recompute != Recompute::full)
+    return make_error("--recompute-every", "recomputes every K-th layer of each chunk in full: needs --recompute full "
+                                           "(got " + to_string(*p.recompute) + ")");
+  if (p.recompute_every && p.recompute_layers)
+    return make_error("--recompute-every", "and --recompute-layers choose the recomputed layers two ways: give one");
   if (p.overlap_param_gather && *p.overlap_param_gather && p.zero && *p.zero != 1 && *p.zero != 2)
     return make_error("--overlap-param-gather", "overlaps ZeRO 1/2's weight all-gather: needs --zero 1 or 2 (got " +
                                                     search_str(*p.zero) + ")");
@@ -209,12 +214,15 @@ Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c
   const int max_zero = pins.overlap_grad_reduce.value_or(true) ? 3 : 2;
   for (int z = 0; z <= max_zero; ++z)
     if (!pins.zero || *pins.zero == z) space.zero.push_back(z);
-  // A block recompute pinned (--recompute-layers) is a full recompute of some layers.
-  const std::optional<Recompute> rc = pins.recompute_layers ? std::optional<Recompute>(Recompute::full) : pins.recompute;
+  // A block or every-K-th recompute pinned (--recompute-layers, --recompute-every) is a full
+  // recompute of some layers.
+  const bool some_layers = pins.recompute_layers || pins.recompute_every;
+  const std::optional<Recompute> rc = some_layers ? std::optional<Recompute>(Recompute::full) : pins.recompute;
   for (Recompute r : {Recompute::none, Recompute::selective, Recompute::full})
     if (!rc || *rc == r) space.recompute.push_back(r);
   space.recompute_layers = pins.recompute_layers.value_or(0);
-  space.block_recompute = !pins.recompute && !pins.recompute_layers;
+  space.recompute_every = pins.recompute_every.value_or(0);
+  space.block_recompute = !pins.recompute && !some_layers;
   for (Dtype g : {Dtype::bf16, Dtype::fp32}) {
     if (pins.grad_dtype && *pins.grad_dtype != g) continue;
     TrainSpec tg = t;
@@ -344,7 +352,7 @@ bool better(const Candidate& a, const Candidate& b) {
     const auto& p = c.p;
     return std::make_tuple(c.step_time_s, c.peak_bytes, p.dp, p.tp, p.pp, p.zero, p.micro_batch,
                            static_cast<int>(p.recompute), p.sp, p.tp_comm_overlap, p.overlap_param_gather,
-                           p.overlap_grad_reduce, p.pp_overlapped(), p.recompute_layers, static_cast<int>(p.schedule), p.vpp, c.train,
+                           p.overlap_grad_reduce, p.pp_overlapped(), p.recompute_layers, p.recompute_every, static_cast<int>(p.schedule), p.vpp, c.train,
                            c.order, static_cast<int>(p.offload), p.ep, p.etp, static_cast<int>(p.cp_comm));
   };
   const auto ka = key(a), kb = key(b);
@@ -584,6 +592,7 @@ void run_unit(const ModelSpec& m, const ClusterSpec& c, const SearchSpace& space
                            (p.overlap_grad_reduce || p.zero == 2);
   p.pp_comm_overlap = space.pp_comm_overlap;
   p.recompute_layers = space.recompute_layers;  // only full recompute is tried where set
+  p.recompute_every = space.recompute_every;    // likewise
   StageWork scratch;  // the memory bound's buffer list, its storage reused candidate after candidate
   const bool floor_ok = o.prune && overlap_floor_holds(m, c, train);
   for (CpComm cc : sp.cp_comms)

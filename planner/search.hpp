@@ -59,6 +59,8 @@ struct SearchPins {
   std::optional<Recompute> recompute;
   // --recompute-layers (a block recompute of each chunk's first N layers); needs recompute full.
   std::optional<int64_t> recompute_layers;
+  // --recompute-every (every K-th layer of each chunk recomputed); needs recompute full.
+  std::optional<int64_t> recompute_every;
   std::optional<bool> sp;
   // --tp-comm-overlap (sim/tp_overlap.hpp); unset: off and on are both tried where sp is on and
   // tp > 1, on a GPU whose SM count loom knows.
@@ -105,6 +107,7 @@ struct SearchSpace {
   std::vector<int> zero;
   std::vector<Recompute> recompute;
   int64_t recompute_layers = 0;     // with recompute full (ParallelConfig::recompute_layers)
+  int64_t recompute_every = 0;      // with recompute full (ParallelConfig::recompute_every)
   // Beside each full-recompute candidate, the block recompute of the fewest layers per chunk that
   // fits memory (recompute unpinned, a dense model): between recomputing none, which does not
   // fit there, and every layer.

@@ -873,7 +873,7 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& given
   // Hardware FLOPs as the stages' op lists count them (Narayanan et al.'s full attention, the
   // recomputed forward included): what the CPU reference's FLOP counter measures.
   est.flops_hardware = hardware_flops(m, tr.global_batch, tr.seq, p.recompute, AttentionFlops::full);
-  if (p.recompute_layers > 0) {  // a block recompute: the layers it leaves out run no second forward
+  if (p.partial_recompute()) {  // a block or every-K-th recompute: the layers it leaves out run no second forward
     int64_t recomputed = 0;
     for (int64_t s = 0; s < p.pp; ++s)
       for (int64_t c = 0; c < p.vpp; ++c) recomputed += p.recomputed_layers(chunk_layers_at(p, m.layers, s, c));

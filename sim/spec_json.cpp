@@ -572,6 +572,7 @@ Expected<ParallelConfig> parallel_from_json(const nlohmann::json& j, const std::
   r.opt_boolean("pp_comm_overlap", p.pp_comm_overlap);  // unset: as Megatron-core runs the schedule
   read_enum(r, "recompute", recompute_names(), p.recompute, true);
   r.opt_integer("recompute_layers", p.recompute_layers, 0, limits::kLayers);  // 0: every layer (validate_config)
+  r.opt_integer("recompute_every", p.recompute_every, 0, limits::kLayers);    // 0: not every K-th layer
   read_enum(r, "schedule", schedule_names(), p.schedule, true);
   r.integer("vpp", p.vpp, 1, limits::kLayers);
   read_stage_layers(r, j, p.stage_layers);
@@ -727,6 +728,7 @@ nlohmann::json to_json(const ParallelConfig& p) {
   if (!p.overlap_grad_reduce) j["overlap_grad_reduce"] = false;  // written where off
   if (p.pp_comm_overlap) j["pp_comm_overlap"] = *p.pp_comm_overlap;  // written where set
   if (p.recompute_layers > 0) j["recompute_layers"] = p.recompute_layers;  // a block recompute
+  if (p.recompute_every > 0) j["recompute_every"] = p.recompute_every;  // every K-th layer of each chunk
   if (p.zero3_gather != Zero3Gather::layer) j["zero3_gather"] = zero3_gather_names()[static_cast<int>(p.zero3_gather)];
   return j;
 }

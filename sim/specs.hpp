@@ -341,6 +341,12 @@ struct ParallelConfig {
   // --recompute-num-layers N: megatron/core/transformer/transformer_block.py _checkpointed_forward
   // checkpoints layer l of a chunk while l < recompute_num_layers).
   int64_t recompute_layers = 0;
+  // With recompute full, the other choice of layers: every K-th layer of each model chunk,
+  // its layers K, 2K, ... counted from 1, the others keeping their activations (torchtitan's
+  // selective_ac_option = "K": torchtitan/distributed/activation_checkpoint.py _apply_layer_sac
+  // wraps a block when its count, which apply_ac restarts for each model part, is a multiple of
+  // K). 0: not this choice. A chunk of n layers recomputes n / K of them.
+  int64_t recompute_every = 0;
   Schedule schedule = Schedule::one_f_one_b;
   int64_t vpp = 1;             // virtual stages per rank (interleaved only)
   // Transformer layers of each pipeline stage (all its chunks), first to last; empty: layers /
@@ -360,10 +366,20 @@ struct ParallelConfig {
   // (Megatron-core overlaps them in its interleaved schedule only; loom's other schedules, as
   // torch.distributed.pipelining runs them, send asynchronously).
   bool pp_overlapped() const { return pp_comm_overlap.value_or(schedule != Schedule::one_f_one_b); }
-  // The layers of a chunk of `layers_in_chunk` recomputed in full in backward (recompute_layers).
+  // Whether a full recompute leaves some layers out (recompute_layers or recompute_every).
+  bool partial_recompute() const { return recompute_layers > 0 || recompute_every > 0; }
+  // The layers of a chunk of `layers_in_chunk` recomputed in full in backward (recompute_layers,
+  // recompute_every).
   int64_t recomputed_layers(int64_t layers_in_chunk) const {
     if (recompute != Recompute::full) return 0;
+    if (recompute_every > 0) return layers_in_chunk / recompute_every;
     return recompute_layers > 0 ? std::min(recompute_layers, layers_in_chunk) : layers_in_chunk;
+  }
+  // Whether layer `i` (0-based) of a chunk of `layers_in_chunk` is one of those.
+  bool layer_recomputed(int64_t i, int64_t layers_in_chunk) const {
+    if (recompute != Recompute::full) return false;
+    if (recompute_every > 0) return (i + 1) % recompute_every == 0;
+    return i < recomputed_layers(layers_in_chunk);
   }
 };
 
@@ -391,6 +407,13 @@ inline int64_t chunk_layers_at(const ParallelConfig& p, int64_t layers, int64_t 
 inline int64_t chunk_layer_count(const ParallelConfig& p, int64_t layers, int64_t stage) {
   const int64_t n = stage_layer_count(p, layers, stage);
   return (n + p.vpp - 1) / p.vpp;
+}
+// The layers stage `stage` recomputes in full in backward, over its chunks
+// (ParallelConfig::recomputed_layers of each).
+inline int64_t stage_recomputed_layers(const ParallelConfig& p, int64_t layers, int64_t stage) {
+  int64_t r = 0;
+  for (int64_t c = 0; c < p.vpp; ++c) r += p.recomputed_layers(chunk_layers_at(p, layers, stage, c));
+  return r;
 }
 
 // Megatron-core's gradient bucket when none is given: max(40e6, 1e6 x dp) elements, "larger DP

@@ -62,7 +62,7 @@ Dims make_dims(const ModelSpec& m, const TrainSpec& tr, const ParallelConfig& p,
   d.layers = stage_layer_count(p, m.layers, stage);  // uneven stages: p.stage_layers
   d.layers_chunk = chunk_layer_count(p, m.layers, stage);
   if (p.recompute == Recompute::full)  // the search builds millions of stages: walk the chunks only here
-    for (int64_t c = 0; c < p.vpp; ++c) d.rec_layers += p.recomputed_layers(chunk_layers_at(p, m.layers, stage, c));
+    d.rec_layers = stage_recomputed_layers(p, m.layers, stage);
   d.first = stage == 0;
   d.last = stage == head_stage(p.schedule, p.pp);  // zb-v: the first stage holds both ends (the V)
   d.turn = p.schedule == Schedule::zb_v && stage == p.pp - 1;
@@ -88,19 +88,25 @@ void add(std::vector<Buffer>& v, const char* name, MemCategory c, Lifetime l, in
 // Where a stage's chunks hold different layer counts (a short model-end chunk:
 // chunk_layers_at), the activations its schedule table holds at its peak, each forward adding
 // its chunk's layers (chunk_bytes of its layer count) and, on the model's first and last chunk, the
-// embedding's or the head's per-micro-batch bytes, each backward taking them away: the
-// layers' part and the ends' part at that moment.
+// embedding's or the head's per-micro-batch bytes, each backward taking them away once it is
+// done, and while it runs a recompute's rebuilt layer (`rebuilt`) where its chunk recomputes
+// any: the layers' part, the ends' part and the rebuilt layer at that moment.
 struct HeldAtPeak {
-  int64_t layers = 0, ends = 0;
+  int64_t layers = 0, ends = 0, rebuilt = 0;
+  int64_t total() const { return layers + ends + rebuilt; }
 };
-template <class ChunkBytes>
+template <class ChunkBytes, class Rebuilds>
 HeldAtPeak uneven_chunks_peak(const ModelSpec& m, const ParallelConfig& p, const Dims& d, int64_t stage,
-                              const ChunkBytes& chunk_bytes, int64_t first_mb, int64_t last_mb) {
+                              const ChunkBytes& chunk_bytes, const Rebuilds& rebuilds, int64_t first_mb,
+                              int64_t last_mb) {
   const int64_t v = p.vpp, group = p.pp * v;
   std::vector<HeldAtPeak> chunk(static_cast<size_t>(v));  // what one micro-batch of each chunk holds
-  for (int64_t c = 0; c < v; ++c)
-    chunk[static_cast<size_t>(c)] = {chunk_bytes(chunk_layers_at(p, m.layers, stage, c)),
-                                     (d.first && c == 0 ? first_mb : 0) + (d.last && c == v - 1 ? last_mb : 0)};
+  for (int64_t c = 0; c < v; ++c) {
+    const int64_t n = chunk_layers_at(p, m.layers, stage, c);
+    chunk[static_cast<size_t>(c)] = {chunk_bytes(n),
+                                     (d.first && c == 0 ? first_mb : 0) + (d.last && c == v - 1 ? last_mb : 0),
+                                     rebuilds(n)};
+  }
   // The table's order without building it (one_f_one_b_rank over interleaved_slot, m a multiple
   // of pp as validate_config requires): warm-up forwards, then a forward and a backward in turn,
   // then the cool-down backwards; forward k runs chunk (k mod pp v) / pp, backward k the mirror.
@@ -108,9 +114,13 @@ HeldAtPeak uneven_chunks_peak(const ModelSpec& m, const ParallelConfig& p, const
   auto run = [&](int64_t k, bool forward) {
     const int64_t c = (k % group) / p.pp;
     const HeldAtPeak& x = chunk[static_cast<size_t>(forward ? c : v - 1 - c)];
+    if (!forward) {  // the backward runs with its chunk still held, beside the layer it rebuilds
+      const HeldAtPeak during{now.layers, now.ends, x.rebuilt};
+      if (during.total() > peak.total()) peak = during;
+    }
     const int64_t sign = forward ? 1 : -1;
     now.layers += sign * x.layers, now.ends += sign * x.ends;
-    if (now.layers + now.ends > peak.layers + peak.ends) peak = now;
+    if (now.total() > peak.total()) peak = now;
   };
   const int64_t total = d.mb * v, warmup = warmup_slots(p.schedule, p.pp, v, stage, d.mb);
   for (int64_t k = 0; k < warmup; ++k) run(k, true);
@@ -162,14 +172,24 @@ void activation_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainS
   const int64_t first_mb = d.first ? mask * d.T * d.h / d.rep : 0;
   const int64_t last_mb = d.last ? d.e * d.T * d.h / d.rep + norm_stats * 4 * d.T / d.rep + d.e * d.T * d.h : 0;
   // What one micro-batch of a chunk of n layers holds: with a block recompute
-  // (ParallelConfig::recompute_layers) its first layers keep their input only, the rest all.
+  // (ParallelConfig::recompute_layers) its first layers keep their input only, the rest all;
+  // with every K-th layer recomputed (recompute_every), n / K of them keep their input only.
   const int64_t kept = full.total() + fp8_full;
   auto chunk_bytes = [&](int64_t n) {
-    const int64_t r = p.recompute_layers > 0 ? p.recomputed_layers(n) : n;
+    const int64_t r = p.partial_recompute() ? p.recomputed_layers(n) : n;
     return r * (act.total() + fp8) + (n - r) * kept;
   };
+  // What a recompute rebuilds for one layer in backward, in a chunk of n layers: nothing where a
+  // full recompute leaves all n out (every K-th layer with n < K).
+  const int64_t rebuilt_layer = full.total() + fp8_full - act.total() - fp8;
+  auto rebuilds = [&](int64_t n) {
+    return p.recompute == Recompute::none || (p.recompute == Recompute::full && p.recomputed_layers(n) == 0)
+               ? int64_t{0}
+               : rebuilt_layer;
+  };
   const bool uneven = d.layers % p.vpp != 0 && p.schedule == Schedule::interleaved;
-  const HeldAtPeak held = uneven ? uneven_chunks_peak(m, p, d, stage, chunk_bytes, first_mb, last_mb) : HeldAtPeak{};
+  const HeldAtPeak held =
+      uneven ? uneven_chunks_peak(m, p, d, stage, chunk_bytes, rebuilds, first_mb, last_mb) : HeldAtPeak{};
   auto moe_layer = [&](Recompute r) {
     return d.moe.layers_chunk > 0 ? moe_layer_activation_bytes(m, d.moe, d.b, d.s, p.sp, r, tr.attention, tr.dtype) : 0;
   };
@@ -192,8 +212,8 @@ void activation_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainS
   if (d.moe.layers_chunk > 0 && p.recompute != Recompute::none)
     add(v, "recomputed moe layer", MemCategory::activations, Lifetime::transient,
         (moe_full - moe_act) - (full.total() - act.total()));
-  if (p.recompute != Recompute::none)
-    add(v, "recomputed layer", MemCategory::activations, Lifetime::transient, full.total() + fp8_full - act.total() - fp8);
+  add(v, "recomputed layer", MemCategory::activations, Lifetime::transient,
+      uneven ? held.rebuilt : rebuilds(d.layers_chunk));
   int64_t held_first = p.schedule == Schedule::gpipe ? d.mb : std::min<int64_t>(p.pp - stage, d.mb);
   int64_t held_last = held_first;
   // zb-v (zb_v_rank's first table): chunk 0, the embedding's, holds min(2p, m) micro-batches
@@ -294,7 +314,8 @@ void comm_buffers(std::vector<Buffer>& v, const ModelSpec& m, const ParallelConf
 // outputs and of the residual stream (b s h; the residual's sequence-sharded with SP), of the
 // MLP's inner activations (2 x b s f/t; SwiGLU a third), of Q, K, V and the attention output
 // (b s (h + 2 kv)/t plus the core's output b s h/t; RoPE one more Q and K), fp32 softmax row
-// statistics (3 per token), the layer output a full recompute rebuilds, and with SP the packed
+// statistics (3 per token), the layer output a full recompute rebuilds (where the stage
+// recomputes any layer), and with SP the packed
 // replicated-parameter gradients for their all-reduce. What the CPU reference executor
 // allocates (executor/stage.cpp make_scratch), measured to the byte.
 int64_t backward_scratch_bytes(const ModelSpec& m, const ParallelConfig& p, const Dims& d) {
@@ -302,7 +323,7 @@ int64_t backward_scratch_bytes(const ModelSpec& m, const ParallelConfig& p, cons
   int64_t elems = 3 * N * d.h + 2 * N * Fl + 3 * N * Ql + 2 * N * KVl + Ns * d.h;
   if (m.family == Family::llama) elems += N * Fl + N * Ql + N * KVl;
   if (m.is_mla()) elems += mla_scratch_elements_delta(m, N, d.t, d.h, d.kv);  // sim/mla.hpp
-  if (p.recompute == Recompute::full) elems += Ns * d.h;
+  if (d.rec_layers > 0) elems += Ns * d.h;
   int64_t scratch = d.e * elems + 4 * 3 * N;
   if (p.sp && p.tp > 1) scratch += d.g * d.replicated;
   return scratch;

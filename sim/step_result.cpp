@@ -123,6 +123,7 @@ void config_into(nlohmann::json& j, const Estimate& e) {
   if (!p.overlap_grad_reduce) j["overlap_grad_reduce"] = false;  // the reduction after the backward
   if (p.pp_comm_overlap) j["pp_comm_overlap"] = *p.pp_comm_overlap;  // where set (sim/specs.hpp)
   if (p.recompute_layers > 0) j["recompute_layers"] = p.recompute_layers;  // a block recompute
+  if (p.recompute_every > 0) j["recompute_every"] = p.recompute_every;  // every K-th layer of each chunk
   if (p.cp > 1) j["cp"] = p.cp;  // context parallelism (sim/context_parallel.hpp)
   if (p.cp_comm != CpComm::p2p) j["cp_comm"] = to_string(p.cp_comm);
   if (e.train.moe_capacity_factor != TrainSpec{}.moe_capacity_factor)
@@ -414,6 +415,7 @@ void read_config(ObjectReader& r, Estimate& e) {
   r.opt_boolean("overlap_grad_reduce", p.overlap_grad_reduce);
   r.opt_boolean("pp_comm_overlap", p.pp_comm_overlap);
   r.opt_integer("recompute_layers", p.recompute_layers, 0, kMaxCount);
+  r.opt_integer("recompute_every", p.recompute_every, 0, kMaxCount);
   r.opt_integer("cp", p.cp, 1, kMaxCount);  // context parallelism: default 1
   int cp_comm = 0;
   r.opt_choice("cp_comm", cp_comm_names(), cp_comm);  // default p2p
@@ -622,6 +624,7 @@ std::optional<std::string> configuration_difference(const Estimate& a, const std
             {"/parallel/schedule", to_string(p.schedule)},
             {"/parallel/recompute", to_string(p.recompute)},
             {"/parallel/recompute_layers", n(p.recompute_layers)},
+            {"/parallel/recompute_every", n(p.recompute_every)},
             {"/parallel/sp", p.sp ? "true" : "false"},
             {"/parallel/order", p.order},
             {"/parallel/offload", to_string(p.offload)},

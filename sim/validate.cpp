@@ -176,6 +176,27 @@ Status check_recompute_layers(const ModelSpec& m, const ParallelConfig& p, const
   return ok_status();
 }
 
+// Every K-th layer of each chunk recomputed in full (ParallelConfig::recompute_every),
+// torchtitan's layer-level selective checkpointing.
+Status check_recompute_every(const ModelSpec& m, const ParallelConfig& p, const FieldNamer& name) {
+  if (p.recompute_every == 0) return ok_status();
+  auto fail = [&](const std::string& rule) -> Status { return Error{name("recompute_every") + ": " + rule}; };
+  if (p.recompute_every < 0 || p.recompute_every > limits::kLayers)
+    return fail("must be in [0, " + s(limits::kLayers) + "] (got " + s(p.recompute_every) + ")");
+  if (p.recompute != Recompute::full)
+    return fail("recomputes every K-th layer of each chunk in full: needs recompute full (got recompute " +
+                to_string(p.recompute) + ")");
+  if (p.recompute_layers > 0)
+    return fail("and recompute_layers choose the recomputed layers two ways: set one (got recompute_layers " +
+                s(p.recompute_layers) + ")");
+  if (m.is_moe())
+    return fail("every K-th layer is priced for dense models only (a MoE model's recomputed layers depend on which "
+                "are MoE layers)");
+  if (p.zero3_gather == Zero3Gather::tensor)
+    return fail("a partial recompute is priced with layer-by-layer ZeRO-3 gathers only (got zero3_gather tensor)");
+  return ok_status();
+}
+
 }  // namespace
 
 Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t, const ParallelConfig& p,
@@ -206,6 +227,7 @@ Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec
   }
   if (p.sp && p.tp < 2) return fail("sp", "sequence parallelism needs tensor parallelism (tp > 1)");
   if (auto st = check_recompute_layers(m, p, name); !st) return st;
+  if (auto st = check_recompute_every(m, p, name); !st) return st;
   if (p.tp_comm_overlap && !(p.sp && p.tp > 1))  // Megatron-LM's arguments.py asserts the same
     return fail("tp_comm_overlap", std::string("tensor-parallel communication overlap needs sequence parallelism and ") +
                                        "tp > 1 (got sp " + (p.sp ? "on" : "off") + ", tp " + s(p.tp) + ")");

@@ -195,8 +195,29 @@ TEST_CASE("import torchtitan: a user's job file; ignored keys listed once; bad f
   refused("tt_split.toml", text, "replicate x shard x tp x pp = 1 x 3 x 2 x 1 must equal --gpus 8");
   refused("tt_syntax.toml", std::string(kJob) + "[compile]\nenable = \n", "tt_syntax.toml:17:");
   text = kJob;
+  text.replace(text.find("mode = \"none\""), 13, "mode = \"selective\"\nselective_ac_option = \"x\"");
+  refused("tt_ac_option.toml", text,
+          "activation_checkpoint.selective_ac_option: must be \"op\" or a non-negative integer, as torchtitan's "
+          "ActivationCheckpoint asserts (got \"x\")");
+  // No [activation_checkpoint]: torchtitan's default, selective "2", every second block of each
+  // model part checkpointed (ParallelConfig::recompute_every); "1" and "0" every block.
+  text = kJob;
   text.erase(text.find("[activation_checkpoint]"));
-  refused("tt_ac.toml", text, "torchtitan's default is \"2\"");
+  const LoomRun every = import_toml("tt_ac.toml", text, "--json");
+  INFO(every.err);
+  REQUIRE(every.code == 0);
+  const auto ev = nlohmann::json::parse(every.out);
+  CHECK(ev["recompute"] == "full");
+  CHECK(ev["recompute_every"] == 2);
+  for (const char* all : {"0", "1"}) {
+    text = kJob;
+    text.replace(text.find("mode = \"none\""), 13, std::string("mode = \"selective\"\nselective_ac_option = \"") + all + "\"");
+    const LoomRun r = import_toml(std::string("tt_ac_") + all + ".toml", text, "--json");
+    REQUIRE(r.code == 0);
+    const auto j = nlohmann::json::parse(r.out);
+    CHECK(j["recompute"] == "full");
+    CHECK_FALSE(j.contains("recompute_every"));
+  }
 }
 
 TEST_CASE("import torchtitan: refusals name the key and the rule", "[import]") {

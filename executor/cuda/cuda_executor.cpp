@@ -272,6 +272,10 @@ Expected<MeasuredReport> run_cuda(const Plan& plan, const CudaOptions& opt) {
     return make_error("parallel.recompute_layers", "loom_cuda_train recomputes every layer or none: must be 0; use loom "
                                                    "execute --device cuda (got " +
                                                        std::to_string(plan.parallel.recompute_layers) + ")");
+  if (plan.parallel.recompute_every > 0)
+    return make_error("parallel.recompute_every", "loom_cuda_train recomputes every layer or none: must be 0; use loom "
+                                                  "execute --device cuda (got " +
+                                                      std::to_string(plan.parallel.recompute_every) + ")");
   MeasuredReport report;
   Run r(plan, opt, report);
   r.B = plan.parallel.micro_batch;

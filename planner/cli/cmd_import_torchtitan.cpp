@@ -471,7 +471,9 @@ Status tt_batch(TomlKeys& k, const TtBatch& b, ParallelConfig& p, TrainSpec& t) 
 }
 
 // [activation_checkpoint]: torchtitan's default is selective with "2", every second layer.
-Status tt_recompute(TomlKeys& k, ParallelConfig& p) {
+// selective_ac_option "K" (activation_checkpoint.py _apply_layer_sac): a block is checkpointed
+// when its count, restarted for each model part, is a multiple of K, "0" and "1" every block.
+Status tt_recompute(TomlKeys& k, const ModelSpec& m, ParallelConfig& p) {
   std::string mode = "selective", option = "2";
   Status st = get_str(k, "activation_checkpoint.mode", mode, {"selective", "full", "memory_budget", "none"});
   if (st) st = get_str(k, "activation_checkpoint.selective_ac_option", option);
@@ -479,16 +481,27 @@ Status tt_recompute(TomlKeys& k, ParallelConfig& p) {
   if (mode == "memory_budget") return refused(k, "activation_checkpoint.mode", "a memory-budget recompute is not modelled");
   p.recompute = mode == "full" ? Recompute::full : Recompute::none;
   if (mode != "selective") return ok_status();
-  if (option == "1") {  // every layer checkpointed: full recompute
+  const bool digits = !option.empty() && option.size() <= 7 &&
+                      std::all_of(option.begin(), option.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+  if (digits) {  // every layer checkpointed ("0", "1"), or every K-th of each model part
     p.recompute = Recompute::full;
+    const int64_t every = std::stoll(option);
+    if (every < 2) return ok_status();
+    if (m.is_moe())
+      return refused(k, "activation_checkpoint.selective_ac_option",
+                     "loom prices every K-th layer recomputed for dense models only (a MoE model's cost depends on "
+                     "which layers are MoE layers): use \"1\" or mode = \"full\"");
+    if (every > limits::kLayers)
+      return refused(k, "activation_checkpoint.selective_ac_option", "must be at most " + std::to_string(limits::kLayers));
+    p.recompute_every = every;
   } else if (option == "op") {
     p.recompute = Recompute::selective;
     fmt::print(stderr, "loom: {}: activation_checkpoint.selective_ac_option \"op\": priced as loom's selective recompute "
                "(attention core), not torchtitan's per-op save list\n", k.path);
   } else {
     return refused(k, "activation_checkpoint.selective_ac_option",
-                   "loom prices recompute of every layer (\"1\") or per op (\"op\"), not of every n-th layer"
-                   + std::string(k.get("activation_checkpoint.selective_ac_option") ? "" : ": torchtitan's default is \"2\""));
+                   "must be \"op\" or a non-negative integer, as torchtitan's ActivationCheckpoint asserts (got \"" +
+                       option + "\")");
   }
   return ok_status();
 }
@@ -513,7 +526,7 @@ Expected<Plan> plan_from_torchtitan(const ImportOptions& o) {
   if (st) st = tt_degrees(*k, *o.gpus, p);
   if (st) st = tt_pipeline(*k, plan.model.layers, p);
   if (st) st = tt_batch(*k, b, p, plan.train);
-  if (st) st = tt_recompute(*k, p);
+  if (st) st = tt_recompute(*k, plan.model, p);
   if (st && b.cpu_offload) {
     if (p.zero != 3)
       return refused(*k, "training.enable_cpu_offload", "loom prices CPU offload with FSDP resharding after forward "

@@ -64,6 +64,7 @@ SearchPins pins_from(const PlanOptions& o) {
   if (f.zero) p.zero = static_cast<int>(*f.zero);
   p.recompute = enum_pin<Recompute>(f.recompute, recompute_names());
   p.recompute_layers = f.recompute_layers;
+  p.recompute_every = f.recompute_every;
   if (!f.sp.empty()) p.sp = f.sp == "on";
   if (!f.tp_comm_overlap.empty()) p.tp_comm_overlap = f.tp_comm_overlap == "on";
   if (!f.overlap_param_gather.empty()) p.overlap_param_gather = f.overlap_param_gather == "on";
@@ -117,6 +118,7 @@ std::string folded_split(const std::vector<int64_t>& layers) {
 std::string row_extras(const ParallelConfig& p) {
   std::string out;
   if (p.recompute_layers > 0) out += fmt::format("  block {}", p.recompute_layers);  // each chunk's first N
+  if (p.recompute_every > 0) out += fmt::format("  every {}", p.recompute_every);    // each chunk's K-th layers
   if (p.ep > 1 || p.etp > 1) out += fmt::format("  ep {} etp {}", p.ep, p.etp);
   if (p.cp > 1) out += fmt::format("  cp {}", p.cp);
   if (p.cp > 1 && p.cp_comm == CpComm::all_gather) out += " ag";  // K and V all-gathered, not passed round a ring
@@ -148,6 +150,8 @@ std::string table(const std::vector<Estimate>& top) {
   for (size_t i = 0; i < top.size(); ++i) s += table_row(i + 1, top[i]);
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.recompute_layers > 0; }))
     s += "(block N: recompute full of each chunk's first N layers only, the fewest that fit, --recompute-layers N)\n";
+  if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.recompute_every > 0; }))
+    s += "(every K: recompute full of each chunk's layers K, 2K, ... only, --recompute-every K)\n";
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.tp_comm_overlap; }))
     s += "(tpo: tensor-parallel communication overlapped with the GEMMs, --tp-comm-overlap on)\n";
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.overlap_param_gather; }))

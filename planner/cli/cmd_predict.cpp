@@ -68,6 +68,7 @@ Expected<ParallelConfig> parallel_from_flags(const PredictOptions& o, const Clus
   if (p.micro_batch < 1) return make_error("--micro-batch", "must be >= 1");
   p.recompute = static_cast<Recompute>(index_of(recompute_names(), f.recompute.empty() ? "none" : f.recompute));
   p.recompute_layers = f.recompute_layers.value_or(0);  // validate_config: needs recompute full
+  p.recompute_every = f.recompute_every.value_or(0);    // likewise
   p.sp = f.sp == "on";
   p.tp_comm_overlap = f.tp_comm_overlap == "on";  // sim/tp_overlap.hpp
   p.overlap_param_gather = f.overlap_param_gather == "on";  // ZeRO 1/2 (sim/specs.hpp)

@@ -117,6 +117,12 @@ void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
                       "their activations (Megatron-LM's --recompute-method block --recompute-num-layers N)",
                       "default every layer"))
       ->transform(Integer(1, limits::kLayers));
+  cmd.add_option("--recompute-every", o.recompute_every,
+                 text("with --recompute full: recompute only every K-th layer of each model chunk (its layers K, 2K, ...), "
+                      "the others keeping their activations (torchtitan's activation_checkpoint.selective_ac_option = "
+                      "\"K\")",
+                      "default every layer"))
+      ->transform(Integer(1, limits::kLayers));
   add_on_off(cmd, "--sp", o.sp, text("sequence parallelism, on or off (a bare --sp means on; needs tp > 1)", "default off"));
   add_on_off(cmd, "--tp-comm-overlap", o.tp_comm_overlap,
              text("tensor-parallel communication overlapped with the GEMMs beside it, on or off (Megatron-LM's "

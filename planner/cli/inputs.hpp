@@ -50,6 +50,7 @@ Expected<Job> load_job(const JobOptions& o);
 struct ParallelFlags {
   std::optional<int64_t> tp, pp, dp, zero, micro_batch, vpp;
   std::optional<int64_t> recompute_layers;     // --recompute-layers N (a block recompute)
+  std::optional<int64_t> recompute_every;      // --recompute-every K (every K-th layer of each chunk)
   std::optional<int64_t> ep, etp;              // MoE: expert-parallel and expert-tp sizes
   std::optional<int64_t> cp;                   // context-parallel size (sim/context_parallel.hpp)
   std::string recompute, sp, schedule, order;  // "" = not given

@@ -162,6 +162,23 @@ TEST_CASE("recompute of each chunk's first layers (block), priced exactly", "[eq
   short_chunks.recompute_layers = 2;
   check_plan("rc_block_int_short", short_chunks);
 }
+// torchtitan's selective_ac_option "K": each chunk's layers K, 2K, ... recomputed in full, the
+// others keeping their activations; 1F1B over pp 2 (layers 2 and 4 of each stage's 4), and the
+// interleaved schedule with short model-end chunks (2 + 3 and 2 + 1 layers: one of each chunk but
+// the last, which recomputes none, so its backward holds no rebuilt layer).
+TEST_CASE("recompute of every K-th layer of each chunk, priced exactly", "[equivalence]") {
+  ParallelConfig every = config(1, 2, 2, 0, Schedule::one_f_one_b, 1, Recompute::full, true);
+  every.recompute_every = 2;
+  check_plan("rc_every", every);
+  ParallelConfig short_chunks = config(1, 1, 2, 0, Schedule::interleaved, 2, Recompute::full);
+  short_chunks.stage_layers = {5, 3};
+  short_chunks.recompute_every = 2;
+  check_plan("rc_every_int_short", short_chunks);
+  // Every 5th of 4 layers per stage: nothing recomputed, no recompute buffer either.
+  ParallelConfig none = config(1, 1, 2, 0, Schedule::one_f_one_b, 1, Recompute::full);
+  none.recompute_every = 5;
+  check_plan("rc_every_none", none);
+}
 TEST_CASE("3D: dp 2 x tp 2 x pp 2", "[equivalence]") {
   check_plan("mix_z1_int_sel", config(2, 2, 2, 1, Schedule::interleaved, 2, Recompute::selective));
   check_plan("mix_z3_full", config(2, 2, 2, 3, Schedule::one_f_one_b, 1, Recompute::full));
