@@ -114,11 +114,13 @@ TEST_CASE("block recompute: the first N layers keep their input, the rest everyt
   CHECK(e.memory.activations < en.memory.activations);
 }
 
-TEST_CASE("block recompute over interleaved chunks: the simulator plays the same step", "[simulator]") {
+TEST_CASE("block and every-K-th recompute over interleaved chunks: the simulator plays the same step", "[simulator]") {
   const Job j = job("llama3-8b", "dgx-h100", 16, 64, 4096);
   ParallelConfig p;
   p.dp = 2, p.tp = 2, p.pp = 4, p.sp = true, p.schedule = Schedule::interleaved, p.vpp = 2;
   p.recompute = Recompute::full, p.recompute_layers = 2;  // 2 of each chunk's 4 layers
+  check_simulated_step(CostModel(j.model, j.cluster, j.train), p, 0.01);
+  p.recompute_layers = 0, p.recompute_every = 2;  // torchtitan's choice: layers 2 and 4 of each chunk
   check_simulated_step(CostModel(j.model, j.cluster, j.train), p, 0.01);
 }
 

@@ -2,7 +2,7 @@
 // torchtitan's activation_checkpoint selective_ac_option = "K"): a chunk of n layers recomputes
 // its layers K, 2K, ... (n / K of them), the others keeping their activations. For a dense model
 // that costs what a block recompute of as many layers costs, chunk by chunk, which is what these
-// tests pin; then the rules, the CLI, and torchtitan's and Megatron-LM's files. (The CPU executor
+// tests pin (the simulator: tests/test_recompute_block.cpp); then the rules, the CLI, and torchtitan's and Megatron-LM's files. (The CPU executor
 // trains it and measures it to the byte: tests/executor/test_parallel.cpp.)
 #include <catch2/catch.hpp>
 #include <cstring>
@@ -106,23 +106,8 @@ TEST_CASE("recompute every K-th layer: a chunk shorter than K recomputes nothing
   CHECK(ee.step_time_s == en.step_time_s);
   CHECK(ee.memory.peak() == en.memory.peak());
   CHECK(ee.flops_hardware == en.flops_hardware);
-  // Interleaved with a short model-end chunk (stages of 5 and 3 layers, chunks 3 + 2 and 2 + 1):
-  // every 2nd layer leaves the 1-layer chunk out, and the peak is taken over the schedule's
-  // moments, a chunk's backward holding a rebuilt layer only where that chunk recomputes one.
-  ParallelConfig p;
-  p.dp = 8, p.pp = 2, p.schedule = Schedule::interleaved, p.vpp = 2, p.stage_layers = {17, 15};
-  p.recompute = Recompute::full, p.recompute_every = 2;
-  REQUIRE(validate_config(j.model, j.cluster, j.train, p, plain).ok());
-  const Estimate e = cm.evaluate(p);
-  CHECK(e.memory.activations > 0);
-}
-
-TEST_CASE("recompute every K-th layer over interleaved chunks: the simulator plays the same step", "[simulator]") {
-  const Job j = job("llama3-8b", "dgx-h100", 16, 64, 4096);
-  ParallelConfig p;
-  p.dp = 2, p.tp = 2, p.pp = 4, p.sp = true, p.schedule = Schedule::interleaved, p.vpp = 2;
-  p.recompute = Recompute::full, p.recompute_every = 2;  // 2 of each chunk's 4 layers
-  check_simulated_step(CostModel(j.model, j.cluster, j.train), p, 0.01);
+  // (Interleaved chunks of which some recompute none, whose backward then holds no rebuilt
+  // layer: the CPU executor measures that peak to the byte, tests/executor/test_parallel.cpp.)
 }
 
 TEST_CASE("recompute every K-th layer: rules and CLI", "[cli]") {
