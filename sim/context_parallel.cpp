@@ -115,6 +115,46 @@ void cp_messages(std::vector<Message>& v, const ModelSpec& m, const TrainSpec& t
     v.push_back(message(kCpRingMessage, Group::cp, send, Pass::recompute, mbc, kv, (p.cp - 1) * again));
 }
 
+CpRingBytes cp_ring_bytes(int64_t cp, double q, double kv, double lse) {
+  CpRingBytes worst;
+  for (int64_t r = 0; r < cp; ++r) {
+    CpRingBytes b;
+    b.forward = 2 * kv + 2 * q + 4 * lse + static_cast<double>(r) * (3 * q + 5 * lse) +
+                static_cast<double>(cp - 1 - r) * (1.5 * q + 2.5 * lse);
+    b.backward = 2 * kv + (r == 0 ? 2.5 : 3.0) * (q + kv) + (r < cp - 1 ? lse : 0);
+    for (int64_t k = 0; k < r; ++k) {  // half-KV steps, the first at j = cp - 1 - r
+      const bool first = k == 0, j0 = first && r == cp - 1;
+      b.backward += (first ? (r == cp - 1 ? 2 : 2.5) : 3) * q + (j0 ? 1 : 1.5) * kv;
+    }
+    for (int64_t j = 0; j < cp - 1 - r; ++j) b.backward += (j == 0 ? 1 : 1.5) * q + (j == 0 ? 2 : 3) * kv;  // half-Q
+    if (b.forward + b.backward > worst.forward + worst.backward) worst = b;
+  }
+  return worst;
+}
+
+CpRingBytes cp_all_gather_bytes(int64_t cp, double q, double kv) {
+  const double c = static_cast<double>(cp);
+  return {2 * c * kv + 2 * q, (8 * c + 1.5) * kv + 2 * q};
+}
+
+void cp_attention_ops(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p,
+                      int64_t layers, int64_t recomputed) {
+  if (p.cp <= 1 || layers <= 0) return;
+  const double rows = static_cast<double>(p.micro_batch * (t.seq / p.cp)), e = static_cast<double>(dtype_bytes(t.dtype));
+  const double q = rows * static_cast<double>(m.q_dim() / p.tp) * e;
+  const double kv = 2 * static_cast<double>(cp_kv_block_bytes(m, t, p));
+  const double lse = 4 * rows * static_cast<double>(m.heads / p.tp);
+  const bool ring = p.cp_comm == CpComm::p2p;
+  const CpRingBytes b = ring ? cp_ring_bytes(p.cp, q, kv, lse) : cp_all_gather_bytes(p.cp, q, kv);
+  const char* name = ring ? "cp ring corrections" : "cp gather reorders";
+  const int64_t fk = ring ? 2 * p.cp + 1 : 4, bk = ring ? 2 * p.cp + 1 : 12;  // kernels per layer
+  const double fwd = b.forward / static_cast<double>(fk), bwd = b.backward / static_cast<double>(bk);
+  ops.push_back(memory_op(name, MemKind::elementwise, Pass::forward, fwd, layers * fk));
+  ops.push_back(memory_op(name, MemKind::elementwise, Pass::backward, bwd, layers * bk));
+  const int64_t again = p.recompute == Recompute::selective ? layers : recomputed;
+  if (again > 0) ops.push_back(memory_op(name, MemKind::elementwise, Pass::recompute, fwd, again * fk));
+}
+
 // stage_work's attention_core: one fused attention op per pass, of count layers x cp, one call
 // per ring step; its forward kind runs in the forward and recompute passes.
 const Op* cp_block_of(const StageWork& w, const Message& msg) {

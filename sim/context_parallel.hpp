@@ -62,6 +62,42 @@ inline constexpr const char* kCpReduceScatterMessage = "cp dkv reduce-scatter";
 void cp_messages(std::vector<Message>& v, const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p,
                  int64_t layers, int64_t recomputed);
 
+// The memory-bound work TransformerEngine's ring attention runs beside its attention blocks
+// (AttnFuncWithCPAndKVP2P, NVIDIA/TransformerEngine v2.6 c90a720765bc, transformer_engine/
+// pytorch/attention/dot_product_attention/context_parallel.py; Megatron-core's sbhd layout),
+// per layer on rank r of cp = C, in bytes read and written, with Q the rank's query (and output)
+// block b (s / C) heads/tp x head size x e, KV its K and V, and L its fp32 softmax statistics
+// 4 b heads/tp (s / C):
+//  forward: K and V packed for the ring (torch.cat, 2 KV), the output and statistics started
+//    from step 0's (2 Q + 4 L), and per later step the statistics' and the output's correction:
+//    3 Q + 5 L where Q's both chunks attend half of KV (steps 1..r), 1.5 Q + 2.5 L where Q's
+//    second chunk attends all of it (steps r+1..C-1) (lines 691, 1364-1414, 93-161);
+//  backward: K and V copied into the ring's buffer (2 KV); dQ and dKV added in bf16 step by step
+//    (the diagonal step 3 Q + 3 KV, rank 0's 2.5 + 2.5; a half-KV step 3 Q + 1.5 KV, a half-Q
+//    step 1.5 Q + 3 KV, the first writing instead of adding: 2 Q / 1 KV, 1 Q / 2 KV); the
+//    statistics' second half made contiguous (L) except on the last rank (lines 1575-1586,
+//    1653-1658, 2305-2353, 2506-2550).
+// The ranks' counts differ; the ring waits for the slowest each layer, so the rank with the most
+// forward and backward bytes prices them.
+struct CpRingBytes {
+  double forward = 0, backward = 0;
+};
+CpRingBytes cp_ring_bytes(int64_t cp, double q, double kv, double lse);
+// The all-gather variant's (AttnFuncWithCPAndKVAllGather, the same file and version), the same
+// on every rank: forward the gathered K and V put in sequence order (index_select, 2 C KV,
+// lines 2813-2818) and each of the rank's two chunks' outputs copied into the output (2 Q,
+// 2920-2925); backward the full-sequence dK and dV zeroed (C KV, 2987-2988), K and V gathered
+// and put in order again (2 C KV, 3006-3007), dQ's chunks copied (2 Q, 3128-3130), each chunk's
+// dK and dV added into them in bf16 (3 C + 1.5 KV over the two chunks' prefixes, 3143-3144)
+// and reordered for the reduce-scatter (2 C KV, 3150-3155): 2 C KV + 2 Q and (8 C + 1.5) KV + 2 Q.
+CpRingBytes cp_all_gather_bytes(int64_t cp, double q, double kv);
+// Those as memory-bound ops of a stage's `layers` (forward, backward) and of the layers its
+// recompute runs again (`recomputed`, every layer under selective recompute): the ring's
+// "cp ring corrections" in 2 C + 1 kernels per layer and pass, the all-gather's "cp gather
+// reorders" in 4 forward and 12 backward; nothing with cp 1.
+void cp_attention_ops(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p,
+                      int64_t layers, int64_t recomputed);
+
 // The attention op (one ring step's block) a cp message runs beside, from the stage's own op
 // list; nullptr for the last dK/dV hop and for CpComm::all_gather's collectives, which nothing
 // hides.

@@ -506,6 +506,7 @@ void stage_ops(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& tr, co
   layer_elementwise(ops, m, d, Pass::backward, L);
   if (p.recompute == Recompute::full) layer_forward(ops, m, tr, d, Pass::recompute, d.rec_layers);
   if (p.recompute == Recompute::selective) attention_core(ops, m, tr, d, Pass::recompute, L);
+  cp_attention_ops(ops, m, tr, p, L, d.rec_layers);  // TransformerEngine's copies beside cp attention
   end_ops(ops, tr, d);
 }
 

@@ -146,6 +146,61 @@ TEST_CASE("context parallelism: a rank holds seq / cp tokens and 1/cp of the cau
   CHECK(buffer(w, "layer activations")->bytes == w.in_flight * 32 * layer);
 }
 
+TEST_CASE("context parallelism: TransformerEngine's copies beside the attention, the slowest rank's bytes", "[cp]") {
+  // Per rank of cp 2 (Q, KV, L: the query block, K and V, the fp32 statistics):
+  // rank 0 forward 2 KV + 3.5 Q + 6.5 L, backward 6.5 KV + 3.5 Q + L; rank 1 forward
+  // 2 KV + 5 Q + 9 L, backward 6 KV + 5 Q. With Q = 10, KV = 4, L = 1 rank 1 moves the most.
+  const CpRingBytes two = cp_ring_bytes(2, 10, 4, 1);
+  CHECK(two.forward == 2 * 4 + 5 * 10 + 9 * 1);
+  CHECK(two.backward == 6 * 4 + 5 * 10);
+  // With a large KV (Q = 1, KV = 10, L = 0) rank 0's backward (6.5 KV) outweighs rank 1's extra forward.
+  const CpRingBytes kv_heavy = cp_ring_bytes(2, 1, 10, 0);
+  CHECK(kv_heavy.forward == 2 * 10 + 3.5 * 1);
+  CHECK(kv_heavy.backward == 6.5 * 10 + 3.5 * 1);
+  // cp 4, the last rank (every later step attends half of KV): forward 2 KV + 2 Q + 4 L +
+  // 3 (3 Q + 5 L); backward 2 KV + 3 (Q + KV) + (2 Q + KV) + 2 (3 Q + 1.5 KV) = 9 KV + 11 Q.
+  const CpRingBytes four = cp_ring_bytes(4, 10, 4, 1);
+  CHECK(four.forward == 2 * 4 + 11 * 10 + 19 * 1);
+  CHECK(four.backward == 9 * 4 + 11 * 10);
+  // Llama 3 8B, tp 2, cp 2, 4096 tokens per rank: Q = 4096 x 2048 x 2 bytes, KV = 2 x 4 MiB,
+  // L = 4 x 16 heads x 4096; 5 kernels per layer and pass, none without cp.
+  const Job j = llama8b(16, 8, 8192);
+  const StageWork w = build_stage_work(j.model, j.cluster, j.train, tp2_cp2(), 0);
+  const double q = 4096.0 * 2048 * 2, kv = 2 * 4'194'304.0, lse = 4.0 * 16 * 4096;
+  const CpRingBytes b = cp_ring_bytes(2, q, kv, lse);
+  for (auto [pass, bytes] : {std::pair{Pass::forward, b.forward}, {Pass::backward, b.backward}}) {
+    const Op* o = op(w, "cp ring corrections", pass);
+    REQUIRE(o);
+    CHECK(o->count == 32 * 5);
+    CHECK(o->bytes * 5 == Approx(bytes).epsilon(1e-15));
+    CHECK(o->mem == MemKind::elementwise);
+  }
+  CHECK(op(w, "cp ring corrections", Pass::recompute) == nullptr);
+  ParallelConfig rc = tp2_cp2();
+  rc.recompute = Recompute::selective;  // the attention, and so the ring's forward, again
+  const Op* again = op(build_stage_work(j.model, j.cluster, j.train, rc, 0), "cp ring corrections", Pass::recompute);
+  REQUIRE(again);
+  CHECK(again->count == 32 * 5);
+  ParallelConfig no_cp = tp2_cp2(8);
+  no_cp.cp = 1;
+  CHECK(op(build_stage_work(j.model, j.cluster, j.train, no_cp, 0), "cp ring corrections", Pass::forward) == nullptr);
+  // The all-gather variant, the same on every rank: 2 C KV + 2 Q forward in 4 kernels and
+  // (8 C + 1.5) KV + 2 Q backward in 12.
+  const CpRingBytes g = cp_all_gather_bytes(4, 10, 4);
+  CHECK(g.forward == 8 * 4 + 2 * 10);
+  CHECK(g.backward == 33.5 * 4 + 2 * 10);
+  ParallelConfig gathered = tp2_cp2();
+  gathered.cp_comm = CpComm::all_gather;
+  const StageWork wg = build_stage_work(j.model, j.cluster, j.train, gathered, 0);
+  CHECK(op(wg, "cp ring corrections", Pass::forward) == nullptr);
+  const CpRingBytes gb = cp_all_gather_bytes(2, q, kv);
+  REQUIRE(op(wg, "cp gather reorders", Pass::forward));
+  CHECK(op(wg, "cp gather reorders", Pass::forward)->count == 32 * 4);
+  CHECK(op(wg, "cp gather reorders", Pass::forward)->bytes * 4 == Approx(gb.forward).epsilon(1e-15));
+  CHECK(op(wg, "cp gather reorders", Pass::backward)->count == 32 * 12);
+  CHECK(op(wg, "cp gather reorders", Pass::backward)->bytes * 12 == Approx(gb.backward).epsilon(1e-15));
+}
+
 TEST_CASE("context parallelism: gradients and ZeRO shards span dp x cp; the links", "[cp]") {
   const Job j = llama8b(16, 8, 8192);
   ParallelConfig p = tp2_cp2();
