@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <optional>
 #include <utility>
 
@@ -148,6 +149,33 @@ void note_recompute_every(const ParallelConfig& p, const std::string& what, std:
   if (p.recompute == Recompute::full && p.recompute_every > 0)
     no.push_back("recompute_every " + s(p.recompute_every) + ": " + what +
                  " recomputes every layer, not every K-th of each chunk; emitted as full recompute");
+}
+
+// Whether torchtitan v0.2.2's process-wide block count, which runs on across a rank's model
+// parts, checkpoints each chunk's layers K, 2K, ... as ParallelConfig::recompute_every counts
+// them: where each of a rank's chunks but its last holds a multiple of K layers.
+bool tt_counts_per_chunk(const ModelSpec& m, const ParallelConfig& p, int64_t k) {
+  for (int64_t s = 0; s < p.pp; ++s)
+    for (int64_t c = 0; c + 1 < p.vpp; ++c)
+      if (chunk_layers_at(p, m.layers, s, c) % k != 0) return false;
+  return true;
+}
+
+// A block recompute of each chunk's first N layers (ParallelConfig::recompute_layers) as
+// torchtitan's every K-th block: the K, if any, with which every chunk recomputes as many
+// layers (chunk_layers / K = min(N, chunk_layers)) and torchtitan counts them so
+// (tt_counts_per_chunk), which for a dense model costs the same time and memory; none
+// otherwise, or for a MoE model.
+std::optional<int64_t> block_as_every(const ModelSpec& m, const ParallelConfig& p) {
+  if (m.is_moe() || p.recompute != Recompute::full || p.recompute_layers <= 0) return std::nullopt;
+  std::vector<int64_t> chunks;
+  for (int64_t c = 0; c < p.pp * p.vpp; ++c) chunks.push_back(chunk_layers_at(p, m.layers, c % p.pp, c / p.pp));
+  const int64_t most = *std::max_element(chunks.begin(), chunks.end());
+  for (int64_t k = 1; k <= most; ++k)
+    if (std::all_of(chunks.begin(), chunks.end(), [&](int64_t n) { return n / k == p.recomputed_layers(n); }) &&
+        tt_counts_per_chunk(m, p, k))
+      return k;
+  return std::nullopt;
 }
 
 // Every K-th layer of each chunk recomputed (ParallelConfig::recompute_every) as Megatron-LM's
@@ -526,12 +554,23 @@ ExportResult torchtitan(const Plan& plan) {
     no.push_back("tp_comm_overlap: async TP runs only under torch.compile, whose kernel fusion loom does not price");
   }
   o += "[activation_checkpoint]\n";
-  if (p.recompute == Recompute::full && p.recompute_every > 0) {  // torchtitan's layer-level selective checkpointing
-    o += "mode = \"selective\"\nselective_ac_option = " + q(s(p.recompute_every)) + "\n";
+  // torchtitan's layer-level selective checkpointing: every K-th layer, or a block written so.
+  const std::optional<int64_t> every = p.recompute_every > 0 ? std::optional<int64_t>(p.recompute_every)
+                                                               : block_as_every(m, p);
+  if (p.recompute == Recompute::full && every) {
+    o += "mode = \"selective\"\nselective_ac_option = " + q(s(*every)) + "\n";
+    if (!tt_counts_per_chunk(m, p, *every))
+      no.push_back("recompute_every " + s(*every) + ": torchtitan v0.2.2 counts blocks on across a rank's model parts, so "
+                   "with a part that is not a multiple of " + s(*every) + " blocks it checkpoints other blocks than "
+                   "each chunk's layers " + s(*every) + ", " + s(2 * *every) + ", ...");
+    if (p.recompute_layers > 0)
+      no.push_back("recompute_layers " + s(p.recompute_layers) + ": torchtitan checkpoints every K-th block of each "
+                   "model part, not each chunk's first; emitted as selective_ac_option \"" + s(*every) +
+                   "\", as many blocks, which costs a dense model the same");
   } else {
     o += std::string("mode = ") + q(to_string(p.recompute)) + "\n";
+    note_recompute_layers(p, "torchtitan's full activation checkpointing", no);
   }
-  note_recompute_layers(p, "torchtitan's full activation checkpointing", no);
   if (p.recompute == Recompute::selective) {
     o += "selective_ac_option = \"op\"\n";
     no.push_back("recompute selective: torchtitan's is per-op (saves matmul outputs), not Megatron's attention-core recompute");

@@ -344,8 +344,10 @@ struct ParallelConfig {
   // With recompute full, the other choice of layers: every K-th layer of each model chunk,
   // its layers K, 2K, ... counted from 1, the others keeping their activations (torchtitan's
   // selective_ac_option = "K": torchtitan/distributed/activation_checkpoint.py _apply_layer_sac
-  // wraps a block when its count, which apply_ac restarts for each model part, is a multiple of
-  // K). 0: not this choice. A chunk of n layers recomputes n / K of them.
+  // wraps a block when a process-wide count of the blocks it has seen is a multiple of K; at
+  // v0.2.2 the count runs on across a rank's model parts, which is this where each of a rank's
+  // chunks but its last holds a multiple of K layers). 0: not this choice. A chunk of n layers
+  // recomputes n / K of them.
   int64_t recompute_every = 0;
   Schedule schedule = Schedule::one_f_one_b;
   int64_t vpp = 1;             // virtual stages per rank (interleaved only)

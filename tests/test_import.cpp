@@ -209,6 +209,25 @@ TEST_CASE("import torchtitan: a user's job file; ignored keys listed once; bad f
   const auto ev = nlohmann::json::parse(every.out);
   CHECK(ev["recompute"] == "full");
   CHECK(ev["recompute_every"] == 2);
+  // Interleaved over pp 2 (4 parts of 8 blocks): torchtitan v0.2.2 counts blocks on across a
+  // rank's two parts, which is loom's count per chunk for K = 2 (8 is a multiple) but not for 3.
+  auto pp_job = [&](const char* option) {
+    std::string t = kJob;
+    t.replace(t.find("local_batch_size = 2"), 20, "local_batch_size = 16");  // one flush per step
+    t.replace(t.find("tensor_parallel_degree = 2"), 26,
+              "tensor_parallel_degree = 2\npipeline_parallel_degree = 2\npipeline_parallel_schedule = "
+              "\"Interleaved1F1B\"\npipeline_parallel_first_stage_less_layers = 0\n"
+              "pipeline_parallel_last_stage_less_layers = 0");
+    t.replace(t.find("mode = \"none\""), 13, std::string("mode = \"selective\"\nselective_ac_option = \"") + option + "\"");
+    return t;
+  };
+  const LoomRun pp2 = import_toml("tt_ac_pp2.toml", pp_job("2"), "--json");
+  INFO(pp2.err);
+  REQUIRE(pp2.code == 0);
+  CHECK(nlohmann::json::parse(pp2.out)["recompute_every"] == 2);
+  refused("tt_ac_pp3.toml", pp_job("3"),
+          "activation_checkpoint.selective_ac_option: torchtitan v0.2.2 counts blocks on across a rank's model parts, "
+          "which loom prices where each part but a rank's last holds a multiple of 3 blocks (stage 0's part 0 holds 8)");
   for (const char* all : {"0", "1"}) {
     text = kJob;
     text.replace(text.find("mode = \"none\""), 13, std::string("mode = \"selective\"\nselective_ac_option = \"") + all + "\"");

@@ -163,4 +163,17 @@ TEST_CASE("recompute every K-th layer: torchtitan's selective_ac_option and Mega
   CHECK(mg.out.find("--recompute-method block \\\n  --recompute-num-layers 8") != std::string::npos);
   CHECK(mg.err.find("recompute_every 2: Megatron-LM recomputes a block of each chunk's first layers, not every K-th; "
                     "emitted as the block of as many (8), which costs a dense model the same") != std::string::npos);
+  // And back: a block of each 16-layer stage's first 5 is torchtitan's every 3rd (16 / 3 = 5); a
+  // block of 7 has no such K (16 / 2 = 8, 16 / 3 = 5) and is written as full recompute.
+  const RoundTrip b5 = export_round_trip("torchtitan", job + "--tp 2 --pp 2 --zero 3 --recompute full --recompute-layers 5",
+                                         "--cluster dgx-h100 --gpus 8", "rc_block5_tt",
+                                         "mode = \"selective\"\nselective_ac_option = \"3\"");
+  CHECK(plan_configuration(b5.imported)["parallel"]["recompute_every"] == 3);
+  const std::string b7 = temp_file("rc_block7_plan.json", "");
+  REQUIRE(run_loom("predict " + job + "--tp 2 --pp 2 --zero 3 --recompute full --recompute-layers 7 -o " + b7).code == 0);
+  const LoomRun tt7 = run_loom("export " + b7 + " --to torchtitan");
+  REQUIRE(tt7.code == 0);
+  CHECK(tt7.out.find("mode = \"full\"") != std::string::npos);
+  CHECK(tt7.err.find("recompute_layers 7: torchtitan's full activation checkpointing recomputes every layer") !=
+        std::string::npos);
 }

@@ -472,7 +472,10 @@ Status tt_batch(TomlKeys& k, const TtBatch& b, ParallelConfig& p, TrainSpec& t) 
 
 // [activation_checkpoint]: torchtitan's default is selective with "2", every second layer.
 // selective_ac_option "K" (activation_checkpoint.py _apply_layer_sac): a block is checkpointed
-// when its count, restarted for each model part, is a multiple of K, "0" and "1" every block.
+// when a process-wide count of the blocks it has seen is a multiple of K, "0" and "1" every
+// block. At v0.2.2 the count (_layer_sac_count) is never reset, so it runs on from one of a
+// rank's model parts to the next: loom's count per chunk (ParallelConfig::recompute_every) is
+// the same where each of a rank's chunks but its last holds a multiple of K layers.
 Status tt_recompute(TomlKeys& k, const ModelSpec& m, ParallelConfig& p) {
   std::string mode = "selective", option = "2";
   Status st = get_str(k, "activation_checkpoint.mode", mode, {"selective", "full", "memory_budget", "none"});
@@ -483,7 +486,7 @@ Status tt_recompute(TomlKeys& k, const ModelSpec& m, ParallelConfig& p) {
   if (mode != "selective") return ok_status();
   const bool digits = !option.empty() && option.size() <= 7 &&
                       std::all_of(option.begin(), option.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
-  if (digits) {  // every layer checkpointed ("0", "1"), or every K-th of each model part
+  if (digits) {  // every layer checkpointed ("0", "1"), or every K-th of the rank's blocks
     p.recompute = Recompute::full;
     const int64_t every = std::stoll(option);
     if (every < 2) return ok_status();
@@ -493,6 +496,14 @@ Status tt_recompute(TomlKeys& k, const ModelSpec& m, ParallelConfig& p) {
                      "which layers are MoE layers): use \"1\" or mode = \"full\"");
     if (every > limits::kLayers)
       return refused(k, "activation_checkpoint.selective_ac_option", "must be at most " + std::to_string(limits::kLayers));
+    for (int64_t s = 0; s < p.pp; ++s)
+      for (int64_t c = 0; c + 1 < p.vpp; ++c)
+        if (const int64_t n = chunk_layers_at(p, m.layers, s, c); n % every != 0)
+          return refused(k, "activation_checkpoint.selective_ac_option",
+                         fmt::format("torchtitan v0.2.2 counts blocks on across a rank's model parts, which loom "
+                                     "prices where each part but a rank's last holds a multiple of {} blocks (stage "
+                                     "{}'s part {} holds {})",
+                                     every, s, c, n));
     p.recompute_every = every;
   } else if (option == "op") {
     p.recompute = Recompute::selective;
