@@ -269,14 +269,17 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
   if (p.recompute == Recompute::selective) a.push_back({"--recompute-granularity", "selective"});
   // Every K-th layer of each chunk: Megatron-LM's block of as many first layers where it can.
   const std::optional<int64_t> every_block = p.recompute_every > 0 ? every_as_block(m, p) : std::nullopt;
+  const bool recomputes_none = every_block && *every_block == 0;  // K beyond every chunk: none recomputed
   if (p.recompute == Recompute::full && p.recompute_every > 0)
     no.push_back("recompute_every " + s(p.recompute_every) + ": Megatron-LM recomputes a block of each chunk's first "
                  "layers, not every K-th; " +
-                 (every_block && *every_block > 0
-                      ? "emitted as the block of as many (" + s(*every_block) + "), which costs a dense model the same"
-                      : "its chunks recompute unequal counts; emitted as full recompute"));
+                 (recomputes_none ? "no chunk holds " + s(p.recompute_every) + " layers, so none is recomputed; emitted "
+                                    "without recompute"
+                  : every_block   ? "emitted as the block of as many (" + s(*every_block) +
+                                      "), which costs a dense model the same"
+                                  : "its chunks recompute unequal counts; emitted as full recompute"));
   const int64_t block = p.recompute_layers > 0 ? p.recompute_layers : every_block.value_or(0);
-  if (p.recompute == Recompute::full) {  // every layer (uniform, groups of 1) or a block of each chunk's first
+  if (p.recompute == Recompute::full && !recomputes_none) {  // every layer (uniform, groups of 1) or a block
     a.push_back({"--recompute-granularity", "full"});
     a.push_back({"--recompute-method", block > 0 ? "block" : "uniform"});
     a.push_back({"--recompute-num-layers", s(block > 0 ? block : 1)});

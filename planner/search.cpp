@@ -187,6 +187,9 @@ Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c
     if (v && *v > 1 && !m.is_moe())
       return make_error(flag, "needs a mixture-of-experts model (got " + search_str(*v) + "; " + m.name + " is dense)");
   }
+  if (pins.recompute_every && m.is_moe())  // validate_config's rule, said once for the pin
+    return make_error("--recompute-every", "every K-th layer is priced for dense models only (a MoE model's recomputed "
+                                           "layers depend on which are MoE layers; got " + m.name + ")");
   if (pins.stage_layers) {  // its length and sum now; the multiple-of-vpp rule per candidate
     ParallelConfig q;
     q.pp = static_cast<int64_t>(pins.stage_layers->size());

@@ -127,7 +127,8 @@ CpRingBytes cp_ring_bytes(int64_t cp, double q, double kv, double lse) {
       b.backward += (first ? (r == cp - 1 ? 2 : 2.5) : 3) * q + (j0 ? 1 : 1.5) * kv;
     }
     for (int64_t j = 0; j < cp - 1 - r; ++j) b.backward += (j == 0 ? 1 : 1.5) * q + (j == 0 ? 2 : 3) * kv;  // half-Q
-    if (b.forward + b.backward > worst.forward + worst.backward) worst = b;
+    worst.forward = std::max(worst.forward, b.forward);  // each pass waits for its own slowest rank
+    worst.backward = std::max(worst.backward, b.backward);
   }
   return worst;
 }

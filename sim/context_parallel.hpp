@@ -77,8 +77,8 @@ void cp_messages(std::vector<Message>& v, const ModelSpec& m, const TrainSpec& t
 //    step 1.5 Q + 3 KV, the first writing instead of adding: 2 Q / 1 KV, 1 Q / 2 KV); the
 //    statistics' second half made contiguous (L) except on the last rank (lines 1575-1586,
 //    1653-1658, 2305-2353, 2506-2550).
-// The ranks' counts differ; the ring waits for the slowest each layer, so the rank with the most
-// forward and backward bytes prices them.
+// The ranks' counts differ; each pass of the ring waits for its slowest rank every layer, so the
+// most forward bytes of any rank price the forward and the most backward bytes the backward.
 struct CpRingBytes {
   double forward = 0, backward = 0;
 };

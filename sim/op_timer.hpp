@@ -30,7 +30,9 @@ struct OpTimer {
   // (EfficiencySpec::fp8_gemm_efficiency_ratio; 1 where the cluster states none).
   double fp8_efficiency_ratio = 1;
   const GemmModel* gemm_model = nullptr;  // bf16 GEMMs without a profile (sim/gemm_model.hpp)
-  const GemmModel* gemm_model_fp8 = nullptr;  // FP8 GEMMs without a profile, where measured (sim/fp8.hpp)
+  // FP8 GEMMs without a profile: measured, or carried from the bf16 model by the cluster's FP8
+  // ratio (ClusterSpec::gemm_model_fp8; sim/fp8.hpp)
+  const GemmModel* gemm_model_fp8 = nullptr;
   GemmMemo* gemm_memo = nullptr;          // a search thread's memo of gemm_model's times, or none
   // Bytes per output element of a weight-gradient GEMM: accumulated into the gradient buffer in
   // the GEMM (read and written: 8 in fp32, 4 in bf16), or written in bf16 for a separate add.

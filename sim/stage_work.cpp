@@ -194,7 +194,7 @@ void activation_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainS
     return d.moe.layers_chunk > 0 ? moe_layer_activation_bytes(m, d.moe, d.b, d.s, p.sp, r, tr.attention, tr.dtype) : 0;
   };
   const int64_t moe_act = moe_layer(p.recompute), moe_full = moe_layer(Recompute::none);
-  if (p.recompute_layers > 0 && d.moe.layers_chunk > 0) {  // a block recompute of MoE layers
+  if (p.partial_recompute() && d.moe.layers_chunk > 0) {  // a block recompute of MoE layers
     const MoeChunkBytes c = block_moe_chunk(m, p, stage, chunk_bytes, {act.total() + fp8, kept, moe_act, moe_full});
     add(v, "layer activations", MemCategory::activations, Lifetime::in_flight, in_flight * c.dense);
     add(v, "moe layer activations", MemCategory::activations, Lifetime::in_flight, in_flight * c.moe);

@@ -153,9 +153,10 @@ TEST_CASE("context parallelism: TransformerEngine's copies beside the attention,
   const CpRingBytes two = cp_ring_bytes(2, 10, 4, 1);
   CHECK(two.forward == 2 * 4 + 5 * 10 + 9 * 1);
   CHECK(two.backward == 6 * 4 + 5 * 10);
-  // With a large KV (Q = 1, KV = 10, L = 0) rank 0's backward (6.5 KV) outweighs rank 1's extra forward.
+  // With a large KV (Q = 1, KV = 10, L = 0) rank 0's backward (6.5 KV + 3.5 Q) is the slowest
+  // backward while rank 1's forward (2 KV + 5 Q) is still the slowest forward: each pass its own.
   const CpRingBytes kv_heavy = cp_ring_bytes(2, 1, 10, 0);
-  CHECK(kv_heavy.forward == 2 * 10 + 3.5 * 1);
+  CHECK(kv_heavy.forward == 2 * 10 + 5 * 1);
   CHECK(kv_heavy.backward == 6.5 * 10 + 3.5 * 1);
   // cp 4, the last rank (every later step attends half of KV): forward 2 KV + 2 Q + 4 L +
   // 3 (3 Q + 5 L); backward 2 KV + 3 (Q + KV) + (2 Q + KV) + 2 (3 Q + 1.5 KV) = 9 KV + 11 Q.

@@ -198,7 +198,7 @@ TEST_CASE("import torchtitan: a user's job file; ignored keys listed once; bad f
   text.replace(text.find("mode = \"none\""), 13, "mode = \"selective\"\nselective_ac_option = \"x\"");
   refused("tt_ac_option.toml", text,
           "activation_checkpoint.selective_ac_option: must be \"op\" or a non-negative integer, as torchtitan's "
-          "ActivationCheckpoint asserts (got \"x\")");
+          "ActivationCheckpoint asserts (got \"x\")\n");
   // No [activation_checkpoint]: torchtitan's default, selective "2", every second block of each
   // model part checkpointed (ParallelConfig::recompute_every); "1" and "0" every block.
   text = kJob;
@@ -228,6 +228,15 @@ TEST_CASE("import torchtitan: a user's job file; ignored keys listed once; bad f
   refused("tt_ac_pp3.toml", pp_job("3"),
           "activation_checkpoint.selective_ac_option: torchtitan v0.2.2 counts blocks on across a rank's model parts, "
           "which loom prices where each part but a rank's last holds a multiple of 3 blocks (stage 0's part 0 holds 8)");
+  // Python's int(): leading zeros read as torchtitan reads them; too large a K is refused.
+  text = kJob;
+  text.replace(text.find("mode = \"none\""), 13, "mode = \"selective\"\nselective_ac_option = \"0002\"");
+  const LoomRun zeros = import_toml("tt_ac_zeros.toml", text, "--json");
+  REQUIRE(zeros.code == 0);
+  CHECK(nlohmann::json::parse(zeros.out)["recompute_every"] == 2);
+  text = kJob;
+  text.replace(text.find("mode = \"none\""), 13, "mode = \"selective\"\nselective_ac_option = \"123456789012\"");
+  refused("tt_ac_big.toml", text, "activation_checkpoint.selective_ac_option: must be at most 1048576 (got \"123456789012\")\n");
   for (const char* all : {"0", "1"}) {
     text = kJob;
     text.replace(text.find("mode = \"none\""), 13, std::string("mode = \"selective\"\nselective_ac_option = \"") + all + "\"");

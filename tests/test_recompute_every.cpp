@@ -126,12 +126,15 @@ TEST_CASE("recompute every K-th layer: rules and CLI", "[cli]") {
   CHECK(bad.err == "loom: --recompute-every: recomputes every K-th layer of each chunk in full: needs recompute full "
                    "(got recompute none)\n");
   CHECK(run_loom("predict " + job + "--tp 1 --pp 1 --recompute full --recompute-every 0").code == 2);
-  const LoomRun moe = run_loom(
-      "predict --model mixtral-8x7b --cluster dgx-h100 --gpus 32 --global-batch 32 --tp 1 --pp 4 --ep 8 --recompute "
-      "full --recompute-every 2");
+  const std::string mixtral = "--model mixtral-8x7b --cluster dgx-h100 --gpus 32 --global-batch 32 ";
+  const LoomRun moe = run_loom("predict " + mixtral + "--tp 1 --pp 4 --ep 8 --recompute full --recompute-every 2");
   CHECK(moe.code == 2);
   CHECK(moe.err == "loom: --recompute-every: every K-th layer is priced for dense models only (a MoE model's recomputed "
                    "layers depend on which are MoE layers)\n");
+  const LoomRun moe_plan = run_loom("plan " + mixtral + "--recompute-every 2");
+  CHECK(moe_plan.code == 2);
+  CHECK(moe_plan.err == "loom: --recompute-every: every K-th layer is priced for dense models only (a MoE model's "
+                        "recomputed layers depend on which are MoE layers; got mixtral-8x7b)\n");
   const LoomRun predicted = run_loom("predict " + job + "--tp 1 --pp 1 --recompute full --recompute-every 2");
   REQUIRE(predicted.code == 0);
   CHECK(predicted.out.find("recompute full (layers 2, 4, ... of each chunk)") != std::string::npos);
@@ -163,6 +166,15 @@ TEST_CASE("recompute every K-th layer: torchtitan's selective_ac_option and Mega
   CHECK(mg.out.find("--recompute-method block \\\n  --recompute-num-layers 8") != std::string::npos);
   CHECK(mg.err.find("recompute_every 2: Megatron-LM recomputes a block of each chunk's first layers, not every K-th; "
                     "emitted as the block of as many (8), which costs a dense model the same") != std::string::npos);
+  // Every 20th of 16-layer stages recomputes nothing, as loom prices it: no recompute flags.
+  const std::string none = temp_file("rc_every_none_plan.json", "");
+  REQUIRE(run_loom("predict " + job + "--tp 2 --pp 2 --zero 1 --recompute full --recompute-every 20 -o " + none).code ==
+          0);
+  const LoomRun mg_none = run_loom("export " + none + " --to megatron");
+  REQUIRE(mg_none.code == 0);
+  CHECK(mg_none.out.find("--recompute-") == std::string::npos);
+  CHECK(mg_none.err.find("no chunk holds 20 layers, so none is recomputed; emitted without recompute") !=
+        std::string::npos);
   // And back: a block of each 16-layer stage's first 5 is torchtitan's every 3rd (16 / 3 = 5); a
   // block of 7 has no such K (16 / 2 = 8, 16 / 3 = 5) and is written as full recompute.
   const RoundTrip b5 = export_round_trip("torchtitan", job + "--tp 2 --pp 2 --zero 3 --recompute full --recompute-layers 5",

@@ -484,11 +484,14 @@ Status tt_recompute(TomlKeys& k, const ModelSpec& m, ParallelConfig& p) {
   if (mode == "memory_budget") return refused(k, "activation_checkpoint.mode", "a memory-budget recompute is not modelled");
   p.recompute = mode == "full" ? Recompute::full : Recompute::none;
   if (mode != "selective") return ok_status();
-  const bool digits = !option.empty() && option.size() <= 7 &&
+  const bool digits = !option.empty() &&
                       std::all_of(option.begin(), option.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
   if (digits) {  // every layer checkpointed ("0", "1"), or every K-th of the rank's blocks
     p.recompute = Recompute::full;
-    const int64_t every = std::stoll(option);
+    const std::string value = option.substr(std::min(option.find_first_not_of('0'), option.size()));  // int("007") = 7
+    if (value.size() > 7)
+      return refused(k, "activation_checkpoint.selective_ac_option", "must be at most " + std::to_string(limits::kLayers));
+    const int64_t every = value.empty() ? 0 : std::stoll(value);
     if (every < 2) return ok_status();
     if (m.is_moe())
       return refused(k, "activation_checkpoint.selective_ac_option",
@@ -511,8 +514,7 @@ Status tt_recompute(TomlKeys& k, const ModelSpec& m, ParallelConfig& p) {
                "(attention core), not torchtitan's per-op save list\n", k.path);
   } else {
     return refused(k, "activation_checkpoint.selective_ac_option",
-                   "must be \"op\" or a non-negative integer, as torchtitan's ActivationCheckpoint asserts (got \"" +
-                       option + "\")");
+                   "must be \"op\" or a non-negative integer, as torchtitan's ActivationCheckpoint asserts");
   }
   return ok_status();
 }
