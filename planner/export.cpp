@@ -500,6 +500,34 @@ void tt_parallelism(const ModelSpec& m, const TrainSpec& t, const ParallelConfig
   o += "\n";
 }
 
+// [activation_checkpoint]: none, full, torchtitan's layer-level selective checkpointing (every
+// K-th block: ParallelConfig::recompute_every, or a block recompute written so where one K gives
+// as many layers), or per op for loom's selective recompute.
+std::string tt_activation_checkpoint(const ModelSpec& m, const ParallelConfig& p, std::vector<std::string>& no) {
+  std::string o = "[activation_checkpoint]\n";
+  const std::optional<int64_t> every = p.recompute_every > 0 ? std::optional<int64_t>(p.recompute_every)
+                                                               : block_as_every(m, p);
+  if (p.recompute == Recompute::full && every) {
+    o += "mode = \"selective\"\nselective_ac_option = " + q(s(*every)) + "\n";
+    if (!tt_counts_per_chunk(m, p, *every))
+      no.push_back("recompute_every " + s(*every) + ": torchtitan v0.2.2 counts blocks on across a rank's model parts, so "
+                   "with a part that is not a multiple of " + s(*every) + " blocks it checkpoints other blocks than "
+                   "each chunk's layers " + s(*every) + ", " + s(2 * *every) + ", ...");
+    if (p.recompute_layers > 0)
+      no.push_back("recompute_layers " + s(p.recompute_layers) + ": torchtitan checkpoints every K-th block of each "
+                   "model part, not each chunk's first; emitted as selective_ac_option \"" + s(*every) +
+                   "\", as many blocks, which costs a dense model the same");
+    return o;
+  }
+  o += std::string("mode = ") + q(to_string(p.recompute)) + "\n";
+  note_recompute_layers(p, "torchtitan's full activation checkpointing", no);
+  if (p.recompute == Recompute::selective) {
+    o += "selective_ac_option = \"op\"\n";
+    no.push_back("recompute selective: torchtitan's is per-op (saves matmul outputs), not Megatron's attention-core recompute");
+  }
+  return o;
+}
+
 ExportResult torchtitan(const Plan& plan) {
   ExportResult r;
   auto& no = r.unexpressible;
@@ -556,28 +584,7 @@ ExportResult torchtitan(const Plan& plan) {
     o += "[compile]\nenable = true\ncomponents = [\"model\"]\n\n";
     no.push_back("tp_comm_overlap: async TP runs only under torch.compile, whose kernel fusion loom does not price");
   }
-  o += "[activation_checkpoint]\n";
-  // torchtitan's layer-level selective checkpointing: every K-th layer, or a block written so.
-  const std::optional<int64_t> every = p.recompute_every > 0 ? std::optional<int64_t>(p.recompute_every)
-                                                               : block_as_every(m, p);
-  if (p.recompute == Recompute::full && every) {
-    o += "mode = \"selective\"\nselective_ac_option = " + q(s(*every)) + "\n";
-    if (!tt_counts_per_chunk(m, p, *every))
-      no.push_back("recompute_every " + s(*every) + ": torchtitan v0.2.2 counts blocks on across a rank's model parts, so "
-                   "with a part that is not a multiple of " + s(*every) + " blocks it checkpoints other blocks than "
-                   "each chunk's layers " + s(*every) + ", " + s(2 * *every) + ", ...");
-    if (p.recompute_layers > 0)
-      no.push_back("recompute_layers " + s(p.recompute_layers) + ": torchtitan checkpoints every K-th block of each "
-                   "model part, not each chunk's first; emitted as selective_ac_option \"" + s(*every) +
-                   "\", as many blocks, which costs a dense model the same");
-  } else {
-    o += std::string("mode = ") + q(to_string(p.recompute)) + "\n";
-    note_recompute_layers(p, "torchtitan's full activation checkpointing", no);
-  }
-  if (p.recompute == Recompute::selective) {
-    o += "selective_ac_option = \"op\"\n";
-    no.push_back("recompute selective: torchtitan's is per-op (saves matmul outputs), not Megatron's attention-core recompute");
-  }
+  o += tt_activation_checkpoint(m, p, no);
   if (p.order != "tp-dp-pp") no.push_back("rank order " + p.order + ": torchtitan builds its own device mesh");
   if (t.attention == Attention::unfused) no.push_back("attention unfused: torchtitan uses fused SDPA");
   note_fused_accumulation(t, p, "torchtitan", no);
