@@ -151,20 +151,10 @@ void note_recompute_every(const ParallelConfig& p, const std::string& what, std:
                  " recomputes every layer, not every K-th of each chunk; emitted as full recompute");
 }
 
-// Whether torchtitan v0.2.2's process-wide block count, which runs on across a rank's model
-// parts, checkpoints each chunk's layers K, 2K, ... as ParallelConfig::recompute_every counts
-// them: where each of a rank's chunks but its last holds a multiple of K layers.
-bool tt_counts_per_chunk(const ModelSpec& m, const ParallelConfig& p, int64_t k) {
-  for (int64_t s = 0; s < p.pp; ++s)
-    for (int64_t c = 0; c + 1 < p.vpp; ++c)
-      if (chunk_layers_at(p, m.layers, s, c) % k != 0) return false;
-  return true;
-}
-
 // A block recompute of each chunk's first N layers (ParallelConfig::recompute_layers) as
 // torchtitan's every K-th block: the K, if any, with which every chunk recomputes as many
 // layers (chunk_layers / K = min(N, chunk_layers)) and torchtitan counts them so
-// (tt_counts_per_chunk), which for a dense model costs the same time and memory; none
+// (torchtitan_count_parts finds none), which for a dense model costs the same time and memory; none
 // otherwise, or for a MoE model.
 std::optional<int64_t> block_as_every(const ModelSpec& m, const ParallelConfig& p) {
   if (m.is_moe() || p.recompute != Recompute::full || p.recompute_layers <= 0) return std::nullopt;
@@ -173,7 +163,7 @@ std::optional<int64_t> block_as_every(const ModelSpec& m, const ParallelConfig& 
   const int64_t most = *std::max_element(chunks.begin(), chunks.end());
   for (int64_t k = 1; k <= most; ++k)
     if (std::all_of(chunks.begin(), chunks.end(), [&](int64_t n) { return n / k == p.recomputed_layers(n); }) &&
-        tt_counts_per_chunk(m, p, k))
+        !torchtitan_count_parts(m, p, k))
       return k;
   return std::nullopt;
 }
@@ -509,7 +499,7 @@ std::string tt_activation_checkpoint(const ModelSpec& m, const ParallelConfig& p
                                                                : block_as_every(m, p);
   if (p.recompute == Recompute::full && every) {
     o += "mode = \"selective\"\nselective_ac_option = " + q(s(*every)) + "\n";
-    if (!tt_counts_per_chunk(m, p, *every))
+    if (torchtitan_count_parts(m, p, *every))
       no.push_back("recompute_every " + s(*every) + ": torchtitan v0.2.2 counts blocks on across a rank's model parts, so "
                    "with a part that is not a multiple of " + s(*every) + " blocks it checkpoints other blocks than "
                    "each chunk's layers " + s(*every) + ", " + s(2 * *every) + ", ...");
@@ -705,6 +695,13 @@ ExportResult deepspeed(const Plan& plan) {
 const std::vector<std::string>& engine_names() {
   static const std::vector<std::string> names{"megatron", "torchtitan", "deepspeed"};
   return names;
+}
+
+std::optional<ChunkAt> torchtitan_count_parts(const ModelSpec& m, const ParallelConfig& p, int64_t k) {
+  for (int64_t s = 0; s < p.pp; ++s)
+    for (int64_t c = 0; c + 1 < p.vpp; ++c)
+      if (const int64_t n = chunk_layers_at(p, m.layers, s, c); n % k != 0) return ChunkAt{s, c, n};
+  return std::nullopt;
 }
 
 ExportResult export_plan(const Plan& plan, Engine engine) {

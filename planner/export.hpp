@@ -4,6 +4,7 @@
 // d98e8a64, torchtitan v0.2.2 73a0e697, DeepSpeed edaa7221; recorded beside each exporter in
 // export.cpp); none from memory.
 #pragma once
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,5 +23,15 @@ struct ExportResult {
 
 // The plan must have passed validate_config (plan_from_json does that).
 ExportResult export_plan(const Plan& plan, Engine engine);
+
+// torchtitan v0.2.2 checkpoints every K-th block by a process-wide count that runs on across a
+// rank's model parts, where ParallelConfig::recompute_every counts each chunk from 1: the two
+// agree where each of a rank's chunks but its last holds a multiple of K layers. The first
+// chunk where they part (its stage, its index on the rank, its layers), or none. Export and
+// import both read this one rule.
+struct ChunkAt {
+  int64_t stage = 0, chunk = 0, layers = 0;
+};
+std::optional<ChunkAt> torchtitan_count_parts(const ModelSpec& m, const ParallelConfig& p, int64_t k);
 
 }  // namespace loom

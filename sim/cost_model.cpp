@@ -875,8 +875,7 @@ Estimate CostModel::evaluate(const ParallelConfig& p, const GroupLinksSet& given
   est.flops_hardware = hardware_flops(m, tr.global_batch, tr.seq, p.recompute, AttentionFlops::full);
   if (p.partial_recompute()) {  // a block or every-K-th recompute: the layers it leaves out run no second forward
     int64_t recomputed = 0;
-    for (int64_t s = 0; s < p.pp; ++s)
-      for (int64_t c = 0; c < p.vpp; ++c) recomputed += p.recomputed_layers(chunk_layers_at(p, m.layers, s, c));
+    for (int64_t s = 0; s < p.pp; ++s) recomputed += stage_recomputed_layers(p, m.layers, s);
     est.flops_hardware -= (m.layers - recomputed) *
                           layer_forward_flops(m, tr.global_batch, tr.seq, AttentionFlops::full).total();
   }

@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "planner/cli/cmd_import.hpp"
+#include "planner/export.hpp"
 #include "sim/json_reader.hpp"
 #include "sim/stage_split.hpp"
 #include "sim/validate.hpp"
@@ -499,14 +500,12 @@ Status tt_recompute(TomlKeys& k, const ModelSpec& m, ParallelConfig& p) {
                      "which layers are MoE layers): use \"1\" or mode = \"full\"");
     if (every > limits::kLayers)
       return refused(k, "activation_checkpoint.selective_ac_option", "must be at most " + std::to_string(limits::kLayers));
-    for (int64_t s = 0; s < p.pp; ++s)
-      for (int64_t c = 0; c + 1 < p.vpp; ++c)
-        if (const int64_t n = chunk_layers_at(p, m.layers, s, c); n % every != 0)
-          return refused(k, "activation_checkpoint.selective_ac_option",
-                         fmt::format("torchtitan v0.2.2 counts blocks on across a rank's model parts, which loom "
-                                     "prices where each part but a rank's last holds a multiple of {} blocks (stage "
-                                     "{}'s part {} holds {})",
-                                     every, s, c, n));
+    if (const auto at = torchtitan_count_parts(m, p, every))
+      return refused(k, "activation_checkpoint.selective_ac_option",
+                     fmt::format("torchtitan v0.2.2 counts blocks on across a rank's model parts, which loom prices "
+                                 "where each part but a rank's last holds a multiple of {} blocks (stage {}'s part {} "
+                                 "holds {})",
+                                 every, at->stage, at->chunk, at->layers));
     p.recompute_every = every;
   } else if (option == "op") {
     p.recompute = Recompute::selective;
