@@ -18,6 +18,10 @@ inline Status check_trainer_plan(const Plan& plan, const std::string& who) {
   if (p.zero3_gather != Zero3Gather::layer)
     return make_error("parallel.zero3_gather", who + " gathers ZeRO-3 weights layer by layer: must be layer (got tensor)");
   if (p.grad_compression != 1) return make_error("parallel.grad_compression", who + " does not compress");
+  // torchtitan's per-op checkpointing keeps a save list the trainer's layer stash does not have.
+  if (p.recompute == Recompute::op)
+    return make_error("parallel.recompute", who + " runs recompute none, selective or full (got op: torchtitan's "
+                                                  "per-op checkpointing is priced, not run)");
   if (p.sp && p.zero >= 2 && p.dp > 1)
     return make_error("parallel.sp", who + " runs sequence parallelism with zero < 2 only");
   return ok_status();

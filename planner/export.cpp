@@ -257,6 +257,13 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
       t.dp_bucket_bytes / dtype_bytes(t.grad_dtype) != megatron_bucket_elements(p.dp))
     a.push_back({"--ddp-bucket-size", s(t.dp_bucket_bytes / dtype_bytes(t.grad_dtype))});
   if (p.recompute == Recompute::selective) a.push_back({"--recompute-granularity", "selective"});
+  if (p.recompute == Recompute::op) {  // no per-op checkpointing in Megatron-LM: the plan that fits, in full
+    no.push_back("recompute op: Megatron-LM has no per-op checkpointing (torchtitan's); emitted as full recompute, "
+                 "which holds less memory and costs more time than the plan priced");
+    a.push_back({"--recompute-granularity", "full"});
+    a.push_back({"--recompute-method", "uniform"});
+    a.push_back({"--recompute-num-layers", "1"});
+  }
   // Every K-th layer of each chunk: Megatron-LM's block of as many first layers where it can.
   const std::optional<int64_t> every_block = p.recompute_every > 0 ? every_as_block(m, p) : std::nullopt;
   const bool recomputes_none = every_block && *every_block == 0;  // K beyond every chunk: none recomputed
@@ -492,7 +499,8 @@ void tt_parallelism(const ModelSpec& m, const TrainSpec& t, const ParallelConfig
 
 // [activation_checkpoint]: none, full, torchtitan's layer-level selective checkpointing (every
 // K-th block: ParallelConfig::recompute_every, or a block recompute written so where one K gives
-// as many layers), or per op for loom's selective recompute.
+// as many layers), per op (Recompute::op, as loom prices it; loom's selective recompute is
+// written so too, with a note).
 std::string tt_activation_checkpoint(const ModelSpec& m, const ParallelConfig& p, std::vector<std::string>& no) {
   std::string o = "[activation_checkpoint]\n";
   const std::optional<int64_t> every = p.recompute_every > 0 ? std::optional<int64_t>(p.recompute_every)
@@ -509,6 +517,7 @@ std::string tt_activation_checkpoint(const ModelSpec& m, const ParallelConfig& p
                    "\", as many blocks, which costs a dense model the same");
     return o;
   }
+  if (p.recompute == Recompute::op) return o + "mode = \"selective\"\nselective_ac_option = \"op\"\n";
   o += std::string("mode = ") + q(to_string(p.recompute)) + "\n";
   note_recompute_layers(p, "torchtitan's full activation checkpointing", no);
   if (p.recompute == Recompute::selective) {
@@ -591,7 +600,8 @@ ExportResult torchtitan(const Plan& plan) {
 // ---------------------------------------------------------------------------------------------
 // DeepSpeed's pipeline engine (PipelineModule): what of a pp > 1 plan its JSON holds, and what not.
 void deepspeed_pipeline(const ParallelConfig& p, nlohmann::ordered_json& j, std::vector<std::string>& no) {
-  j["pipeline"] = {{"activation_checkpoint_interval", p.recompute == Recompute::full ? 1 : 0}};
+  j["pipeline"] = {{"activation_checkpoint_interval",
+                    p.recompute == Recompute::full || p.recompute == Recompute::op ? 1 : 0}};
   no.push_back("pp " + s(p.pp) + ": not in the JSON; build PipelineModule(layers, num_stages=" + s(p.pp) +
                ", topology=PipeModelDataParallelTopology(num_pp=" + s(p.pp) + ", num_mp=" + s(p.tp) +
                ", num_dp=" + s(p.dp) + "), partition_method=\"uniform\")");
@@ -670,13 +680,16 @@ ExportResult deepspeed(const Plan& plan) {
     no.push_back("overlap_param_gather on: DeepSpeed's ZeRO 1/2 gathers the updated weights after the step, not under "
                  "the next forward");
   if (p.recompute == Recompute::selective) no.push_back("recompute selective: not expressible in DeepSpeed");
+  if (p.recompute == Recompute::op)
+    no.push_back("recompute op: DeepSpeed has no per-op checkpointing (torchtitan's); its activation checkpointing "
+                 "recomputes whole layers, which holds less memory and costs more time than the plan priced");
   note_recompute_layers(p, "DeepSpeed's activation checkpointing", no);
   note_recompute_every(p, "DeepSpeed's activation checkpointing", no);
   note_fused_accumulation(t, p, "DeepSpeed", no);
   note_tp_backward_overlap(t, p, "DeepSpeed", no);
   note_pp_scatter_gather(t, p, "DeepSpeed", no);
-  if (p.recompute == Recompute::full && p.pp == 1)
-    no.push_back("recompute full without pp: the model code must call deepspeed.checkpointing");
+  if ((p.recompute == Recompute::full || p.recompute == Recompute::op) && p.pp == 1)
+    no.push_back("recompute " + to_string(p.recompute) + " without pp: the model code must call deepspeed.checkpointing");
   no.push_back("model shape and architecture: not in the DeepSpeed config (the model code defines them)");
   // DeepSpeed-MoE (deepspeed/moe/layer.py): num_experts, ep_size, k and capacity_factor are
   // arguments of deepspeed.moe.layer.MoE in the model code, not config keys.

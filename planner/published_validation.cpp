@@ -155,9 +155,9 @@ const std::vector<Reason>& unexpressible_reasons() {
       {"gpu_unprofiled",
        "the GPUs are not one loom has a cluster or profile for (torchtitan: H100 96 GB HBM2e, 2.4 TB/s, 500 W limit)"},
       {"compile", "torch.compile's kernel fusion is not modelled"},
-      {"selective_op",
-       "torchtitan's per-op selective checkpointing (keeps attention and every other matmul output, recomputes the "
-       "rest) is not loom's selective recompute (Korthikanti et al.: the attention core only)"},
+      {"selective_op_fp8",
+       "torchtitan's per-op selective checkpointing with Float8 GEMMs: torchao's aten._scaled_mm is outside its save "
+       "list, which changes what is kept; loom prices per-op checkpointing (--recompute op) with bf16 GEMMs only"},
       {"seq_len_unstated", "the sequence length is not stated"},
       {"metric_unstated", "the column is labelled tokens/sec only: per GPU is an inference"},
       {"llmc_recompute", "llm.c's -r recomputes GeLU (1) or GeLU and LayerNorm (2): not a policy loom models"},
@@ -800,7 +800,8 @@ Expected<std::vector<std::string>> reasons_10(const CsvTable& t, const CsvRow& r
   std::vector<std::string> ids = {"gpu_unprofiled"};
   // Float8 (tensorwise or rowwise, scaled from each tensor's own amax): Fp8Recipe::tensorwise, priced.
   if (has(*tech, "compile") || has(*par, "compile")) ids.push_back("compile");
-  if (ac->rfind("selective", 0) == 0) ids.push_back("selective_op");
+  // Per-op checkpointing is priced (Recompute::op) but for Float8's GEMMs (check_recompute_op).
+  if (ac->rfind("selective", 0) == 0 && (has(*tech, "Float8") || has(*tech, "fp8"))) ids.push_back("selective_op_fp8");
   if (auto st = model_reasons(*model, degree(*par, "PP"), 1, ids, detail); !st) return st.error();
   if (seq->empty()) ids.push_back("seq_len_unstated");
   if (*table == "asynctp") ids.push_back("metric_unstated");

@@ -221,8 +221,9 @@ Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c
   // recompute of some layers.
   const bool some_layers = pins.recompute_layers || pins.recompute_every;
   const std::optional<Recompute> rc = some_layers ? std::optional<Recompute>(Recompute::full) : pins.recompute;
-  for (Recompute r : {Recompute::none, Recompute::selective, Recompute::full})
-    if (!rc || *rc == r) space.recompute.push_back(r);
+  // torchtitan's per-op checkpointing only where pinned: Megatron-LM and DeepSpeed cannot run it.
+  for (Recompute r : {Recompute::none, Recompute::selective, Recompute::full, Recompute::op})
+    if (rc ? *rc == r : r != Recompute::op) space.recompute.push_back(r);
   space.recompute_layers = pins.recompute_layers.value_or(0);
   space.recompute_every = pins.recompute_every.value_or(0);
   space.block_recompute = !pins.recompute && !some_layers;

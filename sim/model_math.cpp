@@ -88,6 +88,10 @@ FlopCount hardware_flops(const ModelSpec& m, int64_t global_batch, int64_t seq, 
   if (r == Recompute::full)  // one more forward per layer
     extra = m.layers * lf.total() + moe_layer_total(m) * moe_forward_flops_delta(m, global_batch * seq);
   if (r == Recompute::selective) extra = m.layers * lf.attention;    // the attention core only
+  if (r == Recompute::op) {  // torchtitan's per-op checkpointing: the k, o and up projections again
+    const FlopCount t = FlopCount(global_batch) * seq, h = m.hidden;
+    extra = m.layers * 2 * t * h * (m.kv_dim() + m.q_dim() + m.ffn_hidden);
+  }
   return model_flops(m, global_batch, seq, conv) + extra;
 }
 

@@ -60,7 +60,8 @@ FlopCount logits_forward_flops(const ModelSpec& m, int64_t batch, int64_t seq);
 // 72 B s l h^2 (1 + s/(6h) + V/(12 l h)) and, with full recompute,
 // 96 B s l h^2 (1 + s/(6h) + V/(16 l h)) (Narayanan et al. 2021, eqs. 3 and appendix);
 // selective recompute adds the attention core: 72 B s l h^2 (1 + s/(3h) + V/(12 l h))
-// (Korthikanti et al. 2022, eq. 8).
+// (Korthikanti et al. 2022, eq. 8); torchtitan's per-op checkpointing (Recompute::op) the
+// forward of the k, output and up projections, 2 B s l h (kv + q + f).
 // The causal counts replace s/(6h) by s/(12h) (and s/(3h) by s/(6h)). MFU and TFLOP/s are
 // reported in both conventions, each labelled: the causal one is what the GPU did.
 FlopCount model_flops(const ModelSpec& m, int64_t global_batch, int64_t seq, AttentionFlops conv);

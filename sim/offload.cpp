@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "sim/schedule.hpp"
+#include "sim/spec_json.hpp"
 
 namespace loom {
 
@@ -160,7 +161,7 @@ Status validate_offload(const ClusterSpec& c, const ParallelConfig& p, const Fie
                  std::to_string(p.zero) + ")"};
   if (p.offload == Offload::activations && p.recompute != Recompute::none)
     return Error{name("offload") + ": activations is the alternative to recompute: needs recompute none (got " +
-                 std::string(p.recompute == Recompute::full ? "full" : "selective") + ")"};
+                 to_string(p.recompute) + ")"};
   return ok_status();
 }
 

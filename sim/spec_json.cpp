@@ -24,7 +24,7 @@ const std::vector<std::string>& dtype_names() {
   return n;
 }
 const std::vector<std::string>& recompute_names() {
-  static const std::vector<std::string> n{"none", "selective", "full"};
+  static const std::vector<std::string> n{"none", "selective", "full", "op"};
   return n;
 }
 const std::vector<std::string>& schedule_names() {

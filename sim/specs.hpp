@@ -270,7 +270,13 @@ struct TrainSpec {
   bool fp8_param_gather = false;
 };
 
-enum class Recompute { none, selective, full };
+// Activation recompute. selective: Megatron's, the attention core's scores rebuilt in backward
+// (Korthikanti et al. 2022, Sec. 5). full: each recomputed layer keeps its input only. op:
+// torchtitan's per-op selective checkpointing (torchtitan/distributed/activation_checkpoint.py
+// _apply_op_sac at v0.2.2, its Llama block's _op_sac_save_list): each layer keeps the outputs of
+// its attention, its reduce-scatters and every other matrix multiply (wq, wv, w1, w2 of wq, wk,
+// wv, wo, w1, w3, w2) and reruns the rest in backward (sim/stage_work.cpp op_sac_*).
+enum class Recompute { none, selective, full, op };
 enum class Schedule { gpipe, one_f_one_b, interleaved, zb_h1, zb_v };
 enum class DpComm { ring, parameter_server };
 // How ZeRO-3 moves a layer's weights and gradients. layer: one all-gather of the layer's flat

@@ -85,6 +85,38 @@ void add(std::vector<Buffer>& v, const char* name, MemCategory c, Lifetime l, in
   if (bytes > 0) v.push_back({name, c, l, bytes});
 }
 
+// torchtitan's per-op selective checkpointing (Recompute::op; torchtitan v0.2.2
+// torchtitan/distributed/activation_checkpoint.py _apply_op_sac with the Llama block's
+// _op_sac_save_list in torchtitan/models/llama3/infra/parallelize.py). The block's forward runs
+// seven aten.mm, wq wk wv wo w1 w3 w2 in that order (model/model.py: Attention.forward, then
+// w2(silu(w1(x)) * w3(x))); the policy keeps the output of every listed op (the SDPA call,
+// _c10d_functional.reduce_scatter_tensor, aten.mm) but every second mm of the block, and the
+// checkpoint keeps the block's input. Kept, per layer, per micro-batch, per tp rank:
+//   x (the block input, b s h / rep), wq (b s q / t), wv (b s kv / t), the attention output
+//   (b s q / t) with its fp32 log-sum-exp (heads / t per token), w1 (b s f / t), and w2's
+//   product: all b s tokens by h (a row-parallel product is the full partial sum before its
+//   reduce-scatter); with tp > 1 also the two reduce-scatters' outputs (after wo and w2,
+//   b s h / t each).
+// Rerun in backward: the two norms, wk, RoPE, wo, the first residual add, w3 and SwiGLU (w2's
+// output is kept, so the block's last add is not needed: early_stop). What the rerun holds for
+// its layer's backward is op_sac_rebuilt_bytes.
+LayerActivationBytes op_sac_activation_bytes(const ModelSpec& m, int64_t T, int64_t t, bool sp, int64_t e) {
+  const int64_t h = m.hidden, kv = m.kv_dim(), f = m.ffn_hidden, q = m.q_dim(), rep = sp ? t : 1;
+  LayerActivationBytes out;
+  out.tensors = e * T * h / rep + e * T * (2 * q + kv + f) / t + e * T * h + (t > 1 ? 2 * e * T * h / t : 0);
+  out.statistics = 4 * m.heads * T / t;
+  return out;
+}
+
+// What the rerun of one layer holds until that layer's backward has used it, in the tensors
+// layer_activation_bytes counts without recompute: both norms' outputs and the first residual
+// sum (b s h / rep each), k (b s kv / t), SwiGLU's up and product (b s f / t each) and the norms'
+// fp32 statistics; the rerun's other outputs (wk's before RoPE, wo's) are freed as made.
+int64_t op_sac_rebuilt_bytes(const ModelSpec& m, int64_t T, int64_t t, bool sp, int64_t e) {
+  const int64_t rep = sp ? t : 1;
+  return 3 * e * T * m.hidden / rep + e * T * m.kv_dim() / t + 2 * e * T * m.ffn_hidden / t + 2 * 4 * T / rep;
+}
+
 // Where a stage's chunks hold different layer counts (a short model-end chunk:
 // chunk_layers_at), the activations its schedule table holds at its peak, each forward adding
 // its chunk's layers (chunk_bytes of its layer count) and, on the model's first and last chunk, the
@@ -180,8 +212,10 @@ void activation_buffers(std::vector<Buffer>& v, const ModelSpec& m, const TrainS
     return r * (act.total() + fp8) + (n - r) * kept;
   };
   // What a recompute rebuilds for one layer in backward, in a chunk of n layers: nothing where a
-  // full recompute leaves all n out (every K-th layer with n < K).
-  const int64_t rebuilt_layer = full.total() + fp8_full - act.total() - fp8;
+  // full recompute leaves all n out (every K-th layer with n < K). torchtitan's per-op
+  // checkpointing keeps tensors the layer without recompute does not (op_sac_rebuilt_bytes).
+  const int64_t rebuilt_layer = p.recompute == Recompute::op ? op_sac_rebuilt_bytes(m, d.T, d.t, p.sp, d.e)
+                                                             : full.total() + fp8_full - act.total() - fp8;
   auto rebuilds = [&](int64_t n) {
     return p.recompute == Recompute::none || (p.recompute == Recompute::full && p.recomputed_layers(n) == 0)
                ? int64_t{0}
@@ -469,6 +503,26 @@ void layer_elementwise(std::vector<Op>& ops, const ModelSpec& m, const Dims& d, 
     ops.push_back(memory_op("dropouts", MemKind::dropout, pass, dropout_bytes(T * h / rep, e), 2 * L, scale));
 }
 
+// What torchtitan's per-op checkpointing reruns of each layer in backward (see
+// op_sac_activation_bytes): the k, output and up projections (wk, wo, w3: the even-numbered mm
+// of the block), both norms, RoPE on q and k, the first residual add and SwiGLU, and Qwen3's q/k
+// norms; with tp > 1 the norms' all-gathers before wk and w3 again (tp_messages), each beside its
+// GEMM under async TP. wo's reduce-scatter is kept, so it does not run again.
+void op_sac_recompute_ops(std::vector<Op>& ops, const ModelSpec& m, const Dims& d, int64_t L) {
+  const double e = static_cast<double>(d.e), T = static_cast<double>(d.T), h = static_cast<double>(d.h);
+  const double rep = static_cast<double>(d.rep), t = static_cast<double>(d.t);
+  const Pass r = Pass::recompute;
+  ops.push_back(beside_tp_collective(gemm("k projection", r, d.T, d.kv / d.t, d.h, L), TpOverlapSlot::qkv));
+  ops.push_back(gemm("attention projection", r, d.T, d.h, d.q / d.t, L));
+  ops.push_back(beside_tp_collective(gemm("mlp up", r, d.T, d.f / d.t, d.h, L), TpOverlapSlot::fc1));
+  ops.push_back(memory_op("norms", MemKind::norm, r, norm_bytes(T * h / rep, e), 2 * L));
+  ops.push_back(memory_op("residual adds", MemKind::residual, r, residual_bytes(T * h / rep, e), L));
+  const double qk = T * static_cast<double>(d.q + d.kv) / t;
+  ops.push_back(memory_op("rope", MemKind::rotary, r, rotary_bytes(qk, e), L));
+  if (m.qk_norm) ops.push_back(memory_op("q/k norms", MemKind::norm, r, norm_bytes(qk, e), L));
+  ops.push_back(memory_op("swiglu", MemKind::activation, r, gated_unit_bytes(T * static_cast<double>(d.f) / t, e), L));
+}
+
 void layer_forward(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& tr, const Dims& d, Pass pass, int64_t L) {
   layer_gemms(ops, m, d, pass, L);
   attention_core(ops, m, tr, d, pass, L);
@@ -506,6 +560,7 @@ void stage_ops(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& tr, co
   layer_elementwise(ops, m, d, Pass::backward, L);
   if (p.recompute == Recompute::full) layer_forward(ops, m, tr, d, Pass::recompute, d.rec_layers);
   if (p.recompute == Recompute::selective) attention_core(ops, m, tr, d, Pass::recompute, L);
+  if (p.recompute == Recompute::op) op_sac_recompute_ops(ops, m, d, L);
   cp_attention_ops(ops, m, tr, p, L, d.rec_layers);  // TransformerEngine's copies beside cp attention
   end_ops(ops, tr, d);
 }
@@ -538,6 +593,7 @@ void tp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelCon
   const TpHalves moe = moe_tp_halves_saved(d.moe, p);  // MoE layers without an MLP over tp
   int64_t fwd = 4 * L - moe.forward, bwd = 4 * L + (p.sp ? 2 * L : 0) - moe.backward;
   int64_t rec = p.recompute == Recompute::full ? 4 * d.rec_layers - moe.recompute : 0;
+  if (p.recompute == Recompute::op) rec = 2 * L;  // the norms' all-gathers before wk and w3 (op_sac_recompute_ops)
   // FP8 with SP (sim/fp8.hpp): the layers' all-gathers move FP8, 1 byte per element.
   const Fp8TpGathers g8 = tr.fp8 && p.sp && !p.tp_comm_overlap
                               ? fp8_sp_gathers(L, moe.forward / 2, d.rec_layers, moe.recompute / 2)
@@ -752,6 +808,7 @@ LayerActivationBytes layer_activation_bytes(const ModelSpec& m, int64_t b, int64
     out.tensors = e * T * h / rep;
     return out;
   }
+  if (r == Recompute::op) return op_sac_activation_bytes(m, T, t, sp, e);
   // Replicated: both norm inputs, QKV input (norm 1 output), MLP input (norm 2 output),
   // the dropout masks after attention projection and after the MLP; Gemma 2's two post-norms
   // keep their inputs too.

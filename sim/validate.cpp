@@ -199,6 +199,35 @@ Status check_recompute_every(const ModelSpec& m, const ParallelConfig& p, const 
 
 }  // namespace
 
+// torchtitan's per-op selective checkpointing (Recompute::op), priced for the block it was
+// written for: torchtitan's Llama TransformerBlock, whose bias-free linears run as aten.mm (the
+// op its save list counts; a biased linear is aten.addmm, an FP8 one torchao's aten._scaled_mm,
+// so both would change which outputs are kept), attention as one SDPA call, and tensor
+// parallelism with sequence-parallel norms (torchtitan's only TP plan), without a context-parallel
+// ring (which replaces that SDPA call).
+Status check_recompute_op(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p, const FieldNamer& name) {
+  if (p.recompute != Recompute::op) return ok_status();
+  auto fail = [&](const std::string& rule) -> Status { return Error{name("recompute") + ": op " + rule}; };
+  if (m.family != Family::llama || m.is_moe() || m.is_mla() || m.post_norms || m.gated_gelu)
+    return fail("(torchtitan's per-op checkpointing) is priced for dense Llama layers (RMSNorm, SwiGLU, separate q, "
+                "k, v projections; no MoE, latent attention or Gemma norms), as torchtitan's Llama block runs it (got " +
+                m.name + ")");
+  if (m.qkv_bias)
+    return fail("is priced for bias-free projections: a biased linear runs as aten.addmm, which torchtitan's save list "
+                "leaves out (got qkv_bias)");
+  if (t.attention != Attention::fused)
+    return fail("keeps the output of torchtitan's fused SDPA attention: needs attention fused");
+  if (t.fp8)
+    return fail("is priced for bf16 GEMMs: torchao's Float8 GEMMs run as aten._scaled_mm, which torchtitan's save list "
+                "leaves out (got dtype fp8)");
+  if (p.cp > 1) return fail("is priced without context parallelism (got cp " + s(p.cp) + ")");
+  if (p.tp > 1 && !p.sp)
+    return fail("with tp > 1 needs sp: torchtitan's tensor parallelism keeps its norms sequence-parallel (got sp off)");
+  if (p.zero3_gather == Zero3Gather::tensor)
+    return fail("is torchtitan's: needs layer-by-layer ZeRO-3 gathers (got zero3_gather tensor)");
+  return ok_status();
+}
+
 Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t, const ParallelConfig& p,
                        const FieldNamer& name) {
   auto fail = [&](const std::string& field, const std::string& rule) -> Status {
@@ -228,6 +257,7 @@ Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec
   if (p.sp && p.tp < 2) return fail("sp", "sequence parallelism needs tensor parallelism (tp > 1)");
   if (auto st = check_recompute_layers(m, p, name); !st) return st;
   if (auto st = check_recompute_every(m, p, name); !st) return st;
+  if (auto st = check_recompute_op(m, t, p, name); !st) return st;
   if (p.tp_comm_overlap && !(p.sp && p.tp > 1))  // Megatron-LM's arguments.py asserts the same
     return fail("tp_comm_overlap", std::string("tensor-parallel communication overlap needs sequence parallelism and ") +
                                        "tp > 1 (got sp " + (p.sp ? "on" : "off") + ", tp " + s(p.tp) + ")");

@@ -66,4 +66,9 @@ Status validate_config(const ModelSpec& m, const ClusterSpec& c, const TrainSpec
 // walking equal chunks), which validate_config requires and the search asks before it tries one.
 bool block_recompute_priced(const ModelSpec& m, const ParallelConfig& p);
 
+// With recompute op (torchtitan's per-op selective checkpointing), whether the configuration is
+// one loom prices it for: a dense Llama block of bias-free bf16 GEMMs, fused attention, no
+// context parallelism, sequence parallelism with tp > 1 (the rule broken, on `recompute`).
+Status check_recompute_op(const ModelSpec& m, const TrainSpec& t, const ParallelConfig& p, const FieldNamer& name);
+
 }  // namespace loom

@@ -216,15 +216,17 @@ TEST_CASE("published tables: why rows cannot be expressed", "[published]") {
   CHECK(gpt3->note.rfind("the published time implies 37", 0) == 0);
   CHECK(gpt3->note.find("TFLOP/s per GPU > the NVIDIA A100-SXM4-80GB peak 312") != std::string::npos);
   const TableResult& titan = table(*ts, "10");
-  CHECK(reasons_at(titan, 5) == Ids{"gpu_unprofiled", "selective_op"});  // table 1, FSDP only
+  CHECK(reasons_at(titan, 5) == Ids{"gpu_unprofiled"});  // table 1, FSDP only: per-op checkpointing priced
+  CHECK(reasons_at(titan, 7) == Ids{"gpu_unprofiled", "compile", "selective_op_fp8"});  // per-op with Float8
   CHECK(reasons_at(titan, 9) == Ids{"gpu_unprofiled", "compile"});  // CP2 and Float8: priced
   // 126 layers on pp 8 (1F1B): an uneven split loom runs (sim/stage_split.hpp); async TP priced.
   CHECK(reasons_at(titan, 17) == Ids{"gpu_unprofiled", "compile"});
   CHECK(reasons_at(titan, 25, 0) == Ids{"gpu_unprofiled", "compile", "seq_len_unstated", "metric_unstated"});
   CHECK(reasons_at(titan, 25, 1) ==  // async TP: priced (sim/tp_overlap.hpp)
         Ids{"gpu_unprofiled", "compile", "seq_len_unstated", "metric_unstated"});
-  CHECK(reasons_at(titan, 28, 0) ==
-        Ids{"gpu_unprofiled", "compile", "selective_op", "seq_len_unstated", "metric_unstated"});
+  CHECK(reasons_at(titan, 28, 0) == Ids{"gpu_unprofiled", "compile", "seq_len_unstated", "metric_unstated"});
+  CHECK(reasons_at(titan, 29, 0) ==
+        Ids{"gpu_unprofiled", "compile", "selective_op_fp8", "seq_len_unstated", "metric_unstated"});
 }
 
 TEST_CASE("published 02: PTD-P keeps the published t x p, ZeRO-3 rows use no model parallelism", "[published]") {

@@ -477,7 +477,7 @@ Status tt_batch(TomlKeys& k, const TtBatch& b, ParallelConfig& p, TrainSpec& t) 
 // block. At v0.2.2 the count (_layer_sac_count) is never reset, so it runs on from one of a
 // rank's model parts to the next: loom's count per chunk (ParallelConfig::recompute_every) is
 // the same where each of a rank's chunks but its last holds a multiple of K layers.
-Status tt_recompute(TomlKeys& k, const ModelSpec& m, ParallelConfig& p) {
+Status tt_recompute(TomlKeys& k, const ModelSpec& m, const TrainSpec& t, ParallelConfig& p) {
   std::string mode = "selective", option = "2";
   Status st = get_str(k, "activation_checkpoint.mode", mode, {"selective", "full", "memory_budget", "none"});
   if (st) st = get_str(k, "activation_checkpoint.selective_ac_option", option);
@@ -507,10 +507,15 @@ Status tt_recompute(TomlKeys& k, const ModelSpec& m, ParallelConfig& p) {
                                  "holds {})",
                                  every, at->stage, at->chunk, at->layers));
     p.recompute_every = every;
-  } else if (option == "op") {
-    p.recompute = Recompute::selective;
-    fmt::print(stderr, "loom: {}: activation_checkpoint.selective_ac_option \"op\": priced as loom's selective recompute "
-               "(attention core), not torchtitan's per-op save list\n", k.path);
+  } else if (option == "op") {  // per-op checkpointing (Recompute::op) where loom prices it
+    p.recompute = Recompute::op;
+    const Status priced = check_recompute_op(m, t, p, [](const std::string& f) { return f; });
+    if (!priced) {
+      p.recompute = Recompute::selective;
+      fmt::print(stderr, "loom: {}: activation_checkpoint.selective_ac_option \"op\": priced as loom's selective "
+                 "recompute (the attention core), not torchtitan's per-op save list ({})\n",
+                 k.path, priced.error().message);
+    }
   } else {
     return refused(k, "activation_checkpoint.selective_ac_option",
                    "must be \"op\" or a non-negative integer, as torchtitan's ActivationCheckpoint asserts");
@@ -538,7 +543,7 @@ Expected<Plan> plan_from_torchtitan(const ImportOptions& o) {
   if (st) st = tt_degrees(*k, *o.gpus, p);
   if (st) st = tt_pipeline(*k, plan.model.layers, p);
   if (st) st = tt_batch(*k, b, p, plan.train);
-  if (st) st = tt_recompute(*k, plan.model, p);
+  if (st) st = tt_recompute(*k, plan.model, plan.train, p);
   if (st && b.cpu_offload) {
     if (p.zero != 3)
       return refused(*k, "training.enable_cpu_offload", "loom prices CPU offload with FSDP resharding after forward "

@@ -152,6 +152,8 @@ std::string table(const std::vector<Estimate>& top) {
     s += "(block N: recompute full of each chunk's first N layers only, the fewest that fit, --recompute-layers N)\n";
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.recompute_every > 0; }))
     s += "(every K: recompute full of each chunk's layers K, 2K, ... only, --recompute-every K)\n";
+  if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.recompute == Recompute::op; }))
+    s += "(recompute op: torchtitan's per-op selective checkpointing, --recompute op)\n";
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.tp_comm_overlap; }))
     s += "(tpo: tensor-parallel communication overlapped with the GEMMs, --tp-comm-overlap on)\n";
   if (std::any_of(top.begin(), top.end(), [](const Estimate& e) { return e.parallel.overlap_param_gather; }))

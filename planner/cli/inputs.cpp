@@ -110,7 +110,12 @@ void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
       ->transform(Integer(INT32_MIN, INT32_MAX));  // decimal, an int (the stage rule is checked later)
   cmd.add_option("--micro-batch", o.micro_batch, text("the sequences per micro-batch", "default 1"))
       ->transform(Integer(1, limits::kGlobalBatch));
-  cmd.add_option("--recompute", o.recompute, text("activation recompute", "default none"))
+  cmd.add_option("--recompute", o.recompute,
+                 text("activation recompute: none; selective (Megatron's: the attention core's scores rebuilt in "
+                      "backward); full (each layer keeps its input only); op (torchtitan's per-op selective "
+                      "checkpointing of its Llama block: the outputs of wq, wv, w1, w2, attention and the reduce-"
+                      "scatters kept, wk, wo, w3, the norms, RoPE and SwiGLU rerun; `plan` tries it only when pinned)",
+                      "default none"))
       ->check(CLI::IsMember(recompute_names()));
   cmd.add_option("--recompute-layers", o.recompute_layers,
                  text("with --recompute full: recompute only the first N layers of each model chunk, the others keeping "
