@@ -190,6 +190,38 @@ void note_pp_scatter_gather(const TrainSpec& t, const ParallelConfig& p, const s
                  "--pp-scatter-gather off)");
 }
 
+// Megatron-LM's recompute flags: selective, full of every layer or of a block of each chunk's
+// first layers (a block also for an every-K-th plan, where one gives as many), and full for
+// torchtitan's per-op checkpointing, which Megatron-LM has not.
+void megatron_recompute(const ModelSpec& m, const ParallelConfig& p, Args& a, std::vector<std::string>& no) {
+  if (p.recompute == Recompute::selective) a.push_back({"--recompute-granularity", "selective"});
+  if (p.recompute == Recompute::op) {  // no per-op checkpointing in Megatron-LM: the plan that fits, in full
+    no.push_back("recompute op: Megatron-LM has no per-op checkpointing (torchtitan's); emitted as full recompute, "
+                 "which holds less memory and costs more time than the plan priced");
+    a.push_back({"--recompute-granularity", "full"});
+    a.push_back({"--recompute-method", "uniform"});
+    a.push_back({"--recompute-num-layers", "1"});
+    return;
+  }
+  // Every K-th layer of each chunk: Megatron-LM's block of as many first layers where it can.
+  const std::optional<int64_t> every_block = p.recompute_every > 0 ? every_as_block(m, p) : std::nullopt;
+  const bool recomputes_none = every_block && *every_block == 0;  // K beyond every chunk: none recomputed
+  if (p.recompute == Recompute::full && p.recompute_every > 0)
+    no.push_back("recompute_every " + s(p.recompute_every) + ": Megatron-LM recomputes a block of each chunk's first "
+                 "layers, not every K-th; " +
+                 (recomputes_none ? "no chunk holds " + s(p.recompute_every) + " layers, so none is recomputed; emitted "
+                                    "without recompute"
+                  : every_block   ? "emitted as the block of as many (" + s(*every_block) +
+                                      "), which costs a dense model the same"
+                                  : "its chunks recompute unequal counts; emitted as full recompute"));
+  const int64_t block = p.recompute_layers > 0 ? p.recompute_layers : every_block.value_or(0);
+  if (p.recompute == Recompute::full && !recomputes_none) {  // every layer (uniform, groups of 1) or a block
+    a.push_back({"--recompute-granularity", "full"});
+    a.push_back({"--recompute-method", block > 0 ? "block" : "uniform"});
+    a.push_back({"--recompute-num-layers", s(block > 0 ? block : 1)});
+  }
+}
+
 // ZeRO (the distributed optimizer, Megatron-FSDP), offload and the data-parallel overlaps.
 void megatron_data_parallel(const ParallelConfig& p, Args& a, std::vector<std::string>& no) {
   if (p.zero == 1) a.push_back({"--use-distributed-optimizer", ""});
@@ -256,31 +288,7 @@ void megatron_parallel(const ModelSpec& m, const TrainSpec& t, const ParallelCon
   if (dp_cp(p) > 1 && t.dp_bucket_bytes > 0 &&
       t.dp_bucket_bytes / dtype_bytes(t.grad_dtype) != megatron_bucket_elements(p.dp))
     a.push_back({"--ddp-bucket-size", s(t.dp_bucket_bytes / dtype_bytes(t.grad_dtype))});
-  if (p.recompute == Recompute::selective) a.push_back({"--recompute-granularity", "selective"});
-  if (p.recompute == Recompute::op) {  // no per-op checkpointing in Megatron-LM: the plan that fits, in full
-    no.push_back("recompute op: Megatron-LM has no per-op checkpointing (torchtitan's); emitted as full recompute, "
-                 "which holds less memory and costs more time than the plan priced");
-    a.push_back({"--recompute-granularity", "full"});
-    a.push_back({"--recompute-method", "uniform"});
-    a.push_back({"--recompute-num-layers", "1"});
-  }
-  // Every K-th layer of each chunk: Megatron-LM's block of as many first layers where it can.
-  const std::optional<int64_t> every_block = p.recompute_every > 0 ? every_as_block(m, p) : std::nullopt;
-  const bool recomputes_none = every_block && *every_block == 0;  // K beyond every chunk: none recomputed
-  if (p.recompute == Recompute::full && p.recompute_every > 0)
-    no.push_back("recompute_every " + s(p.recompute_every) + ": Megatron-LM recomputes a block of each chunk's first "
-                 "layers, not every K-th; " +
-                 (recomputes_none ? "no chunk holds " + s(p.recompute_every) + " layers, so none is recomputed; emitted "
-                                    "without recompute"
-                  : every_block   ? "emitted as the block of as many (" + s(*every_block) +
-                                      "), which costs a dense model the same"
-                                  : "its chunks recompute unequal counts; emitted as full recompute"));
-  const int64_t block = p.recompute_layers > 0 ? p.recompute_layers : every_block.value_or(0);
-  if (p.recompute == Recompute::full && !recomputes_none) {  // every layer (uniform, groups of 1) or a block
-    a.push_back({"--recompute-granularity", "full"});
-    a.push_back({"--recompute-method", block > 0 ? "block" : "uniform"});
-    a.push_back({"--recompute-num-layers", s(block > 0 ? block : 1)});
-  }
+  megatron_recompute(m, p, a, no);
   if (t.dtype == Dtype::bf16) a.push_back({"--bf16", ""});
   megatron_fp8(t, a);  // FP8 GEMMs (planner/export_fp8.hpp)
   if (t.grad_dtype == Dtype::bf16) a.push_back({"--grad-reduce-in-bf16", ""});
@@ -620,6 +628,18 @@ void deepspeed_pipeline(const ParallelConfig& p, nlohmann::ordered_json& j, std:
                  "exported run's sends block");
 }
 
+// What DeepSpeed's activation checkpointing (whole layers, every one) does not express of a plan.
+void deepspeed_recompute_notes(const ParallelConfig& p, std::vector<std::string>& no) {
+  if (p.recompute == Recompute::selective) no.push_back("recompute selective: not expressible in DeepSpeed");
+  if (p.recompute == Recompute::op)
+    no.push_back("recompute op: DeepSpeed has no per-op checkpointing (torchtitan's); its activation checkpointing "
+                 "recomputes whole layers, which holds less memory and costs more time than the plan priced");
+  note_recompute_layers(p, "DeepSpeed's activation checkpointing", no);
+  note_recompute_every(p, "DeepSpeed's activation checkpointing", no);
+  if ((p.recompute == Recompute::full || p.recompute == Recompute::op) && p.pp == 1)
+    no.push_back("recompute " + to_string(p.recompute) + " without pp: the model code must call deepspeed.checkpointing");
+}
+
 ExportResult deepspeed(const Plan& plan) {
   ExportResult r;
   auto& no = r.unexpressible;
@@ -679,17 +699,10 @@ ExportResult deepspeed(const Plan& plan) {
   if (p.overlap_param_gather)
     no.push_back("overlap_param_gather on: DeepSpeed's ZeRO 1/2 gathers the updated weights after the step, not under "
                  "the next forward");
-  if (p.recompute == Recompute::selective) no.push_back("recompute selective: not expressible in DeepSpeed");
-  if (p.recompute == Recompute::op)
-    no.push_back("recompute op: DeepSpeed has no per-op checkpointing (torchtitan's); its activation checkpointing "
-                 "recomputes whole layers, which holds less memory and costs more time than the plan priced");
-  note_recompute_layers(p, "DeepSpeed's activation checkpointing", no);
-  note_recompute_every(p, "DeepSpeed's activation checkpointing", no);
+  deepspeed_recompute_notes(p, no);
   note_fused_accumulation(t, p, "DeepSpeed", no);
   note_tp_backward_overlap(t, p, "DeepSpeed", no);
   note_pp_scatter_gather(t, p, "DeepSpeed", no);
-  if ((p.recompute == Recompute::full || p.recompute == Recompute::op) && p.pp == 1)
-    no.push_back("recompute " + to_string(p.recompute) + " without pp: the model code must call deepspeed.checkpointing");
   no.push_back("model shape and architecture: not in the DeepSpeed config (the model code defines them)");
   // DeepSpeed-MoE (deepspeed/moe/layer.py): num_experts, ep_size, k and capacity_factor are
   // arguments of deepspeed.moe.layer.MoE in the model code, not config keys.

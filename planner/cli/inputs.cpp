@@ -89,6 +89,29 @@ void add_cp_options(CLI::App& cmd, ParallelFlags& o, const Text& text) {
                       "default p2p"))
       ->check(CLI::IsMember(cp_comm_names()));
 }
+
+// --recompute and its choices of layers.
+template <class Text>
+void add_recompute_options(CLI::App& cmd, ParallelFlags& o, const Text& text) {
+  cmd.add_option("--recompute", o.recompute,
+                 text("activation recompute: none; selective (Megatron's: the attention core's scores rebuilt in "
+                      "backward); full (each layer keeps its input only); op (torchtitan's per-op selective "
+                      "checkpointing of its Llama block: the outputs of wq, wv, w1, w2, attention and the reduce-"
+                      "scatters kept, wk, wo, w3, the norms, RoPE and SwiGLU rerun; `plan` tries it only when pinned)",
+                      "default none"))
+      ->check(CLI::IsMember(recompute_names()));
+  cmd.add_option("--recompute-layers", o.recompute_layers,
+                 text("with --recompute full: recompute only the first N layers of each model chunk, the others keeping "
+                      "their activations (Megatron-LM's --recompute-method block --recompute-num-layers N)",
+                      "default every layer"))
+      ->transform(Integer(1, limits::kLayers));
+  cmd.add_option("--recompute-every", o.recompute_every,
+                 text("with --recompute full: recompute only every K-th layer of each model chunk (its layers K, 2K, ...), "
+                      "the others keeping their activations (torchtitan's activation_checkpoint.selective_ac_option = "
+                      "\"K\")",
+                      "default every layer"))
+      ->transform(Integer(1, limits::kLayers));
+}
 }  // namespace
 
 void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
@@ -110,24 +133,7 @@ void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
       ->transform(Integer(INT32_MIN, INT32_MAX));  // decimal, an int (the stage rule is checked later)
   cmd.add_option("--micro-batch", o.micro_batch, text("the sequences per micro-batch", "default 1"))
       ->transform(Integer(1, limits::kGlobalBatch));
-  cmd.add_option("--recompute", o.recompute,
-                 text("activation recompute: none; selective (Megatron's: the attention core's scores rebuilt in "
-                      "backward); full (each layer keeps its input only); op (torchtitan's per-op selective "
-                      "checkpointing of its Llama block: the outputs of wq, wv, w1, w2, attention and the reduce-"
-                      "scatters kept, wk, wo, w3, the norms, RoPE and SwiGLU rerun; `plan` tries it only when pinned)",
-                      "default none"))
-      ->check(CLI::IsMember(recompute_names()));
-  cmd.add_option("--recompute-layers", o.recompute_layers,
-                 text("with --recompute full: recompute only the first N layers of each model chunk, the others keeping "
-                      "their activations (Megatron-LM's --recompute-method block --recompute-num-layers N)",
-                      "default every layer"))
-      ->transform(Integer(1, limits::kLayers));
-  cmd.add_option("--recompute-every", o.recompute_every,
-                 text("with --recompute full: recompute only every K-th layer of each model chunk (its layers K, 2K, ...), "
-                      "the others keeping their activations (torchtitan's activation_checkpoint.selective_ac_option = "
-                      "\"K\")",
-                      "default every layer"))
-      ->transform(Integer(1, limits::kLayers));
+  add_recompute_options(cmd, o, text);
   add_on_off(cmd, "--sp", o.sp, text("sequence parallelism, on or off (a bare --sp means on; needs tp > 1)", "default off"));
   add_on_off(cmd, "--tp-comm-overlap", o.tp_comm_overlap,
              text("tensor-parallel communication overlapped with the GEMMs beside it, on or off (Megatron-LM's "
