@@ -97,16 +97,26 @@ Expected<nlohmann::json> read_json_file(const std::string& path, int64_t max_byt
 }
 
 Status write_text_file_atomic(const std::string& path, const std::string& text) {
-  std::string tmp = path + ".tmp";
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    return make_error(path, "is a directory: name a file to write");
+  const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) return make_error(path, "cannot be opened for writing");
     out << text;
-    if (!out.flush()) return make_error(path, "write failed");
+    if (!out.flush()) {
+      out.close();
+      std::filesystem::remove(tmp, ec);  // nothing left behind
+      return make_error(path, "write failed");
+    }
   }
-  std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
-  if (ec) return make_error(path, "rename failed: " + ec.message());
+  if (ec) {
+    const std::string why = ec.message();
+    std::filesystem::remove(tmp, ec);
+    return make_error(path, "rename failed: " + why);
+  }
   return ok_status();
 }
 

@@ -82,6 +82,15 @@ TEST_CASE("predict --plan re-evaluates a saved plan to the same numbers") {
   CHECK(a.out == b.out);
 }
 
+TEST_CASE("-o naming a directory: one line, exit 2, nothing left beside it") {
+  const std::filesystem::path dir = std::filesystem::path(temp_file("out_dir_marker", "")).parent_path() / "out_dir";
+  std::filesystem::create_directories(dir);
+  LoomRun r = run_loom(kBase + "--tp 8 --pp 16 -o " + dir.string());
+  CHECK(r.code == 2);
+  CHECK(r.err == "loom: " + dir.string() + ": is a directory: name a file to write\n");
+  CHECK_FALSE(std::filesystem::exists(dir.string() + ".tmp"));
+}
+
 TEST_CASE("split rules name the flag") {
   expect_rejected(kBase + "--tp 7 --pp 16 --dp 1", "--dp: dp x tp x pp must equal");
   expect_rejected(kBase + "--tp 64 --pp 16", "--tp: must divide heads");

@@ -81,6 +81,17 @@ TEST_CASE("import torchtitan reads back what export torchtitan wrote", "[import]
              "--cluster dgx-h100 --gpus 16 --model " + hf("mistral_7b_config.json"), "tt_gpipe", false);
 }
 
+TEST_CASE("compare: a plan and its Megatron-LM round trip are the same job, whatever the model is named", "[import]") {
+  const loom::test::RoundTrip t = loom::test::export_round_trip("megatron", "--model llama3-8b --cluster dgx-h100 --gpus 64 --global-batch 512 "
+                                                    "--seq 4096 --tp 1 --pp 1 --zero 1 --overlap-param-gather",
+                                        "--cluster dgx-h100 --gpus 64", "compare_rt", "--use-distributed-optimizer");
+  const LoomRun c = run_loom("compare " + t.plan + " " + t.imported);
+  INFO(c.err);
+  REQUIRE(c.code == 0);
+  CHECK(c.out.find("step_time_s") != std::string::npos);
+  CHECK(c.out.find("+0.00") != std::string::npos);
+}
+
 TEST_CASE("import deepspeed reads back what export deepspeed wrote", "[import]") {
   // ZeRO-2, micro-batch 4 and accumulation 2, bf16 gradients in buckets of 4e7 elements.
   round_trip("deepspeed",

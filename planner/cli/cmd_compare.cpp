@@ -173,7 +173,12 @@ int run_compare(const CompareOptions& o) {
   auto b = load_side(*bj, o.b_path);
   if (!b) return fail(b.error());
   const bool same_label = a->label == b->label;
-  if (auto d = configuration_difference(a->result, same_label ? o.a_path : a->label, b->result,
+  // A model's name is a label (an imported plan is named after its file): the same parameter
+  // count under two names is the same model.
+  Estimate b_named = b->result;
+  if (b_named.model != a->result.model && b_named.params > 0 && b_named.params == a->result.params)
+    b_named.model = a->result.model;
+  if (auto d = configuration_difference(a->result, same_label ? o.a_path : a->label, b_named,
                                         same_label ? o.b_path : b->label))
     return fail(make_error("compare", *d + ": not the same configuration"));
   const Fields f = diff_fields(*a, *b);
