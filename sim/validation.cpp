@@ -252,17 +252,25 @@ TraceComparison compare_traces(const std::vector<TraceEvent>& predicted, const s
   }
   c.ranks.assign(shared.begin(), shared.end());
 
+  // A micro-batch's pass or transfer (a name with " mb") happens once per rank in a step, however
+  // many segments its trace cuts it into (the executor's trace closes a compute event at every
+  // blocking call and reopens it after; a blocking send is its post and its wait): counted once.
+  // Other names (a layer's tp collectives) are counted event by event.
+  std::set<std::pair<int64_t, std::string>> seen_predicted, seen_measured;
+  auto counts = [](std::set<std::pair<int64_t, std::string>>& seen, const TraceEvent& e) -> int64_t {
+    return e.name.find(" mb") == std::string::npos || seen.insert({e.pid, e.name}).second ? 1 : 0;
+  };
   std::map<std::string, TraceRow> by_name;
   for (const auto& e : predicted)
     if (shared.count(e.pid)) {
       auto& r = by_name[e.name];
-      ++r.predicted_count;
+      r.predicted_count += counts(seen_predicted, e);
       r.predicted_s += e.dur_s;
     }
   for (const auto& e : measured)
     if (shared.count(e.pid)) {
       auto& r = by_name[e.name];
-      ++r.measured_count;
+      r.measured_count += counts(seen_measured, e);
       r.measured_s += e.dur_s;
     }
   std::vector<TraceRow> cats(categories().size());

@@ -92,6 +92,8 @@ std::string event_category(const std::string& name);
 
 struct TraceRow {
   std::string name;                  // event name, or category name in `categories`
+  // Events; a micro-batch's pass or transfer (" mb" in its name) once per rank however many
+  // segments its trace cuts it into.
   int64_t predicted_count = 0, measured_count = 0;
   double predicted_s = 0, measured_s = 0;  // total duration over the compared ranks
   std::optional<double> error_pct;   // none when either side has no event of this name

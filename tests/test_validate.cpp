@@ -188,3 +188,23 @@ TEST_CASE("trace comparison with no rank in common compares all of each") {
   CHECK(event_category("R mb1 c0") == "recompute");
   CHECK(event_category("dp all_gather F mb0 c0") == "dp");
 }
+
+TEST_CASE("trace comparison counts a micro-batch's pass once, however many segments cut it") {
+  // The executor's trace closes a compute event at each blocking call and reopens it after, and
+  // records a blocking send as its post and its wait: both sides count one pass each.
+  const std::vector<TraceEvent> p = {{0, "F mb0 c0", 1.0}, {0, "pp send F mb0", 0.5}, {0, "tp allreduce", 0.1},
+                                     {0, "tp allreduce", 0.1}};
+  const std::vector<TraceEvent> m = {{0, "F mb0 c0", 0.9}, {0, "F mb0 c0", 0.1}, {0, "pp send F mb0", 0.1},
+                                     {0, "pp send F mb0", 0.4}, {0, "tp allreduce", 0.2}, {0, "tp allreduce", 0.2},
+                                     {1, "F mb0 c0", 1.0}};
+  const TraceComparison c = compare_traces(p, m);
+  std::map<std::string, TraceRow> by;
+  for (const auto& r : c.rows) by[r.name] = r;
+  CHECK(by["F mb0 c0"].measured_count == 1);  // rank 1 is only measured: left out
+  CHECK(by["F mb0 c0"].measured_s == Approx(1.0));
+  CHECK(*by["F mb0 c0"].error_pct == Approx(0.0));
+  CHECK(by["pp send F mb0"].measured_count == 1);
+  CHECK(by["pp send F mb0"].measured_s == Approx(0.5));
+  CHECK(by["tp allreduce"].predicted_count == 2);  // a layer's collectives: event by event
+  CHECK(by["tp allreduce"].measured_count == 2);
+}
