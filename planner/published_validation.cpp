@@ -1066,7 +1066,7 @@ nlohmann::json point_json(const PublishedPoint& p) {
 }  // namespace
 
 nlohmann::json published_json(const std::vector<TableResult>& tables) {
-  nlohmann::json j = {{"schema_version", 1},
+  nlohmann::json j = {{"schema_version", kJsonSchemaVersion},
                       {"error_convention", "error_pct = (predicted - published) / published x 100"}};
   j["tables"] = nlohmann::json::array();
   for (const TableResult& t : tables) {

@@ -165,7 +165,8 @@ nlohmann::json validation_json(const std::vector<ValidationRow>& rows, const Val
   for (const auto& r : rows) out_rows.push_back(row_json(r));
   const ValidationRow& ws = rows.at(s.worst_step);
   const ValidationRow& wm = rows.at(s.worst_memory);
-  return {{"configs", s.configs},
+  return {{"schema_version", kJsonSchemaVersion},
+          {"configs", s.configs},
           {"step_time_mape", s.step_time_mape_pct},
           {"memory_mape", s.memory_mape_pct},
           {"error_definition", "(predicted - measured) / measured x 100; MAPE = mean |error|, percent"},
@@ -310,7 +311,8 @@ nlohmann::json trace_comparison_json(const TraceComparison& c) {
                    {"error_pct", r.error_pct ? nlohmann::json(*r.error_pct) : nlohmann::json(nullptr)}});
     return a;
   };
-  return {{"ranks", c.ranks},
+  return {{"schema_version", kJsonSchemaVersion},
+          {"ranks", c.ranks},
           {"shared_ranks", c.shared_ranks},
           {"error_definition", "(predicted - measured) / measured x 100, total duration per event name"},
           {"events", rows(c.rows)},

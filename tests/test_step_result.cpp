@@ -286,6 +286,7 @@ TEST_CASE("loom compare: any two results of one configuration, refused across co
   REQUIRE(cmp.code == 0);
   std::map<std::string, nlohmann::json> by;
   const auto doc = nlohmann::json::parse(cmp.out);
+  CHECK(doc["schema_version"] == 1);
   for (const auto& f : doc["fields"]) by[f["name"]] = f;
   // The CPU executor's allocations are the cost model's, exactly (tests/executor).
   for (const char* exact : {"memory_bytes.weights", "memory_bytes.grads", "memory_bytes.optimizer", "stages.0.flops"}) {

@@ -84,6 +84,7 @@ TEST_CASE("loom validate --json: every row, its error from its own numbers, MAPE
   INFO(r.err);
   REQUIRE(r.code == 0);
   const auto j = nlohmann::json::parse(r.out);
+  CHECK(j["schema_version"] == 1);
   REQUIRE(j["configs"] == 3);
   REQUIRE(j["rows"].size() == 3);
   double step_sum = 0, mem_sum = 0;
@@ -148,6 +149,7 @@ TEST_CASE("trace against trace: matched by name on the ranks both traces hold") 
   INFO(r.err);
   REQUIRE(r.code == 0);
   const auto j = nlohmann::json::parse(r.out);
+  CHECK(j["schema_version"] == 1);
   CHECK(j["ranks"] == nlohmann::json::array({0}));  // rank 1 is only in the predicted trace
   CHECK(j["shared_ranks"] == true);
   std::map<std::string, nlohmann::json> by;

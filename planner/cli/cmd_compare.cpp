@@ -184,7 +184,8 @@ int run_compare(const CompareOptions& o) {
   const Fields f = diff_fields(*a, *b);
   const std::string definition = "(" + f.other_key + " - " + f.ref_key + ") / " + f.ref_key + " x 100";
   if (o.json) {
-    fmt::print("{}\n", nlohmann::json{{"a", {{"path", o.a_path}, {"source", to_string(a->result.source)}}},
+    fmt::print("{}\n", nlohmann::json{{"schema_version", kJsonSchemaVersion},
+                                      {"a", {{"path", o.a_path}, {"source", to_string(a->result.source)}}},
                                       {"b", {{"path", o.b_path}, {"source", to_string(b->result.source)}}},
                                       {"error_definition", definition},
                                       {"fields", f.rows}}
