@@ -277,6 +277,18 @@ TEST_CASE("plan -o with no configuration that fits writes nothing and exits 2", 
   CHECK(run_loom("plan --model gpt3-175b --cluster h100-sxm --gpus 1 --global-batch 1").code == 0);
 }
 
+TEST_CASE("plan whose pins break a rule for every candidate: one line with the rule, exit 2", "[cli-flags]") {
+  LoomRun tp = run_loom("plan --model llama3-8b --cluster dgx-h100 --gpus 24 --global-batch 24 --tp 3");
+  CHECK(tp.code == 2);
+  CHECK(tp.out.empty());
+  CHECK(tp.err == "loom: plan: no configuration is valid under these pins and this job: every candidate breaks a rule: "
+                  "tp does not divide heads (160128)\n");
+  LoomRun batch = run_loom("plan --model llama3-8b --cluster dgx-h100 --gpus 8 --global-batch 1 --tp 1 --pp 1");
+  CHECK(batch.code == 2);
+  CHECK(batch.err == "loom: plan: no configuration is valid under these pins and this job: every candidate breaks a "
+                     "rule: dp x micro-batch does not divide global batch (120)\n");
+}
+
 TEST_CASE("the plan table's tokens/s and MFU are at the step time it ranked by", "[cli-flags]") {
   // --refine re-ranks the best three by the simulated step (here about 0.1% longer than the
   // analytical one): their rows must show throughput at that time, not at the analytical one.

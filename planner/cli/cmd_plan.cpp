@@ -332,11 +332,26 @@ void print_result(const Job& job, const SearchResult& r) {
   fmt::print("\n{}", summary(r));
 }
 
+// Where no configuration fits because none is valid (the pins, or the job, break a rule every
+// candidate shares, such as a pinned tp that does not divide the heads), not for want of memory:
+// one line with the rules and how many candidates each rejected, for exit code 2.
+Status pins_break_rules(const SearchResult& r) {
+  if (!r.top.empty() || r.rejected.empty() || r.rejected.count(kDoesNotFitMemory)) return ok_status();
+  std::vector<std::pair<int64_t, std::string>> why;
+  for (const auto& [key, n] : r.rejected) why.emplace_back(n, key);
+  std::sort(why.begin(), why.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::string rules;
+  for (const auto& [n, key] : why) rules += (rules.empty() ? "" : "; ") + key + " (" + std::to_string(n) + ")";
+  return make_error("plan", "no configuration is valid under these pins and this job: every candidate breaks a rule: " +
+                                rules);
+}
+
 int run_plan(const PlanOptions& o) {
   auto job = plan_job(o);
   if (!job) return fail(job.error());
   auto r = run_search(o, *job);
   if (!r) return fail(r.error());
+  if (auto st = pins_break_rules(*r); !st) return fail(st.error());
   if (!o.out_path.empty() && !r->top.empty()) {
     const Plan best = plan_of(job->model, job->cluster, r->top[0]);
     if (auto st = write_text_file_atomic(o.out_path, plan_to_json(best).dump(2) + "\n"); !st) return fail(st.error());
