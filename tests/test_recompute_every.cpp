@@ -126,6 +126,11 @@ TEST_CASE("recompute every K-th layer: rules and CLI", "[cli]") {
   CHECK(bad.err == "loom: --recompute-every: recomputes every K-th layer of each chunk in full: needs recompute full "
                    "(got recompute none)\n");
   CHECK(run_loom("predict " + job + "--tp 1 --pp 1 --recompute full --recompute-every 0").code == 2);
+  // A block longer than any chunk is a full recompute said another way: refused, with the bound.
+  const LoomRun long_block = run_loom("predict " + job + "--tp 1 --pp 2 --recompute full --recompute-layers 17");
+  CHECK(long_block.code == 2);
+  CHECK(long_block.err == "loom: --recompute-layers: must be at most the layers of a model chunk, 16 (got 17; for every "
+                          "layer, leave it 0)\n");
   const std::string mixtral = "--model mixtral-8x7b --cluster dgx-h100 --gpus 32 --global-batch 32 ";
   const LoomRun moe = run_loom("predict " + mixtral + "--tp 1 --pp 4 --ep 8 --recompute full --recompute-every 2");
   CHECK(moe.code == 2);
