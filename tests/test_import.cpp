@@ -434,3 +434,14 @@ TEST_CASE("import reads back context parallelism: Megatron's --context-parallel-
   CHECK(ds.code == 0);
   CHECK(ds.err.find("cp 2: DeepSpeed has no ring-attention context parallelism") != std::string::npos);
 }
+
+TEST_CASE("import megatron: a word after a switch is refused, as Megatron-LM's parser refuses it", "[import]") {
+  const std::string script = temp_file("switch_value.sh",
+                                       "torchrun pretrain_gpt.py --num-layers 32 --hidden-size 4096 "
+                                       "--num-attention-heads 32 --seq-length 4096 --max-position-embeddings 4096 "
+                                       "--micro-batch-size 1 --global-batch-size 64 --tensor-model-parallel-size 2 "
+                                       "--sequence-parallel false --bf16\n");
+  const LoomRun r = run_loom("import megatron " + script + " --cluster dgx-h100 --gpus 8");
+  CHECK(r.code == 2);
+  CHECK(r.err == "loom: " + script + ": --sequence-parallel: is a switch and takes no value (got \"false\")\n");
+}

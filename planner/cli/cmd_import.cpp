@@ -82,6 +82,24 @@ Expected<MegatronArgs> tokenize(const std::string& text, const std::string& wher
   return a;
 }
 
+// The switches loom reads (argparse store_true flags in megatron/training/arguments.py): a word
+// after one is not its value, and Megatron-LM's parser refuses the stray word, so loom does too
+// (`--sequence-parallel false` would otherwise read as sp on).
+Status check_switches(const MegatronArgs& a) {
+  static const char* const kSwitches[] = {
+      "--account-for-embedding-in-pipeline-split", "--account-for-loss-in-pipeline-split", "--add-qkv-bias", "--bf16",
+      "--disable-bias-linear", "--fp16", "--fp8-param-gather", "--grad-reduce-in-bf16", "--group-query-attention",
+      "--multi-latent-attention", "--no-gradient-accumulation-fusion", "--no-overlap-p2p-communication",
+      "--optimizer-cpu-offload", "--overlap-grad-reduce", "--overlap-param-gather", "--qk-layernorm",
+      "--sequence-parallel", "--swiglu", "--tp-comm-overlap", "--untie-embeddings-and-output-weights",
+      "--use-distributed-optimizer", "--use-megatron-fsdp", "--use-precision-aware-optimizer",
+      "--use-tp-pp-dp-mapping"};
+  for (const char* f : kSwitches)
+    if (auto it = a.values.find(f); it != a.values.end() && !it->second.empty())
+      return make_error(a.where + ": " + f, "is a switch and takes no value (got \"" + it->second + "\")");
+  return ok_status();
+}
+
 // Reads an integer flag into `out` (left as is when absent).
 Status get_int(MegatronArgs& a, const std::string& flag, int64_t& out, int64_t max) {
   if (!a.has(flag)) return ok_status();
@@ -447,6 +465,7 @@ Expected<Plan> plan_from_megatron(const ImportOptions& o) {
   if (!text) return text.error();
   auto a = tokenize(*text, o.path);
   if (!a) return a.error();
+  if (auto st = check_switches(*a); !st) return st.error();
   if (auto st = refuse_unpriced(*a); !st) return st.error();
   Plan plan;
   plan.model.name = "megatron:" + o.path;
