@@ -76,7 +76,10 @@ Expected<nlohmann::json> parse_json_text(const std::string& text, const std::str
 
 Expected<std::string> read_text_file(const std::string& path, int64_t max_bytes) {
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) return make_error(path, "no such file");
+  if (!std::filesystem::is_regular_file(path, ec))
+    return make_error(path, !std::filesystem::exists(path, ec)           ? "no such file"
+                            : std::filesystem::is_directory(path, ec) ? "is a directory, not a file"
+                                                                      : "not a regular file (a device or a pipe)");
   // Checked before reading: a huge file is refused without reading it into memory.
   const auto size = std::filesystem::file_size(path, ec);
   if (ec) return make_error(path, "cannot be opened for reading: " + ec.message());

@@ -80,6 +80,15 @@ TEST_CASE("predict --plan re-evaluates a saved plan to the same numbers") {
   LoomRun b = run_loom("predict --json --plan " + path);
   REQUIRE(b.code == 0);
   CHECK(a.out == b.out);
+  // A flag the plan holds its own value for is refused, not silently overridden.
+  LoomRun c = run_loom("predict --plan " + path + " --tp 4");
+  CHECK(c.code == 2);
+  CHECK(c.err == "loom: --tp: is the plan's own with --plan (edit the plan, or drop --plan to price flags); only "
+                 "--memory-headroom, --json and -o go with it\n");
+  // A file that is not one: said so, not "no such file".
+  LoomRun d = run_loom("predict --plan " + std::filesystem::path(path).parent_path().string());
+  CHECK(d.code == 2);
+  CHECK(d.err.find(": is a directory, not a file") != std::string::npos);
 }
 
 TEST_CASE("-o naming a directory: one line, exit 2, nothing left beside it") {
@@ -408,4 +417,11 @@ TEST_CASE("plan rows name an uneven stage split after the row, runs of equal sta
   REQUIRE(even.code == 0);
   CHECK(even.out.find("  stages ") == std::string::npos);
   CHECK(even.out.find("  ep ") == std::string::npos);
+}
+
+TEST_CASE("an unknown command is named, with the commands there are") {
+  LoomRun r = run_loom("frobnicate --tp 2");
+  CHECK(r.code == 2);
+  CHECK(r.err == "loom: frobnicate: unknown command (commands: predict, plan, export, import, simulate, execute, compare, "
+                 "validate, calibrate)\n");
 }

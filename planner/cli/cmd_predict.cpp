@@ -28,6 +28,7 @@ struct PredictOptions {
   std::string zero3_gather = "layer";
   int64_t ps_servers = 0;
   double grad_compression = 1;
+  std::string ignored_with_plan;  // a flag given beside --plan that the plan's own value overrides
 };
 
 int index_of(const std::vector<std::string>& names, const std::string& s) {
@@ -126,6 +127,9 @@ Expected<Plan> plan_from_flags(const PredictOptions& o) {
 }
 
 int run_predict(const PredictOptions& o) {
+  if (!o.ignored_with_plan.empty())
+    return fail(make_error(o.ignored_with_plan, "is the plan's own with --plan (edit the plan, or drop --plan to price "
+                                                "flags); only --memory-headroom, --json and -o go with it"));
   auto plan = plan_from_flags(o);
   if (!plan) return fail(plan.error());
   // --memory-headroom judges fit against the same GPU memory in both cases (a plan's own
@@ -149,7 +153,8 @@ void add_predict(CLI::App& app, Run& run) {
   auto o = std::make_shared<PredictOptions>();
   auto* cmd = app.add_subcommand("predict", "evaluate one parallel configuration: memory, FLOPs, communication, time");
   add_job_options(*cmd, o->job);
-  cmd->add_option("--plan", o->plan_path, "re-evaluate a saved plan.json (other options but --memory-headroom are ignored)");
+  cmd->add_option("--plan", o->plan_path,
+                  "re-evaluate a saved plan.json (with --memory-headroom, --json and -o only: the plan holds the rest)");
   cmd->add_option("-o,--out", o->out_path, "write the configuration and prediction as a plan.json");
   add_parallel_options(*cmd, o->par, FlagUse::configure);
   cmd->add_option("--dp-comm", o->dp_comm, "gradient sync: ring all-reduce or parameter server")
@@ -161,7 +166,19 @@ void add_predict(CLI::App& app, Run& run) {
   cmd->add_option("--ps-servers", o->ps_servers, "parameter servers (with --dp-comm ps)");
   cmd->add_option("--grad-compression", o->grad_compression, "gradient compression ratio (original / sent)")
       ->transform(Number(1, 1e6));
-  cmd->callback([o, &run] { run = [o] { return run_predict(*o); }; });
+  cmd->callback([o, cmd, &run] {
+    if (!o->plan_path.empty())  // the first flag beside --plan that the plan would override
+      for (const CLI::Option* opt : cmd->get_options()) {
+        bool allowed = false;
+        for (const char* ok : {"--plan", "--out", "--json", "--memory-headroom", "--help"})
+          allowed = allowed || opt->check_name(ok);
+        if (opt->count() > 0 && !allowed) {
+          o->ignored_with_plan = opt->get_name();
+          break;
+        }
+      }
+    run = [o] { return run_predict(*o); };
+  });
 }
 
 }  // namespace loom::cli

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <exception>
 #include <new>
+#include <string>
 
 #include "loom_version.hpp"  // generated at build time (planner/cli/version.cmake)
 #include "planner/cli/command.hpp"
@@ -30,6 +31,19 @@ int parse_and_run(int argc, char** argv) {
   loom::cli::add_compare(app, run);
   loom::cli::add_validate(app, run);
   loom::cli::add_calibrate(app, run);
+  // A first word that is no command (and no flag): named, with the commands there are.
+  if (argc > 1 && argv[1][0] != '-') {
+    std::string names;
+    bool known = false;
+    for (const CLI::App* sub : app.get_subcommands({})) {
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+      known = known || sub->get_name() == argv[1];
+    }
+    if (!known) {
+      fmt::print(stderr, "loom: {}: unknown command (commands: {})\n", argv[1], names);
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
