@@ -1,5 +1,8 @@
 #include "sim/plan.hpp"
 
+#include <optional>
+#include <string>
+
 #include "sim/json_reader.hpp"
 #include "sim/schedule.hpp"
 #include "sim/spec_json.hpp"
@@ -75,9 +78,22 @@ Status check_prediction(const nlohmann::json& j, const Plan& plan, const std::st
   return ok_status();
 }
 
+// What a JSON document is when it is another of loom's documents, not a plan: a Chrome trace,
+// a step result (predict --json, simulate --json, a measured report) or plan --json's output.
+std::optional<std::string> other_document(const nlohmann::json& j) {
+  if (!j.is_object()) return std::nullopt;
+  if (j.contains("traceEvents")) return "a Chrome trace (simulate or execute --trace)";
+  if (j.contains("source") && j["source"].is_string() && j.contains("step_time_s"))
+    return "a " + j["source"].get<std::string>() + " step result (predict --json, simulate --json or execute --report)";
+  if (j.contains("top") && j.contains("considered")) return "plan --json's output (plan -o writes a plan file)";
+  return std::nullopt;
+}
+
 }  // namespace
 
 Expected<Plan> plan_from_json(const nlohmann::json& j, const std::string& where) {
+  if (auto what = other_document(j))
+    return make_error(where, "is " + *what + ", not a plan (predict -o or plan -o writes one)");
   ObjectReader r(j, where);
   read_schema_version(r, j);
   const nlohmann::json* mj = r.object("model");

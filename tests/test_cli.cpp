@@ -425,3 +425,16 @@ TEST_CASE("an unknown command is named, with the commands there are") {
   CHECK(r.err == "loom: frobnicate: unknown command (commands: predict, plan, export, import, simulate, execute, compare, "
                  "validate, calibrate)\n");
 }
+
+TEST_CASE("another of loom's documents given as a plan says what it is") {
+  const LoomRun predicted = run_loom(kBase + "--tp 8 --pp 16 --json");
+  REQUIRE(predicted.code == 0);
+  const std::string result = temp_file("result.json", predicted.out);
+  LoomRun r = run_loom("predict --plan " + result);
+  CHECK(r.code == 2);
+  CHECK(r.err == "loom: " + result + ": is a predicted step result (predict --json, simulate --json or execute --report), "
+                 "not a plan (predict -o or plan -o writes one)\n");
+  LoomRun t = run_loom("simulate " + temp_file("trace.json", R"({"traceEvents": []})"));
+  CHECK(t.code == 2);
+  CHECK(t.err.find("is a Chrome trace (simulate or execute --trace), not a plan") != std::string::npos);
+}
