@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
+#include <map>
 
 #include "sim/fp8.hpp"
 #include "sim/json_reader.hpp"
@@ -80,21 +82,36 @@ static void read_enum(ObjectReader& r, const std::string& key, const std::vector
   out = static_cast<E>(idx);
 }
 
-Status check_model(const ModelSpec& m, const std::string& where_, const std::string& pointer) {
+Status check_model(const ModelSpec& m, const std::string& where_, const std::string& pointer,
+                   const std::function<std::string(const std::string&)>& key) {
   const std::string where = where_ + ": " + pointer;
+  const FieldNamer name = [&](const std::string& f) { return where + "/" + (key ? key(f) : f); };
   // Sizes first: a bound per field and on the parameter count, so nothing below wraps around.
-  if (auto st = check_model_sizes(m, [&](const std::string& f) { return where + "/" + f; }); !st) return st;
-  if (auto st = check_moe_model(m, [&](const std::string& f) { return where + "/" + f; }); !st) return st;
-  if (auto st = check_mla_model(m, [&](const std::string& f) { return where + "/" + f; }); !st) return st;
+  if (auto st = check_model_sizes(m, name); !st) return st;
+  if (auto st = check_moe_model(m, name); !st) return st;
+  if (auto st = check_mla_model(m, name); !st) return st;
   if (m.head_size == 0 && m.hidden % m.heads != 0)
-    return Error{where + "/heads: must divide hidden (" + std::to_string(m.hidden) + " % " +
-                                 std::to_string(m.heads) + " != 0)"};
+    return Error{name("heads") + ": must divide hidden (" + std::to_string(m.hidden) + " % " +
+                 std::to_string(m.heads) + " != 0)"};
   if (m.heads % m.kv_heads != 0)
-    return Error{where + "/kv_heads: must divide heads (" + std::to_string(m.heads) + " % " +
-                                 std::to_string(m.kv_heads) + " != 0)"};
-  if (m.kv_heads > m.heads) return Error{where + "/kv_heads: must be <= heads"};
+    return Error{name("kv_heads") + ": must divide heads (" + std::to_string(m.heads) + " % " +
+                 std::to_string(m.kv_heads) + " != 0)"};
+  if (m.kv_heads > m.heads) return Error{name("kv_heads") + ": must be <= heads"};
   return ok_status();
 }
+
+namespace {
+// A Hugging Face config's key for a field of loom's model (the fields model_from_hf_config reads
+// from a key of another name), so a rule it breaks names the key the user wrote.
+std::string hf_key(const std::string& field) {
+  static const std::map<std::string, std::string> keys = {
+      {"layers", "num_hidden_layers"}, {"hidden", "hidden_size"},     {"heads", "num_attention_heads"},
+      {"kv_heads", "num_key_value_heads"}, {"ffn_hidden", "intermediate_size"}, {"vocab", "vocab_size"},
+      {"seq_len", "max_position_embeddings"}, {"head_size", "head_dim"}};
+  const auto it = keys.find(field);
+  return it == keys.end() ? field : it->second;
+}
+}  // namespace
 
 Expected<ModelSpec> model_from_json(const nlohmann::json& j, const std::string& where,
                                     std::vector<std::string>* ignored_keys, const std::string& pointer) {
@@ -297,7 +314,7 @@ Expected<ModelSpec> model_from_hf_config(const nlohmann::json& j, const std::str
   if (!r.failed()) read_hf_mla(r, j, m, type);  // DeepSeek's latent attention (sim/mla.hpp)
   if (r.failed()) return *r.error();
   list_ignored(r, ignored_keys);
-  auto st = check_model(m, where);
+  auto st = check_model(m, where, "", hf_key);
   if (!st) return st.error();
   return m;
 }

@@ -1,6 +1,7 @@
 // Strict JSON load and save of the four inputs. Loaders take the parsed document and a
 // `where` (file or flag) used in error lines: "<where>: <json pointer>: <rule>".
 #pragma once
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include <string>
@@ -55,6 +56,8 @@ nlohmann::json to_json(const TrainSpec& t);
 nlohmann::json to_json(const ParallelConfig& p);
 
 // Per-model checks that need no configuration: heads divide hidden, kv_heads divide heads.
-Status check_model(const ModelSpec& m, const std::string& where, const std::string& pointer = "");
+// `key` (when set) names a field as the file names it (a Hugging Face config's keys).
+Status check_model(const ModelSpec& m, const std::string& where, const std::string& pointer = "",
+                   const std::function<std::string(const std::string&)>& key = nullptr);
 
 }  // namespace loom

@@ -95,6 +95,15 @@ TEST_CASE("a head_dim other than hidden_size / heads sets the head size") {
   CHECK(total_params(*m) == 8'030'261'248 + 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024));
 }
 
+TEST_CASE("a rule a Hugging Face config breaks names the config's own key") {
+  auto j = nlohmann::json::parse(slurp(hf("llama3_8b_config.json")));
+  j["num_key_value_heads"] = 5;
+  const std::string path = temp_file("hf_kv5.json", j.dump());
+  auto m = load_model(path, "test", nullptr);
+  REQUIRE_FALSE(m.ok());
+  CHECK(m.error().message == path + ": /num_key_value_heads: must divide heads (32 % 5 != 0)");
+}
+
 // Qwen3 (model cards: 0.6B with 0.44B non-embedding; 8.2B with 6.95B non-embedding): explicit
 // head_dim 128 (for 0.6B not hidden / heads = 64), q_norm and k_norm of head_dim each, no biases.
 // Gemma 2 (2.61B and 9.24B, the safetensors totals 2,614,341,888 and 9,241,705,984): head_dim
