@@ -344,7 +344,8 @@ TEST_CASE("import deepspeed: a user's ds_config; batch sizes resolved as DeepSpe
   refused("ds_type.json", c, "/train_batch_size: must be an integer");
   c = kDs;
   c["train_batch_size"] = 60;  // 60 / 4 / 8 = 1 (DeepSpeed's floor), and 4 x 1 x 8 != 60
-  refused("ds_split.json", c, "train_batch_size: must equal train_micro_batch_size_per_gpu x gradient_accumulation_steps x dp (4 x 1 x 8) (got 60)");
+  refused("ds_split.json", c, "train_batch_size: must equal train_micro_batch_size_per_gpu x gradient_accumulation_steps x dp (4 x 1 x 8; "
+          "the steps derived as DeepSpeed does, train / micro / dp, rounded down) (got 60)");
   refused("ds_pp.json", kDs, "ZeRO-2 and ZeRO-3 are incompatible with DeepSpeed's pipeline engine", "--pp 2");
   c = kDs;
   c["zero_optimization"] = {{"stage", 3}, {"offload_param", {{"device", "cpu"}}}};

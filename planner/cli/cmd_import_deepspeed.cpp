@@ -149,6 +149,7 @@ Status ds_batch(ObjectReader& r, int64_t dp, ParallelConfig& p, TrainSpec& t) {
   r.opt_integer("train_micro_batch_size_per_gpu", micro, 1, limits::kGlobalBatch);
   r.opt_integer("gradient_accumulation_steps", accum, 1, limits::kGlobalBatch);
   if (r.failed()) return *r.error();
+  const bool accum_given = accum > 0, micro_given = micro > 0;
   if (train == 0 && micro == 0)
     return make_error(r.where() + ": train_batch_size", "either train_batch_size or train_micro_batch_size_per_gpu is required");
   // Products in 128 bits: each factor is below 2^40, so micro x accum x dp cannot wrap there.
@@ -160,8 +161,12 @@ Status ds_batch(ObjectReader& r, int64_t dp, ParallelConfig& p, TrainSpec& t) {
   if (train == 0 && product <= limits::kGlobalBatch) train = static_cast<int64_t>(product);
   if (micro < 1 || train < 1 || product != train)
     return make_error(r.where() + ": train_batch_size",
-                      fmt::format("must equal train_micro_batch_size_per_gpu x gradient_accumulation_steps x dp ({} x {} x {})"
-                                  " (got {})", micro, accum, dp, train));
+                      fmt::format("must equal train_micro_batch_size_per_gpu x gradient_accumulation_steps x dp ({} x {} x {}{})"
+                                  " (got {})", micro, accum, dp,
+                                  accum_given && micro_given ? ""
+                                  : accum_given              ? "; the micro-batch derived as DeepSpeed does, train / dp / steps, rounded down"
+                                                             : "; the steps derived as DeepSpeed does, train / micro / dp, rounded down",
+                                  train));
   t.global_batch = train;
   p.micro_batch = micro;
   // DeepSpeed adds each accumulation step's gradients in a pass of their own (autograd, or
