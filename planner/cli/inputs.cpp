@@ -130,7 +130,8 @@ void add_parallel_options(CLI::App& cmd, ParallelFlags& o, FlagUse use) {
   add_cp_options(cmd, o, text);
   cmd.add_option("--dp", o.dp, text("the data-parallel size", "default gpus / (tp x pp x cp)"))->transform(Integer(1, limits::kGpus));
   cmd.add_option("--zero", o.zero, text("the ZeRO stage 0-3 (3 = FSDP full shard)", "default 0"))
-      ->transform(Integer(INT32_MIN, INT32_MAX));  // decimal, an int (the stage rule is checked later)
+      // decimal, an int (the stage rule, 0-3, is checked later with its own message)
+      ->transform(Integer(INT32_MIN, INT32_MAX).description(""));
   cmd.add_option("--micro-batch", o.micro_batch, text("the sequences per micro-batch", "default 1"))
       ->transform(Integer(1, limits::kGlobalBatch));
   add_recompute_options(cmd, o, text);
