@@ -85,7 +85,7 @@ std::optional<std::string> other_document(const nlohmann::json& j) {
   if (j.contains("traceEvents")) return "a Chrome trace (simulate or execute --trace)";
   if (j.contains("source") && j["source"].is_string() && j.contains("step_time_s"))
     return "a " + j["source"].get<std::string>() + " step result (predict --json, simulate --json or execute --report)";
-  if (j.contains("top") && j.contains("considered")) return "plan --json's output (plan -o writes a plan file)";
+  if (j.contains("top") && j.contains("considered")) return "plan --json's output";
   return std::nullopt;
 }
 

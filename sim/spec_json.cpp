@@ -102,12 +102,17 @@ Status check_model(const ModelSpec& m, const std::string& where_, const std::str
 
 namespace {
 // A Hugging Face config's key for a field of loom's model (the fields model_from_hf_config reads
-// from a key of another name), so a rule it breaks names the key the user wrote.
-std::string hf_key(const std::string& field) {
-  static const std::map<std::string, std::string> keys = {
+// from a key of another name: GPT2Config's n_* keys, the others' *_size and num_* keys), so a rule
+// it breaks names the key the user wrote.
+std::string hf_key(const std::string& type, const std::string& field) {
+  static const std::map<std::string, std::string> gpt2 = {
+      {"layers", "n_layer"}, {"hidden", "n_embd"}, {"heads", "n_head"}, {"kv_heads", "n_head"},
+      {"ffn_hidden", "n_inner"}, {"seq_len", "n_positions"}, {"vocab", "vocab_size"}};
+  static const std::map<std::string, std::string> others = {
       {"layers", "num_hidden_layers"}, {"hidden", "hidden_size"},     {"heads", "num_attention_heads"},
       {"kv_heads", "num_key_value_heads"}, {"ffn_hidden", "intermediate_size"}, {"vocab", "vocab_size"},
       {"seq_len", "max_position_embeddings"}, {"head_size", "head_dim"}};
+  const auto& keys = type == "gpt2" ? gpt2 : others;
   const auto it = keys.find(field);
   return it == keys.end() ? field : it->second;
 }
@@ -314,7 +319,7 @@ Expected<ModelSpec> model_from_hf_config(const nlohmann::json& j, const std::str
   if (!r.failed()) read_hf_mla(r, j, m, type);  // DeepSeek's latent attention (sim/mla.hpp)
   if (r.failed()) return *r.error();
   list_ignored(r, ignored_keys);
-  auto st = check_model(m, where, "", hf_key);
+  auto st = check_model(m, where, "", [&type](const std::string& f) { return hf_key(type, f); });
   if (!st) return st.error();
   return m;
 }

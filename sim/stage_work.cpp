@@ -97,9 +97,9 @@ void add(std::vector<Buffer>& v, const char* name, MemCategory c, Lifetime l, in
 //   product: all b s tokens by h (a row-parallel product is the full partial sum before its
 //   reduce-scatter); with tp > 1 also the two reduce-scatters' outputs (after wo and w2,
 //   b s h / t each).
-// Rerun in backward: the two norms, wk, RoPE, wo, the first residual add, w3 and SwiGLU (w2's
-// output is kept, so the block's last add is not needed: early_stop). What the rerun holds for
-// its layer's backward is op_sac_rebuilt_bytes.
+// Rerun in backward: the whole block (torchtitan's ac config leaves early_stop False), each kept
+// output taken from the store instead of its op: the two norms, wk, RoPE, wo, both residual adds,
+// w3 and SwiGLU. What the rerun holds for its layer's backward is op_sac_rebuilt_bytes.
 LayerActivationBytes op_sac_activation_bytes(const ModelSpec& m, int64_t T, int64_t t, bool sp, int64_t e) {
   const int64_t h = m.hidden, kv = m.kv_dim(), f = m.ffn_hidden, q = m.q_dim(), rep = sp ? t : 1;
   LayerActivationBytes out;
@@ -108,13 +108,18 @@ LayerActivationBytes op_sac_activation_bytes(const ModelSpec& m, int64_t T, int6
   return out;
 }
 
-// What the rerun of one layer holds until that layer's backward has used it, in the tensors
-// layer_activation_bytes counts without recompute: both norms' outputs and the first residual
-// sum (b s h / rep each), k (b s kv / t), SwiGLU's up and product (b s f / t each) and the norms'
-// fp32 statistics; the rerun's other outputs (wk's before RoPE, wo's) are freed as made.
+// What the rerun of one layer holds until that layer's backward has used it (torchtitan's eager
+// block): both norms' outputs as the GEMMs read them (all b s tokens: with tp > 1 the gathered
+// ones, which the weight gradients keep, so the backward gathers nothing again), the first
+// residual sum (b s h / rep), q and k after RoPE (b s (q + kv) / t), SiLU's output, w3's and
+// their product (b s f / t each), the norms' fp32 statistics, and with Qwen3's q/k norms the k
+// norm's input (b s kv / t) and their per-head statistics. The rerun's other outputs (wo's, the
+// block's output) are freed as made.
 int64_t op_sac_rebuilt_bytes(const ModelSpec& m, int64_t T, int64_t t, bool sp, int64_t e) {
-  const int64_t rep = sp ? t : 1;
-  return 3 * e * T * m.hidden / rep + e * T * m.kv_dim() / t + 2 * e * T * m.ffn_hidden / t + 2 * 4 * T / rep;
+  const int64_t rep = sp ? t : 1, h = m.hidden, kv = m.kv_dim();
+  const int64_t qk_norm = m.qk_norm ? e * T * kv / t + 4 * T * (m.heads + m.kv_heads) / t : 0;
+  return 2 * e * T * h + e * T * h / rep + e * T * (m.q_dim() + kv) / t + 3 * e * T * m.ffn_hidden / t +
+         2 * 4 * T / rep + qk_norm;
 }
 
 // Where a stage's chunks hold different layer counts (a short model-end chunk:
@@ -505,9 +510,9 @@ void layer_elementwise(std::vector<Op>& ops, const ModelSpec& m, const Dims& d, 
 
 // What torchtitan's per-op checkpointing reruns of each layer in backward (see
 // op_sac_activation_bytes): the k, output and up projections (wk, wo, w3: the even-numbered mm
-// of the block), both norms, RoPE on q and k, the first residual add and SwiGLU, and Qwen3's q/k
+// of the block), both norms, RoPE on q and k, both residual adds and SwiGLU, and Qwen3's q/k
 // norms; with tp > 1 the norms' all-gathers before wk and w3 again (tp_messages), each beside its
-// GEMM under async TP. wo's reduce-scatter is kept, so it does not run again.
+// GEMM under async TP. The reduce-scatters' outputs are kept, so they do not run again.
 void op_sac_recompute_ops(std::vector<Op>& ops, const ModelSpec& m, const Dims& d, int64_t L) {
   const double e = static_cast<double>(d.e), T = static_cast<double>(d.T), h = static_cast<double>(d.h);
   const double rep = static_cast<double>(d.rep), t = static_cast<double>(d.t);
@@ -516,7 +521,7 @@ void op_sac_recompute_ops(std::vector<Op>& ops, const ModelSpec& m, const Dims& 
   ops.push_back(gemm("attention projection", r, d.T, d.h, d.q / d.t, L));
   ops.push_back(beside_tp_collective(gemm("mlp up", r, d.T, d.f / d.t, d.h, L), TpOverlapSlot::fc1));
   ops.push_back(memory_op("norms", MemKind::norm, r, norm_bytes(T * h / rep, e), 2 * L));
-  ops.push_back(memory_op("residual adds", MemKind::residual, r, residual_bytes(T * h / rep, e), L));
+  ops.push_back(memory_op("residual adds", MemKind::residual, r, residual_bytes(T * h / rep, e), 2 * L));
   const double qk = T * static_cast<double>(d.q + d.kv) / t;
   ops.push_back(memory_op("rope", MemKind::rotary, r, rotary_bytes(qk, e), L));
   if (m.qk_norm) ops.push_back(memory_op("q/k norms", MemKind::norm, r, norm_bytes(qk, e), L));
@@ -591,7 +596,9 @@ void tp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelCon
   if (p.tp <= 1) return;
   const int64_t act = d.e * d.T * d.h, L = d.layers;
   const TpHalves moe = moe_tp_halves_saved(d.moe, p);  // MoE layers without an MLP over tp
-  int64_t fwd = 4 * L - moe.forward, bwd = 4 * L + (p.sp ? 2 * L : 0) - moe.backward;
+  // (torchtitan's per-op checkpointing keeps the gathered norm outputs its rerun made: no SP
+  // re-gathers in its backward.)
+  int64_t fwd = 4 * L - moe.forward, bwd = 4 * L + (p.sp && p.recompute != Recompute::op ? 2 * L : 0) - moe.backward;
   int64_t rec = p.recompute == Recompute::full ? 4 * d.rec_layers - moe.recompute : 0;
   if (p.recompute == Recompute::op) rec = 2 * L;  // the norms' all-gathers before wk and w3 (op_sac_recompute_ops)
   // FP8 with SP (sim/fp8.hpp): the layers' all-gathers move FP8, 1 byte per element.

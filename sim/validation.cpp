@@ -253,9 +253,11 @@ TraceComparison compare_traces(const std::vector<TraceEvent>& predicted, const s
   }
   c.ranks.assign(shared.begin(), shared.end());
 
-  // A micro-batch's pass or transfer (a name with " mb") happens once per rank in a step, however
+  // A name with " mb" (a micro-batch's pass, or its transfer) is counted once per rank however
   // many segments its trace cuts it into (the executor's trace closes a compute event at every
-  // blocking call and reopens it after; a blocking send is its post and its wait): counted once.
+  // blocking call and reopens it after; a blocking send is its post and its wait). A pass names
+  // its chunk, so it happens once per rank in a step; a transfer does not, so with interleaved
+  // chunks its count is the micro-batches it carried, not its sends (the time is all of them).
   // Other names (a layer's tp collectives) are counted event by event.
   std::set<std::pair<int64_t, std::string>> seen_predicted, seen_measured;
   auto counts = [](std::set<std::pair<int64_t, std::string>>& seen, const TraceEvent& e) -> int64_t {

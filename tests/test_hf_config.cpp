@@ -102,6 +102,13 @@ TEST_CASE("a rule a Hugging Face config breaks names the config's own key") {
   auto m = load_model(path, "test", nullptr);
   REQUIRE_FALSE(m.ok());
   CHECK(m.error().message == path + ": /num_key_value_heads: must divide heads (32 % 5 != 0)");
+  // GPT2Config's keys are n_*.
+  auto g = nlohmann::json::parse(slurp(hf("gpt2_config.json")));
+  g["n_embd"] = 770;
+  const std::string gpath = temp_file("hf_gpt2_770.json", g.dump());
+  auto gm = load_model(gpath, "test", nullptr);
+  REQUIRE_FALSE(gm.ok());
+  CHECK(gm.error().message.rfind(gpath + ": /n_head: must divide hidden", 0) == 0);
 }
 
 // Qwen3 (model cards: 0.6B with 0.44B non-embedding; 8.2B with 6.95B non-embedding): explicit

@@ -446,3 +446,29 @@ TEST_CASE("import megatron: a word after a switch is refused, as Megatron-LM's p
   CHECK(r.code == 2);
   CHECK(r.err == "loom: " + script + ": --sequence-parallel: is a switch and takes no value (got \"false\")\n");
 }
+
+TEST_CASE("import megatron: a block of at least a chunk's layers is every layer, said so", "[import]") {
+  const std::string script = temp_file("block_all.sh",
+                                       "torchrun pretrain_gpt.py --num-layers 32 --hidden-size 4096 "
+                                       "--num-attention-heads 32 --seq-length 4096 --max-position-embeddings 4096 "
+                                       "--micro-batch-size 1 --global-batch-size 64 --pipeline-model-parallel-size 4 --vocab-size 32000 "
+                                       "--recompute-granularity full --recompute-method block --recompute-num-layers 16 "
+                                       "--bf16\n");
+  const std::string out = temp_file("block_all.json", "");
+  const LoomRun r = run_loom("import megatron " + script + " --cluster dgx-h100 --gpus 8 -o " + out);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.err.find("--recompute-num-layers 16: at least each model chunk's 8 layers, so every layer is recomputed "
+                   "(priced as such)") != std::string::npos);
+  const auto plan = nlohmann::json::parse(slurp(out));
+  CHECK(plan["parallel"]["recompute"] == "full");
+  CHECK(plan["parallel"].value("recompute_layers", 0) == 0);
+}
+
+TEST_CASE("import deepspeed: with only train_batch_size, the message says the micro-batch was derived", "[import]") {
+  const std::string cfg = temp_file("ds_train_only.json", R"({"train_batch_size": 10, "bf16": {"enabled": true}})");
+  const LoomRun r = run_loom("import deepspeed " + cfg + " --model llama3-8b --cluster dgx-h100 --gpus 4 --tp 1 --pp 1");
+  CHECK(r.code == 2);
+  CHECK(r.err.find("(2 x 1 x 4; the micro-batch derived as DeepSpeed does, train / dp, rounded down, with 1 step) "
+                   "(got 10)") != std::string::npos);
+}

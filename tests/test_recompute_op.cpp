@@ -69,7 +69,8 @@ TEST_CASE("recompute op: what the backward reruns, and what it holds while it do
   for (const Op& o : w.ops) {
     if (o.pass != Pass::recompute) continue;
     INFO(o.name);
-    CHECK(o.count == (std::strcmp(o.name, "norms") == 0 ? 2 * L : L));
+    const bool twice = std::strcmp(o.name, "norms") == 0 || std::strcmp(o.name, "residual adds") == 0;
+    CHECK(o.count == (twice ? 2 * L : L));  // the whole block reruns (early_stop off)
     CHECK(o.kind != OpKind::attention_fwd);  // the attention output is kept
     if (o.kind != OpKind::gemm) continue;
     ++rerun_gemms;
@@ -79,11 +80,13 @@ TEST_CASE("recompute op: what the backward reruns, and what it holds while it do
     else FAIL("unexpected rerun GEMM");
   }
   CHECK(rerun_gemms == 3);
-  // The rerun holds both norms' outputs and the first residual sum (h each), k (kv), SwiGLU's up
-  // and product (f each) and the two norms' fp32 statistics for its layer's backward.
+  // The rerun holds both norms' outputs and the first residual sum (h each), q and k after RoPE
+  // (q + kv), SiLU's output, w3's and their product (f each) and the two norms' fp32 statistics
+  // for its layer's backward.
   const Buffer* rebuilt = buffer(w, "recomputed layer");
   REQUIRE(rebuilt != nullptr);
-  CHECK(rebuilt->bytes == 2 * T * (3 * 4096 + 1024 + 2 * 14336) + 2 * 4 * T);  // 1375862784
+  CHECK(rebuilt->bytes == 2 * T * (3 * 4096 + 4096 + 1024 + 3 * 14336) + 2 * 4 * T);
+  CHECK(rebuilt->bytes == 1979842560);
   // Hardware FLOPs: the three projections' forward again, per layer and token.
   const FlopCount extra = hardware_flops(j.model, 16, 8192, Recompute::op, AttentionFlops::full) -
                           hardware_flops(j.model, 16, 8192, Recompute::none, AttentionFlops::full);
@@ -104,6 +107,19 @@ TEST_CASE("recompute op with tp 2: the norms' all-gathers run again, the reduce-
   for (const Message& msg : w.messages)
     if (msg.group == Group::tp && msg.pass == Pass::recompute) halves = msg.count;
   CHECK(halves == 2 * 32);  // before wk and before w3, each layer
+  // The gathered norm outputs the rerun made are kept for the weight gradients: the backward
+  // gathers nothing again (Megatron's SP would, 2 per layer): 4 per layer, and the model's ends.
+  int64_t backward = -1;
+  for (const Message& msg : w.messages)
+    if (msg.group == Group::tp && msg.pass == Pass::backward && std::strcmp(msg.name, "tp activations") == 0)
+      backward = msg.count;
+  CHECK(backward == 4 * 32 + 2);
+  // With tp 2 the rerun holds the gathered norm outputs whole (all b s tokens) and the residual
+  // sum, q, k and SwiGLU's tensors as this rank's share.
+  const int64_t T = 8192;
+  const Buffer* rebuilt = buffer(w, "recomputed layer");
+  REQUIRE(rebuilt != nullptr);
+  CHECK(rebuilt->bytes == 2 * T * (2 * 4096 + 4096 / 2 + (4096 + 1024) / 2 + 3 * 14336 / 2) + 2 * 4 * T / 2);
   // Under async TP each sits beside its GEMM, as the forward's do.
   p.tp_comm_overlap = true;
   const StageWork ov = build_stage_work(j.model, j.cluster, j.train, p, 0);
@@ -187,4 +203,19 @@ TEST_CASE("recompute op: torchtitan's selective_ac_option \"op\" both ways; Mega
   const LoomRun again = run_loom("import torchtitan " + f8.exported + " --cluster dgx-h100 --gpus 8");
   CHECK(again.err.find("selective_ac_option \"op\": priced as loom's selective recompute (the attention core), not "
                        "torchtitan's per-op save list (recompute: op is priced for bf16 GEMMs") != std::string::npos);
+}
+
+TEST_CASE("recompute op on Qwen3: the k norm's input and the q/k norms' statistics are held by the rerun too",
+          "[stage_work]") {
+  const Job j = job(std::string(LOOM_SOURCE_DIR) + "/tests/data/hf/qwen3_8b_config.json", "dgx-h100", 8, 16, 4096);
+  REQUIRE(j.model.qk_norm);
+  ParallelConfig p;
+  p.dp = 8, p.zero = 3, p.micro_batch = 1, p.recompute = Recompute::op;
+  REQUIRE(validate_config(j.model, j.cluster, j.train, p, plain).ok());
+  const StageWork w = build_stage_work(j.model, j.cluster, j.train, p, 0);
+  const int64_t T = 4096, e = 2, h = j.model.hidden, q = j.model.q_dim(), kv = j.model.kv_dim(), f = j.model.ffn_hidden;
+  const Buffer* rebuilt = buffer(w, "recomputed layer");
+  REQUIRE(rebuilt != nullptr);
+  CHECK(rebuilt->bytes == e * T * (3 * h + q + kv + 3 * f) + 2 * 4 * T + e * T * kv +
+                              4 * T * (j.model.heads + j.model.kv_heads));
 }

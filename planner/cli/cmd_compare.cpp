@@ -174,9 +174,10 @@ int run_compare(const CompareOptions& o) {
   if (!b) return fail(b.error());
   const bool same_label = a->label == b->label;
   // A model's name is a label (an imported plan is named after its file): the same parameter
-  // count under two names is the same model.
+  // count and model FLOPs under two names is the same model.
   Estimate b_named = b->result;
-  if (b_named.model != a->result.model && b_named.params > 0 && b_named.params == a->result.params)
+  if (b_named.model != a->result.model && b_named.params > 0 && b_named.params == a->result.params &&
+      b_named.flops_model == a->result.flops_model)
     b_named.model = a->result.model;
   if (auto d = configuration_difference(a->result, same_label ? o.a_path : a->label, b_named,
                                         same_label ? o.b_path : b->label))

@@ -300,6 +300,19 @@ Status read_moe(MegatronArgs& a, ModelSpec& m, TrainSpec& t, ParallelConfig& p) 
   return ok_status();
 }
 
+// --recompute-method block --recompute-num-layers n: each chunk's first n layers. Megatron-LM
+// takes an n of at least a chunk's layers as every layer of it (transformer_block.py
+// _checkpointed_forward), which loom writes as 0 (every layer), said on stderr.
+int64_t block_layers(const MegatronArgs& a, const ModelSpec& m, const ParallelConfig& p, int64_t n) {
+  int64_t most = 0;  // stage sizes are checked later: only a split of pp entries is walked
+  if (p.stage_layers.empty() || static_cast<int64_t>(p.stage_layers.size()) == p.pp)
+    for (int64_t i = 0; i < p.pp; ++i) most = std::max(most, chunk_layer_count(p, m.layers, i));
+  if (most == 0 || n < most) return n;
+  fmt::print(stderr, "loom: {}: --recompute-num-layers {}: at least each model chunk's {} layers, so every layer is "
+             "recomputed (priced as such)\n", a.where, n, most);
+  return 0;
+}
+
 Status read_parallel(MegatronArgs& a, const ModelSpec& m, TrainSpec& t, ParallelConfig& p) {
   Status st = get_int(a, "--tensor-model-parallel-size", p.tp, limits::kGpus);
   if (st) st = get_int(a, "--pipeline-model-parallel-size", p.pp, limits::kGpus);
@@ -371,7 +384,7 @@ Status read_parallel(MegatronArgs& a, const ModelSpec& m, TrainSpec& t, Parallel
     const std::string method = get_str(a, "--recompute-method", "uniform");
     int64_t n = 1;
     if (auto st = get_int(a, "--recompute-num-layers", n, limits::kLayers); !st) return st;
-    if (method == "block") p.recompute_layers = n;
+    if (method == "block") p.recompute_layers = block_layers(a, m, p, n);
     else if (method != "uniform" || n != 1)
       return make_error(a.where + ": --recompute-method", "loom prices full recompute of every layer (uniform, 1 layer) "
                                                           "or of each chunk's first N (block, N layers)");

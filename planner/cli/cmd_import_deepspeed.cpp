@@ -163,9 +163,10 @@ Status ds_batch(ObjectReader& r, int64_t dp, ParallelConfig& p, TrainSpec& t) {
     return make_error(r.where() + ": train_batch_size",
                       fmt::format("must equal train_micro_batch_size_per_gpu x gradient_accumulation_steps x dp ({} x {} x {}{})"
                                   " (got {})", micro, accum, dp,
-                                  accum_given && micro_given ? ""
-                                  : accum_given              ? "; the micro-batch derived as DeepSpeed does, train / dp / steps, rounded down"
-                                                             : "; the steps derived as DeepSpeed does, train / micro / dp, rounded down",
+                                  micro_given && accum_given ? ""
+                                  : micro_given ? "; the steps derived as DeepSpeed does, train / micro / dp, rounded down"
+                                  : accum_given ? "; the micro-batch derived as DeepSpeed does, train / dp / steps, rounded down"
+                                                : "; the micro-batch derived as DeepSpeed does, train / dp, rounded down, with 1 step",
                                   train));
   t.global_batch = train;
   p.micro_batch = micro;
