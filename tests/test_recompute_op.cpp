@@ -171,6 +171,9 @@ TEST_CASE("recompute op: plan tries it only where pinned; predict names it", "[c
   const LoomRun planned = run_loom("plan " + jb + "--recompute op --top 1 --refine 0 --json");
   REQUIRE(planned.code == 0);
   CHECK(nlohmann::json::parse(planned.out)["top"][0]["recompute"] == "op");
+  const LoomRun predicted = run_loom("predict " + jb + "--tp 1 --pp 1 --zero 3 --recompute op");
+  REQUIRE(predicted.code == 0);
+  CHECK(predicted.out.find("recompute op (torchtitan's per-op checkpointing)  sp off") != std::string::npos);
   const LoomRun gpt = run_loom("predict --model gpt2-350m --cluster dgx-h100 --gpus 8 --global-batch 16 --tp 1 --pp 1 "
                                "--recompute op");
   CHECK(gpt.code == 2);

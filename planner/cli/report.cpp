@@ -27,6 +27,7 @@ std::string describe_config(const Estimate& e) {
   if (p.recompute_layers > 0) s += fmt::format(" (first {} layers of each chunk)", p.recompute_layers);
   if (p.recompute_every > 0)
     s += fmt::format(" (layers {}, {}, ... of each chunk)", p.recompute_every, 2 * p.recompute_every);
+  if (p.recompute == Recompute::op) s += " (torchtitan's per-op checkpointing)";
   s += fmt::format("  sp {}", p.sp ? "on" : "off");
   if (p.tp_comm_overlap) s += "  tp-comm-overlap on";
   if (p.overlap_param_gather) s += "  overlap-param-gather on";
