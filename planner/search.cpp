@@ -190,6 +190,12 @@ Expected<SearchSpace> make_search_space(const ModelSpec& m, const ClusterSpec& c
   if (pins.recompute_every && m.is_moe())  // validate_config's rule, said once for the pin
     return make_error("--recompute-every", "every K-th layer is priced for dense models only (a MoE model's recomputed "
                                            "layers depend on which are MoE layers; got " + m.name + ")");
+  if (pins.recompute == Recompute::op) {  // the model's and the training's rules for it, said once for the pin
+    ParallelConfig q;                     // tp 1, cp 1: the split's rules are the candidates'
+    q.recompute = Recompute::op;
+    if (auto op = check_recompute_op(m, t, q, [](const std::string&) { return std::string("--recompute"); }); !op)
+      return op.error();
+  }
   if (pins.stage_layers) {  // its length and sum now; the multiple-of-vpp rule per candidate
     ParallelConfig q;
     q.pp = static_cast<int64_t>(pins.stage_layers->size());

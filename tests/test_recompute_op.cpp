@@ -174,6 +174,10 @@ TEST_CASE("recompute op: plan tries it only where pinned; predict names it", "[c
   const LoomRun predicted = run_loom("predict " + jb + "--tp 1 --pp 1 --zero 3 --recompute op");
   REQUIRE(predicted.code == 0);
   CHECK(predicted.out.find("recompute op (torchtitan's per-op checkpointing)  sp off") != std::string::npos);
+  const LoomRun planned_fp8 = run_loom("plan " + jb + "--recompute op --dtype fp8");
+  CHECK(planned_fp8.code == 2);
+  CHECK(planned_fp8.err == "loom: --recompute: op is priced for bf16 GEMMs: torchao's Float8 GEMMs run as "
+                           "aten._scaled_mm, which torchtitan's save list leaves out (got dtype fp8)\n");
   const LoomRun gpt = run_loom("predict --model gpt2-350m --cluster dgx-h100 --gpus 8 --global-batch 16 --tp 1 --pp 1 "
                                "--recompute op");
   CHECK(gpt.code == 2);
