@@ -545,8 +545,7 @@ void evaluate_block_recompute(const ModelSpec& m, const ClusterSpec& c, const Tr
                               ParallelConfig& p, const Unit& u, const std::vector<bool>& tpos, const SearchOptions& o,
                               bool floor_ok, double floor_s, int64_t usable, StageWork& scratch, Tally& t,
                               EvalMemo& memo) {
-  int64_t most = 0;
-  for (int64_t s = 0; s < p.pp; ++s) most = std::max(most, chunk_layer_count(p, m.layers, s));
+  const int64_t most = max_chunk_layer_count(p, m.layers);
   if (most <= 1) return;
   // memory_lower_bound (two stages) first, the exact peak (every stage) only where it fits.
   auto fits = [&](bool exact) {

@@ -416,6 +416,12 @@ inline int64_t chunk_layer_count(const ParallelConfig& p, int64_t layers, int64_
   const int64_t n = stage_layer_count(p, layers, stage);
   return (n + p.vpp - 1) / p.vpp;
 }
+// The most layers any chunk of any stage holds (stage_layers, when set, must hold pp entries).
+inline int64_t max_chunk_layer_count(const ParallelConfig& p, int64_t layers) {
+  int64_t most = 0;
+  for (int64_t i = 0; i < p.pp; ++i) most = std::max(most, chunk_layer_count(p, layers, i));
+  return most;
+}
 // The layers stage `stage` recomputes in full in backward, over its chunks
 // (ParallelConfig::recomputed_layers of each).
 inline int64_t stage_recomputed_layers(const ParallelConfig& p, int64_t layers, int64_t stage) {

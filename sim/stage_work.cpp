@@ -510,22 +510,16 @@ void layer_elementwise(std::vector<Op>& ops, const ModelSpec& m, const Dims& d, 
 
 // What torchtitan's per-op checkpointing reruns of each layer in backward (see
 // op_sac_activation_bytes): the k, output and up projections (wk, wo, w3: the even-numbered mm
-// of the block), both norms, RoPE on q and k, both residual adds and SwiGLU, and Qwen3's q/k
-// norms; with tp > 1 the norms' all-gathers before wk and w3 again (tp_messages), each beside its
-// GEMM under async TP. The reduce-scatters' outputs are kept, so they do not run again.
+// of the block) and every memory-bound kernel of the layer (layer_elementwise: both norms, both
+// residual adds, RoPE, SwiGLU, Qwen3's q/k norms); with tp > 1 the norms' all-gathers before wk
+// and w3 again (tp_messages), each beside its GEMM under async TP. The reduce-scatters' outputs
+// are kept, so they do not run again.
 void op_sac_recompute_ops(std::vector<Op>& ops, const ModelSpec& m, const Dims& d, int64_t L) {
-  const double e = static_cast<double>(d.e), T = static_cast<double>(d.T), h = static_cast<double>(d.h);
-  const double rep = static_cast<double>(d.rep), t = static_cast<double>(d.t);
   const Pass r = Pass::recompute;
   ops.push_back(beside_tp_collective(gemm("k projection", r, d.T, d.kv / d.t, d.h, L), TpOverlapSlot::qkv));
   ops.push_back(gemm("attention projection", r, d.T, d.h, d.q / d.t, L));
   ops.push_back(beside_tp_collective(gemm("mlp up", r, d.T, d.f / d.t, d.h, L), TpOverlapSlot::fc1));
-  ops.push_back(memory_op("norms", MemKind::norm, r, norm_bytes(T * h / rep, e), 2 * L));
-  ops.push_back(memory_op("residual adds", MemKind::residual, r, residual_bytes(T * h / rep, e), 2 * L));
-  const double qk = T * static_cast<double>(d.q + d.kv) / t;
-  ops.push_back(memory_op("rope", MemKind::rotary, r, rotary_bytes(qk, e), L));
-  if (m.qk_norm) ops.push_back(memory_op("q/k norms", MemKind::norm, r, norm_bytes(qk, e), L));
-  ops.push_back(memory_op("swiglu", MemKind::activation, r, gated_unit_bytes(T * static_cast<double>(d.f) / t, e), L));
+  layer_elementwise(ops, m, d, r, L);
 }
 
 void layer_forward(std::vector<Op>& ops, const ModelSpec& m, const TrainSpec& tr, const Dims& d, Pass pass, int64_t L) {

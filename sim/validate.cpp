@@ -1,6 +1,5 @@
 #include "sim/validate.hpp"
 
-#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 
@@ -168,8 +167,7 @@ Status check_recompute_layers(const ModelSpec& m, const ParallelConfig& p, const
   if (p.recompute != Recompute::full)
     return fail("recomputes the first layers of each chunk in full: needs recompute full (got recompute " +
                 to_string(p.recompute) + ")");
-  int64_t most = 0;  // the most layers a chunk holds: a block of more is every layer, said another way
-  for (int64_t i = 0; i < p.pp; ++i) most = std::max(most, chunk_layer_count(p, m.layers, i));
+  const int64_t most = max_chunk_layer_count(p, m.layers);  // a block of more is every layer, said another way
   if (p.recompute_layers > most)
     return fail("must be at most the layers of a model chunk, " + s(most) + " (got " + s(p.recompute_layers) +
                 "; for every layer, leave it 0)");

@@ -304,9 +304,9 @@ Status read_moe(MegatronArgs& a, ModelSpec& m, TrainSpec& t, ParallelConfig& p) 
 // takes an n of at least a chunk's layers as every layer of it (transformer_block.py
 // _checkpointed_forward), which loom writes as 0 (every layer), said on stderr.
 int64_t block_layers(const MegatronArgs& a, const ModelSpec& m, const ParallelConfig& p, int64_t n) {
-  int64_t most = 0;  // stage sizes are checked later: only a split of pp entries is walked
-  if (p.stage_layers.empty() || static_cast<int64_t>(p.stage_layers.size()) == p.pp)
-    for (int64_t i = 0; i < p.pp; ++i) most = std::max(most, chunk_layer_count(p, m.layers, i));
+  // Stage sizes are checked later: only a split of pp entries is walked.
+  const bool walkable = p.stage_layers.empty() || static_cast<int64_t>(p.stage_layers.size()) == p.pp;
+  const int64_t most = walkable ? max_chunk_layer_count(p, m.layers) : 0;
   if (most == 0 || n < most) return n;
   fmt::print(stderr, "loom: {}: --recompute-num-layers {}: at least each model chunk's {} layers, so every layer is "
              "recomputed (priced as such)\n", a.where, n, most);
