@@ -281,15 +281,27 @@ Expected<std::optional<ModelSpec>> model_02(double params_b) {
   return std::optional<ModelSpec>{*m};
 }
 
-// PTD-P: the paper gives t x p only; the planner's fastest configuration with that product
-// (dp = GPUs / (t x p)) is taken, since the paper tuned its split. Megatron-LM 2021 settings
-// are pinned: the published micro-batch, no ZeRO (no distributed optimizer yet), full
-// recompute, no sequence parallelism (2022), 16-bit gradients, Megatron's rank order, and the
-// schedules it offered, 1F1B and interleaved 1F1B (the faster of the two searches is taken).
+// PTD-P: the table gives t x p only. The split is the paper's own rule (Sec. 3.3, Takeaway #1:
+// "tensor model parallelism should generally be used up to degree g when using g-GPU servers,
+// and then pipeline model parallelism can be used to scale up to larger models across
+// servers"): t the largest divisor of t x p up to the GPUs of a node, p the rest, as in every
+// multi-node row of its Table 1 (t 8; 530B's t x p 280 is Table 1's t 8, p 35). The
+// planner's fastest configuration with that split (dp = GPUs / (t x p)) is taken, vpp and
+// schedule searched. Megatron-LM 2021 settings are pinned: the published micro-batch, no ZeRO
+// (no distributed optimizer yet), full recompute, no sequence parallelism (2022), 16-bit
+// gradients, Megatron's rank order, and the schedules it offered, 1F1B and interleaved 1F1B
+// (the faster of the two searches is taken).
+int64_t takeaway_one_tp(int64_t model_parallel, int64_t gpus_per_node) {
+  int64_t t = std::min(model_parallel, gpus_per_node);
+  while (t > 1 && model_parallel % t != 0) --t;
+  return std::max<int64_t>(1, t);
+}
 Expected<Estimate> ptdp_search(const ModelSpec& m, const ClusterSpec& c, const TrainSpec& t, const Row02& x,
                                Schedule schedule) {
   SearchPins pins;
   pins.dp = x.gpus / x.mp;
+  pins.tp = takeaway_one_tp(x.mp, c.gpus_per_node);
+  pins.pp = x.mp / *pins.tp;
   pins.micro_batch = x.micro_batch;
   pins.zero = 0;
   pins.recompute = Recompute::full;
@@ -385,10 +397,12 @@ Status table_02(const CsvTable& t, TableResult& out) {
   out.rules = {
       "cluster dgx-a100 (A100 80GB, NVSwitch, 8 HDR NICs per node: Selene's layout); GPT-3 175B (zoo gpt3-175b) and "
       "530B (zoo megatron-529.6b), vocab 51200 and seq 2048 as the table's header states",
-      "PTD-P: the table gives only model_parallel_size = t x p, not the split; loom takes the planner's fastest "
-      "configuration with t x p = that size (dp = GPUs / size), since the paper tuned it: split and vpp searched, "
-      "schedule 1F1B or interleaved 1F1B (Megatron-LM 2021 had no other); pinned: the published micro-batch, ZeRO 0, "
-      "full recompute, no SP, 16-bit gradients, order tp-dp-pp",
+      "PTD-P: the table gives only model_parallel_size = t x p; the split is the paper's Takeaway #1 (Sec. 3.3: "
+      "tensor parallelism up to the GPUs of a server, pipeline across servers, as in every multi-node row of its "
+      "Table 1): t 8, p = size / 8 (175B: t 8 p 12; 530B: t 8 p 35, Table 1's split), dp = GPUs / size; loom takes "
+      "the planner's fastest configuration with that split, vpp and schedule searched (1F1B or interleaved 1F1B, "
+      "Megatron-LM 2021 had no other); pinned: the published micro-batch, ZeRO 0, full recompute, no SP, 16-bit "
+      "gradients, order tp-dp-pp",
       "ZeRO-3 no MP: dp = GPUs, tp = pp = 1, ZeRO-3, the published micro-batch, gathers per tensor (zero3_gather "
       "tensor): DeepSpeed's stage 3 at the paper's time (v0.3.15, commit 2c2a7f31bcc2, 2021-04-19): "
       "partition_parameters.py _allgather_param runs one all-gather per parameter tensor after torch.cuda.synchronize() "

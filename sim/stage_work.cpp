@@ -669,9 +669,19 @@ static bool megatron_buckets(const ParallelConfig& p) {
 }
 
 int64_t chunk_grad_buckets(const ParallelConfig& p, int64_t stage, int64_t chunk, int64_t chunk_grad_bytes,
-                           int64_t bucket_bytes) {
+                           int64_t bucket_bytes, int64_t chunk_tensors) {
   if (megatron_buckets(p) && (!p.overlap_grad_reduce || stage > 0 || chunk > 0)) return 1;
-  return std::max<int64_t>(1, ceil_div(chunk_grad_bytes, bucket_bytes));
+  const int64_t by_size = std::max<int64_t>(1, ceil_div(chunk_grad_bytes, bucket_bytes));
+  return std::min(by_size, std::max<int64_t>(1, chunk_tensors));
+}
+
+int64_t chunk_param_tensors(const ModelSpec& m, const ParallelConfig& p, int64_t stage, int64_t chunk) {
+  const int64_t n = chunk_layers_at(p, m.layers, stage, chunk), first = chunk_first_layer(m, p, stage, chunk);
+  const bool gpt = m.family == Family::gpt;
+  int64_t tensors = n * param_tensors_per_layer(m);
+  if (first == 0) tensors += gpt ? 2 : 1;                                         // word (+ position) embedding
+  if (first + n == m.layers) tensors += (gpt ? 2 : 1) + (m.tied_embeddings ? 0 : 1);  // final norm, output layer
+  return std::max<int64_t>(1, tensors);
 }
 
 int64_t chunk_buckets_of(const ParallelConfig& p, int64_t total, int64_t chunk) {
@@ -703,7 +713,8 @@ void dp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelCon
   } else if (dp_cp(p) > 1) {  // reduced over dp x cp: the weights are replicated over cp
     const int64_t bucket = dp_bucket_bytes_for(tr, p);
     int64_t buckets = 0;
-    for (int64_t c = 0; c < p.vpp; ++c) buckets += chunk_grad_buckets(p, stage, c, ceil_div(G, p.vpp), bucket);
+    for (int64_t c = 0; c < p.vpp; ++c)
+      buckets += chunk_grad_buckets(p, stage, c, ceil_div(G, p.vpp), bucket, chunk_param_tensors(m, p, stage, c));
     const int64_t L = std::max<int64_t>(1, d.layers);
     const auto mbc = Cadence::micro_batch;
     if (p.zero == 0)

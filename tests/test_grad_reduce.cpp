@@ -217,7 +217,9 @@ TEST_CASE("gradient buckets: Megatron-core's default, max(40e6, 1e6 x dp) elemen
   TrainSpec set = j.train;
   set.dp_bucket_bytes = 10'000'000;
   CHECK(dp_bucket_bytes_for(set, p) == 10'000'000);
-  CHECK(buckets(set).first == (bytes + 10'000'000 - 1) / 10'000'000);
+  // 804 buckets by size, but a bucket holds whole tensors and the stage has 32 x 9 + 3 of them.
+  CHECK((bytes + 10'000'000 - 1) / 10'000'000 == 804);
+  CHECK(buckets(set).first == 32 * 9 + 3);
 
   // The plan file keeps 0 (the default for whatever dp it runs); Megatron-LM's export leaves the
   // flag out then, and writes the elements of any other bucket, which import reads back.
@@ -241,6 +243,33 @@ TEST_CASE("gradient buckets: Megatron-core's default, max(40e6, 1e6 x dp) elemen
   const LoomRun r = run_loom("import megatron " + bad + " " + import_args);
   CHECK(r.code == 2);
   CHECK(r.err.find(": --ddp-bucket-size: must be an integer in [1, ") != std::string::npos);
+}
+
+TEST_CASE("gradient buckets hold whole parameter tensors: a bucket size below a tensor's gives one bucket per "
+          "tensor, not one per bucket size", "[stage_work]") {
+  // GPT-2 124M on one stage: 12 layers of 12 tensors (two norms' weight and bias, QKV, projection
+  // and two FFN linears, each weight and bias), the word and position embeddings, the final
+  // norm's weight and bias, and no output layer (tied): 148 tensors.
+  Job j = job("gpt2-124m", "dgx-a100", 8, 64, 1024);
+  const ParallelConfig p = split(8, 1, 1, 2, Schedule::one_f_one_b, 1);  // ZeRO-2: buckets by size
+  CHECK(chunk_param_tensors(j.model, p, 0, 0) == 148);
+  auto buckets = [&](int64_t bucket_bytes) {
+    j.train.dp_bucket_bytes = bucket_bytes;
+    const StageWork w = build_stage_work(j.model, j.cluster, j.train, p, 0);
+    const Message* m = w.find(Group::dp, "dp gradients");
+    REQUIRE(m);
+    return std::pair{m->pieces, m->bytes};
+  };
+  CHECK(buckets(1).first == 148);
+  CHECK(buckets(4096).first == 148);
+  const auto [n, bytes] = buckets(10'000'000);
+  CHECK(n == (bytes + 10'000'000 - 1) / 10'000'000);
+  // Llama on two stages: 9 tensors a layer; the first holds the embedding, the last the final
+  // norm and the untied output layer.
+  const Job l = job("llama3-8b", "dgx-h100", 16, 64, 4096);
+  const ParallelConfig two = split(8, 1, 2, 2, Schedule::one_f_one_b, 1);
+  CHECK(chunk_param_tensors(l.model, two, 0, 0) == 16 * 9 + 1);
+  CHECK(chunk_param_tensors(l.model, two, 1, 0) == 16 * 9 + 2);
 }
 
 TEST_CASE("gradient buckets by Megatron-core's rule: the first stage's first chunk in buckets, every other chunk one; "
