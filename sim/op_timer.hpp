@@ -34,6 +34,9 @@ struct OpTimer {
   // ratio (ClusterSpec::gemm_model_fp8; sim/fp8.hpp)
   const GemmModel* gemm_model_fp8 = nullptr;
   GemmMemo* gemm_memo = nullptr;          // a search thread's memo of gemm_model's times, or none
+  // Fused attention without a profile: the kernel's published speed by sequence length and head
+  // size (efficiency.attention_curve), bf16 plans; none: peak x attn_eff.
+  const AttentionCurve* attn_curve = nullptr;
   // Bytes per output element of a weight-gradient GEMM: accumulated into the gradient buffer in
   // the GEMM (read and written: 8 in fp32, 4 in bf16), or written in bf16 for a separate add.
   double wgrad_out = 8;
@@ -54,6 +57,7 @@ struct OpTimer {
     if (c.efficiency.fp8_gemm_efficiency_ratio > 0) o.fp8_efficiency_ratio = c.efficiency.fp8_gemm_efficiency_ratio;
     o.mem_prof = prof ? prof : bf16 ? c.memory_curves.get() : nullptr;
     if (bf16 && !prof) o.gemm_model = c.gemm_model.get(), o.gemm_model_fp8 = c.gemm_model_fp8.get();
+    if (bf16 && !prof && c.efficiency.attention_curve) o.attn_curve = &*c.efficiency.attention_curve;
     o.wgrad_out = t.grad_accumulation == GradAccumulation::separate ? 2 : t.grad_dtype == Dtype::fp32 ? 8 : 4;
     return o;
   }
@@ -148,10 +152,12 @@ struct OpTimer {
   }
   // Causal fused attention of bh (batch x heads) sequences of s tokens, head size d: causal
   // FlashAttention runs half of the non-causal 4 bh s^2 d; FlashAttention-2's backward runs
-  // 2.5x the forward's matmul FLOPs (Dao 2023, Sec. 3).
+  // 2.5x the forward's matmul FLOPs (Dao 2023, Sec. 3). With a published curve, both passes at
+  // its forward + backward speed for (d, s), so the two together take what the benchmark timed.
   double attention_fwd(double bh, double s, double d) const {
     if (prof) return prof->attention_fwd_s(bh, s, d);
-    return 0.5 * (4 * bh * s * s * d) / (peak_flops * attn_eff) + launch_s;
+    const double rate = attn_curve ? attn_curve->flops_per_s(d, s) : peak_flops * attn_eff;
+    return 0.5 * (4 * bh * s * s * d) / rate + launch_s;
   }
   double attention_bwd(double bh, double s, double d) const {
     if (prof) return prof->attention_bwd_s(bh, s, d);

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <tuple>
 
 #include "sim/fp8.hpp"
 #include "sim/json_reader.hpp"
@@ -459,6 +460,36 @@ static void read_host(ObjectReader& parent, HostSpec& h) {
   r.reject_unknown_keys();
 }
 
+// efficiency.attention_curve (sim/attention_curve.hpp): {"kernel", "points": [{"head_dim",
+// "seq", "flops_per_s"}, ...] sorted by (head_dim, seq) each pair once, "source"}. Each speed
+// at most the GPU's bf16 peak (checked by the caller, which has read the GPU).
+static void read_attention_curve(ObjectReader& parent, AttentionCurve& c) {
+  const auto* o = parent.object("attention_curve");
+  if (!o) return;
+  ObjectReader r(parent, "attention_curve", *o);
+  r.string("kernel", c.kernel);
+  r.skip("points");
+  const auto it = o->find("points");
+  if (it == o->end() || !it->is_array() || it->empty()) {
+    r.fail("points", "must be a non-empty array of {head_dim, seq, flops_per_s}");
+    return;
+  }
+  for (size_t i = 0; i < it->size() && !r.failed(); ++i) {
+    ObjectReader pr(r, "points/" + std::to_string(i), (*it)[i]);
+    AttentionCurvePoint p;
+    pr.integer("head_dim", p.head_dim, 1, 1024);
+    pr.integer("seq", p.seq, 1, limits::kSeq);
+    pr.number("flops_per_s", p.flops_per_s, 0, true, limits::kRate);
+    pr.reject_unknown_keys();
+    if (!r.failed() && !c.points.empty() &&
+        !(std::tie(c.points.back().head_dim, c.points.back().seq) < std::tie(p.head_dim, p.seq)))
+      r.fail("points/" + std::to_string(i), "must be sorted by (head_dim, seq), each pair once");
+    c.points.push_back(p);
+  }
+  r.string("source", c.source);
+  r.reject_unknown_keys();
+}
+
 static void read_efficiency(ObjectReader& r, EfficiencySpec& eff) {
   if (auto* e = r.object("efficiency")) {
     ObjectReader er(r, "efficiency", *e);
@@ -470,6 +501,7 @@ static void read_efficiency(ObjectReader& r, EfficiencySpec& eff) {
     er.opt_number("fp8_gemm_efficiency_ratio", eff.fp8_gemm_efficiency_ratio, 0, true, 2);
     if (er.has("gemm_model")) read_gemm_model_ref(er, eff.gemm_model.emplace());
     if (er.has("memory_curves")) read_memory_curves_ref(er, eff.memory_curves.emplace());
+    if (er.has("attention_curve")) read_attention_curve(er, eff.attention_curve.emplace());
     er.string("source", eff.source);
     for (auto [k, v] : {std::pair{"gemm", eff.gemm}, {"attention", eff.attention},
                         {"memory_bound", eff.memory_bound}})
@@ -534,6 +566,12 @@ Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::stri
     if (auto s = resolve_gemm_model(c, where, pointer); !s) return s.error();
   if (c.efficiency.memory_curves)
     if (auto s = resolve_memory_curves(c, where, pointer); !s) return s.error();
+  if (const auto& a = c.efficiency.attention_curve)
+    for (size_t i = 0; i < a->points.size(); ++i)
+      if (a->points[i].flops_per_s > c.gpu.peak_flops_bf16)
+        return make_error(where, pointer + "/efficiency/attention_curve/points/" + std::to_string(i) +
+                                     "/flops_per_s: must be <= gpu.peak_flops_bf16 (" +
+                                     nlohmann::json(c.gpu.peak_flops_bf16).dump() + ")");
   if (c.gpus > limits::kGpus)
     return make_error(where, pointer + "/gpus: must be <= " + std::to_string(limits::kGpus) + " (got " +
                                  std::to_string(c.gpus) + " = nodes x gpus_per_node; set gpus or nodes)");
@@ -699,6 +737,12 @@ nlohmann::json to_json(const ClusterSpec& c) {
   if (const auto& m = e.memory_curves)
     j["efficiency"]["memory_curves"] = {
         {"from", m->from}, {"bandwidth_ratio", m->bandwidth_ratio}, {"source", m->source}};
+  if (const auto& a = e.attention_curve) {
+    nlohmann::json points = nlohmann::json::array();
+    for (const AttentionCurvePoint& p : a->points)
+      points.push_back({{"head_dim", p.head_dim}, {"seq", p.seq}, {"flops_per_s", p.flops_per_s}});
+    j["efficiency"]["attention_curve"] = {{"kernel", a->kernel}, {"points", points}, {"source", a->source}};
+  }
   if (c.gpu.peak_flops_fp8 > 0) j["gpu"]["peak_flops_fp8"] = c.gpu.peak_flops_fp8;
   if (e.fp8_gemm_efficiency_ratio > 0) j["efficiency"]["fp8_gemm_efficiency_ratio"] = e.fp8_gemm_efficiency_ratio;
   if (c.gpu.sm_count > 0) j["gpu"]["sm_count"] = c.gpu.sm_count;

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "sim/attention_curve.hpp"
+
 namespace loom {
 
 struct HardwareProfile;  // sim/profile.hpp: what `loom calibrate` measured
@@ -149,6 +151,9 @@ struct EfficiencySpec {
   double fp8_gemm_efficiency_ratio = 0;
   std::optional<GemmModelRef> gemm_model;  // see GemmModelRef
   std::optional<MemoryCurvesRef> memory_curves;  // see MemoryCurvesRef
+  // Fused attention of bf16 plans by a published benchmark of the kernel against sequence length
+  // and head size (sim/attention_curve.hpp), instead of `attention`, where the cluster has one.
+  std::optional<AttentionCurve> attention_curve;
   std::string source;
 };
 

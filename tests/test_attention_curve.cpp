@@ -1,0 +1,110 @@
+// Fused attention by a kernel's published speed against sequence length and head size
+// (efficiency.attention_curve, sim/attention_curve.hpp): the interpolation, the cluster file's
+// rules, and what the A100's FlashAttention-2 curve prices.
+#include <catch2/catch.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <string>
+
+#include "run_loom.hpp"
+#include "sim_fixtures.hpp"
+#include "sim/cost_model.hpp"
+#include "sim/op_timer.hpp"
+#include "sim/spec_json.hpp"
+
+using namespace loom;
+using namespace loom::test;
+
+namespace {
+
+AttentionCurve two_heads() {
+  AttentionCurve c;
+  c.kernel = "k";
+  c.points = {{64, 512, 80e12}, {64, 2048, 120e12}, {128, 512, 100e12}, {128, 2048, 160e12}};
+  return c;
+}
+
+nlohmann::json a100_json() {
+  return nlohmann::json::parse(slurp(std::string(LOOM_SOURCE_DIR) + "/models/clusters/dgx-a100.json"));
+}
+
+}  // namespace
+
+TEST_CASE("attention curve: linear in log2(seq) between points, linear in head size between head sizes, flat "
+          "beyond both", "[attention_curve]") {
+  const AttentionCurve c = two_heads();
+  CHECK(c.flops_per_s(64, 512) == 80e12);
+  CHECK(c.flops_per_s(64, 1024) == 100e12);  // halfway in log2 between 512 and 2048
+  CHECK(c.flops_per_s(128, 1024) == 130e12);
+  CHECK(c.flops_per_s(96, 1024) == 115e12);  // halfway between the head sizes
+  CHECK(c.flops_per_s(64, 128) == 80e12);    // below the shortest: held
+  CHECK(c.flops_per_s(64, 65536) == 120e12);
+  CHECK(c.flops_per_s(32, 2048) == 120e12);  // below the smallest head size: held
+  CHECK(c.flops_per_s(256, 2048) == 160e12);
+  AttentionCurve one;
+  one.points = {{128, 4096, 50e12}};
+  CHECK(one.flops_per_s(64, 100) == 50e12);
+}
+
+TEST_CASE("attention curve: read strictly from a cluster file and written back", "[attention_curve][cli]") {
+  const nlohmann::json base = a100_json();
+  auto with_points = [&](const nlohmann::json& points) {
+    auto j = base;
+    j["efficiency"]["attention_curve"]["points"] = points;
+    return cluster_from_json(j, "c.json");
+  };
+  const std::string p = "c.json: /efficiency/attention_curve/points";
+  auto unsorted = with_points({{{"head_dim", 64}, {"seq", 1024}, {"flops_per_s", 1e14}},
+                               {{"head_dim", 64}, {"seq", 512}, {"flops_per_s", 1e14}}});
+  REQUIRE_FALSE(unsorted);
+  CHECK(unsorted.error().message == p + "/1: must be sorted by (head_dim, seq), each pair once");
+  auto twice = with_points({{{"head_dim", 64}, {"seq", 512}, {"flops_per_s", 1e14}},
+                            {{"head_dim", 64}, {"seq", 512}, {"flops_per_s", 2e14}}});
+  REQUIRE_FALSE(twice);
+  CHECK(twice.error().message == p + "/1: must be sorted by (head_dim, seq), each pair once");
+  auto empty = with_points(nlohmann::json::array());
+  REQUIRE_FALSE(empty);
+  CHECK(empty.error().message.rfind(p + ": must be a non-empty array", 0) == 0);
+  auto fast = with_points({{{"head_dim", 64}, {"seq", 512}, {"flops_per_s", 400e12}}});
+  REQUIRE_FALSE(fast);
+  CHECK(fast.error().message == p + "/0/flops_per_s: must be <= gpu.peak_flops_bf16 (312000000000000.0)");
+  auto extra = with_points({{{"head_dim", 64}, {"seq", 512}, {"flops_per_s", 1e14}, {"causal", true}}});
+  REQUIRE_FALSE(extra);
+  CHECK(extra.error().message == p + "/0/causal: unknown field");
+  auto zero = with_points({{{"head_dim", 0}, {"seq", 512}, {"flops_per_s", 1e14}}});
+  REQUIRE_FALSE(zero);
+  CHECK(zero.error().message.rfind(p + "/0/head_dim: must be >= 1", 0) == 0);
+
+  auto c = cluster_from_json(base, "c.json");
+  REQUIRE(c);
+  REQUIRE(c->efficiency.attention_curve);
+  CHECK(c->efficiency.attention_curve->points.size() == 12);
+  auto back = cluster_from_json(to_json(*c), "c.json");
+  REQUIRE(back);
+  CHECK(to_json(*back) == to_json(*c));
+}
+
+TEST_CASE("attention curve: the A100's FlashAttention-2 curve prices bf16 fused attention, the flat efficiency "
+          "prices fp32 and the clusters without one", "[attention_curve][cost_model]") {
+  const ClusterSpec a100 = sized("dgx-a100", 8);
+  TrainSpec bf16 = batch_of(8, 1024);
+  const OpTimer t = OpTimer::of(a100, bf16);
+  REQUIRE(t.attn_curve);
+  // FlashAttention-2's causal forward + backward, head size 64, at 1k tokens: 119 TFLOP/s
+  // (the published figure); loom's forward is 2 bh s^2 d at that speed, plus one launch.
+  const double bh = 64 * 12, s = 1024, d = 64;
+  CHECK(t.attention_fwd(bh, s, d) == Approx(2 * bh * s * s * d / 119e12 + t.launch_s).epsilon(1e-12));
+  CHECK(t.attention_bwd(bh, s, d) == Approx(2.5 * t.attention_fwd(bh, s, d)).epsilon(1e-12));
+  // 3k tokens, head size 128: between 2k (155) and 4k (173), log2(1.5) of the way.
+  const double at_3k = 155e12 + std::log2(1.5) * 18e12;
+  CHECK(t.attention_fwd(16, 3072, 128) == Approx(2 * 16 * 3072.0 * 3072 * 128 / at_3k + t.launch_s).epsilon(1e-12));
+  CHECK(priced_by(a100, bf16).find("fused attention by the published speed of FlashAttention-2 (bf16/fp16, causal, "
+                                   "forward + backward)") != std::string::npos);
+  TrainSpec fp32 = bf16;
+  fp32.dtype = Dtype::fp32;
+  CHECK(OpTimer::of(a100, fp32).attn_curve == nullptr);
+  CHECK(OpTimer::of(sized("dgx-h100", 8), bf16).attn_curve == nullptr);
+  CHECK(priced_by(sized("dgx-h100", 8), bf16).find("fused attention by") == std::string::npos);
+}
