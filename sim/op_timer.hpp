@@ -57,7 +57,7 @@ struct OpTimer {
     if (c.efficiency.fp8_gemm_efficiency_ratio > 0) o.fp8_efficiency_ratio = c.efficiency.fp8_gemm_efficiency_ratio;
     o.mem_prof = prof ? prof : bf16 ? c.memory_curves.get() : nullptr;
     if (bf16 && !prof) o.gemm_model = c.gemm_model.get(), o.gemm_model_fp8 = c.gemm_model_fp8.get();
-    if (bf16 && !prof && c.efficiency.attention_curve) o.attn_curve = &*c.efficiency.attention_curve;
+    if (bf16 && !prof && c.efficiency.attention_curve) o.attn_curve = c.efficiency.attention_curve.get();
     o.wgrad_out = t.grad_accumulation == GradAccumulation::separate ? 2 : t.grad_dtype == Dtype::fp32 ? 8 : 4;
     return o;
   }

@@ -501,7 +501,11 @@ static void read_efficiency(ObjectReader& r, EfficiencySpec& eff) {
     er.opt_number("fp8_gemm_efficiency_ratio", eff.fp8_gemm_efficiency_ratio, 0, true, 2);
     if (er.has("gemm_model")) read_gemm_model_ref(er, eff.gemm_model.emplace());
     if (er.has("memory_curves")) read_memory_curves_ref(er, eff.memory_curves.emplace());
-    if (er.has("attention_curve")) read_attention_curve(er, eff.attention_curve.emplace());
+    if (er.has("attention_curve")) {
+      AttentionCurve curve;
+      read_attention_curve(er, curve);
+      eff.attention_curve = std::make_shared<const AttentionCurve>(std::move(curve));
+    }
     er.string("source", eff.source);
     for (auto [k, v] : {std::pair{"gemm", eff.gemm}, {"attention", eff.attention},
                         {"memory_bound", eff.memory_bound}})

@@ -153,7 +153,9 @@ struct EfficiencySpec {
   std::optional<MemoryCurvesRef> memory_curves;  // see MemoryCurvesRef
   // Fused attention of bf16 plans by a published benchmark of the kernel against sequence length
   // and head size (sim/attention_curve.hpp), instead of `attention`, where the cluster has one.
-  std::optional<AttentionCurve> attention_curve;
+  // Shared and immutable, so a time model pointing at it stays valid while any copy of the
+  // cluster lives.
+  std::shared_ptr<const AttentionCurve> attention_curve;
   std::string source;
 };
 

@@ -105,6 +105,17 @@ TEST_CASE("attention curve: the A100's FlashAttention-2 curve prices bf16 fused 
   TrainSpec fp32 = bf16;
   fp32.dtype = Dtype::fp32;
   CHECK(OpTimer::of(a100, fp32).attn_curve == nullptr);
-  CHECK(OpTimer::of(sized("dgx-h100", 8), bf16).attn_curve == nullptr);
-  CHECK(priced_by(sized("dgx-h100", 8), bf16).find("fused attention by") == std::string::npos);
+  // A measured profile prices attention itself (h100-sxm: loom's own kernel, measured).
+  CHECK(OpTimer::of(sized("h100-sxm", 1), bf16).attn_curve == nullptr);
+  CHECK(priced_by(sized("h100-sxm", 1), bf16).find("fused attention by") == std::string::npos);
+  // The Hopper clusters: cuDNN's published causal forward speed, head size 64 at 1k tokens 288
+  // TFLOP/s, the backward at the same speed.
+  const ClusterSpec h100 = sized("dgx-h100", 8);  // the time model points into its cluster
+  const OpTimer h = OpTimer::of(h100, bf16);
+  REQUIRE(h.attn_curve);
+  CHECK(h.attention_fwd(bh, s, d) == Approx(2 * bh * s * s * d / 288e12 + h.launch_s).epsilon(1e-12));
+  // The H200s carry the H100's curve (the same SMs, clocks and tensor cores).
+  const nlohmann::json h100_points = to_json(sized("dgx-h100", 8))["efficiency"]["attention_curve"]["points"];
+  for (const char* c : {"hgx-h200", "h200-sxm"})
+    CHECK(to_json(sized(c, 1))["efficiency"]["attention_curve"]["points"] == h100_points);
 }
