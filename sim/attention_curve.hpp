@@ -6,12 +6,14 @@
 // because each (batch, head) row block has a fixed prologue and epilogue, the causal mask leaves
 // the diagonal blocks half used, and a short sequence gives the SMs few blocks.
 //
-// A point is the kernel's forward + backward speed in FLOP/s as FlashAttention's benchmark counts
-// it: causal forward 2 b h s^2 d (half of 4 b h s^2 d), backward 2.5x that, so the speed prices
-// both passes (loom's attention_bwd is 2.5x attention_fwd, the same split). Between measured
-// sequence lengths the speed is interpolated linearly in log2(seq), and held flat beyond the
-// shortest and the longest; between measured head sizes linearly in the head size, held flat
-// beyond them.
+// A point is the kernel's forward and backward speed in FLOP/s as FlashAttention's benchmark
+// counts them: causal forward 2 b h s^2 d (half of 4 b h s^2 d), backward 2.5x that (loom's
+// attention_bwd counts the same). A benchmark that timed the two passes together gives both the
+// same figure (their total time is then what it timed); one that published only the forward
+// gives the backward the forward's figure and says so in its source (every published backward
+// runs slower, so that is a lower bound on the time). Between measured sequence lengths a speed
+// is interpolated linearly in log2(seq), and held flat beyond the shortest and the longest;
+// between measured head sizes linearly in the head size, held flat beyond them.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -22,16 +24,19 @@ namespace loom {
 struct AttentionCurvePoint {
   int64_t head_dim = 0;
   int64_t seq = 0;
-  double flops_per_s = 0;  // forward + backward, causal, FlashAttention's count
+  double forward_flops_per_s = 0, backward_flops_per_s = 0;  // causal, FlashAttention's count
 };
 
 struct AttentionCurve {
   std::string kernel;  // which kernel and precision the benchmark ran
   std::vector<AttentionCurvePoint> points;  // sorted by (head_dim, seq), each pair once
+  bool measured = false;  // timed on this cluster's GPU (attention_curve_bench.py), not published
   std::string source;
 
-  // The speed for a causal attention of `seq` tokens and head size `head_dim` (both > 0).
-  double flops_per_s(double head_dim, double seq) const;
+  // The forward's and the backward's speed for a causal attention of `seq` tokens and head size
+  // `head_dim` (both > 0).
+  double forward_flops_per_s(double head_dim, double seq) const;
+  double backward_flops_per_s(double head_dim, double seq) const;
 };
 
 }  // namespace loom

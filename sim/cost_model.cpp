@@ -764,9 +764,10 @@ std::string priced_by(const ClusterSpec& c, const TrainSpec& t) {
   } else if (t.fp8) {
     s += "; FP8 GEMMs at the FP8 peak with " + fp8_efficiency;
   }
-  if (c.efficiency.attention_curve && t.dtype == Dtype::bf16)
-    s += "; fused attention by the published speed of " + c.efficiency.attention_curve->kernel +
-         " against sequence length and head size (efficiency.attention_curve, not measured here)";
+  if (const auto& a = c.efficiency.attention_curve; a && t.dtype == Dtype::bf16)
+    s += "; fused attention by the " + std::string(a->measured ? "measured" : "published") + " speed of " + a->kernel +
+         " against sequence length and head size (efficiency.attention_curve, " +
+         (a->measured ? "measured on this GPU)" : "not measured here)");
   if (c.memory_curves && t.dtype == Dtype::bf16) {
     std::string kinds;
     for (const MemKindName& k : kMemKinds)

@@ -152,16 +152,19 @@ struct OpTimer {
   }
   // Causal fused attention of bh (batch x heads) sequences of s tokens, head size d: causal
   // FlashAttention runs half of the non-causal 4 bh s^2 d; FlashAttention-2's backward runs
-  // 2.5x the forward's matmul FLOPs (Dao 2023, Sec. 3). With a published curve, both passes at
-  // its forward + backward speed for (d, s), so the two together take what the benchmark timed.
+  // 2.5x the forward's matmul FLOPs (Dao 2023, Sec. 3). With a curve, each pass at its speed
+  // for (d, s); else both at peak x attn_eff.
   double attention_fwd(double bh, double s, double d) const {
     if (prof) return prof->attention_fwd_s(bh, s, d);
-    const double rate = attn_curve ? attn_curve->flops_per_s(d, s) : peak_flops * attn_eff;
+    const double rate = attn_curve ? attn_curve->forward_flops_per_s(d, s) : peak_flops * attn_eff;
     return 0.5 * (4 * bh * s * s * d) / rate + launch_s;
   }
+  // With a curve the backward is three launches, FlashAttention-2's (flash_bwd_launch_template.h:
+  // the dO.O row sums, the dQ/dK/dV kernel, dQ's conversion from fp32).
   double attention_bwd(double bh, double s, double d) const {
     if (prof) return prof->attention_bwd_s(bh, s, d);
-    return 2.5 * attention_fwd(bh, s, d);
+    if (!attn_curve) return 2.5 * attention_fwd(bh, s, d);
+    return 2.5 * 0.5 * (4 * bh * s * s * d) / attn_curve->backward_flops_per_s(d, s) + 3 * launch_s;
   }
   // AdamW over `params` parameters moving `bytes` (memory-bound); the profile's measured AdamW
   // and gradient-norm time per parameter when there is one.

@@ -461,8 +461,9 @@ static void read_host(ObjectReader& parent, HostSpec& h) {
 }
 
 // efficiency.attention_curve (sim/attention_curve.hpp): {"kernel", "points": [{"head_dim",
-// "seq", "flops_per_s"}, ...] sorted by (head_dim, seq) each pair once, "source"}. Each speed
-// at most the GPU's bf16 peak (checked by the caller, which has read the GPU).
+// "seq", "forward_flops_per_s", "backward_flops_per_s"}, ...] sorted by (head_dim, seq) each pair
+// once, "measured" (optional, false: published), "source"}. Each speed at most the GPU's bf16 peak (checked by the caller, which has read
+// the GPU).
 static void read_attention_curve(ObjectReader& parent, AttentionCurve& c) {
   const auto* o = parent.object("attention_curve");
   if (!o) return;
@@ -471,7 +472,7 @@ static void read_attention_curve(ObjectReader& parent, AttentionCurve& c) {
   r.skip("points");
   const auto it = o->find("points");
   if (it == o->end() || !it->is_array() || it->empty()) {
-    r.fail("points", "must be a non-empty array of {head_dim, seq, flops_per_s}");
+    r.fail("points", "must be a non-empty array of {head_dim, seq, forward_flops_per_s, backward_flops_per_s}");
     return;
   }
   for (size_t i = 0; i < it->size() && !r.failed(); ++i) {
@@ -479,13 +480,15 @@ static void read_attention_curve(ObjectReader& parent, AttentionCurve& c) {
     AttentionCurvePoint p;
     pr.integer("head_dim", p.head_dim, 1, 1024);
     pr.integer("seq", p.seq, 1, limits::kSeq);
-    pr.number("flops_per_s", p.flops_per_s, 0, true, limits::kRate);
+    pr.number("forward_flops_per_s", p.forward_flops_per_s, 0, true, limits::kRate);
+    pr.number("backward_flops_per_s", p.backward_flops_per_s, 0, true, limits::kRate);
     pr.reject_unknown_keys();
     if (!r.failed() && !c.points.empty() &&
         !(std::tie(c.points.back().head_dim, c.points.back().seq) < std::tie(p.head_dim, p.seq)))
       r.fail("points/" + std::to_string(i), "must be sorted by (head_dim, seq), each pair once");
     c.points.push_back(p);
   }
+  r.opt_boolean("measured", c.measured);
   r.string("source", c.source);
   r.reject_unknown_keys();
 }
@@ -572,10 +575,12 @@ Expected<ClusterSpec> cluster_from_json(const nlohmann::json& j, const std::stri
     if (auto s = resolve_memory_curves(c, where, pointer); !s) return s.error();
   if (const auto& a = c.efficiency.attention_curve)
     for (size_t i = 0; i < a->points.size(); ++i)
-      if (a->points[i].flops_per_s > c.gpu.peak_flops_bf16)
-        return make_error(where, pointer + "/efficiency/attention_curve/points/" + std::to_string(i) +
-                                     "/flops_per_s: must be <= gpu.peak_flops_bf16 (" +
-                                     nlohmann::json(c.gpu.peak_flops_bf16).dump() + ")");
+      for (auto [key, v] : {std::pair{"forward_flops_per_s", a->points[i].forward_flops_per_s},
+                            {"backward_flops_per_s", a->points[i].backward_flops_per_s}})
+        if (v > c.gpu.peak_flops_bf16)
+          return make_error(where, pointer + "/efficiency/attention_curve/points/" + std::to_string(i) + "/" + key +
+                                       ": must be <= gpu.peak_flops_bf16 (" +
+                                       nlohmann::json(c.gpu.peak_flops_bf16).dump() + ")");
   if (c.gpus > limits::kGpus)
     return make_error(where, pointer + "/gpus: must be <= " + std::to_string(limits::kGpus) + " (got " +
                                  std::to_string(c.gpus) + " = nodes x gpus_per_node; set gpus or nodes)");
@@ -744,8 +749,12 @@ nlohmann::json to_json(const ClusterSpec& c) {
   if (const auto& a = e.attention_curve) {
     nlohmann::json points = nlohmann::json::array();
     for (const AttentionCurvePoint& p : a->points)
-      points.push_back({{"head_dim", p.head_dim}, {"seq", p.seq}, {"flops_per_s", p.flops_per_s}});
-    j["efficiency"]["attention_curve"] = {{"kernel", a->kernel}, {"points", points}, {"source", a->source}};
+      points.push_back({{"head_dim", p.head_dim},
+                        {"seq", p.seq},
+                        {"forward_flops_per_s", p.forward_flops_per_s},
+                        {"backward_flops_per_s", p.backward_flops_per_s}});
+    j["efficiency"]["attention_curve"] = {
+        {"kernel", a->kernel}, {"points", points}, {"measured", a->measured}, {"source", a->source}};
   }
   if (c.gpu.peak_flops_fp8 > 0) j["gpu"]["peak_flops_fp8"] = c.gpu.peak_flops_fp8;
   if (e.fp8_gemm_efficiency_ratio > 0) j["efficiency"]["fp8_gemm_efficiency_ratio"] = e.fp8_gemm_efficiency_ratio;

@@ -6,6 +6,8 @@
 # cluster of the GPU found (h200-sxm on an H200, h100-sxm on an H100 SXM; CLUSTER names another;
 # none: not fitted), and written into the profile. Results go to $OUT: profile.json,
 # profile_summary.txt (executor/cuda/profile_summary.py: the models, FP8 against bf16, attention),
+# attention_curve.json (executor/cuda/attention_curve_bench.py: the engines' attention kernels by
+# head size and length, forward and backward, as efficiency.attention_curve takes them),
 # results.tgz (traces/h100/<name>/measured.json + logs), log.
 #   OUT=/tmp/cal executor/cuda/calibrate_run.sh        STEPS (10) BUILD (build-gpu) CLUSTER
 set -uo pipefail
@@ -36,6 +38,11 @@ if [ -n "${CLUSTER:-}" ]; then
 else
   echo "gemm model not fitted: no zoo cluster for $(cut -d, -f1 "$OUT/gpu.txt"); set CLUSTER= to one whose gpu is this GPU"
 fi
+echo "== attention kernels the engines run ($(date +%T))"
+# PyTorch SDPA's cuDNN and FlashAttention-2 kernels, forward and backward timed apart: what a
+# cluster file's efficiency.attention_curve takes (loom calibrate times loom's own kernel).
+python3 executor/cuda/attention_curve_bench.py --out "$OUT/attention_curve.json" 2>"$OUT/attention_curve.log"
+echo "attention curve rc $?"; grep -E "d 128 s +(1024|8192)" "$OUT/attention_curve.log"
 python3 executor/cuda/profile_summary.py "$OUT/profile.json" > "$OUT/profile_summary.txt" 2>&1
 head -4 "$OUT/profile_summary.txt"; grep "^median FP8" "$OUT/profile_summary.txt"
 echo "== end-to-end ($(date +%T))"
@@ -48,4 +55,5 @@ for d in traces/h100/*/; do
   echo "$n rc $? $(cat "$OUT/h100/$n/stdout.log")"
 done
 echo "== done ($(date +%T))"
-(cd "$OUT" && tar czf results.tgz h100 calibrate.log build.log gpu.txt profile_summary.txt)
+(cd "$OUT" && tar czf results.tgz h100 calibrate.log build.log gpu.txt profile_summary.txt attention_curve.json \
+  attention_curve.log)
