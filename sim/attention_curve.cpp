@@ -23,22 +23,20 @@ double along_seq(const std::vector<AttentionCurvePoint>& p, size_t begin, size_t
   return a.*f + x * (b.*f - a.*f);
 }
 
+// Walks the head sizes in order (no allocation: the planner asks this for every stage it prices)
+// and interpolates between the two around `head_dim`.
 double at(const std::vector<AttentionCurvePoint>& points, double head_dim, double seq, Speed f) {
-  // Each head size's speed at `seq`, in order of head size.
-  std::vector<std::pair<double, double>> by_head;
+  double prev_d = 0, prev_f = 0;
+  bool first = true;
   for (size_t b = 0; b < points.size();) {
     size_t e = b;
     while (e < points.size() && points[e].head_dim == points[b].head_dim) ++e;
-    by_head.emplace_back(static_cast<double>(points[b].head_dim), along_seq(points, b, e, seq, f));
+    const double d = static_cast<double>(points[b].head_dim), v = along_seq(points, b, e, seq, f);
+    if (head_dim <= d) return first ? v : prev_f + (head_dim - prev_d) / (d - prev_d) * (v - prev_f);
+    prev_d = d, prev_f = v, first = false;
     b = e;
   }
-  if (head_dim <= by_head.front().first) return by_head.front().second;
-  if (head_dim >= by_head.back().first) return by_head.back().second;
-  size_t i = 1;
-  while (by_head[i].first < head_dim) ++i;
-  const auto [d0, f0] = by_head[i - 1];
-  const auto [d1, f1] = by_head[i];
-  return f0 + (head_dim - d0) / (d1 - d0) * (f1 - f0);
+  return prev_f;
 }
 
 }  // namespace
