@@ -1,6 +1,5 @@
 #include "sim/attention_curve.hpp"
 
-#include <algorithm>
 #include <cmath>
 
 namespace loom {

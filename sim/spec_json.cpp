@@ -462,8 +462,8 @@ static void read_host(ObjectReader& parent, HostSpec& h) {
 
 // efficiency.attention_curve (sim/attention_curve.hpp): {"kernel", "points": [{"head_dim",
 // "seq", "forward_flops_per_s", "backward_flops_per_s"}, ...] sorted by (head_dim, seq) each pair
-// once, "measured" (optional, false: published), "source"}. Each speed at most the GPU's bf16 peak (checked by the caller, which has read
-// the GPU).
+// once, "measured" (optional, false: published), "source"}. Each speed at most the GPU's bf16
+// peak (checked by the caller, which has read the GPU).
 static void read_attention_curve(ObjectReader& parent, AttentionCurve& c) {
   const auto* o = parent.object("attention_curve");
   if (!o) return;

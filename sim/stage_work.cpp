@@ -668,11 +668,14 @@ static bool megatron_buckets(const ParallelConfig& p) {
   return p.zero <= 1 && (p.schedule == Schedule::one_f_one_b || p.schedule == Schedule::interleaved);
 }
 
-int64_t chunk_grad_buckets(const ParallelConfig& p, int64_t stage, int64_t chunk, int64_t chunk_grad_bytes,
-                           int64_t bucket_bytes, int64_t chunk_tensors) {
+int64_t chunk_grad_buckets(const ModelSpec& m, const ParallelConfig& p, int64_t stage, int64_t chunk,
+                           int64_t chunk_grad_bytes, int64_t bucket_bytes) {
   if (megatron_buckets(p) && (!p.overlap_grad_reduce || stage > 0 || chunk > 0)) return 1;
   const int64_t by_size = std::max<int64_t>(1, ceil_div(chunk_grad_bytes, bucket_bytes));
-  return std::min(by_size, std::max<int64_t>(1, chunk_tensors));
+  // The chunk's layers alone hold this many tensors; the whole count (which walks the stages for
+  // where the chunk starts) only where the size asks for more buckets than that.
+  if (by_size <= chunk_layers_at(p, m.layers, stage, chunk) * param_tensors_per_layer(m)) return by_size;
+  return std::min(by_size, chunk_param_tensors(m, p, stage, chunk));
 }
 
 int64_t chunk_param_tensors(const ModelSpec& m, const ParallelConfig& p, int64_t stage, int64_t chunk) {
@@ -714,7 +717,7 @@ void dp_messages(std::vector<Message>& v, const TrainSpec& tr, const ParallelCon
     const int64_t bucket = dp_bucket_bytes_for(tr, p);
     int64_t buckets = 0;
     for (int64_t c = 0; c < p.vpp; ++c)
-      buckets += chunk_grad_buckets(p, stage, c, ceil_div(G, p.vpp), bucket, chunk_param_tensors(m, p, stage, c));
+      buckets += chunk_grad_buckets(m, p, stage, c, ceil_div(G, p.vpp), bucket);
     const int64_t L = std::max<int64_t>(1, d.layers);
     const auto mbc = Cadence::micro_batch;
     if (p.zero == 0)

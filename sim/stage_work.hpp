@@ -147,11 +147,11 @@ Message message(const char* name, Group g, MessageKind k, Pass pass, Cadence c, 
 // model chunks after the first). Any other schedule or ZeRO stage: every chunk by size.
 // A bucket holds whole parameter tensors (Megatron-core's _ParamAndGradBuffer closes a bucket
 // once it has reached bucket_size and never splits a parameter; PyTorch DDP's bucket_cap_mb and
-// DeepSpeed's reduce_bucket_size likewise), so a chunk of `chunk_tensors` tensors is never cut
-// into more than that many buckets, however small the bucket size: at most, since a large
+// DeepSpeed's reduce_bucket_size likewise), so a chunk is never cut into more buckets than it
+// has tensors (chunk_param_tensors), however small the bucket size: at most, since a large
 // tensor can carry a bucket past its size.
-int64_t chunk_grad_buckets(const ParallelConfig& p, int64_t stage, int64_t chunk, int64_t chunk_grad_bytes,
-                           int64_t bucket_bytes, int64_t chunk_tensors);
+int64_t chunk_grad_buckets(const ModelSpec& m, const ParallelConfig& p, int64_t stage, int64_t chunk,
+                           int64_t chunk_grad_bytes, int64_t bucket_bytes);
 // The parameter tensors of chunk `chunk` of stage `stage`: its layers' (param_tensors_per_layer,
 // a MoE layer counted as a dense one), the embeddings where it holds the model's first layer,
 // the final norm and an untied output layer where it holds the last.
